@@ -1,0 +1,197 @@
+//! A Llama-family model's shape, as Hugging Face's `config.json` spells it.
+//!
+//! The planner counts parameters and activations from it; the trainer builds the model from it.
+//! Keys keep their `config.json` names, so a FineTuneJob can carry a pasted `config.json` inline.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Errors from reading a model's `config.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchitectureError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid Hugging Face config.json: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("model_type `{0}` is not supported; supported: llama, mistral, qwen2")]
+    UnsupportedModelType(String),
+    #[error("invalid architecture: {0}")]
+    Invalid(String),
+}
+
+/// Supported decoder families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelType {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// RoPE scaling as in `config.json` (Llama 3.1's `llama3` type, or `linear`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    #[serde(default = "one")]
+    pub factor: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<u64>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The subset of `config.json` that defines a Llama-family decoder. Unknown keys of the real file
+/// are ignored (config.json carries many that do not change the math).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ModelArchitecture {
+    pub model_type: ModelType,
+    pub vocab_size: u64,
+    pub hidden_size: u64,
+    pub intermediate_size: u64,
+    pub num_hidden_layers: u64,
+    pub num_attention_heads: u64,
+    /// Defaults to `num_attention_heads` (no grouped-query attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<u64>,
+    /// Defaults to `hidden_size / num_attention_heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<u64>,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: u64,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v (true for qwen2 whatever the file says; Llama's `attention_bias`).
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch_dtype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<serde_json::Value>,
+}
+
+fn default_max_positions() -> u64 {
+    2048
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+
+impl ModelArchitecture {
+    /// Reads `<dir>/config.json` (or the file itself when `path` is a file).
+    pub fn from_model_dir(path: &Path) -> Result<Self, ArchitectureError> {
+        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&file).map_err(|source| ArchitectureError::Io { path: file.clone(), source })?;
+        Self::from_json_str(&text).map_err(|e| match e {
+            ArchitectureError::Parse { message, .. } => ArchitectureError::Parse { path: file, message },
+            other => other,
+        })
+    }
+
+    /// Parses the text of a `config.json`.
+    pub fn from_json_str(text: &str) -> Result<Self, ArchitectureError> {
+        let raw: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ArchitectureError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        if let Some(mt) = raw.get("model_type").and_then(|v| v.as_str()) {
+            if !matches!(mt, "llama" | "mistral" | "qwen2") {
+                return Err(ArchitectureError::UnsupportedModelType(mt.to_string()));
+            }
+        }
+        let arch: ModelArchitecture =
+            serde_json::from_value(raw).map_err(|e| ArchitectureError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        arch.validate()?;
+        Ok(arch)
+    }
+
+    /// Checks the shape is self-consistent.
+    pub fn validate(&self) -> Result<(), ArchitectureError> {
+        let fail = |m: String| Err(ArchitectureError::Invalid(m));
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
+            return fail("hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into());
+        }
+        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+            return fail(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.num_attention_heads % self.kv_heads() != 0 {
+            return fail(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.kv_heads()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn kv_heads(&self) -> u64 {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> u64 {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Whether q/k/v carry a bias (always for qwen2).
+    pub fn qkv_bias(&self) -> bool {
+        self.model_type == ModelType::Qwen2 || self.attention_bias
+    }
+
+    /// `(in_features, out_features)` of a decoder linear.
+    pub fn linear_shape(&self, module: crate::training::LinearModule) -> (u64, u64) {
+        use crate::training::LinearModule::*;
+        let h = self.hidden_size;
+        let q = self.num_attention_heads * self.head_dim();
+        let kv = self.kv_heads() * self.head_dim();
+        let i = self.intermediate_size;
+        match module {
+            QProj => (h, q),
+            KProj | VProj => (h, kv),
+            OProj => (q, h),
+            GateProj | UpProj => (h, i),
+            DownProj => (i, h),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_real_style_config() {
+        let text = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":128256,
+            "hidden_size":4096,"intermediate_size":14336,"num_hidden_layers":32,"num_attention_heads":32,
+            "num_key_value_heads":8,"max_position_embeddings":8192,"rms_norm_eps":1e-5,"rope_theta":500000.0,
+            "tie_word_embeddings":false,"torch_dtype":"bfloat16","bos_token_id":128000,"eos_token_id":128001}"#;
+        let a = ModelArchitecture::from_json_str(text).unwrap();
+        assert_eq!(a.head_dim(), 128);
+        assert_eq!(a.linear_shape(crate::training::LinearModule::KProj), (4096, 1024));
+    }
+
+    #[test]
+    fn rejects_other_families() {
+        let err = ModelArchitecture::from_json_str(r#"{"model_type":"gpt2"}"#).unwrap_err();
+        assert!(err.to_string().contains("gpt2"));
+    }
+}

@@ -1,0 +1,23 @@
+//! The types both binaries share, each defined once:
+//!
+//! - [`training`]: the training config (LLaMA-Factory argument names). It is `spec.training` in the
+//!   FineTuneJob, the file the operator renders into the pod, and what `lf-trainer` reads.
+//! - [`architecture`]: a Llama-family model's shape, read from a Hugging Face `config.json`.
+//! - [`crd`] and [`status`]: the `FineTuneJob` custom resource (`lf-operator.io/v1alpha1`).
+//! - [`plan`]: the memory plan the operator chooses and the status shows.
+//! - [`runtime`]: the contract between a rendered pod and the trainer (environment, paths, exit
+//!   codes, termination message).
+
+pub mod architecture;
+pub mod crd;
+pub mod plan;
+pub mod runtime;
+pub mod status;
+pub mod training;
+mod suggest;
+
+pub use architecture::ModelArchitecture;
+pub use crd::{FineTuneJob, FineTuneJobSpec};
+pub use plan::{MemoryBreakdown, Plan};
+pub use status::FineTuneJobStatus;
+pub use training::{ConfigError, TrainingConfig};

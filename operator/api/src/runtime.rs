@@ -1,0 +1,131 @@
+//! The contract between a rendered pod and the trainer running in it: environment variables, file
+//! locations, exit codes and the termination message. The operator renders these; the trainer (and
+//! the local runner) read them; the operator classifies failures by them.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Environment variables the operator sets on every trainer pod.
+pub mod env {
+    /// Rank 0's stable DNS name (`<job>-0.<service>`), or 127.0.0.1 locally.
+    pub const MASTER_ADDR: &str = "MASTER_ADDR";
+    pub const MASTER_PORT: &str = "MASTER_PORT";
+    /// Number of processes in the whole job.
+    pub const WORLD_SIZE: &str = "WORLD_SIZE";
+    /// Number of pods (nodes).
+    pub const NNODES: &str = "NNODES";
+    /// Worker processes (GPUs) per pod.
+    pub const NPROC_PER_NODE: &str = "NPROC_PER_NODE";
+    /// This pod's index (the Indexed Job's completion index).
+    pub const NODE_RANK: &str = "NODE_RANK";
+    /// Set by the launcher for each worker process.
+    pub const RANK: &str = "RANK";
+    pub const LOCAL_RANK: &str = "LOCAL_RANK";
+    /// The FineTuneJob this pod belongs to (status reporting).
+    pub const JOB_NAME: &str = "LF_JOB_NAME";
+    pub const JOB_NAMESPACE: &str = "LF_JOB_NAMESPACE";
+    /// The attempt number (restarts + 1), so the trainer labels its reports.
+    pub const ATTEMPT: &str = "LF_ATTEMPT";
+    /// Path of the rendered training config.
+    pub const CONFIG: &str = "LF_CONFIG";
+    /// Where the Prometheus endpoint listens (`0.0.0.0:9400` by default).
+    pub const METRICS_ADDR: &str = "LF_METRICS_ADDR";
+    /// Local runs: a file the trainer appends status updates to (JSON lines) instead of the API.
+    pub const STATUS_FILE: &str = "LF_STATUS_FILE";
+}
+
+/// Paths inside a trainer pod.
+pub mod paths {
+    pub const CONFIG_DIR: &str = "/etc/lf-trainer";
+    pub const CONFIG_FILE: &str = "/etc/lf-trainer/train.yaml";
+    pub const MODEL_DIR: &str = "/models";
+    pub const DATA_DIR: &str = "/data";
+    pub const CHECKPOINT_DIR: &str = "/checkpoints";
+    pub const OUTPUT_DIR: &str = "/output";
+    pub const SHM_DIR: &str = "/dev/shm";
+    pub const TERMINATION_LOG: &str = "/dev/termination-log";
+}
+
+/// Trainer exit codes.
+pub mod exit_code {
+    /// Finished.
+    pub const OK: i32 = 0;
+    /// A runtime failure worth retrying (a crash, a collective timeout).
+    pub const RUNTIME: i32 = 1;
+    /// Bad configuration or input (config, model files, dataset): retrying cannot help. The
+    /// operator's pod failure policy fails the Job at once on this code.
+    pub const CONFIG: i32 = 2;
+    /// Out of memory (the operator re-plans with more headroom).
+    pub const OUT_OF_MEMORY: i32 = 3;
+    /// A rendezvous or collective failed (a peer died or the network is misconfigured).
+    pub const COMMUNICATION: i32 = 4;
+    /// Interrupted by a signal (SIGTERM on preemption or drain); the last checkpoint is kept.
+    pub const INTERRUPTED: i32 = 143;
+}
+
+/// Why an attempt ended, as the trainer reports it and the operator classifies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailureReason {
+    /// Bad configuration, model or dataset: fail at once.
+    ConfigError,
+    /// GPU (or host) out of memory: re-plan and retry.
+    OutOfMemory,
+    /// Rendezvous or collective timeout / peer failure: retry.
+    Communication,
+    /// Preempted, evicted or the node drained: retry without using the restart budget.
+    Preempted,
+    /// Anything else: retry within the budget.
+    Runtime,
+    /// Loss or gradient became NaN/inf: fail (retrying repeats it).
+    NonFinite,
+}
+
+impl FailureReason {
+    /// The exit code the trainer uses for this reason.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureReason::ConfigError | FailureReason::NonFinite => exit_code::CONFIG,
+            FailureReason::OutOfMemory => exit_code::OUT_OF_MEMORY,
+            FailureReason::Communication => exit_code::COMMUNICATION,
+            FailureReason::Preempted => exit_code::INTERRUPTED,
+            FailureReason::Runtime => exit_code::RUNTIME,
+        }
+    }
+
+    /// The reason an exit code implies when no termination message was written.
+    pub fn from_exit_code(code: i32) -> FailureReason {
+        match code {
+            exit_code::CONFIG => FailureReason::ConfigError,
+            exit_code::OUT_OF_MEMORY => FailureReason::OutOfMemory,
+            exit_code::COMMUNICATION => FailureReason::Communication,
+            exit_code::INTERRUPTED => FailureReason::Preempted,
+            // 137 = SIGKILL, usually the kernel OOM killer on the host.
+            137 => FailureReason::OutOfMemory,
+            _ => FailureReason::Runtime,
+        }
+    }
+}
+
+/// What the trainer writes to `/dev/termination-log` when it fails (one JSON object). Kubernetes
+/// copies it into the container status, where the operator reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminationReport {
+    pub reason: FailureReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    pub exit_code: i32,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// The last checkpoint step the trainer knows to be complete, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint_step: Option<u64>,
+}
+
+impl TerminationReport {
+    /// Parses a termination message; anything that is not our JSON yields `None`.
+    pub fn parse(text: &str) -> Option<TerminationReport> {
+        serde_json::from_str(text.trim()).ok()
+    }
+}

