@@ -48,7 +48,7 @@ for ex in train:
     full = tok.apply_chat_template([{"role": "user", "content": ex["instruction"]},
                                     {"role": "assistant", "content": ex["output"]}], tokenize=True, return_dict=False)
     examples.append((full, [-100] * len(p) + full[len(p):]))
-opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(os.environ.get("LR","2e-3")))
 t0 = time.time()
 for step in range(steps):
     batch = [examples[(step * 8 + i) % len(examples)] for i in range(8)]

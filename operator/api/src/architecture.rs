@@ -78,7 +78,7 @@ pub struct ModelArchitecture {
     /// Bias on q/k/v (true for qwen2 whatever the file says; Llama's `attention_bias`).
     #[serde(default)]
     pub attention_bias: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "dtype")]
     pub torch_dtype: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bos_token_id: Option<serde_json::Value>,
@@ -116,6 +116,7 @@ impl ModelArchitecture {
                 return Err(ArchitectureError::UnsupportedModelType(mt.to_string()));
             }
         }
+        let raw = normalise_transformers_v5(raw);
         let arch: ModelArchitecture =
             serde_json::from_value(raw).map_err(|e| ArchitectureError::Parse { path: PathBuf::new(), message: e.to_string() })?;
         arch.validate()?;
@@ -174,6 +175,25 @@ impl ModelArchitecture {
     }
 }
 
+/// transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead of `rope_theta` and
+/// `rope_scaling`; fold it back into the classic keys (the classic keys win when both exist).
+fn normalise_transformers_v5(mut raw: serde_json::Value) -> serde_json::Value {
+    let Some(obj) = raw.as_object_mut() else { return raw };
+    let Some(params) = obj.get("rope_parameters").and_then(|p| p.as_object()).cloned() else { return raw };
+    if !obj.contains_key("rope_theta") {
+        if let Some(theta) = params.get("rope_theta") {
+            obj.insert("rope_theta".into(), theta.clone());
+        }
+    }
+    let rope_type = params.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+    if rope_type != "default" && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
+        let mut scaling = params.clone();
+        scaling.remove("rope_theta");
+        obj.insert("rope_scaling".into(), serde_json::Value::Object(scaling));
+    }
+    raw
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +207,19 @@ mod tests {
         let a = ModelArchitecture::from_json_str(text).unwrap();
         assert_eq!(a.head_dim(), 128);
         assert_eq!(a.linear_shape(crate::training::LinearModule::KProj), (4096, 1024));
+    }
+
+    #[test]
+    fn reads_transformers_v5_rope_parameters() {
+        let text = r#"{"model_type":"llama","vocab_size":512,"hidden_size":128,"intermediate_size":352,
+            "num_hidden_layers":4,"num_attention_heads":4,"num_key_value_heads":2,"dtype":"bfloat16",
+            "rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#;
+        let a = ModelArchitecture::from_json_str(text).unwrap();
+        assert_eq!(a.rope_theta, 500000.0);
+        let s = a.rope_scaling.unwrap();
+        assert_eq!((s.rope_type.as_str(), s.factor), ("llama3", 8.0));
+        assert_eq!(a.torch_dtype.as_deref(), Some("bfloat16"));
     }
 
     #[test]
