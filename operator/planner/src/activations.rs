@@ -1,0 +1,141 @@
+//! Activation and loss memory of OUR trainer for one micro-batch of `b` sequences of `s` tokens
+//! (`T = b·s`, `s = cutoff_len`, the longest a batch can be).
+//!
+//! What `lf-trainer` does (the facts this module encodes):
+//!
+//! - **Attention** is scaled-dot-product attention with the flash / memory-efficient kernels: it
+//!   saves Q, K, V, the output and an fp32 log-sum-exp (`4·a` bytes per token), no `s²` term.
+//!   `flash_attn: eager` materialises fp32 scores and compute-dtype probabilities per layer:
+//!   `(4 + c)·a·s` bytes per token (≈ `6·a·s²·b` in bf16).
+//! - **One decoder layer saves** (bytes per token, `c` = compute-dtype bytes): two RMSNorms with an
+//!   fp32 input and rstd `2·(4h + 4)`; the q/k/v input `c·h`; Q, K, V after RoPE
+//!   `c·(a·d + 2·a_kv·d)`; the attention output `c·a·d` (+ log-sum-exp); the MLP input `c·h`; SwiGLU
+//!   gate, up, SiLU and product `4·c·i`. In bf16 that is ≈ `16·h + 4·a_kv·d + 8·i` (planner-notes
+//!   A.6). Each LoRA-adapted linear adds its rank-`r` intermediate `c·r` (DoRA also its `c·d_out`
+//!   output; dropout > 0 its dropped-out input `(c + 1)·d_in`).
+//! - **Backward of a layer** holds its input and output gradients and the gradients of the SwiGLU
+//!   branches: `2·c·h + 2·c·i` per token.
+//! - **Gradient checkpointing** (on by default) keeps only each layer's input (`c·h` per token per
+//!   layer) and recomputes one layer at a time, so the peak holds the checkpoints plus one layer's
+//!   saved tensors plus its backward temporaries. Without it, every layer's saved tensors stay.
+//! - **Transients inside a layer:** QLoRA dequantises one weight at a time to the compute dtype;
+//!   DoRA materialises one adapted weight `W + s·BA` in fp32 with its compute-dtype copy for the norm.
+//! - **Loss** is chunked: `loss_chunk_size` tokens of logits at a time, fp32 logits, their gradient
+//!   and the compute-dtype logits of one chunk (`chunk·V·(4 + 4 + c)`), plus the final hidden states
+//!   and their gradient for the whole micro-batch (`2·c·T·h`). `loss_chunk_size: 0` computes the
+//!   whole head at once: `T·V·(c + 4 + 4 + 4)` (logits, fp32 copy, log-softmax, gradient).
+//!   The loss runs before the first layer is recomputed, so its peak and a layer's working set are
+//!   never live together: the planner takes the larger of the two phases.
+
+use lf_api::training::{FlashAttn, TrainingConfig};
+use lf_api::ModelArchitecture;
+
+use crate::memory::Inventory;
+use crate::params;
+
+/// Activation memory of one micro-batch, by phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Activations {
+    /// Live through the whole forward/backward: layer checkpoints (GC on) or every layer's saved
+    /// tensors (GC off).
+    pub persistent: u64,
+    /// The working set while one layer is (re)computed and back-propagated.
+    pub layer_working_set: u64,
+    /// Logits and loss temporaries (plus the final hidden states and their gradient).
+    pub loss: u64,
+}
+
+impl Activations {
+    /// The larger transient phase on top of the persistent part.
+    pub fn peak(&self) -> u64 {
+        self.persistent + self.layer_working_set.max(self.loss)
+    }
+}
+
+/// Bytes one decoder layer saves for backward, per token (the `s²` term of eager attention
+/// excluded).
+pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    let c = training.precision().compute_bytes();
+    let h = arch.hidden_size;
+    let q = arch.num_attention_heads * arch.head_dim();
+    let kv = arch.kv_heads() * arch.head_dim();
+    let i = arch.intermediate_size;
+    let lse = if training.flash_attn == FlashAttn::Eager {
+        0
+    } else {
+        4 * arch.num_attention_heads
+    };
+    let base = 2 * (4 * h + 4) + c * h + c * (q + 2 * kv) + c * q + lse + c * h + 4 * c * i;
+    base + lora_saved_bytes_per_token(arch, training)
+}
+
+/// Extra tensors LoRA/DoRA modules save per token in one layer.
+fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    if training.finetuning_type != lf_api::training::FinetuningType::Lora {
+        return 0;
+    }
+    let c = training.precision().compute_bytes();
+    let r = training.lora_rank as u64;
+    params::lora_targets(training)
+        .iter()
+        .map(|m| {
+            let (din, dout) = arch.linear_shape(*m);
+            let mut bytes = c * r;
+            if training.use_dora {
+                bytes += c * dout;
+            }
+            if training.lora_dropout > 0.0 {
+                bytes += (c + 1) * din;
+            }
+            bytes
+        })
+        .sum()
+}
+
+/// Activation memory for `micro_batch` sequences of `cutoff_len` tokens.
+pub fn activations(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+    inv: &Inventory,
+    micro_batch: u64,
+) -> Activations {
+    let c = inv.compute_bytes;
+    let s = training.cutoff_len as u64;
+    let tokens = micro_batch * s;
+    let h = arch.hidden_size;
+    let layers = arch.num_hidden_layers;
+    let eager = if training.flash_attn == FlashAttn::Eager {
+        (4 + c) * arch.num_attention_heads * s
+    } else {
+        0
+    };
+    let saved = tokens * (layer_saved_bytes_per_token(arch, training) + eager);
+    let backward = tokens * (2 * c * h + 2 * c * arch.intermediate_size);
+    let mut transient = 0;
+    if training.quantization_bit.is_some()
+        && training.finetuning_type == lf_api::training::FinetuningType::Lora
+    {
+        transient += c * inv.largest_linear;
+    }
+    if training.use_dora && training.finetuning_type == lf_api::training::FinetuningType::Lora {
+        transient += (4 + c) * inv.largest_adapted;
+    }
+    let (persistent, layer_working_set) = if training.gradient_checkpointing {
+        (layers * tokens * c * h, saved + backward + transient)
+    } else {
+        (layers * saved, backward + transient)
+    };
+    let vocab = arch.vocab_size;
+    let hidden = 2 * c * tokens * h;
+    let loss = if training.loss_chunk_size == 0 {
+        tokens * vocab * (c + 4 + 4 + 4) + hidden
+    } else {
+        let chunk = (training.loss_chunk_size as u64).min(tokens);
+        chunk * vocab * (4 + 4 + c) + hidden
+    };
+    Activations {
+        persistent,
+        layer_working_set,
+        loss,
+    }
+}

@@ -1,0 +1,39 @@
+//! Calibration constants: every number of the memory model that is a property of the runtime
+//! (CUDA, the caching allocator, collective libraries, library block sizes) rather than of the
+//! model's shape, in one place. Structural terms (parameter bytes, saved activations) are derived
+//! in [`crate::memory`] and [`crate::activations`]; only these constants may be re-fitted against
+//! measurements.
+
+/// CUDA context, cuBLAS/cuDNN workspaces and NCCL communicators of one process: 1 GiB. Published
+/// values range from 650 MB (gpu_poor) to 1,343 MB (HF anatomy doc, V100); calculators assume
+/// 1,000 MiB.
+pub const CUDA_CONTEXT_BYTES: u64 = 1 << 30;
+
+/// Caching-allocator fragmentation (reserved − allocated), as a fraction of the transient part of
+/// the peak (activations, logits, temporaries). Static tensors are allocated once and do not
+/// fragment. OOM is decided on reserved memory, so this is part of the prediction.
+pub const FRAGMENTATION: f64 = 0.05;
+
+/// Elements in one data-parallel gradient bucket (all-reduce / reduce-scatter granularity).
+pub const GRADIENT_BUCKET_ELEMENTS: u64 = 25_000_000;
+
+/// Decoder layers whose full (un-partitioned) weights are live at once under ZeRO-3: the layer in
+/// use and the prefetched next one.
+pub const ZERO3_GATHERED_LAYERS: u64 = 2;
+
+/// bitsandbytes 4-bit: elements per absmax block.
+pub const NF4_BLOCK: u64 = 64;
+/// bitsandbytes double quantisation: absmax values per second-level (fp32) block.
+pub const NESTED_BLOCK: u64 = 256;
+/// bitsandbytes block-wise int8 weights: elements per absmax block.
+pub const INT8_BLOCK: u64 = 64;
+/// Per-tensor constants of a 4-bit weight: the 16-entry fp32 code book, and with double
+/// quantisation the 256-entry fp32 nested map plus the fp32 offset.
+pub const NF4_CODEBOOK_BYTES: u64 = 16 * 4;
+pub const NESTED_MAP_BYTES: u64 = 256 * 4 + 4;
+
+/// 8-bit AdamW (the bitsandbytes scheme): elements per block of each quantised moment (one fp32
+/// absmax per block and moment).
+pub const ADAM8BIT_BLOCK: u64 = 256;
+/// 8-bit AdamW keeps 32-bit moments for tensors with fewer elements than this.
+pub const ADAM8BIT_MIN_ELEMENTS: u64 = 4096;

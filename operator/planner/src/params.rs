@@ -1,0 +1,232 @@
+//! Exact parameter counts of a Llama-family decoder and of what a fine-tuning method trains.
+//!
+//! The counts equal what Hugging Face `transformers` (`LlamaForCausalLM`, `MistralForCausalLM`,
+//! `Qwen2ForCausalLM`) and `peft` report for the same config: tied embeddings are counted once,
+//! qwen2 (and `attention_bias: true`) adds a bias to q, k and v, LoRA adds `r·(d_in + d_out)` per
+//! adapted linear and DoRA a magnitude vector of `d_out` on top. `tests/reference/planner_param_counts.py`
+//! checks them against the real libraries.
+
+use lf_api::training::{FinetuningType, LinearModule, TrainingConfig};
+use lf_api::ModelArchitecture;
+
+/// The shape of one tensor: `(rows, cols)`, `cols = 1` for vectors.
+pub type Shape = (u64, u64);
+
+/// Parameters of one decoder layer, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerParams {
+    /// The seven linears (q, k, v, o, gate, up, down), weights only.
+    pub linears: u64,
+    /// The q/k/v biases (qwen2, or `attention_bias`).
+    pub biases: u64,
+    /// The two RMSNorm weights.
+    pub norms: u64,
+}
+
+impl LayerParams {
+    pub fn total(&self) -> u64 {
+        self.linears + self.biases + self.norms
+    }
+}
+
+/// One decoder layer's parameters.
+pub fn layer_params(arch: &ModelArchitecture) -> LayerParams {
+    let linears = LinearModule::ALL
+        .iter()
+        .map(|m| {
+            let (i, o) = arch.linear_shape(*m);
+            i * o
+        })
+        .sum();
+    let biases = if arch.qkv_bias() {
+        arch.num_attention_heads * arch.head_dim() + 2 * arch.kv_heads() * arch.head_dim()
+    } else {
+        0
+    };
+    LayerParams {
+        linears,
+        biases,
+        norms: 2 * arch.hidden_size,
+    }
+}
+
+/// Input embedding parameters (`V·h`).
+pub fn embedding_params(arch: &ModelArchitecture) -> u64 {
+    arch.vocab_size * arch.hidden_size
+}
+
+/// Output head parameters (`V·h`, 0 when tied to the embedding).
+pub fn lm_head_params(arch: &ModelArchitecture) -> u64 {
+    if arch.tie_word_embeddings {
+        0
+    } else {
+        arch.vocab_size * arch.hidden_size
+    }
+}
+
+/// Every parameter of the base model (what `sum(p.numel() for p in model.parameters())` prints).
+pub fn model_params(arch: &ModelArchitecture) -> u64 {
+    arch.num_hidden_layers * layer_params(arch).total()
+        + embedding_params(arch)
+        + lm_head_params(arch)
+        + arch.hidden_size
+}
+
+/// Decoder layers trained by `finetuning_type: freeze` (the last `freeze_trainable_layers`).
+pub fn freeze_trainable_layers(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    (training.freeze_trainable_layers as u64).min(arch.num_hidden_layers)
+}
+
+/// The linears LoRA adapts. An invalid `lora_target` adapts nothing here; `TrainingConfig::validate`
+/// (run when the config is parsed) reports it.
+pub fn lora_targets(training: &TrainingConfig) -> Vec<LinearModule> {
+    training.lora_targets().unwrap_or_default()
+}
+
+/// The trainable tensors of one decoder layer's adapters: `lora_A` `(r, d_in)`, `lora_B`
+/// `(d_out, r)` and, with DoRA, the magnitude `(d_out, 1)`, per adapted linear.
+pub fn adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<Shape> {
+    let r = training.lora_rank as u64;
+    let mut out = Vec::new();
+    for m in lora_targets(training) {
+        let (din, dout) = arch.linear_shape(m);
+        out.push((r, din));
+        out.push((dout, r));
+        if training.use_dora {
+            out.push((dout, 1));
+        }
+    }
+    out
+}
+
+/// The tensors of one decoder layer (weights, biases, norms).
+pub fn layer_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
+    let mut out: Vec<Shape> = LinearModule::ALL
+        .iter()
+        .map(|m| {
+            let (i, o) = arch.linear_shape(*m);
+            (o, i)
+        })
+        .collect();
+    if arch.qkv_bias() {
+        out.push((arch.num_attention_heads * arch.head_dim(), 1));
+        out.push((arch.kv_heads() * arch.head_dim(), 1));
+        out.push((arch.kv_heads() * arch.head_dim(), 1));
+    }
+    out.push((arch.hidden_size, 1));
+    out.push((arch.hidden_size, 1));
+    out
+}
+
+/// Every trainable tensor of the method, as `(shape, count)` pairs (the count of identical
+/// tensors), so optimiser state that depends on tensor sizes (8-bit AdamW, Adafactor) is exact.
+pub fn trainable_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<(Shape, u64)> {
+    let layers = arch.num_hidden_layers;
+    match training.finetuning_type {
+        FinetuningType::Full => {
+            let mut out: Vec<(Shape, u64)> = layer_shapes(arch)
+                .into_iter()
+                .map(|s| (s, layers))
+                .collect();
+            out.push(((arch.vocab_size, arch.hidden_size), 1));
+            if !arch.tie_word_embeddings {
+                out.push(((arch.vocab_size, arch.hidden_size), 1));
+            }
+            out.push(((arch.hidden_size, 1), 1));
+            out
+        }
+        FinetuningType::Freeze => {
+            let k = freeze_trainable_layers(arch, training);
+            layer_shapes(arch)
+                .into_iter()
+                .map(|s| (s, k))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        }
+        FinetuningType::Lora => adapter_shapes(arch, training)
+            .into_iter()
+            .map(|s| (s, layers))
+            .collect(),
+    }
+}
+
+/// Parameters that receive gradients: all of them (full), the last `freeze_trainable_layers`
+/// decoder layers (freeze), or the LoRA/DoRA adapters on the `lora_target` linears of every layer.
+pub fn trainable_params(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    trainable_shapes(arch, training)
+        .iter()
+        .map(|((r, c), n)| r * c * n)
+        .sum()
+}
+
+/// The largest single trainable tensor (elements).
+pub fn largest_trainable_tensor(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    trainable_shapes(arch, training)
+        .iter()
+        .map(|((r, c), _)| r * c)
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets::preset;
+
+    #[test]
+    fn published_counts() {
+        let cases = [
+            ("meta-llama/Llama-2-7b-hf", 6_738_415_616u64),
+            ("meta-llama/Llama-2-13b-hf", 13_015_864_320),
+            ("meta-llama/Llama-2-70b-hf", 68_976_648_192),
+            ("meta-llama/Meta-Llama-3-8B", 8_030_261_248),
+            ("meta-llama/Llama-3.1-8B", 8_030_261_248),
+            ("meta-llama/Llama-3.2-3B", 3_212_749_824),
+            ("meta-llama/Llama-3.2-1B", 1_235_814_400),
+            ("meta-llama/Llama-3.1-70B", 70_553_706_496),
+        ];
+        for (name, expected) in cases {
+            let arch = preset(name).unwrap_or_else(|| panic!("no preset {name}"));
+            assert_eq!(model_params(&arch), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn lora_counts() {
+        let l3 = preset("meta-llama/Meta-Llama-3-8B").unwrap();
+        let l2 = preset("meta-llama/Llama-2-7b-hf").unwrap();
+        let lora = |rank: u32, target: &str| TrainingConfig {
+            lora_rank: rank,
+            lora_target: target.into(),
+            ..Default::default()
+        };
+        assert_eq!(trainable_params(&l3, &lora(16, "all")), 41_943_040);
+        assert_eq!(trainable_params(&l2, &lora(8, "q_proj,v_proj")), 4_194_304);
+        assert_eq!(trainable_params(&l3, &lora(32, "all")), 83_886_080);
+        assert_eq!(trainable_params(&l2, &lora(8, "all")), 19_988_480);
+        // F12: PEFT prints all = base + adapters.
+        assert_eq!(
+            model_params(&l3) + trainable_params(&l3, &lora(16, "all")),
+            8_072_204_288
+        );
+    }
+
+    #[test]
+    fn full_and_freeze() {
+        let l3 = preset("meta-llama/Llama-3.2-1B").unwrap();
+        let full = TrainingConfig {
+            finetuning_type: FinetuningType::Full,
+            ..Default::default()
+        };
+        assert_eq!(trainable_params(&l3, &full), model_params(&l3));
+        let freeze = TrainingConfig {
+            finetuning_type: FinetuningType::Freeze,
+            freeze_trainable_layers: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            trainable_params(&l3, &freeze),
+            2 * layer_params(&l3).total()
+        );
+    }
+}

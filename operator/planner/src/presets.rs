@@ -1,0 +1,348 @@
+//! Built-in architectures of common models, so a FineTuneJob can be planned from its model name
+//! alone, and the rule that finds the architecture of a job.
+//!
+//! Values are those of each model's public `config.json` (only the keys that change the
+//! arithmetic are kept). Instruct/chat variants share their base model's shape and are listed as
+//! aliases. Names match case-insensitively, with or without the organisation prefix.
+
+use lf_api::architecture::{ModelType, RopeScaling};
+use lf_api::{FineTuneJob, ModelArchitecture};
+
+use crate::PlanError;
+
+struct Shape {
+    model_type: ModelType,
+    vocab: u64,
+    hidden: u64,
+    intermediate: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: Option<u64>,
+    max_positions: u64,
+    eps: f64,
+    theta: f64,
+    tied: bool,
+    /// Llama 3.x `rope_scaling` factor (type `llama3`, low 1, high 4, original 8192).
+    llama3_rope_factor: Option<f64>,
+}
+
+impl Shape {
+    fn build(&self) -> ModelArchitecture {
+        ModelArchitecture {
+            model_type: self.model_type,
+            vocab_size: self.vocab,
+            hidden_size: self.hidden,
+            intermediate_size: self.intermediate,
+            num_hidden_layers: self.layers,
+            num_attention_heads: self.heads,
+            num_key_value_heads: Some(self.kv_heads),
+            head_dim: self.head_dim,
+            max_position_embeddings: self.max_positions,
+            rms_norm_eps: self.eps,
+            rope_theta: self.theta,
+            rope_scaling: self.llama3_rope_factor.map(|factor| RopeScaling {
+                rope_type: "llama3".into(),
+                factor,
+                low_freq_factor: Some(1.0),
+                high_freq_factor: Some(4.0),
+                original_max_position_embeddings: Some(8192),
+            }),
+            tie_word_embeddings: self.tied,
+            attention_bias: false,
+            torch_dtype: Some("bfloat16".into()),
+            bos_token_id: None,
+            eos_token_id: None,
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn llama(
+    vocab: u64,
+    hidden: u64,
+    intermediate: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+    max_positions: u64,
+    theta: f64,
+) -> Shape {
+    Shape {
+        model_type: ModelType::Llama,
+        vocab,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        head_dim: None,
+        max_positions,
+        eps: 1e-5,
+        theta,
+        tied: false,
+        llama3_rope_factor: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn qwen2(
+    vocab: u64,
+    hidden: u64,
+    intermediate: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+    max_positions: u64,
+    tied: bool,
+) -> Shape {
+    Shape {
+        model_type: ModelType::Qwen2,
+        vocab,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        head_dim: None,
+        max_positions,
+        eps: 1e-6,
+        theta: 1_000_000.0,
+        tied,
+        llama3_rope_factor: None,
+    }
+}
+
+const fn with_llama3_rope(mut s: Shape, factor: f64, head_dim: Option<u64>, tied: bool) -> Shape {
+    s.llama3_rope_factor = Some(factor);
+    s.head_dim = head_dim;
+    s.tied = tied;
+    s
+}
+
+const fn mistral(vocab: u64, theta: f64) -> Shape {
+    let mut s = llama(vocab, 4096, 14336, 32, 32, 8, 32768, theta);
+    s.model_type = ModelType::Mistral;
+    s
+}
+
+/// `(names, shape)`: the first name is the canonical Hugging Face id.
+const PRESETS: &[(&[&str], Shape)] = &[
+    (
+        &["meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-chat-hf"],
+        llama(32000, 4096, 11008, 32, 32, 32, 4096, 10000.0),
+    ),
+    (
+        &[
+            "meta-llama/Llama-2-13b-hf",
+            "meta-llama/Llama-2-13b-chat-hf",
+        ],
+        llama(32000, 5120, 13824, 40, 40, 40, 4096, 10000.0),
+    ),
+    (
+        &[
+            "meta-llama/Llama-2-70b-hf",
+            "meta-llama/Llama-2-70b-chat-hf",
+        ],
+        llama(32000, 8192, 28672, 80, 64, 8, 4096, 10000.0),
+    ),
+    (
+        &[
+            "meta-llama/Meta-Llama-3-8B",
+            "meta-llama/Meta-Llama-3-8B-Instruct",
+        ],
+        llama(128256, 4096, 14336, 32, 32, 8, 8192, 500000.0),
+    ),
+    (
+        &[
+            "meta-llama/Meta-Llama-3-70B",
+            "meta-llama/Meta-Llama-3-70B-Instruct",
+        ],
+        llama(128256, 8192, 28672, 80, 64, 8, 8192, 500000.0),
+    ),
+    (
+        &[
+            "meta-llama/Llama-3.1-8B",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "meta-llama/Meta-Llama-3.1-8B",
+            "meta-llama/Meta-Llama-3.1-8B-Instruct",
+        ],
+        with_llama3_rope(
+            llama(128256, 4096, 14336, 32, 32, 8, 131072, 500000.0),
+            8.0,
+            None,
+            false,
+        ),
+    ),
+    (
+        &[
+            "meta-llama/Llama-3.1-70B",
+            "meta-llama/Llama-3.1-70B-Instruct",
+            "meta-llama/Meta-Llama-3.1-70B",
+            "meta-llama/Meta-Llama-3.1-70B-Instruct",
+        ],
+        with_llama3_rope(
+            llama(128256, 8192, 28672, 80, 64, 8, 131072, 500000.0),
+            8.0,
+            None,
+            false,
+        ),
+    ),
+    (
+        &[
+            "meta-llama/Llama-3.2-1B",
+            "meta-llama/Llama-3.2-1B-Instruct",
+        ],
+        with_llama3_rope(
+            llama(128256, 2048, 8192, 16, 32, 8, 131072, 500000.0),
+            32.0,
+            Some(64),
+            true,
+        ),
+    ),
+    (
+        &[
+            "meta-llama/Llama-3.2-3B",
+            "meta-llama/Llama-3.2-3B-Instruct",
+        ],
+        with_llama3_rope(
+            llama(128256, 3072, 8192, 28, 24, 8, 131072, 500000.0),
+            32.0,
+            Some(128),
+            true,
+        ),
+    ),
+    (
+        &[
+            "codellama/CodeLlama-34b-hf",
+            "codellama/CodeLlama-34b-Instruct-hf",
+            "codellama/CodeLlama-34b-Python-hf",
+        ],
+        llama(32000, 8192, 22016, 48, 64, 8, 16384, 1_000_000.0),
+    ),
+    (
+        &[
+            "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+            "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+        ],
+        llama(32000, 2048, 5632, 22, 32, 4, 2048, 10000.0),
+    ),
+    (
+        &[
+            "mistralai/Mistral-7B-v0.1",
+            "mistralai/Mistral-7B-Instruct-v0.1",
+        ],
+        mistral(32000, 10000.0),
+    ),
+    (
+        &["mistralai/Mistral-7B-Instruct-v0.2"],
+        mistral(32000, 1_000_000.0),
+    ),
+    (
+        &[
+            "mistralai/Mistral-7B-v0.3",
+            "mistralai/Mistral-7B-Instruct-v0.3",
+        ],
+        mistral(32768, 1_000_000.0),
+    ),
+    (
+        &["Qwen/Qwen2-7B", "Qwen/Qwen2-7B-Instruct"],
+        qwen2(152064, 3584, 18944, 28, 28, 4, 131072, false),
+    ),
+    (
+        &["Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct"],
+        qwen2(151936, 896, 4864, 24, 14, 2, 32768, true),
+    ),
+    (
+        &["Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-1.5B-Instruct"],
+        qwen2(151936, 1536, 8960, 28, 12, 2, 131072, true),
+    ),
+    (
+        &["Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct"],
+        qwen2(152064, 3584, 18944, 28, 28, 4, 131072, false),
+    ),
+    (
+        &["Qwen/Qwen2.5-14B", "Qwen/Qwen2.5-14B-Instruct"],
+        qwen2(152064, 5120, 13824, 48, 40, 8, 131072, false),
+    ),
+    (
+        &["Qwen/Qwen2.5-72B", "Qwen/Qwen2.5-72B-Instruct"],
+        qwen2(152064, 8192, 29568, 80, 64, 8, 131072, false),
+    ),
+];
+
+/// The built-in architecture for a Hugging Face model id (case-insensitive; the organisation
+/// prefix is optional), or `None`.
+pub fn preset(name: &str) -> Option<ModelArchitecture> {
+    let wanted = name.trim().trim_end_matches('/').to_ascii_lowercase();
+    let short = |n: &str| n.rsplit('/').next().unwrap_or(n).to_ascii_lowercase();
+    PRESETS
+        .iter()
+        .find(|(names, _)| {
+            names.iter().any(|n| {
+                n.to_ascii_lowercase() == wanted || (!wanted.contains('/') && short(n) == wanted)
+            })
+        })
+        .map(|(_, shape)| shape.build())
+}
+
+/// The canonical ids of every preset.
+pub fn preset_names() -> Vec<&'static str> {
+    PRESETS.iter().map(|(names, _)| names[0]).collect()
+}
+
+/// The architecture to plan a job with: `spec.model.architecture` when given, else the preset for
+/// `spec.model.name`, else an error telling the user to paste the model's `config.json`.
+pub fn resolve_architecture(job: &FineTuneJob) -> Result<ModelArchitecture, PlanError> {
+    if let Some(arch) = &job.spec.model.architecture {
+        arch.validate().map_err(|e| PlanError::InvalidInput {
+            key: "spec.model.architecture".into(),
+            message: e.to_string(),
+        })?;
+        return Ok(arch.clone());
+    }
+    preset(&job.spec.model.name).ok_or_else(|| PlanError::UnknownModel {
+        name: job.spec.model.name.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_case_insensitively_with_or_without_org() {
+        let a = preset("meta-llama/Meta-Llama-3-8B").unwrap();
+        assert_eq!(preset("META-LLAMA/meta-llama-3-8b").as_ref(), Some(&a));
+        assert_eq!(preset("Meta-Llama-3-8B-Instruct").as_ref(), Some(&a));
+        assert!(preset("other-org/Meta-Llama-3-8B").is_none());
+        assert!(preset("gpt2").is_none());
+    }
+
+    #[test]
+    fn every_preset_is_valid() {
+        for name in preset_names() {
+            preset(name)
+                .unwrap()
+                .validate()
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn published_qwen_and_mistral_sizes() {
+        // Counts printed by transformers for these configs (model cards: 7.24B, 7.62B, 0.49B).
+        assert_eq!(
+            crate::model_params(&preset("mistralai/Mistral-7B-v0.1").unwrap()),
+            7_241_732_096
+        );
+        assert_eq!(
+            crate::model_params(&preset("Qwen/Qwen2.5-7B").unwrap()),
+            7_615_616_512
+        );
+        assert_eq!(
+            crate::model_params(&preset("Qwen/Qwen2.5-0.5B").unwrap()),
+            494_032_768
+        );
+    }
+}
