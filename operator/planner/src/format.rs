@@ -114,10 +114,8 @@ fn breakdown(out: &mut String, plan: &Plan) {
     ];
     let _ = writeln!(out, "  {:<18} {:>8}", "per GPU", "GiB");
     for (name, bytes, note) in rows {
-        let _ = writeln!(out, "  {name:<18} {:>8}  {note}", gib2(bytes));
-        if name == "overhead" {
-            break;
-        }
+        let line = format!("  {name:<18} {:>8}  {note}", gib2(bytes));
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     let _ = writeln!(
         out,

@@ -6,6 +6,7 @@
 //! adapted linear and DoRA a magnitude vector of `d_out` on top. `tests/reference/planner_param_counts.py`
 //! checks them against the real libraries.
 
+use lf_api::architecture::ModelType;
 use lf_api::training::{FinetuningType, LinearModule, TrainingConfig};
 use lf_api::ModelArchitecture;
 
@@ -38,15 +39,26 @@ pub fn layer_params(arch: &ModelArchitecture) -> LayerParams {
             i * o
         })
         .sum();
-    let biases = if arch.qkv_bias() {
-        arch.num_attention_heads * arch.head_dim() + 2 * arch.kv_heads() * arch.head_dim()
-    } else {
-        0
-    };
+    let biases = attention_bias_shapes(arch).iter().map(|(n, _)| n).sum();
     LayerParams {
         linears,
         biases,
         norms: 2 * arch.hidden_size,
+    }
+}
+
+/// The attention biases of one layer as `transformers` builds them: qwen2 has q, k and v biases;
+/// llama with `attention_bias: true` has q, k, v and o biases; mistral has none (its modelling code
+/// ignores `attention_bias`).
+pub fn attention_bias_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
+    let q = arch.num_attention_heads * arch.head_dim();
+    let kv = arch.kv_heads() * arch.head_dim();
+    match arch.model_type {
+        ModelType::Qwen2 => vec![(q, 1), (kv, 1), (kv, 1)],
+        ModelType::Llama if arch.attention_bias => {
+            vec![(q, 1), (kv, 1), (kv, 1), (arch.hidden_size, 1)]
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -108,11 +120,7 @@ pub fn layer_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
             (o, i)
         })
         .collect();
-    if arch.qkv_bias() {
-        out.push((arch.num_attention_heads * arch.head_dim(), 1));
-        out.push((arch.kv_heads() * arch.head_dim(), 1));
-        out.push((arch.kv_heads() * arch.head_dim(), 1));
-    }
+    out.extend(attention_bias_shapes(arch));
     out.push((arch.hidden_size, 1));
     out.push((arch.hidden_size, 1));
     out

@@ -618,8 +618,8 @@ pub fn replan_after_oom(
 fn precision_label(p: Precision) -> &'static str {
     match p {
         Precision::Fp32 => "fp32",
-        Precision::Bf16Amp => "bf16 AMP (fp32 master weights)",
-        Precision::Fp16Amp => "fp16 AMP (fp32 master weights)",
+        Precision::Bf16Amp => "bf16 AMP",
+        Precision::Fp16Amp => "fp16 AMP",
         Precision::PureBf16 => "pure bf16",
     }
 }

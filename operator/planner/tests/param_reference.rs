@@ -1,0 +1,274 @@
+//! Parameter counts equal what Hugging Face `transformers` + `peft` count: runs
+//! `tests/reference/planner_param_counts.py`, which builds each model on the `meta` device (tiny and
+//! real-size llama, mistral, qwen2, tied and untied) and applies LoRA / DoRA / freeze / full exactly
+//! as PEFT and LLaMA-Factory do. Needs the Python reference stack (`LF_PYTHON`, default
+//! `<repo>/.venv/bin/python`); fails when it is missing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use lf_api::architecture::ModelType;
+use lf_api::training::{FinetuningType, TrainingConfig};
+use lf_api::ModelArchitecture;
+use lf_planner::{model_params, preset, trainable_params};
+use serde_json::{json, Value};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn python() -> PathBuf {
+    let path = std::env::var_os("LF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    assert!(
+        path.exists(),
+        "the Python reference interpreter {} does not exist: run scripts/install-python-ref.sh or set LF_PYTHON",
+        path.display()
+    );
+    path
+}
+
+fn tiny(model_type: ModelType, tied: bool, kv: u64, head_dim: Option<u64>) -> ModelArchitecture {
+    ModelArchitecture {
+        model_type,
+        vocab_size: 1000,
+        hidden_size: 64,
+        intermediate_size: 172,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(kv),
+        head_dim,
+        max_position_embeddings: 256,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        tie_word_embeddings: tied,
+        attention_bias: false,
+        torch_dtype: None,
+        bos_token_id: None,
+        eos_token_id: None,
+    }
+}
+
+fn config_json(a: &ModelArchitecture) -> Value {
+    let mut c = json!({
+        "model_type": serde_json::to_value(a.model_type).unwrap_or(Value::Null),
+        "vocab_size": a.vocab_size,
+        "hidden_size": a.hidden_size,
+        "intermediate_size": a.intermediate_size,
+        "num_hidden_layers": a.num_hidden_layers,
+        "num_attention_heads": a.num_attention_heads,
+        "num_key_value_heads": a.kv_heads(),
+        "tie_word_embeddings": a.tie_word_embeddings,
+        "attention_bias": a.attention_bias,
+    });
+    if let Some(d) = a.head_dim {
+        c["head_dim"] = json!(d);
+    }
+    c
+}
+
+struct Case {
+    name: String,
+    arch: ModelArchitecture,
+    training: TrainingConfig,
+}
+
+fn case(name: &str, arch: ModelArchitecture, yaml: &str) -> Case {
+    let training = TrainingConfig::from_yaml_str(yaml).unwrap_or_else(|e| panic!("{name}: {e}"));
+    Case {
+        name: name.into(),
+        arch,
+        training,
+    }
+}
+
+fn real(name: &str) -> ModelArchitecture {
+    preset(name).unwrap_or_else(|| panic!("no preset {name}"))
+}
+
+#[test]
+fn counts_equal_transformers_and_peft() {
+    let mut llama_bias = tiny(ModelType::Llama, false, 2, None);
+    llama_bias.attention_bias = true;
+    let mut mistral_bias = tiny(ModelType::Mistral, false, 2, None);
+    mistral_bias.attention_bias = true;
+    let cases = vec![
+        case(
+            "tiny-llama full",
+            tiny(ModelType::Llama, false, 2, None),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-llama lora q,v r4",
+            tiny(ModelType::Llama, false, 2, None),
+            "lora_rank: 4\nlora_target: q_proj,v_proj",
+        ),
+        case(
+            "tiny-llama dora all r8",
+            tiny(ModelType::Llama, false, 2, None),
+            "lora_rank: 8\nuse_dora: true",
+        ),
+        case(
+            "tiny-llama freeze 1",
+            tiny(ModelType::Llama, false, 2, None),
+            "finetuning_type: freeze\nfreeze_trainable_layers: 1",
+        ),
+        case(
+            "tiny-llama tied head_dim 32 full",
+            tiny(ModelType::Llama, true, 2, Some(32)),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-llama tied head_dim 32 lora",
+            tiny(ModelType::Llama, true, 2, Some(32)),
+            "lora_rank: 8",
+        ),
+        case(
+            "tiny-llama attention_bias full",
+            llama_bias,
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-mistral attention_bias full",
+            mistral_bias,
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-mistral lora all",
+            tiny(ModelType::Mistral, false, 1, None),
+            "lora_rank: 2",
+        ),
+        case(
+            "tiny-qwen2 full",
+            tiny(ModelType::Qwen2, false, 2, None),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-qwen2 tied lora all",
+            tiny(ModelType::Qwen2, true, 2, None),
+            "lora_rank: 4",
+        ),
+        case(
+            "tiny-qwen2 tied dora q,k",
+            tiny(ModelType::Qwen2, true, 2, None),
+            "lora_rank: 4\nuse_dora: true\nlora_target: q_proj,k_proj",
+        ),
+        case(
+            "llama-2-7b lora q,v r8",
+            real("meta-llama/Llama-2-7b-hf"),
+            "lora_rank: 8\nlora_target: q_proj,v_proj",
+        ),
+        case(
+            "llama-3-8b lora all r16",
+            real("meta-llama/Meta-Llama-3-8B"),
+            "lora_rank: 16",
+        ),
+        case(
+            "llama-3-8b dora all r16",
+            real("meta-llama/Meta-Llama-3-8B"),
+            "lora_rank: 16\nuse_dora: true",
+        ),
+        case(
+            "llama-3.2-1b tied full",
+            real("meta-llama/Llama-3.2-1B"),
+            "finetuning_type: full",
+        ),
+        case(
+            "llama-3.2-3b tied freeze 2",
+            real("meta-llama/Llama-3.2-3B"),
+            "finetuning_type: freeze\nfreeze_trainable_layers: 2",
+        ),
+        case(
+            "mistral-7b lora all r8",
+            real("mistralai/Mistral-7B-v0.1"),
+            "lora_rank: 8",
+        ),
+        case(
+            "qwen2.5-7b lora all r8",
+            real("Qwen/Qwen2.5-7B"),
+            "lora_rank: 8",
+        ),
+        case(
+            "qwen2.5-0.5b tied full",
+            real("Qwen/Qwen2.5-0.5B"),
+            "finetuning_type: full",
+        ),
+        case(
+            "llama-2-70b lora all r64",
+            real("meta-llama/Llama-2-70b-hf"),
+            "lora_rank: 64",
+        ),
+        case(
+            "codellama-34b lora all r128",
+            real("codellama/CodeLlama-34b-hf"),
+            "lora_rank: 128",
+        ),
+    ];
+    let request: Vec<Value> = cases
+        .iter()
+        .map(|c| {
+            let t = &c.training;
+            json!({
+                "name": c.name,
+                "config": config_json(&c.arch),
+                "method": match t.finetuning_type { FinetuningType::Full => "full", FinetuningType::Freeze => "freeze", FinetuningType::Lora => "lora" },
+                "rank": t.lora_rank,
+                "targets": t.lora_targets().unwrap().iter().map(|m| m.name()).collect::<Vec<_>>(),
+                "dora": t.use_dora,
+                "freeze_layers": t.freeze_trainable_layers,
+            })
+        })
+        .collect();
+    let script = repo_root().join("tests/reference/planner_param_counts.py");
+    let mut child = Command::new(python())
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&request).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bad output from {}: {e}\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(results.len(), cases.len());
+    let mut failures = Vec::new();
+    println!("{:<36} {:>16} {:>16}", "case", "total", "trainable");
+    for (c, r) in cases.iter().zip(&results) {
+        let (total, trainable) = (
+            model_params(&c.arch),
+            trainable_params(&c.arch, &c.training),
+        );
+        let (rt, rtr) = (
+            r["total"].as_u64().unwrap_or(0),
+            r["trainable"].as_u64().unwrap_or(0),
+        );
+        println!("{:<36} {:>16} {:>16}", c.name, total, trainable);
+        if (total, trainable) != (rt, rtr) {
+            failures.push(format!(
+                "{}: ours {total}/{trainable}, transformers+peft {rt}/{rtr}",
+                c.name
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
