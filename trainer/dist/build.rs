@@ -1,0 +1,117 @@
+//! Compiles the c10d shim (cpp/shim.cpp) against the headers of the libtorch that torch-sys links,
+//! links it to libtorch, and gives this crate's binaries and tests a RUNPATH to that libtorch.
+//!
+//! The libtorch location comes from torch-sys (`links = "tch"` exports `DEP_TCH_LIBTORCH_LIB`),
+//! so the shim always matches the libtorch tch uses. Environment:
+//! - `LF_GLOO_INCLUDE`: a real gloo include directory instead of cpp/gloo_stub (optional).
+//! - `LF_CUDA_INCLUDE`: extra include directories (`:`-separated) for the `nccl` feature, e.g. a
+//!   system CUDA toolkit; by default every `<libtorch>/../nvidia/*/include` of the wheel layout.
+//! - `TCH_FORCE_CUDA_LINK`: keep libtorch_cuda in the NEEDED list of binaries (GPU builds).
+use std::env;
+use std::path::{Path, PathBuf};
+
+fn main() {
+    println!("cargo:rerun-if-changed=cpp");
+    println!("cargo:rerun-if-env-changed=LF_GLOO_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LF_CUDA_INCLUDE");
+    println!("cargo:rerun-if-env-changed=TCH_FORCE_CUDA_LINK");
+
+    let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
+        panic!(
+            "DEP_TCH_LIBTORCH_LIB is not set: lf-dist needs torch-sys as a direct dependency \
+             (set LIBTORCH=<root>/torch, see scripts/install-libtorch.sh)"
+        );
+    };
+    let lib = PathBuf::from(lib);
+    let torch = lib.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let include = torch.join("include");
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
+    let gloo = env::var("LF_GLOO_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| manifest.join("cpp").join("gloo_stub"));
+    let nccl = env::var_os("CARGO_FEATURE_NCCL").is_some();
+
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .file(manifest.join("cpp").join("shim.cpp"))
+        .include(&include)
+        .include(
+            include
+                .join("torch")
+                .join("csrc")
+                .join("api")
+                .join("include"),
+        )
+        .include(&gloo)
+        .define("USE_C10D_GLOO", None)
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        // libtorch's headers are not warning-clean; our own file is small and reviewed.
+        .warnings(false);
+    if nccl {
+        build
+            .define("USE_C10D_NCCL", None)
+            .define("USE_CUDA", None)
+            .define("LF_DIST_NCCL", None);
+        for dir in cuda_include_dirs(&torch) {
+            build.include(dir);
+        }
+    }
+    build.compile("lf_dist_shim");
+
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    if nccl {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
+    // This crate's own binaries and test executables (dependants add the same in their build.rs).
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    if env::var_os("TCH_FORCE_CUDA_LINK").is_some() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}
+
+/// Include directories for the CUDA/NCCL headers: `LF_CUDA_INCLUDE` first, then every
+/// `nvidia/*/include` (and its `cccl` subdirectory) next to the torch directory of the wheel layout.
+fn cuda_include_dirs(torch: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = env::var("LF_CUDA_INCLUDE")
+        .map(|v| {
+            v.split(':')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let nvidia = torch.parent().unwrap_or(Path::new("/")).join("nvidia");
+    if let Ok(entries) = std::fs::read_dir(&nvidia) {
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("include"))
+            .filter(|p| p.is_dir())
+            .collect();
+        found.sort();
+        for dir in found {
+            let cccl = dir.join("cccl");
+            dirs.push(dir);
+            if cccl.is_dir() {
+                dirs.push(cccl);
+            }
+        }
+    }
+    if dirs.is_empty() {
+        println!(
+            "cargo:warning=feature `nccl`: no CUDA include directories found under {} and \
+             LF_CUDA_INCLUDE is unset; install the cuda flavour (scripts/install-libtorch.sh cuda)",
+            nvidia.display()
+        );
+    }
+    dirs
+}

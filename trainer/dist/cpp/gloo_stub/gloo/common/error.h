@@ -1,0 +1,2 @@
+// Stub: see ../../README.md. ProcessGroupGloo.hpp includes this header but uses nothing from it.
+#pragma once

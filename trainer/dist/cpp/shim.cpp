@@ -1,0 +1,300 @@
+// lf-dist's C++ shim: the smallest C ABI over PyTorch's own c10d that the Rust side needs.
+//
+// * A TCPStore (rank 0 hosts it) with an arrival check that records which ranks showed up.
+// * ProcessGroupGloo (CPU tensors) or, with -DLF_DIST_NCCL, ProcessGroupNCCL (CUDA tensors),
+//   held as a c10d::Backend.
+// * Blocking collectives on tch tensors: tch's `C_tensor*` *is* `at::Tensor*` (torch-sys'
+//   `typedef torch::Tensor *tensor;`), so the collectives work in place on the Rust tensors.
+// * CUDA caching allocator peak statistics (NCCL/CUDA builds only).
+//
+// Every entry point returns 0 on success. On failure it returns non-zero and stores a malloc'd,
+// NUL-terminated one-line message in *err (freed with lf_dist_free_string); no C++ exception
+// ever crosses the C boundary. c10::Error is caught first so the message is
+// what_without_backtrace() (what() carries a multi-line C++ backtrace).
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#ifdef LF_DIST_NCCL
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kError = 1;
+constexpr int kRendezvousIncomplete = 2;
+
+struct StoreHandle {
+  c10::intrusive_ptr<c10d::Store> store;
+};
+
+struct GroupHandle {
+  c10::intrusive_ptr<c10d::Backend> backend;
+  int64_t device_index; // -1 for CPU (Gloo)
+};
+
+void set_error(char** err, const std::string& message) {
+  if (err == nullptr) {
+    return;
+  }
+  char* copy = static_cast<char*>(std::malloc(message.size() + 1));
+  if (copy != nullptr) {
+    std::memcpy(copy, message.data(), message.size());
+    copy[message.size()] = '\0';
+  }
+  *err = copy;
+}
+
+template <typename F>
+int guarded(char** err, F&& body) {
+  try {
+    body();
+    return kOk;
+  } catch (const c10::Error& e) {
+    set_error(err, e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    set_error(err, e.what());
+  } catch (...) {
+    set_error(err, "unknown C++ exception");
+  }
+  return kError;
+}
+
+std::string arrival_key(int rank) {
+  return "lf-dist/arrived/" + std::to_string(rank);
+}
+
+} // namespace
+
+extern "C" {
+
+void lf_dist_free_string(char* s) {
+  std::free(s);
+}
+
+// Connects to (rank 0: hosts) the TCPStore at host:port. Does not wait for other ranks.
+int lf_dist_store_new(
+    const char* host,
+    uint16_t port,
+    int is_server,
+    int64_t timeout_ms,
+    StoreHandle** out,
+    char** err) {
+  return guarded(err, [&] {
+    c10d::TCPStoreOptions opts;
+    opts.port = port;
+    opts.isServer = is_server != 0;
+    opts.numWorkers = std::nullopt; // arrival is checked by lf_dist_store_arrive, which names the missing ranks
+    opts.waitWorkers = false;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    *out = new StoreHandle{store};
+  });
+}
+
+void lf_dist_store_free(StoreHandle* handle) {
+  try {
+    delete handle;
+  } catch (...) {
+  }
+}
+
+// Announces `rank` and waits up to timeout_ms for all `world` ranks. On timeout returns
+// kRendezvousIncomplete and sets arrived[r] to 1 for each rank whose key is present, 0 if absent
+// (2 if the store could not even be asked).
+int lf_dist_store_arrive(
+    StoreHandle* handle,
+    int rank,
+    int world,
+    int64_t timeout_ms,
+    uint8_t* arrived,
+    char** err) {
+  int status = guarded(err, [&] {
+    std::string one("1");
+    handle->store->set(arrival_key(rank), std::vector<uint8_t>(one.begin(), one.end()));
+  });
+  if (status != kOk) {
+    return status;
+  }
+  std::vector<std::string> keys;
+  keys.reserve(world);
+  for (int r = 0; r < world; ++r) {
+    keys.push_back(arrival_key(r));
+  }
+  status = guarded(err, [&] { handle->store->wait(keys, std::chrono::milliseconds(timeout_ms)); });
+  if (status == kOk) {
+    for (int r = 0; r < world; ++r) {
+      arrived[r] = 1;
+    }
+    return kOk;
+  }
+  for (int r = 0; r < world; ++r) {
+    char* ignored = nullptr;
+    bool present = false;
+    int check = guarded(&ignored, [&] { present = handle->store->check({keys[r]}); });
+    lf_dist_free_string(ignored);
+    arrived[r] = check != kOk ? 2 : (present ? 1 : 0);
+  }
+  return kRendezvousIncomplete;
+}
+
+// Creates a Gloo process group over the store. `iface` (a network interface name) or `hostname`
+// (an address to bind to) picks Gloo's transport device; both empty: Gloo's default device (the
+// address this machine's hostname resolves to).
+int lf_dist_group_new_gloo(
+    StoreHandle* handle,
+    int rank,
+    int world,
+    int64_t timeout_ms,
+    const char* iface,
+    const char* hostname,
+    GroupHandle** out,
+    char** err) {
+  return guarded(err, [&] {
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("lf-dist/gloo", handle->store);
+    auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
+    if (iface != nullptr && iface[0] != '\0') {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
+    } else if (hostname != nullptr && hostname[0] != '\0') {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(hostname));
+    } else {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, rank, world, opts);
+    *out = new GroupHandle{pg, -1};
+  });
+}
+
+// Creates an NCCL process group for CUDA device `device_index` (made the current device).
+int lf_dist_group_new_nccl(
+    StoreHandle* handle,
+    int rank,
+    int world,
+    int64_t timeout_ms,
+    int64_t device_index,
+    GroupHandle** out,
+    char** err) {
+#ifdef LF_DIST_NCCL
+  return guarded(err, [&] {
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device_index));
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("lf-dist/nccl", handle->store);
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = std::chrono::milliseconds(timeout_ms);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, world, opts);
+    *out = new GroupHandle{pg, device_index};
+  });
+#else
+  (void)handle;
+  (void)rank;
+  (void)world;
+  (void)timeout_ms;
+  (void)device_index;
+  (void)out;
+  set_error(err, "lf-dist was built without the `nccl` feature");
+  return kError;
+#endif
+}
+
+void lf_dist_group_free(GroupHandle* group) {
+  if (group == nullptr) {
+    return;
+  }
+  try {
+    group->backend->shutdown();
+  } catch (...) {
+  }
+  try {
+    delete group;
+  } catch (...) {
+  }
+}
+
+int lf_dist_all_reduce_sum(GroupHandle* group, at::Tensor* tensor, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    group->backend->allreduce(tensors, opts)->wait();
+  });
+}
+
+int lf_dist_reduce_scatter_sum(
+    GroupHandle* group,
+    const at::Tensor* input,
+    at::Tensor* output,
+    char** err) {
+  return guarded(err, [&] {
+    at::Tensor in = *input;
+    c10d::ReduceScatterOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    group->backend->_reduce_scatter_base(*output, in, opts)->wait();
+  });
+}
+
+int lf_dist_all_gather(GroupHandle* group, const at::Tensor* input, at::Tensor* output, char** err) {
+  return guarded(err, [&] {
+    at::Tensor in = *input;
+    group->backend->_allgather_base(*output, in, c10d::AllgatherOptions())->wait();
+  });
+}
+
+int lf_dist_broadcast(GroupHandle* group, at::Tensor* tensor, int root, char** err) {
+  return guarded(err, [&] {
+    std::vector<at::Tensor> tensors{*tensor};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    group->backend->broadcast(tensors, opts)->wait();
+  });
+}
+
+int lf_dist_barrier(GroupHandle* group, char** err) {
+  return guarded(err, [&] {
+    c10d::BarrierOptions opts;
+    if (group->device_index >= 0) {
+      opts.device_ids = {group->device_index};
+    }
+    group->backend->barrier(opts)->wait();
+  });
+}
+
+// Peak bytes allocated by the CUDA caching allocator on `device` since the start or the last
+// lf_dist_cuda_reset_peak (the statistic torch.cuda.max_memory_allocated reports).
+int lf_dist_cuda_peak_allocated(int64_t device, uint64_t* out, char** err) {
+#ifdef LF_DIST_NCCL
+  return guarded(err, [&] {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *out = static_cast<uint64_t>(stats.allocated_bytes[aggregate].peak);
+  });
+#else
+  (void)device;
+  (void)out;
+  set_error(err, "lf-dist was built without the `nccl` feature (no CUDA support)");
+  return kError;
+#endif
+}
+
+int lf_dist_cuda_reset_peak(int64_t device, char** err) {
+#ifdef LF_DIST_NCCL
+  return guarded(err, [&] {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  });
+#else
+  (void)device;
+  set_error(err, "lf-dist was built without the `nccl` feature (no CUDA support)");
+  return kError;
+#endif
+}
+
+} // extern "C"

@@ -1,0 +1,328 @@
+//! [`ProcessGroup`]: a c10d process group (Gloo for CPU tensors, NCCL for CUDA tensors) with
+//! blocking, in-place collectives on tch tensors.
+//!
+//! Collectives must be called in the same order on every rank (c10d's rule). Each one blocks until
+//! it completes on this rank, fails, or runs past the timeout given at construction; a failure is a
+//! [`DistError::Collective`] naming this rank and the operation. After a failure the group is
+//! broken (a peer is gone); drop it and exit with [`DistError::exit_code`].
+
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+use tch::{Device, Tensor};
+
+use crate::error::DistError;
+use crate::ffi;
+use crate::rendezvous::{rendezvous, RendezvousOptions, Store};
+
+/// Which c10d backend a group runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Gloo,
+    Nccl,
+}
+
+/// A c10d process group. `Send` (it can move to another thread) but not `Sync`: collectives are
+/// issued from one thread, in the same order on every rank. Dropping it destroys the group.
+pub struct ProcessGroup {
+    raw: NonNull<ffi::RawGroup>,
+    // Dropped after `raw` (see Drop): the backend still references the store.
+    store: Option<Store>,
+    rank: usize,
+    world_size: usize,
+    device: Device,
+    backend: Backend,
+}
+
+// SAFETY: the c10d backend is not tied to the creating thread; `ProcessGroup` is !Sync, so calls
+// never race.
+unsafe impl Send for ProcessGroup {}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from the shim and is freed exactly once, before the store.
+        unsafe { ffi::lf_dist_group_free(self.raw.as_ptr()) };
+        drop(self.store.take());
+    }
+}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessGroup")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .field("device", &self.device)
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+impl ProcessGroup {
+    /// Meets the other ranks (see [`crate::rendezvous`]) and creates the group for tensors on
+    /// `device`: Gloo for `Device::Cpu`, NCCL for `Device::Cuda(i)` (feature `nccl`). Both the
+    /// rendezvous and every later collective are bounded by `opts.timeout`.
+    ///
+    /// Gloo binds to: the interface in `GLOO_SOCKET_IFNAME` if set (PyTorch's variable), else
+    /// 127.0.0.1 when the master address is loopback, else the address this host's name resolves
+    /// to (a pod's IP in Kubernetes).
+    pub fn new(opts: &RendezvousOptions, device: Device) -> Result<Self, DistError> {
+        let backend =
+            match device {
+                Device::Cpu => Backend::Gloo,
+                Device::Cuda(_) if cfg!(feature = "nccl") => Backend::Nccl,
+                Device::Cuda(_) => return Err(DistError::Unsupported(
+                    "CUDA tensors need ProcessGroupNCCL: build lf-dist with the `nccl` feature \
+                     against the cuda flavour of libtorch (scripts/install-libtorch.sh cuda)"
+                        .into(),
+                )),
+                other => {
+                    return Err(DistError::Unsupported(format!(
+                        "no c10d backend for device {other:?}"
+                    )))
+                }
+            };
+        let store = rendezvous(opts)?;
+        let timeout_ms = opts.timeout.as_millis().clamp(1, i64::MAX as u128) as i64;
+        let mut raw = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        let status = match (backend, device) {
+            (Backend::Nccl, Device::Cuda(index)) => {
+                if std::env::var_os("TORCH_NCCL_BLOCKING_WAIT").is_none() {
+                    // Makes NCCL's wait() throw on a timeout or a dead peer (turned into a
+                    // DistError here) instead of the watchdog tearing the process down.
+                    std::env::set_var("TORCH_NCCL_BLOCKING_WAIT", "1");
+                }
+                // SAFETY: the store is live; out-pointers are valid.
+                unsafe {
+                    ffi::lf_dist_group_new_nccl(
+                        store.as_ptr(),
+                        opts.rank as i32,
+                        opts.world_size as i32,
+                        timeout_ms,
+                        index as i64,
+                        &mut raw,
+                        &mut err,
+                    )
+                }
+            }
+            _ => {
+                let (iface, hostname) = gloo_device(opts);
+                let iface = CString::new(iface)
+                    .map_err(|_| DistError::invalid("GLOO_SOCKET_IFNAME", "contains a NUL byte"))?;
+                let hostname = CString::new(hostname)
+                    .map_err(|_| DistError::invalid("rendezvous options", "NUL byte"))?;
+                // SAFETY: the store is live; C strings and out-pointers are valid.
+                unsafe {
+                    ffi::lf_dist_group_new_gloo(
+                        store.as_ptr(),
+                        opts.rank as i32,
+                        opts.world_size as i32,
+                        timeout_ms,
+                        iface.as_ptr(),
+                        hostname.as_ptr(),
+                        &mut raw,
+                        &mut err,
+                    )
+                }
+            }
+        };
+        let op = match backend {
+            Backend::Gloo => "creating the Gloo process group",
+            Backend::Nccl => "creating the NCCL process group",
+        };
+        if status != ffi::STATUS_OK {
+            return Err(DistError::Collective {
+                rank: opts.rank,
+                op,
+                // SAFETY: err was set by the shim.
+                message: unsafe { ffi::take_error(err) },
+            });
+        }
+        let raw = NonNull::new(raw).ok_or_else(|| DistError::Collective {
+            rank: opts.rank,
+            op,
+            message: "the shim returned no group".into(),
+        })?;
+        Ok(ProcessGroup {
+            raw,
+            store: Some(store),
+            rank: opts.rank,
+            world_size: opts.world_size,
+            device,
+            backend,
+        })
+    }
+
+    /// This process' rank in the group.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks in the group.
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// The device whose tensors this group reduces.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The c10d backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Sums `t` over all ranks, in place (every rank ends with the sum).
+    pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<(), DistError> {
+        const OP: &str = "all_reduce_sum";
+        self.check_tensor(OP, "tensor", t)?;
+        let ptr = t.as_mut_ptr();
+        // SAFETY: live group, valid tensor pointer.
+        self.call(OP, |err| unsafe {
+            ffi::lf_dist_all_reduce_sum(self.raw.as_ptr(), ptr, err)
+        })
+    }
+
+    /// Sums `input` (flat, `world_size * shard` elements) over all ranks and leaves shard
+    /// `rank` of the sum (elements `rank*shard..(rank+1)*shard`) in `output` (`shard` elements).
+    pub fn reduce_scatter_sum(&self, input: &Tensor, output: &mut Tensor) -> Result<(), DistError> {
+        const OP: &str = "reduce_scatter_sum";
+        self.check_tensor(OP, "input", input)?;
+        self.check_tensor(OP, "output", output)?;
+        self.check_pair(OP, output, input)?;
+        let (inp, out) = (input.as_ptr(), output.as_mut_ptr());
+        // SAFETY: live group, valid tensor pointers.
+        self.call(OP, |err| unsafe {
+            ffi::lf_dist_reduce_scatter_sum(self.raw.as_ptr(), inp, out, err)
+        })
+    }
+
+    /// Concatenates every rank's `input` (flat, `shard` elements) in rank order into `output`
+    /// (flat, `world_size * shard` elements).
+    pub fn all_gather(&self, input: &Tensor, output: &mut Tensor) -> Result<(), DistError> {
+        const OP: &str = "all_gather";
+        self.check_tensor(OP, "input", input)?;
+        self.check_tensor(OP, "output", output)?;
+        self.check_pair(OP, input, output)?;
+        let (inp, out) = (input.as_ptr(), output.as_mut_ptr());
+        // SAFETY: live group, valid tensor pointers.
+        self.call(OP, |err| unsafe {
+            ffi::lf_dist_all_gather(self.raw.as_ptr(), inp, out, err)
+        })
+    }
+
+    /// Copies `root`'s `t` into `t` on every rank, in place.
+    pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+        const OP: &str = "broadcast";
+        if root >= self.world_size {
+            return Err(DistError::invalid(
+                OP,
+                format!("root {root} is not below world_size {}", self.world_size),
+            ));
+        }
+        self.check_tensor(OP, "tensor", t)?;
+        let ptr = t.as_mut_ptr();
+        // SAFETY: live group, valid tensor pointer.
+        self.call(OP, |err| unsafe {
+            ffi::lf_dist_broadcast(self.raw.as_ptr(), ptr, root as i32, err)
+        })
+    }
+
+    /// Returns once every rank has entered the barrier.
+    pub fn barrier(&self) -> Result<(), DistError> {
+        // SAFETY: live group.
+        self.call("barrier", |err| unsafe {
+            ffi::lf_dist_barrier(self.raw.as_ptr(), err)
+        })
+    }
+
+    fn call(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(*mut *mut std::ffi::c_char) -> std::ffi::c_int,
+    ) -> Result<(), DistError> {
+        let mut err = std::ptr::null_mut();
+        if f(&mut err) == ffi::STATUS_OK {
+            return Ok(());
+        }
+        Err(DistError::Collective {
+            rank: self.rank,
+            op,
+            // SAFETY: err was set by the shim.
+            message: unsafe { ffi::take_error(err) },
+        })
+    }
+
+    fn check_tensor(&self, op: &'static str, what: &str, t: &Tensor) -> Result<(), DistError> {
+        if !t.defined() {
+            return Err(DistError::invalid(
+                op,
+                format!("{what} is an undefined tensor"),
+            ));
+        }
+        if t.device() != self.device {
+            return Err(DistError::invalid(
+                op,
+                format!(
+                    "{what} is on {:?} but the group reduces {:?} tensors",
+                    t.device(),
+                    self.device
+                ),
+            ));
+        }
+        if !t.is_contiguous() {
+            return Err(DistError::invalid(
+                op,
+                format!("{what} must be contiguous (call .contiguous())"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `small` holds one shard, `large` all `world_size` shards, same dtype.
+    fn check_pair(
+        &self,
+        op: &'static str,
+        small: &Tensor,
+        large: &Tensor,
+    ) -> Result<(), DistError> {
+        if small.kind() != large.kind() {
+            return Err(DistError::invalid(
+                op,
+                format!(
+                    "dtype mismatch: shard {:?}, full {:?}",
+                    small.kind(),
+                    large.kind()
+                ),
+            ));
+        }
+        let (s, l) = (small.numel(), large.numel());
+        if s * self.world_size != l {
+            return Err(DistError::invalid(
+                op,
+                format!(
+                    "the full tensor must have world_size × shard = {} × {s} = {} elements, it has {l}",
+                    self.world_size,
+                    s * self.world_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Gloo's transport device: (interface, hostname); at most one non-empty, both empty = Gloo's
+/// default (the address this host's name resolves to).
+fn gloo_device(opts: &RendezvousOptions) -> (String, String) {
+    if let Ok(iface) = std::env::var("GLOO_SOCKET_IFNAME") {
+        // PyTorch accepts a comma-separated list; one device is enough for our group.
+        if let Some(first) = iface.split(',').map(str::trim).find(|s| !s.is_empty()) {
+            return (first.to_string(), String::new());
+        }
+    }
+    if opts.is_loopback() {
+        return (String::new(), "127.0.0.1".to_string());
+    }
+    (String::new(), String::new())
+}
