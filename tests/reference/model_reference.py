@@ -1,0 +1,159 @@
+"""Reference tensors for lf-model's tests, from transformers + peft (CPU, fp32, tiny random models).
+
+Usage (each mode is one invocation per Rust test file):
+  model_reference.py forward OUT      tiny llama/mistral/qwen2 models (+ tied, llama3 and linear RoPE
+                                      scaling): HF model dirs, logits and greedy generations
+  model_reference.py peft-init OUT    a base model, PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B
+                                      and perturbed magnitudes), a batch, PEFT's summed loss and grads
+  model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
+                                      reports key mismatches and logit differences to OUT/verify.json
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+
+torch.set_num_threads(1)
+
+COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              rms_norm_eps=1e-5, initializer_range=0.2)
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def configs():
+    return {
+        "llama": LlamaConfig(**COMMON),
+        "mistral": MistralConfig(**COMMON, sliding_window=None),
+        "qwen2": Qwen2Config(**COMMON, use_sliding_window=False, tie_word_embeddings=False),
+        "llama_tied": LlamaConfig(**COMMON, tie_word_embeddings=True),
+        "llama3_rope": LlamaConfig(**COMMON, rope_theta=500000.0, rope_scaling={
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16}),
+        "llama_linear": LlamaConfig(**COMMON, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    }
+
+
+def build(cfg, seed):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith(".bias"):
+                p.normal_(0.0, 0.2)
+    return model.eval()
+
+
+def forward(out):
+    for i, (name, cfg) in enumerate(configs().items()):
+        model = build(cfg, 100 + i)
+        d = os.path.join(out, name)
+        model.save_pretrained(os.path.join(d, "model"))
+        g = torch.Generator().manual_seed(7 + i)
+        ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()
+            prompt = ids[:1, :6]
+            gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                                 pad_token_id=0, eos_token_id=None)
+        save_file({"input_ids": ids, "logits": logits.contiguous(), "generated": gen[0, 6:].contiguous()},
+                  os.path.join(d, "reference.safetensors"))
+
+
+def batch(vocab):
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, vocab, (3, 20), generator=g)
+    labels = ids.clone()
+    labels[:, :6] = -100              # prompt
+    labels[1, 15:] = -100             # right padding
+    ids[1, 15:] = 0
+    return ids, labels
+
+
+def summed_loss(logits, labels):
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    return torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+
+
+def peft_name(name):
+    return name.replace(".default.weight", ".weight").replace("lora_magnitude_vector.weight", "lora_magnitude_vector") \
+        if "lora_magnitude_vector" not in name else name.replace(".default.weight", "").replace(".default", "")
+
+
+VARIANTS = {"lora": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
+
+
+def peft_init(out):
+    from peft import LoraConfig, get_peft_model
+    cfg = configs()["llama"]
+    base = build(cfg, 5)
+    base.save_pretrained(os.path.join(out, "base"))
+    ids, labels = batch(cfg.vocab_size)
+    save_file({"input_ids": ids, "labels": labels}, os.path.join(out, "batch.safetensors"))
+    for k, (variant, extra) in enumerate(VARIANTS.items()):
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "base"), dtype=torch.float32)
+        lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM", **extra)
+        model = get_peft_model(model, lcfg)
+        g = torch.Generator().manual_seed(20 + k)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+                elif "lora_magnitude_vector" in name:
+                    p.mul_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+        d = os.path.join(out, variant)
+        model.save_pretrained(os.path.join(d, "init"))
+        model.train()
+        loss = summed_loss(model(input_ids=ids).logits, labels)
+        loss.backward()
+        ref = {"loss_sum": loss.detach().reshape(1)}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                ref["grad." + peft_name(name)] = p.grad.contiguous()
+        save_file(ref, os.path.join(d, "reference.safetensors"))
+
+
+def peft_verify(out):
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    ids, _ = batch(96)
+    report = {}
+    for variant in VARIANTS:
+        d = os.path.join(out, variant)
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "base"), dtype=torch.float32)
+        lcfg = LoraConfig.from_pretrained(os.path.join(d, "trained"))
+        model = get_peft_model(model, lcfg)
+        result = set_peft_model_state_dict(model, load_file(os.path.join(d, "trained", "adapter_model.safetensors")))
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        model.eval()
+        ours = load_file(os.path.join(d, "ours.safetensors"))["logits"]
+        with torch.no_grad():
+            peft_logits = model(input_ids=ids).logits.float()
+            merged = model.merge_and_unload()
+            merged_logits = merged(input_ids=ids).logits.float()
+            exported = AutoModelForCausalLM.from_pretrained(os.path.join(d, "merged"), dtype=torch.float32).eval()
+            export_logits = exported(input_ids=ids).logits.float()
+        scale = peft_logits.abs().max().item()
+        report[variant] = {
+            "unexpected_keys": list(result.unexpected_keys),
+            "missing_keys": missing,
+            "peft_vs_ours": (peft_logits - ours).abs().max().item() / scale,
+            "export_vs_merge": (export_logits - merged_logits).abs().max().item() / scale,
+            "export_vs_peft": (export_logits - peft_logits).abs().max().item() / scale,
+        }
+    with open(os.path.join(out, "verify.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    {"forward": forward, "peft-init": peft_init, "peft-verify": peft_verify}[mode](out)

@@ -1,0 +1,280 @@
+//! [`CausalLm`]: the model the trainer, evaluator, chat and export commands drive.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use lf_api::architecture::ModelArchitecture;
+use lf_api::training::{FinetuningType, FlashAttn, LinearModule};
+use tch::{Kind, Tensor};
+
+use crate::llama::{AttentionBackend, Llama};
+use crate::loader::{self, FileSource, MemorySource};
+use crate::{options, safetensors_io, LoadOptions, ModelError};
+
+/// What `load` measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    /// Wall time from opening the files to the last tensor on the device.
+    pub seconds: f64,
+    /// Bytes copied to the device.
+    pub bytes: u64,
+    /// Number of weight files read.
+    pub files: usize,
+}
+
+/// LoRA settings in effect (from the training config or an adapter's `adapter_config.json`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSettings {
+    pub r: u32,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<LinearModule>,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+}
+
+impl LoraSettings {
+    /// α/r, or α/√r with rsLoRA.
+    pub fn scaling(&self) -> f64 {
+        let r = self.r as f64;
+        if self.use_rslora {
+            self.alpha / r.sqrt()
+        } else {
+            self.alpha / r
+        }
+    }
+}
+
+/// The fine-tuning method in effect.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MethodState {
+    pub finetuning: Option<FinetuningType>,
+    pub lora: Option<LoraSettings>,
+    pub gradient_checkpointing: bool,
+    pub loss_chunk_size: usize,
+    pub seed: u64,
+}
+
+/// A Llama-family causal language model with optional adapters.
+pub struct CausalLm {
+    pub(crate) arch: ModelArchitecture,
+    pub(crate) model: Llama,
+    pub(crate) opts: LoadOptions,
+    pub(crate) method: MethodState,
+    pub(crate) training: bool,
+    pub(crate) backend: AttentionBackend,
+    /// Counts training micro-batches, so each gets its own (replayable) dropout masks.
+    pub(crate) micro_step: Cell<u64>,
+    pub(crate) load_report: Option<LoadReport>,
+}
+
+impl CausalLm {
+    /// Loads a Hugging Face model directory: `config.json` plus `model.safetensors` or the shards of
+    /// `model.safetensors.index.json`. Files are memory-mapped and each tensor is converted to
+    /// `opts.dtype` and moved to `opts.device` on its own; the time taken is logged and kept in
+    /// [`CausalLm::load_report`].
+    pub fn load(model_dir: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
+        let start = Instant::now();
+        let arch = options::read_architecture(model_dir)?;
+        let files = safetensors_io::weight_files(model_dir)?;
+        let mut src = FileSource::open(model_dir, &files)?;
+        let model = loader::build(&arch, &mut src, opts)?;
+        let report = LoadReport {
+            seconds: start.elapsed().as_secs_f64(),
+            bytes: src.bytes,
+            files: files.len(),
+        };
+        tracing::info!(
+            model = %model_dir.display(),
+            seconds = report.seconds,
+            gib = report.bytes as f64 / (1u64 << 30) as f64,
+            files = report.files,
+            "model loaded"
+        );
+        let mut lm = Self::assemble(arch, model, opts);
+        lm.load_report = Some(report);
+        Ok(lm)
+    }
+
+    /// Builds a model from named tensors (Hugging Face names), for tests and conversions.
+    pub fn from_tensors(
+        arch: ModelArchitecture,
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+        opts: &LoadOptions,
+    ) -> Result<Self, ModelError> {
+        arch.validate()?;
+        let mut src = MemorySource {
+            tensors: tensors.into_iter().collect::<HashMap<_, _>>(),
+        };
+        let model = loader::build(&arch, &mut src, opts)?;
+        Ok(Self::assemble(arch, model, opts))
+    }
+
+    fn assemble(arch: ModelArchitecture, model: Llama, opts: &LoadOptions) -> Self {
+        CausalLm {
+            arch,
+            model,
+            opts: opts.clone(),
+            method: MethodState {
+                finetuning: None,
+                lora: None,
+                gradient_checkpointing: false,
+                loss_chunk_size: 1024,
+                seed: 0,
+            },
+            training: false,
+            backend: AttentionBackend::Sdpa,
+            micro_step: Cell::new(0),
+            load_report: None,
+        }
+    }
+
+    /// The architecture read from `config.json`.
+    pub fn architecture(&self) -> &ModelArchitecture {
+        &self.arch
+    }
+
+    /// The options the model was loaded with.
+    pub fn load_options(&self) -> &LoadOptions {
+        &self.opts
+    }
+
+    /// Load time and size, when the model came from [`CausalLm::load`].
+    pub fn load_report(&self) -> Option<&LoadReport> {
+        self.load_report.as_ref()
+    }
+
+    /// The LoRA settings in effect, if any adapter is attached.
+    pub fn lora_settings(&self) -> Option<&LoraSettings> {
+        self.method.lora.as_ref()
+    }
+
+    /// Chooses the attention implementation (`flash_attn`) and logs, once, the SDPA kernel
+    /// libtorch picks for this model's shapes and dtype. Returns that kernel's name.
+    pub fn set_attention(&mut self, flash_attn: FlashAttn) -> &'static str {
+        self.backend = match flash_attn {
+            FlashAttn::Eager => AttentionBackend::Eager,
+            FlashAttn::Auto | FlashAttn::Sdpa | FlashAttn::Fa2 => AttentionBackend::Sdpa,
+        };
+        let name = self.attention_kernel(512);
+        tracing::info!(flash_attn = ?flash_attn, kernel = name, "attention backend");
+        if flash_attn == FlashAttn::Fa2 && name != "flash" {
+            tracing::warn!(
+                kernel = name,
+                "flash_attn: fa2 asked, but libtorch picks another kernel for this device/dtype"
+            );
+        }
+        name
+    }
+
+    /// The attention kernel used for a causal sequence of `seq_len` tokens: `eager`, or the SDPA
+    /// backend libtorch chooses (`math`, `flash`, `efficient`, `cudnn`, `overrideable`).
+    pub fn attention_kernel(&self, seq_len: i64) -> &'static str {
+        if self.backend == AttentionBackend::Eager {
+            return "eager";
+        }
+        let a = &self.arch;
+        let d = a.head_dim() as i64;
+        let opts = (self.opts.dtype, self.opts.device);
+        let q = Tensor::zeros([1, a.num_attention_heads as i64, seq_len, d], opts);
+        let kv = Tensor::zeros([1, a.kv_heads() as i64, seq_len, d], opts);
+        let gqa = a.kv_heads() != a.num_attention_heads;
+        match Tensor::internal_fused_sdp_choice(&q, &kv, &kv, None::<Tensor>, 0.0, true, None, gqa)
+        {
+            0 => "math",
+            1 => "flash",
+            2 => "efficient",
+            3 => "cudnn",
+            4 => "overrideable",
+            _ => "none",
+        }
+    }
+
+    /// Switches dropout (adapter dropout) and, when the method asks for it, layer recomputation
+    /// in [`CausalLm::loss_sum_and_backward`] on or off.
+    pub fn set_training(&mut self, on: bool) {
+        self.training = on;
+    }
+
+    /// Whether training mode is on.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Whether `loss_sum_and_backward` recomputes layers (training mode and
+    /// `gradient_checkpointing`).
+    pub fn recomputes_layers(&self) -> bool {
+        self.training && self.method.gradient_checkpointing
+    }
+
+    /// Logits `[B, S, V]` in fp32 (materialises them all: for tests and small evaluations).
+    pub fn forward_logits(&self, input_ids: &Tensor) -> Tensor {
+        let hidden = self
+            .model
+            .hidden(input_ids, None, self.backend, self.training);
+        self.model.head(&hidden).to_kind(Kind::Float)
+    }
+
+    /// Bytes held by the base weights (quantised storage counted as stored; a tied head once).
+    pub fn weight_bytes(&self) -> u64 {
+        let dense = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        let m = &self.model;
+        let mut total = dense(&m.embed_tokens)
+            + dense(&m.norm.weight)
+            + m.lm_head.as_ref().map(dense).unwrap_or(0);
+        for layer in &m.layers {
+            total += dense(&layer.input_layernorm.weight)
+                + dense(&layer.post_attention_layernorm.weight);
+            for module in LinearModule::ALL {
+                let l = layer.linear(module);
+                total += l.weight.storage_bytes() + l.bias.as_ref().map(dense).unwrap_or(0);
+            }
+        }
+        total
+    }
+
+    /// The `(name, tensor)` of every base (non-adapter) parameter, Hugging Face names, in
+    /// checkpoint order. Quantised linears are listed dequantised to the model dtype.
+    pub(crate) fn base_parameters(&self, merged: bool) -> Vec<(String, Tensor)> {
+        let m = &self.model;
+        let kind = self.opts.dtype;
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            m.embed_tokens.shallow_clone(),
+        )];
+        for (i, layer) in m.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            for module in LinearModule::ALL {
+                let l = layer.linear(module);
+                let name = format!("{p}.{}.{}", module.parent(), module.name());
+                let w = match (&l.adapter, l.weight.as_dense()) {
+                    (Some(_), _) if merged => l.merged_weight(kind),
+                    (_, Some(w)) => w.shallow_clone(),
+                    (_, None) => l.weight.dense(kind),
+                };
+                out.push((format!("{name}.weight"), w));
+                if let Some(b) = &l.bias {
+                    out.push((format!("{name}.bias"), b.shallow_clone()));
+                }
+            }
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.weight.shallow_clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.weight.shallow_clone(),
+            ));
+        }
+        out.push((
+            "model.norm.weight".to_string(),
+            m.norm.weight.shallow_clone(),
+        ));
+        if let Some(h) = &m.lm_head {
+            out.push(("lm_head.weight".to_string(), h.shallow_clone()));
+        }
+        out
+    }
+}

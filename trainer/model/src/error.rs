@@ -1,0 +1,71 @@
+//! The one error type of this crate. Every variant names the file or tensor at fault so a user can
+//! act on it without reading code.
+
+use std::path::PathBuf;
+
+/// Errors from loading, adapting, saving or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Architecture(#[from] lf_api::architecture::ArchitectureError),
+    #[error("{path} is not a valid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+    #[error("{path} is not valid JSON: {message}")]
+    Json { path: PathBuf, message: String },
+    #[error(
+        "{dir} has no model weights: expected model.safetensors or model.safetensors.index.json"
+    )]
+    NoWeights { dir: PathBuf },
+    #[error("tensor `{name}` is missing from {source_desc}")]
+    MissingTensor { name: String, source_desc: String },
+    #[error("tensor `{name}` in {source_desc} has shape {found:?}, but the architecture needs {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        source_desc: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
+    #[error("tensor `{name}` in {source_desc} has dtype {dtype}, which lf-model cannot load")]
+    UnsupportedDtype {
+        name: String,
+        source_desc: String,
+        dtype: String,
+    },
+    #[error("unexpected tensor `{name}` in {source_desc}: it does not belong to this {what}")]
+    UnexpectedTensor {
+        name: String,
+        source_desc: String,
+        what: String,
+    },
+    #[error("config {path}: {message}")]
+    UnsupportedConfig { path: PathBuf, message: String },
+    #[error("adapter {path}: {message}")]
+    Adapter { path: PathBuf, message: String },
+    #[error("quantising `{name}`: {message}")]
+    Quantization { name: String, message: String },
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    #[error("libtorch error while {context}: {source}")]
+    Torch {
+        context: String,
+        source: tch::TchError,
+    },
+}
+
+impl ModelError {
+    /// Wraps a libtorch error with what we were doing.
+    pub(crate) fn torch(context: impl Into<String>) -> impl FnOnce(tch::TchError) -> ModelError {
+        let context = context.into();
+        move |source| ModelError::Torch { context, source }
+    }
+}

@@ -1,0 +1,133 @@
+//! `export`: merge the adapter into the base weights and write a Hugging Face model directory.
+
+use std::path::Path;
+
+use crate::causal_lm::CausalLm;
+use crate::safetensors_io::{self, HostTensor};
+use crate::ModelError;
+
+/// Files copied from the source model directory when present (tokenizer and generation config).
+const COPIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+];
+
+fn kind_name(kind: tch::Kind) -> &'static str {
+    match kind {
+        tch::Kind::BFloat16 => "bfloat16",
+        tch::Kind::Half => "float16",
+        _ => "float32",
+    }
+}
+
+impl CausalLm {
+    /// Writes `out_dir` as a Hugging Face model: every weight (LoRA/DoRA merged as PEFT's
+    /// `merge_and_unload` does, quantised weights dequantised) in the model dtype, as safetensors
+    /// shards of at most `shard_bytes` (plus `model.safetensors.index.json` when there are several),
+    /// `config.json` from `src_model_dir` with its dtype updated, and the tokenizer files.
+    pub fn export_merged(
+        &self,
+        out_dir: &Path,
+        src_model_dir: &Path,
+        shard_bytes: u64,
+    ) -> Result<(), ModelError> {
+        std::fs::create_dir_all(out_dir).map_err(|source| ModelError::Write {
+            path: out_dir.to_path_buf(),
+            source,
+        })?;
+        let kind = self.opts.dtype;
+        let params = self.base_parameters(false);
+        let sizes: Vec<(String, u64)> = params
+            .iter()
+            .map(|(n, t)| (n.clone(), (t.numel() * kind.elt_size_in_bytes()) as u64))
+            .collect();
+        // Merge one linear at a time while writing, so only one merged matrix exists at once.
+        let merged = self.base_parameters_lazy();
+        safetensors_io::write_sharded(out_dir, &sizes, shard_bytes, |name| {
+            let t = merged(name).ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: "the model".into(),
+            })?;
+            HostTensor::from_tensor(name, &t.to_kind(kind))
+        })?;
+
+        let src_config = src_model_dir.join("config.json");
+        let text = std::fs::read_to_string(&src_config).map_err(|source| ModelError::Io {
+            path: src_config.clone(),
+            source,
+        })?;
+        let mut config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                path: src_config.clone(),
+                message: e.to_string(),
+            })?;
+        if let Some(obj) = config.as_object_mut() {
+            obj.remove("quantization_config");
+            for key in ["torch_dtype", "dtype"] {
+                if obj.contains_key(key) || key == "torch_dtype" {
+                    obj.insert(key.into(), kind_name(kind).into());
+                }
+            }
+        }
+        let path = out_dir.join("config.json");
+        let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Json {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&path, text).map_err(|source| ModelError::Write { path, source })?;
+        for file in COPIED_FILES {
+            let src = src_model_dir.join(file);
+            if src.exists() {
+                let dst = out_dir.join(file);
+                std::fs::copy(&src, &dst)
+                    .map_err(|source| ModelError::Write { path: dst, source })?;
+            }
+        }
+        tracing::info!(out = %out_dir.display(), "merged model exported");
+        Ok(())
+    }
+
+    /// A lookup from Hugging Face name to the (merged) tensor, computed on demand.
+    fn base_parameters_lazy(&self) -> impl Fn(&str) -> Option<tch::Tensor> + '_ {
+        move |name: &str| {
+            let m = &self.model;
+            match name {
+                "model.embed_tokens.weight" => return Some(m.embed_tokens.shallow_clone()),
+                "model.norm.weight" => return Some(m.norm.weight.shallow_clone()),
+                "lm_head.weight" => return m.lm_head.as_ref().map(|t| t.shallow_clone()),
+                _ => {}
+            }
+            let rest = name.strip_prefix("model.layers.")?;
+            let (idx, tail) = rest.split_once('.')?;
+            let layer = m.layers.get(idx.parse::<usize>().ok()?)?;
+            match tail {
+                "input_layernorm.weight" => {
+                    return Some(layer.input_layernorm.weight.shallow_clone())
+                }
+                "post_attention_layernorm.weight" => {
+                    return Some(layer.post_attention_layernorm.weight.shallow_clone())
+                }
+                _ => {}
+            }
+            for module in lf_api::training::LinearModule::ALL {
+                let lin = layer.linear(module);
+                let prefix = format!("{}.{}", module.parent(), module.name());
+                if tail == format!("{prefix}.weight") {
+                    return Some(lin.merged_weight(self.opts.dtype));
+                }
+                if tail == format!("{prefix}.bias") {
+                    return lin.bias.as_ref().map(|b| b.shallow_clone());
+                }
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! lf-model: a Llama-family causal language model on libtorch (`tch`), built for fine-tuning.
+//!
+//! * [`CausalLm::load`] reads a Hugging Face model directory (llama 2/3/3.1, mistral, qwen2; tied
+//!   embeddings), memory-mapping the safetensors shards and streaming tensors to the device.
+//! * [`CausalLm::apply_method`] attaches LoRA / rsLoRA / DoRA adapters exactly as PEFT initialises
+//!   and computes them, or marks base weights trainable for `full` / `freeze`.
+//! * [`CausalLm::loss_sum_and_backward`] is the training step's forward + backward: the head and
+//!   cross-entropy run in chunks (the full fp32 logits never exist) and decoder layers are
+//!   recomputed in backward when `gradient_checkpointing` is on.
+//! * [`CausalLm::save_adapter`] / [`CausalLm::load_adapter`] speak PEFT's file format;
+//!   [`CausalLm::export_merged`] writes a merged Hugging Face model; [`CausalLm::generate`] decodes
+//!   with a KV cache.
+//!
+//! The architecture itself is in [`llama`] (one file, mirroring transformers' `modeling_llama.py`).
+
+mod causal_lm;
+mod error;
+mod export;
+mod generate;
+pub mod linear;
+pub mod llama;
+mod loader;
+mod method;
+mod options;
+mod peft;
+mod quant;
+pub mod safetensors_io;
+mod training;
+
+pub use causal_lm::{CausalLm, LoadReport, LoraSettings};
+pub use error::ModelError;
+pub use method::peft_prefix;
+pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
+pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+pub use training::IGNORE_INDEX;

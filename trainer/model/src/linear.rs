@@ -1,0 +1,158 @@
+//! A decoder linear layer: a frozen (possibly quantised) base weight, an optional bias, and an
+//! optional LoRA/DoRA adapter with PEFT's exact forward.
+
+use tch::{Kind, Tensor};
+
+/// The base weight of a linear layer, `[out_features, in_features]`.
+pub enum BaseWeight {
+    /// A plain tensor in the model's dtype (trainable in `full`/`freeze` fine-tuning).
+    Dense(Tensor),
+}
+
+impl BaseWeight {
+    /// The weight as a dense tensor of `kind` (dequantised for quantised storage, one layer at a
+    /// time, so only one layer's dense copy exists at once).
+    pub fn dense(&self, kind: Kind) -> Tensor {
+        match self {
+            BaseWeight::Dense(w) => {
+                if w.kind() == kind {
+                    w.shallow_clone()
+                } else {
+                    w.to_kind(kind)
+                }
+            }
+        }
+    }
+
+    /// Bytes held by the stored weight (quantised storage counted as stored).
+    pub fn storage_bytes(&self) -> u64 {
+        match self {
+            BaseWeight::Dense(w) => (w.numel() * w.kind().elt_size_in_bytes()) as u64,
+        }
+    }
+
+    /// The dense tensor, when the weight is not quantised (for training and saving it).
+    pub fn as_dense(&self) -> Option<&Tensor> {
+        match self {
+            BaseWeight::Dense(w) => Some(w),
+        }
+    }
+}
+
+/// LoRA (and DoRA) parameters of one linear layer, in PEFT's layout.
+pub struct Adapter {
+    /// `lora_A.weight`, `[r, in_features]`.
+    pub a: Tensor,
+    /// `lora_B.weight`, `[out_features, r]`.
+    pub b: Tensor,
+    /// DoRA's `lora_magnitude_vector`, `[out_features]`, when DoRA is on.
+    pub magnitude: Option<Tensor>,
+    /// α/r (or α/√r with rsLoRA).
+    pub scaling: f64,
+    /// Dropout probability applied to the adapter's input while training.
+    pub dropout: f64,
+}
+
+impl Adapter {
+    /// `s·B·A` in fp32, `[out, in]`.
+    pub fn delta_weight(&self) -> Tensor {
+        self.b
+            .to_kind(Kind::Float)
+            .matmul(&self.a.to_kind(Kind::Float))
+            * self.scaling
+    }
+}
+
+/// A linear layer `y = x Wᵀ + b` with an optional adapter.
+pub struct Linear {
+    pub weight: BaseWeight,
+    pub bias: Option<Tensor>,
+    pub adapter: Option<Adapter>,
+}
+
+impl Linear {
+    /// A dense linear layer without adapter.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight: BaseWeight::Dense(weight),
+            bias,
+            adapter: None,
+        }
+    }
+
+    /// `[out_features, in_features]` of the base weight.
+    pub fn shape(&self) -> (i64, i64) {
+        match &self.weight {
+            BaseWeight::Dense(w) => {
+                let s = w.size();
+                (s[0], s[1])
+            }
+        }
+    }
+
+    /// The forward pass. With an adapter this is PEFT's:
+    /// LoRA `y = W x + s·B(A(dropout(x)))`; DoRA, with `k = m / ‖W + s·BA‖` (row norm, detached),
+    /// `y = W x + (k − 1)·W x + k·s·B(A(x))`, where with active dropout the middle term uses the
+    /// dropped-out input as PEFT does. The adapter runs in its own dtype (fp32 unless `pure_bf16`);
+    /// its input is cast to that dtype and its result back to the activation dtype.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let w = self.weight.dense(x.kind());
+        let base = x.linear(&w, self.bias.as_ref());
+        let Some(ad) = &self.adapter else { return base };
+        let kind = ad.a.kind();
+        let dropout_active = train && ad.dropout > 0.0;
+        let xa = if dropout_active {
+            x.dropout(ad.dropout, true)
+        } else {
+            x.shallow_clone()
+        }
+        .to_kind(kind);
+        let lora = xa
+            .linear::<Tensor>(&ad.a, None)
+            .linear::<Tensor>(&ad.b, None);
+        let out_kind = base.kind();
+        match &ad.magnitude {
+            None => &base + (lora * ad.scaling).to_kind(out_kind),
+            Some(m) => {
+                let wk = w.to_kind(kind);
+                let lora_weight = ad.b.matmul(&ad.a).detach();
+                let norm = (&wk + lora_weight * ad.scaling)
+                    .square()
+                    .sum_dim_intlist(1, false, kind)
+                    .sqrt()
+                    .detach();
+                let k = m / norm;
+                let base_term = if dropout_active {
+                    xa.linear::<Tensor>(&wk, None)
+                } else {
+                    match &self.bias {
+                        Some(b) => (&base - b).to_kind(kind),
+                        None => base.to_kind(kind),
+                    }
+                };
+                let dora = (&k - 1.0) * base_term + &k * lora * ad.scaling;
+                &base + dora.to_kind(out_kind)
+            }
+        }
+    }
+
+    /// The base weight with the adapter merged in (what PEFT's `merge_and_unload` computes), as
+    /// `kind`: `W + s·BA` for LoRA, `(m / ‖W + s·BA‖) ⊙ (W + s·BA)` row-wise for DoRA.
+    pub fn merged_weight(&self, kind: Kind) -> Tensor {
+        tch::no_grad(|| {
+            let w = self.weight.dense(Kind::Float);
+            let Some(ad) = &self.adapter else {
+                return w.to_kind(kind);
+            };
+            let merged = w + ad.delta_weight();
+            let merged = match &ad.magnitude {
+                None => merged,
+                Some(m) => {
+                    let norm = merged.square().sum_dim_intlist(1, true, Kind::Float).sqrt();
+                    m.to_kind(Kind::Float).unsqueeze(1) / norm * merged
+                }
+            };
+            merged.to_kind(kind)
+        })
+    }
+}

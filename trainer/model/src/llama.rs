@@ -1,0 +1,323 @@
+//! The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2) in one file.
+//!
+//! Follows Hugging Face's `modeling_llama.py` operation by operation so that fp32 logits match
+//! transformers: RMSNorm computed in fp32 and cast back before the weight multiply, rotate-half
+//! RoPE with cos/sin computed in fp32 (with Llama 3.1's `llama3` frequency remap or `linear`
+//! scaling), grouped-query attention through libtorch's `scaled_dot_product_attention` (or an
+//! explicit eager path), and a SwiGLU MLP. Qwen2 adds a bias to q/k/v. Field names mirror the
+//! Hugging Face tensor names (`model.layers.{i}.self_attn.q_proj.weight`, ...).
+//!
+//! References: Touvron et al., "Llama 2" (arXiv:2307.09288); transformers
+//! `src/transformers/models/llama/modeling_llama.py`.
+
+use lf_api::architecture::ModelArchitecture;
+use lf_api::training::LinearModule;
+use tch::{Device, Kind, Tensor};
+
+use crate::linear::Linear;
+
+/// How attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBackend {
+    /// `scaled_dot_product_attention`; libtorch picks flash/efficient/math.
+    Sdpa,
+    /// Explicit `softmax(QKᵀ/√d + causal mask) V` (materialises the scores).
+    Eager,
+}
+
+/// Rotary position embedding: the inverse frequencies, computed once.
+pub struct Rotary {
+    inv_freq: Tensor,
+}
+
+impl Rotary {
+    /// The inverse frequencies of `arch` (fp32, `[head_dim / 2]`), with its RoPE scaling applied.
+    pub fn new(arch: &ModelArchitecture, device: Device) -> Self {
+        let dim = arch.head_dim() as i64;
+        let exponent = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
+            .to_kind(Kind::Float)
+            / dim as f64;
+        let base = Tensor::from(arch.rope_theta as f32);
+        let inv_freq = base.pow(&exponent).reciprocal();
+        let inv_freq = match &arch.rope_scaling {
+            Some(s) if s.rope_type == "linear" => inv_freq / s.factor,
+            Some(s) if s.rope_type == "llama3" => {
+                let factor = s.factor;
+                let low = s.low_freq_factor.unwrap_or(1.0);
+                let high = s.high_freq_factor.unwrap_or(4.0);
+                let old_ctx = s
+                    .original_max_position_embeddings
+                    .unwrap_or(arch.max_position_embeddings) as f64;
+                let low_wavelen = old_ctx / low;
+                let high_wavelen = old_ctx / high;
+                let wavelen = (inv_freq.reciprocal()) * (2.0 * std::f64::consts::PI);
+                let scaled = inv_freq.where_self(&wavelen.le(low_wavelen), &(&inv_freq / factor));
+                let smooth = ((wavelen.reciprocal() * old_ctx) - low) / (high - low);
+                let smoothed: Tensor = (1.0 - &smooth) * &scaled / factor + &smooth * &scaled;
+                let medium = wavelen
+                    .ge(high_wavelen)
+                    .logical_and(&wavelen.le(low_wavelen));
+                smoothed.where_self(&medium, &scaled)
+            }
+            _ => inv_freq,
+        };
+        Rotary {
+            inv_freq: inv_freq.to_device(device),
+        }
+    }
+
+    /// `(cos, sin)` for `positions` (`[S]`, int64), each `[S, head_dim]` in `kind`.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0);
+        let emb = Tensor::cat(&[&freqs, &freqs], -1);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+/// RMSNorm: `w · (x / √(mean(x²) + ε))`, normalised in fp32 and cast back before the multiply.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let variance = xf.square().mean_dim(-1, true, Kind::Float);
+        let normed = xf * (variance + self.eps).rsqrt();
+        &self.weight * normed.to_kind(kind)
+    }
+}
+
+/// Keys and values already computed for earlier positions, per layer (`[B, kv_heads, T, D]`).
+#[derive(Default)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Positions already cached.
+    pub fn len(&self) -> i64 {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.size()[2],
+            _ => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Multi-head attention with grouped-query key/value heads.
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        backend: AttentionBackend,
+        train: bool,
+    ) -> Tensor {
+        let (b, s) = (x.size()[0], x.size()[1]);
+        let heads = |t: Tensor, n: i64| t.view([b, s, n, self.head_dim]).transpose(1, 2);
+        let q = heads(self.q_proj.forward(x, train), self.num_heads);
+        let k = heads(self.k_proj.forward(x, train), self.num_kv_heads);
+        let v = heads(self.v_proj.forward(x, train), self.num_kv_heads);
+        let q = apply_rotary(&q, cos, sin);
+        let mut k = apply_rotary(&k, cos, sin);
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2);
+                v = Tensor::cat(&[pv, &v], 2);
+            }
+            *slot = Some((k.shallow_clone(), v.shallow_clone()));
+        }
+        let kv_len = k.size()[2];
+        let gqa = self.num_kv_heads != self.num_heads;
+        // One query over cached keys attends to everything; a full sequence is causal. Only a
+        // chunk of several new queries after a non-empty cache needs an explicit mask.
+        let y = if backend == AttentionBackend::Sdpa && (s == 1 || s == kv_len) {
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, s > 1, None, gqa)
+        } else {
+            self.eager(&q, &k, &v)
+        };
+        let y = y
+            .transpose(1, 2)
+            .reshape([b, s, self.num_heads * self.head_dim]);
+        self.o_proj.forward(&y, train)
+    }
+
+    /// `softmax(QKᵀ/√d + mask) V` with the causal mask aligned to the last query (softmax in fp32).
+    fn eager(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let rep = self.num_heads / self.num_kv_heads;
+        let (k, v) = if rep > 1 {
+            (
+                k.repeat_interleave_self_int(rep, 1, None),
+                v.repeat_interleave_self_int(rep, 1, None),
+            )
+        } else {
+            (k.shallow_clone(), v.shallow_clone())
+        };
+        let (s, t) = (q.size()[2], k.size()[2]);
+        let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (self.head_dim as f64).sqrt());
+        let allowed = Tensor::ones([s, t], (Kind::Bool, q.device())).tril(t - s);
+        let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
+        let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
+        probs.matmul(&v)
+    }
+}
+
+/// The SwiGLU feed-forward block: `down(silu(gate(x)) · up(x))`.
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.gate_proj.forward(x, train).silu() * self.up_proj.forward(x, train);
+        self.down_proj.forward(&h, train)
+    }
+}
+
+/// One pre-norm decoder layer.
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        backend: AttentionBackend,
+        train: bool,
+    ) -> Tensor {
+        let h = self.self_attn.forward(
+            &self.input_layernorm.forward(x),
+            cos,
+            sin,
+            cache,
+            backend,
+            train,
+        );
+        let x = x + h;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x), train);
+        x + h
+    }
+
+    /// The linear layer of `module`.
+    pub fn linear(&self, module: LinearModule) -> &Linear {
+        match module {
+            LinearModule::QProj => &self.self_attn.q_proj,
+            LinearModule::KProj => &self.self_attn.k_proj,
+            LinearModule::VProj => &self.self_attn.v_proj,
+            LinearModule::OProj => &self.self_attn.o_proj,
+            LinearModule::GateProj => &self.mlp.gate_proj,
+            LinearModule::UpProj => &self.mlp.up_proj,
+            LinearModule::DownProj => &self.mlp.down_proj,
+        }
+    }
+
+    /// The linear layer of `module`, mutably.
+    pub fn linear_mut(&mut self, module: LinearModule) -> &mut Linear {
+        match module {
+            LinearModule::QProj => &mut self.self_attn.q_proj,
+            LinearModule::KProj => &mut self.self_attn.k_proj,
+            LinearModule::VProj => &mut self.self_attn.v_proj,
+            LinearModule::OProj => &mut self.self_attn.o_proj,
+            LinearModule::GateProj => &mut self.mlp.gate_proj,
+            LinearModule::UpProj => &mut self.mlp.up_proj,
+            LinearModule::DownProj => &mut self.mlp.down_proj,
+        }
+    }
+}
+
+/// The decoder stack: embeddings, layers, final norm and the language-model head.
+pub struct Llama {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<Tensor>,
+    pub rotary: Rotary,
+}
+
+impl Llama {
+    /// Token embeddings, `[B, S, H]`.
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false)
+    }
+
+    /// The language-model head's weight (`lm_head.weight`, or the embeddings when tied).
+    pub fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    /// Final hidden states after the last norm, `[B, S, H]`, optionally extending `cache`.
+    pub fn hidden(
+        &self,
+        input_ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        backend: AttentionBackend,
+        train: bool,
+    ) -> Tensor {
+        let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let s = input_ids.size()[1];
+        let mut x = self.embed(input_ids);
+        let (cos, sin) = self.rope(start, s, x.kind(), x.device());
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize_with(self.layers.len(), || None);
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &cos, &sin, slot, backend, train);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// cos/sin tables for positions `start..start+len`.
+    pub fn rope(&self, start: i64, len: i64, kind: Kind, device: Device) -> (Tensor, Tensor) {
+        let positions = Tensor::arange_start(start, start + len, (Kind::Int64, device));
+        self.rotary.cos_sin(&positions, kind)
+    }
+
+    /// Logits (`[..., V]`) of hidden states, in the activation dtype.
+    pub fn head(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<Tensor>(self.head_weight(), None)
+    }
+}

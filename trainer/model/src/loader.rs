@@ -1,0 +1,254 @@
+//! Builds a [`Llama`] from named tensors (a model directory's safetensors, or an in-memory list),
+//! checking every name and shape against the architecture.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use lf_api::architecture::ModelArchitecture;
+use lf_api::training::LinearModule;
+use tch::{Kind, Tensor};
+
+use crate::linear::Linear;
+use crate::llama::{Attention, DecoderLayer, Llama, Mlp, RmsNorm, Rotary};
+use crate::safetensors_io::MappedFile;
+use crate::{LoadOptions, ModelError};
+
+/// Where tensors come from while building.
+pub trait TensorSource {
+    /// Takes tensor `name` (on `opts.device`, as `kind`), or `None` when absent.
+    fn take(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        opts: &LoadOptions,
+    ) -> Result<Option<Tensor>, ModelError>;
+    /// Names not taken yet.
+    fn remaining(&self) -> Vec<String>;
+    /// Where the tensors come from, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Tensors given in memory (tests, conversions).
+pub struct MemorySource {
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl TensorSource for MemorySource {
+    fn take(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        opts: &LoadOptions,
+    ) -> Result<Option<Tensor>, ModelError> {
+        Ok(self
+            .tensors
+            .remove(name)
+            .map(|t| t.to_device(opts.device).to_kind(kind).detach()))
+    }
+    fn remaining(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tensors.keys().cloned().collect();
+        v.sort();
+        v
+    }
+    fn describe(&self) -> String {
+        "the given tensors".into()
+    }
+}
+
+/// Tensors in memory-mapped safetensors files, streamed one at a time.
+pub struct FileSource {
+    files: Vec<MappedFile>,
+    index: BTreeMap<String, usize>,
+    dir: String,
+    /// Bytes copied to the device so far.
+    pub bytes: u64,
+}
+
+impl FileSource {
+    /// Maps every file of `files` and indexes its tensor names.
+    pub fn open(dir: &Path, files: &[std::path::PathBuf]) -> Result<Self, ModelError> {
+        let mut mapped = Vec::new();
+        let mut index = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            let m = MappedFile::open(f)?;
+            for name in m.names()? {
+                index.insert(name, i);
+            }
+            mapped.push(m);
+        }
+        Ok(FileSource {
+            files: mapped,
+            index,
+            dir: dir.display().to_string(),
+            bytes: 0,
+        })
+    }
+}
+
+impl TensorSource for FileSource {
+    fn take(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        opts: &LoadOptions,
+    ) -> Result<Option<Tensor>, ModelError> {
+        let Some(i) = self.index.remove(name) else {
+            return Ok(None);
+        };
+        let t = self.files[i].load(name, Some(kind), opts.device)?;
+        self.bytes += (t.numel() * kind.elt_size_in_bytes()) as u64;
+        Ok(Some(t))
+    }
+    fn remaining(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+    fn describe(&self) -> String {
+        format!("the safetensors files of {}", self.dir)
+    }
+}
+
+/// Takes a required tensor and checks its shape.
+fn required(
+    src: &mut dyn TensorSource,
+    name: &str,
+    shape: &[i64],
+    kind: Kind,
+    opts: &LoadOptions,
+) -> Result<Tensor, ModelError> {
+    let t = src
+        .take(name, kind, opts)?
+        .ok_or_else(|| ModelError::MissingTensor {
+            name: name.to_string(),
+            source_desc: src.describe(),
+        })?;
+    if t.size() != shape {
+        return Err(ModelError::ShapeMismatch {
+            name: name.to_string(),
+            source_desc: src.describe(),
+            expected: shape.to_vec(),
+            found: t.size(),
+        });
+    }
+    Ok(t)
+}
+
+/// Builds the whole model from `src`; every tensor of `src` must be used (apart from RoPE caches
+/// and a redundant `lm_head.weight` of a tied model).
+pub fn build(
+    arch: &ModelArchitecture,
+    src: &mut dyn TensorSource,
+    opts: &LoadOptions,
+) -> Result<Llama, ModelError> {
+    let h = arch.hidden_size as i64;
+    let v = arch.vocab_size as i64;
+    let kind = opts.dtype;
+    let embed_tokens = required(src, "model.embed_tokens.weight", &[v, h], kind, opts)?;
+    let mut layers = Vec::with_capacity(arch.num_hidden_layers as usize);
+    for i in 0..arch.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let mut linear = |m: LinearModule| -> Result<Linear, ModelError> {
+            let (fan_in, fan_out) = arch.linear_shape(m);
+            let name = format!("{p}.{}.{}", m.parent(), m.name());
+            let w = required(
+                src,
+                &format!("{name}.weight"),
+                &[fan_out as i64, fan_in as i64],
+                kind,
+                opts,
+            )?;
+            let has_bias = arch.qkv_bias()
+                && matches!(
+                    m,
+                    LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
+                );
+            let bias = if has_bias {
+                Some(required(
+                    src,
+                    &format!("{name}.bias"),
+                    &[fan_out as i64],
+                    kind,
+                    opts,
+                )?)
+            } else {
+                None
+            };
+            crate::quant::make_linear(&name, w, bias, opts)
+        };
+        let self_attn = Attention {
+            q_proj: linear(LinearModule::QProj)?,
+            k_proj: linear(LinearModule::KProj)?,
+            v_proj: linear(LinearModule::VProj)?,
+            o_proj: linear(LinearModule::OProj)?,
+            num_heads: arch.num_attention_heads as i64,
+            num_kv_heads: arch.kv_heads() as i64,
+            head_dim: arch.head_dim() as i64,
+        };
+        let mlp = Mlp {
+            gate_proj: linear(LinearModule::GateProj)?,
+            up_proj: linear(LinearModule::UpProj)?,
+            down_proj: linear(LinearModule::DownProj)?,
+        };
+        let eps = arch.rms_norm_eps;
+        let input_layernorm = RmsNorm {
+            weight: required(
+                src,
+                &format!("{p}.input_layernorm.weight"),
+                &[h],
+                kind,
+                opts,
+            )?,
+            eps,
+        };
+        let post_attention_layernorm = RmsNorm {
+            weight: required(
+                src,
+                &format!("{p}.post_attention_layernorm.weight"),
+                &[h],
+                kind,
+                opts,
+            )?,
+            eps,
+        };
+        layers.push(DecoderLayer {
+            input_layernorm,
+            self_attn,
+            post_attention_layernorm,
+            mlp,
+        });
+    }
+    let norm = RmsNorm {
+        weight: required(src, "model.norm.weight", &[h], kind, opts)?,
+        eps: arch.rms_norm_eps,
+    };
+    let lm_head = if arch.tie_word_embeddings {
+        // Some tied checkpoints still store a copy of the head; the embeddings are authoritative.
+        let _ = src.take("lm_head.weight", kind, opts)?;
+        None
+    } else {
+        Some(required(src, "lm_head.weight", &[v, h], kind, opts)?)
+    };
+    let leftover: Vec<String> = src
+        .remaining()
+        .into_iter()
+        .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+        .collect();
+    if let Some(name) = leftover.first() {
+        return Err(ModelError::UnexpectedTensor {
+            name: name.clone(),
+            source_desc: src.describe(),
+            what: format!(
+                "{:?} architecture ({} more unexpected)",
+                arch.model_type,
+                leftover.len() - 1
+            )
+            .to_lowercase(),
+        });
+    }
+    Ok(Llama {
+        embed_tokens,
+        layers,
+        norm,
+        lm_head,
+        rotary: Rotary::new(arch, opts.device),
+    })
+}

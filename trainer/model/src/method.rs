@@ -1,0 +1,264 @@
+//! Fine-tuning methods: attaching LoRA/DoRA/rsLoRA adapters (PEFT's initialisation), training
+//! everything (`full`) or the last layers (`freeze`), and listing what trains.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lf_api::training::{FinetuningType, LinearModule, TrainingConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::causal_lm::{CausalLm, LoraSettings};
+use crate::linear::Adapter;
+use crate::safetensors_io::{self, HostTensor, MappedFile};
+use crate::ModelError;
+
+/// PEFT's prefix of a decoder linear: `base_model.model.model.layers.{i}.self_attn.q_proj`.
+pub fn peft_prefix(layer: usize, module: LinearModule) -> String {
+    format!(
+        "base_model.model.model.layers.{layer}.{}.{}",
+        module.parent(),
+        module.name()
+    )
+}
+
+impl CausalLm {
+    /// Sets up the fine-tuning method of `cfg` and marks what trains (`requires_grad`).
+    ///
+    /// * `lora`: adapters on `lora_target` in every layer, initialised as PEFT does
+    ///   (`A ~ kaiming_uniform(a=√5)` i.e. `U(−1/√in, 1/√in)`, `B = 0`, DoRA magnitude = row norms
+    ///   of `W`), drawn on the CPU from `seed` so every device gets the same adapter. Adapters are
+    ///   fp32, or bf16 with `pure_bf16`. Base weights are frozen.
+    /// * `full`: every base parameter trains (not possible with quantised weights).
+    /// * `freeze`: every parameter of the last `freeze_trainable_layers` layers trains.
+    ///
+    /// Also takes `flash_attn`, `gradient_checkpointing`, `loss_chunk_size` and `lora_dropout`
+    /// from `cfg`.
+    pub fn apply_method(&mut self, cfg: &TrainingConfig, seed: u64) -> Result<(), ModelError> {
+        self.set_attention(cfg.flash_attn);
+        self.method.gradient_checkpointing = cfg.gradient_checkpointing;
+        self.method.loss_chunk_size = cfg.loss_chunk_size;
+        self.method.seed = seed;
+        self.freeze_all();
+        match cfg.finetuning_type {
+            FinetuningType::Lora => {
+                let settings = LoraSettings {
+                    r: cfg.lora_rank,
+                    alpha: cfg.effective_lora_alpha(),
+                    dropout: cfg.lora_dropout,
+                    targets: cfg
+                        .lora_targets()
+                        .map_err(|e| ModelError::Invalid(e.to_string()))?,
+                    use_rslora: cfg.use_rslora,
+                    use_dora: cfg.use_dora,
+                };
+                let kind = if cfg.pure_bf16 {
+                    Kind::BFloat16
+                } else {
+                    Kind::Float
+                };
+                self.attach_adapters(&settings, kind, Some(seed))?;
+                self.method.lora = Some(settings);
+            }
+            FinetuningType::Full => {
+                if self.opts.quantization.is_some() {
+                    return Err(ModelError::Invalid(
+                        "full fine-tuning cannot train quantised base weights".into(),
+                    ));
+                }
+                self.remove_adapters();
+                for (_, t) in self.base_parameters(false) {
+                    let _ = t.set_requires_grad(true);
+                }
+            }
+            FinetuningType::Freeze => {
+                if self.opts.quantization.is_some() {
+                    return Err(ModelError::Invalid(
+                        "freeze fine-tuning cannot train quantised base weights".into(),
+                    ));
+                }
+                self.remove_adapters();
+                for (_, t) in self.freeze_parameters(cfg.freeze_trainable_layers as usize) {
+                    let _ = t.set_requires_grad(true);
+                }
+            }
+        }
+        self.method.finetuning = Some(cfg.finetuning_type);
+        let n: i64 = self
+            .trainable_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        tracing::info!(method = ?cfg.finetuning_type, trainable = n, "fine-tuning method applied");
+        Ok(())
+    }
+
+    fn freeze_all(&mut self) {
+        for (_, t) in self.base_parameters(false) {
+            if t.requires_grad() {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+    }
+
+    fn remove_adapters(&mut self) {
+        for layer in &mut self.model.layers {
+            for m in LinearModule::ALL {
+                layer.linear_mut(m).adapter = None;
+            }
+        }
+        self.method.lora = None;
+    }
+
+    /// Attaches fresh adapters (`seed` given: PEFT init, trainable) or zero placeholders to be
+    /// filled by an adapter file (`seed` None: frozen).
+    pub(crate) fn attach_adapters(
+        &mut self,
+        s: &LoraSettings,
+        kind: Kind,
+        seed: Option<u64>,
+    ) -> Result<(), ModelError> {
+        self.remove_adapters();
+        let device = self.opts.device;
+        if let Some(seed) = seed {
+            tch::manual_seed(seed as i64);
+        }
+        let r = s.r as i64;
+        for layer in &mut self.model.layers {
+            for &m in &s.targets {
+                let lin = layer.linear_mut(m);
+                let (out_f, in_f) = lin.shape();
+                let bound = 1.0 / (in_f as f64).sqrt();
+                let a = Tensor::empty([r, in_f], (Kind::Float, Device::Cpu));
+                let a = if seed.is_some() {
+                    a.uniform(-bound, bound)
+                } else {
+                    a.zero()
+                };
+                let b = Tensor::zeros([out_f, r], (Kind::Float, Device::Cpu));
+                let magnitude = if s.use_dora {
+                    let w = lin.weight.dense(Kind::Float);
+                    Some(
+                        tch::no_grad(|| w.square().sum_dim_intlist(1, false, Kind::Float).sqrt())
+                            .to_kind(kind),
+                    )
+                } else {
+                    None
+                };
+                let train = seed.is_some();
+                let prep = |t: Tensor| {
+                    t.to_device(device)
+                        .to_kind(kind)
+                        .detach()
+                        .set_requires_grad(train)
+                };
+                lin.adapter = Some(Adapter {
+                    a: prep(a),
+                    b: prep(b),
+                    magnitude: magnitude.map(|m| m.detach().set_requires_grad(train)),
+                    scaling: s.scaling(),
+                    dropout: s.dropout,
+                });
+            }
+        }
+        self.method.lora = Some(s.clone());
+        Ok(())
+    }
+
+    /// Every parameter of the last `n` decoder layers (Hugging Face names).
+    fn freeze_parameters(&self, n: usize) -> Vec<(String, Tensor)> {
+        let layers = self.model.layers.len();
+        let first = layers.saturating_sub(n);
+        let prefixes: Vec<String> = (first..layers)
+            .map(|i| format!("model.layers.{i}."))
+            .collect();
+        self.base_parameters(false)
+            .into_iter()
+            .filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p)))
+            .collect()
+    }
+
+    /// The parameters that train, sharing storage (and `.grad`) with the model. Adapters use
+    /// PEFT's names (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, `lora_B.weight`,
+    /// DoRA `lora_magnitude_vector`); `full`/`freeze` use Hugging Face names.
+    pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.adapter_parameters();
+        out.retain(|(_, t)| t.requires_grad());
+        let mut seen_embed = false;
+        for (name, t) in self.base_parameters(false) {
+            if t.requires_grad() && t.is_leaf() {
+                // A tied head is the embedding tensor: list it once.
+                if name == "model.embed_tokens.weight" {
+                    seen_embed = true;
+                } else if name == "lm_head.weight" && seen_embed && self.arch.tie_word_embeddings {
+                    continue;
+                }
+                out.push((name, t));
+            }
+        }
+        out
+    }
+
+    /// Every adapter tensor with its PEFT name (trainable or not).
+    pub(crate) fn adapter_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            for m in LinearModule::ALL {
+                if let Some(ad) = &layer.linear(m).adapter {
+                    let p = peft_prefix(i, m);
+                    out.push((format!("{p}.lora_A.weight"), ad.a.shallow_clone()));
+                    out.push((format!("{p}.lora_B.weight"), ad.b.shallow_clone()));
+                    if let Some(mag) = &ad.magnitude {
+                        out.push((format!("{p}.lora_magnitude_vector"), mag.shallow_clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Saves the trainable parameters (names as [`CausalLm::trainable_parameters`]) to one
+    /// safetensors file: the weights of a `full`/`freeze` checkpoint.
+    pub fn save_trainable(&self, path: &Path) -> Result<(), ModelError> {
+        let mut map = BTreeMap::new();
+        for (name, t) in self.trainable_parameters() {
+            let host = HostTensor::from_tensor(&name, &t)?;
+            map.insert(name, host);
+        }
+        safetensors_io::write_file(path, &map)
+    }
+
+    /// Restores what [`CausalLm::save_trainable`] wrote. Every trainable parameter must be in the
+    /// file with its shape, and the file must hold nothing else.
+    pub fn load_trainable(&mut self, path: &Path) -> Result<(), ModelError> {
+        let file = MappedFile::open(path)?;
+        let desc = path.display().to_string();
+        let params = self.trainable_parameters();
+        let mut names: std::collections::BTreeSet<String> = file.names()?.into_iter().collect();
+        for (name, t) in &params {
+            if !names.remove(name) {
+                return Err(ModelError::MissingTensor {
+                    name: name.clone(),
+                    source_desc: desc.clone(),
+                });
+            }
+            let src = file.load(name, Some(t.kind()), t.device())?;
+            if src.size() != t.size() {
+                return Err(ModelError::ShapeMismatch {
+                    name: name.clone(),
+                    source_desc: desc.clone(),
+                    expected: t.size(),
+                    found: src.size(),
+                });
+            }
+            tch::no_grad(|| t.shallow_clone().copy_(&src));
+        }
+        if let Some(extra) = names.into_iter().next() {
+            return Err(ModelError::UnexpectedTensor {
+                name: extra,
+                source_desc: desc,
+                what: "model's trainable parameters".into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! Options for loading and generating, and reading `config.json` as transformers ≥ 5 writes it.
+
+use std::path::Path;
+
+use lf_api::architecture::ModelArchitecture;
+use lf_api::training::{QuantizationType, TrainingConfig};
+
+use crate::ModelError;
+
+/// Base-weight quantisation on load (QLoRA): every decoder linear is stored quantised;
+/// embeddings, norms and the language-model head stay in [`LoadOptions::dtype`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSettings {
+    /// 4 (NF4/FP4) or 8 (block-wise int8).
+    pub bits: u8,
+    /// The 4-bit data type (ignored for 8 bits).
+    pub quant_type: QuantizationType,
+    /// Quantise the 4-bit block scales again (bitsandbytes' `compress_statistics`).
+    pub double_quant: bool,
+}
+
+impl QuantSettings {
+    /// The settings a training config asks for (`quantization_bit`, `quantization_type`,
+    /// `double_quantization`), or `None` when it asks for none.
+    pub fn from_config(cfg: &TrainingConfig) -> Option<Self> {
+        cfg.quantization_bit.map(|bits| QuantSettings {
+            bits,
+            quant_type: cfg.quantization_type,
+            double_quant: cfg.double_quantization,
+        })
+    }
+}
+
+/// Where and how the base weights are held.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Device the weights are streamed to.
+    pub device: tch::Device,
+    /// Storage and compute dtype of the frozen (base) weights and of activations.
+    pub dtype: tch::Kind,
+    /// Quantised base weights (QLoRA), or `None` for dense weights.
+    pub quantization: Option<QuantSettings>,
+}
+
+impl LoadOptions {
+    /// Dense weights in `dtype` on `device`.
+    pub fn new(device: tch::Device, dtype: tch::Kind) -> Self {
+        LoadOptions {
+            device,
+            dtype,
+            quantization: None,
+        }
+    }
+
+    /// The options a training config implies on `device`: bf16 for `bf16`/`pure_bf16`, fp16 for
+    /// `fp16`, else fp32; quantisation from `quantization_bit`.
+    pub fn from_config(cfg: &TrainingConfig, device: tch::Device) -> Self {
+        let dtype = if cfg.pure_bf16 || cfg.bf16 {
+            tch::Kind::BFloat16
+        } else if cfg.fp16 {
+            tch::Kind::Half
+        } else {
+            tch::Kind::Float
+        };
+        LoadOptions {
+            device,
+            dtype,
+            quantization: QuantSettings::from_config(cfg),
+        }
+    }
+}
+
+/// Decoding parameters (the `chat` keys of the training config plus a seed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    /// Most tokens to generate (the prompt does not count).
+    pub max_new_tokens: usize,
+    /// Sample from the distribution; `false` is greedy decoding.
+    pub do_sample: bool,
+    /// Logits are divided by this before sampling (must be > 0 when sampling).
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p` (1 keeps all).
+    pub top_p: f64,
+    /// Keep only the `top_k` most likely tokens (0 keeps all).
+    pub top_k: usize,
+    /// transformers' repetition penalty: logits of tokens already in the sequence are divided by it
+    /// when positive and multiplied by it when negative (1 disables it).
+    pub repetition_penalty: f64,
+    /// Seed of the sampler (the same seed and inputs give the same tokens).
+    pub seed: u64,
+}
+
+impl GenerationParams {
+    /// The generation keys of a training config (`do_sample`, `temperature`, `top_p`, `top_k`,
+    /// `max_new_tokens`, `repetition_penalty`, `seed`).
+    pub fn from_config(cfg: &TrainingConfig) -> Self {
+        GenerationParams {
+            max_new_tokens: cfg.max_new_tokens,
+            do_sample: cfg.do_sample,
+            temperature: cfg.temperature,
+            top_p: cfg.top_p,
+            top_k: cfg.top_k,
+            repetition_penalty: cfg.repetition_penalty,
+            seed: cfg.seed,
+        }
+    }
+
+    /// Greedy decoding of at most `max_new_tokens` tokens.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        GenerationParams {
+            max_new_tokens,
+            do_sample: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Reads `<model_dir>/config.json` into a [`ModelArchitecture`].
+///
+/// transformers ≥ 5 writes RoPE settings as `rope_parameters: {rope_type, rope_theta, factor, ...}`
+/// instead of the older top-level `rope_theta` + `rope_scaling`; both spellings are accepted.
+/// Settings that would change the math and that we do not implement (`hidden_act` other than
+/// SiLU, `mlp_bias`, unknown RoPE types) are errors naming the key.
+pub fn read_architecture(model_dir: &Path) -> Result<ModelArchitecture, ModelError> {
+    let path = model_dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let unsupported = |message: String| ModelError::UnsupportedConfig {
+        path: path.clone(),
+        message,
+    };
+    let obj = raw
+        .as_object_mut()
+        .ok_or_else(|| unsupported("the file must hold a JSON object".into()))?;
+    if let Some(act) = obj.get("hidden_act").and_then(|v| v.as_str()) {
+        if act != "silu" {
+            return Err(unsupported(format!(
+                "hidden_act `{act}` is not supported (only `silu`)"
+            )));
+        }
+    }
+    if obj.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(unsupported("mlp_bias: true is not supported".into()));
+    }
+    if let Some(params) = obj.get("rope_parameters").cloned() {
+        if let Some(theta) = params.get("rope_theta") {
+            obj.entry("rope_theta").or_insert(theta.clone());
+        }
+        let kind = params
+            .get("rope_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        if kind != "default" && !obj.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+            obj.insert("rope_scaling".into(), params.clone());
+        }
+    }
+    if let Some(scaling) = obj.get("rope_scaling").filter(|v| !v.is_null()) {
+        let kind = scaling
+            .get("rope_type")
+            .or_else(|| scaling.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if !matches!(kind, "default" | "linear" | "llama3") {
+            return Err(unsupported(format!(
+                "rope_scaling type `{kind}` is not supported (supported: default, linear, llama3)"
+            )));
+        }
+        if kind == "default" {
+            obj.remove("rope_scaling");
+        }
+    }
+    let text = serde_json::to_string(&raw).map_err(|e| ModelError::Json {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    ModelArchitecture::from_json_str(&text).map_err(|e| match e {
+        lf_api::architecture::ArchitectureError::Parse { message, .. } => {
+            ModelError::Json { path, message }
+        }
+        other => ModelError::UnsupportedConfig {
+            path,
+            message: other.to_string(),
+        },
+    })
+}

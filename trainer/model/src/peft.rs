@@ -1,0 +1,263 @@
+//! PEFT adapter files: `adapter_config.json` + `adapter_model.safetensors`, read and written the
+//! way PEFT does, so adapters move freely between this trainer, PEFT, vLLM and LLaMA-Factory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use lf_api::training::LinearModule;
+use tch::Kind;
+
+use crate::causal_lm::{CausalLm, LoraSettings};
+use crate::safetensors_io::{self, HostTensor, MappedFile};
+use crate::ModelError;
+
+/// The adapter weights file name PEFT uses.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// The adapter config file name PEFT uses.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+impl CausalLm {
+    /// Writes the attached adapter in PEFT's format: `adapter_model.safetensors` (PEFT names,
+    /// metadata `{"format": "pt"}`) and `adapter_config.json` with the keys PEFT writes.
+    pub fn save_adapter(&self, dir: &Path, base_model_name: &str) -> Result<(), ModelError> {
+        let s = self
+            .method
+            .lora
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("no LoRA adapter is attached to save".into()))?;
+        std::fs::create_dir_all(dir).map_err(|source| ModelError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut map = BTreeMap::new();
+        for (name, t) in self.adapter_parameters() {
+            let host = HostTensor::from_tensor(&name, &t)?;
+            map.insert(name, host);
+        }
+        safetensors_io::write_file(&dir.join(ADAPTER_WEIGHTS), &map)?;
+        let targets: Vec<&str> = s.targets.iter().map(|m| m.name()).collect();
+        let config = serde_json::json!({
+            "alpha_pattern": {},
+            "auto_mapping": null,
+            "base_model_name_or_path": base_model_name,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "layer_replication": null,
+            "layers_pattern": null,
+            "layers_to_transform": null,
+            "loftq_config": {},
+            "lora_alpha": s.alpha,
+            "lora_dropout": s.dropout,
+            "megatron_config": null,
+            "megatron_core": "megatron.core",
+            "modules_to_save": null,
+            "peft_type": "LORA",
+            "r": s.r,
+            "rank_pattern": {},
+            "revision": null,
+            "target_modules": targets,
+            "task_type": "CAUSAL_LM",
+            "use_dora": s.use_dora,
+            "use_rslora": s.use_rslora,
+        });
+        let path = dir.join(ADAPTER_CONFIG);
+        let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Json {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&path, text).map_err(|source| ModelError::Write { path, source })
+    }
+
+    /// Loads a PEFT LoRA/DoRA adapter. When [`CausalLm::apply_method`] already attached adapters
+    /// (continuing training), the file must match them (rank, targets, DoRA) and its values replace
+    /// theirs, keeping them trainable; otherwise adapters are attached from the file's config,
+    /// frozen (chat, eval, export). A file for another model (other shapes, layers or modules) is
+    /// an error naming the tensor.
+    pub fn load_adapter(&mut self, adapter_dir: &Path) -> Result<(), ModelError> {
+        let config_path = adapter_dir.join(ADAPTER_CONFIG);
+        let fail = |message: String| ModelError::Adapter {
+            path: config_path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
+            path: config_path.clone(),
+            source,
+        })?;
+        let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
+        let settings = parse_config(&cfg).map_err(fail)?;
+        let weights = adapter_dir.join(ADAPTER_WEIGHTS);
+        let file = MappedFile::open(&weights)?;
+        let desc = weights.display().to_string();
+
+        let continuing = self.method.lora.is_some()
+            && self
+                .adapter_parameters()
+                .iter()
+                .any(|(_, t)| t.requires_grad());
+        if continuing {
+            let ours = self
+                .method
+                .lora
+                .as_ref()
+                .cloned()
+                .unwrap_or_else(|| settings.clone());
+            if ours.r != settings.r
+                || ours.use_dora != settings.use_dora
+                || sorted(&ours.targets) != sorted(&settings.targets)
+            {
+                return Err(ModelError::Adapter {
+                    path: config_path.clone(),
+                    message: format!(
+                        "cannot continue training from it: it has r={}, targets {:?}, use_dora={}, but the config asks for r={}, targets {:?}, use_dora={}",
+                        settings.r,
+                        names(&settings.targets),
+                        settings.use_dora,
+                        ours.r,
+                        names(&ours.targets),
+                        ours.use_dora
+                    ),
+                });
+            }
+        } else {
+            self.attach_adapters(&settings, Kind::Float, None)?;
+        }
+
+        let mut in_file: BTreeSet<String> = file.names()?.into_iter().collect();
+        for (name, t) in self.adapter_parameters() {
+            if !in_file.remove(&name) {
+                return Err(ModelError::MissingTensor {
+                    name,
+                    source_desc: desc.clone(),
+                });
+            }
+            let src = file.load(&name, Some(t.kind()), t.device())?;
+            if src.size() != t.size() {
+                return Err(ModelError::ShapeMismatch {
+                    name,
+                    source_desc: desc.clone(),
+                    expected: t.size(),
+                    found: src.size(),
+                });
+            }
+            tch::no_grad(|| t.shallow_clone().copy_(&src));
+        }
+        if let Some(extra) = in_file.into_iter().next() {
+            return Err(ModelError::UnexpectedTensor {
+                name: extra,
+                source_desc: desc,
+                what: format!(
+                    "adapter of this {}-layer model with targets {:?}",
+                    self.model.layers.len(),
+                    names(&settings.targets)
+                ),
+            });
+        }
+        tracing::info!(adapter = %adapter_dir.display(), r = settings.r, dora = settings.use_dora, "adapter loaded");
+        Ok(())
+    }
+}
+
+fn sorted(v: &[LinearModule]) -> Vec<LinearModule> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+fn names(v: &[LinearModule]) -> Vec<&'static str> {
+    v.iter().map(|m| m.name()).collect()
+}
+
+/// Reads the `adapter_config.json` keys that define the math, rejecting what we cannot apply.
+fn parse_config(cfg: &serde_json::Value) -> Result<LoraSettings, String> {
+    let peft_type = cfg.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
+    if peft_type != "LORA" {
+        return Err(format!(
+            "peft_type `{peft_type}` is not supported (only LORA, including DoRA/rsLoRA)"
+        ));
+    }
+    let r = cfg
+        .get("r")
+        .and_then(|v| v.as_u64())
+        .filter(|&r| r > 0)
+        .ok_or("`r` must be a positive integer")? as u32;
+    let alpha = cfg
+        .get("lora_alpha")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(8.0);
+    let dropout = cfg
+        .get("lora_dropout")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    let flag = |k: &str| cfg.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
+    if flag("lora_bias") {
+        return Err("lora_bias: true is not supported".into());
+    }
+    if flag("fan_in_fan_out") {
+        return Err("fan_in_fan_out: true is not supported".into());
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+        if cfg
+            .get(key)
+            .and_then(|v| v.as_object())
+            .is_some_and(|o| !o.is_empty())
+        {
+            return Err(format!("`{key}` (per-module ranks) is not supported"));
+        }
+    }
+    for key in [
+        "layers_to_transform",
+        "modules_to_save",
+        "layer_replication",
+    ] {
+        if cfg.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(format!("`{key}` is not supported"));
+        }
+    }
+    if let Some(bias) = cfg.get("bias").and_then(|v| v.as_str()) {
+        if bias != "none" {
+            return Err(format!("bias `{bias}` is not supported (only `none`)"));
+        }
+    }
+    let targets = match cfg.get("target_modules") {
+        Some(serde_json::Value::String(s)) if s == "all-linear" => LinearModule::ALL.to_vec(),
+        Some(serde_json::Value::Array(items)) => {
+            let mut out = Vec::new();
+            for item in items {
+                let name = item.as_str().unwrap_or("");
+                let m = LinearModule::from_name(name).ok_or_else(|| {
+                    format!("target module `{name}` is not a Llama decoder linear")
+                })?;
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+            let mut ordered: Vec<LinearModule> = LinearModule::ALL
+                .into_iter()
+                .filter(|m| out.contains(m))
+                .collect();
+            ordered.dedup();
+            ordered
+        }
+        other => {
+            return Err(format!(
+                "target_modules {other:?} is not supported (use a list of module names)"
+            ))
+        }
+    };
+    if targets.is_empty() {
+        return Err("target_modules names no module".into());
+    }
+    Ok(LoraSettings {
+        r,
+        alpha,
+        dropout,
+        targets,
+        use_rslora: flag("use_rslora"),
+        use_dora: flag("use_dora"),
+    })
+}

@@ -1,0 +1,292 @@
+//! Reading and writing safetensors without tch's whole-file reader.
+//!
+//! Files are memory-mapped (`memmap2`) and parsed with the `safetensors` crate; each tensor is
+//! copied out of the map, converted and moved to the device one at a time, so host memory never
+//! holds more than one tensor beyond the page cache. Writing goes through the same crate so the
+//! header can carry `{"format": "pt"}` metadata, which transformers and PEFT expect.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, View};
+use tch::{Device, Kind, Tensor};
+
+use crate::ModelError;
+
+/// The weight files of a Hugging Face model directory: the shards listed by
+/// `model.safetensors.index.json`, or the single `model.safetensors`.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Json {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Json {
+                path: index.clone(),
+                message: "missing the `weight_map` object".into(),
+            })?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (name, file) in map {
+            let file = file.as_str().ok_or_else(|| ModelError::Json {
+                path: index.clone(),
+                message: format!("weight_map entry `{name}` is not a file name"),
+            })?;
+            let path = dir.join(file);
+            if !files.contains(&path) {
+                files.push(path);
+            }
+        }
+        files.sort();
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::NoWeights {
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// A memory-mapped safetensors file.
+pub struct MappedFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+}
+
+impl MappedFile {
+    /// Maps `path` read-only and validates its header.
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the map is read-only and lives as long as `self`; a file truncated underneath us
+        // by another process is outside what any safetensors reader can defend against.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mapped = MappedFile {
+            path: path.to_path_buf(),
+            mmap,
+        };
+        mapped.parse()?;
+        Ok(mapped)
+    }
+
+    fn parse(&self) -> Result<SafeTensors<'_>, ModelError> {
+        SafeTensors::deserialize(&self.mmap).map_err(|e| ModelError::Safetensors {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensor names in the file.
+    pub fn names(&self) -> Result<Vec<String>, ModelError> {
+        Ok(self
+            .parse()?
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// Copies tensor `name` to `device` as `kind` (`None` keeps the stored dtype).
+    pub fn load(
+        &self,
+        name: &str,
+        kind: Option<Kind>,
+        device: Device,
+    ) -> Result<Tensor, ModelError> {
+        let st = self.parse()?;
+        let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
+            name: name.to_string(),
+            source_desc: self.path.display().to_string(),
+        })?;
+        let stored = kind_of(view.dtype()).ok_or_else(|| ModelError::UnsupportedDtype {
+            name: name.to_string(),
+            source_desc: self.path.display().to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let host = Tensor::f_from_data_size(view.data(), &shape, stored).map_err(
+            ModelError::torch(format!("reading `{name}` from {}", self.path.display())),
+        )?;
+        let target = kind.unwrap_or(stored);
+        let out = host.to_device(device);
+        Ok(if target == stored {
+            out
+        } else {
+            out.to_kind(target)
+        })
+    }
+}
+
+/// The tch kind for a safetensors dtype, for the dtypes a checkpoint may hold.
+fn kind_of(dtype: Dtype) -> Option<Kind> {
+    Some(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn dtype_of(kind: Kind) -> Option<Dtype> {
+    Some(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Double => Dtype::F64,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        _ => return None,
+    })
+}
+
+/// A tensor copied to host bytes, ready to serialise.
+pub struct HostTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl HostTensor {
+    /// Copies `t` (any device, any layout) to contiguous host bytes.
+    pub fn from_tensor(name: &str, t: &Tensor) -> Result<Self, ModelError> {
+        let kind = t.kind();
+        let dtype = dtype_of(kind).ok_or_else(|| ModelError::UnsupportedDtype {
+            name: name.to_string(),
+            source_desc: "the model in memory".into(),
+            dtype: format!("{kind:?}"),
+        })?;
+        let host = t.detach().to_device(Device::Cpu).contiguous();
+        let numel = host.numel();
+        let mut bytes = vec![0u8; numel * kind.elt_size_in_bytes()];
+        host.f_copy_data_u8(&mut bytes, numel)
+            .map_err(ModelError::torch(format!("copying `{name}` to host")))?;
+        let shape = host.size().iter().map(|&d| d as usize).collect();
+        Ok(HostTensor {
+            dtype,
+            shape,
+            bytes,
+        })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the tensor holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Writes `tensors` to `path` with `{"format": "pt"}` metadata (what PEFT and transformers write).
+pub fn write_file(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<(), ModelError> {
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        Some(metadata),
+        path,
+    )
+    .map_err(|e| ModelError::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Writes `tensors` (host copies made one at a time by `fetch`) as Hugging Face shards of at most
+/// `shard_bytes` each: `model.safetensors` when one shard suffices, else
+/// `model-0000i-of-0000n.safetensors` plus `model.safetensors.index.json`.
+pub fn write_sharded(
+    dir: &Path,
+    names_and_sizes: &[(String, u64)],
+    shard_bytes: u64,
+    mut fetch: impl FnMut(&str) -> Result<HostTensor, ModelError>,
+) -> Result<(), ModelError> {
+    // Plan the shards first so the file names (which contain the count) are known up front.
+    let mut shards: Vec<Vec<&str>> = vec![Vec::new()];
+    let mut current = 0u64;
+    for (name, size) in names_and_sizes {
+        if current > 0 && current + size > shard_bytes {
+            shards.push(Vec::new());
+            current = 0;
+        }
+        if let Some(shard) = shards.last_mut() {
+            shard.push(name);
+        }
+        current += size;
+    }
+    let n = shards.len();
+    let total: u64 = names_and_sizes.iter().map(|(_, s)| s).sum();
+    let mut weight_map = serde_json::Map::new();
+    for (i, names) in shards.iter().enumerate() {
+        let file = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+        };
+        let mut tensors = BTreeMap::new();
+        for name in names {
+            tensors.insert(name.to_string(), fetch(name)?);
+            weight_map.insert(name.to_string(), serde_json::Value::String(file.clone()));
+        }
+        write_file(&dir.join(&file), &tensors)?;
+    }
+    if n > 1 {
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let path = dir.join("model.safetensors.index.json");
+        let text = serde_json::to_string_pretty(&index).map_err(|e| ModelError::Json {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(&path, text).map_err(|source| ModelError::Write { path, source })?;
+    }
+    Ok(())
+}

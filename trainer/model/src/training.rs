@@ -1,0 +1,250 @@
+//! The loss, and forward + backward for one micro-batch with optional layer recomputation.
+//!
+//! Memory design (both parts measured by `tests/memory.rs`):
+//!
+//! * **Chunked head + loss.** Only positions with a label (≠ −100) go through the head, at most
+//!   `loss_chunk_size` tokens at a time: logits of one chunk are computed in fp32, its
+//!   cross-entropy is backpropagated immediately into the detached final hidden state (and the
+//!   head weight if it trains), and the chunk is dropped. The full `[tokens, vocab]` fp32 logits
+//!   never exist, in forward or backward.
+//! * **Layer recomputation** (gradient checkpointing). The first pass runs every decoder layer
+//!   without autograd, keeping only each layer's input. Backward then walks the layers from the
+//!   top: layer `i` is recomputed with autograd from its stored input (a fresh leaf that requires
+//!   grad), the incoming gradient is pushed through it with `(out · g).sum().backward()`, and the
+//!   input's `.grad` becomes the gradient for layer `i − 1`. Only one layer's activations are
+//!   alive at a time. Dropout masks are replayed exactly: each layer's forward runs after seeding
+//!   libtorch's generator with a value derived from (seed, micro-batch, layer), in both passes.
+
+use tch::{Kind, Reduction, Tensor};
+
+use crate::causal_lm::CausalLm;
+use crate::ModelError;
+
+/// Label value that is not trained on.
+pub const IGNORE_INDEX: i64 = -100;
+
+fn mix(a: u64, b: u64) -> u64 {
+    // splitmix64 finaliser over a combination of the inputs.
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl CausalLm {
+    fn check_batch(&self, input_ids: &Tensor, labels: &Tensor) -> Result<(), ModelError> {
+        if input_ids.dim() != 2 || input_ids.size() != labels.size() {
+            return Err(ModelError::Invalid(format!(
+                "input_ids {:?} and labels {:?} must both be [batch, seq]",
+                input_ids.size(),
+                labels.size()
+            )));
+        }
+        if input_ids.kind() != Kind::Int64 || labels.kind() != Kind::Int64 {
+            return Err(ModelError::Invalid(
+                "input_ids and labels must be int64".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hidden states of positions that have a next-token label, `[N, H]`, and those labels `[N]`
+    /// (the usual causal shift: position t predicts label t+1).
+    fn labelled(hidden: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+        let (b, s) = (labels.size()[0], labels.size()[1]);
+        let h = hidden.narrow(1, 0, s - 1).reshape([b * (s - 1), -1]);
+        let t = labels.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
+        let idx = t.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+        (h.index_select(0, &idx), t.index_select(0, &idx))
+    }
+
+    fn chunk_len(&self, n: i64) -> i64 {
+        match self.method.loss_chunk_size {
+            0 => n.max(1),
+            c => c as i64,
+        }
+    }
+
+    /// Sum of token cross-entropies over labels ≠ −100 (fp32 scalar), head computed in chunks of
+    /// `loss_chunk_size` tokens. Differentiable, but meant for evaluation: call it under
+    /// `tch::no_grad` so no chunk's logits are kept. Divide by the label-token count yourself.
+    pub fn loss_sum(&self, input_ids: &Tensor, labels: &Tensor) -> Tensor {
+        let hidden = self
+            .model
+            .hidden(input_ids, None, self.backend, self.training);
+        let (h, t) = Self::labelled(&hidden, labels);
+        let n = t.size()[0];
+        let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
+        let chunk = self.chunk_len(n);
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let logits = self
+                .model
+                .head(&h.narrow(0, start, len))
+                .to_kind(Kind::Float);
+            total = total
+                + logits.cross_entropy_loss::<Tensor>(
+                    &t.narrow(0, start, len),
+                    None,
+                    Reduction::Sum,
+                    IGNORE_INDEX,
+                    0.0,
+                );
+            start += len;
+        }
+        total
+    }
+
+    /// Forward and backward of one micro-batch: accumulates `loss_scale ×` the gradient of the
+    /// summed token loss into the `.grad` of every trainable parameter, and returns the loss sum
+    /// (unscaled). Pass `loss_scale = 1 / (label tokens of the whole optimiser step)` for exact
+    /// gradient accumulation. Layers are recomputed in backward when training with
+    /// `gradient_checkpointing`; the head and loss always run in chunks (see the module docs).
+    pub fn loss_sum_and_backward(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss_scale: f64,
+    ) -> Result<f64, ModelError> {
+        self.check_batch(input_ids, labels)?;
+        let step = self.micro_step.get();
+        self.micro_step.set(step + 1);
+        let step_seed = mix(self.method.seed, step);
+        let replay = self.training && self.method.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
+        let seed_layer = |i: usize| {
+            if replay {
+                tch::manual_seed((mix(step_seed, i as u64 + 1) >> 1) as i64);
+            }
+        };
+        let embed_trains = self.model.embed_tokens.requires_grad();
+        let first_trainable = if embed_trains {
+            0
+        } else {
+            self.first_trainable_layer()
+        };
+        let s = input_ids.size()[1];
+        let x0 = self.model.embed(input_ids);
+        let (cos, sin) = self.model.rope(0, s, x0.kind(), x0.device());
+        let layers = &self.model.layers;
+
+        // Forward through the layers; with recomputation keep only each layer's input.
+        let recompute = self.recomputes_layers();
+        let mut inputs: Vec<Tensor> = Vec::new();
+        let mut x = x0.shallow_clone();
+        for (i, layer) in layers.iter().enumerate() {
+            seed_layer(i);
+            if recompute || i < first_trainable {
+                let _guard = tch::no_grad_guard();
+                inputs.push(x.detach());
+                x = layer.forward(&x, &cos, &sin, None, self.backend, self.training);
+            } else {
+                x = layer.forward(&x, &cos, &sin, None, self.backend, self.training);
+            }
+        }
+        // With recomputation the graph starts at the last layer's output (a fresh leaf).
+        let x_top = if recompute {
+            x.detach().set_requires_grad(true)
+        } else {
+            x
+        };
+        let hidden = self.model.norm.forward(&x_top);
+
+        // Chunked head + loss, each chunk backpropagated at once into a detached copy of the
+        // (shifted, flattened) hidden states; only one chunk's logits exist at a time.
+        let (b, s) = (labels.size()[0], labels.size()[1]);
+        let flat = hidden.narrow(1, 0, s - 1).reshape([b * (s - 1), -1]);
+        let flat_leaf = flat.detach().set_requires_grad(true);
+        let targets = labels.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
+        let idx = targets.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
+        let n = idx.size()[0];
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let targets = targets.index_select(0, &idx);
+        let chunk = self.chunk_len(n);
+        let mut loss_sum = 0.0;
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let rows = idx.narrow(0, start, len);
+            let logits = self
+                .model
+                .head(&flat_leaf.index_select(0, &rows))
+                .to_kind(Kind::Float);
+            let loss = logits.cross_entropy_loss::<Tensor>(
+                &targets.narrow(0, start, len),
+                None,
+                Reduction::Sum,
+                IGNORE_INDEX,
+                0.0,
+            );
+            loss_sum += loss.double_value(&[]);
+            (loss * loss_scale)
+                .f_backward()
+                .map_err(ModelError::torch("backpropagating the loss"))?;
+            start += len;
+        }
+        let grad = flat_leaf.grad();
+        if !flat.requires_grad() || !grad.defined() {
+            return Ok(loss_sum);
+        }
+        (&flat * &grad)
+            .sum(Kind::Float)
+            .f_backward()
+            .map_err(ModelError::torch("backpropagating through the final norm"))?;
+        if !recompute {
+            return Ok(loss_sum);
+        }
+
+        // Walk the layers from the top, recomputing each from its stored input.
+        let mut grad = x_top.grad();
+        for i in (first_trainable..inputs.len()).rev() {
+            if !grad.defined() {
+                break;
+            }
+            let needs_input_grad = i > first_trainable || embed_trains;
+            let input = inputs[i].detach().set_requires_grad(needs_input_grad);
+            seed_layer(i);
+            let out = layers[i].forward(&input, &cos, &sin, None, self.backend, self.training);
+            if out.requires_grad() {
+                (&out * &grad)
+                    .sum(Kind::Float)
+                    .f_backward()
+                    .map_err(ModelError::torch(format!(
+                        "backpropagating through layer {i}"
+                    )))?;
+            }
+            if !needs_input_grad {
+                break;
+            }
+            grad = input.grad();
+        }
+        if embed_trains && grad.defined() {
+            let e = self.model.embed(input_ids);
+            (&e * &grad)
+                .sum(Kind::Float)
+                .f_backward()
+                .map_err(ModelError::torch("backpropagating into the embeddings"))?;
+        }
+        Ok(loss_sum)
+    }
+
+    /// Index of the lowest decoder layer with a trainable parameter (number of layers if none).
+    fn first_trainable_layer(&self) -> usize {
+        let names: Vec<String> = self
+            .trainable_parameters()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        (0..self.model.layers.len())
+            .find(|i| {
+                let hf = format!("model.layers.{i}.");
+                let peft = format!("base_model.model.model.layers.{i}.");
+                names
+                    .iter()
+                    .any(|n| n.starts_with(&hf) || n.starts_with(&peft))
+            })
+            .unwrap_or(self.model.layers.len())
+    }
+}

@@ -1,0 +1,139 @@
+//! Helpers shared by lf-model's integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use lf_api::architecture::ModelArchitecture;
+use lf_api::training::LinearModule;
+use lf_model::safetensors_io::MappedFile;
+use tch::{Device, Kind, Tensor};
+
+/// The Python interpreter of the reference stack: `$LF_PYTHON` or `<repo>/.venv/bin/python`.
+pub fn python() -> PathBuf {
+    match std::env::var_os("LF_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python"),
+    }
+}
+
+/// Runs `tests/reference/model_reference.py MODE OUT`, failing the test with its output if it fails.
+pub fn reference(mode: &str, out: &Path) {
+    let py = python();
+    assert!(
+        py.exists(),
+        "the Python reference stack is missing: {} does not exist (set LF_PYTHON or run scripts/install-python-ref.sh)",
+        py.display()
+    );
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/model_reference.py");
+    let output = Command::new(&py)
+        .arg(&script)
+        .arg(mode)
+        .arg(out)
+        .output()
+        .expect("cannot start the Python reference");
+    assert!(
+        output.status.success(),
+        "reference script `{mode}` failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Every tensor of a safetensors file, on the CPU.
+pub fn read_all(path: &Path) -> HashMap<String, Tensor> {
+    let f = MappedFile::open(path).unwrap();
+    f.names()
+        .unwrap()
+        .into_iter()
+        .map(|n| {
+            let t = f.load(&n, None, Device::Cpu).unwrap();
+            (n, t)
+        })
+        .collect()
+}
+
+/// max |a − b| / max |b|.
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shape mismatch");
+    let a = a.to_kind(Kind::Double);
+    let b = b.to_kind(Kind::Double);
+    let scale = b.abs().max().double_value(&[]).max(1e-12);
+    (a - &b).abs().max().double_value(&[]) / scale
+}
+
+/// A small architecture for tests that need no reference.
+pub fn tiny_arch(tied: bool) -> ModelArchitecture {
+    ModelArchitecture::from_json_str(&format!(
+        r#"{{"model_type":"llama","vocab_size":80,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":3,
+            "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"tie_word_embeddings":{tied}}}"#
+    ))
+    .unwrap()
+}
+
+/// Random weights with Hugging Face names for `arch`.
+pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tensor)> {
+    tch::manual_seed(seed);
+    let h = arch.hidden_size as i64;
+    let v = arch.vocab_size as i64;
+    let opts = (Kind::Float, Device::Cpu);
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        Tensor::randn([v, h], opts) * 0.5,
+    )];
+    for i in 0..arch.num_hidden_layers {
+        for m in LinearModule::ALL {
+            let (fi, fo) = arch.linear_shape(m);
+            let name = format!("model.layers.{i}.{}.{}", m.parent(), m.name());
+            out.push((
+                format!("{name}.weight"),
+                Tensor::randn([fo as i64, fi as i64], opts) * (1.0 / (fi as f64).sqrt()),
+            ));
+            if arch.qkv_bias()
+                && matches!(
+                    m,
+                    LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
+                )
+            {
+                out.push((
+                    format!("{name}.bias"),
+                    Tensor::randn([fo as i64], opts) * 0.1,
+                ));
+            }
+        }
+        out.push((
+            format!("model.layers.{i}.input_layernorm.weight"),
+            Tensor::rand([h], opts) + 0.5,
+        ));
+        out.push((
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            Tensor::rand([h], opts) + 0.5,
+        ));
+    }
+    out.push((
+        "model.norm.weight".to_string(),
+        Tensor::rand([h], opts) + 0.5,
+    ));
+    if !arch.tie_word_embeddings {
+        out.push((
+            "lm_head.weight".to_string(),
+            Tensor::randn([v, h], opts) * 0.2,
+        ));
+    }
+    out
+}
+
+/// A batch with masked prompts and a right-padded row.
+pub fn batch(vocab: i64, b: i64, s: i64, seed: i64) -> (Tensor, Tensor) {
+    tch::manual_seed(seed);
+    let ids = Tensor::randint(vocab, [b, s], (Kind::Int64, Device::Cpu));
+    let labels = ids.copy();
+    let _ = labels.narrow(1, 0, s / 4).fill_(-100);
+    if b > 1 {
+        let _ = labels.get(1).narrow(0, s - s / 4, s / 4).fill_(-100);
+        let _ = ids.get(1).narrow(0, s - s / 4, s / 4).fill_(0);
+    }
+    (ids, labels)
+}
