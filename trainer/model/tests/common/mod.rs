@@ -137,3 +137,12 @@ pub fn batch(vocab: i64, b: i64, s: i64, seed: i64) -> (Tensor, Tensor) {
     }
     (ids, labels)
 }
+
+/// libtorch's global generator is shared by the test threads of one binary: hold this while
+/// seeding and drawing.
+pub static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`RNG_LOCK`], surviving a panicked holder.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
