@@ -1,0 +1,160 @@
+//! The trainer's error type and how each error maps onto the runtime contract
+//! ([`FailureReason`], exit code, termination message).
+
+use std::path::Path;
+
+use lf_api::runtime::{exit_code, paths, FailureReason, TerminationReport};
+
+/// Why a trainer command stopped. Every variant carries a message meant for the user; variants
+/// that have an obvious next step carry a hint too.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// Bad configuration or input (config file, override, model directory, dataset): retrying
+    /// cannot help.
+    #[error("{message}")]
+    Config { message: String },
+    /// The loss or the gradient norm became NaN or infinite.
+    #[error("{message}")]
+    NonFinite { message: String, hint: String },
+    /// Device or host memory ran out.
+    #[error("{message}")]
+    OutOfMemory { message: String },
+    /// A collective or the rendezvous failed.
+    #[error("{message}")]
+    Communication { message: String },
+    /// SIGTERM/SIGINT: the current step finished and (when one could be written) a checkpoint was
+    /// saved.
+    #[error("interrupted by a signal after step {step}{}", checkpoint.map(|c| format!("; checkpoint-{c} is complete")).unwrap_or_default())]
+    Interrupted { step: u64, checkpoint: Option<u64> },
+    /// Anything else (I/O while writing outputs, an internal libtorch error).
+    #[error("{message}")]
+    Runtime { message: String },
+}
+
+impl TrainerError {
+    pub fn config(message: impl Into<String>) -> Self {
+        TrainerError::Config { message: message.into() }
+    }
+
+    pub fn runtime(message: impl Into<String>) -> Self {
+        TrainerError::Runtime { message: message.into() }
+    }
+
+    /// An I/O failure on `path` while doing `what`.
+    pub fn io(what: &str, path: &Path, err: std::io::Error) -> Self {
+        let message = format!("cannot {what} {}: {err}", path.display());
+        if err.raw_os_error() == Some(libc::ENOSPC) {
+            return TrainerError::Runtime { message: format!("{message} (the volume is full)") };
+        }
+        TrainerError::Runtime { message }
+    }
+
+    /// Classifies a message coming from libtorch or a library crate: allocation failures become
+    /// [`TrainerError::OutOfMemory`], the rest [`TrainerError::Runtime`].
+    pub fn from_library(context: &str, message: impl std::fmt::Display) -> Self {
+        let message = format!("{context}: {message}");
+        if looks_like_oom(&message) {
+            TrainerError::OutOfMemory { message }
+        } else {
+            TrainerError::Runtime { message }
+        }
+    }
+
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            TrainerError::Config { .. } => FailureReason::ConfigError,
+            TrainerError::NonFinite { .. } => FailureReason::NonFinite,
+            TrainerError::OutOfMemory { .. } => FailureReason::OutOfMemory,
+            TrainerError::Communication { .. } => FailureReason::Communication,
+            TrainerError::Interrupted { .. } => FailureReason::Preempted,
+            TrainerError::Runtime { .. } => FailureReason::Runtime,
+        }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            // The contract's code for an interruption, whatever FailureReason maps it to.
+            TrainerError::Interrupted { .. } => exit_code::INTERRUPTED,
+            other => other.reason().exit_code(),
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            TrainerError::NonFinite { hint, .. } => Some(hint.clone()),
+            TrainerError::OutOfMemory { .. } => Some(
+                "lower per_device_train_batch_size or cutoff_len, keep gradient_checkpointing on, or use more GPUs / a higher zero_stage"
+                    .into(),
+            ),
+            TrainerError::Interrupted { .. } => Some("resume with resume_from_checkpoint: auto (the default when output_dir has checkpoints)".into()),
+            _ => None,
+        }
+    }
+
+    /// The termination message for this error.
+    pub fn report(&self, rank: Option<u32>, last_checkpoint_step: Option<u64>) -> TerminationReport {
+        TerminationReport {
+            reason: self.reason(),
+            rank,
+            exit_code: self.exit_code(),
+            message: self.to_string(),
+            hint: self.hint(),
+            last_checkpoint_step,
+        }
+    }
+}
+
+/// Whether an error text is an allocation failure (CUDA caching allocator, CPU allocator, or the
+/// OS refusing memory).
+pub fn looks_like_oom(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("cannot allocate memory")
+}
+
+/// Writes the termination message to `/dev/termination-log` when that file exists and is
+/// writable (inside a pod); elsewhere does nothing. Returns whether it was written.
+pub fn write_termination_log(report: &TerminationReport) -> bool {
+    write_termination_log_to(Path::new(paths::TERMINATION_LOG), report)
+}
+
+/// [`write_termination_log`] to another path (tests). Only an existing file is written: the
+/// trainer never creates `/dev/termination-log` outside a pod.
+pub fn write_termination_log_to(path: &Path, report: &TerminationReport) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    let Ok(text) = serde_json::to_string(report) else { return false };
+    std::fs::write(path, text).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_contract() {
+        assert_eq!(TrainerError::config("x").exit_code(), exit_code::CONFIG);
+        assert_eq!(TrainerError::runtime("x").exit_code(), exit_code::RUNTIME);
+        let oom = TrainerError::from_library("step", "CUDA out of memory. Tried to allocate 2.00 GiB");
+        assert_eq!(oom.exit_code(), exit_code::OUT_OF_MEMORY);
+        let nan = TrainerError::NonFinite { message: "nan".into(), hint: "h".into() };
+        assert_eq!(nan.exit_code(), exit_code::CONFIG);
+        assert_eq!(nan.reason(), FailureReason::NonFinite);
+        let int = TrainerError::Interrupted { step: 3, checkpoint: Some(3) };
+        assert_eq!(int.exit_code(), exit_code::INTERRUPTED);
+        assert!(int.to_string().contains("checkpoint-3"));
+    }
+
+    #[test]
+    fn termination_log_only_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("termination-log");
+        let report = TrainerError::config("bad key").report(Some(0), None);
+        assert!(!write_termination_log_to(&path, &report));
+        std::fs::write(&path, "").unwrap();
+        assert!(write_termination_log_to(&path, &report));
+        let back = TerminationReport::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, report);
+    }
+}

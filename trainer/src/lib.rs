@@ -1,0 +1,26 @@
+//! lf-trainer: the training loop and everything around it that every FineTuneJob pod runs.
+//!
+//! * [`batching`]: the deterministic step plan (what each optimiser step trains on), collation,
+//!   and the background data thread.
+//! * [`schedule`]: learning-rate schedules with Hugging Face's arithmetic.
+//! * [`train_loop`]: the loop itself (exact gradient accumulation, clipping, evaluation,
+//!   non-finite detection, signals, checkpoints, logs).
+//! * [`checkpoint`]: atomic checkpoint directories, verification, rotation, resume choice.
+//! * [`outputs`], [`plot`]: `trainer_log.jsonl`, `all_results.json`, `training_loss.png`.
+//! * [`status`], [`metrics`]: the FineTuneJob status (server-side apply or a local file) and the
+//!   Prometheus endpoint.
+//! * [`error`]: the error type and its mapping onto exit codes and termination messages.
+
+pub mod batching;
+pub mod checkpoint;
+pub mod error;
+pub mod interfaces;
+pub mod metrics;
+pub mod outputs;
+pub mod plot;
+pub mod schedule;
+pub mod state;
+pub mod status;
+pub mod train_loop;
+
+pub use error::TrainerError;

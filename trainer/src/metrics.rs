@@ -1,0 +1,109 @@
+//! The Prometheus endpoint (`LF_METRICS_ADDR`, off when unset): step, loss, learning rate,
+//! tokens/s and peak memory, served as text exposition on any path by a small thread.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+use prometheus::{Encoder, Gauge, IntGauge, Registry, TextEncoder};
+
+use crate::error::TrainerError;
+
+/// The trainer's gauges.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub step: IntGauge,
+    pub total_steps: IntGauge,
+    pub loss: Gauge,
+    pub learning_rate: Gauge,
+    pub tokens_per_second: Gauge,
+    pub grad_norm: Gauge,
+    pub peak_memory_bytes: IntGauge,
+    pub eval_loss: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let int = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric names are valid");
+            registry.register(Box::new(g.clone())).expect("each metric is registered once");
+            g
+        };
+        let float = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("static metric names are valid");
+            registry.register(Box::new(g.clone())).expect("each metric is registered once");
+            g
+        };
+        Metrics {
+            step: int("lf_trainer_step", "Optimiser steps completed"),
+            total_steps: int("lf_trainer_total_steps", "Optimiser steps of the whole run"),
+            loss: float("lf_trainer_loss", "Training loss of the last logging window"),
+            learning_rate: float("lf_trainer_learning_rate", "Learning rate of the last step"),
+            tokens_per_second: float("lf_trainer_tokens_per_second", "Training tokens per second (last logging window)"),
+            grad_norm: float("lf_trainer_grad_norm", "Gradient norm before clipping (last step)"),
+            peak_memory_bytes: int("lf_trainer_peak_memory_bytes", "Peak device memory (CUDA allocator) or peak RSS on CPU"),
+            eval_loss: float("lf_trainer_eval_loss", "Loss on the validation split at the last evaluation"),
+            registry,
+        }
+    }
+
+    /// The text exposition of every gauge.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Serves [`Metrics::render`] on `addr` from a background thread. Returns the bound address.
+    pub fn serve(&self, addr: &str) -> Result<std::net::SocketAddr, TrainerError> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| TrainerError::config(format!("cannot listen on LF_METRICS_ADDR={addr}: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| TrainerError::runtime(e.to_string()))?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("lf-metrics".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let mut stream = stream;
+                    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                    let mut req = [0u8; 1024];
+                    let _ = stream.read(&mut req);
+                    let body = me.render();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes()));
+                }
+            })
+            .map_err(|e| TrainerError::runtime(format!("cannot start the metrics thread: {e}")))?;
+        Ok(bound)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_the_gauges() {
+        let m = Metrics::new();
+        m.step.set(7);
+        m.loss.set(1.25);
+        let addr = m.serve("127.0.0.1:0").unwrap();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"));
+        assert!(out.contains("lf_trainer_step 7"), "{out}");
+        assert!(out.contains("lf_trainer_loss 1.25"), "{out}");
+    }
+}

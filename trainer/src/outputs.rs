@@ -1,0 +1,176 @@
+//! The run's output files besides the weights: `trainer_log.jsonl` (one record per logging step,
+//! LLaMA-Factory's keys plus ours) and `all_results.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainerError;
+
+pub const TRAINER_LOG: &str = "trainer_log.jsonl";
+pub const ALL_RESULTS: &str = "all_results.json";
+pub const TRAINER_STATE: &str = "trainer_state.json";
+pub const LOSS_PLOT: &str = "training_loss.png";
+
+/// Seconds of one optimiser step, by phase (averaged over the logging window).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTimes {
+    /// Waiting for the next batch and moving it to the device.
+    pub data: f64,
+    /// Forward and backward together (with layer recomputation they interleave).
+    pub forward_backward: f64,
+    /// The forward part alone, when the model reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<f64>,
+    /// The backward part alone, when the model reports the forward part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backward: Option<f64>,
+    /// Gradient clipping, the optimiser update and zeroing the gradients.
+    pub optimizer: f64,
+}
+
+/// One line of `trainer_log.jsonl`. Optional fields are left out when absent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub current_steps: u64,
+    pub total_steps: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    pub epoch: f64,
+    pub percentage: f64,
+    pub elapsed_time: String,
+    pub remaining_time: String,
+    /// Training tokens (every non-padding input token) per second over the logging window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_time: Option<StepTimes>,
+    /// Peak memory in bytes: the CUDA caching allocator's peak on GPU, the process's peak RSS on CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// `H:MM:SS`, as LLaMA-Factory writes elapsed and remaining time.
+pub fn hms(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// Appends records to `trainer_log.jsonl`.
+pub struct TrainerLog {
+    path: PathBuf,
+}
+
+impl TrainerLog {
+    /// Opens the log in `output_dir`; `fresh` truncates it (a run that does not resume).
+    pub fn open(output_dir: &Path, fresh: bool) -> Result<Self, TrainerError> {
+        let path = output_dir.join(TRAINER_LOG);
+        if fresh && path.exists() {
+            std::fs::remove_file(&path).map_err(|e| TrainerError::io("truncate", &path, e))?;
+        }
+        Ok(TrainerLog { path })
+    }
+
+    pub fn append(&self, record: &LogRecord) -> Result<(), TrainerError> {
+        let line = serde_json::to_string(record).map_err(|e| TrainerError::runtime(e.to_string()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| TrainerError::io("open", &self.path, e))?;
+        writeln!(f, "{line}").map_err(|e| TrainerError::io("append to", &self.path, e))
+    }
+
+    /// Every record written so far (the plot reads them back, including those of earlier
+    /// attempts of a resumed run).
+    pub fn read_all(&self) -> Vec<LogRecord> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else { return Vec::new() };
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Drops records past `step` (a resumed run repeats no step, so later lines of the crashed
+    /// attempt would be duplicates).
+    pub fn truncate_after(&self, step: u64) -> Result<(), TrainerError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
+        let kept: Vec<LogRecord> = self.read_all().into_iter().filter(|r| r.current_steps <= step).collect();
+        let mut text = String::new();
+        for r in &kept {
+            text.push_str(&serde_json::to_string(r).map_err(|e| TrainerError::runtime(e.to_string()))?);
+            text.push('\n');
+        }
+        std::fs::write(&self.path, text).map_err(|e| TrainerError::io("rewrite", &self.path, e))
+    }
+}
+
+/// Merges `values` into `output_dir/all_results.json` (train and eval results share the file, as
+/// in Hugging Face's `save_metrics("all", ...)`).
+pub fn merge_results(output_dir: &Path, values: serde_json::Map<String, serde_json::Value>) -> Result<(), TrainerError> {
+    let path = output_dir.join(ALL_RESULTS);
+    let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    all.extend(values);
+    let text = serde_json::to_string_pretty(&all).map_err(|e| TrainerError::runtime(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| TrainerError::io("write", &path, e))
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), where the OS reports it.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Peak memory of the training device: the CUDA caching allocator's peak when training on a GPU
+/// (and the build can query it), the process peak RSS otherwise.
+pub fn peak_memory_bytes(device: tch::Device) -> Option<u64> {
+    match device {
+        tch::Device::Cuda(i) => lf_dist::cuda_peak_allocated_bytes(i as i64).or_else(peak_rss_bytes),
+        _ => peak_rss_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_time_like_llama_factory() {
+        assert_eq!(hms(0.4), "0:00:00");
+        assert_eq!(hms(3723.0), "1:02:03");
+    }
+
+    #[test]
+    fn log_round_trips_and_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = TrainerLog::open(dir.path(), true).unwrap();
+        for s in 1..=4 {
+            log.append(&LogRecord { current_steps: s, total_steps: 4, loss: Some(1.0 / s as f64), ..Default::default() }).unwrap();
+        }
+        log.truncate_after(2).unwrap();
+        let back = log.read_all();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[1].loss, Some(0.5));
+        let text = std::fs::read_to_string(dir.path().join(TRAINER_LOG)).unwrap();
+        assert!(!text.contains("eval_loss"), "absent fields are left out: {text}");
+        merge_results(dir.path(), serde_json::json!({"train_loss": 1.5}).as_object().unwrap().clone()).unwrap();
+        merge_results(dir.path(), serde_json::json!({"eval_loss": 2.0}).as_object().unwrap().clone()).unwrap();
+        let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(ALL_RESULTS)).unwrap()).unwrap();
+        assert_eq!(all["train_loss"], 1.5);
+        assert_eq!(all["eval_loss"], 2.0);
+        assert!(peak_rss_bytes().unwrap() > 1 << 20);
+    }
+}
