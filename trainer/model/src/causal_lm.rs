@@ -235,46 +235,81 @@ impl CausalLm {
         total
     }
 
-    /// The `(name, tensor)` of every base (non-adapter) parameter, Hugging Face names, in
-    /// checkpoint order. Quantised linears are listed dequantised to the model dtype.
-    pub(crate) fn base_parameters(&self, merged: bool) -> Vec<(String, Tensor)> {
+    /// The `(name, tensor)` of every dense base (non-adapter) parameter, Hugging Face names, in
+    /// checkpoint order, sharing storage with the model. Quantised linear weights are left out:
+    /// they never train, and listing them would dequantise the whole model at once.
+    pub(crate) fn base_parameters(&self) -> Vec<(String, Tensor)> {
+        self.base_layout()
+            .into_iter()
+            .filter_map(|(name, _)| self.dense_tensor(&name).map(|t| (name, t)))
+            .collect()
+    }
+
+    /// Every base tensor's Hugging Face name and shape, in checkpoint order (quantised ones too).
+    pub(crate) fn base_layout(&self) -> Vec<(String, Vec<i64>)> {
         let m = &self.model;
-        let kind = self.opts.dtype;
+        let h = self.arch.hidden_size as i64;
         let mut out = vec![(
             "model.embed_tokens.weight".to_string(),
-            m.embed_tokens.shallow_clone(),
+            m.embed_tokens.size(),
         )];
         for (i, layer) in m.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             for module in LinearModule::ALL {
                 let l = layer.linear(module);
                 let name = format!("{p}.{}.{}", module.parent(), module.name());
-                let w = match (&l.adapter, l.weight.as_dense()) {
-                    (Some(_), _) if merged => l.merged_weight(kind),
-                    (_, Some(w)) => w.shallow_clone(),
-                    (_, None) => l.weight.dense(kind),
-                };
-                out.push((format!("{name}.weight"), w));
-                if let Some(b) = &l.bias {
-                    out.push((format!("{name}.bias"), b.shallow_clone()));
+                let (o, n) = l.shape();
+                out.push((format!("{name}.weight"), vec![o, n]));
+                if l.bias.is_some() {
+                    out.push((format!("{name}.bias"), vec![o]));
                 }
             }
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                layer.input_layernorm.weight.shallow_clone(),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                layer.post_attention_layernorm.weight.shallow_clone(),
-            ));
+            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         }
-        out.push((
-            "model.norm.weight".to_string(),
-            m.norm.weight.shallow_clone(),
-        ));
-        if let Some(h) = &m.lm_head {
-            out.push(("lm_head.weight".to_string(), h.shallow_clone()));
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if let Some(w) = &m.lm_head {
+            out.push(("lm_head.weight".to_string(), w.size()));
         }
         out
+    }
+
+    /// The model's own tensor named `name` (Hugging Face name), when it is held dense.
+    pub(crate) fn dense_tensor(&self, name: &str) -> Option<Tensor> {
+        let m = &self.model;
+        match name {
+            "model.embed_tokens.weight" => return Some(m.embed_tokens.shallow_clone()),
+            "model.norm.weight" => return Some(m.norm.weight.shallow_clone()),
+            "lm_head.weight" => return m.lm_head.as_ref().map(|t| t.shallow_clone()),
+            _ => {}
+        }
+        let (layer, tail) = self.split_layer_name(name)?;
+        match tail {
+            "input_layernorm.weight" => return Some(layer.input_layernorm.weight.shallow_clone()),
+            "post_attention_layernorm.weight" => {
+                return Some(layer.post_attention_layernorm.weight.shallow_clone())
+            }
+            _ => {}
+        }
+        let (module, suffix) = tail.rsplit_once('.')?;
+        let module = LinearModule::ALL
+            .into_iter()
+            .find(|m| module == format!("{}.{}", m.parent(), m.name()))?;
+        let lin = layer.linear(module);
+        match suffix {
+            "weight" => lin.weight.as_dense().map(|t| t.shallow_clone()),
+            "bias" => lin.bias.as_ref().map(|b| b.shallow_clone()),
+            _ => None,
+        }
+    }
+
+    /// `model.layers.{i}.{tail}` → (layer i, tail).
+    pub(crate) fn split_layer_name<'a>(
+        &self,
+        name: &'a str,
+    ) -> Option<(&crate::llama::DecoderLayer, &'a str)> {
+        let rest = name.strip_prefix("model.layers.")?;
+        let (idx, tail) = rest.split_once('.')?;
+        Some((self.model.layers.get(idx.parse::<usize>().ok()?)?, tail))
     }
 }

@@ -44,10 +44,15 @@ impl CausalLm {
             source,
         })?;
         let kind = self.opts.dtype;
-        let params = self.base_parameters(false);
-        let sizes: Vec<(String, u64)> = params
-            .iter()
-            .map(|(n, t)| (n.clone(), (t.numel() * kind.elt_size_in_bytes()) as u64))
+        let sizes: Vec<(String, u64)> = self
+            .base_layout()
+            .into_iter()
+            .map(|(n, shape)| {
+                (
+                    n,
+                    shape.iter().product::<i64>() as u64 * kind.elt_size_in_bytes() as u64,
+                )
+            })
             .collect();
         // Merge one linear at a time while writing, so only one merged matrix exists at once.
         let merged = self.base_parameters_lazy();
@@ -95,39 +100,18 @@ impl CausalLm {
         Ok(())
     }
 
-    /// A lookup from Hugging Face name to the (merged) tensor, computed on demand.
+    /// A lookup from Hugging Face name to the tensor to export: decoder linear weights merged with
+    /// their adapter (and dequantised), everything else as held.
     fn base_parameters_lazy(&self) -> impl Fn(&str) -> Option<tch::Tensor> + '_ {
         move |name: &str| {
-            let m = &self.model;
-            match name {
-                "model.embed_tokens.weight" => return Some(m.embed_tokens.shallow_clone()),
-                "model.norm.weight" => return Some(m.norm.weight.shallow_clone()),
-                "lm_head.weight" => return m.lm_head.as_ref().map(|t| t.shallow_clone()),
-                _ => {}
-            }
-            let rest = name.strip_prefix("model.layers.")?;
-            let (idx, tail) = rest.split_once('.')?;
-            let layer = m.layers.get(idx.parse::<usize>().ok()?)?;
-            match tail {
-                "input_layernorm.weight" => {
-                    return Some(layer.input_layernorm.weight.shallow_clone())
-                }
-                "post_attention_layernorm.weight" => {
-                    return Some(layer.post_attention_layernorm.weight.shallow_clone())
-                }
-                _ => {}
-            }
-            for module in lf_api::training::LinearModule::ALL {
-                let lin = layer.linear(module);
-                let prefix = format!("{}.{}", module.parent(), module.name());
-                if tail == format!("{prefix}.weight") {
-                    return Some(lin.merged_weight(self.opts.dtype));
-                }
-                if tail == format!("{prefix}.bias") {
-                    return lin.bias.as_ref().map(|b| b.shallow_clone());
+            if let Some((layer, tail)) = self.split_layer_name(name) {
+                for module in lf_api::training::LinearModule::ALL {
+                    if tail == format!("{}.{}.weight", module.parent(), module.name()) {
+                        return Some(layer.linear(module).merged_weight(self.opts.dtype));
+                    }
                 }
             }
-            None
+            self.dense_tensor(name)
         }
     }
 }

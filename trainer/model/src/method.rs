@@ -66,7 +66,7 @@ impl CausalLm {
                     ));
                 }
                 self.remove_adapters();
-                for (_, t) in self.base_parameters(false) {
+                for (_, t) in self.base_parameters() {
                     let _ = t.set_requires_grad(true);
                 }
             }
@@ -93,7 +93,7 @@ impl CausalLm {
     }
 
     fn freeze_all(&mut self) {
-        for (_, t) in self.base_parameters(false) {
+        for (_, t) in self.base_parameters() {
             if t.requires_grad() {
                 let _ = t.set_requires_grad(false);
             }
@@ -171,7 +171,7 @@ impl CausalLm {
         let prefixes: Vec<String> = (first..layers)
             .map(|i| format!("model.layers.{i}."))
             .collect();
-        self.base_parameters(false)
+        self.base_parameters()
             .into_iter()
             .filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p)))
             .collect()
@@ -184,7 +184,7 @@ impl CausalLm {
         let mut out = self.adapter_parameters();
         out.retain(|(_, t)| t.requires_grad());
         let mut seen_embed = false;
-        for (name, t) in self.base_parameters(false) {
+        for (name, t) in self.base_parameters() {
             if t.requires_grad() && t.is_leaf() {
                 // A tied head is the embedding tensor: list it once.
                 if name == "model.embed_tokens.weight" {

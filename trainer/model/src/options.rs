@@ -160,7 +160,7 @@ pub fn read_architecture(model_dir: &Path) -> Result<ModelArchitecture, ModelErr
             .get("rope_type")
             .and_then(|v| v.as_str())
             .unwrap_or("default");
-        if kind != "default" && !obj.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+        if kind != "default" && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
             obj.insert("rope_scaling".into(), params.clone());
         }
     }

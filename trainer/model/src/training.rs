@@ -83,14 +83,13 @@ impl CausalLm {
                 .model
                 .head(&h.narrow(0, start, len))
                 .to_kind(Kind::Float);
-            total = total
-                + logits.cross_entropy_loss::<Tensor>(
-                    &t.narrow(0, start, len),
-                    None,
-                    Reduction::Sum,
-                    IGNORE_INDEX,
-                    0.0,
-                );
+            total += logits.cross_entropy_loss::<Tensor>(
+                &t.narrow(0, start, len),
+                None,
+                Reduction::Sum,
+                IGNORE_INDEX,
+                0.0,
+            );
             start += len;
         }
         total

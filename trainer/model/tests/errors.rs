@@ -57,30 +57,50 @@ fn bad_model_directories_are_named() {
     write_model(&no_weights, |_| {}, None);
     std::fs::remove_file(no_weights.join("model.safetensors")).unwrap();
     let e = load_err(&no_weights);
-    assert!(e.contains("model.safetensors") && e.contains("no_weights"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("no_weights"),
+        "{e}"
+    );
 
     let corrupt = tmp.path().join("corrupt");
     write_model(&corrupt, |_| {}, None);
-    std::fs::write(corrupt.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    std::fs::write(
+        corrupt.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all",
+    )
+    .unwrap();
     let e = load_err(&corrupt);
-    assert!(e.contains("corrupt/model.safetensors") && e.contains("not a valid safetensors"), "{e}");
+    assert!(
+        e.contains("corrupt/model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
 
     let truncated = tmp.path().join("truncated");
     write_model(&truncated, |_| {}, None);
     let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
-    std::fs::write(truncated.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        truncated.join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
     let e = load_err(&truncated);
     assert!(e.contains("truncated/model.safetensors"), "{e}");
 
     let missing = tmp.path().join("missing");
     write_model(&missing, |_| {}, Some("model.layers.1.mlp.up_proj.weight"));
     let e = load_err(&missing);
-    assert!(e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
 
     let shape = tmp.path().join("shape");
     write_model(&shape, |c| c["intermediate_size"] = 64.into(), None);
     let e = load_err(&shape);
-    assert!(e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[64, 48]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.gate_proj.weight") && e.contains("[64, 48]"),
+        "{e}"
+    );
 
     let extra = tmp.path().join("extra");
     write_model(&extra, |c| c["num_hidden_layers"] = 2.into(), None);
@@ -90,21 +110,35 @@ fn bad_model_directories_are_named() {
     let family = tmp.path().join("family");
     write_model(&family, |c| c["model_type"] = "gpt2".into(), None);
     let e = load_err(&family);
-    assert!(e.contains("gpt2") && e.contains("family/config.json"), "{e}");
+    assert!(
+        e.contains("gpt2") && e.contains("family/config.json"),
+        "{e}"
+    );
 
     let act = tmp.path().join("act");
     write_model(&act, |c| c["hidden_act"] = "gelu".into(), None);
     let e = load_err(&act);
-    assert!(e.contains("hidden_act") && e.contains("act/config.json"), "{e}");
+    assert!(
+        e.contains("hidden_act") && e.contains("act/config.json"),
+        "{e}"
+    );
 
     let rope = tmp.path().join("rope");
-    write_model(&rope, |c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0}), None);
+    write_model(
+        &rope,
+        |c| c["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+        None,
+    );
     let e = load_err(&rope);
     assert!(e.contains("yarn"), "{e}");
 
     let broken_index = tmp.path().join("index");
     write_model(&broken_index, |_| {}, None);
-    std::fs::write(broken_index.join("model.safetensors.index.json"), "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\"}}").unwrap();
+    std::fs::write(
+        broken_index.join("model.safetensors.index.json"),
+        "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\"}}",
+    )
+    .unwrap();
     let e = load_err(&broken_index);
     assert!(e.contains("model-00001-of-00002.safetensors"), "{e}");
 }
@@ -126,34 +160,70 @@ fn adapters_for_other_models_are_rejected() {
     };
     let mut lm_other = CausalLm::from_tensors(arch, weights, &opts()).unwrap();
     lm_other.apply_method(&cfg, 1).unwrap();
-    lm_other.save_adapter(&tmp.path().join("adapter_other"), "other").unwrap();
+    lm_other
+        .save_adapter(&tmp.path().join("adapter_other"), "other")
+        .unwrap();
 
     let mut lm = CausalLm::load(&base, &opts()).unwrap();
-    let e = lm.load_adapter(&tmp.path().join("adapter_other")).unwrap_err().to_string();
-    assert!(e.contains("lora_A.weight") && e.contains("adapter_other/adapter_model.safetensors"), "{e}");
+    let e = lm
+        .load_adapter(&tmp.path().join("adapter_other"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("lora_A.weight") && e.contains("adapter_other/adapter_model.safetensors"),
+        "{e}"
+    );
 
     // Continuing training with a different rank.
     let mut lm = CausalLm::load(&base, &opts()).unwrap();
-    lm.apply_method(&TrainingConfig::from_yaml_str("lora_rank: 8\nlora_target: q_proj,v_proj").unwrap(), 1).unwrap();
+    lm.apply_method(
+        &TrainingConfig::from_yaml_str("lora_rank: 8\nlora_target: q_proj,v_proj").unwrap(),
+        1,
+    )
+    .unwrap();
     let mut lm4 = CausalLm::load(&base, &opts()).unwrap();
     lm4.apply_method(&cfg, 1).unwrap();
-    lm4.save_adapter(&tmp.path().join("adapter_r4"), "base").unwrap();
-    let e = lm.load_adapter(&tmp.path().join("adapter_r4")).unwrap_err().to_string();
-    assert!(e.contains("r=4") && e.contains("r=8") && e.contains("adapter_config.json"), "{e}");
+    lm4.save_adapter(&tmp.path().join("adapter_r4"), "base")
+        .unwrap();
+    let e = lm
+        .load_adapter(&tmp.path().join("adapter_r4"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("r=4") && e.contains("r=8") && e.contains("adapter_config.json"),
+        "{e}"
+    );
 
     // Not a LoRA adapter, and no adapter at all.
     let prefix = tmp.path().join("prefix");
     std::fs::create_dir_all(&prefix).unwrap();
-    std::fs::write(prefix.join("adapter_config.json"), r#"{"peft_type": "PREFIX_TUNING"}"#).unwrap();
+    std::fs::write(
+        prefix.join("adapter_config.json"),
+        r#"{"peft_type": "PREFIX_TUNING"}"#,
+    )
+    .unwrap();
     let e = lm.load_adapter(&prefix).unwrap_err().to_string();
-    assert!(e.contains("PREFIX_TUNING") && e.contains("prefix/adapter_config.json"), "{e}");
-    let e = lm.load_adapter(&tmp.path().join("nowhere")).unwrap_err().to_string();
+    assert!(
+        e.contains("PREFIX_TUNING") && e.contains("prefix/adapter_config.json"),
+        "{e}"
+    );
+    let e = lm
+        .load_adapter(&tmp.path().join("nowhere"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("nowhere/adapter_config.json"), "{e}");
 
     // Bad batches and prompts.
     let ids = tch::Tensor::zeros([2, 5], (Kind::Int64, Device::Cpu));
     let labels = tch::Tensor::zeros([2, 4], (Kind::Int64, Device::Cpu));
-    assert!(lm.loss_sum_and_backward(&ids, &labels, 1.0).unwrap_err().to_string().contains("[batch, seq]"));
-    let e = lm.generate(&[1000], &lf_model::GenerationParams::greedy(2), &[], |_| {}).unwrap_err().to_string();
+    assert!(lm
+        .loss_sum_and_backward(&ids, &labels, 1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("[batch, seq]"));
+    let e = lm
+        .generate(&[1000], &lf_model::GenerationParams::greedy(2), &[], |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("1000") && e.contains("vocabulary"), "{e}");
 }

@@ -16,21 +16,27 @@ fn run(yaml: &str, tied: bool, train_mode: bool) -> (f64, BTreeMap<String, Tenso
     let _rng = common::rng_lock();
     let arch = common::tiny_arch(tied);
     let weights = common::random_weights(&arch, 3);
-    let mut lm = CausalLm::from_tensors(arch, weights, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    let mut lm =
+        CausalLm::from_tensors(arch, weights, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
     let cfg = TrainingConfig::from_yaml_str(yaml).unwrap();
     lm.apply_method(&cfg, 9).unwrap();
     // Non-zero B so every adapter gradient is non-trivial.
     tch::no_grad(|| {
         for (name, p) in lm.trainable_parameters() {
             if name.ends_with("lora_B.weight") {
-                let _ = p.shallow_clone().copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.2));
+                p.shallow_clone()
+                    .copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.2));
             }
         }
     });
     lm.set_training(train_mode);
     let (ids, labels) = common::batch(80, 3, 21, 5);
     let loss = lm.loss_sum_and_backward(&ids, &labels, 0.5).unwrap();
-    let grads = lm.trainable_parameters().into_iter().map(|(n, p)| (n, p.grad().copy())).collect();
+    let grads = lm
+        .trainable_parameters()
+        .into_iter()
+        .map(|(n, p)| (n, p.grad().copy()))
+        .collect();
     (loss, grads)
 }
 
@@ -53,19 +59,37 @@ fn recomputation_and_chunking_keep_gradients() {
         ("finetuning_type: lora", false, 0.2),
         ("finetuning_type: lora\nuse_dora: true", true, 0.1),
         ("finetuning_type: full", true, 0.0),
-        ("finetuning_type: freeze\nfreeze_trainable_layers: 1", false, 0.0),
+        (
+            "finetuning_type: freeze\nfreeze_trainable_layers: 1",
+            false,
+            0.0,
+        ),
     ] {
         let base = format!("{method}\nlora_dropout: {dropout}\nlora_rank: 4\n");
-        let (loss_ref, grads_ref) = run(&format!("{base}gradient_checkpointing: false\nloss_chunk_size: 0"), tied, true);
+        let (loss_ref, grads_ref) = run(
+            &format!("{base}gradient_checkpointing: false\nloss_chunk_size: 0"),
+            tied,
+            true,
+        );
         for (ckpt, chunk) in [(true, 0), (false, 5), (true, 5), (true, 1)] {
-            let (loss, grads) = run(&format!("{base}gradient_checkpointing: {ckpt}\nloss_chunk_size: {chunk}"), tied, true);
+            let (loss, grads) = run(
+                &format!("{base}gradient_checkpointing: {ckpt}\nloss_chunk_size: {chunk}"),
+                tied,
+                true,
+            );
             let d = max_diff(&grads, &grads_ref);
             println!("{method:?} tied={tied} dropout={dropout} ckpt={ckpt} chunk={chunk}: loss {loss:.6} vs {loss_ref:.6}, grad diff {d:.2e}");
-            assert!((loss - loss_ref).abs() <= 1e-5 * loss_ref.abs(), "loss changed: {loss} vs {loss_ref}");
+            assert!(
+                (loss - loss_ref).abs() <= 1e-5 * loss_ref.abs(),
+                "loss changed: {loss} vs {loss_ref}"
+            );
             // Recomputation alone replays the same kernels: 1e-6. Chunking reorders fp32 sums of the
             // head gradient, which moves the last bits: 5e-6.
             let tol = if chunk == 0 { 1e-6 } else { 5e-6 };
-            assert!(d <= tol, "{method}: gradients changed by {d:e} (ckpt={ckpt}, chunk={chunk})");
+            assert!(
+                d <= tol,
+                "{method}: gradients changed by {d:e} (ckpt={ckpt}, chunk={chunk})"
+            );
         }
         if dropout > 0.0 {
             // Dropout really is active in training mode (so the replay above was exercised).
@@ -79,7 +103,12 @@ fn recomputation_and_chunking_keep_gradients() {
 fn eval_loss_matches_training_loss_and_full_logits() {
     let _rng = common::rng_lock();
     let arch = common::tiny_arch(false);
-    let lm = CausalLm::from_tensors(arch, common::random_weights(&arch_clone(), 3), &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    let lm = CausalLm::from_tensors(
+        arch,
+        common::random_weights(&arch_clone(), 3),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap();
     let (ids, labels) = common::batch(80, 3, 21, 5);
     let chunked = tch::no_grad(|| lm.loss_sum(&ids, &labels)).double_value(&[]);
     let logits = tch::no_grad(|| lm.forward_logits(&ids));
@@ -87,9 +116,18 @@ fn eval_loss_matches_training_loss_and_full_logits() {
     let full = logits
         .narrow(1, 0, s - 1)
         .reshape([-1, 80])
-        .cross_entropy_loss::<Tensor>(&labels.narrow(1, 1, s - 1).reshape([-1]), None, tch::Reduction::Sum, -100, 0.0)
+        .cross_entropy_loss::<Tensor>(
+            &labels.narrow(1, 1, s - 1).reshape([-1]),
+            None,
+            tch::Reduction::Sum,
+            -100,
+            0.0,
+        )
         .double_value(&[]);
-    assert!((chunked - full).abs() <= 1e-5 * full.abs(), "{chunked} vs {full}");
+    assert!(
+        (chunked - full).abs() <= 1e-5 * full.abs(),
+        "{chunked} vs {full}"
+    );
 }
 
 fn arch_clone() -> lf_api::architecture::ModelArchitecture {

@@ -25,7 +25,9 @@ fn status_kib(key: &str) -> u64 {
 #[test]
 #[ignore = "run by activation_memory_is_saved in a child process"]
 fn memory_child() {
-    let Ok(case) = std::env::var("LF_MEM_CASE") else { return };
+    let Ok(case) = std::env::var("LF_MEM_CASE") else {
+        return;
+    };
     let (ckpt, chunk) = case.split_once(',').unwrap();
     tch::manual_seed(0);
     let arch = lf_api::architecture::ModelArchitecture::from_json_str(&format!(
@@ -35,20 +37,33 @@ fn memory_child() {
     .unwrap();
     let mut weights = Vec::new();
     let f = (Kind::Float, Device::Cpu);
-    weights.push(("model.embed_tokens.weight".to_string(), Tensor::randn([VOCAB, 128], f) * 0.02));
-    weights.push(("lm_head.weight".to_string(), Tensor::randn([VOCAB, 128], f) * 0.02));
+    weights.push((
+        "model.embed_tokens.weight".to_string(),
+        Tensor::randn([VOCAB, 128], f) * 0.02,
+    ));
+    weights.push((
+        "lm_head.weight".to_string(),
+        Tensor::randn([VOCAB, 128], f) * 0.02,
+    ));
     weights.push(("model.norm.weight".to_string(), Tensor::ones([128], f)));
     for i in 0..LAYERS {
         for m in lf_api::training::LinearModule::ALL {
             let (fi, fo) = arch.linear_shape(m);
             let w = Tensor::randn([fo as i64, fi as i64], f) * 0.05;
-            weights.push((format!("model.layers.{i}.{}.{}.weight", m.parent(), m.name()), w));
+            weights.push((
+                format!("model.layers.{i}.{}.{}.weight", m.parent(), m.name()),
+                w,
+            ));
         }
         for n in ["input_layernorm", "post_attention_layernorm"] {
-            weights.push((format!("model.layers.{i}.{n}.weight"), Tensor::ones([128], f)));
+            weights.push((
+                format!("model.layers.{i}.{n}.weight"),
+                Tensor::ones([128], f),
+            ));
         }
     }
-    let mut lm = CausalLm::from_tensors(arch, weights, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    let mut lm =
+        CausalLm::from_tensors(arch, weights, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
     let cfg = TrainingConfig::from_yaml_str(&format!(
         "lora_rank: 8\nlora_target: all\ngradient_checkpointing: {ckpt}\nloss_chunk_size: {chunk}"
     ))
@@ -59,7 +74,9 @@ fn memory_child() {
     let labels = ids.copy();
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
     let before = status_kib("VmRSS:");
-    let loss = lm.loss_sum_and_backward(&ids, &labels, 1.0 / TOKENS as f64).unwrap();
+    let loss = lm
+        .loss_sum_and_backward(&ids, &labels, 1.0 / TOKENS as f64)
+        .unwrap();
     let peak = status_kib("VmHWM:");
     println!("LF_MEM_RESULT {} {}", (peak - before) * 1024, loss);
 }
@@ -70,15 +87,29 @@ fn activation_memory_is_saved() {
     let mut results = Vec::new();
     for (ckpt, chunk) in [(false, 0), (false, 256), (true, 0), (true, 256)] {
         let out = Command::new(&exe)
-            .args(["--exact", "memory_child", "--include-ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "memory_child",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("LF_MEM_CASE", format!("{ckpt},{chunk}"))
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout
             .lines()
-            .find_map(|l| l.split_once("LF_MEM_RESULT").map(|(_, rest)| rest.to_string()))
-            .unwrap_or_else(|| panic!("child failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+            .find_map(|l| {
+                l.split_once("LF_MEM_RESULT")
+                    .map(|(_, rest)| rest.to_string())
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "child failed:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
         let mut parts = line.split_whitespace();
         let bytes: u64 = parts.next().unwrap().parse().unwrap();
         let loss: f64 = parts.next().unwrap().parse().unwrap();
@@ -87,7 +118,10 @@ fn activation_memory_is_saved() {
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     let logits_mib = mib((TOKENS * VOCAB * 4) as u64);
     println!("one micro-batch, {LAYERS} layers, hidden 128, vocab {VOCAB}, {TOKENS} tokens, LoRA r=8 (fp32 logits alone: {logits_mib:.0} MiB)");
-    println!("{:<24} {:>16} {:>14}", "configuration", "peak delta MiB", "loss sum");
+    println!(
+        "{:<24} {:>16} {:>14}",
+        "configuration", "peak delta MiB", "loss sum"
+    );
     for (ckpt, chunk, bytes, loss) in &results {
         let name = format!("recompute={ckpt} chunk={chunk}");
         println!("{name:<24} {:>16.1} {loss:>14.4}", mib(*bytes));
@@ -95,9 +129,21 @@ fn activation_memory_is_saved() {
     let get = |c: bool, k: usize| results.iter().find(|r| r.0 == c && r.1 == k).unwrap().2;
     let chunk_saving = get(false, 0) as f64 - get(false, 256) as f64;
     let ckpt_saving = get(false, 256) as f64 - get(true, 256) as f64;
-    println!("chunked loss saves {:.1} MiB; layer recomputation saves a further {:.1} MiB", chunk_saving / 1048576.0, ckpt_saving / 1048576.0);
+    println!(
+        "chunked loss saves {:.1} MiB; layer recomputation saves a further {:.1} MiB",
+        chunk_saving / 1048576.0,
+        ckpt_saving / 1048576.0
+    );
     let loss0 = results[0].3;
-    assert!(results.iter().all(|r| (r.3 - loss0).abs() <= 1e-4 * loss0.abs()), "configurations disagree on the loss");
-    assert!(chunk_saving > 0.5 * (TOKENS * VOCAB * 4) as f64, "the chunked loss should save at least half the fp32 logits");
+    assert!(
+        results
+            .iter()
+            .all(|r| (r.3 - loss0).abs() <= 1e-4 * loss0.abs()),
+        "configurations disagree on the loss"
+    );
+    assert!(
+        chunk_saving > 0.5 * (TOKENS * VOCAB * 4) as f64,
+        "the chunked loss should save at least half the fp32 logits"
+    );
     assert!(ckpt_saving > 0.0, "recomputation should lower the peak");
 }

@@ -15,7 +15,10 @@ fn config(variant: &str) -> TrainingConfig {
         "dora" => "use_dora: true\n",
         _ => "",
     };
-    TrainingConfig::from_yaml_str(&format!("lora_rank: 4\nlora_alpha: 8\nlora_target: all\nloss_chunk_size: 7\n{extra}")).unwrap()
+    TrainingConfig::from_yaml_str(&format!(
+        "lora_rank: 4\nlora_alpha: 8\nlora_target: all\nloss_chunk_size: 7\n{extra}"
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -25,10 +28,18 @@ fn adapters_match_peft_and_round_trip() {
     common::reference("peft-init", out);
     let batch = common::read_all(&out.join("batch.safetensors"));
     let (ids, labels) = (&batch["input_ids"], &batch["labels"]);
-    let n_tokens = labels.narrow(1, 1, labels.size()[1] - 1).ne(-100).sum(Kind::Int64).int64_value(&[]) as f64;
+    let n_tokens = labels
+        .narrow(1, 1, labels.size()[1] - 1)
+        .ne(-100)
+        .sum(Kind::Int64)
+        .int64_value(&[]) as f64;
     for variant in ["lora", "rslora", "dora"] {
         let d = out.join(variant);
-        let mut lm = CausalLm::load(&out.join("base"), &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+        let mut lm = CausalLm::load(
+            &out.join("base"),
+            &LoadOptions::new(Device::Cpu, Kind::Float),
+        )
+        .unwrap();
         lm.apply_method(&config(variant), 1).unwrap();
         lm.load_adapter(&d.join("init")).unwrap();
         lm.set_training(true);
@@ -38,25 +49,38 @@ fn adapters_match_peft_and_round_trip() {
         let loss = lm.loss_sum_and_backward(ids, labels, 1.0).unwrap();
         let want = reference["loss_sum"].double_value(&[0]);
         println!("{variant}: loss sum ours {loss:.6} peft {want:.6}");
-        assert!((loss - want).abs() <= 1e-5 * want.abs(), "{variant}: first-step loss {loss} != PEFT {want}");
+        assert!(
+            (loss - want).abs() <= 1e-5 * want.abs(),
+            "{variant}: first-step loss {loss} != PEFT {want}"
+        );
         let params = lm.trainable_parameters();
-        assert_eq!(params.len(), reference.len() - 1, "{variant}: trainable parameter count differs from PEFT");
+        assert_eq!(
+            params.len(),
+            reference.len() - 1,
+            "{variant}: trainable parameter count differs from PEFT"
+        );
         let mut worst = 0.0f64;
         for (name, p) in &params {
-            let g = reference.get(&format!("grad.{name}")).unwrap_or_else(|| panic!("PEFT has no parameter {name}"));
+            let g = reference
+                .get(&format!("grad.{name}"))
+                .unwrap_or_else(|| panic!("PEFT has no parameter {name}"));
             let diff = (p.grad() - g).abs().max().double_value(&[]);
             let scale = g.abs().max().double_value(&[]).max(1e-3);
             worst = worst.max(diff / scale);
         }
         println!("{variant}: worst gradient rel diff {worst:.2e}");
-        assert!(worst <= 1e-4, "{variant}: gradients differ from PEFT by {worst:e}");
+        assert!(
+            worst <= 1e-4,
+            "{variant}: gradients differ from PEFT by {worst:e}"
+        );
 
         // A few SGD steps with exact per-token normalisation.
         for _ in 0..3 {
             for (_, p) in &params {
                 let _ = p.grad().zero_();
             }
-            lm.loss_sum_and_backward(ids, labels, 1.0 / n_tokens).unwrap();
+            lm.loss_sum_and_backward(ids, labels, 1.0 / n_tokens)
+                .unwrap();
             tch::no_grad(|| {
                 for (_, p) in &params {
                     let _ = p.shallow_clone().f_sub_(&(p.grad() * 0.5)).unwrap();
@@ -64,30 +88,54 @@ fn adapters_match_peft_and_round_trip() {
             });
         }
         lm.set_training(false);
-        lm.save_adapter(&d.join("trained"), &out.join("base").display().to_string()).unwrap();
+        lm.save_adapter(&d.join("trained"), &out.join("base").display().to_string())
+            .unwrap();
         let logits = tch::no_grad(|| lm.forward_logits(ids));
         let map = [("logits".to_string(), logits)];
         Tensor::write_safetensors(&map, d.join("ours.safetensors")).unwrap();
-        lm.export_merged(&d.join("merged"), &out.join("base"), 40_000).unwrap();
-        assert!(d.join("merged/model.safetensors.index.json").exists(), "a small shard size must produce several shards");
+        lm.export_merged(&d.join("merged"), &out.join("base"), 40_000)
+            .unwrap();
+        assert!(
+            d.join("merged/model.safetensors.index.json").exists(),
+            "a small shard size must produce several shards"
+        );
 
         // Our adapter file reloads into a fresh model with the same logits.
-        let mut again = CausalLm::load(&out.join("base"), &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+        let mut again = CausalLm::load(
+            &out.join("base"),
+            &LoadOptions::new(Device::Cpu, Kind::Float),
+        )
+        .unwrap();
         again.load_adapter(&d.join("trained")).unwrap();
         let reloaded = tch::no_grad(|| again.forward_logits(ids));
         assert!(common::rel_diff(&reloaded, &map[0].1) < 1e-6);
         assert!(d.join("trained").join(ADAPTER_WEIGHTS).exists());
     }
     common::reference("peft-verify", out);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("verify.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("verify.json")).unwrap()).unwrap();
     for variant in ["lora", "rslora", "dora"] {
         let r = &report[variant];
-        assert_eq!(r["unexpected_keys"], serde_json::json!([]), "{variant}: PEFT found unexpected keys");
-        assert_eq!(r["missing_keys"], serde_json::json!([]), "{variant}: PEFT found missing adapter keys");
+        assert_eq!(
+            r["unexpected_keys"],
+            serde_json::json!([]),
+            "{variant}: PEFT found unexpected keys"
+        );
+        assert_eq!(
+            r["missing_keys"],
+            serde_json::json!([]),
+            "{variant}: PEFT found missing adapter keys"
+        );
         let ours = r["peft_vs_ours"].as_f64().unwrap();
         let export = r["export_vs_merge"].as_f64().unwrap();
         println!("{variant}: PEFT vs ours {ours:.2e}, export vs PEFT merge {export:.2e}");
-        assert!(ours <= 1e-5, "{variant}: PEFT's logits with our adapter differ from ours by {ours:e}");
-        assert!(export <= 1e-5, "{variant}: exported model differs from PEFT's merge by {export:e}");
+        assert!(
+            ours <= 1e-5,
+            "{variant}: PEFT's logits with our adapter differ from ours by {ours:e}"
+        );
+        assert!(
+            export <= 1e-5,
+            "{variant}: exported model differs from PEFT's merge by {export:e}"
+        );
     }
 }
