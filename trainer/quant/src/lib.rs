@@ -1,0 +1,34 @@
+//! Weight quantisation for QLoRA-style training: NF4 and FP4 with optional double quantisation,
+//! bit-identical to bitsandbytes (0.50, CPU), and symmetric block-wise int8.
+//!
+//! The model engineer wraps each decoder linear's base weight in a [`QuantizedWeight`] at load
+//! time and calls [`QuantizedWeight::dequantize`] in the forward pass (one layer at a time);
+//! embeddings, norms and the LM head are never quantised.
+//!
+//! | mode | bytes / parameter (measured by [`QuantizedWeight::storage_bytes`]) |
+//! |---|---|
+//! | nf4 / fp4 | 0.5 (codes) + 4/64 (f32 absmax) = 0.5625 |
+//! | nf4 / fp4 + double quantisation | 0.5 + 1/64 + 4/(64·256) ≈ 0.5159 (+1 KiB map per weight) |
+//! | int8 | 1 + 4/64 = 1.0625 |
+
+pub mod blockwise;
+pub mod codebook;
+mod weight;
+
+pub use codebook::FourBit;
+pub use weight::{QuantizedWeight, BLOCKSIZE, INT8_BLOCKSIZE, NESTED_BLOCKSIZE};
+
+/// Errors from quantising a weight.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantError {
+    #[error("only 2-D [out, in] weights can be quantised, got shape {shape:?}")]
+    NotMatrix { shape: Vec<i64> },
+    #[error("cannot quantise an empty weight of shape {shape:?}")]
+    Empty { shape: Vec<i64> },
+    #[error("weights of dtype {kind:?} cannot be quantised; use float32, float16 or bfloat16")]
+    UnsupportedKind { kind: tch::Kind },
+    #[error("the weight contains NaN or infinite values; quantising it would corrupt whole blocks (check the checkpoint)")]
+    NonFinite,
+    #[error("libtorch error while quantising: {0}")]
+    Torch(#[from] tch::TchError),
+}
