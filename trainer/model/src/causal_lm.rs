@@ -68,6 +68,8 @@ pub struct CausalLm {
     /// Counts training micro-batches, so each gets its own (replayable) dropout masks.
     pub(crate) micro_step: Cell<u64>,
     pub(crate) load_report: Option<LoadReport>,
+    /// The config's attention window (not implemented: longer sequences are refused).
+    pub(crate) sliding_window: Option<i64>,
 }
 
 impl CausalLm {
@@ -77,7 +79,7 @@ impl CausalLm {
     /// [`CausalLm::load_report`].
     pub fn load(model_dir: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
         let start = Instant::now();
-        let arch = options::read_architecture(model_dir)?;
+        let (arch, sliding_window) = options::read_config(model_dir)?;
         let files = safetensors_io::weight_files(model_dir)?;
         let mut src = FileSource::open(model_dir, &files)?;
         let model = loader::build(&arch, &mut src, opts)?;
@@ -95,6 +97,7 @@ impl CausalLm {
         );
         let mut lm = Self::assemble(arch, model, opts);
         lm.load_report = Some(report);
+        lm.sliding_window = sliding_window;
         Ok(lm)
     }
 
@@ -128,6 +131,7 @@ impl CausalLm {
             backend: AttentionBackend::Sdpa,
             micro_step: Cell::new(0),
             load_report: None,
+            sliding_window: None,
         }
     }
 

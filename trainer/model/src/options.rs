@@ -126,6 +126,15 @@ impl GenerationParams {
 /// Settings that would change the math and that we do not implement (`hidden_act` other than
 /// SiLU, `mlp_bias`, unknown RoPE types) are errors naming the key.
 pub fn read_architecture(model_dir: &Path) -> Result<ModelArchitecture, ModelError> {
+    read_config(model_dir).map(|(arch, _)| arch)
+}
+
+/// [`read_architecture`] plus the attention window the config sets (Mistral's `sliding_window`,
+/// Qwen2's when `use_sliding_window` is true), which lf-model does not implement: sequences
+/// longer than it are refused instead of silently computed with full attention.
+pub(crate) fn read_config(
+    model_dir: &Path,
+) -> Result<(ModelArchitecture, Option<i64>), ModelError> {
     let path = model_dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
         path: path.clone(),
@@ -183,7 +192,8 @@ pub fn read_architecture(model_dir: &Path) -> Result<ModelArchitecture, ModelErr
         path: path.clone(),
         message: e.to_string(),
     })?;
-    ModelArchitecture::from_json_str(&text).map_err(|e| match e {
+    let window = obj_window(&raw);
+    let arch = ModelArchitecture::from_json_str(&text).map_err(|e| match e {
         lf_api::architecture::ArchitectureError::Parse { message, .. } => {
             ModelError::Json { path, message }
         }
@@ -191,5 +201,18 @@ pub fn read_architecture(model_dir: &Path) -> Result<ModelArchitecture, ModelErr
             path,
             message: other.to_string(),
         },
-    })
+    })?;
+    Ok((arch, window))
+}
+
+fn obj_window(raw: &serde_json::Value) -> Option<i64> {
+    let window = raw.get("sliding_window").and_then(|v| v.as_i64())?;
+    let enabled = match raw.get("model_type").and_then(|v| v.as_str()) {
+        Some("qwen2") => raw
+            .get("use_sliding_window")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
+        _ => true,
+    };
+    enabled.then_some(window)
 }
