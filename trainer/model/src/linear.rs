@@ -7,6 +7,8 @@ use tch::{Kind, Tensor};
 pub enum BaseWeight {
     /// A plain tensor in the model's dtype (trainable in `full`/`freeze` fine-tuning).
     Dense(Tensor),
+    /// NF4/FP4/int8 storage (QLoRA); dequantised in each forward, never trained.
+    Quantized(lf_quant::QuantizedWeight),
 }
 
 impl BaseWeight {
@@ -21,6 +23,7 @@ impl BaseWeight {
                     w.to_kind(kind)
                 }
             }
+            BaseWeight::Quantized(q) => q.dequantize(kind),
         }
     }
 
@@ -28,6 +31,7 @@ impl BaseWeight {
     pub fn storage_bytes(&self) -> u64 {
         match self {
             BaseWeight::Dense(w) => (w.numel() * w.kind().elt_size_in_bytes()) as u64,
+            BaseWeight::Quantized(q) => q.storage_bytes(),
         }
     }
 
@@ -35,6 +39,7 @@ impl BaseWeight {
     pub fn as_dense(&self) -> Option<&Tensor> {
         match self {
             BaseWeight::Dense(w) => Some(w),
+            BaseWeight::Quantized(_) => None,
         }
     }
 }
@@ -87,6 +92,7 @@ impl Linear {
                 let s = w.size();
                 (s[0], s[1])
             }
+            BaseWeight::Quantized(q) => q.shape(),
         }
     }
 

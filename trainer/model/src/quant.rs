@@ -1,9 +1,11 @@
 //! Quantised base weights (QLoRA). Every decoder linear is stored quantised when
 //! [`LoadOptions::quantization`] is set; embeddings, norms and the head stay in the model dtype.
+//! Weights are quantised on the device right after loading, so the dense copy of only one
+//! linear exists at a time.
 
 use tch::Tensor;
 
-use crate::linear::Linear;
+use crate::linear::{BaseWeight, Linear};
 use crate::{LoadOptions, ModelError};
 
 /// Builds the linear layer `name` from its loaded dense weight, quantising it when asked.
@@ -13,14 +15,26 @@ pub fn make_linear(
     bias: Option<Tensor>,
     opts: &LoadOptions,
 ) -> Result<Linear, ModelError> {
-    match opts.quantization {
-        None => Ok(Linear::new(weight, bias)),
-        Some(q) => Err(ModelError::Quantization {
-            name: name.to_string(),
-            message: format!(
-                "{}-bit base weights need the lf-quant crate, which this build of lf-model does not include yet",
-                q.bits
-            ),
-        }),
+    let Some(q) = opts.quantization else {
+        return Ok(Linear::new(weight, bias));
+    };
+    let quantized = match q.bits {
+        4 => lf_quant::QuantizedWeight::quantize_4bit(&weight, q.quant_type, q.double_quant),
+        8 => lf_quant::QuantizedWeight::quantize_8bit(&weight),
+        other => {
+            return Err(ModelError::Quantization {
+                name: name.to_string(),
+                message: format!("{other}-bit quantisation is not supported; use 4 or 8"),
+            })
+        }
     }
+    .map_err(|e| ModelError::Quantization {
+        name: format!("{name}.weight"),
+        message: e.to_string(),
+    })?;
+    Ok(Linear {
+        weight: BaseWeight::Quantized(quantized),
+        bias,
+        adapter: None,
+    })
 }

@@ -1,0 +1,159 @@
+//! QLoRA: decoder linears stored as NF4 (double-quantised) or int8 compute exactly what a dense
+//! model holding the dequantised weights computes, hold far fewer bytes, train LoRA adapters with
+//! the same gradients (with and without recomputation), refuse full fine-tuning, and export a
+//! dequantised, merged model that reloads with the same logits.
+
+mod common;
+
+use lf_api::training::{QuantizationType, TrainingConfig};
+use lf_model::{CausalLm, LoadOptions, QuantSettings};
+use lf_quant::QuantizedWeight;
+use tch::{Device, Kind, Tensor};
+
+fn dequantised(weights: &[(String, Tensor)], q: QuantSettings) -> Vec<(String, Tensor)> {
+    weights
+        .iter()
+        .map(|(n, t)| {
+            let is_linear = n.contains("_proj.weight");
+            let t = if !is_linear {
+                t.shallow_clone()
+            } else if q.bits == 4 {
+                QuantizedWeight::quantize_4bit(t, q.quant_type, q.double_quant)
+                    .unwrap()
+                    .dequantize(Kind::Float)
+            } else {
+                QuantizedWeight::quantize_8bit(t)
+                    .unwrap()
+                    .dequantize(Kind::Float)
+            };
+            (n.clone(), t)
+        })
+        .collect()
+}
+
+fn grads(lm: &mut CausalLm, ckpt: bool, ids: &Tensor, labels: &Tensor) -> Vec<(String, Tensor)> {
+    let cfg = TrainingConfig::from_yaml_str(&format!(
+        "lora_rank: 4\nlora_target: all\nuse_dora: true\ngradient_checkpointing: {ckpt}\nloss_chunk_size: 16"
+    ))
+    .unwrap();
+    {
+        let _rng = common::rng_lock();
+        lm.apply_method(&cfg, 3).unwrap();
+        tch::no_grad(|| {
+            for (name, p) in lm.trainable_parameters() {
+                if name.ends_with("lora_B.weight") {
+                    p.shallow_clone()
+                        .copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.2));
+                }
+            }
+        });
+    }
+    lm.set_training(true);
+    lm.loss_sum_and_backward(ids, labels, 0.01).unwrap();
+    lm.trainable_parameters()
+        .into_iter()
+        .map(|(n, p)| (n, p.grad().copy()))
+        .collect()
+}
+
+#[test]
+fn quantised_models_match_their_dequantised_twins() {
+    let arch = common::tiny_arch(false);
+    let weights = {
+        let _rng = common::rng_lock();
+        common::random_weights(&arch, 8)
+    };
+    let (ids, labels) = {
+        let _rng = common::rng_lock();
+        common::batch(80, 2, 17, 2)
+    };
+    let dense_opts = LoadOptions::new(Device::Cpu, Kind::Float);
+    for q in [
+        QuantSettings {
+            bits: 4,
+            quant_type: QuantizationType::Nf4,
+            double_quant: true,
+        },
+        QuantSettings {
+            bits: 4,
+            quant_type: QuantizationType::Fp4,
+            double_quant: false,
+        },
+        QuantSettings {
+            bits: 8,
+            quant_type: QuantizationType::Nf4,
+            double_quant: false,
+        },
+    ] {
+        let opts = LoadOptions {
+            quantization: Some(q),
+            ..dense_opts.clone()
+        };
+        let copy = |w: &[(String, Tensor)]| {
+            w.iter()
+                .map(|(n, t)| (n.clone(), t.copy()))
+                .collect::<Vec<_>>()
+        };
+        let mut quant = CausalLm::from_tensors(arch.clone(), copy(&weights), &opts).unwrap();
+        let mut twin =
+            CausalLm::from_tensors(arch.clone(), dequantised(&weights, q), &dense_opts).unwrap();
+
+        let lq = tch::no_grad(|| quant.forward_logits(&ids));
+        let lt = tch::no_grad(|| twin.forward_logits(&ids));
+        let d = common::rel_diff(&lq, &lt);
+        let (qb, tb) = (quant.weight_bytes(), twin.weight_bytes());
+        println!("{q:?}: logits vs dequantised twin {d:.2e}; weight bytes {qb} vs {tb} dense");
+        assert!(
+            d <= 1e-6,
+            "{q:?}: quantised forward differs from the dequantised twin by {d:e}"
+        );
+        assert!(qb < tb, "quantised storage must be smaller");
+
+        let g_ckpt = grads(&mut quant, true, &ids, &labels);
+        let g_plain = grads(&mut quant, false, &ids, &labels);
+        let g_twin = grads(&mut twin, true, &ids, &labels);
+        for ((n, a), ((_, b), (_, c))) in g_ckpt.iter().zip(g_plain.iter().zip(g_twin.iter())) {
+            let scale = c.abs().max().double_value(&[]).max(1e-6);
+            let d1 = (a - b).abs().max().double_value(&[]) / scale;
+            let d2 = (a - c).abs().max().double_value(&[]) / scale;
+            assert!(
+                d1 <= 1e-6 && d2 <= 1e-5,
+                "{q:?} {n}: recompute diff {d1:e}, twin diff {d2:e}"
+            );
+        }
+
+        let full = TrainingConfig::from_yaml_str("finetuning_type: full").unwrap();
+        let e = quant.apply_method(&full, 1).unwrap_err().to_string();
+        assert!(e.contains("quantised"), "{e}");
+    }
+
+    // Export dequantises and merges; the result reloads densely with the same logits.
+    let q = QuantSettings {
+        bits: 4,
+        quant_type: QuantizationType::Nf4,
+        double_quant: true,
+    };
+    let opts = LoadOptions {
+        quantization: Some(q),
+        ..dense_opts.clone()
+    };
+    let mut quant = CausalLm::from_tensors(arch.clone(), weights, &opts).unwrap();
+    let _ = grads(&mut quant, false, &ids, &labels);
+    quant.set_training(false);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        serde_json::to_string(&arch).unwrap(),
+    )
+    .unwrap();
+    quant
+        .export_merged(&dir.path().join("merged"), dir.path(), 1 << 30)
+        .unwrap();
+    let merged = CausalLm::load(&dir.path().join("merged"), &dense_opts).unwrap();
+    let d = common::rel_diff(
+        &tch::no_grad(|| merged.forward_logits(&ids)),
+        &tch::no_grad(|| quant.forward_logits(&ids)),
+    );
+    println!("merged export vs quantised model with adapter: {d:.2e}");
+    assert!(d <= 1e-5, "merged export differs by {d:e}");
+}
