@@ -12,7 +12,9 @@
 // ever crosses the C boundary. c10::Error is caught first so the message is
 // what_without_backtrace() (what() carries a multi-line C++ backtrace).
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -34,6 +36,7 @@ namespace {
 constexpr int kOk = 0;
 constexpr int kError = 1;
 constexpr int kRendezvousIncomplete = 2;
+constexpr int kRendezvousAborted = 3;
 
 struct StoreHandle {
   c10::intrusive_ptr<c10d::Store> store;
@@ -110,9 +113,14 @@ void lf_dist_store_free(StoreHandle* handle) {
   }
 }
 
-// Announces `rank` and waits up to timeout_ms for all `world` ranks. On timeout returns
-// kRendezvousIncomplete and sets arrived[r] to 1 for each rank whose key is present, 0 if absent
-// (2 if the store could not even be asked).
+// Announces `rank` and waits up to timeout_ms for all `world` ranks, polling the store so that
+// rank 0's verdict reaches everyone. Returns:
+// - kOk: everybody arrived (arrived[] all 1);
+// - kRendezvousIncomplete: this rank's own deadline passed; arrived[r] = 1 if rank r's key is
+//   present, 0 if absent, 2 if the store could not be asked. Rank 0 then publishes the list under
+//   kAbortKey and keeps the store up briefly (until the arrived ranks acknowledge, at most 3 s),
+//   so that every rank can report the same missing ranks instead of "connection closed";
+// - kRendezvousAborted: rank 0 gave up first; arrived[] is rank 0's list.
 int lf_dist_store_arrive(
     StoreHandle* handle,
     int rank,
@@ -120,9 +128,14 @@ int lf_dist_store_arrive(
     int64_t timeout_ms,
     uint8_t* arrived,
     char** err) {
+  const std::string kAbortKey = "lf-dist/rendezvous-failed";
+  const std::string kAckKey = "lf-dist/rendezvous-failed-ack";
+  auto& store = handle->store;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto pause = std::chrono::milliseconds(std::min(500, 50 + world));
   int status = guarded(err, [&] {
     std::string one("1");
-    handle->store->set(arrival_key(rank), std::vector<uint8_t>(one.begin(), one.end()));
+    store->set(arrival_key(rank), std::vector<uint8_t>(one.begin(), one.end()));
   });
   if (status != kOk) {
     return status;
@@ -132,20 +145,63 @@ int lf_dist_store_arrive(
   for (int r = 0; r < world; ++r) {
     keys.push_back(arrival_key(r));
   }
-  status = guarded(err, [&] { handle->store->wait(keys, std::chrono::milliseconds(timeout_ms)); });
-  if (status == kOk) {
-    for (int r = 0; r < world; ++r) {
-      arrived[r] = 1;
+  while (true) {
+    bool all = false;
+    bool aborted = false;
+    std::vector<uint8_t> verdict;
+    status = guarded(err, [&] {
+      all = store->check(keys);
+      if (!all && rank != 0 && store->check({kAbortKey})) {
+        verdict = store->get(kAbortKey);
+        aborted = true;
+        store->add(kAckKey, 1);
+      }
+    });
+    if (status != kOk) {
+      for (int r = 0; r < world; ++r) {
+        arrived[r] = 2;
+      }
+      return status; // the store is gone (rank 0 died) or the network broke
     }
-    return kOk;
+    if (all) {
+      for (int r = 0; r < world; ++r) {
+        arrived[r] = 1;
+      }
+      return kOk;
+    }
+    if (aborted) {
+      for (int r = 0; r < world; ++r) {
+        arrived[r] = static_cast<size_t>(r) < verdict.size() ? verdict[r] : 2;
+      }
+      set_error(err, "rank 0 gave up waiting and reported the missing ranks");
+      return kRendezvousAborted;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      break;
+    }
+    std::this_thread::sleep_for(pause);
   }
+  int present = 0;
   for (int r = 0; r < world; ++r) {
     char* ignored = nullptr;
-    bool present = false;
-    int check = guarded(&ignored, [&] { present = handle->store->check({keys[r]}); });
+    bool here = false;
+    int check = guarded(&ignored, [&] { here = store->check({keys[r]}); });
     lf_dist_free_string(ignored);
-    arrived[r] = check != kOk ? 2 : (present ? 1 : 0);
+    arrived[r] = check != kOk ? 2 : (here ? 1 : 0);
+    present += arrived[r] == 1 ? 1 : 0;
   }
+  if (rank == 0) {
+    char* ignored = nullptr;
+    guarded(&ignored, [&] {
+      store->set(kAbortKey, std::vector<uint8_t>(arrived, arrived + world));
+      auto linger = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      while (store->add(kAckKey, 0) < present - 1 && std::chrono::steady_clock::now() < linger) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
+    lf_dist_free_string(ignored);
+  }
+  set_error(err, "timed out waiting for the other ranks");
   return kRendezvousIncomplete;
 }
 

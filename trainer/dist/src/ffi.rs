@@ -6,6 +6,7 @@ use torch_sys::C_tensor;
 
 pub const STATUS_OK: c_int = 0;
 pub const STATUS_RENDEZVOUS_INCOMPLETE: c_int = 2;
+pub const STATUS_RENDEZVOUS_ABORTED: c_int = 3;
 
 /// Opaque `StoreHandle` (a c10d::TCPStore).
 #[repr(C)]

@@ -227,15 +227,22 @@ pub(crate) fn rendezvous(opts: &RendezvousOptions) -> Result<Store, DistError> {
     };
     match status {
         ffi::STATUS_OK => Ok(store),
-        ffi::STATUS_RENDEZVOUS_INCOMPLETE => {
+        ffi::STATUS_RENDEZVOUS_INCOMPLETE | ffi::STATUS_RENDEZVOUS_ABORTED => {
             // SAFETY: err was set by the shim.
             let detail = unsafe { ffi::take_error(err) };
             let missing: Vec<usize> = (0..opts.world_size).filter(|&r| arrived[r] == 0).collect();
             let present: Vec<usize> = (0..opts.world_size).filter(|&r| arrived[r] == 1).collect();
             let unknown: Vec<usize> = (0..opts.world_size).filter(|&r| arrived[r] == 2).collect();
+            let who = if status == ffi::STATUS_RENDEZVOUS_ABORTED {
+                format!(
+                    "rank 0 timed out (this rank waited {:.1}s)",
+                    start.elapsed().as_secs_f64()
+                )
+            } else {
+                format!("timed out after {:.1}s", start.elapsed().as_secs_f64())
+            };
             let mut message = format!(
-                "timed out after {:.1}s waiting for {} of {} ranks: missing ranks {:?} (arrived: {:?})",
-                start.elapsed().as_secs_f64(),
+                "{who} waiting for {} of {} ranks: missing ranks {:?} (arrived: {:?})",
                 missing.len() + unknown.len(),
                 opts.world_size,
                 missing,
@@ -245,7 +252,7 @@ pub(crate) fn rendezvous(opts: &RendezvousOptions) -> Result<Store, DistError> {
                 message.push_str(&format!(", store unreachable for ranks {unknown:?}"));
             }
             message.push_str(&format!(
-                "; check that every pod/process of the job started and can reach {}. c10d: {detail}",
+                "; check that every pod/process of the job started and can reach {} ({detail})",
                 opts.address()
             ));
             Err(fail(missing, message))
@@ -253,9 +260,12 @@ pub(crate) fn rendezvous(opts: &RendezvousOptions) -> Result<Store, DistError> {
         _ => {
             // SAFETY: err was set by the shim.
             let message = unsafe { ffi::take_error(err) };
+            let missing: Vec<usize> = if opts.rank == 0 { vec![] } else { vec![0] };
             Err(fail(
-                vec![],
-                format!("announcing rank {}: {message}", opts.rank),
+                missing,
+                format!(
+                    "lost the store while waiting for the other ranks (did rank 0 exit?): {message}"
+                ),
             ))
         }
     }

@@ -7,6 +7,7 @@
 //! lf-dist-check rendezvous            create the group, barrier, exit
 //! lf-dist-check die-after-first RANK  RANK exits with code 9 after the first all-reduce, the others keep reducing
 //! lf-dist-check stall RANK            RANK sleeps instead of reducing, the others keep reducing
+//! lf-dist-check cuda-peak MIB        allocator peak after allocating MIB MiB on cuda:LOCAL_RANK (no rendezvous)
 //! lf-dist-check launch NPROC [NODE_RANK NNODES] -- PROGRAM ARGS...   the launcher (grace: LF_DIST_GRACE_MS)
 //! ```
 //! Rendezvous comes from MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK; the timeout from
@@ -65,6 +66,9 @@ fn run(args: &[String]) -> Result<i32, Failure> {
     let cmd = args.first().map(String::as_str).unwrap_or("");
     if cmd == "launch" {
         return launch(&args[1..]);
+    }
+    if cmd == "cuda-peak" {
+        return cuda_peak(args);
     }
     let timeout_ms: u64 = std::env::var("LF_DIST_TIMEOUT_MS")
         .ok()
@@ -145,6 +149,36 @@ fn run(args: &[String]) -> Result<i32, Failure> {
         }
         other => Err(Failure::Usage(format!("unknown command {other:?}"))),
     }
+}
+
+/// Checks the CUDA caching allocator statistics the memory check relies on: after a reset, the
+/// peak must cover one allocation of MIB MiB and not exceed it by more than 2 MiB (the allocator
+/// rounds sizes up).
+fn cuda_peak(args: &[String]) -> Result<i32, Failure> {
+    let mib: i64 = arg(args, 1, "MIB")?;
+    let dev: i64 = std::env::var("LOCAL_RANK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    lf_dist::cuda_reset_peak_stats(dev)?;
+    let before = lf_dist::cuda_peak_allocated_bytes(dev).ok_or_else(|| {
+        Failure::Check("no CUDA allocator statistics (built without `nccl`?)".into())
+    })?;
+    let t = Tensor::zeros(
+        [mib * (1 << 20) / 4],
+        (Kind::Float, Device::Cuda(dev as usize)),
+    );
+    tch::Cuda::synchronize(dev);
+    let peak = lf_dist::cuda_peak_allocated_bytes(dev).unwrap_or(0);
+    drop(t);
+    let want = (mib as u64) << 20;
+    println!("peak_bytes={peak} baseline_bytes={before} tensor_bytes={want}");
+    if peak < want || peak > before + want + (2 << 20) {
+        return Err(Failure::Check(format!(
+            "peak {peak} B for a {want} B tensor (baseline {before} B)"
+        )));
+    }
+    Ok(0)
 }
 
 fn launch(args: &[String]) -> Result<i32, Failure> {

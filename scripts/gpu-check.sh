@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# GPU check: everything CI (CPU only) cannot test, in a few minutes on a machine with CUDA GPUs.
+#   scripts/gpu-check.sh
+# 1. libtorch: $LIBTORCH if it already has libtorch_cuda.so, else scripts/install-libtorch.sh cuda
+#    (downloads ~3 GB from PyPI; pre-install it where the machine is offline).
+# 2. Builds lf-dist's checker with the `nccl` feature and TCH_FORCE_CUDA_LINK=1 (release).
+# 3. Runs, with one process per GPU (NCCL cannot put two ranks on one GPU):
+#    - NCCL collectives (all-reduce, reduce-scatter, all-gather, broadcast, barrier; f32 and bf16)
+#      for world sizes 1..#GPUs (at most 8),
+#    - the all-reduce bus bandwidth over all GPUs,
+#    - a rank dying mid-job (needs >= 2 GPUs): the others must fail, not hang,
+#    - the CUDA caching allocator's peak statistics read through the shim,
+#    - the trainer's distributed equivalence/memory test, once lf-trainer has
+#      tests/dist_equivalence.rs (run with LF_DIST_DEVICE=cuda; it prints its own table).
+# Prints a table; exits non-zero if any check failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+fail() { echo "gpu-check: $*" >&2; exit 2; }
+command -v nvidia-smi >/dev/null 2>&1 || fail "nvidia-smi not found: this script needs a machine with CUDA GPUs"
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ') || true
+[ "${ngpu:-0}" -ge 1 ] || fail "no CUDA GPU visible (nvidia-smi -L lists none)"
+gpus=$(( ngpu > 8 ? 8 : ngpu ))
+
+if [ -z "${LIBTORCH:-}" ] || [ ! -f "$LIBTORCH/lib/libtorch_cuda.so" ]; then
+  root=$(scripts/install-libtorch.sh cuda) || fail "installing the cuda flavour of libtorch failed"
+  export LIBTORCH="$root/torch"
+fi
+export LIBTORCH_CXX11_ABI=1 TCH_FORCE_CUDA_LINK=1
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/targets/gpu}
+echo "gpu-check: $ngpu GPU(s), libtorch at $LIBTORCH, building (release, feature nccl)..." >&2
+cargo build --release -p lf-dist --features nccl --bin lf-dist-check >&2 || fail "build failed"
+bin="$CARGO_TARGET_DIR/release/lf-dist-check"
+
+logs=$(mktemp -d)
+rows=()
+failed=0
+row() { rows+=("$(printf '%-34s %5s  %-4s  %s' "$1" "$2" "$3" "$4")"); [ "$3" = FAIL ] && failed=1; return 0; }
+
+# run_job WORLD TIMEOUT_MS LIMIT_S ARGS... : one process per GPU on a fresh port; sets $codes and
+# $job_s, logs in $logs/rank<r>.{out,err}.
+run_job() {
+  local world=$1 timeout_ms=$2 limit=$3; shift 3
+  local port=$(( 20000 + RANDOM % 20000 )) pids=() r start
+  start=$(date +%s.%N)
+  for (( r = 0; r < world; r++ )); do
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=$port WORLD_SIZE=$world RANK=$r LOCAL_RANK=$r \
+      LF_DIST_DEVICE=cuda LF_DIST_TIMEOUT_MS=$timeout_ms \
+      timeout -s KILL "$limit" "$bin" "$@" >"$logs/rank$r.out" 2>"$logs/rank$r.err" &
+    pids+=($!)
+  done
+  codes=()
+  for pid in "${pids[@]}"; do wait "$pid"; codes+=($?); done
+  job_s=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+}
+all_zero() { local c; for c in "${codes[@]}"; do [ "$c" = 0 ] || return 1; done; }
+first_error() { grep -h -m1 -v '^\[W' "$logs"/rank*.err 2>/dev/null | head -c 160; }
+
+for (( w = 1; w <= gpus; w++ )); do
+  run_job "$w" 60000 120 collectives
+  if all_zero; then row "nccl collectives f32+bf16" "$w" PASS "${job_s}s"
+  else row "nccl collectives f32+bf16" "$w" FAIL "exit codes ${codes[*]}: $(first_error)"; fi
+done
+
+run_job "$gpus" 60000 120 bandwidth $(( 256 << 20 )) 20
+if all_zero; then
+  row "nccl all-reduce 256 MiB busbw" "$gpus" PASS "$(grep -h '^busbw_gbps=' "$logs"/rank0.out | cut -d= -f2) GB/s"
+else row "nccl all-reduce 256 MiB busbw" "$gpus" FAIL "exit codes ${codes[*]}: $(first_error)"; fi
+
+if [ "$gpus" -ge 2 ]; then
+  victim=$(( gpus - 1 ))
+  run_job "$gpus" 10000 60 die-after-first "$victim"
+  ok=1; detail=""
+  for (( r = 0; r < gpus; r++ )); do
+    c=${codes[$r]}
+    if [ "$r" = "$victim" ]; then [ "$c" = 9 ] || ok=0
+    else { [ "$c" != 0 ] && [ "$c" != 137 ]; } || ok=0; detail+="rank $r exit $c; "; fi
+  done
+  if [ $ok = 1 ]; then row "nccl rank dies mid-job" "$gpus" PASS "${detail}${job_s}s (timeout 10s)"
+  else row "nccl rank dies mid-job" "$gpus" FAIL "exit codes ${codes[*]} (137 = hung, killed): $(first_error)"; fi
+else
+  row "nccl rank dies mid-job" 1 SKIP "needs 2 GPUs"
+fi
+
+if LOCAL_RANK=0 "$bin" cuda-peak 256 >"$logs/peak.out" 2>"$logs/peak.err"; then
+  row "cuda allocator peak stats" - PASS "$(cat "$logs/peak.out")"
+else row "cuda allocator peak stats" - FAIL "$(head -c 160 "$logs/peak.err")"; fi
+
+if [ -f trainer/tests/dist_equivalence.rs ]; then
+  if LF_DIST_DEVICE=cuda cargo test --release -p lf-trainer --features nccl --test dist_equivalence \
+       -- --nocapture --test-threads 1 >"$logs/equiv.out" 2>&1; then
+    row "trainer ZeRO equivalence + memory" "$gpus" PASS "table below"
+  else row "trainer ZeRO equivalence + memory" "$gpus" FAIL "see the log below"; fi
+  equivalence_log="$logs/equiv.out"
+else
+  row "trainer ZeRO equivalence + memory" - SKIP "trainer/tests/dist_equivalence.rs not written yet"
+fi
+
+echo
+printf '%-34s %5s  %-4s  %s\n' check world res detail
+printf '%s\n' "${rows[@]}"
+if [ -n "${equivalence_log:-}" ]; then echo; tail -n 60 "$equivalence_log"; fi
+echo "logs: $logs"
+exit $failed
