@@ -2,6 +2,8 @@
 //! double quantisation (and 8-bit AdamW) use, built exactly as bitsandbytes builds them so that
 //! codes computed here are the codes bitsandbytes computes.
 
+use std::sync::{Mutex, OnceLock};
+
 use tch::{Device, Kind, Tensor};
 
 /// NF4 (NormalFloat4): 16 quantiles of N(0, 1) scaled to [-1, 1], index order = value order
@@ -160,4 +162,47 @@ pub fn lut_for(code: &Tensor) -> Tensor {
     let j = Tensor::arange(65_536i64, (Kind::Float, Device::Cpu));
     let v = (j * 2.0) / 65_535.0 + (-1.0);
     v.bucketize(&mid, false, false)
+}
+
+/// The constant tables, shared process-wide (one copy per device) instead of held per weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// [`FourBit::values`] (bnb's `quant_map`).
+    Code(FourBit),
+    /// [`FourBit::kernel_values`].
+    KernelCode(FourBit),
+    /// [`dynamic_map`]`(true)`.
+    DynamicSigned,
+    /// [`dynamic_map`]`(false)`.
+    DynamicUnsigned,
+    /// [`lut_for`] of the signed dynamic map (`i64`, 65 536 entries).
+    DynamicSignedLut,
+}
+
+type TableCache = Mutex<Vec<(Table, Device, Tensor)>>;
+
+fn cache() -> &'static TableCache {
+    static CACHE: OnceLock<TableCache> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// The shared copy of `table` on `device` (built on first use; a shallow handle, never copied).
+pub fn shared(table: Table, device: Device) -> Tensor {
+    let mut guard = match cache().lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some((_, _, t)) = guard.iter().find(|(k, d, _)| *k == table && *d == device) {
+        return t.shallow_clone();
+    }
+    let built = match table {
+        Table::Code(kind) => Tensor::from_slice(&kind.values()),
+        Table::KernelCode(kind) => Tensor::from_slice(&kind.kernel_values()),
+        Table::DynamicSigned => dynamic_map(true),
+        Table::DynamicUnsigned => dynamic_map(false),
+        Table::DynamicSignedLut => lut_for(&dynamic_map(true)),
+    }
+    .to_device(device);
+    guard.push((table, device, built.shallow_clone()));
+    built
 }

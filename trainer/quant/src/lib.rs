@@ -8,8 +8,11 @@
 //! | mode | bytes / parameter (measured by [`QuantizedWeight::storage_bytes`]) |
 //! |---|---|
 //! | nf4 / fp4 | 0.5 (codes) + 4/64 (f32 absmax) = 0.5625 |
-//! | nf4 / fp4 + double quantisation | 0.5 + 1/64 + 4/(64·256) ≈ 0.5159 (+1 KiB map per weight) |
+//! | nf4 / fp4 + double quantisation | 0.5 + 1/64 + 4/(64·256) ≈ 0.5159 (+4 B offset per weight) |
 //! | int8 | 1 + 4/64 = 1.0625 |
+//!
+//! The constant tables (16-value 4-bit codes, the 256-value dynamic map, the 64 Ki-entry lookup
+//! table used while quantising) are built once per device and shared ([`codebook::shared`]).
 
 pub mod blockwise;
 pub mod codebook;

@@ -4,7 +4,7 @@ use lf_api::training::QuantizationType;
 use tch::{Device, Kind, Tensor};
 
 use crate::blockwise;
-use crate::codebook::{dynamic_map, lut_for, FourBit};
+use crate::codebook::{shared, FourBit, Table};
 use crate::QuantError;
 
 /// Elements per quantisation block (bitsandbytes' default, the QLoRA paper's choice).
@@ -21,24 +21,22 @@ enum Absmax {
     Plain(Tensor),
     /// Double quantisation: `absmax - offset` quantised to 8 bits with the signed dynamic map in
     /// blocks of 256, with one f32 scale per 256 constants: 8/64 + 32/(64·256) ≈ 0.127 bit per
-    /// parameter.
+    /// parameter. The dynamic map itself is shared process-wide ([`Table::DynamicSigned`]).
     Double {
         codes: Tensor,
         nested_absmax: Tensor,
-        nested_code: Tensor,
         offset: f32,
     },
 }
 
 #[derive(Debug)]
 enum Scheme {
-    /// `code` is the 16-value table (bnb's `quant_map`); `dequant_code` the one dequantisation
-    /// multiplies by (see [`FourBit::kernel_values`]).
+    /// `dequant_table` is the shared 16-value table dequantisation multiplies by (see
+    /// [`FourBit::dequant_values_for_cols`]).
     FourBit {
         kind: FourBit,
         packed: Tensor,
-        code: Tensor,
-        dequant_code: Tensor,
+        dequant_table: Table,
         absmax: Absmax,
     },
     /// Symmetric per-block int8: `w ≈ q · absmax / 127`.
@@ -53,11 +51,11 @@ enum Scheme {
 ///   mean of absmax). Codes and constants are bit-identical to `bitsandbytes.functional.
 ///   quantize_4bit(w, blocksize=64, quant_type, compress_statistics)` on CPU; dequantisation
 ///   equals `dequantize_4bit`. Stored bytes per parameter: 0.5 + 4/64 = **0.5625** without double
-///   quantisation, 0.5 + 1/64 + 4/(64·256) ≈ **0.5159** with it (plus 1 KiB for the dynamic map
-///   and 2 × 64 B for the 4-bit code tables, per weight).
+///   quantisation, 0.5 + 1/64 + 4/(64·256) ≈ **0.5159** with it. The constant tables (16-value
+///   codes, the 256-value dynamic map) are shared by all weights on a device, not held per weight.
 /// * int8: one `i8` per parameter and one f32 absmax per block of 64 (1.0625 B/param);
 ///   `|w − ŵ| ≤ absmax/254` per element (half a quantisation step) up to f32 rounding — for a
-///   Gaussian weight that is a relative RMS error of about 1 %.
+///   Gaussian weight that is a relative RMS error of about 0.6 %.
 #[derive(Debug)]
 pub struct QuantizedWeight {
     shape: (i64, i64),
@@ -78,11 +76,16 @@ fn check_weight(w: &Tensor) -> Result<(i64, i64), QuantError> {
     if size[0] == 0 || size[1] == 0 {
         return Err(QuantError::Empty { shape: size });
     }
-    let finite = w.f_isfinite()?.f_all()?.f_int64_value(&[])?;
-    if finite == 0 {
+    Ok((size[0], size[1]))
+}
+
+/// NaN/inf anywhere in a block makes its absmax non-finite: one check on the small absmax tensor
+/// instead of another pass over the weight.
+fn check_finite(absmax: &Tensor) -> Result<(), QuantError> {
+    if absmax.f_isfinite()?.f_all()?.f_int64_value(&[])? == 0 {
         return Err(QuantError::NonFinite);
     }
-    Ok((size[0], size[1]))
+    Ok(())
 }
 
 impl QuantizedWeight {
@@ -98,24 +101,28 @@ impl QuantizedWeight {
             QuantizationType::Nf4 => FourBit::Nf4,
             QuantizationType::Fp4 => FourBit::Fp4,
         };
-        let device = w.device();
         let flat = w.f_reshape([-1])?.f_to_kind(Kind::Float)?;
         let (packed, absmax) = blockwise::quantize_4bit(&flat, BLOCKSIZE, kind);
-        let code = Tensor::from_slice(&kind.values()).to_device(device);
-        let dequant_code =
-            Tensor::from_slice(&kind.dequant_values_for_cols(shape.1)).to_device(device);
+        drop(flat);
+        check_finite(&absmax)?;
+        // Compared bit for bit: the tables differ only in the sign of a zero.
+        let same = kind.dequant_values_for_cols(shape.1).map(f32::to_bits)
+            == kind.values().map(f32::to_bits);
+        let dequant_table = if same {
+            Table::Code(kind)
+        } else {
+            Table::KernelCode(kind)
+        };
         let absmax = if double_quant {
             let offset_t = absmax.f_mean(Kind::Float)?;
             let offset = offset_t.f_double_value(&[])? as f32;
             let centered = absmax - &offset_t;
-            let nested_code = dynamic_map(true);
-            let lut = lut_for(&nested_code);
+            let lut = shared(Table::DynamicSignedLut, w.device());
             let (codes, nested_absmax) =
                 blockwise::quantize_blockwise(&centered, &lut, NESTED_BLOCKSIZE);
             Absmax::Double {
                 codes,
                 nested_absmax,
-                nested_code: nested_code.to_device(device),
                 offset,
             }
         } else {
@@ -127,8 +134,7 @@ impl QuantizedWeight {
             scheme: Scheme::FourBit {
                 kind,
                 packed,
-                code,
-                dequant_code,
+                dequant_table,
                 absmax,
             },
         })
@@ -139,6 +145,7 @@ impl QuantizedWeight {
         let shape = check_weight(w)?;
         let flat = w.f_reshape([-1])?.f_to_kind(Kind::Float)?;
         let (q, absmax) = blockwise::quantize_int8(&flat, INT8_BLOCKSIZE);
+        check_finite(&absmax)?;
         Ok(QuantizedWeight {
             shape,
             orig_kind: w.kind(),
@@ -153,10 +160,10 @@ impl QuantizedWeight {
             Absmax::Double {
                 codes,
                 nested_absmax,
-                nested_code,
                 offset,
             } => {
-                blockwise::dequantize_blockwise(codes, nested_absmax, nested_code, NESTED_BLOCKSIZE)
+                let map = shared(Table::DynamicSigned, codes.device());
+                blockwise::dequantize_blockwise(codes, nested_absmax, &map, NESTED_BLOCKSIZE)
                     + (*offset as f64)
             }
         }
@@ -169,51 +176,44 @@ impl QuantizedWeight {
         let flat = match &self.scheme {
             Scheme::FourBit {
                 packed,
-                dequant_code,
+                dequant_table,
                 absmax,
                 ..
-            } => blockwise::dequantize_4bit(
-                packed,
-                &Self::absmax_f32(absmax),
-                dequant_code,
-                BLOCKSIZE,
-                n,
-            ),
+            } => {
+                let code = shared(*dequant_table, packed.device());
+                blockwise::dequantize_4bit(packed, &Self::absmax_f32(absmax), &code, BLOCKSIZE, n)
+            }
             Scheme::Int8 { q, absmax } => blockwise::dequantize_int8(q, absmax, INT8_BLOCKSIZE),
         };
         flat.reshape([self.shape.0, self.shape.1]).to_kind(kind)
     }
 
-    /// Every tensor this weight holds (for byte counts and device moves).
+    /// Every tensor this weight holds.
     fn tensors(&self) -> Vec<&Tensor> {
         match &self.scheme {
             Scheme::FourBit {
                 packed,
-                code,
-                dequant_code,
-                absmax,
+                absmax: Absmax::Plain(a),
                 ..
-            } => {
-                let mut v = vec![packed, code, dequant_code];
-                match absmax {
-                    Absmax::Plain(a) => v.push(a),
+            } => vec![packed, a],
+            Scheme::FourBit {
+                packed,
+                absmax:
                     Absmax::Double {
                         codes,
                         nested_absmax,
-                        nested_code,
                         ..
-                    } => {
-                        v.extend([codes, nested_absmax, nested_code]);
-                    }
-                }
-                v
+                    },
+                ..
+            } => {
+                vec![packed, codes, nested_absmax]
             }
             Scheme::Int8 { q, absmax } => vec![q, absmax],
         }
     }
 
-    /// Bytes actually held: the sum over every stored tensor of `numel × element size` (plus 4
-    /// for the double-quantisation offset).
+    /// Bytes actually held by this weight: the sum over its tensors of `numel × element size`
+    /// (plus 4 for the double-quantisation offset). The shared constant tables are not included.
     pub fn storage_bytes(&self) -> u64 {
         let tensors: u64 = self
             .tensors()
@@ -254,25 +254,21 @@ impl QuantizedWeight {
             Scheme::FourBit {
                 kind,
                 packed,
-                code,
-                dequant_code,
+                dequant_table,
                 absmax,
             } => Scheme::FourBit {
                 kind: *kind,
                 packed: packed.to_device(d),
-                code: code.to_device(d),
-                dequant_code: dequant_code.to_device(d),
+                dequant_table: *dequant_table,
                 absmax: match absmax {
                     Absmax::Plain(a) => Absmax::Plain(a.to_device(d)),
                     Absmax::Double {
                         codes,
                         nested_absmax,
-                        nested_code,
                         offset,
                     } => Absmax::Double {
                         codes: codes.to_device(d),
                         nested_absmax: nested_absmax.to_device(d),
-                        nested_code: nested_code.to_device(d),
                         offset: *offset,
                     },
                 },
@@ -307,10 +303,10 @@ impl QuantizedWeight {
             Scheme::FourBit {
                 kind,
                 packed,
-                code,
                 absmax,
                 ..
             } => {
+                let device = packed.device();
                 let mut out = vec![(w.clone(), packed.unsqueeze(1))];
                 let mut json = format!(
                     "{{\"quant_type\": \"{}\", \"blocksize\": {BLOCKSIZE}, \"dtype\": \"{}\", \"shape\": [{}, {}]",
@@ -320,25 +316,30 @@ impl QuantizedWeight {
                     self.shape.1
                 );
                 match absmax {
-                    Absmax::Plain(a) => {
-                        out.push((format!("{w}.absmax"), a.shallow_clone()));
-                        out.push((format!("{w}.quant_map"), code.shallow_clone()));
+                    Absmax::Plain(a) => out.push((format!("{w}.absmax"), a.shallow_clone())),
+                    Absmax::Double { codes, .. } => {
+                        out.push((format!("{w}.absmax"), codes.shallow_clone()))
                     }
-                    Absmax::Double {
-                        codes,
-                        nested_absmax,
-                        nested_code,
-                        offset,
-                    } => {
-                        out.push((format!("{w}.absmax"), codes.shallow_clone()));
-                        out.push((format!("{w}.quant_map"), code.shallow_clone()));
-                        out.push((format!("{w}.nested_absmax"), nested_absmax.shallow_clone()));
-                        out.push((format!("{w}.nested_quant_map"), nested_code.shallow_clone()));
-                        json.push_str(&format!(
-                            ", \"nested_blocksize\": {NESTED_BLOCKSIZE}, \"nested_dtype\": \"float32\", \"nested_offset\": {:?}",
-                            *offset as f64
-                        ));
-                    }
+                }
+                out.push((
+                    format!("{w}.quant_map"),
+                    shared(Table::Code(*kind), device).copy(),
+                ));
+                if let Absmax::Double {
+                    nested_absmax,
+                    offset,
+                    ..
+                } = absmax
+                {
+                    out.push((format!("{w}.nested_absmax"), nested_absmax.shallow_clone()));
+                    out.push((
+                        format!("{w}.nested_quant_map"),
+                        shared(Table::DynamicSigned, device).copy(),
+                    ));
+                    json.push_str(&format!(
+                        ", \"nested_blocksize\": {NESTED_BLOCKSIZE}, \"nested_dtype\": \"float32\", \"nested_offset\": {:?}",
+                        *offset as f64
+                    ));
                 }
                 json.push('}');
                 out.push((

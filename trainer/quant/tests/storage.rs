@@ -14,7 +14,12 @@ fn storage_bytes_per_parameter_match_the_qlora_arithmetic() {
     let per_param = |q: &QuantizedWeight| q.storage_bytes() as f64 / n;
 
     let nf4 = QuantizedWeight::quantize_4bit(&w, QuantizationType::Nf4, false).expect("nf4");
+    let t0 = std::time::Instant::now();
     let nf4_dq = QuantizedWeight::quantize_4bit(&w, QuantizationType::Nf4, true).expect("nf4 dq");
+    println!(
+        "nf4 + double quantisation of a 4096×4096 bf16 weight on CPU: {:.3}s",
+        t0.elapsed().as_secs_f64()
+    );
     let int8 = QuantizedWeight::quantize_8bit(&w).expect("int8");
     println!(
         "bytes/param: nf4 {:.5}, nf4+dq {:.5}, int8 {:.5}",
