@@ -2,7 +2,7 @@
 
 Usage (each mode is one invocation per Rust test file):
   model_reference.py forward OUT      tiny llama/mistral/qwen2 models (+ tied, llama3 and linear RoPE
-                                      scaling): HF model dirs, logits and greedy generations
+                                      scaling, attention bias): HF model dirs, logits and greedy generations
   model_reference.py peft-init OUT    a base model, PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B
                                       and perturbed magnitudes), a batch, PEFT's summed loss and grads
   model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
@@ -37,6 +37,7 @@ def configs():
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 16}),
         "llama_linear": LlamaConfig(**COMMON, rope_scaling={"rope_type": "linear", "factor": 2.0}),
+        "llama_bias": LlamaConfig(**COMMON, attention_bias=True),
     }
 
 

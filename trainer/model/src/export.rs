@@ -76,11 +76,13 @@ impl CausalLm {
             })?;
         if let Some(obj) = config.as_object_mut() {
             obj.remove("quantization_config");
-            for key in ["torch_dtype", "dtype"] {
-                if obj.contains_key(key) || key == "torch_dtype" {
-                    obj.insert(key.into(), kind_name(kind).into());
-                }
-            }
+            // transformers ≥ 5 writes `dtype`, older versions `torch_dtype`: update the one present.
+            let key = if obj.contains_key("dtype") {
+                "dtype"
+            } else {
+                "torch_dtype"
+            };
+            obj.insert(key.into(), kind_name(kind).into());
         }
         let path = out_dir.join("config.json");
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Json {

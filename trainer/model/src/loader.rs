@@ -107,6 +107,20 @@ impl TensorSource for FileSource {
     }
 }
 
+/// Whether the checkpoint has a bias for `module`, as transformers builds each family: Llama puts
+/// one on q/k/v/o when `attention_bias` is set, Qwen2 always on q/k/v (never o), Mistral never.
+fn has_bias(arch: &ModelArchitecture, module: LinearModule) -> bool {
+    use lf_api::architecture::ModelType;
+    match arch.model_type {
+        ModelType::Llama => arch.attention_bias && module.parent() == "self_attn",
+        ModelType::Qwen2 => matches!(
+            module,
+            LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
+        ),
+        ModelType::Mistral => false,
+    }
+}
+
 /// Takes a required tensor and checks its shape.
 fn required(
     src: &mut dyn TensorSource,
@@ -156,11 +170,7 @@ pub fn build(
                 kind,
                 opts,
             )?;
-            let has_bias = arch.qkv_bias()
-                && matches!(
-                    m,
-                    LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
-                );
+            let has_bias = has_bias(arch, m);
             let bias = if has_bias {
                 Some(required(
                     src,

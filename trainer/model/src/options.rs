@@ -161,6 +161,11 @@ pub(crate) fn read_config(
     if obj.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
         return Err(unsupported("mlp_bias: true is not supported".into()));
     }
+    // Files touched by both transformers generations can carry `dtype` and `torch_dtype`, which
+    // lf-api treats as one key; the newer spelling wins.
+    if obj.contains_key("dtype") {
+        obj.remove("torch_dtype");
+    }
     if let Some(params) = obj.get("rope_parameters").cloned() {
         if let Some(theta) = params.get("rope_theta") {
             obj.entry("rope_theta").or_insert(theta.clone());

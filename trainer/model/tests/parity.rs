@@ -18,6 +18,7 @@ fn logits_and_greedy_generation_match_transformers() {
         "llama_tied",
         "llama3_rope",
         "llama_linear",
+        "llama_bias",
     ] {
         let mut lm = CausalLm::load(
             &dir.path().join(name).join("model"),
