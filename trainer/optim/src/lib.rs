@@ -1,0 +1,151 @@
+//! Optimisers over plain tch tensors, with state that can be checkpointed exactly and sharded
+//! across ranks: AdamW (`adamw_torch`), SGD, 8-bit AdamW (`adamw_8bit`), Adafactor, each optionally
+//! offloaded to the CPU (`offload_optimizer: cpu`).
+//!
+//! State is created lazily at a parameter's first step (as PyTorch does), so [`Optimizer::state_bytes`]
+//! reaches its steady value after the first [`Optimizer::step`].
+//!
+//! | optimiser | state bytes per trainable parameter (fp32 params; + 4 for an fp32 master of 16-bit params) |
+//! |---|---|
+//! | `adamw_torch` | 8 (fp32 m, v); 4 under `pure_bf16` (bf16 m, v, no master) |
+//! | `adamw_8bit` | 2 + 8/256 for tensors ≥ 4096 elements, else 8 |
+//! | `adafactor` | 4·(rows + cols) per matrix, 4 per vector element |
+//! | `sgd` | 0 (momentum 0, as Hugging Face) |
+//! | offload (`cpu`) | the above + a 4-byte fp32 master, all in host memory; nothing on the device |
+
+mod clip;
+mod engine;
+mod rules;
+
+use lf_api::training::{OffloadDevice, Optim, Precision, TrainingConfig};
+use tch::Tensor;
+
+pub use clip::clip_grad_norm;
+pub use rules::adamw8bit::{MIN_8BIT_SIZE, STATE_BLOCKSIZE};
+
+use engine::{Engine, Placement};
+use rules::adafactor::Adafactor;
+use rules::adamw::{AdamHyper, AdamW};
+use rules::adamw8bit::AdamW8bit;
+use rules::sgd::Sgd;
+
+/// Errors from building, stepping or restoring an optimiser. Each names the key or parameter.
+#[derive(Debug, thiserror::Error)]
+pub enum OptimError {
+    #[error("invalid value for `{key}`: {message}")]
+    InvalidConfig { key: &'static str, message: String },
+    #[error("step() got {got} parameters but the optimiser was built for {expected}")]
+    ParamCount { expected: usize, got: usize },
+    #[error("parameter `{name}` {message}")]
+    BadParam { name: String, message: String },
+    #[error("optimizer state: {0}")]
+    State(String),
+    #[error("libtorch error in the optimiser: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Bytes of optimiser state, by where they live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateBytes {
+    /// On the parameters' device (everything, when not offloaded).
+    pub device: u64,
+    /// In host memory (offloaded states and master weights).
+    pub host: u64,
+    /// Of which fp32 master weights (counted in `device` or `host` too).
+    pub master: u64,
+}
+
+/// An optimiser over a fixed, ordered list of parameters (the order given to [`build`]).
+pub trait Optimizer: Send {
+    /// Applies one update to every parameter that has a gradient (`p.grad()`), in place and
+    /// without recording autograd history.
+    fn step(&mut self, params: &[Tensor], lr: f64) -> Result<(), OptimError>;
+    /// Zeroes every defined gradient.
+    fn zero_grad(&mut self, params: &[Tensor]);
+    /// Everything needed to resume exactly: `optimizer.kind`, and per parameter `{name}.step`,
+    /// `{name}.master` (when kept) and `{name}.{state}`.
+    fn state_dict(&self) -> Vec<(String, Tensor)>;
+    /// Restores a [`Optimizer::state_dict`]; missing, unexpected or mis-shaped entries are errors
+    /// naming the key.
+    fn load_state_dict(&mut self, state: Vec<(String, Tensor)>) -> Result<(), OptimError>;
+    /// Bytes of state actually held (device + host, master copies included).
+    fn state_bytes(&self) -> u64;
+    /// [`Optimizer::state_bytes`] split by location.
+    fn state_bytes_detail(&self) -> StateBytes;
+}
+
+fn check_range(key: &'static str, v: f64, lo: f64, hi: f64) -> Result<(), OptimError> {
+    if v.is_finite() && v >= lo && v < hi {
+        Ok(())
+    } else {
+        Err(OptimError::InvalidConfig {
+            key,
+            message: format!("{v} is outside [{lo}, {hi})"),
+        })
+    }
+}
+
+/// Builds the optimiser `cfg.optim` for `params` (name, tensor) with `adam_beta1/2`,
+/// `adam_epsilon`, `weight_decay`, `offload_optimizer` and the precision regime (fp32 master
+/// copies for 16-bit parameters under AMP; bf16 states and no master under `pure_bf16`).
+pub fn build(
+    cfg: &TrainingConfig,
+    params: &[(String, Tensor)],
+) -> Result<Box<dyn Optimizer>, OptimError> {
+    check_range("adam_beta1", cfg.adam_beta1, 0.0, 1.0)?;
+    check_range("adam_beta2", cfg.adam_beta2, 0.0, 1.0)?;
+    check_range("adam_epsilon", cfg.adam_epsilon, 0.0, f64::INFINITY)?;
+    check_range("weight_decay", cfg.weight_decay, 0.0, f64::INFINITY)?;
+    let placement = Placement {
+        offload: cfg.offload_optimizer == OffloadDevice::Cpu,
+        pure_16bit: cfg.precision() == Precision::PureBf16,
+    };
+    let hyper = AdamHyper {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_epsilon,
+        weight_decay: cfg.weight_decay,
+    };
+    Ok(match cfg.optim {
+        Optim::AdamwTorch => Box::new(Engine::new(AdamW { hyper }, params, placement)?),
+        Optim::Adamw8bit => Box::new(Engine::new(AdamW8bit::new(hyper), params, placement)?),
+        Optim::Adafactor => Box::new(Engine::new(
+            Adafactor {
+                weight_decay: cfg.weight_decay,
+            },
+            params,
+            placement,
+        )?),
+        Optim::Sgd => Box::new(Engine::new(
+            Sgd {
+                momentum: 0.0,
+                weight_decay: cfg.weight_decay,
+            },
+            params,
+            placement,
+        )?),
+    })
+}
+
+/// SGD with momentum (dampening 0, no Nesterov) — not reachable from the config, which follows
+/// Hugging Face's momentum-free `sgd`.
+pub fn sgd_with_momentum(
+    params: &[(String, Tensor)],
+    momentum: f64,
+    weight_decay: f64,
+    offload: bool,
+) -> Result<Box<dyn Optimizer>, OptimError> {
+    check_range("momentum", momentum, 0.0, 1.0)?;
+    let placement = Placement {
+        offload,
+        pure_16bit: false,
+    };
+    Ok(Box::new(Engine::new(
+        Sgd {
+            momentum,
+            weight_decay,
+        },
+        params,
+        placement,
+    )?))
+}
