@@ -47,6 +47,11 @@ struct GroupHandle {
   int64_t device_index; // -1 for CPU (Gloo)
 };
 
+struct WorkHandle {
+  c10::intrusive_ptr<c10d::Work> work;
+  std::vector<at::Tensor> keep_alive;
+};
+
 void set_error(char** err, const std::string& message) {
   if (err == nullptr) {
     return;
@@ -276,42 +281,68 @@ void lf_dist_group_free(GroupHandle* group) {
   }
 }
 
-int lf_dist_all_reduce_sum(GroupHandle* group, at::Tensor* tensor, char** err) {
+// Collectives. Each *_start launches the operation and returns a WorkHandle to wait on later
+// (overlap with computation); the blocking variants are *_start + wait. The WorkHandle keeps
+// references to the tensors so their storage outlives the operation.
+int lf_dist_all_reduce_sum_start(GroupHandle* group, at::Tensor* tensor, WorkHandle** out, char** err) {
   return guarded(err, [&] {
     std::vector<at::Tensor> tensors{*tensor};
     c10d::AllreduceOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
-    group->backend->allreduce(tensors, opts)->wait();
+    auto work = group->backend->allreduce(tensors, opts);
+    *out = new WorkHandle{work, {*tensor}};
   });
 }
 
-int lf_dist_reduce_scatter_sum(
+int lf_dist_reduce_scatter_sum_start(
     GroupHandle* group,
     const at::Tensor* input,
     at::Tensor* output,
+    WorkHandle** out,
     char** err) {
   return guarded(err, [&] {
     at::Tensor in = *input;
     c10d::ReduceScatterOptions opts;
     opts.reduceOp = c10d::ReduceOp::SUM;
-    group->backend->_reduce_scatter_base(*output, in, opts)->wait();
+    auto work = group->backend->_reduce_scatter_base(*output, in, opts);
+    *out = new WorkHandle{work, {in, *output}};
   });
 }
 
-int lf_dist_all_gather(GroupHandle* group, const at::Tensor* input, at::Tensor* output, char** err) {
+int lf_dist_all_gather_start(
+    GroupHandle* group,
+    const at::Tensor* input,
+    at::Tensor* output,
+    WorkHandle** out,
+    char** err) {
   return guarded(err, [&] {
     at::Tensor in = *input;
-    group->backend->_allgather_base(*output, in, c10d::AllgatherOptions())->wait();
+    auto work = group->backend->_allgather_base(*output, in, c10d::AllgatherOptions());
+    *out = new WorkHandle{work, {in, *output}};
   });
 }
 
-int lf_dist_broadcast(GroupHandle* group, at::Tensor* tensor, int root, char** err) {
+int lf_dist_broadcast_start(GroupHandle* group, at::Tensor* tensor, int root, WorkHandle** out, char** err) {
   return guarded(err, [&] {
     std::vector<at::Tensor> tensors{*tensor};
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
-    group->backend->broadcast(tensors, opts)->wait();
+    auto work = group->backend->broadcast(tensors, opts);
+    *out = new WorkHandle{work, {*tensor}};
   });
+}
+
+// Blocks until the operation completed on this rank; throws (here: returns an error) when it
+// failed or ran past the group's timeout.
+int lf_dist_work_wait(WorkHandle* handle, char** err) {
+  return guarded(err, [&] { handle->work->wait(); });
+}
+
+void lf_dist_work_free(WorkHandle* handle) {
+  try {
+    delete handle;
+  } catch (...) {
+  }
 }
 
 int lf_dist_barrier(GroupHandle* group, char** err) {

@@ -20,6 +20,12 @@ pub struct RawGroup {
     _private: [u8; 0],
 }
 
+/// Opaque `WorkHandle` (an in-flight c10d::Work plus references to its tensors).
+#[repr(C)]
+pub struct RawWork {
+    _private: [u8; 0],
+}
+
 extern "C" {
     pub fn lf_dist_free_string(s: *mut c_char);
     pub fn lf_dist_store_new(
@@ -59,29 +65,35 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     pub fn lf_dist_group_free(group: *mut RawGroup);
-    pub fn lf_dist_all_reduce_sum(
+    pub fn lf_dist_all_reduce_sum_start(
         group: *mut RawGroup,
         t: *mut C_tensor,
+        out: *mut *mut RawWork,
         err: *mut *mut c_char,
     ) -> c_int;
-    pub fn lf_dist_reduce_scatter_sum(
+    pub fn lf_dist_reduce_scatter_sum_start(
         group: *mut RawGroup,
         input: *const C_tensor,
         output: *mut C_tensor,
+        out: *mut *mut RawWork,
         err: *mut *mut c_char,
     ) -> c_int;
-    pub fn lf_dist_all_gather(
+    pub fn lf_dist_all_gather_start(
         group: *mut RawGroup,
         input: *const C_tensor,
         output: *mut C_tensor,
+        out: *mut *mut RawWork,
         err: *mut *mut c_char,
     ) -> c_int;
-    pub fn lf_dist_broadcast(
+    pub fn lf_dist_broadcast_start(
         group: *mut RawGroup,
         t: *mut C_tensor,
         root: c_int,
+        out: *mut *mut RawWork,
         err: *mut *mut c_char,
     ) -> c_int;
+    pub fn lf_dist_work_wait(work: *mut RawWork, err: *mut *mut c_char) -> c_int;
+    pub fn lf_dist_work_free(work: *mut RawWork);
     pub fn lf_dist_barrier(group: *mut RawGroup, err: *mut *mut c_char) -> c_int;
     pub fn lf_dist_cuda_peak_allocated(device: i64, out: *mut u64, err: *mut *mut c_char) -> c_int;
     pub fn lf_dist_cuda_reset_peak(device: i64, err: *mut *mut c_char) -> c_int;

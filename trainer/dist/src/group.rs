@@ -7,6 +7,7 @@
 //! broken (a peer is gone); drop it and exit with [`DistError::exit_code`].
 
 use std::ffi::CString;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use tch::{Device, Tensor};
@@ -175,45 +176,85 @@ impl ProcessGroup {
 
     /// Sums `t` over all ranks, in place (every rank ends with the sum).
     pub fn all_reduce_sum(&self, t: &mut Tensor) -> Result<(), DistError> {
-        const OP: &str = "all_reduce_sum";
-        self.check_tensor(OP, "tensor", t)?;
-        let ptr = t.as_mut_ptr();
-        // SAFETY: live group, valid tensor pointer.
-        self.call(OP, |err| unsafe {
-            ffi::lf_dist_all_reduce_sum(self.raw.as_ptr(), ptr, err)
-        })
+        self.all_reduce_sum_async(t)?.wait()
     }
 
     /// Sums `input` (flat, `world_size * shard` elements) over all ranks and leaves shard
     /// `rank` of the sum (elements `rank*shard..(rank+1)*shard`) in `output` (`shard` elements).
     pub fn reduce_scatter_sum(&self, input: &Tensor, output: &mut Tensor) -> Result<(), DistError> {
-        const OP: &str = "reduce_scatter_sum";
-        self.check_tensor(OP, "input", input)?;
-        self.check_tensor(OP, "output", output)?;
-        self.check_pair(OP, output, input)?;
-        let (inp, out) = (input.as_ptr(), output.as_mut_ptr());
-        // SAFETY: live group, valid tensor pointers.
-        self.call(OP, |err| unsafe {
-            ffi::lf_dist_reduce_scatter_sum(self.raw.as_ptr(), inp, out, err)
-        })
+        self.reduce_scatter_sum_async(input, output)?.wait()
     }
 
     /// Concatenates every rank's `input` (flat, `shard` elements) in rank order into `output`
     /// (flat, `world_size * shard` elements).
     pub fn all_gather(&self, input: &Tensor, output: &mut Tensor) -> Result<(), DistError> {
-        const OP: &str = "all_gather";
-        self.check_tensor(OP, "input", input)?;
-        self.check_tensor(OP, "output", output)?;
-        self.check_pair(OP, input, output)?;
-        let (inp, out) = (input.as_ptr(), output.as_mut_ptr());
-        // SAFETY: live group, valid tensor pointers.
-        self.call(OP, |err| unsafe {
-            ffi::lf_dist_all_gather(self.raw.as_ptr(), inp, out, err)
-        })
+        self.all_gather_async(input, output)?.wait()
     }
 
     /// Copies `root`'s `t` into `t` on every rank, in place.
     pub fn broadcast(&self, t: &mut Tensor, root: usize) -> Result<(), DistError> {
+        self.broadcast_async(t, root)?.wait()
+    }
+
+    /// Starts [`all_reduce_sum`](Self::all_reduce_sum) and returns at once; the tensor stays
+    /// borrowed until the returned [`PendingWork`] is waited on (or dropped, which also waits).
+    /// Use it to overlap communication with computation (gradient buckets, ZeRO-3 prefetch).
+    pub fn all_reduce_sum_async<'a>(
+        &'a self,
+        t: &'a mut Tensor,
+    ) -> Result<PendingWork<'a>, DistError> {
+        const OP: &str = "all_reduce_sum";
+        self.check_tensor(OP, "tensor", t)?;
+        let ptr = t.as_mut_ptr();
+        // SAFETY: live group, valid tensor pointer.
+        self.start(OP, |out, err| unsafe {
+            ffi::lf_dist_all_reduce_sum_start(self.raw.as_ptr(), ptr, out, err)
+        })
+    }
+
+    /// Starts [`reduce_scatter_sum`](Self::reduce_scatter_sum); see
+    /// [`all_reduce_sum_async`](Self::all_reduce_sum_async).
+    pub fn reduce_scatter_sum_async<'a>(
+        &'a self,
+        input: &'a Tensor,
+        output: &'a mut Tensor,
+    ) -> Result<PendingWork<'a>, DistError> {
+        const OP: &str = "reduce_scatter_sum";
+        self.check_tensor(OP, "input", input)?;
+        self.check_tensor(OP, "output", output)?;
+        self.check_pair(OP, output, input)?;
+        let (inp, outp) = (input.as_ptr(), output.as_mut_ptr());
+        // SAFETY: live group, valid tensor pointers.
+        self.start(OP, |out, err| unsafe {
+            ffi::lf_dist_reduce_scatter_sum_start(self.raw.as_ptr(), inp, outp, out, err)
+        })
+    }
+
+    /// Starts [`all_gather`](Self::all_gather); see
+    /// [`all_reduce_sum_async`](Self::all_reduce_sum_async).
+    pub fn all_gather_async<'a>(
+        &'a self,
+        input: &'a Tensor,
+        output: &'a mut Tensor,
+    ) -> Result<PendingWork<'a>, DistError> {
+        const OP: &str = "all_gather";
+        self.check_tensor(OP, "input", input)?;
+        self.check_tensor(OP, "output", output)?;
+        self.check_pair(OP, input, output)?;
+        let (inp, outp) = (input.as_ptr(), output.as_mut_ptr());
+        // SAFETY: live group, valid tensor pointers.
+        self.start(OP, |out, err| unsafe {
+            ffi::lf_dist_all_gather_start(self.raw.as_ptr(), inp, outp, out, err)
+        })
+    }
+
+    /// Starts [`broadcast`](Self::broadcast); see
+    /// [`all_reduce_sum_async`](Self::all_reduce_sum_async).
+    pub fn broadcast_async<'a>(
+        &'a self,
+        t: &'a mut Tensor,
+        root: usize,
+    ) -> Result<PendingWork<'a>, DistError> {
         const OP: &str = "broadcast";
         if root >= self.world_size {
             return Err(DistError::invalid(
@@ -224,8 +265,36 @@ impl ProcessGroup {
         self.check_tensor(OP, "tensor", t)?;
         let ptr = t.as_mut_ptr();
         // SAFETY: live group, valid tensor pointer.
-        self.call(OP, |err| unsafe {
-            ffi::lf_dist_broadcast(self.raw.as_ptr(), ptr, root as i32, err)
+        self.start(OP, |out, err| unsafe {
+            ffi::lf_dist_broadcast_start(self.raw.as_ptr(), ptr, root as i32, out, err)
+        })
+    }
+
+    fn start<'a>(
+        &'a self,
+        op: &'static str,
+        f: impl FnOnce(*mut *mut ffi::RawWork, *mut *mut std::ffi::c_char) -> std::ffi::c_int,
+    ) -> Result<PendingWork<'a>, DistError> {
+        let mut raw = std::ptr::null_mut();
+        let mut err = std::ptr::null_mut();
+        if f(&mut raw, &mut err) != ffi::STATUS_OK {
+            return Err(DistError::Collective {
+                rank: self.rank,
+                op,
+                // SAFETY: err was set by the shim.
+                message: unsafe { ffi::take_error(err) },
+            });
+        }
+        let raw = NonNull::new(raw).ok_or_else(|| DistError::Collective {
+            rank: self.rank,
+            op,
+            message: "the shim returned no work handle".into(),
+        })?;
+        Ok(PendingWork {
+            raw: Some(raw),
+            op,
+            rank: self.rank,
+            _borrow: PhantomData,
         })
     }
 
@@ -309,6 +378,52 @@ impl ProcessGroup {
             ));
         }
         Ok(())
+    }
+}
+
+/// An in-flight collective. [`wait`](Self::wait) blocks until it completes on this rank (bounded by
+/// the group's timeout) and reports its error; dropping it without waiting also waits (and drops
+/// the error), so the borrowed tensors are never released while c10d still writes to them.
+#[must_use = "a collective must be waited on; dropping the handle blocks until it completes"]
+pub struct PendingWork<'a> {
+    raw: Option<NonNull<ffi::RawWork>>,
+    op: &'static str,
+    rank: usize,
+    _borrow: PhantomData<&'a mut Tensor>,
+}
+
+impl PendingWork<'_> {
+    /// Waits for completion; a failure names this rank and the operation.
+    pub fn wait(mut self) -> Result<(), DistError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), DistError> {
+        let Some(raw) = self.raw.take() else {
+            return Ok(());
+        };
+        let mut err = std::ptr::null_mut();
+        // SAFETY: `raw` is a live work handle, waited on and freed exactly once.
+        let status = unsafe { ffi::lf_dist_work_wait(raw.as_ptr(), &mut err) };
+        let result = if status == ffi::STATUS_OK {
+            Ok(())
+        } else {
+            Err(DistError::Collective {
+                rank: self.rank,
+                op: self.op,
+                // SAFETY: err was set by the shim.
+                message: unsafe { ffi::take_error(err) },
+            })
+        };
+        // SAFETY: see above.
+        unsafe { ffi::lf_dist_work_free(raw.as_ptr()) };
+        result
+    }
+}
+
+impl Drop for PendingWork<'_> {
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 

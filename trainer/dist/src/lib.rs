@@ -26,6 +26,6 @@ mod shard;
 pub use bandwidth::{allreduce_bus_factor, bandwidth_probe, BusBandwidth};
 pub use cuda::{cuda_peak_allocated_bytes, cuda_reset_peak_stats};
 pub use error::DistError;
-pub use group::{Backend, ProcessGroup};
+pub use group::{Backend, PendingWork, ProcessGroup};
 pub use rendezvous::RendezvousOptions;
 pub use shard::ShardLayout;

@@ -270,6 +270,22 @@ fn collectives(pg: &ProcessGroup, kind: Kind) -> Result<(), Failure> {
     }
     pg.barrier()?;
 
+    // Two operations in flight at once (the ZeRO-3 prefetch pattern), waited in issue order.
+    let gather_in = Tensor::arange(3, opts) + 10.0 * r;
+    let mut gathered = Tensor::zeros([3 * pg.world_size() as i64], opts);
+    let scatter_in = Tensor::arange(n, opts) + 10.0 * r;
+    let mut scattered = Tensor::zeros([shard], opts);
+    let first = pg.all_gather_async(&gather_in, &mut gathered)?;
+    let second = pg.reduce_scatter_sum_async(&scatter_in, &mut scattered)?;
+    first.wait()?;
+    second.wait()?;
+    let want = (Tensor::arange(pg.world_size() as i64, opts).unsqueeze(1) * 10.0
+        + Tensor::arange(3, opts).unsqueeze(0))
+    .flatten(0, -1);
+    expect_equal("all_gather_async", kind, &gathered, &want)?;
+    let want = Tensor::arange_start(lo, lo + shard, opts) * w + 10.0 * w * (w - 1.0) / 2.0;
+    expect_equal("reduce_scatter_sum_async", kind, &scattered, &want)?;
+
     // Bad arguments are rejected locally, before any communication.
     let mut strided = Tensor::zeros([4, 4], opts).transpose(0, 1);
     if !matches!(
