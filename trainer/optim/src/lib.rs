@@ -12,6 +12,16 @@
 //! | `adafactor` | 4·(rows + cols) per matrix, 4 per vector element |
 //! | `sgd` | 0 (momentum 0, as Hugging Face) |
 //! | offload (`cpu`) | the above + a 4-byte fp32 master, all in host memory; nothing on the device |
+//!
+//! ## ZeRO partitioning
+//! State is per parameter and flat: every state tensor is either parameter-shaped (AdamW's
+//! moments, the fp32 master, 8-bit codes) with small per-block constants (8-bit absmax, one per
+//! 256 elements), or a factored summary (Adafactor's row/column statistics). A rank's shard of a
+//! parameter is the element range `[start, end)` of `p.reshape(-1)`; element-wise state shards the
+//! same way (`t.reshape(-1).narrow(0, start, end - start)`), 8-bit block constants at ranges
+//! aligned to 256, and the step count is replicated. Adafactor needs whole rows/columns, so it is
+//! partitioned by whole parameters. State-dict keys are `{param}.{state}`, so a shard's file is
+//! the same layout restricted to its parameters/ranges.
 
 mod clip;
 mod engine;

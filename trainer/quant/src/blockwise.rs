@@ -55,7 +55,7 @@ pub fn quantize_4bit(a: &Tensor, bs: i64, kind: FourBit) -> (Tensor, Tensor) {
 
     let (order, boundaries) = kind.order_and_boundaries();
     let boundaries = Tensor::from_slice(&boundaries).to_device(device);
-    let mut q = scaled.bucketize(&boundaries, false, false);
+    let mut q = scaled.bucketize(&boundaries, true, false);
     if kind == FourBit::Fp4 {
         q = Tensor::from_slice(&order)
             .to_device(device)
@@ -94,9 +94,27 @@ fn scale_blocks(values: &Tensor, absmax: &Tensor, bs: i64) -> Tensor {
 }
 
 /// `code[q] * absmax[block]` in f32, the first `n` elements.
+///
+/// Decodes a byte at a time through a 256 × 2 table of (high, low) nibble values, so the index
+/// tensor has one `i32` per byte rather than one `i64` per element.
 pub fn dequantize_4bit(packed: &Tensor, absmax: &Tensor, code: &Tensor, bs: i64, n: i64) -> Tensor {
-    let idx = unpack_4bit(packed, n);
-    scale_blocks(&code.index_select(0, &idx), absmax, bs)
+    let byte = Tensor::arange(256i64, (Kind::Int64, code.device()));
+    let pairs = Tensor::stack(
+        &[
+            code.index_select(0, &byte.bitwise_right_shift_tensor_scalar(4)),
+            code.index_select(0, &byte.bitwise_and(15)),
+        ],
+        1,
+    );
+    let values = pairs
+        .index_select(0, &packed.to_kind(Kind::Int))
+        .reshape([-1]);
+    let values = if values.size()[0] == n {
+        values
+    } else {
+        values.narrow(0, 0, n)
+    };
+    scale_blocks(&values, absmax, bs)
 }
 
 /// bnb's CPU 8-bit block-wise quantisation of a flat f32 tensor against `code` (sorted, 256

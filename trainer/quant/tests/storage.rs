@@ -21,6 +21,13 @@ fn storage_bytes_per_parameter_match_the_qlora_arithmetic() {
         t0.elapsed().as_secs_f64()
     );
     let int8 = QuantizedWeight::quantize_8bit(&w).expect("int8");
+    let t0 = std::time::Instant::now();
+    let back = nf4_dq.dequantize(Kind::BFloat16);
+    println!(
+        "dequantising it to bf16: {:.3}s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(back.size(), [4096, 4096]);
     println!(
         "bytes/param: nf4 {:.5}, nf4+dq {:.5}, int8 {:.5}",
         per_param(&nf4),
