@@ -1,8 +1,8 @@
 //! [`CausalLm`]: the model the trainer, evaluator, chat and export commands drive.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use lf_api::architecture::ModelArchitecture;
@@ -66,7 +66,7 @@ pub struct CausalLm {
     pub(crate) training: bool,
     pub(crate) backend: AttentionBackend,
     /// Counts training micro-batches, so each gets its own (replayable) dropout masks.
-    pub(crate) micro_step: Cell<u64>,
+    pub(crate) micro_step: AtomicU64,
     pub(crate) load_report: Option<LoadReport>,
     /// The config's attention window (not implemented: longer sequences are refused).
     pub(crate) sliding_window: Option<i64>,
@@ -129,7 +129,7 @@ impl CausalLm {
             },
             training: false,
             backend: AttentionBackend::Sdpa,
-            micro_step: Cell::new(0),
+            micro_step: AtomicU64::new(0),
             load_report: None,
             sliding_window: None,
         }

@@ -33,3 +33,14 @@ pub use method::peft_prefix;
 pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
 pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use training::IGNORE_INDEX;
+
+#[cfg(test)]
+mod tests {
+    /// The trainer may build the model on one thread and train on another (tch tensors are
+    /// `Send`, not `Sync`, so the model is moved, not shared).
+    #[test]
+    fn model_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<crate::CausalLm>();
+    }
+}

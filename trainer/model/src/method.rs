@@ -28,7 +28,9 @@ impl CausalLm {
     ///   (`A ~ kaiming_uniform(a=√5)` i.e. `U(−1/√in, 1/√in)`, `B = 0`, DoRA magnitude = row norms
     ///   of `W`), drawn on the CPU from `seed` so every device gets the same adapter. Adapters are
     ///   fp32, or bf16 with `pure_bf16`. Base weights are frozen.
-    /// * `full`: every base parameter trains (not possible with quantised weights).
+    /// * `full`: every base parameter trains (not possible with quantised weights). Trainable base
+    ///   weights stay in [`crate::LoadOptions::dtype`]; fp32 master copies for AMP are the
+    ///   optimiser's business.
     /// * `freeze`: every parameter of the last `freeze_trainable_layers` layers trains.
     ///
     /// Also takes `flash_attn`, `gradient_checkpointing`, `loss_chunk_size` and `lora_dropout`

@@ -14,6 +14,8 @@
 //!   input's `.grad` becomes the gradient for layer `i − 1`. Only one layer's activations are
 //!   alive at a time. Dropout masks are replayed exactly: each layer's forward runs after seeding
 //!   libtorch's generator with a value derived from (seed, micro-batch, layer), in both passes.
+//!   This reseeds libtorch's global generator whenever LoRA dropout is active in training mode;
+//!   anything else drawing from it (nothing in lf-model) sees a deterministic but reseeded stream.
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -109,6 +111,10 @@ impl CausalLm {
     /// (unscaled). Pass `loss_scale = 1 / (label tokens of the whole optimiser step)` for exact
     /// gradient accumulation. Layers are recomputed in backward when training with
     /// `gradient_checkpointing`; the head and loss always run in chunks (see the module docs).
+    ///
+    /// With quantised base weights and no recomputation, autograd keeps every layer's dequantised
+    /// weights until backward (there is no custom autograd function in tch to re-dequantise them),
+    /// so QLoRA should keep `gradient_checkpointing` on (the default).
     pub fn loss_sum_and_backward(
         &self,
         input_ids: &Tensor,
@@ -116,8 +122,9 @@ impl CausalLm {
         loss_scale: f64,
     ) -> Result<f64, ModelError> {
         self.check_batch(input_ids, labels)?;
-        let step = self.micro_step.get();
-        self.micro_step.set(step + 1);
+        let step = self
+            .micro_step
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let step_seed = mix(self.method.seed, step);
         let replay = self.training && self.method.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
         let seed_layer = |i: usize| {
