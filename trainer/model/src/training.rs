@@ -178,7 +178,8 @@ impl CausalLm {
         }
         let targets = targets.index_select(0, &idx);
         let chunk = self.chunk_len(n);
-        let mut loss_sum = 0.0;
+        // Summed on the device; read once after the loop (one host sync, not one per chunk).
+        let mut total = Tensor::zeros([], (Kind::Double, labels.device()));
         let mut start = 0;
         while start < n {
             let len = chunk.min(n - start);
@@ -194,12 +195,13 @@ impl CausalLm {
                 IGNORE_INDEX,
                 0.0,
             );
-            loss_sum += loss.double_value(&[]);
+            total += loss.detach().to_kind(Kind::Double);
             (loss * loss_scale)
                 .f_backward()
                 .map_err(ModelError::torch("backpropagating the loss"))?;
             start += len;
         }
+        let loss_sum = total.double_value(&[]);
         let grad = flat_leaf.grad();
         if !flat.requires_grad() || !grad.defined() {
             return Ok(loss_sum);
