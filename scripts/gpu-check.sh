@@ -27,6 +27,23 @@ if [ -z "${LIBTORCH:-}" ] || [ ! -f "$LIBTORCH/lib/libtorch_cuda.so" ]; then
   root=$(scripts/install-libtorch.sh cuda) || fail "installing the cuda flavour of libtorch failed"
   export LIBTORCH="$root/torch"
 fi
+# c10d's ProcessGroupNCCL.hpp includes ATen/cuda headers that need cusolverDn.h, which the wheel set
+# of install-libtorch.sh does not carry: add torch 2.13's own nvidia-cusolver (headers + lib).
+lt_root=$(dirname "$LIBTORCH")
+if ! ls "$lt_root"/nvidia/*/include/cusolverDn.h >/dev/null 2>&1; then
+  echo "gpu-check: adding nvidia-cusolver headers to $lt_root" >&2
+  dl=$(mktemp -d)
+  python3 -m pip download --no-cache-dir --no-deps -q -d "$dl" nvidia-cusolver==12.0.4.66 \
+    || fail "downloading nvidia-cusolver (for cusolverDn.h) failed"
+  python3 - "$lt_root" "$dl" <<'PY' || fail "extracting nvidia-cusolver failed"
+import glob, os, sys, zipfile
+root, dl = sys.argv[1], sys.argv[2]
+for whl in glob.glob(os.path.join(dl, "*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        z.extractall(root, [n for n in z.namelist() if n.startswith("nvidia/") and ("/include/" in n or "/lib/" in n)])
+PY
+  rm -rf "$dl"
+fi
 export LIBTORCH_CXX11_ABI=1 TCH_FORCE_CUDA_LINK=1
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/targets/gpu}
 echo "gpu-check: $ngpu GPU(s), libtorch at $LIBTORCH, building (release, feature nccl)..." >&2

@@ -80,7 +80,7 @@ int guarded(char** err, F&& body) {
 }
 
 std::string arrival_key(int rank) {
-  return "lf-dist/arrived/" + std::to_string(rank);
+  return "arrived/" + std::to_string(rank);
 }
 
 } // namespace
@@ -91,12 +91,15 @@ void lf_dist_free_string(char* s) {
   std::free(s);
 }
 
-// Connects to (rank 0: hosts) the TCPStore at host:port. Does not wait for other ranks.
+// Connects to (rank 0: hosts) the TCPStore at host:port. Does not wait for other ranks. Every key
+// of this group lives under `prefix`, so several groups of one process can share the port
+// (multiTenant: one server per process and port).
 int lf_dist_store_new(
     const char* host,
     uint16_t port,
     int is_server,
     int64_t timeout_ms,
+    const char* prefix,
     StoreHandle** out,
     char** err) {
   return guarded(err, [&] {
@@ -106,8 +109,9 @@ int lf_dist_store_new(
     opts.numWorkers = std::nullopt; // arrival is checked by lf_dist_store_arrive, which names the missing ranks
     opts.waitWorkers = false;
     opts.timeout = std::chrono::milliseconds(timeout_ms);
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
-    *out = new StoreHandle{store};
+    opts.multiTenant = true;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    *out = new StoreHandle{c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), tcp)};
   });
 }
 
@@ -133,8 +137,8 @@ int lf_dist_store_arrive(
     int64_t timeout_ms,
     uint8_t* arrived,
     char** err) {
-  const std::string kAbortKey = "lf-dist/rendezvous-failed";
-  const std::string kAckKey = "lf-dist/rendezvous-failed-ack";
+  const std::string kAbortKey = "rendezvous-failed";
+  const std::string kAckKey = "rendezvous-failed-ack";
   auto& store = handle->store;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   auto pause = std::chrono::milliseconds(std::min(500, 50 + world));
@@ -223,7 +227,7 @@ int lf_dist_group_new_gloo(
     GroupHandle** out,
     char** err) {
   return guarded(err, [&] {
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("lf-dist/gloo", handle->store);
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("gloo", handle->store);
     auto opts = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
     if (iface != nullptr && iface[0] != '\0') {
       opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(iface));
@@ -249,7 +253,7 @@ int lf_dist_group_new_nccl(
 #ifdef LF_DIST_NCCL
   return guarded(err, [&] {
     c10::cuda::set_device(static_cast<c10::DeviceIndex>(device_index));
-    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("lf-dist/nccl", handle->store);
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("nccl", handle->store);
     auto opts = c10d::ProcessGroupNCCL::Options::create();
     opts->timeout = std::chrono::milliseconds(timeout_ms);
     auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, rank, world, opts);

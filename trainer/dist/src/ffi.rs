@@ -33,6 +33,7 @@ extern "C" {
         port: u16,
         is_server: c_int,
         timeout_ms: i64,
+        prefix: *const c_char,
         out: *mut *mut RawStore,
         err: *mut *mut c_char,
     ) -> c_int;
@@ -107,7 +108,14 @@ pub unsafe fn take_error(err: *mut c_char) -> String {
     if err.is_null() {
         return "unknown error in the c10d shim (no message)".to_string();
     }
-    let message = CStr::from_ptr(err).to_string_lossy().trim().to_string();
+    // One line: c10d/CUDA messages sometimes carry several.
+    let message = CStr::from_ptr(err)
+        .to_string_lossy()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     lf_dist_free_string(err);
     message
 }

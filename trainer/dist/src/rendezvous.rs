@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use lf_api::runtime::env;
@@ -153,6 +154,11 @@ fn millis(d: Duration) -> i64 {
 
 /// Connects to (rank 0: hosts) the store and waits until every rank has arrived, all within
 /// `opts.timeout`. Returns the store and the deadline that applied.
+/// Groups created so far by this process. Every rank creates its groups in the same order, so the
+/// n-th group of every rank meets under the same key prefix, and several groups (e.g. NCCL for
+/// CUDA tensors plus Gloo for CPU ones) can share `MASTER_PORT`.
+static GROUP_SEQ: AtomicUsize = AtomicUsize::new(0);
+
 pub(crate) fn rendezvous(opts: &RendezvousOptions) -> Result<Store, DistError> {
     opts.validate()?;
     let start = Instant::now();
@@ -181,6 +187,11 @@ pub(crate) fn rendezvous(opts: &RendezvousOptions) -> Result<Store, DistError> {
     }
     let host = CString::new(opts.master_addr.as_str())
         .map_err(|_| DistError::invalid("rendezvous options", "master_addr contains a NUL byte"))?;
+    let prefix = CString::new(format!(
+        "lf-dist/{}",
+        GROUP_SEQ.fetch_add(1, Ordering::SeqCst)
+    ))
+    .map_err(|_| DistError::invalid("rendezvous options", "bad key prefix"))?;
     let remaining = deadline.saturating_duration_since(Instant::now());
     let mut raw = std::ptr::null_mut();
     let mut err = std::ptr::null_mut();
@@ -191,6 +202,7 @@ pub(crate) fn rendezvous(opts: &RendezvousOptions) -> Result<Store, DistError> {
             opts.master_port,
             (opts.rank == 0) as i32,
             millis(remaining),
+            prefix.as_ptr(),
             &mut raw,
             &mut err,
         )

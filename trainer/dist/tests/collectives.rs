@@ -50,6 +50,21 @@ fn collectives_are_exact_for_world_2_and_3_in_f32_and_bf16() {
 }
 
 #[test]
+fn two_groups_share_the_master_port() {
+    let results = run_ranks(
+        2,
+        &[0, 1],
+        &["two-groups"],
+        20_000,
+        Duration::from_secs(120),
+    );
+    assert_all_ok(&results);
+    for r in &results {
+        assert!(r.stdout.contains("two groups ok"), "{}", r.stdout);
+    }
+}
+
+#[test]
 fn bandwidth_probe_reports_a_positive_finite_bus_bandwidth() {
     let results = run_ranks(
         2,

@@ -48,17 +48,23 @@ fn a_failing_worker_stops_the_others_and_its_code_is_returned() {
 
 #[test]
 fn workers_ignoring_sigterm_are_killed_after_the_grace_period() {
-    let start = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
     let grace = Duration::from_millis(700);
-    let script = "if [ \"$LOCAL_RANK\" = 0 ]; then exit 3; fi; trap '' TERM; exec sleep 30";
+    // Worker 0 fails only once worker 1 ignores SIGTERM (no race with the trap).
+    let script = format!(
+        "d={}; if [ \"$LOCAL_RANK\" = 0 ]; then while [ ! -f $d/ready ]; do sleep 0.05; done; exit 3; fi; \
+         trap '' TERM; touch $d/ready; exec sleep 30",
+        dir.path().display()
+    );
+    let start = Instant::now();
     let exit = Launcher::new(2, 0, 1)
         .grace_period(grace)
-        .run(Path::new("/bin/sh"), &sh(script))
+        .run(Path::new("/bin/sh"), &sh(&script))
         .expect("launch");
     assert_eq!(exit.code, 3, "{exit:?}");
     let took = start.elapsed();
     assert!(
-        took >= grace && took < grace + Duration::from_secs(4),
+        took >= grace && took < grace + Duration::from_secs(10),
         "took {took:?}"
     );
 }
@@ -75,9 +81,10 @@ fn a_missing_program_is_an_error() {
 #[test]
 fn sigterm_to_the_launcher_reaches_every_worker() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().display();
     let script = format!(
-        "sleep 30 & p=$!; trap \"kill $p; echo term > {}/$LOCAL_RANK; exit 143\" TERM; wait",
-        dir.path().display()
+        "sleep 30 & p=$!; trap \"kill $p; echo term > {d}/$LOCAL_RANK; exit 143\" TERM; \
+         touch {d}/ready$LOCAL_RANK; wait"
     );
     let mut launcher = Command::new(env!("CARGO_BIN_EXE_lf-dist-check"))
         .args(["launch", "2", "--", "/bin/sh", "-c", &script])
@@ -85,8 +92,15 @@ fn sigterm_to_the_launcher_reaches_every_worker() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn launcher");
-    // Give the workers time to install their trap.
-    std::thread::sleep(Duration::from_millis(700));
+    // Signal only once both workers have installed their trap (so the launcher has its handler).
+    let ready = Instant::now();
+    while !(0..2).all(|i| dir.path().join(format!("ready{i}")).exists()) {
+        assert!(
+            ready.elapsed() < Duration::from_secs(60),
+            "workers never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // SAFETY: kill(2) on our own child.
     unsafe {
         libc::kill(launcher.id() as libc::pid_t, libc::SIGTERM);

@@ -5,6 +5,7 @@
 //! lf-dist-check collectives           correctness of every collective (f32, bf16); prints "ok"
 //! lf-dist-check bandwidth BYTES ITERS all-reduce bus bandwidth (rank 0 prints it)
 //! lf-dist-check rendezvous            create the group, barrier, exit
+//! lf-dist-check two-groups            two groups sharing MASTER_PORT, used interleaved
 //! lf-dist-check die-after-first RANK  RANK exits with code 9 after the first all-reduce, the others keep reducing
 //! lf-dist-check stall RANK            RANK sleeps instead of reducing, the others keep reducing
 //! lf-dist-check cuda-peak MIB        allocator peak after allocating MIB MiB on cuda:LOCAL_RANK (no rendezvous)
@@ -113,6 +114,24 @@ fn run(args: &[String]) -> Result<i32, Failure> {
                 println!("{bw}");
                 println!("busbw_gbps={:.6}", bw.bus_gbps);
             }
+            Ok(0)
+        }
+        "two-groups" => {
+            // Two groups on the same MASTER_PORT (rank 0 hosts one store server for both).
+            let a = ProcessGroup::new(&opts, device)?;
+            let b = ProcessGroup::new(&opts, device)?;
+            let mut x = Tensor::full([3], 1.0, (Kind::Float, device));
+            let mut y = Tensor::full([3], 2.0, (Kind::Float, device));
+            a.all_reduce_sum(&mut x)?;
+            b.all_reduce_sum(&mut y)?;
+            drop(b);
+            a.all_reduce_sum(&mut x)?;
+            let w = a.world_size() as f64;
+            let (gx, gy) = (x.double_value(&[0]), y.double_value(&[0]));
+            if gx != w * w || gy != 2.0 * w {
+                return Err(Failure::Check(format!("two groups: got {gx} and {gy}")));
+            }
+            println!("rank {}: two groups ok", a.rank());
             Ok(0)
         }
         "rendezvous" => {
