@@ -1,0 +1,187 @@
+//! Turning tokenised (prompt, response) pairs into one training example, with LLaMA-Factory's
+//! truncation (`infer_seqlen`) and label masking (`SupervisedDatasetProcessor`), and plain-text
+//! examples for pre-training.
+
+/// Label value ignored by the loss.
+pub const IGNORE_INDEX: i32 = -100;
+
+/// One tokenised example.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Example {
+    pub input_ids: Vec<u32>,
+    /// Same length as `input_ids`; [`IGNORE_INDEX`] where the token is not trained on.
+    pub labels: Vec<i32>,
+}
+
+impl Example {
+    /// Whether any position is trained on.
+    pub fn has_labels(&self) -> bool {
+        self.labels.iter().any(|&l| l != IGNORE_INDEX)
+    }
+}
+
+/// The data options that shape an SFT example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub cutoff_len: usize,
+    /// Train on prompt tokens too.
+    pub train_on_prompt: bool,
+    /// Train on the last assistant turn only.
+    pub mask_history: bool,
+}
+
+/// How long the source and target may stay within `cutoff_len` (LLaMA-Factory's `infer_seqlen`):
+/// a short target is kept whole; else a short source is kept whole; else both are cut in
+/// proportion to their lengths. The source gets whatever the target leaves.
+pub fn infer_seqlen(source_len: usize, target_len: usize, cutoff_len: usize) -> (usize, usize) {
+    let max_target_len = if target_len * 2 < cutoff_len {
+        cutoff_len
+    } else if source_len * 2 < cutoff_len {
+        cutoff_len - source_len
+    } else {
+        // Python's int(cutoff * (t / (s + t))) truncates toward zero.
+        (cutoff_len as f64 * (target_len as f64 / (source_len + target_len) as f64)) as usize
+    };
+    let new_target = max_target_len.min(target_len);
+    let new_source = cutoff_len.saturating_sub(new_target).min(source_len);
+    (new_source, new_target)
+}
+
+/// Builds an SFT example from per-turn (prompt ids, response ids) pairs. Returns the example and
+/// whether anything was cut off.
+pub fn supervised(pairs: &[(Vec<u32>, Vec<u32>)], opts: EncodeOptions) -> (Example, bool) {
+    let mut input_ids: Vec<u32> = Vec::new();
+    let mut labels: Vec<i32> = Vec::new();
+    let mut total = 0usize;
+    let mut truncated = false;
+    // With mask_history the last turns have priority: walk them newest first, prepending.
+    let order: Vec<usize> = if opts.mask_history {
+        (0..pairs.len()).rev().collect()
+    } else {
+        (0..pairs.len()).collect()
+    };
+    for (turn_idx, &i) in order.iter().enumerate() {
+        let (source, target) = &pairs[i];
+        if total >= opts.cutoff_len {
+            truncated = true;
+            break;
+        }
+        let (s_len, t_len) = infer_seqlen(source.len(), target.len(), opts.cutoff_len - total);
+        truncated |= s_len < source.len() || t_len < target.len();
+        let source = &source[..s_len];
+        let target = &target[..t_len];
+        total += s_len + t_len;
+        let source_label: Vec<i32> = if opts.train_on_prompt {
+            source.iter().map(|&t| t as i32).collect()
+        } else {
+            vec![IGNORE_INDEX; s_len]
+        };
+        let target_label: Vec<i32> = if opts.mask_history && turn_idx != 0 {
+            vec![IGNORE_INDEX; t_len]
+        } else {
+            target.iter().map(|&t| t as i32).collect()
+        };
+        if opts.mask_history {
+            let mut ids = source.to_vec();
+            ids.extend_from_slice(target);
+            ids.extend_from_slice(&input_ids);
+            input_ids = ids;
+            let mut l = source_label;
+            l.extend(target_label);
+            l.extend_from_slice(&labels);
+            labels = l;
+        } else {
+            input_ids.extend_from_slice(source);
+            input_ids.extend_from_slice(target);
+            labels.extend(source_label);
+            labels.extend(target_label);
+        }
+    }
+    (Example { input_ids, labels }, truncated)
+}
+
+/// A pre-training example: every token is a label.
+pub fn pretraining(ids: Vec<u32>) -> Example {
+    let labels = ids.iter().map(|&t| t as i32).collect();
+    Example {
+        input_ids: ids,
+        labels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infer_seqlen_follows_llama_factory() {
+        // Short target: kept whole, source cut.
+        assert_eq!(infer_seqlen(100, 10, 50), (40, 10));
+        // Short source: kept whole, target cut.
+        assert_eq!(infer_seqlen(10, 100, 50), (10, 40));
+        // Both long: proportional, int() truncation on the target.
+        assert_eq!(infer_seqlen(60, 40, 50), (30, 20));
+        assert_eq!(infer_seqlen(70, 30, 33), (24, 9));
+        // Everything fits.
+        assert_eq!(infer_seqlen(3, 4, 50), (3, 4));
+    }
+
+    fn pairs() -> Vec<(Vec<u32>, Vec<u32>)> {
+        vec![(vec![1, 2], vec![3]), (vec![4, 5], vec![6, 7])]
+    }
+
+    #[test]
+    fn every_prompt_turn_is_masked() {
+        let opts = EncodeOptions {
+            cutoff_len: 100,
+            train_on_prompt: false,
+            mask_history: false,
+        };
+        let (e, truncated) = supervised(&pairs(), opts);
+        assert_eq!(e.input_ids, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(e.labels, vec![-100, -100, 3, -100, -100, 6, 7]);
+        assert!(!truncated);
+        let (e, _) = supervised(
+            &pairs(),
+            EncodeOptions {
+                train_on_prompt: true,
+                ..opts
+            },
+        );
+        assert_eq!(e.labels, vec![1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn mask_history_trains_the_last_turn_only() {
+        let opts = EncodeOptions {
+            cutoff_len: 100,
+            train_on_prompt: false,
+            mask_history: true,
+        };
+        let (e, _) = supervised(&pairs(), opts);
+        assert_eq!(e.input_ids, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(e.labels, vec![-100, -100, -100, -100, -100, 6, 7]);
+        // Under a tight cutoff the last turn survives, the first is dropped.
+        let (e, truncated) = supervised(
+            &pairs(),
+            EncodeOptions {
+                cutoff_len: 4,
+                ..opts
+            },
+        );
+        assert_eq!(e.input_ids, vec![4, 5, 6, 7]);
+        assert!(truncated);
+    }
+
+    #[test]
+    fn later_turns_are_dropped_once_the_cutoff_is_reached() {
+        let opts = EncodeOptions {
+            cutoff_len: 3,
+            train_on_prompt: false,
+            mask_history: false,
+        };
+        let (e, truncated) = supervised(&pairs(), opts);
+        assert_eq!(e.input_ids, vec![1, 2, 3]);
+        assert!(truncated);
+    }
+}

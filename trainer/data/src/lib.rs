@@ -1,0 +1,34 @@
+//! `lf-data`: datasets, chat templates and tokenisation for `lf-trainer`, in pure Rust (no
+//! libtorch).
+//!
+//! Flow: [`load_tokenizer`] reads a model directory's tokenizer and chat template;
+//! [`prepare`] resolves `dataset` names (`dataset_info.json` or files in `dataset_dir`), reads
+//! alpaca / sharegpt / OpenAI-style records from JSON or JSON Lines, renders them with a
+//! [`ChatTemplate`], masks and truncates them as LLaMA-Factory does, splits off a validation set,
+//! packs if asked, and caches the result keyed by a hash of everything that shaped it. Training
+//! then draws batches in a deterministic, resumable, rank-sharded order ([`BatchPlan`]) and pads
+//! them with [`collate`].
+
+pub mod batch;
+pub mod cache;
+pub mod convert;
+pub mod encode;
+pub mod error;
+pub mod key;
+pub mod load;
+pub mod pack;
+pub mod prepare;
+pub mod reader;
+pub mod source;
+pub mod stats;
+pub mod template;
+pub mod tokenizer;
+
+pub use batch::{collate, Batch, BatchPlan, PlannedBatch};
+pub use convert::{Conversation, Sample};
+pub use encode::{infer_seqlen, EncodeOptions, Example, IGNORE_INDEX};
+pub use error::DataError;
+pub use prepare::{prepare, DataContext, PreparedData};
+pub use stats::DataStats;
+pub use template::ChatTemplate;
+pub use tokenizer::{load_tokenizer, TokenizerBundle};
