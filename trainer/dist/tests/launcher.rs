@@ -119,3 +119,53 @@ fn sigterm_to_the_launcher_reaches_every_worker() {
         assert_eq!(marker.trim(), "term");
     }
 }
+
+/// The environment the operator renders for an Indexed Job of 2 pods × 2 processes, as two local
+/// launchers: the four workers form one group and their collectives are exact.
+#[test]
+fn two_launchers_as_two_pods_form_one_world_of_four() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let bin = env!("CARGO_BIN_EXE_lf-dist-check");
+    let pods: Vec<_> = (0..2)
+        .map(|node| {
+            Command::new(bin)
+                .args([
+                    "launch",
+                    "2",
+                    &node.to_string(),
+                    "2",
+                    "--",
+                    bin,
+                    "collectives",
+                ])
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("LF_DIST_TIMEOUT_MS", "30000")
+                .env_remove("GLOO_SOCKET_IFNAME")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn launcher")
+        })
+        .collect();
+    let mut stdout = String::new();
+    for pod in pods {
+        let out = pod.wait_with_output().expect("launcher output");
+        assert!(
+            out.status.success(),
+            "{:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    for rank in 0..4 {
+        assert!(
+            stdout.contains(&format!("rank {rank} of 4 (Gloo): ok")),
+            "{stdout}"
+        );
+    }
+}
