@@ -20,16 +20,20 @@
 //!   saved tensors plus its backward temporaries. Without it, every layer's saved tensors stay.
 //! - **Transients inside a layer:** QLoRA dequantises one weight at a time to the compute dtype;
 //!   DoRA materialises one adapted weight `W + s·BA` in fp32 with its compute-dtype copy for the norm.
-//! - **Loss** is chunked: `loss_chunk_size` tokens of logits at a time, fp32 logits, their gradient
-//!   and the compute-dtype logits of one chunk (`chunk·V·(4 + 4 + c)`), plus the final hidden states
-//!   and their gradient for the whole micro-batch (`2·c·T·h`). `loss_chunk_size: 0` computes the
-//!   whole head at once: `T·V·(c + 4 + 4 + 4)` (logits, fp32 copy, log-softmax, gradient).
+//! - **Loss** is chunked: `loss_chunk_size` tokens of logits at a time, forward and backward of one
+//!   chunk before the next. A chunk holds its logits in the compute dtype, their fp32 copy, and
+//!   cross-entropy's own temporaries (log-softmax output, NLL gradient, `exp` temporary, input
+//!   gradient: [`calib::CROSS_ENTROPY_TEMP_BYTES`], measured), i.e. `chunk·V·(c + 4 + 16)` bytes
+//!   (`chunk·V·(4 + 16)` in fp32), plus the final hidden states and their gradient for the whole
+//!   micro-batch (`2·c·T·h`). `loss_chunk_size: 0` computes the whole head at once: the same with
+//!   `T` tokens in place of `chunk`.
 //!   The loss runs before the first layer is recomputed, so its peak and a layer's working set are
 //!   never live together: the planner takes the larger of the two phases.
 
 use lf_api::training::{FlashAttn, TrainingConfig};
 use lf_api::ModelArchitecture;
 
+use crate::calib;
 use crate::memory::Inventory;
 use crate::params;
 
@@ -127,12 +131,12 @@ pub fn activations(
     };
     let vocab = arch.vocab_size;
     let hidden = 2 * c * tokens * h;
-    let loss = if training.loss_chunk_size == 0 {
-        tokens * vocab * (c + 4 + 4 + 4) + hidden
-    } else {
-        let chunk = (training.loss_chunk_size as u64).min(tokens);
-        chunk * vocab * (4 + 4 + c) + hidden
+    let per_logit = c + if c == 4 { 0 } else { 4 } + calib::CROSS_ENTROPY_TEMP_BYTES;
+    let chunk = match training.loss_chunk_size {
+        0 => tokens,
+        n => (n as u64).min(tokens),
     };
+    let loss = chunk * vocab * per_logit + hidden;
     Activations {
         persistent,
         layer_working_set,

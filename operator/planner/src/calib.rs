@@ -37,3 +37,9 @@ pub const NESTED_MAP_BYTES: u64 = 256 * 4 + 4;
 pub const ADAM8BIT_BLOCK: u64 = 256;
 /// 8-bit AdamW keeps 32-bit moments for tensors with fewer elements than this.
 pub const ADAM8BIT_MIN_ELEMENTS: u64 = 4096;
+
+/// Bytes per logit that libtorch's cross-entropy (log-softmax + NLL) holds at its forward+backward
+/// peak beyond its fp32 input: the saved log-softmax output, the NLL gradient, the `exp` temporary
+/// of the log-softmax backward and the input gradient, 4 B each. Measured: PyTorch CE on fp32
+/// logits peaks at 20 B per logit including the 4 B input (Liger-Kernel benchmark, planner-notes M15).
+pub const CROSS_ENTROPY_TEMP_BYTES: u64 = 16;

@@ -89,7 +89,7 @@ fn breakdown(out: &mut String, plan: &Plan) {
         (
             "optimizer states",
             b.optimizer_bytes,
-            "incl. fp32 master weights",
+            "moments (+ fp32 master weights: full/freeze under AMP)",
         ),
         (
             "activations",

@@ -14,16 +14,18 @@
 
 pub mod activations;
 pub mod calib;
+mod evaluate;
 mod format;
 pub mod memory;
 pub mod params;
 mod presets;
 mod search;
 
+pub use evaluate::evaluate;
 pub use format::{format_gib, format_table};
 pub use params::{model_params, trainable_params};
 pub use presets::{preset, preset_names, resolve_architecture};
-pub use search::{evaluate, replan_after_oom, search, PlanOption, PlanSearch, PlannerInput};
+pub use search::{replan_after_oom, search, PlanOption, PlanSearch, PlannerInput};
 
 /// Why a job cannot be planned. Each message names the field at fault and what to do.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -159,6 +159,9 @@ pub struct Inventory {
     pub layer_weight_bytes: u64,
     /// The larger of the embedding and `lm_head` as stored (ZeRO-3 gathers it).
     pub head_weight_bytes: u64,
+    /// Gradient of the output head (or the tied embedding) in full fine-tuning: produced first in
+    /// backward, while every layer checkpoint is still live.
+    pub head_gradient_bytes: u64,
     /// Elements of the largest trainable tensor (optimiser-step temporaries).
     pub largest_trainable: u64,
     /// Elements of the largest decoder linear.
@@ -243,6 +246,11 @@ impl Inventory {
             frozen_weight_bytes,
             layer_weight_bytes,
             head_weight_bytes,
+            head_gradient_bytes: if method == FinetuningType::Full {
+                embed.max(head) * g
+            } else {
+                0
+            },
             largest_trainable: shapes.iter().map(|((r, c), _)| r * c).max().unwrap_or(0),
             largest_linear,
             largest_adapted,

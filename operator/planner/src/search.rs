@@ -9,11 +9,10 @@
 
 use lf_api::crd::{OffloadChoice, ZeroStageChoice};
 use lf_api::training::{FinetuningType, Optim, Precision, TrainingConfig};
-use lf_api::{FineTuneJob, MemoryBreakdown, ModelArchitecture, Plan};
+use lf_api::{FineTuneJob, ModelArchitecture, Plan};
 use serde::{Deserialize, Serialize};
 
-use crate::activations::activations;
-use crate::calib;
+use crate::evaluate::{accumulation, dominant, evaluate_with, scaled_peak};
 use crate::format::format_gib;
 use crate::memory::Inventory;
 use crate::{resolve_architecture, PlanError};
@@ -257,123 +256,6 @@ fn remedy(plan: &Plan) -> String {
         "closest: {} per GPU needed; {dominant} dominate: {hint}",
         format_gib(b.peak_bytes + plan.headroom_bytes)
     )
-}
-
-/// The largest component and its bytes.
-fn dominant(b: &MemoryBreakdown) -> (&'static str, u64) {
-    [
-        ("weights", b.weights_bytes),
-        ("gradients", b.gradients_bytes),
-        ("optimizer states", b.optimizer_bytes),
-        ("activations", b.activations_bytes),
-        ("logits", b.logits_bytes),
-        ("buffers", b.buffers_bytes),
-    ]
-    .into_iter()
-    .max_by_key(|(_, v)| *v)
-    .unwrap_or(("weights", 0))
-}
-
-/// Processes per node for `gpus` GPUs: all on one node when they fit, else the largest divisor of
-/// `gpus` not above `gpus_per_node` (every pod runs the same number of processes).
-fn per_node(gpus: u32, gpus_per_node: u32) -> u32 {
-    let gpn = gpus_per_node.max(1);
-    if gpus <= gpn {
-        return gpus.max(1);
-    }
-    (1..=gpn).rev().find(|d| gpus % d == 0).unwrap_or(1)
-}
-
-fn accumulation(target: u64, micro: u32, gpus: u32) -> u32 {
-    let per_step = micro.max(1) as u64 * gpus.max(1) as u64;
-    target.div_ceil(per_step).max(1) as u32
-}
-
-/// Evaluates exactly one configuration (what `lf-operator plan --gpus N --zero-stage S` prints).
-pub fn evaluate(
-    input: &PlannerInput,
-    gpus: u32,
-    stage: u8,
-    offload: bool,
-    micro_batch: u32,
-) -> Plan {
-    let inv = Inventory::new(&input.arch, &input.training);
-    evaluate_with(input, &inv, gpus, stage, offload, micro_batch)
-}
-
-fn evaluate_with(
-    input: &PlannerInput,
-    inv: &Inventory,
-    gpus: u32,
-    stage: u8,
-    offload: bool,
-    micro_batch: u32,
-) -> Plan {
-    let gpus = gpus.max(1);
-    let micro_batch = micro_batch.max(1);
-    let states = inv.states(stage, gpus, offload);
-    let buffers = inv.buffers(stage, gpus);
-    let act = activations(&input.arch, &input.training, inv, micro_batch as u64);
-    // Optimiser step: one fp32 temporary of the largest tensor (of this rank's partition).
-    let step_divisor = if stage >= 1 { gpus as u64 } else { 1 };
-    let optimizer_step = if offload {
-        0
-    } else {
-        4 * inv.largest_trainable.div_ceil(step_divisor)
-    };
-    let transient = act.peak().max(optimizer_step);
-    let overhead =
-        calib::CUDA_CONTEXT_BYTES + (transient as f64 * calib::FRAGMENTATION).ceil() as u64;
-    let peak = states.total() + buffers + transient + overhead;
-    let per_gpu = MemoryBreakdown {
-        weights_bytes: states.weights,
-        gradients_bytes: states.gradients,
-        optimizer_bytes: states.optimizer,
-        activations_bytes: act.persistent + act.layer_working_set,
-        logits_bytes: act.loss,
-        buffers_bytes: buffers,
-        overhead_bytes: overhead,
-        peak_bytes: peak,
-    };
-    let headroom_bytes = input.headroom_bytes();
-    let scaled = scaled_peak(input, peak);
-    let fits = scaled + headroom_bytes <= input.gpu_memory_bytes;
-    let per_node = per_node(gpus, input.gpus_per_node);
-    let (what, bytes) = dominant(&per_gpu);
-    let scale_note = if (input.peak_scale - 1.0).abs() > 1e-9 {
-        format!(" (×{:.2} after a measured OOM)", input.peak_scale)
-    } else {
-        String::new()
-    };
-    let summary = format!(
-        "{}{} + {} headroom {} {}; {what} {} dominate",
-        format_gib(scaled),
-        scale_note,
-        format_gib(headroom_bytes),
-        if fits { "≤" } else { ">" },
-        format_gib(input.gpu_memory_bytes),
-        format_gib(bytes)
-    );
-    Plan {
-        model_params: inv.model_params,
-        trainable_params: inv.trainable_params,
-        gpus,
-        nodes: gpus.div_ceil(per_node),
-        gpus_per_node: per_node,
-        zero_stage: stage,
-        offload_optimizer: offload,
-        micro_batch_size: micro_batch,
-        gradient_accumulation_steps: accumulation(input.target_global_batch(), micro_batch, gpus),
-        gpu_memory_bytes: input.gpu_memory_bytes,
-        headroom_bytes,
-        fits,
-        per_gpu,
-        summary,
-    }
-}
-
-fn scaled_peak(input: &PlannerInput, peak: u64) -> u64 {
-    (peak as f64 * input.peak_scale.max(0.0)).ceil() as u64
 }
 
 fn config_label(gpus: u32, stage: u8, offload: bool) -> String {
