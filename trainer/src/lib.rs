@@ -11,6 +11,7 @@
 //!   Prometheus endpoint.
 //! * [`error`]: the error type and its mapping onto exit codes and termination messages.
 
+pub mod adapters;
 pub mod batching;
 pub mod checkpoint;
 pub mod error;

@@ -1,0 +1,130 @@
+//! The loop's traits ([`crate::interfaces`]) implemented for lf-model's [`CausalLm`] and
+//! lf-optim's optimisers.
+
+use std::path::{Path, PathBuf};
+
+use lf_model::{CausalLm, ModelError, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use tch::Tensor;
+
+use crate::error::TrainerError;
+use crate::interfaces::{MicroOutput, StepOptimizer, TrainModel};
+
+/// The file of trainable weights in a `full`/`freeze` checkpoint.
+pub const TRAINABLE_WEIGHTS: &str = "trainable_model.safetensors";
+
+/// Maps a model error onto the trainer's classes: files and shapes the user gave are
+/// configuration errors, allocation failures are OOM, the rest is a runtime failure.
+pub fn model_error(context: &str, e: ModelError) -> TrainerError {
+    match &e {
+        ModelError::Io { .. }
+        | ModelError::Architecture(_)
+        | ModelError::Safetensors { .. }
+        | ModelError::Json { .. }
+        | ModelError::NoWeights { .. }
+        | ModelError::MissingTensor { .. }
+        | ModelError::ShapeMismatch { .. }
+        | ModelError::UnsupportedDtype { .. }
+        | ModelError::UnexpectedTensor { .. }
+        | ModelError::UnsupportedConfig { .. }
+        | ModelError::Adapter { .. }
+        | ModelError::Invalid(_) => TrainerError::config(format!("{context}: {e}")),
+        _ => TrainerError::from_library(context, e),
+    }
+}
+
+/// A [`CausalLm`] as the loop trains it.
+pub struct LmTrainee {
+    pub lm: CausalLm,
+    /// `base_model_name_or_path` written into `adapter_config.json`.
+    pub base_name: String,
+    /// Training micro-batches run so far (the model's dropout stream position).
+    micro_batches: u64,
+}
+
+impl LmTrainee {
+    pub fn new(lm: CausalLm, base_name: impl Into<String>) -> Self {
+        LmTrainee { lm, base_name: base_name.into(), micro_batches: 0 }
+    }
+
+    fn is_lora(&self) -> bool {
+        self.lm.lora_settings().is_some()
+    }
+
+    /// Writes the result of training into `dir`: the PEFT adapter for LoRA methods, a complete
+    /// Hugging Face model (from `src_model_dir`'s config and tokenizer) for `full`/`freeze`.
+    pub fn save_final(&self, dir: &Path, src_model_dir: &Path, shard_bytes: u64) -> Result<Vec<PathBuf>, TrainerError> {
+        if self.is_lora() {
+            self.lm.save_adapter(dir, &self.base_name).map_err(|e| model_error("saving the adapter", e))?;
+            Ok(vec![dir.join(ADAPTER_WEIGHTS), dir.join(ADAPTER_CONFIG)])
+        } else {
+            self.lm.export_merged(dir, src_model_dir, shard_bytes).map_err(|e| model_error("saving the model", e))?;
+            Ok(vec![dir.to_path_buf()])
+        }
+    }
+}
+
+impl TrainModel for LmTrainee {
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        self.lm.trainable_parameters()
+    }
+
+    fn set_training(&mut self, on: bool) {
+        self.lm.set_training(on);
+    }
+
+    fn loss_sum_and_backward(&mut self, input_ids: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<MicroOutput, TrainerError> {
+        let loss_sum = self.lm.loss_sum_and_backward(input_ids, labels, loss_scale).map_err(|e| model_error("training step", e))?;
+        self.micro_batches += 1;
+        Ok(MicroOutput { loss_sum, forward_secs: None })
+    }
+
+    fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError> {
+        let t = tch::no_grad(|| self.lm.loss_sum(input_ids, labels));
+        t.f_double_value(&[]).map_err(|e| TrainerError::from_library("evaluation", e))
+    }
+
+    fn save_weights(&self, dir: &Path) -> Result<(), TrainerError> {
+        if self.is_lora() {
+            self.lm.save_adapter(dir, &self.base_name).map_err(|e| model_error("saving the adapter", e))
+        } else {
+            self.lm.save_trainable(&dir.join(TRAINABLE_WEIGHTS)).map_err(|e| model_error("saving the trainable weights", e))
+        }
+    }
+
+    fn load_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
+        let ctx = format!("checkpoint {}", dir.display());
+        if self.is_lora() {
+            self.lm.load_adapter(dir).map_err(|e| model_error(&ctx, e))
+        } else {
+            self.lm.load_trainable(&dir.join(TRAINABLE_WEIGHTS)).map_err(|e| model_error(&ctx, e))
+        }
+    }
+
+    fn rng_position(&self) -> u64 {
+        self.micro_batches
+    }
+
+    fn set_rng_position(&mut self, micro_batches: u64) {
+        // lf-model derives dropout masks from (seed, its own micro-batch counter), which it does
+        // not let us set; record the position so a mismatch is visible in trainer_state.json.
+        self.micro_batches = micro_batches;
+    }
+}
+
+/// An lf-optim optimiser as the loop drives it.
+pub struct OptimStep(pub Box<dyn lf_optim::Optimizer>);
+
+impl StepOptimizer for OptimStep {
+    fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
+        let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        self.0.step(&tensors, lr).map_err(|e| TrainerError::from_library("optimizer step", e))
+    }
+
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.0.state_dict()
+    }
+
+    fn load_state_tensors(&mut self, state: Vec<(String, Tensor)>) -> Result<(), TrainerError> {
+        self.0.load_state_dict(state).map_err(|e| TrainerError::config(format!("the checkpoint's optimizer state does not fit this run: {e}")))
+    }
+}

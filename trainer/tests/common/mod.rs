@@ -1,0 +1,118 @@
+//! Helpers shared by lf-trainer's integration tests: a tiny random Llama built in memory, tiny
+//! token data, and a loop context.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use lf_api::architecture::ModelArchitecture;
+use lf_api::training::{LinearModule, TrainingConfig};
+use lf_model::{CausalLm, LoadOptions};
+use lf_trainer::adapters::{LmTrainee, OptimStep};
+use lf_trainer::batching::Example;
+use lf_trainer::interfaces::SingleProcess;
+use lf_trainer::train_loop::{RunContext, TrainData};
+use tch::{Device, Kind, Tensor};
+
+pub fn tiny_arch() -> ModelArchitecture {
+    ModelArchitecture::from_json_str(
+        r#"{"model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
+            "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"tie_word_embeddings":false}"#,
+    )
+    .unwrap()
+}
+
+/// Random weights with Hugging Face names.
+pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tensor)> {
+    tch::manual_seed(seed);
+    let (h, v) = (arch.hidden_size as i64, arch.vocab_size as i64);
+    let opts = (Kind::Float, Device::Cpu);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), Tensor::randn([v, h], opts) * 0.5)];
+    for i in 0..arch.num_hidden_layers {
+        for m in LinearModule::ALL {
+            let (fi, fo) = arch.linear_shape(m);
+            let name = format!("model.layers.{i}.{}.{}.weight", m.parent(), m.name());
+            out.push((name, Tensor::randn([fo as i64, fi as i64], opts) * (1.0 / (fi as f64).sqrt())));
+        }
+        out.push((format!("model.layers.{i}.input_layernorm.weight"), Tensor::rand([h], opts) + 0.5));
+        out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), Tensor::rand([h], opts) + 0.5));
+    }
+    out.push(("model.norm.weight".to_string(), Tensor::rand([h], opts) + 0.5));
+    out.push(("lm_head.weight".to_string(), Tensor::randn([v, h], opts) * 0.2));
+    out
+}
+
+/// A model with `cfg`'s method applied, from fixed random weights (same seed → same model).
+pub fn trainee(cfg: &TrainingConfig) -> LmTrainee {
+    // libtorch's generator is global: tests run in parallel threads, so building a model (random
+    // weights, adapter initialisation) must not interleave with another test's.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let arch = tiny_arch();
+    let mut lm = CausalLm::from_tensors(arch.clone(), random_weights(&arch, 3), &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    lm.apply_method(cfg, cfg.seed).unwrap();
+    LmTrainee::new(lm, "tiny")
+}
+
+pub fn optimizer(cfg: &TrainingConfig, t: &LmTrainee) -> OptimStep {
+    use lf_trainer::interfaces::TrainModel;
+    OptimStep(lf_optim::build(cfg, &t.trainable_parameters()).unwrap())
+}
+
+/// `n` examples of varied lengths with a masked "prompt" and a trained "response".
+pub fn examples(n: usize) -> Vec<Example> {
+    (0..n)
+        .map(|i| {
+            let len = 5 + (i * 7) % 11;
+            let prompt = 1 + i % 3;
+            let input_ids: Vec<u32> = (0..len).map(|j| ((i * 13 + j * 5) % 60 + 2) as u32).collect();
+            let labels = input_ids.iter().enumerate().map(|(j, &t)| if j < prompt { -100 } else { t as i32 }).collect();
+            Example { input_ids, labels }
+        })
+        .collect()
+}
+
+pub fn data(n: usize, eval: usize) -> TrainData {
+    TrainData { train: Arc::new(examples(n)), eval: examples(eval), pad_id: 0 }
+}
+
+pub fn context<'a>(out: &Path, stop: Arc<AtomicBool>, resume: Option<std::path::PathBuf>) -> RunContext<'a> {
+    RunContext {
+        output_dir: out.to_path_buf(),
+        device: Device::Cpu,
+        stop,
+        status: None,
+        metrics: None,
+        group: &SingleProcess,
+        resume_from: resume,
+        numeric_setup: "fp32, sdpa".into(),
+        progress_bar: false,
+    }
+}
+
+/// A training config for the tiny model.
+pub fn config(extra: &str) -> TrainingConfig {
+    let base = "finetuning_type: lora\nlora_rank: 4\nlora_target: all\nlearning_rate: 0.01\nlogging_steps: 1\nsave_steps: 0\nmax_grad_norm: 0\ngradient_checkpointing: false\n";
+    let mut map: serde_yaml::Mapping = serde_yaml::from_str(base).unwrap();
+    let more: Option<serde_yaml::Mapping> = serde_yaml::from_str(extra).unwrap();
+    map.extend(more.unwrap_or_default());
+    TrainingConfig::from_yaml_value(serde_yaml::Value::Mapping(map)).unwrap()
+}
+
+/// Every trainable tensor, by name, on the CPU.
+pub fn weights(t: &LmTrainee) -> Vec<(String, Tensor)> {
+    use lf_trainer::interfaces::TrainModel;
+    t.trainable_parameters().into_iter().map(|(n, p)| (n, p.detach().copy())).collect()
+}
+
+pub fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
