@@ -41,7 +41,7 @@ pub fn detect_layout(spec: &DatasetSpec, first: Option<&Value>) -> Layout {
             Formatting::Alpaca
         }
     });
-    if spec.formatting.is_none() || spec.tags.is_none() {
+    if spec.detect {
         // Files without a dataset_info.json entry: pick the columns the record actually has.
         if formatting == Formatting::Sharegpt && !has("conversations") && has("messages") {
             columns.messages = "messages".into();

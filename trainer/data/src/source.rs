@@ -97,6 +97,9 @@ pub struct DatasetSpec {
     pub tags: Option<Tags>,
     /// `num_samples`: a seeded random subset (with repeats when larger than the dataset).
     pub num_samples: Option<usize>,
+    /// True for a plain file without a `dataset_info.json` entry: its columns (and, unless
+    /// `dataset_format` is set, its format) are detected from the first record.
+    pub detect: bool,
 }
 
 /// The contents of `dataset_dir/dataset_info.json`, if present, with its raw bytes for the cache key.
@@ -174,6 +177,7 @@ fn resolve(
                 columns: Columns::default(),
                 tags: None,
                 num_samples: None,
+                detect: true,
             });
         }
     }
@@ -343,5 +347,6 @@ fn from_entry(
         columns,
         tags,
         num_samples,
+        detect: false,
     })
 }
