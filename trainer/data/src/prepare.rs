@@ -3,7 +3,8 @@
 //! Rank 0 (or a single process) looks the cache key up; on a miss it reads, tokenises (in
 //! parallel), splits and packs, then writes the cache atomically. Other ranks never tokenise: they
 //! wait for rank 0's cache file (bounded by `ddp_timeout`), so a slow tokenisation cannot trip a
-//! collective timeout.
+//! collective timeout. `overwrite_cache` only makes rank 0 tokenise again: equal keys mean equal
+//! inputs, so whichever file another rank reads holds the same examples.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +31,23 @@ pub struct DataContext {
     pub rank: usize,
     pub world_size: usize,
     pub cache_dir: PathBuf,
+}
+
+impl DataContext {
+    /// The context for `rank` of `world_size`, caching under `<output_dir>/.tokenized` (the
+    /// documented default when `tokenized_path` is unset; `./.tokenized` without `output_dir`).
+    pub fn from_config(cfg: &TrainingConfig, rank: usize, world_size: usize) -> Self {
+        let base = cfg
+            .output_dir
+            .as_deref()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        DataContext {
+            rank,
+            world_size,
+            cache_dir: base.join(".tokenized"),
+        }
+    }
 }
 
 /// The tokenised splits.

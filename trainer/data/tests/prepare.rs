@@ -467,3 +467,16 @@ fn auto_template_from_tokenizer_config_and_default_system() {
         .to_string();
     assert!(err.contains("chat_template"), "{err}");
 }
+
+#[test]
+fn mask_history_trains_only_the_last_answer() {
+    let f = Fixture::new();
+    write_standard(&f);
+    let tok = f.tok();
+    let d = f
+        .run("dataset: chat\ntemplate: chatml\nmask_history: true")
+        .unwrap();
+    assert_eq!(trained(&tok, &d.train[0]), "g2<|im_end|>\n");
+    let ctx = DataContext::from_config(&f.cfg("output_dir: /tmp/x"), 0, 1);
+    assert_eq!(ctx.cache_dir, Path::new("/tmp/x/.tokenized"));
+}
