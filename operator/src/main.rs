@@ -1,0 +1,232 @@
+//! The `lf-operator` binary. Every error is printed as one line (`error: ...`) with a non-zero
+//! exit code; nothing panics on bad input.
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lf_operator::commands::{self, PlanFormat, PlanOptions};
+use lf_operator::controller::ControllerConfig;
+use lf_operator::lease::LeaseConfig;
+use lf_operator::run::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "lf-operator",
+    version,
+    about = "Plans, renders and runs LLM fine-tuning jobs (FineTuneJob) on Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the FineTuneJob CustomResourceDefinition generated from the code.
+    Crdgen {
+        /// Write it to crds/finetunejobs.yaml and charts/crds/finetunejobs.yaml under --root instead.
+        #[arg(long)]
+        write: bool,
+        /// The repository root for --write.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+    /// Plan a FineTuneJob's memory: GPUs, ZeRO stage, micro-batch and the predicted peak per GPU.
+    Plan {
+        /// The FineTuneJob YAML file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: PlanFormat,
+        /// Memory of one GPU in GiB (overrides spec.resources.gpuMemoryGib).
+        #[arg(long = "gpu-memory", value_name = "GiB")]
+        gpu_memory: Option<f64>,
+        /// Evaluate exactly this many GPUs instead of searching (default with --zero-stage: maxGpus).
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// Evaluate exactly this ZeRO stage (0-3) instead of searching (default with --gpus: the
+        /// job's fixed stage, else 0).
+        #[arg(long = "zero-stage", value_parser = clap::value_parser!(u8).range(0..=3))]
+        zero_stage: Option<u8>,
+    },
+    /// Print every object the operator would create for a FineTuneJob, as one YAML stream.
+    Render {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// The attempt to render (1 for the first run).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        attempt: u32,
+        /// The trainer image for jobs without spec.image.
+        #[arg(
+            long,
+            env = "LF_TRAINER_IMAGE",
+            default_value = "ghcr.io/lf-operator/lf-trainer:latest"
+        )]
+        trainer_image: String,
+    },
+    /// Run the controller (in-cluster, or with KUBECONFIG / ~/.kube/config).
+    Run {
+        /// Where /metrics, /healthz and /readyz are served.
+        #[arg(long, env = "LF_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+        metrics_addr: SocketAddr,
+        /// The trainer image for jobs without spec.image.
+        #[arg(
+            long,
+            env = "LF_TRAINER_IMAGE",
+            default_value = "ghcr.io/lf-operator/lf-trainer:latest"
+        )]
+        trainer_image: String,
+        /// Allow service-mesh sidecar injection into trainer pods by default.
+        #[arg(long)]
+        allow_sidecar_injection: bool,
+        /// Elect a leader through a Lease (needed with more than one replica).
+        #[arg(long, env = "LF_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        /// Namespace of the Lease (default: the pod's namespace, else `default`).
+        #[arg(long, env = "LF_LEADER_ELECTION_NAMESPACE")]
+        leader_election_namespace: Option<String>,
+        /// Name of the Lease.
+        #[arg(
+            long,
+            env = "LF_LEADER_ELECTION_LEASE",
+            default_value = "lf-operator-leader"
+        )]
+        leader_election_lease: String,
+        /// Log format: json (default when stderr is not a terminal) or text.
+        #[arg(long, value_parser = ["json", "text"])]
+        log_format: Option<String>,
+    },
+}
+
+fn pod_namespace() -> Option<String> {
+    std::env::var("POD_NAMESPACE").ok().or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    let line = lf_operator::load::one_line(&message.to_string());
+    let _ = writeln!(std::io::stderr(), "error: {line}");
+    ExitCode::FAILURE
+}
+
+fn print(text: &str) -> Result<(), std::io::Error> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crdgen { write, root } => {
+            if write {
+                match commands::write_crds(&root) {
+                    Ok(paths) => {
+                        for p in paths {
+                            eprintln!("wrote {}", p.display());
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                }
+            } else {
+                match commands::crd_yaml().map(|y| print(&y)) {
+                    Ok(Ok(())) => ExitCode::SUCCESS,
+                    Ok(Err(e)) => fail(e),
+                    Err(e) => fail(e),
+                }
+            }
+        }
+        Command::Plan {
+            file,
+            output,
+            gpu_memory,
+            gpus,
+            zero_stage,
+        } => {
+            let opts = PlanOptions {
+                gpu_memory_gib: gpu_memory,
+                gpus,
+                zero_stage,
+            };
+            let outcome = match commands::plan_file(&file, &opts) {
+                Ok(o) => o,
+                Err(e) => return fail(e),
+            };
+            match commands::plan_output(&file, &outcome, output) {
+                Ok((text, failure)) => {
+                    if let Err(e) = print(&text) {
+                        return fail(e);
+                    }
+                    match failure {
+                        Some(e) => fail(e),
+                        None => ExitCode::SUCCESS,
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Render {
+            file,
+            attempt,
+            trainer_image,
+        } => match commands::render_file(&file, attempt, &trainer_image) {
+            Ok(yaml) => match print(&yaml) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            },
+            Err(e) => fail(e),
+        },
+        Command::Run {
+            metrics_addr,
+            trainer_image,
+            allow_sidecar_injection,
+            leader_elect,
+            leader_election_namespace,
+            leader_election_lease,
+            log_format,
+        } => {
+            let json = match log_format.as_deref() {
+                Some("json") => true,
+                Some(_) => false,
+                None => !std::io::stderr().is_terminal(),
+            };
+            run::init_logging(json);
+            let identity = std::env::var("POD_NAME")
+                .or_else(|_| std::env::var("HOSTNAME"))
+                .unwrap_or_else(|_| format!("lf-operator-{}", std::process::id()));
+            let lease = leader_elect.then(|| {
+                let ns = leader_election_namespace
+                    .or_else(pod_namespace)
+                    .unwrap_or_else(|| "default".into());
+                LeaseConfig::new(&ns, &leader_election_lease, &identity)
+            });
+            let controller = ControllerConfig {
+                default_image: trainer_image,
+                sidecar_injection_default: allow_sidecar_injection,
+                ..ControllerConfig::default()
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+            };
+            match runtime.block_on(run::run(RunOptions {
+                metrics_addr,
+                controller,
+                lease,
+            })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "lf-operator stopped");
+                    fail(format!("{e:#}"))
+                }
+            }
+        }
+    }
+}
