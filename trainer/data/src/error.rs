@@ -43,6 +43,13 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// True when the user's input is at fault (data, config, template or tokenizer files), so
+    /// the trainer can exit with the configuration/input exit code; false for I/O and cache
+    /// failures, which may be transient.
+    pub fn is_input_error(&self) -> bool {
+        !matches!(self, DataError::Io { .. } | DataError::Cache { .. })
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.into(),

@@ -126,3 +126,56 @@ fn read_array(path: &Path, bytes: &[u8], limit: Option<usize>) -> Result<FileRec
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_str(
+        text: &str,
+        limit: Option<usize>,
+        skip_bad: bool,
+    ) -> Result<FileRecords, DataError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.json");
+        std::fs::write(&path, text).unwrap();
+        read_records(&path, limit, skip_bad)
+    }
+
+    #[test]
+    fn arrays_report_each_record_line() {
+        let r = read_str(
+            "\u{feff}[\n {\"a\": 1},\n\n {\"a\": [1,\n 2]}, {\"a\": 3}\n]",
+            None,
+            false,
+        )
+        .unwrap();
+        let lines: Vec<usize> = r.records.iter().map(|r| r.line).collect();
+        assert_eq!(lines, vec![2, 4, 5]);
+        assert_eq!(read_str("[ ]", None, false).unwrap().records.len(), 0);
+        assert_eq!(read_str("", None, false).unwrap().records.len(), 0);
+        assert_eq!(
+            read_str("[{\"a\":1},{\"a\":2},{\"a\":3}]", Some(2), false)
+                .unwrap()
+                .records
+                .len(),
+            2
+        );
+        let err = read_str("[{\"a\":1}\n{\"a\":2}]", None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("d.json:2:"), "{err}");
+    }
+
+    #[test]
+    fn json_lines_skip_blank_lines_and_count_limits() {
+        let r = read_str("{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}\n", Some(2), false).unwrap();
+        assert_eq!(
+            r.records.iter().map(|r| r.line).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        let r = read_str("{\"a\":1}\n{bad\n{\"a\":3}\n", None, true).unwrap();
+        assert_eq!((r.records.len(), r.skipped.len()), (2, 1));
+        assert!(r.skipped[0].contains("d.json:2:"), "{:?}", r.skipped);
+    }
+}
