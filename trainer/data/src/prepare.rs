@@ -312,7 +312,9 @@ fn record_skips(stats: &mut DataStats, skipped: Vec<String>) {
     }
 }
 
-/// The EOS appended to pre-training texts (LLaMA-Factory uses `<|end_of_text|>` with `llama3`).
+/// The EOS appended to pre-training texts. As in LLaMA-Factory: `llama3` uses `<|end_of_text|>`;
+/// other templates that replace EOS by their turn-end stop word (`qwen`, `chatml`) use that word;
+/// otherwise the tokenizer's `eos_token`.
 fn pt_eos(
     cfg: &TrainingConfig,
     tok: &TokenizerBundle,
@@ -321,10 +323,12 @@ fn pt_eos(
     if cfg.stage != Stage::Pt {
         return Ok(None);
     }
-    let llama3 = (template.name() == "llama3")
-        .then(|| tok.token_id("<|end_of_text|>"))
-        .flatten();
-    match llama3.or(tok.eos.as_ref().map(|e| e.1)) {
+    let replaced = match template {
+        ChatTemplate::Named(t) if t.name == "llama3" => tok.token_id("<|end_of_text|>"),
+        ChatTemplate::Named(t) => t.stop_words.first().and_then(|w| tok.token_id(w)),
+        ChatTemplate::Auto(_) => None,
+    };
+    match replaced.or(tok.eos.as_ref().map(|e| e.1)) {
         Some(id) => Ok(Some(id)),
         None => Err(DataError::config(
             "stage",

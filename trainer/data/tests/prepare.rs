@@ -326,6 +326,14 @@ fn pretraining_appends_eos_and_packs_blocks() {
     assert_eq!(d.train[0].input_ids.len(), 5);
     assert_eq!(d.train[1].input_ids.last(), Some(&eos));
     assert_eq!(d.stats.truncated, 1);
+    // `chatml` (like LLaMA-Factory's qwen) replaces EOS by its stop word.
+    let d = f
+        .run("dataset: corpus\nstage: pt\ntemplate: chatml\npacking: false")
+        .unwrap();
+    assert_eq!(
+        d.train[1].input_ids.last(),
+        Some(&tok.token_id("<|im_end|>").unwrap())
+    );
 }
 
 #[test]
