@@ -28,7 +28,7 @@ pub use batch::{collate, Batch, BatchPlan, PlannedBatch};
 pub use convert::{Conversation, Sample};
 pub use encode::{infer_seqlen, EncodeOptions, Example, IGNORE_INDEX};
 pub use error::DataError;
-pub use prepare::{prepare, DataContext, PreparedData};
+pub use prepare::{prepare, spawn_prepare, DataContext, PreparedData};
 pub use stats::DataStats;
 pub use template::ChatTemplate;
 pub use tokenizer::{load_tokenizer, TokenizerBundle};

@@ -139,6 +139,18 @@ pub fn prepare(
     Ok(data)
 }
 
+/// Runs [`prepare`] on a background thread (named `lf-data-prepare`), so the caller can load the
+/// model meanwhile; join the handle for the data.
+pub fn spawn_prepare(
+    cfg: TrainingConfig,
+    tok: std::sync::Arc<TokenizerBundle>,
+    ctx: DataContext,
+) -> std::io::Result<std::thread::JoinHandle<Result<PreparedData, DataError>>> {
+    std::thread::Builder::new()
+        .name("lf-data-prepare".into())
+        .spawn(move || prepare(&cfg, &tok, &ctx))
+}
+
 /// Reads, tokenises, splits and packs, without the cache.
 pub fn tokenise(
     cfg: &TrainingConfig,

@@ -485,6 +485,15 @@ fn mask_history_trains_only_the_last_answer() {
         .run("dataset: chat\ntemplate: chatml\nmask_history: true")
         .unwrap();
     assert_eq!(trained(&tok, &d.train[0]), "g2<|im_end|>\n");
+    let handle = lf_data::spawn_prepare(
+        f.cfg("dataset: chat\ntemplate: chatml\nmask_history: true"),
+        std::sync::Arc::new(f.tok()),
+        f.ctx(0, 1),
+    )
+    .unwrap();
+    let background = handle.join().unwrap().unwrap();
+    assert!(background.stats.cache_hit);
+    assert_eq!(background.train, d.train);
     let ctx = DataContext::from_config(&f.cfg("output_dir: /tmp/x"), 0, 1);
     assert_eq!(ctx.cache_dir, Path::new("/tmp/x/.tokenized"));
 }
