@@ -1,0 +1,84 @@
+//! The training config every pod reads: the user's `spec.training` with the plan's decisions and
+//! the pod's paths filled in, as the ConfigMap's `train.yaml`. It is the same [`TrainingConfig`]
+//! type `lf-trainer` parses, serialised with [`TrainingConfig::to_yaml_string`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use lf_api::runtime::paths;
+use lf_api::training::OffloadDevice;
+use lf_api::{FineTuneJob, Plan, TrainingConfig};
+
+use crate::meta::{object_meta, Component};
+use crate::names::config_map_name;
+use crate::RenderContext;
+
+/// `resume_from_checkpoint` when the controller names no checkpoint: the newest complete one in
+/// the output directory, or a fresh start when there is none.
+pub const RESUME_AUTO: &str = "auto";
+
+/// The ConfigMap key of the training config: the file name of [`paths::CONFIG_FILE`], which is
+/// mounted from the ConfigMap at [`paths::CONFIG_DIR`].
+pub fn config_key() -> &'static str {
+    paths::CONFIG_FILE
+        .rsplit('/')
+        .next()
+        .unwrap_or(paths::CONFIG_FILE)
+}
+
+/// The training config of one attempt. Starting from `spec.training`, it sets:
+/// - the plan's decisions: `zero_stage`, `offload_optimizer`, `per_device_train_batch_size` (the
+///   plan's micro-batch) and `gradient_accumulation_steps`; the world size reaches the trainer
+///   through the environment ([`crate::worker_env`]);
+/// - the pod's paths: `model_name_or_path` ([`paths::MODEL_DIR`]), `dataset_dir`
+///   ([`paths::DATA_DIR`]), `output_dir` ([`paths::OUTPUT_DIR`]; checkpoints are
+///   `output_dir/checkpoint-N`), and `dataset_format` from `spec.data.format` when given;
+/// - checkpointing: `save_steps` and `save_total_limit` from `spec.checkpointing` when set, and
+///   `resume_from_checkpoint` = the controller's checkpoint (`ctx.resume_from`) or `auto`.
+pub fn trainer_config(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> TrainingConfig {
+    let spec = &job.spec;
+    let mut config = spec.training.clone();
+    config.zero_stage = plan.zero_stage;
+    config.offload_optimizer = if plan.offload_optimizer {
+        OffloadDevice::Cpu
+    } else {
+        OffloadDevice::None
+    };
+    config.per_device_train_batch_size = plan.micro_batch_size as usize;
+    config.gradient_accumulation_steps = plan.gradient_accumulation_steps as usize;
+
+    config.model_name_or_path = Some(paths::MODEL_DIR.to_string());
+    config.dataset_dir = paths::DATA_DIR.to_string();
+    if let Some(format) = spec.data.format {
+        config.dataset_format = Some(format);
+    }
+    config.output_dir = Some(paths::OUTPUT_DIR.to_string());
+
+    if let Some(checkpointing) = &spec.checkpointing {
+        if let Some(steps) = checkpointing.save_steps {
+            config.save_steps = steps as usize;
+        }
+        if let Some(keep) = checkpointing.keep {
+            config.save_total_limit = Some(keep as usize);
+        }
+    }
+    config.resume_from_checkpoint = Some(
+        ctx.resume_from
+            .clone()
+            .unwrap_or_else(|| RESUME_AUTO.to_string()),
+    );
+    config
+}
+
+/// The ConfigMap holding [`trainer_config`] under [`config_key`].
+pub fn config_map(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> ConfigMap {
+    let config = trainer_config(job, plan, ctx);
+    ConfigMap {
+        metadata: object_meta(job, config_map_name(job), Component::Config),
+        data: Some(BTreeMap::from([(
+            config_key().to_string(),
+            config.to_yaml_string(),
+        )])),
+        ..ConfigMap::default()
+    }
+}

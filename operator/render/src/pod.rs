@@ -1,0 +1,183 @@
+//! The trainer pod template: one container running `lf-trainer train` with the plan's GPUs, the
+//! restricted pod security profile, and placement from `spec.resources` and `spec.scheduling`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use lf_api::runtime::paths;
+use lf_api::{FineTuneJob, Plan};
+
+use crate::env::{master_port, worker_env, TRAINER_METRICS_PORT};
+use crate::meta::{labels, Component, LABEL_ATTEMPT};
+use crate::names::{service_account_name, service_name};
+use crate::volumes::volumes;
+use crate::{RenderContext, RenderError};
+
+/// The trainer container's name (the pod failure policy's exit-code rule names it).
+pub const CONTAINER_NAME: &str = "trainer";
+/// The trainer binary on the image's PATH.
+pub const TRAINER_BINARY: &str = "lf-trainer";
+/// The non-root user and group the trainer runs as (the image's `lf` user).
+pub const RUN_AS_USER: i64 = 65532;
+
+/// Annotations and labels that keep service-mesh sidecars out of trainer pods: a sidecar keeps
+/// running after the trainer exits, so the pod (and the gang) never completes.
+pub const SIDECAR_OPT_OUT_ANNOTATIONS: &[(&str, &str)] = &[
+    ("linkerd.io/inject", "disabled"),
+    ("sidecar.istio.io/inject", "false"),
+];
+/// Istio also reads the opt-out as a label (and prefers it).
+pub const SIDECAR_OPT_OUT_LABELS: &[(&str, &str)] = &[("sidecar.istio.io/inject", "false")];
+
+/// The pod template of an attempt.
+pub fn pod_template(
+    job: &FineTuneJob,
+    plan: &Plan,
+    ctx: &RenderContext,
+) -> Result<PodTemplateSpec, RenderError> {
+    let spec = &job.spec;
+    let (volumes, mounts) = volumes(job, plan)?;
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| ctx.default_image.clone());
+    if image.trim().is_empty() {
+        return Err(RenderError::MissingImage);
+    }
+
+    let mut labels = labels(job, Component::Trainer);
+    labels.insert(LABEL_ATTEMPT.to_string(), ctx.attempt.to_string());
+    let mut annotations = BTreeMap::from([(
+        "kubectl.kubernetes.io/default-container".to_string(),
+        CONTAINER_NAME.to_string(),
+    )]);
+    let sidecars_allowed = spec.run_policy.allow_sidecar_injection || ctx.sidecar_injection_default;
+    if !sidecars_allowed {
+        labels.extend(
+            SIDECAR_OPT_OUT_LABELS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        annotations.extend(
+            SIDECAR_OPT_OUT_ANNOTATIONS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
+
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(image),
+        image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![
+            TRAINER_BINARY.into(),
+            "train".into(),
+            paths::CONFIG_FILE.into(),
+        ]),
+        env: Some(worker_env(job, plan, ctx)),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("rendezvous".into()),
+                container_port: master_port(job) as i32,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: TRAINER_METRICS_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
+        resources: Some(resources(job, plan)),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            seccomp_profile: Some(runtime_default()),
+            ..SecurityContext::default()
+        }),
+        termination_message_path: Some(paths::TERMINATION_LOG.into()),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Container::default()
+    };
+
+    let resources_spec = &spec.resources;
+    let pod = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        subdomain: Some(service_name(job)),
+        service_account_name: Some(service_account_name(job)),
+        automount_service_account_token: Some(true),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            fs_group: Some(RUN_AS_USER),
+            // Model volumes hold hundreds of GiB: never chown them recursively on every start.
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            seccomp_profile: Some(runtime_default()),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(volumes),
+        node_selector: (!resources_spec.node_selector.is_empty())
+            .then(|| resources_spec.node_selector.clone()),
+        tolerations: (!resources_spec.tolerations.is_empty())
+            .then(|| resources_spec.tolerations.clone()),
+        affinity: resources_spec.affinity.clone(),
+        priority_class_name: spec.scheduling.priority_class_name.clone(),
+        scheduler_name: spec.scheduling.scheduler_name.clone(),
+        ..PodSpec::default()
+    };
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod),
+    })
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
+}
+
+/// GPU requests = limits = the plan's GPUs per node (extended resources must be equal); the CPU
+/// request from `spec.resources.cpu` (no CPU limit: throttling starves the data pipeline); the
+/// memory request from `spec.resources.memory`, with the same limit so a runaway host allocation
+/// is the pod's OOM, not the node's.
+pub fn resources(job: &FineTuneJob, plan: &Plan) -> ResourceRequirements {
+    let r = &job.spec.resources;
+    let gpus = Quantity(plan.gpus_per_node.to_string());
+    let mut requests = BTreeMap::from([(r.gpu_resource_name.clone(), gpus.clone())]);
+    let mut limits = BTreeMap::from([(r.gpu_resource_name.clone(), gpus)]);
+    if let Some(cpu) = &r.cpu {
+        requests.insert("cpu".into(), Quantity(cpu.clone()));
+    }
+    if let Some(memory) = &r.memory {
+        requests.insert("memory".into(), Quantity(memory.clone()));
+        limits.insert("memory".into(), Quantity(memory.clone()));
+    }
+    ResourceRequirements {
+        requests: Some(requests),
+        limits: Some(limits),
+        ..ResourceRequirements::default()
+    }
+}
