@@ -14,12 +14,15 @@
 pub mod adapters;
 pub mod batching;
 pub mod checkpoint;
+pub mod commands;
 pub mod error;
 pub mod interfaces;
 pub mod metrics;
 pub mod outputs;
 pub mod plot;
+pub mod resume;
 pub mod schedule;
+pub mod setup;
 pub mod state;
 pub mod status;
 pub mod train_loop;

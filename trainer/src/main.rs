@@ -1,1 +1,83 @@
-fn main() {}
+//! `lf-trainer train|eval|chat|export CONFIG.yaml [key=value ...]`.
+//!
+//! Exit codes follow `lf_api::runtime::exit_code`; on failure one clear line goes to stderr and,
+//! inside a pod, a JSON termination report to `/dev/termination-log`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lf_trainer::{commands, error, setup, TrainerError};
+
+#[derive(Parser, Debug)]
+#[command(name = "lf-trainer", version, about = "LoRA-family fine-tuning of Llama-family models on libtorch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train (LLaMA-Factory config keys; `key=value` overrides follow the file).
+    Train {
+        /// CONFIG.yaml (default: $LF_CONFIG) followed by key=value overrides.
+        args: Vec<String>,
+    },
+    /// Loss and perplexity on the evaluation split, into all_results.json.
+    Eval { args: Vec<String> },
+    /// Chat with the model (and adapter) through its template.
+    Chat {
+        /// Answer this one prompt and exit.
+        #[arg(long)]
+        prompt: Option<String>,
+        args: Vec<String>,
+    },
+    /// Merge the adapter into the base model and write a Hugging Face model to export_dir.
+    Export { args: Vec<String> },
+}
+
+fn config(args: &[String]) -> Result<lf_api::TrainingConfig, TrainerError> {
+    let (path, overrides) = setup::split_args(args);
+    let path: Option<PathBuf> = path;
+    setup::load_config(path.as_deref(), &overrides).map(|(cfg, _)| cfg)
+}
+
+fn run(cli: Cli) -> Result<(), TrainerError> {
+    match cli.command {
+        Command::Train { args } => commands::run_train(&config(&args)?),
+        Command::Eval { args } => {
+            let results = commands::run_eval(&config(&args)?)?;
+            println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+            Ok(())
+        }
+        Command::Chat { prompt, args } => commands::run_chat(&config(&args)?, prompt.as_deref()),
+        Command::Export { args } => {
+            let out = commands::run_export(&config(&args)?)?;
+            eprintln!("exported the merged model to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LF_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let rank = std::env::var(lf_api::runtime::env::RANK).ok().and_then(|r| r.parse().ok());
+            let last = match &e {
+                TrainerError::Interrupted { checkpoint, .. } => *checkpoint,
+                _ => None,
+            };
+            let report = e.report(rank, last);
+            error::write_termination_log(&report);
+            eprintln!("error: {e}");
+            if let Some(h) = e.hint() {
+                eprintln!("hint: {h}");
+            }
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+        }
+    }
+}

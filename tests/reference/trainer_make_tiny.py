@@ -1,0 +1,105 @@
+"""Builds a tiny random Llama model directory and tiny alpaca data for lf-trainer's tests.
+
+Usage: trainer_make_tiny.py OUT_DIR [--layers N --hidden H --seq S --examples N]
+
+Writes OUT_DIR/model (config.json, model.safetensors via transformers' save_pretrained,
+tokenizer.json built with `tokenizers` (word level), tokenizer_config.json) and OUT_DIR/data
+(dataset_info.json + tiny.json in alpaca format). Everything is seeded, so the same arguments give
+the same files.
+"""
+import argparse
+import json
+import os
+import random
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from transformers import LlamaConfig, LlamaForCausalLM
+
+WORDS = (
+    "the a an cat dog bird fish tree river stone cloud sun moon star red blue green small big old new "
+    "runs jumps sings swims grows flows sits shines falls rises is was very quite rather near far over under "
+    "what which who where why how tell me about write answer question story colour opposite of word give "
+    "hot cold up down left right day night happy sad fast slow light dark open closed"
+).split()
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def make_tokenizer(out):
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    for w in WORDS + ["###", "Instruction:", "Response:", "Input:", "Below", "instruction", "task.", ",", ".", ":", "?"]:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    tok.save(os.path.join(out, "tokenizer.json"))
+    cfg = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "add_bos_token": False,
+        "model_max_length": 4096,
+    }
+    with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    return len(vocab)
+
+
+def make_model(out, vocab, layers, hidden, seq):
+    torch.manual_seed(0)
+    heads = max(2, hidden // 64)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2 + hidden // 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=max(512, seq),
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg).to(torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def make_data(out, n, seq):
+    rnd = random.Random(0)
+    rows = []
+    for i in range(n):
+        q = " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(3, 12)))
+        # Long answers when a long sequence is asked for (the benchmark), short ones otherwise.
+        alen = rnd.randint(4, 16) if seq <= 64 else rnd.randint(seq // 3, seq // 2)
+        a = " ".join(rnd.choice(WORDS) for _ in range(alen))
+        rows.append({"instruction": f"tell me {q}", "input": "", "output": a})
+    with open(os.path.join(out, "tiny.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(out, "dataset_info.json"), "w") as f:
+        json.dump({"tiny": {"file_name": "tiny.json"}}, f, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--examples", type=int, default=48)
+    args = ap.parse_args()
+    model_dir = os.path.join(args.out, "model")
+    data_dir = os.path.join(args.out, "data")
+    os.makedirs(model_dir, exist_ok=True)
+    os.makedirs(data_dir, exist_ok=True)
+    vocab = make_tokenizer(model_dir)
+    make_model(model_dir, vocab, args.layers, args.hidden, args.seq)
+    make_data(data_dir, args.examples, args.seq)
+    print(json.dumps({"model": model_dir, "data": data_dir, "vocab": vocab}))
+
+
+if __name__ == "__main__":
+    main()
