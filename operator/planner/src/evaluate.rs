@@ -4,9 +4,9 @@
 //! three transient phases of a training step:
 //!
 //! - **loss**: layer checkpoints (or all saved activations) + the loss chunk's temporaries. Gradients
-//!   are live here only when they persist across micro-steps (gradient accumulation > 1, or ZeRO-2/3
-//!   partition buffers); with accumulation 1 the trainer frees them after each step
-//!   (`zero_grad(set_to_none)`) and backward has not produced any yet.
+//!   are live here only when they persist across micro-steps (gradient accumulation > 1); with
+//!   accumulation 1 the trainer frees them after each step (`zero_grad(set_to_none)`) and backward
+//!   has not produced any yet (ZeRO-2/3 partitions are allocated at backward the same way).
 //! - **layer backward**: one layer's working set on top of whatever is live. With accumulation 1,
 //!   checkpoints are freed as gradients appear, so the live part is the larger of "all checkpoints +
 //!   the head's gradient" (start of backward) and "all gradients" (end); otherwise both are summed.
@@ -32,7 +32,7 @@ fn transient_peak(
     accum: u32,
 ) -> u64 {
     let grads = states.gradients;
-    let persist = accum > 1 || (stage >= 2 && gpus > 1);
+    let persist = accum > 1;
     let loss = act.persistent + act.loss + if persist { grads } else { 0 };
     let live_in_backward = if persist {
         act.persistent + grads
@@ -72,7 +72,10 @@ fn per_node(gpus: u32, gpus_per_node: u32) -> u32 {
     if gpus <= gpn {
         return gpus.max(1);
     }
-    (1..=gpn).rev().find(|d| gpus % d == 0).unwrap_or(1)
+    (1..=gpn)
+        .rev()
+        .find(|d| gpus.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 pub(crate) fn accumulation(target: u64, micro: u32, gpus: u32) -> u32 {

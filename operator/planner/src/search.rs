@@ -277,20 +277,17 @@ fn try_config(
     micros: &[u32],
 ) -> PlanOption {
     let target = input.target_global_batch();
+    // Every halving is evaluated: the peak is not monotone in the micro-batch when accumulation
+    // drops to 1 (gradients then stop persisting across micro-steps).
     let mut rejected: Option<Plan> = None;
     let mut fitting = Vec::new();
     for &m in micros {
         let plan = evaluate_with(input, inv, gpus, stage, offload, m);
         if plan.fits {
-            // Smaller micro-batches need less memory (monotone), so every smaller one fits too.
-            fitting = micros
-                .iter()
-                .copied()
-                .filter(|x| *x <= m)
-                .collect::<Vec<_>>();
-            break;
+            fitting.push(m);
+        } else if fitting.is_empty() {
+            rejected = Some(plan);
         }
-        rejected = Some(plan);
     }
     let label = config_label(gpus, stage, offload);
     if fitting.is_empty() {
@@ -617,7 +614,7 @@ pub(crate) fn group_digits(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);

@@ -545,6 +545,16 @@ fn formula_vectors_f1_to_f12() {
     report(&rows);
 }
 
+/// (id, method, published multiplier x, published GB cells [7B, 14B, 30B, 70B], config, asserted?)
+type EstimateCase<'a> = (
+    &'static str,
+    &'static str,
+    f64,
+    [f64; 4],
+    &'a TrainingConfig,
+    bool,
+);
+
 /// Model-state bytes per base parameter of our trainer for a method (weights + gradients +
 /// optimiser states incl. master), on one GPU.
 fn states_per_param(arch: &lf_api::ModelArchitecture, t: &TrainingConfig) -> (f64, f64) {
@@ -592,7 +602,7 @@ fn estimate_vectors_e1_to_e7() {
         bf16: true,
         ..Default::default()
     };
-    let cases: [(&str, &str, f64, [f64; 4], &TrainingConfig, bool); 6] = [
+    let cases: [EstimateCase; 6] = [
         (
             "E1",
             "full, bf16 AMP, AdamW",
