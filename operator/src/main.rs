@@ -70,33 +70,25 @@ enum Command {
     /// Run the controller (in-cluster, or with KUBECONFIG / ~/.kube/config).
     Run {
         /// Where /metrics, /healthz and /readyz are served.
-        #[arg(long, env = "LF_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-        metrics_addr: SocketAddr,
+        #[arg(long = "http-addr", env = "LF_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        http_addr: SocketAddr,
         /// The trainer image for jobs without spec.image.
-        #[arg(
-            long,
-            env = "LF_TRAINER_IMAGE",
-            default_value = "ghcr.io/lf-operator/lf-trainer:latest"
-        )]
+        #[arg(long, env = "LF_TRAINER_IMAGE", default_value = "ghcr.io/lf-operator/lf-trainer:latest")]
         trainer_image: String,
-        /// Allow service-mesh sidecar injection into trainer pods by default.
-        #[arg(long)]
-        allow_sidecar_injection: bool,
-        /// Elect a leader through a Lease (needed with more than one replica).
-        #[arg(long, env = "LF_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
-        leader_elect: bool,
-        /// Namespace of the Lease (default: the pod's namespace, else `default`).
-        #[arg(long, env = "LF_LEADER_ELECTION_NAMESPACE")]
-        leader_election_namespace: Option<String>,
+        /// Allow service-mesh sidecar injection into trainer pods by default (true|false).
+        #[arg(long, env = "LF_SIDECAR_INJECTION_DEFAULT", default_value_t = false, action = clap::ArgAction::Set)]
+        sidecar_injection_default: bool,
+        /// Elect a leader through a coordination.k8s.io Lease (true|false; needed with more than one replica).
+        #[arg(long, env = "LF_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Namespace of the Lease (default: the pod's namespace, POD_NAMESPACE, else `default`).
+        #[arg(long, env = "LF_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
         /// Name of the Lease.
-        #[arg(
-            long,
-            env = "LF_LEADER_ELECTION_LEASE",
-            default_value = "lf-operator-leader"
-        )]
-        leader_election_lease: String,
+        #[arg(long, env = "LF_LEASE_NAME", default_value = "lf-operator-leader")]
+        lease_name: String,
         /// Log format: json (default when stderr is not a terminal) or text.
-        #[arg(long, value_parser = ["json", "text"])]
+        #[arg(long, env = "LF_LOG_FORMAT", value_parser = ["json", "text"])]
         log_format: Option<String>,
     },
 }
@@ -184,12 +176,12 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Run {
-            metrics_addr,
+            http_addr,
             trainer_image,
-            allow_sidecar_injection,
-            leader_elect,
-            leader_election_namespace,
-            leader_election_lease,
+            sidecar_injection_default,
+            leader_election,
+            lease_namespace,
+            lease_name,
             log_format,
         } => {
             let json = match log_format.as_deref() {
@@ -209,7 +201,7 @@ fn main() -> ExitCode {
             });
             let controller = ControllerConfig {
                 default_image: trainer_image,
-                sidecar_injection_default: allow_sidecar_injection,
+                sidecar_injection_default,
                 ..ControllerConfig::default()
             };
             let runtime = match tokio::runtime::Runtime::new() {
@@ -217,15 +209,12 @@ fn main() -> ExitCode {
                 Err(e) => return fail(format!("cannot start the async runtime: {e}")),
             };
             match runtime.block_on(run::run(RunOptions {
-                metrics_addr,
+                metrics_addr: http_addr,
                 controller,
                 lease,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "lf-operator stopped");
-                    fail(format!("{e:#}"))
-                }
+                Err(e) => fail(format!("{e:#}")),
             }
         }
     }

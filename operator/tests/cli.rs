@@ -251,3 +251,17 @@ fn bad_inputs_give_one_clear_error_line() {
     ]);
     assert_one_error(&out, &["does not fit"]);
 }
+
+#[test]
+fn run_without_a_cluster_fails_cleanly() {
+    let home = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["run", "--log-format", "text", "--http-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", home.path().join("nonexistent"))
+        .env("HOME", home.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_one_error(&out, &["Kubernetes client"]);
+}
