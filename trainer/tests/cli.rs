@@ -1,0 +1,135 @@
+//! The `lf-trainer` binary end to end on a tiny random Llama made by
+//! `tests/reference/trainer_make_tiny.py` (the Python reference stack must be installed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn python() -> PathBuf {
+    match std::env::var_os("LF_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
+    }
+}
+
+/// The tiny model and data, made once per test process.
+fn assets() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let py = python();
+        assert!(py.exists(), "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)", py.display());
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/trainer_make_tiny.py");
+        let out = Command::new(&py).arg(&script).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "trainer_make_tiny.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        dir
+    })
+    .path()
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let a = assets();
+    let text = format!(
+        "model_name_or_path: {m}\ndataset: tiny\ndataset_dir: {d}\ntemplate: alpaca\ncutoff_len: 64\noutput_dir: {o}\n\
+         per_device_train_batch_size: 4\ngradient_accumulation_steps: 2\nlearning_rate: 1.0e-3\nmax_steps: 6\n\
+         logging_steps: 2\nsave_steps: 2\nsave_total_limit: 2\nlora_rank: 4\nmax_new_tokens: 5\ndo_sample: false\n{extra}",
+        m = a.join("model").display(),
+        d = a.join("data").display(),
+        o = dir.join("out").display(),
+    );
+    let path = dir.join("train.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn trainer(args: &[&str], envs: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lf-trainer"));
+    c.args(args).env_remove("LF_CONFIG").env_remove("LF_JOB_NAME").env_remove("LF_STATUS_FILE").env_remove("LF_METRICS_ADDR");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn train_eval_export_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "plot_loss: true\nval_size: 8\neval_strategy: steps\neval_steps: 3\n");
+    let status = dir.path().join("status.jsonl");
+    let o = trainer(&["train", cfg.to_str().unwrap()], &[("LF_STATUS_FILE", &status)]);
+    assert!(o.status.success(), "train failed: {}", stderr(&o));
+    let out = dir.path().join("out");
+    for f in ["adapter_model.safetensors", "adapter_config.json", "trainer_log.jsonl", "all_results.json", "trainer_state.json", "training_loss.png"] {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("all_results.json")).unwrap()).unwrap();
+    for k in ["train_loss", "train_runtime", "train_samples_per_second", "train_steps_per_second", "epoch", "eval_loss"] {
+        assert!(results[k].is_number(), "all_results.json lacks {k}: {results}");
+    }
+    let log = std::fs::read_to_string(out.join("trainer_log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    for k in ["current_steps", "total_steps", "loss", "lr", "grad_norm", "epoch", "percentage", "elapsed_time", "remaining_time", "throughput", "step_time", "peak_memory_bytes"] {
+        assert!(!first[k].is_null(), "trainer_log.jsonl lacks {k}: {first}");
+    }
+    let ckpts: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("checkpoint-")).collect();
+    assert_eq!(ckpts.len(), 2, "save_total_limit 2: {ckpts:?}");
+    let last = std::fs::read_to_string(&status).unwrap().lines().last().unwrap().to_string();
+    let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(last["status"]["progress"]["stepDisplay"], "6/6", "{last}");
+    assert!(last["status"]["checkpoints"].as_array().is_some_and(|c| !c.is_empty()), "{last}");
+
+    // A second run with the same config resumes: it finds the finished steps' checkpoint and only
+    // runs what is left (nothing past step 6 exists, so it resumes at 4 and trains 2 steps).
+    let o = trainer(&["train", cfg.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resum"), "{}", stderr(&o));
+
+    let adapter = format!("adapter_name_or_path={}", out.display());
+    let o = trainer(&["eval", cfg.to_str().unwrap(), &adapter], &[]);
+    assert!(o.status.success(), "eval failed: {}", stderr(&o));
+    let eval: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!((eval["eval_perplexity"].as_f64().unwrap() - eval["eval_loss"].as_f64().unwrap().exp()).abs() < 1e-6);
+
+    let export = format!("export_dir={}", dir.path().join("merged").display());
+    let o = trainer(&["export", cfg.to_str().unwrap(), &adapter, &export], &[]);
+    assert!(o.status.success(), "export failed: {}", stderr(&o));
+    assert!(dir.path().join("merged/config.json").is_file() && dir.path().join("merged/tokenizer.json").is_file());
+
+    let o = trainer(&["chat", "--prompt", "tell me the cat", cfg.to_str().unwrap(), &adapter], &[]);
+    assert!(o.status.success(), "chat failed: {}", stderr(&o));
+}
+
+/// Each bad input gives exit code 2 and one `error:` line that names the culprit.
+#[test]
+fn bad_inputs_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let c = cfg.to_str().unwrap();
+    let malformed = dir.path().join("bad.yaml");
+    std::fs::write(&malformed, "lora_rank: [unclosed\n").unwrap();
+    let unknown = dir.path().join("unknown.yaml");
+    std::fs::write(&unknown, "lora_rnak: 8\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["train".into(), c.into(), "model_name_or_path=/no/such/model".into()], "/no/such/model"),
+        (vec!["train".into(), c.into(), "dataset=missing_set".into()], "missing_set"),
+        (vec!["train".into(), malformed.display().to_string()], "bad.yaml"),
+        (vec!["train".into(), unknown.display().to_string()], "lora_rank"),
+        (vec!["train".into(), c.into(), "lora_rank=eight".into()], "lora_rank"),
+        (vec!["train".into(), c.into(), "resume_from_checkpoint=/no/checkpoint-3".into()], "/no/checkpoint-3"),
+        (vec!["train".into(), dir.path().join("absent.yaml").display().to_string()], "absent.yaml"),
+        (vec!["export".into(), c.into()], "export_dir"),
+    ];
+    for (args, needle) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = trainer(&refs, &[]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?} should be a config error:\n{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one error line expected:\n{err}");
+        assert!(lines[0].contains(needle), "{args:?}: the error should name `{needle}`: {}", lines[0]);
+    }
+}
