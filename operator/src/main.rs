@@ -70,10 +70,18 @@ enum Command {
     /// Run the controller (in-cluster, or with KUBECONFIG / ~/.kube/config).
     Run {
         /// Where /metrics, /healthz and /readyz are served.
-        #[arg(long = "http-addr", env = "LF_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+        #[arg(
+            long = "http-addr",
+            env = "LF_HTTP_ADDR",
+            default_value = "0.0.0.0:8080"
+        )]
         http_addr: SocketAddr,
         /// The trainer image for jobs without spec.image.
-        #[arg(long, env = "LF_TRAINER_IMAGE", default_value = "ghcr.io/lf-operator/lf-trainer:latest")]
+        #[arg(
+            long,
+            env = "LF_TRAINER_IMAGE",
+            default_value = "ghcr.io/lf-operator/lf-trainer:latest"
+        )]
         trainer_image: String,
         /// Allow service-mesh sidecar injection into trainer pods by default (true|false).
         #[arg(long, env = "LF_SIDECAR_INJECTION_DEFAULT", default_value_t = false, action = clap::ArgAction::Set)]
@@ -193,11 +201,11 @@ fn main() -> ExitCode {
             let identity = std::env::var("POD_NAME")
                 .or_else(|_| std::env::var("HOSTNAME"))
                 .unwrap_or_else(|_| format!("lf-operator-{}", std::process::id()));
-            let lease = leader_elect.then(|| {
-                let ns = leader_election_namespace
+            let lease = leader_election.then(|| {
+                let ns = lease_namespace
                     .or_else(pod_namespace)
                     .unwrap_or_else(|| "default".into());
-                LeaseConfig::new(&ns, &leader_election_lease, &identity)
+                LeaseConfig::new(&ns, &lease_name, &identity)
             });
             let controller = ControllerConfig {
                 default_image: trainer_image,
