@@ -21,6 +21,7 @@ pub mod pod;
 pub mod rbac;
 pub mod service;
 pub mod volumes;
+pub mod yaml;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
@@ -145,7 +146,8 @@ impl Rendered {
         ]
     }
 
-    /// The objects as one YAML stream (`---` before each document), in creation order.
+    /// The objects as one YAML stream (`---` before each document), in creation order. Strings
+    /// that YAML 1.1 readers (kubectl) would take for booleans or numbers are quoted ([`yaml`]).
     pub fn to_yaml_stream(&self) -> String {
         let docs = [
             yaml(&self.service_account),
@@ -160,8 +162,7 @@ impl Rendered {
 }
 
 fn yaml<T: serde::Serialize>(object: &T) -> String {
-    serde_yaml::to_string(object)
-        .unwrap_or_else(|e| format!("# cannot serialise this object: {e}\n"))
+    yaml::to_yaml(object).unwrap_or_else(|e| format!("# cannot serialise this object: {e}\n"))
 }
 
 #[cfg(test)]

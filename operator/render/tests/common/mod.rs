@@ -67,8 +67,8 @@ fn plan_shape(name: &str) -> Option<(u32, u32, u32, u8, bool, u32, u32)> {
     Some(match name {
         "codellama-34b-lora-r128-4k" => (2, 1, 2, 3, false, 4, 4),
         "llama2-70b-lora-4x8-a100" => (3, 1, 3, 3, false, 2, 11),
-        "llama3-8b-full-zero3" => (2, 1, 2, 3, false, 2, 8),
-        "llama3-8b-lora-24gb" => (1, 1, 1, 0, false, 4, 4),
+        "llama3-8b-full-zero3" => (4, 1, 4, 3, false, 4, 2),
+        "llama3-8b-lora-24gb" => (1, 1, 1, 0, false, 2, 8),
         "llama3-8b-qlora" => (1, 1, 1, 0, false, 2, 8),
         "quickstart" => (1, 1, 1, 0, false, 8, 1),
         // Fixtures of this crate.
