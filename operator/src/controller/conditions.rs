@@ -112,9 +112,11 @@ mod tests {
 
     #[test]
     fn operator_fields_leave_the_trainers_alone() {
-        let mut st = FineTuneJobStatus::default();
-        st.progress = Some(Default::default());
-        st.message = Some("m".into());
+        let st = FineTuneJobStatus {
+            progress: Some(Default::default()),
+            message: Some("m".into()),
+            ..Default::default()
+        };
         let v = operator_fields(&st);
         assert!(v.get("progress").is_none());
         assert_eq!(v["phase"], "Pending");
