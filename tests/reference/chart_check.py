@@ -185,6 +185,12 @@ def main():
         names = [c.get("metadata", {}).get("name") for c in crds]
         if names != ["finetunejobs.lf-operator.io"]:
             problems.append(f"{crd_path}: expected the finetunejobs.lf-operator.io CRD, found {names}")
+        # `lf-operator crdgen` writes both copies; they must not drift apart.
+        root_crd = os.path.join(chart_dir, "..", "crds", "finetunejobs.yaml")
+        if os.path.exists(root_crd):
+            with open(root_crd) as a, open(crd_path) as b:
+                if a.read() != b.read():
+                    problems.append(f"{crd_path} differs from crds/finetunejobs.yaml: rerun `lf-operator crdgen`")
 
     for p in problems:
         print("FAIL", p)
