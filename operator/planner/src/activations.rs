@@ -49,13 +49,6 @@ pub struct Activations {
     pub loss: u64,
 }
 
-impl Activations {
-    /// The larger transient phase on top of the persistent part.
-    pub fn peak(&self) -> u64 {
-        self.persistent + self.layer_working_set.max(self.loss)
-    }
-}
-
 /// Bytes one decoder layer saves for backward, per token (the `s²` term of eager attention
 /// excluded).
 pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
