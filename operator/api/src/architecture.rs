@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ArchitectureError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid Hugging Face config.json: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("model_type `{0}` is not supported; supported: llama, mistral, qwen2")]
@@ -99,10 +102,20 @@ fn default_theta() -> f64 {
 impl ModelArchitecture {
     /// Reads `<dir>/config.json` (or the file itself when `path` is a file).
     pub fn from_model_dir(path: &Path) -> Result<Self, ArchitectureError> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
-        let text = std::fs::read_to_string(&file).map_err(|source| ArchitectureError::Io { path: file.clone(), source })?;
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| ArchitectureError::Io {
+            path: file.clone(),
+            source,
+        })?;
         Self::from_json_str(&text).map_err(|e| match e {
-            ArchitectureError::Parse { message, .. } => ArchitectureError::Parse { path: file, message },
+            ArchitectureError::Parse { message, .. } => ArchitectureError::Parse {
+                path: file,
+                message,
+            },
             other => other,
         })
     }
@@ -110,7 +123,10 @@ impl ModelArchitecture {
     /// Parses the text of a `config.json`.
     pub fn from_json_str(text: &str) -> Result<Self, ArchitectureError> {
         let raw: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| ArchitectureError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+            serde_json::from_str(text).map_err(|e| ArchitectureError::Parse {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?;
         if let Some(mt) = raw.get("model_type").and_then(|v| v.as_str()) {
             if !matches!(mt, "llama" | "mistral" | "qwen2") {
                 return Err(ArchitectureError::UnsupportedModelType(mt.to_string()));
@@ -118,7 +134,10 @@ impl ModelArchitecture {
         }
         let raw = normalise_transformers_v5(raw);
         let arch: ModelArchitecture =
-            serde_json::from_value(raw).map_err(|e| ArchitectureError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+            serde_json::from_value(raw).map_err(|e| ArchitectureError::Parse {
+                path: PathBuf::new(),
+                message: e.to_string(),
+            })?;
         arch.validate()?;
         Ok(arch)
     }
@@ -126,16 +145,20 @@ impl ModelArchitecture {
     /// Checks the shape is self-consistent.
     pub fn validate(&self) -> Result<(), ArchitectureError> {
         let fail = |m: String| Err(ArchitectureError::Invalid(m));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 || self.vocab_size == 0 {
+        if self.hidden_size == 0
+            || self.num_attention_heads == 0
+            || self.num_hidden_layers == 0
+            || self.vocab_size == 0
+        {
             return fail("hidden_size, num_attention_heads, num_hidden_layers and vocab_size must be positive".into());
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return fail(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return fail(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
@@ -150,7 +173,8 @@ impl ModelArchitecture {
     }
 
     pub fn head_dim(&self) -> u64 {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     /// Whether q/k/v carry a bias (always for qwen2).
@@ -178,14 +202,25 @@ impl ModelArchitecture {
 /// transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead of `rope_theta` and
 /// `rope_scaling`; fold it back into the classic keys (the classic keys win when both exist).
 fn normalise_transformers_v5(mut raw: serde_json::Value) -> serde_json::Value {
-    let Some(obj) = raw.as_object_mut() else { return raw };
-    let Some(params) = obj.get("rope_parameters").and_then(|p| p.as_object()).cloned() else { return raw };
+    let Some(obj) = raw.as_object_mut() else {
+        return raw;
+    };
+    let Some(params) = obj
+        .get("rope_parameters")
+        .and_then(|p| p.as_object())
+        .cloned()
+    else {
+        return raw;
+    };
     if !obj.contains_key("rope_theta") {
         if let Some(theta) = params.get("rope_theta") {
             obj.insert("rope_theta".into(), theta.clone());
         }
     }
-    let rope_type = params.get("rope_type").and_then(|t| t.as_str()).unwrap_or("default");
+    let rope_type = params
+        .get("rope_type")
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
     if rope_type != "default" && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
         let mut scaling = params.clone();
         scaling.remove("rope_theta");
@@ -206,7 +241,10 @@ mod tests {
             "tie_word_embeddings":false,"torch_dtype":"bfloat16","bos_token_id":128000,"eos_token_id":128001}"#;
         let a = ModelArchitecture::from_json_str(text).unwrap();
         assert_eq!(a.head_dim(), 128);
-        assert_eq!(a.linear_shape(crate::training::LinearModule::KProj), (4096, 1024));
+        assert_eq!(
+            a.linear_shape(crate::training::LinearModule::KProj),
+            (4096, 1024)
+        );
     }
 
     #[test]

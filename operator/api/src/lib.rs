@@ -11,10 +11,11 @@
 pub mod architecture;
 pub mod crd;
 pub mod plan;
+pub mod reference;
 pub mod runtime;
 pub mod status;
-pub mod training;
 mod suggest;
+pub mod training;
 
 pub use architecture::ModelArchitecture;
 pub use crd::{FineTuneJob, FineTuneJobSpec};

@@ -2,7 +2,10 @@
 
 /// The candidate closest to `key` by Jaro-Winkler similarity, when it is close enough to be a
 /// plausible typo.
-pub(crate) fn closest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    key: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(key, c), c))
@@ -15,7 +18,10 @@ pub(crate) fn closest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a st
 mod tests {
     #[test]
     fn finds_transposed_letters() {
-        assert_eq!(super::closest("lora_rnak", ["lora_rank", "lora_alpha", "seed"]), Some("lora_rank"));
+        assert_eq!(
+            super::closest("lora_rnak", ["lora_rank", "lora_alpha", "seed"]),
+            Some("lora_rank")
+        );
         assert_eq!(super::closest("zzz", ["lora_rank", "seed"]), None);
     }
 }

@@ -19,13 +19,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config is not valid YAML: {0}")]
     Yaml(String),
     #[error("the config must be a YAML mapping of LLaMA-Factory argument names to values")]
     NotAMapping,
     #[error("unknown key `{key}`{}", suggestion.as_ref().map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default())]
-    UnknownKey { key: String, suggestion: Option<String> },
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+    },
     #[error("`{key}` is a LLaMA-Factory option that lf-trainer does not support: {why}")]
     Unsupported { key: String, why: &'static str },
     #[error("invalid value for `{key}`: {message}")]
@@ -36,7 +42,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(key: &str, message: impl Into<String>) -> Self {
-        ConfigError::InvalidValue { key: key.to_string(), message: message.into() }
+        ConfigError::InvalidValue {
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -100,7 +109,11 @@ pub enum Optim {
     #[serde(alias = "adamw_torch_fused", alias = "adamw_hf", alias = "adamw")]
     AdamwTorch,
     /// AdamW with block-wise 8-bit moments (the bitsandbytes scheme). `paged_adamw_8bit` is accepted too.
-    #[serde(alias = "adamw_8bit", alias = "paged_adamw_8bit", alias = "adamw_bnb_8bit")]
+    #[serde(
+        alias = "adamw_8bit",
+        alias = "paged_adamw_8bit",
+        alias = "adamw_bnb_8bit"
+    )]
     Adamw8bit,
     /// Adafactor (factored second moment, no first moment).
     Adafactor,
@@ -374,7 +387,7 @@ impl Default for TrainingConfig {
 
 /// LLaMA-Factory / `TrainingArguments` options we recognise but do not implement, with the reason
 /// (and the alternative, where there is one).
-const UNSUPPORTED: &[(&str, &str)] = &[
+pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("deepspeed", "ZeRO is built in: set `zero_stage` (or let the operator's planner choose it) and `offload_optimizer`"),
     ("fsdp", "ZeRO stage 3 (`zero_stage: 3`) shards parameters, gradients and optimizer states"),
     ("fsdp_config", "ZeRO stage 3 (`zero_stage: 3`) shards parameters, gradients and optimizer states"),
@@ -426,13 +439,17 @@ impl TrainingConfig {
 
     /// Parses a YAML document (a LLaMA-Factory style flat mapping), strictly.
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
-        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         Self::from_yaml_value(value)
     }
 
     /// Reads and parses a YAML file.
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_yaml_str(&text)
     }
 
@@ -444,10 +461,14 @@ impl TrainingConfig {
             _ => return Err(ConfigError::NotAMapping),
         };
         let mapping = normalise_keys(mapping)?;
-        let config: TrainingConfig = serde_path_to_error::deserialize(serde_yaml::Value::Mapping(mapping)).map_err(|e| {
-            let key = e.path().to_string();
-            ConfigError::InvalidValue { key, message: e.into_inner().to_string() }
-        })?;
+        let config: TrainingConfig =
+            serde_path_to_error::deserialize(serde_yaml::Value::Mapping(mapping)).map_err(|e| {
+                let key = e.path().to_string();
+                ConfigError::InvalidValue {
+                    key,
+                    message: e.into_inner().to_string(),
+                }
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -458,8 +479,11 @@ impl TrainingConfig {
         let map = value.as_mapping_mut().ok_or(ConfigError::NotAMapping)?;
         for o in overrides {
             let o = o.as_ref();
-            let (k, v) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.to_string()))?;
-            let v: serde_yaml::Value = serde_yaml::from_str(v).map_err(|e| ConfigError::invalid(k, e.to_string()))?;
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadOverride(o.to_string()))?;
+            let v: serde_yaml::Value =
+                serde_yaml::from_str(v).map_err(|e| ConfigError::invalid(k, e.to_string()))?;
             map.insert(serde_yaml::Value::String(k.trim().to_string()), v);
         }
         Self::from_yaml_value(value)
@@ -480,7 +504,10 @@ impl TrainingConfig {
         }
         if let Some(bits) = self.quantization_bit {
             if bits != 4 && bits != 8 {
-                return Err(ConfigError::invalid("quantization_bit", format!("{bits} is not supported; use 4 or 8")));
+                return Err(ConfigError::invalid(
+                    "quantization_bit",
+                    format!("{bits} is not supported; use 4 or 8"),
+                ));
             }
             if self.finetuning_type != FinetuningType::Lora {
                 return Err(ConfigError::invalid(
@@ -490,34 +517,58 @@ impl TrainingConfig {
             }
         }
         if self.bf16 && self.fp16 {
-            return Err(ConfigError::invalid("fp16", "`bf16` and `fp16` cannot both be true"));
+            return Err(ConfigError::invalid(
+                "fp16",
+                "`bf16` and `fp16` cannot both be true",
+            ));
         }
         if self.pure_bf16 && self.fp16 {
-            return Err(ConfigError::invalid("pure_bf16", "`pure_bf16` and `fp16` cannot both be true"));
+            return Err(ConfigError::invalid(
+                "pure_bf16",
+                "`pure_bf16` and `fp16` cannot both be true",
+            ));
         }
         if self.zero_stage > 3 {
             return Err(ConfigError::invalid("zero_stage", "must be 0, 1, 2 or 3"));
         }
         if self.per_device_train_batch_size == 0 {
-            return Err(ConfigError::invalid("per_device_train_batch_size", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "per_device_train_batch_size",
+                "must be at least 1",
+            ));
         }
         if self.per_device_eval_batch_size == 0 {
-            return Err(ConfigError::invalid("per_device_eval_batch_size", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "per_device_eval_batch_size",
+                "must be at least 1",
+            ));
         }
         if self.gradient_accumulation_steps == 0 {
-            return Err(ConfigError::invalid("gradient_accumulation_steps", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "gradient_accumulation_steps",
+                "must be at least 1",
+            ));
         }
         if self.cutoff_len < 2 {
-            return Err(ConfigError::invalid("cutoff_len", "must be at least 2 tokens"));
+            return Err(ConfigError::invalid(
+                "cutoff_len",
+                "must be at least 2 tokens",
+            ));
         }
         if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
-            return Err(ConfigError::invalid("learning_rate", "must be a non-negative number"));
+            return Err(ConfigError::invalid(
+                "learning_rate",
+                "must be a non-negative number",
+            ));
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
             return Err(ConfigError::invalid("warmup_ratio", "must be in [0, 1]"));
         }
         if self.val_size < 0.0 || (self.val_size >= 1.0 && self.val_size.fract() != 0.0) {
-            return Err(ConfigError::invalid("val_size", "must be a fraction in [0, 1) or a whole number of examples"));
+            return Err(ConfigError::invalid(
+                "val_size",
+                "must be a fraction in [0, 1) or a whole number of examples",
+            ));
         }
         if self.report_to != "none" {
             return Err(ConfigError::invalid(
@@ -526,7 +577,10 @@ impl TrainingConfig {
             ));
         }
         if self.save_total_limit == Some(0) {
-            return Err(ConfigError::invalid("save_total_limit", "must be at least 1 (unset keeps every checkpoint)"));
+            return Err(ConfigError::invalid(
+                "save_total_limit",
+                "must be at least 1 (unset keeps every checkpoint)",
+            ));
         }
         if let Some(t) = &self.template {
             if !crate::training::TEMPLATES.contains(&t.as_str()) {
@@ -535,7 +589,9 @@ impl TrainingConfig {
                     "template",
                     format!(
                         "unknown template `{t}`{}; known: {}",
-                        suggestion.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(),
+                        suggestion
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_default(),
                         TEMPLATES.join(", ")
                     ),
                 ));
@@ -615,7 +671,9 @@ impl TrainingConfig {
 }
 
 /// Named chat templates (LLaMA-Factory names) plus `auto`.
-pub const TEMPLATES: &[&str] = &["auto", "default", "alpaca", "empty", "llama2", "llama3", "mistral", "qwen", "chatml"];
+pub const TEMPLATES: &[&str] = &[
+    "auto", "default", "alpaca", "empty", "llama2", "llama3", "mistral", "qwen", "chatml",
+];
 
 /// Numeric regimes. AMP keeps fp32 master weights and fp32 optimiser states; pure bf16 keeps
 /// everything in bf16.
@@ -639,7 +697,9 @@ impl Precision {
 }
 
 /// The linear layers of a Llama-family decoder layer, in Hugging Face naming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LinearModule {
     QProj,
@@ -678,7 +738,10 @@ impl LinearModule {
     /// The parent module in a decoder layer (`self_attn` or `mlp`).
     pub fn parent(self) -> &'static str {
         match self {
-            LinearModule::QProj | LinearModule::KProj | LinearModule::VProj | LinearModule::OProj => "self_attn",
+            LinearModule::QProj
+            | LinearModule::KProj
+            | LinearModule::VProj
+            | LinearModule::OProj => "self_attn",
             _ => "mlp",
         }
     }
@@ -696,7 +759,10 @@ fn normalise_keys(mapping: serde_yaml::Mapping) -> Result<serde_yaml::Mapping, C
         let key = match &k {
             serde_yaml::Value::String(s) => s.clone(),
             other => {
-                return Err(ConfigError::UnknownKey { key: format!("{other:?}"), suggestion: None });
+                return Err(ConfigError::UnknownKey {
+                    key: format!("{other:?}"),
+                    suggestion: None,
+                });
             }
         };
         if ACCEPTED_NO_OP.contains(&key.as_str()) {
@@ -704,12 +770,21 @@ fn normalise_keys(mapping: serde_yaml::Mapping) -> Result<serde_yaml::Mapping, C
         }
         // LLaMA-Factory spells "gradient checkpointing off" as a negative flag.
         if key == "disable_gradient_checkpointing" {
-            let disabled = v.as_bool().ok_or_else(|| ConfigError::invalid(&key, "must be true or false"))?;
-            out.insert("gradient_checkpointing".into(), serde_yaml::Value::Bool(!disabled));
+            let disabled = v
+                .as_bool()
+                .ok_or_else(|| ConfigError::invalid(&key, "must be true or false"))?;
+            out.insert(
+                "gradient_checkpointing".into(),
+                serde_yaml::Value::Bool(!disabled),
+            );
             continue;
         }
         // `evaluation_strategy` is the pre-4.46 transformers spelling.
-        let key = if key == "evaluation_strategy" { "eval_strategy".to_string() } else { key };
+        let key = if key == "evaluation_strategy" {
+            "eval_strategy".to_string()
+        } else {
+            key
+        };
         if let Some((_, why)) = UNSUPPORTED.iter().find(|(name, _)| *name == key) {
             // An explicit "off" value of an unsupported feature is harmless.
             let off = v.is_null() || v.as_bool() == Some(false);
@@ -718,8 +793,9 @@ fn normalise_keys(mapping: serde_yaml::Mapping) -> Result<serde_yaml::Mapping, C
             }
             return Err(ConfigError::Unsupported { key, why });
         }
-        if !known.iter().any(|k| *k == key) {
-            let suggestion = crate::suggest::closest(&key, known.iter().map(String::as_str)).map(str::to_string);
+        if !known.contains(&key) {
+            let suggestion =
+                crate::suggest::closest(&key, known.iter().map(String::as_str)).map(str::to_string);
             return Err(ConfigError::UnknownKey { key, suggestion });
         }
         out.insert(serde_yaml::Value::String(key), v);
@@ -746,13 +822,17 @@ mod tests {
 
     #[test]
     fn unknown_key_suggests_closest() {
-        let err = TrainingConfig::from_yaml_str("lora_rnak: 8").unwrap_err().to_string();
+        let err = TrainingConfig::from_yaml_str("lora_rnak: 8")
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "unknown key `lora_rnak` (did you mean `lora_rank`?)");
     }
 
     #[test]
     fn unsupported_key_says_so() {
-        let err = TrainingConfig::from_yaml_str("deepspeed: ds_z3.json").unwrap_err().to_string();
+        let err = TrainingConfig::from_yaml_str("deepspeed: ds_z3.json")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("does not support"), "{err}");
         assert!(err.contains("zero_stage"), "{err}");
         // An explicit "off" is fine.
@@ -761,28 +841,40 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = TrainingConfig::from_yaml_str("lora_rank: eight").unwrap_err().to_string();
+        let err = TrainingConfig::from_yaml_str("lora_rank: eight")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lora_rank"), "{err}");
     }
 
     #[test]
     fn invalid_combinations() {
-        let err = TrainingConfig::from_yaml_str("quantization_bit: 4\nfinetuning_type: full").unwrap_err().to_string();
+        let err = TrainingConfig::from_yaml_str("quantization_bit: 4\nfinetuning_type: full")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("quantization_bit"), "{err}");
-        let err = TrainingConfig::from_yaml_str("lora_rank: 0").unwrap_err().to_string();
+        let err = TrainingConfig::from_yaml_str("lora_rank: 0")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lora_rank"), "{err}");
-        let err = TrainingConfig::from_yaml_str("lora_target: q_prj").unwrap_err().to_string();
+        let err = TrainingConfig::from_yaml_str("lora_target: q_prj")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("q_proj"), "{err}");
     }
 
     #[test]
     fn aliases_and_overrides() {
-        let c = TrainingConfig::from_yaml_str("disable_gradient_checkpointing: true\noptim: adamw_torch_fused\nflash_attn: disabled")
-            .unwrap();
+        let c = TrainingConfig::from_yaml_str(
+            "disable_gradient_checkpointing: true\noptim: adamw_torch_fused\nflash_attn: disabled",
+        )
+        .unwrap();
         assert!(!c.gradient_checkpointing);
         assert_eq!(c.optim, Optim::AdamwTorch);
         assert_eq!(c.flash_attn, FlashAttn::Eager);
-        let c = c.with_overrides(&["lora_rank=16", "learning_rate=1e-4"]).unwrap();
+        let c = c
+            .with_overrides(&["lora_rank=16", "learning_rate=1e-4"])
+            .unwrap();
         assert_eq!(c.lora_rank, 16);
         assert_eq!(c.learning_rate, 1e-4);
         assert!(c.with_overrides(&["lora_rnak=16"]).is_err());
