@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Benchmark (not a test): lf-trainer vs transformers + peft on the CPU, same model, data and LoRA.
+
+Builds a tiny-but-real Llama (8 layers, hidden 512, sequences up to 512 tokens) with
+tests/reference/trainer_make_tiny.py, then trains LoRA r=16 on all linears for the same number of
+steps with each trainer, one after the other, and prints tokens/s (training loop only), peak RSS of
+each process (wait4's ru_maxrss) and the final loss, and the ratios.
+
+Usage: scripts/bench_trainer.py [--steps 8] [--batch 2] [--trainer PATH] [--python PATH] [--workdir DIR]
+The lf-trainer binary defaults to $CARGO_TARGET_DIR (or target)/release/lf-trainer, then debug.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_measured(cmd, env=None):
+    """Runs cmd; returns (stdout, stderr, peak RSS bytes of that process tree's largest process)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    out, err = proc.communicate()
+    # ru_maxrss of RUSAGE_CHILDREN covers every child so far; each run is measured in its own
+    # helper process below so the numbers do not mix.
+    if proc.returncode != 0:
+        sys.exit(f"{cmd[0]} failed ({proc.returncode}):\n{err[-4000:]}")
+    return out, err
+
+
+def measured_child(cmd, env=None):
+    """Runs cmd in a fresh helper so RUSAGE_CHILDREN of that helper is cmd's alone."""
+    helper = (
+        "import json,resource,subprocess,sys;"
+        "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+        "r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss*1024;"
+        "print(json.dumps({'rc':p.returncode,'out':p.stdout,'err':p.stderr[-4000:],'rss':r}))"
+    )
+    out, _ = run_measured([sys.executable, "-c", helper] + cmd, env)
+    res = json.loads(out)
+    if res["rc"] != 0:
+        sys.exit(f"{cmd[0]} failed ({res['rc']}):\n{res['err']}")
+    return res
+
+
+def find_trainer(given):
+    if given:
+        return given
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    for profile in ("release", "debug"):
+        p = os.path.join(target, profile, "lf-trainer")
+        if os.path.exists(p):
+            return p
+    sys.exit("lf-trainer binary not found: build it (cargo build --release -p lf-trainer) or pass --trainer")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--examples", type=int, default=64)
+    ap.add_argument("--trainer")
+    ap.add_argument("--python", default=os.environ.get("LF_PYTHON", os.path.join(ROOT, ".venv/bin/python")))
+    ap.add_argument("--workdir")
+    ap.add_argument("--threads", type=int, help="OMP/MKL threads for both trainers (default: libtorch's choice)")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate the two trainers this many times; best tokens/s wins")
+    args = ap.parse_args()
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    trainer = find_trainer(args.trainer)
+    work = args.workdir or tempfile.mkdtemp(prefix="lf-bench-")
+    subprocess.run([args.python, os.path.join(ROOT, "tests/reference/trainer_make_tiny.py"), work,
+                    "--layers", "8", "--hidden", "512", "--seq", "512", "--examples", str(args.examples)],
+                   check=True, capture_output=True)
+    model, data = os.path.join(work, "model"), os.path.join(work, "data")
+    out = os.path.join(work, "lf-out")
+    cfg = os.path.join(work, "bench.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""model_name_or_path: {model}
+dataset: tiny
+dataset_dir: {data}
+template: alpaca
+cutoff_len: 512
+output_dir: {out}
+overwrite_output_dir: true
+finetuning_type: lora
+lora_rank: 16
+lora_target: all
+per_device_train_batch_size: {args.batch}
+gradient_accumulation_steps: 1
+learning_rate: 1.0e-4
+lr_scheduler_type: constant
+max_steps: {args.steps}
+logging_steps: 1
+save_steps: 0
+max_grad_norm: 1.0
+""")
+    best_lf, best_ref = None, None
+    for _ in range(max(1, args.repeat)):
+        lf = measured_child([trainer, "train", cfg], env)
+        with open(os.path.join(out, "all_results.json")) as f:
+            results = json.load(f)
+        with open(os.path.join(out, "trainer_log.jsonl")) as f:
+            last = [json.loads(l) for l in f if l.strip()][-1]
+        run = (results["train_tokens_per_second"], lf["rss"], last["loss"])
+        if best_lf is None or run[0] > best_lf[0]:
+            best_lf = run
+        ref = measured_child([args.python, os.path.join(ROOT, "tests/reference/trainer_bench_reference.py"), model,
+                              os.path.join(data, "tiny.json"), "--steps", str(args.steps), "--batch", str(args.batch),
+                              "--cutoff", "512", "--rank", "16", "--lr", "1e-4"], env)
+        refj = json.loads(ref["out"].strip().splitlines()[-1])
+        run = (refj["tokens_per_second"], ref["rss"], refj["final_loss"])
+        if best_ref is None or run[0] > best_ref[0]:
+            best_ref = run
+    rows = [
+        ("lf-trainer",) + best_lf,
+        ("transformers+peft",) + best_ref,
+    ]
+    print(f"config: 8 layers, hidden 512, cutoff 512, LoRA r=16 all linears, batch {args.batch}, {args.steps} steps, fp32 CPU, "
+          f"gradient checkpointing on; cores {os.cpu_count()}, threads {args.threads or 'default'}, best of {args.repeat}")
+    print(f"{'trainer':<20}{'tokens/s':>12}{'peak RSS MiB':>15}{'final loss':>12}")
+    for name, tps, rss, loss in rows:
+        print(f"{name:<20}{tps:>12.1f}{rss / 2**20:>15.1f}{loss:>12.4f}")
+    print(f"ratio tokens/s (lf/ref): {rows[0][1] / rows[1][1]:.2f}  (target >= 1.25)")
+    print(f"ratio peak RSS (lf/ref): {rows[0][2] / rows[1][2]:.2f}  (target <= 0.60)")
+
+
+if __name__ == "__main__":
+    main()
