@@ -86,7 +86,7 @@ impl PlannerInput {
                 "must be at least 1".into(),
             ));
         }
-        if r.max_gpus() == 0 || r.max_gpus() < r.gpus_per_node.min(r.max_gpus()) {
+        if r.max_gpus() == 0 {
             return Err(invalid(
                 "spec.resources.maxGpus",
                 "must be at least 1".into(),
