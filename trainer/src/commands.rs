@@ -28,7 +28,19 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let model_dir = setup::model_dir(cfg)?;
     let out = setup::output_dir(cfg)?;
     let device = setup::device();
-    let group: Box<dyn DataParallel> = Box::new(SingleProcess);
+    let timeout = std::time::Duration::from_secs(cfg.ddp_timeout.max(1));
+    let group: Box<dyn DataParallel> = match crate::data_parallel::join_from_env(device, timeout)? {
+        Some(g) => {
+            if cfg.zero_stage > 0 {
+                tracing::warn!(
+                    zero_stage = cfg.zero_stage,
+                    "ZeRO partitioning is not wired into the loop yet: training as plain data parallel (each rank keeps full optimizer state)"
+                );
+            }
+            Box::new(g)
+        }
+        None => Box::new(SingleProcess),
+    };
     let is_main = group.rank() == 0;
     let stop = setup::stop_flag()?;
     let start = resolve(cfg, &out, is_main)?;

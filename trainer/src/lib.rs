@@ -15,6 +15,7 @@ pub mod adapters;
 pub mod batching;
 pub mod checkpoint;
 pub mod commands;
+pub mod data_parallel;
 pub mod error;
 pub mod interfaces;
 pub mod metrics;

@@ -133,3 +133,52 @@ fn bad_inputs_are_config_errors() {
         assert!(lines[0].contains(needle), "{args:?}: the error should name `{needle}`: {}", lines[0]);
     }
 }
+
+fn read_adapter(dir: &Path) -> Vec<(String, tch::Tensor)> {
+    let mut t = tch::Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+/// Two data-parallel ranks (Gloo) with batch 2 train exactly what one process with batch 4 does.
+#[test]
+fn two_ranks_equal_one_process_with_the_global_batch() {
+    let one = tempfile::tempdir().unwrap();
+    let cfg1 = write_config(one.path(), "max_grad_norm: 0\n");
+    let o = trainer(&["train", cfg1.to_str().unwrap(), "per_device_train_batch_size=4", "gradient_accumulation_steps=1"], &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let two = tempfile::tempdir().unwrap();
+    let cfg2 = write_config(two.path(), "max_grad_norm: 0\n");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let mut procs: Vec<_> = (0..2)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
+                .args(["train", cfg2.to_str().unwrap(), "per_device_train_batch_size=2", "gradient_accumulation_steps=1"])
+                .env_remove("LF_STATUS_FILE")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("WORLD_SIZE", "2")
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for p in procs.iter_mut() {
+        let status = p.wait().unwrap();
+        assert!(status.success(), "a rank failed");
+    }
+    let a = read_adapter(&one.path().join("out"));
+    let b = read_adapter(&two.path().join("out"));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let d = (ta - tb).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "{na} differs by {d}");
+    }
+}
