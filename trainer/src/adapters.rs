@@ -43,7 +43,11 @@ pub struct LmTrainee {
 
 impl LmTrainee {
     pub fn new(lm: CausalLm, base_name: impl Into<String>) -> Self {
-        LmTrainee { lm, base_name: base_name.into(), micro_batches: 0 }
+        LmTrainee {
+            lm,
+            base_name: base_name.into(),
+            micro_batches: 0,
+        }
     }
 
     fn is_lora(&self) -> bool {
@@ -52,12 +56,21 @@ impl LmTrainee {
 
     /// Writes the result of training into `dir`: the PEFT adapter for LoRA methods, a complete
     /// Hugging Face model (from `src_model_dir`'s config and tokenizer) for `full`/`freeze`.
-    pub fn save_final(&self, dir: &Path, src_model_dir: &Path, shard_bytes: u64) -> Result<Vec<PathBuf>, TrainerError> {
+    pub fn save_final(
+        &self,
+        dir: &Path,
+        src_model_dir: &Path,
+        shard_bytes: u64,
+    ) -> Result<Vec<PathBuf>, TrainerError> {
         if self.is_lora() {
-            self.lm.save_adapter(dir, &self.base_name).map_err(|e| model_error("saving the adapter", e))?;
+            self.lm
+                .save_adapter(dir, &self.base_name)
+                .map_err(|e| model_error("saving the adapter", e))?;
             Ok(vec![dir.join(ADAPTER_WEIGHTS), dir.join(ADAPTER_CONFIG)])
         } else {
-            self.lm.export_merged(dir, src_model_dir, shard_bytes).map_err(|e| model_error("saving the model", e))?;
+            self.lm
+                .export_merged(dir, src_model_dir, shard_bytes)
+                .map_err(|e| model_error("saving the model", e))?;
             Ok(vec![dir.to_path_buf()])
         }
     }
@@ -72,22 +85,38 @@ impl TrainModel for LmTrainee {
         self.lm.set_training(on);
     }
 
-    fn loss_sum_and_backward(&mut self, input_ids: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<MicroOutput, TrainerError> {
-        let loss_sum = self.lm.loss_sum_and_backward(input_ids, labels, loss_scale).map_err(|e| model_error("training step", e))?;
+    fn loss_sum_and_backward(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss_scale: f64,
+    ) -> Result<MicroOutput, TrainerError> {
+        let loss_sum = self
+            .lm
+            .loss_sum_and_backward(input_ids, labels, loss_scale)
+            .map_err(|e| model_error("training step", e))?;
         self.micro_batches += 1;
-        Ok(MicroOutput { loss_sum, forward_secs: None })
+        Ok(MicroOutput {
+            loss_sum,
+            forward_secs: None,
+        })
     }
 
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError> {
         let t = tch::no_grad(|| self.lm.loss_sum(input_ids, labels));
-        t.f_double_value(&[]).map_err(|e| TrainerError::from_library("evaluation", e))
+        t.f_double_value(&[])
+            .map_err(|e| TrainerError::from_library("evaluation", e))
     }
 
     fn save_weights(&self, dir: &Path) -> Result<(), TrainerError> {
         if self.is_lora() {
-            self.lm.save_adapter(dir, &self.base_name).map_err(|e| model_error("saving the adapter", e))
+            self.lm
+                .save_adapter(dir, &self.base_name)
+                .map_err(|e| model_error("saving the adapter", e))
         } else {
-            self.lm.save_trainable(&dir.join(TRAINABLE_WEIGHTS)).map_err(|e| model_error("saving the trainable weights", e))
+            self.lm
+                .save_trainable(&dir.join(TRAINABLE_WEIGHTS))
+                .map_err(|e| model_error("saving the trainable weights", e))
         }
     }
 
@@ -96,7 +125,9 @@ impl TrainModel for LmTrainee {
         if self.is_lora() {
             self.lm.load_adapter(dir).map_err(|e| model_error(&ctx, e))
         } else {
-            self.lm.load_trainable(&dir.join(TRAINABLE_WEIGHTS)).map_err(|e| model_error(&ctx, e))
+            self.lm
+                .load_trainable(&dir.join(TRAINABLE_WEIGHTS))
+                .map_err(|e| model_error(&ctx, e))
         }
     }
 
@@ -117,7 +148,9 @@ pub struct OptimStep(pub Box<dyn lf_optim::Optimizer>);
 impl StepOptimizer for OptimStep {
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
         let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
-        self.0.step(&tensors, lr).map_err(|e| TrainerError::from_library("optimizer step", e))
+        self.0
+            .step(&tensors, lr)
+            .map_err(|e| TrainerError::from_library("optimizer step", e))
     }
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
@@ -125,6 +158,10 @@ impl StepOptimizer for OptimStep {
     }
 
     fn load_state_tensors(&mut self, state: Vec<(String, Tensor)>) -> Result<(), TrainerError> {
-        self.0.load_state_dict(state).map_err(|e| TrainerError::config(format!("the checkpoint's optimizer state does not fit this run: {e}")))
+        self.0.load_state_dict(state).map_err(|e| {
+            TrainerError::config(format!(
+                "the checkpoint's optimizer state does not fit this run: {e}"
+            ))
+        })
     }
 }

@@ -39,7 +39,12 @@ pub struct HostBatch {
 
 /// Right-pads examples to the longest one (`pad_id` for inputs, −100 for labels).
 pub fn collate(examples: &[&Example], pad_id: u32) -> HostBatch {
-    let seq_len = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0).max(2);
+    let seq_len = examples
+        .iter()
+        .map(|e| e.input_ids.len())
+        .max()
+        .unwrap_or(0)
+        .max(2);
     let b = examples.len();
     let mut input_ids = vec![pad_id as i64; b * seq_len];
     let mut labels = vec![IGNORE_INDEX; b * seq_len];
@@ -58,7 +63,14 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> HostBatch {
         }
         tokens += e.input_ids.len() as u64;
     }
-    HostBatch { input_ids, labels, batch_size: b, seq_len, label_tokens, tokens }
+    HostBatch {
+        input_ids,
+        labels,
+        batch_size: b,
+        seq_len,
+        label_tokens,
+        tokens,
+    }
 }
 
 /// The deterministic step plan.
@@ -112,7 +124,9 @@ impl StepPlan {
 
     /// Optimiser steps per epoch (at least 1).
     pub fn steps_per_epoch(&self) -> u64 {
-        self.batches_per_epoch().div_ceil(self.grad_accum.max(1) as u64).max(1)
+        self.batches_per_epoch()
+            .div_ceil(self.grad_accum.max(1) as u64)
+            .max(1)
     }
 
     /// Total optimiser steps: `max_steps` when positive, else `ceil(epochs × steps_per_epoch)`.
@@ -120,7 +134,9 @@ impl StepPlan {
         if max_steps > 0 {
             max_steps as u64
         } else {
-            (num_train_epochs * self.steps_per_epoch() as f64).ceil().max(1.0) as u64
+            (num_train_epochs * self.steps_per_epoch() as f64)
+                .ceil()
+                .max(1.0) as u64
         }
     }
 
@@ -129,8 +145,14 @@ impl StepPlan {
         let spe = self.steps_per_epoch();
         let epoch = step / spe;
         let batch_index = (step % spe) * self.grad_accum as u64;
-        let micro_batches = (self.grad_accum as u64).min(self.batches_per_epoch().saturating_sub(batch_index)).max(1);
-        DataPosition { epoch, batch_index, micro_batches }
+        let micro_batches = (self.grad_accum as u64)
+            .min(self.batches_per_epoch().saturating_sub(batch_index))
+            .max(1);
+        DataPosition {
+            epoch,
+            batch_index,
+            micro_batches,
+        }
     }
 
     /// The fractional epoch after completing `steps` steps (for logs).
@@ -151,8 +173,12 @@ impl StepPlan {
         (0..pos.micro_batches)
             .map(|m| {
                 let start = (pos.batch_index + m) as usize * global + self.rank * self.batch_size;
-                let end = (start + self.batch_size).min(perm.len()).min((pos.batch_index + m + 1) as usize * global);
-                perm.get(start..end.max(start)).map(|s| s.to_vec()).unwrap_or_default()
+                let end = (start + self.batch_size)
+                    .min(perm.len())
+                    .min((pos.batch_index + m + 1) as usize * global);
+                perm.get(start..end.max(start))
+                    .map(|s| s.to_vec())
+                    .unwrap_or_default()
             })
             .filter(|rows| !rows.is_empty())
             .collect()
@@ -177,21 +203,30 @@ pub fn spawn_loader(
     prefetch: usize,
 ) -> Receiver<StepBatches> {
     let (tx, rx) = sync_channel(prefetch.max(1));
-    let spawned = std::thread::Builder::new().name("lf-data".into()).spawn(move || {
-        for step in start..end {
-            let micro = plan
-                .step_indices(step)
-                .iter()
-                .map(|rows| {
-                    let refs: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
-                    collate(&refs, pad_id)
-                })
-                .collect();
-            if tx.send(StepBatches { step, position: plan.position(step), micro }).is_err() {
-                return; // the training loop stopped
+    let spawned = std::thread::Builder::new()
+        .name("lf-data".into())
+        .spawn(move || {
+            for step in start..end {
+                let micro = plan
+                    .step_indices(step)
+                    .iter()
+                    .map(|rows| {
+                        let refs: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
+                        collate(&refs, pad_id)
+                    })
+                    .collect();
+                if tx
+                    .send(StepBatches {
+                        step,
+                        position: plan.position(step),
+                        micro,
+                    })
+                    .is_err()
+                {
+                    return; // the training loop stopped
+                }
             }
-        }
-    });
+        });
     if let Err(e) = spawned {
         tracing::error!("cannot start the data thread: {e}");
     }
@@ -205,7 +240,9 @@ mod tests {
     fn ex(len: usize, prompt: usize) -> Example {
         Example {
             input_ids: (1..=len as u32).collect(),
-            labels: (0..len).map(|i| if i < prompt { -100 } else { i as i32 + 1 }).collect(),
+            labels: (0..len)
+                .map(|i| if i < prompt { -100 } else { i as i32 + 1 })
+                .collect(),
         }
     }
 
@@ -223,32 +260,71 @@ mod tests {
 
     #[test]
     fn plan_covers_each_epoch_once_and_is_deterministic() {
-        let plan = StepPlan { num_examples: 10, batch_size: 3, grad_accum: 2, seed: 7, world_size: 1, rank: 0 };
+        let plan = StepPlan {
+            num_examples: 10,
+            batch_size: 3,
+            grad_accum: 2,
+            seed: 7,
+            world_size: 1,
+            rank: 0,
+        };
         assert_eq!(plan.batches_per_epoch(), 4);
         assert_eq!(plan.steps_per_epoch(), 2);
         assert_eq!(plan.total_steps(3.0, -1), 6);
         assert_eq!(plan.total_steps(3.0, 5), 5);
-        let mut seen: Vec<usize> = (0..2).flat_map(|s| plan.step_indices(s)).flatten().collect();
+        let mut seen: Vec<usize> = (0..2)
+            .flat_map(|s| plan.step_indices(s))
+            .flatten()
+            .collect();
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
         assert_eq!(plan.step_indices(1), plan.step_indices(1));
-        assert_ne!(plan.step_indices(0), plan.step_indices(2), "a new shuffle each epoch");
-        assert_eq!(plan.position(3), DataPosition { epoch: 1, batch_index: 2, micro_batches: 2 });
+        assert_ne!(
+            plan.step_indices(0),
+            plan.step_indices(2),
+            "a new shuffle each epoch"
+        );
+        assert_eq!(
+            plan.position(3),
+            DataPosition {
+                epoch: 1,
+                batch_index: 2,
+                micro_batches: 2
+            }
+        );
         assert!((plan.epoch_after(3) - 1.5).abs() < 1e-12);
     }
 
     #[test]
     fn ranks_split_each_global_batch() {
-        let p0 = StepPlan { num_examples: 8, batch_size: 2, grad_accum: 1, seed: 1, world_size: 2, rank: 0 };
+        let p0 = StepPlan {
+            num_examples: 8,
+            batch_size: 2,
+            grad_accum: 1,
+            seed: 1,
+            world_size: 2,
+            rank: 0,
+        };
         let p1 = StepPlan { rank: 1, ..p0 };
-        let mut all: Vec<usize> = (0..2).flat_map(|s| [p0.step_indices(s), p1.step_indices(s)]).flatten().flatten().collect();
+        let mut all: Vec<usize> = (0..2)
+            .flat_map(|s| [p0.step_indices(s), p1.step_indices(s)])
+            .flatten()
+            .flatten()
+            .collect();
         all.sort();
         assert_eq!(all, (0..8).collect::<Vec<_>>());
     }
 
     #[test]
     fn loader_yields_steps_in_order() {
-        let plan = StepPlan { num_examples: 5, batch_size: 2, grad_accum: 1, seed: 0, world_size: 1, rank: 0 };
+        let plan = StepPlan {
+            num_examples: 5,
+            batch_size: 2,
+            grad_accum: 1,
+            seed: 0,
+            world_size: 1,
+            rank: 0,
+        };
         let examples = Arc::new((0..5).map(|i| ex(3 + i, 1)).collect::<Vec<_>>());
         let rx = spawn_loader(plan, examples, 0, 1, 4, 2);
         let steps: Vec<u64> = rx.iter().map(|s| s.step).collect();

@@ -62,7 +62,11 @@ fn sha256_file(path: &Path) -> std::io::Result<FileDigest> {
         bytes += n as u64;
         hasher.update(&buf[..n]);
     }
-    let sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(FileDigest { bytes, sha256 })
 }
 
@@ -103,7 +107,8 @@ pub fn write_atomic(
         }
         let manifest = Manifest { step, files };
         let marker = tmp.join(MARKER);
-        let text = serde_json::to_string_pretty(&manifest).map_err(|e| TrainerError::runtime(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| TrainerError::runtime(e.to_string()))?;
         std::fs::write(&marker, text).map_err(|e| TrainerError::io("write", &marker, e))?;
         fsync_path(&marker).map_err(|e| TrainerError::io("fsync", &marker, e))?;
         fsync_path(&tmp).map_err(|e| TrainerError::io("fsync", &tmp, e))?;
@@ -111,7 +116,8 @@ pub fn write_atomic(
         if dest.exists() {
             std::fs::remove_dir_all(&dest).map_err(|e| TrainerError::io("replace", &dest, e))?;
         }
-        std::fs::rename(&tmp, &dest).map_err(|e| TrainerError::io("rename into place", &dest, e))?;
+        std::fs::rename(&tmp, &dest)
+            .map_err(|e| TrainerError::io("rename into place", &dest, e))?;
         fsync_path(output_dir).map_err(|e| TrainerError::io("fsync", output_dir, e))?;
         Ok(dest)
     })();
@@ -142,7 +148,8 @@ pub fn verify(dir: &Path) -> Result<Manifest, Invalid> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Invalid::NoMarker),
         Err(e) => return Err(Invalid::BadMarker(e.to_string())),
     };
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| Invalid::BadMarker(e.to_string()))?;
+    let manifest: Manifest =
+        serde_json::from_str(&text).map_err(|e| Invalid::BadMarker(e.to_string()))?;
     for (name, want) in &manifest.files {
         let path = dir.join(name);
         let meta = std::fs::metadata(&path).map_err(|_| Invalid::Missing { file: name.clone() })?;
@@ -159,14 +166,19 @@ pub fn verify(dir: &Path) -> Result<Manifest, Invalid> {
 
 /// Every `checkpoint-N` directory in `output_dir`, oldest first (valid or not).
 pub fn list(output_dir: &Path) -> Vec<Found> {
-    let Ok(entries) = std::fs::read_dir(output_dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(output_dir) else {
+        return Vec::new();
+    };
     let mut found: Vec<Found> = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let step = name.strip_prefix(PREFIX)?.parse::<u64>().ok()?;
-            Some(Found { step, path: e.path() })
+            Some(Found {
+                step,
+                path: e.path(),
+            })
         })
         .collect();
     found.sort_by_key(|f| f.step);
@@ -192,8 +204,15 @@ pub fn rotate(output_dir: &Path, limit: usize) -> Vec<PathBuf> {
     let mut deleted = Vec::new();
     let all = list(output_dir);
     let valid: Vec<&Found> = all.iter().filter(|f| verify(&f.path).is_ok()).collect();
-    let Some(newest) = valid.last().map(|f| f.step) else { return deleted };
-    let keep: Vec<u64> = valid.iter().rev().take(limit.max(1)).map(|f| f.step).collect();
+    let Some(newest) = valid.last().map(|f| f.step) else {
+        return deleted;
+    };
+    let keep: Vec<u64> = valid
+        .iter()
+        .rev()
+        .take(limit.max(1))
+        .map(|f| f.step)
+        .collect();
     for f in &all {
         if f.step < newest && !keep.contains(&f.step) {
             match std::fs::remove_dir_all(&f.path) {
@@ -206,7 +225,10 @@ pub fn rotate(output_dir: &Path, limit: usize) -> Vec<PathBuf> {
         for e in entries.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
             let ours = format!("-{}", std::process::id());
-            if name.starts_with(TEMP_PREFIX) && !name.ends_with(&ours) && std::fs::remove_dir_all(e.path()).is_ok() {
+            if name.starts_with(TEMP_PREFIX)
+                && !name.ends_with(&ours)
+                && std::fs::remove_dir_all(e.path()).is_ok()
+            {
                 deleted.push(e.path());
             }
         }
@@ -240,14 +262,19 @@ mod tests {
         std::fs::remove_file(p.join(MARKER)).unwrap();
         assert!(matches!(verify(&p), Err(Invalid::NoMarker)));
         // No temporary directory is left behind.
-        let names: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
     #[test]
     fn failed_fill_leaves_nothing() {
         let out = tempfile::tempdir().unwrap();
-        let err = write_atomic(out.path(), 3, |_| Err(TrainerError::runtime("disk on fire")));
+        let err = write_atomic(out.path(), 3, |_| {
+            Err(TrainerError::runtime("disk on fire"))
+        });
         assert!(err.is_err());
         assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
     }

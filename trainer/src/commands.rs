@@ -46,8 +46,13 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let start = resolve(cfg, &out, is_main)?;
 
     let tok = setup::tokenizer(&model_dir)?;
-    let (train_examples, eval_examples) = setup::data(cfg, &tok, &out, group.rank(), group.world_size())?;
-    let data = TrainData { train: Arc::new(train_examples), eval: eval_examples, pad_id: tok.pad_id() };
+    let (train_examples, eval_examples) =
+        setup::data(cfg, &tok, &out, group.rank(), group.world_size())?;
+    let data = TrainData {
+        train: Arc::new(train_examples),
+        eval: eval_examples,
+        pad_id: tok.pad_id(),
+    };
 
     let lm = setup::model(cfg, &model_dir, device, true)?;
     let numeric_setup = setup::numeric_setup(cfg, &lm);
@@ -55,14 +60,26 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
     let params = trainee.trainable_parameters();
     let trainable: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
-    tracing::info!(trainable_params = trainable, tensors = params.len(), "trainable parameters");
+    tracing::info!(
+        trainable_params = trainable,
+        tensors = params.len(),
+        "trainable parameters"
+    );
     let mut optimizer = OptimStep(
-        lf_optim::build(cfg, &params).map_err(|e| TrainerError::config(format!("optimizer: {e}")))?,
+        lf_optim::build(cfg, &params)
+            .map_err(|e| TrainerError::config(format!("optimizer: {e}")))?,
     );
     drop(params);
 
-    let status = if is_main { Sink::from_env().map(StatusReporter::start) } else { None };
-    let metrics = match std::env::var(env::METRICS_ADDR).ok().filter(|a| !a.is_empty()) {
+    let status = if is_main {
+        Sink::from_env().map(StatusReporter::start)
+    } else {
+        None
+    };
+    let metrics = match std::env::var(env::METRICS_ADDR)
+        .ok()
+        .filter(|a| !a.is_empty())
+    {
         Some(addr) if is_main => {
             let m = Metrics::new();
             let bound = m.serve(&addr)?;
@@ -102,7 +119,14 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         }
         let mut results = summary.results();
         if cfg.do_eval && summary.eval_loss.is_none() {
-            if let Some(e) = evaluate(&mut trainee, &data.eval, cfg.per_device_eval_batch_size, data.pad_id, device, group.as_ref())? {
+            if let Some(e) = evaluate(
+                &mut trainee,
+                &data.eval,
+                cfg.per_device_eval_batch_size,
+                data.pad_id,
+                device,
+                group.as_ref(),
+            )? {
                 results.insert("eval_loss".into(), e.into());
                 results.insert("eval_perplexity".into(), e.exp().into());
             }
@@ -110,7 +134,11 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         merge_results(&out, results)?;
         if cfg.plot_loss {
             let log = TrainerLog::open(&out, false)?;
-            let points: Vec<(u64, f64)> = log.read_all().iter().filter_map(|r| r.loss.map(|l| (r.current_steps, l))).collect();
+            let points: Vec<(u64, f64)> = log
+                .read_all()
+                .iter()
+                .filter_map(|r| r.loss.map(|l| (r.current_steps, l)))
+                .collect();
             let title = format!("training loss of {}", out.display());
             match crate::plot::plot_loss(&out.join(LOSS_PLOT), &title, &points) {
                 Ok(_) => tracing::info!("wrote {}", out.join(LOSS_PLOT).display()),
@@ -136,7 +164,11 @@ pub fn run_eval(cfg: &TrainingConfig) -> Result<serde_json::Value, TrainerError>
     let model_dir = setup::model_dir(cfg)?;
     let device = setup::device();
     let tok = setup::tokenizer(&model_dir)?;
-    let scratch = cfg.output_dir.as_ref().map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let scratch = cfg
+        .output_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let (train_examples, eval_examples) = setup::data(cfg, &tok, &scratch, 0, 1)?;
     let examples = if !eval_examples.is_empty() {
         eval_examples
@@ -144,12 +176,21 @@ pub fn run_eval(cfg: &TrainingConfig) -> Result<serde_json::Value, TrainerError>
         // No split asked for: evaluate on the whole `dataset`, as `do_eval` with `dataset` only.
         train_examples
     } else {
-        return Err(TrainerError::config("the evaluation split is empty: set eval_dataset or a larger val_size"));
+        return Err(TrainerError::config(
+            "the evaluation split is empty: set eval_dataset or a larger val_size",
+        ));
     };
     let lm = setup::model(cfg, &model_dir, device, false)?;
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
-    let loss = evaluate(&mut trainee, &examples, cfg.per_device_eval_batch_size, tok.pad_id(), device, &SingleProcess)?
-        .ok_or_else(|| TrainerError::config("the evaluation examples have no label tokens"))?;
+    let loss = evaluate(
+        &mut trainee,
+        &examples,
+        cfg.per_device_eval_batch_size,
+        tok.pad_id(),
+        device,
+        &SingleProcess,
+    )?
+    .ok_or_else(|| TrainerError::config("the evaluation examples have no label tokens"))?;
     let mut m = serde_json::Map::new();
     m.insert("eval_loss".into(), loss.into());
     m.insert("eval_perplexity".into(), loss.exp().into());
@@ -165,13 +206,17 @@ pub fn run_eval(cfg: &TrainingConfig) -> Result<serde_json::Value, TrainerError>
 /// `lf-trainer export`: merges the adapter into the base weights as a Hugging Face model.
 pub fn run_export(cfg: &TrainingConfig) -> Result<PathBuf, TrainerError> {
     let model_dir = setup::model_dir(cfg)?;
-    let export_dir = cfg.export_dir.as_deref().ok_or_else(|| TrainerError::config("export_dir is required for export"))?;
+    let export_dir = cfg
+        .export_dir
+        .as_deref()
+        .ok_or_else(|| TrainerError::config("export_dir is required for export"))?;
     if cfg.quantization_bit.is_some() {
         return Err(TrainerError::config("quantization_bit: merging into quantised base weights is not supported; export from the unquantised model"));
     }
     let lm = setup::model(cfg, &model_dir, tch::Device::Cpu, false)?;
     let out = PathBuf::from(export_dir);
-    lm.export_merged(&out, &model_dir, shard_bytes(cfg)).map_err(|e| model_error("exporting the merged model", e))?;
+    lm.export_merged(&out, &model_dir, shard_bytes(cfg))
+        .map_err(|e| model_error("exporting the merged model", e))?;
     Ok(out)
 }
 
@@ -180,14 +225,21 @@ pub fn run_chat(cfg: &TrainingConfig, prompt: Option<&str>) -> Result<(), Traine
     let model_dir = setup::model_dir(cfg)?;
     let device = setup::device();
     let tok = setup::tokenizer(&model_dir)?;
-    let template = lf_data::ChatTemplate::resolve(cfg.template.as_deref(), &tok).map_err(setup::data_error)?;
-    let stop: Vec<i64> = template.stop_token_ids(&tok).into_iter().map(i64::from).collect();
+    let template =
+        lf_data::ChatTemplate::resolve(cfg.template.as_deref(), &tok).map_err(setup::data_error)?;
+    let stop: Vec<i64> = template
+        .stop_token_ids(&tok)
+        .into_iter()
+        .map(i64::from)
+        .collect();
     let lm = setup::model(cfg, &model_dir, device, false)?;
     let params = GenerationParams::from_config(cfg);
     let system = cfg.default_system.as_deref();
     let mut history: Vec<(String, String)> = Vec::new();
     let answer = |user: &str, history: &[(String, String)]| -> Result<String, TrainerError> {
-        let ids = template.encode_prompt(&tok, system, history, user).map_err(setup::data_error)?;
+        let ids = template
+            .encode_prompt(&tok, system, history, user)
+            .map_err(setup::data_error)?;
         let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         let mut generated: Vec<u32> = Vec::new();
         let mut shown = 0usize;
@@ -211,12 +263,21 @@ pub fn run_chat(cfg: &TrainingConfig, prompt: Option<&str>) -> Result<(), Traine
         answer(p, &history)?;
         return Ok(());
     }
-    eprintln!("chat with {} (template `{}`); `clear` forgets the history, `exit` quits", model_dir.display(), template.name());
+    eprintln!(
+        "chat with {} (template `{}`); `clear` forgets the history, `exit` quits",
+        model_dir.display(),
+        template.name()
+    );
     let stdin = std::io::stdin();
     loop {
         eprint!("User: ");
         let mut line = String::new();
-        if stdin.lock().read_line(&mut line).map_err(|e| TrainerError::runtime(format!("reading stdin: {e}")))? == 0 {
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| TrainerError::runtime(format!("reading stdin: {e}")))?
+            == 0
+        {
             return Ok(());
         }
         let user = line.trim();

@@ -16,7 +16,9 @@ use crate::interfaces::DataParallel;
 pub fn dist_error(e: DistError) -> TrainerError {
     match e.failure_reason() {
         FailureReason::ConfigError => TrainerError::config(e.to_string()),
-        FailureReason::Communication => TrainerError::Communication { message: e.to_string() },
+        FailureReason::Communication => TrainerError::Communication {
+            message: e.to_string(),
+        },
         _ => TrainerError::runtime(e.to_string()),
     }
 }
@@ -24,13 +26,20 @@ pub fn dist_error(e: DistError) -> TrainerError {
 /// A process group joined from the environment (`MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`,
 /// `RANK`), or `None` when `WORLD_SIZE` is unset or 1.
 pub fn join_from_env(device: Device, timeout: Duration) -> Result<Option<DistGroup>, TrainerError> {
-    let world: usize = std::env::var(lf_api::runtime::env::WORLD_SIZE).ok().and_then(|w| w.trim().parse().ok()).unwrap_or(1);
+    let world: usize = std::env::var(lf_api::runtime::env::WORLD_SIZE)
+        .ok()
+        .and_then(|w| w.trim().parse().ok())
+        .unwrap_or(1);
     if world <= 1 {
         return Ok(None);
     }
     let opts = RendezvousOptions::from_env(timeout).map_err(dist_error)?;
     let pg = ProcessGroup::new(&opts, device).map_err(dist_error)?;
-    tracing::info!(rank = pg.rank(), world_size = pg.world_size(), "joined the process group");
+    tracing::info!(
+        rank = pg.rank(),
+        world_size = pg.world_size(),
+        "joined the process group"
+    );
     Ok(Some(DistGroup { pg, device }))
 }
 
@@ -52,7 +61,8 @@ impl DataParallel for DistGroup {
     fn sum_scalar(&self, value: f64) -> Result<f64, TrainerError> {
         let mut t = Tensor::from_slice(&[value]).to_device(self.device);
         self.pg.all_reduce_sum(&mut t).map_err(dist_error)?;
-        t.f_double_value(&[0]).map_err(|e| TrainerError::runtime(e.to_string()))
+        t.f_double_value(&[0])
+            .map_err(|e| TrainerError::runtime(e.to_string()))
     }
 
     /// One flat fp32 buffer per step: every gradient is copied in, summed over ranks in a single
@@ -67,14 +77,22 @@ impl DataParallel for DistGroup {
         }
         let _guard = tch::no_grad_guard();
         let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
-        let flat: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).reshape([-1])).collect();
+        let flat: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.to_kind(Kind::Float).reshape([-1]))
+            .collect();
         let mut buffer = Tensor::cat(&flat, 0);
         self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
         let mut offset = 0;
         for g in &grads {
             let n = g.numel() as i64;
             let mut g = g.shallow_clone();
-            g.copy_(&buffer.narrow(0, offset, n).reshape(g.size()).to_kind(g.kind()));
+            g.copy_(
+                &buffer
+                    .narrow(0, offset, n)
+                    .reshape(g.size())
+                    .to_kind(g.kind()),
+            );
             offset += n;
         }
         Ok(())

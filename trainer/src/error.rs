@@ -33,18 +33,24 @@ pub enum TrainerError {
 
 impl TrainerError {
     pub fn config(message: impl Into<String>) -> Self {
-        TrainerError::Config { message: message.into() }
+        TrainerError::Config {
+            message: message.into(),
+        }
     }
 
     pub fn runtime(message: impl Into<String>) -> Self {
-        TrainerError::Runtime { message: message.into() }
+        TrainerError::Runtime {
+            message: message.into(),
+        }
     }
 
     /// An I/O failure on `path` while doing `what`.
     pub fn io(what: &str, path: &Path, err: std::io::Error) -> Self {
         let message = format!("cannot {what} {}: {err}", path.display());
         if err.raw_os_error() == Some(libc::ENOSPC) {
-            return TrainerError::Runtime { message: format!("{message} (the volume is full)") };
+            return TrainerError::Runtime {
+                message: format!("{message} (the volume is full)"),
+            };
         }
         TrainerError::Runtime { message }
     }
@@ -93,7 +99,11 @@ impl TrainerError {
     }
 
     /// The termination message for this error.
-    pub fn report(&self, rank: Option<u32>, last_checkpoint_step: Option<u64>) -> TerminationReport {
+    pub fn report(
+        &self,
+        rank: Option<u32>,
+        last_checkpoint_step: Option<u64>,
+    ) -> TerminationReport {
         TerminationReport {
             reason: self.reason(),
             rank,
@@ -109,7 +119,9 @@ impl TrainerError {
 /// OS refusing memory).
 pub fn looks_like_oom(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("cannot allocate memory")
+    m.contains("out of memory")
+        || m.contains("can't allocate memory")
+        || m.contains("cannot allocate memory")
 }
 
 /// Writes the termination message to `/dev/termination-log` when that file exists and is
@@ -124,7 +136,9 @@ pub fn write_termination_log_to(path: &Path, report: &TerminationReport) -> bool
     if !path.exists() {
         return false;
     }
-    let Ok(text) = serde_json::to_string(report) else { return false };
+    let Ok(text) = serde_json::to_string(report) else {
+        return false;
+    };
     std::fs::write(path, text).is_ok()
 }
 
@@ -136,12 +150,19 @@ mod tests {
     fn exit_codes_follow_the_contract() {
         assert_eq!(TrainerError::config("x").exit_code(), exit_code::CONFIG);
         assert_eq!(TrainerError::runtime("x").exit_code(), exit_code::RUNTIME);
-        let oom = TrainerError::from_library("step", "CUDA out of memory. Tried to allocate 2.00 GiB");
+        let oom =
+            TrainerError::from_library("step", "CUDA out of memory. Tried to allocate 2.00 GiB");
         assert_eq!(oom.exit_code(), exit_code::OUT_OF_MEMORY);
-        let nan = TrainerError::NonFinite { message: "nan".into(), hint: "h".into() };
+        let nan = TrainerError::NonFinite {
+            message: "nan".into(),
+            hint: "h".into(),
+        };
         assert_eq!(nan.exit_code(), exit_code::CONFIG);
         assert_eq!(nan.reason(), FailureReason::NonFinite);
-        let int = TrainerError::Interrupted { step: 3, checkpoint: Some(3) };
+        let int = TrainerError::Interrupted {
+            step: 3,
+            checkpoint: Some(3),
+        };
         assert_eq!(int.exit_code(), exit_code::INTERRUPTED);
         assert!(int.to_string().contains("checkpoint-3"));
     }

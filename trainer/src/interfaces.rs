@@ -25,7 +25,12 @@ pub trait TrainModel {
     fn set_training(&mut self, on: bool);
     /// Forward and backward of one micro-batch: accumulates `loss_scale ×` the gradient of the
     /// summed token loss into `.grad`.
-    fn loss_sum_and_backward(&mut self, input_ids: &Tensor, labels: &Tensor, loss_scale: f64) -> Result<MicroOutput, TrainerError>;
+    fn loss_sum_and_backward(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss_scale: f64,
+    ) -> Result<MicroOutput, TrainerError>;
     /// The summed token loss without gradients (evaluation).
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError>;
     /// Writes what trains (a PEFT adapter, or the trainable weights) into `dir`.

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use lf_trainer::{commands, error, setup, TrainerError};
 
 #[derive(Parser, Debug)]
-#[command(name = "lf-trainer", version, about = "LoRA-family fine-tuning of Llama-family models on libtorch")]
+#[command(
+    name = "lf-trainer",
+    version,
+    about = "LoRA-family fine-tuning of Llama-family models on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,7 +51,10 @@ fn run(cli: Cli) -> Result<(), TrainerError> {
         Command::Train { args } => commands::run_train(&config(&args)?),
         Command::Eval { args } => {
             let results = commands::run_eval(&config(&args)?)?;
-            println!("{}", serde_json::to_string_pretty(&results).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&results).unwrap_or_default()
+            );
             Ok(())
         }
         Command::Chat { prompt, args } => commands::run_chat(&config(&args)?, prompt.as_deref()),
@@ -60,13 +67,19 @@ fn run(cli: Cli) -> Result<(), TrainerError> {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LF_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let rank = std::env::var(lf_api::runtime::env::RANK).ok().and_then(|r| r.parse().ok());
+            let rank = std::env::var(lf_api::runtime::env::RANK)
+                .ok()
+                .and_then(|r| r.parse().ok());
             let last = match &e {
                 TrainerError::Interrupted { checkpoint, .. } => *checkpoint,
                 _ => None,

@@ -27,23 +27,42 @@ impl Metrics {
         let registry = Registry::new();
         let int = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("static metric names are valid");
-            registry.register(Box::new(g.clone())).expect("each metric is registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("each metric is registered once");
             g
         };
         let float = |name: &str, help: &str| {
             let g = Gauge::new(name, help).expect("static metric names are valid");
-            registry.register(Box::new(g.clone())).expect("each metric is registered once");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("each metric is registered once");
             g
         };
         Metrics {
             step: int("lf_trainer_step", "Optimiser steps completed"),
             total_steps: int("lf_trainer_total_steps", "Optimiser steps of the whole run"),
-            loss: float("lf_trainer_loss", "Training loss of the last logging window"),
+            loss: float(
+                "lf_trainer_loss",
+                "Training loss of the last logging window",
+            ),
             learning_rate: float("lf_trainer_learning_rate", "Learning rate of the last step"),
-            tokens_per_second: float("lf_trainer_tokens_per_second", "Training tokens per second (last logging window)"),
-            grad_norm: float("lf_trainer_grad_norm", "Gradient norm before clipping (last step)"),
-            peak_memory_bytes: int("lf_trainer_peak_memory_bytes", "Peak device memory (CUDA allocator) or peak RSS on CPU"),
-            eval_loss: float("lf_trainer_eval_loss", "Loss on the validation split at the last evaluation"),
+            tokens_per_second: float(
+                "lf_trainer_tokens_per_second",
+                "Training tokens per second (last logging window)",
+            ),
+            grad_norm: float(
+                "lf_trainer_grad_norm",
+                "Gradient norm before clipping (last step)",
+            ),
+            peak_memory_bytes: int(
+                "lf_trainer_peak_memory_bytes",
+                "Peak device memory (CUDA allocator) or peak RSS on CPU",
+            ),
+            eval_loss: float(
+                "lf_trainer_eval_loss",
+                "Loss on the validation split at the last evaluation",
+            ),
             registry,
         }
     }
@@ -57,9 +76,12 @@ impl Metrics {
 
     /// Serves [`Metrics::render`] on `addr` from a background thread. Returns the bound address.
     pub fn serve(&self, addr: &str) -> Result<std::net::SocketAddr, TrainerError> {
-        let listener = TcpListener::bind(addr)
-            .map_err(|e| TrainerError::config(format!("cannot listen on LF_METRICS_ADDR={addr}: {e}")))?;
-        let bound = listener.local_addr().map_err(|e| TrainerError::runtime(e.to_string()))?;
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            TrainerError::config(format!("cannot listen on LF_METRICS_ADDR={addr}: {e}"))
+        })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| TrainerError::runtime(e.to_string()))?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("lf-metrics".into())

@@ -81,7 +81,8 @@ impl TrainerLog {
     }
 
     pub fn append(&self, record: &LogRecord) -> Result<(), TrainerError> {
-        let line = serde_json::to_string(record).map_err(|e| TrainerError::runtime(e.to_string()))?;
+        let line =
+            serde_json::to_string(record).map_err(|e| TrainerError::runtime(e.to_string()))?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -93,8 +94,12 @@ impl TrainerLog {
     /// Every record written so far (the plot reads them back, including those of earlier
     /// attempts of a resumed run).
     pub fn read_all(&self) -> Vec<LogRecord> {
-        let Ok(text) = std::fs::read_to_string(&self.path) else { return Vec::new() };
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Drops records past `step` (a resumed run repeats no step, so later lines of the crashed
@@ -103,10 +108,16 @@ impl TrainerLog {
         if !self.path.exists() {
             return Ok(());
         }
-        let kept: Vec<LogRecord> = self.read_all().into_iter().filter(|r| r.current_steps <= step).collect();
+        let kept: Vec<LogRecord> = self
+            .read_all()
+            .into_iter()
+            .filter(|r| r.current_steps <= step)
+            .collect();
         let mut text = String::new();
         for r in &kept {
-            text.push_str(&serde_json::to_string(r).map_err(|e| TrainerError::runtime(e.to_string()))?);
+            text.push_str(
+                &serde_json::to_string(r).map_err(|e| TrainerError::runtime(e.to_string()))?,
+            );
             text.push('\n');
         }
         std::fs::write(&self.path, text).map_err(|e| TrainerError::io("rewrite", &self.path, e))
@@ -115,14 +126,18 @@ impl TrainerLog {
 
 /// Merges `values` into `output_dir/all_results.json` (train and eval results share the file, as
 /// in Hugging Face's `save_metrics("all", ...)`).
-pub fn merge_results(output_dir: &Path, values: serde_json::Map<String, serde_json::Value>) -> Result<(), TrainerError> {
+pub fn merge_results(
+    output_dir: &Path,
+    values: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TrainerError> {
     let path = output_dir.join(ALL_RESULTS);
     let mut all: serde_json::Map<String, serde_json::Value> = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
     all.extend(values);
-    let text = serde_json::to_string_pretty(&all).map_err(|e| TrainerError::runtime(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(&all).map_err(|e| TrainerError::runtime(e.to_string()))?;
     std::fs::write(&path, text).map_err(|e| TrainerError::io("write", &path, e))
 }
 
@@ -138,7 +153,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// (and the build can query it), the process peak RSS otherwise.
 pub fn peak_memory_bytes(device: tch::Device) -> Option<u64> {
     match device {
-        tch::Device::Cuda(i) => lf_dist::cuda_peak_allocated_bytes(i as i64).or_else(peak_rss_bytes),
+        tch::Device::Cuda(i) => {
+            lf_dist::cuda_peak_allocated_bytes(i as i64).or_else(peak_rss_bytes)
+        }
         _ => peak_rss_bytes(),
     }
 }
@@ -158,17 +175,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = TrainerLog::open(dir.path(), true).unwrap();
         for s in 1..=4 {
-            log.append(&LogRecord { current_steps: s, total_steps: 4, loss: Some(1.0 / s as f64), ..Default::default() }).unwrap();
+            log.append(&LogRecord {
+                current_steps: s,
+                total_steps: 4,
+                loss: Some(1.0 / s as f64),
+                ..Default::default()
+            })
+            .unwrap();
         }
         log.truncate_after(2).unwrap();
         let back = log.read_all();
         assert_eq!(back.len(), 2);
         assert_eq!(back[1].loss, Some(0.5));
         let text = std::fs::read_to_string(dir.path().join(TRAINER_LOG)).unwrap();
-        assert!(!text.contains("eval_loss"), "absent fields are left out: {text}");
-        merge_results(dir.path(), serde_json::json!({"train_loss": 1.5}).as_object().unwrap().clone()).unwrap();
-        merge_results(dir.path(), serde_json::json!({"eval_loss": 2.0}).as_object().unwrap().clone()).unwrap();
-        let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join(ALL_RESULTS)).unwrap()).unwrap();
+        assert!(
+            !text.contains("eval_loss"),
+            "absent fields are left out: {text}"
+        );
+        merge_results(
+            dir.path(),
+            serde_json::json!({"train_loss": 1.5})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        merge_results(
+            dir.path(),
+            serde_json::json!({"eval_loss": 2.0})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        let all: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.path().join(ALL_RESULTS)).unwrap())
+                .unwrap();
         assert_eq!(all["train_loss"], 1.5);
         assert_eq!(all["eval_loss"], 2.0);
         assert!(peak_rss_bytes().unwrap() > 1 << 20);

@@ -27,7 +27,10 @@ fn font_available() -> bool {
     static FONT: OnceLock<bool> = OnceLock::new();
     *FONT.get_or_init(|| {
         let env = std::env::var("LF_PLOT_FONT").ok();
-        let candidates = env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied());
+        let candidates = env
+            .iter()
+            .map(String::as_str)
+            .chain(FONT_CANDIDATES.iter().copied());
         for path in candidates {
             if let Ok(bytes) = std::fs::read(path) {
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
@@ -43,7 +46,9 @@ fn font_available() -> bool {
 /// LLaMA-Factory's smoothing: an exponential moving average whose weight grows with the number
 /// of points (`1.8 · (sigmoid(0.05·n) − 0.5)`, TensorBoard-like).
 pub fn smooth(values: &[f64]) -> Vec<f64> {
-    let Some(&first) = values.first() else { return Vec::new() };
+    let Some(&first) = values.first() else {
+        return Vec::new();
+    };
     let weight = 1.8 * (1.0 / (1.0 + (-0.05 * values.len() as f64).exp()) - 0.5);
     let mut last = first;
     values
@@ -61,40 +66,62 @@ pub fn plot_loss(path: &Path, title: &str, points: &[(u64, f64)]) -> Result<bool
         return Err(TrainerError::runtime("no loss was logged, so there is nothing to plot (is logging_steps larger than the run?)"));
     }
     let with_text = font_available();
-    let draw_err = |e: String| TrainerError::runtime(format!("cannot draw {}: {e}", path.display()));
+    let draw_err =
+        |e: String| TrainerError::runtime(format!("cannot draw {}: {e}", path.display()));
     let xs: Vec<f64> = points.iter().map(|p| p.0 as f64).collect();
     let ys: Vec<f64> = points.iter().map(|p| p.1).collect();
     let smoothed = smooth(&ys);
     let (x0, x1) = (xs[0], xs[xs.len() - 1].max(xs[0] + 1.0));
-    let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+            (a.min(y), b.max(y))
+        });
     let pad = ((hi - lo) * 0.05).max(1e-3);
     let root = BitMapBackend::new(path, (960, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
     let mut builder = ChartBuilder::on(&root);
-    builder.margin(20).x_label_area_size(50).y_label_area_size(70);
+    builder
+        .margin(20)
+        .x_label_area_size(50)
+        .y_label_area_size(70);
     if with_text {
         builder.caption(title, ("sans-serif", 22));
     }
-    let mut chart = builder.build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad)).map_err(|e| draw_err(e.to_string()))?;
+    let mut chart = builder
+        .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
+        .map_err(|e| draw_err(e.to_string()))?;
     let mut mesh = chart.configure_mesh();
     if with_text {
-        mesh.x_desc("step").y_desc("loss").label_style(("sans-serif", 15));
+        mesh.x_desc("step")
+            .y_desc("loss")
+            .label_style(("sans-serif", 15));
     } else {
         mesh.x_labels(0).y_labels(0);
     }
     mesh.draw().map_err(|e| draw_err(e.to_string()))?;
     let raw = BLUE.mix(0.4);
     let series = chart
-        .draw_series(LineSeries::new(xs.iter().copied().zip(ys.iter().copied()), raw.stroke_width(1)))
+        .draw_series(LineSeries::new(
+            xs.iter().copied().zip(ys.iter().copied()),
+            raw.stroke_width(1),
+        ))
         .map_err(|e| draw_err(e.to_string()))?;
     if with_text {
-        series.label("original").legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], raw));
+        series
+            .label("original")
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], raw));
     }
     let series = chart
-        .draw_series(LineSeries::new(xs.iter().copied().zip(smoothed.iter().copied()), BLUE.stroke_width(2)))
+        .draw_series(LineSeries::new(
+            xs.iter().copied().zip(smoothed.iter().copied()),
+            BLUE.stroke_width(2),
+        ))
         .map_err(|e| draw_err(e.to_string()))?;
     if with_text {
-        series.label("smoothed").legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        series
+            .label("smoothed")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))
@@ -103,7 +130,10 @@ pub fn plot_loss(path: &Path, title: &str, points: &[(u64, f64)]) -> Result<bool
             .draw()
             .map_err(|e| draw_err(e.to_string()))?;
     } else {
-        tracing::warn!("no TrueType font found (set LF_PLOT_FONT): {} has no text labels", path.display());
+        tracing::warn!(
+            "no TrueType font found (set LF_PLOT_FONT): {} has no text labels",
+            path.display()
+        );
     }
     root.present().map_err(|e| draw_err(e.to_string()))?;
     Ok(with_text)
@@ -125,11 +155,17 @@ mod tests {
     fn draws_a_png() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("loss.png");
-        let pts: Vec<(u64, f64)> = (1..=50).map(|s| (s, 3.0 / (s as f64).sqrt() + 0.1 * ((s % 3) as f64))).collect();
+        let pts: Vec<(u64, f64)> = (1..=50)
+            .map(|s| (s, 3.0 / (s as f64).sqrt() + 0.1 * ((s % 3) as f64)))
+            .collect();
         let text = plot_loss(&path, "training loss", &pts).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
-        assert!(bytes.len() > 5000, "a real plot, not an empty image: {} bytes", bytes.len());
+        assert!(
+            bytes.len() > 5000,
+            "a real plot, not an empty image: {} bytes",
+            bytes.len()
+        );
         // This machine has DejaVu; the check guards against silently losing labels.
         assert!(text || !Path::new(FONT_CANDIDATES[0]).exists());
     }

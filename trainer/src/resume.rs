@@ -23,7 +23,11 @@ pub enum Start {
 }
 
 /// Decides where training starts (see the module docs). Only rank 0 should clean up.
-pub fn resolve(cfg: &TrainingConfig, output_dir: &Path, clean_up: bool) -> Result<Start, TrainerError> {
+pub fn resolve(
+    cfg: &TrainingConfig,
+    output_dir: &Path,
+    clean_up: bool,
+) -> Result<Start, TrainerError> {
     match cfg.resume_from_checkpoint.as_deref().map(str::trim) {
         Some("auto") | Some("true") => Ok(auto(output_dir)),
         Some(given) if !given.is_empty() => {
@@ -38,14 +42,18 @@ pub fn resolve(cfg: &TrainingConfig, output_dir: &Path, clean_up: bool) -> Resul
                 )));
             }
             checkpoint::verify(&path).map_err(|why| {
-                TrainerError::config(format!("resume_from_checkpoint: {} cannot be used: {why}", path.display()))
+                TrainerError::config(format!(
+                    "resume_from_checkpoint: {} cannot be used: {why}",
+                    path.display()
+                ))
             })?;
             Ok(Start::Resume(path))
         }
         _ if cfg.overwrite_output_dir => {
             if clean_up {
                 for f in checkpoint::list(output_dir) {
-                    std::fs::remove_dir_all(&f.path).map_err(|e| TrainerError::io("remove", &f.path, e))?;
+                    std::fs::remove_dir_all(&f.path)
+                        .map_err(|e| TrainerError::io("remove", &f.path, e))?;
                 }
                 let log = output_dir.join(TRAINER_LOG);
                 if log.exists() {
@@ -79,8 +87,10 @@ mod tests {
     use super::*;
 
     fn save(dir: &Path, step: u64) {
-        checkpoint::write_atomic(dir, step, |d| std::fs::write(d.join("w"), "x").map_err(|e| TrainerError::io("write", d, e)))
-            .unwrap();
+        checkpoint::write_atomic(dir, step, |d| {
+            std::fs::write(d.join("w"), "x").map_err(|e| TrainerError::io("write", d, e))
+        })
+        .unwrap();
     }
 
     #[test]
@@ -93,14 +103,32 @@ mod tests {
         std::fs::write(out.path().join("checkpoint-4/w"), "corrupt").unwrap();
         let want = Start::Resume(out.path().join("checkpoint-2"));
         assert_eq!(resolve(&cfg, out.path(), true).unwrap(), want);
-        let auto = TrainingConfig { resume_from_checkpoint: Some("auto".into()), ..cfg.clone() };
+        let auto = TrainingConfig {
+            resume_from_checkpoint: Some("auto".into()),
+            ..cfg.clone()
+        };
         assert_eq!(resolve(&auto, out.path(), true).unwrap(), want);
-        let explicit = TrainingConfig { resume_from_checkpoint: Some("checkpoint-4".into()), ..cfg.clone() };
+        let explicit = TrainingConfig {
+            resume_from_checkpoint: Some("checkpoint-4".into()),
+            ..cfg.clone()
+        };
         let err = resolve(&explicit, out.path(), true).unwrap_err();
-        assert!(err.to_string().contains("checkpoint-4") && err.exit_code() == 2, "{err}");
-        let missing = TrainingConfig { resume_from_checkpoint: Some("/nope/checkpoint-9".into()), ..cfg.clone() };
-        assert!(resolve(&missing, out.path(), true).unwrap_err().to_string().contains("/nope/checkpoint-9"));
-        let over = TrainingConfig { overwrite_output_dir: true, ..cfg };
+        assert!(
+            err.to_string().contains("checkpoint-4") && err.exit_code() == 2,
+            "{err}"
+        );
+        let missing = TrainingConfig {
+            resume_from_checkpoint: Some("/nope/checkpoint-9".into()),
+            ..cfg.clone()
+        };
+        assert!(resolve(&missing, out.path(), true)
+            .unwrap_err()
+            .to_string()
+            .contains("/nope/checkpoint-9"));
+        let over = TrainingConfig {
+            overwrite_output_dir: true,
+            ..cfg
+        };
         assert_eq!(resolve(&over, out.path(), true).unwrap(), Start::Fresh);
         assert!(checkpoint::list(out.path()).is_empty());
     }

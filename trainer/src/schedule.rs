@@ -22,12 +22,21 @@ impl LrSchedule {
         } else {
             (cfg.warmup_ratio * total_steps as f64).ceil() as u64
         };
-        LrSchedule { kind: cfg.lr_scheduler_type, base_lr: cfg.learning_rate, warmup_steps, total_steps }
+        LrSchedule {
+            kind: cfg.lr_scheduler_type,
+            base_lr: cfg.learning_rate,
+            warmup_steps,
+            total_steps,
+        }
     }
 
     /// The multiplier λ(step).
     pub fn factor(&self, step: u64) -> f64 {
-        let (k, w, t) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let (k, w, t) = (
+            step as f64,
+            self.warmup_steps as f64,
+            self.total_steps as f64,
+        );
         let warming = step < self.warmup_steps;
         let warm = k / w.max(1.0);
         match self.kind {
@@ -68,14 +77,26 @@ mod tests {
     use super::*;
 
     fn sched(kind: LrSchedulerType, warmup: u64, total: u64) -> LrSchedule {
-        LrSchedule { kind, base_lr: 1.0, warmup_steps: warmup, total_steps: total }
+        LrSchedule {
+            kind,
+            base_lr: 1.0,
+            warmup_steps: warmup,
+            total_steps: total,
+        }
     }
 
     #[test]
     fn warmup_from_ratio_rounds_up() {
-        let cfg = TrainingConfig { warmup_ratio: 0.1, ..TrainingConfig::default() };
+        let cfg = TrainingConfig {
+            warmup_ratio: 0.1,
+            ..TrainingConfig::default()
+        };
         assert_eq!(LrSchedule::from_config(&cfg, 25).warmup_steps, 3);
-        let cfg = TrainingConfig { warmup_ratio: 0.1, warmup_steps: 7, ..TrainingConfig::default() };
+        let cfg = TrainingConfig {
+            warmup_ratio: 0.1,
+            warmup_steps: 7,
+            ..TrainingConfig::default()
+        };
         assert_eq!(LrSchedule::from_config(&cfg, 25).warmup_steps, 7);
     }
 
@@ -84,7 +105,9 @@ mod tests {
         // Values from transformers' get_linear_schedule_with_warmup / get_cosine_schedule_with_warmup
         // (num_warmup_steps=2, num_training_steps=10): λ(k) for k = 0..10.
         let lin = sched(LrSchedulerType::Linear, 2, 10);
-        let want = [0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
+        let want = [
+            0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0,
+        ];
         for (k, w) in want.iter().enumerate() {
             assert!((lin.factor(k as u64) - w).abs() < 1e-12, "linear λ({k})");
         }
@@ -94,7 +117,10 @@ mod tests {
         assert!((cos.factor(6) - 0.5).abs() < 1e-12);
         assert!(cos.factor(10).abs() < 1e-12);
         let cww = sched(LrSchedulerType::ConstantWithWarmup, 4, 10);
-        assert_eq!((cww.factor(1), cww.factor(4), cww.factor(9)), (0.25, 1.0, 1.0));
+        assert_eq!(
+            (cww.factor(1), cww.factor(4), cww.factor(9)),
+            (0.25, 1.0, 1.0)
+        );
         assert_eq!(sched(LrSchedulerType::Constant, 4, 10).factor(0), 1.0);
     }
 }

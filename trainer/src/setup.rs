@@ -16,15 +16,26 @@ use crate::batching::Example;
 use crate::error::TrainerError;
 
 /// Reads the config: `path`, or `LF_CONFIG` when no path is given, then `key=value` overrides.
-pub fn load_config(path: Option<&Path>, overrides: &[String]) -> Result<(TrainingConfig, PathBuf), TrainerError> {
+pub fn load_config(
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<(TrainingConfig, PathBuf), TrainerError> {
     let path = match path {
         Some(p) => p.to_path_buf(),
-        None => std::env::var_os(env::CONFIG).map(PathBuf::from).ok_or_else(|| {
-            TrainerError::config(format!("no config file given: pass CONFIG.yaml or set {}", env::CONFIG))
-        })?,
+        None => std::env::var_os(env::CONFIG)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                TrainerError::config(format!(
+                    "no config file given: pass CONFIG.yaml or set {}",
+                    env::CONFIG
+                ))
+            })?,
     };
-    let cfg = TrainingConfig::from_yaml_file(&path).map_err(|e| TrainerError::config(format!("{}: {e}", path.display())))?;
-    let cfg = cfg.with_overrides(overrides).map_err(|e| TrainerError::config(format!("command-line override: {e}")))?;
+    let cfg = TrainingConfig::from_yaml_file(&path)
+        .map_err(|e| TrainerError::config(format!("{}: {e}", path.display())))?;
+    let cfg = cfg
+        .with_overrides(overrides)
+        .map_err(|e| TrainerError::config(format!("command-line override: {e}")))?;
     Ok((cfg, path))
 }
 
@@ -44,10 +55,9 @@ pub fn split_args(words: &[String]) -> (Option<PathBuf>, Vec<String>) {
 
 /// The model directory, which must exist and hold a `config.json`.
 pub fn model_dir(cfg: &TrainingConfig) -> Result<PathBuf, TrainerError> {
-    let dir = cfg
-        .model_name_or_path
-        .as_deref()
-        .ok_or_else(|| TrainerError::config("model_name_or_path is required (a Hugging Face model directory)"))?;
+    let dir = cfg.model_name_or_path.as_deref().ok_or_else(|| {
+        TrainerError::config("model_name_or_path is required (a Hugging Face model directory)")
+    })?;
     let dir = PathBuf::from(dir);
     if !dir.is_dir() {
         return Err(TrainerError::config(format!(
@@ -56,23 +66,34 @@ pub fn model_dir(cfg: &TrainingConfig) -> Result<PathBuf, TrainerError> {
         )));
     }
     if !dir.join("config.json").is_file() {
-        return Err(TrainerError::config(format!("model_name_or_path: {} has no config.json", dir.display())));
+        return Err(TrainerError::config(format!(
+            "model_name_or_path: {} has no config.json",
+            dir.display()
+        )));
     }
     Ok(dir)
 }
 
 /// The output directory (required to train), created if missing.
 pub fn output_dir(cfg: &TrainingConfig) -> Result<PathBuf, TrainerError> {
-    let dir = cfg.output_dir.as_deref().ok_or_else(|| TrainerError::config("output_dir is required"))?;
+    let dir = cfg
+        .output_dir
+        .as_deref()
+        .ok_or_else(|| TrainerError::config("output_dir is required"))?;
     let dir = PathBuf::from(dir);
-    std::fs::create_dir_all(&dir).map_err(|e| TrainerError::config(format!("output_dir: cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        TrainerError::config(format!("output_dir: cannot create {}: {e}", dir.display()))
+    })?;
     Ok(dir)
 }
 
 /// The device of this process: GPU `LOCAL_RANK` when CUDA is available, else the CPU.
 pub fn device() -> Device {
     if tch::Cuda::is_available() {
-        let local: usize = std::env::var(env::LOCAL_RANK).ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let local: usize = std::env::var(env::LOCAL_RANK)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Device::Cuda(local)
     } else {
         Device::Cpu
@@ -93,7 +114,13 @@ pub fn tokenizer(model_dir: &Path) -> Result<TokenizerBundle, TrainerError> {
 }
 
 fn convert(examples: Vec<lf_data::Example>) -> Vec<Example> {
-    examples.into_iter().map(|e| Example { input_ids: e.input_ids, labels: e.labels }).collect()
+    examples
+        .into_iter()
+        .map(|e| Example {
+            input_ids: e.input_ids,
+            labels: e.labels,
+        })
+        .collect()
 }
 
 /// Tokenised train and eval splits (through lf-data's cache).
@@ -104,7 +131,11 @@ pub fn data(
     rank: usize,
     world_size: usize,
 ) -> Result<(Vec<Example>, Vec<Example>), TrainerError> {
-    let ctx = lf_data::DataContext { rank, world_size, cache_dir: output_dir.join(".tokenized") };
+    let ctx = lf_data::DataContext {
+        rank,
+        world_size,
+        cache_dir: output_dir.join(".tokenized"),
+    };
     let prepared = lf_data::prepare(cfg, tok, &ctx).map_err(data_error)?;
     tracing::info!(
         train = prepared.train.len(),
@@ -115,23 +146,36 @@ pub fn data(
 }
 
 /// Loads the base model (and, for inference commands, the adapter, frozen).
-pub fn model(cfg: &TrainingConfig, model_dir: &Path, device: Device, for_training: bool) -> Result<CausalLm, TrainerError> {
+pub fn model(
+    cfg: &TrainingConfig,
+    model_dir: &Path,
+    device: Device,
+    for_training: bool,
+) -> Result<CausalLm, TrainerError> {
     let opts = LoadOptions::from_config(cfg, device);
-    let mut lm = CausalLm::load(model_dir, &opts).map_err(|e| model_error(&format!("loading {}", model_dir.display()), e))?;
+    let mut lm = CausalLm::load(model_dir, &opts)
+        .map_err(|e| model_error(&format!("loading {}", model_dir.display()), e))?;
     if for_training {
-        lm.apply_method(cfg, cfg.seed).map_err(|e| model_error("setting up the training method", e))?;
+        lm.apply_method(cfg, cfg.seed)
+            .map_err(|e| model_error("setting up the training method", e))?;
     } else {
         lm.set_attention(cfg.flash_attn);
     }
     if let Some(adapter) = &cfg.adapter_name_or_path {
         if for_training && cfg.finetuning_type != FinetuningType::Lora {
-            return Err(TrainerError::config("adapter_name_or_path needs finetuning_type: lora to continue training an adapter"));
+            return Err(TrainerError::config(
+                "adapter_name_or_path needs finetuning_type: lora to continue training an adapter",
+            ));
         }
         let dir = PathBuf::from(adapter);
         if !dir.is_dir() {
-            return Err(TrainerError::config(format!("adapter_name_or_path: {} is not a directory", dir.display())));
+            return Err(TrainerError::config(format!(
+                "adapter_name_or_path: {} is not a directory",
+                dir.display()
+            )));
         }
-        lm.load_adapter(&dir).map_err(|e| model_error(&format!("adapter_name_or_path {}", dir.display()), e))?;
+        lm.load_adapter(&dir)
+            .map_err(|e| model_error(&format!("adapter_name_or_path {}", dir.display()), e))?;
     }
     Ok(lm)
 }
@@ -151,9 +195,13 @@ pub fn numeric_setup(cfg: &TrainingConfig, lm: &CausalLm) -> String {
 pub fn stop_flag() -> Result<Arc<AtomicBool>, TrainerError> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register_conditional_shutdown(sig, lf_api::runtime::exit_code::INTERRUPTED, flag.clone())
-            .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
-            .map_err(|e| TrainerError::runtime(format!("cannot install the signal handler: {e}")))?;
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            lf_api::runtime::exit_code::INTERRUPTED,
+            flag.clone(),
+        )
+        .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+        .map_err(|e| TrainerError::runtime(format!("cannot install the signal handler: {e}")))?;
     }
     Ok(flag)
 }

@@ -39,12 +39,16 @@ pub struct TrainerState {
 
 impl TrainerState {
     pub fn write(&self, path: &Path) -> Result<(), TrainerError> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| TrainerError::runtime(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| TrainerError::runtime(e.to_string()))?;
         std::fs::write(path, text).map_err(|e| TrainerError::io("write", path, e))
     }
 
     pub fn read(path: &Path) -> Result<TrainerState, TrainerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::config(format!("cannot read {}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| TrainerError::config(format!("{} is not a trainer state: {e}", path.display())))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainerError::config(format!("cannot read {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            TrainerError::config(format!("{} is not a trainer state: {e}", path.display()))
+        })
     }
 }

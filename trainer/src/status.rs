@@ -34,7 +34,10 @@ impl Sink {
     pub fn from_env() -> Option<Sink> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(path) = get(env::STATUS_FILE) {
-            return Some(Sink::File { path: PathBuf::from(path), name: get(env::JOB_NAME) });
+            return Some(Sink::File {
+                path: PathBuf::from(path),
+                name: get(env::JOB_NAME),
+            });
         }
         match (get(env::JOB_NAME), get(env::JOB_NAMESPACE)) {
             (Some(name), Some(namespace)) => Some(Sink::Kube { name, namespace }),
@@ -53,13 +56,23 @@ struct Pending {
 }
 
 /// The server-side apply patch for `progress` and `checkpoints`.
-pub fn apply_patch(name: Option<&str>, progress: Option<&Progress>, checkpoints: &[CheckpointRecord]) -> serde_json::Value {
+pub fn apply_patch(
+    name: Option<&str>,
+    progress: Option<&Progress>,
+    checkpoints: &[CheckpointRecord],
+) -> serde_json::Value {
     let mut status = serde_json::Map::new();
     if let Some(p) = progress {
-        status.insert("progress".into(), serde_json::to_value(p).unwrap_or_default());
+        status.insert(
+            "progress".into(),
+            serde_json::to_value(p).unwrap_or_default(),
+        );
     }
     if !checkpoints.is_empty() {
-        status.insert("checkpoints".into(), serde_json::to_value(checkpoints).unwrap_or_default());
+        status.insert(
+            "checkpoints".into(),
+            serde_json::to_value(checkpoints).unwrap_or_default(),
+        );
     }
     let mut patch = serde_json::json!({
         "apiVersion": "lf-operator.io/v1alpha1",
@@ -83,7 +96,10 @@ impl StatusReporter {
     pub fn start(sink: Sink) -> StatusReporter {
         let shared = Arc::new((Mutex::new(Pending::default()), Condvar::new()));
         let worker = shared.clone();
-        let thread = std::thread::Builder::new().name("lf-status".into()).spawn(move || run(sink, worker)).ok();
+        let thread = std::thread::Builder::new()
+            .name("lf-status".into())
+            .spawn(move || run(sink, worker))
+            .ok();
         StatusReporter { shared, thread }
     }
 
@@ -140,7 +156,11 @@ fn run(sink: Sink, shared: Arc<(Mutex<Pending>, Condvar)>) {
             if due || (guard.closing && !guard.dirty) {
                 break;
             }
-            let wait = if guard.dirty { MIN_INTERVAL.saturating_sub(last.elapsed()) } else { MIN_INTERVAL };
+            let wait = if guard.dirty {
+                MIN_INTERVAL.saturating_sub(last.elapsed())
+            } else {
+                MIN_INTERVAL
+            };
             guard = match cvar.wait_timeout(guard, wait.max(Duration::from_millis(10))) {
                 Ok((g, _)) => g,
                 Err(_) => return,
@@ -173,18 +193,36 @@ fn run(sink: Sink, shared: Arc<(Mutex<Pending>, Condvar)>) {
 
 enum Writer {
     File { path: PathBuf, name: Option<String> },
-    Kube { name: String, rt: tokio::runtime::Runtime, api: kube::Api<FineTuneJob> },
+    Kube(Box<KubeWriter>),
+}
+
+struct KubeWriter {
+    name: String,
+    rt: tokio::runtime::Runtime,
+    api: kube::Api<FineTuneJob>,
 }
 
 impl Writer {
     fn new(sink: &Sink) -> Result<Writer, String> {
         match sink {
-            Sink::File { path, name } => Ok(Writer::File { path: path.clone(), name: name.clone() }),
+            Sink::File { path, name } => Ok(Writer::File {
+                path: path.clone(),
+                name: name.clone(),
+            }),
             Sink::Kube { name, namespace } => {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-                let client = rt.block_on(kube::Client::try_default()).map_err(|e| format!("no Kubernetes client: {e}"))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let client = rt
+                    .block_on(kube::Client::try_default())
+                    .map_err(|e| format!("no Kubernetes client: {e}"))?;
                 let api = kube::Api::namespaced(client, namespace);
-                Ok(Writer::Kube { name: name.clone(), rt, api })
+                Ok(Writer::Kube(Box::new(KubeWriter {
+                    name: name.clone(),
+                    rt,
+                    api,
+                })))
             }
         }
     }
@@ -192,7 +230,7 @@ impl Writer {
     fn name(&self) -> Option<&str> {
         match self {
             Writer::File { name, .. } => name.as_deref(),
-            Writer::Kube { name, .. } => Some(name),
+            Writer::Kube(k) => Some(&k.name),
         }
     }
 
@@ -200,12 +238,20 @@ impl Writer {
         match self {
             Writer::File { path, .. } => {
                 use std::io::Write;
-                let line = format!("{}\n", serde_json::to_string(patch).map_err(|e| e.to_string())?);
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&*path).map_err(|e| e.to_string())?;
+                let line = format!(
+                    "{}\n",
+                    serde_json::to_string(patch).map_err(|e| e.to_string())?
+                );
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&*path)
+                    .map_err(|e| e.to_string())?;
                 // One write call per line, so a reader never sees half of two lines interleaved.
                 f.write_all(line.as_bytes()).map_err(|e| e.to_string())
             }
-            Writer::Kube { name, rt, api } => {
+            Writer::Kube(k) => {
+                let KubeWriter { name, rt, api } = k.as_mut();
                 let params = kube::api::PatchParams::apply(TRAINER_FIELD_MANAGER).force();
                 let apply = kube::api::Patch::Apply(patch);
                 let fut = api.patch_status(name, &params, &apply);
@@ -226,13 +272,23 @@ mod tests {
     fn file_sink_gets_patches_and_checkpoints_immediately() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("status.jsonl");
-        let r = StatusReporter::start(Sink::File { path: path.clone(), name: Some("job".into()) });
-        let p = Progress { step: 3, total_steps: 10, step_display: Progress::step_display(3, 10), ..Default::default() };
+        let r = StatusReporter::start(Sink::File {
+            path: path.clone(),
+            name: Some("job".into()),
+        });
+        let p = Progress {
+            step: 3,
+            total_steps: 10,
+            step_display: Progress::step_display(3, 10),
+            ..Default::default()
+        };
         r.progress(p.clone());
         let ck = CheckpointRecord {
             step: 3,
             path: "/out/checkpoint-3".into(),
-            saved_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+            saved_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ),
             loss: Some(1.0),
         };
         r.checkpoints(vec![ck]);

@@ -80,9 +80,18 @@ impl TrainSummary {
         m.insert("epoch".into(), self.epoch.into());
         m.insert("train_loss".into(), self.train_loss.into());
         m.insert("train_runtime".into(), self.train_runtime.into());
-        m.insert("train_samples_per_second".into(), self.train_samples_per_second.into());
-        m.insert("train_steps_per_second".into(), self.train_steps_per_second.into());
-        m.insert("train_tokens_per_second".into(), self.tokens_per_second.into());
+        m.insert(
+            "train_samples_per_second".into(),
+            self.train_samples_per_second.into(),
+        );
+        m.insert(
+            "train_steps_per_second".into(),
+            self.train_steps_per_second.into(),
+        );
+        m.insert(
+            "train_tokens_per_second".into(),
+            self.tokens_per_second.into(),
+        );
         if let Some(e) = self.eval_loss {
             m.insert("eval_loss".into(), e.into());
             m.insert("eval_perplexity".into(), e.exp().into());
@@ -96,8 +105,12 @@ impl TrainSummary {
 
 fn to_device(b: &HostBatch, device: Device) -> (Tensor, Tensor) {
     let shape = [b.batch_size as i64, b.seq_len as i64];
-    let ids = Tensor::from_slice(&b.input_ids).reshape(shape).to_device(device);
-    let labels = Tensor::from_slice(&b.labels).reshape(shape).to_device(device);
+    let ids = Tensor::from_slice(&b.input_ids)
+        .reshape(shape)
+        .to_device(device);
+    let labels = Tensor::from_slice(&b.labels)
+        .reshape(shape)
+        .to_device(device);
     (ids, labels)
 }
 
@@ -199,7 +212,11 @@ fn checkpoint_records(output_dir: &Path, losses: &[(u64, f64)]) -> Vec<Checkpoin
                 step: f.step,
                 path: f.path.display().to_string(),
                 saved_at: Time(saved),
-                loss: losses.iter().rev().find(|(s, _)| *s <= f.step).map(|(_, l)| *l),
+                loss: losses
+                    .iter()
+                    .rev()
+                    .find(|(s, _)| *s <= f.step)
+                    .map(|(_, l)| *l),
             }
         })
         .collect()
@@ -223,28 +240,40 @@ pub fn save_checkpoint<M: TrainModel, O: StepOptimizer>(
                 .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous()))
                 .collect();
             let file = dir.join(OPTIMIZER_FILE);
-            Tensor::write_safetensors(&tensors, &file).map_err(|e| TrainerError::from_library("writing the optimizer state", e))?;
+            Tensor::write_safetensors(&tensors, &file)
+                .map_err(|e| TrainerError::from_library("writing the optimizer state", e))?;
         }
         state.write(&dir.join(TRAINER_STATE))
     })?;
     if let Some(limit) = cfg.save_total_limit {
         for gone in checkpoint::rotate(output_dir, limit) {
-            tracing::info!("deleted old checkpoint {} (save_total_limit {limit})", gone.display());
+            tracing::info!(
+                "deleted old checkpoint {} (save_total_limit {limit})",
+                gone.display()
+            );
         }
     }
     Ok(path)
 }
 
 /// Restores weights, optimiser state and loop state from a verified checkpoint.
-fn restore<M: TrainModel, O: StepOptimizer>(model: &mut M, optimizer: &mut O, dir: &Path) -> Result<TrainerState, TrainerError> {
+fn restore<M: TrainModel, O: StepOptimizer>(
+    model: &mut M,
+    optimizer: &mut O,
+    dir: &Path,
+) -> Result<TrainerState, TrainerError> {
     let state = TrainerState::read(&dir.join(TRAINER_STATE))?;
     model.load_weights(dir)?;
     let opt_file = dir.join(OPTIMIZER_FILE);
     if opt_file.exists() {
-        let tensors = Tensor::read_safetensors(&opt_file).map_err(|e| TrainerError::from_library("reading the optimizer state", e))?;
+        let tensors = Tensor::read_safetensors(&opt_file)
+            .map_err(|e| TrainerError::from_library("reading the optimizer state", e))?;
         optimizer.load_state_tensors(tensors)?;
     } else {
-        tracing::warn!("{} has no optimizer state (save_only_model): the optimizer restarts from zero", dir.display());
+        tracing::warn!(
+            "{} has no optimizer state (save_only_model): the optimizer restarts from zero",
+            dir.display()
+        );
     }
     model.set_rng_position(state.rng_micro_batches);
     Ok(state)
@@ -261,11 +290,24 @@ struct Window {
 
 impl Window {
     fn new() -> Self {
-        Window { loss: 0.0, steps: 0, tokens: 0, secs: 0.0, times: StepTimes::default(), forward_known: true }
+        Window {
+            loss: 0.0,
+            steps: 0,
+            tokens: 0,
+            secs: 0.0,
+            times: StepTimes::default(),
+            forward_known: true,
+        }
     }
 }
 
-fn non_finite(what: &str, value: f64, step: u64, cfg: &TrainingConfig, setup: &str) -> TrainerError {
+fn non_finite(
+    what: &str,
+    value: f64,
+    step: u64,
+    cfg: &TrainingConfig,
+    setup: &str,
+) -> TrainerError {
     TrainerError::NonFinite {
         message: format!("the {what} became {value} at step {step} ({setup}, learning_rate {})", cfg.learning_rate),
         hint: "lower learning_rate or raise warmup; prefer bf16 over fp16 (fp16 overflows); try flash_attn: eager to rule out the attention kernel; check the data for empty or extremely long responses".into(),
@@ -283,7 +325,9 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
     let group = ctx.group;
     let is_main = group.rank() == 0;
     if data.train.is_empty() {
-        return Err(TrainerError::config("the training split is empty: check `dataset`, `max_samples` and `val_size`"));
+        return Err(TrainerError::config(
+            "the training split is empty: check `dataset`, `max_samples` and `val_size`",
+        ));
     }
     let plan = StepPlan {
         num_examples: data.train.len(),
@@ -313,15 +357,28 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
     let mut resumed_from_step = None;
     if let Some(dir) = &ctx.resume_from {
         let old = restore(model, optimizer, dir)?;
-        if old.plan.batch_size != plan.batch_size || old.plan.grad_accum != plan.grad_accum || old.plan.num_examples != plan.num_examples {
+        if old.plan.batch_size != plan.batch_size
+            || old.plan.grad_accum != plan.grad_accum
+            || old.plan.num_examples != plan.num_examples
+        {
             tracing::warn!(
                 "resuming with a different batch plan (examples {}→{}, batch {}→{}, accumulation {}→{}): the data order after step {} differs from an uninterrupted run",
                 old.plan.num_examples, plan.num_examples, old.plan.batch_size, plan.batch_size, old.plan.grad_accum, plan.grad_accum, old.global_step
             );
         }
-        state = TrainerState { plan, schedule, max_steps: total_steps, next_position: plan.position(old.global_step), ..old };
+        state = TrainerState {
+            plan,
+            schedule,
+            max_steps: total_steps,
+            next_position: plan.position(old.global_step),
+            ..old
+        };
         resumed_from_step = Some(state.global_step);
-        tracing::info!("resumed from {} at step {}/{total_steps}", dir.display(), state.global_step);
+        tracing::info!(
+            "resumed from {} at step {}/{total_steps}",
+            dir.display(),
+            state.global_step
+        );
     }
     let log = TrainerLog::open(&ctx.output_dir, resumed_from_step.is_none())?;
     if let Some(step) = resumed_from_step {
@@ -329,13 +386,19 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
             log.truncate_after(step)?;
         }
     }
-    let mut losses: Vec<(u64, f64)> = log.read_all().iter().filter_map(|r| r.loss.map(|l| (r.current_steps, l))).collect();
+    let mut losses: Vec<(u64, f64)> = log
+        .read_all()
+        .iter()
+        .filter_map(|r| r.loss.map(|l| (r.current_steps, l)))
+        .collect();
     if let Some(m) = ctx.metrics {
         m.total_steps.set(total_steps as i64);
     }
     let bar = (ctx.progress_bar && is_main).then(|| {
         let bar = indicatif::ProgressBar::new(total_steps);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("[{bar:30.cyan/blue}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]") {
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "[{bar:30.cyan/blue}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
+        ) {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_position(state.global_step);
@@ -343,10 +406,19 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
     });
 
     let start_step = state.global_step;
-    let rx = spawn_loader(plan, data.train.clone(), data.pad_id, start_step, total_steps, 4);
+    let rx = spawn_loader(
+        plan,
+        data.train.clone(),
+        data.pad_id,
+        start_step,
+        total_steps,
+        4,
+    );
     let params = model.trainable_parameters();
     if params.is_empty() {
-        return Err(TrainerError::config("nothing is trainable: check finetuning_type, lora_target and freeze_trainable_layers"));
+        return Err(TrainerError::config(
+            "nothing is trainable: check finetuning_type, lora_target and freeze_trainable_layers",
+        ));
     }
     zero_gradients(&params);
     model.set_training(true);
@@ -363,11 +435,17 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
     while state.global_step < total_steps {
         let step = state.global_step;
         let t_data = Instant::now();
-        let batches = rx.recv().map_err(|_| TrainerError::runtime("the data thread stopped unexpectedly"))?;
+        let batches = rx
+            .recv()
+            .map_err(|_| TrainerError::runtime("the data thread stopped unexpectedly"))?;
         debug_assert_eq!(batches.step, step);
         let local_labels: u64 = batches.micro.iter().map(|b| b.label_tokens).sum();
         let label_tokens = group.sum_scalar(local_labels as f64)?;
-        let device_batches: Vec<(Tensor, Tensor)> = batches.micro.iter().map(|b| to_device(b, ctx.device)).collect();
+        let device_batches: Vec<(Tensor, Tensor)> = batches
+            .micro
+            .iter()
+            .map(|b| to_device(b, ctx.device))
+            .collect();
         let data_secs = t_data.elapsed().as_secs_f64();
 
         let t_compute = Instant::now();
@@ -387,14 +465,24 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
         let compute_secs = t_compute.elapsed().as_secs_f64();
 
         let t_opt = Instant::now();
-        let loss = if label_tokens > 0.0 { group.sum_scalar(loss_sum)? / label_tokens } else { 0.0 };
+        let loss = if label_tokens > 0.0 {
+            group.sum_scalar(loss_sum)? / label_tokens
+        } else {
+            0.0
+        };
         if !loss.is_finite() {
             return Err(non_finite("loss", loss, step + 1, cfg, &ctx.numeric_setup));
         }
         group.sum_gradients(&params)?;
         let norm = grad_norm(&params);
         if !norm.is_finite() {
-            return Err(non_finite("gradient norm", norm, step + 1, cfg, &ctx.numeric_setup));
+            return Err(non_finite(
+                "gradient norm",
+                norm,
+                step + 1,
+                cfg,
+                &ctx.numeric_setup,
+            ));
         }
         clip_gradients(&params, norm, cfg.max_grad_norm);
         let lr = schedule.lr(step);
@@ -435,11 +523,22 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
             b.set_message(format!("loss {loss:.4} lr {lr:.2e}"));
         }
 
-        let log_now = state.global_step % cfg.logging_steps.max(1) as u64 == 0 || state.global_step == total_steps;
-        let eval_now = eval_every > 0 && (state.global_step % eval_every == 0 || state.global_step == total_steps);
+        let log_now = state
+            .global_step
+            .is_multiple_of(cfg.logging_steps.max(1) as u64)
+            || state.global_step == total_steps;
+        let eval_now = eval_every > 0
+            && (state.global_step.is_multiple_of(eval_every) || state.global_step == total_steps);
         let mut eval_loss = None;
         if eval_now {
-            eval_loss = evaluate(model, &data.eval, cfg.per_device_eval_batch_size, data.pad_id, ctx.device, group)?;
+            eval_loss = evaluate(
+                model,
+                &data.eval,
+                cfg.per_device_eval_batch_size,
+                data.pad_id,
+                ctx.device,
+                group,
+            )?;
             if let Some(e) = eval_loss {
                 state.last_eval_loss = Some(e);
                 if let Some(m) = ctx.metrics {
@@ -459,8 +558,16 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
             let times = StepTimes {
                 data: window.times.data / n,
                 forward_backward: window.times.forward_backward / n,
-                forward: window.times.forward.filter(|_| window.forward_known).map(|f| f / n),
-                backward: window.times.forward.filter(|_| window.forward_known).map(|f| (window.times.forward_backward - f) / n),
+                forward: window
+                    .times
+                    .forward
+                    .filter(|_| window.forward_known)
+                    .map(|f| f / n),
+                backward: window
+                    .times
+                    .forward
+                    .filter(|_| window.forward_known)
+                    .map(|f| (window.times.forward_backward - f) / n),
                 optimizer: window.times.optimizer / n,
             };
             let record = LogRecord {
@@ -471,7 +578,8 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
                 lr: Some(lr),
                 grad_norm: Some(norm),
                 epoch: (state.epoch * 100.0).round() / 100.0,
-                percentage: (state.global_step as f64 / total_steps as f64 * 10000.0).round() / 100.0,
+                percentage: (state.global_step as f64 / total_steps as f64 * 10000.0).round()
+                    / 100.0,
                 elapsed_time: hms(elapsed),
                 remaining_time: hms(remaining),
                 throughput: Some((throughput * 100.0).round() / 100.0),
@@ -524,7 +632,9 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
         }
 
         let stopping = ctx.stop.load(Ordering::SeqCst);
-        let save_now = cfg.save_steps > 0 && state.global_step % cfg.save_steps as u64 == 0 && state.global_step < total_steps;
+        let save_now = cfg.save_steps > 0
+            && state.global_step.is_multiple_of(cfg.save_steps as u64)
+            && state.global_step < total_steps;
         if save_now || stopping {
             group.barrier()?;
             if is_main {
@@ -541,7 +651,10 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
             if let Some(b) = &bar {
                 b.abandon();
             }
-            return Err(TrainerError::Interrupted { step: state.global_step, checkpoint: last_saved });
+            return Err(TrainerError::Interrupted {
+                step: state.global_step,
+                checkpoint: last_saved,
+            });
         }
     }
     if let Some(b) = &bar {
@@ -553,7 +666,14 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
         (EvalStrategy::No, _) => None,
         (_, Some(e)) if eval_every > 0 => Some(e),
         _ => {
-            let e = evaluate(model, &data.eval, cfg.per_device_eval_batch_size, data.pad_id, ctx.device, group)?;
+            let e = evaluate(
+                model,
+                &data.eval,
+                cfg.per_device_eval_batch_size,
+                data.pad_id,
+                ctx.device,
+                group,
+            )?;
             state.last_eval_loss = e.or(state.last_eval_loss);
             e
         }

@@ -17,11 +17,24 @@ fn assets() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let py = python();
-        assert!(py.exists(), "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)", py.display());
+        assert!(
+            py.exists(),
+            "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)",
+            py.display()
+        );
         let dir = tempfile::tempdir().unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/trainer_make_tiny.py");
-        let out = Command::new(&py).arg(&script).arg(dir.path()).output().unwrap();
-        assert!(out.status.success(), "trainer_make_tiny.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/trainer_make_tiny.py");
+        let out = Command::new(&py)
+            .arg(&script)
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "trainer_make_tiny.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         dir
     })
     .path()
@@ -44,7 +57,11 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
 
 fn trainer(args: &[&str], envs: &[(&str, &Path)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lf-trainer"));
-    c.args(args).env_remove("LF_CONFIG").env_remove("LF_JOB_NAME").env_remove("LF_STATUS_FILE").env_remove("LF_METRICS_ADDR");
+    c.args(args)
+        .env_remove("LF_CONFIG")
+        .env_remove("LF_JOB_NAME")
+        .env_remove("LF_STATUS_FILE")
+        .env_remove("LF_METRICS_ADDR");
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -58,29 +75,81 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn train_eval_export_chat() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "plot_loss: true\nval_size: 8\neval_strategy: steps\neval_steps: 3\n");
+    let cfg = write_config(
+        dir.path(),
+        "plot_loss: true\nval_size: 8\neval_strategy: steps\neval_steps: 3\n",
+    );
     let status = dir.path().join("status.jsonl");
-    let o = trainer(&["train", cfg.to_str().unwrap()], &[("LF_STATUS_FILE", &status)]);
+    let o = trainer(
+        &["train", cfg.to_str().unwrap()],
+        &[("LF_STATUS_FILE", &status)],
+    );
     assert!(o.status.success(), "train failed: {}", stderr(&o));
     let out = dir.path().join("out");
-    for f in ["adapter_model.safetensors", "adapter_config.json", "trainer_log.jsonl", "all_results.json", "trainer_state.json", "training_loss.png"] {
+    for f in [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "trainer_log.jsonl",
+        "all_results.json",
+        "trainer_state.json",
+        "training_loss.png",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("all_results.json")).unwrap()).unwrap();
-    for k in ["train_loss", "train_runtime", "train_samples_per_second", "train_steps_per_second", "epoch", "eval_loss"] {
-        assert!(results[k].is_number(), "all_results.json lacks {k}: {results}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("all_results.json")).unwrap())
+            .unwrap();
+    for k in [
+        "train_loss",
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "epoch",
+        "eval_loss",
+    ] {
+        assert!(
+            results[k].is_number(),
+            "all_results.json lacks {k}: {results}"
+        );
     }
     let log = std::fs::read_to_string(out.join("trainer_log.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
-    for k in ["current_steps", "total_steps", "loss", "lr", "grad_norm", "epoch", "percentage", "elapsed_time", "remaining_time", "throughput", "step_time", "peak_memory_bytes"] {
+    for k in [
+        "current_steps",
+        "total_steps",
+        "loss",
+        "lr",
+        "grad_norm",
+        "epoch",
+        "percentage",
+        "elapsed_time",
+        "remaining_time",
+        "throughput",
+        "step_time",
+        "peak_memory_bytes",
+    ] {
         assert!(!first[k].is_null(), "trainer_log.jsonl lacks {k}: {first}");
     }
-    let ckpts: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("checkpoint-")).collect();
+    let ckpts: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
     assert_eq!(ckpts.len(), 2, "save_total_limit 2: {ckpts:?}");
-    let last = std::fs::read_to_string(&status).unwrap().lines().last().unwrap().to_string();
+    let last = std::fs::read_to_string(&status)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     let last: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(last["status"]["progress"]["stepDisplay"], "6/6", "{last}");
-    assert!(last["status"]["checkpoints"].as_array().is_some_and(|c| !c.is_empty()), "{last}");
+    assert!(
+        last["status"]["checkpoints"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty()),
+        "{last}"
+    );
 
     // A second run with the same config resumes: it finds the finished steps' checkpoint and only
     // runs what is left (nothing past step 6 exists, so it resumes at 4 and trains 2 steps).
@@ -92,14 +161,30 @@ fn train_eval_export_chat() {
     let o = trainer(&["eval", cfg.to_str().unwrap(), &adapter], &[]);
     assert!(o.status.success(), "eval failed: {}", stderr(&o));
     let eval: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!((eval["eval_perplexity"].as_f64().unwrap() - eval["eval_loss"].as_f64().unwrap().exp()).abs() < 1e-6);
+    assert!(
+        (eval["eval_perplexity"].as_f64().unwrap() - eval["eval_loss"].as_f64().unwrap().exp())
+            .abs()
+            < 1e-6
+    );
 
     let export = format!("export_dir={}", dir.path().join("merged").display());
     let o = trainer(&["export", cfg.to_str().unwrap(), &adapter, &export], &[]);
     assert!(o.status.success(), "export failed: {}", stderr(&o));
-    assert!(dir.path().join("merged/config.json").is_file() && dir.path().join("merged/tokenizer.json").is_file());
+    assert!(
+        dir.path().join("merged/config.json").is_file()
+            && dir.path().join("merged/tokenizer.json").is_file()
+    );
 
-    let o = trainer(&["chat", "--prompt", "tell me the cat", cfg.to_str().unwrap(), &adapter], &[]);
+    let o = trainer(
+        &[
+            "chat",
+            "--prompt",
+            "tell me the cat",
+            cfg.to_str().unwrap(),
+            &adapter,
+        ],
+        &[],
+    );
     assert!(o.status.success(), "chat failed: {}", stderr(&o));
 }
 
@@ -114,23 +199,63 @@ fn bad_inputs_are_config_errors() {
     let unknown = dir.path().join("unknown.yaml");
     std::fs::write(&unknown, "lora_rnak: 8\n").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["train".into(), c.into(), "model_name_or_path=/no/such/model".into()], "/no/such/model"),
-        (vec!["train".into(), c.into(), "dataset=missing_set".into()], "missing_set"),
-        (vec!["train".into(), malformed.display().to_string()], "bad.yaml"),
-        (vec!["train".into(), unknown.display().to_string()], "lora_rank"),
-        (vec!["train".into(), c.into(), "lora_rank=eight".into()], "lora_rank"),
-        (vec!["train".into(), c.into(), "resume_from_checkpoint=/no/checkpoint-3".into()], "/no/checkpoint-3"),
-        (vec!["train".into(), dir.path().join("absent.yaml").display().to_string()], "absent.yaml"),
+        (
+            vec![
+                "train".into(),
+                c.into(),
+                "model_name_or_path=/no/such/model".into(),
+            ],
+            "/no/such/model",
+        ),
+        (
+            vec!["train".into(), c.into(), "dataset=missing_set".into()],
+            "missing_set",
+        ),
+        (
+            vec!["train".into(), malformed.display().to_string()],
+            "bad.yaml",
+        ),
+        (
+            vec!["train".into(), unknown.display().to_string()],
+            "lora_rank",
+        ),
+        (
+            vec!["train".into(), c.into(), "lora_rank=eight".into()],
+            "lora_rank",
+        ),
+        (
+            vec![
+                "train".into(),
+                c.into(),
+                "resume_from_checkpoint=/no/checkpoint-3".into(),
+            ],
+            "/no/checkpoint-3",
+        ),
+        (
+            vec![
+                "train".into(),
+                dir.path().join("absent.yaml").display().to_string(),
+            ],
+            "absent.yaml",
+        ),
         (vec!["export".into(), c.into()], "export_dir"),
     ];
     for (args, needle) in cases {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = trainer(&refs, &[]);
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?} should be a config error:\n{err}");
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?} should be a config error:\n{err}"
+        );
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(lines.len(), 1, "{args:?}: one error line expected:\n{err}");
-        assert!(lines[0].contains(needle), "{args:?}: the error should name `{needle}`: {}", lines[0]);
+        assert!(
+            lines[0].contains(needle),
+            "{args:?}: the error should name `{needle}`: {}",
+            lines[0]
+        );
     }
 }
 
@@ -145,7 +270,15 @@ fn read_adapter(dir: &Path) -> Vec<(String, tch::Tensor)> {
 fn two_ranks_equal_one_process_with_the_global_batch() {
     let one = tempfile::tempdir().unwrap();
     let cfg1 = write_config(one.path(), "max_grad_norm: 0\n");
-    let o = trainer(&["train", cfg1.to_str().unwrap(), "per_device_train_batch_size=4", "gradient_accumulation_steps=1"], &[]);
+    let o = trainer(
+        &[
+            "train",
+            cfg1.to_str().unwrap(),
+            "per_device_train_batch_size=4",
+            "gradient_accumulation_steps=1",
+        ],
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
 
     let two = tempfile::tempdir().unwrap();
@@ -157,7 +290,12 @@ fn two_ranks_equal_one_process_with_the_global_batch() {
     let mut procs: Vec<_> = (0..2)
         .map(|rank| {
             Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
-                .args(["train", cfg2.to_str().unwrap(), "per_device_train_batch_size=2", "gradient_accumulation_steps=1"])
+                .args([
+                    "train",
+                    cfg2.to_str().unwrap(),
+                    "per_device_train_batch_size=2",
+                    "gradient_accumulation_steps=1",
+                ])
                 .env_remove("LF_STATUS_FILE")
                 .env("MASTER_ADDR", "127.0.0.1")
                 .env("MASTER_PORT", &port)

@@ -19,17 +19,29 @@ fn batch_8_equals_batch_1_times_accumulation_8() {
     let data = data(16, 0);
     let run = |extra: &str| {
         let out = tempfile::tempdir().unwrap();
-        let cfg = config(&format!("optim: sgd\nlearning_rate: 0.5\nmax_steps: 2\n{extra}"));
+        let cfg = config(&format!(
+            "optim: sgd\nlearning_rate: 0.5\nmax_steps: 2\n{extra}"
+        ));
         let mut t = trainee(&cfg);
         let mut o = optimizer(&cfg, &t);
-        let s = train(&cfg, &mut t, &mut o, &data, &context(out.path(), Arc::new(AtomicBool::new(false)), None)).unwrap();
+        let s = train(
+            &cfg,
+            &mut t,
+            &mut o,
+            &data,
+            &context(out.path(), Arc::new(AtomicBool::new(false)), None),
+        )
+        .unwrap();
         (weights(&t), s.train_loss)
     };
     let (w8, l8) = run("per_device_train_batch_size: 8\ngradient_accumulation_steps: 1\n");
     let (w1, l1) = run("per_device_train_batch_size: 1\ngradient_accumulation_steps: 8\n");
     let (w2, _) = run("per_device_train_batch_size: 2\ngradient_accumulation_steps: 4\n");
     let start = weights(&trainee(&config("")));
-    assert!(max_abs_diff(&w8, &start) > 1e-3, "the steps must change the adapter");
+    assert!(
+        max_abs_diff(&w8, &start) > 1e-3,
+        "the steps must change the adapter"
+    );
     let d = max_abs_diff(&w8, &w1);
     assert!(d < 1e-6, "8×1 and 1×8 differ by {d}");
     assert!(max_abs_diff(&w8, &w2) < 1e-6);
@@ -50,7 +62,12 @@ impl TrainModel for StopAt {
     fn set_training(&mut self, on: bool) {
         self.inner.set_training(on)
     }
-    fn loss_sum_and_backward(&mut self, ids: &Tensor, labels: &Tensor, scale: f64) -> Result<MicroOutput, TrainerError> {
+    fn loss_sum_and_backward(
+        &mut self,
+        ids: &Tensor,
+        labels: &Tensor,
+        scale: f64,
+    ) -> Result<MicroOutput, TrainerError> {
         if self.inner.rng_position() + 1 == self.at {
             self.stop.store(true, Ordering::SeqCst);
         }
@@ -78,18 +95,39 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     let full = tempfile::tempdir().unwrap();
     let mut t = trainee(&cfg);
     let mut o = optimizer(&cfg, &t);
-    let done = train(&cfg, &mut t, &mut o, &data, &context(full.path(), Arc::new(AtomicBool::new(false)), None)).unwrap();
+    let done = train(
+        &cfg,
+        &mut t,
+        &mut o,
+        &data,
+        &context(full.path(), Arc::new(AtomicBool::new(false)), None),
+    )
+    .unwrap();
     assert_eq!(done.global_step, 8);
     let reference = weights(&t);
 
     // Interrupted during step 4 (micro-batch 8 of 2 per step): it finishes step 4, saves, stops.
     let out = tempfile::tempdir().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let mut t = StopAt { inner: trainee(&cfg), stop: stop.clone(), at: 8 };
+    let mut t = StopAt {
+        inner: trainee(&cfg),
+        stop: stop.clone(),
+        at: 8,
+    };
     let mut o = optimizer(&cfg, &t.inner);
-    let err = train(&cfg, &mut t, &mut o, &data, &context(out.path(), stop, None)).unwrap_err();
+    let err = train(
+        &cfg,
+        &mut t,
+        &mut o,
+        &data,
+        &context(out.path(), stop, None),
+    )
+    .unwrap_err();
     match &err {
-        TrainerError::Interrupted { step: 4, checkpoint: Some(4) } => {}
+        TrainerError::Interrupted {
+            step: 4,
+            checkpoint: Some(4),
+        } => {}
         other => panic!("expected an interruption after step 4 with checkpoint-4, got {other:?}"),
     }
     assert_eq!(err.exit_code(), lf_api::runtime::exit_code::INTERRUPTED);
@@ -99,14 +137,30 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
     // A fresh process: new model and optimiser, resumed from checkpoint-4.
     let mut t = trainee(&cfg);
     let mut o = optimizer(&cfg, &t);
-    let ctx = context(out.path(), Arc::new(AtomicBool::new(false)), Some(ckpt.path));
+    let ctx = context(
+        out.path(),
+        Arc::new(AtomicBool::new(false)),
+        Some(ckpt.path),
+    );
     let resumed = train(&cfg, &mut t, &mut o, &data, &ctx).unwrap();
     assert_eq!(resumed.resumed_from_step, Some(4));
     let d = max_abs_diff(&weights(&t), &reference);
-    assert!(d < 1e-6, "resumed adapter differs from the uninterrupted one by {d}");
+    assert!(
+        d < 1e-6,
+        "resumed adapter differs from the uninterrupted one by {d}"
+    );
     assert!((resumed.train_loss - done.train_loss).abs() < 1e-6);
-    let steps: Vec<u64> = TrainerLog::open(out.path(), false).unwrap().read_all().iter().map(|r| r.current_steps).collect();
-    assert_eq!(steps, (1..=8).collect::<Vec<_>>(), "each step logged exactly once across both attempts");
+    let steps: Vec<u64> = TrainerLog::open(out.path(), false)
+        .unwrap()
+        .read_all()
+        .iter()
+        .map(|r| r.current_steps)
+        .collect();
+    assert_eq!(
+        steps,
+        (1..=8).collect::<Vec<_>>(),
+        "each step logged exactly once across both attempts"
+    );
 }
 
 #[test]
@@ -118,15 +172,31 @@ fn rotation_during_training_and_evaluation() {
     let out = tempfile::tempdir().unwrap();
     let mut t = trainee(&cfg);
     let mut o = optimizer(&cfg, &t);
-    let s = train(&cfg, &mut t, &mut o, &data, &context(out.path(), Arc::new(AtomicBool::new(false)), None)).unwrap();
-    let left: Vec<u64> = lf_trainer::checkpoint::list(out.path()).iter().map(|f| f.step).collect();
+    let s = train(
+        &cfg,
+        &mut t,
+        &mut o,
+        &data,
+        &context(out.path(), Arc::new(AtomicBool::new(false)), None),
+    )
+    .unwrap();
+    let left: Vec<u64> = lf_trainer::checkpoint::list(out.path())
+        .iter()
+        .map(|f| f.step)
+        .collect();
     assert_eq!(left, vec![3, 4]);
     let log = TrainerLog::open(out.path(), false).unwrap().read_all();
-    let evals: Vec<u64> = log.iter().filter(|r| r.eval_loss.is_some()).map(|r| r.current_steps).collect();
+    let evals: Vec<u64> = log
+        .iter()
+        .filter(|r| r.eval_loss.is_some())
+        .map(|r| r.current_steps)
+        .collect();
     assert_eq!(evals, vec![2, 4, 5]);
     assert!(s.eval_loss.unwrap().is_finite());
     let r = &log[0];
-    assert!(r.throughput.unwrap() > 0.0 && r.peak_memory_bytes.unwrap() > 0 && r.step_time.is_some());
+    assert!(
+        r.throughput.unwrap() > 0.0 && r.peak_memory_bytes.unwrap() > 0 && r.step_time.is_some()
+    );
 }
 
 #[test]
@@ -141,14 +211,29 @@ fn non_finite_loss_stops_at_once() {
             let _ = t.get(0).get(0).fill_(f64::NAN);
         }
     }
-    let mut lm = CausalLm::from_tensors(arch, w, &LoadOptions::new(tch::Device::Cpu, tch::Kind::Float)).unwrap();
+    let mut lm = CausalLm::from_tensors(
+        arch,
+        w,
+        &LoadOptions::new(tch::Device::Cpu, tch::Kind::Float),
+    )
+    .unwrap();
     lm.apply_method(&cfg, cfg.seed).unwrap();
     let mut t = LmTrainee::new(lm, "tiny");
     let mut o = optimizer(&cfg, &t);
     let out = tempfile::tempdir().unwrap();
-    let err = train(&cfg, &mut t, &mut o, &data, &context(out.path(), Arc::new(AtomicBool::new(false)), None)).unwrap_err();
+    let err = train(
+        &cfg,
+        &mut t,
+        &mut o,
+        &data,
+        &context(out.path(), Arc::new(AtomicBool::new(false)), None),
+    )
+    .unwrap_err();
     assert!(matches!(err, TrainerError::NonFinite { .. }), "{err:?}");
-    assert!(err.to_string().contains("step 1") && err.to_string().contains("learning_rate"), "{err}");
+    assert!(
+        err.to_string().contains("step 1") && err.to_string().contains("learning_rate"),
+        "{err}"
+    );
     assert_eq!(err.exit_code(), lf_api::runtime::exit_code::CONFIG);
     assert!(err.hint().unwrap().contains("flash_attn"));
 }

@@ -28,18 +28,36 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
     tch::manual_seed(seed);
     let (h, v) = (arch.hidden_size as i64, arch.vocab_size as i64);
     let opts = (Kind::Float, Device::Cpu);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), Tensor::randn([v, h], opts) * 0.5)];
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        Tensor::randn([v, h], opts) * 0.5,
+    )];
     for i in 0..arch.num_hidden_layers {
         for m in LinearModule::ALL {
             let (fi, fo) = arch.linear_shape(m);
             let name = format!("model.layers.{i}.{}.{}.weight", m.parent(), m.name());
-            out.push((name, Tensor::randn([fo as i64, fi as i64], opts) * (1.0 / (fi as f64).sqrt())));
+            out.push((
+                name,
+                Tensor::randn([fo as i64, fi as i64], opts) * (1.0 / (fi as f64).sqrt()),
+            ));
         }
-        out.push((format!("model.layers.{i}.input_layernorm.weight"), Tensor::rand([h], opts) + 0.5));
-        out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), Tensor::rand([h], opts) + 0.5));
+        out.push((
+            format!("model.layers.{i}.input_layernorm.weight"),
+            Tensor::rand([h], opts) + 0.5,
+        ));
+        out.push((
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            Tensor::rand([h], opts) + 0.5,
+        ));
     }
-    out.push(("model.norm.weight".to_string(), Tensor::rand([h], opts) + 0.5));
-    out.push(("lm_head.weight".to_string(), Tensor::randn([v, h], opts) * 0.2));
+    out.push((
+        "model.norm.weight".to_string(),
+        Tensor::rand([h], opts) + 0.5,
+    ));
+    out.push((
+        "lm_head.weight".to_string(),
+        Tensor::randn([v, h], opts) * 0.2,
+    ));
     out
 }
 
@@ -50,7 +68,12 @@ pub fn trainee(cfg: &TrainingConfig) -> LmTrainee {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     let arch = tiny_arch();
-    let mut lm = CausalLm::from_tensors(arch.clone(), random_weights(&arch, 3), &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+    let mut lm = CausalLm::from_tensors(
+        arch.clone(),
+        random_weights(&arch, 3),
+        &LoadOptions::new(Device::Cpu, Kind::Float),
+    )
+    .unwrap();
     lm.apply_method(cfg, cfg.seed).unwrap();
     LmTrainee::new(lm, "tiny")
 }
@@ -66,18 +89,32 @@ pub fn examples(n: usize) -> Vec<Example> {
         .map(|i| {
             let len = 5 + (i * 7) % 11;
             let prompt = 1 + i % 3;
-            let input_ids: Vec<u32> = (0..len).map(|j| ((i * 13 + j * 5) % 60 + 2) as u32).collect();
-            let labels = input_ids.iter().enumerate().map(|(j, &t)| if j < prompt { -100 } else { t as i32 }).collect();
+            let input_ids: Vec<u32> = (0..len)
+                .map(|j| ((i * 13 + j * 5) % 60 + 2) as u32)
+                .collect();
+            let labels = input_ids
+                .iter()
+                .enumerate()
+                .map(|(j, &t)| if j < prompt { -100 } else { t as i32 })
+                .collect();
             Example { input_ids, labels }
         })
         .collect()
 }
 
 pub fn data(n: usize, eval: usize) -> TrainData {
-    TrainData { train: Arc::new(examples(n)), eval: examples(eval), pad_id: 0 }
+    TrainData {
+        train: Arc::new(examples(n)),
+        eval: examples(eval),
+        pad_id: 0,
+    }
 }
 
-pub fn context<'a>(out: &Path, stop: Arc<AtomicBool>, resume: Option<std::path::PathBuf>) -> RunContext<'a> {
+pub fn context<'a>(
+    out: &Path,
+    stop: Arc<AtomicBool>,
+    resume: Option<std::path::PathBuf>,
+) -> RunContext<'a> {
     RunContext {
         output_dir: out.to_path_buf(),
         device: Device::Cpu,
@@ -103,7 +140,10 @@ pub fn config(extra: &str) -> TrainingConfig {
 /// Every trainable tensor, by name, on the CPU.
 pub fn weights(t: &LmTrainee) -> Vec<(String, Tensor)> {
     use lf_trainer::interfaces::TrainModel;
-    t.trainable_parameters().into_iter().map(|(n, p)| (n, p.detach().copy())).collect()
+    t.trainable_parameters()
+        .into_iter()
+        .map(|(n, p)| (n, p.detach().copy()))
+        .collect()
 }
 
 pub fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
