@@ -320,3 +320,60 @@ fn two_ranks_equal_one_process_with_the_global_batch() {
         assert!(d < 1e-5, "{na} differs by {d}");
     }
 }
+
+/// SIGTERM mid-run: the current step finishes, a checkpoint is written, the exit code is 143, and
+/// the next run resumes from that checkpoint.
+#[test]
+fn sigterm_checkpoints_and_exits_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let out = dir.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
+        .args([
+            "train",
+            cfg.to_str().unwrap(),
+            "max_steps=100000",
+            "save_steps=0",
+            "logging_steps=1",
+        ])
+        .env_remove("LF_STATUS_FILE")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = out.join("trainer_log.jsonl");
+    let started = std::time::Instant::now();
+    while !log.exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "training never logged a step"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("checkpoint-"),
+        "{err}"
+    );
+    let ck =
+        lf_trainer::checkpoint::newest_valid(&out).expect("a complete checkpoint after SIGTERM");
+    assert!(ck.step >= 1);
+    let o = trainer(
+        &[
+            "train",
+            cfg.to_str().unwrap(),
+            "max_steps=2",
+            "save_steps=0",
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("checkpoint-{}", ck.step)),
+        "{}",
+        stderr(&o)
+    );
+}
