@@ -527,8 +527,14 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
             .global_step
             .is_multiple_of(cfg.logging_steps.max(1) as u64)
             || state.global_step == total_steps;
-        let eval_now = eval_every > 0
-            && (state.global_step.is_multiple_of(eval_every) || state.global_step == total_steps);
+        let epoch_end = {
+            let pos = plan.position(step);
+            pos.batch_index + pos.micro_batches >= plan.batches_per_epoch()
+        };
+        let eval_now = (eval_every > 0
+            && (state.global_step.is_multiple_of(eval_every) || state.global_step == total_steps))
+            || (cfg.eval_strategy == EvalStrategy::Epoch
+                && (epoch_end || state.global_step == total_steps));
         let mut eval_loss = None;
         if eval_now {
             eval_loss = evaluate(
@@ -664,7 +670,7 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
     // A final evaluation when evaluation was asked for but the schedule did not end on one.
     let eval_loss = match (cfg.eval_strategy, state.last_eval_loss) {
         (EvalStrategy::No, _) => None,
-        (_, Some(e)) if eval_every > 0 => Some(e),
+        (_, Some(e)) => Some(e),
         _ => {
             let e = evaluate(
                 model,

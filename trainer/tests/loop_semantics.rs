@@ -237,3 +237,27 @@ fn non_finite_loss_stops_at_once() {
     assert_eq!(err.exit_code(), lf_api::runtime::exit_code::CONFIG);
     assert!(err.hint().unwrap().contains("flash_attn"));
 }
+
+#[test]
+fn epoch_evaluation_runs_at_each_epoch_end() {
+    let data = data(12, 3);
+    let cfg = config("num_train_epochs: 2\nper_device_train_batch_size: 4\neval_strategy: epoch\nlogging_steps: 100\n");
+    let out = tempfile::tempdir().unwrap();
+    let mut t = trainee(&cfg);
+    let mut o = optimizer(&cfg, &t);
+    train(
+        &cfg,
+        &mut t,
+        &mut o,
+        &data,
+        &context(out.path(), Arc::new(AtomicBool::new(false)), None),
+    )
+    .unwrap();
+    let log = TrainerLog::open(out.path(), false).unwrap().read_all();
+    let evals: Vec<u64> = log
+        .iter()
+        .filter(|r| r.eval_loss.is_some())
+        .map(|r| r.current_steps)
+        .collect();
+    assert_eq!(evals, vec![3, 6]);
+}
