@@ -67,6 +67,28 @@ enum Command {
         )]
         trainer_image: String,
     },
+    /// Run a FineTuneJob on this machine: the same plan and rendered pods, as local processes.
+    Local {
+        /// The FineTuneJob YAML file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Map a PersistentVolumeClaim to a local directory (CLAIM=PATH; repeatable). Unmapped claims
+        /// are `<job file's directory>/<claim>` when that exists, else `<workdir>/volumes/<claim>`.
+        #[arg(long = "volume", value_name = "CLAIM=PATH")]
+        volumes: Vec<String>,
+        /// Where config, logs, status and unmapped volumes go (default lf-local/<job name>).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        /// The lf-trainer binary (default: next to lf-operator).
+        #[arg(long, env = "LF_TRAINER")]
+        trainer: Option<PathBuf>,
+        /// Worker processes per pod (world size = pods × this).
+        #[arg(long = "nproc-per-node")]
+        nproc_per_node: Option<u32>,
+        /// Also write the final FineTuneJob (with status) as YAML to this file.
+        #[arg(long = "status-out")]
+        status_out: Option<PathBuf>,
+    },
     /// Run the controller (in-cluster, or with KUBECONFIG / ~/.kube/config).
     Run {
         /// Where /metrics, /healthz and /readyz are served.
@@ -183,6 +205,41 @@ fn main() -> ExitCode {
             },
             Err(e) => fail(e),
         },
+        Command::Local {
+            file,
+            volumes,
+            workdir,
+            trainer,
+            nproc_per_node,
+            status_out,
+        } => {
+            let opts = lf_local::LocalOptions {
+                job_file: file,
+                volumes,
+                workdir,
+                trainer,
+                nproc_per_node,
+                status_out,
+            };
+            match lf_local::run(&opts) {
+                Ok(outcome) => {
+                    let status = serde_yaml::to_string(&outcome.job).unwrap_or_default();
+                    let summary = outcome.summary.map(|s| s.to_string()).unwrap_or_default();
+                    match print(&format!("{status}---\n# {}\n", summary.replace('\n', "\n# "))) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => fail(e),
+                    }
+                }
+                Err(e @ lf_local::LocalError::Interrupted) => {
+                    let _ = writeln!(std::io::stderr(), "{e}");
+                    ExitCode::from(130)
+                }
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             http_addr,
             trainer_image,

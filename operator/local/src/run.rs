@@ -1,0 +1,267 @@
+//! The local run, start to end: plan → render → pods as processes → status → summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use lf_api::runtime::FailureReason;
+use lf_api::status::{FailureRecord, FineTuneJobStatus, Phase, RestartRecord};
+use lf_api::{FineTuneJob, ModelArchitecture};
+use lf_planner::PlannerInput;
+use lf_render::RenderContext;
+
+use crate::pods::{local_pods, local_training_config};
+use crate::progress::ProgressView;
+use crate::status::{set_phase, StatusFollower};
+use crate::summary::Summary;
+use crate::supervise::{run_gang, tail};
+use crate::volumes::VolumeMap;
+
+/// What `lf-operator local` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// The FineTuneJob file.
+    pub job_file: PathBuf,
+    /// `CLAIM=PATH` mappings.
+    pub volumes: Vec<String>,
+    /// Where config, logs, status and unmapped volumes go (default `lf-local/<job name>`).
+    pub workdir: Option<PathBuf>,
+    /// The `lf-trainer` binary (default: next to this executable, or `LF_TRAINER`).
+    pub trainer: Option<PathBuf>,
+    /// Worker processes per pod (default 1).
+    pub nproc_per_node: Option<u32>,
+    /// Also write the final status YAML here.
+    pub status_out: Option<PathBuf>,
+}
+
+/// The result: the FineTuneJob with its final status, and the summary.
+#[derive(Debug, Clone)]
+pub struct LocalOutcome {
+    pub job: FineTuneJob,
+    pub summary: Option<Summary>,
+    pub workdir: PathBuf,
+}
+
+/// Why a local run could not start or did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Job { path: PathBuf, source: lf_api::ConfigError },
+    #[error(transparent)]
+    Volume(#[from] crate::volumes::BadVolumeArg),
+    #[error("the model: {0}")]
+    Model(#[from] lf_api::architecture::ArchitectureError),
+    #[error("planning: {0}")]
+    Plan(#[from] lf_planner::PlanError),
+    #[error("the job does not fit: {0}")]
+    DoesNotFit(String),
+    #[error("rendering: {0}")]
+    Render(#[from] lf_render::RenderError),
+    #[error(transparent)]
+    Pods(#[from] crate::pods::PodError),
+    #[error(transparent)]
+    Supervise(#[from] crate::supervise::SuperviseError),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot find the lf-trainer binary (looked at {0}); build it with `cargo build --bin lf-trainer` or pass --trainer")]
+    NoTrainer(PathBuf),
+    #[error("{name} already succeeded (status in {workdir}); remove that directory to train again")]
+    AlreadySucceeded { name: String, workdir: PathBuf },
+    #[error("training failed on pod {pod} (exit code {code}); last log lines of {log}:\n{tail}")]
+    Failed { pod: u32, code: String, log: PathBuf, tail: String },
+    #[error("stopped; the last checkpoint is kept — run the same command again to resume")]
+    Interrupted,
+}
+
+/// Runs a FineTuneJob locally.
+pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
+    let text = std::fs::read_to_string(&opts.job_file)
+        .map_err(|source| LocalError::Read { path: opts.job_file.clone(), source })?;
+    let mut job = FineTuneJob::from_yaml_str(&text).map_err(|source| LocalError::Job { path: opts.job_file.clone(), source })?;
+    let name = job.metadata.name.clone().unwrap_or_else(|| "finetunejob".to_string());
+    job.metadata.namespace.get_or_insert_with(|| "default".to_string());
+    job.metadata.uid.get_or_insert_with(|| format!("local-{name}"));
+    let workdir = opts.workdir.clone().unwrap_or_else(|| PathBuf::from("lf-local").join(&name));
+    let job_dir = opts.job_file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut volumes = VolumeMap::new(&job_dir, &workdir);
+    for v in &opts.volumes {
+        volumes.add_arg(v)?;
+    }
+
+    // The previous run of this job in this workdir, as the operator keeps it on the CR.
+    let status_path = workdir.join("status.yaml");
+    let mut status: FineTuneJobStatus = std::fs::read_to_string(&status_path)
+        .ok()
+        .and_then(|t| serde_yaml::from_str(&t).ok())
+        .unwrap_or_default();
+    if status.phase == Phase::Succeeded {
+        return Err(LocalError::AlreadySucceeded { name, workdir });
+    }
+
+    // Plan: the model's own config.json when the job does not carry its architecture.
+    if job.spec.model.architecture.is_none() {
+        if let Some(src) = &job.spec.model.source {
+            let dir = volumes.resolve(&src.claim_name, src.sub_path.as_deref());
+            if lf_planner::preset(&job.spec.model.name).is_none() {
+                job.spec.model.architecture = Some(ModelArchitecture::from_model_dir(&dir)?);
+            }
+        }
+    }
+    let nproc = opts.nproc_per_node.unwrap_or(1).max(1);
+    job.spec.resources.gpus_per_node = nproc;
+    job.spec.resources.max_gpus = Some(job.spec.resources.max_gpus.unwrap_or(nproc).max(nproc));
+    set_phase(&mut status, Phase::Planning, "Planning", "choosing GPUs, ZeRO stage and batch");
+    let input = PlannerInput::from_job(&job)?;
+    let search = lf_planner::search(&input);
+    let Some(plan) = search.chosen.clone() else {
+        let why = search.failure_message().unwrap_or_else(|| "no configuration fits".to_string());
+        return Err(LocalError::DoesNotFit(why));
+    };
+    eprintln!("{}", lf_planner::format_table(&search));
+    status.plan = Some(plan.clone());
+    status.method = Some(job.method_label());
+
+    // A new attempt after an interrupted or failed one resumes from the newest checkpoint.
+    let attempt = status.attempt.map_or(1, |a| a + 1);
+    if attempt > 1 {
+        let reason = status.failure.as_ref().map_or(FailureReason::Preempted, |f| f.reason);
+        status.restarts.push(RestartRecord {
+            attempt,
+            reason,
+            resumed_from_step: status.latest_checkpoint().map(|c| c.step),
+            counted: reason != FailureReason::Preempted,
+            at: Time(k8s_openapi::jiff::Timestamp::now()),
+        });
+    }
+    status.attempt = Some(attempt);
+    status.failure = None;
+
+    let ctx = RenderContext {
+        default_image: "lf-trainer:local".to_string(),
+        attempt,
+        resume_from: None,
+        sidecar_injection_default: false,
+    };
+    let rendered = lf_render::render(&job, &plan, &ctx)?;
+    let config_dir = workdir.join("config");
+    let log_dir = workdir.join("logs");
+    for d in [&config_dir, &log_dir] {
+        std::fs::create_dir_all(d).map_err(|source| LocalError::Write { path: d.clone(), source })?;
+    }
+    write(&workdir.join("rendered.yaml"), &rendered.to_yaml_stream())?;
+    let config = local_training_config(&rendered.config_map, &rendered.job, &volumes, &config_dir)?;
+    if let Some(out) = &config.output_dir {
+        std::fs::create_dir_all(out).map_err(|source| LocalError::Write { path: out.into(), source })?;
+    }
+    let config_file = config_dir.join("train.yaml");
+    write(&config_file, &config.to_yaml_string())?;
+    let status_file = workdir.join("trainer-status.jsonl");
+    let pods = local_pods(&rendered.job, &volumes, &config_dir, &config_file, free_port(), &status_file)?;
+    let trainer = find_trainer(opts)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second handler registration (a second run in one process) keeps the first; fine.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    status.start_time.get_or_insert_with(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    set_phase(&mut status, Phase::Running, "PodsRunning", &format!("attempt {attempt}: {} pod(s) running", pods.len()));
+    save_status(&status_path, &status)?;
+    let mut view = ProgressView::new();
+    let mut follower = StatusFollower::new(&status_file);
+    let started = std::time::Instant::now();
+    let outcome = run_gang(&trainer, &pods, &log_dir, &mut status, &mut follower, &mut view, &stop)?;
+    view.finish();
+
+    let output_dir = config.output_dir.clone().map(PathBuf::from).unwrap_or_default();
+    status.output = Some(output_dir.display().to_string());
+    if outcome.succeeded() {
+        status.completion_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        set_phase(&mut status, Phase::Succeeded, "Completed", "training finished");
+        save_status(&status_path, &status)?;
+        let summary = Summary::collect(&output_dir, &config, started.elapsed());
+        job.status = Some(status);
+        finish(opts, &job)?;
+        return Ok(LocalOutcome { job, summary: Some(summary), workdir });
+    }
+    if outcome.interrupted {
+        status.failure = Some(FailureRecord {
+            reason: FailureReason::Preempted,
+            rank: None,
+            pod: None,
+            node: None,
+            exit_code: outcome.exit_codes.iter().flatten().copied().find(|c| *c != 0),
+            message: "stopped by the user".into(),
+            hint: Some("run the same command again to resume from the last checkpoint".into()),
+        });
+        set_phase(&mut status, Phase::Suspended, "Interrupted", "stopped; resumes from the last checkpoint");
+        save_status(&status_path, &status)?;
+        return Err(LocalError::Interrupted);
+    }
+    let pod = outcome.first_failure.unwrap_or(0);
+    let code = outcome.exit_codes.get(pod as usize).copied().flatten();
+    let log = outcome.logs.get(pod as usize).cloned().unwrap_or_default();
+    let reason = code.map_or(FailureReason::Runtime, FailureReason::from_exit_code);
+    status.failure = Some(FailureRecord {
+        reason,
+        rank: Some(pod),
+        pod: Some(format!("{}-{pod}", rendered.job.metadata.name.clone().unwrap_or_default())),
+        node: None,
+        exit_code: code,
+        message: tail(&log, 1),
+        hint: None,
+    });
+    set_phase(&mut status, Phase::Failed, &format!("{reason:?}"), "training failed");
+    save_status(&status_path, &status)?;
+    Err(LocalError::Failed {
+        pod,
+        code: code.map_or_else(|| "signal".to_string(), |c| c.to_string()),
+        tail: tail(&log, 15),
+        log,
+    })
+}
+
+fn finish(opts: &LocalOptions, job: &FineTuneJob) -> Result<(), LocalError> {
+    if let Some(path) = &opts.status_out {
+        let text = serde_yaml::to_string(job).unwrap_or_default();
+        write(path, &text)?;
+    }
+    Ok(())
+}
+
+fn save_status(path: &Path, status: &FineTuneJobStatus) -> Result<(), LocalError> {
+    write(path, &serde_yaml::to_string(status).unwrap_or_default())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), LocalError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| LocalError::Write { path: parent.to_path_buf(), source })?;
+    }
+    std::fs::write(path, text).map_err(|source| LocalError::Write { path: path.to_path_buf(), source })
+}
+
+fn find_trainer(opts: &LocalOptions) -> Result<PathBuf, LocalError> {
+    let candidate = opts
+        .trainer
+        .clone()
+        .or_else(|| std::env::var_os("LF_TRAINER").map(PathBuf::from))
+        .or_else(|| std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("lf-trainer"))))
+        .unwrap_or_else(|| PathBuf::from("lf-trainer"));
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(LocalError::NoTrainer(candidate))
+    }
+}
+
+/// A free TCP port on 127.0.0.1 for the rendezvous.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(29500)
+}
