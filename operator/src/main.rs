@@ -225,7 +225,10 @@ fn main() -> ExitCode {
                 Ok(outcome) => {
                     let status = serde_yaml::to_string(&outcome.job).unwrap_or_default();
                     let summary = outcome.summary.map(|s| s.to_string()).unwrap_or_default();
-                    match print(&format!("{status}---\n# {}\n", summary.replace('\n', "\n# "))) {
+                    match print(&format!(
+                        "{status}---\n# {}\n",
+                        summary.replace('\n', "\n# ")
+                    )) {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(e) => fail(e),
                     }

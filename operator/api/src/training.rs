@@ -109,7 +109,12 @@ pub enum Optim {
     #[serde(alias = "adamw_torch_fused", alias = "adamw_hf", alias = "adamw")]
     AdamwTorch,
     /// AdamW with block-wise 8-bit moments (the bitsandbytes scheme). `paged_adamw_8bit` is accepted too.
-    #[serde(rename = "adamw_8bit", alias = "adamw8bit", alias = "paged_adamw_8bit", alias = "adamw_bnb_8bit")]
+    #[serde(
+        rename = "adamw_8bit",
+        alias = "adamw8bit",
+        alias = "paged_adamw_8bit",
+        alias = "adamw_bnb_8bit"
+    )]
     Adamw8bit,
     /// Adafactor (factored second moment, no first moment).
     Adafactor,

@@ -54,7 +54,8 @@ pub fn local_training_config(
         .ok_or_else(|| PodError::NoConfig(key.clone()))?;
     let config = TrainingConfig::from_yaml_str(text)?;
     let mounts = mount_map(pod_spec(job)?, volumes, config_dir);
-    let mut value = serde_yaml::to_value(&config).map_err(|e| lf_api::ConfigError::Yaml(e.to_string()))?;
+    let mut value =
+        serde_yaml::to_value(&config).map_err(|e| lf_api::ConfigError::Yaml(e.to_string()))?;
     if let Some(map) = value.as_mapping_mut() {
         for (_, v) in map.iter_mut() {
             if let serde_yaml::Value::String(s) = v {
@@ -76,7 +77,12 @@ pub fn local_pods(
 ) -> Result<Vec<LocalPod>, PodError> {
     let spec = pod_spec(job)?;
     let container = spec.containers.first().ok_or(PodError::NoContainer)?;
-    let nodes = job.spec.as_ref().and_then(|s| s.completions).unwrap_or(1).max(1) as u32;
+    let nodes = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.completions)
+        .unwrap_or(1)
+        .max(1) as u32;
     let mounts = mount_map(spec, volumes, config_dir);
     let args = container_args(container, &mounts, config_file);
     let mut pods = Vec::new();
@@ -98,9 +104,17 @@ pub fn local_pods(
         envs.remove(env::JOB_NAMESPACE);
         // Several local pods would clash on one metrics port; the summary reads the trainer's files.
         envs.remove(env::METRICS_ADDR);
-        envs.insert(env::STATUS_FILE.to_string(), status_file.display().to_string());
-        envs.entry(env::CONFIG.to_string()).or_insert_with(|| config_file.display().to_string());
-        pods.push(LocalPod { node_rank, args: args.clone(), env: envs });
+        envs.insert(
+            env::STATUS_FILE.to_string(),
+            status_file.display().to_string(),
+        );
+        envs.entry(env::CONFIG.to_string())
+            .or_insert_with(|| config_file.display().to_string());
+        pods.push(LocalPod {
+            node_rank,
+            args: args.clone(),
+            env: envs,
+        });
     }
     Ok(pods)
 }
@@ -115,8 +129,18 @@ fn pod_spec(job: &Job) -> Result<&PodSpec, PodError> {
 
 /// The container's arguments after the program name, with mount paths rewritten and the config
 /// file pointed at the local copy.
-fn container_args(container: &Container, mounts: &[(String, PathBuf)], config_file: &Path) -> Vec<String> {
-    let mut all: Vec<String> = container.command.iter().flatten().chain(container.args.iter().flatten()).cloned().collect();
+fn container_args(
+    container: &Container,
+    mounts: &[(String, PathBuf)],
+    config_file: &Path,
+) -> Vec<String> {
+    let mut all: Vec<String> = container
+        .command
+        .iter()
+        .flatten()
+        .chain(container.args.iter().flatten())
+        .cloned()
+        .collect();
     if !all.is_empty() {
         all.remove(0); // the trainer binary itself
     }
@@ -134,9 +158,13 @@ fn container_args(container: &Container, mounts: &[(String, PathBuf)], config_fi
 /// Mount path → local directory, longest mount paths first.
 fn mount_map(spec: &PodSpec, volumes: &VolumeMap, config_dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
-    let Some(container) = spec.containers.first() else { return out };
+    let Some(container) = spec.containers.first() else {
+        return out;
+    };
     for m in container.volume_mounts.iter().flatten() {
-        let Some(vol) = spec.volumes.iter().flatten().find(|v| v.name == m.name) else { continue };
+        let Some(vol) = spec.volumes.iter().flatten().find(|v| v.name == m.name) else {
+            continue;
+        };
         let local = if let Some(pvc) = &vol.persistent_volume_claim {
             volumes.resolve(&pvc.claim_name, m.sub_path.as_deref())
         } else if vol.config_map.is_some() {
@@ -155,7 +183,10 @@ fn rewrite_path(value: &str, mounts: &[(String, PathBuf)]) -> String {
         if value == mount {
             return local.display().to_string();
         }
-        if let Some(rest) = value.strip_prefix(mount.as_str()).and_then(|r| r.strip_prefix('/')) {
+        if let Some(rest) = value
+            .strip_prefix(mount.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+        {
             return local.join(rest).display().to_string();
         }
     }
@@ -168,7 +199,10 @@ mod tests {
 
     #[test]
     fn rewrites_longest_mount_first() {
-        let mounts = vec![("/data/x".to_string(), PathBuf::from("/l/x")), ("/data".to_string(), PathBuf::from("/l/d"))];
+        let mounts = vec![
+            ("/data/x".to_string(), PathBuf::from("/l/x")),
+            ("/data".to_string(), PathBuf::from("/l/d")),
+        ];
         let mut sorted = mounts.clone();
         sorted.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         assert_eq!(rewrite_path("/data/x/f.json", &sorted), "/l/x/f.json");

@@ -16,13 +16,18 @@ impl ProgressView {
     pub fn new() -> ProgressView {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
-            let style = ProgressStyle::with_template("{spinner} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
+            let style = ProgressStyle::with_template(
+                "{spinner} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
             bar.set_style(style);
             bar
         });
-        ProgressView { bar, last_step: None }
+        ProgressView {
+            bar,
+            last_step: None,
+        }
     }
 
     /// Shows `p` if it is new.

@@ -47,9 +47,15 @@ pub struct LocalOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Job { path: PathBuf, source: lf_api::ConfigError },
+    Job {
+        path: PathBuf,
+        source: lf_api::ConfigError,
+    },
     #[error(transparent)]
     Volume(#[from] crate::volumes::BadVolumeArg),
     #[error("the model: {0}")]
@@ -65,27 +71,57 @@ pub enum LocalError {
     #[error(transparent)]
     Supervise(#[from] crate::supervise::SuperviseError),
     #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot find the lf-trainer binary (looked at {0}); build it with `cargo build --bin lf-trainer` or pass --trainer")]
     NoTrainer(PathBuf),
-    #[error("{name} already succeeded (status in {workdir}); remove that directory to train again")]
+    #[error(
+        "{name} already succeeded (status in {workdir}); remove that directory to train again"
+    )]
     AlreadySucceeded { name: String, workdir: PathBuf },
     #[error("training failed on pod {pod} (exit code {code}); last log lines of {log}:\n{tail}")]
-    Failed { pod: u32, code: String, log: PathBuf, tail: String },
+    Failed {
+        pod: u32,
+        code: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("stopped; the last checkpoint is kept — run the same command again to resume")]
     Interrupted,
 }
 
 /// Runs a FineTuneJob locally.
 pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
-    let text = std::fs::read_to_string(&opts.job_file)
-        .map_err(|source| LocalError::Read { path: opts.job_file.clone(), source })?;
-    let mut job = FineTuneJob::from_yaml_str(&text).map_err(|source| LocalError::Job { path: opts.job_file.clone(), source })?;
-    let name = job.metadata.name.clone().unwrap_or_else(|| "finetunejob".to_string());
-    job.metadata.namespace.get_or_insert_with(|| "default".to_string());
-    job.metadata.uid.get_or_insert_with(|| format!("local-{name}"));
-    let workdir = opts.workdir.clone().unwrap_or_else(|| PathBuf::from("lf-local").join(&name));
-    let job_dir = opts.job_file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let text = std::fs::read_to_string(&opts.job_file).map_err(|source| LocalError::Read {
+        path: opts.job_file.clone(),
+        source,
+    })?;
+    let mut job = FineTuneJob::from_yaml_str(&text).map_err(|source| LocalError::Job {
+        path: opts.job_file.clone(),
+        source,
+    })?;
+    let name = job
+        .metadata
+        .name
+        .clone()
+        .unwrap_or_else(|| "finetunejob".to_string());
+    job.metadata
+        .namespace
+        .get_or_insert_with(|| "default".to_string());
+    job.metadata
+        .uid
+        .get_or_insert_with(|| format!("local-{name}"));
+    let workdir = opts
+        .workdir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("lf-local").join(&name));
+    let job_dir = opts
+        .job_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let mut volumes = VolumeMap::new(&job_dir, &workdir);
     for v in &opts.volumes {
         volumes.add_arg(v)?;
@@ -113,11 +149,18 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
     let nproc = opts.nproc_per_node.unwrap_or(1).max(1);
     job.spec.resources.gpus_per_node = nproc;
     job.spec.resources.max_gpus = Some(job.spec.resources.max_gpus.unwrap_or(nproc).max(nproc));
-    set_phase(&mut status, Phase::Planning, "Planning", "choosing GPUs, ZeRO stage and batch");
+    set_phase(
+        &mut status,
+        Phase::Planning,
+        "Planning",
+        "choosing GPUs, ZeRO stage and batch",
+    );
     let input = PlannerInput::from_job(&job)?;
     let search = lf_planner::search(&input);
     let Some(plan) = search.chosen.clone() else {
-        let why = search.failure_message().unwrap_or_else(|| "no configuration fits".to_string());
+        let why = search
+            .failure_message()
+            .unwrap_or_else(|| "no configuration fits".to_string());
         return Err(LocalError::DoesNotFit(why));
     };
     eprintln!("{}", lf_planner::format_table(&search));
@@ -127,7 +170,10 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
     // A new attempt after an interrupted or failed one resumes from the newest checkpoint.
     let attempt = status.attempt.map_or(1, |a| a + 1);
     if attempt > 1 {
-        let reason = status.failure.as_ref().map_or(FailureReason::Preempted, |f| f.reason);
+        let reason = status
+            .failure
+            .as_ref()
+            .map_or(FailureReason::Preempted, |f| f.reason);
         status.restarts.push(RestartRecord {
             attempt,
             reason,
@@ -149,17 +195,30 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
     let config_dir = workdir.join("config");
     let log_dir = workdir.join("logs");
     for d in [&config_dir, &log_dir] {
-        std::fs::create_dir_all(d).map_err(|source| LocalError::Write { path: d.clone(), source })?;
+        std::fs::create_dir_all(d).map_err(|source| LocalError::Write {
+            path: d.clone(),
+            source,
+        })?;
     }
     write(&workdir.join("rendered.yaml"), &rendered.to_yaml_stream())?;
     let config = local_training_config(&rendered.config_map, &rendered.job, &volumes, &config_dir)?;
     if let Some(out) = &config.output_dir {
-        std::fs::create_dir_all(out).map_err(|source| LocalError::Write { path: out.into(), source })?;
+        std::fs::create_dir_all(out).map_err(|source| LocalError::Write {
+            path: out.into(),
+            source,
+        })?;
     }
     let config_file = config_dir.join("train.yaml");
     write(&config_file, &config.to_yaml_string())?;
     let status_file = workdir.join("trainer-status.jsonl");
-    let pods = local_pods(&rendered.job, &volumes, &config_dir, &config_file, free_port(), &status_file)?;
+    let pods = local_pods(
+        &rendered.job,
+        &volumes,
+        &config_dir,
+        &config_file,
+        free_port(),
+        &status_file,
+    )?;
     let trainer = find_trainer(opts)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -168,25 +227,53 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         // A second handler registration (a second run in one process) keeps the first; fine.
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    status.start_time.get_or_insert_with(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    set_phase(&mut status, Phase::Running, "PodsRunning", &format!("attempt {attempt}: {} pod(s) running", pods.len()));
+    status
+        .start_time
+        .get_or_insert_with(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    set_phase(
+        &mut status,
+        Phase::Running,
+        "PodsRunning",
+        &format!("attempt {attempt}: {} pod(s) running", pods.len()),
+    );
     save_status(&status_path, &status)?;
     let mut view = ProgressView::new();
     let mut follower = StatusFollower::new(&status_file);
     let started = std::time::Instant::now();
-    let outcome = run_gang(&trainer, &pods, &log_dir, &mut status, &mut follower, &mut view, &stop)?;
+    let outcome = run_gang(
+        &trainer,
+        &pods,
+        &log_dir,
+        &mut status,
+        &mut follower,
+        &mut view,
+        &stop,
+    )?;
     view.finish();
 
-    let output_dir = config.output_dir.clone().map(PathBuf::from).unwrap_or_default();
+    let output_dir = config
+        .output_dir
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_default();
     status.output = Some(output_dir.display().to_string());
     if outcome.succeeded() {
         status.completion_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
-        set_phase(&mut status, Phase::Succeeded, "Completed", "training finished");
+        set_phase(
+            &mut status,
+            Phase::Succeeded,
+            "Completed",
+            "training finished",
+        );
         save_status(&status_path, &status)?;
         let summary = Summary::collect(&output_dir, &config, started.elapsed());
         job.status = Some(status);
         finish(opts, &job)?;
-        return Ok(LocalOutcome { job, summary: Some(summary), workdir });
+        return Ok(LocalOutcome {
+            job,
+            summary: Some(summary),
+            workdir,
+        });
     }
     if outcome.interrupted {
         status.failure = Some(FailureRecord {
@@ -194,11 +281,21 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
             rank: None,
             pod: None,
             node: None,
-            exit_code: outcome.exit_codes.iter().flatten().copied().find(|c| *c != 0),
+            exit_code: outcome
+                .exit_codes
+                .iter()
+                .flatten()
+                .copied()
+                .find(|c| *c != 0),
             message: "stopped by the user".into(),
             hint: Some("run the same command again to resume from the last checkpoint".into()),
         });
-        set_phase(&mut status, Phase::Suspended, "Interrupted", "stopped; resumes from the last checkpoint");
+        set_phase(
+            &mut status,
+            Phase::Suspended,
+            "Interrupted",
+            "stopped; resumes from the last checkpoint",
+        );
         save_status(&status_path, &status)?;
         return Err(LocalError::Interrupted);
     }
@@ -209,13 +306,21 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
     status.failure = Some(FailureRecord {
         reason,
         rank: Some(pod),
-        pod: Some(format!("{}-{pod}", rendered.job.metadata.name.clone().unwrap_or_default())),
+        pod: Some(format!(
+            "{}-{pod}",
+            rendered.job.metadata.name.clone().unwrap_or_default()
+        )),
         node: None,
         exit_code: code,
         message: tail(&log, 1),
         hint: None,
     });
-    set_phase(&mut status, Phase::Failed, &format!("{reason:?}"), "training failed");
+    set_phase(
+        &mut status,
+        Phase::Failed,
+        &format!("{reason:?}"),
+        "training failed",
+    );
     save_status(&status_path, &status)?;
     Err(LocalError::Failed {
         pod,
@@ -239,9 +344,15 @@ fn save_status(path: &Path, status: &FineTuneJobStatus) -> Result<(), LocalError
 
 fn write(path: &Path, text: &str) -> Result<(), LocalError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| LocalError::Write { path: parent.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| LocalError::Write {
+            path: parent.to_path_buf(),
+            source,
+        })?;
     }
-    std::fs::write(path, text).map_err(|source| LocalError::Write { path: path.to_path_buf(), source })
+    std::fs::write(path, text).map_err(|source| LocalError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn find_trainer(opts: &LocalOptions) -> Result<PathBuf, LocalError> {
@@ -249,7 +360,11 @@ fn find_trainer(opts: &LocalOptions) -> Result<PathBuf, LocalError> {
         .trainer
         .clone()
         .or_else(|| std::env::var_os("LF_TRAINER").map(PathBuf::from))
-        .or_else(|| std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("lf-trainer"))))
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("lf-trainer")))
+        })
         .unwrap_or_else(|| PathBuf::from("lf-trainer"));
     if candidate.is_file() {
         Ok(candidate)

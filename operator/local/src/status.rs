@@ -19,13 +19,18 @@ pub struct StatusFollower {
 
 impl StatusFollower {
     pub fn new(path: &Path) -> StatusFollower {
-        StatusFollower { path: path.to_path_buf(), offset: 0 }
+        StatusFollower {
+            path: path.to_path_buf(),
+            offset: 0,
+        }
     }
 
     /// Applies every complete new line to `status`; returns how many were applied. A line that is
     /// not JSON is skipped with a warning (a torn write is completed on the next call).
     pub fn poll(&mut self, status: &mut FineTuneJobStatus) -> usize {
-        let Ok(mut file) = std::fs::File::open(&self.path) else { return 0 };
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return 0;
+        };
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
             return 0;
         }
@@ -44,7 +49,9 @@ impl StatusFollower {
                         applied += 1;
                     }
                 }
-                Err(e) => tracing::warn!(file = %self.path.display(), "skipping a status line that is not JSON: {e}"),
+                Err(e) => {
+                    tracing::warn!(file = %self.path.display(), "skipping a status line that is not JSON: {e}")
+                }
             }
             line.clear();
         }
@@ -54,8 +61,12 @@ impl StatusFollower {
 
 /// Replaces each top-level field of `status` that `patch` names (`null` removes it).
 fn merge_into(status: &mut FineTuneJobStatus, patch: &serde_json::Value) -> bool {
-    let Ok(mut current) = serde_json::to_value(&*status) else { return false };
-    let (Some(target), Some(fields)) = (current.as_object_mut(), patch.as_object()) else { return false };
+    let Ok(mut current) = serde_json::to_value(&*status) else {
+        return false;
+    };
+    let (Some(target), Some(fields)) = (current.as_object_mut(), patch.as_object()) else {
+        return false;
+    };
     for (k, v) in fields {
         if v.is_null() {
             target.remove(k);
@@ -69,7 +80,9 @@ fn merge_into(status: &mut FineTuneJobStatus, patch: &serde_json::Value) -> bool
             true
         }
         Err(e) => {
-            tracing::warn!("ignoring a status update that does not fit the FineTuneJob status: {e}");
+            tracing::warn!(
+                "ignoring a status update that does not fit the FineTuneJob status: {e}"
+            );
             false
         }
     }
@@ -117,7 +130,11 @@ mod tests {
         let mut follower = StatusFollower::new(&path);
         assert_eq!(follower.poll(&mut status), 1);
         assert_eq!(status.progress.as_ref().unwrap().step, 1);
-        writeln!(f, r#","totalSteps":10,"stepDisplay":"2/10","epoch":0.2}}}}}}"#).unwrap();
+        writeln!(
+            f,
+            r#","totalSteps":10,"stepDisplay":"2/10","epoch":0.2}}}}}}"#
+        )
+        .unwrap();
         writeln!(f, "not json").unwrap();
         assert_eq!(follower.poll(&mut status), 1);
         let p = status.progress.unwrap();

@@ -26,19 +26,29 @@ pub struct Summary {
 impl Summary {
     /// Reads `all_results.json` and `trainer_log.jsonl` from the output directory.
     pub fn collect(output_dir: &Path, config: &TrainingConfig, elapsed: Duration) -> Summary {
-        let results: serde_json::Value = std::fs::read_to_string(output_dir.join("all_results.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let results: serde_json::Value =
+            std::fs::read_to_string(output_dir.join("all_results.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
         let num = |k: &str| results.get(k).and_then(|v| v.as_f64());
         let log = std::fs::read_to_string(output_dir.join("trainer_log.jsonl")).unwrap_or_default();
-        let records: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let records: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         let best_eval_loss = records
             .iter()
             .filter_map(|r| r.get("eval_loss").and_then(|v| v.as_f64()))
             .min_by(|a, b| a.total_cmp(b));
-        let last_train = records.iter().rev().find_map(|r| r.get("loss").and_then(|v| v.as_f64()));
-        let throughput = records.iter().rev().find_map(|r| r.get("throughput").and_then(|v| v.as_f64()));
+        let last_train = records
+            .iter()
+            .rev()
+            .find_map(|r| r.get("loss").and_then(|v| v.as_f64()));
+        let throughput = records
+            .iter()
+            .rev()
+            .find_map(|r| r.get("throughput").and_then(|v| v.as_f64()));
         let plot = output_dir.join("training_loss.png");
         Summary {
             final_loss: num("train_loss").or(last_train),
@@ -70,12 +80,27 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "Training finished in {:.1} s", self.elapsed.as_secs_f64())?;
+        writeln!(
+            f,
+            "Training finished in {:.1} s",
+            self.elapsed.as_secs_f64()
+        )?;
         writeln!(f, "  train loss        {}", opt(self.final_loss, 4))?;
-        writeln!(f, "  eval loss         {} (best {})", opt(self.final_eval_loss, 4), opt(self.best_eval_loss, 4))?;
-        writeln!(f, "  throughput        {} tokens/s", opt(self.tokens_per_second, 0))?;
+        writeln!(
+            f,
+            "  eval loss         {} (best {})",
+            opt(self.final_eval_loss, 4),
+            opt(self.best_eval_loss, 4)
+        )?;
+        writeln!(
+            f,
+            "  throughput        {} tokens/s",
+            opt(self.tokens_per_second, 0)
+        )?;
         if self.exact_match_before.is_some() || self.exact_match_after.is_some() {
-            let pct = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |x| format!("{:.1}%", 100.0 * x));
+            let pct = |v: Option<f64>| {
+                v.map_or_else(|| "n/a".to_string(), |x| format!("{:.1}%", 100.0 * x))
+            };
             writeln!(
                 f,
                 "  held-out accuracy {} before → {} after (exact match, greedy)",

@@ -41,9 +41,15 @@ impl GangOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
     #[error("cannot start the trainer {program}: {source}")]
-    Spawn { program: PathBuf, source: std::io::Error },
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create log file {path}: {source}")]
-    Log { path: PathBuf, source: std::io::Error },
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Starts every pod, follows the status file into `status`, and waits for the gang to end.
@@ -60,8 +66,14 @@ pub fn run_gang(
     let mut logs = Vec::new();
     for pod in pods {
         let path = log_dir.join(format!("pod-{}.log", pod.node_rank));
-        let log = std::fs::File::create(&path).map_err(|source| SuperviseError::Log { path: path.clone(), source })?;
-        let err = log.try_clone().map_err(|source| SuperviseError::Log { path: path.clone(), source })?;
+        let log = std::fs::File::create(&path).map_err(|source| SuperviseError::Log {
+            path: path.clone(),
+            source,
+        })?;
+        let err = log.try_clone().map_err(|source| SuperviseError::Log {
+            path: path.clone(),
+            source,
+        })?;
         let child = Command::new(trainer)
             .args(&pod.args)
             .envs(&pod.env)
@@ -69,7 +81,10 @@ pub fn run_gang(
             .stdout(log)
             .stderr(err)
             .spawn()
-            .map_err(|source| SuperviseError::Spawn { program: trainer.to_path_buf(), source })?;
+            .map_err(|source| SuperviseError::Spawn {
+                program: trainer.to_path_buf(),
+                source,
+            })?;
         children.push((pod.node_rank, child));
         logs.push(path);
     }

@@ -22,12 +22,18 @@ pub struct BadVolumeArg(pub String);
 
 impl VolumeMap {
     pub fn new(job_dir: &Path, workdir: &Path) -> VolumeMap {
-        VolumeMap { explicit: BTreeMap::new(), job_dir: job_dir.to_path_buf(), workdir: workdir.to_path_buf() }
+        VolumeMap {
+            explicit: BTreeMap::new(),
+            job_dir: job_dir.to_path_buf(),
+            workdir: workdir.to_path_buf(),
+        }
     }
 
     /// Adds `CLAIM=PATH`.
     pub fn add_arg(&mut self, arg: &str) -> Result<(), BadVolumeArg> {
-        let (claim, path) = arg.split_once('=').ok_or_else(|| BadVolumeArg(arg.to_string()))?;
+        let (claim, path) = arg
+            .split_once('=')
+            .ok_or_else(|| BadVolumeArg(arg.to_string()))?;
         if claim.is_empty() || path.is_empty() {
             return Err(BadVolumeArg(arg.to_string()));
         }
@@ -66,7 +72,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("jobs/models")).unwrap();
         let mut v = VolumeMap::new(&dir.path().join("jobs"), &dir.path().join("work"));
-        assert_eq!(v.resolve("models", Some("llama")), dir.path().join("jobs/models/llama"));
+        assert_eq!(
+            v.resolve("models", Some("llama")),
+            dir.path().join("jobs/models/llama")
+        );
         assert_eq!(v.resolve("out", None), dir.path().join("work/volumes/out"));
         v.add_arg("out=/tmp/x").unwrap();
         assert_eq!(v.resolve("out", Some("a")), PathBuf::from("/tmp/x/a"));
