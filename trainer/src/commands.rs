@@ -159,8 +159,13 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     Ok(())
 }
 
-/// `lf-trainer eval`: loss and perplexity on the evaluation split.
-pub fn run_eval(cfg: &TrainingConfig) -> Result<serde_json::Value, TrainerError> {
+/// `lf-trainer eval`: loss and perplexity on the evaluation split — or, with `exact_match`, the
+/// greedy exact-match accuracy of the answers, stored as `eval_exact_match` (or
+/// `eval_exact_match_<label>` when the label is not empty, e.g. `base`).
+pub fn run_eval(
+    cfg: &TrainingConfig,
+    exact_match: Option<&str>,
+) -> Result<serde_json::Value, TrainerError> {
     let model_dir = setup::model_dir(cfg)?;
     let device = setup::device();
     let tok = setup::tokenizer(&model_dir)?;
@@ -181,6 +186,29 @@ pub fn run_eval(cfg: &TrainingConfig) -> Result<serde_json::Value, TrainerError>
         ));
     };
     let lm = setup::model(cfg, &model_dir, device, false)?;
+    if let Some(label) = exact_match {
+        let template = lf_data::ChatTemplate::resolve(cfg.template.as_deref(), &tok)
+            .map_err(setup::data_error)?;
+        let stop: Vec<i64> = template
+            .stop_token_ids(&tok)
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let accuracy = crate::exact_match::exact_match(&lm, &tok, &examples, &stop)?;
+        let key = if label.is_empty() {
+            "eval_exact_match".to_string()
+        } else {
+            format!("eval_exact_match_{label}")
+        };
+        let mut m = serde_json::Map::new();
+        m.insert(key, accuracy.into());
+        if let Some(out) = &cfg.output_dir {
+            let out = Path::new(out);
+            std::fs::create_dir_all(out).map_err(|e| TrainerError::io("create", out, e))?;
+            merge_results(out, m.clone())?;
+        }
+        return Ok(serde_json::Value::Object(m));
+    }
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
     let loss = evaluate(
         &mut trainee,

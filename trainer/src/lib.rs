@@ -17,6 +17,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod data_parallel;
 pub mod error;
+pub mod exact_match;
 pub mod interfaces;
 pub mod metrics;
 pub mod outputs;

@@ -28,7 +28,13 @@ enum Command {
         args: Vec<String>,
     },
     /// Loss and perplexity on the evaluation split, into all_results.json.
-    Eval { args: Vec<String> },
+    Eval {
+        /// Instead of the loss, measure greedy exact-match accuracy of the answers
+        /// (`eval_exact_match`, or `eval_exact_match_<LABEL>` with a label such as `base`).
+        #[arg(long = "exact-match", value_name = "LABEL", num_args = 0..=1, default_missing_value = "")]
+        exact_match: Option<String>,
+        args: Vec<String>,
+    },
     /// Chat with the model (and adapter) through its template.
     Chat {
         /// Answer this one prompt and exit.
@@ -49,8 +55,8 @@ fn config(args: &[String]) -> Result<lf_api::TrainingConfig, TrainerError> {
 fn run(cli: Cli) -> Result<(), TrainerError> {
     match cli.command {
         Command::Train { args } => commands::run_train(&config(&args)?),
-        Command::Eval { args } => {
-            let results = commands::run_eval(&config(&args)?)?;
+        Command::Eval { exact_match, args } => {
+            let results = commands::run_eval(&config(&args)?, exact_match.as_deref())?;
             println!(
                 "{}",
                 serde_json::to_string_pretty(&results).unwrap_or_default()

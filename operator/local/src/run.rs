@@ -266,7 +266,14 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
             "training finished",
         );
         save_status(&status_path, &status)?;
-        let summary = Summary::collect(&output_dir, &config, started.elapsed());
+        let elapsed = started.elapsed();
+        if config.eval_dataset.is_some() || config.val_size > 0.0 {
+            view.println(
+                "measuring held-out exact-match accuracy of the base model and the fine-tuned one",
+            );
+            measure_exact_match(&trainer, &pods[0], &config_file, &output_dir, &log_dir);
+        }
+        let summary = Summary::collect(&output_dir, &config, elapsed);
         job.status = Some(status);
         finish(opts, &job)?;
         return Ok(LocalOutcome {
@@ -328,6 +335,47 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         tail: tail(&log, 15),
         log,
     })
+}
+
+/// Runs `lf-trainer eval --exact-match` without and with the adapter; failures only leave the
+/// accuracy out of the summary (the training result stands), with the log kept.
+fn measure_exact_match(
+    trainer: &Path,
+    pod: &crate::pods::LocalPod,
+    config_file: &Path,
+    output_dir: &Path,
+    log_dir: &Path,
+) {
+    let adapter = format!("adapter_name_or_path={}", output_dir.display());
+    for (label, extra) in [("base", None), ("", Some(adapter.as_str()))] {
+        let suffix = if label.is_empty() {
+            String::new()
+        } else {
+            format!("-{label}")
+        };
+        let log_path = log_dir.join(format!("eval-exact-match{suffix}.log"));
+        let Ok(log) = std::fs::File::create(&log_path) else {
+            continue;
+        };
+        let mut cmd = std::process::Command::new(trainer);
+        cmd.arg("eval")
+            .arg("--exact-match")
+            .arg(label)
+            .arg(config_file);
+        if let Some(e) = extra {
+            cmd.arg(e);
+        }
+        cmd.envs(&pod.env)
+            .env_remove(lf_api::runtime::env::STATUS_FILE)
+            .stdin(std::process::Stdio::null());
+        if let Ok(err) = log.try_clone() {
+            cmd.stdout(log).stderr(err);
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => {}
+            _ => tracing::warn!("exact-match evaluation failed; see {}", log_path.display()),
+        }
+    }
 }
 
 fn finish(opts: &LocalOptions, job: &FineTuneJob) -> Result<(), LocalError> {
