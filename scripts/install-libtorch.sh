@@ -20,7 +20,7 @@ if [ "$flavour" = cuda ]; then
   # The full CUDA runtime set that libtorch_cuda.so needs, plus the headers the NCCL shim compiles against.
   wheels+=(nvidia-cudnn-cu13 nvidia-cublas nvidia-cufft nvidia-curand nvidia-cusparse nvidia-cusparselt-cu13
            nvidia-nccl-cu13==2.29.7 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-cufile nvidia-cuda-nvrtc
-           nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
+           nvidia-cusolver==12.0.4.66 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
 fi
 echo "downloading ${wheels[*]}" >&2
 "$py" -m pip download --no-cache-dir --no-deps -q -d "$root/dl" "${wheels[@]}"
