@@ -536,13 +536,32 @@ async fn pending_pods_explain_why_and_metrics_follow() {
 async fn a_kueue_queued_job_waits_for_admission_and_is_never_resuspended() {
     let mut env = Env::new();
     env.start();
-    env.submit(&JOB.replace("  runPolicy:", "  scheduling:\n    queueName: team-a\n  runPolicy:")).await;
-    env.until("Job demo-1", "demo", |e| e.fake.get::<Job>(NS, "demo-1").is_some()).await;
+    env.submit(&JOB.replace(
+        "  runPolicy:",
+        "  scheduling:\n    queueName: team-a\n  runPolicy:",
+    ))
+    .await;
+    env.until("Job demo-1", "demo", |e| {
+        e.fake.get::<Job>(NS, "demo-1").is_some()
+    })
+    .await;
     let job = env.fake.get::<Job>(NS, "demo-1").unwrap();
-    assert_eq!(job.labels().get("kueue.x-k8s.io/queue-name").map(String::as_str), Some("team-a"));
-    assert_eq!(job.spec.as_ref().and_then(|s| s.suspend), Some(true), "created suspended for Kueue");
+    assert_eq!(
+        job.labels()
+            .get("kueue.x-k8s.io/queue-name")
+            .map(String::as_str),
+        Some("team-a")
+    );
+    assert_eq!(
+        job.spec.as_ref().and_then(|s| s.suspend),
+        Some(true),
+        "created suspended for Kueue"
+    );
     env.until("WaitingForAdmission", "demo", |e| {
-        e.status("demo").conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "WaitingForAdmission")
+        e.status("demo")
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "WaitingForAdmission")
     })
     .await;
     assert_eq!(env.status("demo").phase, Phase::Pending);
@@ -555,10 +574,20 @@ async fn a_kueue_queued_job_waits_for_admission_and_is_never_resuspended() {
         })
         .unwrap();
     env.run_pods("demo-1").await;
-    env.until("Running", "demo", |e| e.status("demo").phase == Phase::Running).await;
+    env.until("Running", "demo", |e| {
+        e.status("demo").phase == Phase::Running
+    })
+    .await;
     let job = env.fake.get::<Job>(NS, "demo-1").unwrap();
     let spec = job.spec.unwrap();
-    assert_eq!(spec.suspend, Some(false), "the operator does not fight Kueue");
-    assert_eq!(spec.template.spec.unwrap().node_selector.unwrap()["pool"], "a100");
+    assert_eq!(
+        spec.suspend,
+        Some(false),
+        "the operator does not fight Kueue"
+    );
+    assert_eq!(
+        spec.template.spec.unwrap().node_selector.unwrap()["pool"],
+        "a100"
+    );
     env.stop().await;
 }
