@@ -136,8 +136,8 @@ impl TrainModel for LmTrainee {
     }
 
     fn set_rng_position(&mut self, micro_batches: u64) {
-        // lf-model derives dropout masks from (seed, its own micro-batch counter), which it does
-        // not let us set; record the position so a mismatch is visible in trainer_state.json.
+        // lf-model derives dropout masks from (seed, its micro-batch counter): move both.
+        self.lm.set_micro_step(micro_batches);
         self.micro_batches = micro_batches;
     }
 }

@@ -202,6 +202,17 @@ impl CausalLm {
         self.training = on;
     }
 
+    /// Training micro-batches run so far: the position in the dropout-mask stream.
+    pub fn micro_step(&self) -> u64 {
+        self.micro_step.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves the dropout-mask stream to `step` micro-batches, so a resumed run draws the same
+    /// masks as an uninterrupted one.
+    pub fn set_micro_step(&self, step: u64) {
+        self.micro_step.store(step, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether training mode is on.
     pub fn is_training(&self) -> bool {
         self.training
