@@ -177,7 +177,13 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         status.restarts.push(RestartRecord {
             attempt,
             reason,
-            resumed_from_step: status.latest_checkpoint().map(|c| c.step),
+            // The status's newest checkpoint, or a newer complete one written while stopping.
+            resumed_from_step: status.latest_checkpoint().map(|c| c.step).max(
+                status
+                    .output
+                    .as_deref()
+                    .and_then(|o| newest_complete_checkpoint(Path::new(o))),
+            ),
             counted: reason != FailureReason::Preempted,
             at: Time(k8s_openapi::jiff::Timestamp::now()),
         });
@@ -376,6 +382,22 @@ fn measure_exact_match(
             _ => tracing::warn!("exact-match evaluation failed; see {}", log_path.display()),
         }
     }
+}
+
+/// The step of the newest `checkpoint-N` directory with the trainer's completion marker.
+fn newest_complete_checkpoint(output_dir: &Path) -> Option<u64> {
+    std::fs::read_dir(output_dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("checkpoint_complete.json").is_file())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("checkpoint-")?
+                .parse()
+                .ok()
+        })
+        .max()
 }
 
 fn finish(opts: &LocalOptions, job: &FineTuneJob) -> Result<(), LocalError> {
