@@ -210,7 +210,8 @@ impl CausalLm {
     /// Moves the dropout-mask stream to `step` micro-batches, so a resumed run draws the same
     /// masks as an uninterrupted one.
     pub fn set_micro_step(&self, step: u64) {
-        self.micro_step.store(step, std::sync::atomic::Ordering::Relaxed);
+        self.micro_step
+            .store(step, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether training mode is on.
