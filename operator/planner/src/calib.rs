@@ -27,10 +27,10 @@ pub const NF4_BLOCK: u64 = 64;
 pub const NESTED_BLOCK: u64 = 256;
 /// bitsandbytes block-wise int8 weights: elements per absmax block.
 pub const INT8_BLOCK: u64 = 64;
-/// Per-tensor constants of a 4-bit weight: the 16-entry fp32 code book, and with double
-/// quantisation the 256-entry fp32 nested map plus the fp32 offset.
-pub const NF4_CODEBOOK_BYTES: u64 = 16 * 4;
-pub const NESTED_MAP_BYTES: u64 = 256 * 4 + 4;
+/// Per-tensor constant of a double-quantised 4-bit weight: the fp32 offset (the mean of the
+/// absmax values). The 16-entry code book and the 256-entry nested map are tables lf-quant shares
+/// by every weight on a device (about 1 KiB per process), so they are not counted per tensor.
+pub const NESTED_OFFSET_BYTES: u64 = 4;
 
 /// 8-bit AdamW (the bitsandbytes scheme): elements per block of each quantised moment (one fp32
 /// absmax per block and moment).

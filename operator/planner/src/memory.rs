@@ -6,19 +6,26 @@
 //! - **Frozen base weights** are stored in the compute dtype: bf16/fp16 (2 B), fp32 (4 B) when
 //!   neither `bf16` nor `fp16` is set. With `quantization_bit: 4` every decoder linear is stored as
 //!   packed 4-bit codes plus one absmax per 64 elements: fp32 absmax (0.5625 B/param) or, with
-//!   double quantisation, 8-bit absmax plus one fp32 constant per 256 absmax (≈ 0.516 B/param).
+//!   double quantisation, 8-bit absmax plus one fp32 constant per 256 absmax and an fp32 offset per
+//!   tensor (≈ 0.516 B/param); the code tables are shared process-wide, not held per tensor.
 //!   `quantization_bit: 8` stores 1 B/param plus an fp32 absmax per 64 elements (1.0625 B/param).
 //!   Embeddings, norms, biases and `lm_head` stay in the compute dtype.
-//! - **Trainable parameters** under AMP (`bf16`/`fp16`): fp32 master (4) + fp32 gradients (4) + fp32
-//!   Adam m, v (8), plus a 16-bit working copy (2) for full/freeze fine-tuning: 18 B/param (the
-//!   LLaMA-Factory "18x" row). LoRA/DoRA adapters are fp32 parameters themselves (no separate master
-//!   copy): 4 + 4 + 8 = 16 B/param. `pure_bf16`: 2 (weights) + 2 (gradients) + 4 (bf16 m, v) = 8
-//!   B/param. fp32: 4 + 4 + 8 = 16 B/param.
+//! - **Trainable parameters** keep their own dtype and so do their gradients (autograd produces a
+//!   gradient of the parameter's dtype). Under AMP (`bf16`/`fp16`) full/freeze fine-tuning trains
+//!   the 16-bit weights (2) with 16-bit gradients (2) and an fp32 master copy (4) + fp32 Adam m, v
+//!   (8) in the optimiser: 16 B/param (LLaMA-Factory's table says 18x for trainers that keep fp32
+//!   gradients; ours casts each gradient to fp32 only inside the optimiser step, one tensor at a
+//!   time). LoRA/DoRA adapters are fp32 parameters themselves (no separate master copy):
+//!   4 + 4 + 8 = 16 B/param. `pure_bf16`: 2 (weights) + 2 (gradients) + 4 (bf16 m, v) = 8 B/param.
+//!   fp32: 4 + 4 + 8 = 16 B/param.
 //! - **Optimisers:** AdamW 8 B/param of state (4 under `pure_bf16`); 8-bit AdamW 2 B/param plus an
 //!   fp32 absmax per 256-element block and moment (tensors under 4096 elements keep fp32 moments);
-//!   Adafactor `4·(rows + cols)` per matrix and `4·n` per vector; SGD none.
-//! - **Offload** (`offload_optimizer: cpu`) moves optimiser states and master weights to host
-//!   memory; gradients stay on the GPU.
+//!   Adafactor `4·(rows + cols)` per matrix and `4·n` per vector (fp32 statistics in every
+//!   precision); SGD none.
+//! - **Offload** (`offload_optimizer: cpu`) moves optimiser states to host memory, in fp32, next to
+//!   an fp32 master copy of every trainable parameter (fp32 ones included: the step runs on the
+//!   host copy); gradients stay on the GPU. [`Inventory::offloaded_optimizer_bytes`] is that host
+//!   side.
 //! - **ZeRO** over N processes: stage 1 partitions optimiser states and master weights, stage 2
 //!   also gradients, stage 3 also parameters — the frozen base included, so for LoRA only stage 3
 //!   shrinks the dominant term.
@@ -90,11 +97,11 @@ pub fn quantized_linear_bytes(numel: u64, bits: u8, double_quant: bool) -> u64 {
             let codes = numel.div_ceil(2);
             let nblocks = blocks(numel, calib::NF4_BLOCK);
             let absmax = if double_quant {
-                nblocks + 4 * blocks(nblocks, calib::NESTED_BLOCK) + calib::NESTED_MAP_BYTES
+                nblocks + 4 * blocks(nblocks, calib::NESTED_BLOCK) + calib::NESTED_OFFSET_BYTES
             } else {
                 4 * nblocks
             };
-            codes + absmax + calib::NF4_CODEBOOK_BYTES
+            codes + absmax
         }
         8 => numel + 4 * blocks(numel, calib::INT8_BLOCK),
         _ => 2 * numel,
@@ -102,13 +109,15 @@ pub fn quantized_linear_bytes(numel: u64, bits: u8, double_quant: bool) -> u64 {
 }
 
 /// Bytes per trainable parameter: `(weights, gradients, master)` for the precision and method.
+/// Gradients have the parameter's dtype; the fp32 master copy of a 16-bit parameter under AMP is
+/// optimiser state.
 pub fn trainable_dtype_bytes(precision: Precision, method: FinetuningType) -> (u64, u64, u64) {
     match precision {
         Precision::PureBf16 => (2, 2, 0),
         Precision::Fp32 => (4, 4, 0),
         Precision::Bf16Amp | Precision::Fp16Amp => match method {
             FinetuningType::Lora => (4, 4, 0),
-            FinetuningType::Full | FinetuningType::Freeze => (2, 4, 4),
+            FinetuningType::Full | FinetuningType::Freeze => (2, 2, 4),
         },
     }
 }
@@ -131,11 +140,13 @@ pub fn optimizer_state_bytes(optim: Optim, precision: Precision, shape: Shape) -
                 2 * n + 2 * 4 * blocks(n, calib::ADAM8BIT_BLOCK)
             }
         }
+        // fp32 row/column statistics (or a full fp32 second moment for vectors) in every
+        // precision.
         Optim::Adafactor => {
             if rows > 1 && cols > 1 {
-                elem * (rows + cols)
+                4 * (rows + cols)
             } else {
-                elem * n
+                4 * n
             }
         }
         Optim::Sgd => 0,
@@ -153,6 +164,9 @@ pub struct Inventory {
     /// fp32 master copies (AMP full/freeze).
     pub master_bytes: u64,
     pub optimizer_state_bytes: u64,
+    /// Host memory of the optimiser under `offload_optimizer: cpu`: fp32 states plus an fp32 master
+    /// copy of every trainable parameter (nothing of it stays on the GPU).
+    pub offloaded_optimizer_bytes: u64,
     /// Frozen parameters as stored (compute dtype, or quantised decoder linears).
     pub frozen_weight_bytes: u64,
     /// One decoder layer's weights as stored, un-partitioned (ZeRO-3 gathers it).
@@ -179,6 +193,10 @@ impl Inventory {
         let (w, g, master) = trainable_dtype_bytes(precision, method);
         let shapes = params::trainable_shapes(arch, training);
         let trainable: u64 = shapes.iter().map(|((r, c), n)| r * c * n).sum();
+        let offloaded_state_bytes: u64 = shapes
+            .iter()
+            .map(|(s, n)| n * optimizer_state_bytes(training.optim, Precision::Fp32, *s))
+            .sum();
         let optimizer_state_bytes = shapes
             .iter()
             .map(|(s, n)| n * optimizer_state_bytes(training.optim, precision, *s))
@@ -243,6 +261,7 @@ impl Inventory {
             gradient_bytes: trainable * g,
             master_bytes: trainable * master,
             optimizer_state_bytes,
+            offloaded_optimizer_bytes: offloaded_state_bytes + 4 * trainable,
             frozen_weight_bytes,
             layer_weight_bytes,
             head_weight_bytes,
