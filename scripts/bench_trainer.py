@@ -104,7 +104,8 @@ max_grad_norm: 1.0
         with open(os.path.join(out, "all_results.json")) as f:
             results = json.load(f)
         with open(os.path.join(out, "trainer_log.jsonl")) as f:
-            last = [json.loads(l) for l in f if l.strip()][-1]
+            # Progress records only (the `{"memory": ...}` line has no loss).
+            last = [r for r in (json.loads(l) for l in f if l.strip()) if "loss" in r][-1]
         run = (results["train_tokens_per_second"], lf["rss"], last["loss"])
         if best_lf is None or run[0] > best_lf[0]:
             best_lf = run

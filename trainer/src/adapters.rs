@@ -8,6 +8,7 @@ use tch::Tensor;
 
 use crate::error::TrainerError;
 use crate::interfaces::{MicroOutput, StepOptimizer, TrainModel};
+use crate::memory_report::{ModelMemory, OptimizerBytes};
 
 /// The file of trainable weights in a `full`/`freeze` checkpoint.
 pub const TRAINABLE_WEIGHTS: &str = "trainable_model.safetensors";
@@ -140,7 +141,26 @@ impl TrainModel for LmTrainee {
         self.lm.set_micro_step(micro_batches);
         self.micro_batches = micro_batches;
     }
+
+    /// [`CausalLm::weight_bytes`] (every base tensor as stored) less the base tensors that train
+    /// (`full`/`freeze`); adapters are not base tensors (PEFT names, `base_model.model.` prefix).
+    fn memory(&self) -> Option<ModelMemory> {
+        let trained_base: u64 = self
+            .lm
+            .trainable_parameters()
+            .iter()
+            .filter(|(name, _)| !name.starts_with(PEFT_PREFIX))
+            .map(|(_, t)| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+            .sum();
+        Some(ModelMemory {
+            frozen_weight_bytes: self.lm.weight_bytes().saturating_sub(trained_base),
+            architecture: self.lm.architecture().clone(),
+        })
+    }
 }
+
+/// The prefix of PEFT adapter parameter names.
+const PEFT_PREFIX: &str = "base_model.model.";
 
 /// An lf-optim optimiser as the loop drives it.
 pub struct OptimStep(pub Box<dyn lf_optim::Optimizer>);
@@ -155,6 +175,14 @@ impl StepOptimizer for OptimStep {
 
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
         self.0.state_dict()
+    }
+
+    fn state_bytes(&self) -> Option<OptimizerBytes> {
+        let b = self.0.state_bytes_detail();
+        Some(OptimizerBytes {
+            device: b.device,
+            host: b.host,
+        })
     }
 
     fn load_state_tensors(&mut self, state: Vec<(String, Tensor)>) -> Result<(), TrainerError> {

@@ -43,12 +43,22 @@ pub trait TrainModel {
         0
     }
     fn set_rng_position(&mut self, _micro_batches: u64) {}
+    /// The frozen weights' bytes as stored and the architecture, for the memory record
+    /// ([`crate::memory_report`]); `None` when the model cannot tell.
+    fn memory(&self) -> Option<crate::memory_report::ModelMemory> {
+        None
+    }
 }
 
 /// An optimiser over plain tensors whose state can be checkpointed.
 pub trait StepOptimizer {
     /// One update of `params` from their `.grad` with learning rate `lr`.
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError>;
+    /// Bytes of state held, by place, for the memory record ([`crate::memory_report`]); `None`
+    /// when the optimiser cannot tell.
+    fn state_bytes(&self) -> Option<crate::memory_report::OptimizerBytes> {
+        None
+    }
     /// Every state tensor by a stable name (empty for stateless optimisers).
     fn state_tensors(&self) -> Vec<(String, Tensor)>;
     /// Restores [`StepOptimizer::state_tensors`].

@@ -7,6 +7,7 @@
 //!   non-finite detection, signals, checkpoints, logs).
 //! * [`checkpoint`]: atomic checkpoint directories, verification, rotation, resume choice.
 //! * [`outputs`], [`plot`]: `trainer_log.jsonl`, `all_results.json`, `training_loss.png`.
+//! * [`memory_report`]: the model-state memory measured from the tensors, next to the planner's.
 //! * [`status`], [`metrics`]: the FineTuneJob status (server-side apply or a local file) and the
 //!   Prometheus endpoint.
 //! * [`error`]: the error type and its mapping onto exit codes and termination messages.
@@ -19,6 +20,7 @@ pub mod data_parallel;
 pub mod error;
 pub mod exact_match;
 pub mod interfaces;
+pub mod memory_report;
 pub mod metrics;
 pub mod outputs;
 pub mod plot;

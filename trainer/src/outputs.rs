@@ -1,5 +1,6 @@
 //! The run's output files besides the weights: `trainer_log.jsonl` (one record per logging step,
-//! LLaMA-Factory's keys plus ours) and `all_results.json`.
+//! LLaMA-Factory's keys plus ours, and once per attempt a `{"memory": ...}` line, see
+//! [`crate::memory_report`]) and `all_results.json`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainerError;
+use crate::memory_report::{MemoryLine, MemoryRecord};
 
 pub const TRAINER_LOG: &str = "trainer_log.jsonl";
 pub const ALL_RESULTS: &str = "all_results.json";
@@ -83,6 +85,20 @@ impl TrainerLog {
     pub fn append(&self, record: &LogRecord) -> Result<(), TrainerError> {
         let line =
             serde_json::to_string(record).map_err(|e| TrainerError::runtime(e.to_string()))?;
+        self.append_line(&line)
+    }
+
+    /// Appends a `{"memory": ...}` line (which [`TrainerLog::read_all`] and other readers of
+    /// progress records skip: it has none of their keys).
+    pub fn append_memory(&self, record: &MemoryRecord) -> Result<(), TrainerError> {
+        let line = serde_json::to_string(&MemoryLine {
+            memory: record.clone(),
+        })
+        .map_err(|e| TrainerError::runtime(e.to_string()))?;
+        self.append_line(&line)
+    }
+
+    fn append_line(&self, line: &str) -> Result<(), TrainerError> {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -102,25 +118,40 @@ impl TrainerLog {
             .collect()
     }
 
+    /// Every `{"memory": ...}` record written so far (one per attempt).
+    pub fn read_memory(&self) -> Vec<MemoryRecord> {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            return Vec::new();
+        };
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<MemoryLine>(l).ok())
+            .map(|l| l.memory)
+            .collect()
+    }
+
     /// Drops records past `step` (a resumed run repeats no step, so later lines of the crashed
-    /// attempt would be duplicates).
+    /// attempt would be duplicates), memory records included; lines that are neither are dropped.
     pub fn truncate_after(&self, step: u64) -> Result<(), TrainerError> {
         if !self.path.exists() {
             return Ok(());
         }
-        let kept: Vec<LogRecord> = self
-            .read_all()
-            .into_iter()
-            .filter(|r| r.current_steps <= step)
-            .collect();
-        let mut text = String::new();
-        for r in &kept {
-            text.push_str(
-                &serde_json::to_string(r).map_err(|e| TrainerError::runtime(e.to_string()))?,
-            );
-            text.push('\n');
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| TrainerError::io("read", &self.path, e))?;
+        let mut kept = String::new();
+        for line in text.lines() {
+            let keep = if let Ok(r) = serde_json::from_str::<LogRecord>(line) {
+                r.current_steps <= step
+            } else if let Ok(m) = serde_json::from_str::<MemoryLine>(line) {
+                m.memory.step <= step
+            } else {
+                false
+            };
+            if keep {
+                kept.push_str(line);
+                kept.push('\n');
+            }
         }
-        std::fs::write(&self.path, text).map_err(|e| TrainerError::io("rewrite", &self.path, e))
+        std::fs::write(&self.path, kept).map_err(|e| TrainerError::io("rewrite", &self.path, e))
     }
 }
 
@@ -183,7 +214,24 @@ mod tests {
             })
             .unwrap();
         }
+        let memory = |step| MemoryRecord {
+            step,
+            measured: Default::default(),
+            planned: Default::default(),
+        };
+        log.append_memory(&memory(1)).unwrap();
+        log.append_memory(&memory(3)).unwrap();
+        assert_eq!(
+            log.read_all().len(),
+            4,
+            "memory lines are not progress records"
+        );
         log.truncate_after(2).unwrap();
+        assert_eq!(
+            log.read_memory(),
+            vec![memory(1)],
+            "memory lines past step 2 go too"
+        );
         let back = log.read_all();
         assert_eq!(back.len(), 2);
         assert_eq!(back[1].loss, Some(0.5));

@@ -424,6 +424,7 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
     model.set_training(true);
     let started = Instant::now();
     let mut window = Window::new();
+    let mut memory = crate::memory_report::MemoryProbe::default();
     let mut samples_run = 0u64;
     let mut tokens_run = 0u64;
     let mut last_saved: Option<u64> = checkpoint::newest_valid(&ctx.output_dir).map(|f| f.step);
@@ -488,6 +489,9 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
         let lr = schedule.lr(step);
         if label_tokens > 0.0 {
             optimizer.step(&params, lr)?;
+            if is_main {
+                memory.after_step(cfg, &*model, &*optimizer, &params, step + 1);
+            }
         }
         zero_gradients(&params);
         sync(ctx.device);
@@ -595,6 +599,7 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
             };
             if is_main {
                 log.append(&record)?;
+                memory.write(&log)?;
                 losses.push((state.global_step, mean_loss));
                 if bar.is_none() {
                     tracing::info!(

@@ -1,0 +1,165 @@
+//! The model-state memory a run actually holds, measured from its tensors, next to what the
+//! planner (lf-planner) predicts for the same run: one `{"memory": {...}}` line in
+//! `trainer_log.jsonl`, written once per attempt after its first optimiser step (optimiser state
+//! is created lazily at the first step, so that is when it reaches its steady size).
+//!
+//! Categories (bytes, per process):
+//!
+//! | key | measured from |
+//! |---|---|
+//! | `frozen_weight_bytes` | every base tensor that does not train, as stored: quantised linears as their codes, absmax and double-quantisation constants (the code tables lf-quant shares by all weights are not per tensor and not counted) |
+//! | `trainable_weight_bytes` | every trainable tensor (`numel × element size`): LoRA/DoRA adapters, or the trained base weights of `full`/`freeze` |
+//! | `gradient_bytes` | the `.grad` of every trainable tensor |
+//! | `optimizer_bytes` | optimiser state on the training device, fp32 master copies included |
+//! | `offloaded_optimizer_bytes` | optimiser state and master copies in host memory (`offload_optimizer: cpu`) |
+//!
+//! `planned` holds the same keys from [`lf_planner::memory::Inventory`] for the run's architecture
+//! and config (one process, no ZeRO partitioning: what this loop holds per rank).
+
+use lf_api::training::{OffloadDevice, TrainingConfig};
+use lf_api::ModelArchitecture;
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::interfaces::{StepOptimizer, TrainModel};
+
+/// Bytes of the model state by category (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryBytes {
+    pub frozen_weight_bytes: u64,
+    pub trainable_weight_bytes: u64,
+    pub gradient_bytes: u64,
+    /// On the training device, master copies included.
+    pub optimizer_bytes: u64,
+    /// In host memory (`offload_optimizer: cpu`).
+    pub offloaded_optimizer_bytes: u64,
+}
+
+/// The memory line of `trainer_log.jsonl` (inside `{"memory": ...}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryRecord {
+    /// The optimiser step after which the tensors were measured.
+    pub step: u64,
+    pub measured: MemoryBytes,
+    pub planned: MemoryBytes,
+}
+
+/// `{"memory": MemoryRecord}`: a line other readers of the log (which look for `loss`,
+/// `current_steps`, ...) skip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryLine {
+    pub memory: MemoryRecord,
+}
+
+/// What a model reports about its weights for the memory record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMemory {
+    /// Bytes of every base tensor that does not train, as stored.
+    pub frozen_weight_bytes: u64,
+    /// The architecture the planner's prediction is made for.
+    pub architecture: ModelArchitecture,
+}
+
+/// Bytes of optimiser state held, by place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptimizerBytes {
+    /// On the parameters' device (master copies included).
+    pub device: u64,
+    /// In host memory (offloaded state and master copies).
+    pub host: u64,
+}
+
+fn tensor_bytes(t: &Tensor) -> u64 {
+    t.numel() as u64 * t.kind().elt_size_in_bytes() as u64
+}
+
+/// The planner's figures for `cfg` on `arch`, for one process without ZeRO partitioning.
+pub fn planned(cfg: &TrainingConfig, arch: &ModelArchitecture) -> MemoryBytes {
+    let inv = lf_planner::memory::Inventory::new(arch, cfg);
+    let offload = cfg.offload_optimizer == OffloadDevice::Cpu;
+    let states = inv.states(0, 1, offload);
+    MemoryBytes {
+        frozen_weight_bytes: inv.frozen_weight_bytes,
+        trainable_weight_bytes: inv.trainable_weight_bytes,
+        gradient_bytes: states.gradients,
+        optimizer_bytes: states.optimizer,
+        offloaded_optimizer_bytes: if offload {
+            inv.offloaded_optimizer_bytes
+        } else {
+            0
+        },
+    }
+}
+
+/// Measures what `model` and `optimizer` hold now (`params`: the trainable parameters, whose
+/// `.grad` is counted), next to the planner's prediction. `None` when the model or the optimiser
+/// cannot report its part.
+pub fn measure<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
+    cfg: &TrainingConfig,
+    model: &M,
+    optimizer: &O,
+    params: &[(String, Tensor)],
+    step: u64,
+) -> Option<MemoryRecord> {
+    let weights = model.memory()?;
+    let opt = optimizer.state_bytes()?;
+    let measured = MemoryBytes {
+        frozen_weight_bytes: weights.frozen_weight_bytes,
+        trainable_weight_bytes: params.iter().map(|(_, p)| tensor_bytes(p)).sum(),
+        gradient_bytes: params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(|g| g.defined())
+            .map(|g| tensor_bytes(&g))
+            .sum(),
+        optimizer_bytes: opt.device,
+        offloaded_optimizer_bytes: opt.host,
+    };
+    Some(MemoryRecord {
+        step,
+        measured,
+        planned: planned(cfg, &weights.architecture),
+    })
+}
+
+/// Measures once, after the first optimiser step of an attempt, and writes the record after the
+/// attempt's first progress line (so the log still starts with a progress record).
+#[derive(Debug, Default)]
+pub struct MemoryProbe {
+    done: bool,
+    pending: Option<MemoryRecord>,
+}
+
+impl MemoryProbe {
+    /// Call right after an optimiser step (`step` counts from 1). Only the first call measures.
+    pub fn after_step<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
+        &mut self,
+        cfg: &TrainingConfig,
+        model: &M,
+        optimizer: &O,
+        params: &[(String, Tensor)],
+        step: u64,
+    ) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.pending = measure(cfg, model, optimizer, params, step);
+        if let Some(r) = &self.pending {
+            tracing::info!(
+                step = r.step,
+                measured = ?r.measured,
+                planned = ?r.planned,
+                "model-state memory"
+            );
+        }
+    }
+
+    /// Appends the measured record to `log`, once.
+    pub fn write(&mut self, log: &crate::outputs::TrainerLog) -> Result<(), crate::TrainerError> {
+        match self.pending.take() {
+            Some(r) => log.append_memory(&r),
+            None => Ok(()),
+        }
+    }
+}
