@@ -10,13 +10,14 @@ use lf_model::GenerationParams;
 
 use crate::adapters::{model_error, LmTrainee, OptimStep};
 use crate::error::TrainerError;
-use crate::interfaces::{DataParallel, SingleProcess, TrainModel};
+use crate::interfaces::{DataParallel, SingleProcess, StepOptimizer, TrainModel};
 use crate::metrics::Metrics;
 use crate::outputs::{merge_results, TrainerLog, LOSS_PLOT};
 use crate::resume::{resolve, Start};
 use crate::setup;
 use crate::status::{Sink, StatusReporter};
 use crate::train_loop::{evaluate, train, RunContext, TrainData};
+use crate::zero::ZeroOptimizer;
 
 /// Bytes of one export shard from `export_size` (GB).
 fn shard_bytes(cfg: &TrainingConfig) -> u64 {
@@ -29,16 +30,10 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let out = setup::output_dir(cfg)?;
     let device = setup::device();
     let timeout = std::time::Duration::from_secs(cfg.ddp_timeout.max(1));
-    let group: Box<dyn DataParallel> = match crate::data_parallel::join_from_env(device, timeout)? {
-        Some(g) => {
-            if cfg.zero_stage > 0 {
-                tracing::warn!(
-                    zero_stage = cfg.zero_stage,
-                    "ZeRO partitioning is not wired into the loop yet: training as plain data parallel (each rank keeps full optimizer state)"
-                );
-            }
-            Box::new(g)
-        }
+    let joined = crate::data_parallel::join_from_env(device, timeout)?;
+    let process_group = joined.as_ref().map(|g| g.process_group());
+    let group: Box<dyn DataParallel> = match joined {
+        Some(g) => Box::new(g),
         None => Box::new(SingleProcess),
     };
     let is_main = group.rank() == 0;
@@ -65,10 +60,16 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         tensors = params.len(),
         "trainable parameters"
     );
-    let mut optimizer = OptimStep(
-        lf_optim::build(cfg, &params)
-            .map_err(|e| TrainerError::config(format!("optimizer: {e}")))?,
-    );
+    let mut optimizer: Box<dyn StepOptimizer> = match process_group {
+        Some(pg) if cfg.zero_stage > 0 => {
+            tracing::info!(zero_stage = cfg.zero_stage, "ZeRO partitioning");
+            Box::new(ZeroOptimizer::new(cfg, cfg.zero_stage, pg, &params)?)
+        }
+        _ => Box::new(OptimStep(
+            lf_optim::build(cfg, &params)
+                .map_err(|e| TrainerError::config(format!("optimizer: {e}")))?,
+        )),
+    };
     drop(params);
 
     let status = if is_main {
@@ -102,7 +103,7 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         numeric_setup,
         progress_bar: std::io::stderr().is_terminal(),
     };
-    let result = train(cfg, &mut trainee, &mut optimizer, &data, &ctx);
+    let result = train(cfg, &mut trainee, optimizer.as_mut(), &data, &ctx);
     let summary = match result {
         Ok(s) => s,
         Err(e) => {

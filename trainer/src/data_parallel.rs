@@ -2,6 +2,7 @@
 //! the full trainable parameters and optimiser state; gradients are summed after each step's
 //! micro-batches).
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use lf_api::runtime::FailureReason;
@@ -40,13 +41,23 @@ pub fn join_from_env(device: Device, timeout: Duration) -> Result<Option<DistGro
         world_size = pg.world_size(),
         "joined the process group"
     );
-    Ok(Some(DistGroup { pg, device }))
+    Ok(Some(DistGroup {
+        pg: Rc::new(pg),
+        device,
+    }))
 }
 
 /// The group as the training loop uses it.
 pub struct DistGroup {
-    pg: ProcessGroup,
+    pg: Rc<ProcessGroup>,
     device: Device,
+}
+
+impl DistGroup {
+    /// The process group, shared with a ZeRO optimiser.
+    pub fn process_group(&self) -> Rc<ProcessGroup> {
+        self.pg.clone()
+    }
 }
 
 impl DataParallel for DistGroup {

@@ -7,6 +7,7 @@ use std::path::Path;
 use tch::Tensor;
 
 use crate::error::TrainerError;
+use crate::state::OPTIMIZER_FILE;
 
 /// The result of one micro-batch's forward + backward.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,6 +64,53 @@ pub trait StepOptimizer {
     fn state_tensors(&self) -> Vec<(String, Tensor)>;
     /// Restores [`StepOptimizer::state_tensors`].
     fn load_state_tensors(&mut self, state: Vec<(String, Tensor)>) -> Result<(), TrainerError>;
+
+    /// Bytes of gradient this optimiser keeps per rank between the reduction and the step, when
+    /// that is not simply every parameter's `.grad` (ZeRO stage 2 keeps shards).
+    fn gradient_bytes(&self, _params: &[(String, Tensor)]) -> Option<u64> {
+        None
+    }
+    /// The ZeRO stage and world size this optimiser partitions over (`(0, 1)`: none).
+    fn partition(&self) -> (u8, usize) {
+        (0, 1)
+    }
+
+    /// Sums the gradients over the ranks as this optimiser needs them and returns their global
+    /// L2 norm. Plain data parallelism all-reduces every `.grad`; ZeRO reduces into shards.
+    fn reduce_gradients(
+        &mut self,
+        group: &dyn DataParallel,
+        params: &[(String, Tensor)],
+    ) -> Result<f64, TrainerError> {
+        group.sum_gradients(params)?;
+        Ok(crate::train_loop::grad_norm(params))
+    }
+    /// Scales the gradients the next [`StepOptimizer::step`] uses so that their global norm
+    /// (`norm`) is at most `max_norm` (no-op for `max_norm <= 0`).
+    fn clip_gradients(&mut self, params: &[(String, Tensor)], norm: f64, max_norm: f64) {
+        crate::train_loop::clip_gradients(params, norm, max_norm);
+    }
+    /// The checkpoint file this rank's state goes to.
+    fn state_file(&self) -> String {
+        OPTIMIZER_FILE.to_string()
+    }
+    /// Whether every rank holds a different part of the state (ZeRO), so that every rank writes
+    /// its own [`StepOptimizer::state_file`]; otherwise rank 0 writes the one state.
+    fn partitioned(&self) -> bool {
+        false
+    }
+    /// Restores the state saved in checkpoint `dir`; `false` when the checkpoint has none this
+    /// optimiser can read (`save_only_model`), and the optimiser starts from zero.
+    fn restore_state(&mut self, dir: &Path) -> Result<bool, TrainerError> {
+        let file = dir.join(self.state_file());
+        if !file.exists() {
+            return Ok(false);
+        }
+        let tensors = Tensor::read_safetensors(&file)
+            .map_err(|e| TrainerError::from_library("reading the optimizer state", e))?;
+        self.load_state_tensors(tensors)?;
+        Ok(true)
+    }
 }
 
 /// The data-parallel group as the loop sees it. The single-process group does nothing.

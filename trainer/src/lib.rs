@@ -30,5 +30,6 @@ pub mod setup;
 pub mod state;
 pub mod status;
 pub mod train_loop;
+pub mod zero;
 
 pub use error::TrainerError;

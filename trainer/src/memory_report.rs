@@ -14,7 +14,9 @@
 //! | `offloaded_optimizer_bytes` | optimiser state and master copies in host memory (`offload_optimizer: cpu`) |
 //!
 //! `planned` holds the same keys from [`lf_planner::memory::Inventory`] for the run's architecture
-//! and config (one process, no ZeRO partitioning: what this loop holds per rank).
+//! and config, per rank for the run's ZeRO stage and world size (what rank 0, which writes the
+//! record, holds; under ZeRO the other ranks hold the same or, for the last ranks of an uneven
+//! split, up to one element per tensor less).
 
 use lf_api::training::{OffloadDevice, TrainingConfig};
 use lf_api::ModelArchitecture;
@@ -73,18 +75,29 @@ fn tensor_bytes(t: &Tensor) -> u64 {
     t.numel() as u64 * t.kind().elt_size_in_bytes() as u64
 }
 
-/// The planner's figures for `cfg` on `arch`, for one process without ZeRO partitioning.
-pub fn planned(cfg: &TrainingConfig, arch: &ModelArchitecture) -> MemoryBytes {
+/// The planner's figures for `cfg` on `arch`, per rank with ZeRO `stage` over `world` ranks
+/// (stage 0 and world 1 for one process).
+pub fn planned(
+    cfg: &TrainingConfig,
+    arch: &ModelArchitecture,
+    stage: u8,
+    world: usize,
+) -> MemoryBytes {
     let inv = lf_planner::memory::Inventory::new(arch, cfg);
     let offload = cfg.offload_optimizer == OffloadDevice::Cpu;
-    let states = inv.states(0, 1, offload);
+    let n = u32::try_from(world.max(1)).unwrap_or(u32::MAX);
+    let states = inv.states(stage, n, offload);
     MemoryBytes {
         frozen_weight_bytes: inv.frozen_weight_bytes,
         trainable_weight_bytes: inv.trainable_weight_bytes,
         gradient_bytes: states.gradients,
         optimizer_bytes: states.optimizer,
         offloaded_optimizer_bytes: if offload {
-            inv.offloaded_optimizer_bytes
+            if stage >= 1 {
+                inv.offloaded_optimizer_bytes.div_ceil(n as u64)
+            } else {
+                inv.offloaded_optimizer_bytes
+            }
         } else {
             0
         },
@@ -106,19 +119,24 @@ pub fn measure<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
     let measured = MemoryBytes {
         frozen_weight_bytes: weights.frozen_weight_bytes,
         trainable_weight_bytes: params.iter().map(|(_, p)| tensor_bytes(p)).sum(),
-        gradient_bytes: params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
-            .map(|g| tensor_bytes(&g))
-            .sum(),
+        gradient_bytes: optimizer.gradient_bytes(params).unwrap_or_else(|| {
+            params
+                .iter()
+                .map(|(_, p)| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| tensor_bytes(&g))
+                .sum()
+        }),
         optimizer_bytes: opt.device,
         offloaded_optimizer_bytes: opt.host,
     };
     Some(MemoryRecord {
         step,
         measured,
-        planned: planned(cfg, &weights.architecture),
+        planned: {
+            let (stage, world) = optimizer.partition();
+            planned(cfg, &weights.architecture, stage, world)
+        },
     })
 }
 

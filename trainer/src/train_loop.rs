@@ -28,7 +28,7 @@ use crate::interfaces::{DataParallel, StepOptimizer, TrainModel};
 use crate::metrics::Metrics;
 use crate::outputs::{hms, peak_memory_bytes, LogRecord, StepTimes, TrainerLog, TRAINER_STATE};
 use crate::schedule::LrSchedule;
-use crate::state::{TrainerState, OPTIMIZER_FILE};
+use crate::state::TrainerState;
 use crate::status::StatusReporter;
 
 /// The data the loop trains and evaluates on.
@@ -222,29 +222,58 @@ fn checkpoint_records(output_dir: &Path, losses: &[(u64, f64)]) -> Vec<Checkpoin
         .collect()
 }
 
+/// Writes this rank's optimiser state as [`StepOptimizer::state_file`] into `dir`.
+pub fn write_optimizer_state<O: StepOptimizer + ?Sized>(
+    optimizer: &O,
+    dir: &Path,
+) -> Result<(), TrainerError> {
+    let tensors: Vec<(String, Tensor)> = optimizer
+        .state_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous()))
+        .collect();
+    let file = dir.join(optimizer.state_file());
+    Tensor::write_safetensors(&tensors, &file)
+        .map_err(|e| TrainerError::from_library("writing the optimizer state", e))
+}
+
+/// Where the ranks of a partitioned (ZeRO) optimiser put their state files for checkpoint
+/// `step` before rank 0 moves them into the checkpoint.
+pub fn staging_dir(output_dir: &Path, step: u64) -> PathBuf {
+    output_dir.join(format!(".optimizer-shards-{step}"))
+}
+
 /// Writes checkpoint `state.global_step` (weights, optimiser state, trainer state) atomically,
-/// then rotates. Only rank 0 writes.
-pub fn save_checkpoint<M: TrainModel, O: StepOptimizer>(
+/// then rotates. Only rank 0 calls it. A partitioned optimiser's per-rank state files, staged by
+/// every rank in `staged`, are moved in (all `expected_files` must be there).
+pub fn save_checkpoint<M: TrainModel, O: StepOptimizer + ?Sized>(
     cfg: &TrainingConfig,
     model: &M,
     optimizer: &O,
     state: &TrainerState,
     output_dir: &Path,
+    staged: Option<(&Path, &[String])>,
 ) -> Result<PathBuf, TrainerError> {
     let path = checkpoint::write_atomic(output_dir, state.global_step, |dir| {
         model.save_weights(dir)?;
-        if !cfg.save_only_model {
-            let tensors: Vec<(String, Tensor)> = optimizer
-                .state_tensors()
-                .into_iter()
-                .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous()))
-                .collect();
-            let file = dir.join(OPTIMIZER_FILE);
-            Tensor::write_safetensors(&tensors, &file)
-                .map_err(|e| TrainerError::from_library("writing the optimizer state", e))?;
+        match staged {
+            Some((from, files)) => {
+                for name in files {
+                    let src = from.join(name);
+                    let dst = dir.join(name);
+                    std::fs::rename(&src, &dst).map_err(|e| {
+                        TrainerError::io("move a rank's optimizer state from", &src, e)
+                    })?;
+                }
+            }
+            None if !cfg.save_only_model => write_optimizer_state(optimizer, dir)?,
+            None => {}
         }
         state.write(&dir.join(TRAINER_STATE))
     })?;
+    if let Some((from, _)) = staged {
+        let _ = std::fs::remove_dir_all(from);
+    }
     if let Some(limit) = cfg.save_total_limit {
         for gone in checkpoint::rotate(output_dir, limit) {
             tracing::info!(
@@ -257,21 +286,16 @@ pub fn save_checkpoint<M: TrainModel, O: StepOptimizer>(
 }
 
 /// Restores weights, optimiser state and loop state from a verified checkpoint.
-fn restore<M: TrainModel, O: StepOptimizer>(
+fn restore<M: TrainModel, O: StepOptimizer + ?Sized>(
     model: &mut M,
     optimizer: &mut O,
     dir: &Path,
 ) -> Result<TrainerState, TrainerError> {
     let state = TrainerState::read(&dir.join(TRAINER_STATE))?;
     model.load_weights(dir)?;
-    let opt_file = dir.join(OPTIMIZER_FILE);
-    if opt_file.exists() {
-        let tensors = Tensor::read_safetensors(&opt_file)
-            .map_err(|e| TrainerError::from_library("reading the optimizer state", e))?;
-        optimizer.load_state_tensors(tensors)?;
-    } else {
+    if !optimizer.restore_state(dir)? {
         tracing::warn!(
-            "{} has no optimizer state (save_only_model): the optimizer restarts from zero",
+            "{} has no optimizer state this run can read (save_only_model, or a ZeRO-partitioned state resumed without ZeRO): the optimizer restarts from zero",
             dir.display()
         );
     }
@@ -315,7 +339,7 @@ fn non_finite(
 }
 
 /// Trains `model` with `optimizer` on `data` according to `cfg`.
-pub fn train<M: TrainModel, O: StepOptimizer>(
+pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
     cfg: &TrainingConfig,
     model: &mut M,
     optimizer: &mut O,
@@ -474,8 +498,7 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
         if !loss.is_finite() {
             return Err(non_finite("loss", loss, step + 1, cfg, &ctx.numeric_setup));
         }
-        group.sum_gradients(&params)?;
-        let norm = grad_norm(&params);
+        let norm = optimizer.reduce_gradients(group, &params)?;
         if !norm.is_finite() {
             return Err(non_finite(
                 "gradient norm",
@@ -485,7 +508,7 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
                 &ctx.numeric_setup,
             ));
         }
-        clip_gradients(&params, norm, cfg.max_grad_norm);
+        optimizer.clip_gradients(&params, norm, cfg.max_grad_norm);
         let lr = schedule.lr(step);
         if label_tokens > 0.0 {
             optimizer.step(&params, lr)?;
@@ -648,8 +671,27 @@ pub fn train<M: TrainModel, O: StepOptimizer>(
             && state.global_step < total_steps;
         if save_now || stopping {
             group.barrier()?;
+            let staged = if optimizer.partitioned() && !cfg.save_only_model {
+                let dir = staging_dir(&ctx.output_dir, state.global_step);
+                std::fs::create_dir_all(&dir).map_err(|e| TrainerError::io("create", &dir, e))?;
+                write_optimizer_state(optimizer, &dir)?;
+                Some(dir)
+            } else {
+                None
+            };
+            group.barrier()?;
             if is_main {
-                let path = save_checkpoint(cfg, model, optimizer, &state, &ctx.output_dir)?;
+                let files: Vec<String> = (0..group.world_size())
+                    .map(|r| crate::zero::ZeroOptimizer::shard_file(r, group.world_size()))
+                    .collect();
+                let path = save_checkpoint(
+                    cfg,
+                    model,
+                    optimizer,
+                    &state,
+                    &ctx.output_dir,
+                    staged.as_deref().map(|d| (d, files.as_slice())),
+                )?;
                 tracing::info!("saved {}", path.display());
                 if let Some(s) = ctx.status {
                     s.checkpoints(checkpoint_records(&ctx.output_dir, &losses));

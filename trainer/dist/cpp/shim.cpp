@@ -388,4 +388,17 @@ int lf_dist_cuda_reset_peak(int64_t device, char** err) {
 #endif
 }
 
+// A tensor's gradient slot (`.grad`), which tch cannot assign: ZeRO hands each rank's optimiser a
+// gradient shard it did not compute through autograd, and frees full gradients after the
+// reduce-scatter. `grad` null clears the slot (the next backward allocates a fresh gradient).
+int lf_dist_set_grad(at::Tensor* tensor, at::Tensor* grad, char** err) {
+  return guarded(err, [&] {
+    if (grad == nullptr) {
+      tensor->mutable_grad().reset();
+    } else {
+      tensor->mutable_grad() = *grad;
+    }
+  });
+}
+
 } // extern "C"

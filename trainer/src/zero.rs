@@ -1,0 +1,539 @@
+//! ZeRO stages 1 and 2 over lf-dist's process group.
+//!
+//! Every trainable parameter is split into `world_size` even element ranges ([`ShardLayout`]:
+//! rank `r` owns `r·s..(r+1)·s` of the flattened tensor, `s = ceil(numel / world_size)`), so each
+//! rank holds `1/world_size` of every parameter's optimiser state and fp32 master copy — the
+//! planner's `bytes / N` — whatever the mix of tensor sizes.
+//!
+//! One step:
+//! - **stage 1**: the gradients are all-reduced (as in plain data parallelism); each rank copies
+//!   its range of every gradient into its shard's `.grad`.
+//! - **stage 2**: one reduce-scatter over a flat buffer laid out rank-major leaves each rank only
+//!   the sum of its ranges; the full gradients are freed right after (the next backward allocates
+//!   them afresh), so between steps a rank holds `1/world_size` of the gradients.
+//! - the global gradient norm is the square root of the all-reduced sum of every rank's shard
+//!   norms², clipping scales the shards, lf-optim updates the shards (AdamW, SGD and 8-bit AdamW
+//!   are element-wise, so the update equals the unpartitioned one), and one all-gather writes the
+//!   updated shards back into every rank's full parameters.
+//!
+//! Stage 3 (partitioning the parameters themselves) is not implemented: a `zero_stage: 3` run
+//! partitions optimiser state and gradients as stage 2 does and keeps full weights, with a
+//! warning. Adafactor factors each matrix's second moment by rows and columns, which an element
+//! range cuts through, so it is refused under ZeRO (its state is already ~1/rows of AdamW's).
+//!
+//! Checkpoints: each rank writes its own optimiser state as [`ZeroOptimizer::state_file`]
+//! (`optimizer.rank-R-of-N.safetensors`); weights are whole on every rank and written once by rank
+//! 0. A resume with another world size (or from an unpartitioned `optimizer.safetensors`) re-slices
+//! the element-wise state; state that cannot be re-sliced (8-bit block constants) restarts with a
+//! warning.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::rc::Rc;
+
+use lf_api::training::{Optim, TrainingConfig};
+use lf_dist::{set_grad, ProcessGroup, ShardLayout};
+use tch::{Device, Kind, Tensor};
+
+use crate::data_parallel::dist_error;
+use crate::error::TrainerError;
+use crate::interfaces::{DataParallel, StepOptimizer};
+use crate::memory_report::OptimizerBytes;
+use crate::state::OPTIMIZER_FILE;
+
+/// The tensors of one safetensors file, by name.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// One trainable parameter's place in the partition.
+struct Slice {
+    name: String,
+    numel: usize,
+    /// Elements per rank for this parameter (`ceil(numel / world)`), its width in the flat
+    /// rank-major buffers.
+    per_rank: usize,
+    /// Offset of this parameter's range in a rank's flat shard buffer (sum of earlier `per_rank`).
+    offset: usize,
+    /// This rank's element range of the flattened parameter.
+    owned: Range<usize>,
+    /// Index into [`ZeroOptimizer::shards`] when `owned` is non-empty.
+    shard: Option<usize>,
+}
+
+/// ZeRO stage 1/2 optimiser: lf-optim over this rank's shards plus the collectives around it.
+pub struct ZeroOptimizer {
+    stage: u8,
+    pg: Rc<ProcessGroup>,
+    device: Device,
+    slices: Vec<Slice>,
+    /// Sum of `per_rank` over all parameters: one rank's flat shard length.
+    shard_len: usize,
+    /// This rank's shards (1-D leaf tensors in the parameters' dtype), in parameter order.
+    shards: Vec<Tensor>,
+    inner: Box<dyn lf_optim::Optimizer>,
+}
+
+fn torch(context: &str, e: tch::TchError) -> TrainerError {
+    TrainerError::from_library(context, e)
+}
+
+impl ZeroOptimizer {
+    /// Partitions `params` over `pg` and builds `cfg.optim` over this rank's shards.
+    pub fn new(
+        cfg: &TrainingConfig,
+        stage: u8,
+        pg: Rc<ProcessGroup>,
+        params: &[(String, Tensor)],
+    ) -> Result<Self, TrainerError> {
+        if cfg.optim == Optim::Adafactor {
+            return Err(TrainerError::config(format!(
+                "optim: adafactor cannot be partitioned by ZeRO (zero_stage {stage}): it factors each matrix's second moment by whole rows and columns. Use zero_stage: 0 (Adafactor's state is already a small fraction of AdamW's) or optim: adamw_torch / adamw_8bit"
+            )));
+        }
+        if stage >= 3 {
+            tracing::warn!(
+                "zero_stage 3: parameter partitioning is not implemented; optimizer state and gradients are partitioned as in stage 2 and every rank keeps the full weights"
+            );
+        }
+        let (world, rank) = (pg.world_size(), pg.rank());
+        let device = pg.device();
+        let mut slices = Vec::with_capacity(params.len());
+        let mut shards = Vec::new();
+        let mut named = Vec::new();
+        let mut offset = 0;
+        let _guard = tch::no_grad_guard();
+        for (name, p) in params {
+            let numel = p.numel();
+            let layout = ShardLayout::new(numel, world).map_err(dist_error)?;
+            let owned = layout.owned(rank);
+            let shard = if owned.is_empty() {
+                None
+            } else {
+                let t = p
+                    .detach()
+                    .reshape([-1])
+                    .narrow(0, owned.start as i64, owned.len() as i64)
+                    .copy()
+                    .set_requires_grad(true);
+                named.push((name.clone(), t.shallow_clone()));
+                shards.push(t);
+                Some(shards.len() - 1)
+            };
+            slices.push(Slice {
+                name: name.clone(),
+                numel,
+                per_rank: layout.shard_len,
+                offset,
+                owned,
+                shard,
+            });
+            offset += layout.shard_len;
+        }
+        let inner = lf_optim::build(cfg, &named)
+            .map_err(|e| TrainerError::config(format!("optimizer: {e}")))?;
+        Ok(ZeroOptimizer {
+            stage: stage.min(3),
+            pg,
+            device,
+            slices,
+            shard_len: offset,
+            shards,
+            inner,
+        })
+    }
+
+    /// This rank's shard tensors (what its optimiser state is for).
+    pub fn shards(&self) -> &[Tensor] {
+        &self.shards
+    }
+
+    /// The file name of rank `rank`'s optimiser state in a checkpoint of world size `world`.
+    pub fn shard_file(rank: usize, world: usize) -> String {
+        format!("optimizer.rank-{rank:05}-of-{world:05}.safetensors")
+    }
+
+    /// `flat` (a gradient or parameter, flattened, fp32) padded to `world × per_rank` and viewed
+    /// as `[world, per_rank]`: row `r` is rank `r`'s range.
+    fn rank_rows(&self, flat: &Tensor, s: &Slice) -> Tensor {
+        let world = self.pg.world_size();
+        let pad = world * s.per_rank - s.numel;
+        let padded = if pad == 0 {
+            flat.shallow_clone()
+        } else {
+            Tensor::cat(
+                &[
+                    flat,
+                    &Tensor::zeros([pad as i64], (Kind::Float, self.device)),
+                ],
+                0,
+            )
+        };
+        padded.view([world as i64, s.per_rank as i64])
+    }
+
+    fn assign_shard_grad(&self, s: &Slice, grad: &Tensor) -> Result<(), TrainerError> {
+        if let Some(i) = s.shard {
+            let shard = &self.shards[i];
+            set_grad(shard, Some(&grad.to_kind(shard.kind()).contiguous())).map_err(dist_error)?;
+        }
+        Ok(())
+    }
+
+    fn shard_grads(&self) -> Vec<Tensor> {
+        self.shards
+            .iter()
+            .map(|t| t.grad())
+            .filter(|g| g.defined())
+            .collect()
+    }
+}
+
+impl StepOptimizer for ZeroOptimizer {
+    fn reduce_gradients(
+        &mut self,
+        group: &dyn DataParallel,
+        params: &[(String, Tensor)],
+    ) -> Result<f64, TrainerError> {
+        let _guard = tch::no_grad_guard();
+        let flat_grad = |p: &Tensor| {
+            let g = p.grad();
+            if g.defined() {
+                g.to_kind(Kind::Float).reshape([-1])
+            } else {
+                Tensor::zeros([p.numel() as i64], (Kind::Float, self.device))
+            }
+        };
+        if self.stage == 1 {
+            let flat: Vec<Tensor> = params.iter().map(|(_, p)| flat_grad(p)).collect();
+            let mut buffer = Tensor::cat(&flat, 0);
+            self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
+            let mut start = 0i64;
+            for (s, (_, p)) in self.slices.iter().zip(params) {
+                let g = buffer.narrow(0, start, s.numel as i64);
+                // Stage 1 keeps full gradients: write the sum back so `.grad` stays meaningful.
+                let mut grad = p.grad();
+                if grad.defined() {
+                    grad.copy_(&g.view(p.size().as_slice()));
+                }
+                self.assign_shard_grad(
+                    s,
+                    &g.narrow(0, s.owned.start as i64, s.owned.len() as i64),
+                )?;
+                start += s.numel as i64;
+            }
+        } else {
+            let rows: Vec<Tensor> = self
+                .slices
+                .iter()
+                .zip(params)
+                .map(|(s, (_, p))| self.rank_rows(&flat_grad(p), s))
+                .collect();
+            let input = Tensor::cat(&rows, 1).reshape([-1]);
+            let mut mine = Tensor::zeros([self.shard_len as i64], (Kind::Float, self.device));
+            self.pg
+                .reduce_scatter_sum(&input, &mut mine)
+                .map_err(dist_error)?;
+            drop(input);
+            for (s, (_, p)) in self.slices.iter().zip(params) {
+                set_grad(p, None).map_err(dist_error)?;
+                self.assign_shard_grad(s, &mine.narrow(0, s.offset as i64, s.owned.len() as i64))?;
+            }
+        }
+        // ‖g‖² summed over the ranks' disjoint shards.
+        let local: f64 = self
+            .shard_grads()
+            .iter()
+            .map(|g| {
+                g.to_kind(Kind::Float)
+                    .square()
+                    .sum(Kind::Float)
+                    .double_value(&[])
+            })
+            .sum();
+        Ok(group.sum_scalar(local)?.max(0.0).sqrt())
+    }
+
+    fn clip_gradients(&mut self, _params: &[(String, Tensor)], norm: f64, max_norm: f64) {
+        let shards: Vec<(String, Tensor)> = self
+            .shards
+            .iter()
+            .map(|t| (String::new(), t.shallow_clone()))
+            .collect();
+        crate::train_loop::clip_gradients(&shards, norm, max_norm);
+    }
+
+    fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
+        // The shards start from the parameters as they are now: weights loaded from a checkpoint
+        // after the partition was made must not be overwritten by stale shards.
+        {
+            let _guard = tch::no_grad_guard();
+            for (s, (_, p)) in self.slices.iter().zip(params) {
+                if let Some(i) = s.shard {
+                    let mut shard = self.shards[i].shallow_clone();
+                    shard
+                        .f_copy_(&p.detach().reshape([-1]).narrow(
+                            0,
+                            s.owned.start as i64,
+                            s.owned.len() as i64,
+                        ))
+                        .map_err(|e| torch("refreshing the parameter shards", e))?;
+                }
+            }
+        }
+        self.inner
+            .step(&self.shards, lr)
+            .map_err(|e| TrainerError::from_library("optimizer step", e))?;
+        let _guard = tch::no_grad_guard();
+        // Rank r's flat buffer: each parameter's range, padded to `per_rank`.
+        let pieces: Vec<Tensor> = self
+            .slices
+            .iter()
+            .map(|s| {
+                let own = match s.shard {
+                    Some(i) => self.shards[i].to_kind(Kind::Float),
+                    None => Tensor::zeros([0], (Kind::Float, self.device)),
+                };
+                let pad = s.per_rank - s.owned.len();
+                if pad == 0 {
+                    own
+                } else {
+                    Tensor::cat(
+                        &[own, Tensor::zeros([pad as i64], (Kind::Float, self.device))],
+                        0,
+                    )
+                }
+            })
+            .collect();
+        let input = Tensor::cat(&pieces, 0);
+        let world = self.pg.world_size() as i64;
+        let mut gathered =
+            Tensor::zeros([world * self.shard_len as i64], (Kind::Float, self.device));
+        self.pg
+            .all_gather(&input, &mut gathered)
+            .map_err(dist_error)?;
+        let gathered = gathered.view([world, self.shard_len as i64]);
+        for (s, (_, p)) in self.slices.iter().zip(params) {
+            let full = gathered
+                .narrow(1, s.offset as i64, s.per_rank as i64)
+                .reshape([-1])
+                .narrow(0, 0, s.numel as i64);
+            let mut p = p.shallow_clone();
+            p.f_copy_(&full.view(p.size().as_slice()).to_kind(p.kind()))
+                .map_err(|e| torch("writing gathered parameters", e))?;
+        }
+        for t in &self.shards {
+            set_grad(t, None).map_err(dist_error)?;
+        }
+        Ok(())
+    }
+
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.inner.state_dict()
+    }
+
+    fn state_bytes(&self) -> Option<OptimizerBytes> {
+        let b = self.inner.state_bytes_detail();
+        Some(OptimizerBytes {
+            device: b.device,
+            host: b.host,
+        })
+    }
+
+    /// The shards' gradients under stage 2 (what the reduce-scatter leaves a rank; freed again
+    /// after the step), every full gradient under stage 1.
+    fn gradient_bytes(&self, params: &[(String, Tensor)]) -> Option<u64> {
+        let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        Some(if self.stage >= 2 {
+            self.shards.iter().map(bytes).sum()
+        } else {
+            params.iter().map(|(_, p)| bytes(p)).sum()
+        })
+    }
+
+    /// Stage 3 runs as stage 2 (see the module documentation), and the record says so.
+    fn partition(&self) -> (u8, usize) {
+        (self.stage.min(2), self.pg.world_size())
+    }
+
+    fn load_state_tensors(&mut self, state: Vec<(String, Tensor)>) -> Result<(), TrainerError> {
+        self.inner.load_state_dict(state).map_err(|e| {
+            TrainerError::config(format!(
+                "the checkpoint's optimizer state does not fit this run: {e}"
+            ))
+        })
+    }
+
+    fn state_file(&self) -> String {
+        Self::shard_file(self.pg.rank(), self.pg.world_size())
+    }
+
+    fn partitioned(&self) -> bool {
+        true
+    }
+
+    fn restore_state(&mut self, dir: &Path) -> Result<bool, TrainerError> {
+        let own = dir.join(self.state_file());
+        if own.exists() {
+            let tensors = Tensor::read_safetensors(&own)
+                .map_err(|e| TrainerError::from_library("reading the optimizer state", e))?;
+            self.load_state_tensors(tensors)?;
+            return Ok(true);
+        }
+        let Some(saved) = saved_state_files(dir)? else {
+            return Ok(false);
+        };
+        let owned: Vec<(&str, usize, Range<usize>)> = self
+            .slices
+            .iter()
+            .filter(|s| s.shard.is_some())
+            .map(|s| (s.name.as_str(), s.numel, s.owned.clone()))
+            .collect();
+        match reslice(&saved, &owned) {
+            Ok(state) => {
+                tracing::info!(
+                    "re-partitioned the optimizer state of {} file(s) in {} for rank {} of {}",
+                    saved.len(),
+                    dir.display(),
+                    self.pg.rank(),
+                    self.pg.world_size()
+                );
+                self.load_state_tensors(state)?;
+                Ok(true)
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "the optimizer state in {} was written with another partition and cannot be re-sliced ({why}): the optimizer restarts from zero moments at this step",
+                    dir.display()
+                );
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// The optimiser-state files of a checkpoint, in rank order: every `optimizer.rank-R-of-N` file
+/// of one world size, or the unpartitioned `optimizer.safetensors`. `None` when there are none.
+pub fn saved_state_files(dir: &Path) -> Result<Option<Vec<NamedTensors>>, TrainerError> {
+    let read = |p: &Path| {
+        Tensor::read_safetensors(p)
+            .map_err(|e| TrainerError::from_library("reading the optimizer state", e))
+    };
+    let single = dir.join(OPTIMIZER_FILE);
+    if single.exists() {
+        return Ok(Some(vec![read(&single)?]));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| TrainerError::io("list", dir, e))?;
+    let mut world = None;
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_prefix("optimizer.rank-")
+            .and_then(|r| r.strip_suffix(".safetensors"))
+            .and_then(|r| r.split_once("-of-"))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            world = Some(n);
+        }
+    }
+    let Some(world) = world else { return Ok(None) };
+    let mut files = Vec::with_capacity(world);
+    for r in 0..world {
+        let p = dir.join(ZeroOptimizer::shard_file(r, world));
+        if !p.exists() {
+            return Err(TrainerError::config(format!(
+                "{} is missing (the checkpoint holds a {world}-rank optimizer state)",
+                p.display()
+            )));
+        }
+        files.push(read(&p)?);
+    }
+    Ok(Some(files))
+}
+
+/// Re-slices saved optimiser state (one map per saved rank, in rank order) for a new partition:
+/// for every parameter `(name, numel, owned range)`, each `{name}.{state}` whose saved pieces
+/// add up to `numel` elements is concatenated and cut to `owned`; one-element entries (`.step`)
+/// and entries that are not per-parameter (`optimizer.kind`) are taken from the first file.
+pub fn reslice(
+    saved: &[NamedTensors],
+    owned: &[(&str, usize, Range<usize>)],
+) -> Result<Vec<(String, Tensor)>, String> {
+    let maps: Vec<HashMap<&str, &Tensor>> = saved
+        .iter()
+        .map(|f| f.iter().map(|(k, t)| (k.as_str(), t)).collect())
+        .collect();
+    let first = maps.first().ok_or("no saved state")?;
+    let mut out = Vec::new();
+    // Entries of the optimiser as a whole (`optimizer.kind`), not of a parameter.
+    for (key, t) in first {
+        if key.starts_with("optimizer.") {
+            out.push((key.to_string(), t.copy()));
+        }
+    }
+    for (name, numel, range) in owned {
+        let prefix = format!("{name}.");
+        let mut keys: Vec<&str> = maps
+            .iter()
+            .flat_map(|m| m.keys().copied())
+            .filter(|k| k.starts_with(&prefix) && !k[prefix.len()..].contains('.'))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
+            return Err(format!("no state for `{name}`"));
+        }
+        for key in keys {
+            let pieces: Vec<&Tensor> = maps.iter().filter_map(|m| m.get(key).copied()).collect();
+            let total: usize = pieces.iter().map(|t| t.numel()).sum();
+            if pieces.iter().all(|t| t.numel() == 1) {
+                out.push((key.to_string(), pieces[0].copy()));
+            } else if total == *numel {
+                let flat: Vec<Tensor> = pieces.iter().map(|t| t.reshape([-1])).collect();
+                let all = Tensor::cat(&flat, 0);
+                out.push((
+                    key.to_string(),
+                    all.narrow(0, range.start as i64, range.len() as i64).copy(),
+                ));
+            } else {
+                return Err(format!(
+                    "`{key}` holds {total} elements in all for a parameter of {numel}"
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reslice_concatenates_elementwise_state_and_keeps_scalars() {
+        let kind = Tensor::from_slice(b"adamw_torch");
+        let r0 = vec![
+            ("optimizer.kind".to_string(), kind.copy()),
+            ("w.step".to_string(), Tensor::from_slice(&[3.0f64])),
+            (
+                "w.exp_avg".to_string(),
+                Tensor::from_slice(&[1.0f32, 2.0, 3.0]),
+            ),
+        ];
+        let r1 = vec![
+            ("optimizer.kind".to_string(), kind),
+            ("w.step".to_string(), Tensor::from_slice(&[3.0f64])),
+            ("w.exp_avg".to_string(), Tensor::from_slice(&[4.0f32, 5.0])),
+        ];
+        let out = reslice(&[r0, r1], &[("w", 5, 1..4)]).unwrap();
+        let get = |k: &str| out.iter().find(|(n, _)| n == k).unwrap().1.shallow_clone();
+        assert_eq!(
+            Vec::<f32>::try_from(&get("w.exp_avg")).unwrap(),
+            vec![2.0, 3.0, 4.0]
+        );
+        assert_eq!(get("w.step").double_value(&[0]), 3.0);
+        assert_eq!(get("optimizer.kind").numel(), 11);
+        // Block constants that do not add up to the parameter cannot be re-sliced.
+        let bad = vec![("w.absmax".to_string(), Tensor::from_slice(&[1.0f32, 2.0]))];
+        assert!(reslice(&[bad], &[("w", 5, 0..5)]).is_err());
+    }
+}
