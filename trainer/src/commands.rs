@@ -24,6 +24,28 @@ fn shard_bytes(cfg: &TrainingConfig) -> u64 {
     (cfg.export_size.max(1) as u64) * 1_000_000_000
 }
 
+/// Bytes and timed iterations of the pre-flight all-reduce probe: big enough to measure bandwidth
+/// rather than latency, small enough to take about a second on a slow (1 GB/s) network.
+const PROBE_BYTES: usize = 32 << 20;
+const PROBE_ITERS: usize = 3;
+
+/// Before training, every rank runs a short all-reduce; rank 0 logs the bus bandwidth (and the
+/// status shows it), so a misconfigured network shows at the start rather than as a slow job.
+fn preflight_bandwidth(pg: &lf_dist::ProcessGroup) -> Result<f64, TrainerError> {
+    let bw = lf_dist::bandwidth_probe(pg, PROBE_BYTES, PROBE_ITERS)
+        .map_err(crate::data_parallel::dist_error)?;
+    if pg.rank() == 0 {
+        tracing::info!(
+            world_size = bw.world_size,
+            bus_bandwidth_gbps = format!("{:.2}", bw.bus_gbps),
+            all_reduce_ms = format!("{:.1}", bw.seconds_per_iter * 1e3),
+            bytes = bw.bytes,
+            "pre-flight all-reduce bandwidth"
+        );
+    }
+    Ok(bw.bus_gbps)
+}
+
 /// `lf-trainer train`.
 pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let model_dir = setup::model_dir(cfg)?;
@@ -32,6 +54,10 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let timeout = std::time::Duration::from_secs(cfg.ddp_timeout.max(1));
     let joined = crate::data_parallel::join_from_env(device, timeout)?;
     let process_group = joined.as_ref().map(|g| g.process_group());
+    let bus_bandwidth_gbps = match &process_group {
+        Some(pg) => Some(preflight_bandwidth(pg)?),
+        None => None,
+    };
     let group: Box<dyn DataParallel> = match joined {
         Some(g) => Box::new(g),
         None => Box::new(SingleProcess),
@@ -102,6 +128,7 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         },
         numeric_setup,
         progress_bar: std::io::stderr().is_terminal(),
+        bus_bandwidth_gbps,
     };
     let result = train(cfg, &mut trainee, optimizer.as_mut(), &data, &ctx);
     let summary = match result {

@@ -53,6 +53,8 @@ pub struct RunContext<'a> {
     pub numeric_setup: String,
     /// Show an indicatif bar (a terminal on rank 0).
     pub progress_bar: bool,
+    /// The pre-flight all-reduce bus bandwidth (GB/s) of a multi-process run, for the status.
+    pub bus_bandwidth_gbps: Option<f64>,
 }
 
 /// What a finished run reports.
@@ -657,7 +659,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
                         learning_rate: Some(lr),
                         tokens_per_second: Some(throughput),
                         measured_peak_bytes: peak,
-                        bus_bandwidth_gbps: None,
+                        bus_bandwidth_gbps: ctx.bus_bandwidth_gbps,
                         updated_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
                     });
                 }

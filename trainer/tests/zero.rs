@@ -242,3 +242,59 @@ fn adafactor_under_zero_is_a_configuration_error() {
         );
     }
 }
+
+/// The pre-flight all-reduce probe of a multi-process run reaches rank 0's status (the same
+/// progress the operator copies onto the FineTuneJob).
+#[test]
+fn preflight_bus_bandwidth_is_on_the_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "lora", "");
+    let status = dir.path().join("status.json");
+    let port = free_port();
+    let procs: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_lf-trainer"));
+            c.args([
+                "train",
+                cfg.to_str().unwrap(),
+                "per_device_train_batch_size=3",
+            ])
+            .env_remove("LF_STATUS_FILE")
+            .env_remove("LF_JOB_NAME")
+            .env("OMP_NUM_THREADS", "1")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .env("WORLD_SIZE", "2")
+            .env("RANK", rank.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+            if rank == 0 {
+                c.env("LF_STATUS_FILE", &status);
+            }
+            c.spawn().unwrap()
+        })
+        .collect();
+    for p in procs {
+        let o = p.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = std::fs::read_to_string(&status).unwrap();
+    // One JSON document per update.
+    let gbps = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| find_key(&v, "busBandwidthGbps").and_then(|x| x.as_f64()))
+        .next_back()
+        .unwrap_or_else(|| panic!("no busBandwidthGbps in {text}"));
+    assert!(gbps > 0.0 && gbps.is_finite(), "{gbps}");
+}
+
+fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .or_else(|| m.values().find_map(|x| find_key(x, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|x| find_key(x, key)),
+        _ => None,
+    }
+}

@@ -142,6 +142,9 @@ impl PlannerInput {
         match self.zero.fixed() {
             Some(stage) => vec![stage],
             None if gpus <= 1 => vec![0],
+            // Adafactor's factored state needs whole matrices; the trainer's ZeRO cuts element
+            // ranges, so it runs Adafactor only unpartitioned (its state is tiny anyway).
+            None if self.training.optim == lf_api::training::Optim::Adafactor => vec![0],
             None => vec![0, 1, 2, 3],
         }
     }

@@ -125,6 +125,7 @@ pub fn context<'a>(
         resume_from: resume,
         numeric_setup: "fp32, sdpa".into(),
         progress_bar: false,
+        bus_bandwidth_gbps: None,
     }
 }
 
