@@ -85,6 +85,10 @@ enum Command {
         /// Worker processes per pod (world size = pods × this).
         #[arg(long = "nproc-per-node")]
         nproc_per_node: Option<u32>,
+        /// Use exactly this many processes in all (pods × --nproc-per-node) with the job's fixed
+        /// ZeRO stage, instead of the planner's fewest-that-fit (e.g. to try a multi-pod layout).
+        #[arg(long)]
+        gpus: Option<u32>,
         /// Also write the final FineTuneJob (with status) as YAML to this file.
         #[arg(long = "status-out")]
         status_out: Option<PathBuf>,
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
             workdir,
             trainer,
             nproc_per_node,
+            gpus,
             status_out,
         } => {
             let opts = lf_local::LocalOptions {
@@ -219,6 +224,7 @@ fn main() -> ExitCode {
                 workdir,
                 trainer,
                 nproc_per_node,
+                gpus,
                 status_out,
             };
             match lf_local::run(&opts) {

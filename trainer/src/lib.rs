@@ -20,6 +20,7 @@ pub mod data_parallel;
 pub mod error;
 pub mod exact_match;
 pub mod interfaces;
+pub mod launch;
 pub mod memory_report;
 pub mod metrics;
 pub mod outputs;

@@ -80,7 +80,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match run(cli) {
+    let launched = match &cli.command {
+        Command::Train { .. } => lf_trainer::launch::pod_launcher()
+            .and_then(|l| l.map(|l| lf_trainer::launch::launch(&l)).transpose()),
+        _ => Ok(None),
+    };
+    let result = match launched {
+        Ok(Some(code)) => return ExitCode::from(code.clamp(0, 255) as u8),
+        Ok(None) => run(cli),
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let rank = std::env::var(lf_api::runtime::env::RANK)

@@ -31,6 +31,9 @@ pub struct LocalOptions {
     pub trainer: Option<PathBuf>,
     /// Worker processes per pod (default 1).
     pub nproc_per_node: Option<u32>,
+    /// Use exactly this many GPUs (processes; pods = this / `nproc_per_node`), with the job's
+    /// fixed ZeRO stage (or 0), instead of the planner's choice of the fewest that fit.
+    pub gpus: Option<u32>,
     /// Also write the final status YAML here.
     pub status_out: Option<PathBuf>,
 }
@@ -149,6 +152,14 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
     let nproc = opts.nproc_per_node.unwrap_or(1).max(1);
     job.spec.resources.gpus_per_node = nproc;
     job.spec.resources.max_gpus = Some(job.spec.resources.max_gpus.unwrap_or(nproc).max(nproc));
+    if let Some(g) = opts.gpus {
+        if g == 0 || g % nproc != 0 {
+            return Err(LocalError::DoesNotFit(format!(
+                "--gpus {g} must be a positive multiple of --nproc-per-node {nproc} (pods × processes per pod)"
+            )));
+        }
+        job.spec.resources.max_gpus = Some(g);
+    }
     set_phase(
         &mut status,
         Phase::Planning,
@@ -157,13 +168,38 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
     );
     let input = PlannerInput::from_job(&job)?;
     let search = lf_planner::search(&input);
-    let Some(plan) = search.chosen.clone() else {
+    let forced = opts.gpus.map(|g| {
+        lf_planner::evaluate(
+            &input,
+            g,
+            job.spec.distributed.zero_stage.fixed().unwrap_or(0),
+            job.spec.distributed.offload_optimizer == lf_api::crd::OffloadChoice::Cpu,
+            job.spec.training.per_device_train_batch_size.max(1) as u32,
+        )
+    });
+    let chosen = match forced {
+        Some(plan) => plan.fits.then_some(plan),
+        None => search.chosen.clone(),
+    };
+    let Some(plan) = chosen else {
         let why = search
             .failure_message()
             .unwrap_or_else(|| "no configuration fits".to_string());
         return Err(LocalError::DoesNotFit(why));
     };
-    eprintln!("{}", lf_planner::format_table(&search));
+    if opts.gpus.is_some() {
+        eprintln!(
+            "USING  {} processes ({} pods × {}), ZeRO-{}, micro-batch {} × {} accumulation (--gpus)",
+            plan.gpus,
+            plan.nodes,
+            plan.gpus_per_node,
+            plan.zero_stage,
+            plan.micro_batch_size,
+            plan.gradient_accumulation_steps
+        );
+    } else {
+        eprintln!("{}", lf_planner::format_table(&search));
+    }
     status.plan = Some(plan.clone());
     status.method = Some(job.method_label());
 
