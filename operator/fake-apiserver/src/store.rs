@@ -1,7 +1,7 @@
 //! The object store: objects by type, namespace and name, resourceVersions, the event history
 //! watches replay, field managers, and ownerReference cascade deletion.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
@@ -53,11 +53,17 @@ pub enum Propagation {
     Orphan,
 }
 
+/// `(type index, label key, label value)`.
+type LabelKey = (usize, String, String);
+
 /// All state of the fake server.
 #[derive(Debug, Default)]
 pub struct Store {
     pub types: Vec<ResourceType>,
     objects: BTreeMap<Key, Stored>,
+    /// The objects carrying each label, so that lists selecting `key=value` (a controller's
+    /// children) look only at those instead of every object of the type.
+    by_label: BTreeMap<LabelKey, BTreeSet<Key>>,
     pub history: Vec<Change>,
     resource_version: u64,
     uid_counter: u64,
@@ -93,6 +99,40 @@ impl Store {
         self.objects.get(key)
     }
 
+    /// Stores an object under `key` (replacing any), keeping the label index.
+    fn put(&mut self, key: Key, stored: Stored) {
+        let old = self.objects.remove(&key);
+        if let Some(old) = &old {
+            self.unindex(&key, &old.object);
+        }
+        for (k, v) in labels_of(&stored.object) {
+            self.by_label
+                .entry((key.0, k.to_string(), v.to_string()))
+                .or_default()
+                .insert(key.clone());
+        }
+        self.objects.insert(key, stored);
+    }
+
+    /// Removes the object under `key`, keeping the label index.
+    fn take(&mut self, key: &Key) -> Option<Stored> {
+        let stored = self.objects.remove(key)?;
+        self.unindex(key, &stored.object);
+        Some(stored)
+    }
+
+    fn unindex(&mut self, key: &Key, object: &Value) {
+        for (k, v) in labels_of(object) {
+            let lk = (key.0, k.to_string(), v.to_string());
+            if let Some(set) = self.by_label.get_mut(&lk) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.by_label.remove(&lk);
+                }
+            }
+        }
+    }
+
     /// Objects of one type, optionally in one namespace, matching both selectors, by key order.
     pub fn list(
         &self,
@@ -101,11 +141,39 @@ impl Store {
         labels: &LabelSelector,
         fields: &FieldSelector,
     ) -> Vec<Value> {
+        let in_scope = |(t, ns, _): &Key| *t == type_index && namespace.is_none_or(|n| n == ns);
+        let selected = |o: &&Value| labels.matches(o) && fields.matches(o);
+        // With `key=value` requirements, only the objects carrying the rarest such label (in key
+        // order, as below).
+        let rarest = labels
+            .equalities()
+            .map(|(k, v)| (type_index, k.to_string(), v.to_string()))
+            .min_by_key(|lk| self.by_label.get(lk).map_or(0, BTreeSet::len));
+        if let Some(lk) = rarest {
+            return self
+                .by_label
+                .get(&lk)
+                .into_iter()
+                .flatten()
+                .filter(|key| in_scope(key))
+                .filter_map(|key| self.objects.get(key))
+                .map(|s| &s.object)
+                .filter(selected)
+                .cloned()
+                .collect();
+        }
+        // Otherwise every object of the type (in the namespace): keys sort by type, then
+        // namespace.
+        let from = (
+            type_index,
+            namespace.unwrap_or_default().to_string(),
+            String::new(),
+        );
         self.objects
-            .iter()
-            .filter(|((t, ns, _), _)| *t == type_index && namespace.is_none_or(|n| n == ns))
+            .range(from..)
+            .take_while(|(key, _)| in_scope(key))
             .map(|(_, s)| &s.object)
-            .filter(|o| labels.matches(o) && fields.matches(o))
+            .filter(selected)
             .cloned()
             .collect()
     }
@@ -218,7 +286,7 @@ impl Store {
         }
         let mut managers = Managers::new();
         fields::record_update(&json!({}), &object, &mut managers, manager, Scope::All);
-        self.objects.insert(
+        self.put(
             key.clone(),
             Stored {
                 object: object.clone(),
@@ -257,7 +325,7 @@ impl Store {
                         true,
                     );
                     if result.is_err() {
-                        self.objects.remove(key);
+                        self.take(key);
                         self.history.pop();
                     }
                     result
@@ -343,7 +411,7 @@ impl Store {
             m.insert("kind".into(), json!(t.kind));
         }
         if after == before && !fresh {
-            self.objects.insert(
+            self.put(
                 key.clone(),
                 Stored {
                     object: before.clone(),
@@ -361,7 +429,7 @@ impl Store {
                 meta.insert("generation".into(), json!(g + 1));
             }
         }
-        self.objects.insert(
+        self.put(
             key.clone(),
             Stored {
                 object: after.clone(),
@@ -384,8 +452,7 @@ impl Store {
     pub fn delete(&mut self, key: &Key, propagation: Propagation) -> Result<Value, ApiError> {
         let t = self.types[key.0].clone();
         let stored = self
-            .objects
-            .remove(key)
+            .take(key)
             .ok_or_else(|| ApiError::not_found(&t, &key.2))?;
         self.bump();
         self.record(key.0, &key.1, "DELETED", stored.object.clone(), None);
@@ -490,4 +557,76 @@ fn strip_meta_status(v: &Value) -> Value {
         m.remove("status");
     }
     v
+}
+
+/// The `(key, value)` string labels of an object.
+fn labels_of(object: &Value) -> impl Iterator<Item = (&str, &str)> {
+    object
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.as_str(), v.as_str()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::builtin_types;
+
+    fn names(values: &[Value]) -> Vec<String> {
+        values
+            .iter()
+            .map(|v| {
+                format!("{}/{}", v["metadata"]["namespace"], v["metadata"]["name"]).replace('"', "")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lists_through_the_label_index_follow_writes_and_deletes() {
+        let mut store = Store::new(builtin_types());
+        let cm = store
+            .types
+            .iter()
+            .position(|t| t.kind == "ConfigMap")
+            .unwrap();
+        let secret = store.types.iter().position(|t| t.kind == "Secret").unwrap();
+        for (ns, name, job) in [("a", "x", "1"), ("a", "y", "2"), ("b", "z", "1")] {
+            let obj = json!({"metadata": {"name": name, "labels": {"job": job, "app": "lf"}}});
+            store.create(cm, ns, obj.clone(), "t").unwrap();
+            store.create(secret, ns, obj, "t").unwrap();
+        }
+        let sel = |s: &str| LabelSelector::parse(s).unwrap();
+        let any = FieldSelector::default();
+        let list =
+            |store: &Store, ns: Option<&str>, s: &str| names(&store.list(cm, ns, &sel(s), &any));
+        assert_eq!(list(&store, None, "job=1"), ["a/x", "b/z"]);
+        assert_eq!(list(&store, Some("a"), "job=1,app=lf"), ["a/x"]);
+        assert_eq!(list(&store, Some("a"), "job!=1"), ["a/y"]);
+        assert_eq!(list(&store, None, "app=lf,job in (2)"), ["a/y"]);
+        assert!(list(&store, None, "job=3").is_empty());
+        assert_eq!(list(&store, Some("b"), ""), ["b/z"]);
+
+        // A relabel moves the object in the index; a no-op write keeps it there.
+        let key = (cm, "a".to_string(), "x".to_string());
+        let relabel = json!({"metadata": {"labels": {"job": "2"}}});
+        store
+            .write(&key, &relabel, WriteKind::Merge, "t", false)
+            .unwrap();
+        store
+            .write(&key, &relabel, WriteKind::Merge, "t", false)
+            .unwrap();
+        assert_eq!(list(&store, None, "job=1"), ["b/z"]);
+        assert_eq!(list(&store, Some("a"), "job=2"), ["a/x", "a/y"]);
+
+        store.delete(&key, Propagation::Cascade).unwrap();
+        assert_eq!(list(&store, None, "job=2"), ["a/y"]);
+        // Other types are untouched.
+        assert_eq!(
+            names(&store.list(secret, None, &sel("job=1"), &any)),
+            ["a/x", "b/z"]
+        );
+    }
 }

@@ -6,6 +6,11 @@
 //! children that exist, and writes with server-side apply under [`OPERATOR_FIELD_MANAGER`]. The
 //! status is written before the children of a new attempt are created, so a crash at any point
 //! leaves either nothing to undo or work the next reconciliation finishes.
+//!
+//! At scale (see `operator/examples/scale_bench.rs`): at most [`ControllerConfig::concurrency`]
+//! reconciliations run at once (each holds its job, the rendered children and its API answers),
+//! and children that the current attempt does not render are looked for once per attempt and
+//! operator process (six label-selected lists) rather than on every reconciliation.
 
 mod children;
 pub mod conditions;
@@ -49,6 +54,9 @@ pub struct ControllerConfig {
     pub wait_poll: Duration,
     /// Name of this controller in Events.
     pub reporter: String,
+    /// How many FineTuneJobs are reconciled at once (the others wait in the queue); bounds the
+    /// operator's memory when many jobs change together.
+    pub concurrency: u16,
 }
 
 impl Default for ControllerConfig {
@@ -59,6 +67,7 @@ impl Default for ControllerConfig {
             resync: Duration::from_secs(300),
             wait_poll: Duration::from_secs(2),
             reporter: "lf-operator".into(),
+            concurrency: 32,
         }
     }
 }
@@ -71,6 +80,8 @@ pub struct Context {
     recorder: Recorder,
     /// Consecutive failures per object, for the error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per object (`namespace/name`), the `(uid, attempt)` whose orphans were last swept.
+    swept: Mutex<HashMap<String, (String, u32)>>,
 }
 
 impl Context {
@@ -86,7 +97,37 @@ impl Context {
             metrics,
             recorder,
             failures: Mutex::new(HashMap::new()),
+            swept: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Forgets what is kept per object (the object is gone).
+    fn forget(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        self.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// Whether this attempt's orphans still have to be looked for (once per attempt and process:
+    /// only an earlier attempt, plan or operator version leaves children of other names).
+    fn needs_sweep(&self, key: &str, uid: &str, attempt: u32) -> bool {
+        self.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_none_or(|(u, a)| u != uid || *a != attempt)
+    }
+
+    fn swept(&self, key: String, uid: String, attempt: u32) {
+        self.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (uid, attempt));
     }
 }
 
@@ -156,15 +197,24 @@ pub async fn run(
             let name = pod.labels().get(LABEL_JOB_NAME)?.clone();
             Some(ObjectRef::<FineTuneJob>::new(&name).within(pod.namespace()?.as_str()))
         })
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown);
     metrics.attach_store(controller.store());
     let ctx = Arc::new(Context::new(client, config, metrics));
     controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(job = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile loop"),
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            let ctx = ctx.clone();
+            async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(job = %obj, "reconciled"),
+                    Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                        // Deleted: nothing more to remember about it.
+                        let ns = obj.namespace.as_deref().unwrap_or_default();
+                        ctx.forget(&format!("{ns}/{}", obj.name));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reconcile loop"),
+                }
             }
         })
         .await;
@@ -267,9 +317,11 @@ async fn reconcile_job(cached: &FineTuneJob, ctx: &Context) -> Result<Action, Er
     let api: Api<FineTuneJob> = Api::namespaced(ctx.client.clone(), &ns);
     // The cache may lag behind our own last status write; decisions need the latest status.
     let Some(ftj) = api.get_opt(&cached.name_any()).await? else {
+        ctx.forget(&key(cached));
         return Ok(Action::await_change());
     };
     if ftj.metadata.deletion_timestamp.is_some() {
+        ctx.forget(&key(cached));
         return Ok(Action::await_change());
     }
     let old = ftj.status.clone().unwrap_or_default();
@@ -284,6 +336,10 @@ async fn reconcile_job(cached: &FineTuneJob, ctx: &Context) -> Result<Action, Er
     };
     if r.old.phase.is_finished() {
         // A finished job is never re-created, whatever happens to its children.
+        ctx.swept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(cached));
         return Ok(Action::await_change());
     }
     r.st.observed_generation = r.ftj.metadata.generation;
@@ -441,9 +497,14 @@ impl Reconciler<'_> {
                 }
             }
         };
-        let deleted = children::delete_orphans(&client, &self.ns, &selector, &keep).await?;
-        if !deleted.is_empty() {
-            tracing::info!(job = %self.name, orphans = ?deleted, "deleted children the current plan does not render");
+        let job_key = key(&self.ftj);
+        let uid = self.ftj.uid().unwrap_or_default();
+        if self.ctx.needs_sweep(&job_key, &uid, attempt) {
+            let deleted = children::delete_orphans(&client, &self.ns, &selector, &keep).await?;
+            if !deleted.is_empty() {
+                tracing::info!(job = %self.name, orphans = ?deleted, "deleted children the current plan does not render");
+            }
+            self.ctx.swept(job_key, uid, attempt);
         }
 
         self.observe_running(
