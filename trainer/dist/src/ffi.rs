@@ -98,7 +98,11 @@ extern "C" {
     pub fn lf_dist_barrier(group: *mut RawGroup, err: *mut *mut c_char) -> c_int;
     pub fn lf_dist_cuda_peak_allocated(device: i64, out: *mut u64, err: *mut *mut c_char) -> c_int;
     pub fn lf_dist_cuda_reset_peak(device: i64, err: *mut *mut c_char) -> c_int;
-    pub fn lf_dist_set_grad(tensor: *mut C_tensor, grad: *mut C_tensor, err: *mut *mut c_char) -> c_int;
+    pub fn lf_dist_set_grad(
+        tensor: *mut C_tensor,
+        grad: *mut C_tensor,
+        err: *mut *mut c_char,
+    ) -> c_int;
 }
 
 /// Takes ownership of a shim error message (null gives a generic text) and frees it.
