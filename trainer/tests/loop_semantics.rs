@@ -205,6 +205,7 @@ fn non_finite_loss_stops_at_once() {
     let data = data(8, 0);
     let cfg = config("max_steps: 3\nper_device_train_batch_size: 4\n");
     let arch = tiny_arch();
+    let _rng = rng_lock();
     let mut w = random_weights(&arch, 3);
     for (name, t) in w.iter_mut() {
         if name == "lm_head.weight" {

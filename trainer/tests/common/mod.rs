@@ -62,11 +62,15 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
 }
 
 /// A model with `cfg`'s method applied, from fixed random weights (same seed → same model).
+/// libtorch's generator is global and tests run in parallel threads: whatever seeds it and draws
+/// from it (random weights, adapter initialisation) holds this lock, so draws never interleave.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn trainee(cfg: &TrainingConfig) -> LmTrainee {
-    // libtorch's generator is global: tests run in parallel threads, so building a model (random
-    // weights, adapter initialisation) must not interleave with another test's.
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let arch = tiny_arch();
     let mut lm = CausalLm::from_tensors(
         arch.clone(),
