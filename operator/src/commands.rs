@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use kube::CustomResourceExt;
-use lf_api::crd::OffloadChoice;
 use lf_api::{FineTuneJob, Plan};
 use lf_planner::{PlanOption, PlanSearch, PlannerInput};
 
@@ -122,9 +121,8 @@ pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, Command
             message: format!("--zero-stage {stage}: ZeRO stages are 0, 1, 2 and 3"),
         });
     }
-    let offload = job.spec.distributed.offload_optimizer == OffloadChoice::Cpu;
-    let micro = job.spec.training.per_device_train_batch_size.max(1) as u32;
-    let plan = lf_planner::evaluate(&input, gpus, stage, offload, micro);
+    let plan = lf_planner::evaluate_fixed(&input, gpus, stage);
+    let offload = plan.offload_optimizer;
     let verdict = format!(
         "{} GPU{}, ZeRO-{stage}{}: {} + {} headroom {} {} per GPU; {}",
         plan.gpus,

@@ -58,6 +58,8 @@ struct Slice {
     owned: Range<usize>,
     /// Index into [`ZeroOptimizer::shards`] when `owned` is non-empty.
     shard: Option<usize>,
+    /// The model's parameter (shares its storage).
+    param: Tensor,
 }
 
 /// ZeRO stage 1/2 optimiser: lf-optim over this rank's shards plus the collectives around it.
@@ -126,6 +128,7 @@ impl ZeroOptimizer {
                 offset,
                 owned,
                 shard,
+                param: p.shallow_clone(),
             });
             offset += layout.shard_len;
         }
@@ -140,6 +143,25 @@ impl ZeroOptimizer {
             shards,
             inner,
         })
+    }
+
+    /// Copies this rank's ranges of the model's parameters into the shards: after weights were
+    /// loaded from a checkpoint (between steps the all-gather keeps both equal).
+    fn refresh_shards(&self) -> Result<(), TrainerError> {
+        let _guard = tch::no_grad_guard();
+        for s in &self.slices {
+            if let Some(i) = s.shard {
+                let mut shard = self.shards[i].shallow_clone();
+                shard
+                    .f_copy_(&s.param.detach().reshape([-1]).narrow(
+                        0,
+                        s.owned.start as i64,
+                        s.owned.len() as i64,
+                    ))
+                    .map_err(|e| torch("refreshing the parameter shards", e))?;
+            }
+        }
+        Ok(())
     }
 
     /// This rank's shard tensors (what its optimiser state is for).
@@ -263,23 +285,6 @@ impl StepOptimizer for ZeroOptimizer {
     }
 
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
-        // The shards start from the parameters as they are now: weights loaded from a checkpoint
-        // after the partition was made must not be overwritten by stale shards.
-        {
-            let _guard = tch::no_grad_guard();
-            for (s, (_, p)) in self.slices.iter().zip(params) {
-                if let Some(i) = s.shard {
-                    let mut shard = self.shards[i].shallow_clone();
-                    shard
-                        .f_copy_(&p.detach().reshape([-1]).narrow(
-                            0,
-                            s.owned.start as i64,
-                            s.owned.len() as i64,
-                        ))
-                        .map_err(|e| torch("refreshing the parameter shards", e))?;
-                }
-            }
-        }
         self.inner
             .step(&self.shards, lr)
             .map_err(|e| TrainerError::from_library("optimizer step", e))?;
@@ -371,7 +376,10 @@ impl StepOptimizer for ZeroOptimizer {
         true
     }
 
+    /// Called after the model loaded the checkpoint's weights: the shards take them over, then
+    /// the optimiser state is read.
     fn restore_state(&mut self, dir: &Path) -> Result<bool, TrainerError> {
+        self.refresh_shards()?;
         let own = dir.join(self.state_file());
         if own.exists() {
             let tensors = Tensor::read_safetensors(&own)

@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use common::{losses, memory, write_config};
 use tch::Tensor;
@@ -27,12 +27,13 @@ fn free_port() -> String {
     l.local_addr().unwrap().port().to_string()
 }
 
-/// Trains `cfg` with `world` local processes (one process: no rendezvous at all); every rank
-/// must succeed.
-fn run(cfg: &Path, world: usize, overrides: &[String]) {
+/// Starts `lf-trainer train CFG` as `world` local ranks with the global batch split evenly
+/// (one process: no rendezvous at all), rank 0 reporting to `status` when given, and returns each
+/// rank's output.
+fn ranks(cfg: &Path, world: usize, overrides: &[String], status: Option<&Path>) -> Vec<Output> {
     let batch = format!("per_device_train_batch_size={}", GLOBAL_BATCH / world);
     let port = free_port();
-    let mut procs: Vec<_> = (0..world)
+    let procs: Vec<_> = (0..world)
         .map(|rank| {
             let mut c = Command::new(env!("CARGO_BIN_EXE_lf-trainer"));
             c.arg("train")
@@ -53,20 +54,32 @@ fn run(cfg: &Path, world: usize, overrides: &[String]) {
                     .env("RANK", rank.to_string())
                     .env("LOCAL_RANK", rank.to_string());
             }
+            if let (0, Some(path)) = (rank, status) {
+                c.env("LF_STATUS_FILE", path);
+            }
             c.spawn().unwrap()
         })
         .collect();
-    let mut failures = Vec::new();
-    for (rank, p) in procs.drain(..).enumerate() {
-        let out = p.wait_with_output().unwrap();
-        if !out.status.success() {
-            failures.push(format!(
+    procs
+        .into_iter()
+        .map(|p| p.wait_with_output().unwrap())
+        .collect()
+}
+
+/// Trains `cfg` with `world` local ranks; every rank must succeed.
+fn run(cfg: &Path, world: usize, overrides: &[String]) {
+    let failures: Vec<String> = ranks(cfg, world, overrides, None)
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| !o.status.success())
+        .map(|(rank, o)| {
+            format!(
                 "rank {rank} of {world}: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -211,29 +224,8 @@ fn sharded_checkpoints_resume_with_the_same_and_another_world_size() {
 fn adafactor_under_zero_is_a_configuration_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "lora", "zero_stage: 1\noptim: adafactor\n");
-    let port = free_port();
-    let outs: Vec<_> = (0..2)
-        .map(|rank| {
-            Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
-                .args([
-                    "train",
-                    cfg.to_str().unwrap(),
-                    "per_device_train_batch_size=3",
-                ])
-                .env_remove("LF_STATUS_FILE")
-                .env("OMP_NUM_THREADS", "1")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("WORLD_SIZE", "2")
-                .env("RANK", rank.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let outs = ranks(&cfg, 2, &[], None);
     for o in outs {
-        let o = o.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{o:?}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
@@ -250,32 +242,7 @@ fn preflight_bus_bandwidth_is_on_the_status() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), "lora", "");
     let status = dir.path().join("status.json");
-    let port = free_port();
-    let procs: Vec<_> = (0..2)
-        .map(|rank| {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_lf-trainer"));
-            c.args([
-                "train",
-                cfg.to_str().unwrap(),
-                "per_device_train_batch_size=3",
-            ])
-            .env_remove("LF_STATUS_FILE")
-            .env_remove("LF_JOB_NAME")
-            .env("OMP_NUM_THREADS", "1")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", &port)
-            .env("WORLD_SIZE", "2")
-            .env("RANK", rank.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-            if rank == 0 {
-                c.env("LF_STATUS_FILE", &status);
-            }
-            c.spawn().unwrap()
-        })
-        .collect();
-    for p in procs {
-        let o = p.wait_with_output().unwrap();
+    for o in ranks(&cfg, 2, &[], Some(&status)) {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let text = std::fs::read_to_string(&status).unwrap();

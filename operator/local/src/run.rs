@@ -167,39 +167,39 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         "choosing GPUs, ZeRO stage and batch",
     );
     let input = PlannerInput::from_job(&job)?;
-    let search = lf_planner::search(&input);
-    let forced = opts.gpus.map(|g| {
-        lf_planner::evaluate(
-            &input,
-            g,
-            job.spec.distributed.zero_stage.fixed().unwrap_or(0),
-            job.spec.distributed.offload_optimizer == lf_api::crd::OffloadChoice::Cpu,
-            job.spec.training.per_device_train_batch_size.max(1) as u32,
-        )
-    });
-    let chosen = match forced {
-        Some(plan) => plan.fits.then_some(plan),
-        None => search.chosen.clone(),
+    let plan = match opts.gpus {
+        Some(g) => {
+            let stage = job.spec.distributed.zero_stage.fixed().unwrap_or(0);
+            let plan = lf_planner::evaluate_fixed(&input, g, stage);
+            if !plan.fits {
+                return Err(LocalError::DoesNotFit(format!(
+                    "{g} processes with ZeRO-{stage}: {}",
+                    plan.summary
+                )));
+            }
+            eprintln!(
+                "USING  {} processes ({} pods × {}), ZeRO-{}, micro-batch {} × {} accumulation (--gpus)",
+                plan.gpus,
+                plan.nodes,
+                plan.gpus_per_node,
+                plan.zero_stage,
+                plan.micro_batch_size,
+                plan.gradient_accumulation_steps
+            );
+            plan
+        }
+        None => {
+            let search = lf_planner::search(&input);
+            let Some(plan) = search.chosen.clone() else {
+                let why = search
+                    .failure_message()
+                    .unwrap_or_else(|| "no configuration fits".to_string());
+                return Err(LocalError::DoesNotFit(why));
+            };
+            eprintln!("{}", lf_planner::format_table(&search));
+            plan
+        }
     };
-    let Some(plan) = chosen else {
-        let why = search
-            .failure_message()
-            .unwrap_or_else(|| "no configuration fits".to_string());
-        return Err(LocalError::DoesNotFit(why));
-    };
-    if opts.gpus.is_some() {
-        eprintln!(
-            "USING  {} processes ({} pods × {}), ZeRO-{}, micro-batch {} × {} accumulation (--gpus)",
-            plan.gpus,
-            plan.nodes,
-            plan.gpus_per_node,
-            plan.zero_stage,
-            plan.micro_batch_size,
-            plan.gradient_accumulation_steps
-        );
-    } else {
-        eprintln!("{}", lf_planner::format_table(&search));
-    }
     status.plan = Some(plan.clone());
     status.method = Some(job.method_label());
 

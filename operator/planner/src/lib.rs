@@ -25,7 +25,7 @@ pub use evaluate::evaluate;
 pub use format::{format_gib, format_table};
 pub use params::{model_params, trainable_params};
 pub use presets::{preset, preset_names, resolve_architecture};
-pub use search::{replan_after_oom, search, PlanOption, PlanSearch, PlannerInput};
+pub use search::{evaluate_fixed, replan_after_oom, search, PlanOption, PlanSearch, PlannerInput};
 
 /// Why a job cannot be planned. Each message names the field at fault and what to do.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

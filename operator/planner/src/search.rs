@@ -351,6 +351,18 @@ fn try_config(
     }
 }
 
+/// One configuration evaluated as given rather than searched: `gpus` GPUs with ZeRO `stage`, the
+/// optimiser offloaded only when the job asks for `cpu`, and the job's own micro-batch.
+pub fn evaluate_fixed(input: &PlannerInput, gpus: u32, stage: u8) -> Plan {
+    crate::evaluate(
+        input,
+        gpus,
+        stage,
+        input.offload == OffloadChoice::Cpu,
+        input.training.per_device_train_batch_size.max(1) as u32,
+    )
+}
+
 /// Searches GPU count, ZeRO stage, offload and micro-batch (see the module doc for the order).
 pub fn search(input: &PlannerInput) -> PlanSearch {
     let inv = Inventory::new(&input.arch, &input.training);
