@@ -9,6 +9,7 @@ use tch::Tensor;
 use crate::error::TrainerError;
 use crate::interfaces::{MicroOutput, StepOptimizer, TrainModel};
 use crate::memory_report::{ModelMemory, OptimizerBytes};
+use crate::zero3::ParameterPartition;
 
 /// The file of trainable weights in a `full`/`freeze` checkpoint.
 pub const TRAINABLE_WEIGHTS: &str = "trainable_model.safetensors";
@@ -29,7 +30,20 @@ pub fn model_error(context: &str, e: ModelError) -> TrainerError {
         | ModelError::UnsupportedConfig { .. }
         | ModelError::Adapter { .. }
         | ModelError::Invalid(_) => TrainerError::config(format!("{context}: {e}")),
+        ModelError::Residency { .. } => residency_error(context, e),
         _ => TrainerError::from_library(context, e),
+    }
+}
+
+/// A ZeRO-3 gather or release that failed: the partition's own error (a collective failure stays
+/// a communication error), with what the model was doing.
+fn residency_error(context: &str, e: ModelError) -> TrainerError {
+    match e {
+        ModelError::Residency { unit, source } => match source.downcast::<TrainerError>() {
+            Ok(inner) => inner.with_context(&format!("{context}: {unit}")),
+            Err(other) => TrainerError::runtime(format!("{context}: {unit}: {other}")),
+        },
+        other => TrainerError::from_library(context, other),
     }
 }
 
@@ -40,6 +54,8 @@ pub struct LmTrainee {
     pub base_name: String,
     /// Training micro-batches run so far (the model's dropout stream position).
     micro_batches: u64,
+    /// The ZeRO-3 parameter partition, when the parameters are partitioned.
+    partition: Option<ParameterPartition>,
 }
 
 impl LmTrainee {
@@ -48,7 +64,28 @@ impl LmTrainee {
             lm,
             base_name: base_name.into(),
             micro_batches: 0,
+            partition: None,
         }
+    }
+
+    /// Trains with the parameters partitioned by `partition` (ZeRO-3): every pass gathers each
+    /// unit through it, and layers are recomputed in backward (which ZeRO-3 needs).
+    pub fn partition_parameters(&mut self, partition: ParameterPartition) {
+        self.lm.force_layer_recomputation();
+        self.partition = Some(partition);
+    }
+
+    /// Makes the model whole again on every rank (all ranks call it), for what runs after
+    /// training: the final save, evaluation and generation on rank 0.
+    pub fn unpartition(&mut self) -> Result<(), TrainerError> {
+        match &mut self.partition {
+            Some(p) => p.unpartition(),
+            None => Ok(()),
+        }
+    }
+
+    fn active_partition(&self) -> Option<&ParameterPartition> {
+        self.partition.as_ref().filter(|p| p.is_active())
     }
 
     fn is_lora(&self) -> bool {
@@ -92,10 +129,13 @@ impl TrainModel for LmTrainee {
         labels: &Tensor,
         loss_scale: f64,
     ) -> Result<MicroOutput, TrainerError> {
-        let loss_sum = self
-            .lm
-            .loss_sum_and_backward(input_ids, labels, loss_scale)
-            .map_err(|e| model_error("training step", e))?;
+        let loss_sum = match self.active_partition() {
+            Some(p) => self
+                .lm
+                .loss_sum_and_backward_with(input_ids, labels, loss_scale, p),
+            None => self.lm.loss_sum_and_backward(input_ids, labels, loss_scale),
+        }
+        .map_err(|e| model_error("training step", e))?;
         self.micro_batches += 1;
         Ok(MicroOutput {
             loss_sum,
@@ -104,7 +144,10 @@ impl TrainModel for LmTrainee {
     }
 
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError> {
-        let t = tch::no_grad(|| self.lm.loss_sum(input_ids, labels));
+        let t = match self.active_partition() {
+            Some(p) => tch::no_grad(|| self.lm.loss_sum_with(input_ids, labels, p))?,
+            None => tch::no_grad(|| self.lm.loss_sum(input_ids, labels)),
+        };
         t.f_double_value(&[])
             .map_err(|e| TrainerError::from_library("evaluation", e))
     }
@@ -123,12 +166,40 @@ impl TrainModel for LmTrainee {
 
     fn load_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
         let ctx = format!("checkpoint {}", dir.display());
+        if let Some(p) = self.active_partition() {
+            p.gather_all(true)?;
+        }
         if self.is_lora() {
-            self.lm.load_adapter(dir).map_err(|e| model_error(&ctx, e))
+            self.lm
+                .load_adapter(dir)
+                .map_err(|e| model_error(&ctx, e))?;
         } else {
             self.lm
                 .load_trainable(&dir.join(TRAINABLE_WEIGHTS))
-                .map_err(|e| model_error(&ctx, e))
+                .map_err(|e| model_error(&ctx, e))?;
+        }
+        if let Some(p) = self.active_partition() {
+            p.refresh_trainable_shards()?;
+            p.release_all()?;
+        }
+        Ok(())
+    }
+
+    fn lockstep(&self) -> bool {
+        self.active_partition().is_some()
+    }
+
+    fn gather_weights(&mut self) -> Result<(), TrainerError> {
+        match self.active_partition() {
+            Some(p) => p.gather_all(true),
+            None => Ok(()),
+        }
+    }
+
+    fn release_weights(&mut self) -> Result<(), TrainerError> {
+        match self.active_partition() {
+            Some(p) => p.release_all(),
+            None => Ok(()),
         }
     }
 
@@ -144,6 +215,7 @@ impl TrainModel for LmTrainee {
 
     /// [`CausalLm::weight_bytes`] (every base tensor as stored) less the base tensors that train
     /// (`full`/`freeze`); adapters are not base tensors (PEFT names, `base_model.model.` prefix).
+    /// Under ZeRO-3 the model's tensors are empty between uses and the partition's shards count.
     fn memory(&self) -> Option<ModelMemory> {
         let trained_base: u64 = self
             .lm
@@ -152,8 +224,14 @@ impl TrainModel for LmTrainee {
             .filter(|(name, _)| !name.starts_with(PEFT_PREFIX))
             .map(|(_, t)| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
             .sum();
+        let (frozen_shards, trainable_shards) = self
+            .active_partition()
+            .map(|p| (p.frozen_shard_bytes(), p.trainable_shard_bytes()))
+            .unwrap_or((0, 0));
         Some(ModelMemory {
-            frozen_weight_bytes: self.lm.weight_bytes().saturating_sub(trained_base),
+            frozen_weight_bytes: self.lm.weight_bytes().saturating_sub(trained_base)
+                + frozen_shards,
+            partitioned_trainable_bytes: trainable_shards,
             architecture: self.lm.architecture().clone(),
         })
     }

@@ -18,6 +18,7 @@ use crate::setup;
 use crate::status::{Sink, StatusReporter};
 use crate::train_loop::{evaluate, train, RunContext, TrainData};
 use crate::zero::ZeroOptimizer;
+use crate::zero3::ParameterPartition;
 
 /// Bytes of one export shard from `export_size` (GB).
 fn shard_bytes(cfg: &TrainingConfig) -> u64 {
@@ -89,7 +90,18 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let mut optimizer: Box<dyn StepOptimizer> = match process_group {
         Some(pg) if cfg.zero_stage > 0 => {
             tracing::info!(zero_stage = cfg.zero_stage, "ZeRO partitioning");
-            Box::new(ZeroOptimizer::new(cfg, cfg.zero_stage, pg, &params)?)
+            let zero = ZeroOptimizer::new(cfg, cfg.zero_stage, pg.clone(), &params)?;
+            if cfg.zero_stage >= 3 {
+                if !cfg.gradient_checkpointing {
+                    tracing::warn!(
+                        "zero_stage 3 gathers each layer again for its recomputation in backward: gradient_checkpointing is turned on"
+                    );
+                }
+                let partition =
+                    ParameterPartition::new(pg, &trainee.lm, |name| zero.shard_tensor(name))?;
+                trainee.partition_parameters(partition);
+            }
+            Box::new(zero)
         }
         _ => Box::new(OptimStep(
             lf_optim::build(cfg, &params)
@@ -140,6 +152,8 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             return Err(e);
         }
     };
+    // Everything after training runs on whole weights (rank 0 saves, evaluates, generates).
+    trainee.unpartition()?;
     if is_main {
         let written = trainee.save_final(&out, &model_dir, shard_bytes(cfg))?;
         for p in &written {
@@ -153,7 +167,8 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
                 cfg.per_device_eval_batch_size,
                 data.pad_id,
                 device,
-                group.as_ref(),
+                // Rank 0 alone, on the whole split: the other ranks are not evaluating.
+                &SingleProcess,
             )? {
                 results.insert("eval_loss".into(), e.into());
                 results.insert("eval_perplexity".into(), e.exp().into());

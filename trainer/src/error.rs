@@ -66,6 +66,30 @@ impl TrainerError {
         }
     }
 
+    /// The same error with `context: ` before its message.
+    pub fn with_context(self, context: &str) -> Self {
+        let prefix = |m: String| format!("{context}: {m}");
+        match self {
+            TrainerError::Config { message } => TrainerError::Config {
+                message: prefix(message),
+            },
+            TrainerError::NonFinite { message, hint } => TrainerError::NonFinite {
+                message: prefix(message),
+                hint,
+            },
+            TrainerError::OutOfMemory { message } => TrainerError::OutOfMemory {
+                message: prefix(message),
+            },
+            TrainerError::Communication { message } => TrainerError::Communication {
+                message: prefix(message),
+            },
+            TrainerError::Runtime { message } => TrainerError::Runtime {
+                message: prefix(message),
+            },
+            interrupted @ TrainerError::Interrupted { .. } => interrupted,
+        }
+    }
+
     pub fn reason(&self) -> FailureReason {
         match self {
             TrainerError::Config { .. } => FailureReason::ConfigError,

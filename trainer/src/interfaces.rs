@@ -44,6 +44,19 @@ pub trait TrainModel {
         0
     }
     fn set_rng_position(&mut self, _micro_batches: u64) {}
+    /// Whether every rank must run the same forward and backward passes (ZeRO-3: each pass
+    /// gathers weights collectively), so the loop pads uneven work with label-free batches.
+    fn lockstep(&self) -> bool {
+        false
+    }
+    /// Makes the weights [`TrainModel::save_weights`] writes whole on this rank; every rank calls
+    /// it before rank 0 saves (ZeRO-3 gathers them). [`TrainModel::release_weights`] undoes it.
+    fn gather_weights(&mut self) -> Result<(), TrainerError> {
+        Ok(())
+    }
+    fn release_weights(&mut self) -> Result<(), TrainerError> {
+        Ok(())
+    }
     /// The frozen weights' bytes as stored and the architecture, for the memory record
     /// ([`crate::memory_report`]); `None` when the model cannot tell.
     fn memory(&self) -> Option<crate::memory_report::ModelMemory> {

@@ -32,5 +32,6 @@ pub mod state;
 pub mod status;
 pub mod train_loop;
 pub mod zero;
+pub mod zero3;
 
 pub use error::TrainerError;

@@ -7,8 +7,8 @@
 //!
 //! | key | measured from |
 //! |---|---|
-//! | `frozen_weight_bytes` | every base tensor that does not train, as stored: quantised linears as their codes, absmax and double-quantisation constants (the code tables lf-quant shares by all weights are not per tensor and not counted) |
-//! | `trainable_weight_bytes` | every trainable tensor (`numel × element size`): LoRA/DoRA adapters, or the trained base weights of `full`/`freeze` |
+//! | `frozen_weight_bytes` | every base tensor that does not train (under ZeRO-3: this rank's shards of them), as stored: quantised linears as their codes, absmax and double-quantisation constants (the code tables lf-quant shares by all weights are not per tensor and not counted) |
+//! | `trainable_weight_bytes` | every trainable tensor (`numel × element size`; under ZeRO-3 this rank's shards): LoRA/DoRA adapters, or the trained base weights of `full`/`freeze` |
 //! | `gradient_bytes` | the `.grad` of every trainable tensor |
 //! | `optimizer_bytes` | optimiser state on the training device, fp32 master copies included |
 //! | `offloaded_optimizer_bytes` | optimiser state and master copies in host memory (`offload_optimizer: cpu`) |
@@ -58,6 +58,9 @@ pub struct MemoryLine {
 pub struct ModelMemory {
     /// Bytes of every base tensor that does not train, as stored.
     pub frozen_weight_bytes: u64,
+    /// Bytes of trainable parameter shards held apart from the parameters (ZeRO-3, whose
+    /// parameters are emptied between uses); 0 otherwise.
+    pub partitioned_trainable_bytes: u64,
     /// The architecture the planner's prediction is made for.
     pub architecture: ModelArchitecture,
 }
@@ -87,9 +90,16 @@ pub fn planned(
     let offload = cfg.offload_optimizer == OffloadDevice::Cpu;
     let n = u32::try_from(world.max(1)).unwrap_or(u32::MAX);
     let states = inv.states(stage, n, offload);
+    let weights = |bytes: u64| {
+        if stage >= 3 {
+            bytes.div_ceil(n as u64)
+        } else {
+            bytes
+        }
+    };
     MemoryBytes {
-        frozen_weight_bytes: inv.frozen_weight_bytes,
-        trainable_weight_bytes: inv.trainable_weight_bytes,
+        frozen_weight_bytes: weights(inv.frozen_weight_bytes),
+        trainable_weight_bytes: weights(inv.trainable_weight_bytes),
         gradient_bytes: states.gradients,
         optimizer_bytes: states.optimizer,
         offloaded_optimizer_bytes: if offload {
@@ -118,7 +128,8 @@ pub fn measure<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
     let opt = optimizer.state_bytes()?;
     let measured = MemoryBytes {
         frozen_weight_bytes: weights.frozen_weight_bytes,
-        trainable_weight_bytes: params.iter().map(|(_, p)| tensor_bytes(p)).sum(),
+        trainable_weight_bytes: params.iter().map(|(_, p)| tensor_bytes(p)).sum::<u64>()
+            + weights.partitioned_trainable_bytes,
         gradient_bytes: optimizer.gradient_bytes(params).unwrap_or_else(|| {
             params
                 .iter()

@@ -163,6 +163,19 @@ fn zero_gradients(params: &[(String, Tensor)]) {
     }
 }
 
+/// A two-token batch without labels: what a rank runs when a partitioned (lockstep) model needs
+/// a pass from every rank and this one has no data left. It contributes no loss and, in
+/// training, zero gradients.
+fn label_free_batch(pad_id: u32) -> HostBatch {
+    collate(
+        &[&Example {
+            input_ids: vec![pad_id, pad_id],
+            labels: vec![-100, -100],
+        }],
+        pad_id,
+    )
+}
+
 /// The loss of `examples` (mean over label tokens), without gradients and without keeping logits.
 pub fn evaluate<M: TrainModel>(
     model: &mut M,
@@ -179,13 +192,21 @@ pub fn evaluate<M: TrainModel>(
     let mut loss = 0.0;
     let mut tokens = 0u64;
     let (rank, world) = (group.rank(), group.world_size().max(1));
+    let chunks: Vec<&[Example]> = examples.chunks(batch_size.max(1)).collect();
+    // Rank r takes chunks r, r + world, ...; a partitioned model runs as many batches on every
+    // rank (the last round's missing ones as label-free batches, which add nothing).
+    let rounds = chunks.len().div_ceil(world);
+    let lockstep = model.lockstep();
     let result = (|| {
-        for (i, chunk) in examples.chunks(batch_size.max(1)).enumerate() {
-            if i % world != rank {
-                continue;
-            }
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let batch = collate(&refs, pad_id);
+        for round in 0..rounds {
+            let batch = match chunks.get(round * world + rank) {
+                Some(chunk) => {
+                    let refs: Vec<&Example> = chunk.iter().collect();
+                    collate(&refs, pad_id)
+                }
+                None if lockstep => label_free_batch(pad_id),
+                None => continue,
+            };
             let (ids, labels) = to_device(&batch, device);
             loss += model.eval_loss_sum(&ids, &labels)?;
             tokens += batch.label_tokens;
@@ -468,11 +489,18 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         debug_assert_eq!(batches.step, step);
         let local_labels: u64 = batches.micro.iter().map(|b| b.label_tokens).sum();
         let label_tokens = group.sum_scalar(local_labels as f64)?;
-        let device_batches: Vec<(Tensor, Tensor)> = batches
+        let mut device_batches: Vec<(Tensor, Tensor)> = batches
             .micro
             .iter()
             .map(|b| to_device(b, ctx.device))
             .collect();
+        // The epoch's last micro-batch may leave some ranks without rows; a partitioned model
+        // needs the same number of passes on every rank.
+        if model.lockstep() {
+            while (device_batches.len() as u64) < batches.position.micro_batches {
+                device_batches.push(to_device(&label_free_batch(data.pad_id), ctx.device));
+            }
+        }
         let data_secs = t_data.elapsed().as_secs_f64();
 
         let t_compute = Instant::now();
@@ -672,6 +700,8 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
             && state.global_step.is_multiple_of(cfg.save_steps as u64)
             && state.global_step < total_steps;
         if save_now || stopping {
+            // Every rank makes the saved weights whole (ZeRO-3 gathers them) before rank 0 writes.
+            model.gather_weights()?;
             group.barrier()?;
             let staged = if optimizer.partitioned() && !cfg.save_only_model {
                 let dir = staging_dir(&ctx.output_dir, state.global_step);
@@ -701,6 +731,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
             }
             last_saved = Some(state.global_step);
             group.barrier()?;
+            model.release_weights()?;
         }
         if stopping {
             if let Some(b) = &bar {

@@ -1,4 +1,5 @@
-//! ZeRO stages 1 and 2 over lf-dist's process group.
+//! ZeRO stages 1–3 over lf-dist's process group: the optimiser side (stage 3's parameter
+//! partition is [`crate::zero3`]).
 //!
 //! Every trainable parameter is split into `world_size` even element ranges ([`ShardLayout`]:
 //! rank `r` owns `r·s..(r+1)·s` of the flattened tensor, `s = ceil(numel / world_size)`), so each
@@ -16,14 +17,17 @@
 //!   are element-wise, so the update equals the unpartitioned one), and one all-gather writes the
 //!   updated shards back into every rank's full parameters.
 //!
-//! Stage 3 (partitioning the parameters themselves) is not implemented: a `zero_stage: 3` run
-//! partitions optimiser state and gradients as stage 2 does and keeps full weights, with a
-//! warning. Adafactor factors each matrix's second moment by rows and columns, which an element
-//! range cuts through, so it is refused under ZeRO (its state is already ~1/rows of AdamW's).
+//! - **stage 3** ([`crate::zero3`]): the parameters are partitioned too. The gradients reach the
+//!   shards during backward (one reduce-scatter per unit as lf-model releases it), so the step
+//!   reduces nothing more, and nothing is all-gathered after it: the next forward gathers each
+//!   unit from the updated shards, which are these very tensors.
+//!
+//! Adafactor factors each matrix's second moment by rows and columns, which an element range
+//! cuts through, so it is refused under ZeRO (its state is already ~1/rows of AdamW's).
 //!
 //! Checkpoints: each rank writes its own optimiser state as [`ZeroOptimizer::state_file`]
-//! (`optimizer.rank-R-of-N.safetensors`); weights are whole on every rank and written once by rank
-//! 0. A resume with another world size (or from an unpartitioned `optimizer.safetensors`) re-slices
+//! (`optimizer.rank-R-of-N.safetensors`); weights are written once by rank 0 (under stage 3 after
+//! every rank gathered the trainable ones). A resume with another world size (or from an unpartitioned `optimizer.safetensors`) re-slices
 //! the element-wise state; state that cannot be re-sliced (8-bit block constants) restarts with a
 //! warning.
 
@@ -62,7 +66,7 @@ struct Slice {
     param: Tensor,
 }
 
-/// ZeRO stage 1/2 optimiser: lf-optim over this rank's shards plus the collectives around it.
+/// ZeRO stage 1/2/3 optimiser: lf-optim over this rank's shards plus the collectives around it.
 pub struct ZeroOptimizer {
     stage: u8,
     pg: Rc<ProcessGroup>,
@@ -91,11 +95,6 @@ impl ZeroOptimizer {
             return Err(TrainerError::config(format!(
                 "optim: adafactor cannot be partitioned by ZeRO (zero_stage {stage}): it factors each matrix's second moment by whole rows and columns. Use zero_stage: 0 (Adafactor's state is already a small fraction of AdamW's) or optim: adamw_torch / adamw_8bit"
             )));
-        }
-        if stage >= 3 {
-            tracing::warn!(
-                "zero_stage 3: parameter partitioning is not implemented; optimizer state and gradients are partitioned as in stage 2 and every rank keeps the full weights"
-            );
         }
         let (world, rank) = (pg.world_size(), pg.rank());
         let device = pg.device();
@@ -164,6 +163,16 @@ impl ZeroOptimizer {
         Ok(())
     }
 
+    /// This rank's shard of the trainable parameter `name` (sharing storage with the optimiser's
+    /// own), or `None` when this rank owns no element of it.
+    pub fn shard_tensor(&self, name: &str) -> Option<Tensor> {
+        self.slices
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.shard)
+            .map(|i| self.shards[i].shallow_clone())
+    }
+
     /// This rank's shard tensors (what its optimiser state is for).
     pub fn shards(&self) -> &[Tensor] {
         &self.shards
@@ -225,7 +234,15 @@ impl StepOptimizer for ZeroOptimizer {
                 Tensor::zeros([p.numel() as i64], (Kind::Float, self.device))
             }
         };
-        if self.stage == 1 {
+        if self.stage >= 3 {
+            // lf-model's releases already reduce-scattered every micro-batch into the shards; a
+            // shard no backward reached (no unit released with gradients) gets zeros.
+            for t in &self.shards {
+                if !t.grad().defined() {
+                    set_grad(t, Some(&t.zeros_like())).map_err(dist_error)?;
+                }
+            }
+        } else if self.stage == 1 {
             let flat: Vec<Tensor> = params.iter().map(|(_, p)| flat_grad(p)).collect();
             let mut buffer = Tensor::cat(&flat, 0);
             self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
@@ -289,6 +306,13 @@ impl StepOptimizer for ZeroOptimizer {
             .step(&self.shards, lr)
             .map_err(|e| TrainerError::from_library("optimizer step", e))?;
         let _guard = tch::no_grad_guard();
+        if self.stage >= 3 {
+            // The shards are the parameters: the next gather reads them.
+            for t in &self.shards {
+                set_grad(t, None).map_err(dist_error)?;
+            }
+            return Ok(());
+        }
         // Rank r's flat buffer: each parameter's range, padded to `per_rank`.
         let pieces: Vec<Tensor> = self
             .slices
@@ -355,9 +379,8 @@ impl StepOptimizer for ZeroOptimizer {
         })
     }
 
-    /// Stage 3 runs as stage 2 (see the module documentation), and the record says so.
     fn partition(&self) -> (u8, usize) {
-        (self.stage.min(2), self.pg.world_size())
+        (self.stage, self.pg.world_size())
     }
 
     fn load_state_tensors(&mut self, state: Vec<(String, Tensor)>) -> Result<(), TrainerError> {
@@ -379,7 +402,11 @@ impl StepOptimizer for ZeroOptimizer {
     /// Called after the model loaded the checkpoint's weights: the shards take them over, then
     /// the optimiser state is read.
     fn restore_state(&mut self, dir: &Path) -> Result<bool, TrainerError> {
-        self.refresh_shards()?;
+        // Under stage 3 the parameters are released: the partition refreshed the shards when
+        // the model loaded the checkpoint's weights.
+        if self.stage < 3 {
+            self.refresh_shards()?;
+        }
         let own = dir.join(self.state_file());
         if own.exists() {
             let tensors = Tensor::read_safetensors(&own)

@@ -141,7 +141,7 @@ fn partitioned_training_equals_one_process_and_the_planners_memory() {
         run(&config(single.path(), method, ""), 1, &[]);
         let reference = result_tensors(&single.path().join("out"));
         let mut table = Vec::new();
-        for (world, stage) in [(2, 0), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2)] {
+        for (world, stage) in [(2, 0), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (3, 3)] {
             let dir = tempfile::tempdir().unwrap();
             let cfg = config(dir.path(), method, &format!("zero_stage: {stage}\n"));
             run(&cfg, world, &[]);
@@ -171,7 +171,7 @@ fn partitioned_training_equals_one_process_and_the_planners_memory() {
             let planned_weights = p.trainable_weight_bytes + p.frozen_weight_bytes;
             within(weights, planned_weights, &format!("{tag}: weights"), 0.02);
             table.push(format!(
-                "{method:<5} stage {stage} world {world}: max |Δparam| {d:.1e}; rank 0 grads {}/{} B, optimizer {}/{} B (measured/planned)",
+                "{method:<5} stage {stage} world {world}: max |Δparam| {d:.1e}; rank 0 weights {weights}/{planned_weights} B, grads {}/{} B, optimizer {}/{} B (measured/planned)",
                 m.gradient_bytes, p.gradient_bytes, m.optimizer_bytes, p.optimizer_bytes
             ));
         }
@@ -179,13 +179,131 @@ fn partitioned_training_equals_one_process_and_the_planners_memory() {
     }
 }
 
-/// Stage 2 over 2 ranks saves per-rank optimiser shards at step 2; resuming from that checkpoint
-/// with 2 ranks and with 3 ranks (re-sliced state) gives the uninterrupted run's losses for
-/// steps 3–4 and its final adapter.
+/// QLoRA under ZeRO-3: the packed 4-bit base is partitioned as packed storage (codes and block
+/// constants), gathered per layer, and training equals one QLoRA process; rank 0 holds about
+/// 1/world of the weights the planner counts.
+#[test]
+fn qlora_under_zero3_equals_one_process_and_partitions_the_packed_base() {
+    let qlora = "quantization_bit: 4\nquantization_type: nf4\ndouble_quantization: true\n";
+    let single = tempfile::tempdir().unwrap();
+    run(&config(single.path(), "lora", qlora), 1, &[]);
+    let reference = result_tensors(&single.path().join("out"));
+    for world in [2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        run(
+            &config(dir.path(), "lora", &format!("{qlora}zero_stage: 3\n")),
+            world,
+            &[],
+        );
+        let out = dir.path().join("out");
+        let d = max_diff(&reference, &result_tensors(&out));
+        assert!(
+            d < 1e-5,
+            "QLoRA ZeRO-3 world {world}: adapter differs by {d}"
+        );
+        let rec = memory(&out);
+        let (m, p) = (rec[0].measured, rec[0].planned);
+        let tag = format!("QLoRA ZeRO-3 world {world}");
+        within(
+            m.frozen_weight_bytes,
+            p.frozen_weight_bytes,
+            &format!("{tag}: frozen"),
+            0.02,
+        );
+        within(
+            m.trainable_weight_bytes,
+            p.trainable_weight_bytes,
+            &format!("{tag}: adapters"),
+            0.02,
+        );
+        within(
+            m.gradient_bytes,
+            p.gradient_bytes,
+            &format!("{tag}: gradients"),
+            0.02,
+        );
+        within(
+            m.optimizer_bytes,
+            p.optimizer_bytes,
+            &format!("{tag}: optimizer"),
+            0.02,
+        );
+        println!(
+            "QLoRA stage 3 world {world}: max |Δparam| {d:.1e}; rank 0 frozen {}/{} B, adapters {}/{} B (measured/planned)",
+            m.frozen_weight_bytes, p.frozen_weight_bytes, m.trainable_weight_bytes, p.trainable_weight_bytes
+        );
+    }
+}
+
+/// ZeRO-3 needs every rank to run the same passes. With 48 training examples (`val_size` 0.25 of
+/// 64) and a global batch of 14, each epoch's last micro-batch has 6 examples, all on rank 0
+/// (rank 1 runs a label-free batch); the 16 evaluation examples make 3 batches of 6 for 2 ranks.
+/// Training (7 steps, across an epoch boundary) and evaluation still finish and equal one process.
+#[test]
+fn zero3_with_uneven_batches_and_evaluation_equals_one_process() {
+    let extra =
+        "val_size: 0.25\neval_strategy: steps\neval_steps: 3\nper_device_eval_batch_size: 6\n";
+    let single = tempfile::tempdir().unwrap();
+    let cfg = config(single.path(), "lora", extra);
+    let steps = "max_steps=7".to_string();
+    let status = ranks(
+        &cfg,
+        1,
+        &["per_device_train_batch_size=14".into(), steps.clone()],
+        None,
+    );
+    assert!(
+        status[0].status.success(),
+        "{}",
+        String::from_utf8_lossy(&status[0].stderr)
+    );
+    let out1 = single.path().join("out");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "lora", &format!("{extra}zero_stage: 3\n"));
+    let outs = ranks(
+        &cfg,
+        2,
+        &["per_device_train_batch_size=7".into(), steps],
+        None,
+    );
+    for o in &outs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out2 = dir.path().join("out");
+    let d = max_diff(&result_tensors(&out1), &result_tensors(&out2));
+    assert!(d < 1e-5, "adapter differs by {d}");
+    let evals = |out: &Path| -> Vec<f64> {
+        std::fs::read_to_string(out.join("trainer_log.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v.get("eval_loss").and_then(|e| e.as_f64()))
+            .collect()
+    };
+    let (e1, e2) = (evals(&out1), evals(&out2));
+    assert!(!e1.is_empty() && e1.len() == e2.len(), "{e1:?} vs {e2:?}");
+    for (a, b) in e1.iter().zip(&e2) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "eval loss {a} vs {b}"
+        );
+    }
+}
+
+/// Stages 2 and 3 over 2 ranks save per-rank optimiser shards at step 2 (stage 3 gathers the
+/// adapter on every rank first); resuming from that checkpoint with 2 ranks and with 3 ranks
+/// (re-sliced state) gives the uninterrupted run's losses for steps 3–4 and its final adapter.
 #[test]
 fn sharded_checkpoints_resume_with_the_same_and_another_world_size() {
+    for stage in [2, 3] {
+        resume_case(stage);
+    }
+}
+
+fn resume_case(stage: u8) {
     let full = tempfile::tempdir().unwrap();
-    let extra = "zero_stage: 2\nsave_steps: 2\nsave_total_limit: 3\n";
+    let extra = format!("zero_stage: {stage}\nsave_steps: 2\nsave_total_limit: 3\n");
+    let extra = extra.as_str();
     run(&config(full.path(), "lora", extra), 2, &[]);
     let out = full.path().join("out");
     let ckpt = out.join("checkpoint-2");
@@ -205,7 +323,7 @@ fn sharded_checkpoints_resume_with_the_same_and_another_world_size() {
         let d = max_diff(&reference, &result_tensors(&got));
         assert!(
             d < 1e-5,
-            "resumed with {world} ranks: adapter differs by {d}"
+            "stage {stage} resumed with {world} ranks: adapter differs by {d}"
         );
         let tail: Vec<_> = losses(&got).into_iter().filter(|(s, _)| *s > 2).collect();
         let want: Vec<_> = reference_losses.iter().filter(|(s, _)| *s > 2).collect();
@@ -213,7 +331,7 @@ fn sharded_checkpoints_resume_with_the_same_and_another_world_size() {
         for ((s, l), (_, w)) in tail.iter().zip(want) {
             assert!(
                 (l - w).abs() <= 1e-5 * w.abs().max(1.0),
-                "step {s} after resuming with {world} ranks: loss {l} vs {w}"
+                "stage {stage}, step {s} after resuming with {world} ranks: loss {l} vs {w}"
             );
         }
     }

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::llama::{AttentionBackend, Llama};
 use crate::loader::{self, FileSource, MemorySource};
+use crate::residency::AlwaysResident;
 use crate::{options, safetensors_io, LoadOptions, ModelError};
 
 /// What `load` measured.
@@ -227,9 +228,13 @@ impl CausalLm {
 
     /// Logits `[B, S, V]` in fp32 (materialises them all: for tests and small evaluations).
     pub fn forward_logits(&self, input_ids: &Tensor) -> Tensor {
-        let hidden = self
-            .model
-            .hidden(input_ids, None, self.backend, self.training);
+        let Ok(hidden) = self.model.hidden(
+            input_ids,
+            None,
+            self.backend,
+            self.training,
+            &AlwaysResident,
+        );
         self.model.head(&hidden).to_kind(Kind::Float)
     }
 
@@ -262,19 +267,20 @@ impl CausalLm {
     }
 
     /// Every base tensor's Hugging Face name and shape, in checkpoint order (quantised ones too).
+    /// Shapes come from the architecture, so the layout is known while ZeRO-3 has the tensors
+    /// emptied.
     pub(crate) fn base_layout(&self) -> Vec<(String, Vec<i64>)> {
         let m = &self.model;
         let h = self.arch.hidden_size as i64;
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            m.embed_tokens.size(),
-        )];
+        let vocab = self.arch.vocab_size as i64;
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
         for (i, layer) in m.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
             for module in LinearModule::ALL {
                 let l = layer.linear(module);
                 let name = format!("{p}.{}.{}", module.parent(), module.name());
-                let (o, n) = l.shape();
+                let (n, o) = self.arch.linear_shape(module);
+                let (o, n) = (o as i64, n as i64);
                 out.push((format!("{name}.weight"), vec![o, n]));
                 if l.bias.is_some() {
                     out.push((format!("{name}.bias"), vec![o]));
@@ -284,8 +290,8 @@ impl CausalLm {
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
         }
         out.push(("model.norm.weight".to_string(), vec![h]));
-        if let Some(w) = &m.lm_head {
-            out.push(("lm_head.weight".to_string(), w.size()));
+        if m.lm_head.is_some() {
+            out.push(("lm_head.weight".to_string(), vec![vocab, h]));
         }
         out
     }

@@ -55,6 +55,12 @@ pub enum ModelError {
     Quantization { name: String, message: String },
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// Gathering or releasing a partitioned unit failed (a collective of the process group).
+    #[error("{unit}: {source}")]
+    Residency {
+        unit: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("libtorch error while {context}: {source}")]
     Torch {
         context: String,
@@ -63,6 +69,17 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// Wraps a [`crate::Residency`] error with the unit it was about.
+    pub(crate) fn residency<E: std::error::Error + Send + Sync + 'static>(
+        unit: crate::Unit,
+        what: &'static str,
+    ) -> impl FnOnce(E) -> ModelError {
+        move |e| ModelError::Residency {
+            unit: format!("{what} {unit}"),
+            source: Box::new(e),
+        }
+    }
+
     /// Wraps a libtorch error with what we were doing.
     pub(crate) fn torch(context: impl Into<String>) -> impl FnOnce(tch::TchError) -> ModelError {
         let context = context.into();

@@ -5,6 +5,7 @@ use tch::{Kind, Tensor};
 
 use crate::causal_lm::CausalLm;
 use crate::llama::KvCache;
+use crate::residency::AlwaysResident;
 use crate::{GenerationParams, ModelError};
 
 /// A small deterministic generator (splitmix64) so sampling is reproducible across devices.
@@ -65,9 +66,13 @@ impl CausalLm {
         let mut out = Vec::new();
         let mut input = Tensor::from_slice(prompt).to_device(device).unsqueeze(0);
         for _ in 0..params.max_new_tokens {
-            let hidden = self
-                .model
-                .hidden(&input, Some(&mut cache), self.backend, false);
+            let Ok(hidden) = self.model.hidden(
+                &input,
+                Some(&mut cache),
+                self.backend,
+                false,
+                &AlwaysResident,
+            );
             let last = hidden.select(1, -1);
             let logits = self
                 .model

@@ -24,6 +24,7 @@ mod method;
 mod options;
 mod peft;
 mod quant;
+mod residency;
 pub mod safetensors_io;
 mod training;
 
@@ -32,6 +33,7 @@ pub use error::ModelError;
 pub use method::peft_prefix;
 pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
 pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+pub use residency::{AlwaysResident, Residency, Unit};
 pub use training::IGNORE_INDEX;
 
 #[cfg(test)]

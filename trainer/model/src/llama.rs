@@ -15,6 +15,7 @@ use lf_api::training::LinearModule;
 use tch::{Device, Kind, Tensor};
 
 use crate::linear::Linear;
+use crate::residency::{Residency, Unit};
 
 /// How attention is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,26 +289,36 @@ impl Llama {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    /// Final hidden states after the last norm, `[B, S, H]`, optionally extending `cache`.
-    pub fn hidden(
+    /// Final hidden states after the last norm, `[B, S, H]`, optionally extending `cache`. Each
+    /// unit is gathered through `residency` just before it runs and released right after (no
+    /// gradients are kept for a partitioned model: call it under `tch::no_grad` then).
+    pub fn hidden<R: Residency + ?Sized>(
         &self,
         input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         backend: AttentionBackend,
         train: bool,
-    ) -> Tensor {
+        residency: &R,
+    ) -> Result<Tensor, R::Error> {
         let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let s = input_ids.size()[1];
+        residency.gather(Unit::Embedding)?;
         let mut x = self.embed(input_ids);
+        residency.release(Unit::Embedding, false)?;
         let (cos, sin) = self.rope(start, s, x.kind(), x.device());
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.layers.len(), || None);
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            residency.gather(Unit::Layer(i))?;
             x = layer.forward(&x, &cos, &sin, slot, backend, train);
+            residency.release(Unit::Layer(i), false)?;
         }
-        self.norm.forward(&x)
+        residency.gather(Unit::Head)?;
+        let out = self.norm.forward(&x);
+        residency.release(Unit::Head, false)?;
+        Ok(out)
     }
 
     /// cos/sin tables for positions `start..start+len`.

@@ -20,6 +20,7 @@
 use tch::{Kind, Reduction, Tensor};
 
 use crate::causal_lm::CausalLm;
+use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::ModelError;
 
 /// Label value that is not trained on.
@@ -80,14 +81,27 @@ impl CausalLm {
     /// `loss_chunk_size` tokens. Differentiable, but meant for evaluation: call it under
     /// `tch::no_grad` so no chunk's logits are kept. Divide by the label-token count yourself.
     pub fn loss_sum(&self, input_ids: &Tensor, labels: &Tensor) -> Tensor {
+        let Ok(total) = self.loss_sum_with(input_ids, labels, &AlwaysResident);
+        total
+    }
+
+    /// [`CausalLm::loss_sum`] with each unit gathered through `residency` (a partitioned model;
+    /// call it under `tch::no_grad`).
+    pub fn loss_sum_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        residency: &R,
+    ) -> Result<Tensor, R::Error> {
         let hidden = self
             .model
-            .hidden(input_ids, None, self.backend, self.training);
+            .hidden(input_ids, None, self.backend, self.training, residency)?;
         let (h, t) = Self::labelled(&hidden, labels);
         let n = t.size()[0];
         let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
         let chunk = self.chunk_len(n);
         let mut start = 0;
+        residency.gather(Unit::Head)?;
         while start < n {
             let len = chunk.min(n - start);
             let logits = self
@@ -103,7 +117,8 @@ impl CausalLm {
             );
             start += len;
         }
-        total
+        residency.release(Unit::Head, false)?;
+        Ok(total)
     }
 
     /// Forward and backward of one micro-batch: accumulates `loss_scale ×` the gradient of the
@@ -121,7 +136,39 @@ impl CausalLm {
         labels: &Tensor,
         loss_scale: f64,
     ) -> Result<f64, ModelError> {
+        self.loss_sum_and_backward_with(input_ids, labels, loss_scale, &AlwaysResident)
+    }
+
+    /// [`CausalLm::loss_sum_and_backward`] with each unit gathered through `residency` before it
+    /// runs (forward, and again for its recomputation in backward) and released right after;
+    /// a unit's release after its backward says its gradients are ready. A partitioned model
+    /// needs layer recomputation ([`CausalLm::force_layer_recomputation`]).
+    pub fn loss_sum_and_backward_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss_scale: f64,
+        residency: &R,
+    ) -> Result<f64, ModelError> {
         self.check_batch(input_ids, labels)?;
+        let recompute = self.recomputes_layers();
+        let lockstep = residency.lockstep();
+        if lockstep && !recompute {
+            return Err(ModelError::Invalid(
+                "a partitioned model trains with layer recomputation (gradient_checkpointing)"
+                    .into(),
+            ));
+        }
+        let gather = |u: Unit| {
+            residency
+                .gather(u)
+                .map_err(ModelError::residency(u, "gathering"))
+        };
+        let release = |u: Unit, ready: bool| {
+            residency
+                .release(u, ready)
+                .map_err(ModelError::residency(u, "releasing"))
+        };
         let step = self
             .micro_step
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -139,16 +186,23 @@ impl CausalLm {
             self.first_trainable_layer()
         };
         let s = input_ids.size()[1];
-        let x0 = self.model.embed(input_ids);
+        gather(Unit::Embedding)?;
+        // With recomputation the embedding's graph is not kept: backward recomputes it.
+        let x0 = if recompute {
+            tch::no_grad(|| self.model.embed(input_ids))
+        } else {
+            self.model.embed(input_ids)
+        };
+        release(Unit::Embedding, false)?;
         let (cos, sin) = self.model.rope(0, s, x0.kind(), x0.device());
         let layers = &self.model.layers;
 
         // Forward through the layers; with recomputation keep only each layer's input.
-        let recompute = self.recomputes_layers();
         let mut inputs: Vec<Tensor> = Vec::new();
         let mut x = x0.shallow_clone();
         for (i, layer) in layers.iter().enumerate() {
             seed_layer(i);
+            gather(Unit::Layer(i))?;
             if recompute || i < first_trainable {
                 let _guard = tch::no_grad_guard();
                 inputs.push(x.detach());
@@ -156,6 +210,7 @@ impl CausalLm {
             } else {
                 x = layer.forward(&x, &cos, &sin, None, self.backend, self.training);
             }
+            release(Unit::Layer(i), false)?;
         }
         // With recomputation the graph starts at the last layer's output (a fresh leaf).
         let x_top = if recompute {
@@ -163,6 +218,7 @@ impl CausalLm {
         } else {
             x
         };
+        gather(Unit::Head)?;
         let hidden = self.model.norm.forward(&x_top);
 
         // Chunked head + loss, each chunk backpropagated at once into a detached copy of the
@@ -173,7 +229,8 @@ impl CausalLm {
         let targets = labels.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
         let idx = targets.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
         let n = idx.size()[0];
-        if n == 0 {
+        if n == 0 && !lockstep {
+            release(Unit::Head, false)?;
             return Ok(0.0);
         }
         let targets = targets.index_select(0, &idx);
@@ -202,14 +259,22 @@ impl CausalLm {
             start += len;
         }
         let loss_sum = total.double_value(&[]);
-        let grad = flat_leaf.grad();
+        // A partitioned model without labels here still runs backward, with zero gradients:
+        // the other processes gather the same units in the same order.
+        let grad = if n == 0 {
+            flat_leaf.zeros_like()
+        } else {
+            flat_leaf.grad()
+        };
         if !flat.requires_grad() || !grad.defined() {
+            release(Unit::Head, true)?;
             return Ok(loss_sum);
         }
         (&flat * &grad)
             .sum(Kind::Float)
             .f_backward()
             .map_err(ModelError::torch("backpropagating through the final norm"))?;
+        release(Unit::Head, true)?;
         if !recompute {
             return Ok(loss_sum);
         }
@@ -223,6 +288,7 @@ impl CausalLm {
             let needs_input_grad = i > first_trainable || embed_trains;
             let input = inputs[i].detach().set_requires_grad(needs_input_grad);
             seed_layer(i);
+            gather(Unit::Layer(i))?;
             let out = layers[i].forward(&input, &cos, &sin, None, self.backend, self.training);
             if out.requires_grad() {
                 (&out * &grad)
@@ -232,17 +298,22 @@ impl CausalLm {
                         "backpropagating through layer {i}"
                     )))?;
             }
+            drop(out);
+            release(Unit::Layer(i), true)?;
             if !needs_input_grad {
                 break;
             }
             grad = input.grad();
         }
         if embed_trains && grad.defined() {
+            gather(Unit::Embedding)?;
             let e = self.model.embed(input_ids);
             (&e * &grad)
                 .sum(Kind::Float)
                 .f_backward()
                 .map_err(ModelError::torch("backpropagating into the embeddings"))?;
+            drop(e);
+            release(Unit::Embedding, true)?;
         }
         Ok(loss_sum)
     }

@@ -212,6 +212,27 @@ impl QuantizedWeight {
         }
     }
 
+    /// Every tensor this weight holds, by a short role name, sharing storage with the weight
+    /// (ZeRO-3 partitions them as flat element ranges and restores them in place).
+    pub fn storage_tensors(&self) -> Vec<(&'static str, Tensor)> {
+        let names: &[&'static str] = match &self.scheme {
+            Scheme::FourBit {
+                absmax: Absmax::Plain(_),
+                ..
+            } => &["packed", "absmax"],
+            Scheme::FourBit {
+                absmax: Absmax::Double { .. },
+                ..
+            } => &["packed", "absmax_codes", "nested_absmax"],
+            Scheme::Int8 { .. } => &["q", "absmax"],
+        };
+        names
+            .iter()
+            .zip(self.tensors())
+            .map(|(n, t)| (*n, t.shallow_clone()))
+            .collect()
+    }
+
     /// Bytes actually held by this weight: the sum over its tensors of `numel × element size`
     /// (plus 4 for the double-quantisation offset). The shared constant tables are not included.
     pub fn storage_bytes(&self) -> u64 {

@@ -1,0 +1,408 @@
+//! ZeRO stage 3: the parameters themselves partitioned across the ranks.
+//!
+//! Every tensor of the model — dense base weights, quantised base storage (packed 4-bit codes and
+//! their block constants, kept packed), LoRA/DoRA adapters, norms, embedding and head — is split
+//! into the same even element ranges as [`crate::zero`] uses ([`ShardLayout`]); rank `r` keeps
+//! only its range. The model's own tensors are emptied (`Tensor::set_data` with an empty tensor),
+//! so between uses a rank holds `1/world_size` of every weight.
+//!
+//! lf-model brackets each use of a [`Unit`] (embedding, decoder layer, head) with
+//! [`Residency::gather`] / [`Residency::release`]: gathering is one all-gather per dtype of the
+//! unit's shards, written back into the model's tensors in place; releasing empties them again.
+//! Releasing a unit after its backward (`gradients_ready`) reduce-scatters its trainable tensors'
+//! gradients in one collective, adds this rank's part to the shard's `.grad` (micro-batches
+//! accumulate there) and frees the full gradients.
+//!
+//! The trainable shards are the [`crate::zero::ZeroOptimizer`]'s own tensors (shared storage), so
+//! the optimiser updates exactly what the next gather reads. Frozen shards are held here.
+//!
+//! Saving gathers the trainable tensors on every rank first ([`ParameterPartition::gather_all`]);
+//! after training the model is made whole again ([`ParameterPartition::unpartition`]) for the
+//! final export and generation, which run on rank 0 alone.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::rc::Rc;
+
+use lf_dist::{set_grad, ProcessGroup, ShardLayout};
+use lf_model::{CausalLm, Residency, Unit};
+use tch::{Device, Kind, Tensor};
+
+use crate::data_parallel::dist_error;
+use crate::error::TrainerError;
+
+/// One tensor of the model and this rank's range of it.
+struct Entry {
+    name: String,
+    /// The model's tensor (same TensorImpl: `set_data` on it changes the model).
+    tensor: Tensor,
+    shape: Vec<i64>,
+    kind: Kind,
+    numel: usize,
+    /// Elements per rank, `ceil(numel / world)`.
+    per_rank: usize,
+    owned: Range<usize>,
+    /// This rank's elements (1-D, `owned.len()` long, `kind`).
+    shard: Tensor,
+    trainable: bool,
+    /// Whether `tensor` holds its full values now.
+    resident: Cell<bool>,
+}
+
+/// The parameter partition of one model over a process group (see the module docs).
+pub struct ParameterPartition {
+    pg: Rc<ProcessGroup>,
+    device: Device,
+    entries: Vec<Entry>,
+    /// The entries of each unit (a tied embedding is in two units).
+    units: BTreeMap<Unit, Vec<usize>>,
+    /// False after [`ParameterPartition::unpartition`]: every tensor whole, gathers no-ops.
+    active: Cell<bool>,
+}
+
+fn torch(context: &str, e: tch::TchError) -> TrainerError {
+    TrainerError::from_library(context, e)
+}
+
+impl ParameterPartition {
+    /// Partitions every tensor of `lm` over `pg`. `trainable_shard(name)` gives the optimiser's
+    /// shard of a trainable tensor (`None` when this rank owns none of it). The model's tensors
+    /// are released at the end: from here on, units are whole only between gather and release.
+    pub fn new(
+        pg: Rc<ProcessGroup>,
+        lm: &CausalLm,
+        trainable_shard: impl Fn(&str) -> Option<Tensor>,
+    ) -> Result<Self, TrainerError> {
+        let (world, rank) = (pg.world_size(), pg.rank());
+        let device = pg.device();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut units = BTreeMap::new();
+        let _guard = tch::no_grad_guard();
+        for unit in lm.units() {
+            let mut idx = Vec::new();
+            for (name, tensor) in lm.unit_tensors(unit) {
+                if let Some(&i) = by_name.get(&name) {
+                    idx.push(i);
+                    continue;
+                }
+                let numel = tensor.numel();
+                let layout = ShardLayout::new(numel, world).map_err(dist_error)?;
+                let owned = layout.owned(rank);
+                let kind = tensor.kind();
+                let trainable = tensor.requires_grad();
+                let shard = if trainable {
+                    trainable_shard(&name).unwrap_or_else(|| Tensor::empty([0], (kind, device)))
+                } else {
+                    tensor
+                        .detach()
+                        .reshape([-1])
+                        .narrow(0, owned.start as i64, owned.len() as i64)
+                        .copy()
+                };
+                if shard.numel() != owned.len() {
+                    return Err(TrainerError::runtime(format!(
+                        "ZeRO-3: the shard of `{name}` has {} elements, expected {}",
+                        shard.numel(),
+                        owned.len()
+                    )));
+                }
+                by_name.insert(name.clone(), entries.len());
+                idx.push(entries.len());
+                entries.push(Entry {
+                    name,
+                    shape: tensor.size(),
+                    tensor,
+                    kind,
+                    numel,
+                    per_rank: layout.shard_len,
+                    owned,
+                    shard,
+                    trainable,
+                    resident: Cell::new(true),
+                });
+            }
+            units.insert(unit, idx);
+        }
+        let part = ParameterPartition {
+            pg,
+            device,
+            entries,
+            units,
+            active: Cell::new(true),
+        };
+        part.release_all()?;
+        tracing::info!(
+            tensors = part.entries.len(),
+            units = part.units.len(),
+            frozen_shard_bytes = part.frozen_shard_bytes(),
+            trainable_shard_bytes = part.trainable_shard_bytes(),
+            "ZeRO-3: parameters partitioned"
+        );
+        Ok(part)
+    }
+
+    fn bytes(t: &Tensor) -> u64 {
+        (t.numel() * t.kind().elt_size_in_bytes()) as u64
+    }
+
+    /// Bytes of the frozen shards this rank holds.
+    pub fn frozen_shard_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| !e.trainable)
+            .map(|e| Self::bytes(&e.shard))
+            .sum()
+    }
+
+    /// Bytes of the trainable shards this rank holds (the optimiser's tensors).
+    pub fn trainable_shard_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .filter(|e| e.trainable)
+            .map(|e| Self::bytes(&e.shard))
+            .sum()
+    }
+
+    /// Whether the parameters are partitioned now.
+    pub fn is_active(&self) -> bool {
+        self.active.get()
+    }
+
+    /// Makes `idx` whole: one all-gather per dtype of the shards, written into the tensors.
+    fn gather_entries(&self, idx: &[usize]) -> Result<(), TrainerError> {
+        let _guard = tch::no_grad_guard();
+        let todo: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| !self.entries[i].resident.get())
+            .collect();
+        let mut kinds: Vec<Kind> = Vec::new();
+        for &i in &todo {
+            if !kinds.contains(&self.entries[i].kind) {
+                kinds.push(self.entries[i].kind);
+            }
+        }
+        for kind in kinds {
+            let group: Vec<&Entry> = todo
+                .iter()
+                .map(|&i| &self.entries[i])
+                .filter(|e| e.kind == kind)
+                .collect();
+            let width: usize = group.iter().map(|e| e.per_rank).sum();
+            let pieces: Vec<Tensor> = group
+                .iter()
+                .map(|e| {
+                    let pad = e.per_rank - e.owned.len();
+                    if pad == 0 {
+                        e.shard.detach()
+                    } else {
+                        Tensor::cat(
+                            &[
+                                e.shard.detach(),
+                                Tensor::zeros([pad as i64], (kind, self.device)),
+                            ],
+                            0,
+                        )
+                    }
+                })
+                .collect();
+            let input = Tensor::cat(&pieces, 0);
+            drop(pieces);
+            let world = self.pg.world_size() as i64;
+            let mut gathered = Tensor::empty([world * width as i64], (kind, self.device));
+            self.pg
+                .all_gather(&input, &mut gathered)
+                .map_err(dist_error)?;
+            let gathered = gathered.view([world, width as i64]);
+            let mut offset = 0i64;
+            for e in group {
+                let full = gathered
+                    .narrow(1, offset, e.per_rank as i64)
+                    .reshape([-1])
+                    .narrow(0, 0, e.numel as i64)
+                    .reshape(e.shape.as_slice())
+                    .contiguous();
+                let mut t = e.tensor.shallow_clone();
+                t.f_set_data(&full)
+                    .map_err(|err| torch(&format!("ZeRO-3: restoring `{}`", e.name), err))?;
+                e.resident.set(true);
+                offset += e.per_rank as i64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reduce-scatters the gradients of the trainable entries of `idx` (zeros where a tensor has
+    /// none) and adds this rank's part to the shards' `.grad`; frees the full gradients.
+    fn reduce_gradients(&self, idx: &[usize]) -> Result<(), TrainerError> {
+        let _guard = tch::no_grad_guard();
+        let trainable: Vec<&Entry> = idx
+            .iter()
+            .map(|&i| &self.entries[i])
+            .filter(|e| e.trainable)
+            .collect();
+        if trainable.is_empty() {
+            return Ok(());
+        }
+        let world = self.pg.world_size() as i64;
+        let width: usize = trainable.iter().map(|e| e.per_rank).sum();
+        let rows: Vec<Tensor> = trainable
+            .iter()
+            .map(|e| {
+                let g = e.tensor.grad();
+                let flat = if g.defined() {
+                    g.to_kind(Kind::Float).reshape([-1])
+                } else {
+                    Tensor::zeros([e.numel as i64], (Kind::Float, self.device))
+                };
+                let pad = world as usize * e.per_rank - e.numel;
+                let padded = if pad == 0 {
+                    flat
+                } else {
+                    Tensor::cat(
+                        &[
+                            flat,
+                            Tensor::zeros([pad as i64], (Kind::Float, self.device)),
+                        ],
+                        0,
+                    )
+                };
+                padded.view([world, e.per_rank as i64])
+            })
+            .collect();
+        let input = Tensor::cat(&rows, 1).reshape([-1]);
+        drop(rows);
+        let mut mine = Tensor::zeros([width as i64], (Kind::Float, self.device));
+        self.pg
+            .reduce_scatter_sum(&input, &mut mine)
+            .map_err(dist_error)?;
+        drop(input);
+        let mut offset = 0i64;
+        for e in trainable {
+            set_grad(&e.tensor, None).map_err(dist_error)?;
+            if !e.owned.is_empty() {
+                let part = mine
+                    .narrow(0, offset, e.owned.len() as i64)
+                    .to_kind(e.shard.kind());
+                let mut g = e.shard.grad();
+                if g.defined() {
+                    g.f_add_(&part)
+                        .map(drop)
+                        .map_err(|err| torch("ZeRO-3: accumulating a gradient shard", err))?;
+                } else {
+                    set_grad(&e.shard, Some(&part.copy())).map_err(dist_error)?;
+                }
+            }
+            offset += e.per_rank as i64;
+        }
+        Ok(())
+    }
+
+    fn release_entries(&self, idx: &[usize]) -> Result<(), TrainerError> {
+        for &i in idx {
+            let e = &self.entries[i];
+            if !e.resident.get() {
+                continue;
+            }
+            let mut t = e.tensor.shallow_clone();
+            t.f_set_data(&Tensor::empty([0], (e.kind, self.device)))
+                .map_err(|err| torch(&format!("ZeRO-3: releasing `{}`", e.name), err))?;
+            e.resident.set(false);
+        }
+        Ok(())
+    }
+
+    fn all_indices(&self, trainable_only: bool) -> Vec<usize> {
+        (0..self.entries.len())
+            .filter(|&i| !trainable_only || self.entries[i].trainable)
+            .collect()
+    }
+
+    /// Makes every tensor (or every trainable one) whole on every rank: before saving or loading
+    /// weights. All ranks must call it. No-op when not partitioned.
+    pub fn gather_all(&self, trainable_only: bool) -> Result<(), TrainerError> {
+        if !self.active.get() {
+            return Ok(());
+        }
+        self.gather_entries(&self.all_indices(trainable_only))
+    }
+
+    /// Empties every gathered tensor again (after [`ParameterPartition::gather_all`]).
+    pub fn release_all(&self) -> Result<(), TrainerError> {
+        if !self.active.get() {
+            return Ok(());
+        }
+        self.release_entries(&self.all_indices(false))
+    }
+
+    /// Copies the trainable tensors' ranges into their shards: after weights were loaded into
+    /// the gathered tensors (resume), so the optimiser's shards hold them.
+    pub fn refresh_trainable_shards(&self) -> Result<(), TrainerError> {
+        let _guard = tch::no_grad_guard();
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.trainable && e.resident.get())
+        {
+            if e.owned.is_empty() {
+                continue;
+            }
+            let mut shard = e.shard.shallow_clone();
+            shard
+                .f_copy_(&e.tensor.detach().reshape([-1]).narrow(
+                    0,
+                    e.owned.start as i64,
+                    e.owned.len() as i64,
+                ))
+                .map_err(|err| torch("ZeRO-3: refreshing a parameter shard", err))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the model whole for good (every rank must call it): after training, so the final
+    /// save, evaluation and generation run on ordinary tensors. Frozen shards are dropped.
+    pub fn unpartition(&mut self) -> Result<(), TrainerError> {
+        if !self.active.get() {
+            return Ok(());
+        }
+        self.gather_all(false)?;
+        self.active.set(false);
+        for e in self.entries.iter_mut().filter(|e| !e.trainable) {
+            e.shard = Tensor::empty([0], (e.kind, self.device));
+        }
+        Ok(())
+    }
+}
+
+impl Residency for ParameterPartition {
+    type Error = TrainerError;
+
+    fn gather(&self, unit: Unit) -> Result<(), TrainerError> {
+        if !self.active.get() {
+            return Ok(());
+        }
+        match self.units.get(&unit) {
+            Some(idx) => self.gather_entries(idx),
+            None => Ok(()),
+        }
+    }
+
+    fn release(&self, unit: Unit, gradients_ready: bool) -> Result<(), TrainerError> {
+        if !self.active.get() {
+            return Ok(());
+        }
+        let Some(idx) = self.units.get(&unit) else {
+            return Ok(());
+        };
+        if gradients_ready {
+            self.reduce_gradients(idx)?;
+        }
+        self.release_entries(idx)
+    }
+
+    fn lockstep(&self) -> bool {
+        self.active.get()
+    }
+}
