@@ -2,15 +2,45 @@
 //! the full trainable parameters and optimiser state; gradients are summed after each step's
 //! micro-batches).
 
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::Duration;
 
 use lf_api::runtime::FailureReason;
 use lf_dist::{DistError, ProcessGroup, RendezvousOptions};
+use lf_planner::calib::GRADIENT_BUCKET_ELEMENTS;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::TrainerError;
 use crate::interfaces::DataParallel;
+
+/// Elements per gradient bucket: [`GRADIENT_BUCKET_ELEMENTS`] (what the planner assumes), or
+/// `LF_BUCKET_ELEMENTS` when set to a positive number.
+pub fn bucket_elements() -> usize {
+    std::env::var(lf_api::runtime::env::BUCKET_ELEMENTS)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(GRADIENT_BUCKET_ELEMENTS as usize)
+}
+
+/// Consecutive index ranges of `numels` whose sums stay within `limit` elements (a tensor larger
+/// than `limit` is a bucket of its own): the gradient buckets of one reduction.
+pub fn buckets(numels: &[usize], limit: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0usize);
+    for (i, &n) in numels.iter().enumerate() {
+        if i > start && size + n > limit {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < numels.len() {
+        out.push(start..numels.len());
+    }
+    out
+}
 
 /// Maps an lf-dist error onto the trainer's classes (lf-dist knows which are configuration
 /// mistakes and which are communication failures).
@@ -76,8 +106,10 @@ impl DataParallel for DistGroup {
             .map_err(|e| TrainerError::runtime(e.to_string()))
     }
 
-    /// One flat fp32 buffer per step: every gradient is copied in, summed over ranks in a single
-    /// all-reduce, and copied back (fewer, larger collectives than one per tensor).
+    /// Gradients are summed in buckets of at most [`bucket_elements`] consecutive elements (the
+    /// planner's bucket): each bucket's gradients are copied into one flat fp32
+    /// buffer, summed over ranks in one all-reduce, and copied back. Fewer, larger collectives
+    /// than one per tensor, and never a second fp32 copy of every gradient at once.
     fn sum_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {
         // A parameter without a gradient on this rank (no label in its micro-batches) still takes
         // part: backpropagating zero through it defines a zero `.grad`.
@@ -88,28 +120,45 @@ impl DataParallel for DistGroup {
         }
         let _guard = tch::no_grad_guard();
         let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
-        let flat: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.to_kind(Kind::Float).reshape([-1]))
-            .collect();
-        let mut buffer = Tensor::cat(&flat, 0);
-        self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
-        let mut offset = 0;
-        for g in &grads {
-            let n = g.numel() as i64;
-            let mut g = g.shallow_clone();
-            g.copy_(
-                &buffer
-                    .narrow(0, offset, n)
-                    .reshape(g.size())
-                    .to_kind(g.kind()),
-            );
-            offset += n;
+        let numels: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
+        for range in buckets(&numels, bucket_elements()) {
+            let flat: Vec<Tensor> = grads[range.clone()]
+                .iter()
+                .map(|g| g.to_kind(Kind::Float).reshape([-1]))
+                .collect();
+            let mut buffer = Tensor::cat(&flat, 0);
+            drop(flat);
+            self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
+            let mut offset = 0;
+            for g in &grads[range] {
+                let n = g.numel() as i64;
+                let mut g = g.shallow_clone();
+                g.copy_(
+                    &buffer
+                        .narrow(0, offset, n)
+                        .reshape(g.size())
+                        .to_kind(g.kind()),
+                );
+                offset += n;
+            }
         }
         Ok(())
     }
 
     fn barrier(&self) -> Result<(), TrainerError> {
         self.pg.barrier().map_err(dist_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::buckets;
+
+    #[test]
+    fn buckets_split_at_the_limit_and_keep_large_tensors_alone() {
+        assert_eq!(buckets(&[3, 3, 3, 3], 6), vec![0..2, 2..4]);
+        assert_eq!(buckets(&[2, 10, 2], 6), vec![0..1, 1..2, 2..3]);
+        assert_eq!(buckets(&[1, 1, 1], 100), vec![0..3]);
+        assert!(buckets(&[], 5).is_empty());
     }
 }

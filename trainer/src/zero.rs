@@ -9,13 +9,17 @@
 //! One step:
 //! - **stage 1**: the gradients are all-reduced (as in plain data parallelism); each rank copies
 //!   its range of every gradient into its shard's `.grad`.
-//! - **stage 2**: one reduce-scatter over a flat buffer laid out rank-major leaves each rank only
-//!   the sum of its ranges; the full gradients are freed right after (the next backward allocates
+//! - **stage 2**: a reduce-scatter per bucket of consecutive parameters (flat, laid out rank-major)
+//!   leaves each rank only the sum of its ranges; the full gradients are freed right after (the next backward allocates
 //!   them afresh), so between steps a rank holds `1/world_size` of the gradients.
 //! - the global gradient norm is the square root of the all-reduced sum of every rank's shard
 //!   norms², clipping scales the shards, lf-optim updates the shards (AdamW, SGD and 8-bit AdamW
-//!   are element-wise, so the update equals the unpartitioned one), and one all-gather writes the
-//!   updated shards back into every rank's full parameters.
+//!   are element-wise, so the update equals the unpartitioned one), and an all-gather per bucket
+//!   writes the updated shards back into every rank's full parameters.
+//!
+//! Collectives run per bucket of at most the planner's gradient bucket
+//! ([`bucket_elements`] padded elements), so no fp32 copy of every
+//! gradient or parameter exists at once.
 //!
 //! - **stage 3** ([`crate::zero3`]): the parameters are partitioned too. The gradients reach the
 //!   shards during backward (one reduce-scatter per unit as lf-model releases it), so the step
@@ -40,7 +44,7 @@ use lf_api::training::{Optim, TrainingConfig};
 use lf_dist::{set_grad, ProcessGroup, ShardLayout};
 use tch::{Device, Kind, Tensor};
 
-use crate::data_parallel::dist_error;
+use crate::data_parallel::{bucket_elements, buckets, dist_error};
 use crate::error::TrainerError;
 use crate::interfaces::{DataParallel, StepOptimizer};
 use crate::memory_report::OptimizerBytes;
@@ -72,10 +76,10 @@ pub struct ZeroOptimizer {
     pg: Rc<ProcessGroup>,
     device: Device,
     slices: Vec<Slice>,
-    /// Sum of `per_rank` over all parameters: one rank's flat shard length.
-    shard_len: usize,
     /// This rank's shards (1-D leaf tensors in the parameters' dtype), in parameter order.
     shards: Vec<Tensor>,
+    /// Elements per bucket of the reductions and gathers.
+    bucket: usize,
     inner: Box<dyn lf_optim::Optimizer>,
 }
 
@@ -138,8 +142,8 @@ impl ZeroOptimizer {
             pg,
             device,
             slices,
-            shard_len: offset,
             shards,
+            bucket: bucket_elements(),
             inner,
         })
     }
@@ -210,6 +214,14 @@ impl ZeroOptimizer {
         Ok(())
     }
 
+    /// Buckets of consecutive parameters whose padded (`world × per_rank`) sizes stay within the
+    /// planner's gradient bucket.
+    fn buckets(&self) -> Vec<Range<usize>> {
+        let world = self.pg.world_size();
+        let widths: Vec<usize> = self.slices.iter().map(|s| s.per_rank * world).collect();
+        buckets(&widths, self.bucket)
+    }
+
     fn shard_grads(&self) -> Vec<Tensor> {
         self.shards
             .iter()
@@ -243,39 +255,56 @@ impl StepOptimizer for ZeroOptimizer {
                 }
             }
         } else if self.stage == 1 {
-            let flat: Vec<Tensor> = params.iter().map(|(_, p)| flat_grad(p)).collect();
-            let mut buffer = Tensor::cat(&flat, 0);
-            self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
-            let mut start = 0i64;
-            for (s, (_, p)) in self.slices.iter().zip(params) {
-                let g = buffer.narrow(0, start, s.numel as i64);
-                // Stage 1 keeps full gradients: write the sum back so `.grad` stays meaningful.
-                let mut grad = p.grad();
-                if grad.defined() {
-                    grad.copy_(&g.view(p.size().as_slice()));
+            // All-reduce in buckets of consecutive parameters (the planner's bucket size).
+            let numels: Vec<usize> = self.slices.iter().map(|s| s.numel).collect();
+            for range in buckets(&numels, self.bucket) {
+                let flat: Vec<Tensor> = params[range.clone()]
+                    .iter()
+                    .map(|(_, p)| flat_grad(p))
+                    .collect();
+                let mut buffer = Tensor::cat(&flat, 0);
+                drop(flat);
+                self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
+                let mut start = 0i64;
+                for (s, (_, p)) in self.slices[range.clone()].iter().zip(&params[range]) {
+                    let g = buffer.narrow(0, start, s.numel as i64);
+                    // Stage 1 keeps full gradients: write the sum back so `.grad` stays meaningful.
+                    let mut grad = p.grad();
+                    if grad.defined() {
+                        grad.copy_(&g.view(p.size().as_slice()));
+                    }
+                    self.assign_shard_grad(
+                        s,
+                        &g.narrow(0, s.owned.start as i64, s.owned.len() as i64),
+                    )?;
+                    start += s.numel as i64;
                 }
-                self.assign_shard_grad(
-                    s,
-                    &g.narrow(0, s.owned.start as i64, s.owned.len() as i64),
-                )?;
-                start += s.numel as i64;
             }
         } else {
-            let rows: Vec<Tensor> = self
-                .slices
-                .iter()
-                .zip(params)
-                .map(|(s, (_, p))| self.rank_rows(&flat_grad(p), s))
-                .collect();
-            let input = Tensor::cat(&rows, 1).reshape([-1]);
-            let mut mine = Tensor::zeros([self.shard_len as i64], (Kind::Float, self.device));
-            self.pg
-                .reduce_scatter_sum(&input, &mut mine)
-                .map_err(dist_error)?;
-            drop(input);
-            for (s, (_, p)) in self.slices.iter().zip(params) {
-                set_grad(p, None).map_err(dist_error)?;
-                self.assign_shard_grad(s, &mine.narrow(0, s.offset as i64, s.owned.len() as i64))?;
+            // One reduce-scatter per bucket of consecutive parameters, each laid out rank-major.
+            for range in self.buckets() {
+                let slices = &self.slices[range.clone()];
+                let rows: Vec<Tensor> = slices
+                    .iter()
+                    .zip(&params[range.clone()])
+                    .map(|(s, (_, p))| self.rank_rows(&flat_grad(p), s))
+                    .collect();
+                let input = Tensor::cat(&rows, 1).reshape([-1]);
+                drop(rows);
+                let width: usize = slices.iter().map(|s| s.per_rank).sum();
+                let mut mine = Tensor::zeros([width as i64], (Kind::Float, self.device));
+                self.pg
+                    .reduce_scatter_sum(&input, &mut mine)
+                    .map_err(dist_error)?;
+                drop(input);
+                let base = slices[0].offset;
+                for (s, (_, p)) in slices.iter().zip(&params[range]) {
+                    set_grad(p, None).map_err(dist_error)?;
+                    self.assign_shard_grad(
+                        s,
+                        &mine.narrow(0, (s.offset - base) as i64, s.owned.len() as i64),
+                    )?;
+                }
             }
         }
         // ‖g‖² summed over the ranks' disjoint shards.
@@ -313,42 +342,47 @@ impl StepOptimizer for ZeroOptimizer {
             }
             return Ok(());
         }
-        // Rank r's flat buffer: each parameter's range, padded to `per_rank`.
-        let pieces: Vec<Tensor> = self
-            .slices
-            .iter()
-            .map(|s| {
-                let own = match s.shard {
-                    Some(i) => self.shards[i].to_kind(Kind::Float),
-                    None => Tensor::zeros([0], (Kind::Float, self.device)),
-                };
-                let pad = s.per_rank - s.owned.len();
-                if pad == 0 {
-                    own
-                } else {
-                    Tensor::cat(
-                        &[own, Tensor::zeros([pad as i64], (Kind::Float, self.device))],
-                        0,
-                    )
-                }
-            })
-            .collect();
-        let input = Tensor::cat(&pieces, 0);
+        // Per bucket of consecutive parameters: rank r's flat buffer holds each parameter's
+        // range padded to `per_rank`; one all-gather gives every rank the updated parameters.
         let world = self.pg.world_size() as i64;
-        let mut gathered =
-            Tensor::zeros([world * self.shard_len as i64], (Kind::Float, self.device));
-        self.pg
-            .all_gather(&input, &mut gathered)
-            .map_err(dist_error)?;
-        let gathered = gathered.view([world, self.shard_len as i64]);
-        for (s, (_, p)) in self.slices.iter().zip(params) {
-            let full = gathered
-                .narrow(1, s.offset as i64, s.per_rank as i64)
-                .reshape([-1])
-                .narrow(0, 0, s.numel as i64);
-            let mut p = p.shallow_clone();
-            p.f_copy_(&full.view(p.size().as_slice()).to_kind(p.kind()))
-                .map_err(|e| torch("writing gathered parameters", e))?;
+        for range in self.buckets() {
+            let slices = &self.slices[range.clone()];
+            let pieces: Vec<Tensor> = slices
+                .iter()
+                .map(|s| {
+                    let own = match s.shard {
+                        Some(i) => self.shards[i].to_kind(Kind::Float),
+                        None => Tensor::zeros([0], (Kind::Float, self.device)),
+                    };
+                    let pad = s.per_rank - s.owned.len();
+                    if pad == 0 {
+                        own
+                    } else {
+                        Tensor::cat(
+                            &[own, Tensor::zeros([pad as i64], (Kind::Float, self.device))],
+                            0,
+                        )
+                    }
+                })
+                .collect();
+            let input = Tensor::cat(&pieces, 0);
+            drop(pieces);
+            let width: i64 = slices.iter().map(|s| s.per_rank as i64).sum();
+            let mut gathered = Tensor::zeros([world * width], (Kind::Float, self.device));
+            self.pg
+                .all_gather(&input, &mut gathered)
+                .map_err(dist_error)?;
+            let gathered = gathered.view([world, width]);
+            let base = slices[0].offset as i64;
+            for (s, (_, p)) in slices.iter().zip(&params[range]) {
+                let full = gathered
+                    .narrow(1, s.offset as i64 - base, s.per_rank as i64)
+                    .reshape([-1])
+                    .narrow(0, 0, s.numel as i64);
+                let mut p = p.shallow_clone();
+                p.f_copy_(&full.view(p.size().as_slice()).to_kind(p.kind()))
+                    .map_err(|e| torch("writing gathered parameters", e))?;
+            }
         }
         for t in &self.shards {
             set_grad(t, None).map_err(dist_error)?;

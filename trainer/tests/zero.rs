@@ -31,6 +31,17 @@ fn free_port() -> String {
 /// (one process: no rendezvous at all), rank 0 reporting to `status` when given, and returns each
 /// rank's output.
 fn ranks(cfg: &Path, world: usize, overrides: &[String], status: Option<&Path>) -> Vec<Output> {
+    ranks_with_env(cfg, world, overrides, status, &[])
+}
+
+/// [`ranks`] with extra environment variables for every rank.
+fn ranks_with_env(
+    cfg: &Path,
+    world: usize,
+    overrides: &[String],
+    status: Option<&Path>,
+    envs: &[(&str, &str)],
+) -> Vec<Output> {
     let batch = format!("per_device_train_batch_size={}", GLOBAL_BATCH / world);
     let port = free_port();
     let procs: Vec<_> = (0..world)
@@ -45,6 +56,7 @@ fn ranks(cfg: &Path, world: usize, overrides: &[String], status: Option<&Path>) 
                 .env_remove("LF_STATUS_FILE")
                 .env_remove("LF_METRICS_ADDR")
                 .env("OMP_NUM_THREADS", "1")
+                .envs(envs.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
             if world > 1 {
@@ -176,6 +188,31 @@ fn partitioned_training_equals_one_process_and_the_planners_memory() {
             ));
         }
         println!("{}", table.join("\n"));
+    }
+}
+
+/// With a bucket of 5,000 elements every reduction and gather of stages 0–2 runs as many
+/// collectives (a LoRA `A` of the tiny model has 2,048 elements, a full linear 163,840): the
+/// result still equals one process.
+#[test]
+fn small_gradient_buckets_give_the_same_parameters() {
+    for method in ["lora", "full"] {
+        let single = tempfile::tempdir().unwrap();
+        run(&config(single.path(), method, ""), 1, &[]);
+        let reference = result_tensors(&single.path().join("out"));
+        for (world, stage) in [(2, 0), (2, 1), (3, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = config(dir.path(), method, &format!("zero_stage: {stage}\n"));
+            let outs = ranks_with_env(&cfg, world, &[], None, &[("LF_BUCKET_ELEMENTS", "5000")]);
+            for o in &outs {
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            }
+            let d = max_diff(&reference, &result_tensors(&dir.path().join("out")));
+            assert!(
+                d < 1e-5,
+                "{method}, stage {stage}, world {world}, small buckets: parameters differ by {d}"
+            );
+        }
     }
 }
 

@@ -32,6 +32,10 @@ pub mod env {
     pub const METRICS_ADDR: &str = "LF_METRICS_ADDR";
     /// Local runs: a file the trainer appends status updates to (JSON lines) instead of the API.
     pub const STATUS_FILE: &str = "LF_STATUS_FILE";
+    /// Elements per gradient bucket of the data-parallel reductions (default: the planner's
+    /// `GRADIENT_BUCKET_ELEMENTS`; the planner assumes the default, so set it only to test or to
+    /// trade memory for fewer collectives knowingly).
+    pub const BUCKET_ELEMENTS: &str = "LF_BUCKET_ELEMENTS";
 }
 
 /// Paths inside a trainer pod.

@@ -107,7 +107,15 @@ pub(crate) fn evaluate_with(
     let micro_batch = micro_batch.max(1);
     let states = inv.states(stage, gpus, offload);
     let buffers = inv.buffers(stage, gpus);
-    let act = activations(&input.arch, &input.training, inv, micro_batch as u64);
+    // The trainer recomputes layers under ZeRO-3 whatever `gradient_checkpointing` says (it
+    // gathers each layer again for its recomputation), so the activations are those.
+    let act = if stage >= 3 && !input.training.gradient_checkpointing {
+        let mut recomputed = input.training.clone();
+        recomputed.gradient_checkpointing = true;
+        activations(&input.arch, &recomputed, inv, micro_batch as u64)
+    } else {
+        activations(&input.arch, &input.training, inv, micro_batch as u64)
+    };
     let accum = accumulation(input.target_global_batch(), micro_batch, gpus);
     let transient = transient_peak(inv, &act, &states, stage, gpus, offload, accum);
     let overhead =

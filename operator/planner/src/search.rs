@@ -568,7 +568,7 @@ fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
     } else {
         0.0
     };
-    vec![
+    let mut lines = vec![
         format!(
             "model      {} ({}, {} layers, hidden {}, heads {}/{} kv, intermediate {}, vocab {}{})",
             input.model_name,
@@ -621,7 +621,14 @@ fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
                 OffloadChoice::Cpu => "cpu",
             }
         ),
-    ]
+    ];
+    if t.finetuning_type == FinetuningType::Lora && input.max_gpus > 1 {
+        lines.push(
+            "note       LoRA: the frozen base dominates model memory; ZeRO-1/2 shard only the adapters' gradients and optimizer states, ZeRO-3 also shards the frozen base (kept packed under QLoRA)"
+                .to_string(),
+        );
+    }
+    lines
 }
 
 /// `8030261248` → `8,030,261,248`.

@@ -243,3 +243,18 @@ fn gradient_checkpointing_and_chunked_loss_save_memory() {
         6 * 32 * 4096 * 4096
     );
 }
+
+/// The trainer recomputes layers under ZeRO-3 even when `gradient_checkpointing` is off, so the
+/// planner's stage-3 activations do not depend on that flag (and stages 0–2 do).
+#[test]
+fn zero3_activations_assume_layer_recomputation() {
+    let model = "meta-llama/Meta-Llama-3-8B";
+    let on = input(model, "bf16: true\nlora_rank: 16\ncutoff_len: 4096");
+    let off = input(
+        model,
+        "bf16: true\nlora_rank: 16\ncutoff_len: 4096\ngradient_checkpointing: false",
+    );
+    let act = |i: &PlannerInput, stage| evaluate(i, 4, stage, false, 1).per_gpu.activations_bytes;
+    assert_eq!(act(&on, 3), act(&off, 3));
+    assert!(act(&off, 2) > act(&on, 2));
+}
