@@ -420,3 +420,60 @@ fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::V
         _ => None,
     }
 }
+
+/// A rank killed mid-training under ZeRO-3 (every layer's forward is a collective gather): the
+/// other rank fails with the communication exit code well within `ddp_timeout`, naming what it
+/// was doing, instead of hanging.
+#[test]
+fn a_rank_killed_mid_training_under_zero3_fails_the_other_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "lora", "zero_stage: 3\nddp_timeout: 30\n");
+    let port = free_port();
+    let log = dir.path().join("out/trainer_log.jsonl");
+    let spawn = |rank: usize| {
+        Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
+            .arg("train")
+            .arg(&cfg)
+            .args(["per_device_train_batch_size=3", "max_steps=100000"])
+            .env_remove("LF_CONFIG")
+            .env_remove("LF_STATUS_FILE")
+            .env_remove("LF_METRICS_ADDR")
+            .env("OMP_NUM_THREADS", "1")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .env("WORLD_SIZE", "2")
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let survivor = spawn(0);
+    let mut victim = spawn(1);
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.lines().count() >= 2) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "training never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    victim.kill().unwrap();
+    let killed = std::time::Instant::now();
+    let _ = victim.wait();
+    let out = survivor.wait_with_output().unwrap();
+    let took = killed.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(lf_api::runtime::exit_code::COMMUNICATION),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    println!(
+        "survivor exited {:?} {took:?} after the kill: {}",
+        out.status.code(),
+        err.lines().last().unwrap_or_default()
+    );
+}
