@@ -76,12 +76,23 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         pad_id: tok.pad_id(),
     };
 
-    let lm = setup::model(cfg, &model_dir, device, true)?;
+    // ZeRO-3 partitions the parameters while the model loads (one unit whole at a time).
+    let mut partition = match &process_group {
+        Some(pg) if cfg.zero_stage >= 3 => Some(ParameterPartition::new(pg.clone())),
+        _ => None,
+    };
+    let lm = setup::model(cfg, &model_dir, device, true, partition.as_mut())?;
     let numeric_setup = setup::numeric_setup(cfg, &lm);
     tracing::info!(device = ?device, setup = %numeric_setup, "model ready");
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
     let params = trainee.trainable_parameters();
-    let trainable: i64 = params.iter().map(|(_, t)| t.numel() as i64).sum();
+    let trainable: usize = params
+        .iter()
+        .map(|(name, t)| match &partition {
+            Some(p) => p.trainable(name).map_or(0, |(n, _)| n),
+            None => t.numel(),
+        })
+        .sum();
     tracing::info!(
         trainable_params = trainable,
         tensors = params.len(),
@@ -90,15 +101,13 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let mut optimizer: Box<dyn StepOptimizer> = match process_group {
         Some(pg) if cfg.zero_stage > 0 => {
             tracing::info!(zero_stage = cfg.zero_stage, "ZeRO partitioning");
-            let zero = ZeroOptimizer::new(cfg, cfg.zero_stage, pg.clone(), &params)?;
-            if cfg.zero_stage >= 3 {
+            let zero = ZeroOptimizer::new(cfg, cfg.zero_stage, pg, &params, partition.as_ref())?;
+            if let Some(partition) = partition {
                 if !cfg.gradient_checkpointing {
                     tracing::warn!(
                         "zero_stage 3 gathers each layer again for its recomputation in backward: gradient_checkpointing is turned on"
                     );
                 }
-                let partition =
-                    ParameterPartition::new(pg, &trainee.lm, |name| zero.shard_tensor(name))?;
                 trainee.partition_parameters(partition);
             }
             Box::new(zero)
@@ -228,7 +237,7 @@ pub fn run_eval(
             "the evaluation split is empty: set eval_dataset or a larger val_size",
         ));
     };
-    let lm = setup::model(cfg, &model_dir, device, false)?;
+    let lm = setup::model(cfg, &model_dir, device, false, None)?;
     if let Some(label) = exact_match {
         let template = lf_data::ChatTemplate::resolve(cfg.template.as_deref(), &tok)
             .map_err(setup::data_error)?;
@@ -284,7 +293,7 @@ pub fn run_export(cfg: &TrainingConfig) -> Result<PathBuf, TrainerError> {
     if cfg.quantization_bit.is_some() {
         return Err(TrainerError::config("quantization_bit: merging into quantised base weights is not supported; export from the unquantised model"));
     }
-    let lm = setup::model(cfg, &model_dir, tch::Device::Cpu, false)?;
+    let lm = setup::model(cfg, &model_dir, tch::Device::Cpu, false, None)?;
     let out = PathBuf::from(export_dir);
     lm.export_merged(&out, &model_dir, shard_bytes(cfg))
         .map_err(|e| model_error("exporting the merged model", e))?;
@@ -303,7 +312,7 @@ pub fn run_chat(cfg: &TrainingConfig, prompt: Option<&str>) -> Result<(), Traine
         .into_iter()
         .map(i64::from)
         .collect();
-    let lm = setup::model(cfg, &model_dir, device, false)?;
+    let lm = setup::model(cfg, &model_dir, device, false, None)?;
     let params = GenerationParams::from_config(cfg);
     let system = cfg.default_system.as_deref();
     let mut history: Vec<(String, String)> = Vec::new();

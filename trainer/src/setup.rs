@@ -8,12 +8,13 @@ use std::sync::Arc;
 use lf_api::runtime::env;
 use lf_api::training::{FinetuningType, TrainingConfig};
 use lf_data::{DataError, TokenizerBundle};
-use lf_model::{CausalLm, LoadOptions};
+use lf_model::{CausalLm, LoadOptions, ModelError};
 use tch::Device;
 
 use crate::adapters::model_error;
 use crate::batching::Example;
 use crate::error::TrainerError;
+use crate::zero3::ParameterPartition;
 
 /// Reads the config: `path`, or `LF_CONFIG` when no path is given, then `key=value` overrides.
 pub fn load_config(
@@ -145,19 +146,35 @@ pub fn data(
     Ok((convert(prepared.train), convert(prepared.eval)))
 }
 
-/// Loads the base model (and, for inference commands, the adapter, frozen).
+/// Loads the base model (and, for inference commands, the adapter, frozen). With a ZeRO-3
+/// `partition`, each unit is partitioned as soon as it is loaded and the method's adapters once
+/// they are attached: the model's tensors are empty between uses from then on.
 pub fn model(
     cfg: &TrainingConfig,
     model_dir: &Path,
     device: Device,
     for_training: bool,
+    mut partition: Option<&mut ParameterPartition>,
 ) -> Result<CausalLm, TrainerError> {
     let opts = LoadOptions::from_config(cfg, device);
-    let mut lm = CausalLm::load(model_dir, &opts)
-        .map_err(|e| model_error(&format!("loading {}", model_dir.display()), e))?;
+    let loading = format!("loading {}", model_dir.display());
+    let mut lm = match partition.as_deref_mut() {
+        Some(part) => CausalLm::load_into(model_dir, &opts, &mut |unit, tensors| {
+            part.adopt(unit, tensors)
+                .map_err(|e| ModelError::Residency {
+                    unit: format!("partitioning {unit}"),
+                    source: Box::new(e),
+                })
+        }),
+        None => CausalLm::load(model_dir, &opts),
+    }
+    .map_err(|e| model_error(&loading, e))?;
     if for_training {
-        lm.apply_method(cfg, cfg.seed)
-            .map_err(|e| model_error("setting up the training method", e))?;
+        match partition.as_deref() {
+            Some(part) => lm.apply_method_with(cfg, cfg.seed, part),
+            None => lm.apply_method(cfg, cfg.seed),
+        }
+        .map_err(|e| model_error("setting up the training method", e))?;
     } else {
         lm.set_attention(cfg.flash_attn);
     }
@@ -176,6 +193,9 @@ pub fn model(
         }
         lm.load_adapter(&dir)
             .map_err(|e| model_error(&format!("adapter_name_or_path {}", dir.display()), e))?;
+    }
+    if let Some(part) = partition {
+        part.complete(&lm)?;
     }
     Ok(lm)
 }

@@ -49,6 +49,7 @@ use crate::error::TrainerError;
 use crate::interfaces::{DataParallel, StepOptimizer};
 use crate::memory_report::OptimizerBytes;
 use crate::state::OPTIMIZER_FILE;
+use crate::zero3::ParameterPartition;
 
 /// The tensors of one safetensors file, by name.
 pub type NamedTensors = Vec<(String, Tensor)>;
@@ -88,12 +89,14 @@ fn torch(context: &str, e: tch::TchError) -> TrainerError {
 }
 
 impl ZeroOptimizer {
-    /// Partitions `params` over `pg` and builds `cfg.optim` over this rank's shards.
+    /// Partitions `params` over `pg` and builds `cfg.optim` over this rank's shards; under ZeRO-3
+    /// the shards are `partition`'s (the parameters themselves are emptied).
     pub fn new(
         cfg: &TrainingConfig,
         stage: u8,
         pg: Rc<ProcessGroup>,
         params: &[(String, Tensor)],
+        partition: Option<&ParameterPartition>,
     ) -> Result<Self, TrainerError> {
         if cfg.optim == Optim::Adafactor {
             return Err(TrainerError::config(format!(
@@ -108,18 +111,31 @@ impl ZeroOptimizer {
         let mut offset = 0;
         let _guard = tch::no_grad_guard();
         for (name, p) in params {
-            let numel = p.numel();
+            // Under stage 3 the parameters are emptied: the partition holds the shards (these
+            // very tensors become the optimiser's parameters) and knows the sizes.
+            let adopted = match partition {
+                Some(part) => Some(part.trainable(name).ok_or_else(|| {
+                    TrainerError::runtime(format!(
+                        "ZeRO-3: the trainable parameter `{name}` is not in the parameter partition"
+                    ))
+                })?),
+                None => None,
+            };
+            let numel = adopted.as_ref().map_or(p.numel(), |(n, _)| *n);
             let layout = ShardLayout::new(numel, world).map_err(dist_error)?;
             let owned = layout.owned(rank);
             let shard = if owned.is_empty() {
                 None
             } else {
-                let t = p
-                    .detach()
-                    .reshape([-1])
-                    .narrow(0, owned.start as i64, owned.len() as i64)
-                    .copy()
-                    .set_requires_grad(true);
+                let t = match adopted {
+                    Some((_, shard)) => shard,
+                    None => p
+                        .detach()
+                        .reshape([-1])
+                        .narrow(0, owned.start as i64, owned.len() as i64)
+                        .copy()
+                        .set_requires_grad(true),
+                };
                 named.push((name.clone(), t.shallow_clone()));
                 shards.push(t);
                 Some(shards.len() - 1)
@@ -165,16 +181,6 @@ impl ZeroOptimizer {
             }
         }
         Ok(())
-    }
-
-    /// This rank's shard of the trainable parameter `name` (sharing storage with the optimiser's
-    /// own), or `None` when this rank owns no element of it.
-    pub fn shard_tensor(&self, name: &str) -> Option<Tensor> {
-        self.slices
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.shard)
-            .map(|i| self.shards[i].shallow_clone())
     }
 
     /// This rank's shard tensors (what its optimiser state is for).

@@ -13,8 +13,13 @@
 //! gradients in one collective, adds this rank's part to the shard's `.grad` (micro-batches
 //! accumulate there) and frees the full gradients.
 //!
-//! The trainable shards are the [`crate::zero::ZeroOptimizer`]'s own tensors (shared storage), so
-//! the optimiser updates exactly what the next gather reads. Frozen shards are held here.
+//! The partition is built while the model loads: the loader hands over each unit as soon as it is
+//! complete ([`ParameterPartition::adopt`]), so a rank never holds more than its shards plus one
+//! unit (one decoder layer, or the embedding) — the whole model is never materialised on one
+//! device. The fine-tuning method's adapters are adopted after they are attached
+//! ([`ParameterPartition::complete`]). The trainable shards are the optimiser's parameters
+//! ([`crate::zero::ZeroOptimizer`] uses these very tensors), so the optimiser updates exactly
+//! what the next gather reads.
 //!
 //! Saving gathers the trainable tensors on every rank first ([`ParameterPartition::gather_all`]);
 //! after training the model is made whole again ([`ParameterPartition::unpartition`]) for the
@@ -57,6 +62,7 @@ pub struct ParameterPartition {
     entries: Vec<Entry>,
     /// The entries of each unit (a tied embedding is in two units).
     units: BTreeMap<Unit, Vec<usize>>,
+    by_name: HashMap<String, usize>,
     /// False after [`ParameterPartition::unpartition`]: every tensor whole, gathers no-ops.
     active: Cell<bool>,
 }
@@ -66,81 +72,103 @@ fn torch(context: &str, e: tch::TchError) -> TrainerError {
 }
 
 impl ParameterPartition {
-    /// Partitions every tensor of `lm` over `pg`. `trainable_shard(name)` gives the optimiser's
-    /// shard of a trainable tensor (`None` when this rank owns none of it). The model's tensors
-    /// are released at the end: from here on, units are whole only between gather and release.
-    pub fn new(
-        pg: Rc<ProcessGroup>,
-        lm: &CausalLm,
-        trainable_shard: impl Fn(&str) -> Option<Tensor>,
-    ) -> Result<Self, TrainerError> {
-        let (world, rank) = (pg.world_size(), pg.rank());
-        let device = pg.device();
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
-        let mut units = BTreeMap::new();
+    /// An empty partition over `pg`: the loader hands it each unit as it is loaded
+    /// ([`ParameterPartition::adopt`]), and [`ParameterPartition::complete`] adds what the
+    /// fine-tuning method attached (adapters) and marks what trains.
+    pub fn new(pg: Rc<ProcessGroup>) -> Self {
+        ParameterPartition {
+            device: pg.device(),
+            pg,
+            entries: Vec::new(),
+            units: BTreeMap::new(),
+            by_name: HashMap::new(),
+            active: Cell::new(true),
+        }
+    }
+
+    /// Takes this rank's range of each of `unit`'s tensors and empties the tensors (a tensor
+    /// already adopted under another unit, as a tied embedding, is only linked).
+    pub fn adopt(
+        &mut self,
+        unit: Unit,
+        tensors: Vec<(String, Tensor)>,
+    ) -> Result<(), TrainerError> {
+        let (world, rank) = (self.pg.world_size(), self.pg.rank());
         let _guard = tch::no_grad_guard();
-        for unit in lm.units() {
-            let mut idx = Vec::new();
-            for (name, tensor) in lm.unit_tensors(unit) {
-                if let Some(&i) = by_name.get(&name) {
-                    idx.push(i);
-                    continue;
-                }
-                let numel = tensor.numel();
-                let layout = ShardLayout::new(numel, world).map_err(dist_error)?;
-                let owned = layout.owned(rank);
-                let kind = tensor.kind();
-                let trainable = tensor.requires_grad();
-                let shard = if trainable {
-                    trainable_shard(&name).unwrap_or_else(|| Tensor::empty([0], (kind, device)))
-                } else {
-                    tensor
+        let mut fresh = Vec::new();
+        for (name, tensor) in tensors {
+            let i = match self.by_name.get(&name) {
+                Some(&i) => i,
+                None => {
+                    let numel = tensor.numel();
+                    let layout = ShardLayout::new(numel, world).map_err(dist_error)?;
+                    let owned = layout.owned(rank);
+                    let shard = tensor
                         .detach()
                         .reshape([-1])
                         .narrow(0, owned.start as i64, owned.len() as i64)
-                        .copy()
-                };
-                if shard.numel() != owned.len() {
-                    return Err(TrainerError::runtime(format!(
-                        "ZeRO-3: the shard of `{name}` has {} elements, expected {}",
-                        shard.numel(),
-                        owned.len()
-                    )));
+                        .copy();
+                    let i = self.entries.len();
+                    self.by_name.insert(name.clone(), i);
+                    self.entries.push(Entry {
+                        name,
+                        shape: tensor.size(),
+                        kind: tensor.kind(),
+                        tensor,
+                        numel,
+                        per_rank: layout.shard_len,
+                        owned,
+                        shard,
+                        trainable: false,
+                        resident: Cell::new(true),
+                    });
+                    fresh.push(i);
+                    i
                 }
-                by_name.insert(name.clone(), entries.len());
-                idx.push(entries.len());
-                entries.push(Entry {
-                    name,
-                    shape: tensor.size(),
-                    tensor,
-                    kind,
-                    numel,
-                    per_rank: layout.shard_len,
-                    owned,
-                    shard,
-                    trainable,
-                    resident: Cell::new(true),
-                });
+            };
+            let idx = self.units.entry(unit).or_default();
+            if !idx.contains(&i) {
+                idx.push(i);
             }
-            units.insert(unit, idx);
         }
-        let part = ParameterPartition {
-            pg,
-            device,
-            entries,
-            units,
-            active: Cell::new(true),
-        };
-        part.release_all()?;
+        self.release_entries(&fresh)
+    }
+
+    /// Adopts every tensor of `lm` not adopted yet (the adapters the fine-tuning method attached,
+    /// or everything when the model was loaded whole) and marks the shards of the tensors that
+    /// train as trainable leaves: the optimiser's parameters ([`ParameterPartition::trainable`]).
+    pub fn complete(&mut self, lm: &CausalLm) -> Result<(), TrainerError> {
+        for unit in lm.units() {
+            let tensors = lm.unit_tensors(unit);
+            let trains: Vec<(String, bool)> = tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), t.requires_grad()))
+                .collect();
+            self.adopt(unit, tensors)?;
+            for (name, trains) in trains {
+                if let Some(&i) = self.by_name.get(&name) {
+                    let e = &mut self.entries[i];
+                    if trains && !e.trainable {
+                        e.trainable = true;
+                        e.shard = e.shard.detach().set_requires_grad(true);
+                    }
+                }
+            }
+        }
         tracing::info!(
-            tensors = part.entries.len(),
-            units = part.units.len(),
-            frozen_shard_bytes = part.frozen_shard_bytes(),
-            trainable_shard_bytes = part.trainable_shard_bytes(),
+            tensors = self.entries.len(),
+            units = self.units.len(),
+            frozen_shard_bytes = self.frozen_shard_bytes(),
+            trainable_shard_bytes = self.trainable_shard_bytes(),
             "ZeRO-3: parameters partitioned"
         );
-        Ok(part)
+        Ok(())
+    }
+
+    /// The element count and this rank's shard (a trainable leaf) of the trainable tensor `name`.
+    pub fn trainable(&self, name: &str) -> Option<(usize, Tensor)> {
+        let e = &self.entries[*self.by_name.get(name)?];
+        e.trainable.then(|| (e.numel, e.shard.shallow_clone()))
     }
 
     fn bytes(t: &Tensor) -> u64 {

@@ -171,7 +171,7 @@ fn qlora_trains_resumes_and_matches_peft_on_bitsandbytes() {
         .unwrap()
         .with_overrides(&[format!("adapter_name_or_path={}", out.display())])
         .unwrap();
-    let lm = lf_trainer::setup::model(&cfg, &model_dir, Device::Cpu, false).unwrap();
+    let lm = lf_trainer::setup::model(&cfg, &model_dir, Device::Cpu, false, None).unwrap();
     assert_eq!(lm.architecture().hidden_size as usize, HIDDEN);
     let ours = tch::no_grad(|| lm.forward_logits(&Tensor::from_slice(&ids).reshape([1, -1])))
         .to_kind(Kind::Float);

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::llama::{AttentionBackend, Llama};
 use crate::loader::{self, FileSource, MemorySource};
-use crate::residency::AlwaysResident;
+use crate::residency::{AlwaysResident, UnitSink};
 use crate::{options, safetensors_io, LoadOptions, ModelError};
 
 /// What `load` measured.
@@ -79,11 +79,22 @@ impl CausalLm {
     /// `opts.dtype` and moved to `opts.device` on its own; the time taken is logged and kept in
     /// [`CausalLm::load_report`].
     pub fn load(model_dir: &Path, opts: &LoadOptions) -> Result<Self, ModelError> {
+        Self::load_into(model_dir, opts, &mut |_, _| Ok(()))
+    }
+
+    /// [`CausalLm::load`], handing each unit's tensors to `sink` as soon as the unit is loaded
+    /// (ZeRO-3 partitions them there, so a process never holds more than its shards plus one
+    /// unit while loading).
+    pub fn load_into(
+        model_dir: &Path,
+        opts: &LoadOptions,
+        sink: &mut UnitSink<'_>,
+    ) -> Result<Self, ModelError> {
         let start = Instant::now();
         let (arch, sliding_window) = options::read_config(model_dir)?;
         let files = safetensors_io::weight_files(model_dir)?;
         let mut src = FileSource::open(model_dir, &files)?;
-        let model = loader::build(&arch, &mut src, opts)?;
+        let model = loader::build(&arch, &mut src, opts, sink)?;
         let report = LoadReport {
             seconds: start.elapsed().as_secs_f64(),
             bytes: src.bytes,
@@ -112,7 +123,7 @@ impl CausalLm {
         let mut src = MemorySource {
             tensors: tensors.into_iter().collect::<HashMap<_, _>>(),
         };
-        let model = loader::build(&arch, &mut src, opts)?;
+        let model = loader::build(&arch, &mut src, opts, &mut |_, _| Ok(()))?;
         Ok(Self::assemble(arch, model, opts))
     }
 

@@ -33,7 +33,7 @@ pub use error::ModelError;
 pub use method::peft_prefix;
 pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
 pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-pub use residency::{AlwaysResident, Residency, Unit};
+pub use residency::{AlwaysResident, Residency, Unit, UnitSink};
 pub use training::IGNORE_INDEX;
 
 #[cfg(test)]

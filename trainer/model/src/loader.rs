@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::linear::Linear;
 use crate::llama::{Attention, DecoderLayer, Llama, Mlp, RmsNorm, Rotary};
+use crate::residency::{embedding_tensors, head_tensors, layer_tensors, Unit, UnitSink};
 use crate::safetensors_io::MappedFile;
 use crate::{LoadOptions, ModelError};
 
@@ -148,15 +149,19 @@ fn required(
 
 /// Builds the whole model from `src`; every tensor of `src` must be used (apart from RoPE caches
 /// and a redundant `lm_head.weight` of a tied model).
+///
+/// `sink` receives each unit's tensors as soon as the unit is complete (see [`UnitSink`]).
 pub fn build(
     arch: &ModelArchitecture,
     src: &mut dyn TensorSource,
     opts: &LoadOptions,
+    sink: &mut UnitSink<'_>,
 ) -> Result<Llama, ModelError> {
     let h = arch.hidden_size as i64;
     let v = arch.vocab_size as i64;
     let kind = opts.dtype;
     let embed_tokens = required(src, "model.embed_tokens.weight", &[v, h], kind, opts)?;
+    sink(Unit::Embedding, embedding_tensors(&embed_tokens))?;
     let mut layers = Vec::with_capacity(arch.num_hidden_layers as usize);
     for i in 0..arch.num_hidden_layers {
         let p = format!("model.layers.{i}");
@@ -219,12 +224,14 @@ pub fn build(
             )?,
             eps,
         };
-        layers.push(DecoderLayer {
+        let layer = DecoderLayer {
             input_layernorm,
             self_attn,
             post_attention_layernorm,
             mlp,
-        });
+        };
+        sink(Unit::Layer(i as usize), layer_tensors(i as usize, &layer))?;
+        layers.push(layer);
     }
     let norm = RmsNorm {
         weight: required(src, "model.norm.weight", &[h], kind, opts)?,
@@ -237,6 +244,10 @@ pub fn build(
     } else {
         Some(required(src, "lm_head.weight", &[v, h], kind, opts)?)
     };
+    sink(
+        Unit::Head,
+        head_tensors(&norm, lm_head.as_ref(), &embed_tokens),
+    )?;
     let leftover: Vec<String> = src
         .remaining()
         .into_iter()

@@ -9,6 +9,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::causal_lm::{CausalLm, LoraSettings};
 use crate::linear::Adapter;
+use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::safetensors_io::{self, HostTensor, MappedFile};
 use crate::ModelError;
 
@@ -36,6 +37,17 @@ impl CausalLm {
     /// Also takes `flash_attn`, `gradient_checkpointing`, `loss_chunk_size` and `lora_dropout`
     /// from `cfg`.
     pub fn apply_method(&mut self, cfg: &TrainingConfig, seed: u64) -> Result<(), ModelError> {
+        self.apply_method_with(cfg, seed, &AlwaysResident)
+    }
+
+    /// [`CausalLm::apply_method`] on a model whose weights are partitioned by `residency`: DoRA's
+    /// magnitude (the row norms of each base weight) gathers each layer for the moment it reads it.
+    pub fn apply_method_with<R: Residency + ?Sized>(
+        &mut self,
+        cfg: &TrainingConfig,
+        seed: u64,
+        residency: &R,
+    ) -> Result<(), ModelError> {
         self.set_attention(cfg.flash_attn);
         self.method.gradient_checkpointing = cfg.gradient_checkpointing;
         self.method.loss_chunk_size = cfg.loss_chunk_size;
@@ -58,7 +70,7 @@ impl CausalLm {
                 } else {
                     Kind::Float
                 };
-                self.attach_adapters(&settings, kind, Some(seed))?;
+                self.attach_adapters(&settings, kind, Some(seed), residency)?;
                 self.method.lora = Some(settings);
             }
             FinetuningType::Full => {
@@ -113,11 +125,12 @@ impl CausalLm {
 
     /// Attaches fresh adapters (`seed` given: PEFT init, trainable) or zero placeholders to be
     /// filled by an adapter file (`seed` None: frozen).
-    pub(crate) fn attach_adapters(
+    pub(crate) fn attach_adapters<R: Residency + ?Sized>(
         &mut self,
         s: &LoraSettings,
         kind: Kind,
         seed: Option<u64>,
+        residency: &R,
     ) -> Result<(), ModelError> {
         self.remove_adapters();
         let device = self.opts.device;
@@ -125,10 +138,18 @@ impl CausalLm {
             tch::manual_seed(seed as i64);
         }
         let r = s.r as i64;
-        for layer in &mut self.model.layers {
+        let arch = &self.arch;
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let unit = Unit::Layer(i);
+            if s.use_dora {
+                residency
+                    .gather(unit)
+                    .map_err(ModelError::residency(unit, "gathering"))?;
+            }
             for &m in &s.targets {
                 let lin = layer.linear_mut(m);
-                let (out_f, in_f) = lin.shape();
+                let (in_f, out_f) = arch.linear_shape(m);
+                let (out_f, in_f) = (out_f as i64, in_f as i64);
                 let bound = 1.0 / (in_f as f64).sqrt();
                 let a = Tensor::empty([r, in_f], (Kind::Float, Device::Cpu));
                 let a = if seed.is_some() {
@@ -160,6 +181,11 @@ impl CausalLm {
                     scaling: s.scaling(),
                     dropout: s.dropout,
                 });
+            }
+            if s.use_dora {
+                residency
+                    .release(unit, false)
+                    .map_err(ModelError::residency(unit, "releasing"))?;
             }
         }
         self.method.lora = Some(s.clone());

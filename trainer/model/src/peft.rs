@@ -124,7 +124,7 @@ impl CausalLm {
                 });
             }
         } else {
-            self.attach_adapters(&settings, Kind::Float, None)?;
+            self.attach_adapters(&settings, Kind::Float, None, &crate::AlwaysResident)?;
         }
 
         let mut in_file: BTreeSet<String> = file.names()?.into_iter().collect();

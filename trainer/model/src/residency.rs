@@ -23,7 +23,9 @@ use tch::Tensor;
 
 use crate::causal_lm::CausalLm;
 use crate::linear::{BaseWeight, Linear};
+use crate::llama::{DecoderLayer, RmsNorm};
 use crate::method::peft_prefix;
+use crate::ModelError;
 
 /// A part of the model gathered and released as one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,6 +101,61 @@ fn linear_tensors(name: &str, peft: &str, lin: &Linear, out: &mut Vec<(String, T
     }
 }
 
+/// The tensors of [`Unit::Embedding`].
+pub(crate) fn embedding_tensors(embed_tokens: &Tensor) -> Vec<(String, Tensor)> {
+    vec![(
+        "model.embed_tokens.weight".to_string(),
+        embed_tokens.shallow_clone(),
+    )]
+}
+
+/// The tensors of [`Unit::Head`]: the final norm and `lm_head` (or the tied embedding).
+pub(crate) fn head_tensors(
+    norm: &RmsNorm,
+    lm_head: Option<&Tensor>,
+    embed_tokens: &Tensor,
+) -> Vec<(String, Tensor)> {
+    let head = match lm_head {
+        Some(w) => ("lm_head.weight".to_string(), w.shallow_clone()),
+        None => (
+            "model.embed_tokens.weight".to_string(),
+            embed_tokens.shallow_clone(),
+        ),
+    };
+    vec![
+        ("model.norm.weight".to_string(), norm.weight.shallow_clone()),
+        head,
+    ]
+}
+
+/// The tensors of [`Unit::Layer`] `i`.
+pub(crate) fn layer_tensors(i: usize, layer: &DecoderLayer) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    let p = format!("model.layers.{i}");
+    for module in LinearModule::ALL {
+        let name = format!("{p}.{}.{}", module.parent(), module.name());
+        linear_tensors(
+            &name,
+            &peft_prefix(i, module),
+            layer.linear(module),
+            &mut out,
+        );
+    }
+    out.push((
+        format!("{p}.input_layernorm.weight"),
+        layer.input_layernorm.weight.shallow_clone(),
+    ));
+    out.push((
+        format!("{p}.post_attention_layernorm.weight"),
+        layer.post_attention_layernorm.weight.shallow_clone(),
+    ));
+    out
+}
+
+/// Receives each unit's tensors as the loader finishes it (ZeRO-3 partitions them right away, so
+/// at most one unit is whole at a time while loading).
+pub type UnitSink<'a> = dyn FnMut(Unit, Vec<(String, Tensor)>) -> Result<(), ModelError> + 'a;
+
 impl CausalLm {
     /// The model's units in the order a forward pass uses them.
     pub fn units(&self) -> Vec<Unit> {
@@ -113,52 +170,15 @@ impl CausalLm {
     /// `{weight}.{role}`), sharing storage with the model. A tied head lists the embedding.
     pub fn unit_tensors(&self, unit: Unit) -> Vec<(String, Tensor)> {
         let m = &self.model;
-        let mut out = Vec::new();
         match unit {
-            Unit::Embedding => {
-                out.push((
-                    "model.embed_tokens.weight".to_string(),
-                    m.embed_tokens.shallow_clone(),
-                ));
-            }
-            Unit::Head => {
-                out.push((
-                    "model.norm.weight".to_string(),
-                    m.norm.weight.shallow_clone(),
-                ));
-                match &m.lm_head {
-                    Some(w) => out.push(("lm_head.weight".to_string(), w.shallow_clone())),
-                    None => out.push((
-                        "model.embed_tokens.weight".to_string(),
-                        m.embed_tokens.shallow_clone(),
-                    )),
-                }
-            }
-            Unit::Layer(i) => {
-                let Some(layer) = m.layers.get(i) else {
-                    return out;
-                };
-                let p = format!("model.layers.{i}");
-                for module in LinearModule::ALL {
-                    let name = format!("{p}.{}.{}", module.parent(), module.name());
-                    linear_tensors(
-                        &name,
-                        &peft_prefix(i, module),
-                        layer.linear(module),
-                        &mut out,
-                    );
-                }
-                out.push((
-                    format!("{p}.input_layernorm.weight"),
-                    layer.input_layernorm.weight.shallow_clone(),
-                ));
-                out.push((
-                    format!("{p}.post_attention_layernorm.weight"),
-                    layer.post_attention_layernorm.weight.shallow_clone(),
-                ));
-            }
+            Unit::Embedding => embedding_tensors(&m.embed_tokens),
+            Unit::Head => head_tensors(&m.norm, m.lm_head.as_ref(), &m.embed_tokens),
+            Unit::Layer(i) => m
+                .layers
+                .get(i)
+                .map(|layer| layer_tensors(i, layer))
+                .unwrap_or_default(),
         }
-        out
     }
 
     /// Turns layer recomputation on for training whatever the method said (a partitioned model
