@@ -75,21 +75,22 @@ impl LmTrainee {
         self.partition = Some(partition);
     }
 
-    /// Makes the model whole again on every rank (all ranks call it), for what runs after
-    /// training: the final save, evaluation and generation on rank 0.
-    pub fn unpartition(&mut self) -> Result<(), TrainerError> {
-        match &mut self.partition {
-            Some(p) => p.unpartition(),
-            None => Ok(()),
-        }
-    }
-
     fn active_partition(&self) -> Option<&ParameterPartition> {
-        self.partition.as_ref().filter(|p| p.is_active())
+        self.partition.as_ref()
     }
 
     fn is_lora(&self) -> bool {
         self.lm.lora_settings().is_some()
+    }
+
+    /// Every rank calls this before rank 0 (`keep`) calls [`LmTrainee::save_final`]: under ZeRO-3
+    /// it gathers, unit by unit into rank 0's host memory, what the final save writes (the
+    /// adapter; every weight for `full`/`freeze`). A no-op without partitioning.
+    pub fn gather_for_final_save(&mut self, keep: bool) -> Result<(), TrainerError> {
+        match &self.partition {
+            Some(p) => p.gather_to_host(self.is_lora(), keep),
+            None => Ok(()),
+        }
     }
 
     /// Writes the result of training into `dir`: the PEFT adapter for LoRA methods, a complete
@@ -166,8 +167,10 @@ impl TrainModel for LmTrainee {
 
     fn load_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
         let ctx = format!("checkpoint {}", dir.display());
+        // Every rank refreshes its shards from the checkpoint: each gathers the trainable weights
+        // (unit by unit, to the host), loads the file into them, and keeps its ranges.
         if let Some(p) = self.active_partition() {
-            p.gather_all(true)?;
+            p.gather_to_host(true, true)?;
         }
         if self.is_lora() {
             self.lm
@@ -189,9 +192,9 @@ impl TrainModel for LmTrainee {
         self.active_partition().is_some()
     }
 
-    fn gather_weights(&mut self) -> Result<(), TrainerError> {
+    fn gather_weights(&mut self, keep: bool) -> Result<(), TrainerError> {
         match self.active_partition() {
-            Some(p) => p.gather_all(true),
+            Some(p) => p.gather_to_host(true, keep),
             None => Ok(()),
         }
     }

@@ -161,27 +161,31 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             return Err(e);
         }
     };
-    // Everything after training runs on whole weights (rank 0 saves, evaluates, generates).
-    trainee.unpartition()?;
+    // `do_eval` without an evaluation schedule: every rank evaluates its share (ZeRO-3 needs all
+    // of them for the gathers).
+    let final_eval = if cfg.do_eval && summary.eval_loss.is_none() {
+        evaluate(
+            &mut trainee,
+            &data.eval,
+            cfg.per_device_eval_batch_size,
+            data.pad_id,
+            device,
+            group.as_ref(),
+        )?
+    } else {
+        None
+    };
+    // Under ZeRO-3 rank 0 collects what it writes in host memory, unit by unit.
+    trainee.gather_for_final_save(is_main)?;
     if is_main {
         let written = trainee.save_final(&out, &model_dir, shard_bytes(cfg))?;
         for p in &written {
             tracing::info!("wrote {}", p.display());
         }
         let mut results = summary.results();
-        if cfg.do_eval && summary.eval_loss.is_none() {
-            if let Some(e) = evaluate(
-                &mut trainee,
-                &data.eval,
-                cfg.per_device_eval_batch_size,
-                data.pad_id,
-                device,
-                // Rank 0 alone, on the whole split: the other ranks are not evaluating.
-                &SingleProcess,
-            )? {
-                results.insert("eval_loss".into(), e.into());
-                results.insert("eval_perplexity".into(), e.exp().into());
-            }
+        if let Some(e) = final_eval {
+            results.insert("eval_loss".into(), e.into());
+            results.insert("eval_perplexity".into(), e.exp().into());
         }
         merge_results(&out, results)?;
         if cfg.plot_loss {

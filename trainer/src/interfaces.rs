@@ -49,9 +49,10 @@ pub trait TrainModel {
     fn lockstep(&self) -> bool {
         false
     }
-    /// Makes the weights [`TrainModel::save_weights`] writes whole on this rank; every rank calls
-    /// it before rank 0 saves (ZeRO-3 gathers them). [`TrainModel::release_weights`] undoes it.
-    fn gather_weights(&mut self) -> Result<(), TrainerError> {
+    /// Makes the weights [`TrainModel::save_weights`] writes whole where `keep` is set (the rank
+    /// that saves); every rank calls it before rank 0 saves (ZeRO-3 gathers them collectively).
+    /// [`TrainModel::release_weights`] undoes it.
+    fn gather_weights(&mut self, _keep: bool) -> Result<(), TrainerError> {
         Ok(())
     }
     fn release_weights(&mut self) -> Result<(), TrainerError> {

@@ -44,6 +44,13 @@ pub struct MemoryRecord {
     pub step: u64,
     pub measured: MemoryBytes,
     pub planned: MemoryBytes,
+    /// The CUDA caching allocator's peak of allocated bytes up to this step (on a GPU only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_peak_bytes: Option<u64>,
+    /// The planner's per-GPU peak for this run (world size, ZeRO stage, micro-batch) less its fixed
+    /// overhead (CUDA context, fragmentation reserve): what the allocator peak is compared to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_peak_bytes: Option<u64>,
 }
 
 /// `{"memory": MemoryRecord}`: a line other readers of the log (which look for `loss`,
@@ -114,6 +121,27 @@ pub fn planned(
     }
 }
 
+/// The planner's per-GPU peak for `cfg` on `arch` with ZeRO `stage` over `world` ranks, less the
+/// fixed overhead the allocator does not see (CUDA context, fragmentation reserve).
+pub fn planned_peak(
+    cfg: &TrainingConfig,
+    arch: &ModelArchitecture,
+    stage: u8,
+    world: usize,
+) -> u64 {
+    let input = lf_planner::PlannerInput::new("", arch.clone(), cfg.clone(), u64::MAX);
+    let plan = lf_planner::evaluate(
+        &input,
+        u32::try_from(world.max(1)).unwrap_or(u32::MAX),
+        stage,
+        cfg.offload_optimizer == OffloadDevice::Cpu,
+        u32::try_from(cfg.per_device_train_batch_size.max(1)).unwrap_or(u32::MAX),
+    );
+    plan.per_gpu
+        .peak_bytes
+        .saturating_sub(plan.per_gpu.overhead_bytes)
+}
+
 /// Measures what `model` and `optimizer` hold now (`params`: the trainable parameters, whose
 /// `.grad` is counted), next to the planner's prediction. `None` when the model or the optimiser
 /// cannot report its part.
@@ -123,6 +151,7 @@ pub fn measure<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
     optimizer: &O,
     params: &[(String, Tensor)],
     step: u64,
+    device: tch::Device,
 ) -> Option<MemoryRecord> {
     let weights = model.memory()?;
     let opt = optimizer.state_bytes()?;
@@ -141,13 +170,16 @@ pub fn measure<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
         optimizer_bytes: opt.device,
         offloaded_optimizer_bytes: opt.host,
     };
+    let (stage, world) = optimizer.partition();
     Some(MemoryRecord {
         step,
         measured,
-        planned: {
-            let (stage, world) = optimizer.partition();
-            planned(cfg, &weights.architecture, stage, world)
+        planned: planned(cfg, &weights.architecture, stage, world),
+        measured_peak_bytes: match device {
+            tch::Device::Cuda(i) => lf_dist::cuda_peak_allocated_bytes(i as i64),
+            _ => None,
         },
+        planned_peak_bytes: Some(planned_peak(cfg, &weights.architecture, stage, world)),
     })
 }
 
@@ -168,12 +200,13 @@ impl MemoryProbe {
         optimizer: &O,
         params: &[(String, Tensor)],
         step: u64,
+        device: tch::Device,
     ) {
         if self.done {
             return;
         }
         self.done = true;
-        self.pending = measure(cfg, model, optimizer, params, step);
+        self.pending = measure(cfg, model, optimizer, params, step, device);
         if let Some(r) = &self.pending {
             tracing::info!(
                 step = r.step,

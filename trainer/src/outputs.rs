@@ -218,6 +218,8 @@ mod tests {
             step,
             measured: Default::default(),
             planned: Default::default(),
+            measured_peak_bytes: None,
+            planned_peak_bytes: None,
         };
         log.append_memory(&memory(1)).unwrap();
         log.append_memory(&memory(3)).unwrap();

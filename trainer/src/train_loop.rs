@@ -543,7 +543,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         if label_tokens > 0.0 {
             optimizer.step(&params, lr)?;
             if is_main {
-                memory.after_step(cfg, &*model, &*optimizer, &params, step + 1);
+                memory.after_step(cfg, &*model, &*optimizer, &params, step + 1, ctx.device);
             }
         }
         zero_gradients(&params);
@@ -701,7 +701,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
             && state.global_step < total_steps;
         if save_now || stopping {
             // Every rank makes the saved weights whole (ZeRO-3 gathers them) before rank 0 writes.
-            model.gather_weights()?;
+            model.gather_weights(is_main)?;
             group.barrier()?;
             let staged = if optimizer.partitioned() && !cfg.save_only_model {
                 let dir = staging_dir(&ctx.output_dir, state.global_step);

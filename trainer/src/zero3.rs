@@ -21,9 +21,9 @@
 //! ([`crate::zero::ZeroOptimizer`] uses these very tensors), so the optimiser updates exactly
 //! what the next gather reads.
 //!
-//! Saving gathers the trainable tensors on every rank first ([`ParameterPartition::gather_all`]);
-//! after training the model is made whole again ([`ParameterPartition::unpartition`]) for the
-//! final export and generation, which run on rank 0 alone.
+//! Saving gathers the weights unit by unit, each rank taking part and the writing rank keeping a
+//! host copy ([`ParameterPartition::gather_to_host`]), so neither a checkpoint nor the final
+//! adapter or model needs the whole model on one device.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -63,8 +63,6 @@ pub struct ParameterPartition {
     /// The entries of each unit (a tied embedding is in two units).
     units: BTreeMap<Unit, Vec<usize>>,
     by_name: HashMap<String, usize>,
-    /// False after [`ParameterPartition::unpartition`]: every tensor whole, gathers no-ops.
-    active: Cell<bool>,
 }
 
 fn torch(context: &str, e: tch::TchError) -> TrainerError {
@@ -82,7 +80,6 @@ impl ParameterPartition {
             entries: Vec::new(),
             units: BTreeMap::new(),
             by_name: HashMap::new(),
-            active: Cell::new(true),
         }
     }
 
@@ -191,11 +188,6 @@ impl ParameterPartition {
             .filter(|e| e.trainable)
             .map(|e| Self::bytes(&e.shard))
             .sum()
-    }
-
-    /// Whether the parameters are partitioned now.
-    pub fn is_active(&self) -> bool {
-        self.active.get()
     }
 
     /// Makes `idx` whole: one all-gather per dtype of the shards, written into the tensors.
@@ -348,20 +340,50 @@ impl ParameterPartition {
             .collect()
     }
 
-    /// Makes every tensor (or every trainable one) whole on every rank: before saving or loading
-    /// weights. All ranks must call it. No-op when not partitioned.
-    pub fn gather_all(&self, trainable_only: bool) -> Result<(), TrainerError> {
-        if !self.active.get() {
-            return Ok(());
+    /// Makes every tensor (or every trainable one) whole in host memory where `keep` is set (the
+    /// rank that writes them), unit by unit: each unit is gathered on the device, copied to the
+    /// host and released again, so the device never holds more than one unit. All ranks must call
+    /// it (the gathers are collectives); ranks without `keep` only take part. The kept tensors stay
+    /// whole until [`ParameterPartition::release_all`].
+    pub fn gather_to_host(&self, trainable_only: bool, keep: bool) -> Result<(), TrainerError> {
+        let mut held: Vec<(usize, Tensor)> = Vec::new();
+        for idx in self.units.values() {
+            let wanted: Vec<usize> = idx
+                .iter()
+                .copied()
+                .filter(|&i| !trainable_only || self.entries[i].trainable)
+                .filter(|i| !held.iter().any(|(h, _)| h == i))
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            self.gather_entries(&wanted)?;
+            if keep {
+                for &i in &wanted {
+                    let host = self.entries[i]
+                        .tensor
+                        .detach()
+                        .f_to_device(Device::Cpu)
+                        .map_err(|err| {
+                            torch("ZeRO-3: copying a gathered tensor to the host", err)
+                        })?;
+                    held.push((i, host));
+                }
+            }
+            self.release_entries(&wanted)?;
         }
-        self.gather_entries(&self.all_indices(trainable_only))
+        for (i, host) in held {
+            let e = &self.entries[i];
+            let mut t = e.tensor.shallow_clone();
+            t.f_set_data(&host)
+                .map_err(|err| torch(&format!("ZeRO-3: holding `{}` on the host", e.name), err))?;
+            e.resident.set(true);
+        }
+        Ok(())
     }
 
-    /// Empties every gathered tensor again (after [`ParameterPartition::gather_all`]).
+    /// Empties every tensor made whole by [`ParameterPartition::gather_to_host`] again.
     pub fn release_all(&self) -> Result<(), TrainerError> {
-        if !self.active.get() {
-            return Ok(());
-        }
         self.release_entries(&self.all_indices(false))
     }
 
@@ -388,29 +410,12 @@ impl ParameterPartition {
         }
         Ok(())
     }
-
-    /// Makes the model whole for good (every rank must call it): after training, so the final
-    /// save, evaluation and generation run on ordinary tensors. Frozen shards are dropped.
-    pub fn unpartition(&mut self) -> Result<(), TrainerError> {
-        if !self.active.get() {
-            return Ok(());
-        }
-        self.gather_all(false)?;
-        self.active.set(false);
-        for e in self.entries.iter_mut().filter(|e| !e.trainable) {
-            e.shard = Tensor::empty([0], (e.kind, self.device));
-        }
-        Ok(())
-    }
 }
 
 impl Residency for ParameterPartition {
     type Error = TrainerError;
 
     fn gather(&self, unit: Unit) -> Result<(), TrainerError> {
-        if !self.active.get() {
-            return Ok(());
-        }
         match self.units.get(&unit) {
             Some(idx) => self.gather_entries(idx),
             None => Ok(()),
@@ -418,9 +423,6 @@ impl Residency for ParameterPartition {
     }
 
     fn release(&self, unit: Unit, gradients_ready: bool) -> Result<(), TrainerError> {
-        if !self.active.get() {
-            return Ok(());
-        }
         let Some(idx) = self.units.get(&unit) else {
             return Ok(());
         };
@@ -431,6 +433,6 @@ impl Residency for ParameterPartition {
     }
 
     fn lockstep(&self) -> bool {
-        self.active.get()
+        true
     }
 }

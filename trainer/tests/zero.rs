@@ -223,14 +223,23 @@ fn small_gradient_buckets_give_the_same_parameters() {
 }
 
 /// QLoRA under ZeRO-3: the packed 4-bit base is partitioned as packed storage (codes and block
-/// constants), gathered per layer, and training equals one QLoRA process; rank 0 holds about
-/// 1/world of the weights the planner counts.
+/// constants), gathered per layer, and training (and the final `do_eval`) equals one QLoRA
+/// process; rank 0 holds about 1/world of the weights the planner counts.
 #[test]
 fn qlora_under_zero3_equals_one_process_and_partitions_the_packed_base() {
-    let qlora = "quantization_bit: 4\nquantization_type: nf4\ndouble_quantization: true\n";
+    // `do_eval` without an evaluation schedule: the final evaluation runs on every rank.
+    let qlora = "quantization_bit: 4\nquantization_type: nf4\ndouble_quantization: true\ndo_eval: true\nval_size: 0.125\n";
     let single = tempfile::tempdir().unwrap();
     run(&config(single.path(), "lora", qlora), 1, &[]);
     let reference = result_tensors(&single.path().join("out"));
+    let eval_loss = |out: &Path| -> f64 {
+        let text = std::fs::read_to_string(out.join("all_results.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["eval_loss"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no eval_loss in {text}"))
+    };
+    let reference_eval = eval_loss(&single.path().join("out"));
     for world in [2, 3] {
         let dir = tempfile::tempdir().unwrap();
         run(
@@ -243,6 +252,11 @@ fn qlora_under_zero3_equals_one_process_and_partitions_the_packed_base() {
         assert!(
             d < 1e-5,
             "QLoRA ZeRO-3 world {world}: adapter differs by {d}"
+        );
+        let e = eval_loss(&out);
+        assert!(
+            (e - reference_eval).abs() <= 1e-5 * reference_eval.abs().max(1.0),
+            "QLoRA ZeRO-3 world {world}: eval loss {e} vs {reference_eval}"
         );
         let rec = memory(&out);
         let (m, p) = (rec[0].measured, rec[0].planned);
