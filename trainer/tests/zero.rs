@@ -128,6 +128,8 @@ fn config(dir: &Path, method: &str, extra: &str) -> PathBuf {
     let method = match method {
         "full" => "finetuning_type: full\nlearning_rate: 1.0e-4\n",
         "dora" => "use_dora: true\n",
+        "offload" => "offload_optimizer: cpu\n",
+        "freeze" => "finetuning_type: freeze\nfreeze_trainable_layers: 1\nlearning_rate: 1.0e-4\n",
         _ => "",
     };
     write_config(
@@ -149,7 +151,7 @@ fn within(measured: u64, planned: u64, what: &str, tol: f64) {
 /// against the planner for each.
 #[test]
 fn partitioned_training_equals_one_process_and_the_planners_memory() {
-    for method in ["lora", "full", "dora"] {
+    for method in ["lora", "full", "dora", "offload", "freeze"] {
         let single = tempfile::tempdir().unwrap();
         run(&config(single.path(), method, ""), 1, &[]);
         let reference = result_tensors(&single.path().join("out"));
@@ -157,6 +159,9 @@ fn partitioned_training_equals_one_process_and_the_planners_memory() {
         let cases: &[(usize, u8)] = match method {
             // DoRA's magnitude is initialised from gathered base weights under ZeRO-3.
             "dora" => &[(2, 2), (2, 3), (3, 3)],
+            // Optimiser offload composes with every stage; freeze trains a subset of layers.
+            "offload" => &[(2, 1), (2, 3)],
+            "freeze" => &[(2, 2), (2, 3)],
             _ => &[(2, 0), (2, 1), (2, 2), (2, 3), (3, 1), (3, 2), (3, 3)],
         };
         for &(world, stage) in cases {
@@ -185,12 +190,19 @@ fn partitioned_training_equals_one_process_and_the_planners_memory() {
                 &format!("{tag}: optimizer"),
                 0.02,
             );
+            within(
+                m.offloaded_optimizer_bytes,
+                p.offloaded_optimizer_bytes,
+                &format!("{tag}: offloaded optimizer"),
+                0.02,
+            );
             let weights = m.trainable_weight_bytes + m.frozen_weight_bytes;
             let planned_weights = p.trainable_weight_bytes + p.frozen_weight_bytes;
             within(weights, planned_weights, &format!("{tag}: weights"), 0.02);
             table.push(format!(
-                "{method:<5} stage {stage} world {world}: max |Δparam| {d:.1e}; rank 0 weights {weights}/{planned_weights} B, grads {}/{} B, optimizer {}/{} B (measured/planned)",
-                m.gradient_bytes, p.gradient_bytes, m.optimizer_bytes, p.optimizer_bytes
+                "{method:<5} stage {stage} world {world}: max |Δparam| {d:.1e}; rank 0 weights {weights}/{planned_weights} B, grads {}/{} B, optimizer {}/{} B, host optimizer {}/{} B (measured/planned)",
+                m.gradient_bytes, p.gradient_bytes, m.optimizer_bytes, p.optimizer_bytes,
+                m.offloaded_optimizer_bytes, p.offloaded_optimizer_bytes
             ));
         }
         println!("{}", table.join("\n"));
@@ -222,11 +234,12 @@ fn small_gradient_buckets_give_the_same_parameters() {
     }
 }
 
-/// QLoRA under ZeRO-3: the packed 4-bit base is partitioned as packed storage (codes and block
-/// constants), gathered per layer, and training (and the final `do_eval`) equals one QLoRA
-/// process; rank 0 holds about 1/world of the weights the planner counts.
+/// QLoRA under ZeRO stages 1–3: under stage 3 the packed 4-bit base is partitioned as packed
+/// storage (codes and block constants) and gathered per layer; training (and the final `do_eval`)
+/// equals one QLoRA process, and rank 0 holds the bytes the planner predicts (about 1/world of
+/// the weights under stage 3).
 #[test]
-fn qlora_under_zero3_equals_one_process_and_partitions_the_packed_base() {
+fn qlora_under_zero_equals_one_process_and_stage_3_partitions_the_packed_base() {
     // `do_eval` without an evaluation schedule: the final evaluation runs on every rank.
     let qlora = "quantization_bit: 4\nquantization_type: nf4\ndouble_quantization: true\ndo_eval: true\nval_size: 0.125\n";
     let single = tempfile::tempdir().unwrap();
@@ -240,10 +253,10 @@ fn qlora_under_zero3_equals_one_process_and_partitions_the_packed_base() {
             .unwrap_or_else(|| panic!("no eval_loss in {text}"))
     };
     let reference_eval = eval_loss(&single.path().join("out"));
-    for world in [2, 3] {
+    for (world, stage) in [(2, 1), (2, 2), (2, 3), (3, 3)] {
         let dir = tempfile::tempdir().unwrap();
         run(
-            &config(dir.path(), "lora", &format!("{qlora}zero_stage: 3\n")),
+            &config(dir.path(), "lora", &format!("{qlora}zero_stage: {stage}\n")),
             world,
             &[],
         );
@@ -251,16 +264,16 @@ fn qlora_under_zero3_equals_one_process_and_partitions_the_packed_base() {
         let d = max_diff(&reference, &result_tensors(&out));
         assert!(
             d < 1e-5,
-            "QLoRA ZeRO-3 world {world}: adapter differs by {d}"
+            "QLoRA ZeRO-{stage} world {world}: adapter differs by {d}"
         );
         let e = eval_loss(&out);
         assert!(
             (e - reference_eval).abs() <= 1e-5 * reference_eval.abs().max(1.0),
-            "QLoRA ZeRO-3 world {world}: eval loss {e} vs {reference_eval}"
+            "QLoRA ZeRO-{stage} world {world}: eval loss {e} vs {reference_eval}"
         );
         let rec = memory(&out);
         let (m, p) = (rec[0].measured, rec[0].planned);
-        let tag = format!("QLoRA ZeRO-3 world {world}");
+        let tag = format!("QLoRA ZeRO-{stage} world {world}");
         within(
             m.frozen_weight_bytes,
             p.frozen_weight_bytes,
@@ -286,7 +299,7 @@ fn qlora_under_zero3_equals_one_process_and_partitions_the_packed_base() {
             0.02,
         );
         println!(
-            "QLoRA stage 3 world {world}: max |Δparam| {d:.1e}; rank 0 frozen {}/{} B, adapters {}/{} B (measured/planned)",
+            "QLoRA stage {stage} world {world}: max |Δparam| {d:.1e}; rank 0 frozen {}/{} B, adapters {}/{} B (measured/planned)",
             m.frozen_weight_bytes, p.frozen_weight_bytes, m.trainable_weight_bytes, p.trainable_weight_bytes
         );
     }
