@@ -2,6 +2,7 @@
 //! lf-optim's optimisers.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use lf_model::{CausalLm, ModelError, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use tch::Tensor;
@@ -54,8 +55,9 @@ pub struct LmTrainee {
     pub base_name: String,
     /// Training micro-batches run so far (the model's dropout stream position).
     micro_batches: u64,
-    /// The ZeRO-3 parameter partition, when the parameters are partitioned.
-    partition: Option<ParameterPartition>,
+    /// The ZeRO-3 parameter partition, when the parameters are partitioned (shared with the
+    /// ZeRO optimiser, whose parameters are its shards).
+    partition: Option<Rc<ParameterPartition>>,
 }
 
 impl LmTrainee {
@@ -70,13 +72,13 @@ impl LmTrainee {
 
     /// Trains with the parameters partitioned by `partition` (ZeRO-3): every pass gathers each
     /// unit through it, and layers are recomputed in backward (which ZeRO-3 needs).
-    pub fn partition_parameters(&mut self, partition: ParameterPartition) {
+    pub fn partition_parameters(&mut self, partition: Rc<ParameterPartition>) {
         self.lm.force_layer_recomputation();
         self.partition = Some(partition);
     }
 
     fn active_partition(&self) -> Option<&ParameterPartition> {
-        self.partition.as_ref()
+        self.partition.as_deref()
     }
 
     fn is_lora(&self) -> bool {

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use lf_api::runtime::env;
@@ -98,10 +99,11 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         tensors = params.len(),
         "trainable parameters"
     );
+    let partition = partition.map(Rc::new);
     let mut optimizer: Box<dyn StepOptimizer> = match process_group {
         Some(pg) if cfg.zero_stage > 0 => {
             tracing::info!(zero_stage = cfg.zero_stage, "ZeRO partitioning");
-            let zero = ZeroOptimizer::new(cfg, cfg.zero_stage, pg, &params, partition.as_ref())?;
+            let zero = ZeroOptimizer::new(cfg, cfg.zero_stage, pg, &params, partition.clone())?;
             if let Some(partition) = partition {
                 if !cfg.gradient_checkpointing {
                     tracing::warn!(

@@ -81,6 +81,9 @@ pub struct ZeroOptimizer {
     shards: Vec<Tensor>,
     /// Elements per bucket of the reductions and gathers.
     bucket: usize,
+    /// The ZeRO-3 parameter partition whose shards these are (a prefetch started before a step
+    /// is stale after it).
+    partition: Option<Rc<ParameterPartition>>,
     inner: Box<dyn lf_optim::Optimizer>,
 }
 
@@ -96,7 +99,7 @@ impl ZeroOptimizer {
         stage: u8,
         pg: Rc<ProcessGroup>,
         params: &[(String, Tensor)],
-        partition: Option<&ParameterPartition>,
+        partition: Option<Rc<ParameterPartition>>,
     ) -> Result<Self, TrainerError> {
         if cfg.optim == Optim::Adafactor {
             return Err(TrainerError::config(format!(
@@ -113,7 +116,7 @@ impl ZeroOptimizer {
         for (name, p) in params {
             // Under stage 3 the parameters are emptied: the partition holds the shards (these
             // very tensors become the optimiser's parameters) and knows the sizes.
-            let adopted = match partition {
+            let adopted = match &partition {
                 Some(part) => Some(part.trainable(name).ok_or_else(|| {
                     TrainerError::runtime(format!(
                         "ZeRO-3: the trainable parameter `{name}` is not in the parameter partition"
@@ -160,6 +163,7 @@ impl ZeroOptimizer {
             slices,
             shards,
             bucket: bucket_elements(),
+            partition,
             inner,
         })
     }
@@ -337,6 +341,9 @@ impl StepOptimizer for ZeroOptimizer {
     }
 
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
+        if let Some(p) = &self.partition {
+            p.discard_prefetch()?;
+        }
         self.inner
             .step(&self.shards, lr)
             .map_err(|e| TrainerError::from_library("optimizer step", e))?;

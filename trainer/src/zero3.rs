@@ -9,6 +9,10 @@
 //! lf-model brackets each use of a [`Unit`] (embedding, decoder layer, head) with
 //! [`Residency::gather`] / [`Residency::release`]: gathering is one all-gather per dtype of the
 //! unit's shards, written back into the model's tensors in place; releasing empties them again.
+//! Right after a unit is gathered, the unit that followed the same pair of units last time (the
+//! next layer in forward, the one below in backward: the order is learnt, not assumed) starts
+//! gathering asynchronously, so at most two units are whole at once — the planner's budget. An
+//! optimiser step or a checkpoint load discards a prefetch started before it.
 //! Releasing a unit after its backward (`gradients_ready`) reduce-scatters its trainable tensors'
 //! gradients in one collective, adds this rank's part to the shard's `.grad` (micro-batches
 //! accumulate there) and frees the full gradients.
@@ -25,12 +29,12 @@
 //! host copy ([`ParameterPartition::gather_to_host`]), so neither a checkpoint nor the final
 //! adapter or model needs the whole model on one device.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::rc::Rc;
 
-use lf_dist::{set_grad, ProcessGroup, ShardLayout};
+use lf_dist::{set_grad, OwnedGather, ProcessGroup, ShardLayout};
 use lf_model::{CausalLm, Residency, Unit};
 use tch::{Device, Kind, Tensor};
 
@@ -55,6 +59,14 @@ struct Entry {
     resident: Cell<bool>,
 }
 
+/// One dtype's all-gather of some entries, in flight.
+struct Piece {
+    entries: Vec<usize>,
+    /// Sum of the entries' `per_rank`: one rank's part of the gathered buffer.
+    width: usize,
+    work: OwnedGather,
+}
+
 /// The parameter partition of one model over a process group (see the module docs).
 pub struct ParameterPartition {
     pg: Rc<ProcessGroup>,
@@ -63,6 +75,14 @@ pub struct ParameterPartition {
     /// The entries of each unit (a tied embedding is in two units).
     units: BTreeMap<Unit, Vec<usize>>,
     by_name: HashMap<String, usize>,
+    /// The unit being gathered ahead of its use, if any.
+    prefetch: RefCell<Option<(Unit, Vec<Piece>)>>,
+    /// The last two units gathered, and which unit followed each pair so far.
+    history: Cell<(Option<Unit>, Option<Unit>)>,
+    successors: RefCell<HashMap<(Option<Unit>, Unit), Unit>>,
+    /// Prefetches used, and discarded.
+    prefetch_used: Cell<u64>,
+    prefetch_discarded: Cell<u64>,
 }
 
 fn torch(context: &str, e: tch::TchError) -> TrainerError {
@@ -80,6 +100,11 @@ impl ParameterPartition {
             entries: Vec::new(),
             units: BTreeMap::new(),
             by_name: HashMap::new(),
+            prefetch: RefCell::new(None),
+            history: Cell::new((None, None)),
+            successors: RefCell::new(HashMap::new()),
+            prefetch_used: Cell::new(0),
+            prefetch_discarded: Cell::new(0),
         }
     }
 
@@ -191,7 +216,15 @@ impl ParameterPartition {
     }
 
     /// Makes `idx` whole: one all-gather per dtype of the shards, written into the tensors.
+    /// Makes `idx` whole: one all-gather per dtype of the shards, written into the tensors.
     fn gather_entries(&self, idx: &[usize]) -> Result<(), TrainerError> {
+        let pieces = self.start_gather(idx)?;
+        self.finish_gather(pieces)
+    }
+
+    /// Starts the all-gathers of the entries of `idx` that are not whole (one per dtype), from a
+    /// snapshot of the shards taken now.
+    fn start_gather(&self, idx: &[usize]) -> Result<Vec<Piece>, TrainerError> {
         let _guard = tch::no_grad_guard();
         let todo: Vec<usize> = idx
             .iter()
@@ -204,16 +237,19 @@ impl ParameterPartition {
                 kinds.push(self.entries[i].kind);
             }
         }
+        let world = self.pg.world_size() as i64;
+        let mut started = Vec::with_capacity(kinds.len());
         for kind in kinds {
-            let group: Vec<&Entry> = todo
+            let entries: Vec<usize> = todo
                 .iter()
-                .map(|&i| &self.entries[i])
-                .filter(|e| e.kind == kind)
+                .copied()
+                .filter(|&i| self.entries[i].kind == kind)
                 .collect();
-            let width: usize = group.iter().map(|e| e.per_rank).sum();
-            let pieces: Vec<Tensor> = group
+            let width: usize = entries.iter().map(|&i| self.entries[i].per_rank).sum();
+            let pieces: Vec<Tensor> = entries
                 .iter()
-                .map(|e| {
+                .map(|&i| {
+                    let e = &self.entries[i];
                     let pad = e.per_rank - e.owned.len();
                     if pad == 0 {
                         e.shard.detach()
@@ -228,16 +264,31 @@ impl ParameterPartition {
                     }
                 })
                 .collect();
+            // `cat` copies: the all-gather reads this snapshot, not the live shards.
             let input = Tensor::cat(&pieces, 0);
             drop(pieces);
-            let world = self.pg.world_size() as i64;
-            let mut gathered = Tensor::empty([world * width as i64], (kind, self.device));
-            self.pg
-                .all_gather(&input, &mut gathered)
-                .map_err(dist_error)?;
-            let gathered = gathered.view([world, width as i64]);
+            let output = Tensor::empty([world * width as i64], (kind, self.device));
+            let work =
+                ProcessGroup::all_gather_owned(&self.pg, input, output).map_err(dist_error)?;
+            started.push(Piece {
+                entries,
+                width,
+                work,
+            });
+        }
+        Ok(started)
+    }
+
+    /// Waits for `pieces` and writes the gathered values into their tensors.
+    fn finish_gather(&self, pieces: Vec<Piece>) -> Result<(), TrainerError> {
+        let _guard = tch::no_grad_guard();
+        let world = self.pg.world_size() as i64;
+        for piece in pieces {
+            let gathered = piece.work.wait().map_err(dist_error)?;
+            let gathered = gathered.view([world, piece.width as i64]);
             let mut offset = 0i64;
-            for e in group {
+            for i in piece.entries {
+                let e = &self.entries[i];
                 let full = gathered
                     .narrow(1, offset, e.per_rank as i64)
                     .reshape([-1])
@@ -250,6 +301,44 @@ impl ParameterPartition {
                 e.resident.set(true);
                 offset += e.per_rank as i64;
             }
+        }
+        Ok(())
+    }
+
+    /// Waits for an outstanding prefetch and drops what it gathered: it was for another unit, or
+    /// the shards changed since it started (an optimiser step, a checkpoint load). Every rank
+    /// makes the same prefetches, so the collectives stay matched.
+    pub fn discard_prefetch(&self) -> Result<(), TrainerError> {
+        let pending = self.prefetch.borrow_mut().take();
+        if let Some((_, pieces)) = pending {
+            self.prefetch_discarded
+                .set(self.prefetch_discarded.get() + 1);
+            for piece in pieces {
+                drop(piece.work.wait().map_err(dist_error)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// After gathering `unit`: learns which unit followed the previous two, and starts gathering
+    /// the unit that followed this pair last time (the next layer in forward, the one below in
+    /// backward), so its communication overlaps this unit's computation.
+    fn prefetch_after(&self, unit: Unit) -> Result<(), TrainerError> {
+        let (before, last) = self.history.get();
+        if let Some(last) = last {
+            self.successors.borrow_mut().insert((before, last), unit);
+        }
+        self.history.set((last, Some(unit)));
+        let next = self.successors.borrow().get(&(last, unit)).copied();
+        let Some(next) = next.filter(|n| *n != unit) else {
+            return Ok(());
+        };
+        let Some(idx) = self.units.get(&next) else {
+            return Ok(());
+        };
+        let pieces = self.start_gather(idx)?;
+        if !pieces.is_empty() {
+            *self.prefetch.borrow_mut() = Some((next, pieces));
         }
         Ok(())
     }
@@ -346,6 +435,7 @@ impl ParameterPartition {
     /// it (the gathers are collectives); ranks without `keep` only take part. The kept tensors stay
     /// whole until [`ParameterPartition::release_all`].
     pub fn gather_to_host(&self, trainable_only: bool, keep: bool) -> Result<(), TrainerError> {
+        self.discard_prefetch()?;
         let mut held: Vec<(usize, Tensor)> = Vec::new();
         for idx in self.units.values() {
             let wanted: Vec<usize> = idx
@@ -390,6 +480,7 @@ impl ParameterPartition {
     /// Copies the trainable tensors' ranges into their shards: after weights were loaded into
     /// the gathered tensors (resume), so the optimiser's shards hold them.
     pub fn refresh_trainable_shards(&self) -> Result<(), TrainerError> {
+        self.discard_prefetch()?;
         let _guard = tch::no_grad_guard();
         for e in self
             .entries
@@ -412,14 +503,39 @@ impl ParameterPartition {
     }
 }
 
+impl Drop for ParameterPartition {
+    fn drop(&mut self) {
+        tracing::info!(
+            used = self.prefetch_used.get(),
+            discarded = self.prefetch_discarded.get(),
+            "ZeRO-3 prefetches"
+        );
+    }
+}
+
 impl Residency for ParameterPartition {
     type Error = TrainerError;
 
     fn gather(&self, unit: Unit) -> Result<(), TrainerError> {
-        match self.units.get(&unit) {
-            Some(idx) => self.gather_entries(idx),
-            None => Ok(()),
+        let Some(idx) = self.units.get(&unit) else {
+            return Ok(());
+        };
+        let pending = self.prefetch.borrow_mut().take();
+        match pending {
+            Some((u, pieces)) if u == unit => {
+                self.prefetch_used.set(self.prefetch_used.get() + 1);
+                self.finish_gather(pieces)?
+            }
+            Some(other) => {
+                *self.prefetch.borrow_mut() = Some(other);
+                self.discard_prefetch()?;
+            }
+            None => {}
         }
+        // What the prefetch did not cover (a tensor shared with the unit before, as a tied
+        // embedding, was still whole when it started).
+        self.gather_entries(idx)?;
+        self.prefetch_after(unit)
     }
 
     fn release(&self, unit: Unit, gradients_ready: bool) -> Result<(), TrainerError> {

@@ -9,6 +9,7 @@
 use std::ffi::CString;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
+use std::rc::Rc;
 
 use tch::{Device, Tensor};
 
@@ -248,6 +249,37 @@ impl ProcessGroup {
         })
     }
 
+    /// Starts an [`all_gather`](Self::all_gather) that owns its tensors and keeps the group alive,
+    /// so the handle can be stored and waited on later (ZeRO-3 prefetches the next layer this
+    /// way). [`OwnedGather::wait`] returns `output`.
+    pub fn all_gather_owned(
+        group: &Rc<ProcessGroup>,
+        input: Tensor,
+        mut output: Tensor,
+    ) -> Result<OwnedGather, DistError> {
+        const OP: &str = "all_gather";
+        group.check_tensor(OP, "input", &input)?;
+        group.check_tensor(OP, "output", &output)?;
+        group.check_pair(OP, &input, &output)?;
+        let (inp, outp) = (input.as_ptr(), output.as_mut_ptr());
+        // SAFETY: live group, valid tensor pointers; the tensors and the group are kept alive by
+        // the returned handle until the work has been waited on.
+        let raw = group.start_raw(OP, |out, err| unsafe {
+            ffi::lf_dist_all_gather_start(group.raw.as_ptr(), inp, outp, out, err)
+        })?;
+        Ok(OwnedGather {
+            work: PendingWork {
+                raw: Some(raw),
+                op: OP,
+                rank: group.rank,
+                _borrow: PhantomData,
+            },
+            output,
+            _input: input,
+            _group: group.clone(),
+        })
+    }
+
     /// Starts [`broadcast`](Self::broadcast); see
     /// [`all_reduce_sum_async`](Self::all_reduce_sum_async).
     pub fn broadcast_async<'a>(
@@ -275,6 +307,20 @@ impl ProcessGroup {
         op: &'static str,
         f: impl FnOnce(*mut *mut ffi::RawWork, *mut *mut std::ffi::c_char) -> std::ffi::c_int,
     ) -> Result<PendingWork<'a>, DistError> {
+        let raw = self.start_raw(op, f)?;
+        Ok(PendingWork {
+            raw: Some(raw),
+            op,
+            rank: self.rank,
+            _borrow: PhantomData,
+        })
+    }
+
+    fn start_raw(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(*mut *mut ffi::RawWork, *mut *mut std::ffi::c_char) -> std::ffi::c_int,
+    ) -> Result<NonNull<ffi::RawWork>, DistError> {
         let mut raw = std::ptr::null_mut();
         let mut err = std::ptr::null_mut();
         if f(&mut raw, &mut err) != ffi::STATUS_OK {
@@ -285,16 +331,10 @@ impl ProcessGroup {
                 message: unsafe { ffi::take_error(err) },
             });
         }
-        let raw = NonNull::new(raw).ok_or_else(|| DistError::Collective {
+        NonNull::new(raw).ok_or_else(|| DistError::Collective {
             rank: self.rank,
             op,
             message: "the shim returned no work handle".into(),
-        })?;
-        Ok(PendingWork {
-            raw: Some(raw),
-            op,
-            rank: self.rank,
-            _borrow: PhantomData,
         })
     }
 
@@ -424,6 +464,25 @@ impl PendingWork<'_> {
 impl Drop for PendingWork<'_> {
     fn drop(&mut self) {
         let _ = self.finish();
+    }
+}
+
+/// An all-gather in flight that owns its tensors and a handle on its group
+/// ([`ProcessGroup::all_gather_owned`]). Dropping it waits for the work first (field order).
+#[must_use = "a collective must be waited on; dropping the handle blocks until it completes"]
+pub struct OwnedGather {
+    work: PendingWork<'static>,
+    output: Tensor,
+    _input: Tensor,
+    _group: Rc<ProcessGroup>,
+}
+
+impl OwnedGather {
+    /// Waits for completion and returns the gathered tensor.
+    pub fn wait(self) -> Result<Tensor, DistError> {
+        let OwnedGather { work, output, .. } = self;
+        work.wait()?;
+        Ok(output)
     }
 }
 
