@@ -174,13 +174,7 @@ impl ZeroOptimizer {
         let _guard = tch::no_grad_guard();
         for s in &self.slices {
             if let Some(i) = s.shard {
-                let mut shard = self.shards[i].shallow_clone();
-                shard
-                    .f_copy_(&s.param.detach().reshape([-1]).narrow(
-                        0,
-                        s.owned.start as i64,
-                        s.owned.len() as i64,
-                    ))
+                copy_owned_range(&self.shards[i], &s.param, &s.owned)
                     .map_err(|e| torch("refreshing the parameter shards", e))?;
             }
         }
@@ -491,6 +485,20 @@ impl StepOptimizer for ZeroOptimizer {
             }
         }
     }
+}
+
+/// Copies `owned` (a range of the flattened `full`) into `shard`, in place.
+pub(crate) fn copy_owned_range(
+    shard: &Tensor,
+    full: &Tensor,
+    owned: &Range<usize>,
+) -> Result<(), tch::TchError> {
+    let _guard = tch::no_grad_guard();
+    let part = full
+        .detach()
+        .reshape([-1])
+        .narrow(0, owned.start as i64, owned.len() as i64);
+    shard.shallow_clone().f_copy_(&part).map(drop)
 }
 
 /// The optimiser-state files of a checkpoint, in rank order: every `optimizer.rank-R-of-N` file

@@ -40,6 +40,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data_parallel::dist_error;
 use crate::error::TrainerError;
+use crate::zero::copy_owned_range;
 
 /// One tensor of the model and this rank's range of it.
 struct Entry {
@@ -490,13 +491,7 @@ impl ParameterPartition {
             if e.owned.is_empty() {
                 continue;
             }
-            let mut shard = e.shard.shallow_clone();
-            shard
-                .f_copy_(&e.tensor.detach().reshape([-1]).narrow(
-                    0,
-                    e.owned.start as i64,
-                    e.owned.len() as i64,
-                ))
+            copy_owned_range(&e.shard, &e.tensor, &e.owned)
                 .map_err(|err| torch("ZeRO-3: refreshing a parameter shard", err))?;
         }
         Ok(())

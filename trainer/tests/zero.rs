@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use common::{losses, memory, write_config};
+use lf_trainer::memory_report::MemoryBytes;
 use tch::Tensor;
 
 /// Global batch 6 = 6 × 1 = 3 × 2 = 2 × 3.
@@ -147,6 +148,31 @@ fn within(measured: u64, planned: u64, what: &str, tol: f64) {
     );
 }
 
+/// Every category of rank 0's model-state bytes within 2% of the planner's.
+fn states_within(tag: &str, m: &MemoryBytes, p: &MemoryBytes) {
+    for (what, measured, planned) in [
+        (
+            "frozen weights",
+            m.frozen_weight_bytes,
+            p.frozen_weight_bytes,
+        ),
+        (
+            "trainable weights",
+            m.trainable_weight_bytes,
+            p.trainable_weight_bytes,
+        ),
+        ("gradients", m.gradient_bytes, p.gradient_bytes),
+        ("optimizer", m.optimizer_bytes, p.optimizer_bytes),
+        (
+            "host optimizer",
+            m.offloaded_optimizer_bytes,
+            p.offloaded_optimizer_bytes,
+        ),
+    ] {
+        within(measured, planned, &format!("{tag}: {what}"), 0.02);
+    }
+}
+
 /// World sizes 2 and 3 × stages × LoRA/full against one process; and rank 0's memory record
 /// against the planner for each.
 #[test]
@@ -177,28 +203,13 @@ fn partitioned_training_equals_one_process_and_the_planners_memory() {
             let rec = memory(&out);
             let rec = rec.first().expect("a memory record");
             let (m, p) = (rec.measured, rec.planned);
-            let tag = format!("{method}, zero_stage {stage}, world {world}");
-            within(
-                m.gradient_bytes,
-                p.gradient_bytes,
-                &format!("{tag}: gradients"),
-                0.02,
-            );
-            within(
-                m.optimizer_bytes,
-                p.optimizer_bytes,
-                &format!("{tag}: optimizer"),
-                0.02,
-            );
-            within(
-                m.offloaded_optimizer_bytes,
-                p.offloaded_optimizer_bytes,
-                &format!("{tag}: offloaded optimizer"),
-                0.02,
+            states_within(
+                &format!("{method}, zero_stage {stage}, world {world}"),
+                &m,
+                &p,
             );
             let weights = m.trainable_weight_bytes + m.frozen_weight_bytes;
             let planned_weights = p.trainable_weight_bytes + p.frozen_weight_bytes;
-            within(weights, planned_weights, &format!("{tag}: weights"), 0.02);
             table.push(format!(
                 "{method:<5} stage {stage} world {world}: max |Δparam| {d:.1e}; rank 0 weights {weights}/{planned_weights} B, grads {}/{} B, optimizer {}/{} B, host optimizer {}/{} B (measured/planned)",
                 m.gradient_bytes, p.gradient_bytes, m.optimizer_bytes, p.optimizer_bytes,
@@ -273,31 +284,7 @@ fn qlora_under_zero_equals_one_process_and_stage_3_partitions_the_packed_base() 
         );
         let rec = memory(&out);
         let (m, p) = (rec[0].measured, rec[0].planned);
-        let tag = format!("QLoRA ZeRO-{stage} world {world}");
-        within(
-            m.frozen_weight_bytes,
-            p.frozen_weight_bytes,
-            &format!("{tag}: frozen"),
-            0.02,
-        );
-        within(
-            m.trainable_weight_bytes,
-            p.trainable_weight_bytes,
-            &format!("{tag}: adapters"),
-            0.02,
-        );
-        within(
-            m.gradient_bytes,
-            p.gradient_bytes,
-            &format!("{tag}: gradients"),
-            0.02,
-        );
-        within(
-            m.optimizer_bytes,
-            p.optimizer_bytes,
-            &format!("{tag}: optimizer"),
-            0.02,
-        );
+        states_within(&format!("QLoRA ZeRO-{stage} world {world}"), &m, &p);
         println!(
             "QLoRA stage {stage} world {world}: max |Δparam| {d:.1e}; rank 0 frozen {}/{} B, adapters {}/{} B (measured/planned)",
             m.frozen_weight_bytes, p.frozen_weight_bytes, m.trainable_weight_bytes, p.trainable_weight_bytes
