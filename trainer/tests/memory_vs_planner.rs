@@ -173,29 +173,7 @@ fn planner_predicts_the_model_state_the_trainer_holds() {
             m.offloaded_optimizer_bytes,
             ratio(m.offloaded_optimizer_bytes, p.offloaded_optimizer_bytes),
         );
-        for (what, measured, planned) in [
-            (
-                "frozen weights",
-                m.frozen_weight_bytes,
-                p.frozen_weight_bytes,
-            ),
-            (
-                "trainable weights",
-                m.trainable_weight_bytes,
-                p.trainable_weight_bytes,
-            ),
-            ("gradients", m.gradient_bytes, p.gradient_bytes),
-            (
-                "optimizer state on the device",
-                m.optimizer_bytes,
-                p.optimizer_bytes,
-            ),
-            (
-                "optimizer state in host memory",
-                m.offloaded_optimizer_bytes,
-                p.offloaded_optimizer_bytes,
-            ),
-        ] {
+        for (what, measured, planned) in low_memory_common::categories(&m, &p) {
             if !within_1_percent(measured, planned) {
                 failures.push(format!(
                     "{label}: {what}: measured {measured} vs planned {planned}"

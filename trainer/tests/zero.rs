@@ -150,25 +150,7 @@ fn within(measured: u64, planned: u64, what: &str, tol: f64) {
 
 /// Every category of rank 0's model-state bytes within 2% of the planner's.
 fn states_within(tag: &str, m: &MemoryBytes, p: &MemoryBytes) {
-    for (what, measured, planned) in [
-        (
-            "frozen weights",
-            m.frozen_weight_bytes,
-            p.frozen_weight_bytes,
-        ),
-        (
-            "trainable weights",
-            m.trainable_weight_bytes,
-            p.trainable_weight_bytes,
-        ),
-        ("gradients", m.gradient_bytes, p.gradient_bytes),
-        ("optimizer", m.optimizer_bytes, p.optimizer_bytes),
-        (
-            "host optimizer",
-            m.offloaded_optimizer_bytes,
-            p.offloaded_optimizer_bytes,
-        ),
-    ] {
+    for (what, measured, planned) in common::categories(m, p) {
         within(measured, planned, &format!("{tag}: {what}"), 0.02);
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use lf_trainer::memory_report::MemoryRecord;
+use lf_trainer::memory_report::{MemoryBytes, MemoryRecord};
 use lf_trainer::outputs::TrainerLog;
 
 /// Hidden size of the tiny model: 64-element quantisation blocks, 256-element 8-bit optimiser
@@ -124,4 +124,31 @@ pub fn memory(out: &Path) -> Vec<MemoryRecord> {
 /// Mean of the losses of `steps`.
 pub fn mean(losses: &[(u64, f64)]) -> f64 {
     losses.iter().map(|(_, l)| l).sum::<f64>() / losses.len().max(1) as f64
+}
+
+/// The model-state categories of a memory record, measured next to planned.
+pub fn categories(m: &MemoryBytes, p: &MemoryBytes) -> [(&'static str, u64, u64); 5] {
+    [
+        (
+            "frozen weights",
+            m.frozen_weight_bytes,
+            p.frozen_weight_bytes,
+        ),
+        (
+            "trainable weights",
+            m.trainable_weight_bytes,
+            p.trainable_weight_bytes,
+        ),
+        ("gradients", m.gradient_bytes, p.gradient_bytes),
+        (
+            "optimizer state on the device",
+            m.optimizer_bytes,
+            p.optimizer_bytes,
+        ),
+        (
+            "optimizer state in host memory",
+            m.offloaded_optimizer_bytes,
+            p.offloaded_optimizer_bytes,
+        ),
+    ]
 }
