@@ -1,6 +1,6 @@
 //! Progress and checkpoints onto the FineTuneJob status, from rank 0, on a background thread.
 //!
-//! The training loop calls [`StatusReporter::progress`] / [`StatusReporter::checkpoint`], which
+//! The training loop calls [`StatusReporter::progress`] / [`StatusReporter::checkpoints`], which
 //! only store the newest values; a background thread sends them at most every
 //! [`MIN_INTERVAL`] (a checkpoint is sent at once). Two sinks:
 //!

@@ -10,30 +10,29 @@
 //! - **stage 1**: the gradients are all-reduced (as in plain data parallelism); each rank copies
 //!   its range of every gradient into its shard's `.grad`.
 //! - **stage 2**: a reduce-scatter per bucket of consecutive parameters (flat, laid out rank-major)
-//!   leaves each rank only the sum of its ranges; the full gradients are freed right after (the next backward allocates
-//!   them afresh), so between steps a rank holds `1/world_size` of the gradients.
-//! - the global gradient norm is the square root of the all-reduced sum of every rank's shard
-//!   norms², clipping scales the shards, lf-optim updates the shards (AdamW, SGD and 8-bit AdamW
-//!   are element-wise, so the update equals the unpartitioned one), and an all-gather per bucket
-//!   writes the updated shards back into every rank's full parameters.
-//!
-//! Collectives run per bucket of at most the planner's gradient bucket
-//! ([`bucket_elements`] padded elements), so no fp32 copy of every
-//! gradient or parameter exists at once.
-//!
+//!   leaves each rank only the sum of its ranges; the full gradients are freed right after (the
+//!   next backward allocates them afresh), so between steps a rank holds `1/world_size` of the
+//!   gradients.
 //! - **stage 3** ([`crate::zero3`]): the parameters are partitioned too. The gradients reach the
 //!   shards during backward (one reduce-scatter per unit as lf-model releases it), so the step
 //!   reduces nothing more, and nothing is all-gathered after it: the next forward gathers each
 //!   unit from the updated shards, which are these very tensors.
+//! - then the global gradient norm is the square root of the all-reduced sum of every rank's shard
+//!   norms², clipping scales the shards, lf-optim updates the shards (AdamW, SGD and 8-bit AdamW
+//!   are element-wise, so the update equals the unpartitioned one), and (stages 1–2) an all-gather
+//!   per bucket writes the updated shards back into every rank's full parameters.
+//!
+//! Collectives run per bucket of at most the planner's gradient bucket ([`bucket_elements`]
+//! padded elements), so no fp32 copy of every gradient or parameter exists at once.
 //!
 //! Adafactor factors each matrix's second moment by rows and columns, which an element range
 //! cuts through, so it is refused under ZeRO (its state is already ~1/rows of AdamW's).
 //!
 //! Checkpoints: each rank writes its own optimiser state as [`ZeroOptimizer::state_file`]
-//! (`optimizer.rank-R-of-N.safetensors`); weights are written once by rank 0 (under stage 3 after
-//! every rank gathered the trainable ones). A resume with another world size (or from an unpartitioned `optimizer.safetensors`) re-slices
-//! the element-wise state; state that cannot be re-sliced (8-bit block constants) restarts with a
-//! warning.
+//! (`optimizer.rank-R-of-N.safetensors`); weights are written once by rank 0 (under stage 3 from
+//! host copies gathered unit by unit with every rank). A resume with another world size (or from
+//! an unpartitioned `optimizer.safetensors`) re-slices the element-wise state; state that cannot
+//! be re-sliced (8-bit block constants) restarts with a warning.
 
 use std::collections::HashMap;
 use std::ops::Range;

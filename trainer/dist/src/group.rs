@@ -60,7 +60,7 @@ impl std::fmt::Debug for ProcessGroup {
 }
 
 impl ProcessGroup {
-    /// Meets the other ranks (see [`crate::rendezvous`]) and creates the group for tensors on
+    /// Meets the other ranks (see [`RendezvousOptions`]) and creates the group for tensors on
     /// `device`: Gloo for `Device::Cpu`, NCCL for `Device::Cuda(i)` (feature `nccl`). Both the
     /// rendezvous and every later collective are bounded by `opts.timeout`.
     ///
