@@ -148,7 +148,8 @@ impl TrainModel for LmTrainee {
 
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError> {
         let t = match self.active_partition() {
-            Some(p) => tch::no_grad(|| self.lm.loss_sum_with(input_ids, labels, p))?,
+            Some(p) => tch::no_grad(|| self.lm.loss_sum_with(input_ids, labels, p))
+                .map_err(|e| e.with_context("evaluation"))?,
             None => tch::no_grad(|| self.lm.loss_sum(input_ids, labels)),
         };
         t.f_double_value(&[])
@@ -169,25 +170,22 @@ impl TrainModel for LmTrainee {
 
     fn load_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
         let ctx = format!("checkpoint {}", dir.display());
-        // Every rank refreshes its shards from the checkpoint: each gathers the trainable weights
-        // (unit by unit, to the host), loads the file into them, and keeps its ranges.
+        let file = if self.is_lora() {
+            ADAPTER_WEIGHTS
+        } else {
+            TRAINABLE_WEIGHTS
+        };
+        // Under ZeRO-3 every rank reads its own ranges straight into its shards.
         if let Some(p) = self.active_partition() {
-            p.gather_to_host(true, true)?;
+            return p.load_trainable_shards(&dir.join(file));
         }
         if self.is_lora() {
-            self.lm
-                .load_adapter(dir)
-                .map_err(|e| model_error(&ctx, e))?;
+            self.lm.load_adapter(dir).map_err(|e| model_error(&ctx, e))
         } else {
             self.lm
-                .load_trainable(&dir.join(TRAINABLE_WEIGHTS))
-                .map_err(|e| model_error(&ctx, e))?;
+                .load_trainable(&dir.join(file))
+                .map_err(|e| model_error(&ctx, e))
         }
-        if let Some(p) = self.active_partition() {
-            p.refresh_trainable_shards()?;
-            p.release_all()?;
-        }
-        Ok(())
     }
 
     fn lockstep(&self) -> bool {

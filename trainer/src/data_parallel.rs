@@ -15,7 +15,9 @@ use crate::error::TrainerError;
 use crate::interfaces::DataParallel;
 
 /// Elements per gradient bucket: [`GRADIENT_BUCKET_ELEMENTS`] (what the planner assumes), or
-/// `LF_BUCKET_ELEMENTS` when set to a positive number.
+/// `LF_BUCKET_ELEMENTS` when set to a positive number. Every rank must use the same value (the
+/// buckets decide how many collectives a step makes); the operator renders one environment for
+/// all pods.
 pub fn bucket_elements() -> usize {
     std::env::var(lf_api::runtime::env::BUCKET_ELEMENTS)
         .ok()
@@ -74,6 +76,7 @@ pub fn join_from_env(device: Device, timeout: Duration) -> Result<Option<DistGro
     Ok(Some(DistGroup {
         pg: Rc::new(pg),
         device,
+        bucket: bucket_elements(),
     }))
 }
 
@@ -81,6 +84,8 @@ pub fn join_from_env(device: Device, timeout: Duration) -> Result<Option<DistGro
 pub struct DistGroup {
     pg: Rc<ProcessGroup>,
     device: Device,
+    /// Elements per gradient bucket (read once: every rank must cut the same buckets).
+    bucket: usize,
 }
 
 impl DistGroup {
@@ -121,7 +126,7 @@ impl DataParallel for DistGroup {
         let _guard = tch::no_grad_guard();
         let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
         let numels: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
-        for range in buckets(&numels, bucket_elements()) {
+        for range in buckets(&numels, self.bucket) {
             let flat: Vec<Tensor> = grads[range.clone()]
                 .iter()
                 .map(|g| g.to_kind(Kind::Float).reshape([-1]))

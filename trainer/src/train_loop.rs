@@ -695,7 +695,14 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
             window = Window::new();
         }
 
-        let stopping = ctx.stop.load(Ordering::SeqCst);
+        // A signal reaches the ranks at different moments: every rank stops after the same step
+        // (a rank that stopped alone would wait in collectives the others never make).
+        let signalled = ctx.stop.load(Ordering::SeqCst);
+        let stopping = if group.world_size() > 1 {
+            group.sum_scalar(if signalled { 1.0 } else { 0.0 })? > 0.0
+        } else {
+            signalled
+        };
         let save_now = cfg.save_steps > 0
             && state.global_step.is_multiple_of(cfg.save_steps as u64)
             && state.global_step < total_steps;

@@ -22,8 +22,9 @@
 //!   are element-wise, so the update equals the unpartitioned one), and (stages 1–2) an all-gather
 //!   per bucket writes the updated shards back into every rank's full parameters.
 //!
-//! Collectives run per bucket of at most the planner's gradient bucket ([`bucket_elements`]
-//! padded elements), so no fp32 copy of every gradient or parameter exists at once.
+//! Stages 1–2 run their collectives per bucket of at most the planner's gradient bucket
+//! ([`bucket_elements`] padded elements), so no fp32 copy of every gradient or parameter exists
+//! at once; stage 3 reduces one unit (a layer, the embedding or the head) at a time.
 //!
 //! Adafactor factors each matrix's second moment by rows and columns, which an element range
 //! cuts through, so it is refused under ZeRO (its state is already ~1/rows of AdamW's).
@@ -335,7 +336,7 @@ impl StepOptimizer for ZeroOptimizer {
 
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
         if let Some(p) = &self.partition {
-            p.discard_prefetch()?;
+            p.discard_stale_prefetch()?;
         }
         self.inner
             .step(&self.shards, lr)

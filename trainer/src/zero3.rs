@@ -30,11 +30,13 @@
 //! adapter or model needs the whole model on one device.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
+use std::path::Path;
 use std::rc::Rc;
 
 use lf_dist::{set_grad, OwnedGather, ProcessGroup, ShardLayout};
+use lf_model::safetensors_io::MappedFile;
 use lf_model::{CausalLm, Residency, Unit};
 use tch::{Device, Kind, Tensor};
 
@@ -217,7 +219,6 @@ impl ParameterPartition {
     }
 
     /// Makes `idx` whole: one all-gather per dtype of the shards, written into the tensors.
-    /// Makes `idx` whole: one all-gather per dtype of the shards, written into the tensors.
     fn gather_entries(&self, idx: &[usize]) -> Result<(), TrainerError> {
         let pieces = self.start_gather(idx)?;
         self.finish_gather(pieces)
@@ -306,17 +307,37 @@ impl ParameterPartition {
         Ok(())
     }
 
-    /// Waits for an outstanding prefetch and drops what it gathered: it was for another unit, or
-    /// the shards changed since it started (an optimiser step, a checkpoint load). Every rank
-    /// makes the same prefetches, so the collectives stay matched.
+    /// Waits for an outstanding prefetch and drops what it gathered: the shards changed since it
+    /// started (a checkpoint load) or are about to be written. Every rank makes the same
+    /// prefetches, so the collectives stay matched.
     pub fn discard_prefetch(&self) -> Result<(), TrainerError> {
         let pending = self.prefetch.borrow_mut().take();
-        if let Some((_, pieces)) = pending {
-            self.prefetch_discarded
-                .set(self.prefetch_discarded.get() + 1);
-            for piece in pieces {
-                drop(piece.work.wait().map_err(dist_error)?);
-            }
+        match pending {
+            Some((_, pieces)) => self.wait_out(pieces),
+            None => Ok(()),
+        }
+    }
+
+    /// [`ParameterPartition::discard_prefetch`] when the prefetch holds a trainable tensor (which
+    /// an optimiser step changes); a prefetch of frozen weights stays valid.
+    pub fn discard_stale_prefetch(&self) -> Result<(), TrainerError> {
+        let stale = self.prefetch.borrow().as_ref().is_some_and(|(_, pieces)| {
+            pieces
+                .iter()
+                .any(|p| p.entries.iter().any(|&i| self.entries[i].trainable))
+        });
+        if stale {
+            self.discard_prefetch()?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `pieces` and drops what they gathered.
+    fn wait_out(&self, pieces: Vec<Piece>) -> Result<(), TrainerError> {
+        self.prefetch_discarded
+            .set(self.prefetch_discarded.get() + 1);
+        for piece in pieces {
+            drop(piece.work.wait().map_err(dist_error)?);
         }
         Ok(())
     }
@@ -358,32 +379,41 @@ impl ParameterPartition {
         }
         let world = self.pg.world_size() as i64;
         let width: usize = trainable.iter().map(|e| e.per_rank).sum();
-        let rows: Vec<Tensor> = trainable
-            .iter()
-            .map(|e| {
-                let g = e.tensor.grad();
-                let flat = if g.defined() {
-                    g.to_kind(Kind::Float).reshape([-1])
-                } else {
-                    Tensor::zeros([e.numel as i64], (Kind::Float, self.device))
-                };
-                let pad = world as usize * e.per_rank - e.numel;
-                let padded = if pad == 0 {
-                    flat
-                } else {
-                    Tensor::cat(
-                        &[
-                            flat,
-                            Tensor::zeros([pad as i64], (Kind::Float, self.device)),
-                        ],
-                        0,
-                    )
-                };
-                padded.view([world, e.per_rank as i64])
-            })
-            .collect();
-        let input = Tensor::cat(&rows, 1).reshape([-1]);
-        drop(rows);
+        // One fp32 buffer laid out rank-major ([world, width]); each gradient is copied (and
+        // converted) into its columns once, row by row of its padded [world, per_rank] view.
+        let input = Tensor::zeros([world, width as i64], (Kind::Float, self.device));
+        let mut offset = 0i64;
+        for e in &trainable {
+            let g = e.tensor.grad();
+            if g.defined() {
+                let flat = g.reshape([-1]);
+                let per_rank = e.per_rank as i64;
+                let full_rows = e.numel as i64 / per_rank.max(1);
+                let columns = input.narrow(1, offset, per_rank);
+                if full_rows > 0 {
+                    columns
+                        .narrow(0, 0, full_rows)
+                        .f_copy_(
+                            &flat
+                                .narrow(0, 0, full_rows * per_rank)
+                                .view([full_rows, per_rank]),
+                        )
+                        .map(drop)
+                        .map_err(|err| torch("ZeRO-3: laying out gradients", err))?;
+                }
+                let rest = e.numel as i64 - full_rows * per_rank;
+                if rest > 0 {
+                    columns
+                        .select(0, full_rows)
+                        .narrow(0, 0, rest)
+                        .f_copy_(&flat.narrow(0, full_rows * per_rank, rest))
+                        .map(drop)
+                        .map_err(|err| torch("ZeRO-3: laying out gradients", err))?;
+                }
+            }
+            offset += e.per_rank as i64;
+        }
+        let input = input.reshape([-1]);
         let mut mine = Tensor::zeros([width as i64], (Kind::Float, self.device));
         self.pg
             .reduce_scatter_sum(&input, &mut mine)
@@ -424,12 +454,6 @@ impl ParameterPartition {
         Ok(())
     }
 
-    fn all_indices(&self, trainable_only: bool) -> Vec<usize> {
-        (0..self.entries.len())
-            .filter(|&i| !trainable_only || self.entries[i].trainable)
-            .collect()
-    }
-
     /// Makes every tensor (or every trainable one) whole in host memory where `keep` is set (the
     /// rank that writes them), unit by unit: each unit is gathered on the device, copied to the
     /// host and released again, so the device never holds more than one unit. All ranks must call
@@ -438,12 +462,15 @@ impl ParameterPartition {
     pub fn gather_to_host(&self, trainable_only: bool, keep: bool) -> Result<(), TrainerError> {
         self.discard_prefetch()?;
         let mut held: Vec<(usize, Tensor)> = Vec::new();
+        // Every rank skips the same entries (a tied embedding is in two units), so the gathers
+        // match whether or not this rank keeps copies.
+        let mut seen: HashSet<usize> = HashSet::new();
         for idx in self.units.values() {
             let wanted: Vec<usize> = idx
                 .iter()
                 .copied()
                 .filter(|&i| !trainable_only || self.entries[i].trainable)
-                .filter(|i| !held.iter().any(|(h, _)| h == i))
+                .filter(|&i| seen.insert(i))
                 .collect();
             if wanted.is_empty() {
                 continue;
@@ -475,24 +502,37 @@ impl ParameterPartition {
 
     /// Empties every tensor made whole by [`ParameterPartition::gather_to_host`] again.
     pub fn release_all(&self) -> Result<(), TrainerError> {
-        self.release_entries(&self.all_indices(false))
+        self.release_entries(&(0..self.entries.len()).collect::<Vec<_>>())
     }
 
-    /// Copies the trainable tensors' ranges into their shards: after weights were loaded into
-    /// the gathered tensors (resume), so the optimiser's shards hold them.
-    pub fn refresh_trainable_shards(&self) -> Result<(), TrainerError> {
+    /// Reads this rank's range of every trainable tensor from the checkpoint file `file` straight
+    /// into its shard, one tensor at a time (no collective, never the whole model in memory): the
+    /// weights half of a resume. Names and sizes must match this run's trainable tensors.
+    pub fn load_trainable_shards(&self, file: &Path) -> Result<(), TrainerError> {
         self.discard_prefetch()?;
-        let _guard = tch::no_grad_guard();
-        for e in self
-            .entries
-            .iter()
-            .filter(|e| e.trainable && e.resident.get())
-        {
-            if e.owned.is_empty() {
-                continue;
+        let fail = |message: String| {
+            TrainerError::config(format!(
+                "checkpoint {}: {message} (the checkpoint does not fit this run)",
+                file.display()
+            ))
+        };
+        let mapped = MappedFile::open(file).map_err(|e| fail(e.to_string()))?;
+        for e in self.entries.iter().filter(|e| e.trainable) {
+            let full = mapped
+                .load(&e.name, Some(e.kind), Device::Cpu)
+                .map_err(|err| fail(err.to_string()))?;
+            if full.numel() != e.numel {
+                return Err(fail(format!(
+                    "`{}` holds {} elements, this run's tensor {}",
+                    e.name,
+                    full.numel(),
+                    e.numel
+                )));
             }
-            copy_owned_range(&e.shard, &e.tensor, &e.owned)
-                .map_err(|err| torch("ZeRO-3: refreshing a parameter shard", err))?;
+            if !e.owned.is_empty() {
+                copy_owned_range(&e.shard, &full, &e.owned)
+                    .map_err(|err| torch("ZeRO-3: loading a parameter shard", err))?;
+            }
         }
         Ok(())
     }
@@ -521,10 +561,7 @@ impl Residency for ParameterPartition {
                 self.prefetch_used.set(self.prefetch_used.get() + 1);
                 self.finish_gather(pieces)?
             }
-            Some(other) => {
-                *self.prefetch.borrow_mut() = Some(other);
-                self.discard_prefetch()?;
-            }
+            Some((_, pieces)) => self.wait_out(pieces)?,
             None => {}
         }
         // What the prefetch did not cover (a tensor shared with the unit before, as a tied

@@ -479,3 +479,78 @@ fn a_rank_killed_mid_training_under_zero3_fails_the_other_quickly() {
         err.lines().last().unwrap_or_default()
     );
 }
+
+/// The tiny model with a tied embedding (its `lm_head.weight` is then ignored by the loader).
+fn tied_model(dir: &Path) -> PathBuf {
+    let src = common::assets().join("model");
+    let dst = dir.join("tied-model");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg = dst.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["tie_word_embeddings"] = true.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    dst
+}
+
+/// A tied embedding belongs to two units (the embedding and the head). Full fine-tuning (the
+/// embedding trains) and freeze (it is frozen) under ZeRO-3 save a checkpoint and the final
+/// model, gathered unit by unit with rank 0 keeping the copies, with the same collectives on
+/// every rank, and equal one process; resuming from the checkpoint ends on the same model.
+#[test]
+fn zero3_with_a_tied_embedding_checkpoints_and_equals_one_process() {
+    let models = tempfile::tempdir().unwrap();
+    let tied = tied_model(models.path());
+    let model = format!(
+        "model_name_or_path: {}\nsave_steps: 2\nddp_timeout: 60\n",
+        tied.display()
+    );
+    for method in ["full", "freeze"] {
+        let single = tempfile::tempdir().unwrap();
+        run(&config(single.path(), method, &model), 1, &[]);
+        let reference = result_tensors(&single.path().join("out"));
+        let dir = tempfile::tempdir().unwrap();
+        run(
+            &config(dir.path(), method, &format!("{model}zero_stage: 3\n")),
+            2,
+            &[],
+        );
+        let out = dir.path().join("out");
+        let d = max_diff(&reference, &result_tensors(&out));
+        assert!(d < 1e-5, "{method}, tied, ZeRO-3: parameters differ by {d}");
+        let weights = |out: &Path| {
+            let mut t = Tensor::read_safetensors(
+                out.join("checkpoint-2")
+                    .join(lf_trainer::adapters::TRAINABLE_WEIGHTS),
+            )
+            .unwrap();
+            t.sort_by(|a, b| a.0.cmp(&b.0));
+            t
+        };
+        let d = max_diff(&weights(&single.path().join("out")), &weights(&out));
+        assert!(
+            d < 1e-5,
+            "{method}, tied, ZeRO-3: checkpoint-2 differs by {d}"
+        );
+        // Resuming from it (each rank reads its ranges from the file) ends on the same model.
+        let again = tempfile::tempdir().unwrap();
+        let resume = format!(
+            "resume_from_checkpoint={}",
+            out.join("checkpoint-2").display()
+        );
+        run(
+            &config(again.path(), method, &format!("{model}zero_stage: 3\n")),
+            2,
+            &[resume, "overwrite_output_dir=false".into()],
+        );
+        let d = max_diff(&reference, &result_tensors(&again.path().join("out")));
+        assert!(
+            d < 1e-5,
+            "{method}, tied, ZeRO-3 resumed: parameters differ by {d}"
+        );
+    }
+}

@@ -85,17 +85,6 @@ impl Linear {
         }
     }
 
-    /// `[out_features, in_features]` of the base weight.
-    pub fn shape(&self) -> (i64, i64) {
-        match &self.weight {
-            BaseWeight::Dense(w) => {
-                let s = w.size();
-                (s[0], s[1])
-            }
-            BaseWeight::Quantized(q) => q.shape(),
-        }
-    }
-
     /// The forward pass. With an adapter this is PEFT's:
     /// LoRA `y = W x + s·B(A(dropout(x)))`; DoRA, with `k = m / ‖W + s·BA‖` (row norm, detached),
     /// `y = W x + (k − 1)·W x + k·s·B(A(x))`, where with active dropout the middle term uses the

@@ -295,6 +295,23 @@ impl Llama {
     pub fn hidden<R: Residency + ?Sized>(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        backend: AttentionBackend,
+        train: bool,
+        residency: &R,
+    ) -> Result<Tensor, R::Error> {
+        let x = self.decoder_output(input_ids, cache, backend, train, residency)?;
+        residency.gather(Unit::Head)?;
+        let out = self.norm.forward(&x);
+        residency.release(Unit::Head, false)?;
+        Ok(out)
+    }
+
+    /// The last decoder layer's output (before the final norm), `[B, S, H]`: [`Llama::hidden`]
+    /// without the head unit, for callers that gather the head once for the norm and the logits.
+    pub fn decoder_output<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         backend: AttentionBackend,
         train: bool,
@@ -315,10 +332,7 @@ impl Llama {
             x = layer.forward(&x, &cos, &sin, slot, backend, train);
             residency.release(Unit::Layer(i), false)?;
         }
-        residency.gather(Unit::Head)?;
-        let out = self.norm.forward(&x);
-        residency.release(Unit::Head, false)?;
-        Ok(out)
+        Ok(x)
     }
 
     /// cos/sin tables for positions `start..start+len`.

@@ -97,12 +97,17 @@ impl CausalLm {
             }
         }
         self.method.finetuning = Some(cfg.finetuning_type);
-        let n: i64 = self
-            .trainable_parameters()
-            .iter()
-            .map(|(_, t)| t.numel() as i64)
-            .sum();
-        tracing::info!(method = ?cfg.finetuning_type, trainable = n, "fine-tuning method applied");
+        if residency.lockstep() {
+            // Partitioned: the base tensors are empty here; the trainer counts from the shards.
+            tracing::info!(method = ?cfg.finetuning_type, "fine-tuning method applied");
+        } else {
+            let n: i64 = self
+                .trainable_parameters()
+                .iter()
+                .map(|(_, t)| t.numel() as i64)
+                .sum();
+            tracing::info!(method = ?cfg.finetuning_type, trainable = n, "fine-tuning method applied");
+        }
         Ok(())
     }
 

@@ -93,15 +93,17 @@ impl CausalLm {
         labels: &Tensor,
         residency: &R,
     ) -> Result<Tensor, R::Error> {
-        let hidden = self
-            .model
-            .hidden(input_ids, None, self.backend, self.training, residency)?;
+        let x =
+            self.model
+                .decoder_output(input_ids, None, self.backend, self.training, residency)?;
+        // One gather of the head for the final norm and every chunk's logits.
+        residency.gather(Unit::Head)?;
+        let hidden = self.model.norm.forward(&x);
         let (h, t) = Self::labelled(&hidden, labels);
         let n = t.size()[0];
         let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
         let chunk = self.chunk_len(n);
         let mut start = 0;
-        residency.gather(Unit::Head)?;
         while start < n {
             let len = chunk.min(n - start);
             let logits = self

@@ -188,14 +188,14 @@ impl QuantizedWeight {
         flat.reshape([self.shape.0, self.shape.1]).to_kind(kind)
     }
 
-    /// Every tensor this weight holds.
-    fn tensors(&self) -> Vec<&Tensor> {
+    /// Every tensor this weight holds, by a short role name.
+    fn tensors(&self) -> Vec<(&'static str, &Tensor)> {
         match &self.scheme {
             Scheme::FourBit {
                 packed,
                 absmax: Absmax::Plain(a),
                 ..
-            } => vec![packed, a],
+            } => vec![("packed", packed), ("absmax", a)],
             Scheme::FourBit {
                 packed,
                 absmax:
@@ -205,31 +205,21 @@ impl QuantizedWeight {
                         ..
                     },
                 ..
-            } => {
-                vec![packed, codes, nested_absmax]
-            }
-            Scheme::Int8 { q, absmax } => vec![q, absmax],
+            } => vec![
+                ("packed", packed),
+                ("absmax_codes", codes),
+                ("nested_absmax", nested_absmax),
+            ],
+            Scheme::Int8 { q, absmax } => vec![("q", q), ("absmax", absmax)],
         }
     }
 
     /// Every tensor this weight holds, by a short role name, sharing storage with the weight
     /// (ZeRO-3 partitions them as flat element ranges and restores them in place).
     pub fn storage_tensors(&self) -> Vec<(&'static str, Tensor)> {
-        let names: &[&'static str] = match &self.scheme {
-            Scheme::FourBit {
-                absmax: Absmax::Plain(_),
-                ..
-            } => &["packed", "absmax"],
-            Scheme::FourBit {
-                absmax: Absmax::Double { .. },
-                ..
-            } => &["packed", "absmax_codes", "nested_absmax"],
-            Scheme::Int8 { .. } => &["q", "absmax"],
-        };
-        names
-            .iter()
-            .zip(self.tensors())
-            .map(|(n, t)| (*n, t.shallow_clone()))
+        self.tensors()
+            .into_iter()
+            .map(|(role, t)| (role, t.shallow_clone()))
             .collect()
     }
 
@@ -239,7 +229,7 @@ impl QuantizedWeight {
         let tensors: u64 = self
             .tensors()
             .iter()
-            .map(|t| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
+            .map(|(_, t)| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64)
             .sum();
         let offset = match &self.scheme {
             Scheme::FourBit {
