@@ -8,6 +8,10 @@ use common::{max_abs_diff, training_config};
 use lf_api::training::{OffloadDevice, Optim, TrainingConfig};
 use tch::{Device, Kind, Tensor};
 
+/// libtorch's generator is global and the tests of this file run on parallel threads: every
+/// seed-and-draw sequence holds this lock, so each test sees the data its seed gives.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A two-layer tanh MLP regressing a fixed random teacher: big enough that its matrices use
 /// 8-bit state (≥ 4096 elements), small enough to train in a second.
 struct Task {
@@ -17,6 +21,7 @@ struct Task {
 
 impl Task {
     fn new() -> Self {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(3);
         let x = Tensor::randn([256, 64], (Kind::Float, Device::Cpu));
         let t1 = Tensor::randn([64, 96], (Kind::Float, Device::Cpu)) / 8.0;
@@ -26,6 +31,7 @@ impl Task {
     }
 
     fn init_params(kind: Kind) -> Vec<(String, Tensor)> {
+        let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(5);
         let p = |name: &str, shape: &[i64], scale: f64| {
             let t = (Tensor::randn(shape, (Kind::Float, Device::Cpu)) * scale)
