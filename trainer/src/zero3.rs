@@ -11,8 +11,9 @@
 //! unit's shards, written back into the model's tensors in place; releasing empties them again.
 //! Right after a unit is gathered, the unit that followed the same pair of units last time (the
 //! next layer in forward, the one below in backward: the order is learnt, not assumed) starts
-//! gathering asynchronously, so at most two units are whole at once — the planner's budget. An
-//! optimiser step or a checkpoint load discards a prefetch started before it.
+//! gathering asynchronously, so at most two units are whole at once — the planner's budget. A
+//! prefetch that holds trainable tensors is discarded at the optimiser step (it would be stale),
+//! and any prefetch at a checkpoint load or save.
 //! Releasing a unit after its backward (`gradients_ready`) reduce-scatters its trainable tensors'
 //! gradients in one collective, adds this rank's part to the shard's `.grad` (micro-batches
 //! accumulate there) and frees the full gradients.
