@@ -52,16 +52,14 @@ def run(trainer, cfg, world, stage, steps, out):
     return step_s, memory
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--trainer", default=os.path.join(REPO, "target/release/lf-trainer"))
-    a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="bench-zero-")
+def prepare(work, hidden, layers, lora_rank, examples, seq=64):
+    """Writes WORK/model, WORK/data (tests/reference/trainer_make_tiny.py; `seq` > 64 makes long
+    answers, so every sequence fills cutoff_len) and WORK/train.yaml (LoRA on all linears, fp32,
+    up to 64 tokens); returns the config's path."""
+    os.makedirs(work, exist_ok=True)
     subprocess.run([sys.executable, os.path.join(REPO, "tests/reference/trainer_make_tiny.py"), work,
-                    "--hidden", str(a.hidden), "--layers", str(a.layers), "--examples", "64"],
+                    "--hidden", str(hidden), "--layers", str(layers), "--seq", str(seq),
+                    "--examples", str(examples)],
                    check=True, stdout=subprocess.DEVNULL)
     cfg = os.path.join(work, "train.yaml")
     with open(cfg, "w") as f:
@@ -77,11 +75,32 @@ lr_scheduler_type: constant
 logging_steps: 5
 save_steps: 0
 finetuning_type: lora
-lora_rank: 8
+lora_rank: {lora_rank}
 lora_target: all
 seed: 7
 """)
-    print(f"model: {a.layers} layers, hidden {a.hidden}; LoRA r=8 all linears; global batch {GLOBAL_BATCH}; "
+    return cfg
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--lora-rank", type=int, default=8)
+    ap.add_argument("--examples", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--trainer", default=os.path.join(REPO, "target/release/lf-trainer"))
+    ap.add_argument("--prepare", metavar="DIR",
+                    help="only write the model, data and train.yaml into DIR and print the config path "
+                         "(scripts/trainer-dist-check.sh uses it)")
+    a = ap.parse_args()
+    if a.prepare:
+        print(prepare(a.prepare, a.hidden, a.layers, a.lora_rank, a.examples, a.seq))
+        return
+    work = tempfile.mkdtemp(prefix="bench-zero-")
+    cfg = prepare(work, a.hidden, a.layers, a.lora_rank, a.examples, a.seq)
+    print(f"model: {a.layers} layers, hidden {a.hidden}; LoRA r={a.lora_rank} all linears; global batch {GLOBAL_BATCH}; "
           f"{a.steps} steps; Gloo on CPU, 1 thread per rank, {os.cpu_count()} cores")
     print(f"{'world':>5} {'stage':>5} {'ms/step':>8} {'×w1':>5}  "
           f"{'weights B (meas/plan)':>23} {'grads B':>17} {'optimizer B':>17}  state ×w1")

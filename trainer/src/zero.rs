@@ -132,12 +132,7 @@ impl ZeroOptimizer {
             } else {
                 let t = match adopted {
                     Some((_, shard)) => shard,
-                    None => p
-                        .detach()
-                        .reshape([-1])
-                        .narrow(0, owned.start as i64, owned.len() as i64)
-                        .copy()
-                        .set_requires_grad(true),
+                    None => owned_copy(p, &owned).set_requires_grad(true),
                 };
                 named.push((name.clone(), t.shallow_clone()));
                 shards.push(t);
@@ -361,15 +356,7 @@ impl StepOptimizer for ZeroOptimizer {
                         Some(i) => self.shards[i].to_kind(Kind::Float),
                         None => Tensor::zeros([0], (Kind::Float, self.device)),
                     };
-                    let pad = s.per_rank - s.owned.len();
-                    if pad == 0 {
-                        own
-                    } else {
-                        Tensor::cat(
-                            &[own, Tensor::zeros([pad as i64], (Kind::Float, self.device))],
-                            0,
-                        )
-                    }
+                    padded_shard(&own, s.per_rank)
                 })
                 .collect();
             let input = Tensor::cat(&pieces, 0);
@@ -487,6 +474,19 @@ impl StepOptimizer for ZeroOptimizer {
     }
 }
 
+/// `owned` (a range of the flattened `full`) as a view, detached from autograd.
+fn owned_view(full: &Tensor, owned: &Range<usize>) -> Tensor {
+    full.detach()
+        .reshape([-1])
+        .narrow(0, owned.start as i64, owned.len() as i64)
+}
+
+/// A new tensor holding `owned` of the flattened `full`: a rank's shard of it.
+pub(crate) fn owned_copy(full: &Tensor, owned: &Range<usize>) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    owned_view(full, owned).copy()
+}
+
 /// Copies `owned` (a range of the flattened `full`) into `shard`, in place.
 pub(crate) fn copy_owned_range(
     shard: &Tensor,
@@ -494,11 +494,27 @@ pub(crate) fn copy_owned_range(
     owned: &Range<usize>,
 ) -> Result<(), tch::TchError> {
     let _guard = tch::no_grad_guard();
-    let part = full
-        .detach()
-        .reshape([-1])
-        .narrow(0, owned.start as i64, owned.len() as i64);
-    shard.shallow_clone().f_copy_(&part).map(drop)
+    shard
+        .shallow_clone()
+        .f_copy_(&owned_view(full, owned))
+        .map(drop)
+}
+
+/// `shard` padded with zeros to `per_rank` elements: one parameter's slot in a rank's flat
+/// buffer of an all-gather.
+pub(crate) fn padded_shard(shard: &Tensor, per_rank: usize) -> Tensor {
+    let pad = per_rank.saturating_sub(shard.numel());
+    if pad == 0 {
+        shard.shallow_clone()
+    } else {
+        Tensor::cat(
+            &[
+                shard.shallow_clone(),
+                Tensor::zeros([pad as i64], (shard.kind(), shard.device())),
+            ],
+            0,
+        )
+    }
 }
 
 /// The optimiser-state files of a checkpoint, in rank order: every `optimizer.rank-R-of-N` file

@@ -43,7 +43,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data_parallel::dist_error;
 use crate::error::TrainerError;
-use crate::zero::copy_owned_range;
+use crate::zero::{copy_owned_range, owned_copy, padded_shard};
 
 /// One tensor of the model and this rank's range of it.
 struct Entry {
@@ -129,11 +129,7 @@ impl ParameterPartition {
                     let numel = tensor.numel();
                     let layout = ShardLayout::new(numel, world).map_err(dist_error)?;
                     let owned = layout.owned(rank);
-                    let shard = tensor
-                        .detach()
-                        .reshape([-1])
-                        .narrow(0, owned.start as i64, owned.len() as i64)
-                        .copy();
+                    let shard = owned_copy(&tensor, &owned);
                     let i = self.entries.len();
                     self.by_name.insert(name.clone(), i);
                     self.entries.push(Entry {
@@ -253,18 +249,7 @@ impl ParameterPartition {
                 .iter()
                 .map(|&i| {
                     let e = &self.entries[i];
-                    let pad = e.per_rank - e.owned.len();
-                    if pad == 0 {
-                        e.shard.detach()
-                    } else {
-                        Tensor::cat(
-                            &[
-                                e.shard.detach(),
-                                Tensor::zeros([pad as i64], (kind, self.device)),
-                            ],
-                            0,
-                        )
-                    }
+                    padded_shard(&e.shard.detach(), e.per_rank)
                 })
                 .collect();
             // `cat` copies: the all-gather reads this snapshot, not the live shards.
