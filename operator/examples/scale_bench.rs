@@ -284,7 +284,7 @@ fn watching(fake: &FakeApiServer) -> bool {
 /// and the last answered), then `applied T1,T2,...` (when each job was planned and applied); all
 /// times in Unix ns. Exits when stdin closes.
 async fn serve(n: usize, timeout: Duration) {
-    let fake = FakeApiServer::new().with_crd(&FineTuneJob::crd());
+    let fake = FakeApiServer::new().with_crd(&FineTuneJob::definition());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1");
@@ -344,7 +344,7 @@ struct ChildServer {
 impl ApiServer {
     async fn start(mode: Mode, n: usize, timeout: Duration) -> ApiServer {
         if mode == Mode::InProcess {
-            return ApiServer::InProcess(FakeApiServer::new().with_crd(&FineTuneJob::crd()));
+            return ApiServer::InProcess(FakeApiServer::new().with_crd(&FineTuneJob::definition()));
         }
         let exe = std::env::current_exe().expect("the benchmark's own path");
         let mut child = tokio::process::Command::new(exe)

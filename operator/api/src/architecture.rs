@@ -83,10 +83,23 @@ pub struct ModelArchitecture {
     pub attention_bias: bool,
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "dtype")]
     pub torch_dtype: Option<String>,
+    /// A token id, or a list of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "token_ids_schema")]
     pub bos_token_id: Option<serde_json::Value>,
+    /// A token id, or a list of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "token_ids_schema")]
     pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// An integer or a list of integers, as `config.json` has it. A structural schema (what the API
+/// server requires of a CRD) cannot say "one of two types", so the value is kept as it is.
+fn token_ids_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "nullable": true,
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 fn default_max_positions() -> u64 {

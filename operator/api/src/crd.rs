@@ -41,8 +41,8 @@ pub const MAX_NAME_LENGTH: usize = 40;
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters so that every pod hostname stays within 63"),
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("!has(self.training.quantization_bit) || !has(self.training.finetuning_type) || self.training.finetuning_type == 'lora'").message("training.quantization_bit needs finetuning_type: lora (QLoRA); quantised base weights cannot be fully fine-tuned"))]
-#[x_kube(validation = Rule::new("!has(self.resources.maxGpus) || !has(self.resources.gpusPerNode) || self.resources.gpusPerNode <= self.resources.maxGpus").message("resources.gpusPerNode cannot exceed resources.maxGpus"))]
+#[x_kube(validation = Rule::new("!has(self.training.quantization_bit) || !has(self.training.finetuning_type) || self.training.finetuning_type == 'lora'").message("training.quantization_bit needs finetuning_type: lora (QLoRA); quantised base weights cannot be fully fine-tuned").field_path(".training.quantization_bit"))]
+#[x_kube(validation = Rule::new("!has(self.resources.maxGpus) || !has(self.resources.gpusPerNode) || self.resources.gpusPerNode <= self.resources.maxGpus").message("resources.gpusPerNode cannot exceed resources.maxGpus").field_path(".resources.gpusPerNode"))]
 pub struct FineTuneJobSpec {
     /// The base model.
     pub model: ModelSpec,
@@ -307,6 +307,72 @@ pub struct SchedulingSpec {
     pub priority_class_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler_name: Option<String>,
+}
+
+/// Formats the API server knows; schemars' `uint8`..`uint64` are not among them (the API server
+/// warns "unrecognized format" on every apply). Their `minimum: 0` keeps the meaning.
+const KUBERNETES_FORMATS: &[&str] = &[
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "binary",
+    "date",
+    "date-time",
+    "datetime",
+    "duration",
+    "password",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+];
+
+impl FineTuneJob {
+    /// The CustomResourceDefinition as `crdgen` writes it: the derived one, with only formats
+    /// the API server recognises.
+    pub fn definition(
+    ) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
+    {
+        let mut crd = <FineTuneJob as kube::CustomResourceExt>::crd();
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                if let Ok(mut value) = serde_json::to_value(&*schema) {
+                    drop_unknown_formats(&mut value);
+                    if let Ok(clean) = serde_json::from_value(value) {
+                        *schema = clean;
+                    }
+                }
+            }
+        }
+        crd
+    }
+}
+
+fn drop_unknown_formats(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let unknown = map
+                .get("format")
+                .and_then(|f| f.as_str())
+                .is_some_and(|f| !KUBERNETES_FORMATS.contains(&f));
+            if unknown && map.get("type").is_some() {
+                map.remove("format");
+            }
+            map.values_mut().for_each(drop_unknown_formats);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_unknown_formats),
+        _ => {}
+    }
 }
 
 impl FineTuneJob {

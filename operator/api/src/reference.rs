@@ -1,7 +1,6 @@
 //! The FineTuneJob reference as Markdown, generated from the CRD's own schema so the README cannot
 //! drift from the code (a test compares the README's section with this output).
 
-use kube::CustomResourceExt;
 use serde_json::Value;
 
 use crate::crd::FineTuneJob;
@@ -13,7 +12,7 @@ pub const END_MARKER: &str = "<!-- END GENERATED: finetunejob-reference -->";
 
 /// Two tables: the spec fields (camelCase) and the training config keys (LLaMA-Factory names).
 pub fn reference_markdown() -> String {
-    let crd = FineTuneJob::crd();
+    let crd = FineTuneJob::definition();
     let schema = crd
         .spec
         .versions

@@ -67,7 +67,7 @@ pub fn config() -> ControllerConfig {
 
 impl Env {
     pub fn new() -> Self {
-        let fake = FakeApiServer::new().with_crd(&FineTuneJob::crd());
+        let fake = FakeApiServer::new().with_crd(&FineTuneJob::definition());
         let client = fake.client();
         let metrics = Metrics::new().expect("metrics register");
         Env {
