@@ -150,6 +150,12 @@ pub struct ResourcesSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_gpus: Option<u32>,
+    /// Exactly this many GPUs (at most `gpusPerNode`, or a multiple of it): the planner then
+    /// chooses only the ZeRO stage, offload and micro-batch, and the job fails to plan if that
+    /// count cannot fit. Default: the fewest that fit, up to `maxGpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub gpus: Option<u32>,
     /// Fraction of GPU memory kept free on top of the prediction (default 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 0.9))]

@@ -30,6 +30,8 @@ pub struct PlannerInput {
     pub headroom: f64,
     pub gpus_per_node: u32,
     pub max_gpus: u32,
+    /// `spec.resources.gpus`: only this GPU count is considered.
+    pub fixed_gpus: Option<u32>,
     pub zero: ZeroStageChoice,
     pub offload: OffloadChoice,
     /// Multiplies every predicted peak before the fit test (1.0; raised after a measured OOM).
@@ -52,6 +54,7 @@ impl PlannerInput {
             headroom: 0.1,
             gpus_per_node: 1,
             max_gpus: 1,
+            fixed_gpus: None,
             zero: ZeroStageChoice::Auto,
             offload: OffloadChoice::Auto,
             peak_scale: 1.0,
@@ -92,6 +95,21 @@ impl PlannerInput {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(g) = r.gpus {
+            let per_node = r.gpus_per_node.max(1);
+            if g == 0 || (g > per_node && g % per_node != 0) {
+                return Err(invalid(
+                    "spec.resources.gpus",
+                    format!("{g} is neither at most gpusPerNode ({per_node}) nor a multiple of it: every pod runs gpusPerNode processes"),
+                ));
+            }
+            if r.max_gpus.is_some_and(|max| g > max) {
+                return Err(invalid(
+                    "spec.resources.gpus",
+                    format!("{g} exceeds maxGpus ({})", r.max_gpus()),
+                ));
+            }
+        }
         let headroom = r.headroom();
         if !(0.0..=0.9).contains(&headroom) {
             return Err(invalid(
@@ -105,8 +123,9 @@ impl PlannerInput {
             training: spec.training.clone(),
             gpu_memory_bytes: r.gpu_memory_bytes(),
             headroom,
-            gpus_per_node: r.gpus_per_node.min(r.max_gpus()),
-            max_gpus: r.max_gpus(),
+            gpus_per_node: r.gpus_per_node.min(r.gpus.unwrap_or(r.max_gpus())),
+            max_gpus: r.gpus.unwrap_or(r.max_gpus()),
+            fixed_gpus: r.gpus,
             zero: spec.distributed.zero_stage,
             offload: spec.distributed.offload_optimizer,
             peak_scale: 1.0,
@@ -127,6 +146,9 @@ impl PlannerInput {
     /// GPU counts the search considers: 1 … `gpus_per_node`, then multiples of `gpus_per_node` up
     /// to `max_gpus`.
     pub fn gpu_candidates(&self) -> Vec<u32> {
+        if let Some(g) = self.fixed_gpus {
+            return vec![g];
+        }
         let per_node = self.gpus_per_node.max(1);
         let max = self.max_gpus.max(1);
         let mut out: Vec<u32> = (1..=per_node.min(max)).collect();
@@ -604,10 +626,11 @@ fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
             if t.loss_chunk_size == 0 { "off (full logits)".to_string() } else { format!("{} tokens", t.loss_chunk_size) }
         ),
         format!(
-            "gpus       {} each, {:.0}% headroom ({}), ≤ {} GPU{} ({} per node); ZeRO {}; offload {}",
+            "gpus       {} each, {:.0}% headroom ({}), {} {} GPU{} ({} per node); ZeRO {}; offload {}",
             format_gib(input.gpu_memory_bytes),
             input.headroom * 100.0,
             format_gib(input.headroom_bytes()),
+            if input.fixed_gpus.is_some() { "exactly" } else { "≤" },
             input.max_gpus,
             if input.max_gpus == 1 { "" } else { "s" },
             input.gpus_per_node,

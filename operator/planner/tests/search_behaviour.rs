@@ -184,6 +184,36 @@ fn replan_after_oom_lowers_the_peak() {
     assert!(r.failure_message().is_some());
 }
 
+/// `spec.resources.gpus` fixes the count: the search keeps to it (even where fewer would fit),
+/// re-planning after an OOM never adds GPUs, and counts a pod layout cannot hold are refused.
+#[test]
+fn fixed_gpu_count_is_kept() {
+    let fixed = |resources: &str| PlannerInput::from_job(&job("Meta-Llama-3-8B", "", resources));
+    let i = fixed("{gpuMemoryGib: 80, gpusPerNode: 2, gpus: 4}").unwrap();
+    assert_eq!(
+        (i.fixed_gpus, i.max_gpus, i.gpu_candidates()),
+        (Some(4), 4, vec![4])
+    );
+    let plan = search(&i).chosen.expect("LoRA on 4 x 80 GiB fits");
+    assert_eq!((plan.gpus, plan.nodes, plan.gpus_per_node), (4, 2, 2));
+    let after_oom = replan_after_oom(&i, &plan, None);
+    assert!(after_oom.options.iter().all(|o| o.gpus == 4));
+    let err = fixed("{gpuMemoryGib: 80, gpusPerNode: 4, gpus: 6}")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.resources.gpus") && err.contains("multiple"),
+        "{err}"
+    );
+    let err = fixed("{gpuMemoryGib: 80, gpusPerNode: 2, maxGpus: 2, gpus: 4}")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("exceeds maxGpus"), "{err}");
+    // Without it, the same job takes the fewest GPUs that fit.
+    let free = fixed("{gpuMemoryGib: 80, gpusPerNode: 2, maxGpus: 4}").unwrap();
+    assert_eq!(search(&free).chosen.expect("fits").gpus, 1);
+}
+
 fn job(model: &str, extra_model: &str, resources: &str) -> FineTuneJob {
     let text = format!(
         "apiVersion: lf-operator.io/v1alpha1\nkind: FineTuneJob\nmetadata: {{name: t}}\nspec:\n  model:\n    name: {model}\n{extra_model}  data: {{source: {{claimName: d}}}}\n  output: {{claimName: o}}\n  resources: {resources}\n  training: {{bf16: true}}\n"
