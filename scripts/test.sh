@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # The test command (README): sets up everything the tests need on a fresh machine — libtorch, the
-# Python reference stack (transformers, peft, bitsandbytes, kubernetes-validate, helm, hadolint) —
-# then runs every test of the workspace.
+# Python reference stack (transformers, peft, bitsandbytes, kubernetes-validate, helm, hadolint),
+# the host tools the cluster needs — then runs every test of the workspace and the end-to-end
+# suite on a real Kubernetes control plane built from the upstream sources (tests/e2e/run.sh; the
+# binaries are cached after the first build). Needs root (network namespaces and mounts for pods).
+#   scripts/test.sh [cargo test args]      LF_SKIP_E2E=1 skips the end-to-end suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/install-python-ref.sh
-cargo test --workspace --no-fail-fast "$@"
+scripts/install-cluster-tools.sh
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+if [ "${LF_SKIP_E2E:-0}" != 1 ]; then
+  tests/e2e/run.sh || status=$?
+fi
+exit "$status"

@@ -103,8 +103,9 @@ impl FailureReason {
             exit_code::OUT_OF_MEMORY => FailureReason::OutOfMemory,
             exit_code::COMMUNICATION => FailureReason::Communication,
             exit_code::INTERRUPTED => FailureReason::Preempted,
-            // 137 = SIGKILL, usually the kernel OOM killer on the host.
-            137 => FailureReason::OutOfMemory,
+            // 137 (SIGKILL) alone is not an OOM: the kubelet reports the kernel OOM killer with
+            // reason `OOMKilled`, which the operator reads first. A plain kill (a liveness probe,
+            // a person, a node agent) is a runtime failure: retry with the same plan.
             _ => FailureReason::Runtime,
         }
     }

@@ -306,6 +306,17 @@ mod tests {
             classify_pod(&p).unwrap().record.reason,
             FailureReason::OutOfMemory
         );
+        // The same exit code from a plain SIGKILL (what a real kubelet reports as `Error`) is a
+        // runtime failure, not a reason to re-plan.
+        let p = pod(
+            json!({"metadata": {"name": "b2"}, "status": {"phase": "Failed", "containerStatuses": [
+            {"name": "t", "ready": false, "restartCount": 0, "image": "", "imageID": "",
+             "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]}}),
+        );
+        assert_eq!(
+            classify_pod(&p).unwrap().record.reason,
+            FailureReason::Runtime
+        );
 
         let p = pod(
             json!({"metadata": {"name": "c"}, "status": {"phase": "Running", "conditions": [

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Stops what tests/cluster/up.sh DIR started (and every process recorded in DIR/pids by the tests:
+# nodes, operators), removes the pods' network namespaces left behind and the bridge. Idempotent.
+#   tests/cluster/down.sh DIR
+set -uo pipefail
+dir=${1:?usage: $0 DIR}
+[ -d "$dir" ] || exit 0
+pids=()
+if [ -f "$dir/pids" ]; then
+  # Newest first: nodes and operators stop (and clean their pods) before the API server goes.
+  while read -r pid _; do pids=("$pid" "${pids[@]}"); done <"$dir/pids"
+fi
+for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done
+# Nodes give their pods up to 30 s to stop; wait a little longer before killing.
+for _ in $(seq 1 400); do
+  alive=0
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  [ "$alive" = 0 ] && break
+  sleep 0.1
+done
+for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null; done
+: >"$dir/pids" 2>/dev/null || true
+# Pods' network namespaces whose node did not clean up: lf-node names a pod's namespace lfp-<id>
+# and its host-side veth lfv<id>, attached to this cluster's bridge (other clusters' are left alone).
+if [ -f "$dir/bridge" ]; then
+  for veth in $(ip -o link show master "$(cat "$dir/bridge")" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    ns=lfp-${veth#lfv}
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+    ip netns del "$ns" 2>/dev/null
+    rm -rf "/etc/netns/$ns" "/run/lf-node/$ns"
+  done
+  ip link del "$(cat "$dir/bridge")" 2>/dev/null
+  rm -f "$dir/bridge"
+fi
+exit 0
