@@ -133,6 +133,7 @@ scenario_multi_pod() {
   apply_quickstart multi multi-output 's/gpusPerNode: 1/gpusPerNode: 2\n    gpus: 4/' 's/max_steps: 150/max_steps: 30/' \
     's/save_steps: 50/save_steps: 15/' 's/eval_steps: 50/eval_steps: 15/'
   wait_ftj multi '{.status.plan.gpus}' 4 60
+  wait_for 60 "Job multi-1" kubectl -n "$NS" get job multi-1
   [ "$(kubectl -n "$NS" get job multi-1 -o jsonpath='{.spec.completions} {.spec.completionMode}')" = "2 Indexed" ] \
     || fail "not an Indexed Job of 2 pods"
   wait_ftj multi '{.status.phase}' Succeeded

@@ -205,11 +205,18 @@ pub fn gang_failure(pods: &[Pod]) -> Option<PodFailure> {
         .min_by_key(|f| (severity(f.record.reason), f.index))
 }
 
-/// Whether every pod of a gang of `nodes` pods is running.
+/// Whether every pod of a gang of `nodes` pods is running. A pod that has already succeeded
+/// counts: between the trainer's exit and the Job controller's `Complete` the gang is finishing,
+/// not pending (a real cluster shows that window; the phase must not fall back to Pending).
 pub fn gang_running(pods: &[Pod], nodes: u32) -> bool {
     let running = pods
         .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| {
+            matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Running") | Some("Succeeded")
+            )
+        })
         .count();
     nodes > 0 && running >= nodes as usize
 }
@@ -368,5 +375,16 @@ mod tests {
         assert_eq!(reason, "Unschedulable");
         assert!(msg.contains("nvidia.com/gpu"), "{msg}");
         assert_eq!(pending_reason(&[], 2).1, "0 of 2 pods running");
+    }
+
+    #[test]
+    fn a_finishing_gang_is_still_running() {
+        let with_phase = |name: &str, phase: &str| {
+            pod(json!({"metadata": {"name": name}, "status": {"phase": phase}}))
+        };
+        let pods = [with_phase("a", "Succeeded"), with_phase("b", "Running")];
+        assert!(gang_running(&pods, 2));
+        let pods = [with_phase("a", "Succeeded"), with_phase("b", "Pending")];
+        assert!(!gang_running(&pods, 2));
     }
 }
