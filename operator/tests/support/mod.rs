@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client, CustomResourceExt, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use lf_api::status::TRAINER_FIELD_MANAGER;
 use lf_api::{FineTuneJob, FineTuneJobStatus};
 use lf_fake_apiserver::{FakeApiServer, Termination};
