@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the upstream control-plane binaries from their Go sources (the module proxy is the only
 # source): kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (k8s.io/kubernetes
-# v1.37.2), etcd (go.etcd.io/etcd/server/v3) and helm (helm.sh/helm/v4), each pinned by the go.mod
-# and go.sum beside this script.
+# v1.37.2), etcd (go.etcd.io/etcd/server/v3), helm (helm.sh/helm/v4) and Kueue's controller
+# manager (sigs.k8s.io/kueue, with its CRDs in ../kueue-crds), each pinned by the go.mod and go.sum
+# beside this script.
 #
 #   tests/cluster/upstream/build.sh        prints the directory holding the binaries
 #
@@ -14,10 +15,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 key=$( (go version; cd "$here" && cat build.sh ./*/go.mod ./*/go.sum ./*/*.go) | sha256sum | cut -c1-16)
 out=${LF_CLUSTER_CACHE:-$HOME/.cache/lf-operator/k8s}/$key
-bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm)
+bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm kueue)
 
 complete=1
 for b in "${bins[@]}"; do [ -x "$out/bin/$b" ] || complete=0; done
+[ -f "$out/kueue-crds/.complete" ] || complete=0
 if [ "$complete" = 1 ]; then
   echo "upstream binaries: cached in $out/bin" >&2
   echo "$out/bin"
@@ -52,6 +54,11 @@ build kube kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kube kubectl k8s.io/kubernetes/cmd/kubectl
 build etcd etcd .
 build helm helm helm.sh/helm/v4/cmd/helm
+build kueue kueue sigs.k8s.io/kueue/cmd/kueue
+# Kueue's CRDs, from the same module version, beside the binaries.
+mkdir -p "$out/kueue-crds"
+cp "$(cd "$here/kueue" && go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)"/config/components/crd/bases/*.yaml "$out/kueue-crds/"
+touch "$out/kueue-crds/.complete"
 echo "upstream binaries built in $((SECONDS - start)) s into $out/bin" >&2
 # Older builds (other pins) are no longer needed.
 for old in "$(dirname "$out")"/*/; do [ "${old%/}" = "$out" ] || rm -rf "$old"; done
