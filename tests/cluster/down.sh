@@ -4,12 +4,7 @@
 #   tests/cluster/down.sh DIR
 set -uo pipefail
 dir=${1:?usage: $0 DIR}
-[ -d "$dir" ] || # Empty directories the tests created outside DIR (e.g. a fixed mount point), deepest first.
-if [ -f "$dir/created-dirs" ]; then
-  while read -r d; do rmdir "$d" 2>/dev/null; done <"$dir/created-dirs"
-  rm -f "$dir/created-dirs"
-fi
-exit 0
+[ -d "$dir" ] || exit 0
 pids=()
 if [ -f "$dir/pids" ]; then
   # Newest first: nodes and operators stop (and clean their pods) before the API server goes.
