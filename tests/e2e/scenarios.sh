@@ -179,6 +179,8 @@ scenario_config_error() {
   make_volume bad-output >/dev/null
   apply_quickstart bad bad-output 's/dataset: opposites$/dataset: no_such_dataset/'
   wait_ftj bad '{.status.phase}' Failed
+  # The operator reads the pod's exit code; the Job controller's verdict may come a moment later.
+  wait_for 60 "Job bad-1 Failed" job_failed bad-1
   local reason
   reason=$(kubectl -n "$NS" get job bad-1 -o jsonpath='{.status.conditions[?(@.type=="Failed")].reason}')
   [ "$reason" = PodFailurePolicy ] || fail "Job failed with reason '$reason', not PodFailurePolicy"
@@ -224,6 +226,7 @@ scenario_suspend() {
   wait_for 60 "Resumed event" has_event pause Resumed
   kubectl -n "$NS" delete finetunejob pause --wait=false >/dev/null
 }
+job_failed() { [ "$(kubectl -n "$NS" get job "$1" -o jsonpath='{.status.conditions[?(@.type=="Failed")].status}')" = True ]; }
 no_pods() { [ -z "$(kubectl -n "$NS" get pods -l "lf-operator.io/job-name=$1" -o name)" ]; }
 job_unsuspended() { [ "$(kubectl -n "$NS" get job "$1" -o jsonpath='{.spec.suspend}')" = false ]; }
 
