@@ -32,6 +32,16 @@ if [ -f "$dir/bridge" ]; then
   ip link del "$(cat "$dir/bridge")" 2>/dev/null
   rm -f "$dir/bridge"
 fi
+# Mount points the nodes created on the host and had to keep at their exit because another node's
+# pods still used them (each node records them in its state dir); empty ones only, deepest first.
+for record in "$dir"/node-*/mountpoints.created; do
+  [ -f "$record" ] || continue
+  tac "$record" | while read -r p; do
+    if [ -d "$p" ]; then rmdir "$p" 2>/dev/null; elif [ -f "$p" ] && [ ! -s "$p" ]; then rm -f "$p"; fi
+  done
+  rm -f "$record"
+done
+rmdir /run/lf-node 2>/dev/null
 # Empty directories the tests created outside DIR (e.g. a fixed mount point), deepest first.
 if [ -f "$dir/created-dirs" ]; then
   while read -r d; do rmdir "$d" 2>/dev/null; done <"$dir/created-dirs"

@@ -350,8 +350,6 @@ impl Reconciler<'_> {
     async fn run(&mut self) -> Result<Action, Error> {
         let plan = match self.st.plan.clone() {
             Some(plan) => plan,
-            // The method is known before planning: the Method column shows it for a job that
-            // does not fit too.
             None => match plan_job(&self.ftj) {
                 Ok(plan) => {
                     self.st.plan = Some(plan.clone());
@@ -367,6 +365,7 @@ impl Reconciler<'_> {
                     plan
                 }
                 Err((reason, message)) => {
+                    // The Method column shows for a job that does not fit too.
                     self.st.method = Some(self.ftj.method_label());
                     self.condition(types::PLANNED, false, reason, &message);
                     return self.fail(reason, &message).await;
