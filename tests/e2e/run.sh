@@ -6,6 +6,7 @@
 #
 #   tests/e2e/run.sh [SCENARIO...]     all scenarios, or those named (see scenarios.sh)
 #   LF_E2E_KEEP=1                      keep the cluster running and its directory afterwards
+#   LF_E2E_BIN=DIR                     use lf-operator, lf-trainer and lf-node from DIR (no build)
 #
 # Steps: build the binaries (cached), start the control plane (tests/cluster/up.sh), start one node
 # with 4 `nvidia.com/gpu`, install the chart with the built helm into a namespace that enforces the
@@ -39,8 +40,15 @@ section() { printf '\n=== %s\n' "$*"; }
 
 section "build"
 t0=$SECONDS
-cargo build -q --bin lf-operator --bin lf-trainer --bin lf-node || exit 1
-echo "lf-operator, lf-trainer, lf-node built in $((SECONDS - t0)) s"
+if [ -n "${LF_E2E_BIN:-}" ]; then
+  BIN=$(cd "$LF_E2E_BIN" && pwd) || exit 1
+  echo "using the binaries in $BIN"
+else
+  cargo build -q --bin lf-operator --bin lf-trainer --bin lf-node || exit 1
+  BIN=$ROOT/target/debug
+  echo "lf-operator, lf-trainer, lf-node built in $((SECONDS - t0)) s"
+fi
+export BIN
 
 section "control plane"
 "$ROOT/tests/cluster/up.sh" "$E2E/cluster" || exit 1
@@ -54,11 +62,11 @@ source "$ROOT/tests/e2e/lib.sh"
 start_node() { # index gpus extra-args...
   local i=$1 gpus=$2
   shift 2
-  setsid "$ROOT/target/debug/lf-node" \
+  setsid "$BIN/lf-node" \
     --kubeconfig "$LF_CLUSTER_DIR/nodes/lf-node-$i.kubeconfig" --name "lf-node-$i" --gpus "$gpus" \
     --pod-cidr "$LF_CLUSTER_POD_PREFIX.$((i + 1)).0/24" --bridge "$LF_CLUSTER_BRIDGE" \
     --api-host "$LF_CLUSTER_API_HOST" --api-port "$LF_CLUSTER_API_PORT" \
-    --image-mount "$ROOT/target/debug:/usr/local/lf/bin" \
+    --image-mount "$BIN:/usr/local/lf/bin" \
     --image-mount "$(dirname "$LIBTORCH"):/opt/libtorch" \
     --image-env "PATH=/usr/local/lf/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --image-env "LD_LIBRARY_PATH=/opt/libtorch/torch/lib" \

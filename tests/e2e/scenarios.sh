@@ -58,7 +58,7 @@ scenario_rejections() {
 scenario_pod_security() {
   [ "$(kubectl -n "$OP_NS" get deploy lf-operator -o jsonpath='{.status.readyReplicas}')" -ge 1 ] \
     || fail "the chart's Deployment has no ready replica in the restricted namespace"
-  "$ROOT/target/debug/lf-operator" render -f "$ROOT/examples/quickstart.yaml" >"$E2E/rendered.yaml"
+  "$BIN/lf-operator" render -f "$ROOT/examples/quickstart.yaml" >"$E2E/rendered.yaml"
   python3 - "$E2E/rendered.yaml" "$NS" >"$E2E/trainer-pod.json" <<'PY'
 import json, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
