@@ -65,6 +65,24 @@ pub fn format_table(search: &PlanSearch) -> String {
     out
 }
 
+/// One line describing a plan, for conditions, events and logs.
+pub fn plan_summary(plan: &Plan) -> String {
+    format!(
+        "{} GPU{} ({} node{} × {}), ZeRO-{}{}, micro-batch {} × {} accumulation; predicted peak {} of {} per GPU",
+        plan.gpus,
+        if plan.gpus == 1 { "" } else { "s" },
+        plan.nodes,
+        if plan.nodes == 1 { "" } else { "s" },
+        plan.gpus_per_node,
+        plan.zero_stage,
+        if plan.offload_optimizer { ", optimizer offloaded" } else { "" },
+        plan.micro_batch_size,
+        plan.gradient_accumulation_steps,
+        format_gib(plan.per_gpu.peak_bytes),
+        format_gib(plan.gpu_memory_bytes),
+    )
+}
+
 fn headline(plan: &Plan) -> String {
     format!(
         "{} GPU{} ({} node{} × {}), ZeRO-{}, {}, micro-batch {} × {} accumulation = global batch {}",

@@ -22,7 +22,7 @@ mod presets;
 mod search;
 
 pub use evaluate::evaluate;
-pub use format::{format_gib, format_table};
+pub use format::{format_gib, format_table, plan_summary};
 pub use params::{model_params, trainable_params};
 pub use presets::{preset, preset_names, resolve_architecture};
 pub use search::{evaluate_fixed, replan_after_oom, search, PlanOption, PlanSearch, PlannerInput};

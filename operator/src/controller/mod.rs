@@ -259,24 +259,6 @@ pub async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Context>) -> Result<Actio
     result
 }
 
-/// One line describing a plan, for conditions and events.
-pub fn plan_summary(plan: &Plan) -> String {
-    format!(
-        "{} GPU{} ({} node{} × {}), ZeRO-{}{}, micro-batch {} × {} accumulation; predicted peak {} of {} per GPU",
-        plan.gpus,
-        if plan.gpus == 1 { "" } else { "s" },
-        plan.nodes,
-        if plan.nodes == 1 { "" } else { "s" },
-        plan.gpus_per_node,
-        plan.zero_stage,
-        if plan.offload_optimizer { ", optimizer offloaded" } else { "" },
-        plan.micro_batch_size,
-        plan.gradient_accumulation_steps,
-        lf_planner::format_gib(plan.per_gpu.peak_bytes),
-        lf_planner::format_gib(plan.gpu_memory_bytes),
-    )
-}
-
 /// The planner's verdict: a plan, or `(reason, message)` for a job that cannot run.
 fn plan_job(ftj: &FineTuneJob) -> Result<Plan, (&'static str, String)> {
     let input =
@@ -356,7 +338,7 @@ impl Reconciler<'_> {
                     self.st.attempt = Some(1);
                     self.st.method = Some(self.ftj.method_label());
                     self.st.phase = Phase::Planning;
-                    let summary = plan_summary(&plan);
+                    let summary = lf_planner::plan_summary(&plan);
                     self.condition(types::PLANNED, true, "Planned", &summary);
                     self.st.message = Some(format!("planned: {summary}"));
                     self.events.push(normal("Planned", "Plan", summary));
@@ -730,7 +712,7 @@ impl Reconciler<'_> {
             .unwrap_or_else(|| "the beginning (no checkpoint yet)".into());
         let mut resumed = format!("attempt {next} resumes from {from}");
         if next_plan != *plan {
-            let summary = plan_summary(&next_plan);
+            let summary = lf_planner::plan_summary(&next_plan);
             self.condition(
                 types::PLANNED,
                 true,
