@@ -196,8 +196,8 @@ impl ModelArchitecture {
     }
 
     /// `(in_features, out_features)` of a decoder linear.
-    pub fn linear_shape(&self, module: crate::training::LinearModule) -> (u64, u64) {
-        use crate::training::LinearModule::*;
+    pub fn linear_shape(&self, module: LinearModule) -> (u64, u64) {
+        use LinearModule::*;
         let h = self.hidden_size;
         let q = self.num_attention_heads * self.head_dim();
         let kv = self.kv_heads() * self.head_dim();
@@ -242,6 +242,61 @@ fn normalise_transformers_v5(mut raw: serde_json::Value) -> serde_json::Value {
     raw
 }
 
+/// The linear layers of a Llama-family decoder layer, in Hugging Face naming.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearModule {
+    QProj,
+    KProj,
+    VProj,
+    OProj,
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl LinearModule {
+    pub const ALL: [LinearModule; 7] = [
+        LinearModule::QProj,
+        LinearModule::KProj,
+        LinearModule::VProj,
+        LinearModule::OProj,
+        LinearModule::GateProj,
+        LinearModule::UpProj,
+        LinearModule::DownProj,
+    ];
+
+    /// The module's Hugging Face name (`q_proj`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            LinearModule::QProj => "q_proj",
+            LinearModule::KProj => "k_proj",
+            LinearModule::VProj => "v_proj",
+            LinearModule::OProj => "o_proj",
+            LinearModule::GateProj => "gate_proj",
+            LinearModule::UpProj => "up_proj",
+            LinearModule::DownProj => "down_proj",
+        }
+    }
+
+    /// The parent module in a decoder layer (`self_attn` or `mlp`).
+    pub fn parent(self) -> &'static str {
+        match self {
+            LinearModule::QProj
+            | LinearModule::KProj
+            | LinearModule::VProj
+            | LinearModule::OProj => "self_attn",
+            _ => "mlp",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<LinearModule> {
+        LinearModule::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,10 +309,7 @@ mod tests {
             "tie_word_embeddings":false,"torch_dtype":"bfloat16","bos_token_id":128000,"eos_token_id":128001}"#;
         let a = ModelArchitecture::from_json_str(text).unwrap();
         assert_eq!(a.head_dim(), 128);
-        assert_eq!(
-            a.linear_shape(crate::training::LinearModule::KProj),
-            (4096, 1024)
-        );
+        assert_eq!(a.linear_shape(LinearModule::KProj), (4096, 1024));
     }
 
     #[test]

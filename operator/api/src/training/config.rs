@@ -1,0 +1,297 @@
+//! The training config type: LLaMA-Factory's argument names and defaults, and what follows from
+//! them (LoRA targets, the numeric regime, packing, the validation split).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::error::ConfigError;
+use super::options::*;
+use crate::architecture::LinearModule;
+
+/// The training config. Field names and defaults follow LLaMA-Factory; the few keys of our own are
+/// marked "lf-operator extension".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingConfig {
+    // ---- model -------------------------------------------------------------------------------
+    /// Directory of the Hugging Face model (`config.json`, safetensors, `tokenizer.json`). In a
+    /// FineTuneJob the operator fills this in from `spec.model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_name_or_path: Option<String>,
+    /// A PEFT adapter directory to continue training from (or to apply in chat/eval/export).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter_name_or_path: Option<String>,
+    /// Chat template name (`default`, `alpaca`, `empty`, `llama2`, `llama3`, `mistral`, `qwen`,
+    /// `chatml`) or `auto` for the model's own `chat_template`. Unset: `auto` when the tokenizer has
+    /// a chat template, else `empty`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    pub flash_attn: FlashAttn,
+    /// Recompute each decoder layer in backward (on by default, as in LLaMA-Factory;
+    /// `disable_gradient_checkpointing: true` is accepted and turns it off).
+    pub gradient_checkpointing: bool,
+    /// Base-weight quantisation: 4 (NF4/FP4) or 8 (block-wise int8). Needs LoRA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization_bit: Option<u8>,
+    pub quantization_type: QuantizationType,
+    pub double_quantization: bool,
+
+    // ---- method ------------------------------------------------------------------------------
+    pub stage: Stage,
+    pub finetuning_type: FinetuningType,
+    pub lora_rank: u32,
+    /// Unset means 2 × `lora_rank` (LLaMA-Factory's rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: f64,
+    /// Comma-separated module names (`q_proj,v_proj`) or `all` (every decoder linear).
+    pub lora_target: String,
+    pub use_rslora: bool,
+    pub use_dora: bool,
+    /// `finetuning_type: freeze`: how many of the last decoder layers train.
+    pub freeze_trainable_layers: u32,
+    /// Keep trainable parameters and optimiser states in bf16 (no fp32 master copy).
+    pub pure_bf16: bool,
+    pub bf16: bool,
+    pub fp16: bool,
+
+    // ---- data --------------------------------------------------------------------------------
+    /// Comma-separated dataset names (keys of `dataset_info.json`, or file names in `dataset_dir`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_dataset: Option<String>,
+    pub dataset_dir: String,
+    /// lf-operator extension: the record format of dataset files not listed in
+    /// `dataset_info.json` (unset: detected from the first record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset_format: Option<DatasetFormat>,
+    pub cutoff_len: usize,
+    pub train_on_prompt: bool,
+    pub mask_history: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_samples: Option<usize>,
+    /// Fraction in [0, 1) or, when ≥ 1, a number of examples.
+    pub val_size: f64,
+    /// Pack several examples into one `cutoff_len` sequence (default: on for `pt`, off for `sft`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packing: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_system: Option<String>,
+    /// Where the tokenised dataset is cached (default: `<output_dir>/.tokenized`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokenized_path: Option<String>,
+    pub overwrite_cache: bool,
+    /// lf-operator extension: turn malformed dataset records into a counted warning instead of an
+    /// error.
+    pub skip_bad_examples: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preprocessing_num_workers: Option<usize>,
+
+    // ---- training ----------------------------------------------------------------------------
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_dir: Option<String>,
+    pub overwrite_output_dir: bool,
+    pub per_device_train_batch_size: usize,
+    pub per_device_eval_batch_size: usize,
+    pub gradient_accumulation_steps: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_epsilon: f64,
+    pub max_grad_norm: f64,
+    pub num_train_epochs: f64,
+    /// Total optimiser steps; overrides `num_train_epochs` when > 0.
+    pub max_steps: i64,
+    pub lr_scheduler_type: LrSchedulerType,
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    pub optim: Optim,
+    pub logging_steps: usize,
+    pub save_steps: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub save_total_limit: Option<usize>,
+    pub save_only_model: bool,
+    /// A checkpoint directory, or `auto` for the newest complete one in `output_dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_from_checkpoint: Option<String>,
+    pub eval_strategy: EvalStrategy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_steps: Option<usize>,
+    pub seed: u64,
+    pub plot_loss: bool,
+    pub do_train: bool,
+    pub do_eval: bool,
+    pub dataloader_num_workers: usize,
+    /// Only `none` is supported (metrics go to `trainer_log.jsonl`, Prometheus and the CR status).
+    pub report_to: String,
+    /// Seconds a collective may take before the process group gives up.
+    pub ddp_timeout: u64,
+
+    // ---- distributed (lf-operator extensions; the operator fills them from the plan) ---------
+    /// ZeRO stage 0–3 (0 = plain data parallel).
+    pub zero_stage: u8,
+    pub offload_optimizer: OffloadDevice,
+    /// lf-operator extension: tokens per chunk of the language-model head + cross-entropy, so the
+    /// full fp32 logits never exist at once. 0 computes the whole head at once.
+    pub loss_chunk_size: usize,
+
+    // ---- generation (chat) -------------------------------------------------------------------
+    pub do_sample: bool,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub max_new_tokens: usize,
+    pub repetition_penalty: f64,
+
+    // ---- export ------------------------------------------------------------------------------
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_dir: Option<String>,
+    /// Largest shard in GB.
+    pub export_size: u32,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            model_name_or_path: None,
+            adapter_name_or_path: None,
+            template: None,
+            flash_attn: FlashAttn::Auto,
+            gradient_checkpointing: true,
+            quantization_bit: None,
+            quantization_type: QuantizationType::Nf4,
+            double_quantization: true,
+            stage: Stage::Sft,
+            finetuning_type: FinetuningType::Lora,
+            lora_rank: 8,
+            lora_alpha: None,
+            lora_dropout: 0.0,
+            lora_target: "all".to_string(),
+            use_rslora: false,
+            use_dora: false,
+            freeze_trainable_layers: 2,
+            pure_bf16: false,
+            bf16: false,
+            fp16: false,
+            dataset: None,
+            eval_dataset: None,
+            dataset_dir: "data".to_string(),
+            dataset_format: None,
+            cutoff_len: 2048,
+            train_on_prompt: false,
+            mask_history: false,
+            max_samples: None,
+            val_size: 0.0,
+            packing: None,
+            default_system: None,
+            tokenized_path: None,
+            overwrite_cache: false,
+            skip_bad_examples: false,
+            preprocessing_num_workers: None,
+            output_dir: None,
+            overwrite_output_dir: false,
+            per_device_train_batch_size: 8,
+            per_device_eval_batch_size: 8,
+            gradient_accumulation_steps: 1,
+            learning_rate: 5e-5,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            max_grad_norm: 1.0,
+            num_train_epochs: 3.0,
+            max_steps: -1,
+            lr_scheduler_type: LrSchedulerType::Linear,
+            warmup_ratio: 0.0,
+            warmup_steps: 0,
+            optim: Optim::AdamwTorch,
+            logging_steps: 500,
+            save_steps: 500,
+            save_total_limit: None,
+            save_only_model: false,
+            resume_from_checkpoint: None,
+            eval_strategy: EvalStrategy::No,
+            eval_steps: None,
+            seed: 42,
+            plot_loss: false,
+            do_train: true,
+            do_eval: false,
+            dataloader_num_workers: 0,
+            report_to: "none".to_string(),
+            ddp_timeout: 1800,
+            zero_stage: 0,
+            offload_optimizer: OffloadDevice::None,
+            loss_chunk_size: 1024,
+            do_sample: true,
+            temperature: 0.95,
+            top_p: 0.7,
+            top_k: 50,
+            max_new_tokens: 1024,
+            repetition_penalty: 1.0,
+            export_dir: None,
+            export_size: 5,
+        }
+    }
+}
+
+impl TrainingConfig {
+    /// The LoRA scaling numerator: `lora_alpha`, defaulting to 2 × rank.
+    pub fn effective_lora_alpha(&self) -> f64 {
+        self.lora_alpha.unwrap_or(2.0 * self.lora_rank as f64)
+    }
+
+    /// The decoder linears LoRA adapts, resolved from `lora_target`.
+    pub fn lora_targets(&self) -> Result<Vec<LinearModule>, ConfigError> {
+        let raw = self.lora_target.trim();
+        if raw == "all" {
+            return Ok(LinearModule::ALL.to_vec());
+        }
+        let mut out = Vec::new();
+        for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let module = LinearModule::from_name(name).ok_or_else(|| {
+                let names = LinearModule::ALL.iter().map(|m| m.name());
+                let hint = crate::suggest::closest(name, names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                ConfigError::invalid(
+                    "lora_target",
+                    format!("`{name}` is not a decoder linear{hint}; use `all` or names from q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+                )
+            })?;
+            if !out.contains(&module) {
+                out.push(module);
+            }
+        }
+        if out.is_empty() {
+            return Err(ConfigError::invalid("lora_target", "names no module"));
+        }
+        Ok(out)
+    }
+
+    /// The numeric regime, derived from `bf16`, `fp16` and `pure_bf16`.
+    pub fn precision(&self) -> Precision {
+        if self.pure_bf16 {
+            Precision::PureBf16
+        } else if self.bf16 {
+            Precision::Bf16Amp
+        } else if self.fp16 {
+            Precision::Fp16Amp
+        } else {
+            Precision::Fp32
+        }
+    }
+
+    /// Whether examples are packed into full `cutoff_len` sequences.
+    pub fn packing_enabled(&self) -> bool {
+        self.packing.unwrap_or(self.stage == Stage::Pt)
+    }
+
+    /// The number of validation examples for `n` examples in total.
+    pub fn validation_count(&self, n: usize) -> usize {
+        if self.val_size >= 1.0 {
+            (self.val_size as usize).min(n)
+        } else {
+            ((n as f64) * self.val_size).round() as usize
+        }
+    }
+}

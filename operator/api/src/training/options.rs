@@ -1,0 +1,139 @@
+//! The enumerated options of the training config (LLaMA-Factory's values).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Training stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Supervised fine-tuning: prompt tokens are masked out of the loss.
+    #[default]
+    Sft,
+    /// (Continued) pre-training on plain text.
+    Pt,
+}
+
+/// What is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FinetuningType {
+    /// Low-rank adapters on the target linears (with `use_dora`/`use_rslora` variants).
+    #[default]
+    Lora,
+    /// Every parameter.
+    Full,
+    /// Only the last `freeze_trainable_layers` decoder layers.
+    Freeze,
+}
+
+/// Attention implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FlashAttn {
+    /// Scaled-dot-product attention; libtorch picks the flash kernel where it can.
+    #[default]
+    Auto,
+    /// Scaled-dot-product attention.
+    Sdpa,
+    /// FlashAttention-2 (through SDPA's flash kernel; needs CUDA and bf16/fp16).
+    Fa2,
+    /// Plain matmul + softmax attention (materialises the s×s scores). `disabled` is accepted too.
+    #[serde(alias = "disabled")]
+    Eager,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedulerType {
+    #[default]
+    Linear,
+    Cosine,
+    Constant,
+    ConstantWithWarmup,
+}
+
+/// Optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Optim {
+    /// AdamW with fp32 moments (`adamw_torch_fused` and `adamw_hf` are accepted as aliases).
+    #[default]
+    #[serde(alias = "adamw_torch_fused", alias = "adamw_hf", alias = "adamw")]
+    AdamwTorch,
+    /// AdamW with block-wise 8-bit moments (the bitsandbytes scheme). `paged_adamw_8bit` is accepted too.
+    #[serde(
+        rename = "adamw_8bit",
+        alias = "adamw8bit",
+        alias = "paged_adamw_8bit",
+        alias = "adamw_bnb_8bit"
+    )]
+    Adamw8bit,
+    /// Adafactor (factored second moment, no first moment).
+    Adafactor,
+    /// Stochastic gradient descent (no state).
+    Sgd,
+}
+
+/// 4-bit data type for `quantization_bit: 4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QuantizationType {
+    #[default]
+    Nf4,
+    Fp4,
+}
+
+/// When to evaluate on the validation split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalStrategy {
+    #[default]
+    No,
+    Steps,
+    Epoch,
+}
+
+/// Dataset record format for files that `dataset_info.json` does not describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetFormat {
+    Alpaca,
+    Sharegpt,
+}
+
+/// Where the optimiser state (and fp32 master weights) live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OffloadDevice {
+    #[default]
+    None,
+    Cpu,
+}
+
+/// Named chat templates (LLaMA-Factory names) plus `auto`.
+pub const TEMPLATES: &[&str] = &[
+    "auto", "default", "alpaca", "empty", "llama2", "llama3", "mistral", "qwen", "chatml",
+];
+
+/// Numeric regimes. AMP keeps fp32 master weights and fp32 optimiser states; pure bf16 keeps
+/// everything in bf16.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    Fp32,
+    Bf16Amp,
+    Fp16Amp,
+    PureBf16,
+}
+
+impl Precision {
+    /// Bytes of one element of the compute (activation) dtype.
+    pub fn compute_bytes(self) -> u64 {
+        match self {
+            Precision::Fp32 => 4,
+            _ => 2,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The rules a schema cannot express. Each error names its key.
+
+use super::config::TrainingConfig;
+use super::error::ConfigError;
+use super::options::{FinetuningType, TEMPLATES};
+
+impl TrainingConfig {
+    /// Checks the rules a schema cannot express. Each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.lora_rank < 1 {
+            return Err(ConfigError::invalid("lora_rank", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(ConfigError::invalid("lora_dropout", "must be in [0, 1)"));
+        }
+        if let Some(bits) = self.quantization_bit {
+            if bits != 4 && bits != 8 {
+                return Err(ConfigError::invalid(
+                    "quantization_bit",
+                    format!("{bits} is not supported; use 4 or 8"),
+                ));
+            }
+            if self.finetuning_type != FinetuningType::Lora {
+                return Err(ConfigError::invalid(
+                    "quantization_bit",
+                    "quantised base weights cannot be trained: use `finetuning_type: lora` (QLoRA)",
+                ));
+            }
+        }
+        if self.bf16 && self.fp16 {
+            return Err(ConfigError::invalid(
+                "fp16",
+                "`bf16` and `fp16` cannot both be true",
+            ));
+        }
+        if self.pure_bf16 && self.fp16 {
+            return Err(ConfigError::invalid(
+                "pure_bf16",
+                "`pure_bf16` and `fp16` cannot both be true",
+            ));
+        }
+        if self.zero_stage > 3 {
+            return Err(ConfigError::invalid("zero_stage", "must be 0, 1, 2 or 3"));
+        }
+        if self.per_device_train_batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "per_device_train_batch_size",
+                "must be at least 1",
+            ));
+        }
+        if self.per_device_eval_batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "per_device_eval_batch_size",
+                "must be at least 1",
+            ));
+        }
+        if self.gradient_accumulation_steps == 0 {
+            return Err(ConfigError::invalid(
+                "gradient_accumulation_steps",
+                "must be at least 1",
+            ));
+        }
+        if self.cutoff_len < 2 {
+            return Err(ConfigError::invalid(
+                "cutoff_len",
+                "must be at least 2 tokens",
+            ));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return Err(ConfigError::invalid(
+                "learning_rate",
+                "must be a non-negative number",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return Err(ConfigError::invalid("warmup_ratio", "must be in [0, 1]"));
+        }
+        if self.val_size < 0.0 || (self.val_size >= 1.0 && self.val_size.fract() != 0.0) {
+            return Err(ConfigError::invalid(
+                "val_size",
+                "must be a fraction in [0, 1) or a whole number of examples",
+            ));
+        }
+        if self.report_to != "none" {
+            return Err(ConfigError::invalid(
+                "report_to",
+                "only `none` is supported: metrics go to trainer_log.jsonl, /metrics and the FineTuneJob status",
+            ));
+        }
+        if self.save_total_limit == Some(0) {
+            return Err(ConfigError::invalid(
+                "save_total_limit",
+                "must be at least 1 (unset keeps every checkpoint)",
+            ));
+        }
+        if let Some(t) = &self.template {
+            if !TEMPLATES.contains(&t.as_str()) {
+                let suggestion = crate::suggest::closest(t, TEMPLATES.iter().copied());
+                return Err(ConfigError::invalid(
+                    "template",
+                    format!(
+                        "unknown template `{t}`{}; known: {}",
+                        suggestion
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_default(),
+                        TEMPLATES.join(", ")
+                    ),
+                ));
+            }
+        }
+        self.lora_targets()?;
+        Ok(())
+    }
+}
