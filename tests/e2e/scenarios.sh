@@ -5,10 +5,7 @@
 source "$ROOT/tests/e2e/kueue.sh"
 
 SCENARIOS=(crd rejections pod_security quickstart rbac multi_pod resume_after_kill config_error eviction
-  suspend operator_restart leader_handover impossible_job garbage_collection metrics)
-# Not yet passing, so not in the default run (tests/e2e/run.sh kueue runs it): Kueue v0.17.0's
-# manager starts with our configuration, but its controllers never start (no Workload is created
-# for the queued Job). See tests/e2e/README.md.
+  suspend operator_restart leader_handover impossible_job garbage_collection metrics kueue)
 
 # The CRD from crds/ is what the API server stores and serves: `kubectl get finetunejobs` prints
 # the promised columns (golden output, ages masked) and `kubectl explain` documents the spec.
