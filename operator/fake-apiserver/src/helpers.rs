@@ -5,7 +5,8 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
-use crate::{ApiError, FakeApiServer};
+use crate::error::ApiError;
+use crate::server::FakeApiServer;
 
 /// How a container ended.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -4,64 +4,19 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::registry::{parse_path, Target};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::shared::{Body, RequestRecord, Shared};
 use crate::store::{Key, Propagation, Store, WriteKind};
-
-/// The response body type: a full JSON document or a stream of watch events.
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-/// One request the server received (for assertions on what a controller did).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestRecord {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    /// `fieldManager` of writes, when given.
-    pub field_manager: Option<String>,
-    /// The HTTP status code answered.
-    pub code: u16,
-}
-
-/// A failure to answer instead of handling matching requests (see
-/// [`crate::FakeApiServer::inject_failure`]).
-#[derive(Debug, Clone)]
-pub(crate) struct Fault {
-    pub method: Method,
-    pub path_contains: String,
-    pub remaining: u32,
-    pub error: ApiError,
-}
-
-/// State shared by every clone of the service and the [`crate::FakeApiServer`] handle.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub store: Mutex<Store>,
-    /// The latest resourceVersion, so watches wake up on changes.
-    pub changed: tokio::sync::watch::Sender<u64>,
-    pub requests: Mutex<Vec<RequestRecord>>,
-    pub faults: Mutex<Vec<Fault>>,
-}
-
-impl Shared {
-    /// Locks the store, recovering from a poisoned lock (a panicking test thread).
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    pub fn notify(&self, store: &Store) {
-        self.changed.send_replace(store.resource_version());
-    }
-}
 
 /// The fake API server as a `tower::Service`; cheap to clone. Give it to
 /// `kube::Client::new(service, "default")`.

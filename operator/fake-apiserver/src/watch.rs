@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::registry::Target;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::service::{Body, Shared};
+use crate::shared::{Body, Shared};
 
 /// Where a watch stands.
 struct Cursor {
