@@ -3,9 +3,11 @@
 # shellcheck shell=bash
 # shellcheck source=tests/e2e/kueue.sh
 source "$ROOT/tests/e2e/kueue.sh"
+# shellcheck source=tests/e2e/oom.sh
+source "$ROOT/tests/e2e/oom.sh"
 
 SCENARIOS=(crd rejections pod_security quickstart rbac multi_pod resume_after_kill config_error eviction
-  suspend operator_restart leader_handover impossible_job garbage_collection metrics kueue)
+  suspend operator_restart leader_handover impossible_job garbage_collection metrics kueue oom)
 
 # The CRD from crds/ is what the API server stores and serves: `kubectl get finetunejobs` prints
 # the promised columns (golden output, ages masked) and `kubectl explain` documents the spec.

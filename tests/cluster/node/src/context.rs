@@ -5,6 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 use kube::Client;
 use tokio::sync::watch;
 
+use crate::cgroup::Cgroups;
 use crate::config::NodeConfig;
 use crate::hosts::HostsTable;
 use crate::mountpoints::Mountpoints;
@@ -19,6 +20,8 @@ pub struct NodeCtx {
     pub pool: Mutex<IpPool>,
     pub hosts: Mutex<HostsTable>,
     pub mountpoints: Mutex<Mountpoints>,
+    /// The node's memory cgroups; `None` where the host has none (limits are then not enforced).
+    pub cgroups: Option<Cgroups>,
     /// Becomes `true` when the node shuts down.
     pub shutdown: watch::Receiver<bool>,
 }

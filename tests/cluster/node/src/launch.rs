@@ -3,9 +3,12 @@
 //! namespace, unshares a mount namespace (with `/` made rslave, so nothing propagates back) and
 //! bind-mounts `/etc/netns/<netns>/*` over `/etc/*` (the pod's hosts file). The script makes the
 //! container's bind mounts, sets the UTS hostname, remounts `/` read-only when asked, then
-//! `exec setpriv ... env -i ... <command>`: the process keeps the spawned pid and process group.
+//! `exec setpriv ... env -i ... <command>`: the process keeps the spawned pid and process group, and
+//! the memory cgroup the forked child joined before it executed `ip` (see `cgroup.rs`).
 
 use std::collections::BTreeSet;
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -271,8 +274,36 @@ pub struct Started {
     pub pid: i32,
 }
 
-/// Spawns the launch chain with stdout and stderr appended to `log` and the start marker as stdin.
-pub fn spawn(spec: &LaunchSpec, log: &Path, marker: &Path) -> Result<Started> {
+/// Writes the calling process into a cgroup (`0` names the writer). Runs in the forked child
+/// before it executes the launch chain: only open(2), write(2) and close(2) on a path allocated
+/// before the fork, which are async-signal-safe.
+pub fn join_cgroup(procs: &CStr) -> std::io::Result<()> {
+    // SAFETY: a valid NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: one byte from a static buffer to an open descriptor.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: the descriptor opened above, closed once.
+    unsafe { libc::close(fd) };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Spawns the launch chain with stdout and stderr appended to `log` and the start marker as stdin,
+/// in the cgroup whose `cgroup.procs` is given (joined before anything is executed, so the
+/// container's every process is charged there).
+pub fn spawn(
+    spec: &LaunchSpec,
+    log: &Path,
+    marker: &Path,
+    cgroup_procs: Option<&Path>,
+) -> Result<Started> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -283,7 +314,8 @@ pub fn spawn(spec: &LaunchSpec, log: &Path, marker: &Path) -> Result<Started> {
         .map_err(|e| Error::io("duplicating the log file", e))?;
     let marker_file = std::fs::File::create(marker)
         .map_err(|e| Error::io(format!("creating {}", marker.display()), e))?;
-    let child = tokio::process::Command::new("ip")
+    let mut command = tokio::process::Command::new("ip");
+    command
         .args(["netns", "exec", &spec.netns, "unshare", "--uts", "sh", "-c"])
         .arg(script(spec))
         .env_clear()
@@ -291,9 +323,23 @@ pub fn spawn(spec: &LaunchSpec, log: &Path, marker: &Path) -> Result<Started> {
         .stdin(Stdio::from(marker_file))
         .stdout(Stdio::from(log_file))
         .stderr(Stdio::from(log_err))
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::io("spawning ip netns exec", e))?;
+        .process_group(0);
+    if let Some(procs) = cgroup_procs {
+        let path = CString::new(procs.as_os_str().as_bytes())
+            .map_err(|_| Error::Invalid(format!("cgroup path {}", procs.display())))?;
+        // SAFETY: the closure only calls `join_cgroup`, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || join_cgroup(&path));
+        }
+    }
+    let child = command.spawn().map_err(|e| {
+        let what = if cgroup_procs.is_some() {
+            "spawning ip netns exec in the container's cgroup"
+        } else {
+            "spawning ip netns exec"
+        };
+        Error::io(what, e)
+    })?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
@@ -456,6 +502,31 @@ exec setpriv --reuid=65532 --regid=65532 --groups=65532 -- env -i -- 'A=x y' 'Q=
             .unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "x y\n");
+    }
+
+    #[test]
+    fn the_child_joins_its_cgroup_before_exec() {
+        // A plain file stands in for `cgroup.procs`: the child writes "0" (itself) there.
+        let dir = tempfile::tempdir().unwrap();
+        let procs = dir.path().join("cgroup.procs");
+        std::fs::write(&procs, b"").unwrap();
+        let path = CString::new(procs.as_os_str().as_bytes()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: join_cgroup is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || join_cgroup(&path));
+        }
+        assert!(cmd.status().unwrap().success());
+        assert_eq!(std::fs::read(&procs).unwrap(), b"0");
+        // A cgroup that cannot be joined fails the spawn.
+        let missing =
+            CString::new(dir.path().join("none/cgroup.procs").as_os_str().as_bytes()).unwrap();
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: as above.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || join_cgroup(&missing));
+        }
+        assert!(cmd.status().is_err());
     }
 
     #[test]

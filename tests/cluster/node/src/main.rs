@@ -1,8 +1,10 @@
 //! `lf-node`: the smallest honest stand-in for a kubelet, for the test cluster. It registers a Node,
 //! keeps its Lease and Ready condition fresh, and runs the pods bound to it as processes in their
-//! own network and mount namespaces on this machine (no container runtime, no images: "image
-//! contents" are host directories bind-mounted read-only).
+//! own network and mount namespaces on this machine, each container in a memory cgroup with its
+//! memory limit (no container runtime, no images: "image contents" are host directories
+//! bind-mounted read-only).
 
+mod cgroup;
 mod config;
 mod context;
 mod env;
@@ -171,6 +173,10 @@ async fn main() -> anyhow::Result<()> {
     recover::cleanup_leftovers(&config.state_dir).await;
     let mut mountpoints = mountpoints::Mountpoints::load(&config.state_dir);
     mountpoints.cleanup();
+    let cgroups = cgroup::Cgroups::detect(&config.name);
+    if let Some(cg) = &cgroups {
+        cg.remove_pods();
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(NodeCtx {
@@ -185,6 +191,7 @@ async fn main() -> anyhow::Result<()> {
             }),
         )),
         mountpoints: Mutex::new(mountpoints),
+        cgroups,
         bridge,
         config,
         shutdown: shutdown_rx.clone(),
@@ -221,6 +228,9 @@ async fn main() -> anyhow::Result<()> {
     // Pods that did not stop in time: kill what is left in their namespaces, remove the rest.
     recover::cleanup_leftovers(&ctx.config.state_dir).await;
     lock(&ctx.mountpoints).cleanup();
+    if let Some(cg) = &ctx.cgroups {
+        cg.remove_node();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -120,6 +120,17 @@ pub fn exit_reason(exit_code: i32) -> &'static str {
     }
 }
 
+/// The terminated reason of a container that ran its command: "OOMKilled" when the kernel's OOM
+/// killer killed a process of its cgroup, whatever the exit code (as containerd reports it), else
+/// [`exit_reason`].
+pub fn termination_reason(exit_code: i32, oom_killed: bool) -> &'static str {
+    if oom_killed {
+        "OOMKilled"
+    } else {
+        exit_reason(exit_code)
+    }
+}
+
 fn tail_bytes(data: &[u8], max: usize) -> &[u8] {
     &data[data.len().saturating_sub(max)..]
 }
@@ -600,6 +611,10 @@ mod tests {
         assert_eq!(exit_code(None, Some(15)), 143);
         assert_eq!(exit_reason(0), "Completed");
         assert_eq!(exit_reason(137), "Error");
+        assert_eq!(termination_reason(137, true), "OOMKilled");
+        assert_eq!(termination_reason(0, true), "OOMKilled");
+        assert_eq!(termination_reason(137, false), "Error");
+        assert_eq!(termination_reason(0, false), "Completed");
     }
 
     #[test]

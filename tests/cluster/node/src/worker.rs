@@ -17,6 +17,7 @@ use kube::Api;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::cgroup::ContainerCgroup;
 use crate::context::{lock, shutting_down, NodeCtx};
 use crate::env::PodFacts;
 use crate::error::{ContainerError, Error};
@@ -82,6 +83,8 @@ struct Runtime {
     liveness: Option<ProbeState>,
     /// SIGKILL escalation after a failed liveness probe.
     kill_at: Option<Instant>,
+    /// The running instance's memory cgroup.
+    cgroup: Option<ContainerCgroup>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -570,6 +573,10 @@ impl Worker {
             tracing::info!(pod = %self.key, netns = %s.netns, "pod sandbox removed");
         }
         self.record.sandbox_ready = false;
+        if let Some(cgroups) = self.ctx.cgroups.clone() {
+            let uid = self.uid.clone();
+            let _ = tokio::task::spawn_blocking(move || cgroups.remove_pod(&uid)).await;
+        }
         let tmpfs = self.prepared.take().map(|p| p.tmpfs).unwrap_or_default();
         volumes::teardown(&self.dir, &tmpfs).await;
         self.tokens.clear();

@@ -14,14 +14,26 @@ use super::{
     grace_seconds, read_tail, secs, timed_out, Exit, Kind, LaunchFailure, Runtime, Stage, Worker,
     API_TIMEOUT, BACKOFF_RESET_AFTER, FIRST_BACKOFF, MAX_BACKOFF,
 };
+use crate::cgroup::ContainerCgroup;
 use crate::context::lock;
 use crate::env::{self, PodFacts};
 use crate::hosts;
 use crate::launch::{self, LaunchSpec};
 use crate::objects;
 use crate::probe::{self, ProbeState};
+use crate::quantity;
 use crate::status::{self, State, Termination};
 use crate::volumes;
+
+/// The container's memory limit in bytes (`resources.limits.memory`), as the runtime enforces it.
+fn memory_limit(c: &Container) -> Option<u64> {
+    c.resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get("memory")
+        .and_then(|q| quantity::bytes(&q.0))
+}
 
 impl Worker {
     pub(super) async fn start_due(&mut self) {
@@ -75,17 +87,7 @@ impl Worker {
             }
             Err(LaunchFailure::Start(message)) => {
                 tracing::warn!(pod = %self.key, container = %c.name, %message, "cannot start the container");
-                self.count_restart(kind, index);
-                let term = Termination {
-                    exit_code: 128,
-                    signal: None,
-                    reason: "StartError".into(),
-                    message: Some(message),
-                    started_at: None,
-                    finished_at: Timestamp::now(),
-                    container_id: None,
-                };
-                self.finish_container(kind, index, term, Duration::ZERO);
+                self.start_error(kind, index, message);
             }
         }
     }
@@ -204,24 +206,47 @@ impl Worker {
         }
     }
 
+    /// A StartError termination (exit code 128), as the runtime reports a container it could not
+    /// create or start.
+    fn start_error(&mut self, kind: Kind, index: usize, message: String) {
+        self.count_restart(kind, index);
+        let term = Termination {
+            exit_code: 128,
+            signal: None,
+            reason: "StartError".into(),
+            message: Some(message),
+            started_at: None,
+            finished_at: Timestamp::now(),
+            container_id: None,
+        };
+        self.finish_container(kind, index, term, Duration::ZERO);
+    }
+
     fn spawn(&mut self, kind: Kind, index: usize, c: &Container, spec: LaunchSpec) {
         let log = self.dir.log(&c.name);
         let marker = self.dir.started_marker(&c.name);
-        let started = match launch::spawn(&spec, &log, &marker) {
+        // The run this spawn starts (the generation it will get).
+        let run = self.rt_mut(kind, index).map_or(1, |rt| rt.generation + 1);
+        let cgroup = match &self.ctx.cgroups {
+            Some(cgroups) => match cgroups.create(&self.uid, &c.name, run, memory_limit(c)) {
+                Ok(cg) => Some(cg),
+                Err(e) => {
+                    tracing::warn!(pod = %self.key, container = %c.name, error = %e, "creating the container's cgroup");
+                    self.start_error(kind, index, format!("creating the container's cgroup: {e}"));
+                    return;
+                }
+            },
+            None => None,
+        };
+        let procs = cgroup.as_ref().map(ContainerCgroup::procs);
+        let started = match launch::spawn(&spec, &log, &marker, procs.as_deref()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(pod = %self.key, container = %c.name, error = %e, "spawning the container");
-                self.count_restart(kind, index);
-                let term = Termination {
-                    exit_code: 128,
-                    signal: None,
-                    reason: "StartError".into(),
-                    message: Some(e.to_string()),
-                    started_at: None,
-                    finished_at: Timestamp::now(),
-                    container_id: None,
-                };
-                self.finish_container(kind, index, term, Duration::ZERO);
+                if let Some(cg) = cgroup {
+                    cg.release();
+                }
+                self.start_error(kind, index, e.to_string());
                 return;
             }
         };
@@ -237,6 +262,7 @@ impl Worker {
             rt.started = Some(now);
             rt.retry_at = None;
             rt.kill_at = None;
+            rt.cgroup = cgroup;
             rt.readiness = match kind {
                 Kind::Main => c.readiness_probe.clone().map(|p| ProbeState::new(p, now)),
                 Kind::Init => None,
@@ -274,7 +300,7 @@ impl Worker {
         let Some(c) = self.container(exit.kind, exit.index) else {
             return;
         };
-        let (ran_for, pid) = {
+        let (ran_for, pid, cgroup) = {
             let Some(rt) = self.rt_mut(exit.kind, exit.index) else {
                 return;
             };
@@ -287,16 +313,22 @@ impl Worker {
             (
                 rt.started.map(|s| s.elapsed()).unwrap_or_default(),
                 rt.pid.take().unwrap_or_default(),
+                rt.cgroup.take(),
             )
         };
-        // Whatever the command left behind in its process group goes with it.
+        let code = exit.status.and_then(|s| s.code());
+        let signal = exit.status.and_then(|s| s.signal());
+        // Read before the leftovers are killed: the kernel counted its OOM kills by now.
+        let oom_killed = cgroup.as_ref().is_some_and(|cg| cg.oom_killed(signal));
+        // Whatever the command left behind in its process group and cgroup goes with it.
         launch::signal_group(pid, libc::SIGKILL);
+        if let Some(cg) = cgroup {
+            cg.release();
+        }
         let started_at = match self.rec_mut(exit.kind, exit.index).map(|r| &r.state) {
             Some(State::Running { started_at, .. }) => Some(*started_at),
             _ => None,
         };
-        let code = exit.status.and_then(|s| s.code());
-        let signal = exit.status.and_then(|s| s.signal());
         let log = self.dir.log(&c.name);
         let term = if launch::reached_command(&self.dir.started_marker(&c.name)) {
             let exit_code = status::exit_code(code, signal);
@@ -313,7 +345,7 @@ impl Worker {
             Termination {
                 exit_code,
                 signal,
-                reason: status::exit_reason(exit_code).into(),
+                reason: status::termination_reason(exit_code, oom_killed).into(),
                 message: status::termination_message(&file, &log_tail, fallback, exit_code != 0),
                 started_at,
                 finished_at: exit.finished_at,
@@ -334,6 +366,9 @@ impl Worker {
                 container_id: Some(status::container_id(pid)),
             }
         };
+        if oom_killed {
+            tracing::warn!(pod = %self.key, container = %c.name, limit = ?memory_limit(&c), "the kernel's OOM killer killed a process of the container");
+        }
         tracing::info!(pod = %self.key, container = %c.name, exit_code = term.exit_code, reason = %term.reason, "container exited");
         self.finish_container(exit.kind, exit.index, term, ran_for);
     }
