@@ -10,8 +10,9 @@ use lf_api::training::{FinetuningType, FlashAttn, LinearModule};
 use tch::{Kind, Tensor};
 
 use crate::llama::{AttentionBackend, Llama};
-use crate::loader::{self, FileSource, MemorySource};
-use crate::residency::{AlwaysResident, UnitSink};
+use crate::loader::{self, FileSource, MemorySource, UnitSink};
+use crate::names::{BaseTensor, LayerTensor};
+use crate::residency::{AlwaysResident, Unit};
 use crate::{options, safetensors_io, LoadOptions, ModelError};
 
 /// What `load` measured.
@@ -284,25 +285,23 @@ impl CausalLm {
         let m = &self.model;
         let h = self.arch.hidden_size as i64;
         let vocab = self.arch.vocab_size as i64;
-        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![vocab, h])];
+        let mut out = vec![(BaseTensor::EmbedTokens.name(), vec![vocab, h])];
         for (i, layer) in m.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
+            let name = |t: LayerTensor| BaseTensor::Layer(i, t).name();
             for module in LinearModule::ALL {
-                let l = layer.linear(module);
-                let name = format!("{p}.{}.{}", module.parent(), module.name());
                 let (n, o) = self.arch.linear_shape(module);
                 let (o, n) = (o as i64, n as i64);
-                out.push((format!("{name}.weight"), vec![o, n]));
-                if l.bias.is_some() {
-                    out.push((format!("{name}.bias"), vec![o]));
+                out.push((name(LayerTensor::Weight(module)), vec![o, n]));
+                if layer.linear(module).bias.is_some() {
+                    out.push((name(LayerTensor::Bias(module)), vec![o]));
                 }
             }
-            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            out.push((name(LayerTensor::InputLayernorm), vec![h]));
+            out.push((name(LayerTensor::PostAttentionLayernorm), vec![h]));
         }
-        out.push(("model.norm.weight".to_string(), vec![h]));
+        out.push((BaseTensor::Norm.name(), vec![h]));
         if m.lm_head.is_some() {
-            out.push(("lm_head.weight".to_string(), vec![vocab, h]));
+            out.push((BaseTensor::LmHead.name(), vec![vocab, h]));
         }
         out
     }
@@ -310,39 +309,41 @@ impl CausalLm {
     /// The model's own tensor named `name` (Hugging Face name), when it is held dense.
     pub(crate) fn dense_tensor(&self, name: &str) -> Option<Tensor> {
         let m = &self.model;
-        match name {
-            "model.embed_tokens.weight" => return Some(m.embed_tokens.shallow_clone()),
-            "model.norm.weight" => return Some(m.norm.weight.shallow_clone()),
-            "lm_head.weight" => return m.lm_head.as_ref().map(|t| t.shallow_clone()),
-            _ => {}
-        }
-        let (layer, tail) = self.split_layer_name(name)?;
-        match tail {
-            "input_layernorm.weight" => return Some(layer.input_layernorm.weight.shallow_clone()),
-            "post_attention_layernorm.weight" => {
-                return Some(layer.post_attention_layernorm.weight.shallow_clone())
+        let t = match BaseTensor::parse(name)? {
+            BaseTensor::EmbedTokens => &m.embed_tokens,
+            BaseTensor::Norm => &m.norm.weight,
+            BaseTensor::LmHead => m.lm_head.as_ref()?,
+            BaseTensor::Layer(i, t) => {
+                let layer = m.layers.get(i)?;
+                match t {
+                    LayerTensor::InputLayernorm => &layer.input_layernorm.weight,
+                    LayerTensor::PostAttentionLayernorm => &layer.post_attention_layernorm.weight,
+                    LayerTensor::Weight(module) => layer.linear(module).weight.as_dense()?,
+                    LayerTensor::Bias(module) => layer.linear(module).bias.as_ref()?,
+                }
             }
-            _ => {}
-        }
-        let (module, suffix) = tail.rsplit_once('.')?;
-        let module = LinearModule::ALL
-            .into_iter()
-            .find(|m| module == format!("{}.{}", m.parent(), m.name()))?;
-        let lin = layer.linear(module);
-        match suffix {
-            "weight" => lin.weight.as_dense().map(|t| t.shallow_clone()),
-            "bias" => lin.bias.as_ref().map(|b| b.shallow_clone()),
-            _ => None,
-        }
+        };
+        Some(t.shallow_clone())
     }
 
-    /// `model.layers.{i}.{tail}` → (layer i, tail).
-    pub(crate) fn split_layer_name<'a>(
-        &self,
-        name: &'a str,
-    ) -> Option<(&crate::llama::DecoderLayer, &'a str)> {
-        let rest = name.strip_prefix("model.layers.")?;
-        let (idx, tail) = rest.split_once('.')?;
-        Some((self.model.layers.get(idx.parse::<usize>().ok()?)?, tail))
+    /// The model's units in the order a forward pass uses them.
+    pub fn units(&self) -> Vec<Unit> {
+        let mut units = vec![Unit::Embedding];
+        units.extend((0..self.model.layers.len()).map(Unit::Layer));
+        units.push(Unit::Head);
+        units
+    }
+
+    /// Every tensor `unit` holds, named as [`CausalLm::trainable_parameters`] names the trainable
+    /// ones (PEFT names for adapters, Hugging Face names for base weights; quantised storage as
+    /// `{weight}.{role}`), sharing storage with the model. A tied head lists the embedding.
+    pub fn unit_tensors(&self, unit: Unit) -> Vec<(String, Tensor)> {
+        self.model.unit_tensors(unit)
+    }
+
+    /// Turns layer recomputation on for training whatever the method said (a partitioned model
+    /// cannot keep autograd's references to gathered weights across layers).
+    pub fn force_layer_recomputation(&mut self) {
+        self.method.gradient_checkpointing = true;
     }
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::causal_lm::CausalLm;
+use crate::names::{BaseTensor, LayerTensor};
 use crate::safetensors_io::{self, HostTensor};
 use crate::ModelError;
 
@@ -105,15 +106,12 @@ impl CausalLm {
     /// A lookup from Hugging Face name to the tensor to export: decoder linear weights merged with
     /// their adapter (and dequantised), everything else as held.
     fn base_parameters_lazy(&self) -> impl Fn(&str) -> Option<tch::Tensor> + '_ {
-        move |name: &str| {
-            if let Some((layer, tail)) = self.split_layer_name(name) {
-                for module in lf_api::training::LinearModule::ALL {
-                    if tail == format!("{}.{}.weight", module.parent(), module.name()) {
-                        return Some(layer.linear(module).merged_weight(self.opts.dtype));
-                    }
-                }
+        move |name: &str| match BaseTensor::parse(name) {
+            Some(BaseTensor::Layer(i, LayerTensor::Weight(module))) => {
+                let layer = self.model.layers.get(i)?;
+                Some(layer.linear(module).merged_weight(self.opts.dtype))
             }
-            self.dense_tensor(name)
+            _ => self.dense_tensor(name),
         }
     }
 }

@@ -11,7 +11,8 @@
 //!   [`CausalLm::export_merged`] writes a merged Hugging Face model; [`CausalLm::generate`] decodes
 //!   with a KV cache.
 //!
-//! The architecture itself is in [`llama`] (one file, mirroring transformers' `modeling_llama.py`).
+//! The architecture itself is in [`llama`] (one file, mirroring transformers' `modeling_llama.py`);
+//! every tensor name (Hugging Face and PEFT) comes from [`names`].
 
 mod causal_lm;
 mod error;
@@ -21,6 +22,7 @@ pub mod linear;
 pub mod llama;
 mod loader;
 mod method;
+pub mod names;
 mod options;
 mod peft;
 mod quant;
@@ -30,10 +32,11 @@ mod training;
 
 pub use causal_lm::{CausalLm, LoadReport, LoraSettings};
 pub use error::ModelError;
-pub use method::peft_prefix;
+pub use loader::UnitSink;
+pub use names::peft_prefix;
 pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
 pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-pub use residency::{AlwaysResident, Residency, Unit, UnitSink};
+pub use residency::{AlwaysResident, Residency, Unit};
 pub use training::IGNORE_INDEX;
 
 #[cfg(test)]

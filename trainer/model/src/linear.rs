@@ -3,6 +3,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::names::TensorPath;
+
 /// The base weight of a linear layer, `[out_features, in_features]`.
 pub enum BaseWeight {
     /// A plain tensor in the model's dtype (trainable in `full`/`freeze` fine-tuning).
@@ -59,6 +61,19 @@ pub struct Adapter {
 }
 
 impl Adapter {
+    /// The adapter's tensors with their PEFT names, for the linear at `path` (Hugging Face path),
+    /// sharing storage with the adapter.
+    pub fn named_tensors(&self, path: &TensorPath) -> Vec<(String, Tensor)> {
+        let mut out = vec![
+            (path.lora_a(), self.a.shallow_clone()),
+            (path.lora_b(), self.b.shallow_clone()),
+        ];
+        if let Some(m) = &self.magnitude {
+            out.push((path.lora_magnitude_vector(), m.shallow_clone()));
+        }
+        out
+    }
+
     /// `s·B·A` in fp32, `[out, in]`.
     pub fn delta_weight(&self) -> Tensor {
         self.b
@@ -83,6 +98,28 @@ impl Linear {
             bias,
             adapter: None,
         }
+    }
+
+    /// Every tensor of the linear at `path`, sharing storage: the weight (quantised storage as
+    /// `{path}.weight.{role}`), the bias, and the adapter's tensors under their PEFT names.
+    pub fn named_tensors(&self, path: &TensorPath) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        match &self.weight {
+            BaseWeight::Dense(w) => out.push((path.weight(), w.shallow_clone())),
+            BaseWeight::Quantized(q) => {
+                let weight = path.pp("weight");
+                for (role, t) in q.storage_tensors() {
+                    out.push((weight.pp(role).to_string(), t));
+                }
+            }
+        }
+        if let Some(b) = &self.bias {
+            out.push((path.bias(), b.shallow_clone()));
+        }
+        if let Some(ad) = &self.adapter {
+            out.extend(ad.named_tensors(path));
+        }
+        out
     }
 
     /// The forward pass. With an adapter this is PEFT's:

@@ -15,6 +15,7 @@ use lf_api::training::LinearModule;
 use tch::{Device, Kind, Tensor};
 
 use crate::linear::Linear;
+use crate::names;
 use crate::residency::{Residency, Unit};
 
 /// How attention is computed.
@@ -241,6 +242,24 @@ impl DecoderLayer {
         x + h
     }
 
+    /// Every tensor of decoder layer `i` (the tensors of [`Unit::Layer`]), sharing storage: its
+    /// linears (see [`Linear::named_tensors`]) then its norms.
+    pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = LinearModule::ALL
+            .into_iter()
+            .flat_map(|m| self.linear(m).named_tensors(&names::linear(i, m)))
+            .collect();
+        out.push((
+            names::input_layernorm(i).weight(),
+            self.input_layernorm.weight.shallow_clone(),
+        ));
+        out.push((
+            names::post_attention_layernorm(i).weight(),
+            self.post_attention_layernorm.weight.shallow_clone(),
+        ));
+        out
+    }
+
     /// The linear layer of `module`.
     pub fn linear(&self, module: LinearModule) -> &Linear {
         match module {
@@ -282,6 +301,19 @@ impl Llama {
     /// Token embeddings, `[B, S, H]`.
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
         Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false)
+    }
+
+    /// Every tensor `unit` holds, sharing storage (none for a layer that does not exist).
+    pub fn unit_tensors(&self, unit: Unit) -> Vec<(String, Tensor)> {
+        match unit {
+            Unit::Embedding => embedding_tensors(&self.embed_tokens),
+            Unit::Head => head_tensors(&self.norm, self.lm_head.as_ref(), &self.embed_tokens),
+            Unit::Layer(i) => self
+                .layers
+                .get(i)
+                .map(|layer| layer.named_tensors(i))
+                .unwrap_or_default(),
+        }
     }
 
     /// The language-model head's weight (`lm_head.weight`, or the embeddings when tied).
@@ -345,4 +377,23 @@ impl Llama {
     pub fn head(&self, hidden: &Tensor) -> Tensor {
         hidden.linear::<Tensor>(self.head_weight(), None)
     }
+}
+
+/// The tensors of [`Unit::Embedding`].
+pub fn embedding_tensors(embed_tokens: &Tensor) -> Vec<(String, Tensor)> {
+    vec![(names::embed_tokens().weight(), embed_tokens.shallow_clone())]
+}
+
+/// The tensors of [`Unit::Head`]: the final norm and `lm_head`, or the embedding it is tied to
+/// (under the embedding's name).
+pub fn head_tensors(
+    norm: &RmsNorm,
+    lm_head: Option<&Tensor>,
+    embed_tokens: &Tensor,
+) -> Vec<(String, Tensor)> {
+    let head = match lm_head {
+        Some(w) => (names::lm_head().weight(), w.shallow_clone()),
+        None => (names::embed_tokens().weight(), embed_tokens.shallow_clone()),
+    };
+    vec![(names::norm().weight(), norm.weight.shallow_clone()), head]
 }

@@ -9,10 +9,17 @@ use lf_api::training::LinearModule;
 use tch::{Kind, Tensor};
 
 use crate::linear::Linear;
-use crate::llama::{Attention, DecoderLayer, Llama, Mlp, RmsNorm, Rotary};
-use crate::residency::{embedding_tensors, head_tensors, layer_tensors, Unit, UnitSink};
+use crate::llama::{
+    embedding_tensors, head_tensors, Attention, DecoderLayer, Llama, Mlp, RmsNorm, Rotary,
+};
+use crate::names;
+use crate::residency::Unit;
 use crate::safetensors_io::MappedFile;
 use crate::{LoadOptions, ModelError};
+
+/// Receives each unit's tensors as the loader finishes it (ZeRO-3 partitions them right away, so
+/// at most one unit is whole at a time while loading).
+pub type UnitSink<'a> = dyn FnMut(Unit, Vec<(String, Tensor)>) -> Result<(), ModelError> + 'a;
 
 /// Where tensors come from while building.
 pub trait TensorSource {
@@ -160,34 +167,27 @@ pub fn build(
     let h = arch.hidden_size as i64;
     let v = arch.vocab_size as i64;
     let kind = opts.dtype;
-    let embed_tokens = required(src, "model.embed_tokens.weight", &[v, h], kind, opts)?;
+    let embed_tokens = required(src, &names::embed_tokens().weight(), &[v, h], kind, opts)?;
     sink(Unit::Embedding, embedding_tensors(&embed_tokens))?;
     let mut layers = Vec::with_capacity(arch.num_hidden_layers as usize);
-    for i in 0..arch.num_hidden_layers {
-        let p = format!("model.layers.{i}");
+    for i in 0..arch.num_hidden_layers as usize {
         let mut linear = |m: LinearModule| -> Result<Linear, ModelError> {
             let (fan_in, fan_out) = arch.linear_shape(m);
-            let name = format!("{p}.{}.{}", m.parent(), m.name());
+            let path = names::linear(i, m);
             let w = required(
                 src,
-                &format!("{name}.weight"),
+                &path.weight(),
                 &[fan_out as i64, fan_in as i64],
                 kind,
                 opts,
             )?;
             let has_bias = has_bias(arch, m);
             let bias = if has_bias {
-                Some(required(
-                    src,
-                    &format!("{name}.bias"),
-                    &[fan_out as i64],
-                    kind,
-                    opts,
-                )?)
+                Some(required(src, &path.bias(), &[fan_out as i64], kind, opts)?)
             } else {
                 None
             };
-            crate::quant::make_linear(&name, w, bias, opts)
+            crate::quant::make_linear(&path, w, bias, opts)
         };
         let self_attn = Attention {
             q_proj: linear(LinearModule::QProj)?,
@@ -205,19 +205,13 @@ pub fn build(
         };
         let eps = arch.rms_norm_eps;
         let input_layernorm = RmsNorm {
-            weight: required(
-                src,
-                &format!("{p}.input_layernorm.weight"),
-                &[h],
-                kind,
-                opts,
-            )?,
+            weight: required(src, &names::input_layernorm(i).weight(), &[h], kind, opts)?,
             eps,
         };
         let post_attention_layernorm = RmsNorm {
             weight: required(
                 src,
-                &format!("{p}.post_attention_layernorm.weight"),
+                &names::post_attention_layernorm(i).weight(),
                 &[h],
                 kind,
                 opts,
@@ -230,19 +224,25 @@ pub fn build(
             post_attention_layernorm,
             mlp,
         };
-        sink(Unit::Layer(i as usize), layer_tensors(i as usize, &layer))?;
+        sink(Unit::Layer(i), layer.named_tensors(i))?;
         layers.push(layer);
     }
     let norm = RmsNorm {
-        weight: required(src, "model.norm.weight", &[h], kind, opts)?,
+        weight: required(src, &names::norm().weight(), &[h], kind, opts)?,
         eps: arch.rms_norm_eps,
     };
     let lm_head = if arch.tie_word_embeddings {
         // Some tied checkpoints still store a copy of the head; the embeddings are authoritative.
-        let _ = src.take("lm_head.weight", kind, opts)?;
+        let _ = src.take(&names::lm_head().weight(), kind, opts)?;
         None
     } else {
-        Some(required(src, "lm_head.weight", &[v, h], kind, opts)?)
+        Some(required(
+            src,
+            &names::lm_head().weight(),
+            &[v, h],
+            kind,
+            opts,
+        )?)
     };
     sink(
         Unit::Head,
@@ -251,7 +251,7 @@ pub fn build(
     let leftover: Vec<String> = src
         .remaining()
         .into_iter()
-        .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+        .filter(|n| !names::is_rope_cache(n))
         .collect();
     if let Some(name) = leftover.first() {
         return Err(ModelError::UnexpectedTensor {

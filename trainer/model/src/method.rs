@@ -9,18 +9,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::causal_lm::{CausalLm, LoraSettings};
 use crate::linear::Adapter;
+use crate::names::{self, BaseTensor};
 use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::safetensors_io::{self, HostTensor, MappedFile};
 use crate::ModelError;
-
-/// PEFT's prefix of a decoder linear: `base_model.model.model.layers.{i}.self_attn.q_proj`.
-pub fn peft_prefix(layer: usize, module: LinearModule) -> String {
-    format!(
-        "base_model.model.model.layers.{layer}.{}.{}",
-        module.parent(),
-        module.name()
-    )
-}
 
 impl CausalLm {
     /// Sets up the fine-tuning method of `cfg` and marks what trains (`requires_grad`).
@@ -201,12 +193,9 @@ impl CausalLm {
     fn freeze_parameters(&self, n: usize) -> Vec<(String, Tensor)> {
         let layers = self.model.layers.len();
         let first = layers.saturating_sub(n);
-        let prefixes: Vec<String> = (first..layers)
-            .map(|i| format!("model.layers.{i}."))
-            .collect();
         self.base_parameters()
             .into_iter()
-            .filter(|(name, _)| prefixes.iter().any(|p| name.starts_with(p)))
+            .filter(|(name, _)| names::layer_of(name).is_some_and(|i| (first..layers).contains(&i)))
             .collect()
     }
 
@@ -220,10 +209,12 @@ impl CausalLm {
         for (name, t) in self.base_parameters() {
             if t.requires_grad() && t.is_leaf() {
                 // A tied head is the embedding tensor: list it once.
-                if name == "model.embed_tokens.weight" {
-                    seen_embed = true;
-                } else if name == "lm_head.weight" && seen_embed && self.arch.tie_word_embeddings {
-                    continue;
+                match BaseTensor::parse(&name) {
+                    Some(BaseTensor::EmbedTokens) => seen_embed = true,
+                    Some(BaseTensor::LmHead) if seen_embed && self.arch.tie_word_embeddings => {
+                        continue
+                    }
+                    _ => {}
                 }
                 out.push((name, t));
             }
@@ -237,12 +228,7 @@ impl CausalLm {
         for (i, layer) in self.model.layers.iter().enumerate() {
             for m in LinearModule::ALL {
                 if let Some(ad) = &layer.linear(m).adapter {
-                    let p = peft_prefix(i, m);
-                    out.push((format!("{p}.lora_A.weight"), ad.a.shallow_clone()));
-                    out.push((format!("{p}.lora_B.weight"), ad.b.shallow_clone()));
-                    if let Some(mag) = &ad.magnitude {
-                        out.push((format!("{p}.lora_magnitude_vector"), mag.shallow_clone()));
-                    }
+                    out.extend(ad.named_tensors(&names::linear(i, m)));
                 }
             }
         }

@@ -6,11 +6,12 @@
 use tch::Tensor;
 
 use crate::linear::{BaseWeight, Linear};
+use crate::names::TensorPath;
 use crate::{LoadOptions, ModelError};
 
-/// Builds the linear layer `name` from its loaded dense weight, quantising it when asked.
+/// Builds the linear layer at `path` from its loaded dense weight, quantising it when asked.
 pub fn make_linear(
-    name: &str,
+    path: &TensorPath,
     weight: Tensor,
     bias: Option<Tensor>,
     opts: &LoadOptions,
@@ -23,13 +24,13 @@ pub fn make_linear(
         8 => lf_quant::QuantizedWeight::quantize_8bit(&weight),
         other => {
             return Err(ModelError::Quantization {
-                name: name.to_string(),
+                name: path.to_string(),
                 message: format!("{other}-bit quantisation is not supported; use 4 or 8"),
             })
         }
     }
     .map_err(|e| ModelError::Quantization {
-        name: format!("{name}.weight"),
+        name: path.weight(),
         message: e.to_string(),
     })?;
     Ok(Linear {

@@ -20,6 +20,7 @@
 use tch::{Kind, Reduction, Tensor};
 
 use crate::causal_lm::CausalLm;
+use crate::names;
 use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::ModelError;
 
@@ -322,19 +323,12 @@ impl CausalLm {
 
     /// Index of the lowest decoder layer with a trainable parameter (number of layers if none).
     fn first_trainable_layer(&self) -> usize {
-        let names: Vec<String> = self
-            .trainable_parameters()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        (0..self.model.layers.len())
-            .find(|i| {
-                let hf = format!("model.layers.{i}.");
-                let peft = format!("base_model.model.model.layers.{i}.");
-                names
-                    .iter()
-                    .any(|n| n.starts_with(&hf) || n.starts_with(&peft))
-            })
-            .unwrap_or(self.model.layers.len())
+        let layers = self.model.layers.len();
+        self.trainable_parameters()
+            .iter()
+            .filter_map(|(name, _)| names::layer_of(name))
+            .filter(|&i| i < layers)
+            .min()
+            .unwrap_or(layers)
     }
 }

@@ -9,7 +9,7 @@
 use std::process::Command;
 
 use lf_api::training::TrainingConfig;
-use lf_model::{CausalLm, LoadOptions};
+use lf_model::{names, CausalLm, LoadOptions};
 use tch::{Device, Kind, Tensor};
 
 const LAYERS: i64 = 8;
@@ -38,28 +38,25 @@ fn memory_child() {
     let mut weights = Vec::new();
     let f = (Kind::Float, Device::Cpu);
     weights.push((
-        "model.embed_tokens.weight".to_string(),
+        names::embed_tokens().weight(),
         Tensor::randn([VOCAB, 128], f) * 0.02,
     ));
     weights.push((
-        "lm_head.weight".to_string(),
+        names::lm_head().weight(),
         Tensor::randn([VOCAB, 128], f) * 0.02,
     ));
-    weights.push(("model.norm.weight".to_string(), Tensor::ones([128], f)));
-    for i in 0..LAYERS {
+    weights.push((names::norm().weight(), Tensor::ones([128], f)));
+    for i in 0..LAYERS as usize {
         for m in lf_api::training::LinearModule::ALL {
             let (fi, fo) = arch.linear_shape(m);
             let w = Tensor::randn([fo as i64, fi as i64], f) * 0.05;
-            weights.push((
-                format!("model.layers.{i}.{}.{}.weight", m.parent(), m.name()),
-                w,
-            ));
+            weights.push((names::linear(i, m).weight(), w));
         }
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            weights.push((
-                format!("model.layers.{i}.{n}.weight"),
-                Tensor::ones([128], f),
-            ));
+        for norm in [
+            names::input_layernorm(i),
+            names::post_attention_layernorm(i),
+        ] {
+            weights.push((norm.weight(), Tensor::ones([128], f)));
         }
     }
     let mut lm =

@@ -1,0 +1,294 @@
+//! Every tensor name lf-model reads or writes, derived from one path builder (as candle's
+//! `VarBuilder::pp` does): Hugging Face checkpoint names, PEFT adapter names and quantised storage
+//! names are all a [`TensorPath`] plus a suffix.
+//!
+//! ```
+//! use lf_api::training::LinearModule;
+//! use lf_model::names::{self, TensorPath};
+//!
+//! let q = TensorPath::root().pp("model").pp("layers").pp(3).pp("self_attn").pp("q_proj");
+//! assert_eq!(q, names::linear(3, LinearModule::QProj));
+//! assert_eq!(q.weight(), "model.layers.3.self_attn.q_proj.weight");
+//! assert_eq!(q.lora_a(), "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight");
+//! ```
+//!
+//! These names are a file format (transformers, PEFT, vLLM read them): they must not change.
+
+use std::fmt;
+
+use lf_api::training::LinearModule;
+
+/// A dotted module path (`model.layers.3.self_attn.q_proj`), extended one segment at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct TensorPath(String);
+
+impl TensorPath {
+    /// The empty path: the model itself.
+    pub fn root() -> Self {
+        TensorPath(String::new())
+    }
+
+    /// This path extended by `segment` (`pp` for "push prefix", as in candle).
+    pub fn pp(&self, segment: impl fmt::Display) -> Self {
+        if self.0.is_empty() {
+            TensorPath(segment.to_string())
+        } else {
+            TensorPath(format!("{}.{segment}", self.0))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The module's `weight` tensor.
+    pub fn weight(&self) -> String {
+        self.pp("weight").0
+    }
+
+    /// The module's `bias` tensor.
+    pub fn bias(&self) -> String {
+        self.pp("bias").0
+    }
+
+    /// What follows this path in `name` (`model.layers` in `model.layers.3.mlp` → `3.mlp`), or
+    /// `None` when `name` is not below this path.
+    pub fn strip_from<'a>(&self, name: &'a str) -> Option<&'a str> {
+        if self.0.is_empty() {
+            return Some(name);
+        }
+        name.strip_prefix(self.0.as_str())?.strip_prefix('.')
+    }
+
+    /// The module's path in a PEFT model, which wraps the Hugging Face model twice
+    /// (`PeftModel.base_model` is a `LoraModel` whose `model` is the transformers model).
+    pub fn peft(&self) -> TensorPath {
+        peft_root().pp(self)
+    }
+
+    /// PEFT's LoRA `A` of the linear at this (Hugging Face) path.
+    pub fn lora_a(&self) -> String {
+        self.peft().pp("lora_A").weight()
+    }
+
+    /// PEFT's LoRA `B` of the linear at this (Hugging Face) path.
+    pub fn lora_b(&self) -> String {
+        self.peft().pp("lora_B").weight()
+    }
+
+    /// PEFT's DoRA magnitude of the linear at this (Hugging Face) path.
+    pub fn lora_magnitude_vector(&self) -> String {
+        self.peft().pp("lora_magnitude_vector").0
+    }
+}
+
+impl fmt::Display for TensorPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where PEFT puts the Hugging Face model: every adapter name starts with `base_model.model.`.
+pub fn peft_root() -> TensorPath {
+    TensorPath::root().pp("base_model").pp("model")
+}
+
+/// The decoder stack (`LlamaModel`) inside `LlamaForCausalLM`.
+pub fn model() -> TensorPath {
+    TensorPath::root().pp("model")
+}
+
+/// The token embeddings.
+pub fn embed_tokens() -> TensorPath {
+    model().pp("embed_tokens")
+}
+
+/// The decoder layers' container.
+pub fn layers() -> TensorPath {
+    model().pp("layers")
+}
+
+/// Decoder layer `i`.
+pub fn layer(i: usize) -> TensorPath {
+    layers().pp(i)
+}
+
+/// The linear `module` of decoder layer `i` (`model.layers.{i}.self_attn.q_proj`).
+pub fn linear(i: usize, module: LinearModule) -> TensorPath {
+    layer(i).pp(module.parent()).pp(module.name())
+}
+
+/// PEFT's prefix of a decoder linear: `base_model.model.model.layers.{i}.self_attn.q_proj`.
+pub fn peft_prefix(layer: usize, module: LinearModule) -> String {
+    linear(layer, module).peft().0
+}
+
+/// The norm before attention in decoder layer `i`.
+pub fn input_layernorm(i: usize) -> TensorPath {
+    layer(i).pp("input_layernorm")
+}
+
+/// The norm before the MLP in decoder layer `i`.
+pub fn post_attention_layernorm(i: usize) -> TensorPath {
+    layer(i).pp("post_attention_layernorm")
+}
+
+/// The final norm.
+pub fn norm() -> TensorPath {
+    model().pp("norm")
+}
+
+/// The language-model head (absent from the model when tied to the embeddings).
+pub fn lm_head() -> TensorPath {
+    TensorPath::root().pp("lm_head")
+}
+
+/// The decoder layer a Hugging Face or PEFT tensor name belongs to (`None` outside the layers).
+pub fn layer_of(name: &str) -> Option<usize> {
+    let hf = peft_root().strip_from(name).unwrap_or(name);
+    let (index, _) = layers().strip_from(hf)?.split_once('.')?;
+    let i = index.parse::<usize>().ok()?;
+    // `model.layers.03.…` is no layer's name.
+    (i.to_string() == index).then_some(i)
+}
+
+/// Whether `name` is RoPE's inverse-frequency cache, which older transformers saved with each
+/// layer's attention (`model.layers.{i}.self_attn.rotary_emb.inv_freq`): lf-model computes it.
+pub fn is_rope_cache(name: &str) -> bool {
+    name.ends_with(TensorPath::root().pp("rotary_emb").pp("inv_freq").as_str())
+}
+
+/// A base (non-adapter) tensor of a Llama-family checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BaseTensor {
+    EmbedTokens,
+    Layer(usize, LayerTensor),
+    Norm,
+    LmHead,
+}
+
+/// A base tensor of one decoder layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerTensor {
+    InputLayernorm,
+    PostAttentionLayernorm,
+    Weight(LinearModule),
+    Bias(LinearModule),
+}
+
+impl LayerTensor {
+    /// Every tensor a layer can hold, linears first (checkpoint order, biases after weights).
+    fn all() -> impl Iterator<Item = LayerTensor> {
+        LinearModule::ALL
+            .into_iter()
+            .flat_map(|m| [LayerTensor::Weight(m), LayerTensor::Bias(m)])
+            .chain([
+                LayerTensor::InputLayernorm,
+                LayerTensor::PostAttentionLayernorm,
+            ])
+    }
+}
+
+impl BaseTensor {
+    /// The Hugging Face name.
+    pub fn name(&self) -> String {
+        match *self {
+            BaseTensor::EmbedTokens => embed_tokens().weight(),
+            BaseTensor::Norm => norm().weight(),
+            BaseTensor::LmHead => lm_head().weight(),
+            BaseTensor::Layer(i, LayerTensor::InputLayernorm) => input_layernorm(i).weight(),
+            BaseTensor::Layer(i, LayerTensor::PostAttentionLayernorm) => {
+                post_attention_layernorm(i).weight()
+            }
+            BaseTensor::Layer(i, LayerTensor::Weight(m)) => linear(i, m).weight(),
+            BaseTensor::Layer(i, LayerTensor::Bias(m)) => linear(i, m).bias(),
+        }
+    }
+
+    /// The tensor a Hugging Face name denotes: the inverse of [`BaseTensor::name`].
+    pub fn parse(name: &str) -> Option<BaseTensor> {
+        let fixed = [
+            BaseTensor::EmbedTokens,
+            BaseTensor::Norm,
+            BaseTensor::LmHead,
+        ];
+        if let Some(t) = fixed.into_iter().find(|t| t.name() == name) {
+            return Some(t);
+        }
+        let i = layer_of(name)?;
+        LayerTensor::all()
+            .map(|t| BaseTensor::Layer(i, t))
+            .find(|t| t.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugging_face_and_peft_names() {
+        use LinearModule::*;
+        assert_eq!(embed_tokens().weight(), "model.embed_tokens.weight");
+        assert_eq!(norm().weight(), "model.norm.weight");
+        assert_eq!(lm_head().weight(), "lm_head.weight");
+        assert_eq!(
+            input_layernorm(2).weight(),
+            "model.layers.2.input_layernorm.weight"
+        );
+        assert_eq!(
+            post_attention_layernorm(0).weight(),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            linear(1, DownProj).bias(),
+            "model.layers.1.mlp.down_proj.bias"
+        );
+        assert_eq!(
+            linear(1, KProj).pp("weight").pp("absmax").as_str(),
+            "model.layers.1.self_attn.k_proj.weight.absmax"
+        );
+        assert_eq!(
+            peft_prefix(0, QProj),
+            "base_model.model.model.layers.0.self_attn.q_proj"
+        );
+        assert_eq!(
+            linear(5, UpProj).lora_b(),
+            "base_model.model.model.layers.5.mlp.up_proj.lora_B.weight"
+        );
+        assert_eq!(
+            linear(0, VProj).lora_magnitude_vector(),
+            "base_model.model.model.layers.0.self_attn.v_proj.lora_magnitude_vector"
+        );
+    }
+
+    #[test]
+    fn names_parse_back() {
+        for t in [
+            BaseTensor::EmbedTokens,
+            BaseTensor::Norm,
+            BaseTensor::LmHead,
+        ]
+        .into_iter()
+        .chain(LayerTensor::all().map(|t| BaseTensor::Layer(11, t)))
+        {
+            assert_eq!(BaseTensor::parse(&t.name()), Some(t), "{}", t.name());
+        }
+        for other in [
+            "model.layers.03.input_layernorm.weight",
+            "model.layers.3.self_attn.rotary_emb.inv_freq",
+            "model.layers.3.mlp.q_proj.weight",
+            "lm_head.bias",
+        ] {
+            assert_eq!(BaseTensor::parse(other), None, "{other}");
+        }
+        assert_eq!(layer_of("model.layers.7.mlp.up_proj.weight"), Some(7));
+        assert_eq!(layer_of(&linear(7, LinearModule::OProj).lora_a()), Some(7));
+        assert_eq!(layer_of("model.norm.weight"), None);
+        assert_eq!(layer_of("model.layers.x.mlp"), None);
+        assert!(is_rope_cache(
+            "model.layers.0.self_attn.rotary_emb.inv_freq"
+        ));
+        assert!(!is_rope_cache("model.layers.0.self_attn.q_proj.weight"));
+    }
+}
