@@ -28,6 +28,8 @@ mod peft;
 mod quant;
 mod residency;
 pub mod safetensors_io;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod training;
 
 pub use causal_lm::{CausalLm, LoadReport, LoraSettings};

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use lf_api::architecture::ModelArchitecture;
-use lf_api::training::{LinearModule, TrainingConfig};
+use lf_api::training::TrainingConfig;
 use lf_model::{CausalLm, LoadOptions};
 use lf_trainer::adapters::{LmTrainee, OptimStep};
 use lf_trainer::batching::Example;
@@ -15,50 +15,14 @@ use lf_trainer::interfaces::SingleProcess;
 use lf_trainer::train_loop::{RunContext, TrainData};
 use tch::{Device, Kind, Tensor};
 
+/// The trainer's tiny Llama (see [`lf_model::testing`]).
 pub fn tiny_arch() -> ModelArchitecture {
-    ModelArchitecture::from_json_str(
-        r#"{"model_type":"llama","vocab_size":64,"hidden_size":32,"intermediate_size":64,"num_hidden_layers":2,
-            "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"tie_word_embeddings":false}"#,
-    )
-    .unwrap()
+    lf_model::testing::tiny_arch(lf_model::testing::TinySize::TRAINER, false)
 }
 
 /// Random weights with Hugging Face names.
 pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tensor)> {
-    tch::manual_seed(seed);
-    let (h, v) = (arch.hidden_size as i64, arch.vocab_size as i64);
-    let opts = (Kind::Float, Device::Cpu);
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        Tensor::randn([v, h], opts) * 0.5,
-    )];
-    for i in 0..arch.num_hidden_layers {
-        for m in LinearModule::ALL {
-            let (fi, fo) = arch.linear_shape(m);
-            let name = format!("model.layers.{i}.{}.{}.weight", m.parent(), m.name());
-            out.push((
-                name,
-                Tensor::randn([fo as i64, fi as i64], opts) * (1.0 / (fi as f64).sqrt()),
-            ));
-        }
-        out.push((
-            format!("model.layers.{i}.input_layernorm.weight"),
-            Tensor::rand([h], opts) + 0.5,
-        ));
-        out.push((
-            format!("model.layers.{i}.post_attention_layernorm.weight"),
-            Tensor::rand([h], opts) + 0.5,
-        ));
-    }
-    out.push((
-        "model.norm.weight".to_string(),
-        Tensor::rand([h], opts) + 0.5,
-    ));
-    out.push((
-        "lm_head.weight".to_string(),
-        Tensor::randn([v, h], opts) * 0.2,
-    ));
-    out
+    lf_model::testing::random_weights(arch, seed)
 }
 
 /// A model with `cfg`'s method applied, from fixed random weights (same seed → same model).

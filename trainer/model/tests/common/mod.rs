@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use lf_api::architecture::ModelArchitecture;
-use lf_api::training::LinearModule;
 use lf_model::safetensors_io::MappedFile;
 use tch::{Device, Kind, Tensor};
 
@@ -64,65 +63,12 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - &b).abs().max().double_value(&[]) / scale
 }
 
-/// A small architecture for tests that need no reference.
-pub fn tiny_arch(tied: bool) -> ModelArchitecture {
-    ModelArchitecture::from_json_str(&format!(
-        r#"{{"model_type":"llama","vocab_size":80,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":3,
-            "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"tie_word_embeddings":{tied}}}"#
-    ))
-    .unwrap()
-}
+#[allow(unused_imports)] // not every test binary draws weights
+pub use lf_model::testing::random_weights;
 
-/// Random weights with Hugging Face names for `arch`.
-pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tensor)> {
-    tch::manual_seed(seed);
-    let h = arch.hidden_size as i64;
-    let v = arch.vocab_size as i64;
-    let opts = (Kind::Float, Device::Cpu);
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        Tensor::randn([v, h], opts) * 0.5,
-    )];
-    for i in 0..arch.num_hidden_layers {
-        for m in LinearModule::ALL {
-            let (fi, fo) = arch.linear_shape(m);
-            let name = format!("model.layers.{i}.{}.{}", m.parent(), m.name());
-            out.push((
-                format!("{name}.weight"),
-                Tensor::randn([fo as i64, fi as i64], opts) * (1.0 / (fi as f64).sqrt()),
-            ));
-            if arch.qkv_bias()
-                && matches!(
-                    m,
-                    LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
-                )
-            {
-                out.push((
-                    format!("{name}.bias"),
-                    Tensor::randn([fo as i64], opts) * 0.1,
-                ));
-            }
-        }
-        out.push((
-            format!("model.layers.{i}.input_layernorm.weight"),
-            Tensor::rand([h], opts) + 0.5,
-        ));
-        out.push((
-            format!("model.layers.{i}.post_attention_layernorm.weight"),
-            Tensor::rand([h], opts) + 0.5,
-        ));
-    }
-    out.push((
-        "model.norm.weight".to_string(),
-        Tensor::rand([h], opts) + 0.5,
-    ));
-    if !arch.tie_word_embeddings {
-        out.push((
-            "lm_head.weight".to_string(),
-            Tensor::randn([v, h], opts) * 0.2,
-        ));
-    }
-    out
+/// lf-model's tiny architecture (see [`lf_model::testing`]).
+pub fn tiny_arch(tied: bool) -> ModelArchitecture {
+    lf_model::testing::tiny_arch(lf_model::testing::TinySize::MODEL, tied)
 }
 
 /// A batch with masked prompts and a right-padded row.
