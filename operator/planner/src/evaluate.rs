@@ -15,11 +15,13 @@
 
 use lf_api::{MemoryBreakdown, Plan};
 
+use lf_api::crd::OffloadChoice;
+
 use crate::activations::{activations, Activations};
 use crate::calib;
-use crate::format::format_gib;
+use crate::format::fit_summary;
+use crate::input::PlannerInput;
 use crate::memory::{Inventory, ModelStates};
-use crate::search::PlannerInput;
 
 /// The largest transient phase (bytes), gradients included.
 fn transient_peak(
@@ -50,21 +52,6 @@ fn transient_peak(
     loss.max(layer).max(step)
 }
 
-/// The largest component and its bytes.
-pub(crate) fn dominant(b: &MemoryBreakdown) -> (&'static str, u64) {
-    [
-        ("weights", b.weights_bytes),
-        ("gradients", b.gradients_bytes),
-        ("optimizer states", b.optimizer_bytes),
-        ("activations", b.activations_bytes),
-        ("logits", b.logits_bytes),
-        ("buffers", b.buffers_bytes),
-    ]
-    .into_iter()
-    .max_by_key(|(_, v)| *v)
-    .unwrap_or(("weights", 0))
-}
-
 /// Processes per node for `gpus` GPUs: all on one node when they fit, else the largest divisor of
 /// `gpus` not above `gpus_per_node` (every pod runs the same number of processes).
 fn per_node(gpus: u32, gpus_per_node: u32) -> u32 {
@@ -93,6 +80,18 @@ pub fn evaluate(
 ) -> Plan {
     let inv = Inventory::new(&input.arch, &input.training);
     evaluate_with(input, &inv, gpus, stage, offload, micro_batch)
+}
+
+/// One configuration evaluated as given rather than searched: `gpus` GPUs with ZeRO `stage`, the
+/// optimiser offloaded only when the job asks for `cpu`, and the job's own micro-batch.
+pub fn evaluate_fixed(input: &PlannerInput, gpus: u32, stage: u8) -> Plan {
+    evaluate(
+        input,
+        gpus,
+        stage,
+        input.offload == OffloadChoice::Cpu,
+        input.training.per_device_train_batch_size.max(1) as u32,
+    )
 }
 
 pub(crate) fn evaluate_with(
@@ -135,21 +134,7 @@ pub(crate) fn evaluate_with(
     let scaled = scaled_peak(input, peak);
     let fits = scaled + headroom_bytes <= input.gpu_memory_bytes;
     let per_node = per_node(gpus, input.gpus_per_node);
-    let (what, bytes) = dominant(&per_gpu);
-    let scale_note = if (input.peak_scale - 1.0).abs() > 1e-9 {
-        format!(" (×{:.2} after a measured OOM)", input.peak_scale)
-    } else {
-        String::new()
-    };
-    let summary = format!(
-        "{}{} + {} headroom {} {}; {what} {} dominate",
-        format_gib(scaled),
-        scale_note,
-        format_gib(headroom_bytes),
-        if fits { "≤" } else { ">" },
-        format_gib(input.gpu_memory_bytes),
-        format_gib(bytes)
-    );
+    let summary = fit_summary(input, scaled, fits, &per_gpu);
     Plan {
         model_params: inv.model_params,
         trainable_params: inv.trainable_params,

@@ -1,10 +1,17 @@
-//! The human-readable plan (`lf-operator plan -o table`).
+//! Every line of prose the planner writes: the plan's one-line summary and the options' verdicts,
+//! the failure message of a search, the model and method in words, and the table
+//! `lf-operator plan -o table` prints. The numbers come from `evaluate` and `search`; only the
+//! wording lives here.
 
 use std::fmt::Write;
 
-use lf_api::Plan;
+use lf_api::crd::OffloadChoice;
+use lf_api::training::{FinetuningType, Optim, Precision};
+use lf_api::{MemoryBreakdown, Plan};
 
-use crate::search::{group_digits, PlanSearch};
+use crate::input::PlannerInput;
+use crate::memory::Inventory;
+use crate::outcome::PlanSearch;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
@@ -15,6 +22,334 @@ pub fn format_gib(bytes: u64) -> String {
 
 fn gib2(bytes: u64) -> String {
     format!("{:.2}", bytes as f64 / GIB)
+}
+
+/// `8030261248` → `8,030,261,248`.
+fn group_digits(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// The rows of the per-GPU breakdown: name, bytes and what the row holds. The table prints them
+/// and [`dominant`] names the largest, so both always speak of the same rows.
+fn rows(b: &MemoryBreakdown) -> [(&'static str, u64, &'static str); 7] {
+    [
+        ("weights", b.weights_bytes, ""),
+        ("gradients", b.gradients_bytes, ""),
+        (
+            "optimizer states",
+            b.optimizer_bytes,
+            "moments (+ fp32 master weights: full/freeze under AMP)",
+        ),
+        (
+            "activations",
+            b.activations_bytes,
+            "checkpoints + one layer's working set",
+        ),
+        (
+            "logits / loss",
+            b.logits_bytes,
+            "not live together with the layer working set",
+        ),
+        (
+            "buffers",
+            b.buffers_bytes,
+            "gradient buckets, ZeRO-3 gathered layers",
+        ),
+        (
+            "overhead",
+            b.overhead_bytes,
+            "CUDA context + allocator fragmentation",
+        ),
+    ]
+}
+
+/// The largest row of the breakdown and its bytes (the later row on a tie).
+fn dominant(b: &MemoryBreakdown) -> (&'static str, u64) {
+    rows(b)
+        .into_iter()
+        .map(|(name, bytes, _)| (name, bytes))
+        .max_by_key(|(_, bytes)| *bytes)
+        .unwrap_or(("weights", 0))
+}
+
+/// A plan's `summary`: the scaled peak and headroom against the GPU, and the largest row
+/// (`20.5 GiB + 2.4 GiB headroom ≤ 24.0 GiB; weights 15.1 GiB dominate`).
+pub(crate) fn fit_summary(
+    input: &PlannerInput,
+    scaled_peak: u64,
+    fits: bool,
+    per_gpu: &MemoryBreakdown,
+) -> String {
+    let (what, bytes) = dominant(per_gpu);
+    let scale_note = if (input.peak_scale - 1.0).abs() > 1e-9 {
+        format!(" (×{:.2} after a measured OOM)", input.peak_scale)
+    } else {
+        String::new()
+    };
+    format!(
+        "{}{} + {} headroom {} {}; {what} {} dominate",
+        format_gib(scaled_peak),
+        scale_note,
+        format_gib(input.headroom_bytes()),
+        if fits { "≤" } else { ">" },
+        format_gib(input.gpu_memory_bytes),
+        format_gib(bytes)
+    )
+}
+
+/// `ZeRO-2 on 4 GPUs + optimizer offload`: the configuration a verdict is about.
+fn config_label(plan: &Plan) -> String {
+    format!(
+        "ZeRO-{} on {} GPU{}{}",
+        plan.zero_stage,
+        plan.gpus,
+        if plan.gpus == 1 { "" } else { "s" },
+        if plan.offload_optimizer {
+            " + optimizer offload"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The verdict of a configuration that does not fit, at `plan`'s micro-batch.
+pub(crate) fn miss_verdict(plan: &Plan) -> String {
+    format!(
+        "{}, micro-batch {}: {}",
+        config_label(plan),
+        plan.micro_batch_size,
+        plan.summary
+    )
+}
+
+/// The verdict of a searched configuration that fits; `larger` is the next larger micro-batch
+/// that did not, with its scaled peak.
+pub(crate) fn fit_verdict(plan: &Plan, larger: Option<(u32, u64)>) -> String {
+    let larger = larger
+        .map(|(micro, peak)| format!(" (micro-batch {micro} needs {})", format_gib(peak)))
+        .unwrap_or_default();
+    format!(
+        "{}, micro-batch {} × {} accumulation (global {}): fits, {}{larger}",
+        config_label(plan),
+        plan.micro_batch_size,
+        plan.gradient_accumulation_steps,
+        plan.global_batch(),
+        plan.summary
+    )
+}
+
+/// The verdict of a re-plan candidate that fits below the failed plan's peak.
+pub(crate) fn replan_fit_verdict(plan: &Plan) -> String {
+    format!(
+        "{}, micro-batch {} × {} accumulation: fits, {}",
+        config_label(plan),
+        plan.micro_batch_size,
+        plan.gradient_accumulation_steps,
+        plan.summary
+    )
+}
+
+/// The verdict of a re-plan candidate whose peak is not below the failed plan's.
+pub(crate) fn not_lower_verdict(plan: &Plan, previous: &Plan) -> String {
+    format!(
+        "{}, micro-batch {}: {} is not below the failed plan's {}",
+        config_label(plan),
+        plan.micro_batch_size,
+        format_gib(plan.per_gpu.peak_bytes),
+        format_gib(previous.per_gpu.peak_bytes)
+    )
+}
+
+// The failure message is prose about a search, so it lives here rather than beside the type.
+impl PlanSearch {
+    /// When nothing fits: why, one line per option tried (the CR's `Planned=False` message).
+    pub fn failure_message(&self) -> Option<String> {
+        if self.chosen.is_some() {
+            return None;
+        }
+        const MAX_LINES: usize = 40;
+        let Some(first) = self.options.first() else {
+            return Some(
+                "no configuration was tried: check spec.resources (maxGpus, gpusPerNode)".into(),
+            );
+        };
+        let mut msg = format!(
+            "no configuration fits on {} GPUs (up to {} GPU{}, {} headroom); options tried:",
+            format_gib(first.plan.gpu_memory_bytes),
+            self.options.iter().map(|o| o.gpus).max().unwrap_or(1),
+            if self.options.iter().map(|o| o.gpus).max().unwrap_or(1) == 1 {
+                ""
+            } else {
+                "s"
+            },
+            format_gib(first.plan.headroom_bytes)
+        );
+        for o in self.options.iter().take(MAX_LINES) {
+            msg.push_str("\n- ");
+            msg.push_str(&o.verdict);
+        }
+        if self.options.len() > MAX_LINES {
+            msg.push_str(&format!(
+                "\n- … and {} more",
+                self.options.len() - MAX_LINES
+            ));
+        }
+        if let Some(closest) = self.closest() {
+            msg.push_str(&format!("\n{}", remedy(&closest.plan)));
+        }
+        Some(msg)
+    }
+}
+
+/// A one-line suggestion for the closest miss.
+fn remedy(plan: &Plan) -> String {
+    let b = &plan.per_gpu;
+    let dominant = dominant(b).0;
+    let hint = match dominant {
+        "weights" => {
+            "allow more GPUs (maxGpus) so ZeRO-3 can shard the weights, or use quantization_bit: 4"
+        }
+        "optimizer states" => "allow more GPUs, offloadOptimizer: cpu, or optim: adamw_8bit",
+        "gradients" => "allow more GPUs (ZeRO-2/3 shard gradients) or pure_bf16",
+        "activations" => "lower cutoff_len or keep gradient_checkpointing on",
+        "logits / loss" => "lower cutoff_len or set loss_chunk_size (e.g. 1024)",
+        _ => "use larger GPUs",
+    };
+    format!(
+        "closest: {} per GPU needed; {dominant} dominate: {hint}",
+        format_gib(b.peak_bytes + plan.headroom_bytes)
+    )
+}
+
+fn precision_label(p: Precision) -> &'static str {
+    match p {
+        Precision::Fp32 => "fp32",
+        Precision::Bf16Amp => "bf16 AMP",
+        Precision::Fp16Amp => "fp16 AMP",
+        Precision::PureBf16 => "pure bf16",
+    }
+}
+
+fn optim_label(o: Optim) -> &'static str {
+    match o {
+        Optim::AdamwTorch => "adamw_torch",
+        Optim::Adamw8bit => "adamw_8bit",
+        Optim::Adafactor => "adafactor",
+        Optim::Sgd => "sgd",
+    }
+}
+
+/// The model and method, in words.
+pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
+    let a = &input.arch;
+    let t = &input.training;
+    let method = match t.finetuning_type {
+        FinetuningType::Full => "full fine-tuning".to_string(),
+        FinetuningType::Freeze => format!(
+            "freeze (last {} layers train)",
+            crate::params::freeze_trainable_layers(a, t)
+        ),
+        FinetuningType::Lora => {
+            let kind = if t.use_dora { "DoRA" } else { "LoRA" };
+            let q = match t.quantization_bit {
+                Some(4) => format!(
+                    ", {} 4-bit base{}",
+                    if t.quantization_type == lf_api::training::QuantizationType::Nf4 {
+                        "NF4"
+                    } else {
+                        "FP4"
+                    },
+                    if t.double_quantization {
+                        " + double quantisation"
+                    } else {
+                        ""
+                    }
+                ),
+                Some(bits) => format!(", {bits}-bit base"),
+                None => String::new(),
+            };
+            let targets: Vec<&str> = crate::params::lora_targets(t)
+                .iter()
+                .map(|m| m.name())
+                .collect();
+            format!("{kind} r={} on {}{q}", t.lora_rank, targets.join(","))
+        }
+    };
+    let pct = if inv.model_params > 0 {
+        100.0 * inv.trainable_params as f64 / inv.model_params as f64
+    } else {
+        0.0
+    };
+    let mut lines = vec![
+        format!(
+            "model      {} ({}, {} layers, hidden {}, heads {}/{} kv, intermediate {}, vocab {}{})",
+            input.model_name,
+            match a.model_type {
+                lf_api::architecture::ModelType::Llama => "llama",
+                lf_api::architecture::ModelType::Mistral => "mistral",
+                lf_api::architecture::ModelType::Qwen2 => "qwen2",
+            },
+            a.num_hidden_layers,
+            a.hidden_size,
+            a.num_attention_heads,
+            a.kv_heads(),
+            a.intermediate_size,
+            a.vocab_size,
+            if a.tie_word_embeddings { ", tied embeddings" } else { "" }
+        ),
+        format!("params     {} total, {} trainable ({pct:.2}%)", group_digits(inv.model_params), group_digits(inv.trainable_params)),
+        format!(
+            "method     {method}; {}; {}",
+            precision_label(t.precision()),
+            optim_label(t.optim)
+        ),
+        format!(
+            "batch      cutoff_len {}, micro-batch ≤ {}, global batch {}; gradient checkpointing {}; attention {}; loss chunk {}",
+            t.cutoff_len,
+            t.per_device_train_batch_size,
+            input.target_global_batch(),
+            if t.gradient_checkpointing { "on" } else { "off" },
+            match t.flash_attn {
+                lf_api::training::FlashAttn::Eager => "eager (s² scores)",
+                _ => "sdpa/flash",
+            },
+            if t.loss_chunk_size == 0 { "off (full logits)".to_string() } else { format!("{} tokens", t.loss_chunk_size) }
+        ),
+        format!(
+            "gpus       {} each, {:.0}% headroom ({}), {} {} GPU{} ({} per node); ZeRO {}; offload {}",
+            format_gib(input.gpu_memory_bytes),
+            input.headroom * 100.0,
+            format_gib(input.headroom_bytes()),
+            if input.fixed_gpus.is_some() { "exactly" } else { "≤" },
+            input.max_gpus,
+            if input.max_gpus == 1 { "" } else { "s" },
+            input.gpus_per_node,
+            match input.zero.fixed() {
+                Some(s) => s.to_string(),
+                None => "auto".into(),
+            },
+            match input.offload {
+                OffloadChoice::Auto => "auto",
+                OffloadChoice::None => "none",
+                OffloadChoice::Cpu => "cpu",
+            }
+        ),
+    ];
+    if t.finetuning_type == FinetuningType::Lora && input.max_gpus > 1 {
+        lines.push(
+            "note       LoRA: the frozen base dominates model memory; ZeRO-1/2 shard only the adapters' gradients and optimizer states, ZeRO-3 also shards the frozen base (kept packed under QLoRA)"
+                .to_string(),
+        );
+    }
+    lines
 }
 
 /// The plan as a table: the model and method, the chosen configuration with its per-GPU breakdown
@@ -33,7 +368,7 @@ pub fn format_table(search: &PlanSearch) -> String {
         }
         None => {
             let _ = writeln!(out, "NO CONFIGURATION FITS");
-            if let Some(closest) = search.options.iter().min_by_key(|o| o.peak_bytes) {
+            if let Some(closest) = search.closest() {
                 let _ = writeln!(out, "closest: {}", headline(&closest.plan));
                 out.push('\n');
                 breakdown(&mut out, &closest.plan);
@@ -101,37 +436,8 @@ fn headline(plan: &Plan) -> String {
 
 fn breakdown(out: &mut String, plan: &Plan) {
     let b = &plan.per_gpu;
-    let rows: [(&str, u64, &str); 7] = [
-        ("weights", b.weights_bytes, ""),
-        ("gradients", b.gradients_bytes, ""),
-        (
-            "optimizer states",
-            b.optimizer_bytes,
-            "moments (+ fp32 master weights: full/freeze under AMP)",
-        ),
-        (
-            "activations",
-            b.activations_bytes,
-            "checkpoints + one layer's working set",
-        ),
-        (
-            "logits / loss",
-            b.logits_bytes,
-            "not live together with the layer working set",
-        ),
-        (
-            "buffers",
-            b.buffers_bytes,
-            "gradient buckets, ZeRO-3 gathered layers",
-        ),
-        (
-            "overhead",
-            b.overhead_bytes,
-            "CUDA context + allocator fragmentation",
-        ),
-    ];
     let _ = writeln!(out, "  {:<18} {:>8}", "per GPU", "GiB");
-    for (name, bytes, note) in rows {
+    for (name, bytes, note) in rows(b) {
         let line = format!("  {name:<18} {:>8}  {note}", gib2(bytes));
         let _ = writeln!(out, "{}", line.trim_end());
     }

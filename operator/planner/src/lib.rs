@@ -11,32 +11,28 @@
 //! - [`preset`], [`resolve_architecture`]: architectures of common models by Hugging Face id.
 //! - [`search`], [`evaluate`], [`replan_after_oom`]: the choices, each option with a verdict.
 //! - [`format_table`]: the human table `lf-operator plan -o table` prints.
+//!
+//! Files import downward only (`scripts/check_cycles.sh` checks it): `search` → `evaluate` →
+//! `format` (all the prose) → `input` (→ `error` → `presets`) and `outcome` (the types read and
+//! returned); the arithmetic below them: `activations` → `memory` → `params`, `calib`.
 
 pub mod activations;
 pub mod calib;
+mod error;
 mod evaluate;
 mod format;
+mod input;
 pub mod memory;
+mod outcome;
 pub mod params;
 mod presets;
 mod search;
 
-pub use evaluate::evaluate;
+pub use error::PlanError;
+pub use evaluate::{evaluate, evaluate_fixed};
 pub use format::{format_gib, format_table, plan_summary};
+pub use input::{resolve_architecture, PlannerInput};
+pub use outcome::{PlanOption, PlanSearch};
 pub use params::{model_params, trainable_params};
-pub use presets::{preset, preset_names, resolve_architecture};
-pub use search::{evaluate_fixed, replan_after_oom, search, PlanOption, PlanSearch, PlannerInput};
-
-/// Why a job cannot be planned. Each message names the field at fault and what to do.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum PlanError {
-    #[error(
-        "model `{name}` has no built-in architecture: paste the model's config.json into spec.model.architecture \
-         (keys model_type, vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, \
-         num_key_value_heads, tie_word_embeddings), or use a known spec.model.name: {}",
-        preset_names().join(", ")
-    )]
-    UnknownModel { name: String },
-    #[error("invalid {key}: {message}")]
-    InvalidInput { key: String, message: String },
-}
+pub use presets::{preset, preset_names};
+pub use search::{replan_after_oom, search};

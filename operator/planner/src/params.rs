@@ -200,6 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn published_qwen_and_mistral_sizes() {
+        // Counts printed by transformers for these configs (model cards: 7.24B, 7.62B, 0.49B).
+        assert_eq!(
+            model_params(&preset("mistralai/Mistral-7B-v0.1").unwrap()),
+            7_241_732_096
+        );
+        assert_eq!(
+            model_params(&preset("Qwen/Qwen2.5-7B").unwrap()),
+            7_615_616_512
+        );
+        assert_eq!(
+            model_params(&preset("Qwen/Qwen2.5-0.5B").unwrap()),
+            494_032_768
+        );
+    }
+
+    #[test]
     fn lora_counts() {
         let l3 = preset("meta-llama/Meta-Llama-3-8B").unwrap();
         let l2 = preset("meta-llama/Llama-2-7b-hf").unwrap();

@@ -1,14 +1,12 @@
 //! Built-in architectures of common models, so a FineTuneJob can be planned from its model name
-//! alone, and the rule that finds the architecture of a job.
+//! alone.
 //!
 //! Values are those of each model's public `config.json` (only the keys that change the
 //! arithmetic are kept). Instruct/chat variants share their base model's shape and are listed as
 //! aliases. Names match case-insensitively, with or without the organisation prefix.
 
 use lf_api::architecture::{ModelType, RopeScaling};
-use lf_api::{FineTuneJob, ModelArchitecture};
-
-use crate::PlanError;
+use lf_api::ModelArchitecture;
 
 struct Shape {
     model_type: ModelType,
@@ -291,21 +289,6 @@ pub fn preset_names() -> Vec<&'static str> {
     PRESETS.iter().map(|(names, _)| names[0]).collect()
 }
 
-/// The architecture to plan a job with: `spec.model.architecture` when given, else the preset for
-/// `spec.model.name`, else an error telling the user to paste the model's `config.json`.
-pub fn resolve_architecture(job: &FineTuneJob) -> Result<ModelArchitecture, PlanError> {
-    if let Some(arch) = &job.spec.model.architecture {
-        arch.validate().map_err(|e| PlanError::InvalidInput {
-            key: "spec.model.architecture".into(),
-            message: e.to_string(),
-        })?;
-        return Ok(arch.clone());
-    }
-    preset(&job.spec.model.name).ok_or_else(|| PlanError::UnknownModel {
-        name: job.spec.model.name.clone(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,22 +310,5 @@ mod tests {
                 .validate()
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-    }
-
-    #[test]
-    fn published_qwen_and_mistral_sizes() {
-        // Counts printed by transformers for these configs (model cards: 7.24B, 7.62B, 0.49B).
-        assert_eq!(
-            crate::model_params(&preset("mistralai/Mistral-7B-v0.1").unwrap()),
-            7_241_732_096
-        );
-        assert_eq!(
-            crate::model_params(&preset("Qwen/Qwen2.5-7B").unwrap()),
-            7_615_616_512
-        );
-        assert_eq!(
-            crate::model_params(&preset("Qwen/Qwen2.5-0.5B").unwrap()),
-            494_032_768
-        );
     }
 }

@@ -1,0 +1,198 @@
+//! What the planner reads: [`PlannerInput`], built from a FineTuneJob (its architecture, training
+//! config and resources, each checked) or given directly, and the choices it allows the search.
+
+use lf_api::crd::{OffloadChoice, ZeroStageChoice};
+use lf_api::training::TrainingConfig;
+use lf_api::{FineTuneJob, ModelArchitecture};
+
+use crate::error::PlanError;
+use crate::presets::preset;
+
+/// Everything the planner reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannerInput {
+    /// For messages and the table (e.g. `meta-llama/Meta-Llama-3-8B`).
+    pub model_name: String,
+    pub arch: ModelArchitecture,
+    pub training: TrainingConfig,
+    /// Memory of one GPU (bytes).
+    pub gpu_memory_bytes: u64,
+    /// Fraction of GPU memory kept free on top of the prediction.
+    pub headroom: f64,
+    pub gpus_per_node: u32,
+    pub max_gpus: u32,
+    /// `spec.resources.gpus`: only this GPU count is considered.
+    pub fixed_gpus: Option<u32>,
+    pub zero: ZeroStageChoice,
+    pub offload: OffloadChoice,
+    /// Multiplies every predicted peak before the fit test (1.0; raised after a measured OOM).
+    pub peak_scale: f64,
+}
+
+impl PlannerInput {
+    /// A planner input with the defaults of a FineTuneJob (10% headroom, one GPU, auto choices).
+    pub fn new(
+        model_name: impl Into<String>,
+        arch: ModelArchitecture,
+        training: TrainingConfig,
+        gpu_memory_bytes: u64,
+    ) -> Self {
+        PlannerInput {
+            model_name: model_name.into(),
+            arch,
+            training,
+            gpu_memory_bytes,
+            headroom: 0.1,
+            gpus_per_node: 1,
+            max_gpus: 1,
+            fixed_gpus: None,
+            zero: ZeroStageChoice::Auto,
+            offload: OffloadChoice::Auto,
+            peak_scale: 1.0,
+        }
+    }
+
+    /// The input for a FineTuneJob: its architecture (inline or preset), training config and
+    /// resources.
+    pub fn from_job(job: &FineTuneJob) -> Result<Self, PlanError> {
+        let arch = resolve_architecture(job)?;
+        let spec = &job.spec;
+        let invalid = |key: &str, message: String| PlanError::InvalidInput {
+            key: key.into(),
+            message,
+        };
+        spec.training
+            .validate()
+            .map_err(|e| invalid("spec.training", e.to_string()))?;
+        let r = &spec.resources;
+        if !(r.gpu_memory_gib.is_finite() && r.gpu_memory_gib >= 1.0) {
+            return Err(invalid(
+                "spec.resources.gpuMemoryGib",
+                format!(
+                    "{} GiB; give the memory of one GPU, e.g. 80",
+                    r.gpu_memory_gib
+                ),
+            ));
+        }
+        if r.gpus_per_node == 0 {
+            return Err(invalid(
+                "spec.resources.gpusPerNode",
+                "must be at least 1".into(),
+            ));
+        }
+        if r.max_gpus() == 0 {
+            return Err(invalid(
+                "spec.resources.maxGpus",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(g) = r.gpus {
+            let per_node = r.gpus_per_node.max(1);
+            if g == 0 || (g > per_node && g % per_node != 0) {
+                return Err(invalid(
+                    "spec.resources.gpus",
+                    format!("{g} is neither at most gpusPerNode ({per_node}) nor a multiple of it: every pod runs gpusPerNode processes"),
+                ));
+            }
+            if r.max_gpus.is_some_and(|max| g > max) {
+                return Err(invalid(
+                    "spec.resources.gpus",
+                    format!("{g} exceeds maxGpus ({})", r.max_gpus()),
+                ));
+            }
+        }
+        let headroom = r.headroom();
+        if !(0.0..=0.9).contains(&headroom) {
+            return Err(invalid(
+                "spec.resources.headroom",
+                format!("{headroom} is outside [0, 0.9]"),
+            ));
+        }
+        Ok(PlannerInput {
+            model_name: spec.model.name.clone(),
+            arch,
+            training: spec.training.clone(),
+            gpu_memory_bytes: r.gpu_memory_bytes(),
+            headroom,
+            gpus_per_node: r.gpus_per_node.min(r.gpus.unwrap_or(r.max_gpus())),
+            max_gpus: r.gpus.unwrap_or(r.max_gpus()),
+            fixed_gpus: r.gpus,
+            zero: spec.distributed.zero_stage,
+            offload: spec.distributed.offload_optimizer,
+            peak_scale: 1.0,
+        })
+    }
+
+    /// Bytes kept free.
+    pub fn headroom_bytes(&self) -> u64 {
+        (self.gpu_memory_bytes as f64 * self.headroom) as u64
+    }
+
+    /// The requested global batch: `per_device_train_batch_size × gradient_accumulation_steps`.
+    pub fn target_global_batch(&self) -> u64 {
+        (self.training.per_device_train_batch_size.max(1)
+            * self.training.gradient_accumulation_steps.max(1)) as u64
+    }
+
+    /// GPU counts the search considers: 1 … `gpus_per_node`, then multiples of `gpus_per_node` up
+    /// to `max_gpus`.
+    pub fn gpu_candidates(&self) -> Vec<u32> {
+        if let Some(g) = self.fixed_gpus {
+            return vec![g];
+        }
+        let per_node = self.gpus_per_node.max(1);
+        let max = self.max_gpus.max(1);
+        let mut out: Vec<u32> = (1..=per_node.min(max)).collect();
+        let mut n = 2 * per_node;
+        while n <= max {
+            out.push(n);
+            n += per_node;
+        }
+        out
+    }
+
+    pub(crate) fn stages(&self, gpus: u32) -> Vec<u8> {
+        match self.zero.fixed() {
+            Some(stage) => vec![stage],
+            None if gpus <= 1 => vec![0],
+            // Adafactor's factored state needs whole matrices; the trainer's ZeRO cuts element
+            // ranges, so it runs Adafactor only unpartitioned (its state is tiny anyway).
+            None if self.training.optim == lf_api::training::Optim::Adafactor => vec![0],
+            None => vec![0, 1, 2, 3],
+        }
+    }
+
+    pub(crate) fn offload_passes(&self) -> Vec<bool> {
+        match self.offload {
+            OffloadChoice::None => vec![false],
+            OffloadChoice::Cpu => vec![true],
+            OffloadChoice::Auto => vec![false, true],
+        }
+    }
+
+    /// Micro-batches tried: the requested one, halved down to 1.
+    pub(crate) fn micro_batches(&self) -> Vec<u32> {
+        let mut m = self.training.per_device_train_batch_size.max(1) as u32;
+        let mut out = vec![m];
+        while m > 1 {
+            m /= 2;
+            out.push(m);
+        }
+        out
+    }
+}
+
+/// The architecture to plan a job with: `spec.model.architecture` when given, else the preset for
+/// `spec.model.name`, else an error telling the user to paste the model's `config.json`.
+pub fn resolve_architecture(job: &FineTuneJob) -> Result<ModelArchitecture, PlanError> {
+    if let Some(arch) = &job.spec.model.architecture {
+        arch.validate().map_err(|e| PlanError::InvalidInput {
+            key: "spec.model.architecture".into(),
+            message: e.to_string(),
+        })?;
+        return Ok(arch.clone());
+    }
+    preset(&job.spec.model.name).ok_or_else(|| PlanError::UnknownModel {
+        name: job.spec.model.name.clone(),
+    })
+}
