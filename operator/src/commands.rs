@@ -159,7 +159,17 @@ pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, Command
     })
 }
 
-/// What `plan` prints for `outcome` in `format`, and the one-line error when nothing fits.
+/// The plan `plan -o json|yaml` prints: the chosen (or the one evaluated) plan, else the closest
+/// option tried, the one the table shows as `closest`; its `fits` says which.
+fn shown_plan(outcome: &PlanOutcome) -> Option<&Plan> {
+    outcome
+        .plan
+        .as_ref()
+        .or_else(|| outcome.search.closest().map(|o| &o.plan))
+}
+
+/// What `plan` prints for `outcome` in `format`, and the one-line error when nothing fits (the
+/// command then exits 1 after printing).
 pub fn plan_output(
     path: &Path,
     outcome: &PlanOutcome,
@@ -185,12 +195,10 @@ pub fn plan_output(
     let text = match format {
         PlanFormat::Table => lf_planner::format_table(&outcome.search),
         PlanFormat::Json | PlanFormat::Yaml => {
-            // The plan, or (nothing fits) every option tried, so the output still explains.
-            let value = match &outcome.plan {
-                Some(plan) => serde_json::to_value(plan),
-                None => serde_json::to_value(&outcome.search),
-            }
-            .map_err(|e| CommandError::Serialise(e.to_string()))?;
+            // One shape whether or not it fits: a Plan (as in the FineTuneJob's status.plan) with
+            // `fits`; the options tried are in the error line.
+            let value = serde_json::to_value(shown_plan(outcome))
+                .map_err(|e| CommandError::Serialise(e.to_string()))?;
             if format == PlanFormat::Json {
                 let mut s = serde_json::to_string_pretty(&value)
                     .map_err(|e| CommandError::Serialise(e.to_string()))?;

@@ -35,6 +35,13 @@ enum Command {
         root: PathBuf,
     },
     /// Plan a FineTuneJob's memory: GPUs, ZeRO stage, micro-batch and the predicted peak per GPU.
+    ///
+    /// `-o json` and `-o yaml` print one Plan, the shape of the FineTuneJob's status.plan: the
+    /// chosen configuration, the one given by --gpus/--zero-stage, or, when nothing fits, the
+    /// closest one tried (lowest peak). Its `fits` field says whether it fits.
+    ///
+    /// Exit status: 0 when the plan fits; 1 when it does not (the table or plan is still printed,
+    /// and stderr has one line naming every option tried) or on an error (nothing on stdout).
     Plan {
         /// The FineTuneJob YAML file.
         #[arg(short = 'f', long = "file")]

@@ -135,6 +135,77 @@ fn plan_prints_json_table_and_evaluates_a_fixed_configuration() {
     );
 }
 
+/// `plan -o json|yaml` prints one Plan whether it fits or not: the chosen or evaluated plan, or
+/// the closest option tried, with `fits`; the exit code says the same (0 fits, 1 does not).
+#[test]
+fn plan_json_has_one_shape_whether_or_not_it_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = write(
+        &dir,
+        "tiny.yaml",
+        &GOOD.replace("gpuMemoryGib: 24", "gpuMemoryGib: 4"),
+    );
+    let cases: [(&[&str], bool); 4] = [
+        (&["-f", "examples/llama3-8b-lora-24gb.yaml"], true),
+        (&["-f", &tiny], false),
+        (
+            &[
+                "-f",
+                "examples/llama3-8b-full-zero3.yaml",
+                "--gpus",
+                "8",
+                "--zero-stage",
+                "3",
+            ],
+            true,
+        ),
+        (
+            &[
+                "-f",
+                "examples/llama3-8b-full-zero3.yaml",
+                "--gpus",
+                "1",
+                "--zero-stage",
+                "0",
+            ],
+            false,
+        ),
+    ];
+    for (args, fits) in cases {
+        for format in ["json", "yaml"] {
+            let mut argv = vec!["plan", "-o", format];
+            argv.extend_from_slice(args);
+            let out = run(&argv);
+            let plan: serde_json::Value = if format == "json" {
+                serde_json::from_slice(&out.stdout)
+            } else {
+                serde_yaml::from_slice(&out.stdout).map_err(serde::de::Error::custom)
+            }
+            .unwrap_or_else(|e| panic!("{argv:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+            let keys: Vec<&String> = plan.as_object().expect("an object").keys().collect();
+            for key in ["gpus", "zeroStage", "microBatchSize", "perGpu", "summary"] {
+                assert!(
+                    plan.get(key).is_some(),
+                    "{argv:?}: {key} missing in {keys:?}"
+                );
+            }
+            assert!(
+                plan.get("chosen").is_none() && plan.get("options").is_none(),
+                "{argv:?}: {keys:?}"
+            );
+            assert_eq!(plan["fits"], fits, "{argv:?}");
+            assert_eq!(
+                out.status.code(),
+                Some(if fits { 0 } else { 1 }),
+                "{argv:?}"
+            );
+            if !fits {
+                assert_one_error(&out, &["fit"]);
+            }
+        }
+    }
+}
+
 #[test]
 fn render_prints_every_object() {
     let out = run(&[
