@@ -1,5 +1,6 @@
 //! Compiles the c10d shim (cpp/shim.cpp) against the headers of the libtorch that torch-sys links,
-//! links it to libtorch, and gives this crate's binaries and tests a RUNPATH to that libtorch.
+//! links it to libtorch, and gives this crate's binaries and tests a RUNPATH to that libtorch
+//! (../libtorch_link.rs, shared with the other trainer crates).
 //!
 //! The libtorch location comes from torch-sys (`links = "tch"` exports `DEP_TCH_LIBTORCH_LIB`),
 //! so the shim always matches the libtorch tch uses. Environment:
@@ -10,11 +11,12 @@
 use std::env;
 use std::path::{Path, PathBuf};
 
+include!("../libtorch_link.rs");
+
 fn main() {
     println!("cargo:rerun-if-changed=cpp");
     println!("cargo:rerun-if-env-changed=LF_GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=LF_CUDA_INCLUDE");
-    println!("cargo:rerun-if-env-changed=TCH_FORCE_CUDA_LINK");
 
     let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
         panic!(
@@ -70,13 +72,8 @@ fn main() {
     }
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
-    // This crate's own binaries and test executables (dependants add the same in their build.rs).
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if env::var_os("TCH_FORCE_CUDA_LINK").is_some() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
+    // This crate's own binaries and test executables (dependants do the same in their build.rs).
+    link_libtorch_runtime();
 }
 
 /// Include directories for the CUDA/NCCL headers: `LF_CUDA_INCLUDE` first, then every
