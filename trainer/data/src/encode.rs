@@ -2,7 +2,8 @@
 //! truncation (`infer_seqlen`) and label masking (`SupervisedDatasetProcessor`), and plain-text
 //! examples for pre-training.
 
-/// Label value ignored by the loss.
+/// Label value ignored by the loss (PyTorch's `ignore_index`). The one definition: host batches
+/// widen it to i64, and lf-model's loss uses it as `lf_model::IGNORE_INDEX`.
 pub const IGNORE_INDEX: i32 = -100;
 
 /// One tokenised example.

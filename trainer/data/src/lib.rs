@@ -6,8 +6,8 @@
 //! alpaca / sharegpt / OpenAI-style records from JSON or JSON Lines, renders them with a
 //! [`ChatTemplate`], masks and truncates them as LLaMA-Factory does, splits off a validation set,
 //! packs if asked, and caches the result keyed by a hash of everything that shaped it. Training
-//! then draws batches in a deterministic, resumable, rank-sharded order ([`BatchPlan`]) and pads
-//! them with [`collate`].
+//! then draws its steps in a deterministic, resumable, rank-sharded order ([`StepPlan`]) and pads
+//! each micro-batch with [`collate`].
 
 pub mod batch;
 pub mod cache;
@@ -19,16 +19,18 @@ pub mod load;
 pub mod pack;
 pub mod prepare;
 pub mod reader;
+pub mod sampler;
 pub mod source;
 pub mod stats;
 pub mod template;
 pub mod tokenizer;
 
-pub use batch::{collate, Batch, BatchPlan, PlannedBatch};
+pub use batch::{collate, Batch};
 pub use convert::{Conversation, Sample};
 pub use encode::{infer_seqlen, EncodeOptions, Example, IGNORE_INDEX};
 pub use error::DataError;
 pub use prepare::{prepare, spawn_prepare, DataContext, PreparedData};
+pub use sampler::{eval_rounds, permutation, DataPosition, StepPlan};
 pub use stats::DataStats;
 pub use template::ChatTemplate;
 pub use tokenizer::{load_tokenizer, TokenizerBundle};

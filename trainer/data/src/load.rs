@@ -117,9 +117,9 @@ fn sample_subset<T: Clone>(records: Vec<T>, n: usize, seed: u64) -> Vec<T> {
     if len == 0 {
         return records;
     }
-    let perm = crate::batch::permutation(len, seed);
+    let perm = crate::sampler::permutation(len, seed);
     let mut idx: Vec<usize> = perm.iter().copied().take(n).collect();
-    let mut extra = crate::batch::permutation(len, seed.wrapping_add(1))
+    let mut extra = crate::sampler::permutation(len, seed.wrapping_add(1))
         .into_iter()
         .cycle();
     while idx.len() < n {

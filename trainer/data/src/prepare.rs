@@ -213,7 +213,7 @@ pub fn tokenise(
             ));
         }
         let mut is_eval = vec![false; n];
-        for i in crate::batch::permutation(n, cfg.seed)
+        for i in crate::sampler::permutation(n, cfg.seed)
             .into_iter()
             .take(count)
         {
