@@ -8,8 +8,7 @@ use lf_model::{CausalLm, ModelError, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use tch::Tensor;
 
 use crate::error::TrainerError;
-use crate::interfaces::{MicroOutput, StepOptimizer, TrainModel};
-use crate::memory_report::{ModelMemory, OptimizerBytes};
+use crate::interfaces::{MicroOutput, ModelMemory, OptimizerBytes, StepOptimizer, TrainModel};
 use crate::zero3::ParameterPartition;
 
 /// The file of trainable weights in a `full`/`freeze` checkpoint.
@@ -186,10 +185,6 @@ impl TrainModel for LmTrainee {
                 .load_trainable(&dir.join(file))
                 .map_err(|e| model_error(&ctx, e))
         }
-    }
-
-    fn lockstep(&self) -> bool {
-        self.active_partition().is_some()
     }
 
     fn gather_weights(&mut self, keep: bool) -> Result<(), TrainerError> {

@@ -2,47 +2,16 @@
 //! the full trainable parameters and optimiser state; gradients are summed after each step's
 //! micro-batches).
 
-use std::ops::Range;
 use std::rc::Rc;
 use std::time::Duration;
 
 use lf_api::runtime::FailureReason;
 use lf_dist::{DistError, ProcessGroup, RendezvousOptions};
-use lf_planner::calib::GRADIENT_BUCKET_ELEMENTS;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::TrainerError;
+use crate::gradients::{bucket_elements, buckets};
 use crate::interfaces::DataParallel;
-
-/// Elements per gradient bucket: [`GRADIENT_BUCKET_ELEMENTS`] (what the planner assumes), or
-/// `LF_BUCKET_ELEMENTS` when set to a positive number. Every rank must use the same value (the
-/// buckets decide how many collectives a step makes); the operator renders one environment for
-/// all pods.
-pub fn bucket_elements() -> usize {
-    std::env::var(lf_api::runtime::env::BUCKET_ELEMENTS)
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(GRADIENT_BUCKET_ELEMENTS as usize)
-}
-
-/// Consecutive index ranges of `numels` whose sums stay within `limit` elements (a tensor larger
-/// than `limit` is a bucket of its own): the gradient buckets of one reduction.
-pub fn buckets(numels: &[usize], limit: usize) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let (mut start, mut size) = (0, 0usize);
-    for (i, &n) in numels.iter().enumerate() {
-        if i > start && size + n > limit {
-            out.push(start..i);
-            (start, size) = (i, 0);
-        }
-        size += n;
-    }
-    if start < numels.len() {
-        out.push(start..numels.len());
-    }
-    out
-}
 
 /// Maps an lf-dist error onto the trainer's classes (lf-dist knows which are configuration
 /// mistakes and which are communication failures).
@@ -152,18 +121,5 @@ impl DataParallel for DistGroup {
 
     fn barrier(&self) -> Result<(), TrainerError> {
         self.pg.barrier().map_err(dist_error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::buckets;
-
-    #[test]
-    fn buckets_split_at_the_limit_and_keep_large_tensors_alone() {
-        assert_eq!(buckets(&[3, 3, 3, 3], 6), vec![0..2, 2..4]);
-        assert_eq!(buckets(&[2, 10, 2], 6), vec![0..1, 1..2, 2..3]);
-        assert_eq!(buckets(&[1, 1, 1], 100), vec![0..3]);
-        assert!(buckets(&[], 5).is_empty());
     }
 }

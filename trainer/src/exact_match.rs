@@ -5,11 +5,10 @@
 //! decoded, trimmed texts must be equal. Working on the tokenised examples means the prompt is
 //! exactly what training saw, whatever the template.
 
-use lf_data::{TokenizerBundle, IGNORE_INDEX};
+use lf_data::{Example, TokenizerBundle, IGNORE_INDEX};
 use lf_model::{CausalLm, GenerationParams};
 
 use crate::adapters::model_error;
-use crate::batching::Example;
 use crate::error::TrainerError;
 use crate::setup;
 

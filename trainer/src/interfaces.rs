@@ -1,13 +1,18 @@
 //! What the training loop needs from a model, an optimiser and the data-parallel group. The
 //! loop is written against these traits; `crate::adapters` implements them for lf-model's
-//! `CausalLm`, lf-optim's optimisers and lf-dist's process group.
+//! `CausalLm` and lf-optim's optimisers, `crate::zero` for ZeRO, and `crate::data_parallel` for
+//! lf-dist's process group.
 
 use std::path::Path;
 
+use lf_api::ModelArchitecture;
 use tch::Tensor;
 
 use crate::error::TrainerError;
-use crate::state::OPTIMIZER_FILE;
+use crate::gradients;
+
+/// The optimiser state file inside a checkpoint (of an optimiser that is not partitioned).
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// The result of one micro-batch's forward + backward.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,11 +49,6 @@ pub trait TrainModel {
         0
     }
     fn set_rng_position(&mut self, _micro_batches: u64) {}
-    /// Whether every rank must run the same forward and backward passes (ZeRO-3: each pass
-    /// gathers weights collectively), so the loop pads uneven work with label-free batches.
-    fn lockstep(&self) -> bool {
-        false
-    }
     /// Makes the weights [`TrainModel::save_weights`] writes whole where `keep` is set (the rank
     /// that saves); every rank calls it before rank 0 saves (ZeRO-3 gathers them collectively).
     /// [`TrainModel::release_weights`] undoes it.
@@ -60,9 +60,43 @@ pub trait TrainModel {
     }
     /// The frozen weights' bytes as stored and the architecture, for the memory record
     /// ([`crate::memory_report`]); `None` when the model cannot tell.
-    fn memory(&self) -> Option<crate::memory_report::ModelMemory> {
+    fn memory(&self) -> Option<ModelMemory> {
         None
     }
+}
+
+/// What a model reports about its weights for the memory record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelMemory {
+    /// Bytes of every base tensor that does not train, as stored.
+    pub frozen_weight_bytes: u64,
+    /// Bytes of trainable parameter shards held apart from the parameters (ZeRO-3, whose
+    /// parameters are emptied between uses); 0 otherwise.
+    pub partitioned_trainable_bytes: u64,
+    /// The architecture the planner's prediction is made for.
+    pub architecture: ModelArchitecture,
+}
+
+/// Bytes of optimiser state held, by place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptimizerBytes {
+    /// On the parameters' device (master copies included).
+    pub device: u64,
+    /// In host memory (offloaded state and master copies).
+    pub host: u64,
+}
+
+/// What [`StepOptimizer::restore_state`] made of a checkpoint's optimiser state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoredState {
+    /// The saved state was loaded (re-sliced for a new partition where needed).
+    Restored,
+    /// The checkpoint holds no state this optimiser can read (`save_only_model`, or a
+    /// ZeRO-partitioned state resumed without ZeRO): the optimiser starts from zero.
+    Absent,
+    /// The checkpoint holds state that does not fit this run, and the optimiser restarts from
+    /// zero moments at this step (`why` says what did not fit).
+    Restarted { why: String },
 }
 
 /// An optimiser over plain tensors whose state can be checkpointed.
@@ -71,7 +105,7 @@ pub trait StepOptimizer {
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError>;
     /// Bytes of state held, by place, for the memory record ([`crate::memory_report`]); `None`
     /// when the optimiser cannot tell.
-    fn state_bytes(&self) -> Option<crate::memory_report::OptimizerBytes> {
+    fn state_bytes(&self) -> Option<OptimizerBytes> {
         None
     }
     /// Every state tensor by a stable name (empty for stateless optimisers).
@@ -97,33 +131,43 @@ pub trait StepOptimizer {
         params: &[(String, Tensor)],
     ) -> Result<f64, TrainerError> {
         group.sum_gradients(params)?;
-        Ok(crate::train_loop::grad_norm(params))
+        Ok(gradients::grad_norm(params))
     }
     /// Scales the gradients the next [`StepOptimizer::step`] uses so that their global norm
     /// (`norm`) is at most `max_norm` (no-op for `max_norm <= 0`).
-    fn clip_gradients(&mut self, params: &[(String, Tensor)], norm: f64, max_norm: f64) {
-        crate::train_loop::clip_gradients(params, norm, max_norm);
+    fn clip_gradients(
+        &mut self,
+        params: &[(String, Tensor)],
+        norm: f64,
+        max_norm: f64,
+    ) -> Result<(), TrainerError> {
+        gradients::clip_gradients(params, norm, max_norm)
     }
     /// The checkpoint file this rank's state goes to.
     fn state_file(&self) -> String {
         OPTIMIZER_FILE.to_string()
+    }
+    /// The state files of every rank together, in rank order: what the rank that saves a
+    /// checkpoint collects into it when the state is [`StepOptimizer::partitioned`].
+    fn state_files(&self) -> Vec<String> {
+        vec![self.state_file()]
     }
     /// Whether every rank holds a different part of the state (ZeRO), so that every rank writes
     /// its own [`StepOptimizer::state_file`]; otherwise rank 0 writes the one state.
     fn partitioned(&self) -> bool {
         false
     }
-    /// Restores the state saved in checkpoint `dir`; `false` when the checkpoint has none this
-    /// optimiser can read (`save_only_model`), and the optimiser starts from zero.
-    fn restore_state(&mut self, dir: &Path) -> Result<bool, TrainerError> {
+    /// Restores the state saved in checkpoint `dir`, and says whether there was one it could
+    /// use.
+    fn restore_state(&mut self, dir: &Path) -> Result<RestoredState, TrainerError> {
         let file = dir.join(self.state_file());
         if !file.exists() {
-            return Ok(false);
+            return Ok(RestoredState::Absent);
         }
         let tensors = Tensor::read_safetensors(&file)
             .map_err(|e| TrainerError::from_library("reading the optimizer state", e))?;
         self.load_state_tensors(tensors)?;
-        Ok(true)
+        Ok(RestoredState::Restored)
     }
 }
 

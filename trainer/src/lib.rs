@@ -1,12 +1,16 @@
 //! lf-trainer: the training loop and everything around it that every FineTuneJob pod runs.
 //!
-//! * [`batching`]: the deterministic step plan (what each optimiser step trains on), collation,
-//!   and the background data thread.
+//! * [`batching`]: the background data thread (what each step trains on is lf-data's
+//!   `StepPlan`, collation lf-data's `collate`).
 //! * [`schedule`]: learning-rate schedules with Hugging Face's arithmetic.
 //! * [`train_loop`]: the loop itself (exact gradient accumulation, clipping, evaluation,
-//!   non-finite detection, signals, checkpoints, logs).
-//! * [`checkpoint`]: atomic checkpoint directories, verification, rotation, resume choice.
-//! * [`outputs`], [`plot`]: `trainer_log.jsonl`, `all_results.json`, `training_loss.png`.
+//!   non-finite detection), a recipe over the modules below.
+//! * [`interfaces`]: what the loop needs from a model, an optimiser and the data-parallel group;
+//!   [`gradients`]: the gradient arithmetic they share.
+//! * [`checkpoint`]: atomic checkpoint directories, verification, rotation, save and resume, and
+//!   the stop-and-save protocol; [`resume`]: which checkpoint a run starts from.
+//! * [`report`]: one step record fanned out to every sink; [`outputs`], [`plot`]:
+//!   `trainer_log.jsonl`, `all_results.json`, `training_loss.png`.
 //! * [`memory_report`]: the model-state memory measured from the tensors, next to the planner's.
 //! * [`status`], [`metrics`]: the FineTuneJob status (server-side apply or a local file) and the
 //!   Prometheus endpoint.
@@ -19,12 +23,14 @@ pub mod commands;
 pub mod data_parallel;
 pub mod error;
 pub mod exact_match;
+pub mod gradients;
 pub mod interfaces;
 pub mod launch;
 pub mod memory_report;
 pub mod metrics;
 pub mod outputs;
 pub mod plot;
+pub mod report;
 pub mod resume;
 pub mod schedule;
 pub mod setup;

@@ -60,27 +60,6 @@ pub struct MemoryLine {
     pub memory: MemoryRecord,
 }
 
-/// What a model reports about its weights for the memory record.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelMemory {
-    /// Bytes of every base tensor that does not train, as stored.
-    pub frozen_weight_bytes: u64,
-    /// Bytes of trainable parameter shards held apart from the parameters (ZeRO-3, whose
-    /// parameters are emptied between uses); 0 otherwise.
-    pub partitioned_trainable_bytes: u64,
-    /// The architecture the planner's prediction is made for.
-    pub architecture: ModelArchitecture,
-}
-
-/// Bytes of optimiser state held, by place.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OptimizerBytes {
-    /// On the parameters' device (master copies included).
-    pub device: u64,
-    /// In host memory (offloaded state and master copies).
-    pub host: u64,
-}
-
 fn tensor_bytes(t: &Tensor) -> u64 {
     t.numel() as u64 * t.kind().elt_size_in_bytes() as u64
 }
@@ -183,16 +162,17 @@ pub fn measure<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
     })
 }
 
-/// Measures once, after the first optimiser step of an attempt, and writes the record after the
-/// attempt's first progress line (so the log still starts with a progress record).
+/// Measures once, after the first optimiser step of an attempt, and hands the record back (the
+/// loop's reporter writes it after the attempt's first progress line, so the log still starts
+/// with a progress record).
 #[derive(Debug, Default)]
 pub struct MemoryProbe {
     done: bool,
-    pending: Option<MemoryRecord>,
 }
 
 impl MemoryProbe {
-    /// Call right after an optimiser step (`step` counts from 1). Only the first call measures.
+    /// Call right after an optimiser step (`step` counts from 1). Only the first call measures:
+    /// it returns the record (also logged); later calls return `None`.
     pub fn after_step<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
         &mut self,
         cfg: &TrainingConfig,
@@ -201,27 +181,18 @@ impl MemoryProbe {
         params: &[(String, Tensor)],
         step: u64,
         device: tch::Device,
-    ) {
+    ) -> Option<MemoryRecord> {
         if self.done {
-            return;
+            return None;
         }
         self.done = true;
-        self.pending = measure(cfg, model, optimizer, params, step, device);
-        if let Some(r) = &self.pending {
-            tracing::info!(
-                step = r.step,
-                measured = ?r.measured,
-                planned = ?r.planned,
-                "model-state memory"
-            );
-        }
-    }
-
-    /// Appends the measured record to `log`, once.
-    pub fn write(&mut self, log: &crate::outputs::TrainerLog) -> Result<(), crate::TrainerError> {
-        match self.pending.take() {
-            Some(r) => log.append_memory(&r),
-            None => Ok(()),
-        }
+        let record = measure(cfg, model, optimizer, params, step, device)?;
+        tracing::info!(
+            step = record.step,
+            measured = ?record.measured,
+            planned = ?record.planned,
+            "model-state memory"
+        );
+        Some(record)
     }
 }

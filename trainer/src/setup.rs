@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use lf_api::runtime::env;
 use lf_api::training::{FinetuningType, TrainingConfig};
-use lf_data::{DataError, TokenizerBundle};
+use lf_data::{DataError, Example, TokenizerBundle};
 use lf_model::{CausalLm, LoadOptions, ModelError};
 use tch::Device;
 
 use crate::adapters::model_error;
-use crate::batching::Example;
 use crate::error::TrainerError;
 use crate::zero3::ParameterPartition;
 
@@ -114,16 +113,6 @@ pub fn tokenizer(model_dir: &Path) -> Result<TokenizerBundle, TrainerError> {
     lf_data::load_tokenizer(model_dir).map_err(data_error)
 }
 
-fn convert(examples: Vec<lf_data::Example>) -> Vec<Example> {
-    examples
-        .into_iter()
-        .map(|e| Example {
-            input_ids: e.input_ids,
-            labels: e.labels,
-        })
-        .collect()
-}
-
 /// Tokenised train and eval splits (through lf-data's cache).
 pub fn data(
     cfg: &TrainingConfig,
@@ -143,7 +132,7 @@ pub fn data(
         eval = prepared.eval.len(),
         "dataset ready"
     );
-    Ok((convert(prepared.train), convert(prepared.eval)))
+    Ok((prepared.train, prepared.eval))
 }
 
 /// Loads the base model (and, for inference commands, the adapter, frozen). With a ZeRO-3

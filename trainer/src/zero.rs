@@ -29,11 +29,12 @@
 //! Adafactor factors each matrix's second moment by rows and columns, which an element range
 //! cuts through, so it is refused under ZeRO (its state is already ~1/rows of AdamW's).
 //!
-//! Checkpoints: each rank writes its own optimiser state as [`ZeroOptimizer::state_file`]
+//! Checkpoints: each rank writes its own optimiser state as [`ZeroOptimizer::shard_file`]
 //! (`optimizer.rank-R-of-N.safetensors`); weights are written once by rank 0 (under stage 3 from
 //! host copies gathered unit by unit with every rank). A resume with another world size (or from
 //! an unpartitioned `optimizer.safetensors`) re-slices the element-wise state; state that cannot
-//! be re-sliced (8-bit block constants) restarts with a warning.
+//! be re-sliced (8-bit block constants) restarts from zero, and
+//! [`StepOptimizer::restore_state`] says so ([`RestoredState::Restarted`]).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -44,11 +45,12 @@ use lf_api::training::{Optim, TrainingConfig};
 use lf_dist::{set_grad, ProcessGroup, ShardLayout};
 use tch::{Device, Kind, Tensor};
 
-use crate::data_parallel::{bucket_elements, buckets, dist_error};
+use crate::data_parallel::dist_error;
 use crate::error::TrainerError;
-use crate::interfaces::{DataParallel, StepOptimizer};
-use crate::memory_report::OptimizerBytes;
-use crate::state::OPTIMIZER_FILE;
+use crate::gradients::{bucket_elements, buckets, clip_gradients};
+use crate::interfaces::{
+    DataParallel, OptimizerBytes, RestoredState, StepOptimizer, OPTIMIZER_FILE,
+};
 use crate::zero3::ParameterPartition;
 
 /// The tensors of one safetensors file, by name.
@@ -57,11 +59,10 @@ pub type NamedTensors = Vec<(String, Tensor)>;
 /// One trainable parameter's place in the partition.
 struct Slice {
     name: String,
-    numel: usize,
-    /// Elements per rank for this parameter (`ceil(numel / world)`), its width in the flat
-    /// rank-major buffers.
-    per_rank: usize,
-    /// Offset of this parameter's range in a rank's flat shard buffer (sum of earlier `per_rank`).
+    /// Its split over the ranks; `layout.shard_len` is its width in the flat rank-major buffers.
+    layout: ShardLayout,
+    /// Offset of this parameter's range in a rank's flat shard buffer (sum of earlier
+    /// `shard_len`s).
     offset: usize,
     /// This rank's element range of the flattened parameter.
     owned: Range<usize>,
@@ -75,6 +76,7 @@ struct Slice {
 pub struct ZeroOptimizer {
     stage: u8,
     pg: Rc<ProcessGroup>,
+    rank: usize,
     device: Device,
     slices: Vec<Slice>,
     /// This rank's shards (1-D leaf tensors in the parameters' dtype), in parameter order.
@@ -132,7 +134,7 @@ impl ZeroOptimizer {
             } else {
                 let t = match adopted {
                     Some((_, shard)) => shard,
-                    None => owned_copy(p, &owned).set_requires_grad(true),
+                    None => layout.owned_copy(p, rank).set_requires_grad(true),
                 };
                 named.push((name.clone(), t.shallow_clone()));
                 shards.push(t);
@@ -140,8 +142,7 @@ impl ZeroOptimizer {
             };
             slices.push(Slice {
                 name: name.clone(),
-                numel,
-                per_rank: layout.shard_len,
+                layout,
                 offset,
                 owned,
                 shard,
@@ -154,6 +155,7 @@ impl ZeroOptimizer {
         Ok(ZeroOptimizer {
             stage: stage.min(3),
             pg,
+            rank,
             device,
             slices,
             shards,
@@ -169,7 +171,8 @@ impl ZeroOptimizer {
         let _guard = tch::no_grad_guard();
         for s in &self.slices {
             if let Some(i) = s.shard {
-                copy_owned_range(&self.shards[i], &s.param, &s.owned)
+                s.layout
+                    .copy_owned_into(&self.shards[i], &s.param, self.rank)
                     .map_err(|e| torch("refreshing the parameter shards", e))?;
             }
         }
@@ -186,25 +189,6 @@ impl ZeroOptimizer {
         format!("optimizer.rank-{rank:05}-of-{world:05}.safetensors")
     }
 
-    /// `flat` (a gradient or parameter, flattened, fp32) padded to `world × per_rank` and viewed
-    /// as `[world, per_rank]`: row `r` is rank `r`'s range.
-    fn rank_rows(&self, flat: &Tensor, s: &Slice) -> Tensor {
-        let world = self.pg.world_size();
-        let pad = world * s.per_rank - s.numel;
-        let padded = if pad == 0 {
-            flat.shallow_clone()
-        } else {
-            Tensor::cat(
-                &[
-                    flat,
-                    &Tensor::zeros([pad as i64], (Kind::Float, self.device)),
-                ],
-                0,
-            )
-        };
-        padded.view([world as i64, s.per_rank as i64])
-    }
-
     fn assign_shard_grad(&self, s: &Slice, grad: &Tensor) -> Result<(), TrainerError> {
         if let Some(i) = s.shard {
             let shard = &self.shards[i];
@@ -213,11 +197,15 @@ impl ZeroOptimizer {
         Ok(())
     }
 
-    /// Buckets of consecutive parameters whose padded (`world × per_rank`) sizes stay within the
+    /// Buckets of consecutive parameters whose padded (`world × shard_len`) sizes stay within the
     /// planner's gradient bucket.
     fn buckets(&self) -> Vec<Range<usize>> {
         let world = self.pg.world_size();
-        let widths: Vec<usize> = self.slices.iter().map(|s| s.per_rank * world).collect();
+        let widths: Vec<usize> = self
+            .slices
+            .iter()
+            .map(|s| s.layout.shard_len * world)
+            .collect();
         buckets(&widths, self.bucket)
     }
 
@@ -255,7 +243,7 @@ impl StepOptimizer for ZeroOptimizer {
             }
         } else if self.stage == 1 {
             // All-reduce in buckets of consecutive parameters (the planner's bucket size).
-            let numels: Vec<usize> = self.slices.iter().map(|s| s.numel).collect();
+            let numels: Vec<usize> = self.slices.iter().map(|s| s.layout.numel).collect();
             for range in buckets(&numels, self.bucket) {
                 let flat: Vec<Tensor> = params[range.clone()]
                     .iter()
@@ -266,7 +254,7 @@ impl StepOptimizer for ZeroOptimizer {
                 self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
                 let mut start = 0i64;
                 for (s, (_, p)) in self.slices[range.clone()].iter().zip(&params[range]) {
-                    let g = buffer.narrow(0, start, s.numel as i64);
+                    let g = buffer.narrow(0, start, s.layout.numel as i64);
                     // Stage 1 keeps full gradients: write the sum back so `.grad` stays meaningful.
                     let mut grad = p.grad();
                     if grad.defined() {
@@ -276,27 +264,34 @@ impl StepOptimizer for ZeroOptimizer {
                         s,
                         &g.narrow(0, s.owned.start as i64, s.owned.len() as i64),
                     )?;
-                    start += s.numel as i64;
+                    start += s.layout.numel as i64;
                 }
             }
         } else {
-            // One reduce-scatter per bucket of consecutive parameters, each laid out rank-major.
+            // One reduce-scatter per bucket of consecutive parameters: one fp32 buffer laid out
+            // rank-major (`[world, width]`), each gradient written into its columns.
+            let world = self.pg.world_size() as i64;
             for range in self.buckets() {
                 let slices = &self.slices[range.clone()];
-                let rows: Vec<Tensor> = slices
-                    .iter()
-                    .zip(&params[range.clone()])
-                    .map(|(s, (_, p))| self.rank_rows(&flat_grad(p), s))
-                    .collect();
-                let input = Tensor::cat(&rows, 1).reshape([-1]);
-                drop(rows);
-                let width: usize = slices.iter().map(|s| s.per_rank).sum();
+                let width: usize = slices.iter().map(|s| s.layout.shard_len).sum();
+                let base = slices[0].offset;
+                let input = Tensor::zeros([world, width as i64], (Kind::Float, self.device));
+                for (s, (_, p)) in slices.iter().zip(&params[range.clone()]) {
+                    let g = p.grad();
+                    if g.defined() {
+                        let columns =
+                            input.narrow(1, (s.offset - base) as i64, s.layout.shard_len as i64);
+                        s.layout
+                            .write_rank_rows(&g, &columns)
+                            .map_err(|e| torch("laying out gradients", e))?;
+                    }
+                }
+                let input = input.reshape([-1]);
                 let mut mine = Tensor::zeros([width as i64], (Kind::Float, self.device));
                 self.pg
                     .reduce_scatter_sum(&input, &mut mine)
                     .map_err(dist_error)?;
                 drop(input);
-                let base = slices[0].offset;
                 for (s, (_, p)) in slices.iter().zip(&params[range]) {
                     set_grad(p, None).map_err(dist_error)?;
                     self.assign_shard_grad(
@@ -320,13 +315,21 @@ impl StepOptimizer for ZeroOptimizer {
         Ok(group.sum_scalar(local)?.max(0.0).sqrt())
     }
 
-    fn clip_gradients(&mut self, _params: &[(String, Tensor)], norm: f64, max_norm: f64) {
+    fn clip_gradients(
+        &mut self,
+        _params: &[(String, Tensor)],
+        norm: f64,
+        max_norm: f64,
+    ) -> Result<(), TrainerError> {
         let shards: Vec<(String, Tensor)> = self
-            .shards
+            .slices
             .iter()
-            .map(|t| (String::new(), t.shallow_clone()))
+            .filter_map(|s| {
+                s.shard
+                    .map(|i| (s.name.clone(), self.shards[i].shallow_clone()))
+            })
             .collect();
-        crate::train_loop::clip_gradients(&shards, norm, max_norm);
+        clip_gradients(&shards, norm, max_norm)
     }
 
     fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
@@ -345,7 +348,7 @@ impl StepOptimizer for ZeroOptimizer {
             return Ok(());
         }
         // Per bucket of consecutive parameters: rank r's flat buffer holds each parameter's
-        // range padded to `per_rank`; one all-gather gives every rank the updated parameters.
+        // range padded to its `shard_len`; one all-gather gives every rank the updated parameters.
         let world = self.pg.world_size() as i64;
         for range in self.buckets() {
             let slices = &self.slices[range.clone()];
@@ -356,12 +359,12 @@ impl StepOptimizer for ZeroOptimizer {
                         Some(i) => self.shards[i].to_kind(Kind::Float),
                         None => Tensor::zeros([0], (Kind::Float, self.device)),
                     };
-                    padded_shard(&own, s.per_rank)
+                    s.layout.padded_shard(&own)
                 })
                 .collect();
             let input = Tensor::cat(&pieces, 0);
             drop(pieces);
-            let width: i64 = slices.iter().map(|s| s.per_rank as i64).sum();
+            let width: i64 = slices.iter().map(|s| s.layout.shard_len as i64).sum();
             let mut gathered = Tensor::zeros([world * width], (Kind::Float, self.device));
             self.pg
                 .all_gather(&input, &mut gathered)
@@ -369,10 +372,11 @@ impl StepOptimizer for ZeroOptimizer {
             let gathered = gathered.view([world, width]);
             let base = slices[0].offset as i64;
             for (s, (_, p)) in slices.iter().zip(&params[range]) {
-                let full = gathered
-                    .narrow(1, s.offset as i64 - base, s.per_rank as i64)
-                    .reshape([-1])
-                    .narrow(0, 0, s.numel as i64);
+                let full = s.layout.from_rank_rows(&gathered.narrow(
+                    1,
+                    s.offset as i64 - base,
+                    s.layout.shard_len as i64,
+                ));
                 let mut p = p.shallow_clone();
                 p.f_copy_(&full.view(p.size().as_slice()).to_kind(p.kind()))
                     .map_err(|e| torch("writing gathered parameters", e))?;
@@ -423,13 +427,18 @@ impl StepOptimizer for ZeroOptimizer {
         Self::shard_file(self.pg.rank(), self.pg.world_size())
     }
 
+    fn state_files(&self) -> Vec<String> {
+        let world = self.pg.world_size();
+        (0..world).map(|r| Self::shard_file(r, world)).collect()
+    }
+
     fn partitioned(&self) -> bool {
         true
     }
 
     /// Called after the model loaded the checkpoint's weights: the shards take them over, then
     /// the optimiser state is read.
-    fn restore_state(&mut self, dir: &Path) -> Result<bool, TrainerError> {
+    fn restore_state(&mut self, dir: &Path) -> Result<RestoredState, TrainerError> {
         // Under stage 3 the parameters are released: the partition refreshed the shards when
         // the model loaded the checkpoint's weights.
         if self.stage < 3 {
@@ -440,16 +449,16 @@ impl StepOptimizer for ZeroOptimizer {
             let tensors = Tensor::read_safetensors(&own)
                 .map_err(|e| TrainerError::from_library("reading the optimizer state", e))?;
             self.load_state_tensors(tensors)?;
-            return Ok(true);
+            return Ok(RestoredState::Restored);
         }
         let Some(saved) = saved_state_files(dir)? else {
-            return Ok(false);
+            return Ok(RestoredState::Absent);
         };
         let owned: Vec<(&str, usize, Range<usize>)> = self
             .slices
             .iter()
             .filter(|s| s.shard.is_some())
-            .map(|s| (s.name.as_str(), s.numel, s.owned.clone()))
+            .map(|s| (s.name.as_str(), s.layout.numel, s.owned.clone()))
             .collect();
         match reslice(&saved, &owned) {
             Ok(state) => {
@@ -461,59 +470,14 @@ impl StepOptimizer for ZeroOptimizer {
                     self.pg.world_size()
                 );
                 self.load_state_tensors(state)?;
-                Ok(true)
+                Ok(RestoredState::Restored)
             }
-            Err(why) => {
-                tracing::warn!(
-                    "the optimizer state in {} was written with another partition and cannot be re-sliced ({why}): the optimizer restarts from zero moments at this step",
-                    dir.display()
-                );
-                Ok(true)
-            }
+            Err(why) => Ok(RestoredState::Restarted {
+                why: format!(
+                    "it was written with another partition and cannot be re-sliced ({why})"
+                ),
+            }),
         }
-    }
-}
-
-/// `owned` (a range of the flattened `full`) as a view, detached from autograd.
-fn owned_view(full: &Tensor, owned: &Range<usize>) -> Tensor {
-    full.detach()
-        .reshape([-1])
-        .narrow(0, owned.start as i64, owned.len() as i64)
-}
-
-/// A new tensor holding `owned` of the flattened `full`: a rank's shard of it.
-pub(crate) fn owned_copy(full: &Tensor, owned: &Range<usize>) -> Tensor {
-    let _guard = tch::no_grad_guard();
-    owned_view(full, owned).copy()
-}
-
-/// Copies `owned` (a range of the flattened `full`) into `shard`, in place.
-pub(crate) fn copy_owned_range(
-    shard: &Tensor,
-    full: &Tensor,
-    owned: &Range<usize>,
-) -> Result<(), tch::TchError> {
-    let _guard = tch::no_grad_guard();
-    shard
-        .shallow_clone()
-        .f_copy_(&owned_view(full, owned))
-        .map(drop)
-}
-
-/// `shard` padded with zeros to `per_rank` elements: one parameter's slot in a rank's flat
-/// buffer of an all-gather.
-pub(crate) fn padded_shard(shard: &Tensor, per_rank: usize) -> Tensor {
-    let pad = per_rank.saturating_sub(shard.numel());
-    if pad == 0 {
-        shard.shallow_clone()
-    } else {
-        Tensor::cat(
-            &[
-                shard.shallow_clone(),
-                Tensor::zeros([pad as i64], (shard.kind(), shard.device())),
-            ],
-            0,
-        )
     }
 }
 

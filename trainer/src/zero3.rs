@@ -2,7 +2,7 @@
 //!
 //! Every tensor of the model — dense base weights, quantised base storage (packed 4-bit codes and
 //! their block constants, kept packed), LoRA/DoRA adapters, norms, embedding and head — is split
-//! into the same even element ranges as [`crate::zero`] uses ([`ShardLayout`]); rank `r` keeps
+//! into the same even element ranges as the ZeRO optimiser uses ([`ShardLayout`]); rank `r` keeps
 //! only its range. The model's own tensors are emptied (`Tensor::set_data` with an empty tensor),
 //! so between uses a rank holds `1/world_size` of every weight.
 //!
@@ -23,7 +23,7 @@
 //! unit (one decoder layer, or the embedding) — the whole model is never materialised on one
 //! device. The fine-tuning method's adapters are adopted after they are attached
 //! ([`ParameterPartition::complete`]). The trainable shards are the optimiser's parameters
-//! ([`crate::zero::ZeroOptimizer`] uses these very tensors), so the optimiser updates exactly
+//! (the ZeRO optimiser uses these very tensors), so the optimiser updates exactly
 //! what the next gather reads.
 //!
 //! Saving gathers the weights unit by unit, each rank taking part and the writing rank keeping a
@@ -43,7 +43,6 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data_parallel::dist_error;
 use crate::error::TrainerError;
-use crate::zero::{copy_owned_range, owned_copy, padded_shard};
 
 /// One tensor of the model and this rank's range of it.
 struct Entry {
@@ -52,9 +51,8 @@ struct Entry {
     tensor: Tensor,
     shape: Vec<i64>,
     kind: Kind,
-    numel: usize,
-    /// Elements per rank, `ceil(numel / world)`.
-    per_rank: usize,
+    /// Its split over the ranks (`layout.shard_len`: elements per rank, `ceil(numel / world)`).
+    layout: ShardLayout,
     owned: Range<usize>,
     /// This rank's elements (1-D, `owned.len()` long, `kind`).
     shard: Tensor,
@@ -66,7 +64,7 @@ struct Entry {
 /// One dtype's all-gather of some entries, in flight.
 struct Piece {
     entries: Vec<usize>,
-    /// Sum of the entries' `per_rank`: one rank's part of the gathered buffer.
+    /// Sum of the entries' `shard_len`: one rank's part of the gathered buffer.
     width: usize,
     work: OwnedGather,
 }
@@ -126,10 +124,9 @@ impl ParameterPartition {
             let i = match self.by_name.get(&name) {
                 Some(&i) => i,
                 None => {
-                    let numel = tensor.numel();
-                    let layout = ShardLayout::new(numel, world).map_err(dist_error)?;
+                    let layout = ShardLayout::new(tensor.numel(), world).map_err(dist_error)?;
                     let owned = layout.owned(rank);
-                    let shard = owned_copy(&tensor, &owned);
+                    let shard = layout.owned_copy(&tensor, rank);
                     let i = self.entries.len();
                     self.by_name.insert(name.clone(), i);
                     self.entries.push(Entry {
@@ -137,8 +134,7 @@ impl ParameterPartition {
                         shape: tensor.size(),
                         kind: tensor.kind(),
                         tensor,
-                        numel,
-                        per_rank: layout.shard_len,
+                        layout,
                         owned,
                         shard,
                         trainable: false,
@@ -190,7 +186,8 @@ impl ParameterPartition {
     /// The element count and this rank's shard (a trainable leaf) of the trainable tensor `name`.
     pub fn trainable(&self, name: &str) -> Option<(usize, Tensor)> {
         let e = &self.entries[*self.by_name.get(name)?];
-        e.trainable.then(|| (e.numel, e.shard.shallow_clone()))
+        e.trainable
+            .then(|| (e.layout.numel, e.shard.shallow_clone()))
     }
 
     fn bytes(t: &Tensor) -> u64 {
@@ -244,12 +241,15 @@ impl ParameterPartition {
                 .copied()
                 .filter(|&i| self.entries[i].kind == kind)
                 .collect();
-            let width: usize = entries.iter().map(|&i| self.entries[i].per_rank).sum();
+            let width: usize = entries
+                .iter()
+                .map(|&i| self.entries[i].layout.shard_len)
+                .sum();
             let pieces: Vec<Tensor> = entries
                 .iter()
                 .map(|&i| {
                     let e = &self.entries[i];
-                    padded_shard(&e.shard.detach(), e.per_rank)
+                    e.layout.padded_shard(&e.shard.detach())
                 })
                 .collect();
             // `cat` copies: the all-gather reads this snapshot, not the live shards.
@@ -277,17 +277,16 @@ impl ParameterPartition {
             let mut offset = 0i64;
             for i in piece.entries {
                 let e = &self.entries[i];
-                let full = gathered
-                    .narrow(1, offset, e.per_rank as i64)
-                    .reshape([-1])
-                    .narrow(0, 0, e.numel as i64)
+                let full = e
+                    .layout
+                    .from_rank_rows(&gathered.narrow(1, offset, e.layout.shard_len as i64))
                     .reshape(e.shape.as_slice())
                     .contiguous();
                 let mut t = e.tensor.shallow_clone();
                 t.f_set_data(&full)
                     .map_err(|err| torch(&format!("ZeRO-3: restoring `{}`", e.name), err))?;
                 e.resident.set(true);
-                offset += e.per_rank as i64;
+                offset += e.layout.shard_len as i64;
             }
         }
         Ok(())
@@ -364,40 +363,20 @@ impl ParameterPartition {
             return Ok(());
         }
         let world = self.pg.world_size() as i64;
-        let width: usize = trainable.iter().map(|e| e.per_rank).sum();
+        let width: usize = trainable.iter().map(|e| e.layout.shard_len).sum();
         // One fp32 buffer laid out rank-major ([world, width]); each gradient is copied (and
-        // converted) into its columns once, row by row of its padded [world, per_rank] view.
+        // converted) into its columns once.
         let input = Tensor::zeros([world, width as i64], (Kind::Float, self.device));
         let mut offset = 0i64;
         for e in &trainable {
             let g = e.tensor.grad();
+            let per_rank = e.layout.shard_len as i64;
             if g.defined() {
-                let flat = g.reshape([-1]);
-                let per_rank = e.per_rank as i64;
-                let full_rows = e.numel as i64 / per_rank.max(1);
-                let columns = input.narrow(1, offset, per_rank);
-                if full_rows > 0 {
-                    columns
-                        .narrow(0, 0, full_rows)
-                        .f_copy_(
-                            &flat
-                                .narrow(0, 0, full_rows * per_rank)
-                                .view([full_rows, per_rank]),
-                        )
-                        .map(drop)
-                        .map_err(|err| torch("ZeRO-3: laying out gradients", err))?;
-                }
-                let rest = e.numel as i64 - full_rows * per_rank;
-                if rest > 0 {
-                    columns
-                        .select(0, full_rows)
-                        .narrow(0, 0, rest)
-                        .f_copy_(&flat.narrow(0, full_rows * per_rank, rest))
-                        .map(drop)
-                        .map_err(|err| torch("ZeRO-3: laying out gradients", err))?;
-                }
+                e.layout
+                    .write_rank_rows(&g, &input.narrow(1, offset, per_rank))
+                    .map_err(|err| torch("ZeRO-3: laying out gradients", err))?;
             }
-            offset += e.per_rank as i64;
+            offset += per_rank;
         }
         let input = input.reshape([-1]);
         let mut mine = Tensor::zeros([width as i64], (Kind::Float, self.device));
@@ -421,7 +400,7 @@ impl ParameterPartition {
                     set_grad(&e.shard, Some(&part.copy())).map_err(dist_error)?;
                 }
             }
-            offset += e.per_rank as i64;
+            offset += e.layout.shard_len as i64;
         }
         Ok(())
     }
@@ -507,16 +486,17 @@ impl ParameterPartition {
             let full = mapped
                 .load(&e.name, Some(e.kind), Device::Cpu)
                 .map_err(|err| fail(err.to_string()))?;
-            if full.numel() != e.numel {
+            if full.numel() != e.layout.numel {
                 return Err(fail(format!(
                     "`{}` holds {} elements, this run's tensor {}",
                     e.name,
                     full.numel(),
-                    e.numel
+                    e.layout.numel
                 )));
             }
             if !e.owned.is_empty() {
-                copy_owned_range(&e.shard, &full, &e.owned)
+                e.layout
+                    .copy_owned_into(&e.shard, &full, self.pg.rank())
                     .map_err(|err| torch("ZeRO-3: loading a parameter shard", err))?;
             }
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use lf_trainer::adapters::LmTrainee;
-use lf_trainer::interfaces::{MicroOutput, TrainModel};
+use lf_trainer::interfaces::{MicroOutput, ModelMemory, TrainModel};
 use lf_trainer::outputs::TrainerLog;
 use lf_trainer::train_loop::train;
 use lf_trainer::TrainerError;
@@ -81,6 +81,23 @@ impl TrainModel for StopAt {
     }
     fn load_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
         self.inner.load_weights(dir)
+    }
+    // The defaulted methods too: a wrapper that kept the defaults would checkpoint
+    // `rng_micro_batches = 0` and never restore the dropout stream position.
+    fn rng_position(&self) -> u64 {
+        self.inner.rng_position()
+    }
+    fn set_rng_position(&mut self, micro_batches: u64) {
+        self.inner.set_rng_position(micro_batches)
+    }
+    fn gather_weights(&mut self, keep: bool) -> Result<(), TrainerError> {
+        self.inner.gather_weights(keep)
+    }
+    fn release_weights(&mut self) -> Result<(), TrainerError> {
+        self.inner.release_weights()
+    }
+    fn memory(&self) -> Option<ModelMemory> {
+        self.inner.memory()
     }
 }
 

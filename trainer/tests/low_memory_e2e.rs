@@ -54,7 +54,10 @@ fn assert_outputs(label: &str, out: &Path) {
     assert_eq!(ck.step, 12, "{label}");
     assert!(
         ck.path.join("adapter_model.safetensors").is_file()
-            && ck.path.join(lf_trainer::state::OPTIMIZER_FILE).is_file(),
+            && ck
+                .path
+                .join(lf_trainer::interfaces::OPTIMIZER_FILE)
+                .is_file(),
         "{label}: checkpoint {} lacks the adapter or the optimizer state",
         ck.path.display()
     );

@@ -24,8 +24,8 @@ use crate::names;
 use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::ModelError;
 
-/// Label value that is not trained on.
-pub const IGNORE_INDEX: i64 = -100;
+/// Label value that is not trained on: lf-data's, as the loss's index type.
+pub const IGNORE_INDEX: i64 = lf_data::IGNORE_INDEX as i64;
 
 fn mix(a: u64, b: u64) -> u64 {
     // splitmix64 finaliser over a combination of the inputs.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use lf_api::architecture::ModelArchitecture;
 use lf_api::training::TrainingConfig;
+use lf_data::Example;
 use lf_model::{CausalLm, LoadOptions};
 use lf_trainer::adapters::{LmTrainee, OptimStep};
-use lf_trainer::batching::Example;
 use lf_trainer::interfaces::SingleProcess;
 use lf_trainer::train_loop::{RunContext, TrainData};
 use tch::{Device, Kind, Tensor};
