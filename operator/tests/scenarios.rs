@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use support::{Env, JOB, NS};
 
 /// A stored object without what the server adds (uid, resourceVersion, timestamps, generation,
-/// status), to compare with what was rendered.
+/// status) and the operator's rendered-content hash, to compare with what was rendered.
 fn strip_server_fields(mut v: Value) -> Value {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         for k in [
@@ -30,6 +30,13 @@ fn strip_server_fields(mut v: Value) -> Value {
             "managedFields",
         ] {
             meta.remove(k);
+        }
+        // The operator's record of what it rendered (it re-applies a child only when that changes).
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove("lf-operator.io/rendered-hash");
+            if a.is_empty() {
+                meta.remove("annotations");
+            }
         }
     }
     if let Some(m) = v.as_object_mut() {

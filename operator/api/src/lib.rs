@@ -4,11 +4,14 @@
 //!   FineTuneJob, the file the operator renders into the pod, and what `lf-trainer` reads.
 //! - [`architecture`]: a Llama-family model's shape, read from a Hugging Face `config.json`.
 //! - [`crd`] and [`status`]: the `FineTuneJob` custom resource (`lf-operator.io/v1alpha1`).
+//! - [`conditions`]: its conditions and the phase transitions that set them (the controller's and
+//!   `lf-operator local`'s one rule).
 //! - [`plan`]: the memory plan the operator chooses and the status shows.
 //! - [`runtime`]: the contract between a rendered pod and the trainer (environment, paths, exit
 //!   codes, termination message).
 
 pub mod architecture;
+pub mod conditions;
 pub mod crd;
 pub mod plan;
 pub mod reference;

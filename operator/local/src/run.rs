@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use lf_api::conditions::{self, set_phase, types};
 use lf_api::runtime::FailureReason;
 use lf_api::status::{FailureRecord, FineTuneJobStatus, Phase, RestartRecord};
 use lf_api::{FineTuneJob, ModelArchitecture};
@@ -13,7 +13,7 @@ use lf_render::RenderContext;
 
 use crate::pods::{local_pods, local_training_config};
 use crate::progress::ProgressView;
-use crate::status::{set_phase, StatusFollower};
+use crate::status::StatusFollower;
 use crate::summary::Summary;
 use crate::supervise::{run_gang, tail};
 use crate::volumes::VolumeMap;
@@ -160,12 +160,6 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         }
         job.spec.resources.max_gpus = Some(g);
     }
-    set_phase(
-        &mut status,
-        Phase::Planning,
-        "Planning",
-        "choosing GPUs, ZeRO stage and batch",
-    );
     let input = PlannerInput::from_job(&job)?;
     let plan = match opts.gpus {
         Some(g) => {
@@ -200,6 +194,14 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
             plan
         }
     };
+    let generation = job.metadata.generation;
+    set_phase(
+        &mut status,
+        Phase::Planning,
+        "Planned",
+        &lf_planner::plan_summary(&plan),
+        generation,
+    );
     status.plan = Some(plan.clone());
     status.method = Some(job.method_label());
 
@@ -221,11 +223,12 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
                     .and_then(|o| newest_complete_checkpoint(Path::new(o))),
             ),
             counted: reason != FailureReason::Preempted,
-            at: Time(k8s_openapi::jiff::Timestamp::now()),
+            at: conditions::now(),
         });
     }
     status.attempt = Some(attempt);
     status.failure = None;
+    resume(&mut status, attempt, generation);
 
     let ctx = RenderContext {
         default_image: "lf-trainer:local".to_string(),
@@ -269,14 +272,12 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         // A second handler registration (a second run in one process) keeps the first; fine.
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
-    status
-        .start_time
-        .get_or_insert_with(|| Time(k8s_openapi::jiff::Timestamp::now()));
     set_phase(
         &mut status,
         Phase::Running,
         "PodsRunning",
         &format!("attempt {attempt}: {} pod(s) running", pods.len()),
+        generation,
     );
     save_status(&status_path, &status)?;
     let mut view = ProgressView::new();
@@ -300,12 +301,12 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         .unwrap_or_default();
     status.output = Some(output_dir.display().to_string());
     if outcome.succeeded() {
-        status.completion_time = Some(Time(k8s_openapi::jiff::Timestamp::now()));
         set_phase(
             &mut status,
             Phase::Succeeded,
             "Completed",
             "training finished",
+            generation,
         );
         save_status(&status_path, &status)?;
         let elapsed = started.elapsed();
@@ -344,6 +345,7 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
             Phase::Suspended,
             "Interrupted",
             "stopped; resumes from the last checkpoint",
+            generation,
         );
         save_status(&status_path, &status)?;
         return Err(LocalError::Interrupted);
@@ -369,6 +371,7 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         Phase::Failed,
         &format!("{reason:?}"),
         "training failed",
+        generation,
     );
     save_status(&status_path, &status)?;
     Err(LocalError::Failed {
@@ -377,6 +380,28 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         tail: tail(&log, 15),
         log,
     })
+}
+
+/// A later attempt of an interrupted or failed run: the conditions that ended the previous one
+/// turn `False`, as the operator's do when a job resumes (their `lastTransitionTime` moves).
+fn resume(status: &mut FineTuneJobStatus, attempt: u32, generation: Option<i64>) {
+    if attempt == 1 {
+        return;
+    }
+    let msg = format!("attempt {attempt} resumes from the last checkpoint");
+    for (type_, reason) in [(types::SUSPENDED, "Resumed"), (types::FAILED, "Retried")] {
+        if conditions::is_true(&status.conditions, type_) {
+            conditions::set(
+                &mut status.conditions,
+                type_,
+                false,
+                reason,
+                &msg,
+                generation,
+            );
+        }
+    }
+    status.completion_time = None;
 }
 
 /// Runs `lf-trainer eval --exact-match` without and with the adapter; failures only leave the
@@ -485,4 +510,38 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(29500)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_attempt_ends_the_previous_ones_conditions_and_keeps_the_others() {
+        let mut status = FineTuneJobStatus::default();
+        set_phase(&mut status, Phase::Planning, "Planned", "1 GPU", None);
+        set_phase(&mut status, Phase::Running, "PodsRunning", "running", None);
+        set_phase(
+            &mut status,
+            Phase::Suspended,
+            "Interrupted",
+            "stopped",
+            None,
+        );
+        let planned_at = conditions::get(&status.conditions, types::PLANNED)
+            .unwrap()
+            .last_transition_time
+            .clone();
+        resume(&mut status, 2, None);
+        set_phase(&mut status, Phase::Planning, "Planned", "1 GPU", None);
+        assert!(!conditions::is_true(&status.conditions, types::SUSPENDED));
+        assert_eq!(
+            conditions::get(&status.conditions, types::PLANNED)
+                .unwrap()
+                .last_transition_time,
+            planned_at,
+            "an unchanged condition keeps its lastTransitionTime"
+        );
+        assert!(status.completion_time.is_none());
+    }
 }

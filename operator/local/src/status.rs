@@ -1,11 +1,11 @@
-//! The FineTuneJob status as the local runner keeps it: the operator's fields set here, the
-//! trainer's fields merged in from the status file the trainer appends to.
+//! The FineTuneJob status as the local runner keeps it: the trainer's fields merged in from the
+//! status file the trainer appends to. The operator's fields (phase, conditions, times) are set by
+//! the controller's own rule, [`lf_api::conditions::set_phase`].
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use lf_api::status::{Condition, FineTuneJobStatus, Phase};
+use lf_api::status::FineTuneJobStatus;
 
 /// Reads the lines the trainer appends to its status file, from where the last read stopped.
 /// Each line is the status body the trainer would server-side apply (optionally wrapped as
@@ -85,32 +85,6 @@ fn merge_into(status: &mut FineTuneJobStatus, patch: &serde_json::Value) -> bool
             );
             false
         }
-    }
-}
-
-/// Sets the phase and the matching condition, as the operator does.
-pub fn set_phase(status: &mut FineTuneJobStatus, phase: Phase, reason: &str, message: &str) {
-    status.phase = phase;
-    status.message = Some(message.to_string());
-    let type_ = match phase {
-        Phase::Pending | Phase::Planning => "Planned",
-        Phase::Running => "Ready",
-        Phase::Succeeded => "Succeeded",
-        Phase::Failed => "Failed",
-        Phase::Suspended => "Suspended",
-    };
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let condition = Condition {
-        type_: type_.to_string(),
-        status: "True".to_string(),
-        reason: reason.to_string(),
-        message: message.to_string(),
-        last_transition_time: now,
-        observed_generation: None,
-    };
-    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => *c = condition,
-        None => status.conditions.push(condition),
     }
 }
 

@@ -1,0 +1,312 @@
+//! The controller's caches: one watch per kind (FineTuneJobs, the six child kinds, pods), each
+//! feeding a reflector store that reconciliations read instead of listing, and triggering the
+//! owner's reconciliation.
+//!
+//! What is kept is what the controller reads: no `managedFields` anywhere; Jobs without their pod
+//! template; pods with only `spec.nodeName` of their spec; of the five small child kinds only the
+//! metadata (their content is compared through the annotation [`RENDERED_HASH`]).
+//!
+//! [`RENDERED_HASH`]: super::children::RENDERED_HASH
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::NamespaceResourceScope;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use lf_api::FineTuneJob;
+use lf_render::LABEL_JOB_NAME;
+use serde::de::DeserializeOwned;
+
+/// A watch's objects, as the controller's triggers take them.
+pub type Trigger<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// The stores reconciliations read.
+#[derive(Clone)]
+pub struct Caches {
+    pub ftjs: Store<FineTuneJob>,
+    jobs: Store<Job>,
+    pods: Store<Pod>,
+    service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    roles: Store<PartialObjectMeta<Role>>,
+    role_bindings: Store<PartialObjectMeta<RoleBinding>>,
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    services: Store<PartialObjectMeta<Service>>,
+}
+
+/// The watches feeding [`Caches`]; the controller polls them (and reconciles their owners).
+pub struct Triggers {
+    pub ftjs: Trigger<FineTuneJob>,
+    pub jobs: Trigger<Job>,
+    pub pods: Trigger<Pod>,
+    pub service_accounts: Trigger<PartialObjectMeta<ServiceAccount>>,
+    pub roles: Trigger<PartialObjectMeta<Role>>,
+    pub role_bindings: Trigger<PartialObjectMeta<RoleBinding>>,
+    pub config_maps: Trigger<PartialObjectMeta<ConfigMap>>,
+    pub services: Trigger<PartialObjectMeta<Service>>,
+}
+
+/// The kinds whose metadata alone is cached (the small children, applied when their rendered
+/// content changes).
+pub trait MetaCached:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn store(caches: &Caches) -> &Store<PartialObjectMeta<Self>>;
+}
+
+macro_rules! meta_cached {
+    ($($kind:ty => $field:ident),*) => {$(
+        impl MetaCached for $kind {
+            fn store(caches: &Caches) -> &Store<PartialObjectMeta<Self>> {
+                &caches.$field
+            }
+        }
+    )*};
+}
+meta_cached!(
+    ServiceAccount => service_accounts,
+    Role => roles,
+    RoleBinding => role_bindings,
+    ConfigMap => config_maps,
+    Service => services
+);
+
+/// Starts nothing yet: returns the stores and the watches that fill them once polled.
+pub fn watch(client: &Client) -> (Caches, Triggers) {
+    let children = watcher::Config::default().labels(LABEL_JOB_NAME);
+    let (ftjs, ftj_trigger) = full(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        |ftj: &mut FineTuneJob| ftj.managed_fields_mut().clear(),
+        false,
+    );
+    let (jobs, job_trigger) = full(Api::all(client.clone()), children.clone(), slim_job, true);
+    let (pods, pod_trigger) = full(Api::all(client.clone()), children.clone(), slim_pod, true);
+    let (service_accounts, sa_trigger) = meta(client, &children);
+    let (roles, role_trigger) = meta(client, &children);
+    let (role_bindings, rb_trigger) = meta(client, &children);
+    let (config_maps, cm_trigger) = meta(client, &children);
+    let (services, svc_trigger) = meta(client, &children);
+    (
+        Caches {
+            ftjs,
+            jobs,
+            pods,
+            service_accounts,
+            roles,
+            role_bindings,
+            config_maps,
+            services,
+        },
+        Triggers {
+            ftjs: ftj_trigger,
+            jobs: job_trigger,
+            pods: pod_trigger,
+            service_accounts: sa_trigger,
+            roles: role_trigger,
+            role_bindings: rb_trigger,
+            config_maps: cm_trigger,
+            services: svc_trigger,
+        },
+    )
+}
+
+/// A watch of whole objects, `slim`med before they are stored. `touched`: deletions trigger too
+/// (a child's deletion concerns its owner; a FineTuneJob's own deletion needs no reconciliation).
+fn full<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: fn(&mut K),
+    touched: bool,
+) -> (Store<K>, Trigger<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer);
+    let trigger = if touched {
+        events.touched_objects().boxed()
+    } else {
+        events.applied_objects().boxed()
+    };
+    (store, trigger)
+}
+
+/// A metadata-only watch of a child kind (`Api<PartialObjectMeta<K>>` asks for metadata only).
+fn meta<K: MetaCached>(
+    client: &Client,
+    config: &watcher::Config,
+) -> (Store<PartialObjectMeta<K>>, Trigger<PartialObjectMeta<K>>) {
+    let slim = |m: &mut PartialObjectMeta<K>| m.managed_fields_mut().clear();
+    full(Api::all(client.clone()), config.clone(), slim, true)
+}
+
+/// A Job as the controller reads it: conditions, `spec.suspend`, labels (not the pod template,
+/// which is immutable and never compared).
+fn slim_job(job: &mut Job) {
+    job.managed_fields_mut().clear();
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
+/// A pod as the controller reads it: metadata, status and the node it runs on.
+fn slim_pod(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(PodSpec {
+            node_name: spec.node_name,
+            ..PodSpec::default()
+        });
+    }
+}
+
+/// Whether an object is labelled as a child of the FineTuneJob `name` in `namespace`.
+fn child_of<K: Resource>(obj: &K, namespace: &str, name: &str) -> bool {
+    obj.meta().namespace.as_deref() == Some(namespace)
+        && obj
+            .meta()
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_JOB_NAME))
+            .is_some_and(|v| v == name)
+}
+
+impl Caches {
+    /// Waits until every watch has listed once (before that, a missing child proves nothing).
+    pub async fn ready(&self) {
+        // A dropped writer means the controller is shutting down; nothing to wait for then.
+        let _ = futures::join!(
+            self.ftjs.wait_until_ready(),
+            self.jobs.wait_until_ready(),
+            self.pods.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
+            self.roles.wait_until_ready(),
+            self.role_bindings.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+            self.services.wait_until_ready(),
+        );
+    }
+
+    /// The Job `name` in `namespace`, as cached.
+    pub fn job(&self, namespace: &str, name: &str) -> Option<Job> {
+        self.jobs
+            .get(&ObjectRef::new(name).within(namespace))
+            .map(|j| (*j).clone())
+    }
+
+    /// The Jobs labelled as children of the FineTuneJob `ftj`.
+    pub fn jobs_of(&self, namespace: &str, ftj: &str) -> Vec<Arc<Job>> {
+        self.jobs.state_filter(|j| child_of(j, namespace, ftj))
+    }
+
+    /// The pods labelled as children of the FineTuneJob `ftj`.
+    pub fn pods_of(&self, namespace: &str, ftj: &str) -> Vec<Pod> {
+        self.pods
+            .state_filter(|p| child_of(p, namespace, ftj))
+            .iter()
+            .map(|p| (**p).clone())
+            .collect()
+    }
+
+    /// The cached metadata of a small child.
+    pub fn meta<K: MetaCached>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<PartialObjectMeta<K>>> {
+        K::store(self).get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// The names of the `K` children of `ftj` that are not in `keep` and not being deleted.
+    pub fn unlisted<K: MetaCached>(
+        &self,
+        namespace: &str,
+        ftj: &str,
+        keep: &BTreeSet<String>,
+    ) -> Vec<String> {
+        unlisted(K::store(self), namespace, ftj, keep)
+    }
+
+    /// The names of the Jobs of `ftj` that are not in `keep` and not being deleted.
+    pub fn unlisted_jobs(
+        &self,
+        namespace: &str,
+        ftj: &str,
+        keep: &BTreeSet<String>,
+    ) -> Vec<String> {
+        unlisted(&self.jobs, namespace, ftj, keep)
+    }
+}
+
+fn unlisted<K>(store: &Store<K>, namespace: &str, ftj: &str, keep: &BTreeSet<String>) -> Vec<String>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    let mut names: Vec<String> = store
+        .state_filter(|o| {
+            child_of(o, namespace, ftj)
+                && o.meta().deletion_timestamp.is_none()
+                && !keep.contains(&o.name_any())
+        })
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_jobs_and_pods_keep_what_the_controller_reads() {
+        let mut job: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-1", "managedFields": [{"manager": "lf-operator"}]},
+            "spec": {"suspend": true, "template": {"spec": {"containers": [{"name": "trainer"}]}}},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]}
+        }))
+        .unwrap();
+        slim_job(&mut job);
+        assert!(job.managed_fields().is_empty());
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.suspend, Some(true));
+        assert!(spec.template.spec.is_none());
+        assert!(job.status.is_some());
+
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "demo-1-0", "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"nodeName": "gpu-1", "containers": [{"name": "trainer", "image": "x"}]},
+            "status": {"phase": "Running"}
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        assert!(pod.managed_fields().is_empty());
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("gpu-1"));
+        assert!(spec.containers.is_empty());
+        assert_eq!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Running")
+        );
+    }
+}

@@ -1,0 +1,398 @@
+//! The reconciliation of one FineTuneJob, as a state machine: plan, follow the current attempt,
+//! restart it when it failed, wait for the previous attempt's pods, apply the current attempt's
+//! children, and write the status when it changed. Decisions are pure functions ([`observe`],
+//! [`restart::decide`], [`transitions`]); this file reads the caches, carries the decisions out and
+//! writes.
+//!
+//! [`observe`]: super::observe
+//! [`transitions`]: super::transitions
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::Event;
+use kube::{Api, Resource, ResourceExt};
+use lf_api::conditions;
+use lf_api::status::OPERATOR_FIELD_MANAGER;
+use lf_api::{FineTuneJob, Plan};
+use lf_planner::PlannerInput;
+use lf_render::{RenderContext, Rendered};
+
+use super::children;
+use super::context::{key, Context, Error};
+use super::observe::{gang_failure, job_state, JobState, PodFailure};
+use super::restart::{self, Decision, Observation};
+use super::transitions::{Draft, Pausing};
+use crate::load::one_line;
+
+/// Reconciles one FineTuneJob (see the module docs).
+pub async fn reconcile_job(cached: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
+    let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
+    let key = key(cached);
+    ctx.caches.ready().await;
+    let Some(ftj) = latest(cached, &ns, &key, ctx).await? else {
+        ctx.forget(&key);
+        return Ok(Action::await_change());
+    };
+    if ftj.metadata.deletion_timestamp.is_some() {
+        ctx.forget(&key);
+        return Ok(Action::await_change());
+    }
+    let status = ftj.status.clone().unwrap_or_default();
+    if status.phase.is_finished() {
+        // A finished job is never re-created, whatever happens to its children.
+        ctx.finished(&key);
+        return Ok(Action::await_change());
+    }
+    let mut draft = Draft::new(status, ftj.metadata.generation);
+    draft.st.observed_generation = ftj.metadata.generation;
+    Reconciler {
+        ctx,
+        name: ftj.name_any(),
+        ns,
+        key,
+        ftj,
+        draft,
+    }
+    .run()
+    .await
+}
+
+/// The FineTuneJob to decide on: the cached one, unless the cache may not show our last status
+/// write yet (then read fresh; `None`: it is gone).
+async fn latest(
+    cached: &FineTuneJob,
+    ns: &str,
+    key: &str,
+    ctx: &Context,
+) -> Result<Option<FineTuneJob>, Error> {
+    let cached_rv = cached.resource_version();
+    if !ctx.cache_may_lag(key, cached_rv.as_deref()) {
+        return Ok(Some(cached.clone()));
+    }
+    let api: Api<FineTuneJob> = Api::namespaced(ctx.client.clone(), ns);
+    let fresh = api.get_opt(&cached.name_any()).await?;
+    if fresh.as_ref().and_then(|f| f.resource_version()) == cached_rv {
+        ctx.caught_up(key);
+    }
+    Ok(fresh)
+}
+
+/// The planner's verdict: a plan, or `(reason, message)` for a job that cannot run.
+fn plan_job(ftj: &FineTuneJob) -> Result<Plan, (&'static str, String)> {
+    let input =
+        PlannerInput::from_job(ftj).map_err(|e| ("InvalidSpec", one_line(&e.to_string())))?;
+    let search = lf_planner::search(&input);
+    match search.chosen.clone() {
+        Some(plan) => Ok(plan),
+        None => Err((
+            "DoesNotFit",
+            search
+                .failure_message()
+                .unwrap_or_else(|| "no configuration fits".into()),
+        )),
+    }
+}
+
+/// The name of the Job a pod belongs to.
+fn pod_job(pod: &Pod) -> Option<&str> {
+    let labels = pod.metadata.labels.as_ref()?;
+    labels
+        .get("batch.kubernetes.io/job-name")
+        .or_else(|| labels.get("job-name"))
+        .map(String::as_str)
+}
+
+struct Reconciler<'a> {
+    ctx: &'a Context,
+    ftj: FineTuneJob,
+    ns: String,
+    name: String,
+    key: String,
+    draft: Draft,
+}
+
+impl Reconciler<'_> {
+    async fn run(&mut self) -> Result<Action, Error> {
+        let plan = match self.draft.st.plan.clone() {
+            Some(plan) => plan,
+            None => match plan_job(&self.ftj) {
+                Ok(plan) => {
+                    self.draft.planned(plan.clone(), self.ftj.method_label());
+                    // The plan is on the status before any child exists.
+                    self.commit().await?;
+                    plan
+                }
+                Err((reason, message)) => {
+                    self.draft
+                        .not_planned(self.ftj.method_label(), reason, &message);
+                    return self.fail(reason, &message).await;
+                }
+            },
+        };
+        let attempt = self.draft.st.attempt.unwrap_or(1);
+        let job_name = lf_render::job_name(&self.ftj, attempt);
+        let current_job = self.current_job(&job_name).await?;
+        let pods = self.ctx.caches.pods_of(&self.ns, &self.name);
+        let (current_pods, stale_pods): (Vec<Pod>, Vec<Pod>) = pods
+            .into_iter()
+            .partition(|p| pod_job(p) == Some(job_name.as_str()));
+
+        if let Some(job) = &current_job {
+            let state = job_state(job);
+            if state == JobState::Complete {
+                return self.succeed(attempt).await;
+            }
+            let failure = gang_failure(&current_pods).or_else(|| match &state {
+                JobState::Failed { reason, message } => {
+                    Some(job_failure(&job_name, reason, message))
+                }
+                _ => None,
+            });
+            if let Some(failure) = failure {
+                let deadline = matches!(&state, JobState::Failed { reason, .. } if reason == "DeadlineExceeded");
+                return self
+                    .handle_failure(failure, attempt, &plan, &job_name, deadline)
+                    .await;
+            }
+        }
+
+        let stale_jobs: Vec<String> = (self.ctx.caches.jobs_of(&self.ns, &self.name).iter())
+            .map(|j| j.name_any())
+            .filter(|n| *n != job_name)
+            .collect();
+        if !stale_jobs.is_empty() || !stale_pods.is_empty() {
+            // A new attempt starts only once the previous one's pods are gone (no two gangs on
+            // the same GPUs, no stale rank 0 answering the rendezvous).
+            for old_job in &stale_jobs {
+                children::delete::<Job>(&self.ctx.client, &self.ns, old_job, true).await?;
+            }
+            self.draft
+                .previous_attempt_terminating(stale_pods.len(), self.ftj.spec.suspend);
+            self.commit().await?;
+            return Ok(Action::requeue(self.ctx.config.wait_poll));
+        }
+
+        // Render and apply the current attempt.
+        let render_ctx = RenderContext {
+            default_image: self.ctx.config.default_image.clone(),
+            attempt,
+            resume_from: self.draft.old.latest_checkpoint().map(|c| c.path.clone()),
+            sidecar_injection_default: self.ctx.config.sidecar_injection_default,
+        };
+        let rendered = match lf_render::render(&self.ftj, &plan, &render_ctx) {
+            Ok(r) => r,
+            Err(e) => return self.fail("InvalidSpec", &one_line(&e.to_string())).await,
+        };
+        let (client, caches) = (&self.ctx.client, &self.ctx.caches);
+        let applied = children::apply_small(client, caches, &self.ns, &rendered).await;
+        if let Some(action) = self.rejected(applied).await? {
+            return Ok(action);
+        }
+        let job_now = match current_job {
+            None => {
+                let job = children::job_to_create(&rendered.job, self.ftj.spec.suspend);
+                match self.rejected(self.create_job(&job).await).await? {
+                    Some(action) => return Ok(action),
+                    None => job,
+                }
+            }
+            Some(existing) => {
+                let queued = self.ftj.spec.scheduling.queue_name.is_some();
+                let (client, suspend) = (&self.ctx.client, self.ftj.spec.suspend);
+                children::follow_suspend(client, &self.ns, existing, suspend, queued).await?
+            }
+        };
+        self.sweep(attempt, &rendered).await?;
+
+        let pausing = Pausing {
+            suspend: self.ftj.spec.suspend,
+            queue: self.ftj.spec.scheduling.queue_name.as_deref(),
+        };
+        self.draft
+            .observe_running(pausing, &plan, attempt, &job_now, &current_pods);
+        self.draft.checkpoint_event();
+        self.commit().await?;
+        Ok(Action::requeue(self.ctx.config.resync))
+    }
+
+    /// The current attempt's Job: cached, or read when this process created it and the cache
+    /// may not show it yet.
+    async fn current_job(&self, job_name: &str) -> Result<Option<Job>, Error> {
+        let cached = self.ctx.caches.job(&self.ns, job_name);
+        if !self.ctx.job_may_lag(&self.key, job_name, cached.is_some()) {
+            return Ok(cached);
+        }
+        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        Ok(api.get_opt(job_name).await?)
+    }
+
+    /// Creates the current attempt's Job. Its pod template is immutable, so an existing Job is
+    /// never re-applied.
+    async fn create_job(&self, job: &Job) -> Result<(), kube::Error> {
+        children::apply(&self.ctx.client, &self.ns, job).await?;
+        self.ctx.created_job(self.key.clone(), job.name_any());
+        Ok(())
+    }
+
+    /// Deletes the children the current attempt does not render, once per attempt and process.
+    async fn sweep(&self, attempt: u32, rendered: &Rendered) -> Result<(), Error> {
+        let uid = self.ftj.uid().unwrap_or_default();
+        if !self.ctx.needs_sweep(&self.key, &uid, attempt) {
+            return Ok(());
+        }
+        let keep = children::names(rendered);
+        let (client, caches) = (&self.ctx.client, &self.ctx.caches);
+        let deleted = children::delete_orphans(client, caches, &self.ns, &self.name, &keep).await?;
+        if !deleted.is_empty() {
+            tracing::info!(job = %self.name, orphans = ?deleted, "deleted children the current plan does not render");
+        }
+        self.ctx.swept(self.key.clone(), uid, attempt);
+        Ok(())
+    }
+
+    /// Turns an API rejection of a rendered child (400/422: the spec produced an invalid object)
+    /// into a Failed job; other errors propagate for a retry.
+    async fn rejected(&mut self, result: Result<(), kube::Error>) -> Result<Option<Action>, Error> {
+        match result {
+            Ok(()) => Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => {
+                let msg = format!("the API server rejected a rendered object: {}", s.message);
+                Ok(Some(self.fail("InvalidSpec", &msg).await?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn succeed(&mut self, attempt: u32) -> Result<Action, Error> {
+        let out = &self.ftj.spec.output;
+        let path = out.sub_path.clone().unwrap_or_default();
+        let output = format!("pvc://{}/{}", out.claim_name, path.trim_start_matches('/'));
+        self.draft.succeeded(attempt, output);
+        self.commit().await?;
+        Ok(Action::await_change())
+    }
+
+    /// Marks the job Failed for good (nothing more is created).
+    async fn fail(&mut self, reason: &'static str, message: &str) -> Result<Action, Error> {
+        self.draft.failed(reason, message);
+        self.commit().await?;
+        Ok(Action::await_change())
+    }
+
+    /// Carries out the restart policy's decision about a failed attempt.
+    async fn handle_failure(
+        &mut self,
+        failure: PodFailure,
+        attempt: u32,
+        plan: &Plan,
+        job_name: &str,
+        deadline: bool,
+    ) -> Result<Action, Error> {
+        let record = failure.record;
+        let observed = Observation {
+            attempt,
+            failure: &record,
+            deadline,
+        };
+        let decision = restart::decide(
+            &observed,
+            &self.draft.st,
+            &self.ftj.spec.run_policy,
+            plan,
+            || self.replan(plan),
+        );
+        let what = observed.describe();
+        self.draft.st.failure = Some(record.clone());
+        self.draft.attempt_failed(what);
+        let (next, counted, replanned) = match decision {
+            Decision::Fail { reason, message } => return self.fail(reason, &message).await,
+            Decision::Restart {
+                attempt,
+                counted,
+                replanned,
+            } => (attempt, counted, replanned),
+        };
+        self.draft
+            .restarting(record.reason, next, counted, replanned);
+        self.commit().await?;
+        self.ctx
+            .metrics
+            .restarts
+            .with_label_values(&[&format!("{:?}", record.reason)])
+            .inc();
+        children::delete::<Job>(&self.ctx.client, &self.ns, job_name, true).await?;
+        Ok(Action::requeue(Duration::from_millis(200)))
+    }
+
+    /// A plan needing less memory per GPU after an out-of-memory failure.
+    fn replan(&self, plan: &Plan) -> Result<Plan, String> {
+        let input = PlannerInput::from_job(&self.ftj).map_err(|e| one_line(&e.to_string()))?;
+        let measured = (self.draft.old.progress.as_ref()).and_then(|p| p.measured_peak_bytes);
+        let search = lf_planner::replan_after_oom(&input, plan, measured);
+        search.chosen.clone().ok_or_else(|| {
+            one_line(
+                &search
+                    .failure_message()
+                    .unwrap_or_else(|| "no configuration fits".into()),
+            )
+        })
+    }
+
+    /// Writes the operator's status fields (server-side apply on `/status`) when they changed,
+    /// then publishes the events of the transitions it records.
+    async fn commit(&mut self) -> Result<(), Error> {
+        if let Some(status) = self.draft.changes() {
+            let api: Api<FineTuneJob> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+            let body = serde_json::json!({
+                "apiVersion": FineTuneJob::api_version(&()),
+                "kind": FineTuneJob::kind(&()),
+                "status": status,
+            });
+            let written = api
+                .patch_status(
+                    &self.name,
+                    &PatchParams::apply(OPERATOR_FIELD_MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await?;
+            self.ctx
+                .wrote_status(self.key.clone(), written.resource_version());
+            self.draft.written();
+        }
+        let reference = self.ftj.object_ref(&());
+        for ev in self.draft.events.drain(..) {
+            let event = Event {
+                type_: ev.type_,
+                reason: ev.reason.into(),
+                note: Some(conditions::truncate(&ev.note, conditions::MAX_MESSAGE)),
+                action: ev.action.into(),
+                secondary: None,
+            };
+            if let Err(e) = self.ctx.recorder.publish(&event, &reference).await {
+                tracing::warn!(job = %self.name, error = %e, reason = ev.reason, "cannot publish an event");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failure the Job controller reports without a failed pod to read (deadline, backoff limit).
+fn job_failure(job_name: &str, reason: &str, message: &str) -> PodFailure {
+    PodFailure {
+        record: lf_api::status::FailureRecord {
+            reason: lf_api::runtime::FailureReason::Runtime,
+            rank: None,
+            pod: None,
+            node: None,
+            exit_code: None,
+            message: format!("Job {job_name} failed ({reason}): {message}"),
+            hint: None,
+        },
+        last_checkpoint_step: None,
+        index: 0,
+    }
+}
