@@ -9,9 +9,9 @@ use lf_api::runtime::paths;
 use lf_api::training::OffloadDevice;
 use lf_api::{FineTuneJob, Plan, TrainingConfig};
 
+use crate::context::RenderContext;
 use crate::meta::{object_meta, Component};
 use crate::names::config_map_name;
-use crate::RenderContext;
 
 /// `resume_from_checkpoint` when the controller names no checkpoint: the newest complete one in
 /// the output directory, or a fresh start when there is none.

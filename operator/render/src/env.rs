@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 use lf_api::runtime::{env, paths};
 use lf_api::{FineTuneJob, Plan};
 
+use crate::context::RenderContext;
+use crate::error::RenderError;
 use crate::names::{job_name, service_name};
-use crate::{RenderContext, RenderError};
 
 /// The rendezvous port on rank 0 when `spec.distributed.masterPort` is unset (torchrun's default).
 pub const DEFAULT_MASTER_PORT: u16 = 29500;

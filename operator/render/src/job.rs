@@ -25,10 +25,11 @@ use k8s_openapi::api::batch::v1::{
 use lf_api::runtime::exit_code;
 use lf_api::{FineTuneJob, Plan};
 
+use crate::context::RenderContext;
+use crate::error::RenderError;
 use crate::meta::{object_meta, Component, LABEL_ATTEMPT};
 use crate::names::job_name;
 use crate::pod::{pod_template, CONTAINER_NAME};
-use crate::{RenderContext, RenderError};
 
 /// Kueue's LocalQueue label.
 pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";

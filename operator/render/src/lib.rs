@@ -13,75 +13,29 @@
 //! formula in [`volumes`]; failure semantics in [`job`].
 
 pub mod config;
+mod context;
 pub mod env;
+mod error;
 pub mod job;
 pub mod meta;
 pub mod names;
 pub mod pod;
 pub mod rbac;
+mod rendered;
 pub mod service;
 pub mod volumes;
 pub mod yaml;
 
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use lf_api::{FineTuneJob, Plan};
 
 pub use config::trainer_config;
+pub use context::RenderContext;
 pub use env::worker_env;
+pub use error::RenderError;
 pub use meta::{LABEL_ATTEMPT, LABEL_JOB_NAME};
 pub use names::{job_name, service_name};
+pub use rendered::Rendered;
 pub use volumes::shm_size_bytes;
-
-/// What the caller decides, beyond the FineTuneJob and its plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenderContext {
-    /// The trainer image when `spec.image` is unset (the operator's configured image).
-    pub default_image: String,
-    /// The attempt number, from 1; each attempt is a new Indexed Job.
-    pub attempt: u32,
-    /// The checkpoint directory inside the pod to resume from (e.g. `/output/checkpoint-200`);
-    /// `None` renders `resume_from_checkpoint: auto`.
-    pub resume_from: Option<String>,
-    /// Whether service-mesh sidecars may be injected when the job does not allow them itself
-    /// (`spec.runPolicy.allowSidecarInjection`); off renders the opt-out labels and annotations.
-    pub sidecar_injection_default: bool,
-}
-
-/// Everything one attempt of a FineTuneJob needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rendered {
-    pub service_account: ServiceAccount,
-    pub role: Role,
-    pub role_binding: RoleBinding,
-    pub config_map: ConfigMap,
-    pub service: Service,
-    pub job: Job,
-}
-
-/// Why a FineTuneJob cannot be rendered. Each names the field at fault and what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    #[error("metadata.name is missing")]
-    MissingName,
-    #[error("metadata.name `{name}` {why}")]
-    InvalidName { name: String, why: String },
-    #[error("spec.model.source is required to run a job: the pods load the model's config.json, safetensors and tokenizer from that volume")]
-    MissingModelSource,
-    #[error("no trainer image: set spec.image or the operator's default trainer image")]
-    MissingImage,
-    #[error("{key}: {why}")]
-    InvalidVolume { key: String, why: String },
-    #[error("{key} is not supported: {why}")]
-    Unsupported { key: String, why: String },
-    #[error("spec.distributed.nccl.{key}: {why}")]
-    InvalidNcclVariable { key: String, why: String },
-    #[error("invalid plan: {0}")]
-    InvalidPlan(String),
-    #[error("invalid render context: {0}")]
-    InvalidContext(String),
-}
 
 /// Renders every object of attempt `ctx.attempt` of `job` under `plan`.
 pub fn render(
@@ -128,41 +82,6 @@ fn validate_plan(plan: &Plan) -> Result<(), RenderError> {
         return bad(format!("ZeRO stage {} does not exist", plan.zero_stage));
     }
     Ok(())
-}
-
-impl Rendered {
-    /// The objects as JSON, in creation order (RBAC, ConfigMap, Service, Job), each with its
-    /// `apiVersion` and `kind`.
-    pub fn objects(&self) -> Vec<serde_json::Value> {
-        // These k8s-openapi types always serialise (string-keyed maps only); a failure would be a
-        // bug in k8s-openapi, shown as a null entry rather than a panic in the controller.
-        vec![
-            serde_json::to_value(&self.service_account).unwrap_or_default(),
-            serde_json::to_value(&self.role).unwrap_or_default(),
-            serde_json::to_value(&self.role_binding).unwrap_or_default(),
-            serde_json::to_value(&self.config_map).unwrap_or_default(),
-            serde_json::to_value(&self.service).unwrap_or_default(),
-            serde_json::to_value(&self.job).unwrap_or_default(),
-        ]
-    }
-
-    /// The objects as one YAML stream (`---` before each document), in creation order. Strings
-    /// that YAML 1.1 readers (kubectl) would take for booleans or numbers are quoted ([`yaml`]).
-    pub fn to_yaml_stream(&self) -> String {
-        let docs = [
-            yaml(&self.service_account),
-            yaml(&self.role),
-            yaml(&self.role_binding),
-            yaml(&self.config_map),
-            yaml(&self.service),
-            yaml(&self.job),
-        ];
-        docs.iter().map(|d| format!("---\n{d}")).collect()
-    }
-}
-
-fn yaml<T: serde::Serialize>(object: &T) -> String {
-    yaml::to_yaml(object).unwrap_or_else(|e| format!("# cannot serialise this object: {e}\n"))
 }
 
 #[cfg(test)]

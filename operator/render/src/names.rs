@@ -17,7 +17,7 @@
 use lf_api::crd::MAX_NAME_LENGTH;
 use lf_api::FineTuneJob;
 
-use crate::RenderError;
+use crate::error::RenderError;
 
 /// The longest DNS label (a hostname, a label value, a Service name).
 pub const DNS_LABEL_MAX: usize = 63;

@@ -12,11 +12,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lf_api::runtime::paths;
 use lf_api::{FineTuneJob, Plan};
 
+use crate::context::RenderContext;
 use crate::env::{master_port, worker_env, TRAINER_METRICS_PORT};
+use crate::error::RenderError;
 use crate::meta::{labels, Component, LABEL_ATTEMPT};
 use crate::names::{service_account_name, service_name};
 use crate::volumes::volumes;
-use crate::{RenderContext, RenderError};
 
 /// The trainer container's name (the pod failure policy's exit-code rule names it).
 pub const CONTAINER_NAME: &str = "trainer";

@@ -15,8 +15,8 @@ use lf_api::runtime::paths;
 use lf_api::{FineTuneJob, Plan};
 
 use crate::config::config_key;
+use crate::error::RenderError;
 use crate::names::config_map_name;
-use crate::RenderError;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

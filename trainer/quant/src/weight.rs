@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::blockwise;
 use crate::codebook::{shared, FourBit, Table};
-use crate::QuantError;
+use crate::error::QuantError;
 
 /// Elements per quantisation block (bitsandbytes' default, the QLoRA paper's choice).
 pub const BLOCKSIZE: i64 = 64;
