@@ -4,50 +4,31 @@
 use std::ops::Range;
 
 use lf_planner::calib::GRADIENT_BUCKET_ELEMENTS;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 use crate::error::TrainerError;
 
-/// The global L2 norm of the gradients (fp32), or 0 when no parameter has one.
-pub fn grad_norm(params: &[(String, Tensor)]) -> f64 {
-    let _guard = tch::no_grad_guard();
-    let norms: Vec<Tensor> = params
-        .iter()
-        .map(|(_, p)| p.grad())
-        .filter(|g| g.defined())
-        .map(|g| g.to_kind(Kind::Float).norm().to_device(Device::Cpu))
-        .collect();
-    if norms.is_empty() {
-        return 0.0;
-    }
-    Tensor::stack(&norms, 0).norm().double_value(&[])
+fn tensors(params: &[(String, Tensor)]) -> Vec<Tensor> {
+    params.iter().map(|(_, p)| p.shallow_clone()).collect()
 }
 
-/// Scales gradients so their global norm is at most `max_norm` (PyTorch's `clip_grad_norm_`
-/// arithmetic: coefficient `max_norm / (norm + 1e-6)`, capped at 1). A gradient that cannot be
-/// scaled is an error: an update from unclipped gradients would be silently wrong.
+/// The global L2 norm of the gradients (fp32), or 0 when no parameter has one
+/// ([`lf_optim::grad_norm`]).
+pub fn grad_norm(params: &[(String, Tensor)]) -> f64 {
+    lf_optim::grad_norm(&tensors(params))
+}
+
+/// Scales gradients so their global norm (`norm`) is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_` arithmetic: coefficient `max_norm / (norm + 1e-6)`, capped at 1; no-op for
+/// `max_norm <= 0`; [`lf_optim::clip_to_max_norm`]). A gradient that cannot be scaled is an
+/// error: an update from unclipped gradients would be silently wrong.
 pub fn clip_gradients(
     params: &[(String, Tensor)],
     norm: f64,
     max_norm: f64,
 ) -> Result<(), TrainerError> {
-    if max_norm <= 0.0 {
-        return Ok(());
-    }
-    let coef = max_norm / (norm + 1e-6);
-    if coef >= 1.0 {
-        return Ok(());
-    }
-    let _guard = tch::no_grad_guard();
-    for (name, p) in params {
-        let mut g = p.grad();
-        if g.defined() {
-            g.f_mul_scalar_(coef).map(drop).map_err(|e| {
-                TrainerError::from_library(&format!("clipping the gradient of `{name}`"), e)
-            })?;
-        }
-    }
-    Ok(())
+    lf_optim::clip_to_max_norm(&tensors(params), norm, max_norm)
+        .map_err(|e| TrainerError::from_library("clipping the gradients", e))
 }
 
 /// Zeroes every parameter's `.grad` (kept allocated) before the next step's backward.
@@ -91,6 +72,7 @@ pub fn buckets(numels: &[usize], limit: usize) -> Vec<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::{Device, Kind};
 
     #[test]
     fn buckets_split_at_the_limit_and_keep_large_tensors_alone() {

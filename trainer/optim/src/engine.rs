@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::{OptimError, Optimizer, StateBytes};
+use crate::optimizer::{OptimError, Optimizer, StateBytes};
 
 /// One optimiser's per-tensor arithmetic.
 pub(crate) trait UpdateRule: Send {

@@ -249,13 +249,15 @@ fn clip_grad_norm_matches_torch_semantics() {
     common::set_grad(&a, &Tensor::from_slice(&[3.0f32, 0.0]));
     common::set_grad(&b, &Tensor::from_slice(&[4.0f32]));
     let params = [a.shallow_clone(), b.shallow_clone(), c];
-    let norm = lf_optim::clip_grad_norm(&params, 1.0);
+    let norm = lf_optim::clip_grad_norm(&params, 1.0).unwrap();
     assert!((norm - 5.0).abs() < 1e-6);
-    let after = lf_optim::clip_grad_norm(&params, 1.0);
+    let after = lf_optim::clip_grad_norm(&params, 1.0).unwrap();
     assert!((after - 5.0 / (5.0 + 1e-6)).abs() < 1e-6, "{after}");
     // Below the threshold nothing changes.
-    assert!((lf_optim::clip_grad_norm(&params, 10.0) - after).abs() < 1e-5);
+    assert!((lf_optim::clip_grad_norm(&params, 10.0).unwrap() - after).abs() < 1e-5);
+    // A max_norm of 0 or less clips nothing (Hugging Face's convention).
+    assert!((lf_optim::clip_grad_norm(&params, 0.0).unwrap() - after).abs() < 1e-5);
     let nan = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
     common::set_grad(&nan, &Tensor::from_slice(&[f32::NAN]));
-    assert!(lf_optim::clip_grad_norm(&[nan], 1.0).is_nan());
+    assert!(lf_optim::clip_grad_norm(&[nan], 1.0).unwrap().is_nan());
 }
