@@ -36,10 +36,69 @@ pub fn reference_markdown() -> String {
     for r in &training {
         out.push_str(r);
     }
-    out.push_str("\nLLaMA-Factory options that are recognised but not supported (a config that sets them is rejected with this reason):\n\n");
-    out.push_str("| key | why, and what to use instead |\n|---|---|\n");
-    for (key, why) in crate::training::UNSUPPORTED {
-        out.push_str(&format!("| `{key}` | {why} |\n"));
+    out.push_str(&compat_markdown());
+    out
+}
+
+/// The LLaMA-Factory option lists: aliases of supported keys, options accepted as no-ops,
+/// options rejected with the reason, and what a `deepspeed` config maps onto.
+fn compat_markdown() -> String {
+    use crate::training::{ACCEPTED, ALIASES, DEEPSPEED_MAPPING, REJECTED, REJECTED_VALUES};
+    let cell = |s: &str| s.replace('|', "\\|");
+    let values = |vs: &[&str]| {
+        vs.iter()
+            .map(|v| match *v {
+                "*" => "any".to_string(),
+                "" => "`''`".to_string(),
+                v => format!("`{v}`"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut out = String::new();
+    out.push_str("\nAlso accepted: ");
+    let aliases: Vec<String> = ALIASES
+        .iter()
+        .map(|(alias, key)| format!("`{alias}` (for `{key}`)"))
+        .collect();
+    out.push_str(&aliases.join(", "));
+    out.push_str(".\n");
+
+    out.push_str(&format!("\nLLaMA-Factory options accepted because lf-trainer already does what they ask, or they change nothing for it ({} keys; a value with a notice is accepted and the notice logged, any other value is rejected with the reason). \"from\" is LLaMA-Factory's argument class (`training`: transformers' `Seq2SeqTrainingArguments`):\n\n", ACCEPTED.len()));
+    out.push_str("| key | from | accepted quietly | accepted with the notice | notice | other values are rejected because |\n|---|---|---|---|---|---|\n");
+    for o in ACCEPTED {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} |\n",
+            o.key,
+            o.source.name(),
+            values(o.quiet),
+            values(o.noted),
+            cell(o.notice),
+            cell(o.rejected)
+        ));
+    }
+    out.push_str(&format!("\nLLaMA-Factory options rejected because lf-trainer does not have the feature ({} keys, and values of {} supported keys; the listed values, which turn the feature off, are accepted):\n\n", REJECTED.len(), REJECTED_VALUES.len()));
+    out.push_str("| key | from | accepted | why, and what to use instead |\n|---|---|---|---|\n");
+    for (key, vals, why) in REJECTED_VALUES {
+        out.push_str(&format!(
+            "| `{key}`: {} | supported key | its other values | {} |\n",
+            values(vals),
+            cell(why)
+        ));
+    }
+    for o in REJECTED {
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            o.key,
+            o.source.name(),
+            values(o.quiet),
+            cell(o.rejected)
+        ));
+    }
+    out.push_str("\n`deepspeed` (a DeepSpeed JSON file, or its keys inline) maps onto these keys; `\"auto\"` follows the training config, a key set differently in both is an error, bucket sizes and keys with no meaning for lf-trainer are listed in notices, and parameter or NVMe offload and the other features lf-trainer does not have are errors with the reason:\n\n");
+    out.push_str("| DeepSpeed key | training-config key |\n|---|---|\n");
+    for (from, to) in DEEPSPEED_MAPPING {
+        out.push_str(&format!("| {} | {} |\n", cell(from), cell(to)));
     }
     out
 }

@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::deepspeed::DeepSpeedConfig;
 use super::error::ConfigError;
 use super::options::*;
 use crate::architecture::LinearModule;
@@ -35,6 +36,11 @@ pub struct TrainingConfig {
     pub quantization_bit: Option<u8>,
     pub quantization_type: QuantizationType,
     pub double_quantization: bool,
+    /// Accepted for LLaMA-Factory compatibility, but no remote code ever runs: the model must be a
+    /// built-in architecture (llama, mistral, qwen2), which lf-trainer loads with its own code;
+    /// for any other `model_type` the config is rejected when the model's config.json is read.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trust_remote_code: bool,
 
     // ---- method ------------------------------------------------------------------------------
     pub stage: Stage,
@@ -133,6 +139,16 @@ pub struct TrainingConfig {
     /// ZeRO stage 0–3 (0 = plain data parallel).
     pub zero_stage: u8,
     pub offload_optimizer: OffloadDevice,
+    /// A DeepSpeed config, as LLaMA-Factory takes it: the path of its JSON file (relative to the
+    /// current directory, then to the YAML file's directory and its parents) or the same keys
+    /// inline. Its ZeRO stage, optimizer offload, batch sizes, gradient clipping, precision,
+    /// optimizer and scheduler map onto `zero_stage`, `offload_optimizer` and the other keys
+    /// (`"auto"` follows them; a key set differently in both is an error); what lf-trainer cannot
+    /// honour (parameter or NVMe offload) is an error. Parsing replaces a path with the file's
+    /// keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "super::deepspeed::schema")]
+    pub deepspeed: Option<DeepSpeedConfig>,
     /// lf-operator extension: tokens per chunk of the language-model head + cross-entropy, so the
     /// full fp32 logits never exist at once. 0 computes the whole head at once.
     pub loss_chunk_size: usize,
@@ -163,6 +179,7 @@ impl Default for TrainingConfig {
             quantization_bit: None,
             quantization_type: QuantizationType::Nf4,
             double_quantization: true,
+            trust_remote_code: false,
             stage: Stage::Sft,
             finetuning_type: FinetuningType::Lora,
             lora_rank: 8,
@@ -223,6 +240,7 @@ impl Default for TrainingConfig {
             ddp_timeout: 1800,
             zero_stage: 0,
             offload_optimizer: OffloadDevice::None,
+            deepspeed: None,
             loss_chunk_size: 1024,
             do_sample: true,
             temperature: 0.95,

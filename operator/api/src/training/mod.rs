@@ -5,21 +5,30 @@
 //! are snake_case exactly as LLaMA-Factory (and Hugging Face `TrainingArguments`) spell them, so a
 //! LLaMA-Factory YAML works unchanged as long as it only uses what we support.
 //!
-//! Parsing is strict: an unknown key is an error naming the key and the closest valid one, and a
-//! LLaMA-Factory option we know but do not implement is an error that says so (never silently
-//! ignored). See [`TrainingConfig::from_yaml_str`].
+//! Parsing is strict: an unknown key is an error naming the key and the closest valid one. Every
+//! LLaMA-Factory option is in one of three lists: the config's own keys (supported), [`ACCEPTED`]
+//! (lf-trainer already does what it asks, or it changes nothing: accepted, with a [`Notice`] where
+//! it is a no-op) and [`REJECTED`] (a feature lf-trainer does not have: an error with the reason
+//! unless the value turns it off). `deepspeed` is read and mapped onto the config's keys. See
+//! [`TrainingConfig::parse_yaml_str`] for the notices.
 
+mod compat;
 mod config;
+mod deepspeed;
 mod error;
+mod notice;
 mod options;
 mod parse;
 mod validate;
 
 pub use crate::architecture::LinearModule;
+pub use compat::{CompatOption, Source, ACCEPTED, REJECTED, REJECTED_VALUES};
 pub use config::TrainingConfig;
+pub use deepspeed::{DeepSpeedConfig, DeepSpeedMapping, DeepSpeedSetting, DEEPSPEED_MAPPING};
 pub use error::ConfigError;
+pub use notice::Notice;
 pub use options::{
     DatasetFormat, EvalStrategy, FinetuningType, FlashAttn, LrSchedulerType, OffloadDevice, Optim,
     Precision, QuantizationType, Stage, TEMPLATES,
 };
-pub use parse::UNSUPPORTED;
+pub use parse::{Parsed, ALIASES};

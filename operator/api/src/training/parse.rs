@@ -1,51 +1,29 @@
-//! Strict parsing: LLaMA-Factory's YAML (aliases, negative flags, `key=value` overrides) into a
-//! [`TrainingConfig`]; unknown keys get a "did you mean", known-but-unsupported ones the reason.
+//! Strict parsing: LLaMA-Factory's YAML (aliases, negative flags, `key=value` overrides, the
+//! `deepspeed` JSON) into a [`TrainingConfig`] plus the [`Notice`]s about what was accepted as a
+//! no-op; unknown keys get a "did you mean", unsupported options and values the reason.
 
 use std::path::Path;
 
+use super::compat::{self, Verdict, REJECTED_VALUES};
 use super::config::TrainingConfig;
+use super::deepspeed::{self, DeepSpeedConfig, DeepSpeedMapping};
 use super::error::ConfigError;
+use super::notice::Notice;
 
-/// LLaMA-Factory / `TrainingArguments` options we recognise but do not implement, with the reason
-/// (and the alternative, where there is one).
-pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("deepspeed", "ZeRO is built in: set `zero_stage` (or let the operator's planner choose it) and `offload_optimizer`"),
-    ("fsdp", "ZeRO stage 3 (`zero_stage: 3`) shards parameters, gradients and optimizer states"),
-    ("fsdp_config", "ZeRO stage 3 (`zero_stage: 3`) shards parameters, gradients and optimizer states"),
-    ("quantization_method", "only bitsandbytes-style quantisation on load (`quantization_bit: 4|8`) is implemented"),
-    ("quantization_device_map", "the trainer places weights itself"),
-    ("use_unsloth", "not available; the chunked loss and layer recomputation are built in"),
-    ("use_unsloth_gc", "not available; gradient checkpointing is built in"),
-    ("enable_liger_kernel", "the chunked language-model loss is always on (see `loss_chunk_size`)"),
-    ("rope_scaling", "RoPE scaling is read from the model's config.json"),
-    ("use_galore", "GaLore is not implemented"),
-    ("use_apollo", "APOLLO is not implemented"),
-    ("use_badam", "BAdam is not implemented"),
-    ("use_adam_mini", "Adam-mini is not implemented"),
-    ("use_muon", "Muon is not implemented"),
-    ("pissa_init", "PiSSA initialisation is not implemented"),
-    ("loraplus_lr_ratio", "LoRA+ is not implemented"),
-    ("additional_target", "modules_to_save is not implemented"),
-    ("resize_vocab", "vocabulary resizing is not implemented"),
-    ("add_tokens", "adding tokens is not implemented"),
-    ("add_special_tokens", "adding tokens is not implemented"),
-    ("neat_packing", "only plain packing (`packing: true`) is implemented"),
-    ("streaming", "datasets are tokenised once and cached; streaming is not implemented"),
-    ("mix_strategy", "datasets are concatenated (`dataset: a,b`)"),
-    ("interleave_probs", "datasets are concatenated (`dataset: a,b`)"),
-    ("pref_beta", "only the `sft` and `pt` stages are implemented"),
-    ("pref_loss", "only the `sft` and `pt` stages are implemented"),
-    ("infer_backend", "chat runs on the trainer's own libtorch model"),
-    ("export_quantization_bit", "exporting quantised weights is not implemented"),
-    ("export_legacy_format", "export always writes safetensors"),
-    ("tool_format", "tool calls are not implemented"),
-    ("upcast_layernorm", "RMSNorm is always computed in fp32"),
-    ("upcast_lmhead_output", "the loss is always computed in fp32, in chunks"),
-    ("trust_remote_code", "only the built-in Llama-family architectures are loaded; no remote code runs"),
+/// A parsed config and the notices about it (options accepted as no-ops, or whose behaviour
+/// lf-trainer already has; what a `deepspeed` config mapped and ignored). Callers log the notices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub config: TrainingConfig,
+    pub notices: Vec<Notice>,
+}
+
+/// Accepted spellings of supported keys: (alias, key). `disable_gradient_checkpointing` is
+/// LLaMA-Factory's negative flag for `gradient_checkpointing`.
+pub const ALIASES: &[(&str, &str)] = &[
+    ("disable_gradient_checkpointing", "gradient_checkpointing"),
+    ("evaluation_strategy", "eval_strategy"),
 ];
-
-/// Keys accepted for compatibility that carry no meaning for lf-trainer (they are dropped).
-const ACCEPTED_NO_OP: &[&str] = &["overwrite_cache_dir", "print_param_status"];
 
 impl TrainingConfig {
     /// Every key the config accepts, from the type's own schema (so the list cannot drift).
@@ -58,30 +36,59 @@ impl TrainingConfig {
             .unwrap_or_default()
     }
 
-    /// Parses a YAML document (a LLaMA-Factory style flat mapping), strictly.
+    /// Parses a YAML document (a LLaMA-Factory style flat mapping), strictly. The notices are
+    /// dropped: see [`TrainingConfig::parse_yaml_str`].
     pub fn from_yaml_str(text: &str) -> Result<Self, ConfigError> {
-        let value: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
-        Self::from_yaml_value(value)
+        Self::parse_yaml_str(text).map(|p| p.config)
     }
 
-    /// Reads and parses a YAML file.
+    /// Reads and parses a YAML file. The notices are dropped: see
+    /// [`TrainingConfig::parse_yaml_file`].
     pub fn from_yaml_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_yaml_file(path).map(|p| p.config)
+    }
+
+    /// Parses an already-loaded YAML value, strictly (unknown and unsupported keys are errors).
+    /// The notices are dropped: see [`TrainingConfig::parse_yaml_value`].
+    pub fn from_yaml_value(value: serde_yaml::Value) -> Result<Self, ConfigError> {
+        Self::parse_yaml_value(value, None).map(|p| p.config)
+    }
+
+    /// [`TrainingConfig::from_yaml_str`] with the notices. A `deepspeed` path is read relative
+    /// to the current directory.
+    pub fn parse_yaml_str(text: &str) -> Result<Parsed, ConfigError> {
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        Self::parse_yaml_value(value, None)
+    }
+
+    /// [`TrainingConfig::from_yaml_file`] with the notices. A `deepspeed` path is read relative
+    /// to the current directory (as LLaMA-Factory reads it) or, when not found there, to the YAML
+    /// file's directory and its parents.
+    pub fn parse_yaml_file(path: &Path) -> Result<Parsed, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_yaml_str(&text)
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(&text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        Self::parse_yaml_value(value, path.parent())
     }
 
-    /// Parses an already-loaded YAML value, strictly (unknown and unsupported keys are errors).
-    pub fn from_yaml_value(value: serde_yaml::Value) -> Result<Self, ConfigError> {
+    /// Parses a YAML value, strictly, with the notices; `yaml_dir` is where a relative
+    /// `deepspeed` path is looked for when the current directory does not have it. A `deepspeed`
+    /// path is replaced by the file's keys, so the config stands on its own.
+    pub fn parse_yaml_value(
+        value: serde_yaml::Value,
+        yaml_dir: Option<&Path>,
+    ) -> Result<Parsed, ConfigError> {
         let mapping = match value {
             serde_yaml::Value::Mapping(m) => m,
             serde_yaml::Value::Null => serde_yaml::Mapping::new(),
             _ => return Err(ConfigError::NotAMapping),
         };
-        let mapping = normalise_keys(mapping)?;
+        let mut notices = Vec::new();
+        let mapping = normalise_keys(mapping, yaml_dir, &mut notices)?;
         let config: TrainingConfig =
             serde_path_to_error::deserialize(serde_yaml::Value::Mapping(mapping)).map_err(|e| {
                 let key = e.path().to_string();
@@ -91,13 +98,20 @@ impl TrainingConfig {
                 }
             })?;
         config.validate()?;
-        Ok(config)
+        Ok(Parsed { config, notices })
     }
 
     /// Applies `key=value` overrides (as on LLaMA-Factory's command line); values are YAML scalars.
     pub fn with_overrides<S: AsRef<str>>(&self, overrides: &[S]) -> Result<Self, ConfigError> {
+        self.parse_overrides(overrides).map(|p| p.config)
+    }
+
+    /// [`TrainingConfig::with_overrides`] with the notices about the overridden keys (the rest
+    /// were reported when the config itself was parsed).
+    pub fn parse_overrides<S: AsRef<str>>(&self, overrides: &[S]) -> Result<Parsed, ConfigError> {
         let mut value = serde_yaml::to_value(self).map_err(|e| ConfigError::Yaml(e.to_string()))?;
         let map = value.as_mapping_mut().ok_or(ConfigError::NotAMapping)?;
+        let mut keys = Vec::new();
         for o in overrides {
             let o = o.as_ref();
             let (k, v) = o
@@ -105,9 +119,79 @@ impl TrainingConfig {
                 .ok_or_else(|| ConfigError::BadOverride(o.to_string()))?;
             let v: serde_yaml::Value =
                 serde_yaml::from_str(v).map_err(|e| ConfigError::invalid(k, e.to_string()))?;
+            keys.push(k.trim().to_string());
             map.insert(serde_yaml::Value::String(k.trim().to_string()), v);
         }
-        Self::from_yaml_value(value)
+        let mut parsed = Self::parse_yaml_value(value, None)?;
+        parsed
+            .notices
+            .retain(|n| keys.iter().any(|k| n.concerns(k)));
+        Ok(parsed)
+    }
+
+    /// What `deepspeed` sets (`zero_stage`, `offload_optimizer`, ...), for a config that did not
+    /// come through the parser (a FineTuneJob read from the API server). `None` without one.
+    pub fn deepspeed_mapping(&self) -> Result<Option<DeepSpeedMapping>, ConfigError> {
+        let inline = match &self.deepspeed {
+            None => return Ok(None),
+            Some(DeepSpeedConfig::Inline(m)) => m.clone(),
+            Some(DeepSpeedConfig::Path(p)) => {
+                match deepspeed::resolve(&serde_yaml::Value::String(p.clone()), None)? {
+                    Some(resolved) => resolved.config,
+                    None => return Ok(None),
+                }
+            }
+        };
+        DeepSpeedMapping::from_json(&inline).map(Some)
+    }
+
+    /// With `trust_remote_code: true`, checks the model's `config.json` (its JSON) against the
+    /// built-in architectures: a notice when it is one (no remote code runs), an error naming
+    /// the architecture when it is not. `None` when `trust_remote_code` is false (the loader
+    /// rejects an unknown architecture anyway).
+    pub fn check_remote_code(
+        &self,
+        model_config: &serde_json::Value,
+    ) -> Result<Option<Notice>, ConfigError> {
+        if !self.trust_remote_code {
+            return Ok(None);
+        }
+        let model_type = model_config
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let builtin = serde_json::from_value::<crate::architecture::ModelType>(
+            serde_json::Value::String(model_type.to_string()),
+        )
+        .is_ok();
+        if !builtin {
+            let architectures = model_config
+                .get("architectures")
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Err(ConfigError::RemoteCode {
+                model_type: if model_type.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    model_type.to_string()
+                },
+                architectures,
+            });
+        }
+        let auto_map = if model_config.get("auto_map").is_some() {
+            "; the config.json's `auto_map` code is not used"
+        } else {
+            ""
+        };
+        Ok(Some(Notice::new(
+            "trust_remote_code",
+            format!("`model_type: {model_type}` is built in and loaded with lf-trainer's own code{auto_map}"),
+        )))
     }
 
     /// Serialises to YAML (what the operator writes into the pod's ConfigMap).
@@ -116,10 +200,27 @@ impl TrainingConfig {
     }
 }
 
-/// Renames accepted aliases, rejects unknown and unsupported keys with a precise message.
-fn normalise_keys(mapping: serde_yaml::Mapping) -> Result<serde_yaml::Mapping, ConfigError> {
+/// A YAML value as the user would write it (scalars plain, collections as flow JSON).
+fn show(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Null => "null".to_string(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+/// Renames accepted aliases, drops (with a notice) options accepted as no-ops, rejects unknown
+/// and unsupported keys with a precise message, and maps `deepspeed` onto the config's keys.
+fn normalise_keys(
+    mapping: serde_yaml::Mapping,
+    yaml_dir: Option<&Path>,
+    notices: &mut Vec<Notice>,
+) -> Result<serde_yaml::Mapping, ConfigError> {
     let known = TrainingConfig::known_keys();
     let mut out = serde_yaml::Mapping::new();
+    let mut deepspeed_value = None;
     for (k, v) in mapping {
         let key = match &k {
             serde_yaml::Value::String(s) => s.clone(),
@@ -130,9 +231,6 @@ fn normalise_keys(mapping: serde_yaml::Mapping) -> Result<serde_yaml::Mapping, C
                 });
             }
         };
-        if ACCEPTED_NO_OP.contains(&key.as_str()) {
-            continue;
-        }
         // LLaMA-Factory spells "gradient checkpointing off" as a negative flag.
         if key == "disable_gradient_checkpointing" {
             let disabled = v
@@ -150,22 +248,118 @@ fn normalise_keys(mapping: serde_yaml::Mapping) -> Result<serde_yaml::Mapping, C
         } else {
             key
         };
-        if let Some((_, why)) = UNSUPPORTED.iter().find(|(name, _)| *name == key) {
-            // An explicit "off" value of an unsupported feature is harmless.
-            let off = v.is_null() || v.as_bool() == Some(false);
-            if off {
-                continue;
+        if key == "deepspeed" {
+            deepspeed_value = Some(v);
+            continue;
+        }
+        if let Some(option) = compat::find(&key) {
+            match option.judge(&v) {
+                Verdict::Quiet => {}
+                Verdict::Noted => notices.push(Notice::new(&key, option.notice)),
+                Verdict::Rejected => {
+                    return Err(ConfigError::Unsupported {
+                        key,
+                        value: show(&v),
+                        why: option.rejected,
+                    })
+                }
             }
-            return Err(ConfigError::Unsupported { key, why });
+            continue;
+        }
+        if let Some((_, values, why)) = REJECTED_VALUES.iter().find(|(name, _, _)| *name == key) {
+            if let Some(s) = v.as_str() {
+                if values.iter().any(|x| x.eq_ignore_ascii_case(s.trim())) {
+                    return Err(ConfigError::Unsupported {
+                        key,
+                        value: s.to_string(),
+                        why,
+                    });
+                }
+            }
         }
         if !known.contains(&key) {
-            let suggestion =
-                crate::suggest::closest(&key, known.iter().map(String::as_str)).map(str::to_string);
+            let mut candidates: Vec<&str> = known.iter().map(String::as_str).collect();
+            for k in compat::keys().chain(ALIASES.iter().map(|(alias, _)| *alias)) {
+                candidates.push(k);
+            }
+            let suggestion = crate::suggest::closest(&key, candidates).map(str::to_string);
             return Err(ConfigError::UnknownKey { key, suggestion });
+        }
+        if key == "trust_remote_code" && v.as_bool() == Some(true) {
+            notices.push(Notice::new(
+                "trust_remote_code",
+                "no remote code runs: lf-trainer loads the built-in architectures (llama, mistral, qwen2) with its own code, and rejects any other when it reads the model's config.json",
+            ));
         }
         out.insert(serde_yaml::Value::String(key), v);
     }
+    if let Some(value) = deepspeed_value {
+        if let Some(deepspeed::Resolved { config: json, file }) =
+            deepspeed::resolve(&value, yaml_dir)?
+        {
+            let mapping = DeepSpeedMapping::from_json(&json)?;
+            apply_deepspeed(&mut out, &mapping)?;
+            let mut ds_notices = mapping.notices;
+            if let (Some(file), Some(first)) = (file, ds_notices.first_mut()) {
+                first.message = format!("{}: {}", file.display(), first.message);
+            }
+            notices.extend(ds_notices);
+            let inline =
+                serde_yaml::to_value(&json).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+            out.insert("deepspeed".into(), inline);
+        }
+    }
     Ok(out)
+}
+
+/// Whether `a` and `b` mean the same value of `key` (`adamw_torch_fused` is `adamw_torch`, `3` is
+/// `3.0`): both parsed as that one key of the config.
+fn same(key: &str, a: &serde_yaml::Value, b: &serde_yaml::Value) -> bool {
+    let one = |v: &serde_yaml::Value| {
+        let mut m = serde_yaml::Mapping::new();
+        m.insert(key.into(), v.clone());
+        serde_yaml::from_value::<TrainingConfig>(serde_yaml::Value::Mapping(m))
+    };
+    match (one(a), one(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Sets the keys a DeepSpeed config maps to; a key the config sets differently is an error
+/// naming both.
+fn apply_deepspeed(
+    out: &mut serde_yaml::Mapping,
+    mapping: &DeepSpeedMapping,
+) -> Result<(), ConfigError> {
+    for s in &mapping.settings {
+        let conflict = |key: &str, value: &serde_yaml::Value| ConfigError::Conflict {
+            key: key.to_string(),
+            value: show(value),
+            from: s.from.clone(),
+            from_value: show(&s.value),
+        };
+        if let Some(existing) = out.get(s.key) {
+            if !same(s.key, existing, &s.value) {
+                return Err(conflict(s.key, existing));
+            }
+        }
+        // Half-precision flags exclude each other.
+        let excludes: &[&str] = match (s.key, s.value.as_bool()) {
+            ("fp16", Some(true)) => &["bf16", "pure_bf16"],
+            ("bf16", Some(true)) => &["fp16"],
+            _ => &[],
+        };
+        for other in excludes {
+            if let Some(existing) = out.get(*other) {
+                if existing.as_bool() == Some(true) {
+                    return Err(conflict(other, existing));
+                }
+            }
+        }
+        out.insert(s.key.into(), s.value.clone());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,11 +387,11 @@ mod tests {
 
     #[test]
     fn unsupported_key_says_so() {
-        let err = TrainingConfig::from_yaml_str("deepspeed: ds_z3.json")
+        let err = TrainingConfig::from_yaml_str("use_galore: true")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("does not support"), "{err}");
-        assert!(err.contains("zero_stage"), "{err}");
+        assert!(err.contains("not supported"), "{err}");
+        assert!(err.contains("GaLore"), "{err}");
         // An explicit "off" is fine.
         TrainingConfig::from_yaml_str("use_unsloth: false").unwrap();
     }
