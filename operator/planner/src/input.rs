@@ -2,7 +2,7 @@
 //! config and resources, each checked) or given directly, and the choices it allows the search.
 
 use lf_api::crd::{OffloadChoice, ZeroStageChoice};
-use lf_api::training::TrainingConfig;
+use lf_api::training::{OffloadDevice, TrainingConfig};
 use lf_api::{FineTuneJob, ModelArchitecture};
 
 use crate::error::PlanError;
@@ -101,6 +101,14 @@ impl PlannerInput {
                 ));
             }
         }
+        // A DeepSpeed config inside `spec.training` fixes what it sets; the pods get the mapped
+        // keys (lf-render applies it the same way), never the object itself.
+        let training = spec
+            .training
+            .with_deepspeed_applied()
+            .map_err(|e| invalid("spec.training", e.to_string()))?
+            .config;
+        let (zero, offload) = deepspeed_choices(job)?;
         let headroom = r.headroom();
         if !(0.0..=0.9).contains(&headroom) {
             return Err(invalid(
@@ -111,14 +119,14 @@ impl PlannerInput {
         Ok(PlannerInput {
             model_name: spec.model.name.clone(),
             arch,
-            training: spec.training.clone(),
+            training,
             gpu_memory_bytes: r.gpu_memory_bytes(),
             headroom,
             gpus_per_node: r.gpus_per_node.min(r.gpus.unwrap_or(r.max_gpus())),
             max_gpus: r.gpus.unwrap_or(r.max_gpus()),
             fixed_gpus: r.gpus,
-            zero: spec.distributed.zero_stage,
-            offload: spec.distributed.offload_optimizer,
+            zero,
+            offload,
             peak_scale: 1.0,
         })
     }
@@ -195,4 +203,61 @@ pub fn resolve_architecture(job: &FineTuneJob) -> Result<ModelArchitecture, Plan
     preset(&job.spec.model.name).ok_or_else(|| PlanError::UnknownModel {
         name: job.spec.model.name.clone(),
     })
+}
+
+/// `spec.distributed`'s ZeRO stage and offload, with what `spec.training.deepspeed` fixes: a
+/// stage or offload device DeepSpeed sets is a fixed choice for the planner; one that disagrees
+/// with an explicit `spec.distributed` setting is an error naming both.
+fn deepspeed_choices(job: &FineTuneJob) -> Result<(ZeroStageChoice, OffloadChoice), PlanError> {
+    let d = &job.spec.distributed;
+    let mapping = job
+        .spec
+        .training
+        .deepspeed_mapping()
+        .map_err(|e| PlanError::InvalidInput {
+            key: "spec.training.deepspeed".into(),
+            message: e.to_string(),
+        })?;
+    let Some(m) = mapping else {
+        return Ok((d.zero_stage, d.offload_optimizer));
+    };
+    let conflict = |key: &str, ours: String, theirs: String| PlanError::InvalidInput {
+        key: key.into(),
+        message: format!(
+            "{ours} disagrees with spec.training.deepspeed ({theirs}); remove one of them"
+        ),
+    };
+    let zero = match (d.zero_stage.fixed(), m.zero_stage()) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(conflict(
+                "spec.distributed.zeroStage",
+                a.to_string(),
+                format!("zero_optimization.stage {b}"),
+            ))
+        }
+        (None, Some(0)) => ZeroStageChoice::Zero0,
+        (None, Some(1)) => ZeroStageChoice::Zero1,
+        (None, Some(2)) => ZeroStageChoice::Zero2,
+        (None, Some(3)) => ZeroStageChoice::Zero3,
+        _ => d.zero_stage,
+    };
+    let ds_offload = m.offload_optimizer().map(|o| match o {
+        OffloadDevice::Cpu => OffloadChoice::Cpu,
+        OffloadDevice::None => OffloadChoice::None,
+    });
+    let offload = match (d.offload_optimizer, ds_offload) {
+        (OffloadChoice::Auto, Some(o)) => o,
+        (ours, Some(o)) if ours != o => {
+            return Err(conflict(
+                "spec.distributed.offloadOptimizer",
+                format!("{ours:?}").to_lowercase(),
+                format!(
+                    "offload_optimizer.device {}",
+                    format!("{o:?}").to_lowercase()
+                ),
+            ))
+        }
+        (ours, _) => ours,
+    };
+    Ok((zero, offload))
 }

@@ -279,3 +279,27 @@ fn a_70b_search_takes_under_10_ms() {
         assert!(each.as_millis() < 10, "a 70B search took {each:?}");
     }
 }
+
+#[test]
+fn a_deepspeed_object_in_spec_training_fixes_stage_and_offload() {
+    let with = |distributed: &str| {
+        let text = format!(
+            "apiVersion: lf-operator.io/v1alpha1\nkind: FineTuneJob\nmetadata: {{name: t}}\nspec:\n  model: {{name: Meta-Llama-3-8B}}\n  data: {{source: {{claimName: d}}}}\n  output: {{claimName: o}}\n  resources: {{gpuMemoryGib: 80, gpusPerNode: 8}}\n{distributed}  training:\n    bf16: true\n    finetuning_type: full\n    deepspeed:\n      zero_optimization: {{stage: 3, offload_optimizer: {{device: cpu}}}}\n      bf16: {{enabled: auto}}\n      train_micro_batch_size_per_gpu: auto\n"
+        );
+        FineTuneJob::from_yaml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    };
+    let i = PlannerInput::from_job(&with("")).unwrap();
+    assert_eq!(i.zero, ZeroStageChoice::Zero3);
+    assert_eq!(i.offload, OffloadChoice::Cpu);
+    assert!(i.training.deepspeed.is_none());
+    let plan = search(&i).chosen.expect("fits");
+    assert_eq!((plan.zero_stage, plan.offload_optimizer), (3, true));
+    // An explicit spec.distributed setting that disagrees is refused, naming both.
+    let err = PlannerInput::from_job(&with("  distributed: {zeroStage: \"2\"}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("spec.distributed.zeroStage") && err.contains("zero_optimization.stage 3"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ use lf_api::training::OffloadDevice;
 use lf_api::{FineTuneJob, Plan, TrainingConfig};
 
 use crate::context::RenderContext;
+use crate::error::RenderError;
 use crate::meta::{object_meta, Component};
 use crate::names::config_map_name;
 
@@ -35,9 +36,20 @@ pub fn config_key() -> &'static str {
 ///   `output_dir/checkpoint-N`), and `dataset_format` from `spec.data.format` when given;
 /// - checkpointing: `save_steps` and `save_total_limit` from `spec.checkpointing` when set, and
 ///   `resume_from_checkpoint` = the controller's checkpoint (`ctx.resume_from`) or `auto`.
-pub fn trainer_config(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> TrainingConfig {
+///
+/// A `deepspeed` object in `spec.training` is applied first and not rendered: its keys are in the
+/// config, and the plan (which took its stage and offload as fixed) has the last word on the rest.
+pub fn trainer_config(
+    job: &FineTuneJob,
+    plan: &Plan,
+    ctx: &RenderContext,
+) -> Result<TrainingConfig, RenderError> {
     let spec = &job.spec;
-    let mut config = spec.training.clone();
+    let mut config = spec
+        .training
+        .with_deepspeed_applied()
+        .map_err(|e| RenderError::InvalidTraining(e.to_string()))?
+        .config;
     config.zero_stage = plan.zero_stage;
     config.offload_optimizer = if plan.offload_optimizer {
         OffloadDevice::Cpu
@@ -67,18 +79,22 @@ pub fn trainer_config(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> Tr
             .clone()
             .unwrap_or_else(|| RESUME_AUTO.to_string()),
     );
-    config
+    Ok(config)
 }
 
 /// The ConfigMap holding [`trainer_config`] under [`config_key`].
-pub fn config_map(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> ConfigMap {
-    let config = trainer_config(job, plan, ctx);
-    ConfigMap {
+pub fn config_map(
+    job: &FineTuneJob,
+    plan: &Plan,
+    ctx: &RenderContext,
+) -> Result<ConfigMap, RenderError> {
+    let config = trainer_config(job, plan, ctx)?;
+    Ok(ConfigMap {
         metadata: object_meta(job, config_map_name(job), Component::Config),
         data: Some(BTreeMap::from([(
             config_key().to_string(),
             config.to_yaml_string(),
         )])),
         ..ConfigMap::default()
-    }
+    })
 }

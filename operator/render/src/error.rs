@@ -17,6 +17,8 @@ pub enum RenderError {
     Unsupported { key: String, why: String },
     #[error("spec.distributed.nccl.{key}: {why}")]
     InvalidNcclVariable { key: String, why: String },
+    #[error("spec.training: {0}")]
+    InvalidTraining(String),
     #[error("invalid plan: {0}")]
     InvalidPlan(String),
     #[error("invalid render context: {0}")]

@@ -55,7 +55,7 @@ pub fn render(
         service_account: rbac::service_account(job),
         role: rbac::role(job),
         role_binding: rbac::role_binding(job),
-        config_map: config::config_map(job, plan, ctx),
+        config_map: config::config_map(job, plan, ctx)?,
         service: service::service(job),
         job: job::job(job, plan, ctx)?,
     })

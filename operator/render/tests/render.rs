@@ -106,7 +106,7 @@ fn config_map_holds_the_trainer_config_and_parses_back() {
             TrainingConfig::from_yaml_str(text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
         assert_eq!(
             parsed,
-            trainer_config(&case.job, &case.plan, &ctx),
+            trainer_config(&case.job, &case.plan, &ctx).unwrap(),
             "{name}"
         );
     }
@@ -116,7 +116,7 @@ fn config_map_holds_the_trainer_config_and_parses_back() {
 fn trainer_config_carries_the_plan_and_the_pod_paths() {
     let case = fixture("multinode-kueue");
     let mut ctx = golden_context();
-    let c = trainer_config(&case.job, &case.plan, &ctx);
+    let c = trainer_config(&case.job, &case.plan, &ctx).unwrap();
     assert_eq!(c.zero_stage, 3);
     assert_eq!(c.offload_optimizer, lf_api::training::OffloadDevice::Cpu);
     assert_eq!(
@@ -140,7 +140,7 @@ fn trainer_config_carries_the_plan_and_the_pod_paths() {
     assert_eq!((c.lora_rank, c.cutoff_len, c.bf16), (16, 4096, true));
 
     ctx.resume_from = Some("/output/checkpoint-300".into());
-    let c = trainer_config(&case.job, &case.plan, &ctx);
+    let c = trainer_config(&case.job, &case.plan, &ctx).unwrap();
     assert_eq!(
         c.resume_from_checkpoint.as_deref(),
         Some("/output/checkpoint-300")
@@ -148,8 +148,35 @@ fn trainer_config_carries_the_plan_and_the_pod_paths() {
 
     // Without spec.checkpointing the training section's own values stay.
     let minimal = fixture("minimal");
-    let c = trainer_config(&minimal.job, &minimal.plan, &golden_context());
+    let c = trainer_config(&minimal.job, &minimal.plan, &golden_context()).unwrap();
     assert_eq!((c.save_steps, c.save_total_limit), (500, None));
+}
+
+#[test]
+fn a_deepspeed_object_is_applied_and_not_rendered() {
+    let mut case = fixture("minimal");
+    case.job.spec.training.deepspeed = serde_yaml::from_str(
+        "{zero_optimization: {stage: 3}, gradient_clipping: 0.5, train_micro_batch_size_per_gpu: auto}",
+    )
+    .unwrap();
+    let c = trainer_config(&case.job, &case.plan, &golden_context()).unwrap();
+    assert!(
+        c.deepspeed.is_none(),
+        "the pods get the mapped keys, not the object"
+    );
+    assert_eq!(c.max_grad_norm, 0.5);
+    // The plan has the last word on what it decides.
+    assert_eq!(c.zero_stage, case.plan.zero_stage);
+    assert_eq!(
+        c.per_device_train_batch_size,
+        case.plan.micro_batch_size as usize
+    );
+    // What the trainer cannot honour is an error, not a silently dropped setting.
+    case.job.spec.training.deepspeed =
+        serde_yaml::from_str("{zero_optimization: {stage: 3, offload_param: {device: nvme}}}")
+            .unwrap();
+    let err = trainer_config(&case.job, &case.plan, &golden_context()).unwrap_err();
+    assert!(err.to_string().contains("offload_param"), "{err}");
 }
 
 #[test]

@@ -101,6 +101,32 @@ impl TrainingConfig {
         Ok(Parsed { config, notices })
     }
 
+    /// The config as the trainer runs it when it did not come through the parser (a
+    /// FineTuneJob's `spec.training` arrives through the API server): `deepspeed` applied onto
+    /// the keys it maps to, then dropped, so the result stands on its own and a plan may change
+    /// those keys afterwards. A key set to something other than its default and other than
+    /// DeepSpeed's value is a conflict, as in a parsed file. Without `deepspeed`, an unchanged
+    /// copy and no notices.
+    pub fn with_deepspeed_applied(&self) -> Result<Parsed, ConfigError> {
+        if self.deepspeed.is_none() {
+            return Ok(Parsed {
+                config: self.clone(),
+                notices: Vec::new(),
+            });
+        }
+        let mapping = |c: &TrainingConfig| match serde_yaml::to_value(c) {
+            Ok(serde_yaml::Value::Mapping(m)) => Ok(m),
+            Ok(_) => Err(ConfigError::NotAMapping),
+            Err(e) => Err(ConfigError::Yaml(e.to_string())),
+        };
+        let defaults = mapping(&TrainingConfig::default())?;
+        let mut explicit = mapping(self)?;
+        explicit.retain(|k, v| k.as_str() == Some("deepspeed") || defaults.get(k) != Some(v));
+        let mut parsed = Self::parse_yaml_value(serde_yaml::Value::Mapping(explicit), None)?;
+        parsed.config.deepspeed = None;
+        Ok(parsed)
+    }
+
     /// Applies `key=value` overrides (as on LLaMA-Factory's command line); values are YAML scalars.
     pub fn with_overrides<S: AsRef<str>>(&self, overrides: &[S]) -> Result<Self, ConfigError> {
         self.parse_overrides(overrides).map(|p| p.config)
@@ -442,5 +468,24 @@ mod tests {
         let c = TrainingConfig::from_yaml_str("lora_rank: 32\ndataset: a,b\nbf16: true").unwrap();
         let back = TrainingConfig::from_yaml_str(&c.to_yaml_string()).unwrap();
         assert_eq!(c, back);
+    }
+
+    #[test]
+    fn deepspeed_applied_to_a_config_that_skipped_the_parser() {
+        let mut c = TrainingConfig::default();
+        let ds = r#"{"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}"#;
+        c.deepspeed = serde_yaml::from_str(&format!("'{ds}'")).unwrap();
+        c.learning_rate = 2e-5;
+        let applied = c.with_deepspeed_applied().unwrap().config;
+        assert_eq!(applied.zero_stage, 3);
+        assert_eq!(applied.learning_rate, 2e-5);
+        assert!(applied.deepspeed.is_none());
+        // An explicit stage that disagrees is the same conflict as in a file.
+        c.zero_stage = 2;
+        let err = c.with_deepspeed_applied().unwrap_err().to_string();
+        assert!(err.contains("zero_stage"), "{err}");
+        // Without deepspeed, nothing changes.
+        let plain = TrainingConfig::default();
+        assert_eq!(plain.with_deepspeed_applied().unwrap().config, plain);
     }
 }
