@@ -31,12 +31,44 @@ pub fn load_config(
                 ))
             })?,
     };
-    let cfg = TrainingConfig::from_yaml_file(&path)
+    let parsed = TrainingConfig::parse_yaml_file(&path)
         .map_err(|e| TrainerError::config(format!("{}: {e}", path.display())))?;
-    let cfg = cfg
-        .with_overrides(overrides)
+    let mut notices = parsed.notices;
+    let more = parsed
+        .config
+        .parse_overrides(overrides)
         .map_err(|e| TrainerError::config(format!("command-line override: {e}")))?;
+    notices.extend(more.notices);
+    let cfg = more.config;
+    for n in &notices {
+        tracing::info!(target: "lf_trainer::config", "{n}");
+    }
+    if let Some(n) = remote_code_notice(&cfg)? {
+        tracing::info!(target: "lf_trainer::config", "{n}");
+    }
     Ok((cfg, path))
+}
+
+/// With `trust_remote_code: true`, what the model's `config.json` says about it: a notice for a
+/// built-in architecture (no remote code runs), an error naming any other. A model directory
+/// without a readable `config.json` is left to the loader, which says what is missing.
+fn remote_code_notice(
+    cfg: &TrainingConfig,
+) -> Result<Option<lf_api::training::Notice>, TrainerError> {
+    let Some(dir) = cfg
+        .model_name_or_path
+        .as_deref()
+        .filter(|_| cfg.trust_remote_code)
+    else {
+        return Ok(None);
+    };
+    let Ok(text) = std::fs::read_to_string(Path::new(dir).join("config.json")) else {
+        return Ok(None);
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainerError::config(format!("{dir}/config.json is not valid JSON: {e}")))?;
+    cfg.check_remote_code(&json)
+        .map_err(|e| TrainerError::config(e.to_string()))
 }
 
 /// Splits command-line words into the config path (the first word without `=`) and overrides.
