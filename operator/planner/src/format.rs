@@ -403,12 +403,8 @@ pub fn format_table(search: &PlanSearch) -> String {
 /// One line describing a plan, for conditions, events and logs.
 pub fn plan_summary(plan: &Plan) -> String {
     format!(
-        "{} GPU{} ({} node{} × {}), ZeRO-{}{}, micro-batch {} × {} accumulation; predicted peak {} of {} per GPU",
-        plan.gpus,
-        if plan.gpus == 1 { "" } else { "s" },
-        plan.nodes,
-        if plan.nodes == 1 { "" } else { "s" },
-        plan.gpus_per_node,
+        "{}, ZeRO-{}{}, micro-batch {} × {} accumulation; predicted peak {} of {} per GPU",
+        layout(plan),
         plan.zero_stage,
         if plan.offload_optimizer { ", optimizer offloaded" } else { "" },
         plan.micro_batch_size,
@@ -418,14 +414,22 @@ pub fn plan_summary(plan: &Plan) -> String {
     )
 }
 
-fn headline(plan: &Plan) -> String {
+/// `4 GPUs (2 nodes × 2)`.
+fn layout(plan: &Plan) -> String {
     format!(
-        "{} GPU{} ({} node{} × {}), ZeRO-{}, {}, micro-batch {} × {} accumulation = global batch {}",
+        "{} GPU{} ({} node{} × {})",
         plan.gpus,
         if plan.gpus == 1 { "" } else { "s" },
         plan.nodes,
         if plan.nodes == 1 { "" } else { "s" },
-        plan.gpus_per_node,
+        plan.gpus_per_node
+    )
+}
+
+fn headline(plan: &Plan) -> String {
+    format!(
+        "{}, ZeRO-{}, {}, micro-batch {} × {} accumulation = global batch {}",
+        layout(plan),
         plan.zero_stage,
         if plan.offload_optimizer { "optimizer offloaded to CPU" } else { "no offload" },
         plan.micro_batch_size,
