@@ -406,7 +406,11 @@ pub fn plan_summary(plan: &Plan) -> String {
         "{}, ZeRO-{}{}, micro-batch {} × {} accumulation; predicted peak {} of {} per GPU",
         layout(plan),
         plan.zero_stage,
-        if plan.offload_optimizer { ", optimizer offloaded" } else { "" },
+        if plan.offload_optimizer {
+            ", optimizer offloaded"
+        } else {
+            ""
+        },
         plan.micro_batch_size,
         plan.gradient_accumulation_steps,
         format_gib(plan.per_gpu.peak_bytes),
@@ -431,7 +435,11 @@ fn headline(plan: &Plan) -> String {
         "{}, ZeRO-{}, {}, micro-batch {} × {} accumulation = global batch {}",
         layout(plan),
         plan.zero_stage,
-        if plan.offload_optimizer { "optimizer offloaded to CPU" } else { "no offload" },
+        if plan.offload_optimizer {
+            "optimizer offloaded to CPU"
+        } else {
+            "no offload"
+        },
         plan.micro_batch_size,
         plan.gradient_accumulation_steps,
         plan.global_batch()
