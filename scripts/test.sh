@@ -11,6 +11,7 @@ source scripts/env.sh
 scripts/install-python-ref.sh
 scripts/install-cluster-tools.sh
 status=0
+scripts/check_cycles.sh || status=$?   # no two files of a crate import each other (issue 12)
 cargo test --workspace --no-fail-fast "$@" || status=$?
 if [ "${LF_SKIP_E2E:-0}" != 1 ]; then
   tests/e2e/run.sh || status=$?
