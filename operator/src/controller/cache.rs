@@ -1,12 +1,14 @@
 //! The controller's caches: one watch per kind (FineTuneJobs, the six child kinds, pods), each
-//! feeding a reflector store that reconciliations read instead of listing, and triggering the
-//! owner's reconciliation.
+//! feeding a cache that reconciliations read instead of listing, and triggering the owner's
+//! reconciliation.
 //!
-//! What is kept is what the controller reads: no `managedFields` anywhere; Jobs without their pod
-//! template; pods with only `spec.nodeName` of their spec; of the five small child kinds only the
-//! metadata (their content is compared through the annotation [`RENDERED_HASH`]).
+//! What is kept is what the controller reads: FineTuneJobs without `managedFields`; Jobs and pods
+//! without them either, with only the labels and annotations the controller reads, Jobs with only
+//! `spec.suspend` of their spec and pods with only `spec.nodeName`; of the five small child kinds
+//! (metadata-only watches) a [`ChildIndex`] entry each (their content is compared through the
+//! annotation [`RENDERED_HASH`]).
 //!
-//! [`RENDERED_HASH`]: super::children::RENDERED_HASH
+//! [`RENDERED_HASH`]: super::index::RENDERED_HASH
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -14,9 +16,10 @@ use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -25,6 +28,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use lf_api::FineTuneJob;
 use lf_render::LABEL_JOB_NAME;
 use serde::de::DeserializeOwned;
+
+use super::index::{self, ChildIndex};
 
 /// A watch's objects, as the controller's triggers take them.
 pub type Trigger<K> = BoxStream<'static, Result<K, watcher::Error>>;
@@ -35,11 +40,11 @@ pub struct Caches {
     pub ftjs: Store<FineTuneJob>,
     jobs: Store<Job>,
     pods: Store<Pod>,
-    service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
-    roles: Store<PartialObjectMeta<Role>>,
-    role_bindings: Store<PartialObjectMeta<RoleBinding>>,
-    config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    services: Store<PartialObjectMeta<Service>>,
+    service_accounts: ChildIndex,
+    roles: ChildIndex,
+    role_bindings: ChildIndex,
+    config_maps: ChildIndex,
+    services: ChildIndex,
 }
 
 /// The watches feeding [`Caches`]; the controller polls them (and reconciles their owners).
@@ -54,8 +59,8 @@ pub struct Triggers {
     pub services: Trigger<PartialObjectMeta<Service>>,
 }
 
-/// The kinds whose metadata alone is cached (the small children, applied when their rendered
-/// content changes).
+/// The small child kinds, indexed by [`ChildIndex`] and applied when their rendered content
+/// changes.
 pub trait MetaCached:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Clone
@@ -65,13 +70,13 @@ pub trait MetaCached:
     + Sync
     + 'static
 {
-    fn store(caches: &Caches) -> &Store<PartialObjectMeta<Self>>;
+    fn index(caches: &Caches) -> &ChildIndex;
 }
 
 macro_rules! meta_cached {
     ($($kind:ty => $field:ident),*) => {$(
         impl MetaCached for $kind {
-            fn store(caches: &Caches) -> &Store<PartialObjectMeta<Self>> {
+            fn index(caches: &Caches) -> &ChildIndex {
                 &caches.$field
             }
         }
@@ -149,27 +154,65 @@ where
     (store, trigger)
 }
 
-/// A metadata-only watch of a child kind (`Api<PartialObjectMeta<K>>` asks for metadata only).
+/// A metadata-only watch of a child kind (`Api<PartialObjectMeta<K>>` asks for metadata only),
+/// feeding its index.
 fn meta<K: MetaCached>(
     client: &Client,
     config: &watcher::Config,
-) -> (Store<PartialObjectMeta<K>>, Trigger<PartialObjectMeta<K>>) {
-    let slim = |m: &mut PartialObjectMeta<K>| m.managed_fields_mut().clear();
-    full(Api::all(client.clone()), config.clone(), slim, true)
+) -> (ChildIndex, Trigger<PartialObjectMeta<K>>) {
+    let (index, mut writer) = index::index();
+    let trigger = watcher(
+        Api::<PartialObjectMeta<K>>::all(client.clone()),
+        config.clone(),
+    )
+    .default_backoff()
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            writer.apply(event);
+        }
+    })
+    .touched_objects()
+    .boxed();
+    (index, trigger)
 }
 
-/// A Job as the controller reads it: conditions, `spec.suspend`, labels (not the pod template,
-/// which is immutable and never compared).
+/// The labels and annotations the controller reads (the job-name labels map pods to Jobs and
+/// FineTuneJobs; the completion index orders a gang's pods).
+const KEPT_LABELS: [&str; 4] = [
+    LABEL_JOB_NAME,
+    "batch.kubernetes.io/job-name",
+    "job-name",
+    "batch.kubernetes.io/job-completion-index",
+];
+const KEPT_ANNOTATIONS: [&str; 1] = ["batch.kubernetes.io/job-completion-index"];
+
+/// Metadata as the controller reads it: no `managedFields`, only the labels and annotations it
+/// reads (owner references stay: they route a child's events to its FineTuneJob).
+fn slim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| KEPT_LABELS.contains(&k.as_str()));
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
+    }
+}
+
+/// A Job as the controller reads it: metadata, conditions and `spec.suspend` (not the pod
+/// template, which is immutable and never compared).
 fn slim_job(job: &mut Job) {
-    job.managed_fields_mut().clear();
-    if let Some(spec) = job.spec.as_mut() {
-        spec.template = Default::default();
+    slim_meta(&mut job.metadata);
+    if let Some(spec) = job.spec.take() {
+        job.spec = Some(JobSpec {
+            suspend: spec.suspend,
+            ..JobSpec::default()
+        });
     }
 }
 
 /// A pod as the controller reads it: metadata, status and the node it runs on.
 fn slim_pod(pod: &mut Pod) {
-    pod.managed_fields_mut().clear();
+    slim_meta(&mut pod.metadata);
     if let Some(spec) = pod.spec.take() {
         pod.spec = Some(PodSpec {
             node_name: spec.node_name,
@@ -226,13 +269,9 @@ impl Caches {
             .collect()
     }
 
-    /// The cached metadata of a small child.
-    pub fn meta<K: MetaCached>(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Option<Arc<PartialObjectMeta<K>>> {
-        K::store(self).get(&ObjectRef::new(name).within(namespace))
+    /// Whether a small child exists, and with which rendered hash (`Some(None)`: it has none).
+    pub fn rendered_hash<K: MetaCached>(&self, namespace: &str, name: &str) -> Option<Option<u64>> {
+        K::index(self).hash(namespace, name)
     }
 
     /// The names of the `K` children of `ftj` that are not in `keep` and not being deleted.
@@ -242,36 +281,28 @@ impl Caches {
         ftj: &str,
         keep: &BTreeSet<String>,
     ) -> Vec<String> {
-        unlisted(K::store(self), namespace, ftj, keep)
+        K::index(self).unlisted(namespace, ftj, keep)
     }
 
-    /// The names of the Jobs of `ftj` that are not in `keep` and not being deleted.
+    /// The names of the Jobs of `ftj` that are not in `keep` and not being deleted, sorted.
     pub fn unlisted_jobs(
         &self,
         namespace: &str,
         ftj: &str,
         keep: &BTreeSet<String>,
     ) -> Vec<String> {
-        unlisted(&self.jobs, namespace, ftj, keep)
+        let mut names: Vec<String> = (self.jobs)
+            .state_filter(|j| {
+                child_of(j, namespace, ftj)
+                    && j.meta().deletion_timestamp.is_none()
+                    && !keep.contains(&j.name_any())
+            })
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        names.sort();
+        names
     }
-}
-
-fn unlisted<K>(store: &Store<K>, namespace: &str, ftj: &str, keep: &BTreeSet<String>) -> Vec<String>
-where
-    K: Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    let mut names: Vec<String> = store
-        .state_filter(|o| {
-            child_of(o, namespace, ftj)
-                && o.meta().deletion_timestamp.is_none()
-                && !keep.contains(&o.name_any())
-        })
-        .iter()
-        .map(|o| o.name_any())
-        .collect();
-    names.sort();
-    names
 }
 
 #[cfg(test)]
@@ -281,7 +312,8 @@ mod tests {
     #[test]
     fn cached_jobs_and_pods_keep_what_the_controller_reads() {
         let mut job: Job = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "demo-1", "managedFields": [{"manager": "lf-operator"}]},
+            "metadata": {"name": "demo-1", "managedFields": [{"manager": "lf-operator"}],
+                         "labels": {"lf-operator.io/job-name": "demo", "app.kubernetes.io/name": "lf-trainer"}},
             "spec": {"suspend": true, "template": {"spec": {"containers": [{"name": "trainer"}]}}},
             "status": {"conditions": [{"type": "Complete", "status": "True"}]}
         }))
@@ -291,10 +323,15 @@ mod tests {
         let spec = job.spec.as_ref().unwrap();
         assert_eq!(spec.suspend, Some(true));
         assert!(spec.template.spec.is_none());
+        assert_eq!(
+            job.labels().keys().collect::<Vec<_>>(),
+            ["lf-operator.io/job-name"]
+        );
         assert!(job.status.is_some());
 
         let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "demo-1-0", "managedFields": [{"manager": "kubelet"}]},
+            "metadata": {"name": "demo-1-0", "managedFields": [{"manager": "kubelet"}],
+                         "annotations": {"batch.kubernetes.io/job-completion-index": "0", "other": "x"}},
             "spec": {"nodeName": "gpu-1", "containers": [{"name": "trainer", "image": "x"}]},
             "status": {"phase": "Running"}
         }))
@@ -304,6 +341,10 @@ mod tests {
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("gpu-1"));
         assert!(spec.containers.is_empty());
+        assert_eq!(
+            pod.annotations().keys().collect::<Vec<_>>(),
+            ["batch.kubernetes.io/job-completion-index"]
+        );
         assert_eq!(
             pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Running")

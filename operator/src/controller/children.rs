@@ -17,10 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::cache::{Caches, MetaCached};
-
-/// The annotation holding the hash of a child's rendered content, to apply it only when that
-/// changed.
-pub const RENDERED_HASH: &str = "lf-operator.io/rendered-hash";
+use super::index::RENDERED_HASH;
 
 /// Server-side applies `object` (which must carry its name) in `namespace`, taking ownership of
 /// every field it sets.
@@ -125,8 +122,7 @@ where
 {
     let mut object = object.clone();
     let hash = stamp(&mut object);
-    let cached = caches.meta::<K>(namespace, &object.name_any());
-    if cached.is_some_and(|c| c.annotations().get(RENDERED_HASH) == Some(&hash)) {
+    if caches.rendered_hash::<K>(namespace, &object.name_any()) == Some(Some(hash)) {
         return Ok(false);
     }
     apply(client, namespace, &object).await?;
@@ -134,15 +130,12 @@ where
 }
 
 /// Annotates `object` with the hash of its rendered content ([`RENDERED_HASH`]); returns it.
-pub fn stamp<K: Resource + Serialize>(object: &mut K) -> String {
+pub fn stamp<K: Resource + Serialize>(object: &mut K) -> u64 {
     object.annotations_mut().remove(RENDERED_HASH);
-    let hash = format!(
-        "{:016x}",
-        fnv1a(&serde_json::to_vec(object).unwrap_or_default())
-    );
+    let hash = fnv1a(&serde_json::to_vec(object).unwrap_or_default());
     object
         .annotations_mut()
-        .insert(RENDERED_HASH.into(), hash.clone());
+        .insert(RENDERED_HASH.into(), format!("{hash:016x}"));
     hash
 }
 
@@ -242,6 +235,7 @@ pub async fn set_job_suspend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::index::parse_hash;
 
     #[test]
     fn the_stamp_follows_the_content_only() {
@@ -250,7 +244,7 @@ mod tests {
         a.data = Some([("train.yaml".to_string(), "lr: 1e-4".to_string())].into());
         let mut again = a.clone();
         let h = stamp(&mut a);
-        assert_eq!(a.annotations()[RENDERED_HASH], h);
+        assert_eq!(parse_hash(&a.annotations()[RENDERED_HASH]), Some(h));
         assert_eq!(
             stamp(&mut a),
             h,

@@ -10,7 +10,8 @@
 //! - [`transitions`]: the status transitions and their Events, pure (conditions by the one rule
 //!   of [`lf_api::conditions`]);
 //! - [`observe`]: what the Job and pods say, pure;
-//! - [`children`]: writing children; [`cache`]: the watched stores; [`context`]: the shared state.
+//! - [`children`]: writing children; [`cache`] (and `index`): what the watches cached;
+//!   [`context`]: the shared state.
 //!
 //! Each reconciliation is level-triggered and idempotent: it derives everything from the status
 //! and the children that exist, and writes with server-side apply under
@@ -26,6 +27,7 @@
 pub mod cache;
 pub mod children;
 pub mod context;
+mod index;
 pub mod observe;
 mod reconcile;
 pub mod restart;
