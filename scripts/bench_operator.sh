@@ -11,11 +11,21 @@
 #   scripts/bench_operator.sh [--jobs N] [--concurrency C] [other scale_bench flags]
 # The cluster lives in a temporary directory, removed at the end; LF_BENCH_CLUSTER_DIR=DIR puts it
 # in DIR instead and keeps DIR (its logs/ hold the API server's log) after stopping the cluster.
+#
+# Before/after: LF_BENCH_BASELINE=BIN (a scale_bench binary built from another revision, e.g.
+# `git worktree add /tmp/base REV && (cd /tmp/base && cargo build --release -p lf-operator
+# --example scale_bench)`) runs it too, each mode right before this tree's run of the same mode (so
+# both see the same machine), and the table gets a baseline column beside each of this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 cargo build --release -p lf-operator --example scale_bench
 bench="${CARGO_TARGET_DIR:-target}/release/examples/scale_bench"
+baseline=${LF_BENCH_BASELINE:-}
+if [ -n "$baseline" ] && [ ! -x "$baseline" ]; then
+  echo "LF_BENCH_BASELINE=$baseline is not an executable scale_bench" >&2
+  exit 2
+fi
 
 out=$(mktemp -d)
 cluster=${LF_BENCH_CLUSTER_DIR:-}
@@ -32,19 +42,38 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-"$bench" --apiserver in-process "$@" | tee "$out/in-process"
-echo
-"$bench" --apiserver process "$@" | tee "$out/process"
-echo
+# run MODE: the baseline (if any), then this tree's scale_bench, each output kept for the table.
+columns=()
+run() {
+  local mode=$1
+  shift
+  if [ -n "$baseline" ]; then
+    echo "== baseline ($baseline), --apiserver $mode"
+    "$baseline" --apiserver "$mode" "$@" | tee "$out/$mode-baseline"
+    columns+=("$out/$mode-baseline")
+    echo
+  fi
+  echo "== this tree, --apiserver $mode"
+  "$bench" --apiserver "$mode" "$@" | tee "$out/$mode"
+  columns+=("$out/$mode")
+  echo
+}
+
+run in-process "$@"
+run process "$@"
 tests/cluster/up.sh "$cluster"
-(source "$cluster/env" && "$bench" --apiserver kubeconfig "$@") | tee "$out/kubeconfig"
+(
+  source "$cluster/env"
+  run kubeconfig "$@"
+  printf '%s\n' "${columns[@]}" >"$out/columns"
+)
 tests/cluster/down.sh "$cluster" >/dev/null
-echo
+mapfile -t columns <"$out/columns"
 
 # The table: one column per run, from each run's SUMMARY line. Reconciliations and requests per
 # job count until the last job was applied (the clock's end), then until the controller settled
-# (no reconciliation for 1 s; past 60 s this includes each job's resync).
-awk '
+# (no API request from the operator for 1 s; past 60 s this includes each job's resync).
+awk -v baseline="${baseline:+1}" '
   function field(line, key,   n, i, kv, parts) {
     n = split(line, parts, " ")
     for (i = 2; i <= n; i++) { split(parts[i], kv, "="); if (kv[1] == key) return kv[2] }
@@ -53,19 +82,27 @@ awk '
   FNR == 1 { col++ }
   /^SUMMARY / { s[col] = $0 }
   END {
-    head[1] = "fake, in-process"; head[2] = "fake, child process"; head[3] = "real kube-apiserver"
-    printf "%-44s %20s %20s %20s\n", "scale_bench, " field(s[1], "jobs") " FineTuneJobs", head[1], head[2], head[3]
+    split("fake, in-process|fake, child process|real kube-apiserver", modes, "|")
+    per = baseline ? 2 : 1
+    for (c = 1; c <= col; c++) {
+      m = modes[int((c - 1) / per) + 1]
+      head[c] = (baseline && c % 2 == 1) ? m " (base)" : m
+    }
+    width = baseline ? 24 : 20
+    printf "%-44s", "scale_bench, " field(s[1], "jobs") " FineTuneJobs"
+    for (c = 1; c <= col; c++) printf " %" width "s", head[c]
+    printf "\n"
     n = split("time_s:all planned and applied (s)|target_s:target (s)|ratio:time / target|rec_per_s:reconciliations/s|rec_per_job:reconciliations per job|req_per_job:operator API requests per job|settled_s:controller settled (s)|rec_per_job_settled:  reconciliations per job by then|req_per_job_settled:  API requests per job by then|server_req_per_job:  the same, API server count|non2xx:operator responses other than 2xx|rss_mib:peak RSS (MiB)|rss_scope:  RSS of|rss_ratio:RSS / 64 MiB|heap_peak_mib:operator heap peak (MiB)|errors:failed reconciliations|failed:jobs Failed", rows, "|")
     for (r = 1; r <= n; r++) {
       split(rows[r], kl, ":")
       printf "%-44s", kl[2]
-      for (c = 1; c <= 3; c++) {
+      for (c = 1; c <= col; c++) {
         if (kl[1] == "ratio") v = sprintf("%.2f", field(s[c], "time_s") / field(s[c], "target_s"))
         else if (kl[1] == "rss_ratio") v = sprintf("%.2f", field(s[c], "rss_mib") / 64)
         else v = field(s[c], kl[1])
-        if (kl[1] == "heap_peak_mib" && c == 1) v = ">=" v
-        printf " %20s", v
+        if (kl[1] == "heap_peak_mib" && c <= per) v = ">=" v
+        printf " %" width "s", v
       }
       printf "\n"
     }
-  }' "$out/in-process" "$out/process" "$out/kubeconfig"
+  }' "${columns[@]}"

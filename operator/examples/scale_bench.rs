@@ -2003,14 +2003,22 @@ async fn main() {
     let reconciles_at_done = reconciliations(&metrics);
     let http_applied = HTTP_LOG.snapshot();
 
-    // Let the controller settle (its last status writes): no reconciliation for a second.
+    // Let the controller settle (its last status writes): no API request from the operator for a
+    // second. Reconciliations alone do not count: once the jobs are applied, each job's resync
+    // reconciles it again every 60 s, which (reading the caches, nothing changed) sends nothing.
+    let operator_requests_now = |server: &ApiServer| match server {
+        ApiServer::InProcess(_) => server.fake_requests() as u64,
+        _ => HTTP_LOG.total.load(Ordering::Relaxed),
+    };
+    let mut seen = operator_requests_now(&server);
     let mut settled = reconciliations(&metrics);
     let mut last_change = Instant::now();
     while last_change.elapsed() < Duration::from_secs(1) && t_created.elapsed() < timeout {
         tokio::time::sleep(POLL).await;
-        let now = reconciliations(&metrics);
-        if now != settled {
-            settled = now;
+        let now = operator_requests_now(&server);
+        if now != seen {
+            seen = now;
+            settled = reconciliations(&metrics);
             last_change = Instant::now();
         }
     }
