@@ -31,6 +31,9 @@ use serde::de::DeserializeOwned;
 
 use super::index::{self, ChildIndex};
 
+/// How long reconciliations wait for the watches' first lists before that is logged.
+const READY_WARNING: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A watch's objects, as the controller's triggers take them.
 pub type Trigger<K> = BoxStream<'static, Result<K, watcher::Error>>;
 
@@ -235,17 +238,54 @@ fn child_of<K: Resource>(obj: &K, namespace: &str, name: &str) -> bool {
 impl Caches {
     /// Waits until every watch has listed once (before that, a missing child proves nothing).
     pub async fn ready(&self) {
-        // A dropped writer means the controller is shutting down; nothing to wait for then.
-        let _ = futures::join!(
-            self.ftjs.wait_until_ready(),
-            self.jobs.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.service_accounts.wait_until_ready(),
-            self.roles.wait_until_ready(),
-            self.role_bindings.wait_until_ready(),
-            self.config_maps.wait_until_ready(),
-            self.services.wait_until_ready(),
-        );
+        let all = async {
+            // A dropped writer means the controller is shutting down; nothing to wait for then.
+            let _ = futures::join!(
+                self.ftjs.wait_until_ready(),
+                self.jobs.wait_until_ready(),
+                self.pods.wait_until_ready(),
+                self.service_accounts.wait_until_ready(),
+                self.roles.wait_until_ready(),
+                self.role_bindings.wait_until_ready(),
+                self.config_maps.wait_until_ready(),
+                self.services.wait_until_ready(),
+            );
+        };
+        tokio::pin!(all);
+        if tokio::time::timeout(READY_WARNING, &mut all).await.is_err() {
+            tracing::warn!(
+                waiting_for = ?self.not_ready(),
+                "reconciliations wait for the first list of these watches (permissions? API server?)"
+            );
+            all.await;
+        }
+    }
+
+    /// The kinds whose watch has not listed yet.
+    fn not_ready(&self) -> Vec<&'static str> {
+        use futures::FutureExt;
+        fn listed<K>(store: &Store<K>) -> bool
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            store.wait_until_ready().now_or_never().is_some()
+        }
+        let indexed = |index: &ChildIndex| index.wait_until_ready().now_or_never().is_some();
+        [
+            ("finetunejobs", listed(&self.ftjs)),
+            ("jobs", listed(&self.jobs)),
+            ("pods", listed(&self.pods)),
+            ("serviceaccounts", indexed(&self.service_accounts)),
+            ("roles", indexed(&self.roles)),
+            ("rolebindings", indexed(&self.role_bindings)),
+            ("configmaps", indexed(&self.config_maps)),
+            ("services", indexed(&self.services)),
+        ]
+        .into_iter()
+        .filter(|(_, ready)| !ready)
+        .map(|(kind, _)| kind)
+        .collect()
     }
 
     /// The Job `name` in `namespace`, as cached.
@@ -308,6 +348,34 @@ impl Caches {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn reconciliations_wait_for_every_watch_to_list_once() {
+        let fake = lf_fake_apiserver::FakeApiServer::new().with_crd(&FineTuneJob::definition());
+        let (caches, mut triggers) = watch(&fake.client());
+        assert_eq!(
+            caches.not_ready().len(),
+            8,
+            "nothing listed before the watches run"
+        );
+        // Only the Jobs' watch runs: the others still hold reconciliations back.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while caches.not_ready().contains(&"jobs") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the Jobs' watch never listed"
+            );
+            let poll =
+                tokio::time::timeout(std::time::Duration::from_millis(10), triggers.jobs.next());
+            let _ = poll.await;
+        }
+        assert_eq!(caches.not_ready().len(), 7);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), caches.ready())
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn cached_jobs_and_pods_keep_what_the_controller_reads() {

@@ -205,6 +205,40 @@ pub fn gang_failure(pods: &[Pod]) -> Option<PodFailure> {
         .min_by_key(|f| (severity(f.record.reason), f.index))
 }
 
+/// The failure of the current attempt (Job `job_name`, in `state`), if any: its most telling
+/// failed pod, else the Job controller's own `Failed` verdict (deadline, backoff limit). While the
+/// FineTuneJob is `suspended` its pods are stopped on purpose (SIGTERM, exit code 143), so a pod
+/// then is no failure; the Job's own verdict still is.
+pub fn attempt_failure(
+    job_name: &str,
+    state: &JobState,
+    pods: &[Pod],
+    suspended: bool,
+) -> Option<PodFailure> {
+    let pod = if suspended { None } else { gang_failure(pods) };
+    pod.or_else(|| match state {
+        JobState::Failed { reason, message } => Some(job_failure(job_name, reason, message)),
+        _ => None,
+    })
+}
+
+/// A failure the Job controller reports without a failed pod to read (deadline, backoff limit).
+fn job_failure(job_name: &str, reason: &str, message: &str) -> PodFailure {
+    PodFailure {
+        record: FailureRecord {
+            reason: FailureReason::Runtime,
+            rank: None,
+            pod: None,
+            node: None,
+            exit_code: None,
+            message: format!("Job {job_name} failed ({reason}): {message}"),
+            hint: None,
+        },
+        last_checkpoint_step: None,
+        index: 0,
+    }
+}
+
 /// Whether every pod of a gang of `nodes` pods is running. A pod that has already succeeded
 /// counts: between the trainer's exit and the Job controller's `Complete` the gang is finishing,
 /// not pending (a real cluster shows that window; the phase must not fall back to Pending).
@@ -363,6 +397,53 @@ mod tests {
             (f.record.reason, f.record.pod.as_deref()),
             (FailureReason::Runtime, Some("p1"))
         );
+    }
+
+    #[test]
+    fn a_suspended_jobs_stopped_pods_are_no_failure() {
+        let stopped = pod(
+            json!({"metadata": {"name": "p-1-0", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"phase": "Running", "containerStatuses": [
+            {"name": "t", "ready": false, "restartCount": 0, "image": "", "imageID": "",
+             "state": {"terminated": {"exitCode": 143}}}]}}),
+        );
+        let deadline = JobState::Failed {
+            reason: "DeadlineExceeded".into(),
+            message: "too long".into(),
+        };
+        let pods = [stopped];
+        // (state, suspended) → the failure's reason and whether it names the pod.
+        let table = [
+            (
+                JobState::Active,
+                false,
+                Some((FailureReason::Preempted, true)),
+            ),
+            (JobState::Active, true, None),
+            (JobState::Suspended, true, None),
+            (
+                deadline.clone(),
+                true,
+                Some((FailureReason::Runtime, false)),
+            ),
+            (deadline, false, Some((FailureReason::Preempted, true))),
+        ];
+        for (state, suspended, want) in table {
+            let got = attempt_failure("p-1", &state, &pods, suspended)
+                .map(|f| (f.record.reason, f.record.pod.is_some()));
+            assert_eq!(got, want, "{state:?}, suspended {suspended}");
+        }
+        let f = attempt_failure(
+            "p-1",
+            &JobState::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                message: "m".into(),
+            },
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(f.record.message, "Job p-1 failed (BackoffLimitExceeded): m");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use lf_render::{RenderContext, Rendered};
 
 use super::children;
 use super::context::{key, Context, Error};
-use super::observe::{gang_failure, job_state, JobState, PodFailure};
+use super::observe::{attempt_failure, job_state, JobState, PodFailure};
 use super::restart::{self, Decision, Observation};
 use super::transitions::{Draft, Pausing};
 use crate::load::one_line;
@@ -146,13 +146,8 @@ impl Reconciler<'_> {
             if state == JobState::Complete {
                 return self.succeed(attempt).await;
             }
-            let failure = gang_failure(&current_pods).or_else(|| match &state {
-                JobState::Failed { reason, message } => {
-                    Some(job_failure(&job_name, reason, message))
-                }
-                _ => None,
-            });
-            if let Some(failure) = failure {
+            let suspended = self.ftj.spec.suspend;
+            if let Some(failure) = attempt_failure(&job_name, &state, &current_pods, suspended) {
                 let deadline = matches!(&state, JobState::Failed { reason, .. } if reason == "DeadlineExceeded");
                 return self
                     .handle_failure(failure, attempt, &plan, &job_name, deadline)
@@ -377,22 +372,5 @@ impl Reconciler<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// A failure the Job controller reports without a failed pod to read (deadline, backoff limit).
-fn job_failure(job_name: &str, reason: &str, message: &str) -> PodFailure {
-    PodFailure {
-        record: lf_api::status::FailureRecord {
-            reason: lf_api::runtime::FailureReason::Runtime,
-            rank: None,
-            pod: None,
-            node: None,
-            exit_code: None,
-            message: format!("Job {job_name} failed ({reason}): {message}"),
-            hint: None,
-        },
-        last_checkpoint_step: None,
-        index: 0,
     }
 }
