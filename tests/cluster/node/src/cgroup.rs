@@ -1,5 +1,5 @@
 //! Memory cgroups, as a kubelet with runc makes them: one per run of a container at
-//! `<hierarchy>/lf-node/<node>/<pod-uid>/<container>-<run>` (run 1, 2, ... as it restarts: a
+//! `<hierarchy>/lf-node/<node>-<state-dir hash>/<pod-uid>/<container>-<run>` (run 1, 2, ... as it restarts: a
 //! directory still being removed never meets the next run), limited to the container's
 //! `resources.limits.memory` (no swap on top). The launch chain joins it in the forked child before
 //! it executes anything (see `launch::spawn`), so everything the container runs is charged there
@@ -28,7 +28,7 @@ pub enum Version {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cgroups {
     pub version: Version,
-    /// `<mount>/lf-node/<node>`: one directory per pod uid below it.
+    /// `<mount>/lf-node/<node>-<state-dir hash>`: one directory per pod uid below it.
     pub root: PathBuf,
 }
 
@@ -104,6 +104,16 @@ fn mkdir(dir: &Path) -> io::Result<()> {
         )),
         _ => Ok(()),
     }
+}
+
+/// The node's directory name under `lf-node/`: its name and a short hash of its state directory,
+/// so that nodes of the same name in different clusters on one host stay apart while a restarted
+/// node (same state directory) finds its own leftovers.
+pub fn instance_name(node: &str, state_dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    state_dir.hash(&mut h);
+    format!("{node}-{:08x}", h.finish() as u32)
 }
 
 impl Cgroups {
@@ -378,6 +388,18 @@ cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,nodev,noexec,relatime,memory 0 0
 cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
 cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 ";
+
+    #[test]
+    fn same_node_name_in_two_clusters_gets_two_directories() {
+        let a = instance_name("lf-node-1", Path::new("/tmp/lf-e2e.a/cluster/node-1"));
+        let b = instance_name("lf-node-1", Path::new("/tmp/lf-e2e.b/cluster/node-1"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("lf-node-1-"));
+        assert_eq!(
+            a,
+            instance_name("lf-node-1", Path::new("/tmp/lf-e2e.a/cluster/node-1"))
+        );
+    }
 
     #[test]
     fn finds_the_memory_hierarchies() {

@@ -173,7 +173,9 @@ async fn main() -> anyhow::Result<()> {
     recover::cleanup_leftovers(&config.state_dir).await;
     let mut mountpoints = mountpoints::Mountpoints::load(&config.state_dir);
     mountpoints.cleanup();
-    let cgroups = cgroup::Cgroups::detect(&config.name);
+    // Keyed by the state directory too: two clusters on one host (tests running side by side)
+    // both have an `lf-node-1`, and one must never clean up the other's cgroups.
+    let cgroups = cgroup::Cgroups::detect(&cgroup::instance_name(&config.name, &config.state_dir));
     if let Some(cg) = &cgroups {
         cg.remove_pods();
     }
