@@ -4,13 +4,13 @@
 //! This file is the wiring: the watches, the kube-runtime `Controller`, the error policy and the
 //! metrics around each reconciliation. The rest, each file importing only those below it:
 //!
-//! - [`reconcile`]: the state machine of one reconciliation (reads the caches, carries out the
+//! - `reconcile`: the state machine of one reconciliation (reads the caches, carries out the
 //!   decisions, writes);
 //! - [`restart`]: the restart policy, a pure `decide(..) -> Decision`;
 //! - [`transitions`]: the status transitions and their Events, pure (conditions by the one rule
 //!   of [`lf_api::conditions`]);
-//! - [`observe`]: what the Job and pods say, pure;
-//! - [`children`]: writing children; [`cache`] (and `index`): what the watches cached;
+//! - [`observe`] and [`classify`]: what the Job and pods say, pure;
+//! - [`children`]: writing children; [`watches`]: the watches, filling [`cache`] (and [`index`]);
 //!   [`context`]: the shared state.
 //!
 //! Each reconciliation is level-triggered and idempotent: it derives everything from the status
@@ -26,12 +26,14 @@
 
 pub mod cache;
 pub mod children;
+pub mod classify;
 pub mod context;
-mod index;
+pub mod index;
 pub mod observe;
 mod reconcile;
 pub mod restart;
 pub mod transitions;
+pub mod watches;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +57,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (caches, triggers) = cache::watch(&client);
+    let (caches, triggers) = watches::watch(&client);
     let controller = Controller::for_stream(triggers.ftjs, caches.ftjs.clone())
         .owns_stream(triggers.jobs)
         .owns_stream(triggers.services)

@@ -22,8 +22,9 @@ use lf_planner::PlannerInput;
 use lf_render::{RenderContext, Rendered};
 
 use super::children;
+use super::classify::PodFailure;
 use super::context::{key, Context, Error};
-use super::observe::{attempt_failure, job_state, JobState, PodFailure};
+use super::observe::{attempt_failure, job_state, JobState};
 use super::restart::{self, Decision, Observation};
 use super::transitions::{Draft, Pausing};
 use crate::load::one_line;
