@@ -568,12 +568,11 @@ impl Builder {
     }
 
     fn optimizer(&mut self, path: &str, v: &Value) -> Result<(), ConfigError> {
-        let block = as_object(path, v)?;
-        let type_path = join(path, "type");
-        let kind = block
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ConfigError::deepspeed(&type_path, "must name the optimizer"))?;
+        let TypedBlock {
+            kind,
+            type_path,
+            params,
+        } = typed_block(path, v, "optimizer")?;
         if !kind.eq_ignore_ascii_case("adam") && !kind.eq_ignore_ascii_case("adamw") {
             return Err(ConfigError::deepspeed(
                 &type_path,
@@ -581,70 +580,58 @@ impl Builder {
             ));
         }
         self.set("optim", "adamw_torch".into(), &type_path);
-        for (k, sub) in block {
-            let p = join(path, k);
-            match k.as_str() {
-                "type" => {}
-                "params" => {
-                    for (pk, pv) in as_object(&p, sub)? {
-                        let pp = join(&p, pk);
-                        match pk.as_str() {
-                            "lr" => self.set_float("learning_rate", &pp, pv)?,
-                            "eps" => self.set_float("adam_epsilon", &pp, pv)?,
-                            "weight_decay" => self.set_float("weight_decay", &pp, pv)?,
-                            "betas" if is_auto(pv) => {}
-                            "betas" => match pv.as_array().map(|a| a.as_slice()) {
-                                Some([b1, b2]) => {
-                                    self.set_float("adam_beta1", &pp, b1)?;
-                                    self.set_float("adam_beta2", &pp, b2)?;
-                                }
-                                _ => {
-                                    return Err(ConfigError::deepspeed(
-                                        &pp,
-                                        "must be [beta1, beta2] or \"auto\"",
-                                    ))
-                                }
-                            },
-                            "adam_w_mode" if pv.as_bool() == Some(false) => {
-                                return Err(ConfigError::deepspeed(&pp, "Adam with L2 regularisation is not implemented: the optimiser is AdamW (decoupled weight decay)"));
-                            }
-                            "bias_correction" if pv.as_bool() == Some(false) => {
-                                return Err(ConfigError::deepspeed(
-                                    &pp,
-                                    "AdamW always corrects the moments' bias",
-                                ));
-                            }
-                            "adam_w_mode" | "bias_correction" | "torch_adam" | "fused" => {
-                                self.ignored.push(pp)
-                            }
-                            _ => {
-                                let known = [
-                                    "lr",
-                                    "betas",
-                                    "eps",
-                                    "weight_decay",
-                                    "adam_w_mode",
-                                    "bias_correction",
-                                    "torch_adam",
-                                ];
-                                return Err(unknown(&pp, known));
-                            }
-                        }
+        for (pp, pk, pv) in params {
+            match pk {
+                "lr" => self.set_float("learning_rate", &pp, pv)?,
+                "eps" => self.set_float("adam_epsilon", &pp, pv)?,
+                "weight_decay" => self.set_float("weight_decay", &pp, pv)?,
+                "betas" if is_auto(pv) => {}
+                "betas" => match pv.as_array().map(|a| a.as_slice()) {
+                    Some([b1, b2]) => {
+                        self.set_float("adam_beta1", &pp, b1)?;
+                        self.set_float("adam_beta2", &pp, b2)?;
                     }
+                    _ => {
+                        return Err(ConfigError::deepspeed(
+                            &pp,
+                            "must be [beta1, beta2] or \"auto\"",
+                        ))
+                    }
+                },
+                "adam_w_mode" if pv.as_bool() == Some(false) => {
+                    return Err(ConfigError::deepspeed(&pp, "Adam with L2 regularisation is not implemented: the optimiser is AdamW (decoupled weight decay)"));
                 }
-                _ => return Err(unknown(&p, ["type", "params"])),
+                "bias_correction" if pv.as_bool() == Some(false) => {
+                    return Err(ConfigError::deepspeed(
+                        &pp,
+                        "AdamW always corrects the moments' bias",
+                    ));
+                }
+                "adam_w_mode" | "bias_correction" | "torch_adam" | "fused" => self.ignored.push(pp),
+                _ => {
+                    let known = [
+                        "lr",
+                        "betas",
+                        "eps",
+                        "weight_decay",
+                        "adam_w_mode",
+                        "bias_correction",
+                        "torch_adam",
+                        "fused",
+                    ];
+                    return Err(unknown(&pp, known));
+                }
             }
         }
         Ok(())
     }
 
     fn scheduler(&mut self, path: &str, v: &Value) -> Result<(), ConfigError> {
-        let block = as_object(path, v)?;
-        let type_path = join(path, "type");
-        let kind = block
-            .get("type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ConfigError::deepspeed(&type_path, "must name the scheduler"))?;
+        let TypedBlock {
+            kind,
+            type_path,
+            params,
+        } = typed_block(path, v, "scheduler")?;
         let schedule = match kind {
             "WarmupLR" => "constant_with_warmup",
             "WarmupDecayLR" => "linear",
@@ -657,56 +644,48 @@ impl Builder {
             }
         };
         self.set("lr_scheduler_type", schedule.into(), &type_path);
-        for (k, sub) in block {
-            let p = join(path, k);
-            match k.as_str() {
-                "type" => {}
-                "params" => {
-                    for (pk, pv) in as_object(&p, sub)? {
-                        let pp = join(&p, pk);
-                        match pk.as_str() {
-                            "warmup_num_steps" => {
-                                self.set_count_or_zero("warmup_steps", &pp, pv)?
-                            }
-                            "warmup_max_lr" => self.set_float("learning_rate", &pp, pv)?,
-                            "warmup_min_lr" | "warmup_min_ratio" | "cos_min_ratio" => {
-                                if Self::number(&pp, pv)?.is_some_and(|n| n != 0.0) {
-                                    return Err(ConfigError::deepspeed(&pp, "the schedules warm up from 0 and decay to 0: use 0 or \"auto\""));
-                                }
-                            }
-                            "total_num_steps" => {
-                                if Self::number(&pp, pv)?.is_some() {
-                                    return Err(ConfigError::deepspeed(&pp, "the schedule ends at the last step: use \"auto\" and set `max_steps` or `num_train_epochs`"));
-                                }
-                            }
-                            "warmup_type" => {
-                                if !pv
-                                    .as_str()
-                                    .is_some_and(|t| t.eq_ignore_ascii_case("linear"))
-                                {
-                                    return Err(ConfigError::deepspeed(
-                                        &pp,
-                                        "warmup is linear: use \"linear\"",
-                                    ));
-                                }
-                            }
-                            "last_batch_iteration" => self.ignored.push(pp),
-                            _ => {
-                                let known = [
-                                    "warmup_num_steps",
-                                    "warmup_max_lr",
-                                    "warmup_min_lr",
-                                    "warmup_min_ratio",
-                                    "cos_min_ratio",
-                                    "total_num_steps",
-                                    "warmup_type",
-                                ];
-                                return Err(unknown(&pp, known));
-                            }
-                        }
+        for (pp, pk, pv) in params {
+            match pk {
+                "warmup_num_steps" => self.set_count_or_zero("warmup_steps", &pp, pv)?,
+                "warmup_max_lr" => self.set_float("learning_rate", &pp, pv)?,
+                "warmup_min_lr" | "warmup_min_ratio" | "cos_min_ratio" => {
+                    if Self::number(&pp, pv)?.is_some_and(|n| n != 0.0) {
+                        return Err(ConfigError::deepspeed(
+                            &pp,
+                            "the schedules warm up from 0 and decay to 0: use 0 or \"auto\"",
+                        ));
                     }
                 }
-                _ => return Err(unknown(&p, ["type", "params"])),
+                "total_num_steps" => {
+                    if Self::number(&pp, pv)?.is_some() {
+                        return Err(ConfigError::deepspeed(&pp, "the schedule ends at the last step: use \"auto\" and set `max_steps` or `num_train_epochs`"));
+                    }
+                }
+                "warmup_type" => {
+                    if !pv
+                        .as_str()
+                        .is_some_and(|t| t.eq_ignore_ascii_case("linear"))
+                    {
+                        return Err(ConfigError::deepspeed(
+                            &pp,
+                            "warmup is linear: use \"linear\"",
+                        ));
+                    }
+                }
+                "last_batch_iteration" => self.ignored.push(pp),
+                _ => {
+                    let known = [
+                        "warmup_num_steps",
+                        "warmup_max_lr",
+                        "warmup_min_lr",
+                        "warmup_min_ratio",
+                        "cos_min_ratio",
+                        "total_num_steps",
+                        "warmup_type",
+                        "last_batch_iteration",
+                    ];
+                    return Err(unknown(&pp, known));
+                }
             }
         }
         Ok(())
@@ -828,6 +807,41 @@ fn zero_keys() -> impl Iterator<Item = &'static str> {
     .into_iter()
     .chain(BUCKETS.iter().copied())
     .chain(IGNORED_ZERO.iter().copied())
+}
+
+/// An `optimizer` or `scheduler` block: `{"type": ..., "params": {...}}` and nothing else.
+struct TypedBlock<'a> {
+    kind: &'a str,
+    type_path: String,
+    /// `(path, key, value)` of each entry of `params`.
+    params: Vec<(String, &'a str, &'a Value)>,
+}
+
+fn typed_block<'a>(path: &str, v: &'a Value, what: &str) -> Result<TypedBlock<'a>, ConfigError> {
+    let block = as_object(path, v)?;
+    let type_path = join(path, "type");
+    let kind = block
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ConfigError::deepspeed(&type_path, format!("must name the {what}")))?;
+    let mut params = Vec::new();
+    for (k, sub) in block {
+        let p = join(path, k);
+        match k.as_str() {
+            "type" => {}
+            "params" => {
+                for (pk, pv) in as_object(&p, sub)? {
+                    params.push((join(&p, pk), pk.as_str(), pv));
+                }
+            }
+            _ => return Err(unknown(&p, ["type", "params"])),
+        }
+    }
+    Ok(TypedBlock {
+        kind,
+        type_path,
+        params,
+    })
 }
 
 fn unknown<'a>(path: &str, known: impl IntoIterator<Item = &'a str>) -> ConfigError {
