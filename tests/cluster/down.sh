@@ -42,6 +42,23 @@ for record in "$dir"/node-*/mountpoints.created; do
   rm -f "$record"
 done
 rmdir /run/lf-node 2>/dev/null
+# Memory cgroups of nodes that were killed before their own clean-up (each records its root):
+# what still runs in them is killed, then the directories go, deepest first.
+for record in "$dir"/node-*/cgroup-root; do
+  [ -f "$record" ] || continue
+  root=$(cat "$record")
+  case "$root" in /sys/fs/cgroup/*/lf-node/* | /sys/fs/cgroup/lf-node/*) ;; *) continue ;; esac
+  if [ -d "$root" ]; then
+    find "$root" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+    for _ in 1 2 3 4 5; do
+      find "$root" -depth -type d -exec rmdir {} + 2>/dev/null
+      [ -d "$root" ] || break
+      sleep 0.2
+    done
+  fi
+  rmdir "$(dirname "$root")" 2>/dev/null
+  rm -f "$record"
+done
 # Empty directories the tests created outside DIR (e.g. a fixed mount point), deepest first.
 if [ -f "$dir/created-dirs" ]; then
   while read -r d; do rmdir "$d" 2>/dev/null; done <"$dir/created-dirs"

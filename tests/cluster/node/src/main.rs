@@ -178,6 +178,12 @@ async fn main() -> anyhow::Result<()> {
     let cgroups = cgroup::Cgroups::detect(&cgroup::instance_name(&config.name, &config.state_dir));
     if let Some(cg) = &cgroups {
         cg.remove_pods();
+        // For tests/cluster/down.sh, which removes the tree when this node was killed before its
+        // own clean-up could run.
+        let record = config.state_dir.join("cgroup-root");
+        if let Err(e) = std::fs::write(&record, cg.root.display().to_string()) {
+            tracing::warn!(path = %record.display(), error = %e, "cannot record the cgroup root");
+        }
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
