@@ -1,5 +1,6 @@
 //! The operator's HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` (the process is
-//! alive) and `/readyz` (the API server answered and, when electing, the lease loop is running).
+//! alive and, where the controller runs, its heartbeat is recent) and `/readyz` (the API server
+//! answered and, when electing, the lease loop is running).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, HEARTBEAT_LIMIT};
 
 /// Readiness, flipped by `run` once the operator can serve.
 #[derive(Clone, Default)]
@@ -48,7 +49,14 @@ pub fn route(path: &str, metrics: &Metrics, ready: &Readiness) -> Response<Full<
             "text/plain; version=0.0.4",
             metrics.render(),
         ),
-        "/healthz" | "/livez" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/healthz" | "/livez" => match metrics.heartbeat_age() {
+            Some(age) if age > HEARTBEAT_LIMIT => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("the controller's heartbeat is {} s old\n", age.as_secs()),
+            ),
+            _ => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        },
         "/readyz" if ready.get() => respond(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -89,4 +97,35 @@ pub async fn serve(
         }
     });
     Ok((local, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthz_follows_the_controllers_heartbeat() {
+        let metrics = Metrics::new().expect("metrics");
+        let ready = Readiness::default();
+        let health = |m: &Metrics| route("/healthz", m, &ready).status();
+        assert_eq!(
+            health(&metrics),
+            StatusCode::OK,
+            "no controller here (a standby replica)"
+        );
+        metrics.beat();
+        assert_eq!(health(&metrics), StatusCode::OK);
+        metrics.flatline();
+        assert_eq!(
+            health(&metrics),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller ended"
+        );
+        metrics.beat();
+        assert_eq!(health(&metrics), StatusCode::OK);
+        assert_eq!(
+            route("/readyz", &metrics, &ready).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }

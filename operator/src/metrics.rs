@@ -12,7 +12,7 @@ use lf_api::FineTuneJob;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 /// The metrics and their registry.
@@ -27,7 +27,19 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// `lf_operator_restarts_total{reason}`: gang restarts decided, by failure reason.
     pub restarts: IntCounterVec,
+    /// `lf_operator_controller_heartbeat_timestamp_seconds`: when the controller's task last
+    /// showed it was alive (0: no controller runs in this process, e.g. a standby replica).
+    heartbeat: Gauge,
     jobs: JobGauges,
+}
+
+/// How old the controller's heartbeat may be before `/healthz` fails.
+pub const HEARTBEAT_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn unix_now() -> f64 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
 }
 
 /// A metric registration that cannot fail for these fixed names; kept as an error for honesty.
@@ -36,6 +48,21 @@ pub struct Metrics {
 pub struct MetricsError(#[from] prometheus::Error);
 
 impl Metrics {
+    /// The controller is alive now.
+    pub fn beat(&self) {
+        self.heartbeat.set(unix_now());
+    }
+
+    /// The controller stopped (its heartbeat then fails `/healthz` at once).
+    pub fn flatline(&self) {
+        self.heartbeat.set(f64::MIN_POSITIVE);
+    }
+
+    /// How old the controller's heartbeat is; `None` when no controller ran in this process.
+    pub fn heartbeat_age(&self) -> Option<std::time::Duration> {
+        let at = self.heartbeat.get();
+        (at != 0.0).then(|| std::time::Duration::from_secs_f64((unix_now() - at).max(0.0)))
+    }
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let reconciliations = IntCounterVec::new(
@@ -68,11 +95,16 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let heartbeat = Gauge::new(
+            "lf_operator_controller_heartbeat_timestamp_seconds",
+            "When the controller's task last showed it was alive (unix seconds; 0: not running here)",
+        )?;
         let jobs = JobGauges::new()?;
         registry.register(Box::new(reconciliations.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
+        registry.register(Box::new(heartbeat.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         Ok(Metrics {
             registry,
@@ -80,6 +112,7 @@ impl Metrics {
             duration,
             errors,
             restarts,
+            heartbeat,
             jobs,
         })
     }

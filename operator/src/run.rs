@@ -63,35 +63,91 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     ready.set(true);
 
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        let _ = stop_rx.await;
+    };
     let Some(lease) = opts.lease else {
-        controller::run(client, opts.controller, metrics, shutdown_signal()).await;
-        return Ok(());
+        let ctrl = tokio::spawn(controller::run(client, opts.controller, metrics, stop));
+        return until_signal_or_end(ctrl, stop_tx).await;
     };
     let mut elector = LeaderElector::new(client.clone(), lease);
     tokio::select! {
         _ = elector.acquire() => {}
         _ = shutdown_signal() => return Ok(()),
     }
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stop = async move {
-        let _ = stop_rx.await;
+    let mut ctrl = tokio::spawn(controller::run(client, opts.controller, metrics, stop));
+    let end = tokio::select! {
+        _ = elector.keep_leading() => End::LeaseLost,
+        _ = shutdown_signal() => End::Signal,
+        ended = &mut ctrl => End::Controller(ended),
     };
-    let ctrl = tokio::spawn(controller::run(client, opts.controller, metrics, stop));
-    let lost = tokio::select! {
-        _ = elector.keep_leading() => true,
-        _ = shutdown_signal() => false,
-    };
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(20), ctrl).await;
-    if lost {
-        return Err(anyhow!(
-            "lost the leader lease; exiting so that only one replica reconciles"
-        ));
+    match end {
+        End::LeaseLost => {
+            // Another replica may lead from now on: cancel every in-flight reconciliation at once
+            // rather than letting them finish their writes.
+            ctrl.abort();
+            Err(anyhow!(
+                "lost the leader lease; exiting so that only one replica reconciles"
+            ))
+        }
+        End::Controller(ended) => {
+            release(&mut elector).await;
+            Err(controller_ended(ended))
+        }
+        End::Signal => {
+            let _ = stop_tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(20), ctrl).await;
+            release(&mut elector).await;
+            Ok(())
+        }
     }
+}
+
+/// What ended a leading replica's work.
+enum End {
+    Signal,
+    LeaseLost,
+    /// The controller's task ended by itself (it panicked, or its watches ended).
+    Controller(Result<(), tokio::task::JoinError>),
+}
+
+/// Without leader election: runs until a signal (graceful stop) or until the controller ends.
+async fn until_signal_or_end(
+    mut ctrl: tokio::task::JoinHandle<()>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        ended = &mut ctrl => Err(controller_ended(ended)),
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(20), ctrl).await;
+            Ok(())
+        }
+    }
+}
+
+/// The error a controller that ended by itself leaves: the process exits with it (and the pod
+/// restarts) rather than living on without reconciling.
+fn controller_ended(ended: Result<(), tokio::task::JoinError>) -> anyhow::Error {
+    match ended {
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let what = (payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            anyhow!("the controller panicked ({what}); exiting so that the pod restarts")
+        }
+        Err(e) => anyhow!("the controller task was cancelled ({e}); exiting"),
+        Ok(()) => anyhow!("the controller stopped by itself (its watches ended); exiting"),
+    }
+}
+
+/// Gives the lease up so that another replica takes over at once.
+async fn release(elector: &mut LeaderElector) {
     if let Err(e) = elector.release().await {
         tracing::warn!(error = %e, "cannot release the lease");
     }
-    Ok(())
 }
 
 /// Logs as JSON when `json` (the default off a terminal), else human-readable; `RUST_LOG`
@@ -107,4 +163,25 @@ pub fn init_logging(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_controller_that_panics_or_ends_ends_the_process() {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let panicking = tokio::spawn(async { panic!("reconcile bug") });
+        let err = until_signal_or_end(panicking, tx).await.expect_err("exits");
+        assert!(
+            err.to_string().contains("panicked (reconcile bug)"),
+            "{err}"
+        );
+
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let ended = tokio::spawn(async {});
+        let err = until_signal_or_end(ended, tx).await.expect_err("exits");
+        assert!(err.to_string().contains("stopped by itself"), "{err}");
+    }
 }

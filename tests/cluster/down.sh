@@ -59,6 +59,12 @@ for record in "$dir"/node-*/cgroup-root; do
   rmdir "$(dirname "$root")" 2>/dev/null
   rm -f "$record"
 done
+# Mounts a killed node left under DIR (pods' tmpfs emptyDirs such as /dev/shm, bind mounts),
+# deepest first and lazily, so that DIR can be removed.
+real=$(realpath "$dir")
+awk -v d="$real/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+  umount -l "$m" 2>/dev/null
+done
 # Empty directories the tests created outside DIR (e.g. a fixed mount point), deepest first.
 if [ -f "$dir/created-dirs" ]; then
   while read -r d; do rmdir "$d" 2>/dev/null; done <"$dir/created-dirs"

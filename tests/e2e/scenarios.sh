@@ -7,7 +7,7 @@ source "$ROOT/tests/e2e/kueue.sh"
 source "$ROOT/tests/e2e/oom.sh"
 
 SCENARIOS=(crd rejections pod_security quickstart rbac multi_pod resume_after_kill config_error eviction
-  suspend operator_restart leader_handover impossible_job garbage_collection metrics kueue oom)
+  suspend operator_restart leader_handover impossible_job name_conflict garbage_collection metrics kueue oom)
 
 # The CRD from crds/ is what the API server stores and serves: `kubectl get finetunejobs` prints
 # the promised columns (golden output, ages masked) and `kubectl explain` documents the spec.
@@ -125,6 +125,16 @@ scenario_rbac() {
   expect_forbidden "list pods" -n "$NS" get pods
   expect_forbidden "read secrets" -n "$NS" get secrets
   expect_forbidden "edit its own spec" -n "$NS" patch finetunejob quickstart --type=merge -p '{"spec":{"suspend":true}}'
+  # The operator's status fields are refused by the chart's ValidatingAdmissionPolicy: a trainer
+  # cannot raise its plan's pod count, reset its attempt or restart budget, or declare success.
+  local field patch
+  for patch in 'plan|{"status":{"plan":{"nodes":64}}}' 'attempt|{"status":{"attempt":1000}}' \
+    'restarts|{"status":{"restarts":[{"attempt":1,"reason":"Preempted","counted":false,"at":"2026-01-01T00:00:00Z"}]}}' \
+    'phase|{"status":{"phase":"Succeeded"}}'; do
+    field=${patch%%|*}
+    expect_forbidden "rewrite status.$field" -n "$NS" patch finetunejob quickstart --subresource=status --type=merge -p "${patch#*|}"
+    grep -q "status.$field is the operator's" "$E2E/rbac.out" || { cat "$E2E/rbac.out" >&2; fail "the refusal does not name status.$field"; }
+  done
   kubectl -n "$NS" delete finetunejob other --wait=false >/dev/null
 }
 
@@ -282,6 +292,40 @@ scenario_impossible_job() {
   wait_for 30 "DoesNotFit event" has_event too-big DoesNotFit
   [ -z "$(children too-big)" ] || fail "too-big has children: $(children too-big)"
   log "message: $(ftj too-big '{.status.conditions[?(@.type=="Planned")].message}' | head -c 200)"
+}
+
+# The operator never takes over an object it did not create (the controller-ref rule): with a
+# ServiceAccount X-trainer, a ConfigMap X-config and a Service X made beforehand by someone else
+# (even labelled like its children), the FineTuneJob X fails with NameConflict naming one of them;
+# they are unchanged, and they survive the FineTuneJob's deletion.
+scenario_name_conflict() {
+  kubectl -n "$NS" create serviceaccount clash-trainer >/dev/null
+  kubectl -n "$NS" create configmap clash-config --from-literal=owner=someone-else >/dev/null
+  kubectl -n "$NS" create service clusterip clash --tcp=80:8080 >/dev/null
+  kubectl -n "$NS" label serviceaccount/clash-trainer configmap/clash-config service/clash \
+    lf-operator.io/job-name=clash >/dev/null
+  local objs="serviceaccount/clash-trainer configmap/clash-config service/clash" before after msg
+  # shellcheck disable=SC2086
+  before=$(kubectl -n "$NS" get $objs -o jsonpath='{range .items[*]}{.metadata.resourceVersion} {end}')
+  apply_quickstart clash quickstart-output
+  wait_ftj clash '{.status.phase}' Failed 60
+  msg=$(ftj clash '{.status.conditions[?(@.reason=="NameConflict")].message}')
+  case "$msg" in
+    *"ServiceAccount clash-trainer already exists"* | *"ConfigMap clash-config already exists"* | *"Service clash already exists"*) ;;
+    *) fail "no NameConflict condition naming a pre-existing object: '$msg' ($(ftj clash '{.status.conditions}'))" ;;
+  esac
+  log "NameConflict: ${msg:0:200}"
+  kubectl -n "$NS" delete finetunejob clash --wait=true >/dev/null
+  # Give the garbage collector time to act on anything the job did own.
+  wait_for 30 "clash's own children collected" sh -c "! kubectl -n $NS get roles,rolebindings,jobs -l lf-operator.io/job-name=clash -o name | grep -q ."
+  # shellcheck disable=SC2086
+  after=$(kubectl -n "$NS" get $objs -o jsonpath='{range .items[*]}{.metadata.resourceVersion} {end}') \
+    || fail "a pre-existing object is gone after the FineTuneJob's deletion"
+  [ "$before" = "$after" ] || fail "pre-existing objects changed: resourceVersions $before -> $after"
+  [ "$(kubectl -n "$NS" get configmap clash-config -o jsonpath='{.data.owner}')" = someone-else ] \
+    || fail "the pre-existing ConfigMap's data changed"
+  # shellcheck disable=SC2086
+  kubectl -n "$NS" delete $objs >/dev/null
 }
 
 # Deleting a FineTuneJob garbage-collects every child through ownerReferences (the real garbage

@@ -122,6 +122,19 @@ pub struct RestartRecord {
     pub at: Time,
 }
 
+/// How many restarts there were, by kind (`restarts` keeps only the most recent records).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTotals {
+    /// Restarts that used `spec.runPolicy.maxRestarts`.
+    pub counted: u32,
+    /// Restarts after a preemption, eviction for node pressure or node drain (capped too).
+    pub free: u32,
+}
+
+/// The most recent restart records `status.restarts` keeps; `status.restartTotals` counts all.
+pub const RESTART_RECORDS_KEPT: usize = 10;
+
 /// The last failure.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -163,8 +176,12 @@ pub struct FineTuneJobStatus {
     pub progress: Option<Progress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<CheckpointRecord>,
+    /// The most recent restarts ([`RESTART_RECORDS_KEPT`] at most).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restarts: Vec<RestartRecord>,
+    /// All restarts so far, counted by kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_totals: Option<RestartTotals>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,9 +202,39 @@ impl FineTuneJobStatus {
         self.checkpoints.iter().max_by_key(|c| c.step)
     }
 
+    /// All restarts so far: the totals, or (for a status written before there were totals) what
+    /// the records show, whichever is larger.
+    pub fn restart_totals(&self) -> RestartTotals {
+        let recorded = |counted: bool| {
+            self.restarts
+                .iter()
+                .filter(|r| r.counted == counted)
+                .count()
+        };
+        let totals = self.restart_totals.unwrap_or_default();
+        RestartTotals {
+            counted: totals.counted.max(recorded(true) as u32),
+            free: totals.free.max(recorded(false) as u32),
+        }
+    }
+
     /// Restarts that used the budget.
     pub fn counted_restarts(&self) -> u32 {
-        self.restarts.iter().filter(|r| r.counted).count() as u32
+        self.restart_totals().counted
+    }
+
+    /// Records a restart: the totals grow, the records keep the most recent.
+    pub fn record_restart(&mut self, record: RestartRecord) {
+        let mut totals = self.restart_totals();
+        if record.counted {
+            totals.counted += 1;
+        } else {
+            totals.free += 1;
+        }
+        self.restart_totals = Some(totals);
+        self.restarts.push(record);
+        let excess = self.restarts.len().saturating_sub(RESTART_RECORDS_KEPT);
+        self.restarts.drain(..excess);
     }
 }
 

@@ -19,7 +19,8 @@ use lf_api::FineTuneJob;
 use lf_render::LABEL_JOB_NAME;
 use serde::de::DeserializeOwned;
 
-use super::index::ChildIndex;
+use super::index::{ChildIndex, Entry};
+use super::ownership::controller_of;
 
 /// How long reconciliations wait for the watches' first lists before that is logged.
 const READY_WARNING: std::time::Duration = std::time::Duration::from_secs(10);
@@ -77,6 +78,11 @@ fn child_of<K: Resource>(obj: &K, namespace: &str, name: &str) -> bool {
             .as_ref()
             .and_then(|l| l.get(LABEL_JOB_NAME))
             .is_some_and(|v| v == name)
+}
+
+/// Whether `obj`'s controller owner reference names the UID `uid`.
+pub fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
+    controller_of(obj.meta().owner_references.as_deref()).is_some_and(|c| c.uid == uid)
 }
 
 impl Caches {
@@ -139,9 +145,9 @@ impl Caches {
             .map(|j| (*j).clone())
     }
 
-    /// The Jobs labelled as children of the FineTuneJob `ftj`.
-    pub fn jobs_of(&self, namespace: &str, ftj: &str) -> Vec<Arc<Job>> {
-        self.jobs.state_filter(|j| child_of(j, namespace, ftj))
+    /// The Jobs labelled as children of the FineTuneJob `ftj` and controlled by it (`uid`).
+    pub fn jobs_of(&self, namespace: &str, ftj: &str, uid: &str) -> Vec<Arc<Job>> {
+        (self.jobs).state_filter(|j| child_of(j, namespace, ftj) && controlled_by(j, uid))
     }
 
     /// The pods labelled as children of the FineTuneJob `ftj`.
@@ -153,31 +159,36 @@ impl Caches {
             .collect()
     }
 
-    /// Whether a small child exists, and with which rendered hash (`Some(None)`: it has none).
-    pub fn rendered_hash<K: MetaCached>(&self, namespace: &str, name: &str) -> Option<Option<u64>> {
-        K::index(self).hash(namespace, name)
+    /// A small child as cached (its rendered hash and controller), if it exists.
+    pub fn child<K: MetaCached>(&self, namespace: &str, name: &str) -> Option<Entry> {
+        K::index(self).get(namespace, name)
     }
 
-    /// The names of the `K` children of `ftj` that are not in `keep` and not being deleted.
+    /// The names of the `K` children that `ftj` (UID `uid`) controls and that are not in `keep`
+    /// and not being deleted.
     pub fn unlisted<K: MetaCached>(
         &self,
         namespace: &str,
         ftj: &str,
+        uid: &str,
         keep: &BTreeSet<String>,
     ) -> Vec<String> {
-        K::index(self).unlisted(namespace, ftj, keep)
+        K::index(self).unlisted(namespace, ftj, uid, keep)
     }
 
-    /// The names of the Jobs of `ftj` that are not in `keep` and not being deleted, sorted.
+    /// The names of the Jobs that `ftj` (UID `uid`) controls and that are not in `keep` and not
+    /// being deleted, sorted.
     pub fn unlisted_jobs(
         &self,
         namespace: &str,
         ftj: &str,
+        uid: &str,
         keep: &BTreeSet<String>,
     ) -> Vec<String> {
         let mut names: Vec<String> = (self.jobs)
             .state_filter(|j| {
                 child_of(j, namespace, ftj)
+                    && controlled_by(j, uid)
                     && j.meta().deletion_timestamp.is_none()
                     && !keep.contains(&j.name_any())
             })

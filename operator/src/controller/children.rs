@@ -1,15 +1,21 @@
-//! Writing the children of a FineTuneJob: server-side apply under the operator's field manager
-//! (of the small children only when their rendered content changed), deletion of children the
-//! current attempt no longer renders, and deletion of old attempts.
+//! Writing the children of a FineTuneJob: a plain create for a child the caches do not show, a
+//! server-side apply under the operator's field manager for one whose rendered content changed,
+//! deletion of children the current attempt no longer renders, and deletion of old attempts.
+//!
+//! Creating rather than applying what does not exist yet, and creating independent children
+//! concurrently, is what keeps 1,000 new jobs within the scale target on a real API server: a
+//! server-side apply of a new object costs the API server a read and a managed-fields
+//! computation that a create does not, and each sequential round trip waits on etcd.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
+use futures::try_join;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use lf_api::status::OPERATOR_FIELD_MANAGER;
 use lf_render::Rendered;
@@ -18,6 +24,7 @@ use serde::Serialize;
 
 use super::cache::{Caches, MetaCached};
 use super::index::RENDERED_HASH;
+use super::ownership::{controller_of, holder, Controller, Holder};
 
 /// Server-side applies `object` (which must carry its name) in `namespace`, taking ownership of
 /// every field it sets.
@@ -37,6 +44,28 @@ where
         &Patch::Apply(object),
     )
     .await
+}
+
+/// Creates `object` in `namespace` under the operator's field manager. `Ok(false)`: it already
+/// exists (a cache that does not show it yet), and nothing was written.
+pub async fn create<K>(client: &Client, namespace: &str, object: &K) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let pp = PostParams {
+        field_manager: Some(OPERATOR_FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.create(&pp, object).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Deletes one object; a missing object is not an error. `foreground`: the object stays until its
@@ -66,16 +95,89 @@ where
     }
 }
 
-/// Deletes the `K` children of `ftj` whose names are not in `keep` (as cached). Returns the names
-/// deleted.
+/// The FineTuneJob whose children are written: they are its only when their controller owner
+/// reference names its `uid`.
+#[derive(Debug, Clone, Copy)]
+pub struct Parent<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+}
+
+/// Why a child could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// An object of the child's name exists and is not this FineTuneJob's.
+    #[error("{kind} {name} already exists and {holder}; the operator does not take over objects it did not create: delete or rename that {kind}, or give the FineTuneJob another name")]
+    NameConflict {
+        kind: String,
+        name: String,
+        holder: String,
+    },
+    /// The object still belongs to an earlier FineTuneJob of the same name (deleted and
+    /// re-created): the garbage collector removes it shortly.
+    #[error("{kind} {name} still belongs to an earlier FineTuneJob named {owner}, which the garbage collector is removing")]
+    EarlierJob {
+        kind: String,
+        name: String,
+        owner: String,
+    },
+}
+
+/// `Ok` when `parent` may write the object `kind`/`name` whose controller is `controller`.
+pub fn check_holder(
+    parent: Parent<'_>,
+    kind: &str,
+    name: &str,
+    controller: Option<&Controller>,
+) -> Result<(), WriteError> {
+    match holder(controller, parent.name, parent.uid) {
+        Holder::ThisJob => Ok(()),
+        Holder::EarlierJob => Err(WriteError::EarlierJob {
+            kind: kind.into(),
+            name: name.into(),
+            owner: parent.name.into(),
+        }),
+        Holder::Other(holder) => Err(WriteError::NameConflict {
+            kind: kind.into(),
+            name: name.into(),
+            holder,
+        }),
+    }
+}
+
+/// After a create found `object` existing although no cache showed it: reads who controls it.
+async fn check_existing<K>(
+    client: &Client,
+    parent: Parent<'_>,
+    object: &K,
+) -> Result<(), WriteError>
+where
+    K: MetaCached,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), parent.namespace);
+    let name = object.name_any();
+    let meta = api.get_metadata(&name).await?;
+    let controller = controller_of(meta.metadata.owner_references.as_deref());
+    check_holder(parent, &K::kind(&()), &name, controller.as_ref())
+}
+
+/// Deletes the `K` children of `parent` whose names are not in `keep` (as cached; only what it
+/// controls). Returns the names deleted.
 async fn delete_unlisted<K: MetaCached>(
     client: &Client,
     caches: &Caches,
-    namespace: &str,
-    ftj: &str,
+    parent: Parent<'_>,
     keep: &BTreeSet<String>,
 ) -> Result<Vec<String>, kube::Error> {
-    let names = caches.unlisted::<K>(namespace, ftj, keep);
+    let Parent {
+        namespace,
+        name,
+        uid,
+    } = parent;
+    let names = caches.unlisted::<K>(namespace, name, uid, keep);
     for name in &names {
         delete::<K>(client, namespace, name, false).await?;
     }
@@ -83,30 +185,31 @@ async fn delete_unlisted<K: MetaCached>(
 }
 
 /// Deletes children of every kind the operator renders, except those named in `keep`
-/// (orphans: left over from an earlier plan or attempt).
+/// (orphans: left over from an earlier plan or attempt). What `parent` does not control is
+/// never deleted, whatever its labels say.
 pub async fn delete_orphans(
     client: &Client,
     caches: &Caches,
-    namespace: &str,
-    ftj: &str,
+    parent: Parent<'_>,
     keep: &BTreeSet<String>,
 ) -> Result<Vec<String>, kube::Error> {
-    let (c, ns) = (client, namespace);
+    let (c, p) = (client, parent);
     let mut deleted = Vec::new();
-    deleted.extend(delete_unlisted::<ServiceAccount>(c, caches, ns, ftj, keep).await?);
-    deleted.extend(delete_unlisted::<Role>(c, caches, ns, ftj, keep).await?);
-    deleted.extend(delete_unlisted::<RoleBinding>(c, caches, ns, ftj, keep).await?);
-    deleted.extend(delete_unlisted::<ConfigMap>(c, caches, ns, ftj, keep).await?);
-    deleted.extend(delete_unlisted::<Service>(c, caches, ns, ftj, keep).await?);
-    for name in caches.unlisted_jobs(ns, ftj, keep) {
-        delete::<Job>(c, ns, &name, false).await?;
+    deleted.extend(delete_unlisted::<ServiceAccount>(c, caches, p, keep).await?);
+    deleted.extend(delete_unlisted::<Role>(c, caches, p, keep).await?);
+    deleted.extend(delete_unlisted::<RoleBinding>(c, caches, p, keep).await?);
+    deleted.extend(delete_unlisted::<ConfigMap>(c, caches, p, keep).await?);
+    deleted.extend(delete_unlisted::<Service>(c, caches, p, keep).await?);
+    for name in caches.unlisted_jobs(p.namespace, p.name, p.uid, keep) {
+        delete::<Job>(c, p.namespace, &name, false).await?;
         deleted.push(name);
     }
     Ok(deleted)
 }
 
-/// Applies a small child unless the cache shows it with the same rendered content (its
-/// [`RENDERED_HASH`]). Returns whether it was applied.
+/// Writes a small child unless the cache shows it with the same rendered content (its
+/// [`RENDERED_HASH`]): created when no cache shows it, applied when its content changed, and
+/// refused when it exists but is not `parent`'s. Returns whether it was written.
 ///
 /// Re-applying unchanged children on every reconciliation was most of the operator's API traffic
 /// at scale; what is compared is what the operator renders, so a change of spec, plan, attempt or
@@ -114,18 +217,31 @@ pub async fn delete_orphans(
 pub async fn apply_if_changed<K>(
     client: &Client,
     caches: &Caches,
-    namespace: &str,
+    parent: Parent<'_>,
     object: &K,
-) -> Result<bool, kube::Error>
+) -> Result<bool, WriteError>
 where
     K: MetaCached + Serialize,
 {
     let mut object = object.clone();
     let hash = stamp(&mut object);
-    if caches.rendered_hash::<K>(namespace, &object.name_any()) == Some(Some(hash)) {
-        return Ok(false);
+    let name = object.name_any();
+    match caches.child::<K>(parent.namespace, &name) {
+        Some(cached) => {
+            check_holder(parent, &K::kind(&()), &name, cached.controller.as_ref())?;
+            if cached.hash == Some(hash) {
+                return Ok(false);
+            }
+        }
+        // Not cached: most likely new. If it exists after all, it is applied only if it is ours.
+        None => {
+            if create(client, parent.namespace, &object).await? {
+                return Ok(true);
+            }
+            check_existing(client, parent, &object).await?;
+        }
     }
-    apply(client, namespace, &object).await?;
+    apply(client, parent.namespace, &object).await?;
     Ok(true)
 }
 
@@ -146,20 +262,23 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Applies the current attempt's small children (all but the Job) whose rendered content the
-/// cache does not show.
+/// Writes the current attempt's small children (all but the Job) whose rendered content the
+/// cache does not show: the independent ones at once, then the RoleBinding.
 pub async fn apply_small(
     client: &Client,
     caches: &Caches,
-    namespace: &str,
+    parent: Parent<'_>,
     rendered: &Rendered,
-) -> Result<(), kube::Error> {
-    let (c, ns) = (client, namespace);
-    apply_if_changed(c, caches, ns, &rendered.service_account).await?;
-    apply_if_changed(c, caches, ns, &rendered.role).await?;
-    apply_if_changed(c, caches, ns, &rendered.role_binding).await?;
-    apply_if_changed(c, caches, ns, &rendered.config_map).await?;
-    apply_if_changed(c, caches, ns, &rendered.service).await?;
+) -> Result<(), WriteError> {
+    let (c, p) = (client, parent);
+    try_join!(
+        apply_if_changed(c, caches, p, &rendered.service_account),
+        apply_if_changed(c, caches, p, &rendered.role),
+        apply_if_changed(c, caches, p, &rendered.config_map),
+        apply_if_changed(c, caches, p, &rendered.service),
+    )?;
+    // The API server checks a RoleBinding against the Role it names, which must exist by then.
+    apply_if_changed(c, caches, p, &rendered.role_binding).await?;
     Ok(())
 }
 
@@ -175,6 +294,18 @@ pub fn names(rendered: &Rendered) -> BTreeSet<String> {
     ]
     .into_iter()
     .collect()
+}
+
+/// Creates the current attempt's Job (its pod template is immutable, so an existing Job is never
+/// re-applied); one that exists already must be `parent`'s.
+pub async fn create_job(client: &Client, parent: Parent<'_>, job: &Job) -> Result<(), WriteError> {
+    if !create(client, parent.namespace, job).await? {
+        let api: Api<Job> = Api::namespaced(client.clone(), parent.namespace);
+        let meta = api.get_metadata(&job.name_any()).await?;
+        let controller = controller_of(meta.metadata.owner_references.as_deref());
+        check_holder(parent, "Job", &job.name_any(), controller.as_ref())?;
+    }
+    Ok(())
 }
 
 /// The current attempt's Job as it is created: suspended while `spec.suspend`.

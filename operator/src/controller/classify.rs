@@ -67,28 +67,31 @@ pub fn classify_pod(pod: &Pod) -> Option<PodFailure> {
     let exit_code = terminated
         .map(|t| t.exit_code)
         .or(report.as_ref().map(|r| r.exit_code));
+    // Only the API's word makes a failure a free retry: a disruption condition, an eviction or
+    // the pod's deletion. What the trainer says of itself (an interruption report, exit 143)
+    // without them is counted like any failure, so that no image can restart forever.
+    let deleted = pod.metadata.deletion_timestamp.is_some();
     let (reason, message, hint) = if let Some(c) = disruption {
         let why = [c.reason.as_deref(), c.message.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
             .join(": ");
-        (
-            FailureReason::Preempted,
-            format!("pod {name} was disrupted ({why})"),
-            None,
-        )
+        interruption(&name, "was disrupted", &why)
     } else if evicted {
-        (
-            FailureReason::Preempted,
-            format!(
-                "pod {name} was evicted: {}",
-                status.message.clone().unwrap_or_default()
-            ),
-            None,
-        )
-    } else if let Some(r) = &report {
+        let why = status.message.clone().unwrap_or_default();
+        interruption(&name, "was evicted", &why)
+    } else if let Some(r) = report
+        .as_ref()
+        .filter(|r| !self_reported_interruption(r.reason, deleted))
+    {
         (r.reason, r.message.clone(), r.hint.clone())
+    } else if let Some(r) = &report {
+        (
+            FailureReason::Runtime,
+            format!("{} ({UNEXPLAINED_INTERRUPTION})", r.message),
+            r.hint.clone(),
+        )
     } else if terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled") {
         (
             FailureReason::OutOfMemory,
@@ -102,8 +105,15 @@ pub fn classify_pod(pod: &Pod) -> Option<PodFailure> {
             ),
         )
     } else if let Some(t) = terminated {
-        let reason = FailureReason::from_exit_code(t.exit_code);
-        let detail = t.message.clone().or(t.reason.clone()).unwrap_or_default();
+        let mut reason = FailureReason::from_exit_code(t.exit_code);
+        let mut detail = t.message.clone().or(t.reason.clone()).unwrap_or_default();
+        if self_reported_interruption(reason, deleted) {
+            reason = FailureReason::Runtime;
+            detail = [detail.as_str(), UNEXPLAINED_INTERRUPTION]
+                .join(" ")
+                .trim()
+                .to_string();
+        }
         (
             reason,
             format!(
@@ -144,6 +154,46 @@ pub fn classify_pod(pod: &Pod) -> Option<PodFailure> {
         last_checkpoint_step: report.and_then(|r| r.last_checkpoint_step),
         index: pod_index(pod),
     })
+}
+
+/// Said of an interruption the trainer reported but the API does not explain.
+const UNEXPLAINED_INTERRUPTION: &str =
+    "the trainer reported an interruption that no preemption, eviction or deletion of its pod explains: counted as a failure";
+
+/// An interruption the trainer reports of itself while its pod was not deleted.
+fn self_reported_interruption(reason: FailureReason, pod_deleted: bool) -> bool {
+    reason == FailureReason::Preempted && !pod_deleted
+}
+
+/// Whether a kubelet's eviction message says the pod exceeded its own limits (an emptyDir such as
+/// `/dev/shm` over its sizeLimit, ephemeral storage over its limit) rather than the node being
+/// short: the job's own doing, which a retry repeats.
+fn exceeded_own_limits(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    [
+        "exceeds the limit",
+        "exceeds the total limit",
+        "exceeded its local ephemeral storage limit",
+    ]
+    .iter()
+    .any(|m| why.contains(m))
+}
+
+/// A disruption or eviction (`how`, with the API's `why`): free unless the pod exceeded its own
+/// limits.
+fn interruption(pod: &str, how: &str, why: &str) -> (FailureReason, String, Option<String>) {
+    if exceeded_own_limits(why) {
+        return (
+            FailureReason::Runtime,
+            format!("pod {pod} {how} for exceeding its own limits ({why})"),
+            Some("the trainer used more /dev/shm or local storage than its pod may: lower dataloader workers or micro-batch, or write less under /tmp".into()),
+        );
+    }
+    (
+        FailureReason::Preempted,
+        format!("pod {pod} {how} ({why})"),
+        None,
+    )
 }
 
 /// How telling a reason is about the root cause: peers of a crashed rank fail with communication
@@ -231,6 +281,74 @@ mod tests {
 
         let p = pod(json!({"metadata": {"name": "e"}, "status": {"phase": "Running"}}));
         assert!(classify_pod(&p).is_none());
+    }
+
+    #[test]
+    fn only_the_api_makes_a_failure_free() {
+        let evicted = |why: &str| {
+            pod(
+                json!({"metadata": {"name": "e"}, "status": {"phase": "Failed", "reason": "Evicted", "message": why}}),
+            )
+        };
+        let reason = |p: &Pod| classify_pod(p).map(|f| f.record.reason);
+        // The kubelet's messages (pkg/kubelet/eviction): the pod's own limits vs the node's.
+        let own = evicted("Usage of EmptyDir volume \"dshm\" exceeds the limit \"64Mi\". ");
+        assert_eq!(reason(&own), Some(FailureReason::Runtime));
+        let f = classify_pod(&own).unwrap().record;
+        assert!(
+            f.message.contains("exceeding its own limits") && f.hint.is_some(),
+            "{f:?}"
+        );
+        let storage = evicted(
+            "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi. ",
+        );
+        assert_eq!(reason(&storage), Some(FailureReason::Runtime));
+        let container =
+            evicted("Container trainer exceeded its local ephemeral storage limit \"1Gi\". ");
+        assert_eq!(reason(&container), Some(FailureReason::Runtime));
+        let node = evicted("The node was low on resource: memory. ");
+        assert_eq!(reason(&node), Some(FailureReason::Preempted));
+        let shm_by_kubelet = pod(
+            json!({"metadata": {"name": "k"}, "status": {"phase": "Failed", "conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+             "message": "Usage of EmptyDir volume \"dshm\" exceeds the limit \"64Mi\". "}]}}),
+        );
+        assert_eq!(reason(&shm_by_kubelet), Some(FailureReason::Runtime));
+
+        // The trainer's own word: an interruption report or exit 143 is free only when the pod
+        // was deleted (a preemption or drain the API shows).
+        let report = r#"{"reason":"Preempted","exitCode":143,"message":"interrupted by SIGTERM"}"#;
+        let claimed = |deleted: bool, message: Option<&str>| {
+            let mut meta = json!({"name": "s"});
+            if deleted {
+                meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            let mut terminated = json!({"exitCode": 143});
+            if let Some(m) = message {
+                terminated["message"] = json!(m);
+            }
+            pod(
+                json!({"metadata": meta, "status": {"phase": "Failed", "containerStatuses": [
+                {"name": "t", "ready": false, "restartCount": 0, "image": "", "imageID": "",
+                 "state": {"terminated": terminated}}]}}),
+            )
+        };
+        for message in [Some(report), None] {
+            let forged = classify_pod(&claimed(false, message)).unwrap().record;
+            assert_eq!(forged.reason, FailureReason::Runtime, "{message:?}");
+            assert!(
+                forged
+                    .message
+                    .contains("no preemption, eviction or deletion"),
+                "{}",
+                forged.message
+            );
+            assert_eq!(
+                reason(&claimed(true, message)),
+                Some(FailureReason::Preempted),
+                "{message:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A compact index of one small child kind (ServiceAccount, Role, RoleBinding, ConfigMap,
 //! Service), fed by its watch: per object only what the controller reads (the FineTuneJob it is
-//! labelled for, the hash of its rendered content, whether it is being deleted), about 150 bytes
-//! instead of the 2 KiB a cached object's metadata takes.
+//! labelled for, its controller, the hash of its rendered content, whether it is being deleted),
+//! about 200 bytes instead of the 2 KiB a cached object's metadata takes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -9,6 +9,8 @@ use std::sync::{Arc, RwLock};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use lf_render::LABEL_JOB_NAME;
+
+use super::ownership::{controller_of, Controller};
 
 /// The annotation holding the hash of a child's rendered content, to apply it only when that
 /// changed.
@@ -22,9 +24,17 @@ type Key = (String, String);
 struct Known {
     /// Its `lf-operator.io/job-name` label.
     owner: String,
-    /// Its [`RENDERED_HASH`], if it has one.
-    hash: Option<u64>,
+    entry: Entry,
     deleting: bool,
+}
+
+/// What the controller reads of one cached child.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Its [`RENDERED_HASH`], if it has one.
+    pub hash: Option<u64>,
+    /// Its controller owner reference, if any.
+    pub controller: Option<Controller>,
 }
 
 #[derive(Default)]
@@ -69,10 +79,10 @@ fn entry<K: Resource>(obj: &K) -> Option<(Key, Known)> {
     let key = (obj.namespace()?, obj.name_any());
     let known = Known {
         owner: obj.labels().get(LABEL_JOB_NAME)?.clone(),
-        hash: obj
-            .annotations()
-            .get(RENDERED_HASH)
-            .and_then(|h| parse_hash(h)),
+        entry: Entry {
+            hash: (obj.annotations().get(RENDERED_HASH)).and_then(|h| parse_hash(h)),
+            controller: controller_of(obj.meta().owner_references.as_deref()),
+        },
         deleting: obj.meta().deletion_timestamp.is_some(),
     };
     Some((key, known))
@@ -122,18 +132,28 @@ impl ChildIndex {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `None`: no such object; `Some(hash)`: it exists, with that rendered hash if any.
-    pub fn hash(&self, namespace: &str, name: &str) -> Option<Option<u64>> {
+    /// `None`: no such object (as far as the watch of labelled objects knows).
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Entry> {
         let key = (namespace.to_string(), name.to_string());
-        self.state().live.get(&key).map(|k| k.hash)
+        self.state().live.get(&key).map(|k| k.entry.clone())
     }
 
-    /// The names of the children of `owner` in `namespace` that are not in `keep` and not being
-    /// deleted, sorted.
-    pub fn unlisted(&self, namespace: &str, owner: &str, keep: &BTreeSet<String>) -> Vec<String> {
+    /// The names of the children of `owner` in `namespace` that it controls (by `uid`), that
+    /// are not in `keep` and not being deleted, sorted.
+    pub fn unlisted(
+        &self,
+        namespace: &str,
+        owner: &str,
+        uid: &str,
+        keep: &BTreeSet<String>,
+    ) -> Vec<String> {
         let mut names: Vec<String> = (self.state().live.iter())
             .filter(|((ns, name), k)| {
-                ns == namespace && k.owner == owner && !k.deleting && !keep.contains(name)
+                ns == namespace
+                    && k.owner == owner
+                    && k.entry.controller.as_ref().is_some_and(|c| c.uid == uid)
+                    && !k.deleting
+                    && !keep.contains(name)
             })
             .map(|((_, name), _)| name.clone())
             .collect();
@@ -146,12 +166,25 @@ impl ChildIndex {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn hash(idx: &ChildIndex, name: &str) -> Option<Option<u64>> {
+        idx.get("default", name).map(|e| e.hash)
+    }
 
     fn cm(name: &str, owner: &str, hash: Option<&str>) -> ConfigMap {
         let mut cm = ConfigMap::default();
         cm.metadata.name = Some(name.into());
         cm.metadata.namespace = Some("default".into());
         cm.metadata.labels = Some([(LABEL_JOB_NAME.to_string(), owner.to_string())].into());
+        cm.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "lf-operator.io/v1alpha1".into(),
+            kind: "FineTuneJob".into(),
+            name: owner.into(),
+            uid: format!("uid-{owner}"),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
         if let Some(h) = hash {
             cm.metadata.annotations = Some([(RENDERED_HASH.to_string(), h.to_string())].into());
         }
@@ -168,31 +201,41 @@ mod tests {
             "a",
             Some("00ff"),
         )));
-        assert_eq!(
-            idx.hash("default", "a-config"),
-            None,
-            "not before the list ends"
-        );
+        assert_eq!(hash(&idx, "a-config"), None, "not before the list ends");
         w.apply(&watcher::Event::<ConfigMap>::InitDone);
         assert!(*idx.ready.borrow());
-        assert_eq!(idx.hash("default", "a-config"), Some(Some(255)));
+        assert_eq!(hash(&idx, "a-config"), Some(Some(255)));
 
         w.apply(&watcher::Event::Apply(cm("a-old", "a", None)));
         w.apply(&watcher::Event::Apply(cm("b-config", "b", None)));
         let keep: BTreeSet<String> = ["a-config".to_string()].into();
-        assert_eq!(idx.unlisted("default", "a", &keep), ["a-old"]);
-        assert!(idx.unlisted("other", "a", &keep).is_empty());
-        assert_eq!(idx.hash("default", "b-config"), Some(None));
+        assert_eq!(idx.unlisted("default", "a", "uid-a", &keep), ["a-old"]);
+        assert!(
+            idx.unlisted("default", "a", "uid-of-a-new-a", &keep)
+                .is_empty(),
+            "what another FineTuneJob (by UID) controls is never listed for deletion"
+        );
+        let mut foreign = cm("a-foreign", "a", None);
+        foreign.metadata.owner_references = None;
+        w.apply(&watcher::Event::Apply(foreign));
+        assert_eq!(idx.unlisted("default", "a", "uid-a", &keep), ["a-old"]);
+        assert_eq!(
+            idx.get("default", "a-foreign").map(|e| e.controller),
+            Some(None)
+        );
+        w.apply(&watcher::Event::Delete(cm("a-foreign", "a", None)));
+        assert!(idx.unlisted("other", "a", "uid-a", &keep).is_empty());
+        assert_eq!(hash(&idx, "b-config"), Some(None));
 
         w.apply(&watcher::Event::Delete(cm("a-old", "a", None)));
-        assert!(idx.unlisted("default", "a", &keep).is_empty());
+        assert!(idx.unlisted("default", "a", "uid-a", &keep).is_empty());
 
         // A relist replaces everything once it is complete.
         w.apply(&watcher::Event::<ConfigMap>::Init);
         w.apply(&watcher::Event::InitApply(cm("b-config", "b", Some("1"))));
-        assert_eq!(idx.hash("default", "a-config"), Some(Some(255)));
+        assert_eq!(hash(&idx, "a-config"), Some(Some(255)));
         w.apply(&watcher::Event::<ConfigMap>::InitDone);
-        assert_eq!(idx.hash("default", "a-config"), None);
-        assert_eq!(idx.hash("default", "b-config"), Some(Some(1)));
+        assert_eq!(hash(&idx, "a-config"), None);
+        assert_eq!(hash(&idx, "b-config"), Some(Some(1)));
     }
 }

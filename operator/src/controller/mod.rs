@@ -30,6 +30,7 @@ pub mod classify;
 pub mod context;
 pub mod index;
 pub mod observe;
+pub mod ownership;
 mod reconcile;
 pub mod restart;
 pub mod transitions;
@@ -72,8 +73,21 @@ pub async fn run(
         .with_config(runtime::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown);
     metrics.attach_store(caches.ftjs.clone());
+    // The heartbeat beats from this task only: a reconciliation that blocks the thread, or a
+    // controller that ended or panicked (the guard's drop), fails /healthz.
+    let _flatline_on_exit = Flatline(metrics.clone());
+    let beat = {
+        let metrics = metrics.clone();
+        async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
+            loop {
+                tick.tick().await;
+                metrics.beat();
+            }
+        }
+    };
     let ctx = Arc::new(Context::new(client, config, metrics, caches));
-    controller
+    let work = controller
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             let ctx = ctx.clone();
@@ -88,8 +102,23 @@ pub async fn run(
                     Err(e) => tracing::debug!(error = %e, "reconcile loop"),
                 }
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        _ = work => {}
+        _ = beat => {}
+    }
+}
+
+/// How often the controller's task beats while it runs.
+const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+
+/// Stops the heartbeat when the controller's task ends, however it ends.
+struct Flatline(Metrics);
+
+impl Drop for Flatline {
+    fn drop(&mut self) {
+        self.0.flatline();
+    }
 }
 
 /// Requeues a failed reconciliation with exponential backoff (1 s doubling to 5 min).

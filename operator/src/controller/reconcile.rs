@@ -21,10 +21,11 @@ use lf_api::{FineTuneJob, Plan};
 use lf_planner::PlannerInput;
 use lf_render::{RenderContext, Rendered};
 
-use super::children;
+use super::children::{self, Parent, WriteError};
 use super::classify::PodFailure;
 use super::context::{key, Context, Error};
 use super::observe::{attempt_failure, job_state, JobState};
+use super::ownership::controller_of;
 use super::restart::{self, Decision, Observation};
 use super::transitions::{Draft, Pausing};
 use crate::load::one_line;
@@ -137,6 +138,13 @@ impl Reconciler<'_> {
         let attempt = self.draft.st.attempt.unwrap_or(1);
         let job_name = lf_render::job_name(&self.ftj, attempt);
         let current_job = self.current_job(&job_name).await?;
+        if let Some(job) = &current_job {
+            let controller = controller_of(job.metadata.owner_references.as_deref());
+            let held = children::check_holder(self.parent(), "Job", &job_name, controller.as_ref());
+            if let Some(action) = self.write_failed(held).await? {
+                return Ok(action);
+            }
+        }
         let pods = self.ctx.caches.pods_of(&self.ns, &self.name);
         let (current_pods, stale_pods): (Vec<Pod>, Vec<Pod>) = pods
             .into_iter()
@@ -156,7 +164,8 @@ impl Reconciler<'_> {
             }
         }
 
-        let stale_jobs: Vec<String> = (self.ctx.caches.jobs_of(&self.ns, &self.name).iter())
+        let uid = self.ftj.uid().unwrap_or_default();
+        let stale_jobs: Vec<String> = (self.ctx.caches.jobs_of(&self.ns, &self.name, &uid).iter())
             .map(|j| j.name_any())
             .filter(|n| *n != job_name)
             .collect();
@@ -184,14 +193,14 @@ impl Reconciler<'_> {
             Err(e) => return self.fail("InvalidSpec", &one_line(&e.to_string())).await,
         };
         let (client, caches) = (&self.ctx.client, &self.ctx.caches);
-        let applied = children::apply_small(client, caches, &self.ns, &rendered).await;
-        if let Some(action) = self.rejected(applied).await? {
+        let applied = children::apply_small(client, caches, self.parent(), &rendered).await;
+        if let Some(action) = self.write_failed(applied).await? {
             return Ok(action);
         }
         let job_now = match current_job {
             None => {
                 let job = children::job_to_create(&rendered.job, self.ftj.spec.suspend);
-                match self.rejected(self.create_job(&job).await).await? {
+                match self.write_failed(self.create_job(&job).await).await? {
                     Some(action) => return Ok(action),
                     None => job,
                 }
@@ -226,10 +235,18 @@ impl Reconciler<'_> {
         Ok(api.get_opt(job_name).await?)
     }
 
-    /// Creates the current attempt's Job. Its pod template is immutable, so an existing Job is
-    /// never re-applied.
-    async fn create_job(&self, job: &Job) -> Result<(), kube::Error> {
-        children::apply(&self.ctx.client, &self.ns, job).await?;
+    /// The FineTuneJob as the parent of the children it writes.
+    fn parent(&self) -> Parent<'_> {
+        Parent {
+            namespace: &self.ns,
+            name: &self.name,
+            uid: self.ftj.metadata.uid.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// Creates the current attempt's Job (one the cache did not show yet is left as it is).
+    async fn create_job(&self, job: &Job) -> Result<(), WriteError> {
+        children::create_job(&self.ctx.client, self.parent(), job).await?;
         self.ctx.created_job(self.key.clone(), job.name_any());
         Ok(())
     }
@@ -242,7 +259,7 @@ impl Reconciler<'_> {
         }
         let keep = children::names(rendered);
         let (client, caches) = (&self.ctx.client, &self.ctx.caches);
-        let deleted = children::delete_orphans(client, caches, &self.ns, &self.name, &keep).await?;
+        let deleted = children::delete_orphans(client, caches, self.parent(), &keep).await?;
         if !deleted.is_empty() {
             tracing::info!(job = %self.name, orphans = ?deleted, "deleted children the current plan does not render");
         }
@@ -250,16 +267,29 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    /// Turns an API rejection of a rendered child (400/422: the spec produced an invalid object)
-    /// into a Failed job; other errors propagate for a retry.
-    async fn rejected(&mut self, result: Result<(), kube::Error>) -> Result<Option<Action>, Error> {
+    /// What follows a child that could not be written: an API rejection of a rendered child
+    /// (400/422: the spec produced an invalid object) or a name held by an object this job does
+    /// not control fails the job; a name still held by an earlier job of this name is waited
+    /// for; other errors propagate for a retry.
+    async fn write_failed(
+        &mut self,
+        result: Result<(), WriteError>,
+    ) -> Result<Option<Action>, Error> {
         match result {
             Ok(()) => Ok(None),
-            Err(kube::Error::Api(s)) if s.code == 400 || s.code == 422 => {
+            Err(WriteError::Api(kube::Error::Api(s))) if s.code == 400 || s.code == 422 => {
                 let msg = format!("the API server rejected a rendered object: {}", s.message);
                 Ok(Some(self.fail("InvalidSpec", &msg).await?))
             }
-            Err(e) => Err(e.into()),
+            Err(WriteError::Api(e)) => Err(e.into()),
+            Err(e @ WriteError::NameConflict { .. }) => {
+                Ok(Some(self.fail("NameConflict", &e.to_string()).await?))
+            }
+            Err(e @ WriteError::EarlierJob { .. }) => {
+                self.draft.earlier_job_children(&e.to_string());
+                self.commit().await?;
+                Ok(Some(Action::requeue(self.ctx.config.wait_poll)))
+            }
         }
     }
 

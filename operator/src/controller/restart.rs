@@ -6,7 +6,8 @@
 //! 1. the Job controller stopped the attempt at `activeDeadlineSeconds`: fail (`DeadlineExceeded`);
 //! 2. `ConfigError` or `NonFinite`: fail at once (retrying repeats it);
 //! 3. a counted failure (anything but `Preempted`) with `maxRestarts` restarts used: fail
-//!    (`RestartLimitExceeded`);
+//!    (`RestartLimitExceeded`); a preemption with [`MAX_FREE_RESTARTS`] free restarts used: fail
+//!    (`PreemptionLimitExceeded`), so that no job restarts forever;
 //! 4. `OutOfMemory`: re-plan with less memory per GPU; nothing fits: fail (`DoesNotFit`);
 //! 5. otherwise (`Runtime`, `Communication`, `Preempted`): restart, from the latest checkpoint.
 
@@ -14,6 +15,10 @@ use lf_api::crd::RunPolicy;
 use lf_api::runtime::FailureReason;
 use lf_api::status::FailureRecord;
 use lf_api::{FineTuneJobStatus, Plan};
+
+/// Free restarts (after preemptions, evictions for node pressure, node drains) a job gets at most:
+/// a job preempted this often is better failed with a clear reason than restarted forever.
+pub const MAX_FREE_RESTARTS: u32 = 20;
 
 /// A failed attempt, as observed.
 #[derive(Debug, Clone)]
@@ -100,6 +105,12 @@ pub fn decide(
             return fail(
                 "RestartLimitExceeded",
                 format!("{what}; spec.runPolicy.maxRestarts ({max}) restarts used"),
+            )
+        }
+        _ if !counted && status.restart_totals().free >= MAX_FREE_RESTARTS => {
+            return fail(
+                "PreemptionLimitExceeded",
+                format!("{what}; {MAX_FREE_RESTARTS} restarts after preemptions or evictions already: check the cluster's priorities and capacity"),
             )
         }
         FailureReason::OutOfMemory => match replan() {
@@ -265,6 +276,55 @@ mod tests {
                 "{reason:?}, deadline {deadline}, {used} of {max} restarts used"
             );
         }
+    }
+
+    #[test]
+    fn free_restarts_are_capped_and_totals_outlive_the_kept_records() {
+        let f = failure(Preempted);
+        let observed = Observation {
+            attempt: 1,
+            failure: &f,
+            deadline: false,
+        };
+        let mut st = FineTuneJobStatus::default();
+        let mut restarts = 0;
+        let reason = loop {
+            match decide(&observed, &st, &policy(3), &plan(1), || unreachable!()) {
+                Decision::Restart { counted, .. } => {
+                    assert!(!counted);
+                    restarts += 1;
+                    st.record_restart(RestartRecord {
+                        attempt: restarts + 1,
+                        reason: Preempted,
+                        resumed_from_step: None,
+                        counted,
+                        at: Time("2026-01-01T00:00:00Z".parse().unwrap()),
+                    });
+                }
+                Decision::Fail { reason, message } => {
+                    assert!(
+                        message.contains("20 restarts after preemptions"),
+                        "{message}"
+                    );
+                    break reason;
+                }
+            }
+            assert!(restarts <= MAX_FREE_RESTARTS, "preempted forever");
+        };
+        assert_eq!(
+            (reason, restarts),
+            ("PreemptionLimitExceeded", MAX_FREE_RESTARTS)
+        );
+        assert_eq!(st.restarts.len(), lf_api::status::RESTART_RECORDS_KEPT);
+        assert_eq!(
+            st.restarts.last().map(|r| r.attempt),
+            Some(MAX_FREE_RESTARTS + 1)
+        );
+        let totals = st.restart_totals();
+        assert_eq!((totals.counted, totals.free), (0, MAX_FREE_RESTARTS));
+        // Emptying the records (as a forged status write would) does not reset the totals.
+        st.restarts.clear();
+        assert_eq!(st.restart_totals().free, MAX_FREE_RESTARTS);
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl Draft {
         }
     }
 
+    /// A child's name is still held by an earlier FineTuneJob of this name (being collected).
+    pub fn earlier_job_children(&mut self, message: &str) {
+        self.phase(Phase::Pending, "EarlierJobChildren", message);
+    }
+
     /// Phase and conditions of a live attempt.
     pub fn observe_running(
         &mut self,
@@ -226,7 +231,7 @@ impl Draft {
         replanned: Option<Plan>,
     ) {
         let latest = self.old.latest_checkpoint().cloned();
-        self.st.restarts.push(RestartRecord {
+        self.st.record_restart(RestartRecord {
             attempt: next,
             reason,
             resumed_from_step: latest.as_ref().map(|c| c.step),
