@@ -16,6 +16,13 @@ pub enum ModelError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A write failed because the volume (or a quota) is full: retrying cannot help.
+    #[error("output volume full: {needed} bytes needed at {path}: {source}")]
+    StorageFull {
+        path: PathBuf,
+        needed: u64,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Architecture(#[from] lf_api::architecture::ArchitectureError),
     #[error("{path} is not a valid safetensors file: {message}")]
@@ -69,6 +76,23 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// A failed write of `needed` bytes to `path`: [`ModelError::StorageFull`] when the volume is
+    /// full, [`ModelError::Write`] otherwise (the OS error is kept either way).
+    pub fn write(path: &std::path::Path, needed: u64, source: std::io::Error) -> ModelError {
+        if is_storage_full(&source) {
+            ModelError::StorageFull {
+                path: path.to_path_buf(),
+                needed,
+                source,
+            }
+        } else {
+            ModelError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+
     /// Wraps a [`crate::Residency`] error with the unit it was about.
     pub(crate) fn residency<E: std::error::Error + Send + Sync + 'static>(
         unit: crate::Unit,
@@ -85,4 +109,12 @@ impl ModelError {
         let context = context.into();
         move |source| ModelError::Torch { context, source }
     }
+}
+
+/// Whether an I/O error means the volume (or the user's quota) is full: ENOSPC or EDQUOT.
+pub fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::causal_lm::CausalLm;
+use crate::durable;
 use crate::names::{BaseTensor, LayerTensor};
 use crate::safetensors_io::{self, HostTensor};
 use crate::ModelError;
@@ -33,7 +34,8 @@ impl CausalLm {
     /// Writes `out_dir` as a Hugging Face model: every weight (LoRA/DoRA merged as PEFT's
     /// `merge_and_unload` does, quantised weights dequantised) in the model dtype, as safetensors
     /// shards of at most `shard_bytes` (plus `model.safetensors.index.json` when there are several),
-    /// `config.json` from `src_model_dir` with its dtype updated, and the tokenizer files.
+    /// `config.json` from `src_model_dir` with its dtype updated, and the tokenizer files. Each file
+    /// is written atomically and durably ([`durable`]).
     pub fn export_merged(
         &self,
         out_dir: &Path,
@@ -90,13 +92,12 @@ impl CausalLm {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        std::fs::write(&path, text).map_err(|source| ModelError::Write { path, source })?;
+        durable::write_atomic(&path, text.as_bytes())?;
         for file in COPIED_FILES {
             let src = src_model_dir.join(file);
-            if src.exists() {
+            if let Ok(meta) = std::fs::metadata(&src) {
                 let dst = out_dir.join(file);
-                std::fs::copy(&src, &dst)
-                    .map_err(|source| ModelError::Write { path: dst, source })?;
+                durable::write_with(&dst, meta.len(), |tmp| std::fs::copy(&src, tmp).map(drop))?;
             }
         }
         tracing::info!(out = %out_dir.display(), "merged model exported");

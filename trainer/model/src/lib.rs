@@ -15,6 +15,7 @@
 //! every tensor name (Hugging Face and PEFT) comes from [`names`].
 
 mod causal_lm;
+pub mod durable;
 mod error;
 mod export;
 mod generate;

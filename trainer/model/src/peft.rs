@@ -67,7 +67,7 @@ impl CausalLm {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        std::fs::write(&path, text).map_err(|source| ModelError::Write { path, source })
+        crate::durable::write_atomic(&path, text.as_bytes())
     }
 
     /// Loads a PEFT LoRA/DoRA adapter. When [`CausalLm::apply_method`] already attached adapters

@@ -9,10 +9,15 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
 use tch::{Device, Kind, Tensor};
 
+use crate::durable;
 use crate::ModelError;
+
+/// The little-endian u64 header length that starts every safetensors file.
+const HEADER_LEN_BYTES: usize = 8;
 
 /// The weight files of a Hugging Face model directory: the shards listed by
 /// `model.safetensors.index.json`, or the single `model.safetensors`.
@@ -58,14 +63,19 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     })
 }
 
-/// A memory-mapped safetensors file.
+/// A memory-mapped safetensors file whose header was parsed and validated once, at open.
 pub struct MappedFile {
     path: PathBuf,
     mmap: memmap2::Mmap,
+    /// Where the tensor data starts in the map (after the 8-byte length and the header).
+    data_start: usize,
+    metadata: Metadata,
 }
 
 impl MappedFile {
-    /// Maps `path` read-only and validates its header.
+    /// Maps `path` read-only and validates its header: its declared length (bounded by the
+    /// `safetensors` crate before anything is allocated), and tensor offsets that are contiguous,
+    /// in bounds and consistent with shapes and dtypes.
     pub fn open(path: &Path) -> Result<Self, ModelError> {
         let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
@@ -77,18 +87,16 @@ impl MappedFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let mapped = MappedFile {
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Safetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(MappedFile {
             path: path.to_path_buf(),
             mmap,
-        };
-        mapped.parse()?;
-        Ok(mapped)
-    }
-
-    fn parse(&self) -> Result<SafeTensors<'_>, ModelError> {
-        SafeTensors::deserialize(&self.mmap).map_err(|e| ModelError::Safetensors {
-            path: self.path.clone(),
-            message: e.to_string(),
+            data_start: HEADER_LEN_BYTES + header_len,
+            metadata,
         })
     }
 
@@ -99,12 +107,24 @@ impl MappedFile {
 
     /// Tensor names in the file.
     pub fn names(&self) -> Result<Vec<String>, ModelError> {
-        Ok(self
-            .parse()?
-            .names()
-            .into_iter()
-            .map(str::to_string)
-            .collect())
+        Ok(self.metadata.offset_keys())
+    }
+
+    /// The bytes of the tensor `info` describes (validated at open, checked again here).
+    fn bytes(&self, name: &str, info: &TensorInfo) -> Result<&[u8], ModelError> {
+        let (start, end) = info.data_offsets;
+        let range = self.data_start.checked_add(start)..self.data_start.checked_add(end);
+        match range {
+            std::ops::Range {
+                start: Some(s),
+                end: Some(e),
+            } => self.mmap.get(s..e),
+            _ => None,
+        }
+        .ok_or_else(|| ModelError::Safetensors {
+            path: self.path.clone(),
+            message: format!("tensor `{name}` lies outside the file"),
+        })
     }
 
     /// Copies tensor `name` to `device` as `kind` (`None` keeps the stored dtype).
@@ -114,18 +134,20 @@ impl MappedFile {
         kind: Option<Kind>,
         device: Device,
     ) -> Result<Tensor, ModelError> {
-        let st = self.parse()?;
-        let view = st.tensor(name).map_err(|_| ModelError::MissingTensor {
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: self.path.display().to_string(),
+            })?;
+        let stored = kind_of(info.dtype).ok_or_else(|| ModelError::UnsupportedDtype {
             name: name.to_string(),
             source_desc: self.path.display().to_string(),
+            dtype: format!("{:?}", info.dtype),
         })?;
-        let stored = kind_of(view.dtype()).ok_or_else(|| ModelError::UnsupportedDtype {
-            name: name.to_string(),
-            source_desc: self.path.display().to_string(),
-            dtype: format!("{:?}", view.dtype()),
-        })?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let host = Tensor::f_from_data_size(view.data(), &shape, stored).map_err(
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let host = Tensor::f_from_data_size(self.bytes(name, info)?, &shape, stored).map_err(
             ModelError::torch(format!("reading `{name}` from {}", self.path.display())),
         )?;
         let target = kind.unwrap_or(stored);
@@ -226,17 +248,22 @@ impl View for &HostTensor {
     }
 }
 
-/// Writes `tensors` to `path` with `{"format": "pt"}` metadata (what PEFT and transformers write).
+/// Writes `tensors` to `path` with `{"format": "pt"}` metadata (what PEFT and transformers write),
+/// atomically and durably ([`durable`]); a full volume is [`ModelError::StorageFull`] with the
+/// size needed.
 pub fn write_file(path: &Path, tensors: &BTreeMap<String, HostTensor>) -> Result<(), ModelError> {
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(k, v)| (k.as_str(), v)),
-        Some(metadata),
-        path,
-    )
-    .map_err(|e| ModelError::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
+    let needed: u64 = tensors.values().map(|t| t.len() as u64).sum();
+    durable::write_with(path, needed, |tmp| {
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(k, v)| (k.as_str(), v)),
+            Some(metadata),
+            tmp,
+        )
+        .map_err(|e| match e {
+            SafeTensorError::IoError(io) => io,
+            other => std::io::Error::other(other.to_string()),
+        })
     })
 }
 
@@ -286,7 +313,7 @@ pub fn write_sharded(
             path: path.clone(),
             message: e.to_string(),
         })?;
-        std::fs::write(&path, text).map_err(|source| ModelError::Write { path, source })?;
+        durable::write_atomic(&path, text.as_bytes())?;
     }
     Ok(())
 }
