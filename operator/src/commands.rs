@@ -1,12 +1,15 @@
-//! The offline commands: `crdgen`, `plan`, `render`. Each returns what to print, or an error whose
-//! message is one line.
+//! The offline commands: `crdgen`, `plan`, `render`, `new`. Each returns what to print, or an
+//! error whose message is one line.
 
 use std::path::{Path, PathBuf};
 
-use lf_api::{FineTuneJob, Plan};
+use lf_api::training::Notice;
+use lf_api::{FineTuneJob, ModelArchitecture, Plan, TrainingConfig};
 use lf_planner::{PlanOption, PlanSearch, PlannerInput};
 
+use crate::from_llama_factory::{self, FromLlamaFactoryError, LlamaFactoryYaml, NewOptions};
 use crate::load::{load_job, one_line, LoadError};
+use crate::manifest::{self, ManifestError};
 
 /// Where `crdgen --write` puts the CRD, relative to the repository root.
 pub const CRD_PATHS: [&str; 2] = ["crds/finetunejobs.yaml", "charts/crds/finetunejobs.yaml"];
@@ -27,6 +30,16 @@ pub enum CommandError {
     },
     #[error("cannot serialise: {0}")]
     Serialise(String),
+    /// The LLaMA-Factory YAML, as the trainer would say it (`path: message`).
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+    #[error("{}: {source}", path.display())]
+    Convert {
+        path: PathBuf,
+        source: FromLlamaFactoryError,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
 }
 
 /// The CustomResourceDefinition generated from [`FineTuneJob`], as YAML with a header. Strings
@@ -241,4 +254,91 @@ pub fn render_file(path: &Path, attempt: u32, default_image: &str) -> Result<Str
         message: one_line(&e.to_string()),
     })?;
     Ok(rendered.to_yaml_stream())
+}
+
+/// What `new --from` prints: the FineTuneJob manifest (stdout), the notices about the YAML (the
+/// trainer's parser's and the conversion's), the planner's table as `plan` prints it and, when
+/// nothing fits or the model cannot be planned, the error (stderr; exit 1).
+pub struct NewOutcome {
+    pub yaml: String,
+    pub notices: Vec<Notice>,
+    pub plan_table: Option<String>,
+    pub plan_failure: Option<CommandError>,
+}
+
+/// `new --from path`: the LLaMA-Factory YAML at `path`, parsed as `lf-trainer` parses it, as a
+/// FineTuneJob, planned.
+pub fn new_from_file(path: &Path, opts: &NewOptions) -> Result<NewOutcome, CommandError> {
+    let config_error = |message: String| CommandError::Config {
+        path: path.into(),
+        message: one_line(&message),
+    };
+    let parsed = TrainingConfig::parse_yaml_file(path).map_err(|e| config_error(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
+    let raw: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+    let mut notices = parsed.notices.clone();
+    let architecture = match local_model_config(&parsed.config) {
+        Some((dir, json)) => {
+            let remote = parsed
+                .config
+                .check_remote_code(&json)
+                .map_err(|e| config_error(e.to_string()))?;
+            notices.extend(remote);
+            Some(ModelArchitecture::from_model_dir(&dir).map_err(|e| config_error(e.to_string()))?)
+        }
+        None => None,
+    };
+    let source = LlamaFactoryYaml {
+        written_keys: LlamaFactoryYaml::keys_of(&raw),
+        parsed,
+        file_stem: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        architecture,
+    };
+    let (job, more) =
+        from_llama_factory::convert(&source, opts).map_err(|source| CommandError::Convert {
+            path: path.into(),
+            source,
+        })?;
+    notices.extend(more);
+    let header = format!(
+        "Made from {} by `lf-operator new --from`.\nName the three volume claims marked CHANGE ME, then: kubectl apply -f THIS_FILE",
+        path.display()
+    );
+    let yaml = manifest::to_yaml(&job, &header)?;
+    let (plan_table, plan_failure) = match PlannerInput::from_job(&job) {
+        Ok(input) => {
+            let search = lf_planner::search(&input);
+            let plan = search.chosen.clone();
+            let (table, failure) =
+                plan_output(path, &PlanOutcome { search, plan }, PlanFormat::Table)?;
+            (Some(table), failure)
+        }
+        Err(e) => (
+            None,
+            Some(CommandError::Plan {
+                path: path.into(),
+                message: one_line(&e.to_string()),
+            }),
+        ),
+    };
+    Ok(NewOutcome {
+        yaml,
+        notices,
+        plan_table,
+        plan_failure,
+    })
+}
+
+/// The model directory and its `config.json` when `model_name_or_path` is a local directory
+/// that has one (read relative to the current directory, as LLaMA-Factory reads it); `None` for
+/// a Hub id or a path that exists only on the cluster.
+fn local_model_config(config: &TrainingConfig) -> Option<(PathBuf, serde_json::Value)> {
+    let dir = PathBuf::from(config.model_name_or_path.as_deref()?);
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let json = serde_json::from_str(&text).ok()?;
+    Some((dir, json))
 }

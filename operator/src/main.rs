@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use lf_operator::commands::{self, PlanFormat, PlanOptions};
 use lf_operator::controller::ControllerConfig;
+use lf_operator::from_llama_factory::NewOptions;
 use lf_operator::lease::LeaseConfig;
 use lf_operator::run::{self, RunOptions};
 
@@ -73,6 +74,36 @@ enum Command {
             default_value = "ghcr.io/lf-operator/lf-trainer:latest"
         )]
         trainer_image: String,
+    },
+    /// Turn a LLaMA-Factory training YAML into a FineTuneJob, printed to stdout, and plan it.
+    ///
+    /// The YAML is parsed as `lf-trainer` parses it (the same errors for unknown or unsupported
+    /// options; its notices go to stderr). `model_name_or_path` names the model; the model,
+    /// dataset and output directories become PersistentVolumeClaims named `change-me-…` for you to
+    /// fill in; `deepspeed` stays an inline object the planner honours. The planner's table goes
+    /// to stderr, as `plan` prints it.
+    ///
+    /// Exit status: 0 when the plan fits; 1 when it does not or the model cannot be planned (the
+    /// FineTuneJob is still printed) or on an error (nothing on stdout).
+    New {
+        /// The LLaMA-Factory YAML (e.g. examples/train_lora/llama3_lora_sft.yaml).
+        #[arg(long = "from", value_name = "CONFIG.yaml")]
+        from: PathBuf,
+        /// Memory of one GPU in GiB (spec.resources.gpuMemoryGib).
+        #[arg(long = "gpu-memory", value_name = "GiB")]
+        gpu_memory: f64,
+        /// The most GPUs the job may use (spec.resources.maxGpus; default: one node's worth).
+        #[arg(long = "max-gpus")]
+        max_gpus: Option<u32>,
+        /// GPUs on one node (default: 8, or --max-gpus when fewer).
+        #[arg(long = "gpus-per-node")]
+        gpus_per_node: Option<u32>,
+        /// metadata.name (default: from the file's name, e.g. llama3-lora-sft).
+        #[arg(long)]
+        name: Option<String>,
+        /// metadata.namespace (default: none, kubectl's current namespace).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
     },
     /// Run a FineTuneJob on this machine: the same plan and rendered pods, as local processes.
     Local {
@@ -216,6 +247,41 @@ fn main() -> ExitCode {
             },
             Err(e) => fail(e),
         },
+        Command::New {
+            from,
+            gpu_memory,
+            max_gpus,
+            gpus_per_node,
+            name,
+            namespace,
+        } => {
+            let opts = NewOptions {
+                name,
+                namespace,
+                gpu_memory_gib: gpu_memory,
+                max_gpus,
+                gpus_per_node,
+            };
+            let outcome = match commands::new_from_file(&from, &opts) {
+                Ok(o) => o,
+                Err(e) => return fail(e),
+            };
+            let mut err = std::io::stderr().lock();
+            for n in &outcome.notices {
+                let _ = writeln!(err, "note: {n}");
+            }
+            if let Err(e) = print(&outcome.yaml) {
+                return fail(e);
+            }
+            if let Some(table) = &outcome.plan_table {
+                let _ = write!(err, "{table}");
+            }
+            drop(err);
+            match outcome.plan_failure {
+                Some(e) => fail(e),
+                None => ExitCode::SUCCESS,
+            }
+        }
         Command::Local {
             file,
             volumes,
