@@ -70,7 +70,7 @@ impl LlamaFactoryYaml {
 /// Why a LLaMA-Factory YAML cannot become a FineTuneJob.
 #[derive(Debug, thiserror::Error)]
 pub enum FromLlamaFactoryError {
-    #[error("`dataset` is missing: a FineTuneJob trains (this looks like an export or inference config; `lf-trainer export|chat` runs those)")]
+    #[error("`dataset` is missing: a FineTuneJob trains (this looks like an export, inference or prediction-only config: run it with `lf-trainer`)")]
     NoDataset,
     #[error(
         "`model_name_or_path` is missing: name the base model (a Hub id or a local directory)"
