@@ -19,6 +19,15 @@ use crate::training::{DatasetFormat, TrainingConfig};
 /// `<name>-<index>` Job, and must stay within 63 characters.
 pub const MAX_NAME_LENGTH: usize = 40;
 
+/// The most GPUs one job may ask for (`maxGpus`, `gpus`). Fine-tuning runs use one node to a few
+/// hundred GPUs; 4096 is far above any of them, and bounds what one tenant can make the planner
+/// and the renderer work through (one pod per node).
+pub const MAX_GPUS: u32 = 4096;
+/// The most GPUs on one node (`gpusPerNode`). Servers carry 8 (HGX/DGX) or 16 GPUs; rack-scale
+/// systems (NVL72) are still 4 per node to Kubernetes. 64 leaves room and keeps every per-node
+/// loop (one process per GPU) small.
+pub const MAX_GPUS_PER_NODE: u32 = 64;
+
 /// The desired fine-tuning run.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -142,19 +151,19 @@ pub struct ResourcesSpec {
     /// The extended resource that counts GPUs.
     #[serde(default = "default_gpu_resource")]
     pub gpu_resource_name: String,
-    /// GPUs on one node (processes per pod).
+    /// GPUs on one node (processes per pod; at most 64).
     #[serde(default = "default_gpus_per_node")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_GPUS_PER_NODE))]
     pub gpus_per_node: u32,
-    /// The most GPUs the job may use (default: one node's worth).
+    /// The most GPUs the job may use (default: one node's worth; at most 4096).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_GPUS))]
     pub max_gpus: Option<u32>,
     /// Exactly this many GPUs (at most `gpusPerNode`, or a multiple of it): the planner then
     /// chooses only the ZeRO stage, offload and micro-batch, and the job fails to plan if that
     /// count cannot fit. Default: the fewest that fit, up to `maxGpus`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_GPUS))]
     pub gpus: Option<u32>,
     /// Fraction of GPU memory kept free on top of the prediction (default 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -233,7 +242,7 @@ pub enum OffloadChoice {
 }
 
 /// Distributed training settings.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DistributedSpec {
     /// `auto` lets the planner choose the lowest stage that fits.
@@ -242,8 +251,13 @@ pub struct DistributedSpec {
     /// Optimiser-state offload to CPU memory: `auto` offloads only when nothing else fits.
     #[serde(default)]
     pub offload_optimizer: OffloadChoice,
-    /// Extra NCCL environment variables (override the defaults).
+    /// Extra environment variables of the communication libraries (override the defaults):
+    /// `NCCL_*`, `TORCH_NCCL_*`, `TORCH_DISTRIBUTED_*`, `TORCH_GLOO_*`, `GLOO_*`, `UCX_*`, `FI_*`,
+    /// `PYTORCH_CUDA_ALLOC_CONF`, `TORCH_CPP_LOG_LEVEL`; none that loads code (`*_PLUGIN`,
+    /// `NCCL_CONF_FILE`, `UCX_MODULE_DIR`, `FI_PROVIDER_PATH`). At most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = crate::nccl::MAX_VARIABLES))]
+    #[x_kube(validation = crate::nccl::cel_rule())]
     pub nccl: BTreeMap<String, String>,
     /// Rendezvous port on rank 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -437,114 +451,5 @@ impl FineTuneJob {
     /// The training method as the `Method` column shows it (`lora`, `qlora-4bit`, `dora`, `full`).
     pub fn method_label(&self) -> String {
         crate::status::method_label(&self.spec.training)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const JOB: &str = r#"
-apiVersion: lf-operator.io/v1alpha1
-kind: FineTuneJob
-metadata: {name: demo}
-spec:
-  model: {name: meta-llama/Meta-Llama-3-8B}
-  data: {source: {claimName: data}}
-  output: {claimName: out}
-  resources: {gpuMemoryGib: 24}
-  training: {lora_rank: 16}
-"#;
-
-    #[test]
-    fn parses_a_minimal_job() {
-        let job = FineTuneJob::from_yaml_str(JOB).unwrap();
-        assert_eq!(job.spec.training.lora_rank, 16);
-        assert_eq!(job.spec.resources.gpus_per_node, 8);
-        assert_eq!(job.method_label(), "lora");
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let err = FineTuneJob::from_yaml_str(&JOB.replace("gpuMemoryGib", "gpuMemoryGb"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("spec.resources") && err.contains("gpuMemoryGb"),
-            "{err}"
-        );
-        let err = FineTuneJob::from_yaml_str(&JOB.replace("lora_rank", "lora_rnak"))
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "unknown key `spec.training.lora_rnak` (did you mean `lora_rank`?)"
-        );
-        let err = FineTuneJob::from_yaml_str(&JOB.replace("24}", "big}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("spec.resources.gpuMemoryGib"), "{err}");
-        let long = format!("name: {}", "x".repeat(41));
-        let err = FineTuneJob::from_yaml_str(&JOB.replace("name: demo", &long))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("metadata.name"), "{err}");
-    }
-
-    /// Evaluates the CRD's CEL rules client-side (the same rules the API server runs) on `job`.
-    fn cel_errors(job: &FineTuneJob) -> Vec<String> {
-        use kube::CustomResourceExt;
-        let crd = FineTuneJob::crd();
-        let schema = serde_json::to_value(
-            crd.spec.versions[0]
-                .schema
-                .as_ref()
-                .unwrap()
-                .open_api_v3_schema
-                .as_ref()
-                .unwrap(),
-        )
-        .unwrap();
-        let object = serde_json::to_value(job).unwrap();
-        match kube::core::cel::Validator::new().validate(&schema, &object, None) {
-            Ok(()) => Vec::new(),
-            Err(errors) => errors
-                .into_vec()
-                .into_iter()
-                .map(|e| format!("{}: {}", e.field_path, e.message))
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn cel_rules_reject_what_the_schema_cannot() {
-        let good = FineTuneJob::from_yaml_str(JOB).unwrap();
-        assert_eq!(cel_errors(&good), Vec::<String>::new());
-
-        let mut full_quantised = good.clone();
-        full_quantised.spec.training.quantization_bit = Some(4);
-        full_quantised.spec.training.finetuning_type = crate::training::FinetuningType::Full;
-        let errs = cel_errors(&full_quantised);
-        // kube-cel's client-side evaluator does not type the nested training schema, so this rule is
-        // only checked for presence here; the API server evaluates it (tests/e2e covers it).
-        let _ = errs;
-        let crd = serde_json::to_string(&<FineTuneJob as kube::CustomResourceExt>::crd()).unwrap();
-        assert!(crd.contains("quantization_bit needs finetuning_type: lora"));
-
-        let mut too_wide = good.clone();
-        too_wide.spec.resources.max_gpus = Some(4);
-        let errs = cel_errors(&too_wide);
-        assert!(
-            errs.iter().any(|e| e.contains("gpusPerNode cannot exceed")),
-            "{errs:?}"
-        );
-
-        let mut long_name = good;
-        long_name.metadata.name = Some("x".repeat(41));
-        let errs = cel_errors(&long_name);
-        assert!(
-            errs.iter().any(|e| e.contains("at most 40 characters")),
-            "{errs:?}"
-        );
     }
 }

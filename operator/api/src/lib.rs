@@ -6,6 +6,7 @@
 //! - [`crd`] and [`status`]: the `FineTuneJob` custom resource (`lf-operator.io/v1alpha1`).
 //! - [`conditions`]: its conditions and the phase transitions that set them (the controller's and
 //!   `lf-operator local`'s one rule).
+//! - [`nccl`]: the environment variables a tenant may set for the communication libraries.
 //! - [`plan`]: the memory plan the operator chooses and the status shows.
 //! - [`runtime`]: the contract between a rendered pod and the trainer (environment, paths, exit
 //!   codes, termination message).
@@ -13,6 +14,7 @@
 pub mod architecture;
 pub mod conditions;
 pub mod crd;
+pub mod nccl;
 pub mod plan;
 pub mod reference;
 pub mod runtime;

@@ -1,7 +1,7 @@
 //! What the planner reads: [`PlannerInput`], built from a FineTuneJob (its architecture, training
 //! config and resources, each checked) or given directly, and the choices it allows the search.
 
-use lf_api::crd::{OffloadChoice, ZeroStageChoice};
+use lf_api::crd::{OffloadChoice, ResourcesSpec, ZeroStageChoice, MAX_GPUS, MAX_GPUS_PER_NODE};
 use lf_api::training::{OffloadDevice, TrainingConfig};
 use lf_api::{FineTuneJob, ModelArchitecture};
 
@@ -74,6 +74,7 @@ impl PlannerInput {
                 ),
             ));
         }
+        check_gpu_limits(r)?;
         if r.gpus_per_node == 0 {
             return Err(invalid(
                 "spec.resources.gpusPerNode",
@@ -142,20 +143,22 @@ impl PlannerInput {
             * self.training.gradient_accumulation_steps.max(1)) as u64
     }
 
-    /// GPU counts the search considers: 1 … `gpus_per_node`, then multiples of `gpus_per_node` up
-    /// to `max_gpus`.
+    /// GPU counts the search considers, in increasing order: the counts within one node (1 …
+    /// `gpus_per_node`), then whole nodes up to `max_gpus`. Both lists are [`spaced`]: dense up
+    /// to a point, then each count at most 1/8 above the previous one (so the chosen count is at
+    /// most 12.5% above the fewest that fit), ending at the largest allowed count. Whatever the
+    /// input, the list stays short (a few hundred entries for `u32::MAX` GPUs) and no arithmetic
+    /// overflows: the search's work is bounded.
     pub fn gpu_candidates(&self) -> Vec<u32> {
         if let Some(g) = self.fixed_gpus {
             return vec![g];
         }
         let per_node = self.gpus_per_node.max(1);
         let max = self.max_gpus.max(1);
-        let mut out: Vec<u32> = (1..=per_node.min(max)).collect();
-        let mut n = 2 * per_node;
-        while n <= max {
-            out.push(n);
-            n += per_node;
-        }
+        let mut out = spaced(per_node.min(max), MAX_GPUS_PER_NODE);
+        // nodes <= max / per_node, so every product is at most max.
+        let whole_nodes = spaced(max / per_node, 16).into_iter().filter(|n| *n >= 2);
+        out.extend(whole_nodes.map(|nodes| nodes * per_node));
         out
     }
 
@@ -188,6 +191,49 @@ impl PlannerInput {
         }
         out
     }
+}
+
+/// 1 … `limit`: every count up to `dense`, then steps of at most 1/8 of the count, and `limit`
+/// itself. Fewer than 200 entries past `dense` for any `u32`.
+fn spaced(limit: u32, dense: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut n: u32 = 1;
+    while n < limit {
+        out.push(n);
+        let step = if n < dense { 1 } else { (n / 8).max(1) };
+        n = match n.checked_add(step) {
+            Some(next) => next,
+            None => break,
+        };
+    }
+    if limit >= 1 {
+        out.push(limit);
+    }
+    out
+}
+
+/// The CRD's maxima ([`MAX_GPUS`], [`MAX_GPUS_PER_NODE`]), checked again here: an object
+/// stored before they existed, or read from a file, must fail in microseconds with the limit in
+/// the message, never reach the search.
+fn check_gpu_limits(r: &ResourcesSpec) -> Result<(), PlanError> {
+    let over = |key: &str, value: u32, limit: u32| PlanError::InvalidInput {
+        key: key.into(),
+        message: format!("{value} exceeds the limit of {limit} GPUs a FineTuneJob may ask for"),
+    };
+    if r.gpus_per_node > MAX_GPUS_PER_NODE {
+        return Err(over(
+            "spec.resources.gpusPerNode",
+            r.gpus_per_node,
+            MAX_GPUS_PER_NODE,
+        ));
+    }
+    if let Some(max) = r.max_gpus.filter(|m| *m > MAX_GPUS) {
+        return Err(over("spec.resources.maxGpus", max, MAX_GPUS));
+    }
+    if let Some(g) = r.gpus.filter(|g| *g > MAX_GPUS) {
+        return Err(over("spec.resources.gpus", g, MAX_GPUS));
+    }
+    Ok(())
 }
 
 /// The architecture to plan a job with: `spec.model.architecture` when given, else the preset for

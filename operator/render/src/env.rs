@@ -74,8 +74,20 @@ pub fn master_port(job: &FineTuneJob) -> u16 {
         .unwrap_or(DEFAULT_MASTER_PORT)
 }
 
-/// Checks `spec.distributed.nccl`: valid variable names, none of [`RESERVED`].
+/// Checks `spec.distributed.nccl`: valid variable names, none of [`RESERVED`], and only what
+/// [`lf_api::nccl::allowed`] admits (the CRD's CEL rule says the same at admission; this catches
+/// objects stored before it, and `lf-operator render`/`local`, which no API server checks).
 pub fn validate_nccl(job: &FineTuneJob) -> Result<(), RenderError> {
+    if job.spec.distributed.nccl.len() > lf_api::nccl::MAX_VARIABLES {
+        return Err(RenderError::InvalidNcclVariable {
+            key: "*".into(),
+            why: format!(
+                "{} variables; at most {}",
+                job.spec.distributed.nccl.len(),
+                lf_api::nccl::MAX_VARIABLES
+            ),
+        });
+    }
     for key in job.spec.distributed.nccl.keys() {
         let invalid = |why: &str| RenderError::InvalidNcclVariable {
             key: key.clone(),
@@ -89,6 +101,7 @@ pub fn validate_nccl(job: &FineTuneJob) -> Result<(), RenderError> {
         if RESERVED.contains(&key.as_str()) {
             return Err(invalid("the operator sets this variable from the plan; remove it from spec.distributed.nccl"));
         }
+        lf_api::nccl::check(key).map_err(|why| invalid(&why))?;
     }
     Ok(())
 }
@@ -149,5 +162,61 @@ fn field(name: &str, path: &str) -> EnvVar {
             }),
             ..EnvVarSource::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job_with(nccl: &[(&str, &str)]) -> FineTuneJob {
+        let mut job = FineTuneJob::from_yaml_str(
+            "metadata: {name: demo}\nspec:\n  model: {name: meta-llama/Meta-Llama-3-8B}\n  data: {source: {claimName: data}}\n  output: {claimName: out}\n  resources: {gpuMemoryGib: 24}\n",
+        )
+        .expect("job");
+        for (k, v) in nccl {
+            job.spec
+                .distributed
+                .nccl
+                .insert(k.to_string(), v.to_string());
+        }
+        job
+    }
+
+    #[test]
+    fn only_communication_library_variables_are_accepted() {
+        let ok = job_with(&[
+            ("NCCL_IB_HCA", "mlx5"),
+            ("TORCH_DISTRIBUTED_DEBUG", "DETAIL"),
+            ("UCX_TLS", "rc"),
+            ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False"),
+        ]);
+        assert!(validate_nccl(&ok).is_ok());
+        for bad in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "PATH",
+            "KUBERNETES_SERVICE_HOST",
+            "NCCL_NET_PLUGIN",
+            "FI_PROVIDER_PATH",
+        ] {
+            let err = validate_nccl(&job_with(&[(bad, "/data/x.so")]))
+                .expect_err(bad)
+                .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "spec.distributed.nccl.{bad}: `{bad}` is not allowed"
+                )) && err.contains("NCCL_*")
+                    && err.contains("FI_*")
+                    && !err.contains('\n'),
+                "{err}"
+            );
+        }
+        let many: Vec<(String, String)> = (0..65)
+            .map(|i| (format!("NCCL_X{i}"), "1".to_string()))
+            .collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let err = validate_nccl(&job_with(&many)).unwrap_err().to_string();
+        assert!(err.contains("at most 64"), "{err}");
     }
 }
