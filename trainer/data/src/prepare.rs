@@ -70,10 +70,17 @@ pub fn prepare(
     let template = ChatTemplate::resolve(cfg.template.as_deref(), tok)?;
     let dir = Path::new(&cfg.dataset_dir);
     let info = DatasetInfo::load(dir)?;
-    let names = cfg.dataset.as_deref().ok_or_else(|| {
-        DataError::config("dataset", "is required (comma-separated dataset names)")
-    })?;
-    let train_specs = resolve_all("dataset", names, dir, info.as_ref(), cfg.dataset_format)?;
+    // A config that does not train (prediction with only `eval_dataset`) needs no `dataset`.
+    let train_specs = match cfg.dataset.as_deref() {
+        Some(names) => resolve_all("dataset", names, dir, info.as_ref(), cfg.dataset_format)?,
+        None if !cfg.trains() => Vec::new(),
+        None => {
+            return Err(DataError::config(
+                "dataset",
+                "is required (comma-separated dataset names)",
+            ))
+        }
+    };
     let eval_specs = match cfg.eval_dataset.as_deref() {
         Some(names) => {
             if cfg.val_size > 0.0 {
@@ -239,7 +246,7 @@ pub fn tokenise(
         train = pack(train);
         eval = pack(eval);
     }
-    if train.is_empty() && cfg.do_train {
+    if train.is_empty() && cfg.trains() {
         return Err(DataError::config(
             "dataset",
             format!(

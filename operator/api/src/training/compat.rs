@@ -192,12 +192,12 @@ const BADAM: &str = "only used with `use_badam`, which is not implemented";
 const SWANLAB: &str = "only used with `use_swanlab`, which is not available";
 const HUB: &str = "only used with `push_to_hub`, which is not implemented";
 const RAY: &str = "Ray is not used (LLaMA-Factory reads this only with USE_RAY=1): the operator, or `lf-trainer train`'s launcher, starts the workers";
-const PREDICT: &str =
-    "only used by batch prediction (`predict_with_generate`), which is not implemented yet";
+const PREDICT: &str = "prediction (`do_predict`) generates with the generating arguments (`max_new_tokens`, `do_sample`, `temperature`, `top_p`, `top_k`, `repetition_penalty`): this key changes nothing";
+const BEAMS: &str =
+    "beam search is not implemented: generation is greedy (`do_sample: false`) or sampling; use 1";
 const NO_PREDICTIONS: &str =
     "evaluation computes the loss only; it keeps no predictions to gather or score";
 const LIGER: &str = "there are no Liger kernels; lf-trainer's chunked language-model loss (`loss_chunk_size`), always on, gives the memory saving of Liger's fused linear cross-entropy";
-const PREDICT_WHY: &str = "batch prediction is not implemented yet: `lf-trainer eval` reports the eval loss (and with `--exact-match` the greedy answers' accuracy), `lf-trainer chat` generates";
 const FSDP_WHY: &str =
     "FSDP is not used: ZeRO stage 3 (`zero_stage: 3`) shards parameters, gradients and optimiser states";
 const COMPILE_WHY: &str =
@@ -268,7 +268,7 @@ pub const ACCEPTED: &[CompatOption] = &[
     ignored("buffer_size", Data, "only used with `streaming`, which is not implemented"),
     accepted("mix_strategy", Data, &["concat"], &[], "", "datasets are concatenated (`dataset: a,b`); interleaving is not implemented: use `mix_strategy: concat`"),
     ignored("preprocessing_batch_size", Data, "lf-trainer tokenises without the datasets library's batches; `preprocessing_num_workers` sets the parallelism"),
-    accepted("eval_num_beams", Data, &["null"], &["*"], PREDICT, ""),
+    accepted("eval_num_beams", Data, &["null", "1"], &[], "", BEAMS),
     accepted("ignore_pad_token_for_loss", Data, &["true"], &[], "", "padding never counts in the loss: use `ignore_pad_token_for_loss: true`"),
     accepted("enable_thinking", Data, &["true", "null"], &[], "", "no template drops the thinking: the built-in templates have no thinking mode and `template: auto` renders the model's chat template without `enable_thinking` (its default)"),
     ignored("data_shared_file_system", Data, "rank 0 tokenises for every node and the other ranks read its cache, so `tokenized_path` must be on a volume all nodes share"),
@@ -402,7 +402,7 @@ pub const ACCEPTED: &[CompatOption] = &[
     accepted("use_liger_kernel", Training, &["false"], &["true"], LIGER, BOOL),
     accepted("average_tokens_across_devices", Training, &["true"], &[], "", "the loss is always the mean over the label tokens of all ranks: use `average_tokens_across_devices: true`"),
     ignored("generation_max_length", Training, PREDICT),
-    ignored("generation_num_beams", Training, PREDICT),
+    accepted("generation_num_beams", Training, &["null", "1"], &[], "", BEAMS),
     ignored("generation_config", Training, PREDICT),
 ];
 
@@ -454,8 +454,6 @@ pub const REJECTED: &[CompatOption] = &[
     rejected("disable_shuffling", Finetuning, &["false"], "every epoch visits the examples in a fresh permutation seeded by `seed`"),
     rejected("early_stopping_steps", Finetuning, &["null"], "early stopping is not implemented: set `max_steps` or `num_train_epochs`"),
     // ---- training ------------------------------------------------------------------------------
-    rejected("do_predict", Training, &["false"], PREDICT_WHY),
-    rejected("predict_with_generate", Training, &["false"], PREDICT_WHY),
     rejected("eval_delay", Training, &["0"], "evaluation follows `eval_strategy`/`eval_steps` from the first step"),
     rejected("eval_on_start", Training, &["false"], "the first evaluation follows `eval_strategy`/`eval_steps`"),
     rejected("torch_empty_cache_steps", Training, &["null"], "the CUDA cache is never emptied between steps (the operator's planner budgets the allocator's peak)"),

@@ -127,8 +127,21 @@ pub struct TrainingConfig {
     pub eval_steps: Option<usize>,
     pub seed: u64,
     pub plot_loss: bool,
+    /// Train. The default is true (false in LLaMA-Factory), since `lf-trainer train` trains; a
+    /// config with `do_predict: true` and no `dataset`, like LLaMA-Factory's predict examples,
+    /// does not train.
     pub do_train: bool,
     pub do_eval: bool,
+    /// Generate an answer for every evaluation example (`eval_dataset`, or `dataset` when it is
+    /// the only one given) after training, or instead of it when nothing trains: writes
+    /// `generated_predictions.jsonl` and `predict_results.json` (BLEU-4, ROUGE-1/2/L) to
+    /// `output_dir`, as LLaMA-Factory does. Needs `predict_with_generate: true`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub do_predict: bool,
+    /// Predictions are generated with the generating arguments (`max_new_tokens`, `do_sample`,
+    /// `temperature`, `top_p`, `top_k`, `repetition_penalty`); `stage: sft` only.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub predict_with_generate: bool,
     pub dataloader_num_workers: usize,
     /// Only `none` is supported (metrics go to `trainer_log.jsonl`, Prometheus and the CR status).
     pub report_to: String,
@@ -235,6 +248,8 @@ impl Default for TrainingConfig {
             plot_loss: false,
             do_train: true,
             do_eval: false,
+            do_predict: false,
+            predict_with_generate: false,
             dataloader_num_workers: 0,
             report_to: "none".to_string(),
             ddp_timeout: 1800,
@@ -302,6 +317,13 @@ impl TrainingConfig {
     /// Whether examples are packed into full `cutoff_len` sequences.
     pub fn packing_enabled(&self) -> bool {
         self.packing.unwrap_or(self.stage == Stage::Pt)
+    }
+
+    /// Whether `lf-trainer train` trains: `do_train`, except for a prediction config that names
+    /// no training `dataset` (LLaMA-Factory's predict examples leave `do_train` at its default,
+    /// false there, and give only `eval_dataset`).
+    pub fn trains(&self) -> bool {
+        self.do_train && !(self.do_predict && self.dataset.is_none())
     }
 
     /// The number of validation examples for `n` examples in total.

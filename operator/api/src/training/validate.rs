@@ -2,7 +2,7 @@
 
 use super::config::TrainingConfig;
 use super::error::ConfigError;
-use super::options::{FinetuningType, TEMPLATES};
+use super::options::{FinetuningType, Stage, TEMPLATES};
 
 impl TrainingConfig {
     /// Checks the rules a schema cannot express. Each error names its key.
@@ -109,6 +109,38 @@ impl TrainingConfig {
             }
         }
         self.lora_targets()?;
+        self.validate_predict()
+    }
+
+    /// LLaMA-Factory's rules for batch prediction, plus the one example per prompt it needs.
+    fn validate_predict(&self) -> Result<(), ConfigError> {
+        if self.predict_with_generate && self.stage != Stage::Sft {
+            return Err(ConfigError::invalid(
+                "predict_with_generate",
+                "only `stage: sft` predicts (a pretraining example has no prompt to answer)",
+            ));
+        }
+        if !self.do_predict {
+            return Ok(());
+        }
+        if !self.predict_with_generate {
+            return Err(ConfigError::invalid(
+                "do_predict",
+                "set `predict_with_generate: true` to generate and save predictions (LLaMA-Factory's rule); `lf-trainer eval` reports the eval loss",
+            ));
+        }
+        if self.packing_enabled() {
+            return Err(ConfigError::invalid(
+                "do_predict",
+                "prediction answers one example at a time: set `packing: false`",
+            ));
+        }
+        if self.eval_dataset.is_none() && self.dataset.is_none() {
+            return Err(ConfigError::invalid(
+                "do_predict",
+                "needs the examples to answer: set `eval_dataset`",
+            ));
+        }
         Ok(())
     }
 }
