@@ -145,6 +145,8 @@ fn bleu_and_rouge_equal_llama_factorys() {
     // The means over every pair: BLEU always, ROUGE only where no text is Chinese.
     let (bleu, rouge) = mean_scores(&all).unwrap();
     close(bleu, &reference["means"][BLEU_KEY], "mean bleu-4");
+    // The mean is NumPy's to the last bit (pairwise summation), not only to 1e-6.
+    assert_eq!(Some(bleu), reference["means"][BLEU_KEY].as_f64());
     assert_eq!(rouge, None);
     let (_, rouge) = mean_scores(&english).unwrap();
     let rows_en: Vec<&Value> = PAIRS

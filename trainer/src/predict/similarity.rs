@@ -55,19 +55,41 @@ pub fn mean_scores(scores: &[Similarity]) -> Option<(f64, Option<[f64; 3]>)> {
     if scores.is_empty() {
         return None;
     }
-    let n = scores.len() as f64;
-    let bleu = scores.iter().map(|s| s.bleu_4).sum::<f64>() / n;
+    let bleu: Vec<f64> = scores.iter().map(|s| s.bleu_4).collect();
     let rouge: Option<Vec<[f64; 3]>> = scores.iter().map(|s| s.rouge).collect();
-    let rouge = rouge.map(|all| {
-        let mut sum = [0.0; 3];
-        for r in &all {
-            for (acc, v) in sum.iter_mut().zip(r) {
+    let rouge =
+        rouge.map(|all| [0, 1, 2].map(|k| np_mean(&all.iter().map(|r| r[k]).collect::<Vec<_>>())));
+    Some((np_mean(&bleu), rouge))
+}
+
+/// `float(np.mean(values))` to the last bit: NumPy's pairwise sum (8 accumulators over blocks of
+/// at most 128, halves above that) from 0, divided by the count.
+pub fn np_mean(values: &[f64]) -> f64 {
+    (0.0 + pairwise_sum(values)) / values.len() as f64
+}
+
+fn pairwise_sum(a: &[f64]) -> f64 {
+    let n = a.len();
+    if n < 8 {
+        return a.iter().fold(0.0, |acc, v| acc + v);
+    }
+    if n <= 128 {
+        let mut r = [0.0; 8];
+        r.copy_from_slice(&a[..8]);
+        let whole = n - n % 8;
+        for block in a[8..whole].chunks_exact(8) {
+            for (acc, v) in r.iter_mut().zip(block) {
                 *acc += v;
             }
         }
-        sum.map(|s| s / n)
-    });
-    Some((bleu, rouge))
+        let mut res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for v in &a[whole..] {
+            res += v;
+        }
+        return res;
+    }
+    let half = n / 2 - (n / 2) % 8;
+    pairwise_sum(&a[..half]) + pairwise_sum(&a[half..])
 }
 
 #[cfg(test)]
@@ -106,6 +128,22 @@ mod tests {
         assert_eq!(s.rouge, None);
         let mean = mean_scores(&[s, similarity("a", "a")]).unwrap();
         assert_eq!(mean.1, None);
+    }
+
+    #[test]
+    fn the_mean_is_numpys_to_the_last_bit() {
+        // 24 BLEU-4 values of a quick-start prediction run: np.mean gives 66.6369375, a plain
+        // left-to-right sum 66.63693749999999.
+        let v = [
+            4.4569, 9.6524, 100.0, 100.0, 100.0, 84.0896, 16.3723, 10.6822, 100.0, 100.0, 9.6524,
+            100.0, 100.0, 100.0, 21.0224, 100.0, 23.6435, 100.0, 11.5981, 100.0, 100.0, 100.0,
+            100.0, 8.1167,
+        ];
+        assert_eq!(np_mean(&v), 66.6369375);
+        assert_ne!(v.iter().sum::<f64>() / 24.0, 66.6369375);
+        assert_eq!(np_mean(&[1.0, 2.0]), 1.5);
+        let long: Vec<f64> = (0..300).map(|i| i as f64 * 0.1).collect();
+        assert_eq!(np_mean(&long), 14.95);
     }
 
     #[test]
