@@ -2,7 +2,7 @@
 //! quick-start model (`examples/quickstart/`): each file is used as it is (the settings of
 //! hiyouga/LLaMA-Factory's `examples/`, kept in `operator/api/tests/fixtures/llama-factory`), with
 //! only paths and the step count overridden on the command line, as a user pointing an example at
-//! local files would. Train, export and chat must exit 0 and write their outputs.
+//! local files would. Train, predict, export and chat must exit 0 and write their outputs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -104,10 +104,11 @@ fn assert_trained_two_steps(out: &Path) {
     assert_eq!(state["global_step"], 2, "{state}");
 }
 
-/// `train_lora/llama3_lora_sft.yaml`, then `merge_lora/llama3_lora_sft.yaml` on its adapter, then
+/// `train_lora/llama3_lora_sft.yaml`, then on its adapter `train_lora/llama3_lora_predict.yaml`
+/// (batch prediction over `eval_dataset`), `merge_lora/llama3_lora_sft.yaml`, and
 /// `inference/llama3_lora_sft.yaml` answering a question read from stdin.
 #[test]
-fn lora_sft_then_merge_then_chat() {
+fn lora_sft_then_predict_merge_and_chat() {
     let dir = tempfile::tempdir().expect("tempdir");
     let adapter = dir.path().join("sft");
     let o = train("train_lora/llama3_lora_sft.yaml", &adapter);
@@ -115,6 +116,8 @@ fn lora_sft_then_merge_then_chat() {
     assert_trained_two_steps(&adapter);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("trust_remote_code"), "no notice:\n{err}");
+
+    predict(&adapter, &dir.path().join("predict"));
 
     let model = quickstart().join("model").display().to_string();
     let merged = dir.path().join("merged");
@@ -191,4 +194,41 @@ fn full_sft_with_deepspeed_zero3() {
         err.contains("ds_z3_config.json") && err.contains("zero_stage: 3"),
         "the DeepSpeed file was not read:\n{err}"
     );
+}
+
+/// Runs the predict example with `adapter` into `out`; its files are LLaMA-Factory's.
+fn predict(adapter: &Path, out: &Path) {
+    let q = quickstart();
+    run(
+        "train",
+        "train_lora/llama3_lora_predict.yaml",
+        &[
+            ("model_name_or_path", q.join("model").display().to_string()),
+            ("adapter_name_or_path", adapter.display().to_string()),
+            ("eval_dataset", "opposites_heldout".into()),
+            ("dataset_dir", q.join("data").display().to_string()),
+            ("output_dir", out.display().to_string()),
+        ],
+        "",
+    );
+    assert_files(
+        out,
+        &["generated_predictions.jsonl", "predict_results.json"],
+    );
+    let lines = std::fs::read_to_string(out.join("generated_predictions.jsonl")).expect("read");
+    let first: serde_json::Value =
+        serde_json::from_str(lines.lines().next().expect("a prediction")).expect("JSON line");
+    for key in ["prompt", "predict", "label"] {
+        assert!(first[key].is_string(), "{key} missing: {first}");
+    }
+    let results = std::fs::read_to_string(out.join("predict_results.json")).expect("read");
+    let results: serde_json::Value = serde_json::from_str(&results).expect("JSON");
+    for key in [
+        "predict_bleu-4",
+        "predict_rouge-1",
+        "predict_rouge-2",
+        "predict_rouge-l",
+    ] {
+        assert!(results[key].is_number(), "{key} missing: {results}");
+    }
 }
