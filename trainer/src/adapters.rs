@@ -31,6 +31,9 @@ pub fn model_error(context: &str, e: ModelError) -> TrainerError {
         | ModelError::Adapter { .. }
         | ModelError::Invalid(_) => TrainerError::config(format!("{context}: {e}")),
         ModelError::Residency { .. } => residency_error(context, e),
+        ModelError::StorageFull { path, needed, .. } => {
+            TrainerError::volume_full(path, Some(*needed))
+        }
         _ => TrainerError::from_library(context, e),
     }
 }

@@ -1,11 +1,6 @@
-//! Checkpoints: atomic directories, verification, rotation, what goes into one and how a run
-//! comes back from one, and the stop-and-save protocol every rank follows after each step.
-//!
-//! A checkpoint is `output_dir/checkpoint-N`. It is written into a hidden temporary directory
-//! next to it; every file is fsynced, then a completion marker ([`MARKER`]) listing each file with
-//! its size and SHA-256 is written and fsynced, the directory is fsynced, renamed to its final name
-//! and the parent directory fsynced. A directory without a marker, or whose files do not match the
-//! marker, is incomplete or corrupt and is never resumed from.
+//! Checkpoints: what goes into one and how a run comes back from one, and the stop-and-save
+//! protocol every rank follows after each step. How a checkpoint directory is written atomically,
+//! verified, rotated and cleaned up after a crash is [`crate::checkpoint_dir`] (re-exported here).
 //!
 //! It holds what trains (the adapter, or the trainable weights), the optimiser state and
 //! `trainer_state.json`. Rank 0 writes it; a partitioned (ZeRO) optimiser's ranks first stage
@@ -13,242 +8,25 @@
 //! reaches the ranks at different moments: every rank stops after the same step, saving first
 //! ([`Checkpointer`]).
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use lf_api::status::CheckpointRecord;
 use lf_api::training::TrainingConfig;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use tch::{Device, Tensor};
+use lf_model::safetensors_io::{write_file, HostTensor};
+use tch::Device;
 
+use crate::adapters::model_error;
+pub use crate::checkpoint_dir::{
+    checkpoint_path, clean_stale, list, newest_valid, recover, rotate, staging_dir, verify,
+    write_atomic, write_atomic_observed, FileDigest, Found, Invalid, Manifest, WritePhase, MARKER,
+    PREFIX,
+};
 use crate::error::TrainerError;
 use crate::interfaces::{DataParallel, RestoredState, StepOptimizer, TrainModel};
 use crate::outputs::TRAINER_STATE;
 use crate::state::TrainerState;
-
-/// The completion marker's file name.
-pub const MARKER: &str = "checkpoint_complete.json";
-/// Prefix of checkpoint directories (Hugging Face's naming).
-pub const PREFIX: &str = "checkpoint-";
-const TEMP_PREFIX: &str = ".tmp-checkpoint-";
-
-/// One file of a checkpoint, as the marker records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileDigest {
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// The completion marker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub step: u64,
-    pub files: BTreeMap<String, FileDigest>,
-}
-
-/// A checkpoint directory found in an output directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub step: u64,
-    pub path: PathBuf,
-}
-
-/// The path of checkpoint `step` in `output_dir`.
-pub fn checkpoint_path(output_dir: &Path, step: u64) -> PathBuf {
-    output_dir.join(format!("{PREFIX}{step}"))
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<FileDigest> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        bytes += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    let sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(FileDigest { bytes, sha256 })
-}
-
-fn fsync_path(path: &Path) -> std::io::Result<()> {
-    File::open(path)?.sync_all()
-}
-
-/// Writes checkpoint `step` atomically: `fill` writes the files into the (temporary) directory it
-/// is given; then everything is digested, fsynced and renamed into place. An existing checkpoint
-/// with the same step is replaced only after the new one is complete.
-pub fn write_atomic(
-    output_dir: &Path,
-    step: u64,
-    fill: impl FnOnce(&Path) -> Result<(), TrainerError>,
-) -> Result<PathBuf, TrainerError> {
-    std::fs::create_dir_all(output_dir).map_err(|e| TrainerError::io("create", output_dir, e))?;
-    let tmp = output_dir.join(format!("{TEMP_PREFIX}{step}-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainerError::io("remove", &tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainerError::io("create", &tmp, e))?;
-    let result = (|| {
-        fill(&tmp)?;
-        let mut files = BTreeMap::new();
-        let mut entries: Vec<_> = std::fs::read_dir(&tmp)
-            .map_err(|e| TrainerError::io("list", &tmp, e))?
-            .filter_map(|e| e.ok())
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let path = entry.path();
-            if !path.is_file() {
-                continue;
-            }
-            fsync_path(&path).map_err(|e| TrainerError::io("fsync", &path, e))?;
-            let digest = sha256_file(&path).map_err(|e| TrainerError::io("read", &path, e))?;
-            files.insert(entry.file_name().to_string_lossy().into_owned(), digest);
-        }
-        let manifest = Manifest { step, files };
-        let marker = tmp.join(MARKER);
-        let text = serde_json::to_string_pretty(&manifest)
-            .map_err(|e| TrainerError::runtime(e.to_string()))?;
-        std::fs::write(&marker, text).map_err(|e| TrainerError::io("write", &marker, e))?;
-        fsync_path(&marker).map_err(|e| TrainerError::io("fsync", &marker, e))?;
-        fsync_path(&tmp).map_err(|e| TrainerError::io("fsync", &tmp, e))?;
-        let dest = checkpoint_path(output_dir, step);
-        if dest.exists() {
-            std::fs::remove_dir_all(&dest).map_err(|e| TrainerError::io("replace", &dest, e))?;
-        }
-        std::fs::rename(&tmp, &dest)
-            .map_err(|e| TrainerError::io("rename into place", &dest, e))?;
-        fsync_path(output_dir).map_err(|e| TrainerError::io("fsync", output_dir, e))?;
-        Ok(dest)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
-}
-
-/// Why a checkpoint directory cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum Invalid {
-    #[error("no completion marker {MARKER} (the save did not finish)")]
-    NoMarker,
-    #[error("the completion marker is unreadable: {0}")]
-    BadMarker(String),
-    #[error("{file} is missing")]
-    Missing { file: String },
-    #[error("{file} does not match its recorded size/checksum (corrupt or modified)")]
-    Mismatch { file: String },
-}
-
-/// Checks a checkpoint directory against its completion marker (sizes and SHA-256 of every file).
-pub fn verify(dir: &Path) -> Result<Manifest, Invalid> {
-    let marker = dir.join(MARKER);
-    let text = match std::fs::read_to_string(&marker) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Invalid::NoMarker),
-        Err(e) => return Err(Invalid::BadMarker(e.to_string())),
-    };
-    let manifest: Manifest =
-        serde_json::from_str(&text).map_err(|e| Invalid::BadMarker(e.to_string()))?;
-    for (name, want) in &manifest.files {
-        let path = dir.join(name);
-        let meta = std::fs::metadata(&path).map_err(|_| Invalid::Missing { file: name.clone() })?;
-        if meta.len() != want.bytes {
-            return Err(Invalid::Mismatch { file: name.clone() });
-        }
-        let got = sha256_file(&path).map_err(|_| Invalid::Missing { file: name.clone() })?;
-        if &got != want {
-            return Err(Invalid::Mismatch { file: name.clone() });
-        }
-    }
-    Ok(manifest)
-}
-
-/// Every `checkpoint-N` directory in `output_dir`, oldest first (valid or not).
-pub fn list(output_dir: &Path) -> Vec<Found> {
-    let Ok(entries) = std::fs::read_dir(output_dir) else {
-        return Vec::new();
-    };
-    let mut found: Vec<Found> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix(PREFIX)?.parse::<u64>().ok()?;
-            Some(Found {
-                step,
-                path: e.path(),
-            })
-        })
-        .collect();
-    found.sort_by_key(|f| f.step);
-    found
-}
-
-/// The newest checkpoint that verifies. Each newer one that does not is skipped with a warning
-/// naming it and saying why.
-pub fn newest_valid(output_dir: &Path) -> Option<Found> {
-    for f in list(output_dir).into_iter().rev() {
-        match verify(&f.path) {
-            Ok(_) => return Some(f),
-            Err(why) => tracing::warn!("skipping checkpoint {}: {why}", f.path.display()),
-        }
-    }
-    None
-}
-
-/// Keeps the newest `limit` valid checkpoints and deletes older ones (and incomplete ones older
-/// than the newest valid checkpoint, and stale temporary directories of this output directory).
-/// The newest valid checkpoint is never deleted. Returns the deleted paths.
-pub fn rotate(output_dir: &Path, limit: usize) -> Vec<PathBuf> {
-    let mut deleted = Vec::new();
-    let all = list(output_dir);
-    let valid: Vec<&Found> = all.iter().filter(|f| verify(&f.path).is_ok()).collect();
-    let Some(newest) = valid.last().map(|f| f.step) else {
-        return deleted;
-    };
-    let keep: Vec<u64> = valid
-        .iter()
-        .rev()
-        .take(limit.max(1))
-        .map(|f| f.step)
-        .collect();
-    for f in &all {
-        if f.step < newest && !keep.contains(&f.step) {
-            match std::fs::remove_dir_all(&f.path) {
-                Ok(()) => deleted.push(f.path.clone()),
-                Err(e) => tracing::warn!("cannot delete old checkpoint {}: {e}", f.path.display()),
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(output_dir) {
-        for e in entries.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let ours = format!("-{}", std::process::id());
-            if name.starts_with(TEMP_PREFIX)
-                && !name.ends_with(&ours)
-                && std::fs::remove_dir_all(e.path()).is_ok()
-            {
-                deleted.push(e.path());
-            }
-        }
-    }
-    deleted
-}
 
 /// The complete checkpoints of `output_dir`, as the FineTuneJob status lists them, each with the
 /// last loss logged at or before its step (`losses`: `(step, loss)` in step order).
@@ -276,25 +54,20 @@ pub fn records(output_dir: &Path, losses: &[(u64, f64)]) -> Vec<CheckpointRecord
         .collect()
 }
 
-/// Writes this rank's optimiser state as [`StepOptimizer::state_file`] into `dir`.
+/// Writes this rank's optimiser state as [`StepOptimizer::state_file`] into `dir` (atomically,
+/// and a full volume keeps its OS error: [`TrainerError::VolumeFull`]).
 pub fn write_optimizer_state<O: StepOptimizer + ?Sized>(
     optimizer: &O,
     dir: &Path,
 ) -> Result<(), TrainerError> {
-    let tensors: Vec<(String, Tensor)> = optimizer
-        .state_tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_device(Device::Cpu).contiguous()))
-        .collect();
+    let mut tensors = std::collections::BTreeMap::new();
+    for (name, t) in optimizer.state_tensors() {
+        let host = HostTensor::from_tensor(&name, &t.to_device(Device::Cpu))
+            .map_err(|e| model_error("writing the optimizer state", e))?;
+        tensors.insert(name, host);
+    }
     let file = dir.join(optimizer.state_file());
-    Tensor::write_safetensors(&tensors, &file)
-        .map_err(|e| TrainerError::from_library("writing the optimizer state", e))
-}
-
-/// Where the ranks of a partitioned (ZeRO) optimiser put their state files for checkpoint
-/// `step` before rank 0 moves them into the checkpoint.
-pub fn staging_dir(output_dir: &Path, step: u64) -> PathBuf {
-    output_dir.join(format!(".optimizer-shards-{step}"))
+    write_file(&file, &tensors).map_err(|e| model_error("writing the optimizer state", e))
 }
 
 /// Writes checkpoint `state.global_step` (weights, optimiser state, trainer state) atomically,
@@ -544,5 +317,20 @@ mod tests {
         rotate(out.path(), 2);
         let left: Vec<u64> = list(out.path()).iter().map(|f| f.step).collect();
         assert_eq!(left, vec![3, 5]);
+    }
+
+    #[test]
+    fn rotation_does_not_rehash_the_kept_checkpoints() {
+        let out = tempfile::tempdir().unwrap();
+        for s in [1, 2, 3] {
+            save(out.path(), s);
+        }
+        // Same size, other bytes: only a checksum tells. Rotation counts it as complete (the
+        // checksum is checked when resuming), so checkpoint-2 is kept and checkpoint-1 goes.
+        std::fs::write(out.path().join("checkpoint-2/weights.bin"), "weights X").unwrap();
+        rotate(out.path(), 2);
+        let left: Vec<u64> = list(out.path()).iter().map(|f| f.step).collect();
+        assert_eq!(left, vec![2, 3]);
+        assert_eq!(newest_valid(out.path()).unwrap().step, 3);
     }
 }

@@ -1,7 +1,9 @@
 //! The trainer's error type and how each error maps onto the runtime contract
 //! ([`FailureReason`], exit code, termination message).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+pub use lf_model::durable::is_storage_full;
 
 use lf_api::runtime::{exit_code, paths, FailureReason, TerminationReport};
 
@@ -26,6 +28,13 @@ pub enum TrainerError {
     /// saved.
     #[error("interrupted by a signal after step {step}{}", checkpoint.map(|c| format!("; checkpoint-{c} is complete")).unwrap_or_default())]
     Interrupted { step: u64, checkpoint: Option<u64> },
+    /// The output volume (or a quota on it) is full: the same step would fail again.
+    #[error("output volume full: {} at {}{}; free space or enlarge the PVC", needed.map_or("more space needed".to_string(), |n| format!("{n} bytes needed")), path.display(), free.map(|f| format!(" ({f} bytes free)")).unwrap_or_default())]
+    VolumeFull {
+        path: PathBuf,
+        needed: Option<u64>,
+        free: Option<u64>,
+    },
     /// Anything else (I/O while writing outputs, an internal libtorch error).
     #[error("{message}")]
     Runtime { message: String },
@@ -44,15 +53,23 @@ impl TrainerError {
         }
     }
 
-    /// An I/O failure on `path` while doing `what`.
+    /// An I/O failure on `path` while doing `what`; a full volume is [`TrainerError::VolumeFull`].
     pub fn io(what: &str, path: &Path, err: std::io::Error) -> Self {
-        let message = format!("cannot {what} {}: {err}", path.display());
-        if err.raw_os_error() == Some(libc::ENOSPC) {
-            return TrainerError::Runtime {
-                message: format!("{message} (the volume is full)"),
-            };
+        if is_storage_full(&err) {
+            return TrainerError::volume_full(path, None);
         }
-        TrainerError::Runtime { message }
+        TrainerError::Runtime {
+            message: format!("cannot {what} {}: {err}", path.display()),
+        }
+    }
+
+    /// Writing `needed` bytes (when known) at `path` found its volume full.
+    pub fn volume_full(path: &Path, needed: Option<u64>) -> Self {
+        TrainerError::VolumeFull {
+            path: path.to_path_buf(),
+            needed,
+            free: free_bytes(path),
+        }
     }
 
     /// Classifies a message coming from libtorch or a library crate: allocation failures become
@@ -86,7 +103,9 @@ impl TrainerError {
             TrainerError::Runtime { message } => TrainerError::Runtime {
                 message: prefix(message),
             },
-            interrupted @ TrainerError::Interrupted { .. } => interrupted,
+            unchanged @ (TrainerError::Interrupted { .. } | TrainerError::VolumeFull { .. }) => {
+                unchanged
+            }
         }
     }
 
@@ -98,6 +117,8 @@ impl TrainerError {
             TrainerError::Communication { .. } => FailureReason::Communication,
             TrainerError::Interrupted { .. } => FailureReason::Preempted,
             TrainerError::Runtime { .. } => FailureReason::Runtime,
+            // Not retried: see lf_api::runtime::OUTPUT_VOLUME_FULL (until FailureReason has it).
+            TrainerError::VolumeFull { .. } => FailureReason::ConfigError,
         }
     }
 
@@ -106,6 +127,7 @@ impl TrainerError {
         match self {
             // The contract's code for an interruption, whatever FailureReason maps it to.
             TrainerError::Interrupted { .. } => exit_code::INTERRUPTED,
+            TrainerError::VolumeFull { .. } => exit_code::OUTPUT_VOLUME_FULL,
             other => other.reason().exit_code(),
         }
     }
@@ -117,6 +139,10 @@ impl TrainerError {
                 "lower per_device_train_batch_size or cutoff_len, keep gradient_checkpointing on, or use more GPUs / a higher zero_stage"
                     .into(),
             ),
+            TrainerError::VolumeFull { .. } => Some(format!(
+                "{}: free space on the output volume or enlarge its PersistentVolumeClaim (lower save_total_limit to keep fewer checkpoints)",
+                lf_api::runtime::OUTPUT_VOLUME_FULL
+            )),
             TrainerError::Interrupted { .. } => Some("resume with resume_from_checkpoint: auto (the default when output_dir has checkpoints)".into()),
             _ => None,
         }
@@ -137,6 +163,23 @@ impl TrainerError {
             last_checkpoint_step,
         }
     }
+}
+
+/// Free bytes for an unprivileged writer on the volume holding `path` (or its nearest existing
+/// ancestor).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-buffer that
+    // statvfs fills completely when it returns 0; it is read only in that case.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Whether an error text is an allocation failure (CUDA caching allocator, CPU allocator, or the
@@ -189,6 +232,42 @@ mod tests {
         };
         assert_eq!(int.exit_code(), exit_code::INTERRUPTED);
         assert!(int.to_string().contains("checkpoint-3"));
+    }
+
+    #[test]
+    fn a_full_volume_keeps_its_cause_and_has_its_own_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint-2");
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = TrainerError::io("write", &path, std::io::Error::from_raw_os_error(errno));
+            assert_eq!(e.exit_code(), exit_code::OUTPUT_VOLUME_FULL, "{e}");
+            assert_ne!(
+                e.reason(),
+                FailureReason::Runtime,
+                "a full volume is not retried"
+            );
+            let text = e.to_string();
+            assert!(
+                text.starts_with("output volume full:")
+                    && text.contains(&path.display().to_string())
+                    && text.contains("enlarge the PVC"),
+                "{text}"
+            );
+        }
+        let sized = TrainerError::volume_full(&path, Some(1234));
+        assert!(
+            sized.to_string().contains("1234 bytes needed at"),
+            "{sized}"
+        );
+        let report = sized.report(Some(0), Some(1));
+        assert_eq!(report.exit_code, exit_code::OUTPUT_VOLUME_FULL);
+        assert!(report.hint.unwrap().contains("OutputVolumeFull"));
+        let other = TrainerError::io(
+            "write",
+            &path,
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        );
+        assert_eq!(other.exit_code(), exit_code::RUNTIME);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! set, supervises them, and exits with their result.
 
 use std::ffi::OsString;
+use std::time::Duration;
 
-use lf_api::runtime::env;
+use lf_api::runtime::{env, DEFAULT_LAUNCHER_GRACE_SECONDS};
 use lf_dist::launcher::Launcher;
 
 use crate::error::TrainerError;
@@ -45,7 +46,24 @@ pub fn pod_launcher() -> Result<Option<Launcher>, TrainerError> {
             "NODE_RANK={node_rank} must be below NNODES={nnodes}"
         )));
     }
-    Ok(Some(Launcher::new(nproc, node_rank, nnodes)))
+    let grace = grace_period(std::env::var(env::LAUNCHER_GRACE_SECONDS).ok().as_deref())?;
+    Ok(Some(
+        Launcher::new(nproc, node_rank, nnodes).grace_period(grace),
+    ))
+}
+
+/// The time workers get between SIGTERM and SIGKILL, from [`env::LAUNCHER_GRACE_SECONDS`]'s
+/// value (unset or empty: the default).
+pub fn grace_period(value: Option<&str>) -> Result<Duration, TrainerError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(Duration::from_secs(DEFAULT_LAUNCHER_GRACE_SECONDS)),
+        Some(v) => v.parse::<u64>().map(Duration::from_secs).map_err(|_| {
+            TrainerError::config(format!(
+                "environment variable {}={v:?} is not a whole number of seconds",
+                env::LAUNCHER_GRACE_SECONDS
+            ))
+        }),
+    }
 }
 
 /// Runs this binary's own command line once per local rank; returns the workers' exit code.
@@ -71,4 +89,21 @@ pub fn launch(launcher: &Launcher) -> Result<i32, TrainerError> {
         );
     }
     Ok(exit.code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grace_period_comes_from_the_environment() {
+        assert_eq!(grace_period(None).unwrap(), Duration::from_secs(10));
+        assert_eq!(grace_period(Some(" ")).unwrap(), Duration::from_secs(10));
+        assert_eq!(grace_period(Some("170")).unwrap(), Duration::from_secs(170));
+        let err = grace_period(Some("2m")).unwrap_err();
+        assert!(
+            err.exit_code() == 2 && err.to_string().contains("LF_LAUNCHER_GRACE_SECONDS"),
+            "{err}"
+        );
+    }
 }

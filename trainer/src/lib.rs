@@ -7,8 +7,9 @@
 //!   non-finite detection), a recipe over the modules below.
 //! * [`interfaces`]: what the loop needs from a model, an optimiser and the data-parallel group;
 //!   [`gradients`]: the gradient arithmetic they share.
-//! * [`checkpoint`]: atomic checkpoint directories, verification, rotation, save and resume, and
-//!   the stop-and-save protocol; [`resume`]: which checkpoint a run starts from.
+//! * [`checkpoint`]: save and resume, and the stop-and-save protocol; [`checkpoint_dir`]: atomic
+//!   checkpoint directories, verification, rotation and crash recovery; [`resume`]: which
+//!   checkpoint a run starts from.
 //! * [`report`]: one step record fanned out to every sink; [`outputs`], [`plot`]:
 //!   `trainer_log.jsonl`, `all_results.json`, `training_loss.png`.
 //! * [`memory_report`]: the model-state memory measured from the tensors, next to the planner's.
@@ -20,6 +21,7 @@
 pub mod adapters;
 pub mod batching;
 pub mod checkpoint;
+pub mod checkpoint_dir;
 pub mod commands;
 pub mod data_parallel;
 pub mod error;

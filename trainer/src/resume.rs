@@ -1,11 +1,17 @@
 //! Which checkpoint a `train` run starts from, LLaMA-Factory's way:
 //!
-//! * `resume_from_checkpoint: <dir>`: that checkpoint; it must be complete and verify, else the
-//!   run fails with a configuration error naming it.
+//! * `resume_from_checkpoint: <dir>` (the operator names the newest checkpoint of the status):
+//!   that checkpoint when it is complete and verifies; otherwise (lost, half-written, corrupt) the
+//!   newest checkpoint in `output_dir` that verifies, with a warning naming the unusable one and
+//!   why; a configuration error only when there is none.
 //! * `resume_from_checkpoint: auto`: the newest checkpoint in `output_dir` that verifies (a
 //!   corrupt or partial newer one is skipped with a warning naming it); none found: from scratch.
 //! * unset: like `auto` unless `overwrite_output_dir`, which starts from scratch and removes the
 //!   old checkpoints and log of `output_dir` (so they cannot be mistaken for this run's).
+//!
+//! Before choosing, every rank puts back a checkpoint a crash left aside while replacing it
+//! ([`checkpoint::recover`]), and rank 0 removes what earlier attempts left half-written
+//! ([`checkpoint::clean_stale`]).
 
 use std::path::{Path, PathBuf};
 
@@ -28,27 +34,15 @@ pub fn resolve(
     output_dir: &Path,
     clean_up: bool,
 ) -> Result<Start, TrainerError> {
+    checkpoint::recover(output_dir);
+    if clean_up {
+        for gone in checkpoint::clean_stale(output_dir) {
+            tracing::info!("removed {} (left by an earlier attempt)", gone.display());
+        }
+    }
     match cfg.resume_from_checkpoint.as_deref().map(str::trim) {
         Some("auto") | Some("true") => Ok(auto(output_dir)),
-        Some(given) if !given.is_empty() => {
-            let mut path = PathBuf::from(given);
-            if !path.exists() && path.is_relative() && output_dir.join(given).exists() {
-                path = output_dir.join(given);
-            }
-            if !path.is_dir() {
-                return Err(TrainerError::config(format!(
-                    "resume_from_checkpoint: {given} does not exist (use `auto` for the newest complete checkpoint in {})",
-                    output_dir.display()
-                )));
-            }
-            checkpoint::verify(&path).map_err(|why| {
-                TrainerError::config(format!(
-                    "resume_from_checkpoint: {} cannot be used: {why}",
-                    path.display()
-                ))
-            })?;
-            Ok(Start::Resume(path))
-        }
+        Some(given) if !given.is_empty() => named(given, output_dir),
         _ if cfg.overwrite_output_dir => {
             if clean_up {
                 for f in checkpoint::list(output_dir) {
@@ -72,6 +66,38 @@ pub fn resolve(
             }
             Ok(start)
         }
+    }
+}
+
+/// The checkpoint `resume_from_checkpoint` names, or the newest valid one when it cannot be
+/// used.
+fn named(given: &str, output_dir: &Path) -> Result<Start, TrainerError> {
+    let mut path = PathBuf::from(given);
+    if !path.exists() && path.is_relative() && output_dir.join(given).exists() {
+        path = output_dir.join(given);
+    }
+    let why = if path.is_dir() {
+        match checkpoint::verify(&path) {
+            Ok(_) => return Ok(Start::Resume(path)),
+            Err(why) => why.to_string(),
+        }
+    } else {
+        "it does not exist".to_string()
+    };
+    match checkpoint::newest_valid(output_dir) {
+        Some(f) => {
+            tracing::warn!(
+                "resume_from_checkpoint: {} cannot be used ({why}): resuming from {}, the newest checkpoint that verifies",
+                path.display(),
+                f.path.display()
+            );
+            Ok(Start::Resume(f.path))
+        }
+        None => Err(TrainerError::config(format!(
+            "resume_from_checkpoint: {} cannot be used ({why}), and {} has no complete checkpoint to fall back to (use `auto`, or unset it to start from scratch)",
+            path.display(),
+            output_dir.display()
+        ))),
     }
 }
 
@@ -108,23 +134,23 @@ mod tests {
             ..cfg.clone()
         };
         assert_eq!(resolve(&auto, out.path(), true).unwrap(), want);
+        // A named checkpoint that is corrupt or gone: the newest valid one instead.
         let explicit = TrainingConfig {
             resume_from_checkpoint: Some("checkpoint-4".into()),
             ..cfg.clone()
         };
-        let err = resolve(&explicit, out.path(), true).unwrap_err();
-        assert!(
-            err.to_string().contains("checkpoint-4") && err.exit_code() == 2,
-            "{err}"
-        );
+        assert_eq!(resolve(&explicit, out.path(), true).unwrap(), want);
         let missing = TrainingConfig {
             resume_from_checkpoint: Some("/nope/checkpoint-9".into()),
             ..cfg.clone()
         };
-        assert!(resolve(&missing, out.path(), true)
-            .unwrap_err()
-            .to_string()
-            .contains("/nope/checkpoint-9"));
+        assert_eq!(resolve(&missing, out.path(), true).unwrap(), want);
+        let elsewhere = tempfile::tempdir().unwrap();
+        let err = resolve(&missing, elsewhere.path(), true).unwrap_err();
+        assert!(
+            err.to_string().contains("/nope/checkpoint-9") && err.exit_code() == 2,
+            "nothing to fall back to: {err}"
+        );
         let over = TrainingConfig {
             overwrite_output_dir: true,
             ..cfg

@@ -134,6 +134,11 @@ pub fn device() -> Device {
 
 /// Data errors are the user's to fix, except a cache that another rank never produced.
 pub fn data_error(e: DataError) -> TrainerError {
+    if let DataError::Io { path, source } = &e {
+        if crate::error::is_storage_full(source) {
+            return TrainerError::volume_full(path, None);
+        }
+    }
     if e.is_input_error() {
         TrainerError::config(e.to_string())
     } else {

@@ -1,76 +1,12 @@
 //! The `lf-trainer` binary end to end on a tiny random Llama made by
 //! `tests/reference/trainer_make_tiny.py` (the Python reference stack must be installed).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 
-fn python() -> PathBuf {
-    match std::env::var_os("LF_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-    }
-}
+mod tiny_run;
 
-/// The tiny model and data, made once per test process.
-fn assets() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let py = python();
-        assert!(
-            py.exists(),
-            "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)",
-            py.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/trainer_make_tiny.py");
-        let out = Command::new(&py)
-            .arg(&script)
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "trainer_make_tiny.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-    .path()
-}
-
-fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let a = assets();
-    let text = format!(
-        "model_name_or_path: {m}\ndataset: tiny\ndataset_dir: {d}\ntemplate: alpaca\ncutoff_len: 64\noutput_dir: {o}\n\
-         per_device_train_batch_size: 4\ngradient_accumulation_steps: 2\nlearning_rate: 1.0e-3\nmax_steps: 6\n\
-         logging_steps: 2\nsave_steps: 2\nsave_total_limit: 2\nlora_rank: 4\nmax_new_tokens: 5\ndo_sample: false\n{extra}",
-        m = a.join("model").display(),
-        d = a.join("data").display(),
-        o = dir.join("out").display(),
-    );
-    let path = dir.join("train.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn trainer(args: &[&str], envs: &[(&str, &Path)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lf-trainer"));
-    c.args(args)
-        .env_remove("LF_CONFIG")
-        .env_remove("LF_JOB_NAME")
-        .env_remove("LF_STATUS_FILE")
-        .env_remove("LF_METRICS_ADDR");
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    c.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use tiny_run::{stderr, trainer, write_config};
 
 #[test]
 fn train_eval_export_chat() {

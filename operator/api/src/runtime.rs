@@ -36,7 +36,15 @@ pub mod env {
     /// `GRADIENT_BUCKET_ELEMENTS`; the planner assumes the default, so set it only to test or to
     /// trade memory for fewer collectives knowingly).
     pub const BUCKET_ELEMENTS: &str = "LF_BUCKET_ELEMENTS";
+    /// Seconds the pod's launcher gives its workers between forwarding SIGTERM (or stopping them
+    /// after a peer failed) and SIGKILL: the time a worker has to finish its step and save a
+    /// checkpoint (default [`super::DEFAULT_LAUNCHER_GRACE_SECONDS`]). Render it below the pod's
+    /// `terminationGracePeriodSeconds`, which must also cover the launcher's own exit.
+    pub const LAUNCHER_GRACE_SECONDS: &str = "LF_LAUNCHER_GRACE_SECONDS";
 }
+
+/// The launcher's grace when [`env::LAUNCHER_GRACE_SECONDS`] is not set.
+pub const DEFAULT_LAUNCHER_GRACE_SECONDS: u64 = 10;
 
 /// Paths inside a trainer pod.
 pub mod paths {
@@ -63,9 +71,19 @@ pub mod exit_code {
     pub const OUT_OF_MEMORY: i32 = 3;
     /// A rendezvous or collective failed (a peer died or the network is misconfigured).
     pub const COMMUNICATION: i32 = 4;
+    /// The output volume (or a quota on it) is full (ENOSPC, EDQUOT): retrying the same step
+    /// cannot help until space is freed or the PVC enlarged. Termination reason
+    /// [`super::OUTPUT_VOLUME_FULL`].
+    pub const OUTPUT_VOLUME_FULL: i32 = 5;
     /// Interrupted by a signal (SIGTERM on preemption or drain); the last checkpoint is kept.
     pub const INTERRUPTED: i32 = 143;
 }
+
+/// The failure reason of [`exit_code::OUTPUT_VOLUME_FULL`] as the status should show it. Until
+/// [`FailureReason`] has its own variant (the controller's exhaustive matches must learn it in
+/// the same change), the trainer reports it as [`FailureReason::ConfigError`] — not retried —
+/// with this exit code and an "output volume full: ..." message.
+pub const OUTPUT_VOLUME_FULL: &str = "OutputVolumeFull";
 
 /// Why an attempt ended, as the trainer reports it and the operator classifies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -99,7 +117,8 @@ impl FailureReason {
     /// The reason an exit code implies when no termination message was written.
     pub fn from_exit_code(code: i32) -> FailureReason {
         match code {
-            exit_code::CONFIG => FailureReason::ConfigError,
+            // A full output volume is not retried either (see [`OUTPUT_VOLUME_FULL`]).
+            exit_code::CONFIG | exit_code::OUTPUT_VOLUME_FULL => FailureReason::ConfigError,
             exit_code::OUT_OF_MEMORY => FailureReason::OutOfMemory,
             exit_code::COMMUNICATION => FailureReason::Communication,
             exit_code::INTERRUPTED => FailureReason::Preempted,
