@@ -127,6 +127,10 @@ fn predict_follows_llama_factorys_rules() {
             "do_predict: true\npredict_with_generate: true",
             &["eval_dataset"],
         ),
+        (
+            "do_predict: true\npredict_with_generate: true\ndataset: d\nzero_stage: 3",
+            &["ZeRO-3"],
+        ),
         ("eval_num_beams: 4", &["beam search"]),
     ] {
         let err = TrainingConfig::from_yaml_str(yaml).unwrap_err().to_string();

@@ -129,6 +129,12 @@ impl TrainingConfig {
                 "set `predict_with_generate: true` to generate and save predictions (LLaMA-Factory's rule); `lf-trainer eval` reports the eval loss",
             ));
         }
+        if self.zero_stage >= 3 {
+            return Err(ConfigError::invalid(
+                "do_predict",
+                "prediction loads the whole model on one device, which ZeRO-3 is there to avoid (LLaMA-Factory refuses `predict_with_generate` with ZeRO-3 too): predict in a run of its own with `zero_stage` below 3",
+            ));
+        }
         if self.packing_enabled() {
             return Err(ConfigError::invalid(
                 "do_predict",
