@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::TrainerError;
+use crate::adapters::model_error;
+use crate::error::{is_storage_full, TrainerError};
 use crate::memory_report::{MemoryLine, MemoryRecord};
 
 pub const TRAINER_LOG: &str = "trainer_log.jsonl";
@@ -104,7 +105,13 @@ impl TrainerLog {
             .append(true)
             .open(&self.path)
             .map_err(|e| TrainerError::io("open", &self.path, e))?;
-        writeln!(f, "{line}").map_err(|e| TrainerError::io("append to", &self.path, e))
+        writeln!(f, "{line}").map_err(|e| {
+            if is_storage_full(&e) {
+                TrainerError::volume_full(&self.path, Some(line.len() as u64 + 1))
+            } else {
+                TrainerError::io("append to", &self.path, e)
+            }
+        })
     }
 
     /// Every record written so far (the plot reads them back, including those of earlier
@@ -131,6 +138,7 @@ impl TrainerLog {
 
     /// Drops records past `step` (a resumed run repeats no step, so later lines of the crashed
     /// attempt would be duplicates), memory records included; lines that are neither are dropped.
+    /// The log is replaced atomically: a crash meanwhile leaves the old log whole.
     pub fn truncate_after(&self, step: u64) -> Result<(), TrainerError> {
         if !self.path.exists() {
             return Ok(());
@@ -151,12 +159,12 @@ impl TrainerLog {
                 kept.push('\n');
             }
         }
-        std::fs::write(&self.path, kept).map_err(|e| TrainerError::io("rewrite", &self.path, e))
+        write_atomic(&self.path, kept.as_bytes())
     }
 }
 
 /// Merges `values` into `output_dir/all_results.json` (train and eval results share the file, as
-/// in Hugging Face's `save_metrics("all", ...)`).
+/// in Hugging Face's `save_metrics("all", ...)`), atomically and durably.
 pub fn merge_results(
     output_dir: &Path,
     values: serde_json::Map<String, serde_json::Value>,
@@ -169,7 +177,13 @@ pub fn merge_results(
     all.extend(values);
     let text =
         serde_json::to_string_pretty(&all).map_err(|e| TrainerError::runtime(e.to_string()))?;
-    std::fs::write(&path, text).map_err(|e| TrainerError::io("write", &path, e))
+    write_atomic(&path, text.as_bytes())
+}
+
+/// Replaces `path` with `bytes` atomically and durably (a crash leaves the old file or the new
+/// one; a full volume is [`TrainerError::VolumeFull`] with the size needed).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
+    lf_model::durable::write_atomic(path, bytes).map_err(|e| model_error("writing outputs", e))
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM`), where the OS reports it.
@@ -199,6 +213,32 @@ mod tests {
     fn formats_time_like_llama_factory() {
         assert_eq!(hms(0.4), "0:00:00");
         assert_eq!(hms(3723.0), "1:02:03");
+    }
+
+    #[test]
+    fn a_full_volume_under_the_log_is_volume_full_with_the_bytes_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        // /dev/full answers every write with ENOSPC.
+        std::os::unix::fs::symlink("/dev/full", dir.path().join(TRAINER_LOG)).unwrap();
+        let log = TrainerLog::open(dir.path(), false).unwrap();
+        let err = log.append(&LogRecord::default()).unwrap_err();
+        assert_eq!(
+            err.exit_code(),
+            lf_api::runtime::exit_code::OUTPUT_VOLUME_FULL,
+            "{err}"
+        );
+        assert!(err.to_string().contains("bytes needed at"), "{err}");
+        // Rewritten files are replaced whole: the log after a truncation, the results.
+        std::fs::remove_file(dir.path().join(TRAINER_LOG)).unwrap();
+        log.append(&LogRecord::default()).unwrap();
+        log.truncate_after(0).unwrap();
+        merge_results(dir.path(), serde_json::Map::new()).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [ALL_RESULTS, TRAINER_LOG], "no temporary left");
     }
 
     #[test]
