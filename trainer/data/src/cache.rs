@@ -78,18 +78,21 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
         path: path.to_path_buf(),
         message: format!("corrupt cache file ({what}); delete it or set overwrite_cache: true"),
     };
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = crate::files::open_regular(path)?;
     let total = file.metadata().map_err(|e| DataError::io(path, e))?.len();
+    // Bytes not yet consumed: every count and length below is checked against them before it
+    // sizes an allocation, so a corrupt file cannot ask for more memory than it could hold.
+    let mut left = total;
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut magic = [0u8; 8];
+    consume(&mut left, 8).ok_or_else(|| corrupt("too short"))?;
     r.read_exact(&mut magic).map_err(|_| corrupt("too short"))?;
     if &magic != MAGIC {
         return Err(corrupt("wrong magic or version"));
     }
+    consume(&mut left, 8).ok_or_else(|| corrupt("truncated header"))?;
     let header_len = read_u64(&mut r).map_err(|_| corrupt("truncated header"))?;
-    if header_len > total {
-        return Err(corrupt("header length"));
-    }
+    consume(&mut left, header_len).ok_or_else(|| corrupt("header length"))?;
     let mut header = vec![0u8; header_len as usize];
     r.read_exact(&mut header)
         .map_err(|_| corrupt("truncated header"))?;
@@ -97,19 +100,20 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
         serde_json::from_slice(&header).map_err(|_| corrupt("header is not valid JSON"))?;
     let mut splits = Vec::with_capacity(2);
     for _ in 0..2 {
+        consume(&mut left, 8).ok_or_else(|| corrupt("truncated split"))?;
         let n = read_u64(&mut r).map_err(|_| corrupt("truncated split"))?;
-        if n > total {
+        // Each example takes at least its 4-byte length.
+        if n > left / 4 {
             return Err(corrupt("example count"));
         }
         let mut examples = Vec::with_capacity(n as usize);
         for _ in 0..n {
+            consume(&mut left, 4).ok_or_else(|| corrupt("truncated example"))?;
             let mut len = [0u8; 4];
             r.read_exact(&mut len)
                 .map_err(|_| corrupt("truncated example"))?;
             let len = u32::from_le_bytes(len) as usize;
-            if len as u64 * 8 > total {
-                return Err(corrupt("example length"));
-            }
+            consume(&mut left, len as u64 * 8).ok_or_else(|| corrupt("example length"))?;
             let mut buf = vec![0u8; len * 8];
             r.read_exact(&mut buf)
                 .map_err(|_| corrupt("truncated example"))?;
@@ -133,6 +137,12 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
     let eval = splits.pop().unwrap_or_default();
     let train = splits.pop().unwrap_or_default();
     Ok((stats, train, eval))
+}
+
+/// Takes `n` bytes off `left`; `None` when fewer are left.
+fn consume(left: &mut u64, n: u64) -> Option<()> {
+    *left = left.checked_sub(n)?;
+    Some(())
 }
 
 fn read_u64(r: &mut impl Read) -> std::io::Result<u64> {
@@ -162,7 +172,9 @@ pub fn wait_for(
         }
         if let Ok(meta) = std::fs::metadata(marker) {
             if meta.modified().map(|m| m >= fresh_after).unwrap_or(false) {
-                let message = std::fs::read_to_string(marker).unwrap_or_default();
+                let message = crate::files::read_regular(marker)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
                 return Err(DataError::Cache {
                     path: path.to_path_buf(),
                     message: format!("rank 0 failed to prepare the dataset: {message}"),

@@ -37,6 +37,9 @@ pub enum DataError {
     /// A chat template failed to compile or render.
     #[error("chat template `{template}`: {message}")]
     Template { template: String, message: String },
+    /// A file named by the input escapes its directory, is not a regular file, or is unreadable.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// The tokenised-dataset cache is unreadable, or another rank did not produce it in time.
     #[error("tokenised dataset cache {}: {message}", path.display())]
     Cache { path: PathBuf, message: String },
@@ -47,7 +50,11 @@ impl DataError {
     /// the trainer can exit with the configuration/input exit code; false for I/O and cache
     /// failures, which may be transient.
     pub fn is_input_error(&self) -> bool {
-        !matches!(self, DataError::Io { .. } | DataError::Cache { .. })
+        match self {
+            DataError::Io { .. } | DataError::Cache { .. } => false,
+            DataError::File(e) => e.is_input_error(),
+            _ => true,
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

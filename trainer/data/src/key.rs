@@ -73,7 +73,7 @@ pub fn cache_key(
 }
 
 fn file_digest(path: &std::path::Path) -> Result<String, DataError> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    let mut f = crate::files::open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -14,6 +14,7 @@ pub mod cache;
 pub mod convert;
 pub mod encode;
 pub mod error;
+pub mod files;
 pub mod key;
 pub mod load;
 pub mod pack;

@@ -32,7 +32,7 @@ pub fn read_records(
     limit: Option<usize>,
     skip_bad: bool,
 ) -> Result<FileRecords, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let bytes = crate::files::read_regular(path)?;
     let bytes = bytes
         .strip_prefix(b"\xEF\xBB\xBF".as_slice())
         .unwrap_or(&bytes); // UTF-8 BOM

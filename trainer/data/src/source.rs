@@ -112,10 +112,8 @@ impl DatasetInfo {
     /// Reads `dir/dataset_info.json`; `Ok(None)` when it does not exist.
     pub fn load(dir: &Path) -> Result<Option<Self>, DataError> {
         let path = dir.join("dataset_info.json");
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(DataError::io(&path, e)),
+        let Some(bytes) = crate::files::read_optional_regular(&path)? else {
+            return Ok(None);
         };
         match crate::tokenizer::parse_json(&path, &bytes)? {
             Value::Object(entries) => Ok(Some(DatasetInfo { path, entries })),
@@ -168,7 +166,8 @@ fn resolve(
         format!("{name}.json"),
         format!("{name}.jsonl"),
     ] {
-        let path = dir.join(&candidate);
+        let path = crate::files::confined_join(dir, &candidate)
+            .map_err(|e| DataError::config(key, format!("dataset `{name}`: {e}")))?;
         if path.is_file() {
             return Ok(DatasetSpec {
                 name: name.into(),
@@ -311,7 +310,8 @@ fn from_entry(
         .get("num_samples")
         .and_then(Value::as_u64)
         .map(|n| n as usize);
-    let path = dir.join(file_name);
+    let path = crate::files::confined_join(dir, file_name)
+        .map_err(|e| DataError::config(&key, format!("file_name {e}")))?;
     let files = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
             .map_err(|e| DataError::io(&path, e))?
@@ -333,6 +333,10 @@ fn from_entry(
         }
         files
     } else if path.is_file() {
+        vec![path]
+    } else if path.exists() {
+        // A FIFO, socket or device: say what it is (opening it could block forever).
+        crate::files::open_regular(&path)?;
         vec![path]
     } else {
         return Err(DataError::config(

@@ -55,7 +55,7 @@ impl std::fmt::Debug for TokenizerBundle {
 pub fn load_tokenizer(model_dir: &Path) -> Result<TokenizerBundle, DataError> {
     let mut hasher = Sha256::new();
     let tok_path = model_dir.join("tokenizer.json");
-    let tok_bytes = std::fs::read(&tok_path).map_err(|e| DataError::io(&tok_path, e))?;
+    let tok_bytes = crate::files::read_regular(&tok_path)?;
     hasher.update(&tok_bytes);
     let tokenizer = Tokenizer::from_bytes(&tok_bytes).map_err(|e| DataError::Tokenizer {
         path: tok_path.clone(),
@@ -66,13 +66,15 @@ pub fn load_tokenizer(model_dir: &Path) -> Result<TokenizerBundle, DataError> {
     let special_map = read_optional_json(&model_dir.join("special_tokens_map.json"), &mut hasher)?;
     let generation = read_optional_json(&model_dir.join("generation_config.json"), &mut hasher)?;
     let jinja_path = model_dir.join("chat_template.jinja");
-    let jinja = match std::fs::read_to_string(&jinja_path) {
-        Ok(text) => {
-            hasher.update(text.as_bytes());
+    let jinja = match crate::files::read_optional_regular(&jinja_path)? {
+        Some(bytes) => {
+            hasher.update(&bytes);
+            let text = String::from_utf8(bytes).map_err(|_| {
+                DataError::template("auto", format!("{} is not UTF-8", jinja_path.display()))
+            })?;
             Some(text)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(DataError::io(&jinja_path, e)),
+        None => None,
     };
 
     let token = |key: &str| -> Option<String> {
@@ -206,13 +208,12 @@ fn select_template(v: &Value, model_dir: &Path) -> Result<Option<String>, DataEr
 }
 
 fn read_optional_json(path: &Path, hasher: &mut Sha256) -> Result<Option<Value>, DataError> {
-    match std::fs::read(path) {
-        Ok(bytes) => {
+    match crate::files::read_optional_regular(path)? {
+        Some(bytes) => {
             hasher.update(&bytes);
             parse_json(path, &bytes).map(Some)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(DataError::io(path, e)),
+        None => Ok(None),
     }
 }
 

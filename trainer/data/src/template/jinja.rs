@@ -28,6 +28,19 @@ pub struct RenderVars {
 
 const NAME: &str = "chat_template";
 
+/// The work one render may do, in minijinja fuel: about one unit per instruction and per 64 bytes
+/// of data created (so at most ~64 MiB of strings). A real chat template spends a few hundred
+/// units per message plus the message text; a 100-message conversation of 1 MiB costs under
+/// 100 000. One million leaves ten times that and stops a hostile template (nested
+/// `range(100000)` loops) within a fraction of a second.
+pub const FUEL: u64 = 1_000_000;
+/// The longest rendered conversation: 16 MiB of text is millions of tokens, far beyond any
+/// `cutoff_len`; a template that writes more is broken or hostile.
+pub const MAX_OUTPUT_BYTES: usize = 16 << 20;
+/// The largest `tojson(indent=...)`: our `tojson` is not metered by the fuel, and its output grows
+/// with indent × depth.
+const MAX_JSON_INDENT: usize = 16;
+
 impl JinjaTemplate {
     /// Compiles `source`; a syntax error names the template's line.
     pub fn compile(source: &str) -> Result<Self, DataError> {
@@ -38,12 +51,13 @@ impl JinjaTemplate {
             .build()
             .map_err(|e| DataError::template("auto", e.to_string()))?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_function("strftime_now", |fmt: String| -> Result<Value, Error> {
-            Ok(Value::from(strftime_now(&fmt)))
+            Ok(Value::from(super::strftime::strftime_now(&fmt)))
         });
         env.add_filter("tojson", tojson);
         env.add_template_owned(NAME, rewrite_generation_tags(source))
@@ -85,8 +99,45 @@ impl JinjaTemplate {
             tools => Value::from(()),
             documents => Value::from(()),
         };
-        tmpl.render(ctx)
-            .map_err(|e| DataError::template("auto", describe(&e)))
+        let mut out = CappedOutput::default();
+        match tmpl.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.bytes)
+                .map_err(|_| DataError::template("auto", "the rendered text is not UTF-8")),
+            Err(_) if out.overflowed => Err(DataError::template(
+                "auto",
+                format!(
+                    "the rendered conversation exceeds {} MiB; the template is broken or hostile",
+                    MAX_OUTPUT_BYTES >> 20
+                ),
+            )),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(DataError::template(
+                "auto",
+                format!("rendering one conversation took more than {FUEL} steps (minijinja fuel); the template loops too long or builds too much"),
+            )),
+            Err(e) => Err(DataError::template("auto", describe(&e))),
+        }
+    }
+}
+
+/// Render output that refuses to grow past [`MAX_OUTPUT_BYTES`].
+#[derive(Default)]
+struct CappedOutput {
+    bytes: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_OUTPUT_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -106,7 +157,8 @@ fn rewrite_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` is searched after the opening `{%`: in `{%}` they overlap.
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -129,6 +181,12 @@ fn rewrite_generation_tags(source: &str) -> String {
 /// separators=separators, sort_keys=sort_keys)`.
 fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    if indent.is_some_and(|n| n > MAX_JSON_INDENT) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent is at most {MAX_JSON_INDENT}"),
+        ));
+    }
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
@@ -241,112 +299,9 @@ fn py_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// `strftime_now(fmt)` for the specifiers chat templates use (`%d %b %Y %B %m %y %H %M %S %A %a
-/// %j %%`), in UTC.
-fn strftime_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format_time(secs, fmt)
-}
-
-fn format_time(secs: u64, fmt: &str) -> String {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-    ];
-    let days = (secs / 86_400) as i64;
-    let (y, m, d) = civil_from_days(days);
-    let day_of_year = days - days_from_civil(y, 1, 1) + 1;
-    let (hh, mm, ss) = ((secs % 86_400) / 3600, (secs % 3600) / 60, secs % 60);
-    let weekday = DAYS[(days.rem_euclid(7)) as usize];
-    let month = MONTHS[(m - 1) as usize];
-    let mut out = String::new();
-    let mut chars = fmt.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('d') => out.push_str(&format!("{d:02}")),
-            Some('m') => out.push_str(&format!("{m:02}")),
-            Some('Y') => out.push_str(&y.to_string()),
-            Some('y') => out.push_str(&format!("{:02}", y % 100)),
-            Some('b') => out.push_str(&month[..3]),
-            Some('B') => out.push_str(month),
-            Some('a') => out.push_str(&weekday[..3]),
-            Some('A') => out.push_str(weekday),
-            Some('H') => out.push_str(&format!("{hh:02}")),
-            Some('M') => out.push_str(&format!("{mm:02}")),
-            Some('S') => out.push_str(&format!("{ss:02}")),
-            Some('j') => out.push_str(&format!("{day_of_year:03}")),
-            Some('%') => out.push('%'),
-            Some(other) => {
-                out.push('%');
-                out.push(other);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
-}
-
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates_format_like_python() {
-        // 2024-07-26 12:34:56 UTC, a Friday.
-        assert_eq!(
-            format_time(1_721_997_296, "%d %b %Y %A %H:%M:%S %j"),
-            "26 Jul 2024 Friday 12:34:56 208"
-        );
-    }
 
     #[test]
     fn generation_tags_render_their_body() {

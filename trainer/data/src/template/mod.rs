@@ -9,6 +9,7 @@
 
 pub mod jinja;
 pub mod named;
+mod strftime;
 
 use sha2::{Digest, Sha256};
 
