@@ -23,6 +23,8 @@ pub fn model_error(context: &str, e: ModelError) -> TrainerError {
         | ModelError::Safetensors { .. }
         | ModelError::Json { .. }
         | ModelError::NoWeights { .. }
+        | ModelError::WeightMapEntry { .. }
+        | ModelError::NotRegular(_)
         | ModelError::MissingTensor { .. }
         | ModelError::ShapeMismatch { .. }
         | ModelError::UnsupportedDtype { .. }

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use lf_data::files::FileError;
+
 /// Errors from loading, adapting, saving or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -29,6 +31,17 @@ pub enum ModelError {
     Safetensors { path: PathBuf, message: String },
     #[error("{path} is not valid JSON: {message}")]
     Json { path: PathBuf, message: String },
+    /// A shard named by `model.safetensors.index.json` that escapes the model directory, is not a
+    /// regular file (a FIFO would hang the open) or cannot be opened.
+    #[error("{index}: weight_map entry `{entry}`: {source}")]
+    WeightMapEntry {
+        index: PathBuf,
+        entry: String,
+        source: FileError,
+    },
+    /// A model file that is not a regular file (a FIFO, a device, a directory).
+    #[error("{0}")]
+    NotRegular(FileError),
     #[error(
         "{dir} has no model weights: expected model.safetensors or model.safetensors.index.json"
     )]
@@ -108,6 +121,17 @@ impl ModelError {
     pub(crate) fn torch(context: impl Into<String>) -> impl FnOnce(tch::TchError) -> ModelError {
         let context = context.into();
         move |source| ModelError::Torch { context, source }
+    }
+}
+
+impl From<FileError> for ModelError {
+    /// An I/O failure stays [`ModelError::Io`] (as for every other model file); a refused file is
+    /// [`ModelError::NotRegular`].
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::Io { path, source } => ModelError::Io { path, source },
+            refused => ModelError::NotRegular(refused),
+        }
     }
 }
 

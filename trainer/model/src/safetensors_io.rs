@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use lf_data::files::{confined_join, open_regular, read_regular};
 use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
 use tch::{Device, Kind, Tensor};
@@ -21,38 +22,13 @@ const HEADER_LEN_BYTES: usize = 8;
 
 /// The weight files of a Hugging Face model directory: the shards listed by
 /// `model.safetensors.index.json`, or the single `model.safetensors`.
+///
+/// The index is the tenant's: each shard name must stay inside `dir` and be a regular file
+/// (checked here, so the error names the index entry; a FIFO would block the open forever).
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
-            path: index.clone(),
-            source,
-        })?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::Json {
-                path: index.clone(),
-                message: e.to_string(),
-            })?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| ModelError::Json {
-                path: index.clone(),
-                message: "missing the `weight_map` object".into(),
-            })?;
-        let mut files: Vec<PathBuf> = Vec::new();
-        for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| ModelError::Json {
-                path: index.clone(),
-                message: format!("weight_map entry `{name}` is not a file name"),
-            })?;
-            let path = dir.join(file);
-            if !files.contains(&path) {
-                files.push(path);
-            }
-        }
-        files.sort();
-        return Ok(files);
+        return index_files(dir, &index);
     }
     let single = dir.join("model.safetensors");
     if single.exists() {
@@ -61,6 +37,40 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Err(ModelError::NoWeights {
         dir: dir.to_path_buf(),
     })
+}
+
+/// The distinct shards `index`'s `weight_map` names, sorted, each confined to `dir` and opened
+/// once as a regular file.
+fn index_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let json = |message: String| ModelError::Json {
+        path: index.to_path_buf(),
+        message,
+    };
+    let bytes = read_regular(index)?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| json(e.to_string()))?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| json("missing the `weight_map` object".into()))?;
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (entry, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| json(format!("weight_map entry `{entry}` is not a file name")))?;
+        let refused = |source| ModelError::WeightMapEntry {
+            index: index.to_path_buf(),
+            entry: entry.clone(),
+            source,
+        };
+        let path = confined_join(dir, file).map_err(refused)?;
+        if !files.contains(&path) {
+            open_regular(&path).map_err(refused)?;
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// A memory-mapped safetensors file whose header was parsed and validated once, at open.
@@ -75,12 +85,9 @@ pub struct MappedFile {
 impl MappedFile {
     /// Maps `path` read-only and validates its header: its declared length (bounded by the
     /// `safetensors` crate before anything is allocated), and tensor offsets that are contiguous,
-    /// in bounds and consistent with shapes and dtypes.
+    /// in bounds and consistent with shapes and dtypes. Only a regular file is mapped ([`open_regular`]: a FIFO would block the open).
     pub fn open(path: &Path) -> Result<Self, ModelError> {
-        let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = open_regular(path)?;
         // SAFETY: the map is read-only and lives as long as `self`; a file truncated underneath us
         // by another process is outside what any safetensors reader can defend against.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
