@@ -248,6 +248,7 @@ pub fn render_file(path: &Path, attempt: u32, default_image: &str) -> Result<Str
         attempt: attempt.max(1),
         resume_from: None,
         sidecar_injection_default: false,
+        metrics_from: Vec::new(),
     };
     let rendered = lf_render::render(&job, &plan, &ctx).map_err(|e| CommandError::Render {
         path: path.into(),

@@ -162,6 +162,10 @@ enum Command {
         /// Log format: json (default when stderr is not a terminal) or text.
         #[arg(long, env = "LF_LOG_FORMAT", value_parser = ["json", "text"])]
         log_format: Option<String>,
+        /// Who may scrape trainer pods' metrics besides the job's own pods: a JSON list of
+        /// NetworkPolicy peers, e.g. `[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]`.
+        #[arg(long, env = "LF_TRAINER_METRICS_FROM", default_value = "[]")]
+        trainer_metrics_from: String,
     },
 }
 
@@ -330,6 +334,7 @@ fn main() -> ExitCode {
             lease_namespace,
             lease_name,
             log_format,
+            trainer_metrics_from,
         } => {
             let json = match log_format.as_deref() {
                 Some("json") => true,
@@ -346,9 +351,18 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|| "default".into());
                 LeaseConfig::new(&ns, &lease_name, &identity)
             });
+            let trainer_metrics_from = match serde_json::from_str(&trainer_metrics_from) {
+                Ok(peers) => peers,
+                Err(e) => {
+                    return fail(format!(
+                        "--trainer-metrics-from (LF_TRAINER_METRICS_FROM) is not a JSON list of NetworkPolicy peers: {e}"
+                    ))
+                }
+            };
             let controller = ControllerConfig {
                 default_image: trainer_image,
                 sidecar_injection_default,
+                trainer_metrics_from,
                 ..ControllerConfig::default()
             };
             let runtime = match tokio::runtime::Runtime::new() {

@@ -235,6 +235,7 @@ fn render_prints_every_object() {
             "RoleBinding",
             "ConfigMap",
             "Service",
+            "NetworkPolicy",
             "Job"
         ]
     );

@@ -10,6 +10,7 @@
 mod support;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
@@ -106,6 +107,7 @@ async fn create_plans_first_then_applies_exactly_the_rendered_children() {
         attempt: 1,
         resume_from: None,
         sidecar_injection_default: false,
+        metrics_from: Vec::new(),
     };
     let rendered = lf_render::render(&ftj, &expected_plan, &ctx).unwrap();
     let stored = [
@@ -118,8 +120,11 @@ async fn create_plans_first_then_applies_exactly_the_rendered_children() {
             .get_value::<ConfigMap>(NS, &rendered.config_map.name_any()),
         env.fake
             .get_value::<Service>(NS, &rendered.service.name_any()),
+        env.fake
+            .get_value::<NetworkPolicy>(NS, &rendered.network_policy.name_any()),
         env.fake.get_value::<Job>(NS, &rendered.job.name_any()),
     ];
+    assert_eq!(rendered.objects().len(), stored.len(), "every rendered kind is checked");
     for (want, got) in rendered.objects().into_iter().zip(stored) {
         let got = strip_server_fields(got.expect("child exists"));
         assert_eq!(strip_server_fields(want), got);

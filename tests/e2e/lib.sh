@@ -46,7 +46,7 @@ has_event() { # object-name reason
 }
 
 children() { # job-name: the operator's children of a FineTuneJob
-  kubectl -n "$NS" get jobs,services,configmaps,serviceaccounts,roles,rolebindings \
+  kubectl -n "$NS" get jobs,services,configmaps,serviceaccounts,roles,rolebindings,networkpolicies \
     -l "lf-operator.io/job-name=$1" -o name 2>/dev/null
 }
 

@@ -7,7 +7,7 @@ source "$ROOT/tests/e2e/kueue.sh"
 source "$ROOT/tests/e2e/oom.sh"
 
 SCENARIOS=(crd rejections pod_security quickstart rbac multi_pod resume_after_kill config_error eviction
-  suspend operator_restart leader_handover impossible_job name_conflict garbage_collection metrics kueue oom)
+  suspend operator_restart leader_handover impossible_job name_conflict quota garbage_collection metrics kueue oom)
 
 # The CRD from crds/ is what the API server stores and serves: `kubectl get finetunejobs` prints
 # the promised columns (golden output, ages masked) and `kubectl explain` documents the spec.
@@ -130,7 +130,7 @@ scenario_rbac() {
   local field patch
   for patch in 'plan|{"status":{"plan":{"nodes":64}}}' 'attempt|{"status":{"attempt":1000}}' \
     'restarts|{"status":{"restarts":[{"attempt":1,"reason":"Preempted","counted":false,"at":"2026-01-01T00:00:00Z"}]}}' \
-    'phase|{"status":{"phase":"Succeeded"}}'; do
+    'phase|{"status":{"phase":"Failed"}}'; do
     field=${patch%%|*}
     expect_forbidden "rewrite status.$field" -n "$NS" patch finetunejob quickstart --subresource=status --type=merge -p "${patch#*|}"
     grep -q "status.$field is the operator's" "$E2E/rbac.out" || { cat "$E2E/rbac.out" >&2; fail "the refusal does not name status.$field"; }
@@ -292,6 +292,30 @@ scenario_impossible_job() {
   wait_for 30 "DoesNotFit event" has_event too-big DoesNotFit
   [ -z "$(children too-big)" ] || fail "too-big has children: $(children too-big)"
   log "message: $(ftj too-big '{.status.conditions[?(@.type=="Planned")].message}' | head -c 200)"
+}
+
+# What the API refuses is on the status, not retried silently: a ResourceQuota forbidding Jobs
+# fails the operator's create with 403, shown as CreateForbidden with the quota's words (and
+# retried with backoff); once Jobs are allowed but pods are not, the Job has no pods, and the Job
+# controller's FailedCreate reason is shown instead of "0 of 1 pods running".
+scenario_quota() {
+  local ns=$NS-quota file=$E2E/quota.yaml
+  kubectl create namespace "$ns" >/dev/null
+  kubectl -n "$ns" create quota no-jobs --hard=count/jobs.batch=0 >/dev/null
+  wait_for 30 "quota no-jobs counted" sh -c "kubectl -n $ns get quota no-jobs -o jsonpath='{.status.used}' | grep -q jobs"
+  sed -e "s/^  name: quickstart$/  name: quota/" "$ROOT/examples/quickstart.yaml" >"$file"
+  kubectl -n "$ns" apply -f "$file" >/dev/null
+  reason_message() { kubectl -n "$ns" get finetunejob quota -o jsonpath="{.status.conditions[?(@.reason==\"$1\")].message}"; }
+  wait_for 60 "CreateForbidden" sh -c "kubectl -n $ns get finetunejob quota -o jsonpath='{.status.conditions[*].reason}' | grep -qw CreateForbidden"
+  reason_message CreateForbidden | grep -q "exceeded quota: no-jobs" || fail "CreateForbidden does not quote the quota: $(reason_message CreateForbidden)"
+  log "CreateForbidden: $(reason_message CreateForbidden | head -c 200)"
+  kubectl -n "$ns" create quota no-pods --hard=pods=0 >/dev/null
+  wait_for 30 "quota no-pods counted" sh -c "kubectl -n $ns get quota no-pods -o jsonpath='{.status.used}' | grep -q pods"
+  kubectl -n "$ns" delete quota no-jobs >/dev/null
+  wait_for 120 "FailedCreate" sh -c "kubectl -n $ns get finetunejob quota -o jsonpath='{.status.conditions[*].reason}' | grep -qw FailedCreate"
+  reason_message FailedCreate | grep -q "exceeded quota: no-pods" || fail "FailedCreate does not quote the quota: $(reason_message FailedCreate)"
+  log "FailedCreate: $(reason_message FailedCreate | head -c 200)"
+  kubectl delete namespace "$ns" --wait=false >/dev/null
 }
 
 # The operator never takes over an object it did not create (the controller-ref rule): with a

@@ -51,16 +51,17 @@ NON_DEFAULT = {
 
 # The verbs the controller uses (operator-notes / issue 3), by (apiGroup, resource).
 EXPECTED_RULES = {
-    ("lf-operator.io", "finetunejobs"): {"get", "list", "watch", "patch"},
-    ("lf-operator.io", "finetunejobs/status"): {"get", "patch", "update"},
+    ("lf-operator.io", "finetunejobs"): {"get", "list", "watch"},
+    ("lf-operator.io", "finetunejobs/status"): {"get", "patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("rbac.authorization.k8s.io", "roles"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
+    ("", "services"): {"get", "list", "watch", "create", "patch"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
+    ("rbac.authorization.k8s.io", "roles"): {"get", "list", "watch", "create", "patch"},
+    ("rbac.authorization.k8s.io", "rolebindings"): {"get", "list", "watch", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"get", "list", "watch", "create", "patch"},
+    ("", "pods"): {"list", "watch"},
+    ("events.k8s.io", "events"): {"create", "patch", "list"},
 }
 
 
@@ -121,8 +122,10 @@ def check_objects(label, docs, problems):
             missing = {k: sorted(v - got.get(k, set())) for k, v in EXPECTED_RULES.items() if v - got.get(k, set())}
             problems.append(f"{label}: ClusterRole differs from the controller's needs: extra {extra}, missing {missing}")
     lease_rules = [r for role in by_kind.get("Role", []) for r in role["rules"] if "leases" in r.get("resources", [])]
-    if not lease_rules or set(lease_rules[0]["verbs"]) != {"get", "create", "update"}:
-        problems.append(f"{label}: no namespaced Role with get/create/update on leases")
+    named = {v for r in lease_rules if r.get("resourceNames") for v in r["verbs"]}
+    unnamed = {v for r in lease_rules if not r.get("resourceNames") for v in r["verbs"]}
+    if named != {"get", "update"} or unnamed != {"create"}:
+        problems.append(f"{label}: leases: expected create, and get/update limited to the Lease's name; got {lease_rules}")
     services = by_kind.get("Service", [])
     if not any(p["name"] == "metrics" for s in services for p in s["spec"]["ports"]):
         problems.append(f"{label}: no metrics Service")

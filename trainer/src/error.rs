@@ -117,8 +117,8 @@ impl TrainerError {
             TrainerError::Communication { .. } => FailureReason::Communication,
             TrainerError::Interrupted { .. } => FailureReason::Preempted,
             TrainerError::Runtime { .. } => FailureReason::Runtime,
-            // Not retried: see lf_api::runtime::OUTPUT_VOLUME_FULL (until FailureReason has it).
-            TrainerError::VolumeFull { .. } => FailureReason::ConfigError,
+            // Not retried (the operator fails the job: freeing space is the user's to do).
+            TrainerError::VolumeFull { .. } => FailureReason::OutputVolumeFull,
         }
     }
 

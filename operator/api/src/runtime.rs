@@ -79,10 +79,7 @@ pub mod exit_code {
     pub const INTERRUPTED: i32 = 143;
 }
 
-/// The failure reason of [`exit_code::OUTPUT_VOLUME_FULL`] as the status should show it. Until
-/// [`FailureReason`] has its own variant (the controller's exhaustive matches must learn it in
-/// the same change), the trainer reports it as [`FailureReason::ConfigError`] — not retried —
-/// with this exit code and an "output volume full: ..." message.
+/// The failure reason of [`exit_code::OUTPUT_VOLUME_FULL`] as the status shows it.
 pub const OUTPUT_VOLUME_FULL: &str = "OutputVolumeFull";
 
 /// Why an attempt ended, as the trainer reports it and the operator classifies it.
@@ -100,6 +97,9 @@ pub enum FailureReason {
     Runtime,
     /// Loss or gradient became NaN/inf: fail (retrying repeats it).
     NonFinite,
+    /// The output volume (or a quota on it) is full: fail (retrying the same save cannot help
+    /// until space is freed or the PVC enlarged).
+    OutputVolumeFull,
 }
 
 impl FailureReason {
@@ -111,14 +111,15 @@ impl FailureReason {
             FailureReason::Communication => exit_code::COMMUNICATION,
             FailureReason::Preempted => exit_code::INTERRUPTED,
             FailureReason::Runtime => exit_code::RUNTIME,
+            FailureReason::OutputVolumeFull => exit_code::OUTPUT_VOLUME_FULL,
         }
     }
 
     /// The reason an exit code implies when no termination message was written.
     pub fn from_exit_code(code: i32) -> FailureReason {
         match code {
-            // A full output volume is not retried either (see [`OUTPUT_VOLUME_FULL`]).
-            exit_code::CONFIG | exit_code::OUTPUT_VOLUME_FULL => FailureReason::ConfigError,
+            exit_code::CONFIG => FailureReason::ConfigError,
+            exit_code::OUTPUT_VOLUME_FULL => FailureReason::OutputVolumeFull,
             exit_code::OUT_OF_MEMORY => FailureReason::OutOfMemory,
             exit_code::COMMUNICATION => FailureReason::Communication,
             exit_code::INTERRUPTED => FailureReason::Preempted,

@@ -67,7 +67,7 @@ impl ResourceType {
     }
 }
 
-/// The built-in types an operator typically touches: core/v1, batch/v1, rbac/v1, coordination/v1
+/// The built-in types an operator typically touches: core/v1, batch/v1, rbac/v1, networking/v1, coordination/v1
 /// and both event APIs.
 pub fn builtin_types() -> Vec<ResourceType> {
     vec![
@@ -117,6 +117,14 @@ pub fn builtin_types() -> Vec<ResourceType> {
             "clusterrolebindings",
             "ClusterRoleBinding",
             false,
+            false,
+        ),
+        ResourceType::new(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            true,
             false,
         ),
         ResourceType::new("coordination.k8s.io", "v1", "leases", "Lease", true, false),

@@ -235,6 +235,7 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
         attempt,
         resume_from: None,
         sidecar_injection_default: false,
+        metrics_from: Vec::new(),
     };
     let rendered = lf_render::render(&job, &plan, &ctx)?;
     let config_dir = workdir.join("config");

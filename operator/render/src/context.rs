@@ -1,7 +1,7 @@
 //! What the caller decides about an attempt, beyond the FineTuneJob and its plan.
 
 /// What the caller decides, beyond the FineTuneJob and its plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RenderContext {
     /// The trainer image when `spec.image` is unset (the operator's configured image).
     pub default_image: String,
@@ -13,4 +13,7 @@ pub struct RenderContext {
     /// Whether service-mesh sidecars may be injected when the job does not allow them itself
     /// (`spec.runPolicy.allowSidecarInjection`); off renders the opt-out labels and annotations.
     pub sidecar_injection_default: bool,
+    /// Who may connect to the trainer pods' metrics port besides the job's own pods (e.g. the
+    /// Prometheus namespace): the NetworkPolicy's second ingress rule, none when empty.
+    pub metrics_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
 }

@@ -7,7 +7,7 @@
 //!   pods, and the controller classifies the failure and creates attempt N+1 (a new Job, resuming
 //!   from the last checkpoint) or gives up.
 //! - `podFailurePolicy`: `FailJob` on the trainer's configuration-error exit code
-//!   ([`exit_code::CONFIG`]), so the Job's `Failed` condition carries reason `PodFailurePolicy`
+//!   ([`exit_code::CONFIG`]) and full-output-volume exit code ([`exit_code::OUTPUT_VOLUME_FULL`]), so the Job's `Failed` condition carries reason `PodFailurePolicy`
 //!   and the controller fails the FineTuneJob without a retry; `Ignore` for pods with the
 //!   `DisruptionTarget` condition (preemption, node drain, eviction), which are replaced without
 //!   counting. Their peers' collectives still fail, and the controller, seeing the disruption,
@@ -43,7 +43,7 @@ pub fn pod_failure_policy() -> PodFailurePolicy {
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
                     container_name: Some(CONTAINER_NAME.into()),
                     operator: "In".into(),
-                    values: vec![exit_code::CONFIG],
+                    values: vec![exit_code::CONFIG, exit_code::OUTPUT_VOLUME_FULL],
                 }),
                 on_pod_conditions: None,
             },

@@ -19,6 +19,7 @@ mod error;
 pub mod job;
 pub mod meta;
 pub mod names;
+pub mod network_policy;
 pub mod pod;
 pub mod rbac;
 mod rendered;
@@ -57,6 +58,7 @@ pub fn render(
         role_binding: rbac::role_binding(job),
         config_map: config::config_map(job, plan, ctx)?,
         service: service::service(job),
+        network_policy: network_policy::network_policy(job, &ctx.metrics_from),
         job: job::job(job, plan, ctx)?,
     })
 }

@@ -32,6 +32,11 @@ pub fn service_name(job: &FineTuneJob) -> String {
     base_name(job).to_string()
 }
 
+/// The NetworkPolicy of the trainer pods.
+pub fn network_policy_name(job: &FineTuneJob) -> String {
+    format!("{}-trainer", base_name(job))
+}
+
 /// The ConfigMap holding the rendered training config.
 pub fn config_map_name(job: &FineTuneJob) -> String {
     format!("{}-config", base_name(job))

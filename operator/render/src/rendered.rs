@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
 /// Everything one attempt of a FineTuneJob needs.
@@ -12,11 +13,12 @@ pub struct Rendered {
     pub role_binding: RoleBinding,
     pub config_map: ConfigMap,
     pub service: Service,
+    pub network_policy: NetworkPolicy,
     pub job: Job,
 }
 
 impl Rendered {
-    /// The objects as JSON, in creation order (RBAC, ConfigMap, Service, Job), each with its
+    /// The objects as JSON, in creation order (RBAC, ConfigMap, Service, NetworkPolicy, Job), each with its
     /// `apiVersion` and `kind`.
     pub fn objects(&self) -> Vec<serde_json::Value> {
         // These k8s-openapi types always serialise (string-keyed maps only); a failure would be a
@@ -27,6 +29,7 @@ impl Rendered {
             serde_json::to_value(&self.role_binding).unwrap_or_default(),
             serde_json::to_value(&self.config_map).unwrap_or_default(),
             serde_json::to_value(&self.service).unwrap_or_default(),
+            serde_json::to_value(&self.network_policy).unwrap_or_default(),
             serde_json::to_value(&self.job).unwrap_or_default(),
         ]
     }
@@ -40,6 +43,7 @@ impl Rendered {
             yaml(&self.role_binding),
             yaml(&self.config_map),
             yaml(&self.service),
+            yaml(&self.network_policy),
             yaml(&self.job),
         ];
         docs.iter().map(|d| format!("---\n{d}")).collect()

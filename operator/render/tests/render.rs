@@ -38,6 +38,54 @@ fn env_map(vars: &[EnvVar]) -> BTreeMap<&str, Option<&str>> {
 }
 
 #[test]
+fn the_network_policy_admits_the_job_itself_and_the_configured_scrapers() {
+    let (job, plan, r) = rendered("multinode-kueue");
+    let np = serde_json::to_value(&r.network_policy).expect("json");
+    let own = serde_json::json!({"matchLabels": {
+        LABEL_JOB_NAME: "llama3-70b-sft", "app.kubernetes.io/component": "trainer"}});
+    assert_eq!(np["spec"]["podSelector"], own);
+    assert_eq!(
+        np["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"]),
+        "egress stays open"
+    );
+    let ingress = np["spec"]["ingress"].as_array().expect("rules");
+    // All ports between the job's own pods (c10d store, NCCL/Gloo data ports chosen at run time).
+    assert_eq!(
+        ingress[0],
+        serde_json::json!({"from": [{"podSelector": own}]})
+    );
+    // The metrics port from the configured peers (common::golden_context: `monitoring`).
+    assert_eq!(
+        ingress[1]["ports"],
+        serde_json::json!([{"port": 9400, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    // Another job's pods are not selected (its label value differs).
+    assert_eq!(
+        np["metadata"]["name"],
+        format!(
+            "{}-trainer",
+            job.metadata.name.as_deref().unwrap_or_default()
+        )
+    );
+    let mut ctx = golden_context();
+    ctx.metrics_from.clear();
+    let bare = render(&job, &plan, &ctx).expect("render");
+    assert_eq!(
+        bare.network_policy
+            .spec
+            .and_then(|s| s.ingress)
+            .map(|i| i.len()),
+        Some(1),
+        "no scrapers configured: the job's own pods only"
+    );
+}
+
+#[test]
 fn every_object_is_owned_and_labelled() {
     let (job, _, r) = rendered("multinode-kueue");
     let objects = r.objects();
@@ -50,6 +98,7 @@ fn every_object_is_owned_and_labelled() {
             "RoleBinding",
             "ConfigMap",
             "Service",
+            "NetworkPolicy",
             "Job"
         ]
     );
@@ -508,6 +557,7 @@ fn pods_run_restricted_and_without_sidecars_by_default() {
     let case = fixture("minimal");
     let ctx = RenderContext {
         sidecar_injection_default: true,
+        metrics_from: Vec::new(),
         ..golden_context()
     };
     let allowed_by_default = render(&case.job, &case.plan, &ctx).expect("renders");

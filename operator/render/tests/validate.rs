@@ -22,6 +22,7 @@ fn every_render_validates_against_kubernetes_schemas() {
                 attempt: 4,
                 resume_from: Some("/output/checkpoint-300".into()),
                 sidecar_injection_default: true,
+                metrics_from: Vec::new(),
                 ..golden_context()
             },
         ];

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -36,6 +37,7 @@ pub struct Caches {
     pub(super) role_bindings: ChildIndex,
     pub(super) config_maps: ChildIndex,
     pub(super) services: ChildIndex,
+    pub(super) network_policies: ChildIndex,
 }
 
 /// The small child kinds, indexed by [`ChildIndex`] and applied when their rendered content
@@ -66,7 +68,8 @@ meta_cached!(
     Role => roles,
     RoleBinding => role_bindings,
     ConfigMap => config_maps,
-    Service => services
+    Service => services,
+    NetworkPolicy => network_policies
 );
 
 /// Whether an object is labelled as a child of the FineTuneJob `name` in `namespace`.
@@ -99,6 +102,7 @@ impl Caches {
                 self.role_bindings.wait_until_ready(),
                 self.config_maps.wait_until_ready(),
                 self.services.wait_until_ready(),
+                self.network_policies.wait_until_ready(),
             );
         };
         tokio::pin!(all);
@@ -131,6 +135,7 @@ impl Caches {
             ("rolebindings", indexed(&self.role_bindings)),
             ("configmaps", indexed(&self.config_maps)),
             ("services", indexed(&self.services)),
+            ("networkpolicies", indexed(&self.network_policies)),
         ]
         .into_iter()
         .filter(|(_, ready)| !ready)
@@ -162,18 +167,6 @@ impl Caches {
     /// A small child as cached (its rendered hash and controller), if it exists.
     pub fn child<K: MetaCached>(&self, namespace: &str, name: &str) -> Option<Entry> {
         K::index(self).get(namespace, name)
-    }
-
-    /// The names of the `K` children that `ftj` (UID `uid`) controls and that are not in `keep`
-    /// and not being deleted.
-    pub fn unlisted<K: MetaCached>(
-        &self,
-        namespace: &str,
-        ftj: &str,
-        uid: &str,
-        keep: &BTreeSet<String>,
-    ) -> Vec<String> {
-        K::index(self).unlisted(namespace, ftj, uid, keep)
     }
 
     /// The names of the Jobs that `ftj` (UID `uid`) controls and that are not in `keep` and not

@@ -12,8 +12,6 @@ use std::fmt::Debug;
 
 use futures::try_join;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -164,47 +162,21 @@ where
     check_holder(parent, &K::kind(&()), &name, controller.as_ref())
 }
 
-/// Deletes the `K` children of `parent` whose names are not in `keep` (as cached; only what it
-/// controls). Returns the names deleted.
-async fn delete_unlisted<K: MetaCached>(
-    client: &Client,
-    caches: &Caches,
-    parent: Parent<'_>,
-    keep: &BTreeSet<String>,
-) -> Result<Vec<String>, kube::Error> {
-    let Parent {
-        namespace,
-        name,
-        uid,
-    } = parent;
-    let names = caches.unlisted::<K>(namespace, name, uid, keep);
-    for name in &names {
-        delete::<K>(client, namespace, name, false).await?;
-    }
-    Ok(names)
-}
-
-/// Deletes children of every kind the operator renders, except those named in `keep`
-/// (orphans: left over from an earlier plan or attempt). What `parent` does not control is
-/// never deleted, whatever its labels say.
+/// Deletes the Jobs of earlier attempts (orphans: the current attempt's Job is in `keep`). The
+/// other children keep their names from one attempt to the next, so they are never orphans (the
+/// garbage collector removes them with the FineTuneJob). What `parent` does not control is never
+/// deleted, whatever its labels say.
 pub async fn delete_orphans(
     client: &Client,
     caches: &Caches,
     parent: Parent<'_>,
     keep: &BTreeSet<String>,
 ) -> Result<Vec<String>, kube::Error> {
-    let (c, p) = (client, parent);
-    let mut deleted = Vec::new();
-    deleted.extend(delete_unlisted::<ServiceAccount>(c, caches, p, keep).await?);
-    deleted.extend(delete_unlisted::<Role>(c, caches, p, keep).await?);
-    deleted.extend(delete_unlisted::<RoleBinding>(c, caches, p, keep).await?);
-    deleted.extend(delete_unlisted::<ConfigMap>(c, caches, p, keep).await?);
-    deleted.extend(delete_unlisted::<Service>(c, caches, p, keep).await?);
-    for name in caches.unlisted_jobs(p.namespace, p.name, p.uid, keep) {
-        delete::<Job>(c, p.namespace, &name, false).await?;
-        deleted.push(name);
+    let names = caches.unlisted_jobs(parent.namespace, parent.name, parent.uid, keep);
+    for name in &names {
+        delete::<Job>(client, parent.namespace, name, false).await?;
     }
-    Ok(deleted)
+    Ok(names)
 }
 
 /// Writes a small child unless the cache shows it with the same rendered content (its
@@ -276,6 +248,7 @@ pub async fn apply_small(
         apply_if_changed(c, caches, p, &rendered.role),
         apply_if_changed(c, caches, p, &rendered.config_map),
         apply_if_changed(c, caches, p, &rendered.service),
+        apply_if_changed(c, caches, p, &rendered.network_policy),
     )?;
     // The API server checks a RoleBinding against the Role it names, which must exist by then.
     apply_if_changed(c, caches, p, &rendered.role_binding).await?;
@@ -290,6 +263,7 @@ pub fn names(rendered: &Rendered) -> BTreeSet<String> {
         rendered.role_binding.name_any(),
         rendered.config_map.name_any(),
         rendered.service.name_any(),
+        rendered.network_policy.name_any(),
         rendered.job.name_any(),
     ]
     .into_iter()
@@ -367,6 +341,7 @@ pub async fn set_job_suspend(
 mod tests {
     use super::*;
     use crate::controller::index::parse_hash;
+    use k8s_openapi::api::core::v1::ConfigMap;
 
     #[test]
     fn the_stamp_follows_the_content_only() {

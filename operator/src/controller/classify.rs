@@ -200,7 +200,7 @@ fn interruption(pod: &str, how: &str, why: &str) -> (FailureReason, String, Opti
 /// errors, so those rank last.
 fn severity(reason: FailureReason) -> u8 {
     match reason {
-        FailureReason::ConfigError => 0,
+        FailureReason::ConfigError | FailureReason::OutputVolumeFull => 0,
         FailureReason::NonFinite => 1,
         FailureReason::OutOfMemory => 2,
         FailureReason::Preempted => 3,

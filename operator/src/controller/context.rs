@@ -28,6 +28,9 @@ pub struct ControllerConfig {
     /// How many FineTuneJobs are reconciled at once (the others wait in the queue); bounds the
     /// operator's memory when many jobs change together.
     pub concurrency: u16,
+    /// Who may connect to trainer pods' metrics port besides the job's own pods (rendered into
+    /// each job's NetworkPolicy).
+    pub trainer_metrics_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
 }
 
 impl Default for ControllerConfig {
@@ -39,6 +42,7 @@ impl Default for ControllerConfig {
             wait_poll: Duration::from_secs(2),
             reporter: "lf-operator".into(),
             concurrency: 32,
+            trainer_metrics_from: Vec::new(),
         }
     }
 }

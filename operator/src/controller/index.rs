@@ -1,9 +1,9 @@
 //! A compact index of one small child kind (ServiceAccount, Role, RoleBinding, ConfigMap,
-//! Service), fed by its watch: per object only what the controller reads (the FineTuneJob it is
-//! labelled for, its controller, the hash of its rendered content, whether it is being deleted),
-//! about 200 bytes instead of the 2 KiB a cached object's metadata takes.
+//! Service), fed by its watch of labelled objects: per object only what the controller reads (its
+//! controller and the hash of its rendered content), about 150 bytes instead of the 2 KiB a
+//! cached object's metadata takes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use kube::runtime::watcher;
@@ -19,15 +19,6 @@ pub const RENDERED_HASH: &str = "lf-operator.io/rendered-hash";
 /// `(namespace, name)`.
 type Key = (String, String);
 
-/// What is known about one child.
-#[derive(Debug, Clone, PartialEq)]
-struct Known {
-    /// Its `lf-operator.io/job-name` label.
-    owner: String,
-    entry: Entry,
-    deleting: bool,
-}
-
 /// What the controller reads of one cached child.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -39,9 +30,9 @@ pub struct Entry {
 
 #[derive(Default)]
 struct State {
-    live: HashMap<Key, Known>,
+    live: HashMap<Key, Entry>,
     /// While the watch (re)lists: the objects listed so far, swapped in when the list is done.
-    next: Option<HashMap<Key, Known>>,
+    next: Option<HashMap<Key, Entry>>,
 }
 
 /// The reading side.
@@ -75,17 +66,14 @@ pub fn parse_hash(annotation: &str) -> Option<u64> {
     u64::from_str_radix(annotation, 16).ok()
 }
 
-fn entry<K: Resource>(obj: &K) -> Option<(Key, Known)> {
+fn entry<K: Resource>(obj: &K) -> Option<(Key, Entry)> {
+    obj.labels().get(LABEL_JOB_NAME)?;
     let key = (obj.namespace()?, obj.name_any());
-    let known = Known {
-        owner: obj.labels().get(LABEL_JOB_NAME)?.clone(),
-        entry: Entry {
-            hash: (obj.annotations().get(RENDERED_HASH)).and_then(|h| parse_hash(h)),
-            controller: controller_of(obj.meta().owner_references.as_deref()),
-        },
-        deleting: obj.meta().deletion_timestamp.is_some(),
+    let entry = Entry {
+        hash: (obj.annotations().get(RENDERED_HASH)).and_then(|h| parse_hash(h)),
+        controller: controller_of(obj.meta().owner_references.as_deref()),
     };
-    Some((key, known))
+    Some((key, entry))
 }
 
 impl IndexWriter {
@@ -135,30 +123,7 @@ impl ChildIndex {
     /// `None`: no such object (as far as the watch of labelled objects knows).
     pub fn get(&self, namespace: &str, name: &str) -> Option<Entry> {
         let key = (namespace.to_string(), name.to_string());
-        self.state().live.get(&key).map(|k| k.entry.clone())
-    }
-
-    /// The names of the children of `owner` in `namespace` that it controls (by `uid`), that
-    /// are not in `keep` and not being deleted, sorted.
-    pub fn unlisted(
-        &self,
-        namespace: &str,
-        owner: &str,
-        uid: &str,
-        keep: &BTreeSet<String>,
-    ) -> Vec<String> {
-        let mut names: Vec<String> = (self.state().live.iter())
-            .filter(|((ns, name), k)| {
-                ns == namespace
-                    && k.owner == owner
-                    && k.entry.controller.as_ref().is_some_and(|c| c.uid == uid)
-                    && !k.deleting
-                    && !keep.contains(name)
-            })
-            .map(|((_, name), _)| name.clone())
-            .collect();
-        names.sort();
-        names
+        self.state().live.get(&key).cloned()
     }
 }
 
@@ -206,29 +171,16 @@ mod tests {
         assert!(*idx.ready.borrow());
         assert_eq!(hash(&idx, "a-config"), Some(Some(255)));
 
-        w.apply(&watcher::Event::Apply(cm("a-old", "a", None)));
         w.apply(&watcher::Event::Apply(cm("b-config", "b", None)));
-        let keep: BTreeSet<String> = ["a-config".to_string()].into();
-        assert_eq!(idx.unlisted("default", "a", "uid-a", &keep), ["a-old"]);
-        assert!(
-            idx.unlisted("default", "a", "uid-of-a-new-a", &keep)
-                .is_empty(),
-            "what another FineTuneJob (by UID) controls is never listed for deletion"
-        );
+        assert_eq!(hash(&idx, "b-config"), Some(None));
+        let controller = |name| idx.get("default", name).and_then(|e| e.controller);
+        assert_eq!(controller("b-config").map(|c| c.uid), Some("uid-b".into()));
         let mut foreign = cm("a-foreign", "a", None);
         foreign.metadata.owner_references = None;
         w.apply(&watcher::Event::Apply(foreign));
-        assert_eq!(idx.unlisted("default", "a", "uid-a", &keep), ["a-old"]);
-        assert_eq!(
-            idx.get("default", "a-foreign").map(|e| e.controller),
-            Some(None)
-        );
+        assert_eq!(controller("a-foreign"), None, "no controller");
         w.apply(&watcher::Event::Delete(cm("a-foreign", "a", None)));
-        assert!(idx.unlisted("other", "a", "uid-a", &keep).is_empty());
-        assert_eq!(hash(&idx, "b-config"), Some(None));
-
-        w.apply(&watcher::Event::Delete(cm("a-old", "a", None)));
-        assert!(idx.unlisted("default", "a", "uid-a", &keep).is_empty());
+        assert_eq!(hash(&idx, "a-foreign"), None);
 
         // A relist replaces everything once it is complete.
         w.apply(&watcher::Event::<ConfigMap>::Init);

@@ -29,7 +29,10 @@ pub mod children;
 pub mod classify;
 pub mod context;
 pub mod index;
+pub mod job_events;
 pub mod observe;
+mod outcomes;
+pub mod output_claims;
 pub mod ownership;
 mod reconcile;
 pub mod restart;
@@ -66,6 +69,7 @@ pub async fn run(
         .owns_stream(triggers.service_accounts)
         .owns_stream(triggers.roles)
         .owns_stream(triggers.role_bindings)
+        .owns_stream(triggers.network_policies)
         .watches_stream(triggers.pods, |pod| {
             let name = pod.labels().get(LABEL_JOB_NAME)?.clone();
             Some(ObjectRef::<FineTuneJob>::new(&name).within(pod.namespace()?.as_str()))
@@ -121,7 +125,24 @@ impl Drop for Flatline {
     }
 }
 
-/// Requeues a failed reconciliation with exponential backoff (1 s doubling to 5 min).
+/// The delay before retrying after the `n`-th failure in a row: 1 s doubling to 5 min, less a
+/// jitter of up to a fifth (from `seed`), so that jobs failing together do not retry together.
+pub fn backoff(n: u32, seed: u64) -> Duration {
+    let base =
+        Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300));
+    let fraction = (seed % 1000) as f64 / 1000.0;
+    base.mul_f64(1.0 - 0.2 * fraction)
+}
+
+/// A different number each call (the standard library's randomly keyed hasher).
+fn jitter_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// Requeues a failed reconciliation with exponential backoff and jitter ([`backoff`]).
 pub fn error_policy(ftj: Arc<FineTuneJob>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .errors
@@ -129,7 +150,7 @@ pub fn error_policy(ftj: Arc<FineTuneJob>, error: &Error, ctx: Arc<Context>) -> 
         .inc();
     let key = context::key(&ftj);
     let n = ctx.failed(key.clone());
-    let delay = Duration::from_secs(1u64 << (n - 1).min(8)).min(Duration::from_secs(300));
+    let delay = backoff(n, jitter_seed());
     tracing::warn!(job = %key, error = %error, retry_in_s = delay.as_secs(), "reconciliation failed");
     Action::requeue(delay)
 }
@@ -147,4 +168,28 @@ pub async fn reconcile(ftj: Arc<FineTuneJob>, ctx: Arc<Context>) -> Result<Actio
         ctx.succeeded(&context::key(&ftj));
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_with_jitter_below() {
+        let secs = |n, seed| backoff(n, seed).as_secs_f64();
+        assert_eq!(secs(1, 0), 1.0);
+        assert_eq!(secs(2, 0), 2.0);
+        assert_eq!(secs(9, 0), 256.0);
+        assert_eq!(secs(10, 0), 300.0);
+        assert_eq!(secs(u32::MAX, 0), 300.0);
+        assert!((secs(4, 999) - 8.0 * (1.0 - 0.2 * 0.999)).abs() < 1e-9);
+        let spread: std::collections::BTreeSet<u64> = (0..20)
+            .map(|_| backoff(5, jitter_seed()).as_millis() as u64)
+            .collect();
+        assert!(spread.len() > 1, "jitter varies: {spread:?}");
+        assert!(
+            spread.iter().all(|ms| (12_800..=16_000).contains(ms)),
+            "{spread:?}"
+        );
+    }
 }

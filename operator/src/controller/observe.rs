@@ -2,6 +2,8 @@
 //! finish, did the attempt fail, why is it still pending.
 
 use k8s_openapi::api::batch::v1::Job;
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
 use lf_api::runtime::FailureReason;
 use lf_api::status::FailureRecord;
@@ -154,6 +156,29 @@ pub fn pending_reason(pods: &[Pod], nodes: u32) -> (String, String) {
         "PodsNotRunning".into(),
         format!("{running} of {nodes} pods running"),
     )
+}
+
+/// A pod that has been terminating for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Terminating {
+    pub pod: String,
+    pub node: Option<String>,
+    pub for_how_long: Duration,
+}
+
+/// The pod of `pods` that has been terminating longest (by its deletion timestamp), if any.
+pub fn longest_terminating(pods: &[Pod]) -> Option<Terminating> {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    pods.iter()
+        .filter_map(|p| {
+            let since = p.metadata.deletion_timestamp.as_ref()?;
+            Some(Terminating {
+                pod: p.metadata.name.clone().unwrap_or_default(),
+                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                for_how_long: now.duration_since(since.0).try_into().unwrap_or_default(),
+            })
+        })
+        .max_by_key(|t| t.for_how_long)
 }
 
 #[cfg(test)]

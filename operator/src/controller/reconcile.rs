@@ -22,11 +22,11 @@ use lf_planner::PlannerInput;
 use lf_render::{RenderContext, Rendered};
 
 use super::children::{self, Parent, WriteError};
-use super::classify::PodFailure;
 use super::context::{key, Context, Error};
-use super::observe::{attempt_failure, job_state, JobState};
+use super::job_events;
+use super::observe::{self, attempt_failure, job_state, JobState};
+use super::output_claims;
 use super::ownership::controller_of;
-use super::restart::{self, Decision, Observation};
 use super::transitions::{Draft, Pausing};
 use crate::load::one_line;
 
@@ -83,11 +83,28 @@ async fn latest(
     Ok(fresh)
 }
 
-/// The planner's verdict: a plan, or `(reason, message)` for a job that cannot run.
-fn plan_job(ftj: &FineTuneJob) -> Result<Plan, (&'static str, String)> {
+/// How long planning one job may take (the planner's work is bounded; this is the backstop
+/// that keeps one job from holding a worker thread and the job's reconciliation).
+const PLANNER_LIMIT: Duration = Duration::from_secs(5);
+
+/// The planner's verdict: a plan, or `(reason, message)` for a job that cannot run. The search
+/// runs on a blocking thread, off the async workers that serve every other job.
+async fn plan_job(ftj: &FineTuneJob) -> Result<Plan, (&'static str, String)> {
     let input =
         PlannerInput::from_job(ftj).map_err(|e| ("InvalidSpec", one_line(&e.to_string())))?;
-    let search = lf_planner::search(&input);
+    let searching = tokio::task::spawn_blocking(move || lf_planner::search(&input));
+    let search =
+        match tokio::time::timeout(PLANNER_LIMIT, searching).await {
+            Ok(Ok(search)) => search,
+            Ok(Err(e)) => return Err(("InvalidSpec", format!("the planner failed: {e}"))),
+            Err(_) => return Err((
+                "InvalidSpec",
+                format!(
+                    "planning took longer than {} s; ask for fewer GPUs (spec.resources.maxGpus)",
+                    PLANNER_LIMIT.as_secs()
+                ),
+            )),
+        };
     match search.chosen.clone() {
         Some(plan) => Ok(plan),
         None => Err((
@@ -108,31 +125,22 @@ fn pod_job(pod: &Pod) -> Option<&str> {
         .map(String::as_str)
 }
 
-struct Reconciler<'a> {
-    ctx: &'a Context,
-    ftj: FineTuneJob,
-    ns: String,
-    name: String,
-    key: String,
-    draft: Draft,
+pub(super) struct Reconciler<'a> {
+    pub(super) ctx: &'a Context,
+    pub(super) ftj: FineTuneJob,
+    pub(super) ns: String,
+    pub(super) name: String,
+    pub(super) key: String,
+    pub(super) draft: Draft,
 }
 
 impl Reconciler<'_> {
     async fn run(&mut self) -> Result<Action, Error> {
         let plan = match self.draft.st.plan.clone() {
             Some(plan) => plan,
-            None => match plan_job(&self.ftj) {
-                Ok(plan) => {
-                    self.draft.planned(plan.clone(), self.ftj.method_label());
-                    // The plan is on the status before any child exists.
-                    self.commit().await?;
-                    plan
-                }
-                Err((reason, message)) => {
-                    self.draft
-                        .not_planned(self.ftj.method_label(), reason, &message);
-                    return self.fail(reason, &message).await;
-                }
+            None => match self.plan_first().await? {
+                Ok(plan) => plan,
+                Err(action) => return Ok(action),
             },
         };
         let attempt = self.draft.st.attempt.unwrap_or(1);
@@ -175,10 +183,18 @@ impl Reconciler<'_> {
             for old_job in &stale_jobs {
                 children::delete::<Job>(&self.ctx.client, &self.ns, old_job, true).await?;
             }
-            self.draft
-                .previous_attempt_terminating(stale_pods.len(), self.ftj.spec.suspend);
+            let stuck = observe::longest_terminating(&stale_pods);
+            self.draft.previous_attempt_terminating(
+                stale_pods.len(),
+                stuck.as_ref(),
+                self.ftj.spec.suspend,
+            );
             self.commit().await?;
-            return Ok(Action::requeue(self.ctx.config.wait_poll));
+            // The pods' deletion triggers a reconciliation anyway; the poll only backs it up, and
+            // backs off while a pod stays (a node that stopped answering).
+            let waited = stuck.map(|s| s.for_how_long).unwrap_or_default();
+            let poll = (waited / 4).clamp(self.ctx.config.wait_poll, Duration::from_secs(60));
+            return Ok(Action::requeue(poll));
         }
 
         // Render and apply the current attempt.
@@ -187,6 +203,7 @@ impl Reconciler<'_> {
             attempt,
             resume_from: self.draft.old.latest_checkpoint().map(|c| c.path.clone()),
             sidecar_injection_default: self.ctx.config.sidecar_injection_default,
+            metrics_from: self.ctx.config.trainer_metrics_from.clone(),
         };
         let rendered = match lf_render::render(&self.ftj, &plan, &render_ctx) {
             Ok(r) => r,
@@ -219,8 +236,18 @@ impl Reconciler<'_> {
         };
         self.draft
             .observe_running(pausing, &plan, attempt, &job_now, &current_pods);
+        if let Some(note) = self.pods_not_created(&job_now, &current_pods).await? {
+            self.draft.pods_not_created(attempt, &note);
+        }
         self.draft.checkpoint_event();
         self.commit().await?;
+        // A Job without pods is looked at again soon: its events may say why (no watch does).
+        let running = !(job_now.spec.as_ref())
+            .and_then(|s| s.suspend)
+            .unwrap_or(false);
+        if running && current_pods.is_empty() {
+            return Ok(Action::requeue(job_events::NO_PODS_GRACE));
+        }
         Ok(Action::requeue(self.ctx.config.resync))
     }
 
@@ -235,13 +262,57 @@ impl Reconciler<'_> {
         Ok(api.get_opt(job_name).await?)
     }
 
+    /// The first plan, on the status before any child exists; or, when the job cannot run (its
+    /// output location is taken, nothing fits), the action after failing it.
+    async fn plan_first(&mut self) -> Result<Result<Plan, Action>, Error> {
+        if let Some(message) = self.output_taken() {
+            return Ok(Err(self.fail("OutputInUse", &message).await?));
+        }
+        match plan_job(&self.ftj).await {
+            Ok(plan) => {
+                self.draft.planned(plan.clone(), self.ftj.method_label());
+                self.commit().await?;
+                Ok(Ok(plan))
+            }
+            Err((reason, message)) => {
+                let method = self.ftj.method_label();
+                self.draft.not_planned(method, reason, &message);
+                Ok(Err(self.fail(reason, &message).await?))
+            }
+        }
+    }
+
+    /// Why this job may not write to its output location (an older unfinished job does).
+    fn output_taken(&self) -> Option<String> {
+        let jobs = self.ctx.caches.ftjs.state();
+        output_claims::output_conflict(&self.ftj, jobs.iter().map(|j| j.as_ref()))
+    }
+
     /// The FineTuneJob as the parent of the children it writes.
-    fn parent(&self) -> Parent<'_> {
+    pub(super) fn parent(&self) -> Parent<'_> {
         Parent {
             namespace: &self.ns,
             name: &self.name,
             uid: self.ftj.metadata.uid.as_deref().unwrap_or_default(),
         }
+    }
+
+    /// Why the current Job has had no pods for a while, as the Job controller's events say.
+    async fn pods_not_created(&self, job: &Job, pods: &[Pod]) -> Result<Option<String>, Error> {
+        let suspended = (job.spec.as_ref()).and_then(|s| s.suspend).unwrap_or(false);
+        let age = (job.metadata.creation_timestamp.as_ref())
+            .and_then(|t| {
+                k8s_openapi::jiff::Timestamp::now()
+                    .duration_since(t.0)
+                    .try_into()
+                    .ok()
+            })
+            .unwrap_or(Duration::ZERO);
+        if suspended || !pods.is_empty() || age < job_events::NO_PODS_GRACE {
+            return Ok(None);
+        }
+        let (client, job) = (&self.ctx.client, job.name_any());
+        Ok(job_events::failed_create(client, &self.ns, &job).await?)
     }
 
     /// Creates the current attempt's Job (one the cache did not show yet is left as it is).
@@ -267,110 +338,9 @@ impl Reconciler<'_> {
         Ok(())
     }
 
-    /// What follows a child that could not be written: an API rejection of a rendered child
-    /// (400/422: the spec produced an invalid object) or a name held by an object this job does
-    /// not control fails the job; a name still held by an earlier job of this name is waited
-    /// for; other errors propagate for a retry.
-    async fn write_failed(
-        &mut self,
-        result: Result<(), WriteError>,
-    ) -> Result<Option<Action>, Error> {
-        match result {
-            Ok(()) => Ok(None),
-            Err(WriteError::Api(kube::Error::Api(s))) if s.code == 400 || s.code == 422 => {
-                let msg = format!("the API server rejected a rendered object: {}", s.message);
-                Ok(Some(self.fail("InvalidSpec", &msg).await?))
-            }
-            Err(WriteError::Api(e)) => Err(e.into()),
-            Err(e @ WriteError::NameConflict { .. }) => {
-                Ok(Some(self.fail("NameConflict", &e.to_string()).await?))
-            }
-            Err(e @ WriteError::EarlierJob { .. }) => {
-                self.draft.earlier_job_children(&e.to_string());
-                self.commit().await?;
-                Ok(Some(Action::requeue(self.ctx.config.wait_poll)))
-            }
-        }
-    }
-
-    async fn succeed(&mut self, attempt: u32) -> Result<Action, Error> {
-        let out = &self.ftj.spec.output;
-        let path = out.sub_path.clone().unwrap_or_default();
-        let output = format!("pvc://{}/{}", out.claim_name, path.trim_start_matches('/'));
-        self.draft.succeeded(attempt, output);
-        self.commit().await?;
-        Ok(Action::await_change())
-    }
-
-    /// Marks the job Failed for good (nothing more is created).
-    async fn fail(&mut self, reason: &'static str, message: &str) -> Result<Action, Error> {
-        self.draft.failed(reason, message);
-        self.commit().await?;
-        Ok(Action::await_change())
-    }
-
-    /// Carries out the restart policy's decision about a failed attempt.
-    async fn handle_failure(
-        &mut self,
-        failure: PodFailure,
-        attempt: u32,
-        plan: &Plan,
-        job_name: &str,
-        deadline: bool,
-    ) -> Result<Action, Error> {
-        let record = failure.record;
-        let observed = Observation {
-            attempt,
-            failure: &record,
-            deadline,
-        };
-        let decision = restart::decide(
-            &observed,
-            &self.draft.st,
-            &self.ftj.spec.run_policy,
-            plan,
-            || self.replan(plan),
-        );
-        let what = observed.describe();
-        self.draft.st.failure = Some(record.clone());
-        self.draft.attempt_failed(what);
-        let (next, counted, replanned) = match decision {
-            Decision::Fail { reason, message } => return self.fail(reason, &message).await,
-            Decision::Restart {
-                attempt,
-                counted,
-                replanned,
-            } => (attempt, counted, replanned),
-        };
-        self.draft
-            .restarting(record.reason, next, counted, replanned);
-        self.commit().await?;
-        self.ctx
-            .metrics
-            .restarts
-            .with_label_values(&[&format!("{:?}", record.reason)])
-            .inc();
-        children::delete::<Job>(&self.ctx.client, &self.ns, job_name, true).await?;
-        Ok(Action::requeue(Duration::from_millis(200)))
-    }
-
-    /// A plan needing less memory per GPU after an out-of-memory failure.
-    fn replan(&self, plan: &Plan) -> Result<Plan, String> {
-        let input = PlannerInput::from_job(&self.ftj).map_err(|e| one_line(&e.to_string()))?;
-        let measured = (self.draft.old.progress.as_ref()).and_then(|p| p.measured_peak_bytes);
-        let search = lf_planner::replan_after_oom(&input, plan, measured);
-        search.chosen.clone().ok_or_else(|| {
-            one_line(
-                &search
-                    .failure_message()
-                    .unwrap_or_else(|| "no configuration fits".into()),
-            )
-        })
-    }
-
     /// Writes the operator's status fields (server-side apply on `/status`) when they changed,
     /// then publishes the events of the transitions it records.
-    async fn commit(&mut self) -> Result<(), Error> {
+    pub(super) async fn commit(&mut self) -> Result<(), Error> {
         if let Some(status) = self.draft.changes() {
             let api: Api<FineTuneJob> = Api::namespaced(self.ctx.client.clone(), &self.ns);
             let body = serde_json::json!({

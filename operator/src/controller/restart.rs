@@ -4,7 +4,7 @@
 //!
 //! In order, the first that applies:
 //! 1. the Job controller stopped the attempt at `activeDeadlineSeconds`: fail (`DeadlineExceeded`);
-//! 2. `ConfigError` or `NonFinite`: fail at once (retrying repeats it);
+//! 2. `ConfigError`, `NonFinite` or `OutputVolumeFull`: fail at once (retrying repeats it);
 //! 3. a counted failure (anything but `Preempted`) with `maxRestarts` restarts used: fail
 //!    (`RestartLimitExceeded`); a preemption with [`MAX_FREE_RESTARTS`] free restarts used: fail
 //!    (`PreemptionLimitExceeded`), so that no job restarts forever;
@@ -99,6 +99,12 @@ pub fn decide(
             return fail(
                 "NonFinite",
                 format!("{what}; not retried: the loss diverged (lower learning_rate)"),
+            )
+        }
+        FailureReason::OutputVolumeFull => {
+            return fail(
+                "OutputVolumeFull",
+                format!("{what}; not retried: free space on the output volume or enlarge its PersistentVolumeClaim, then create the job again (it resumes from its last checkpoint)"),
             )
         }
         _ if counted && status.counted_restarts() >= max => {
@@ -252,6 +258,7 @@ mod tests {
             // reason      deadline used max replan     decision
             (ConfigError,   false, 0, 3, fits(),    Short::Fail("ConfigError")),
             (NonFinite,     false, 0, 3, fits(),    Short::Fail("NonFinite")),
+            (OutputVolumeFull, false, 0, 3, fits(), Short::Fail("OutputVolumeFull")),
             (Runtime,       false, 0, 3, fits(),    Short::Restart(3, true, None)),
             (Runtime,       false, 2, 3, fits(),    Short::Restart(3, true, None)),
             (Runtime,       false, 3, 3, fits(),    Short::Fail("RestartLimitExceeded")),

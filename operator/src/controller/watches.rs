@@ -12,6 +12,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
@@ -38,6 +39,7 @@ pub struct Triggers {
     pub role_bindings: Trigger<PartialObjectMeta<RoleBinding>>,
     pub config_maps: Trigger<PartialObjectMeta<ConfigMap>>,
     pub services: Trigger<PartialObjectMeta<Service>>,
+    pub network_policies: Trigger<PartialObjectMeta<NetworkPolicy>>,
 }
 
 /// Starts nothing yet: returns the stores and the watches that fill them once polled.
@@ -56,6 +58,7 @@ pub fn watch(client: &Client) -> (Caches, Triggers) {
     let (role_bindings, rb_trigger) = meta(client, &children);
     let (config_maps, cm_trigger) = meta(client, &children);
     let (services, svc_trigger) = meta(client, &children);
+    let (network_policies, np_trigger) = meta(client, &children);
     (
         Caches {
             ftjs,
@@ -66,6 +69,7 @@ pub fn watch(client: &Client) -> (Caches, Triggers) {
             role_bindings,
             config_maps,
             services,
+            network_policies,
         },
         Triggers {
             ftjs: ftj_trigger,
@@ -76,6 +80,7 @@ pub fn watch(client: &Client) -> (Caches, Triggers) {
             role_bindings: rb_trigger,
             config_maps: cm_trigger,
             services: svc_trigger,
+            network_policies: np_trigger,
         },
     )
 }
@@ -181,7 +186,7 @@ mod tests {
         let (caches, mut triggers) = watch(&fake.client());
         assert_eq!(
             caches.not_ready().len(),
-            8,
+            9,
             "nothing listed before the watches run"
         );
         // Only the Jobs' watch runs: the others still hold reconciliations back.
@@ -195,7 +200,7 @@ mod tests {
                 tokio::time::timeout(std::time::Duration::from_millis(10), triggers.jobs.next());
             let _ = poll.await;
         }
-        assert_eq!(caches.not_ready().len(), 7);
+        assert_eq!(caches.not_ready().len(), 8);
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(50), caches.ready())
                 .await

@@ -110,6 +110,11 @@ pub fn golden_context() -> RenderContext {
         attempt: 1,
         resume_from: None,
         sidecar_injection_default: false,
+        // Prometheus in a `monitoring` namespace may scrape the trainers.
+        metrics_from: vec![serde_json::from_value(serde_json::json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+        }))
+        .expect("a NetworkPolicyPeer")],
     }
 }
 
