@@ -2,13 +2,13 @@
 //! `generated_predictions.jsonl` (one `{"prompt": …, "predict": …, "label": …}` per example,
 //! Python's `json.dumps(..., ensure_ascii=False)`), and `predict_results.json` (Hugging Face's
 //! `save_metrics("predict", …)`: sorted keys, 4-space indent, also merged into
-//! `all_results.json`).
+//! `all_results.json`). Both are replaced atomically and durably, like every output.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::adapters::model_error;
 use crate::error::TrainerError;
 use crate::outputs::merge_results;
 
@@ -47,9 +47,7 @@ pub fn write_predictions(dir: &Path, predictions: &[Prediction]) -> Result<PathB
         text.push_str(&line);
         text.push('\n');
     }
-    let mut f = std::fs::File::create(&path).map_err(|e| TrainerError::io("create", &path, e))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| TrainerError::io("write", &path, e))?;
+    write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }
 
@@ -79,9 +77,14 @@ pub fn write_results(dir: &Path, metrics: &Map<String, Value>) -> Result<PathBuf
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
     serde::Serialize::serialize(&sorted, &mut ser)
         .map_err(|e| TrainerError::runtime(format!("encoding {PREDICT_RESULTS}: {e}")))?;
-    std::fs::write(&path, buf).map_err(|e| TrainerError::io("write", &path, e))?;
+    write_atomic(&path, &buf)?;
     merge_results(dir, metrics.clone())?;
     Ok(path)
+}
+
+/// A crash leaves the old file or the new one; a full volume is [`TrainerError::VolumeFull`].
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainerError> {
+    lf_model::durable::write_atomic(path, bytes).map_err(|e| model_error("writing predictions", e))
 }
 
 #[cfg(test)]
