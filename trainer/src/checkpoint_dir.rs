@@ -19,6 +19,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use lf_data::files::{confined_join, open_regular, read_regular, FileError};
 use lf_model::durable::{attempt_token, fsync_path, TEMP_PREFIX};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -90,8 +91,8 @@ pub fn staging_dir(output_dir: &Path, step: u64) -> PathBuf {
     output_dir.join(format!("{STAGING_PREFIX}{step}"))
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<FileDigest> {
-    let mut file = File::open(path)?;
+/// Size and SHA-256 of what `file` holds from its current position.
+fn digest(mut file: File) -> std::io::Result<FileDigest> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut bytes = 0u64;
@@ -166,7 +167,9 @@ fn write_marker(dir: &Path, step: u64) -> Result<(), TrainerError> {
             continue;
         }
         fsync_path(&path).map_err(|e| TrainerError::io("fsync", &path, e))?;
-        let digest = sha256_file(&path).map_err(|e| TrainerError::io("read", &path, e))?;
+        let digest = File::open(&path)
+            .and_then(digest)
+            .map_err(|e| TrainerError::io("read", &path, e))?;
         files.insert(entry.file_name().to_string_lossy().into_owned(), digest);
     }
     let manifest = Manifest { step, files };
@@ -284,31 +287,55 @@ pub enum Invalid {
     BadMarker(String),
     #[error("{file} is missing")]
     Missing { file: String },
+    /// The marker names a file outside the checkpoint (absolute, `..`) or one that is not a
+    /// regular file (a FIFO would block the verification forever).
+    #[error("the completion marker lists `{file}`, which cannot be verified: {source}")]
+    Refused { file: String, source: FileError },
     #[error("{file} does not match its recorded size/checksum (corrupt or modified)")]
     Mismatch { file: String },
 }
 
 fn read_marker(dir: &Path) -> Result<Manifest, Invalid> {
-    let text = match std::fs::read_to_string(dir.join(MARKER)) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Invalid::NoMarker),
+    let bytes = match read_regular(&dir.join(MARKER)) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Err(Invalid::NoMarker),
         Err(e) => return Err(Invalid::BadMarker(e.to_string())),
     };
-    serde_json::from_str(&text).map_err(|e| Invalid::BadMarker(e.to_string()))
+    serde_json::from_slice(&bytes).map_err(|e| Invalid::BadMarker(e.to_string()))
+}
+
+/// Opens the file `name` the marker of `dir` lists: only inside `dir`, only a regular file.
+fn open_listed(dir: &Path, name: &str) -> Result<File, Invalid> {
+    let refused = |source| Invalid::Refused {
+        file: name.to_string(),
+        source,
+    };
+    let path = confined_join(dir, name).map_err(refused)?;
+    open_regular(&path).map_err(|e| {
+        if e.is_not_found() {
+            Invalid::Missing {
+                file: name.to_string(),
+            }
+        } else {
+            refused(e)
+        }
+    })
 }
 
 /// Checks a checkpoint directory against its completion marker (sizes and SHA-256 of every file).
+/// The marker is input like any other file: a name it lists is never followed out of `dir`.
 pub fn verify(dir: &Path) -> Result<Manifest, Invalid> {
     let manifest = read_marker(dir)?;
     for (name, want) in &manifest.files {
-        let path = dir.join(name);
-        let meta = std::fs::metadata(&path).map_err(|_| Invalid::Missing { file: name.clone() })?;
-        if meta.len() != want.bytes {
-            return Err(Invalid::Mismatch { file: name.clone() });
+        let mismatch = || Invalid::Mismatch { file: name.clone() };
+        let file = open_listed(dir, name)?;
+        let len = file.metadata().map_err(|_| mismatch())?.len();
+        if len != want.bytes {
+            return Err(mismatch());
         }
-        let got = sha256_file(&path).map_err(|_| Invalid::Missing { file: name.clone() })?;
+        let got = digest(file).map_err(|_| mismatch())?;
         if &got != want {
-            return Err(Invalid::Mismatch { file: name.clone() });
+            return Err(mismatch());
         }
     }
     Ok(manifest)
@@ -376,11 +403,15 @@ pub fn rotate(output_dir: &Path, limit: usize) -> Vec<PathBuf> {
     deleted
 }
 
-/// A readable marker whose files all exist with their recorded sizes (no checksums).
+/// A readable marker whose files all exist inside `dir` as regular files with their recorded
+/// sizes (no checksums; `metadata` never blocks, even on a FIFO).
 fn is_complete(dir: &Path) -> bool {
     read_marker(dir).is_ok_and(|m| {
         m.files.iter().all(|(name, want)| {
-            std::fs::metadata(dir.join(name)).is_ok_and(|meta| meta.len() == want.bytes)
+            confined_join(dir, name)
+                .ok()
+                .and_then(|path| std::fs::metadata(path).ok())
+                .is_some_and(|meta| meta.is_file() && meta.len() == want.bytes)
         })
     })
 }
