@@ -215,15 +215,23 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             "training finished"
         );
     }
+    // Prediction loads what was saved (the training state is freed first); rank 0 only. Its
+    // metrics go onto the FineTuneJob's status too.
+    drop((trainee, optimizer));
+    let predicted = (cfg.do_predict && is_main).then(|| {
+        let config = crate::predict::trained_model_config(cfg, &out);
+        crate::predict::run_predict(&config, &out)
+    });
+    if let (Some(Ok(metrics)), Some(s)) = (&predicted, &status) {
+        let numbers = metrics
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)));
+        s.predict(numbers.collect());
+    }
     if let Some(s) = status {
         s.close();
     }
-    // Prediction loads what was saved (the training state is freed first); rank 0 only.
-    drop((trainee, optimizer));
-    if cfg.do_predict && is_main {
-        crate::predict::run_predict(&crate::predict::trained_model_config(cfg, &out), &out)?;
-    }
-    Ok(())
+    predicted.transpose().map(drop)
 }
 
 /// `lf-trainer eval`: loss and perplexity on the evaluation split — or, with `exact_match`, the

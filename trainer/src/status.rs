@@ -10,6 +10,7 @@
 //!
 //! A failed write is logged and retried on the next tick; it never stops training.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -50,16 +51,18 @@ impl Sink {
 struct Pending {
     progress: Option<Progress>,
     checkpoints: Vec<CheckpointRecord>,
+    predict: Option<BTreeMap<String, f64>>,
     dirty: bool,
     urgent: bool,
     closing: bool,
 }
 
-/// The server-side apply patch for `progress` and `checkpoints`.
+/// The server-side apply patch for `progress`, `checkpoints` and `predict`.
 pub fn apply_patch(
     name: Option<&str>,
     progress: Option<&Progress>,
     checkpoints: &[CheckpointRecord],
+    predict: Option<&BTreeMap<String, f64>>,
 ) -> serde_json::Value {
     let mut status = serde_json::Map::new();
     if let Some(p) = progress {
@@ -72,6 +75,12 @@ pub fn apply_patch(
         status.insert(
             "checkpoints".into(),
             serde_json::to_value(checkpoints).unwrap_or_default(),
+        );
+    }
+    if let Some(metrics) = predict {
+        status.insert(
+            "predict".into(),
+            serde_json::to_value(metrics).unwrap_or_default(),
         );
     }
     let mut patch = serde_json::json!({
@@ -125,6 +134,14 @@ impl StatusReporter {
         });
     }
 
+    /// Records the batch prediction's metrics (sent at once).
+    pub fn predict(&self, metrics: BTreeMap<String, f64>) {
+        self.update(|p| {
+            p.predict = Some(metrics);
+            p.urgent = true;
+        });
+    }
+
     /// Sends what is pending and stops the thread (waits at most a few seconds).
     pub fn close(mut self) {
         self.update(|p| {
@@ -169,7 +186,12 @@ fn run(sink: Sink, shared: Arc<(Mutex<Pending>, Condvar)>) {
         if guard.closing && !guard.dirty {
             return;
         }
-        let patch = apply_patch(writer.name(), guard.progress.as_ref(), &guard.checkpoints);
+        let patch = apply_patch(
+            writer.name(),
+            guard.progress.as_ref(),
+            &guard.checkpoints,
+            guard.predict.as_ref(),
+        );
         let closing = guard.closing;
         guard.dirty = false;
         guard.urgent = false;
@@ -292,11 +314,14 @@ mod tests {
             loss: Some(1.0),
         };
         r.checkpoints(vec![ck]);
+        r.predict([("predict_bleu-4".to_string(), 66.6369375)].into());
         r.close();
         let text = std::fs::read_to_string(&path).unwrap();
         let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         assert_eq!(last["metadata"]["name"], "job");
         assert_eq!(last["status"]["progress"]["stepDisplay"], "3/10");
         assert_eq!(last["status"]["checkpoints"][0]["step"], 3);
+        // Every patch carries all the trainer's fields (a server-side apply drops what it omits).
+        assert_eq!(last["status"]["predict"]["predict_bleu-4"], 66.6369375);
     }
 }

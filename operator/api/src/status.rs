@@ -176,6 +176,11 @@ pub struct FineTuneJobStatus {
     pub progress: Option<Progress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checkpoints: Vec<CheckpointRecord>,
+    /// The batch prediction's metrics when `do_predict` ran (`predict_bleu-4`,
+    /// `predict_rouge-1`, `predict_rouge-2`, `predict_rouge-l`, runtime and throughput), as
+    /// `predict_results.json` holds them; written by the trainer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predict: Option<std::collections::BTreeMap<String, f64>>,
     /// The most recent restarts ([`RESTART_RECORDS_KEPT`] at most).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restarts: Vec<RestartRecord>,

@@ -93,18 +93,19 @@ async fn plan_job(ftj: &FineTuneJob) -> Result<Plan, (&'static str, String)> {
     let input =
         PlannerInput::from_job(ftj).map_err(|e| ("InvalidSpec", one_line(&e.to_string())))?;
     let searching = tokio::task::spawn_blocking(move || lf_planner::search(&input));
-    let search =
-        match tokio::time::timeout(PLANNER_LIMIT, searching).await {
-            Ok(Ok(search)) => search,
-            Ok(Err(e)) => return Err(("InvalidSpec", format!("the planner failed: {e}"))),
-            Err(_) => return Err((
+    let search = match tokio::time::timeout(PLANNER_LIMIT, searching).await {
+        Ok(Ok(search)) => search,
+        Ok(Err(e)) => return Err(("InvalidSpec", format!("the planner failed: {e}"))),
+        Err(_) => {
+            return Err((
                 "InvalidSpec",
                 format!(
                     "planning took longer than {} s; ask for fewer GPUs (spec.resources.maxGpus)",
                     PLANNER_LIMIT.as_secs()
                 ),
-            )),
-        };
+            ))
+        }
+    };
     match search.chosen.clone() {
         Some(plan) => Ok(plan),
         None => Err((
@@ -114,6 +115,26 @@ async fn plan_job(ftj: &FineTuneJob) -> Result<Plan, (&'static str, String)> {
                 .unwrap_or_else(|| "no configuration fits".into()),
         )),
     }
+}
+
+/// Whether a plan (as the status holds it) respects the job's spec: never more GPUs, or more per
+/// node, than the spec allows, whoever wrote the status.
+fn plan_within_spec(plan: &Plan, ftj: &FineTuneJob) -> Result<(), String> {
+    let input = PlannerInput::from_job(ftj).map_err(|e| e.to_string())?;
+    let limit = input.fixed_gpus.unwrap_or(input.max_gpus);
+    if plan.gpus > limit || plan.gpus_per_node > input.gpus_per_node {
+        return Err(format!(
+            "{} GPUs ({} per node) where the spec allows {limit} ({} per node)",
+            plan.gpus, plan.gpus_per_node, input.gpus_per_node
+        ));
+    }
+    if plan.nodes.checked_mul(plan.gpus_per_node) != Some(plan.gpus) {
+        return Err(format!(
+            "{} nodes × {} GPUs is not {} GPUs",
+            plan.nodes, plan.gpus_per_node, plan.gpus
+        ));
+    }
+    Ok(())
 }
 
 /// The name of the Job a pod belongs to.
@@ -136,7 +157,14 @@ pub(super) struct Reconciler<'a> {
 
 impl Reconciler<'_> {
     async fn run(&mut self) -> Result<Action, Error> {
-        let plan = match self.draft.st.plan.clone() {
+        let recorded = (self.draft.st.plan.clone()).filter(|p| match plan_within_spec(p, &self.ftj) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(job = %self.key, %why, "the status's plan breaks the spec; planning again");
+                false
+            }
+        });
+        let plan = match recorded {
             Some(plan) => plan,
             None => match self.plan_first().await? {
                 Ok(plan) => plan,

@@ -301,6 +301,7 @@ pub fn operator_fields(status: &FineTuneJobStatus) -> Value {
     if let Some(map) = value.as_object_mut() {
         map.remove("progress");
         map.remove("checkpoints");
+        map.remove("predict");
     }
     value
 }
