@@ -10,8 +10,8 @@
 mod support;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use lf_api::status::Phase;
@@ -124,7 +124,11 @@ async fn create_plans_first_then_applies_exactly_the_rendered_children() {
             .get_value::<NetworkPolicy>(NS, &rendered.network_policy.name_any()),
         env.fake.get_value::<Job>(NS, &rendered.job.name_any()),
     ];
-    assert_eq!(rendered.objects().len(), stored.len(), "every rendered kind is checked");
+    assert_eq!(
+        rendered.objects().len(),
+        stored.len(),
+        "every rendered kind is checked"
+    );
     for (want, got) in rendered.objects().into_iter().zip(stored) {
         let got = strip_server_fields(got.expect("child exists"));
         assert_eq!(strip_server_fields(want), got);
