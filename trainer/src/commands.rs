@@ -262,13 +262,7 @@ pub fn run_eval(
     };
     let lm = setup::model(cfg, &model_dir, device, false, None)?;
     if let Some(label) = exact_match {
-        let template = lf_data::ChatTemplate::resolve(cfg.template.as_deref(), &tok)
-            .map_err(setup::data_error)?;
-        let stop: Vec<i64> = template
-            .stop_token_ids(&tok)
-            .into_iter()
-            .map(i64::from)
-            .collect();
+        let (_, stop) = setup::template_and_stops(cfg, &tok)?;
         let accuracy = crate::exact_match::exact_match(&lm, &tok, &examples, &stop)?;
         let key = if label.is_empty() {
             "eval_exact_match".to_string()
@@ -328,13 +322,7 @@ pub fn run_chat(cfg: &TrainingConfig, prompt: Option<&str>) -> Result<(), Traine
     let model_dir = setup::model_dir(cfg)?;
     let device = setup::device();
     let tok = setup::tokenizer(&model_dir)?;
-    let template =
-        lf_data::ChatTemplate::resolve(cfg.template.as_deref(), &tok).map_err(setup::data_error)?;
-    let stop: Vec<i64> = template
-        .stop_token_ids(&tok)
-        .into_iter()
-        .map(i64::from)
-        .collect();
+    let (template, stop) = setup::template_and_stops(cfg, &tok)?;
     let lm = setup::model(cfg, &model_dir, device, false, None)?;
     let params = GenerationParams::from_config(cfg);
     let system = cfg.default_system.as_deref();

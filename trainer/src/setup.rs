@@ -150,6 +150,20 @@ pub fn tokenizer(model_dir: &Path) -> Result<TokenizerBundle, TrainerError> {
     lf_data::load_tokenizer(model_dir).map_err(data_error)
 }
 
+/// The chat template `cfg` names (else the tokenizer's own) and the token ids that end an
+/// answer, as generation takes them (`chat`, `predict`, exact-match evaluation).
+pub fn template_and_stops(
+    cfg: &TrainingConfig,
+    tok: &TokenizerBundle,
+) -> Result<(lf_data::ChatTemplate, Vec<i64>), TrainerError> {
+    let template =
+        lf_data::ChatTemplate::resolve(cfg.template.as_deref(), tok).map_err(data_error)?;
+    let stop = (template.stop_token_ids(tok).into_iter())
+        .map(i64::from)
+        .collect();
+    Ok((template, stop))
+}
+
 /// Tokenised train and eval splits (through lf-data's cache).
 pub fn data(
     cfg: &TrainingConfig,

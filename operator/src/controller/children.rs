@@ -24,16 +24,32 @@ use super::cache::{Caches, MetaCached};
 use super::index::RENDERED_HASH;
 use super::ownership::{controller_of, holder, Controller, Holder};
 
-/// Server-side applies `object` (which must carry its name) in `namespace`, taking ownership of
-/// every field it sets.
-pub async fn apply<K>(client: &Client, namespace: &str, object: &K) -> Result<K, kube::Error>
-where
+/// A namespaced object the operator writes.
+pub trait Written:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Debug
+{
+}
+
+impl<K> Written for K where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Serialize
         + DeserializeOwned
         + Clone
-        + Debug,
+        + Debug
 {
+}
+
+/// Server-side applies `object` (which must carry its name) in `namespace`, taking ownership of
+/// every field it sets.
+pub async fn apply<K: Written>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+) -> Result<K, kube::Error> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.name_any();
     api.patch(
@@ -46,14 +62,11 @@ where
 
 /// Creates `object` in `namespace` under the operator's field manager. `Ok(false)`: it already
 /// exists (a cache that does not show it yet), and nothing was written.
-pub async fn create<K>(client: &Client, namespace: &str, object: &K) -> Result<bool, kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + Debug,
-{
+pub async fn create<K: Written>(
+    client: &Client,
+    namespace: &str,
+    object: &K,
+) -> Result<bool, kube::Error> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let pp = PostParams {
         field_manager: Some(OPERATOR_FIELD_MANAGER.into()),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use lf_api::training::{FinetuningType, TrainingConfig};
-use lf_data::{ChatTemplate, Example, TokenizerBundle, IGNORE_INDEX};
+use lf_data::{Example, TokenizerBundle, IGNORE_INDEX};
 use lf_model::{CausalLm, GenerationParams};
 use serde_json::{Map, Value};
 
@@ -41,13 +41,7 @@ pub fn run_predict(cfg: &TrainingConfig, out: &Path) -> Result<Map<String, Value
     let device = setup::device();
     let tok = setup::tokenizer(&model_dir)?;
     let examples = predict_examples(cfg, &tok, out)?;
-    let template =
-        ChatTemplate::resolve(cfg.template.as_deref(), &tok).map_err(setup::data_error)?;
-    let stop: Vec<i64> = template
-        .stop_token_ids(&tok)
-        .into_iter()
-        .map(i64::from)
-        .collect();
+    let (_, stop) = setup::template_and_stops(cfg, &tok)?;
     let lm = setup::model(cfg, &model_dir, device, false, None)?;
     let params = GenerationParams::from_config(cfg);
     tracing::info!(
