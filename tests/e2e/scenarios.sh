@@ -312,7 +312,7 @@ scenario_quota() {
   kubectl -n "$ns" create quota no-pods --hard=pods=0 >/dev/null
   wait_for 30 "quota no-pods counted" sh -c "kubectl -n $ns get quota no-pods -o jsonpath='{.status.used}' | grep -q pods"
   kubectl -n "$ns" delete quota no-jobs >/dev/null
-  wait_for 120 "FailedCreate" sh -c "kubectl -n $ns get finetunejob quota -o jsonpath='{.status.conditions[*].reason}' | grep -qw FailedCreate"
+  wait_for 180 "FailedCreate" sh -c "kubectl -n $ns get finetunejob quota -o jsonpath='{.status.conditions[*].reason}' | grep -qw FailedCreate"
   reason_message FailedCreate | grep -q "exceeded quota: no-pods" || fail "FailedCreate does not quote the quota: $(reason_message FailedCreate)"
   log "FailedCreate: $(reason_message FailedCreate | head -c 200)"
   kubectl delete namespace "$ns" --wait=false >/dev/null

@@ -8,9 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, Client};
 
-/// How long a Job may have no pods before its events are read (pods normally appear within a
-/// second or two of the Job).
-pub const NO_PODS_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long after the Job controller started a Job it may have no pods before its events are
+/// read (pods normally appear within a second or two; a loaded API server takes longer).
+pub const NO_PODS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The newest `FailedCreate` message recorded for the Job `job`, if any.
 pub async fn failed_create(

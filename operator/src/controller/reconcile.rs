@@ -325,18 +325,24 @@ impl Reconciler<'_> {
         }
     }
 
-    /// Why the current Job has had no pods for a while, as the Job controller's events say.
+    /// Why the current Job has had no pods for a while, as the Job controller's events say. Read
+    /// only once the Job controller has started the Job (`status.startTime`) and a grace period
+    /// has passed since, so that a busy API server (pods on their way) costs no event list.
     async fn pods_not_created(&self, job: &Job, pods: &[Pod]) -> Result<Option<String>, Error> {
         let suspended = (job.spec.as_ref()).and_then(|s| s.suspend).unwrap_or(false);
-        let age = (job.metadata.creation_timestamp.as_ref())
-            .and_then(|t| {
-                k8s_openapi::jiff::Timestamp::now()
-                    .duration_since(t.0)
-                    .try_into()
-                    .ok()
-            })
-            .unwrap_or(Duration::ZERO);
-        if suspended || !pods.is_empty() || age < job_events::NO_PODS_GRACE {
+        // Started by the Job controller: the grace from then; not yet: twice that from creation.
+        let started = (job.status.as_ref()).and_then(|s| s.start_time.as_ref());
+        let (since, grace) = match started {
+            Some(t) => (Some(t), job_events::NO_PODS_GRACE),
+            None => (
+                job.metadata.creation_timestamp.as_ref(),
+                2 * job_events::NO_PODS_GRACE,
+            ),
+        };
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let waited =
+            (since.and_then(|t| now.duration_since(t.0).try_into().ok())).unwrap_or(Duration::ZERO);
+        if suspended || !pods.is_empty() || waited < grace {
             return Ok(None);
         }
         let (client, job) = (&self.ctx.client, job.name_any());
