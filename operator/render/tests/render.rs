@@ -364,7 +364,10 @@ fn pod_failure_policy_fails_fast_on_config_errors_and_ignores_disruptions() {
     let codes = fail.on_exit_codes.as_ref().expect("exit codes");
     assert_eq!(
         (codes.operator.as_str(), codes.values.as_slice()),
-        ("In", [exit_code::CONFIG].as_slice())
+        (
+            "In",
+            [exit_code::CONFIG, exit_code::OUTPUT_VOLUME_FULL].as_slice()
+        )
     );
     assert_eq!(codes.container_name.as_deref(), Some("trainer"));
     let ignore = policy
