@@ -37,6 +37,7 @@ pub mod ownership;
 mod reconcile;
 pub mod restart;
 pub mod transitions;
+mod waiting;
 pub mod watches;
 
 use std::sync::Arc;
