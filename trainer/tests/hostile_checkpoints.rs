@@ -5,9 +5,8 @@
 //! exit 2 and one error line naming the index, within a time limit.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use lf_api::training::TrainingConfig;
 use lf_trainer::checkpoint_dir::{self as checkpoint, FileDigest, Manifest, MARKER};
@@ -16,14 +15,13 @@ use lf_trainer::resume::{resolve, Start};
 
 mod tiny_run;
 
+use tiny_run::{run_bounded, LIMIT};
+
 /// The marker's record of an empty file.
 static EMPTY: std::sync::LazyLock<FileDigest> = std::sync::LazyLock::new(|| FileDigest {
     bytes: 0,
     sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
 });
-
-/// Generous: the bound a blocked `open` would exceed, not a speed target.
-const LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs `f` on its own thread and fails the test when it has not returned within [`LIMIT`] (the
 /// blocked thread dies with the test process).
@@ -118,35 +116,6 @@ fn a_fifo_in_a_checkpoint_makes_it_invalid_without_blocking() {
         std::fs::remove_file(ckpt.join(MARKER)).unwrap();
         mkfifo(&ckpt.join(MARKER));
     });
-}
-
-/// Runs the trainer, killing it after [`LIMIT`]: `(exit code, stderr)`.
-fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
-    let err_path = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
-        .args(args)
-        .env_remove("LF_CONFIG")
-        .env_remove("LF_JOB_NAME")
-        .env_remove("LF_STATUS_FILE")
-        .env_remove("LF_METRICS_ADDR")
-        .stdout(Stdio::null())
-        .stderr(err_path.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} still running after {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = std::fs::read_to_string(err_path.path()).unwrap_or_default();
-    (status.code(), stderr)
 }
 
 #[test]

@@ -3,44 +3,11 @@
 //! time limit (a FIFO or a looping template used to hang the trainer).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 mod tiny_run;
 
-use tiny_run::{assets, write_config};
-
-/// Generous: the bound a hang would exceed, not a speed target.
-const LIMIT: Duration = Duration::from_secs(120);
-
-/// Runs the trainer, killing it after [`LIMIT`]: `(exit code, stderr)`.
-fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
-    let err_path = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
-        .args(args)
-        .env_remove("LF_CONFIG")
-        .env_remove("LF_JOB_NAME")
-        .env_remove("LF_STATUS_FILE")
-        .env_remove("LF_METRICS_ADDR")
-        .stdout(Stdio::null())
-        .stderr(err_path.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} still running after {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = std::fs::read_to_string(err_path.path()).unwrap_or_default();
-    (status.code(), stderr)
-}
+use tiny_run::{assets, run_bounded, write_config};
 
 fn assert_input_error(args: &[&str], needles: &[&str]) {
     let (code, err) = run_bounded(args);

@@ -3,8 +3,9 @@
 #![allow(dead_code)] // each test file uses a part
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub fn python() -> PathBuf {
     match std::env::var_os("LF_PYTHON") {
@@ -71,4 +72,37 @@ pub fn trainer(args: &[&str], envs: &[(&str, &Path)]) -> Output {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Generous: the bound a hang (a blocked `open`, a runaway template) would exceed, not a speed
+/// target.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs the trainer, killing it after [`LIMIT`]: `(exit code, stderr)`.
+pub fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let err_path = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
+        .args(args)
+        .env_remove("LF_CONFIG")
+        .env_remove("LF_JOB_NAME")
+        .env_remove("LF_STATUS_FILE")
+        .env_remove("LF_METRICS_ADDR")
+        .stdout(Stdio::null())
+        .stderr(err_path.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(err_path.path()).unwrap_or_default();
+    (status.code(), stderr)
 }
