@@ -1,8 +1,10 @@
 """Reference tensors for lf-model's tests, from transformers + peft (CPU, fp32, tiny random models).
 
 Usage (each mode is one invocation per Rust test file):
-  model_reference.py forward OUT      tiny llama/mistral/qwen2 models (+ tied, llama3 and linear RoPE
-                                      scaling, attention bias): HF model dirs, logits and greedy generations
+  model_reference.py forward OUT      tiny llama/mistral/qwen2/qwen3 models (+ tied, llama3 and linear RoPE
+                                      scaling, attention bias, sliding windows shorter than the sequence,
+                                      qwen3's explicit head_dim): HF model dirs, logits of a plain and of a
+                                      right-padded batch (with its attention mask), greedy generations
   model_reference.py peft-init OUT    a base model, PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B
                                       and perturbed magnitudes), a batch, PEFT's summed loss and grads
   model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
@@ -17,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 torch.set_num_threads(1)
 
@@ -38,6 +40,16 @@ def configs():
             "original_max_position_embeddings": 16}),
         "llama_linear": LlamaConfig(**COMMON, rope_scaling={"rope_type": "linear", "factor": 2.0}),
         "llama_bias": LlamaConfig(**COMMON, attention_bias=True),
+        # Every layer attends to the last 8 positions of 24 (generation runs past it too).
+        "mistral_window": MistralConfig(**COMMON, sliding_window=8),
+        # head_dim 24 ≠ hidden / heads; per-head q/k norms.
+        "qwen3": Qwen3Config(**COMMON, head_dim=24, tie_word_embeddings=False),
+        # Layer 0 full attention, layer 1 a window of 8; biases on q/k/v/o; tied head.
+        "qwen3_window": Qwen3Config(**COMMON, head_dim=16, attention_bias=True, use_sliding_window=True,
+                                    sliding_window=8, max_window_layers=1, tie_word_embeddings=True),
+        # The same layout written as layer_types.
+        "qwen2_window": Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=8,
+                                    layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False),
     }
 
 
@@ -60,12 +72,19 @@ def forward(out):
         model.save_pretrained(os.path.join(d, "model"))
         g = torch.Generator().manual_seed(7 + i)
         ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+        # Right padding, as lf-data batches: row 1 ends in 7 pad tokens masked out.
+        padded = ids.clone()
+        padded[1, 17:] = 0
+        mask = torch.ones_like(padded)
+        mask[1, 17:] = 0
         with torch.no_grad():
             logits = model(input_ids=ids).logits.float()
+            padded_logits = model(input_ids=padded, attention_mask=mask).logits.float()
             prompt = ids[:1, :6]
-            gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8, min_new_tokens=8, do_sample=False,
-                                 pad_token_id=0, eos_token_id=None)
-        save_file({"input_ids": ids, "logits": logits.contiguous(), "generated": gen[0, 6:].contiguous()},
+            gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12,
+                                 do_sample=False, pad_token_id=0, eos_token_id=None)
+        save_file({"input_ids": ids, "logits": logits.contiguous(), "generated": gen[0, 6:].contiguous(),
+                   "padded_ids": padded, "padded_mask": mask, "padded_logits": padded_logits.contiguous()},
                   os.path.join(d, "reference.safetensors"))
 
 

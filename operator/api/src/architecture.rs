@@ -18,7 +18,7 @@ pub enum ArchitectureError {
     },
     #[error("{path} is not a valid Hugging Face config.json: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("model_type `{0}` is not supported; supported: llama, mistral, qwen2")]
+    #[error("model_type `{0}` is not supported; supported: llama, mistral, qwen2, qwen3")]
     UnsupportedModelType(String),
     #[error("invalid architecture: {0}")]
     Invalid(String),
@@ -31,6 +31,20 @@ pub enum ModelType {
     Llama,
     Mistral,
     Qwen2,
+    /// Qwen3 (dense): per-head q/k RMSNorm before RoPE, `head_dim` 128 unless the file says.
+    Qwen3,
+}
+
+impl ModelType {
+    /// The `model_type` of `config.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelType::Llama => "llama",
+            ModelType::Mistral => "mistral",
+            ModelType::Qwen2 => "qwen2",
+            ModelType::Qwen3 => "qwen3",
+        }
+    }
 }
 
 /// RoPE scaling as in `config.json` (Llama 3.1's `llama3` type, or `linear`).
@@ -65,7 +79,7 @@ pub struct ModelArchitecture {
     /// Defaults to `num_attention_heads` (no grouped-query attention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<u64>,
-    /// Defaults to `hidden_size / num_attention_heads`.
+    /// Defaults to `hidden_size / num_attention_heads` (128 for qwen3, as transformers' config).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<u64>,
     #[serde(default = "default_max_positions")]
@@ -78,7 +92,8 @@ pub struct ModelArchitecture {
     pub rope_scaling: Option<RopeScaling>,
     #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// Bias on q/k/v (true for qwen2 whatever the file says; Llama's `attention_bias`).
+    /// Bias on q/k/v (true for qwen2 whatever the file says; Llama's and Qwen3's `attention_bias`,
+    /// which also puts one on o).
     #[serde(default)]
     pub attention_bias: bool,
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "dtype")]
@@ -141,7 +156,7 @@ impl ModelArchitecture {
                 message: e.to_string(),
             })?;
         if let Some(mt) = raw.get("model_type").and_then(|v| v.as_str()) {
-            if !matches!(mt, "llama" | "mistral" | "qwen2") {
+            if !matches!(mt, "llama" | "mistral" | "qwen2" | "qwen3") {
                 return Err(ArchitectureError::UnsupportedModelType(mt.to_string()));
             }
         }
@@ -186,13 +201,33 @@ impl ModelArchitecture {
     }
 
     pub fn head_dim(&self) -> u64 {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim.unwrap_or(match self.model_type {
+            // Qwen3Config's own default, which transformers uses when config.json omits it.
+            ModelType::Qwen3 => 128,
+            _ => self.hidden_size / self.num_attention_heads.max(1),
+        })
     }
 
-    /// Whether q/k/v carry a bias (always for qwen2).
-    pub fn qkv_bias(&self) -> bool {
-        self.model_type == ModelType::Qwen2 || self.attention_bias
+    /// Whether the checkpoint has a bias for `module`, as transformers builds each family: Llama
+    /// and Qwen3 put one on q/k/v/o when `attention_bias` is set, Qwen2 always on q/k/v (never
+    /// o), Mistral never (its modelling code ignores `attention_bias`).
+    pub fn linear_has_bias(&self, module: LinearModule) -> bool {
+        match self.model_type {
+            ModelType::Llama | ModelType::Qwen3 => {
+                self.attention_bias && module.parent() == "self_attn"
+            }
+            ModelType::Qwen2 => matches!(
+                module,
+                LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
+            ),
+            ModelType::Mistral => false,
+        }
+    }
+
+    /// Whether each attention normalises its queries and keys per head (RMSNorm over
+    /// `head_dim`, before RoPE): Qwen3's `q_norm` and `k_norm`.
+    pub fn qk_norm(&self) -> bool {
+        self.model_type == ModelType::Qwen3
     }
 
     /// `(in_features, out_features)` of a decoder linear.

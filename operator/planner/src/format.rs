@@ -292,11 +292,7 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
         format!(
             "model      {} ({}, {} layers, hidden {}, heads {}/{} kv, intermediate {}, vocab {}{})",
             input.model_name,
-            match a.model_type {
-                lf_api::architecture::ModelType::Llama => "llama",
-                lf_api::architecture::ModelType::Mistral => "mistral",
-                lf_api::architecture::ModelType::Qwen2 => "qwen2",
-            },
+            a.model_type.name(),
             a.num_hidden_layers,
             a.hidden_size,
             a.num_attention_heads,

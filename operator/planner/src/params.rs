@@ -1,12 +1,12 @@
 //! Exact parameter counts of a Llama-family decoder and of what a fine-tuning method trains.
 //!
 //! The counts equal what Hugging Face `transformers` (`LlamaForCausalLM`, `MistralForCausalLM`,
-//! `Qwen2ForCausalLM`) and `peft` report for the same config: tied embeddings are counted once,
-//! qwen2 (and `attention_bias: true`) adds a bias to q, k and v, LoRA adds `r·(d_in + d_out)` per
+//! `Qwen2ForCausalLM`, `Qwen3ForCausalLM`) and `peft` report for the same config: tied embeddings are counted once,
+//! qwen2 (and `attention_bias: true`) adds a bias to q, k and v (and o for llama/qwen3), qwen3 a
+//! per-head q and k RMSNorm, LoRA adds `r·(d_in + d_out)` per
 //! adapted linear and DoRA a magnitude vector of `d_out` on top. `tests/reference/planner_param_counts.py`
 //! checks them against the real libraries.
 
-use lf_api::architecture::ModelType;
 use lf_api::training::{FinetuningType, LinearModule, TrainingConfig};
 use lf_api::ModelArchitecture;
 
@@ -18,9 +18,9 @@ pub type Shape = (u64, u64);
 pub struct LayerParams {
     /// The seven linears (q, k, v, o, gate, up, down), weights only.
     pub linears: u64,
-    /// The q/k/v biases (qwen2, or `attention_bias`).
+    /// The attention biases (qwen2, or `attention_bias`).
     pub biases: u64,
-    /// The two RMSNorm weights.
+    /// The RMSNorm weights: two of `hidden_size`, plus qwen3's per-head q/k norms.
     pub norms: u64,
 }
 
@@ -40,26 +40,33 @@ pub fn layer_params(arch: &ModelArchitecture) -> LayerParams {
         })
         .sum();
     let biases = attention_bias_shapes(arch).iter().map(|(n, _)| n).sum();
+    let norms = norm_shapes(arch).iter().map(|(n, _)| n).sum();
     LayerParams {
         linears,
         biases,
-        norms: 2 * arch.hidden_size,
+        norms,
     }
 }
 
-/// The attention biases of one layer as `transformers` builds them: qwen2 has q, k and v biases;
-/// llama with `attention_bias: true` has q, k, v and o biases; mistral has none (its modelling code
-/// ignores `attention_bias`).
+/// The attention biases of one layer as `transformers` builds them
+/// ([`ModelArchitecture::linear_has_bias`]): qwen2 has q, k and v biases; llama and qwen3 with
+/// `attention_bias: true` have q, k, v and o biases; mistral has none.
 pub fn attention_bias_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
-    let q = arch.num_attention_heads * arch.head_dim();
-    let kv = arch.kv_heads() * arch.head_dim();
-    match arch.model_type {
-        ModelType::Qwen2 => vec![(q, 1), (kv, 1), (kv, 1)],
-        ModelType::Llama if arch.attention_bias => {
-            vec![(q, 1), (kv, 1), (kv, 1), (arch.hidden_size, 1)]
-        }
-        _ => Vec::new(),
+    LinearModule::ALL
+        .into_iter()
+        .filter(|m| arch.linear_has_bias(*m))
+        .map(|m| (arch.linear_shape(m).1, 1))
+        .collect()
+}
+
+/// The norms of one layer: input and post-attention (`hidden_size` each), then qwen3's q and k
+/// norms (`head_dim` each).
+pub fn norm_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
+    let mut out = vec![(arch.hidden_size, 1), (arch.hidden_size, 1)];
+    if arch.qk_norm() {
+        out.extend([(arch.head_dim(), 1), (arch.head_dim(), 1)]);
     }
+    out
 }
 
 /// Input embedding parameters (`V·h`).
@@ -121,8 +128,7 @@ pub fn layer_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
         })
         .collect();
     out.extend(attention_bias_shapes(arch));
-    out.push((arch.hidden_size, 1));
-    out.push((arch.hidden_size, 1));
+    out.extend(norm_shapes(arch));
     out
 }
 

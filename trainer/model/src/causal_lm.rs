@@ -70,8 +70,6 @@ pub struct CausalLm {
     /// Counts training micro-batches, so each gets its own (replayable) dropout masks.
     pub(crate) micro_step: AtomicU64,
     pub(crate) load_report: Option<LoadReport>,
-    /// The config's attention window (not implemented: longer sequences are refused).
-    pub(crate) sliding_window: Option<i64>,
 }
 
 impl CausalLm {
@@ -92,10 +90,10 @@ impl CausalLm {
         sink: &mut UnitSink<'_>,
     ) -> Result<Self, ModelError> {
         let start = Instant::now();
-        let (arch, sliding_window) = options::read_config(model_dir)?;
+        let (arch, windows) = options::read_config(model_dir)?;
         let files = safetensors_io::weight_files(model_dir)?;
         let mut src = FileSource::open(model_dir, &files)?;
-        let model = loader::build(&arch, &mut src, opts, sink)?;
+        let model = loader::build(&arch, &windows, &mut src, opts, sink)?;
         let report = LoadReport {
             seconds: start.elapsed().as_secs_f64(),
             bytes: src.bytes,
@@ -110,11 +108,11 @@ impl CausalLm {
         );
         let mut lm = Self::assemble(arch, model, opts);
         lm.load_report = Some(report);
-        lm.sliding_window = sliding_window;
         Ok(lm)
     }
 
-    /// Builds a model from named tensors (Hugging Face names), for tests and conversions.
+    /// Builds a model from named tensors (Hugging Face names), for tests and conversions (full
+    /// attention on every layer: a sliding window is read from `config.json` by [`CausalLm::load`]).
     pub fn from_tensors(
         arch: ModelArchitecture,
         tensors: impl IntoIterator<Item = (String, Tensor)>,
@@ -124,7 +122,7 @@ impl CausalLm {
         let mut src = MemorySource {
             tensors: tensors.into_iter().collect::<HashMap<_, _>>(),
         };
-        let model = loader::build(&arch, &mut src, opts, &mut |_, _| Ok(()))?;
+        let model = loader::build(&arch, &[], &mut src, opts, &mut |_, _| Ok(()))?;
         Ok(Self::assemble(arch, model, opts))
     }
 
@@ -144,7 +142,6 @@ impl CausalLm {
             backend: AttentionBackend::Sdpa,
             micro_step: AtomicU64::new(0),
             load_report: None,
-            sliding_window: None,
         }
     }
 
@@ -258,8 +255,11 @@ impl CausalLm {
             + dense(&m.norm.weight)
             + m.lm_head.as_ref().map(dense).unwrap_or(0);
         for layer in &m.layers {
-            total += dense(&layer.input_layernorm.weight)
-                + dense(&layer.post_attention_layernorm.weight);
+            total += layer
+                .norms()
+                .into_iter()
+                .map(|(_, norm)| dense(&norm.weight))
+                .sum::<u64>();
             for module in LinearModule::ALL {
                 let l = layer.linear(module);
                 total += l.weight.storage_bytes() + l.bias.as_ref().map(dense).unwrap_or(0);
@@ -296,8 +296,9 @@ impl CausalLm {
                     out.push((name(LayerTensor::Bias(module)), vec![o]));
                 }
             }
-            out.push((name(LayerTensor::InputLayernorm), vec![h]));
-            out.push((name(LayerTensor::PostAttentionLayernorm), vec![h]));
+            for (t, norm) in layer.norms() {
+                out.push((name(t), vec![norm.weight.size()[0]]));
+            }
         }
         out.push((BaseTensor::Norm.name(), vec![h]));
         if m.lm_head.is_some() {
@@ -316,10 +317,12 @@ impl CausalLm {
             BaseTensor::Layer(i, t) => {
                 let layer = m.layers.get(i)?;
                 match t {
-                    LayerTensor::InputLayernorm => &layer.input_layernorm.weight,
-                    LayerTensor::PostAttentionLayernorm => &layer.post_attention_layernorm.weight,
                     LayerTensor::Weight(module) => layer.linear(module).weight.as_dense()?,
                     LayerTensor::Bias(module) => layer.linear(module).bias.as_ref()?,
+                    norm => {
+                        let (_, n) = layer.norms().into_iter().find(|(t, _)| *t == norm)?;
+                        &n.weight
+                    }
                 }
             }
         };

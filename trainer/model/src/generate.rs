@@ -45,14 +45,6 @@ impl CausalLm {
                 "prompt token {bad} is outside the vocabulary (size {vocab})"
             )));
         }
-        if let Some(window) = self.sliding_window {
-            let total = prompt.len() + params.max_new_tokens;
-            if total as i64 > window {
-                return Err(ModelError::Invalid(format!(
-                    "prompt plus max_new_tokens ({total}) exceeds the model's sliding_window of {window}, which lf-model does not implement"
-                )));
-            }
-        }
         if params.do_sample && params.temperature <= 0.0 {
             return Err(ModelError::Invalid(
                 "temperature must be > 0 when sampling (or set do_sample: false)".into(),

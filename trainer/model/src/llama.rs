@@ -1,21 +1,25 @@
-//! The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2) in one file.
+//! The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2, Qwen3) in one file.
 //!
 //! Follows Hugging Face's `modeling_llama.py` operation by operation so that fp32 logits match
 //! transformers: RMSNorm computed in fp32 and cast back before the weight multiply, rotate-half
 //! RoPE with cos/sin computed in fp32 (with Llama 3.1's `llama3` frequency remap or `linear`
 //! scaling), grouped-query attention through libtorch's `scaled_dot_product_attention` (or an
-//! explicit eager path), and a SwiGLU MLP. Qwen2 adds a bias to q/k/v. Field names mirror the
-//! Hugging Face tensor names (`model.layers.{i}.self_attn.q_proj.weight`, ...).
+//! explicit eager path), and a SwiGLU MLP. The families differ by switches, not copies: Qwen2 adds
+//! a bias to q/k/v; Qwen3 normalises each head's queries and keys (RMSNorm over `head_dim`)
+//! before RoPE; Mistral (and Qwen2/Qwen3 layers with `use_sliding_window`) attend to the last
+//! `sliding_window` positions only. Field names mirror the Hugging Face tensor names
+//! (`model.layers.{i}.self_attn.q_proj.weight`, ...).
 //!
 //! References: Touvron et al., "Llama 2" (arXiv:2307.09288); transformers
-//! `src/transformers/models/llama/modeling_llama.py`.
+//! `src/transformers/models/{llama,mistral,qwen3}/modeling_*.py` and `masking_utils.py`
+//! (`sliding_window_overlay`: key `k` is visible from query `q` when `q − w < k ≤ q`).
 
 use lf_api::architecture::ModelArchitecture;
 use lf_api::training::LinearModule;
 use tch::{Device, Kind, Tensor};
 
 use crate::linear::Linear;
-use crate::names;
+use crate::names::{self, BaseTensor, LayerTensor};
 use crate::residency::{Residency, Unit};
 
 /// How attention is computed.
@@ -129,9 +133,25 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Qwen3's per-head RMSNorm of the queries and keys (over `head_dim`, before RoPE).
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub num_heads: i64,
     pub num_kv_heads: i64,
     pub head_dim: i64,
+    /// The sliding window: a query sees itself and the `window − 1` keys before it (`None`:
+    /// every earlier key).
+    pub window: Option<i64>,
+}
+
+/// Which of `t` keys each of the last `s` queries may attend to (`[s, t]`, bool): causal, and
+/// within `window` positions when there is one.
+fn allowed_keys(s: i64, t: i64, window: Option<i64>, device: Device) -> Tensor {
+    let causal = Tensor::ones([s, t], (Kind::Bool, device)).tril(t - s);
+    match window {
+        Some(w) => causal.triu(t - s - w + 1),
+        None => causal,
+    }
 }
 
 impl Attention {
@@ -145,10 +165,25 @@ impl Attention {
         train: bool,
     ) -> Tensor {
         let (b, s) = (x.size()[0], x.size()[1]);
-        let heads = |t: Tensor, n: i64| t.view([b, s, n, self.head_dim]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(x, train), self.num_heads);
-        let k = heads(self.k_proj.forward(x, train), self.num_kv_heads);
-        let v = heads(self.v_proj.forward(x, train), self.num_kv_heads);
+        let heads = |t: Tensor, n: i64, norm: Option<&RmsNorm>| {
+            let t = t.view([b, s, n, self.head_dim]);
+            match norm {
+                Some(norm) => norm.forward(&t),
+                None => t,
+            }
+            .transpose(1, 2)
+        };
+        let q = heads(
+            self.q_proj.forward(x, train),
+            self.num_heads,
+            self.q_norm.as_ref(),
+        );
+        let k = heads(
+            self.k_proj.forward(x, train),
+            self.num_kv_heads,
+            self.k_norm.as_ref(),
+        );
+        let v = heads(self.v_proj.forward(x, train), self.num_kv_heads, None);
         let q = apply_rotary(&q, cos, sin);
         let mut k = apply_rotary(&k, cos, sin);
         let mut v = v;
@@ -161,12 +196,28 @@ impl Attention {
         }
         let kv_len = k.size()[2];
         let gqa = self.num_kv_heads != self.num_heads;
-        // One query over cached keys attends to everything; a full sequence is causal. Only a
-        // chunk of several new queries after a non-empty cache needs an explicit mask.
-        let y = if backend == AttentionBackend::Sdpa && (s == 1 || s == kv_len) {
-            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, s > 1, None, gqa)
-        } else {
-            self.eager(&q, &k, &v)
+        // Keys older than the window exist only once the sequence is longer than it.
+        let window = self.window.filter(|&w| kv_len > w);
+        // One query over cached keys attends to everything; a full sequence is causal. A chunk of
+        // several new queries after a non-empty cache, or a window, needs an explicit mask.
+        let y = match backend {
+            AttentionBackend::Sdpa if window.is_none() && (s == 1 || s == kv_len) => {
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    None::<Tensor>,
+                    0.0,
+                    s > 1,
+                    None,
+                    gqa,
+                )
+            }
+            AttentionBackend::Sdpa => {
+                let mask = allowed_keys(s, kv_len, window, q.device());
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
+            }
+            AttentionBackend::Eager => self.eager(&q, &k, &v, window),
         };
         let y = y
             .transpose(1, 2)
@@ -174,8 +225,9 @@ impl Attention {
         self.o_proj.forward(&y, train)
     }
 
-    /// `softmax(QKᵀ/√d + mask) V` with the causal mask aligned to the last query (softmax in fp32).
-    fn eager(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    /// `softmax(QKᵀ/√d + mask) V` with the causal (and window) mask aligned to the last query
+    /// (softmax in fp32).
+    fn eager(&self, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<i64>) -> Tensor {
         let rep = self.num_heads / self.num_kv_heads;
         let (k, v) = if rep > 1 {
             (
@@ -187,7 +239,7 @@ impl Attention {
         };
         let (s, t) = (q.size()[2], k.size()[2]);
         let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (self.head_dim as f64).sqrt());
-        let allowed = Tensor::ones([s, t], (Kind::Bool, q.device())).tril(t - s);
+        let allowed = allowed_keys(s, t, window, q.device());
         let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
         let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
         probs.matmul(&v)
@@ -249,14 +301,29 @@ impl DecoderLayer {
             .into_iter()
             .flat_map(|m| self.linear(m).named_tensors(&names::linear(i, m)))
             .collect();
-        out.push((
-            names::input_layernorm(i).weight(),
-            self.input_layernorm.weight.shallow_clone(),
-        ));
-        out.push((
-            names::post_attention_layernorm(i).weight(),
-            self.post_attention_layernorm.weight.shallow_clone(),
-        ));
+        out.extend(
+            self.norms()
+                .into_iter()
+                .map(|(t, norm)| (BaseTensor::Layer(i, t).name(), norm.weight.shallow_clone())),
+        );
+        out
+    }
+
+    /// The layer's norms in checkpoint order: input, post-attention, then Qwen3's q and k norms.
+    pub fn norms(&self) -> Vec<(LayerTensor, &RmsNorm)> {
+        let mut out = vec![
+            (LayerTensor::InputLayernorm, &self.input_layernorm),
+            (
+                LayerTensor::PostAttentionLayernorm,
+                &self.post_attention_layernorm,
+            ),
+        ];
+        let attn = &self.self_attn;
+        let qk = [
+            (LayerTensor::QNorm, attn.q_norm.as_ref()),
+            (LayerTensor::KNorm, attn.k_norm.as_ref()),
+        ];
+        out.extend(qk.into_iter().filter_map(|(t, n)| Some((t, n?))));
         out
     }
 

@@ -115,20 +115,6 @@ impl TensorSource for FileSource {
     }
 }
 
-/// Whether the checkpoint has a bias for `module`, as transformers builds each family: Llama puts
-/// one on q/k/v/o when `attention_bias` is set, Qwen2 always on q/k/v (never o), Mistral never.
-fn has_bias(arch: &ModelArchitecture, module: LinearModule) -> bool {
-    use lf_api::architecture::ModelType;
-    match arch.model_type {
-        ModelType::Llama => arch.attention_bias && module.parent() == "self_attn",
-        ModelType::Qwen2 => matches!(
-            module,
-            LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
-        ),
-        ModelType::Mistral => false,
-    }
-}
-
 /// Takes a required tensor and checks its shape.
 fn required(
     src: &mut dyn TensorSource,
@@ -155,11 +141,13 @@ fn required(
 }
 
 /// Builds the whole model from `src`; every tensor of `src` must be used (apart from RoPE caches
-/// and a redundant `lm_head.weight` of a tied model).
+/// and a redundant `lm_head.weight` of a tied model). Layer `i` attends within `windows[i]`
+/// (full attention where `windows` has no entry or `None`).
 ///
 /// `sink` receives each unit's tensors as soon as the unit is complete (see [`UnitSink`]).
 pub fn build(
     arch: &ModelArchitecture,
+    windows: &[Option<i64>],
     src: &mut dyn TensorSource,
     opts: &LoadOptions,
     sink: &mut UnitSink<'_>,
@@ -181,29 +169,47 @@ pub fn build(
                 kind,
                 opts,
             )?;
-            let has_bias = has_bias(arch, m);
-            let bias = if has_bias {
+            let bias = if arch.linear_has_bias(m) {
                 Some(required(src, &path.bias(), &[fan_out as i64], kind, opts)?)
             } else {
                 None
             };
             crate::quant::make_linear(&path, w, bias, opts)
         };
-        let self_attn = Attention {
-            q_proj: linear(LinearModule::QProj)?,
-            k_proj: linear(LinearModule::KProj)?,
-            v_proj: linear(LinearModule::VProj)?,
-            o_proj: linear(LinearModule::OProj)?,
-            num_heads: arch.num_attention_heads as i64,
-            num_kv_heads: arch.kv_heads() as i64,
-            head_dim: arch.head_dim() as i64,
-        };
+        let eps = arch.rms_norm_eps;
+        let q_proj = linear(LinearModule::QProj)?;
+        let k_proj = linear(LinearModule::KProj)?;
+        let v_proj = linear(LinearModule::VProj)?;
+        let o_proj = linear(LinearModule::OProj)?;
         let mlp = Mlp {
             gate_proj: linear(LinearModule::GateProj)?,
             up_proj: linear(LinearModule::UpProj)?,
             down_proj: linear(LinearModule::DownProj)?,
         };
-        let eps = arch.rms_norm_eps;
+        let d = arch.head_dim() as i64;
+        let mut head_norm = |path: names::TensorPath| -> Result<Option<RmsNorm>, ModelError> {
+            if !arch.qk_norm() {
+                return Ok(None);
+            }
+            Ok(Some(RmsNorm {
+                weight: required(src, &path.weight(), &[d], kind, opts)?,
+                eps,
+            }))
+        };
+        let q_norm = head_norm(names::q_norm(i))?;
+        let k_norm = head_norm(names::k_norm(i))?;
+        let self_attn = Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            q_norm,
+            k_norm,
+            num_heads: arch.num_attention_heads as i64,
+            num_kv_heads: arch.kv_heads() as i64,
+            head_dim: d,
+            window: windows.get(i).copied().flatten(),
+        };
         let input_layernorm = RmsNorm {
             weight: required(src, &names::input_layernorm(i).weight(), &[h], kind, opts)?,
             eps,

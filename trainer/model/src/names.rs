@@ -133,6 +133,16 @@ pub fn post_attention_layernorm(i: usize) -> TensorPath {
     layer(i).pp("post_attention_layernorm")
 }
 
+/// Qwen3's per-head RMSNorm of the queries in decoder layer `i` (`self_attn.q_norm`).
+pub fn q_norm(i: usize) -> TensorPath {
+    layer(i).pp("self_attn").pp("q_norm")
+}
+
+/// Qwen3's per-head RMSNorm of the keys in decoder layer `i` (`self_attn.k_norm`).
+pub fn k_norm(i: usize) -> TensorPath {
+    layer(i).pp("self_attn").pp("k_norm")
+}
+
 /// The final norm.
 pub fn norm() -> TensorPath {
     model().pp("norm")
@@ -172,6 +182,10 @@ pub enum BaseTensor {
 pub enum LayerTensor {
     InputLayernorm,
     PostAttentionLayernorm,
+    /// Qwen3's per-head query norm.
+    QNorm,
+    /// Qwen3's per-head key norm.
+    KNorm,
     Weight(LinearModule),
     Bias(LinearModule),
 }
@@ -185,6 +199,8 @@ impl LayerTensor {
             .chain([
                 LayerTensor::InputLayernorm,
                 LayerTensor::PostAttentionLayernorm,
+                LayerTensor::QNorm,
+                LayerTensor::KNorm,
             ])
     }
 }
@@ -200,6 +216,8 @@ impl BaseTensor {
             BaseTensor::Layer(i, LayerTensor::PostAttentionLayernorm) => {
                 post_attention_layernorm(i).weight()
             }
+            BaseTensor::Layer(i, LayerTensor::QNorm) => q_norm(i).weight(),
+            BaseTensor::Layer(i, LayerTensor::KNorm) => k_norm(i).weight(),
             BaseTensor::Layer(i, LayerTensor::Weight(m)) => linear(i, m).weight(),
             BaseTensor::Layer(i, LayerTensor::Bias(m)) => linear(i, m).bias(),
         }
@@ -240,6 +258,8 @@ mod tests {
             post_attention_layernorm(0).weight(),
             "model.layers.0.post_attention_layernorm.weight"
         );
+        assert_eq!(q_norm(4).weight(), "model.layers.4.self_attn.q_norm.weight");
+        assert_eq!(k_norm(0).weight(), "model.layers.0.self_attn.k_norm.weight");
         assert_eq!(
             linear(1, DownProj).bias(),
             "model.layers.1.mlp.down_proj.bias"

@@ -129,12 +129,10 @@ pub fn read_architecture(model_dir: &Path) -> Result<ModelArchitecture, ModelErr
     read_config(model_dir).map(|(arch, _)| arch)
 }
 
-/// [`read_architecture`] plus the attention window the config sets (Mistral's `sliding_window`,
-/// Qwen2's when `use_sliding_window` is true), which lf-model does not implement: sequences
-/// longer than it are refused instead of silently computed with full attention.
+/// [`read_architecture`] plus each layer's attention window ([`layer_windows`]).
 pub(crate) fn read_config(
     model_dir: &Path,
-) -> Result<(ModelArchitecture, Option<i64>), ModelError> {
+) -> Result<(ModelArchitecture, Vec<Option<i64>>), ModelError> {
     let path = model_dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
         path: path.clone(),
@@ -197,27 +195,73 @@ pub(crate) fn read_config(
         path: path.clone(),
         message: e.to_string(),
     })?;
-    let window = obj_window(&raw);
     let arch = ModelArchitecture::from_json_str(&text).map_err(|e| match e {
-        lf_api::architecture::ArchitectureError::Parse { message, .. } => {
-            ModelError::Json { path, message }
-        }
+        lf_api::architecture::ArchitectureError::Parse { message, .. } => ModelError::Json {
+            path: path.clone(),
+            message,
+        },
         other => ModelError::UnsupportedConfig {
-            path,
+            path: path.clone(),
             message: other.to_string(),
         },
     })?;
-    Ok((arch, window))
+    let windows = layer_windows(&raw, &arch).map_err(unsupported)?;
+    Ok((arch, windows))
 }
 
-fn obj_window(raw: &serde_json::Value) -> Option<i64> {
-    let window = raw.get("sliding_window").and_then(|v| v.as_i64())?;
-    let enabled = match raw.get("model_type").and_then(|v| v.as_str()) {
-        Some("qwen2") => raw
-            .get("use_sliding_window")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false),
-        _ => true,
+/// Each decoder layer's attention window, as transformers configures it: Mistral's
+/// `sliding_window` on every layer; Qwen2's and Qwen3's only with `use_sliding_window: true`, on
+/// the layers `layer_types` marks `sliding_attention` (when absent, those from
+/// `max_window_layers` on, 28 by default); none for Llama.
+fn layer_windows(
+    raw: &serde_json::Value,
+    arch: &ModelArchitecture,
+) -> Result<Vec<Option<i64>>, String> {
+    use lf_api::architecture::ModelType;
+    let layers = arch.num_hidden_layers as usize;
+    let Some(window) = raw.get("sliding_window").filter(|v| !v.is_null()) else {
+        return Ok(vec![None; layers]);
     };
-    enabled.then_some(window)
+    let window = window
+        .as_i64()
+        .filter(|&w| w > 0)
+        .ok_or_else(|| format!("sliding_window must be a positive integer, not {window}"))?;
+    let sliding: Vec<bool> = match arch.model_type {
+        ModelType::Llama => vec![false; layers],
+        ModelType::Mistral => vec![true; layers],
+        ModelType::Qwen2 | ModelType::Qwen3 => {
+            let enabled = raw
+                .get("use_sliding_window")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            match raw.get("layer_types").filter(|v| !v.is_null()) {
+                _ if !enabled => vec![false; layers],
+                Some(types) => {
+                    let types =
+                        types
+                            .as_array()
+                            .filter(|t| t.len() == layers)
+                            .ok_or_else(|| {
+                                format!("layer_types must list one type per layer ({layers})")
+                            })?;
+                    types
+                        .iter()
+                        .map(|t| match t.as_str() {
+                            Some("sliding_attention") => Ok(true),
+                            Some("full_attention") => Ok(false),
+                            _ => Err(format!("layer_types entry {t} is not supported (full_attention, sliding_attention)")),
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                None => {
+                    let from = raw
+                        .get("max_window_layers")
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(28) as usize;
+                    (0..layers).map(|i| i >= from).collect()
+                }
+            }
+        }
+    };
+    Ok(sliding.into_iter().map(|s| s.then_some(window)).collect())
 }

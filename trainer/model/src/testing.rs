@@ -55,8 +55,8 @@ pub fn tiny_arch(size: TinySize, tied: bool) -> ModelArchitecture {
 
 /// Random weights with Hugging Face names for `arch`, drawn from libtorch's global generator
 /// seeded with `seed` (hold a lock around it when tests run in parallel threads): embeddings
-/// N(0, 0.5²), linears N(0, 1/in), q/k/v biases N(0, 0.1²) when the architecture has them, norms
-/// U(0.5, 1.5), an untied head N(0, 0.2²), drawn in checkpoint order.
+/// N(0, 0.5²), linears N(0, 1/in), attention biases N(0, 0.1²) when the architecture has them, norms
+/// (qwen3's q/k norms too) U(0.5, 1.5), an untied head N(0, 0.2²), drawn in checkpoint order.
 pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed);
     let h = arch.hidden_size as i64;
@@ -75,11 +75,7 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
                 path.weight(),
                 Tensor::randn([fo as i64, fi as i64], opts) * (1.0 / (fi as f64).sqrt()),
             ));
-            let qkv = matches!(
-                m,
-                LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
-            );
-            if arch.qkv_bias() && qkv {
+            if arch.linear_has_bias(m) {
                 out.push((path.bias(), Tensor::randn([fo as i64], opts) * 0.1));
             }
         }
@@ -88,6 +84,15 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
             LayerTensor::PostAttentionLayernorm,
         ] {
             out.push((BaseTensor::Layer(i, t).name(), norm()));
+        }
+        if arch.qk_norm() {
+            let d = arch.head_dim() as i64;
+            for t in [LayerTensor::QNorm, LayerTensor::KNorm] {
+                out.push((
+                    BaseTensor::Layer(i, t).name(),
+                    Tensor::rand([d], opts) + 0.5,
+                ));
+            }
         }
     }
     out.push((BaseTensor::Norm.name(), norm()));

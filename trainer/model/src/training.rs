@@ -44,15 +44,6 @@ impl CausalLm {
                 labels.size()
             )));
         }
-        if let Some(window) = self.sliding_window {
-            let s = input_ids.size()[1];
-            if s > window {
-                return Err(ModelError::Invalid(format!(
-                    "a sequence of {s} tokens exceeds the model's sliding_window of {window}, which lf-model does not \
-                     implement (it would attend to the full sequence); set cutoff_len to at most {window}"
-                )));
-            }
-        }
         if input_ids.kind() != Kind::Int64 || labels.kind() != Kind::Int64 {
             return Err(ModelError::Invalid(
                 "input_ids and labels must be int64".into(),

@@ -1,5 +1,6 @@
 //! Forward and greedy-generation parity with transformers (fp32, CPU) for every supported
-//! architecture variant. One Python invocation builds all the reference models.
+//! architecture variant, on a plain and a right-padded batch, with sliding windows shorter than
+//! the sequence and the generation. One Python invocation builds all the reference models.
 
 mod common;
 
@@ -19,6 +20,10 @@ fn logits_and_greedy_generation_match_transformers() {
         "llama3_rope",
         "llama_linear",
         "llama_bias",
+        "mistral_window",
+        "qwen3",
+        "qwen3_window",
+        "qwen2_window",
     ] {
         let mut lm = CausalLm::load(
             &dir.path().join(name).join("model"),
@@ -38,11 +43,18 @@ fn logits_and_greedy_generation_match_transformers() {
             "{name}: logits differ from transformers by {sdpa:e} (relative)"
         );
 
+        let padded = padded_diff(&lm, &r);
+        println!("{name}: sdpa right-padded logits max rel diff {padded:.2e}");
+        assert!(
+            padded <= 1e-5,
+            "{name}: right-padded logits differ from transformers by {padded:e}"
+        );
+
         let prompt: Vec<i64> = Vec::try_from(ids.get(0).narrow(0, 0, 6)).unwrap();
         let want: Vec<i64> = Vec::try_from(&r["generated"]).unwrap();
         let mut streamed = Vec::new();
         let got = lm
-            .generate(&prompt, &GenerationParams::greedy(8), &[], |t| {
+            .generate(&prompt, &GenerationParams::greedy(want.len()), &[], |t| {
                 streamed.push(t)
             })
             .unwrap();
@@ -59,9 +71,26 @@ fn logits_and_greedy_generation_match_transformers() {
             eager <= 1e-5,
             "{name}: eager logits differ from transformers by {eager:e}"
         );
+        let padded = padded_diff(&lm, &r);
+        println!("{name}: eager right-padded logits max rel diff {padded:.2e}");
+        assert!(
+            padded <= 1e-5,
+            "{name}: eager right-padded logits differ from transformers by {padded:e}"
+        );
         let got = lm
-            .generate(&prompt, &GenerationParams::greedy(8), &[], |_| {})
+            .generate(&prompt, &GenerationParams::greedy(want.len()), &[], |_| {})
             .unwrap();
         assert_eq!(got, want, "{name}: eager greedy generation differs");
     }
+}
+
+/// Relative difference of our logits on the right-padded batch from transformers' (which had the
+/// attention mask), over the positions that are not padding.
+fn padded_diff(lm: &CausalLm, r: &std::collections::HashMap<String, tch::Tensor>) -> f64 {
+    let logits = tch::no_grad(|| lm.forward_logits(&r["padded_ids"]));
+    let keep = r["padded_mask"].to_kind(Kind::Bool);
+    common::rel_diff(
+        &logits.index(&[Some(keep.shallow_clone())]),
+        &r["padded_logits"].index(&[Some(keep)]),
+    )
 }
