@@ -5,8 +5,9 @@ Usage (each mode is one invocation per Rust test file):
                                       scaling, attention bias, sliding windows shorter than the sequence,
                                       qwen3's explicit head_dim): HF model dirs, logits of a plain and of a
                                       right-padded batch (with its attention mask), greedy generations
-  model_reference.py peft-init OUT    a base model, PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B
-                                      and perturbed magnitudes), a batch, PEFT's summed loss and grads
+  model_reference.py peft-init OUT    base models (llama; qwen3; mistral with a window shorter than the
+                                      batch), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and perturbed
+                                      magnitudes), a batch, PEFT's summed loss and grads
   model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
                                       reports key mismatches and logit differences to OUT/verify.json
 """
@@ -109,18 +110,30 @@ def peft_name(name):
         if "lora_magnitude_vector" not in name else name.replace(".default.weight", "").replace(".default", "")
 
 
-VARIANTS = {"lora": {}, "rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
+# variant: (base model family, LoraConfig extras); bases live in OUT/base/<family>.
+VARIANTS = {
+    "lora": ("llama", {}),
+    "rslora": ("llama", {"use_rslora": True}),
+    "dora": ("llama", {"use_dora": True}),
+    "qwen3_lora": ("qwen3", {}),
+    "qwen3_dora": ("qwen3", {"use_dora": True}),
+    "mistral_window_lora": ("mistral_window", {}),
+}
+
+
+def base_dir(out, variant):
+    return os.path.join(out, "base", VARIANTS[variant][0])
 
 
 def peft_init(out):
     from peft import LoraConfig, get_peft_model
-    cfg = configs()["llama"]
-    base = build(cfg, 5)
-    base.save_pretrained(os.path.join(out, "base"))
-    ids, labels = batch(cfg.vocab_size)
+    cfgs = configs()
+    for family in sorted({f for f, _ in VARIANTS.values()}):
+        build(cfgs[family], 5).save_pretrained(os.path.join(out, "base", family))
+    ids, labels = batch(cfgs["llama"].vocab_size)
     save_file({"input_ids": ids, "labels": labels}, os.path.join(out, "batch.safetensors"))
-    for k, (variant, extra) in enumerate(VARIANTS.items()):
-        model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "base"), dtype=torch.float32)
+    for k, (variant, (_, extra)) in enumerate(VARIANTS.items()):
+        model = AutoModelForCausalLM.from_pretrained(base_dir(out, variant), dtype=torch.float32)
         lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM", **extra)
         model = get_peft_model(model, lcfg)
         g = torch.Generator().manual_seed(20 + k)
@@ -148,7 +161,7 @@ def peft_verify(out):
     report = {}
     for variant in VARIANTS:
         d = os.path.join(out, variant)
-        model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "base"), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base_dir(out, variant), dtype=torch.float32)
         lcfg = LoraConfig.from_pretrained(os.path.join(d, "trained"))
         model = get_peft_model(model, lcfg)
         result = set_peft_model_state_dict(model, load_file(os.path.join(d, "trained", "adapter_model.safetensors")))

@@ -1,5 +1,6 @@
-//! LoRA, rsLoRA and DoRA against PEFT: the first step's loss and gradients equal PEFT's on the same
-//! batch and adapter weights; after a few SGD steps our saved adapter loads in PEFT with no
+//! LoRA, rsLoRA and DoRA against PEFT, on llama, qwen3 (q/k norms, explicit head_dim) and mistral
+//! with a sliding window shorter than the batch's sequences: the first step's loss and gradients
+//! equal PEFT's on the same batch and adapter weights; after a few SGD steps our saved adapter loads in PEFT with no
 //! missing or unexpected keys and gives our logits; the merged export loads in transformers and
 //! equals PEFT's `merge_and_unload`. Two Python invocations in all (prepare, verify).
 
@@ -9,11 +10,23 @@ use lf_api::training::TrainingConfig;
 use lf_model::{CausalLm, LoadOptions, ADAPTER_WEIGHTS};
 use tch::{Device, Kind, Tensor};
 
+/// `(variant, base model family)`, as `model_reference.py`'s `VARIANTS`.
+const VARIANTS: [(&str, &str); 6] = [
+    ("lora", "llama"),
+    ("rslora", "llama"),
+    ("dora", "llama"),
+    ("qwen3_lora", "qwen3"),
+    ("qwen3_dora", "qwen3"),
+    ("mistral_window_lora", "mistral_window"),
+];
+
 fn config(variant: &str) -> TrainingConfig {
-    let extra = match variant {
-        "rslora" => "use_rslora: true\n",
-        "dora" => "use_dora: true\n",
-        _ => "",
+    let extra = if variant.ends_with("rslora") {
+        "use_rslora: true\n"
+    } else if variant.ends_with("dora") {
+        "use_dora: true\n"
+    } else {
+        ""
     };
     TrainingConfig::from_yaml_str(&format!(
         "lora_rank: 4\nlora_alpha: 8\nlora_target: all\nloss_chunk_size: 7\n{extra}"
@@ -33,13 +46,10 @@ fn adapters_match_peft_and_round_trip() {
         .ne(-100)
         .sum(Kind::Int64)
         .int64_value(&[]) as f64;
-    for variant in ["lora", "rslora", "dora"] {
+    for (variant, family) in VARIANTS {
         let d = out.join(variant);
-        let mut lm = CausalLm::load(
-            &out.join("base"),
-            &LoadOptions::new(Device::Cpu, Kind::Float),
-        )
-        .unwrap();
+        let base = out.join("base").join(family);
+        let mut lm = CausalLm::load(&base, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
         lm.apply_method(&config(variant), 1).unwrap();
         lm.load_adapter(&d.join("init")).unwrap();
         lm.set_training(true);
@@ -88,13 +98,12 @@ fn adapters_match_peft_and_round_trip() {
             });
         }
         lm.set_training(false);
-        lm.save_adapter(&d.join("trained"), &out.join("base").display().to_string())
+        lm.save_adapter(&d.join("trained"), &base.display().to_string())
             .unwrap();
         let logits = tch::no_grad(|| lm.forward_logits(ids));
         let map = [("logits".to_string(), logits)];
         Tensor::write_safetensors(&map, d.join("ours.safetensors")).unwrap();
-        lm.export_merged(&d.join("merged"), &out.join("base"), 40_000)
-            .unwrap();
+        lm.export_merged(&d.join("merged"), &base, 40_000).unwrap();
         assert!(
             d.join("merged/model.safetensors.index.json").exists(),
             "a small shard size must produce several shards"
@@ -114,11 +123,7 @@ fn adapters_match_peft_and_round_trip() {
         );
 
         // Our adapter file reloads into a fresh model with the same logits.
-        let mut again = CausalLm::load(
-            &out.join("base"),
-            &LoadOptions::new(Device::Cpu, Kind::Float),
-        )
-        .unwrap();
+        let mut again = CausalLm::load(&base, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
         again.load_adapter(&d.join("trained")).unwrap();
         let reloaded = tch::no_grad(|| again.forward_logits(ids));
         assert!(common::rel_diff(&reloaded, &map[0].1) < 1e-6);
@@ -127,7 +132,7 @@ fn adapters_match_peft_and_round_trip() {
     common::reference("peft-verify", out);
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("verify.json")).unwrap()).unwrap();
-    for variant in ["lora", "rslora", "dora"] {
+    for (variant, _) in VARIANTS {
         let r = &report[variant];
         assert_eq!(
             r["unexpected_keys"],
