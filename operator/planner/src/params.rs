@@ -223,6 +223,18 @@ mod tests {
     }
 
     #[test]
+    fn published_qwen3_sizes() {
+        // transformers' counts for the Hub's config.json (model cards: 8.2B, 14.8B, 32.8B).
+        for (name, expected) in [
+            ("Qwen/Qwen3-8B", 8_190_735_360u64),
+            ("Qwen/Qwen3-14B", 14_768_307_200),
+            ("Qwen/Qwen3-32B", 32_762_123_264),
+        ] {
+            assert_eq!(model_params(&preset(name).unwrap()), expected, "{name}");
+        }
+    }
+
+    #[test]
     fn lora_counts() {
         let l3 = preset("meta-llama/Meta-Llama-3-8B").unwrap();
         let l2 = preset("meta-llama/Llama-2-7b-hf").unwrap();

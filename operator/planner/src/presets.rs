@@ -111,6 +111,14 @@ const fn qwen2(
     }
 }
 
+/// A dense Qwen3: head_dim 128, RoPE θ 10⁶, ε 1e-6, 40 960 positions (`Qwen3ForCausalLM`).
+const fn qwen3(hidden: u64, intermediate: u64, layers: u64, heads: u64, tied: bool) -> Shape {
+    let mut s = qwen2(151936, hidden, intermediate, layers, heads, 8, 40960, tied);
+    s.model_type = ModelType::Qwen3;
+    s.head_dim = Some(128);
+    s
+}
+
 const fn with_llama3_rope(mut s: Shape, factor: f64, head_dim: Option<u64>, tied: bool) -> Shape {
     s.llama3_rope_factor = Some(factor);
     s.head_dim = head_dim;
@@ -267,6 +275,15 @@ const PRESETS: &[(&[&str], Shape)] = &[
         &["Qwen/Qwen2.5-72B", "Qwen/Qwen2.5-72B-Instruct"],
         qwen2(152064, 8192, 29568, 80, 64, 8, 131072, false),
     ),
+    (
+        &["Qwen/Qwen3-8B", "Qwen/Qwen3-8B-Base"],
+        qwen3(4096, 12288, 36, 32, false),
+    ),
+    (
+        &["Qwen/Qwen3-14B", "Qwen/Qwen3-14B-Base"],
+        qwen3(5120, 17408, 40, 40, false),
+    ),
+    (&["Qwen/Qwen3-32B"], qwen3(5120, 25600, 64, 64, false)),
 ];
 
 /// The built-in architecture for a Hugging Face model id (case-insensitive; the organisation

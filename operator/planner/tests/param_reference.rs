@@ -1,6 +1,6 @@
 //! Parameter counts equal what Hugging Face `transformers` + `peft` count: runs
 //! `tests/reference/planner_param_counts.py`, which builds each model on the `meta` device (tiny and
-//! real-size llama, mistral, qwen2, tied and untied) and applies LoRA / DoRA / freeze / full exactly
+//! real-size llama, mistral, qwen2, qwen3, tied and untied) and applies LoRA / DoRA / freeze / full exactly
 //! as PEFT and LLaMA-Factory do. Needs the Python reference stack (`LF_PYTHON`, default
 //! `<repo>/.venv/bin/python`); fails when it is missing.
 
@@ -95,6 +95,8 @@ fn counts_equal_transformers_and_peft() {
     llama_bias.attention_bias = true;
     let mut mistral_bias = tiny(ModelType::Mistral, false, 2, None);
     mistral_bias.attention_bias = true;
+    let mut qwen3_bias = tiny(ModelType::Qwen3, false, 2, Some(32));
+    qwen3_bias.attention_bias = true;
     let cases = vec![
         case(
             "tiny-llama full",
@@ -155,6 +157,41 @@ fn counts_equal_transformers_and_peft() {
             "tiny-qwen2 tied dora q,k",
             tiny(ModelType::Qwen2, true, 2, None),
             "lora_rank: 4\nuse_dora: true\nlora_target: q_proj,k_proj",
+        ),
+        case(
+            "tiny-qwen3 head_dim default full",
+            tiny(ModelType::Qwen3, false, 2, None),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-qwen3 tied head_dim 24 lora all",
+            tiny(ModelType::Qwen3, true, 2, Some(24)),
+            "lora_rank: 4",
+        ),
+        case(
+            "tiny-qwen3 bias dora all",
+            qwen3_bias,
+            "lora_rank: 4\nuse_dora: true",
+        ),
+        case(
+            "tiny-qwen3 freeze 1",
+            tiny(ModelType::Qwen3, false, 1, Some(16)),
+            "finetuning_type: freeze\nfreeze_trainable_layers: 1",
+        ),
+        case(
+            "qwen3-8b lora all r16",
+            real("Qwen/Qwen3-8B"),
+            "lora_rank: 16",
+        ),
+        case(
+            "qwen3-14b full",
+            real("Qwen/Qwen3-14B"),
+            "finetuning_type: full",
+        ),
+        case(
+            "qwen3-32b lora q,v r8",
+            real("Qwen/Qwen3-32B"),
+            "lora_rank: 8\nlora_target: q_proj,v_proj",
         ),
         case(
             "llama-2-7b lora q,v r8",
