@@ -11,7 +11,8 @@
 //!   fp32 input and rstd `2·(4h + 4)`; the q/k/v input `c·h`; Q, K, V after RoPE
 //!   `c·(a·d + 2·a_kv·d)`; the attention output `c·a·d` (+ log-sum-exp); the MLP input `c·h`; SwiGLU
 //!   gate, up, SiLU and product `4·c·i`. In bf16 that is ≈ `16·h + 4·a_kv·d + 8·i` (planner-notes
-//!   A.6). Each LoRA-adapted linear adds its rank-`r` intermediate `c·r` (DoRA also its `c·d_out`
+//!   A.6). Qwen3's per-head q/k RMSNorms add their fp32 inputs and rstd,
+//!   `4·(a·d + a_kv·d) + 4·(a + a_kv)`. Each LoRA-adapted linear adds its rank-`r` intermediate `c·r` (DoRA also its `c·d_out`
 //!   output; dropout > 0 its dropped-out input `(c + 1)·d_in`).
 //! - **Backward of a layer** holds its input and output gradients and the gradients of the SwiGLU
 //!   branches: `2·c·h + 2·c·i` per token.
@@ -63,7 +64,12 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
         4 * arch.num_attention_heads
     };
     let base = 2 * (4 * h + 4) + c * h + c * (q + 2 * kv) + c * q + lse + c * h + 4 * c * i;
-    base + lora_saved_bytes_per_token(arch, training)
+    let qk_norm = if arch.qk_norm() {
+        4 * (q + kv) + 4 * (arch.num_attention_heads + arch.kv_heads())
+    } else {
+        0
+    };
+    base + qk_norm + lora_saved_bytes_per_token(arch, training)
 }
 
 /// Extra tensors LoRA/DoRA modules save per token in one layer.
