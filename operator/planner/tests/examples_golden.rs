@@ -13,6 +13,7 @@ const EXAMPLES: &[&str] = &[
     "llama2-70b-lora-4x8-a100",
     "codellama-34b-lora-r128-4k",
     "llama3-8b-full-zero3",
+    "qwen3-8b-lora-24gb",
 ];
 
 fn repo_root() -> PathBuf {

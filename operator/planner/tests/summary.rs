@@ -72,6 +72,7 @@ fn every_summary_names_the_largest_row() {
         "llama2-70b-lora-4x8-a100",
         "codellama-34b-lora-r128-4k",
         "llama3-8b-full-zero3",
+        "qwen3-8b-lora-24gb",
     ] {
         for option in plan_example(name).options {
             let plan = &option.plan;
