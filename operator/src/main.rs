@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lf_operator::commands::{self, PlanFormat, PlanOptions};
+use lf_operator::controller::policy::TenantPolicy;
 use lf_operator::controller::ControllerConfig;
 use lf_operator::from_llama_factory::NewOptions;
 use lf_operator::lease::LeaseConfig;
@@ -71,7 +72,7 @@ enum Command {
         #[arg(
             long,
             env = "LF_TRAINER_IMAGE",
-            default_value = "ghcr.io/lf-operator/lf-trainer:latest"
+            default_value = lf_operator::DEFAULT_TRAINER_IMAGE
         )]
         trainer_image: String,
     },
@@ -144,7 +145,7 @@ enum Command {
         #[arg(
             long,
             env = "LF_TRAINER_IMAGE",
-            default_value = "ghcr.io/lf-operator/lf-trainer:latest"
+            default_value = lf_operator::DEFAULT_TRAINER_IMAGE
         )]
         trainer_image: String,
         /// Allow service-mesh sidecar injection into trainer pods by default (true|false).
@@ -166,6 +167,26 @@ enum Command {
         /// NetworkPolicy peers, e.g. `[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]`.
         #[arg(long, env = "LF_TRAINER_METRICS_FROM", default_value = "[]")]
         trainer_metrics_from: String,
+        /// Images spec.image may name (comma-separated; exact references or prefixes ending in
+        /// `*`). Empty: any. The trainer image is always allowed.
+        #[arg(
+            long = "allowed-images",
+            env = "LF_ALLOWED_IMAGES",
+            value_delimiter = ',',
+            default_value = ""
+        )]
+        allowed_images: Vec<String>,
+        /// Priority classes spec.scheduling.priorityClassName may name (comma-separated). Empty: any.
+        #[arg(
+            long = "allowed-priority-classes",
+            env = "LF_ALLOWED_PRIORITY_CLASSES",
+            value_delimiter = ',',
+            default_value = ""
+        )]
+        allowed_priority_classes: Vec<String>,
+        /// Whether FineTuneJobs may set nodeSelector, tolerations, affinity and schedulerName (true|false).
+        #[arg(long = "allow-placement", env = "LF_ALLOW_PLACEMENT", default_value_t = true, action = clap::ArgAction::Set)]
+        allow_placement: bool,
     },
 }
 
@@ -175,6 +196,15 @@ fn pod_namespace() -> Option<String> {
             .ok()
             .map(|s| s.trim().to_string())
     })
+}
+
+/// A comma-separated list without its empty items (an unset variable is one empty item).
+fn non_empty(items: Vec<String>) -> Vec<String> {
+    items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -335,6 +365,9 @@ fn main() -> ExitCode {
             lease_name,
             log_format,
             trainer_metrics_from,
+            allowed_images,
+            allowed_priority_classes,
+            allow_placement,
         } => {
             let json = match log_format.as_deref() {
                 Some("json") => true,
@@ -363,6 +396,11 @@ fn main() -> ExitCode {
                 default_image: trainer_image,
                 sidecar_injection_default,
                 trainer_metrics_from,
+                tenant_policy: TenantPolicy {
+                    allowed_images: non_empty(allowed_images),
+                    allowed_priority_classes: non_empty(allowed_priority_classes),
+                    allow_placement,
+                },
                 ..ControllerConfig::default()
             };
             let runtime = match tokio::runtime::Runtime::new() {

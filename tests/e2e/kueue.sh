@@ -40,10 +40,13 @@ metadata: {name: gpus}
 spec:
   namespaceSelector: {}
   resourceGroups:
-  - coveredResources: [nvidia.com/gpu]
+  - coveredResources: [cpu, memory, nvidia.com/gpu]
     flavors:
     - name: gpu
-      resources: [{name: nvidia.com/gpu, nominalQuota: 1}]
+      resources:
+      - {name: cpu, nominalQuota: 16}
+      - {name: memory, nominalQuota: 64Gi}
+      - {name: nvidia.com/gpu, nominalQuota: 1}
 EOF
   wait_ftj q1 '{.status.phase}' Running
   [ "$(wl_condition "$wl1" Admitted status)" = True ] || fail "q1 runs but $wl1 is not admitted"

@@ -34,6 +34,10 @@ NON_DEFAULT = {
     "imagePullSecrets": [{"name": "regcred"}],
     "trainerImage": "registry.example.com/ml/lf-trainer:1.2.3-cuda",
     "replicaCount": 2,
+    "tenantPolicy": {"allowedImages": ["registry.example.com/ml/*", "ghcr.io/acme/trainer:2.0"],
+                     "allowedPriorityClasses": ["batch-low"], "allowPlacement": False},
+    "networkPolicy": {"enabled": True,
+                      "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
     "operator": {"logLevel": "lf_operator=debug,info", "sidecarInjectionDefault": True,
                  "leaderElection": True, "extraArgs": ["--lease-name=lf-operator-ha"]},
     "serviceAccount": {"create": True, "name": "lf-op", "annotations": {"example.com/role": "ml"}},
@@ -169,6 +173,41 @@ def main():
     image = deploy.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0].get("image")
     if image != "registry.example.com/ml/lf-operator:1.2.3":
         problems.append(f"non-default values: image is {image}")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    for name, value in [("LF_ALLOWED_IMAGES", "registry.example.com/ml/*,ghcr.io/acme/trainer:2.0"),
+                        ("LF_ALLOWED_PRIORITY_CLASSES", "batch-low"), ("LF_ALLOW_PLACEMENT", "false")]:
+        if env.get(name) != value:
+            problems.append(f"non-default values: {name} is {env.get(name)!r}, expected {value!r}")
+    policies = by_kind.get("NetworkPolicy", [])
+    peers = policies[0]["spec"]["ingress"][0].get("from") if policies else None
+    if peers != NON_DEFAULT["networkPolicy"]["metricsFrom"]:
+        problems.append(f"non-default values: the operator's NetworkPolicy admits {peers}")
+
+    # The image trainer pods run by default is the operator's own, at the chart's appVersion, which
+    # is the workspace's version (lf-operator's DEFAULT_TRAINER_IMAGE): never a moving tag.
+    with open(os.path.join(chart_dir, "Chart.yaml")) as f:
+        app_version = str(yaml.safe_load(f).get("appVersion"))
+    with open(os.path.join(chart_dir, "..", "Cargo.toml")) as f:
+        cargo = f.read()
+    section = cargo[cargo.index("[workspace.package]"):]
+    workspace_version = next(l.split("=", 1)[1].strip().strip('"') for l in section.splitlines()
+                             if l.startswith("version"))
+    if app_version != workspace_version:
+        problems.append(f"Chart.yaml appVersion {app_version} differs from the workspace version {workspace_version}")
+    docs, _ = render(chart_dir, None)
+    deploy = next((d for _, d in docs if d["kind"] == "Deployment"), {})
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    expected = f"ghcr.io/lf-operator/lf-operator:{app_version}"
+    if env.get("LF_TRAINER_IMAGE") != expected:
+        problems.append(f"default values: LF_TRAINER_IMAGE is {env.get('LF_TRAINER_IMAGE')}, expected {expected}")
+
+    # A digest as image.tag pins the image by digest.
+    digest = "sha256:" + "ab" * 32
+    docs, _ = render(chart_dir, {"image": {"repository": "registry.example.com/ml/lf-operator", "tag": digest}})
+    deploy = next((d for _, d in docs if d["kind"] == "Deployment"), {})
+    image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
+    if image != f"registry.example.com/ml/lf-operator@{digest}":
+        problems.append(f"image.tag {digest[:15]}...: the image is {image}")
 
     # values.schema.json is enforced.
     try:

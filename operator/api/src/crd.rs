@@ -175,10 +175,13 @@ pub struct ResourcesSpec {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// CPU request per pod (Kubernetes quantity, e.g. `16`).
+    /// CPU request per pod (Kubernetes quantity, e.g. `16`). Unset: 2 per process on the pod. No
+    /// CPU limit is set either way (throttling stalls every rank).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<String>,
-    /// Memory request per pod (Kubernetes quantity, e.g. `200Gi`).
+    /// Memory request and limit per pod (Kubernetes quantity, e.g. `200Gi`). Unset: the planner's
+    /// host memory per process (`status.plan.hostMemoryBytes`) times the processes on the pod,
+    /// plus its `/dev/shm`, as the request, and twice that as the limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
 }

@@ -49,6 +49,11 @@ pub struct Plan {
     /// Whether `per_gpu.peak_bytes + headroom_bytes <= gpu_memory_bytes`.
     pub fits: bool,
     pub per_gpu: MemoryBreakdown,
+    /// Host (CPU) memory one trainer process needs: the runtime allowance, the offloaded optimiser
+    /// state of its partition, loading copies and the ZeRO-3 final save. A pod requests this per
+    /// local process, plus its `/dev/shm`, when `spec.resources.memory` is unset.
+    #[serde(default)]
+    pub host_memory_bytes: u64,
     /// One line saying what dominates (for status messages).
     pub summary: String,
 }

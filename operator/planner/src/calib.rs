@@ -9,6 +9,14 @@
 /// 1,000 MiB.
 pub const CUDA_CONTEXT_BYTES: u64 = 1 << 30;
 
+/// Host memory of one trainer process besides what the planner derives (offloaded optimiser,
+/// loading and final-save copies, [`crate::host`]): libtorch's and the CUDA libraries' resident
+/// pages, the CUDA context's host side, NCCL's host buffers, the tokenizer and the tokenised
+/// dataset: 4 GiB. An allowance, rounded up from the 2.5-3.5 GiB resident set a CUDA process of
+/// PyTorch commonly reports after initialising cuBLAS, cuDNN and NCCL; on CPU (`lf-operator
+/// local`) a process holds far less. It only sizes the pod's default memory request and limit.
+pub const HOST_RUNTIME_BYTES: u64 = 4 << 30;
+
 /// Caching-allocator fragmentation (reserved − allocated), as a fraction of the transient part of
 /// the peak (activations, logits, temporaries). Static tensors are allocated once and do not
 /// fragment. OOM is decided on reserved memory, so this is part of the prediction.

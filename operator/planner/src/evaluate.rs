@@ -20,6 +20,7 @@ use lf_api::crd::OffloadChoice;
 use crate::activations::{activations, Activations};
 use crate::calib;
 use crate::format::fit_summary;
+use crate::host;
 use crate::input::PlannerInput;
 use crate::memory::{Inventory, ModelStates};
 
@@ -149,6 +150,7 @@ pub(crate) fn evaluate_with(
         headroom_bytes,
         fits,
         per_gpu,
+        host_memory_bytes: host::host_bytes_per_process(inv, &input.training, stage, gpus, offload),
         summary,
     }
 }

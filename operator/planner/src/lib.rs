@@ -4,7 +4,8 @@
 //! Everything here is a pure function of a [`PlannerInput`] (model architecture, training config,
 //! GPU limits). The model is that of the trainer this project ships, not a generic one:
 //! [`memory`] has the model-state facts (dtypes, quantisation, optimisers, ZeRO), [`activations`]
-//! the saved tensors of its kernels and its chunked loss, [`calib`] the few runtime constants. The
+//! the saved tensors of its kernels and its chunked loss, [`host`] a process's host memory (the
+//! pod's default memory request), [`calib`] the few runtime constants. The
 //! peak is static memory plus the largest transient phase, not a sum of rows.
 //!
 //! - [`model_params`], [`trainable_params`]: exact counts (equal to `transformers` + `peft`).
@@ -14,13 +15,14 @@
 //!
 //! Files import downward only (`scripts/check_cycles.sh` checks it): `search` → `evaluate` →
 //! `format` (all the prose) → `input` (→ `error` → `presets`) and `outcome` (the types read and
-//! returned); the arithmetic below them: `activations` → `memory` → `params`, `calib`.
+//! returned); the arithmetic below them: `activations`, `host` → `memory` → `params`, `calib`.
 
 pub mod activations;
 pub mod calib;
 mod error;
 mod evaluate;
 mod format;
+pub mod host;
 mod input;
 pub mod memory;
 mod outcome;

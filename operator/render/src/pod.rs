@@ -17,7 +17,7 @@ use crate::env::{master_port, worker_env, TRAINER_METRICS_PORT};
 use crate::error::RenderError;
 use crate::meta::{labels, Component, LABEL_ATTEMPT};
 use crate::names::{service_account_name, service_name};
-use crate::volumes::volumes;
+use crate::volumes::{mebibytes, shm_size_bytes, volumes};
 
 /// The trainer container's name (the pod failure policy's exit-code rule names it).
 pub const CONTAINER_NAME: &str = "trainer";
@@ -121,7 +121,8 @@ pub fn pod_template(
         restart_policy: Some("Never".into()),
         subdomain: Some(service_name(job)),
         service_account_name: Some(service_account_name(job)),
-        automount_service_account_token: Some(true),
+        // The token is mounted by hand, in the trainer container only (`volumes::api_access_volume`).
+        automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -160,21 +161,41 @@ fn runtime_default() -> SeccompProfile {
     }
 }
 
-/// GPU requests = limits = the plan's GPUs per node (extended resources must be equal); the CPU
-/// request from `spec.resources.cpu` (no CPU limit: throttling starves the data pipeline); the
-/// memory request from `spec.resources.memory`, with the same limit so a runaway host allocation
-/// is the pod's OOM, not the node's.
+/// CPUs a trainer process requests when `spec.resources.cpu` is unset: its training loop and the
+/// threads that feed it and write checkpoints. No CPU limit either way: CFS throttling stalls the
+/// step loop and, with it, every rank waiting on it.
+pub const DEFAULT_CPUS_PER_PROCESS: u32 = 2;
+
+/// GPU requests = limits = the plan's GPUs per node (extended resources must be equal).
+///
+/// CPU: `spec.resources.cpu`, else [`DEFAULT_CPUS_PER_PROCESS`] per local process; never a limit.
+///
+/// Memory: `spec.resources.memory` as request and limit (a runaway host allocation is the pod's
+/// OOM, not the node's). Unset, the planner's host memory per process
+/// ([`Plan::host_memory_bytes`]) times the local processes plus the `/dev/shm` cap (tmpfs pages
+/// count towards the pod's memory) is the request, and twice that the limit: an estimate must not
+/// become an OOM kill, yet a leak still stops at the pod.
 pub fn resources(job: &FineTuneJob, plan: &Plan) -> ResourceRequirements {
     let r = &job.spec.resources;
+    let processes = plan.gpus_per_node.max(1) as u64;
     let gpus = Quantity(plan.gpus_per_node.to_string());
     let mut requests = BTreeMap::from([(r.gpu_resource_name.clone(), gpus.clone())]);
     let mut limits = BTreeMap::from([(r.gpu_resource_name.clone(), gpus)]);
-    if let Some(cpu) = &r.cpu {
-        requests.insert("cpu".into(), Quantity(cpu.clone()));
-    }
-    if let Some(memory) = &r.memory {
-        requests.insert("memory".into(), Quantity(memory.clone()));
-        limits.insert("memory".into(), Quantity(memory.clone()));
+    let cpu = r
+        .cpu
+        .clone()
+        .unwrap_or_else(|| (processes * DEFAULT_CPUS_PER_PROCESS as u64).to_string());
+    requests.insert("cpu".into(), Quantity(cpu));
+    match &r.memory {
+        Some(memory) => {
+            requests.insert("memory".into(), Quantity(memory.clone()));
+            limits.insert("memory".into(), Quantity(memory.clone()));
+        }
+        None => {
+            let request = processes * plan.host_memory_bytes + shm_size_bytes(plan);
+            requests.insert("memory".into(), mebibytes(request));
+            limits.insert("memory".into(), mebibytes(2 * request));
+        }
     }
     ResourceRequirements {
         requests: Some(requests),

@@ -1,13 +1,15 @@
 //! The pod's volumes: the training config (ConfigMap), the model and data (read-only), the output,
-//! `/dev/shm` sized from the plan, and a writable `/tmp` under the read-only root filesystem.
+//! `/dev/shm` sized from the plan, a writable `/tmp` under the read-only root filesystem, and the
+//! status writer's API credentials.
 //!
 //! Locations on the same PersistentVolumeClaim share one pod volume (mounted several times with
 //! different `subPath`s): a claim listed twice would be attached twice, which ReadWriteOnce
 //! volumes refuse. The shared volume is read-only only when every mount of it is.
 
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, EmptyDirVolumeSource, KeyToPath, PersistentVolumeClaimVolumeSource,
-    Volume, VolumeMount,
+    ConfigMapProjection, ConfigMapVolumeSource, DownwardAPIProjection, DownwardAPIVolumeFile,
+    EmptyDirVolumeSource, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource,
+    ProjectedVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use lf_api::crd::VolumeLocation;
@@ -58,6 +60,64 @@ pub const SHM_VOLUME: &str = "dshm";
 pub const TMP_VOLUME: &str = "tmp";
 /// Where the writable scratch directory is mounted.
 pub const TMP_DIR: &str = "/tmp";
+
+/// Name of the volume holding the pod's API credentials.
+pub const API_ACCESS_VOLUME: &str = "api-access";
+/// Where Kubernetes clients look for in-cluster credentials (token, ca.crt, namespace).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Lifetime asked of the trainer's service-account token; the kubelet renews it at 80 %.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
+
+/// The API credentials of the status writer, mounted explicitly (the pod sets
+/// `automountServiceAccountToken: false`), so that only the trainer container holds them, never an
+/// injected sidecar or init container: a bound token of the job's own ServiceAccount (whose Role
+/// allows `get`/`patch` on this FineTuneJob's status only, narrowed further by the chart's
+/// ValidatingAdmissionPolicy to `progress` and `checkpoints`), the cluster's CA and the namespace
+/// — the files the automatic mount would have provided, at the same place.
+fn api_access_volume() -> Volume {
+    Volume {
+        name: API_ACCESS_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..KeyToPath::default()
+                        }]),
+                        ..ConfigMapProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                api_version: Some("v1".into()),
+                                field_path: "metadata.namespace".into(),
+                            }),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
 
 /// One use of a PersistentVolumeClaim by the trainer.
 struct Location<'a> {
@@ -144,7 +204,14 @@ pub fn volumes(
             ..Volume::default()
         },
     ];
+    volumes.push(api_access_volume());
     let mut mounts = vec![
+        VolumeMount {
+            name: API_ACCESS_VOLUME.into(),
+            mount_path: SERVICE_ACCOUNT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
         VolumeMount {
             name: CONFIG_VOLUME.into(),
             mount_path: paths::CONFIG_DIR.into(),

@@ -31,18 +31,21 @@ pub struct ControllerConfig {
     /// Who may connect to trainer pods' metrics port besides the job's own pods (rendered into
     /// each job's NetworkPolicy).
     pub trainer_metrics_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
+    /// What a FineTuneJob may ask for beyond the defaults (images, priority classes, placement).
+    pub tenant_policy: super::policy::TenantPolicy,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
-            default_image: "ghcr.io/lf-operator/lf-trainer:latest".into(),
+            default_image: crate::DEFAULT_TRAINER_IMAGE.into(),
             sidecar_injection_default: false,
             resync: Duration::from_secs(300),
             wait_poll: Duration::from_secs(2),
             reporter: "lf-operator".into(),
             concurrency: 32,
             trainer_metrics_from: Vec::new(),
+            tenant_policy: super::policy::TenantPolicy::permissive(),
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - [`restart`]: the restart policy, a pure `decide(..) -> Decision`;
 //! - [`transitions`]: the status transitions and their Events, pure (conditions by the one rule
 //!   of [`lf_api::conditions`]);
-//! - [`observe`] and [`classify`]: what the Job and pods say, pure;
+//! - [`observe`] and [`classify`]: what the Job and pods say, pure; [`policy`]: what a tenant may
+//!   ask for, pure;
 //! - [`children`]: writing children; [`watches`]: the watches, filling [`cache`] (and [`index`]);
 //!   [`context`]: the shared state.
 //!
@@ -34,6 +35,7 @@ pub mod observe;
 mod outcomes;
 pub mod output_claims;
 pub mod ownership;
+pub mod policy;
 mod reconcile;
 pub mod restart;
 pub mod transitions;

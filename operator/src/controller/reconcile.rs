@@ -27,6 +27,7 @@ use super::job_events;
 use super::observe::{self, attempt_failure, job_state, JobState};
 use super::output_claims;
 use super::ownership::controller_of;
+use super::policy;
 use super::transitions::{Draft, Pausing};
 use crate::load::one_line;
 
@@ -225,7 +226,15 @@ impl Reconciler<'_> {
             return Ok(Action::requeue(poll));
         }
 
-        // Render and apply the current attempt.
+        // Render and apply the current attempt; a new attempt's Job only within the tenant policy.
+        if current_job.is_none() {
+            let config = &self.ctx.config;
+            let refused =
+                policy::violations(&self.ftj, &config.tenant_policy, &config.default_image);
+            if !refused.is_empty() {
+                return self.fail("NotAllowed", &refused.join("; ")).await;
+            }
+        }
         let render_ctx = RenderContext {
             default_image: self.ctx.config.default_image.clone(),
             attempt,

@@ -171,6 +171,7 @@ mod tests {
             headroom_bytes: 1 << 30,
             fits: true,
             per_gpu: lf_api::MemoryBreakdown::default(),
+            host_memory_bytes: 5 << 30,
             summary: String::new(),
         }
     }

@@ -100,6 +100,8 @@ pub fn plan_for(name: &str, job: &FineTuneJob) -> Plan {
         headroom_bytes: (gpu_memory_bytes as f64 * job.spec.resources.headroom()) as u64,
         fits: true,
         per_gpu: MemoryBreakdown::default(),
+        // A constructed figure (the planner's is tested in lf-planner): 6 GiB per process.
+        host_memory_bytes: 6 << 30,
         summary: "constructed by lf-render's tests".into(),
     }
 }
