@@ -54,6 +54,10 @@ pub struct Plan {
     /// local process, plus its `/dev/shm`, when `spec.resources.memory` is unset.
     #[serde(default)]
     pub host_memory_bytes: u64,
+    /// Bytes one checkpoint writes (trainable weights, optimiser states and master copies, all
+    /// ranks together): what sizes the pods' termination grace period (time to save on SIGTERM).
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
     /// One line saying what dominates (for status messages).
     pub summary: String,
 }

@@ -151,6 +151,7 @@ pub(crate) fn evaluate_with(
         fits,
         per_gpu,
         host_memory_bytes: host::host_bytes_per_process(inv, &input.training, stage, gpus, offload),
+        checkpoint_bytes: inv.checkpoint_bytes(offload),
         summary,
     }
 }

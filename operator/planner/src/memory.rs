@@ -299,6 +299,18 @@ impl Inventory {
         }
     }
 
+    /// Bytes one checkpoint writes, all ranks together: the trainable weights as stored, the
+    /// optimiser states and master copies (fp32 on the host when offloaded). The frozen base is
+    /// not saved (it is re-read from the model on resume).
+    pub fn checkpoint_bytes(&self, offload: bool) -> u64 {
+        let optimizer = if offload {
+            self.offloaded_optimizer_bytes
+        } else {
+            self.optimizer_state_bytes + self.master_bytes
+        };
+        self.trainable_weight_bytes + optimizer
+    }
+
     /// Communication buffers: the gradient bucket of data parallelism (stages 0–2, N > 1) and, under
     /// ZeRO-3, the gathered weights of the layers in flight (or the embedding/`lm_head`, whichever is
     /// larger) plus the reduce-scatter bucket.

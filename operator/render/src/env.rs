@@ -10,6 +10,7 @@ use lf_api::{FineTuneJob, Plan};
 
 use crate::context::RenderContext;
 use crate::error::RenderError;
+use crate::grace::termination_grace;
 use crate::names::{job_name, service_name};
 
 /// The rendezvous port on rank 0 when `spec.distributed.masterPort` is unset (torchrun's default).
@@ -130,6 +131,10 @@ pub fn worker_env(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> Vec<En
         value(env::ATTEMPT, ctx.attempt.to_string()),
         value(env::CONFIG, paths::CONFIG_FILE.to_string()),
         value(env::METRICS_ADDR, TRAINER_METRICS_ADDR.to_string()),
+        value(
+            env::LAUNCHER_GRACE_SECONDS,
+            termination_grace(plan).0.to_string(),
+        ),
         value("HOME", HOME_DIR.to_string()),
     ];
     let mut tuning: BTreeMap<String, String> = NCCL_DEFAULTS

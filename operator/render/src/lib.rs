@@ -16,6 +16,7 @@ pub mod config;
 mod context;
 pub mod env;
 mod error;
+pub mod grace;
 pub mod job;
 pub mod meta;
 pub mod names;

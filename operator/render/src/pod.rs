@@ -15,6 +15,7 @@ use lf_api::{FineTuneJob, Plan};
 use crate::context::RenderContext;
 use crate::env::{master_port, worker_env, TRAINER_METRICS_PORT};
 use crate::error::RenderError;
+use crate::grace::termination_grace;
 use crate::meta::{labels, Component, LABEL_ATTEMPT};
 use crate::names::{service_account_name, service_name};
 use crate::volumes::{mebibytes, shm_size_bytes, volumes};
@@ -119,6 +120,7 @@ pub fn pod_template(
     let pod = PodSpec {
         containers: vec![container],
         restart_policy: Some("Never".into()),
+        termination_grace_period_seconds: Some(termination_grace(plan).1 as i64),
         subdomain: Some(service_name(job)),
         service_account_name: Some(service_account_name(job)),
         // The token is mounted by hand, in the trainer container only (`volumes::api_access_volume`).

@@ -172,6 +172,7 @@ mod tests {
             fits: true,
             per_gpu: lf_api::MemoryBreakdown::default(),
             host_memory_bytes: 5 << 30,
+            checkpoint_bytes: 500 << 20,
             summary: String::new(),
         }
     }
