@@ -149,9 +149,10 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         status: status.as_ref(),
         metrics: metrics.as_ref(),
         group: group.as_ref(),
-        resume_from: match start {
-            Start::Resume(p) => Some(p),
-            Start::Fresh => None,
+        resume_from: start.checkpoint().map(Path::to_path_buf),
+        resume_warning: match &start {
+            Start::Fallback { warning, .. } => Some(warning.clone()),
+            Start::Resume(_) | Start::Fresh => None,
         },
         numeric_setup,
         progress_bar: std::io::stderr().is_terminal(),

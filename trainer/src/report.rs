@@ -28,6 +28,8 @@ pub struct Sinks<'a> {
     pub progress_bar: bool,
     /// The pre-flight all-reduce bus bandwidth (GB/s), for the status.
     pub bus_bandwidth_gbps: Option<f64>,
+    /// Why this attempt resumed from an older checkpoint than it was given, for the status.
+    pub resume_warning: Option<String>,
 }
 
 /// What one optimiser step did (losses and counts summed over the ranks).
@@ -277,6 +279,7 @@ impl<'a> StepReporter<'a> {
                 tokens_per_second: Some(throughput),
                 measured_peak_bytes: record.peak_memory_bytes,
                 bus_bandwidth_gbps: self.sinks.bus_bandwidth_gbps,
+                resume_warning: self.sinks.resume_warning.clone(),
                 updated_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
             });
         }

@@ -26,6 +26,22 @@ use crate::outputs::TRAINER_LOG;
 pub enum Start {
     Fresh,
     Resume(PathBuf),
+    /// The checkpoint `resume_from_checkpoint` named cannot be used: resume from `path`, the newest
+    /// that verifies; `warning` says which was skipped and why (it goes onto the status).
+    Fallback {
+        path: PathBuf,
+        warning: String,
+    },
+}
+
+impl Start {
+    /// The checkpoint training resumes from, if any.
+    pub fn checkpoint(&self) -> Option<&Path> {
+        match self {
+            Start::Fresh => None,
+            Start::Resume(path) | Start::Fallback { path, .. } => Some(path),
+        }
+    }
 }
 
 /// Decides where training starts (see the module docs). Only rank 0 should clean up.
@@ -86,12 +102,16 @@ fn named(given: &str, output_dir: &Path) -> Result<Start, TrainerError> {
     };
     match checkpoint::newest_valid(output_dir) {
         Some(f) => {
-            tracing::warn!(
+            let warning = format!(
                 "resume_from_checkpoint: {} cannot be used ({why}): resuming from {}, the newest checkpoint that verifies",
                 path.display(),
                 f.path.display()
             );
-            Ok(Start::Resume(f.path))
+            tracing::warn!("{warning}");
+            Ok(Start::Fallback {
+                path: f.path,
+                warning,
+            })
         }
         None => Err(TrainerError::config(format!(
             "resume_from_checkpoint: {} cannot be used ({why}), and {} has no complete checkpoint to fall back to (use `auto`, or unset it to start from scratch)",
@@ -139,12 +159,26 @@ mod tests {
             resume_from_checkpoint: Some("checkpoint-4".into()),
             ..cfg.clone()
         };
-        assert_eq!(resolve(&explicit, out.path(), true).unwrap(), want);
+        let fallback = |start: Start, skipped: &str| match start {
+            Start::Fallback { path, warning } => {
+                assert_eq!(path, out.path().join("checkpoint-2"));
+                assert!(warning.contains(skipped), "{warning}");
+                assert!(warning.contains("checkpoint-2"), "{warning}");
+            }
+            other => panic!("expected a fallback, got {other:?}"),
+        };
+        fallback(
+            resolve(&explicit, out.path(), true).unwrap(),
+            "checkpoint-4",
+        );
         let missing = TrainingConfig {
             resume_from_checkpoint: Some("/nope/checkpoint-9".into()),
             ..cfg.clone()
         };
-        assert_eq!(resolve(&missing, out.path(), true).unwrap(), want);
+        fallback(
+            resolve(&missing, out.path(), true).unwrap(),
+            "/nope/checkpoint-9 cannot be used (it does not exist)",
+        );
         let elsewhere = tempfile::tempdir().unwrap();
         let err = resolve(&missing, elsewhere.path(), true).unwrap_err();
         assert!(

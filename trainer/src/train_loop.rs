@@ -58,6 +58,8 @@ pub struct RunContext<'a> {
     pub progress_bar: bool,
     /// The pre-flight all-reduce bus bandwidth (GB/s) of a multi-process run, for the status.
     pub bus_bandwidth_gbps: Option<f64>,
+    /// Why the checkpoint `resume_from_checkpoint` named was skipped for an older one (status).
+    pub resume_warning: Option<String>,
 }
 
 /// What a finished run reports.
@@ -358,6 +360,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         metrics: ctx.metrics,
         progress_bar: ctx.progress_bar,
         bus_bandwidth_gbps: ctx.bus_bandwidth_gbps,
+        resume_warning: ctx.resume_warning.clone(),
     };
     let mut reporter = StepReporter::open(
         sinks,

@@ -21,6 +21,9 @@ pub mod types {
     pub const FAILED: &str = "Failed";
     /// The newest checkpoint the operator has announced (message `step N: PATH`).
     pub const CHECKPOINT_SAVED: &str = "CheckpointSaved";
+    /// The running attempt resumed from an older checkpoint than the one it was given (message:
+    /// the trainer's `progress.resumeWarning`).
+    pub const RESUME_FALLBACK: &str = "ResumeFallback";
 }
 
 /// Kubernetes limits condition (and event) messages; longer ones are cut to this many bytes.

@@ -86,6 +86,11 @@ pub struct Progress {
     /// Bus bandwidth of the pre-flight all-reduce (GB/s), multi-process jobs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bus_bandwidth_gbps: Option<f64>,
+    /// Set when this attempt could not resume from the checkpoint it was given (lost,
+    /// half-written, failing verification) and resumed from an older valid one: which, and why.
+    /// The operator shows it as the `ResumeFallback` condition and a Warning Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_warning: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
 }

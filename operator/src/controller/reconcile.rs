@@ -277,6 +277,7 @@ impl Reconciler<'_> {
             self.draft.pods_not_created(attempt, &note);
         }
         self.draft.checkpoint_event();
+        self.draft.resume_fallback_event();
         self.commit().await?;
         // A Job without pods is looked at again soon: its events may say why (no watch does).
         let running = !(job_now.spec.as_ref())

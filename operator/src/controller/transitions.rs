@@ -180,6 +180,26 @@ impl Draft {
         ));
     }
 
+    /// Announces, once, that the running attempt resumed from an older checkpoint than the one it
+    /// was given (the trainer says so in `progress.resumeWarning`).
+    pub fn resume_fallback_event(&mut self) {
+        let Some(note) = self
+            .old
+            .progress
+            .as_ref()
+            .and_then(|p| p.resume_warning.clone())
+        else {
+            return;
+        };
+        if conditions::get(&self.st.conditions, types::RESUME_FALLBACK)
+            .is_some_and(|cond| cond.message == note)
+        {
+            return;
+        }
+        self.condition(types::RESUME_FALLBACK, true, "CheckpointUnusable", &note);
+        self.events.push(warning("ResumeFallback", "Resume", note));
+    }
+
     /// The Job completed; the result is at `output`.
     pub fn succeeded(&mut self, attempt: u32, output: String) {
         let msg = format!("attempt {attempt} succeeded; output at {output}");
@@ -343,6 +363,30 @@ mod tests {
         d.checkpoint_event();
         d.checkpoint_event();
         assert_eq!(reasons(&d), ["CheckpointSaved"]);
+    }
+
+    #[test]
+    fn a_resume_fallback_is_a_condition_and_one_warning() {
+        let mut d = Draft::new(FineTuneJobStatus::default(), None);
+        d.resume_fallback_event();
+        assert!(d.events.is_empty(), "no warning, no event");
+        let note = "resume_from_checkpoint: /output/checkpoint-60 cannot be used (checksum mismatch): resuming from /output/checkpoint-40";
+        let st = FineTuneJobStatus {
+            progress: Some(lf_api::status::Progress {
+                resume_warning: Some(note.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut d = Draft::new(st, None);
+        d.resume_fallback_event();
+        d.resume_fallback_event();
+        assert_eq!(reasons(&d), ["ResumeFallback"]);
+        let cond = conditions::get(&d.st.conditions, types::RESUME_FALLBACK).unwrap();
+        assert_eq!(
+            (cond.status.as_str(), cond.message.as_str()),
+            ("True", note)
+        );
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub fn context<'a>(
         numeric_setup: "fp32, sdpa".into(),
         progress_bar: false,
         bus_bandwidth_gbps: None,
+        resume_warning: None,
     }
 }
 
