@@ -3,10 +3,10 @@
 Usage (each mode is one invocation per Rust test file):
   model_reference.py forward OUT      tiny llama/mistral/qwen2/qwen3 models (+ tied, llama3 and linear RoPE
                                       scaling, attention bias, sliding windows shorter than the sequence,
-                                      qwen3's explicit head_dim): HF model dirs, logits of a plain and of a
+                                      qwen3's explicit head_dim, gemma2 and gemma3 text): HF model dirs, logits of a plain and of a
                                       right-padded batch (with its attention mask), greedy generations
   model_reference.py peft-init OUT    base models (llama; qwen3; mistral with a window shorter than the
-                                      batch), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and perturbed
+                                      batch; gemma2; gemma3 text), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and perturbed
                                       magnitudes), a batch, PEFT's summed loss and grads
   model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
                                       reports key mismatches and logit differences to OUT/verify.json
@@ -20,7 +20,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config,
+                          Qwen3Config)
 
 torch.set_num_threads(1)
 
@@ -51,12 +52,26 @@ def configs():
         # The same layout written as layer_types.
         "qwen2_window": Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=8,
                                     layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False),
+        # Layer 0 sliding (window 8), layer 1 full; scores scaled by 24^-1/2 (not head_dim's); caps
+        # small enough to bend the scores and logits.
+        "gemma2": Gemma2Config(**COMMON, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                               attn_logit_softcapping=2.0, final_logit_softcapping=5.0),
+        # Layers 0 and 2 sliding with the local RoPE base, layer 1 full with linear-scaled global RoPE;
+        # untied head.
+        "gemma3": Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 3}, head_dim=16, query_pre_attn_scalar=24,
+                                   sliding_window=8, tie_word_embeddings=False,
+                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                   rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                                       "rope_theta": 1e6},
+                                                    "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
     }
 
 
 def build(cfg, seed):
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    # Gemma 2 has no SDPA path in transformers (soft-capping): its reference is eager.
+    attn = "eager" if cfg.model_type == "gemma2" else "sdpa"
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=torch.float32)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -118,6 +133,8 @@ VARIANTS = {
     "qwen3_lora": ("qwen3", {}),
     "qwen3_dora": ("qwen3", {"use_dora": True}),
     "mistral_window_lora": ("mistral_window", {}),
+    "gemma2_lora": ("gemma2", {}),
+    "gemma3_dora": ("gemma3", {"use_dora": True}),
 }
 
 

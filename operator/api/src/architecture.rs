@@ -18,7 +18,7 @@ pub enum ArchitectureError {
     },
     #[error("{path} is not a valid Hugging Face config.json: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("model_type `{0}` is not supported; supported: llama, mistral, qwen2, qwen3")]
+    #[error("model_type `{0}` is not supported; supported: {supported}", supported = ModelType::supported())]
     UnsupportedModelType(String),
     #[error("invalid architecture: {0}")]
     Invalid(String),
@@ -26,16 +26,32 @@ pub enum ArchitectureError {
 
 /// Supported decoder families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ModelType {
     Llama,
     Mistral,
     Qwen2,
     /// Qwen3 (dense): per-head q/k RMSNorm before RoPE, `head_dim` 128 unless the file says.
     Qwen3,
+    /// Gemma 2: `(1 + w)` RMSNorms around attention and MLP, GeGLU, √hidden-scaled embeddings,
+    /// attention and final-logit soft-capping, alternating sliding/full layers.
+    Gemma2,
+    /// Gemma 3's text decoder (`Gemma3ForCausalLM`): Gemma 2's layout with per-head q/k norms
+    /// instead of attention soft-capping, and a local RoPE base on its sliding layers.
+    #[serde(rename = "gemma3_text")]
+    Gemma3Text,
 }
 
 impl ModelType {
+    pub const ALL: [ModelType; 6] = [
+        ModelType::Llama,
+        ModelType::Mistral,
+        ModelType::Qwen2,
+        ModelType::Qwen3,
+        ModelType::Gemma2,
+        ModelType::Gemma3Text,
+    ];
+
     /// The `model_type` of `config.json`.
     pub fn name(self) -> &'static str {
         match self {
@@ -43,7 +59,24 @@ impl ModelType {
             ModelType::Mistral => "mistral",
             ModelType::Qwen2 => "qwen2",
             ModelType::Qwen3 => "qwen3",
+            ModelType::Gemma2 => "gemma2",
+            ModelType::Gemma3Text => "gemma3_text",
         }
+    }
+
+    /// The family a `config.json` `model_type` names.
+    pub fn from_name(name: &str) -> Option<ModelType> {
+        ModelType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Every supported `model_type`, comma-separated.
+    pub fn supported() -> String {
+        ModelType::ALL.map(ModelType::name).join(", ")
+    }
+
+    /// Gemma 2 and 3: `(1 + w)` norms, GeGLU, scaled embeddings, norms after attention and MLP.
+    pub fn is_gemma(self) -> bool {
+        matches!(self, ModelType::Gemma2 | ModelType::Gemma3Text)
     }
 }
 
@@ -79,7 +112,8 @@ pub struct ModelArchitecture {
     /// Defaults to `num_attention_heads` (no grouped-query attention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_key_value_heads: Option<u64>,
-    /// Defaults to `hidden_size / num_attention_heads` (128 for qwen3, as transformers' config).
+    /// Defaults to `hidden_size / num_attention_heads` (128 for qwen3, 256 for gemma, as
+    /// transformers' configs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<u64>,
     #[serde(default = "default_max_positions")]
@@ -96,6 +130,18 @@ pub struct ModelArchitecture {
     /// which also puts one on o).
     #[serde(default)]
     pub attention_bias: bool,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-½` instead of `head_dim^-½`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2: attention scores become `c·tanh(scores / c)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2: logits become `c·tanh(logits / c)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 3: the RoPE base of the sliding-window layers (`rope_theta` is the full layers').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "dtype")]
     pub torch_dtype: Option<String>,
     /// A token id, or a list of them.
@@ -156,11 +202,11 @@ impl ModelArchitecture {
                 message: e.to_string(),
             })?;
         if let Some(mt) = raw.get("model_type").and_then(|v| v.as_str()) {
-            if !matches!(mt, "llama" | "mistral" | "qwen2" | "qwen3") {
+            if ModelType::from_name(mt).is_none() {
                 return Err(ArchitectureError::UnsupportedModelType(mt.to_string()));
             }
         }
-        let raw = normalise_transformers_v5(raw);
+        let raw = normalise_config(raw);
         let arch: ModelArchitecture =
             serde_json::from_value(raw).map_err(|e| ArchitectureError::Parse {
                 path: PathBuf::new(),
@@ -202,18 +248,19 @@ impl ModelArchitecture {
 
     pub fn head_dim(&self) -> u64 {
         self.head_dim.unwrap_or(match self.model_type {
-            // Qwen3Config's own default, which transformers uses when config.json omits it.
+            // The configs' own defaults, which transformers uses when config.json omits the key.
             ModelType::Qwen3 => 128,
+            ModelType::Gemma2 | ModelType::Gemma3Text => 256,
             _ => self.hidden_size / self.num_attention_heads.max(1),
         })
     }
 
-    /// Whether the checkpoint has a bias for `module`, as transformers builds each family: Llama
-    /// and Qwen3 put one on q/k/v/o when `attention_bias` is set, Qwen2 always on q/k/v (never
-    /// o), Mistral never (its modelling code ignores `attention_bias`).
+    /// Whether the checkpoint has a bias for `module`, as transformers builds each family: Llama,
+    /// Qwen3 and Gemma put one on q/k/v/o when `attention_bias` is set, Qwen2 always on q/k/v
+    /// (never o), Mistral never (its modelling code ignores `attention_bias`).
     pub fn linear_has_bias(&self, module: LinearModule) -> bool {
         match self.model_type {
-            ModelType::Llama | ModelType::Qwen3 => {
+            ModelType::Llama | ModelType::Qwen3 | ModelType::Gemma2 | ModelType::Gemma3Text => {
                 self.attention_bias && module.parent() == "self_attn"
             }
             ModelType::Qwen2 => matches!(
@@ -225,9 +272,39 @@ impl ModelArchitecture {
     }
 
     /// Whether each attention normalises its queries and keys per head (RMSNorm over
-    /// `head_dim`, before RoPE): Qwen3's `q_norm` and `k_norm`.
+    /// `head_dim`, before RoPE): Qwen3's and Gemma 3's `q_norm` and `k_norm`.
     pub fn qk_norm(&self) -> bool {
-        self.model_type == ModelType::Qwen3
+        matches!(self.model_type, ModelType::Qwen3 | ModelType::Gemma3Text)
+    }
+
+    /// The factor attention scores are multiplied by: `query_pre_attn_scalar^-½` (Gemma), else
+    /// `head_dim^-½`.
+    pub fn attention_scale(&self) -> f64 {
+        let d = match self.query_pre_attn_scalar {
+            Some(s) if self.model_type.is_gemma() => s,
+            _ => self.head_dim() as f64,
+        };
+        d.powf(-0.5)
+    }
+
+    /// The soft cap of attention scores: Gemma 2's `attn_logit_softcapping` (Gemma 3's modelling
+    /// code ignores the key).
+    pub fn attention_softcap(&self) -> Option<f64> {
+        self.attn_logit_softcapping
+            .filter(|_| self.model_type == ModelType::Gemma2)
+    }
+
+    /// The soft cap of the final logits (Gemma's `final_logit_softcapping`).
+    pub fn logit_softcap(&self) -> Option<f64> {
+        self.final_logit_softcapping
+            .filter(|_| self.model_type.is_gemma())
+    }
+
+    /// The factor token embeddings are multiplied by: `√hidden_size` for Gemma.
+    pub fn embedding_scale(&self) -> Option<f64> {
+        self.model_type
+            .is_gemma()
+            .then(|| (self.hidden_size as f64).sqrt())
     }
 
     /// `(in_features, out_features)` of a decoder linear.
@@ -247,12 +324,79 @@ impl ModelArchitecture {
     }
 }
 
+/// A `config.json` as lf-api and lf-model read it: transformers 5's `rope_parameters` folded back
+/// into the classic keys ([`normalise_transformers_v5`]), and the keys a family's config class
+/// defaults when the file omits them ([`family_defaults`]) filled in.
+pub fn normalise_config(raw: serde_json::Value) -> serde_json::Value {
+    let mut raw = normalise_transformers_v5(raw);
+    if let Some(obj) = raw.as_object_mut() {
+        let family = obj
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .and_then(ModelType::from_name);
+        for (key, value) in family.map(family_defaults).unwrap_or_default() {
+            obj.entry(key).or_insert(value);
+        }
+    }
+    raw
+}
+
+/// What transformers' config class of `family` sets for a key `config.json` leaves out (an
+/// explicit `null` stays null), where it differs from the lf-api default of the key.
+fn family_defaults(family: ModelType) -> Vec<(&'static str, serde_json::Value)> {
+    use serde_json::json;
+    let gemma = || {
+        vec![
+            ("query_pre_attn_scalar", json!(256)),
+            ("tie_word_embeddings", json!(true)),
+            ("sliding_window", json!(4096)),
+        ]
+    };
+    match family {
+        ModelType::Gemma2 => {
+            let mut d = gemma();
+            d.extend([
+                ("attn_logit_softcapping", json!(50.0)),
+                ("final_logit_softcapping", json!(30.0)),
+            ]);
+            d
+        }
+        ModelType::Gemma3Text => {
+            let mut d = gemma();
+            d.extend([
+                ("rope_theta", json!(1_000_000.0)),
+                ("rope_local_base_freq", json!(10_000.0)),
+            ]);
+            d
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead of `rope_theta` and
 /// `rope_scaling`; fold it back into the classic keys (the classic keys win when both exist).
+/// Gemma 3 keeps one set per layer type (`{full_attention: {...}, sliding_attention: {...}}`):
+/// the full layers' become `rope_theta`/`rope_scaling`, the sliding layers' base
+/// `rope_local_base_freq`.
 fn normalise_transformers_v5(mut raw: serde_json::Value) -> serde_json::Value {
     let Some(obj) = raw.as_object_mut() else {
         return raw;
     };
+    if let Some(sliding) = obj
+        .get("rope_parameters")
+        .and_then(|p| p.get("sliding_attention"))
+        .and_then(|p| p.get("rope_theta"))
+        .cloned()
+    {
+        obj.entry("rope_local_base_freq").or_insert(sliding);
+    }
+    if let Some(full) = obj
+        .get("rope_parameters")
+        .and_then(|p| p.get("full_attention"))
+        .cloned()
+    {
+        obj.insert("rope_parameters".into(), full);
+    }
     let Some(params) = obj
         .get("rope_parameters")
         .and_then(|p| p.as_object())
@@ -358,6 +502,49 @@ mod tests {
         let s = a.rope_scaling.unwrap();
         assert_eq!((s.rope_type.as_str(), s.factor), ("llama3", 8.0));
         assert_eq!(a.torch_dtype.as_deref(), Some("bfloat16"));
+    }
+
+    #[test]
+    fn reads_gemma3_per_layer_type_rope_and_family_defaults() {
+        let text = r#"{"model_type":"gemma3_text","vocab_size":96,"hidden_size":64,
+            "intermediate_size":112,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+            "rope_parameters":{"full_attention":{"rope_type":"linear","factor":8.0,"rope_theta":1000000.0},
+            "sliding_attention":{"rope_type":"default","rope_theta":10000.0}}}"#;
+        let a = ModelArchitecture::from_json_str(text).unwrap();
+        assert_eq!(a.model_type, ModelType::Gemma3Text);
+        assert_eq!((a.rope_theta, a.rope_local_base_freq), (1e6, Some(1e4)));
+        let s = a.rope_scaling.as_ref().unwrap();
+        assert_eq!((s.rope_type.as_str(), s.factor), ("linear", 8.0));
+        // Gemma3TextConfig's defaults for the keys the file leaves out.
+        assert!(a.tie_word_embeddings);
+        assert_eq!(a.head_dim(), 256);
+        assert_eq!(a.attention_scale(), 1.0 / 16.0);
+        assert_eq!(a.embedding_scale(), Some(8.0));
+        assert_eq!((a.attention_softcap(), a.logit_softcap()), (None, None));
+        assert!(a.qk_norm());
+    }
+
+    #[test]
+    fn gemma2_soft_caps_default_unless_null() {
+        let base = r#""model_type":"gemma2","vocab_size":96,"hidden_size":64,"intermediate_size":112,
+            "num_hidden_layers":2,"num_attention_heads":4,"head_dim":16,"query_pre_attn_scalar":24"#;
+        let a = ModelArchitecture::from_json_str(&format!("{{{base}}}")).unwrap();
+        assert_eq!(
+            (a.attention_softcap(), a.logit_softcap()),
+            (Some(50.0), Some(30.0))
+        );
+        assert_eq!(a.attention_scale(), 24f64.powf(-0.5));
+        assert!(!a.qk_norm());
+        let a = ModelArchitecture::from_json_str(&format!(
+            r#"{{{base},"attn_logit_softcapping":null,"final_logit_softcapping":null}}"#
+        ))
+        .unwrap();
+        assert_eq!((a.attention_softcap(), a.logit_softcap()), (None, None));
+        assert_eq!(
+            ModelType::from_name("gemma3_text"),
+            Some(ModelType::Gemma3Text)
+        );
+        assert_eq!(ModelType::Gemma3Text.name(), "gemma3_text");
     }
 
     #[test]

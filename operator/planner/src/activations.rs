@@ -11,8 +11,12 @@
 //!   fp32 input and rstd `2·(4h + 4)`; the q/k/v input `c·h`; Q, K, V after RoPE
 //!   `c·(a·d + 2·a_kv·d)`; the attention output `c·a·d` (+ log-sum-exp); the MLP input `c·h`; SwiGLU
 //!   gate, up, SiLU and product `4·c·i`. In bf16 that is ≈ `16·h + 4·a_kv·d + 8·i` (planner-notes
-//!   A.6). Qwen3's per-head q/k RMSNorms add their fp32 inputs and rstd,
-//!   `4·(a·d + a_kv·d) + 4·(a + a_kv)`. Each LoRA-adapted linear adds its rank-`r` intermediate `c·r` (DoRA also its `c·d_out`
+//!   A.6). Qwen3's and Gemma 3's per-head q/k RMSNorms add their fp32 inputs and rstd,
+//!   `4·(a·d + a_kv·d) + 4·(a + a_kv)`; Gemma's two extra norms (after attention, after the
+//!   MLP) `2·(4h + 4)`.
+//! - **Gemma 2 soft-caps attention scores**, which only the eager path computes: its layers
+//!   always materialise the scores as `flash_attn: eager` does, plus the `tanh` output
+//!   (`c·a·s` bytes per token). Each LoRA-adapted linear adds its rank-`r` intermediate `c·r` (DoRA also its `c·d_out`
 //!   output; dropout > 0 its dropped-out input `(c + 1)·d_in`).
 //! - **Backward of a layer** holds its input and output gradients and the gradients of the SwiGLU
 //!   branches: `2·c·h + 2·c·i` per token.
@@ -58,7 +62,7 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
     let q = arch.num_attention_heads * arch.head_dim();
     let kv = arch.kv_heads() * arch.head_dim();
     let i = arch.intermediate_size;
-    let lse = if training.flash_attn == FlashAttn::Eager {
+    let lse = if eager_attention(arch, training) {
         0
     } else {
         4 * arch.num_attention_heads
@@ -69,7 +73,18 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
     } else {
         0
     };
-    base + qk_norm + lora_saved_bytes_per_token(arch, training)
+    let block_output_norms = if arch.model_type.is_gemma() {
+        2 * (4 * h + 4)
+    } else {
+        0
+    };
+    base + qk_norm + block_output_norms + lora_saved_bytes_per_token(arch, training)
+}
+
+/// Whether attention materialises its scores: `flash_attn: eager`, or soft-capped scores
+/// (Gemma 2), which no fused kernel computes.
+pub fn eager_attention(arch: &ModelArchitecture, training: &TrainingConfig) -> bool {
+    training.flash_attn == FlashAttn::Eager || arch.attention_softcap().is_some()
 }
 
 /// Extra tensors LoRA/DoRA modules save per token in one layer.
@@ -107,8 +122,13 @@ pub fn activations(
     let tokens = micro_batch * s;
     let h = arch.hidden_size;
     let layers = arch.num_hidden_layers;
-    let eager = if training.flash_attn == FlashAttn::Eager {
-        (4 + c) * arch.num_attention_heads * s
+    let softcap_tanh = if arch.attention_softcap().is_some() {
+        c
+    } else {
+        0
+    };
+    let eager = if eager_attention(arch, training) {
+        (4 + c + softcap_tanh) * arch.num_attention_heads * s
     } else {
         0
     };

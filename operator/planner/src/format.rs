@@ -313,9 +313,14 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
             t.per_device_train_batch_size,
             input.target_global_batch(),
             if t.gradient_checkpointing { "on" } else { "off" },
-            match t.flash_attn {
-                lf_api::training::FlashAttn::Eager => "eager (s² scores)",
-                _ => "sdpa/flash",
+            if crate::activations::eager_attention(a, t) {
+                if t.flash_attn == lf_api::training::FlashAttn::Eager {
+                    "eager (s² scores)"
+                } else {
+                    "eager (s² scores: soft-capped)"
+                }
+            } else {
+                "sdpa/flash"
             },
             if t.loss_chunk_size == 0 { "off (full logits)".to_string() } else { format!("{} tokens", t.loss_chunk_size) }
         ),

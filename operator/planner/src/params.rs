@@ -20,7 +20,7 @@ pub struct LayerParams {
     pub linears: u64,
     /// The attention biases (qwen2, or `attention_bias`).
     pub biases: u64,
-    /// The RMSNorm weights: two of `hidden_size`, plus qwen3's per-head q/k norms.
+    /// The RMSNorm weights: two of `hidden_size` (four for Gemma), plus the per-head q/k norms.
     pub norms: u64,
 }
 
@@ -59,10 +59,12 @@ pub fn attention_bias_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
         .collect()
 }
 
-/// The norms of one layer: input and post-attention (`hidden_size` each), then qwen3's q and k
-/// norms (`head_dim` each).
+/// The norms of one layer: input and post-attention (`hidden_size` each), Gemma's pre- and
+/// post-feed-forward (`hidden_size` each), then qwen3's and Gemma 3's q and k norms (`head_dim`
+/// each).
 pub fn norm_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
-    let mut out = vec![(arch.hidden_size, 1), (arch.hidden_size, 1)];
+    let hidden_norms = if arch.model_type.is_gemma() { 4 } else { 2 };
+    let mut out = vec![(arch.hidden_size, 1); hidden_norms];
     if arch.qk_norm() {
         out.extend([(arch.head_dim(), 1), (arch.head_dim(), 1)]);
     }
@@ -229,6 +231,20 @@ mod tests {
             ("Qwen/Qwen3-8B", 8_190_735_360u64),
             ("Qwen/Qwen3-14B", 14_768_307_200),
             ("Qwen/Qwen3-32B", 32_762_123_264),
+        ] {
+            assert_eq!(model_params(&preset(name).unwrap()), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn published_gemma_sizes() {
+        // Gemma 2's model cards (9.24B, 27.2B); Gemma 3's text decoder alone (the 12B and 27B
+        // checkpoints add a 0.4B vision tower lf-model does not load).
+        for (name, expected) in [
+            ("google/gemma-2-9b", 9_241_705_984u64),
+            ("google/gemma-2-27b", 27_227_128_320),
+            ("google/gemma-3-12b-pt", 11_766_034_176),
+            ("google/gemma-3-27b-pt", 27_009_346_304),
         ] {
             assert_eq!(model_params(&preset(name).unwrap()), expected, "{name}");
         }

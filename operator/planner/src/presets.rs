@@ -23,6 +23,17 @@ struct Shape {
     tied: bool,
     /// Llama 3.x `rope_scaling` factor (type `llama3`, low 1, high 4, original 8192).
     llama3_rope_factor: Option<f64>,
+    /// Gemma's keys (none for the other families).
+    gemma: Option<GemmaKeys>,
+}
+
+/// The `config.json` keys only Gemma has.
+struct GemmaKeys {
+    query_pre_attn_scalar: f64,
+    /// `(attn_logit_softcapping, final_logit_softcapping)` (Gemma 2).
+    softcaps: Option<(f64, f64)>,
+    /// Gemma 3: `rope_local_base_freq` and the full layers' `linear` RoPE factor.
+    local_theta_and_linear_factor: Option<(f64, f64)>,
 }
 
 impl Shape {
@@ -39,15 +50,35 @@ impl Shape {
             max_position_embeddings: self.max_positions,
             rms_norm_eps: self.eps,
             rope_theta: self.theta,
-            rope_scaling: self.llama3_rope_factor.map(|factor| RopeScaling {
-                rope_type: "llama3".into(),
-                factor,
-                low_freq_factor: Some(1.0),
-                high_freq_factor: Some(4.0),
-                original_max_position_embeddings: Some(8192),
-            }),
+            rope_scaling: self
+                .llama3_rope_factor
+                .map(|factor| RopeScaling {
+                    rope_type: "llama3".into(),
+                    factor,
+                    low_freq_factor: Some(1.0),
+                    high_freq_factor: Some(4.0),
+                    original_max_position_embeddings: Some(8192),
+                })
+                .or_else(|| {
+                    let (_, factor) = self.gemma.as_ref()?.local_theta_and_linear_factor?;
+                    Some(RopeScaling {
+                        rope_type: "linear".into(),
+                        factor,
+                        low_freq_factor: None,
+                        high_freq_factor: None,
+                        original_max_position_embeddings: None,
+                    })
+                }),
             tie_word_embeddings: self.tied,
             attention_bias: false,
+            query_pre_attn_scalar: self.gemma.as_ref().map(|g| g.query_pre_attn_scalar),
+            attn_logit_softcapping: self.gemma.as_ref().and_then(|g| g.softcaps).map(|c| c.0),
+            final_logit_softcapping: self.gemma.as_ref().and_then(|g| g.softcaps).map(|c| c.1),
+            rope_local_base_freq: self
+                .gemma
+                .as_ref()
+                .and_then(|g| g.local_theta_and_linear_factor)
+                .map(|l| l.0),
             torch_dtype: Some("bfloat16".into()),
             bos_token_id: None,
             eos_token_id: None,
@@ -80,6 +111,7 @@ const fn llama(
         theta,
         tied: false,
         llama3_rope_factor: None,
+        gemma: None,
     }
 }
 
@@ -108,6 +140,7 @@ const fn qwen2(
         theta: 1_000_000.0,
         tied,
         llama3_rope_factor: None,
+        gemma: None,
     }
 }
 
@@ -117,6 +150,73 @@ const fn qwen3(hidden: u64, intermediate: u64, layers: u64, heads: u64, tied: bo
     s.model_type = ModelType::Qwen3;
     s.head_dim = Some(128);
     s
+}
+
+/// A Gemma 2: vocabulary 256 000, 8192 positions, RoPE θ 10⁴, soft caps 50 (scores) and 30
+/// (logits), tied head (`Gemma2ForCausalLM`).
+const fn gemma2(
+    hidden: u64,
+    intermediate: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    query_pre_attn_scalar: f64,
+) -> Shape {
+    Shape {
+        model_type: ModelType::Gemma2,
+        vocab: 256_000,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        head_dim: Some(head_dim),
+        max_positions: 8192,
+        eps: 1e-6,
+        theta: 10_000.0,
+        tied: true,
+        llama3_rope_factor: None,
+        gemma: Some(GemmaKeys {
+            query_pre_attn_scalar,
+            softcaps: Some((50.0, 30.0)),
+            local_theta_and_linear_factor: None,
+        }),
+    }
+}
+
+/// Gemma 3's text decoder (`text_config` of the multimodal checkpoints, `Gemma3ForCausalLM`):
+/// vocabulary 262 208, 131 072 positions, global RoPE θ 10⁶ with `linear` factor 8, local θ 10⁴,
+/// tied head.
+const fn gemma3(
+    hidden: u64,
+    intermediate: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+    head_dim: u64,
+    query_pre_attn_scalar: f64,
+) -> Shape {
+    Shape {
+        model_type: ModelType::Gemma3Text,
+        vocab: 262_208,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        head_dim: Some(head_dim),
+        max_positions: 131_072,
+        eps: 1e-6,
+        theta: 1_000_000.0,
+        tied: true,
+        llama3_rope_factor: None,
+        gemma: Some(GemmaKeys {
+            query_pre_attn_scalar,
+            softcaps: None,
+            local_theta_and_linear_factor: Some((10_000.0, 8.0)),
+        }),
+    }
 }
 
 const fn with_llama3_rope(mut s: Shape, factor: f64, head_dim: Option<u64>, tied: bool) -> Shape {
@@ -284,6 +384,22 @@ const PRESETS: &[(&[&str], Shape)] = &[
         qwen3(5120, 17408, 40, 40, false),
     ),
     (&["Qwen/Qwen3-32B"], qwen3(5120, 25600, 64, 64, false)),
+    (
+        &["google/gemma-2-9b", "google/gemma-2-9b-it"],
+        gemma2(3584, 14336, 42, 16, 8, 256, 256.0),
+    ),
+    (
+        &["google/gemma-2-27b", "google/gemma-2-27b-it"],
+        gemma2(4608, 36864, 46, 32, 16, 128, 144.0),
+    ),
+    (
+        &["google/gemma-3-12b-pt", "google/gemma-3-12b-it"],
+        gemma3(3840, 15360, 48, 16, 8, 256, 256.0),
+    ),
+    (
+        &["google/gemma-3-27b-pt", "google/gemma-3-27b-it"],
+        gemma3(5376, 21504, 62, 32, 16, 128, 168.0),
+    ),
 ];
 
 /// The built-in architecture for a Hugging Face model id (case-insensitive; the organisation

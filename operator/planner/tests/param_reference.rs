@@ -1,6 +1,6 @@
 //! Parameter counts equal what Hugging Face `transformers` + `peft` count: runs
 //! `tests/reference/planner_param_counts.py`, which builds each model on the `meta` device (tiny and
-//! real-size llama, mistral, qwen2, qwen3, tied and untied) and applies LoRA / DoRA / freeze / full exactly
+//! real-size llama, mistral, qwen2, qwen3, gemma2, gemma3 text, tied and untied) and applies LoRA / DoRA / freeze / full exactly
 //! as PEFT and LLaMA-Factory do. Needs the Python reference stack (`LF_PYTHON`, default
 //! `<repo>/.venv/bin/python`); fails when it is missing.
 
@@ -46,6 +46,10 @@ fn tiny(model_type: ModelType, tied: bool, kv: u64, head_dim: Option<u64>) -> Mo
         rope_scaling: None,
         tie_word_embeddings: tied,
         attention_bias: false,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        rope_local_base_freq: None,
         torch_dtype: None,
         bos_token_id: None,
         eos_token_id: None,
@@ -192,6 +196,46 @@ fn counts_equal_transformers_and_peft() {
             "qwen3-32b lora q,v r8",
             real("Qwen/Qwen3-32B"),
             "lora_rank: 8\nlora_target: q_proj,v_proj",
+        ),
+        case(
+            "tiny-gemma2 tied full",
+            tiny(ModelType::Gemma2, true, 2, Some(16)),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-gemma2 tied lora all",
+            tiny(ModelType::Gemma2, true, 2, Some(16)),
+            "lora_rank: 4",
+        ),
+        case(
+            "tiny-gemma3 untied dora all",
+            tiny(ModelType::Gemma3Text, false, 2, Some(24)),
+            "lora_rank: 4\nuse_dora: true",
+        ),
+        case(
+            "tiny-gemma3 freeze 1",
+            tiny(ModelType::Gemma3Text, true, 1, None),
+            "finetuning_type: freeze\nfreeze_trainable_layers: 1",
+        ),
+        case(
+            "gemma-2-9b lora all r16",
+            real("google/gemma-2-9b"),
+            "lora_rank: 16",
+        ),
+        case(
+            "gemma-2-27b full",
+            real("google/gemma-2-27b"),
+            "finetuning_type: full",
+        ),
+        case(
+            "gemma-3-12b lora all r16",
+            real("google/gemma-3-12b-pt"),
+            "lora_rank: 16",
+        ),
+        case(
+            "gemma-3-27b full",
+            real("google/gemma-3-27b-pt"),
+            "finetuning_type: full",
         ),
         case(
             "llama-2-7b lora q,v r8",

@@ -1,4 +1,5 @@
-//! The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2, Qwen3) in one file.
+//! The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text) in one
+//! file.
 //!
 //! Follows Hugging Face's `modeling_llama.py` operation by operation so that fp32 logits match
 //! transformers: RMSNorm computed in fp32 and cast back before the weight multiply, rotate-half
@@ -7,12 +8,22 @@
 //! explicit eager path), and a SwiGLU MLP. The families differ by switches, not copies: Qwen2 adds
 //! a bias to q/k/v; Qwen3 normalises each head's queries and keys (RMSNorm over `head_dim`)
 //! before RoPE; Mistral (and Qwen2/Qwen3 layers with `use_sliding_window`) attend to the last
-//! `sliding_window` positions only. Field names mirror the Hugging Face tensor names
+//! `sliding_window` positions only. Gemma 2 and 3 ([`ModelType::is_gemma`]) multiply the
+//! embeddings by √hidden, normalise with `(1 + w)` multiplied in fp32 before the cast, add norms
+//! after attention and after the MLP (pre-/post-feed-forward), use GeGLU with tanh-GELU, scale
+//! scores by `query_pre_attn_scalar^-½`, and alternate sliding and full layers; Gemma 2
+//! soft-caps attention scores and the final logits (`c·tanh(x / c)`, which forces the eager
+//! path, as in transformers), Gemma 3 normalises q/k like Qwen3 and rotates its sliding layers
+//! with a local RoPE base. Field names mirror the Hugging Face tensor names
 //! (`model.layers.{i}.self_attn.q_proj.weight`, ...).
 //!
-//! References: Touvron et al., "Llama 2" (arXiv:2307.09288); transformers
-//! `src/transformers/models/{llama,mistral,qwen3}/modeling_*.py` and `masking_utils.py`
-//! (`sliding_window_overlay`: key `k` is visible from query `q` when `q − w < k ≤ q`).
+//! [`ModelType::is_gemma`]: lf_api::architecture::ModelType::is_gemma
+//!
+//! References: Touvron et al., "Llama 2" (arXiv:2307.09288); Gemma Team, "Gemma 2"
+//! (arXiv:2408.00118), "Gemma 3" (arXiv:2503.19786); transformers
+//! `src/transformers/models/{llama,mistral,qwen3,gemma2,gemma3}/modeling_*.py` and
+//! `masking_utils.py` (`sliding_window_overlay`: key `k` is visible from query `q` when
+//! `q − w < k ≤ q`).
 
 use lf_api::architecture::ModelArchitecture;
 use lf_api::training::LinearModule;
@@ -36,15 +47,18 @@ pub struct Rotary {
     inv_freq: Tensor,
 }
 
+/// Inverse frequencies `θ^(−2i/d)` (fp32, `[d / 2]`).
+fn inverse_frequencies(dim: i64, theta: f64) -> Tensor {
+    let exponent = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
+        .to_kind(Kind::Float)
+        / dim as f64;
+    Tensor::from(theta as f32).pow(&exponent).reciprocal()
+}
+
 impl Rotary {
     /// The inverse frequencies of `arch` (fp32, `[head_dim / 2]`), with its RoPE scaling applied.
     pub fn new(arch: &ModelArchitecture, device: Device) -> Self {
-        let dim = arch.head_dim() as i64;
-        let exponent = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
-            .to_kind(Kind::Float)
-            / dim as f64;
-        let base = Tensor::from(arch.rope_theta as f32);
-        let inv_freq = base.pow(&exponent).reciprocal();
+        let inv_freq = inverse_frequencies(arch.head_dim() as i64, arch.rope_theta);
         let inv_freq = match &arch.rope_scaling {
             Some(s) if s.rope_type == "linear" => inv_freq / s.factor,
             Some(s) if s.rope_type == "llama3" => {
@@ -72,6 +86,17 @@ impl Rotary {
         }
     }
 
+    /// Gemma 3's RoPE of the sliding-window layers: base `rope_local_base_freq`, never scaled
+    /// (`None` for families with one RoPE).
+    pub fn local(arch: &ModelArchitecture, device: Device) -> Option<Self> {
+        let theta = arch
+            .rope_local_base_freq
+            .filter(|_| arch.model_type.is_gemma())?;
+        Some(Rotary {
+            inv_freq: inverse_frequencies(arch.head_dim() as i64, theta).to_device(device),
+        })
+    }
+
     /// `(cos, sin)` for `positions` (`[S]`, int64), each `[S, head_dim]` in `kind`.
     pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0);
@@ -91,10 +116,30 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + rotate_half(x) * sin
 }
 
-/// RMSNorm: `w · (x / √(mean(x²) + ε))`, normalised in fp32 and cast back before the multiply.
+/// The cos/sin tables of one forward pass: the model's RoPE, and Gemma 3's local one for its
+/// sliding layers.
+pub struct RopeTables {
+    pub global: (Tensor, Tensor),
+    pub local: Option<(Tensor, Tensor)>,
+}
+
+impl RopeTables {
+    /// The tables a layer rotates with (`local`: it uses the local RoPE when there is one).
+    fn for_layer(&self, local: bool) -> (&Tensor, &Tensor) {
+        let (cos, sin) = match (&self.local, local) {
+            (Some(t), true) => t,
+            _ => &self.global,
+        };
+        (cos, sin)
+    }
+}
+
+/// RMSNorm: `w · (x / √(mean(x²) + ε))`, normalised in fp32 and cast back before the multiply;
+/// Gemma's (`offset`) is `(1 + w) · (x / √(mean(x²) + ε))` multiplied in fp32, then cast.
 pub struct RmsNorm {
     pub weight: Tensor,
     pub eps: f64,
+    pub offset: bool,
 }
 
 impl RmsNorm {
@@ -103,7 +148,11 @@ impl RmsNorm {
         let xf = x.to_kind(Kind::Float);
         let variance = xf.square().mean_dim(-1, true, Kind::Float);
         let normed = xf * (variance + self.eps).rsqrt();
-        &self.weight * normed.to_kind(kind)
+        if self.offset {
+            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            &self.weight * normed.to_kind(kind)
+        }
     }
 }
 
@@ -139,9 +188,15 @@ pub struct Attention {
     pub num_heads: i64,
     pub num_kv_heads: i64,
     pub head_dim: i64,
+    /// The factor scores are multiplied by (`head_dim^-½`, Gemma's `query_pre_attn_scalar^-½`).
+    pub scale: f64,
+    /// Gemma 2's soft cap of the scores.
+    pub softcap: Option<f64>,
     /// The sliding window: a query sees itself and the `window − 1` keys before it (`None`:
     /// every earlier key).
     pub window: Option<i64>,
+    /// Rotates with the model's local RoPE (Gemma 3's sliding layers).
+    pub local_rope: bool,
 }
 
 /// Which of `t` keys each of the last `s` queries may attend to (`[s, t]`, bool): causal, and
@@ -158,12 +213,12 @@ impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &RopeTables,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         backend: AttentionBackend,
         train: bool,
     ) -> Tensor {
+        let (cos, sin) = rope.for_layer(self.local_rope);
         let (b, s) = (x.size()[0], x.size()[1]);
         let heads = |t: Tensor, n: i64, norm: Option<&RmsNorm>| {
             let t = t.view([b, s, n, self.head_dim]);
@@ -200,6 +255,12 @@ impl Attention {
         let window = self.window.filter(|&w| kv_len > w);
         // One query over cached keys attends to everything; a full sequence is causal. A chunk of
         // several new queries after a non-empty cache, or a window, needs an explicit mask.
+        // Soft-capped scores exist only on the eager path.
+        let backend = match self.softcap {
+            Some(_) => AttentionBackend::Eager,
+            None => backend,
+        };
+        let scale = Some(self.scale);
         let y = match backend {
             AttentionBackend::Sdpa if window.is_none() && (s == 1 || s == kv_len) => {
                 Tensor::scaled_dot_product_attention(
@@ -209,13 +270,13 @@ impl Attention {
                     None::<Tensor>,
                     0.0,
                     s > 1,
-                    None,
+                    scale,
                     gqa,
                 )
             }
             AttentionBackend::Sdpa => {
                 let mask = allowed_keys(s, kv_len, window, q.device());
-                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, gqa)
+                Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, scale, gqa)
             }
             AttentionBackend::Eager => self.eager(&q, &k, &v, window),
         };
@@ -225,8 +286,8 @@ impl Attention {
         self.o_proj.forward(&y, train)
     }
 
-    /// `softmax(QKᵀ/√d + mask) V` with the causal (and window) mask aligned to the last query
-    /// (softmax in fp32).
+    /// `softmax(cap(s·QKᵀ) + mask) V` with the causal (and window) mask aligned to the last query
+    /// (softmax in fp32; `cap` is Gemma 2's soft cap, when set).
     fn eager(&self, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<i64>) -> Tensor {
         let rep = self.num_heads / self.num_kv_heads;
         let (k, v) = if rep > 1 {
@@ -238,7 +299,11 @@ impl Attention {
             (k.shallow_clone(), v.shallow_clone())
         };
         let (s, t) = (q.size()[2], k.size()[2]);
-        let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (self.head_dim as f64).sqrt());
+        let scores = q.matmul(&k.transpose(-2, -1)) * self.scale;
+        let scores = match self.softcap {
+            Some(c) => (scores / c).tanh() * c,
+            None => scores,
+        };
         let allowed = allowed_keys(s, t, window, q.device());
         let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
         let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
@@ -246,52 +311,85 @@ impl Attention {
     }
 }
 
-/// The SwiGLU feed-forward block: `down(silu(gate(x)) · up(x))`.
+/// The gate's activation in the feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU: SwiGLU (Llama, Mistral, Qwen).
+    Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`): GeGLU (Gemma).
+    GeluTanh,
+}
+
+/// The gated feed-forward block: `down(act(gate(x)) · up(x))`.
 pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    pub act: Activation,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.gate_proj.forward(x, train).silu() * self.up_proj.forward(x, train);
+        let gate = self.gate_proj.forward(x, train);
+        let gate = match self.act {
+            Activation::Silu => gate.silu(),
+            Activation::GeluTanh => gate.gelu("tanh"),
+        };
+        let h = gate * self.up_proj.forward(x, train);
         self.down_proj.forward(&h, train)
     }
 }
 
-/// One pre-norm decoder layer.
+/// The extra norms of Gemma's layers: before the MLP (where Llama's post-attention norm is) and
+/// after it.
+pub struct FeedForwardNorms {
+    pub pre: RmsNorm,
+    pub post: RmsNorm,
+}
+
+/// One pre-norm decoder layer (Gemma's also normalises each block's output).
 pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
     pub self_attn: Attention,
+    /// Llama: the norm before the MLP. Gemma: the norm of the attention's output.
     pub post_attention_layernorm: RmsNorm,
     pub mlp: Mlp,
+    /// Gemma's `pre_feedforward_layernorm` and `post_feedforward_layernorm`.
+    pub feed_forward_norms: Option<FeedForwardNorms>,
 }
 
 impl DecoderLayer {
-    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`.
+    /// `x + attn(norm(x))`, then `+ mlp(norm(·))`; Gemma: `x + norm(attn(norm(x)))`, then
+    /// `+ norm(mlp(norm(·)))`.
     pub fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &RopeTables,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
         backend: AttentionBackend,
         train: bool,
     ) -> Tensor {
         let h = self.self_attn.forward(
             &self.input_layernorm.forward(x),
-            cos,
-            sin,
+            rope,
             cache,
             backend,
             train,
         );
-        let x = x + h;
-        let h = self
-            .mlp
-            .forward(&self.post_attention_layernorm.forward(&x), train);
-        x + h
+        match &self.feed_forward_norms {
+            None => {
+                let x = x + h;
+                let h = self
+                    .mlp
+                    .forward(&self.post_attention_layernorm.forward(&x), train);
+                x + h
+            }
+            Some(ff) => {
+                let x = x + self.post_attention_layernorm.forward(&h);
+                let h = self.mlp.forward(&ff.pre.forward(&x), train);
+                x + ff.post.forward(&h)
+            }
+        }
     }
 
     /// Every tensor of decoder layer `i` (the tensors of [`Unit::Layer`]), sharing storage: its
@@ -309,7 +407,8 @@ impl DecoderLayer {
         out
     }
 
-    /// The layer's norms in checkpoint order: input, post-attention, then Qwen3's q and k norms.
+    /// The layer's norms in checkpoint order: input, post-attention, Gemma's pre- and
+    /// post-feed-forward, then the q and k norms.
     pub fn norms(&self) -> Vec<(LayerTensor, &RmsNorm)> {
         let mut out = vec![
             (LayerTensor::InputLayernorm, &self.input_layernorm),
@@ -318,6 +417,10 @@ impl DecoderLayer {
                 &self.post_attention_layernorm,
             ),
         ];
+        if let Some(ff) = &self.feed_forward_norms {
+            out.push((LayerTensor::PreFeedforwardLayernorm, &ff.pre));
+            out.push((LayerTensor::PostFeedforwardLayernorm, &ff.post));
+        }
         let attn = &self.self_attn;
         let qk = [
             (LayerTensor::QNorm, attn.q_norm.as_ref()),
@@ -362,12 +465,28 @@ pub struct Llama {
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<Tensor>,
     pub rotary: Rotary,
+    /// Gemma 3's RoPE of the sliding layers.
+    pub local_rotary: Option<Rotary>,
+    /// Gemma's √hidden embedding multiplier.
+    pub embed_scale: Option<f64>,
+    /// Gemma 2's soft cap of the logits.
+    pub final_softcap: Option<f64>,
 }
 
 impl Llama {
-    /// Token embeddings, `[B, S, H]`.
+    /// Token embeddings, `[B, S, H]` (times Gemma's scale, rounded to the weights' dtype as
+    /// transformers rounds it).
     pub fn embed(&self, input_ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false)
+        let e = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        match self.embed_scale {
+            Some(scale) => {
+                let scale = Tensor::from(scale as f32)
+                    .to_kind(e.kind())
+                    .to_device(e.device());
+                e * scale
+            }
+            None => e,
+        }
     }
 
     /// Every tensor `unit` holds, sharing storage (none for a layer that does not exist).
@@ -421,28 +540,38 @@ impl Llama {
         residency.gather(Unit::Embedding)?;
         let mut x = self.embed(input_ids);
         residency.release(Unit::Embedding, false)?;
-        let (cos, sin) = self.rope(start, s, x.kind(), x.device());
+        let rope = self.rope(start, s, x.kind(), x.device());
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.layers.len(), || None);
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             residency.gather(Unit::Layer(i))?;
-            x = layer.forward(&x, &cos, &sin, slot, backend, train);
+            x = layer.forward(&x, &rope, slot, backend, train);
             residency.release(Unit::Layer(i), false)?;
         }
         Ok(x)
     }
 
     /// cos/sin tables for positions `start..start+len`.
-    pub fn rope(&self, start: i64, len: i64, kind: Kind, device: Device) -> (Tensor, Tensor) {
+    pub fn rope(&self, start: i64, len: i64, kind: Kind, device: Device) -> RopeTables {
         let positions = Tensor::arange_start(start, start + len, (Kind::Int64, device));
-        self.rotary.cos_sin(&positions, kind)
+        RopeTables {
+            global: self.rotary.cos_sin(&positions, kind),
+            local: self
+                .local_rotary
+                .as_ref()
+                .map(|r| r.cos_sin(&positions, kind)),
+        }
     }
 
-    /// Logits (`[..., V]`) of hidden states, in the activation dtype.
+    /// Logits (`[..., V]`) of hidden states, in the activation dtype (soft-capped for Gemma 2).
     pub fn head(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<Tensor>(self.head_weight(), None)
+        let logits = hidden.linear::<Tensor>(self.head_weight(), None);
+        match self.final_softcap {
+            Some(c) => (logits / c).tanh() * c,
+            None => logits,
+        }
     }
 }
 

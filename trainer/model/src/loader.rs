@@ -10,7 +10,8 @@ use tch::{Kind, Tensor};
 
 use crate::linear::Linear;
 use crate::llama::{
-    embedding_tensors, head_tensors, Attention, DecoderLayer, Llama, Mlp, RmsNorm, Rotary,
+    embedding_tensors, head_tensors, Activation, Attention, DecoderLayer, FeedForwardNorms, Llama,
+    Mlp, RmsNorm, Rotary,
 };
 use crate::names;
 use crate::residency::Unit;
@@ -155,6 +156,7 @@ pub fn build(
     let h = arch.hidden_size as i64;
     let v = arch.vocab_size as i64;
     let kind = opts.dtype;
+    let gemma = arch.model_type.is_gemma();
     let embed_tokens = required(src, &names::embed_tokens().weight(), &[v, h], kind, opts)?;
     sink(Unit::Embedding, embedding_tensors(&embed_tokens))?;
     let mut layers = Vec::with_capacity(arch.num_hidden_layers as usize);
@@ -176,7 +178,6 @@ pub fn build(
             };
             crate::quant::make_linear(&path, w, bias, opts)
         };
-        let eps = arch.rms_norm_eps;
         let q_proj = linear(LinearModule::QProj)?;
         let k_proj = linear(LinearModule::KProj)?;
         let v_proj = linear(LinearModule::VProj)?;
@@ -185,19 +186,29 @@ pub fn build(
             gate_proj: linear(LinearModule::GateProj)?,
             up_proj: linear(LinearModule::UpProj)?,
             down_proj: linear(LinearModule::DownProj)?,
+            act: if gemma {
+                Activation::GeluTanh
+            } else {
+                Activation::Silu
+            },
         };
         let d = arch.head_dim() as i64;
-        let mut head_norm = |path: names::TensorPath| -> Result<Option<RmsNorm>, ModelError> {
-            if !arch.qk_norm() {
-                return Ok(None);
-            }
-            Ok(Some(RmsNorm {
-                weight: required(src, &path.weight(), &[d], kind, opts)?,
-                eps,
-            }))
+        let mut norm = |path: names::TensorPath, size: i64| -> Result<RmsNorm, ModelError> {
+            Ok(RmsNorm {
+                weight: required(src, &path.weight(), &[size], kind, opts)?,
+                eps: arch.rms_norm_eps,
+                offset: gemma,
+            })
         };
-        let q_norm = head_norm(names::q_norm(i))?;
-        let k_norm = head_norm(names::k_norm(i))?;
+        let (q_norm, k_norm) = if arch.qk_norm() {
+            (
+                Some(norm(names::q_norm(i), d)?),
+                Some(norm(names::k_norm(i), d)?),
+            )
+        } else {
+            (None, None)
+        };
+        let window = windows.get(i).copied().flatten();
         let self_attn = Attention {
             q_proj,
             k_proj,
@@ -208,27 +219,27 @@ pub fn build(
             num_heads: arch.num_attention_heads as i64,
             num_kv_heads: arch.kv_heads() as i64,
             head_dim: d,
-            window: windows.get(i).copied().flatten(),
+            scale: arch.attention_scale(),
+            softcap: arch.attention_softcap(),
+            window,
+            local_rope: window.is_some(),
         };
-        let input_layernorm = RmsNorm {
-            weight: required(src, &names::input_layernorm(i).weight(), &[h], kind, opts)?,
-            eps,
-        };
-        let post_attention_layernorm = RmsNorm {
-            weight: required(
-                src,
-                &names::post_attention_layernorm(i).weight(),
-                &[h],
-                kind,
-                opts,
-            )?,
-            eps,
+        let input_layernorm = norm(names::input_layernorm(i), h)?;
+        let post_attention_layernorm = norm(names::post_attention_layernorm(i), h)?;
+        let feed_forward_norms = if gemma {
+            Some(FeedForwardNorms {
+                pre: norm(names::pre_feedforward_layernorm(i), h)?,
+                post: norm(names::post_feedforward_layernorm(i), h)?,
+            })
+        } else {
+            None
         };
         let layer = DecoderLayer {
             input_layernorm,
             self_attn,
             post_attention_layernorm,
             mlp,
+            feed_forward_norms,
         };
         sink(Unit::Layer(i), layer.named_tensors(i))?;
         layers.push(layer);
@@ -236,6 +247,7 @@ pub fn build(
     let norm = RmsNorm {
         weight: required(src, &names::norm().weight(), &[h], kind, opts)?,
         eps: arch.rms_norm_eps,
+        offset: gemma,
     };
     let lm_head = if arch.tie_word_embeddings {
         // Some tied checkpoints still store a copy of the head; the embeddings are authoritative.
@@ -277,5 +289,8 @@ pub fn build(
         norm,
         lm_head,
         rotary: Rotary::new(arch, opts.device),
+        local_rotary: Rotary::local(arch, opts.device),
+        embed_scale: arch.embedding_scale(),
+        final_softcap: arch.logit_softcap(),
     })
 }

@@ -133,6 +133,16 @@ pub fn post_attention_layernorm(i: usize) -> TensorPath {
     layer(i).pp("post_attention_layernorm")
 }
 
+/// Gemma's norm before the MLP in decoder layer `i`.
+pub fn pre_feedforward_layernorm(i: usize) -> TensorPath {
+    layer(i).pp("pre_feedforward_layernorm")
+}
+
+/// Gemma's norm of the MLP's output in decoder layer `i`.
+pub fn post_feedforward_layernorm(i: usize) -> TensorPath {
+    layer(i).pp("post_feedforward_layernorm")
+}
+
 /// Qwen3's per-head RMSNorm of the queries in decoder layer `i` (`self_attn.q_norm`).
 pub fn q_norm(i: usize) -> TensorPath {
     layer(i).pp("self_attn").pp("q_norm")
@@ -182,6 +192,10 @@ pub enum BaseTensor {
 pub enum LayerTensor {
     InputLayernorm,
     PostAttentionLayernorm,
+    /// Gemma's norm before the MLP.
+    PreFeedforwardLayernorm,
+    /// Gemma's norm of the MLP's output.
+    PostFeedforwardLayernorm,
     /// Qwen3's per-head query norm.
     QNorm,
     /// Qwen3's per-head key norm.
@@ -199,6 +213,8 @@ impl LayerTensor {
             .chain([
                 LayerTensor::InputLayernorm,
                 LayerTensor::PostAttentionLayernorm,
+                LayerTensor::PreFeedforwardLayernorm,
+                LayerTensor::PostFeedforwardLayernorm,
                 LayerTensor::QNorm,
                 LayerTensor::KNorm,
             ])
@@ -215,6 +231,12 @@ impl BaseTensor {
             BaseTensor::Layer(i, LayerTensor::InputLayernorm) => input_layernorm(i).weight(),
             BaseTensor::Layer(i, LayerTensor::PostAttentionLayernorm) => {
                 post_attention_layernorm(i).weight()
+            }
+            BaseTensor::Layer(i, LayerTensor::PreFeedforwardLayernorm) => {
+                pre_feedforward_layernorm(i).weight()
+            }
+            BaseTensor::Layer(i, LayerTensor::PostFeedforwardLayernorm) => {
+                post_feedforward_layernorm(i).weight()
             }
             BaseTensor::Layer(i, LayerTensor::QNorm) => q_norm(i).weight(),
             BaseTensor::Layer(i, LayerTensor::KNorm) => k_norm(i).weight(),

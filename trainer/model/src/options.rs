@@ -138,10 +138,12 @@ pub(crate) fn read_config(
         path: path.clone(),
         source,
     })?;
-    let mut raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Json {
         path: path.clone(),
         message: e.to_string(),
     })?;
+    // transformers 5's `rope_parameters` folded into the classic keys, family defaults filled.
+    let mut raw = lf_api::architecture::normalise_config(raw);
     let unsupported = |message: String| ModelError::UnsupportedConfig {
         path: path.clone(),
         message,
@@ -149,32 +151,41 @@ pub(crate) fn read_config(
     let obj = raw
         .as_object_mut()
         .ok_or_else(|| unsupported("the file must hold a JSON object".into()))?;
-    if let Some(act) = obj.get("hidden_act").and_then(|v| v.as_str()) {
-        if act != "silu" {
+    // Gemma's modelling code reads `hidden_activation` (GeGLU), the others' `hidden_act` (SwiGLU).
+    let gemma = obj
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .and_then(lf_api::architecture::ModelType::from_name)
+        .is_some_and(|t| t.is_gemma());
+    let (act_key, act_wanted) = if gemma {
+        ("hidden_activation", "gelu_pytorch_tanh")
+    } else {
+        ("hidden_act", "silu")
+    };
+    if let Some(act) = obj.get(act_key).and_then(|v| v.as_str()) {
+        if act != act_wanted {
             return Err(unsupported(format!(
-                "hidden_act `{act}` is not supported (only `silu`)"
+                "{act_key} `{act}` is not supported for this model_type (only `{act_wanted}`)"
             )));
         }
     }
     if obj.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
         return Err(unsupported("mlp_bias: true is not supported".into()));
     }
+    if obj
+        .get("use_bidirectional_attention")
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
+        return Err(unsupported(
+            "use_bidirectional_attention: true (an encoder, not a causal LM) is not supported"
+                .into(),
+        ));
+    }
     // Files touched by both transformers generations can carry `dtype` and `torch_dtype`, which
     // lf-api treats as one key; the newer spelling wins.
     if obj.contains_key("dtype") {
         obj.remove("torch_dtype");
-    }
-    if let Some(params) = obj.get("rope_parameters").cloned() {
-        if let Some(theta) = params.get("rope_theta") {
-            obj.entry("rope_theta").or_insert(theta.clone());
-        }
-        let kind = params
-            .get("rope_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
-        if kind != "default" && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
-            obj.insert("rope_scaling".into(), params.clone());
-        }
     }
     if let Some(scaling) = obj.get("rope_scaling").filter(|v| !v.is_null()) {
         let kind = scaling
@@ -212,7 +223,9 @@ pub(crate) fn read_config(
 /// Each decoder layer's attention window, as transformers configures it: Mistral's
 /// `sliding_window` on every layer; Qwen2's and Qwen3's only with `use_sliding_window: true`, on
 /// the layers `layer_types` marks `sliding_attention` (when absent, those from
-/// `max_window_layers` on, 28 by default); none for Llama.
+/// `max_window_layers` on, 28 by default); Gemma's on the layers `layer_types` marks (when
+/// absent, all but every second layer for Gemma 2 and every `sliding_window_pattern`-th, 6 by
+/// default, for Gemma 3); none for Llama.
 fn layer_windows(
     raw: &serde_json::Value,
     arch: &ModelArchitecture,
@@ -226,6 +239,25 @@ fn layer_windows(
         .as_i64()
         .filter(|&w| w > 0)
         .ok_or_else(|| format!("sliding_window must be a positive integer, not {window}"))?;
+    let layer_types = |default: &dyn Fn(usize) -> bool| -> Result<Vec<bool>, String> {
+        let Some(types) = raw.get("layer_types").filter(|v| !v.is_null()) else {
+            return Ok((0..layers).map(default).collect());
+        };
+        let types = types
+            .as_array()
+            .filter(|t| t.len() == layers)
+            .ok_or_else(|| format!("layer_types must list one type per layer ({layers})"))?;
+        types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(format!(
+                    "layer_types entry {t} is not supported (full_attention, sliding_attention)"
+                )),
+            })
+            .collect()
+    };
     let sliding: Vec<bool> = match arch.model_type {
         ModelType::Llama => vec![false; layers],
         ModelType::Mistral => vec![true; layers],
@@ -234,33 +266,24 @@ fn layer_windows(
                 .get("use_sliding_window")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false);
-            match raw.get("layer_types").filter(|v| !v.is_null()) {
-                _ if !enabled => vec![false; layers],
-                Some(types) => {
-                    let types =
-                        types
-                            .as_array()
-                            .filter(|t| t.len() == layers)
-                            .ok_or_else(|| {
-                                format!("layer_types must list one type per layer ({layers})")
-                            })?;
-                    types
-                        .iter()
-                        .map(|t| match t.as_str() {
-                            Some("sliding_attention") => Ok(true),
-                            Some("full_attention") => Ok(false),
-                            _ => Err(format!("layer_types entry {t} is not supported (full_attention, sliding_attention)")),
-                        })
-                        .collect::<Result<_, _>>()?
-                }
-                None => {
-                    let from = raw
-                        .get("max_window_layers")
-                        .and_then(|v| v.as_u64())
-                        .unwrap_or(28) as usize;
-                    (0..layers).map(|i| i >= from).collect()
-                }
+            let from = raw
+                .get("max_window_layers")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(28) as usize;
+            if enabled {
+                layer_types(&|i| i >= from)?
+            } else {
+                vec![false; layers]
             }
+        }
+        ModelType::Gemma2 => layer_types(&|i| (i + 1) % 2 != 0)?,
+        ModelType::Gemma3Text => {
+            let pattern = raw
+                .get("sliding_window_pattern")
+                .and_then(|v| v.as_u64())
+                .filter(|&p| p > 0)
+                .unwrap_or(6) as usize;
+            layer_types(&|i| (i + 1) % pattern != 0)?
         }
     };
     Ok(sliding.into_iter().map(|s| s.then_some(window)).collect())

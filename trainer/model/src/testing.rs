@@ -85,6 +85,14 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
         ] {
             out.push((BaseTensor::Layer(i, t).name(), norm()));
         }
+        if arch.model_type.is_gemma() {
+            for t in [
+                LayerTensor::PreFeedforwardLayernorm,
+                LayerTensor::PostFeedforwardLayernorm,
+            ] {
+                out.push((BaseTensor::Layer(i, t).name(), norm()));
+            }
+        }
         if arch.qk_norm() {
             let d = arch.head_dim() as i64;
             for t in [LayerTensor::QNorm, LayerTensor::KNorm] {

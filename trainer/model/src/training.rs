@@ -188,7 +188,7 @@ impl CausalLm {
             self.model.embed(input_ids)
         };
         release(Unit::Embedding, false)?;
-        let (cos, sin) = self.model.rope(0, s, x0.kind(), x0.device());
+        let rope = self.model.rope(0, s, x0.kind(), x0.device());
         let layers = &self.model.layers;
 
         // Forward through the layers; with recomputation keep only each layer's input.
@@ -200,9 +200,9 @@ impl CausalLm {
             if recompute || i < first_trainable {
                 let _guard = tch::no_grad_guard();
                 inputs.push(x.detach());
-                x = layer.forward(&x, &cos, &sin, None, self.backend, self.training);
+                x = layer.forward(&x, &rope, None, self.backend, self.training);
             } else {
-                x = layer.forward(&x, &cos, &sin, None, self.backend, self.training);
+                x = layer.forward(&x, &rope, None, self.backend, self.training);
             }
             release(Unit::Layer(i), false)?;
         }
@@ -283,7 +283,7 @@ impl CausalLm {
             let input = inputs[i].detach().set_requires_grad(needs_input_grad);
             seed_layer(i);
             gather(Unit::Layer(i))?;
-            let out = layers[i].forward(&input, &cos, &sin, None, self.backend, self.training);
+            let out = layers[i].forward(&input, &rope, None, self.backend, self.training);
             if out.requires_grad() {
                 (&out * &grad)
                     .sum(Kind::Float)

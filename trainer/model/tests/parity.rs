@@ -24,6 +24,8 @@ fn logits_and_greedy_generation_match_transformers() {
         "qwen3",
         "qwen3_window",
         "qwen2_window",
+        "gemma2",
+        "gemma3",
     ] {
         let mut lm = CausalLm::load(
             &dir.path().join(name).join("model"),

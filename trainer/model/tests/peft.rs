@@ -11,13 +11,15 @@ use lf_model::{CausalLm, LoadOptions, ADAPTER_WEIGHTS};
 use tch::{Device, Kind, Tensor};
 
 /// `(variant, base model family)`, as `model_reference.py`'s `VARIANTS`.
-const VARIANTS: [(&str, &str); 6] = [
+const VARIANTS: [(&str, &str); 8] = [
     ("lora", "llama"),
     ("rslora", "llama"),
     ("dora", "llama"),
     ("qwen3_lora", "qwen3"),
     ("qwen3_dora", "qwen3"),
     ("mistral_window_lora", "mistral_window"),
+    ("gemma2_lora", "gemma2"),
+    ("gemma3_dora", "gemma3"),
 ];
 
 fn config(variant: &str) -> TrainingConfig {
