@@ -177,7 +177,7 @@ use Source::{Data, Finetuning, Generating, Model, Training};
 
 const BOOL: &str = "must be true or false";
 const TEXT_ONLY: &str =
-    "the built-in architectures (llama, mistral, qwen2) are text-only: there are no image, video or audio inputs";
+    "the built-in architectures (llama, mistral, qwen2, qwen3, gemma2, gemma3_text) are text-only: there are no image, video or audio inputs";
 const NO_DOWNLOAD: &str =
     "nothing is downloaded: `model_name_or_path` is a local directory (in a FineTuneJob the operator mounts `spec.model`)";
 const VLLM: &str = "only used by `infer_backend: vllm`, which is not available";

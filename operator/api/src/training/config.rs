@@ -37,8 +37,9 @@ pub struct TrainingConfig {
     pub quantization_type: QuantizationType,
     pub double_quantization: bool,
     /// Accepted for LLaMA-Factory compatibility, but no remote code ever runs: the model must be a
-    /// built-in architecture (llama, mistral, qwen2), which lf-trainer loads with its own code;
-    /// for any other `model_type` the config is rejected when the model's config.json is read.
+    /// built-in architecture (llama, mistral, qwen2, qwen3, gemma2, gemma3_text), which lf-trainer
+    /// loads with its own code; for any other `model_type` the config is rejected when the model's
+    /// config.json is read.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub trust_remote_code: bool,
 

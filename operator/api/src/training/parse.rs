@@ -314,7 +314,7 @@ fn normalise_keys(
         if key == "trust_remote_code" && v.as_bool() == Some(true) {
             notices.push(Notice::new(
                 "trust_remote_code",
-                "no remote code runs: lf-trainer loads the built-in architectures (llama, mistral, qwen2) with its own code, and rejects any other when it reads the model's config.json",
+                "no remote code runs: lf-trainer loads the built-in architectures (llama, mistral, qwen2, qwen3, gemma2, gemma3_text) with its own code, and rejects any other when it reads the model's config.json",
             ));
         }
         out.insert(serde_yaml::Value::String(key), v);
