@@ -3,13 +3,13 @@
 Usage: python data_chat_templates.py OUT_DIR
 
 Writes one tiny model directory per template under OUT_DIR (a shared WordLevel tokenizer.json with
-the special tokens of Llama 2, Llama 3, Mistral and Qwen/ChatML, plus tokenizer_config.json; the
+the special tokens of Llama 2, Llama 3, Mistral, Qwen/ChatML and Gemma, plus tokenizer_config.json; the
 chat template is written inline in tokenizer_config.json for some and as chat_template.jinja for
 others) and OUT_DIR/golden.json with, per template and conversation, the text and ids that
 `apply_chat_template` produces for the whole conversation and for the generation prompt of its
 last turn. The Jinja templates below are written from the public model repositories' templates
 (Llama-2-chat, Meta-Llama-3-Instruct, Mistral/Mixtral-Instruct v0.1 with the system-message
-update, Qwen2.5-Instruct, plain ChatML).
+update, Qwen2.5-Instruct, Gemma-3-it, plain ChatML).
 """
 import json
 import os
@@ -120,6 +120,33 @@ QWEN = """{%- if tools %}
 {%- endif %}
 """
 
+# Gemma 3 (google/gemma-3-*-it), text content only.
+GEMMA = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -131,11 +158,13 @@ CASES = {
     "llama3": (LLAMA3, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}, "jinja"),
     "mistral": (MISTRAL, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, "config"),
     "qwen": (QWEN, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "jinja"),
+    "gemma": (GEMMA, {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}, "config"),
     "chatml": (CHATML, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "config"),
 }
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-            "<|eot_id|>", "<|eom_id|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+            "<|eot_id|>", "<|eom_id|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<bos>", "<eos>", "<pad>",
+            "<start_of_turn>", "<end_of_turn>"]
 
 CONVERSATIONS = [
     {"system": None, "turns": [["What is the capital of France?", "Paris is the capital of France."]]},
@@ -163,7 +192,7 @@ def messages(conv, upto_turns=None, final_user=False):
 
 def vocabulary():
     words = set()
-    texts = [LLAMA2, LLAMA3, MISTRAL, QWEN, CHATML, "[INST] [/INST] <<SYS>> <</SYS>>", "Human: System: Assistant:", "### Instruction:\n### Response:\n",
+    texts = [LLAMA2, LLAMA3, MISTRAL, QWEN, GEMMA, CHATML, "[INST] [/INST] <<SYS>> <</SYS>>", "Human: System: Assistant:", "### Instruction:\n### Response:\n",
              "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
              "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "lfprobe Hi"]
     for conv in CONVERSATIONS:

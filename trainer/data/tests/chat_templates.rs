@@ -40,7 +40,7 @@ fn golden() -> (tempfile::TempDir, Vec<Value>) {
     );
     let text = std::fs::read_to_string(dir.path().join("golden.json")).expect("golden.json");
     let cases: Vec<Value> = serde_json::from_str(&text).expect("golden json");
-    assert_eq!(cases.len(), 15);
+    assert_eq!(cases.len(), 18);
     (dir, cases)
 }
 
@@ -197,7 +197,7 @@ fn auto_and_named_templates_match_transformers() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 15);
+    assert_eq!(checked, 18);
 }
 
 #[test]
@@ -221,4 +221,10 @@ fn stop_tokens_include_the_turn_end_marker() {
             .stop_token_ids(&tok),
         vec![im_end]
     );
+    let tok = load_tokenizer(&dir.path().join("gemma")).unwrap();
+    let end_of_turn = tok.token_id("<end_of_turn>").unwrap();
+    assert!(ChatTemplate::resolve(Some("gemma"), &tok)
+        .unwrap()
+        .stop_token_ids(&tok)
+        .contains(&end_of_turn));
 }

@@ -108,6 +108,18 @@ pub const NAMED: &[NamedTemplate] = &[
         system_in_user: false,
         stop_words: &["<|im_end|>"],
     },
+    // LLaMA-Factory's `gemma` (a Llama2Template: the system text opens the first user turn),
+    // which renders as Gemma 3's own chat template does.
+    NamedTemplate {
+        name: "gemma",
+        prefix: &[Bos],
+        system: &[Text("{{content}}\n\n")],
+        user: &[Text("<start_of_turn>user\n{{content}}<end_of_turn>\n<start_of_turn>model\n")],
+        assistant: &[Text("{{content}}<end_of_turn>\n")],
+        default_system: None,
+        system_in_user: true,
+        stop_words: &["<end_of_turn>"],
+    },
     NamedTemplate {
         name: "chatml",
         prefix: &[],
