@@ -114,7 +114,8 @@ pub enum OffloadDevice {
 
 /// Named chat templates (LLaMA-Factory names) plus `auto`.
 pub const TEMPLATES: &[&str] = &[
-    "auto", "default", "alpaca", "empty", "llama2", "llama3", "mistral", "qwen", "gemma", "chatml",
+    "auto", "default", "alpaca", "empty", "llama2", "llama3", "mistral", "qwen", "qwen3", "gemma",
+    "chatml",
 ];
 
 /// Numeric regimes. AMP keeps fp32 master weights and fp32 optimiser states; pure bf16 keeps

@@ -29,6 +29,10 @@ pub struct NamedTemplate {
     pub system_in_user: bool,
     /// Extra tokens that end generation besides EOS.
     pub stop_words: &'static [&'static str],
+    /// `ReasoningTemplate` (thinking on): an empty thought, tokenised on its own, opens every
+    /// response of a training conversation that has no `<think>` of its own, and is trained with
+    /// it (generation prompts carry none).
+    pub empty_thought: Option<&'static str>,
 }
 
 use Slot::{Bos, Eos, Text};
@@ -47,6 +51,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: None,
         system_in_user: false,
         stop_words: &[],
+        empty_thought: None,
     },
     NamedTemplate {
         name: "alpaca",
@@ -57,6 +62,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: Some("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"),
         system_in_user: false,
         stop_words: &[],
+        empty_thought: None,
     },
     NamedTemplate {
         name: "empty",
@@ -67,6 +73,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: None,
         system_in_user: false,
         stop_words: &[],
+        empty_thought: None,
     },
     NamedTemplate {
         name: "llama2",
@@ -77,6 +84,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: None,
         system_in_user: true,
         stop_words: &[],
+        empty_thought: None,
     },
     NamedTemplate {
         name: "llama3",
@@ -87,6 +95,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: None,
         system_in_user: false,
         stop_words: &["<|eot_id|>", "<|eom_id|>"],
+        empty_thought: None,
     },
     NamedTemplate {
         name: "mistral",
@@ -97,6 +106,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: None,
         system_in_user: true,
         stop_words: &[],
+        empty_thought: None,
     },
     NamedTemplate {
         name: "qwen",
@@ -107,6 +117,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: Some("You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
         system_in_user: false,
         stop_words: &["<|im_end|>"],
+        empty_thought: None,
     },
     // LLaMA-Factory's `gemma` (a Llama2Template: the system text opens the first user turn),
     // which renders as Gemma 3's own chat template does.
@@ -119,6 +130,21 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: None,
         system_in_user: true,
         stop_words: &["<end_of_turn>"],
+        empty_thought: None,
+    },
+    // LLaMA-Factory's `qwen3`: ChatML without a default system prompt, as a reasoning template.
+    // Qwen3's own template writes the empty thought on the last response only, so the two agree
+    // on single-turn conversations.
+    NamedTemplate {
+        name: "qwen3",
+        prefix: &[],
+        system: &[Text("<|im_start|>system\n{{content}}<|im_end|>\n")],
+        user: &[Text("<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n")],
+        assistant: &[Text("{{content}}<|im_end|>\n")],
+        default_system: None,
+        system_in_user: false,
+        stop_words: &["<|im_end|>"],
+        empty_thought: Some("<think>\n\n</think>\n\n"),
     },
     NamedTemplate {
         name: "chatml",
@@ -129,6 +155,7 @@ pub const NAMED: &[NamedTemplate] = &[
         default_system: None,
         system_in_user: false,
         stop_words: &["<|im_end|>"],
+        empty_thought: None,
     },
 ];
 
@@ -187,6 +214,15 @@ impl NamedTemplate {
                 if i % 2 == 0 {
                     apply(self.user, &format!("{system_text}{content}"), &mut pieces);
                 } else {
+                    // A generation prompt (ending in a user message) keeps its history as
+                    // written, as LLaMA-Factory's `encode_oneturn` does.
+                    let conversation = messages.len() % 2 == 0;
+                    if let Some(thought) = self
+                        .empty_thought
+                        .filter(|_| conversation && !content.contains("<think>"))
+                    {
+                        pieces.push(Piece::Text(thought.to_string()));
+                    }
                     apply(self.assistant, content, &mut pieces);
                 }
                 pieces
