@@ -216,7 +216,7 @@ impl NamedTemplate {
                 } else {
                     // A generation prompt (ending in a user message) keeps its history as
                     // written, as LLaMA-Factory's `encode_oneturn` does.
-                    let conversation = messages.len() % 2 == 0;
+                    let conversation = messages.len().is_multiple_of(2);
                     if let Some(thought) = self
                         .empty_thought
                         .filter(|_| conversation && !content.contains("<think>"))
