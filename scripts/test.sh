@@ -13,6 +13,7 @@ scripts/install-cluster-tools.sh
 status=0
 scripts/check_cycles.sh || status=$?   # no two files of a crate import each other (issue 12)
 cargo test --workspace --no-fail-fast "$@" || status=$?
+[ "${LF_SKIP_DEVICE:-0}" = 1 ] || { scripts/build-device.sh && scripts/gpu-check.sh --dry-run; } || status=$?   # issue 15: the GPU device build (tch 0.24, libtorch 2.11) and the GPU check's CPU dry run; LF_SKIP_DEVICE=1 skips them
 # Coverage-guided fuzzing of the readers of untrusted bytes, each target LF_FUZZ_SECONDS (default 30)
 # from its committed corpus (issue 14); LF_SKIP_FUZZ=1 skips it.
 [ "${LF_SKIP_FUZZ:-0}" = 1 ] || scripts/fuzz.sh "${LF_FUZZ_SECONDS:-30}" || status=$?
