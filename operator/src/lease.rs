@@ -21,7 +21,7 @@ use kube::{Api, Client};
 pub struct LeaseConfig {
     pub namespace: String,
     pub name: String,
-    /// This replica's identity (its pod name).
+    /// This process's identity (its pod name and a per-process suffix).
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_deadline: Duration,

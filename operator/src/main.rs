@@ -187,6 +187,15 @@ enum Command {
         /// Whether FineTuneJobs may set nodeSelector, tolerations, affinity and schedulerName (true|false).
         #[arg(long = "allow-placement", env = "LF_ALLOW_PLACEMENT", default_value_t = true, action = clap::ArgAction::Set)]
         allow_placement: bool,
+        /// Watch only these namespaces (comma-separated; a namespace-scoped install, with Roles
+        /// in each instead of a ClusterRole). Empty: the whole cluster.
+        #[arg(
+            long = "namespaces",
+            env = "LF_WATCH_NAMESPACES",
+            value_delimiter = ',',
+            default_value = ""
+        )]
+        namespaces: Vec<String>,
     },
 }
 
@@ -196,6 +205,16 @@ fn pod_namespace() -> Option<String> {
             .ok()
             .map(|s| s.trim().to_string())
     })
+}
+
+/// This process's leader-election identity: the pod's name and a suffix new with every process
+/// (as controller-runtime does), so that a leader restarted in the same pod after a crash is a new
+/// candidate, not the holder of the old lease.
+fn lease_identity(pod: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!("{pod}_{:08x}", h.finish() as u32)
 }
 
 /// A comma-separated list without its empty items (an unset variable is one empty item).
@@ -368,6 +387,7 @@ fn main() -> ExitCode {
             allowed_images,
             allowed_priority_classes,
             allow_placement,
+            namespaces,
         } => {
             let json = match log_format.as_deref() {
                 Some("json") => true,
@@ -375,9 +395,11 @@ fn main() -> ExitCode {
                 None => !std::io::stderr().is_terminal(),
             };
             run::init_logging(json);
-            let identity = std::env::var("POD_NAME")
-                .or_else(|_| std::env::var("HOSTNAME"))
-                .unwrap_or_else(|_| format!("lf-operator-{}", std::process::id()));
+            let identity = lease_identity(
+                &std::env::var("POD_NAME")
+                    .or_else(|_| std::env::var("HOSTNAME"))
+                    .unwrap_or_else(|_| "lf-operator".into()),
+            );
             let lease = leader_election.then(|| {
                 let ns = lease_namespace
                     .or_else(pod_namespace)
@@ -401,6 +423,7 @@ fn main() -> ExitCode {
                     allowed_priority_classes: non_empty(allowed_priority_classes),
                     allow_placement,
                 },
+                namespaces: non_empty(namespaces),
                 ..ControllerConfig::default()
             };
             let runtime = match tokio::runtime::Runtime::new() {

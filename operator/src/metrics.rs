@@ -117,10 +117,11 @@ impl Metrics {
         })
     }
 
-    /// Lets the per-job gauges read the controller's cache.
+    /// Lets the per-job gauges read a controller's cache (one per watched namespace, or one for
+    /// the whole cluster).
     pub fn attach_store(&self, store: Store<FineTuneJob>) {
-        if let Ok(mut s) = self.jobs.store.write() {
-            *s = Some(store);
+        if let Ok(mut s) = self.jobs.stores.write() {
+            s.push(store);
         }
     }
 
@@ -135,7 +136,7 @@ impl Metrics {
 /// Gauges derived from the cached FineTuneJobs at scrape time.
 #[derive(Clone)]
 struct JobGauges {
-    store: Arc<RwLock<Option<Store<FineTuneJob>>>>,
+    stores: Arc<RwLock<Vec<Store<FineTuneJob>>>>,
     phase: GaugeVec,
     predicted: GaugeVec,
     measured: GaugeVec,
@@ -153,7 +154,7 @@ const PHASES: [Phase; 6] = [
 impl JobGauges {
     fn new() -> Result<Self, prometheus::Error> {
         Ok(JobGauges {
-            store: Arc::new(RwLock::new(None)),
+            stores: Arc::new(RwLock::new(Vec::new())),
             phase: GaugeVec::new(
                 Opts::new("lf_operator_jobs", "FineTuneJobs by phase"),
                 &["phase"],
@@ -182,9 +183,10 @@ impl JobGauges {
         for p in PHASES {
             self.phase.with_label_values(&[p.as_str()]).set(0.0);
         }
-        let Ok(guard) = self.store.read() else { return };
-        let Some(store) = guard.as_ref() else { return };
-        for job in store.state() {
+        let Ok(stores) = self.stores.read() else {
+            return;
+        };
+        for job in stores.iter().flat_map(|store| store.state()) {
             let status = job.status.clone().unwrap_or_default();
             self.phase.with_label_values(&[status.phase.as_str()]).inc();
             let ns = job.metadata.namespace.clone().unwrap_or_default();

@@ -50,10 +50,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let client = Client::try_default().await.context(
         "cannot configure a Kubernetes client (in-cluster service account or KUBECONFIG / ~/.kube/config)",
     )?;
-    let api: Api<FineTuneJob> = Api::all(client.clone());
-    api.list(&ListParams::default().limit(1)).await.map_err(|e| {
-        anyhow!("cannot list finetunejobs.lf-operator.io ({e}); is the CRD installed? `kubectl apply -f crds/finetunejobs.yaml`")
-    })?;
+    // Every namespace it will watch (the whole cluster unless namespace-scoped) must be listable.
+    let scopes: Vec<Option<&str>> = match opts.controller.namespaces.as_slice() {
+        [] => vec![None],
+        namespaces => namespaces.iter().map(|ns| Some(ns.as_str())).collect(),
+    };
+    for scope in scopes {
+        let (api, where_): (Api<FineTuneJob>, String) = match scope {
+            None => (Api::all(client.clone()), "cluster-wide".into()),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                format!("in namespace {ns}"),
+            ),
+        };
+        api.list(&ListParams::default().limit(1)).await.map_err(|e| {
+            anyhow!("cannot list finetunejobs.lf-operator.io {where_} ({e}); is the CRD installed (`kubectl apply -f crds/finetunejobs.yaml`) and the operator's RBAC in place?")
+        })?;
+    }
 
     let metrics = Metrics::new()?;
     let ready = Readiness::default();

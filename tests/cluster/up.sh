@@ -113,12 +113,20 @@ launch etcd "$bin/etcd" --name lf --data-dir "$dir/etcd" \
   --initial-cluster "lf=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 2147483648 \
   --log-level warn
 
-# Audit: who wrote FineTuneJobs and their status (the e2e suite checks the trainer's own identity).
+# Audit: who wrote FineTuneJobs and their status (the e2e suite checks the trainer's own identity)
+# and, when LF_CLUSTER_AUDIT_NAMESPACE names one, every request of that namespace's service
+# accounts (the operator's: the suite derives the verbs it really uses from them).
+audited_sas=""
+if [ -n "${LF_CLUSTER_AUDIT_NAMESPACE:-}" ]; then
+  audited_sas="- level: Metadata
+  userGroups: [\"system:serviceaccounts:$LF_CLUSTER_AUDIT_NAMESPACE\"]"
+fi
 cat >"$dir/audit-policy.yaml" <<EOF
 apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
 rules:
+$audited_sas
 - level: Metadata
   resources: [{group: lf-operator.io, resources: [finetunejobs, finetunejobs/status]}]
   verbs: [create, update, patch, delete]

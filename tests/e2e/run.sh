@@ -44,14 +44,14 @@ if [ -n "${LF_E2E_BIN:-}" ]; then
   BIN=$(cd "$LF_E2E_BIN" && pwd) || exit 1
   echo "using the binaries in $BIN"
 else
-  cargo build -q --bin lf-operator --bin lf-trainer --bin lf-node || exit 1
+  cargo build -q --bin lf-operator --bin lf-trainer --bin lf-node --features lf-operator/fault-injection || exit 1
   BIN=$ROOT/target/debug
   echo "lf-operator, lf-trainer, lf-node built in $((SECONDS - t0)) s"
 fi
 export BIN
 
 section "control plane"
-"$ROOT/tests/cluster/up.sh" "$E2E/cluster" || exit 1
+LF_CLUSTER_AUDIT_NAMESPACE=$OP_NS "$ROOT/tests/cluster/up.sh" "$E2E/cluster" || exit 1
 # shellcheck source=/dev/null
 source "$E2E/cluster/env"
 # shellcheck source=tests/e2e/lib.sh
@@ -101,7 +101,9 @@ source "$ROOT/tests/e2e/scenarios.sh"
 
 passed=0 failed=0 failures=()
 selected=("$@")
-[ ${#selected[@]} -gt 0 ] || selected=("${SCENARIOS[@]}")
+E2E_ALL=0
+[ ${#selected[@]} -gt 0 ] || { selected=("${SCENARIOS[@]}"); E2E_ALL=1; }
+export E2E_ALL
 for s in "${selected[@]}"; do
   section "scenario $s"
   t0=$SECONDS

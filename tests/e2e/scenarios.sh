@@ -7,7 +7,8 @@ source "$ROOT/tests/e2e/kueue.sh"
 source "$ROOT/tests/e2e/oom.sh"
 
 SCENARIOS=(crd rejections pod_security quickstart rbac multi_pod resume_after_kill config_error eviction
-  suspend operator_restart leader_handover impossible_job name_conflict quota garbage_collection metrics kueue oom)
+  suspend operator_restart leader_handover impossible_job name_conflict quota garbage_collection metrics kueue oom
+  panic_exits namespace_scoped least_privilege)
 
 # The CRD from crds/ is what the API server stores and serves: `kubectl get finetunejobs` prints
 # the promised columns (golden output, ages masked) and `kubectl explain` documents the spec.
@@ -258,8 +259,7 @@ scenario_operator_restart() {
 
 # Two replicas: one holds the Lease; the leader's pod force-deleted (its process SIGKILLed at
 # once, no release; as when its node dies) hands over within the lease duration (15 s) and nothing
-# is duplicated. (A leader whose process merely crashes is restarted in the same pod, under the same
-# identity, and keeps leading.)
+# is duplicated. Identities are `<pod>_<suffix>`, new with every process.
 scenario_leader_handover() {
   helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set replicaCount=2 --wait --timeout 120s >/dev/null
   local holder start newholder
@@ -269,7 +269,7 @@ scenario_leader_handover() {
   quickstart_volumes
   make_volume handover-output >/dev/null
   start=$SECONDS
-  kubectl -n "$OP_NS" delete pod "$holder" --grace-period=0 --force >/dev/null 2>&1
+  kubectl -n "$OP_NS" delete pod "${holder%_*}" --grace-period=0 --force >/dev/null 2>&1
   wait_for 60 "a new leader" new_leader "$holder"
   newholder=$(kubectl -n "$OP_NS" get lease lf-operator -o jsonpath='{.spec.holderIdentity}')
   log "new leader $newholder after $((SECONDS - start)) s"
@@ -373,4 +373,174 @@ scenario_metrics() {
   curl -sf --max-time 5 "http://$ip:8080/metrics" >"$E2E/metrics.txt" || fail "no answer from http://$ip:8080/metrics"
   grep -q '^lf_' "$E2E/metrics.txt" || fail "no lf_ metrics"
   log "$(grep -c '^lf_' "$E2E/metrics.txt") lf_ samples"
+}
+
+# Least privilege, checked two ways. `kubectl auth can-i` answers a matrix of what the operator's
+# and a trainer's ServiceAccounts may and may not do, as the real RBAC authorizer decides it. And
+# the API server's audit log of this whole suite (every request of the operator's namespace's
+# service accounts) shows which granted verbs the operator really used: each rule of its
+# ClusterRole and leader-election Role must have been used, or be justified below, and no request
+# of the operator's may have been refused by RBAC. Run last: it reads what the suite did.
+scenario_least_privilege() {
+  local op="system:serviceaccount:$OP_NS:lf-operator" trainer="system:serviceaccount:$NS:privileges-trainer"
+  quickstart_volumes
+  make_volume privileges-output >/dev/null
+  apply_quickstart privileges privileges-output 's/^spec:$/spec:\n  suspend: true/'
+  wait_for 60 "privileges' Role" kubectl -n "$NS" get role privileges-trainer
+  local line user ns verb what want got wrong=0
+  while read -r user ns want verb what; do
+    [ -n "$user" ] || continue
+    case $user in op) user=$op ;; trainer) user=$trainer ;; esac
+    # shellcheck disable=SC2086
+    if kubectl auth can-i "$verb" $what --as="$user" -n "$ns" >/dev/null 2>&1; then got=yes; else got=no; fi
+    if [ "$got" != "$want" ]; then
+      echo "can-i: ${user##*:} $verb $what -n $ns: $got, expected $want" >&2
+      wrong=$((wrong + 1))
+    fi
+  done <<EOF
+op $NS yes watch finetunejobs.lf-operator.io
+op $NS yes get finetunejobs.lf-operator.io
+op $NS yes patch finetunejobs.lf-operator.io --subresource=status
+op $NS no patch finetunejobs.lf-operator.io
+op $NS no update finetunejobs.lf-operator.io --subresource=status
+op $NS no delete finetunejobs.lf-operator.io
+op $NS yes create jobs.batch
+op $NS yes delete jobs.batch
+op $NS no update jobs.batch
+op $NS yes list pods
+op $NS no get pods
+op $NS no create pods
+op $NS no delete pods
+op $NS no create pods --subresource=exec
+op $NS no get secrets
+op $NS no list secrets
+op $NS yes create serviceaccounts
+op $NS no delete serviceaccounts
+op $NS no create serviceaccounts --subresource=token
+op $NS yes create roles.rbac.authorization.k8s.io
+op $NS no delete roles.rbac.authorization.k8s.io
+op $NS no escalate roles.rbac.authorization.k8s.io
+op $NS no bind roles.rbac.authorization.k8s.io
+op $NS yes create networkpolicies.networking.k8s.io
+op $NS no delete networkpolicies.networking.k8s.io
+op $NS yes create events.events.k8s.io
+op $NS no create leases.coordination.k8s.io
+op $OP_NS yes create leases.coordination.k8s.io
+op $OP_NS yes update leases.coordination.k8s.io/lf-operator
+op $OP_NS no update leases.coordination.k8s.io/someone-else
+op $OP_NS no get secrets
+op default no list nodes
+op default no create clusterroles.rbac.authorization.k8s.io
+op default no impersonate users
+trainer $NS yes get finetunejobs.lf-operator.io/privileges --subresource=status
+trainer $NS yes patch finetunejobs.lf-operator.io/privileges --subresource=status
+trainer $NS no patch finetunejobs.lf-operator.io/quickstart --subresource=status
+trainer $NS no patch finetunejobs.lf-operator.io/privileges
+trainer $NS no delete finetunejobs.lf-operator.io/privileges
+trainer $NS no list finetunejobs.lf-operator.io
+trainer $NS no list pods
+trainer $NS no create pods
+trainer $NS no get secrets
+trainer $NS no create events.events.k8s.io
+EOF
+  kubectl -n "$NS" delete finetunejob privileges --wait=false >/dev/null
+  [ "$wrong" -eq 0 ] || fail "$wrong answers of the can-i matrix differ"
+  log "can-i matrix: every answer as expected"
+  if [ "${E2E_ALL:-0}" != 1 ]; then
+    log "audit-log minimality skipped: it needs the whole suite's requests (run without arguments)"
+    return 0
+  fi
+  kubectl get clusterrole lf-operator -o json >"$E2E/clusterrole.json"
+  kubectl -n "$OP_NS" get role lf-operator-leader-election -o json >"$E2E/leader-role.json"
+  python3 "$ROOT/tests/e2e/rbac_usage.py" "$LF_CLUSTER_DIR/logs/audit.log" "$op" \
+    "$E2E/clusterrole.json" "$E2E/leader-role.json" || fail "the operator's RBAC is not minimal (above)"
+}
+
+# A bug that panics inside a reconciliation (injected: LF_FAULT_PANIC_ON, compiled in by the
+# suite's `fault-injection` build) ends the process — it does not linger as a leader that renews
+# its Lease while reconciling nothing — and leadership passes to a live process, which carries on
+# once the poisonous job is gone. Two replicas, as in production.
+scenario_panic_exits() {
+  trap panic_cleanup EXIT
+  helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set replicaCount=2 \
+    --set-json "operator.extraEnv=[{\"name\":\"LF_FAULT_PANIC_ON\",\"value\":\"$NS/boom\"}]" \
+    --wait --timeout 120s >/dev/null
+  local holder pod before start
+  wait_for 60 "a leader" sh -c "kubectl -n $OP_NS get lease lf-operator -o jsonpath='{.spec.holderIdentity}' | grep -q ."
+  holder=$(kubectl -n "$OP_NS" get lease lf-operator -o jsonpath='{.spec.holderIdentity}')
+  pod=${holder%_*}
+  before=$(kubectl -n "$OP_NS" get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')
+  log "leader: $holder (restarts so far: $before)"
+  start=$SECONDS
+  apply_quickstart boom quickstart-output 's/gpuMemoryGib: 8/gpuMemoryGib: 1/'
+  wait_for 60 "the leader's process exits" restarted "$pod" "$before"
+  log "the leader's process exited after $((SECONDS - start)) s"
+  # (kube-runtime runs each reconciliation as a task and re-raises its panic in the controller's.)
+  grep -rh "^error: the controller panicked" "$LF_CLUSTER_DIR"/node-*/pods/"$OP_NS"_* 2>/dev/null \
+    | grep -qF "injected fault: reconciling $NS/boom" \
+    || fail "no 'error: the controller panicked (... injected fault ...)' in the operator's logs"
+  wait_for 60 "a new leader" new_leader "$holder"
+  log "new leader: $(kubectl -n "$OP_NS" get lease lf-operator -o jsonpath='{.spec.holderIdentity}') after $((SECONDS - start)) s"
+  kubectl -n "$NS" delete finetunejob boom --wait=true >/dev/null
+  # Whoever leads now reconciles: an impossible job ends Failed at once.
+  apply_quickstart after-boom quickstart-output 's/gpuMemoryGib: 8/gpuMemoryGib: 1/'
+  wait_ftj after-boom '{.status.phase}' Failed
+  kubectl -n "$NS" delete finetunejob after-boom --wait=false >/dev/null
+}
+panic_cleanup() { # whatever happened: no poisonous job, no injected fault, one replica
+  kubectl -n "$NS" delete finetunejob boom --ignore-not-found --wait=false >/dev/null 2>&1
+  helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set replicaCount=1 \
+    --set-json 'operator.extraEnv=[]' --wait --timeout 120s >/dev/null
+}
+restarted() { # pod restart-count-before
+  local n
+  n=$(kubectl -n "$OP_NS" get pod "$1" -o jsonpath='{.status.containerStatuses[0].restartCount}' 2>/dev/null)
+  [ -n "$n" ] && [ "$n" -gt "$2" ]
+}
+
+# A namespace-scoped install (chart value watchNamespaces): no ClusterRole, a Role in each listed
+# namespace, and the operator reconciles FineTuneJobs there and nowhere else. The operator is
+# stopped before its permissions change in either direction, so no request of it is refused.
+scenario_namespace_scoped() {
+  trap scoped_cleanup EXIT
+  local scoped=$NS-scoped op="system:serviceaccount:$OP_NS:lf-operator" file=$E2E/scoped.yaml
+  kubectl create namespace "$scoped" >/dev/null
+  kubectl label namespace "$scoped" pod-security.kubernetes.io/enforce=restricted >/dev/null
+  operator_scaled 0
+  helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set replicaCount=1 \
+    --set-json "watchNamespaces=[\"$scoped\"]" --wait --timeout 120s >/dev/null
+  kubectl get clusterrole lf-operator >/dev/null 2>&1 && fail "the ClusterRole is still there"
+  kubectl auth can-i list finetunejobs.lf-operator.io -A --as="$op" >/dev/null 2>&1 && fail "the operator may still list FineTuneJobs cluster-wide"
+  kubectl auth can-i create jobs.batch -n "$NS" --as="$op" >/dev/null 2>&1 && fail "the operator may still create Jobs in $NS"
+  kubectl auth can-i create jobs.batch -n "$scoped" --as="$op" >/dev/null 2>&1 || fail "the operator may not create Jobs in $scoped"
+  # A suspended job in the watched namespace gets its children (created through the Role) ...
+  sed -e "s/^  name: quickstart$/  name: scoped/" -e 's/^spec:$/spec:\n  suspend: true/' "$ROOT/examples/quickstart.yaml" >"$file"
+  kubectl -n "$scoped" apply -f "$file" >/dev/null
+  wait_for 60 "Job $scoped/scoped-1" kubectl -n "$scoped" get job scoped-1
+  wait_for 60 "scoped Suspended" sh -c "[ \"\$(kubectl -n $scoped get finetunejob scoped -o jsonpath='{.status.phase}')\" = Suspended ]"
+  # ... one elsewhere is not looked at.
+  apply_quickstart ignored quickstart-output 's/gpuMemoryGib: 8/gpuMemoryGib: 1/'
+  sleep 10
+  [ -z "$(ftj ignored '{.status.phase}')" ] || fail "a FineTuneJob outside the watched namespaces was reconciled: $(ftj ignored '{.status.phase}')"
+  log "reconciled in $scoped, not in $NS"
+  kubectl -n "$scoped" delete finetunejob scoped --wait=true >/dev/null
+  # Back to cluster-wide: the ignored job is planned (and fails: it cannot fit).
+  operator_scaled 0
+  helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set replicaCount=1 \
+    --set-json 'watchNamespaces=[]' --wait --timeout 120s >/dev/null
+  wait_ftj ignored '{.status.phase}' Failed
+  kubectl -n "$NS" delete finetunejob ignored --wait=false >/dev/null
+}
+scoped_cleanup() { # whatever happened: back to the cluster-wide install, the namespace gone
+  if helm get values lf-operator -n "$OP_NS" -o json | grep -q '"watchNamespaces":\["'; then
+    operator_scaled 0
+    helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set replicaCount=1 \
+      --set-json 'watchNamespaces=[]' --wait --timeout 120s >/dev/null
+  fi
+  kubectl -n "$NS" delete finetunejob ignored --ignore-not-found --wait=false >/dev/null 2>&1
+  kubectl delete namespace "$NS-scoped" --ignore-not-found --wait=false >/dev/null 2>&1
+}
+operator_scaled() { # replicas: scale the operator and wait until exactly that many pods exist
+  helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set replicaCount="$1" --wait --timeout 120s >/dev/null
+  wait_for 90 "$1 operator pods" sh -c "[ \$(kubectl -n $OP_NS get pods -l app.kubernetes.io/name=lf-operator -o name | wc -l) = $1 ]"
 }

@@ -39,7 +39,8 @@ NON_DEFAULT = {
     "networkPolicy": {"enabled": True,
                       "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
     "operator": {"logLevel": "lf_operator=debug,info", "sidecarInjectionDefault": True,
-                 "leaderElection": True, "extraArgs": ["--lease-name=lf-operator-ha"]},
+                 "leaderElection": True, "extraArgs": ["--lease-name=lf-operator-ha"],
+                 "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"}]},
     "serviceAccount": {"create": True, "name": "lf-op", "annotations": {"example.com/role": "ml"}},
     "podAnnotations": {"prometheus.io/scrape": "true"},
     "podLabels": {"team": "ml"},
@@ -112,19 +113,35 @@ def check_objects(label, docs, problems):
     if "resources" not in c:
         problems.append(f"{label}: the operator container has no resources")
 
-    roles = by_kind.get("ClusterRole", [])
-    if len(roles) != 1:
-        problems.append(f"{label}: expected one ClusterRole, found {len(roles)}")
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    watched = [n for n in (env.get("LF_WATCH_NAMESPACES") or "").split(",") if n]
+    if watched:
+        # Namespace-scoped: no ClusterRole; the controller's rules as a Role (bound to the
+        # operator) in each watched namespace.
+        if by_kind.get("ClusterRole") or by_kind.get("ClusterRoleBinding"):
+            problems.append(f"{label}: a namespace-scoped install renders a ClusterRole or ClusterRoleBinding")
+        controller_roles = {r["metadata"]["namespace"]: r for r in by_kind.get("Role", [])
+                            if not any("leases" in rule.get("resources", []) for rule in r["rules"])}
+        bound = {b["metadata"]["namespace"] for b in by_kind.get("RoleBinding", [])
+                 if b["roleRef"]["kind"] == "Role" and b["metadata"]["namespace"] in watched}
+        if sorted(controller_roles) != sorted(watched) or sorted(bound) != sorted(watched):
+            problems.append(f"{label}: Roles in {sorted(controller_roles)}, bound in {sorted(bound)}; expected {sorted(watched)}")
+        rule_sets = [(f"Role in {ns}", r) for ns, r in sorted(controller_roles.items())]
     else:
+        roles = by_kind.get("ClusterRole", [])
+        if len(roles) != 1:
+            problems.append(f"{label}: expected one ClusterRole, found {len(roles)}")
+        rule_sets = [("ClusterRole", r) for r in roles[:1]]
+    for what, role in rule_sets:
         got = {}
-        for rule in roles[0]["rules"]:
+        for rule in role["rules"]:
             for group in rule.get("apiGroups", []):
                 for res in rule.get("resources", []):
                     got.setdefault((group, res), set()).update(rule["verbs"])
         if got != EXPECTED_RULES:
             extra = {k: sorted(v - EXPECTED_RULES.get(k, set())) for k, v in got.items() if v - EXPECTED_RULES.get(k, set())}
             missing = {k: sorted(v - got.get(k, set())) for k, v in EXPECTED_RULES.items() if v - got.get(k, set())}
-            problems.append(f"{label}: ClusterRole differs from the controller's needs: extra {extra}, missing {missing}")
+            problems.append(f"{label}: {what} differs from the controller's needs: extra {extra}, missing {missing}")
     lease_rules = [r for role in by_kind.get("Role", []) for r in role["rules"] if "leases" in r.get("resources", [])]
     named = {v for r in lease_rules if r.get("resourceNames") for v in r["verbs"]}
     unnamed = {v for r in lease_rules if not r.get("resourceNames") for v in r["verbs"]}
@@ -174,7 +191,7 @@ def main():
     if image != "registry.example.com/ml/lf-operator:1.2.3":
         problems.append(f"non-default values: image is {image}")
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0].get("env", [])}
-    for name, value in [("LF_ALLOWED_IMAGES", "registry.example.com/ml/*,ghcr.io/acme/trainer:2.0"),
+    for name, value in [("HTTPS_PROXY", "http://proxy.example.com:3128"), ("LF_ALLOWED_IMAGES", "registry.example.com/ml/*,ghcr.io/acme/trainer:2.0"),
                         ("LF_ALLOWED_PRIORITY_CLASSES", "batch-low"), ("LF_ALLOW_PLACEMENT", "false")]:
         if env.get(name) != value:
             problems.append(f"non-default values: {name} is {env.get(name)!r}, expected {value!r}")
@@ -200,6 +217,14 @@ def main():
     expected = f"ghcr.io/lf-operator/lf-operator:{app_version}"
     if env.get("LF_TRAINER_IMAGE") != expected:
         problems.append(f"default values: LF_TRAINER_IMAGE is {env.get('LF_TRAINER_IMAGE')}, expected {expected}")
+
+    # A namespace-scoped install: Roles in the listed namespaces, the operator told to watch them.
+    docs, _ = render(chart_dir, {"watchNamespaces": ["team-a", "team-b"]})
+    print(f"namespace-scoped: {len(docs)} objects: {', '.join(sorted(d['kind'] for _, d in docs))}")
+    by_kind = check_objects("namespace-scoped", docs, problems)
+    env = {e["name"]: e.get("value") for e in by_kind["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    if env.get("LF_WATCH_NAMESPACES") != "team-a,team-b":
+        problems.append(f"namespace-scoped: LF_WATCH_NAMESPACES is {env.get('LF_WATCH_NAMESPACES')!r}")
 
     # A digest as image.tag pins the image by digest.
     digest = "sha256:" + "ab" * 32

@@ -33,6 +33,9 @@ pub struct ControllerConfig {
     pub trainer_metrics_from: Vec<k8s_openapi::api::networking::v1::NetworkPolicyPeer>,
     /// What a FineTuneJob may ask for beyond the defaults (images, priority classes, placement).
     pub tenant_policy: super::policy::TenantPolicy,
+    /// Watch only these namespaces (a namespace-scoped install, with Roles instead of a
+    /// ClusterRole); empty: the whole cluster.
+    pub namespaces: Vec<String>,
 }
 
 impl Default for ControllerConfig {
@@ -46,6 +49,7 @@ impl Default for ControllerConfig {
             concurrency: 32,
             trainer_metrics_from: Vec::new(),
             tenant_policy: super::policy::TenantPolicy::permissive(),
+            namespaces: Vec::new(),
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod cache;
 pub mod children;
 pub mod classify;
 pub mod context;
+pub mod faults;
 pub mod index;
 pub mod job_events;
 pub mod observe;
@@ -45,7 +46,7 @@ pub mod watches;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::{self as runtime, Action};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::Controller;
@@ -57,14 +58,58 @@ pub use context::{Context, ControllerConfig, Error};
 
 use crate::metrics::Metrics;
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: one over the whole cluster, or, when
+/// [`ControllerConfig::namespaces`] lists some (a namespace-scoped install), one per namespace,
+/// each with its own watches and caches.
 pub async fn run(
     client: Client,
     config: ControllerConfig,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (caches, triggers) = watches::watch(&client);
+    // The heartbeat beats from this task only: a reconciliation that blocks the thread, or a
+    // controller that ended or panicked (the guard's drop), fails /healthz.
+    let _flatline_on_exit = Flatline(metrics.clone());
+    let beat = {
+        let metrics = metrics.clone();
+        async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
+            loop {
+                tick.tick().await;
+                metrics.beat();
+            }
+        }
+    };
+    let shutdown = shutdown.shared();
+    let scopes: Vec<Option<String>> = if config.namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.namespaces.iter().cloned().map(Some).collect()
+    };
+    let controllers = scopes.into_iter().map(|namespace| {
+        run_in(
+            client.clone(),
+            namespace,
+            config.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    });
+    tokio::select! {
+        _ = futures::future::join_all(controllers) => {}
+        _ = beat => {}
+    }
+}
+
+/// One controller over `namespace` (all namespaces when `None`).
+async fn run_in(
+    client: Client,
+    namespace: Option<String>,
+    config: ControllerConfig,
+    metrics: Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (caches, triggers) = watches::watch(&client, namespace.as_deref());
     let controller = Controller::for_stream(triggers.ftjs, caches.ftjs.clone())
         .owns_stream(triggers.jobs)
         .owns_stream(triggers.services)
@@ -80,21 +125,8 @@ pub async fn run(
         .with_config(runtime::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown);
     metrics.attach_store(caches.ftjs.clone());
-    // The heartbeat beats from this task only: a reconciliation that blocks the thread, or a
-    // controller that ended or panicked (the guard's drop), fails /healthz.
-    let _flatline_on_exit = Flatline(metrics.clone());
-    let beat = {
-        let metrics = metrics.clone();
-        async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
-            loop {
-                tick.tick().await;
-                metrics.beat();
-            }
-        }
-    };
     let ctx = Arc::new(Context::new(client, config, metrics, caches));
-    let work = controller
+    controller
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             let ctx = ctx.clone();
@@ -109,11 +141,8 @@ pub async fn run(
                     Err(e) => tracing::debug!(error = %e, "reconcile loop"),
                 }
             }
-        });
-    tokio::select! {
-        _ = work => {}
-        _ = beat => {}
-    }
+        })
+        .await
 }
 
 /// How often the controller's task beats while it runs.

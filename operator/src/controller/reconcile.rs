@@ -23,6 +23,7 @@ use lf_render::{RenderContext, Rendered};
 
 use super::children::{self, Parent, WriteError};
 use super::context::{key, Context, Error};
+use super::faults;
 use super::job_events;
 use super::observe::{self, attempt_failure, job_state, JobState};
 use super::output_claims;
@@ -35,6 +36,7 @@ use crate::load::one_line;
 pub async fn reconcile_job(cached: &FineTuneJob, ctx: &Context) -> Result<Action, Error> {
     let ns = cached.namespace().ok_or(Error::MissingNamespace)?;
     let key = key(cached);
+    faults::before_reconcile(&key);
     ctx.caches.ready().await;
     let Some(ftj) = latest(cached, &ns, &key, ctx).await? else {
         ctx.forget(&key);

@@ -42,23 +42,35 @@ pub struct Triggers {
     pub network_policies: Trigger<PartialObjectMeta<NetworkPolicy>>,
 }
 
-/// Starts nothing yet: returns the stores and the watches that fill them once polled.
-pub fn watch(client: &Client) -> (Caches, Triggers) {
+/// The API of kind `K` the watches use: every namespace, or only `namespace`.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Starts nothing yet: returns the stores and the watches that fill them once polled. `namespace`:
+/// watch only that namespace (a namespace-scoped install), else the whole cluster.
+pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
     let children = watcher::Config::default().labels(LABEL_JOB_NAME);
     let (ftjs, ftj_trigger) = full(
-        Api::all(client.clone()),
+        api(client, namespace),
         watcher::Config::default(),
         |ftj: &mut FineTuneJob| ftj.managed_fields_mut().clear(),
         false,
     );
-    let (jobs, job_trigger) = full(Api::all(client.clone()), children.clone(), slim_job, true);
-    let (pods, pod_trigger) = full(Api::all(client.clone()), children.clone(), slim_pod, true);
-    let (service_accounts, sa_trigger) = meta(client, &children);
-    let (roles, role_trigger) = meta(client, &children);
-    let (role_bindings, rb_trigger) = meta(client, &children);
-    let (config_maps, cm_trigger) = meta(client, &children);
-    let (services, svc_trigger) = meta(client, &children);
-    let (network_policies, np_trigger) = meta(client, &children);
+    let (jobs, job_trigger) = full(api(client, namespace), children.clone(), slim_job, true);
+    let (pods, pod_trigger) = full(api(client, namespace), children.clone(), slim_pod, true);
+    let (service_accounts, sa_trigger) = meta(client, namespace, &children);
+    let (roles, role_trigger) = meta(client, namespace, &children);
+    let (role_bindings, rb_trigger) = meta(client, namespace, &children);
+    let (config_maps, cm_trigger) = meta(client, namespace, &children);
+    let (services, svc_trigger) = meta(client, namespace, &children);
+    let (network_policies, np_trigger) = meta(client, namespace, &children);
     (
         Caches {
             ftjs,
@@ -113,21 +125,23 @@ where
 /// feeding its index.
 fn meta<K: MetaCached>(
     client: &Client,
+    namespace: Option<&str>,
     config: &watcher::Config,
 ) -> (ChildIndex, Trigger<PartialObjectMeta<K>>) {
     let (index, mut writer) = index::index();
-    let trigger = watcher(
-        Api::<PartialObjectMeta<K>>::all(client.clone()),
-        config.clone(),
-    )
-    .default_backoff()
-    .inspect(move |event| {
-        if let Ok(event) = event {
-            writer.apply(event);
-        }
-    })
-    .touched_objects()
-    .boxed();
+    let api: Api<PartialObjectMeta<K>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let trigger = watcher(api, config.clone())
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                writer.apply(event);
+            }
+        })
+        .touched_objects()
+        .boxed();
     (index, trigger)
 }
 
@@ -183,7 +197,7 @@ mod tests {
     #[tokio::test]
     async fn reconciliations_wait_for_every_watch_to_list_once() {
         let fake = lf_fake_apiserver::FakeApiServer::new().with_crd(&FineTuneJob::definition());
-        let (caches, mut triggers) = watch(&fake.client());
+        let (caches, mut triggers) = watch(&fake.client(), None);
         assert_eq!(
             caches.not_ready().len(),
             9,
