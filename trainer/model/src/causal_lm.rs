@@ -183,10 +183,11 @@ impl CausalLm {
         name
     }
 
-    /// The attention kernel used for a causal sequence of `seq_len` tokens: `eager`, or the SDPA
-    /// backend libtorch chooses (`math`, `flash`, `efficient`, `cudnn`, `overrideable`).
+    /// The attention kernel used for a causal sequence of `seq_len` tokens: `eager` (asked for, or
+    /// Gemma 2's soft-capped scores, which only it computes), or the SDPA backend libtorch chooses
+    /// (`math`, `flash`, `efficient`, `cudnn`, `overrideable`).
     pub fn attention_kernel(&self, seq_len: i64) -> &'static str {
-        if self.backend == AttentionBackend::Eager {
+        if self.backend == AttentionBackend::Eager || self.arch.attention_softcap().is_some() {
             return "eager";
         }
         let a = &self.arch;

@@ -1,7 +1,8 @@
 //! lf-model: a Llama-family causal language model on libtorch (`tch`), built for fine-tuning.
 //!
-//! * [`CausalLm::load`] reads a Hugging Face model directory (llama 2/3/3.1, mistral, qwen2; tied
-//!   embeddings), memory-mapping the safetensors shards and streaming tensors to the device.
+//! * [`CausalLm::load`] reads a Hugging Face model directory (llama 2/3/3.1, mistral, qwen2, qwen3,
+//!   gemma2, gemma3_text; tied embeddings; sliding windows), memory-mapping the safetensors shards
+//!   and streaming tensors to the device.
 //! * [`CausalLm::apply_method`] attaches LoRA / rsLoRA / DoRA adapters exactly as PEFT initialises
 //!   and computes them, or marks base weights trainable for `full` / `freeze`.
 //! * [`CausalLm::loss_sum_and_backward`] is the training step's forward + backward: the head and

@@ -288,3 +288,60 @@ fn layer_windows(
     };
     Ok(sliding.into_iter().map(|s| s.then_some(window)).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn windows(config: serde_json::Value) -> Result<Vec<Option<i64>>, String> {
+        let raw = lf_api::architecture::normalise_config(config);
+        let arch = ModelArchitecture::from_json_str(&raw.to_string()).map_err(|e| e.to_string())?;
+        layer_windows(&raw, &arch)
+    }
+
+    fn config(model_type: &str, layers: u64, extra: serde_json::Value) -> serde_json::Value {
+        let mut c = serde_json::json!({"model_type": model_type, "vocab_size": 32, "hidden_size": 16,
+            "intermediate_size": 32, "num_hidden_layers": layers, "num_attention_heads": 2, "head_dim": 8});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+            c.extend(extra.clone());
+        }
+        c
+    }
+
+    #[test]
+    fn layer_windows_follow_transformers_defaults() {
+        use serde_json::json;
+        let (s, f) = (Some(4096), None);
+        // Gemma 2: every second layer is full; the window defaults to 4096.
+        assert_eq!(
+            windows(config("gemma2", 4, json!({}))),
+            Ok(vec![s, f, s, f])
+        );
+        // Gemma 3: every sixth (sliding_window_pattern) layer is full.
+        let w = windows(config("gemma3_text", 7, json!({"sliding_window": 512}))).unwrap();
+        assert_eq!(w.iter().filter(|w| w.is_none()).count(), 1);
+        assert_eq!((w[5], w[6]), (None, Some(512)));
+        // Mistral: every layer; an explicit null: none.
+        assert_eq!(
+            windows(config("mistral", 2, json!({"sliding_window": 8}))),
+            Ok(vec![Some(8); 2])
+        );
+        assert_eq!(
+            windows(config("mistral", 2, json!({"sliding_window": null}))),
+            Ok(vec![None; 2])
+        );
+        // Qwen: only with use_sliding_window, from max_window_layers on.
+        let qwen = json!({"sliding_window": 8, "max_window_layers": 1});
+        assert_eq!(windows(config("qwen3", 2, qwen.clone())), Ok(vec![None; 2]));
+        let mut on = qwen;
+        on["use_sliding_window"] = json!(true);
+        assert_eq!(windows(config("qwen2", 2, on)), Ok(vec![None, Some(8)]));
+        // A malformed layer_types is an error naming the key.
+        let bad = windows(config(
+            "gemma2",
+            2,
+            json!({"layer_types": ["full_attention"]}),
+        ));
+        assert!(bad.is_err_and(|e| e.contains("layer_types")));
+    }
+}
