@@ -157,3 +157,62 @@ fn quantised_models_match_their_dequantised_twins() {
     println!("merged export vs quantised model with adapter: {d:.2e}");
     assert!(d <= 1e-5, "merged export differs by {d:e}");
 }
+
+/// QLoRA on the families with extra norms and scales (qwen3's q/k norms; Gemma 2's (1 + w) norms,
+/// soft caps and scaled embeddings; Gemma 3's q/k norms): NF4 storage computes what the
+/// dequantised twin computes, and the adapters' gradients agree.
+#[test]
+fn quantised_new_families_match_their_dequantised_twins() {
+    let (ids, labels) = {
+        let _rng = common::rng_lock();
+        common::batch(80, 2, 17, 2)
+    };
+    let q = QuantSettings {
+        bits: 4,
+        quant_type: QuantizationType::Nf4,
+        double_quant: true,
+    };
+    let dense_opts = LoadOptions::new(Device::Cpu, Kind::Float);
+    let opts = LoadOptions {
+        quantization: Some(q),
+        ..dense_opts.clone()
+    };
+    for extra in [
+        r#""model_type":"qwen3","head_dim":16,"attention_bias":true"#,
+        r#""model_type":"gemma2","head_dim":16,"query_pre_attn_scalar":24,"attn_logit_softcapping":2.0,"final_logit_softcapping":5.0"#,
+        r#""model_type":"gemma3_text","head_dim":16,"query_pre_attn_scalar":24"#,
+    ] {
+        let arch = lf_api::ModelArchitecture::from_json_str(&format!(
+            r#"{{{extra},"vocab_size":80,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":2,
+                "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,"tie_word_embeddings":false}}"#
+        ))
+        .unwrap();
+        let weights = {
+            let _rng = common::rng_lock();
+            common::random_weights(&arch, 8)
+        };
+        let family = arch.model_type.name();
+        let copy: Vec<_> = weights.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+        let mut quant = CausalLm::from_tensors(arch.clone(), copy, &opts).unwrap();
+        let mut twin =
+            CausalLm::from_tensors(arch.clone(), dequantised(&weights, q), &dense_opts).unwrap();
+        let d = common::rel_diff(
+            &tch::no_grad(|| quant.forward_logits(&ids)),
+            &tch::no_grad(|| twin.forward_logits(&ids)),
+        );
+        println!("{family}: NF4 logits vs dequantised twin {d:.2e}");
+        assert!(d <= 1e-6, "{family}: quantised forward differs by {d:e}");
+        assert!(quant.weight_bytes() < twin.weight_bytes());
+        let g_quant = grads(&mut quant, true, &ids, &labels);
+        let g_twin = grads(&mut twin, true, &ids, &labels);
+        assert_eq!(g_quant.len(), g_twin.len());
+        for ((n, a), (_, b)) in g_quant.iter().zip(&g_twin) {
+            let scale = b.abs().max().double_value(&[]).max(1e-6);
+            let d = (a - b).abs().max().double_value(&[]) / scale;
+            assert!(
+                d <= 1e-5,
+                "{family} {n}: gradient differs from the twin by {d:e}"
+            );
+        }
+    }
+}
