@@ -1,4 +1,5 @@
-"""Builds a tiny random Llama model directory and tiny alpaca data for lf-trainer's tests.
+"""Builds a tiny random Llama (or, with --family, Qwen3 or Gemma 3 text) model directory and tiny
+alpaca data for lf-trainer's tests.
 
 Usage: trainer_make_tiny.py OUT_DIR [--layers N --hidden H --seq S --examples N]
 
@@ -14,7 +15,7 @@ import random
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen3Config
 
 WORDS = (
     "the a an cat dog bird fish tree river stone cloud sun moon star red blue green small big old new "
@@ -47,10 +48,19 @@ def make_tokenizer(out):
     return len(vocab)
 
 
-def make_model(out, vocab, layers, hidden, seq):
+def make_model(out, vocab, layers, hidden, seq, family="llama"):
     torch.manual_seed(0)
     heads = max(2, hidden // 64)
-    cfg = LlamaConfig(
+    # qwen3: per-head q/k norms; gemma3_text: (1 + w) norms after attention and MLP, q/k norms,
+    # scaled embeddings, a window shorter than the sequences on its sliding layers.
+    extra = {
+        "llama": {},
+        "qwen3": {"head_dim": hidden // heads},
+        "gemma3_text": {"head_dim": hidden // heads, "query_pre_attn_scalar": hidden // heads,
+                        "sliding_window": 16, "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"]},
+    }[family]
+    config_class = {"llama": LlamaConfig, "qwen3": Qwen3Config, "gemma3_text": Gemma3TextConfig}[family]
+    cfg = config_class(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=hidden * 2 + hidden // 2,
@@ -63,8 +73,9 @@ def make_model(out, vocab, layers, hidden, seq):
         eos_token_id=2,
         pad_token_id=3,
         tie_word_embeddings=False,
+        **extra,
     )
-    model = LlamaForCausalLM(cfg).to(torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
 
 
@@ -90,13 +101,14 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--examples", type=int, default=48)
+    ap.add_argument("--family", default="llama", choices=["llama", "qwen3", "gemma3_text"])
     args = ap.parse_args()
     model_dir = os.path.join(args.out, "model")
     data_dir = os.path.join(args.out, "data")
     os.makedirs(model_dir, exist_ok=True)
     os.makedirs(data_dir, exist_ok=True)
     vocab = make_tokenizer(model_dir)
-    make_model(model_dir, vocab, args.layers, args.hidden, args.seq)
+    make_model(model_dir, vocab, args.layers, args.hidden, args.seq, args.family)
     make_data(data_dir, args.examples, args.seq)
     print(json.dumps({"model": model_dir, "data": data_dir, "vocab": vocab}))
 

@@ -25,7 +25,7 @@ use lf_api::training::{OffloadDevice, TrainingConfig};
 use lf_api::ModelArchitecture;
 use lf_planner::memory::Inventory;
 use lf_trainer::memory_report::MemoryBytes;
-use low_memory_common::{assets, memory, train, write_config};
+use low_memory_common::{assets, family_assets, memory, train, write_config, write_config_for};
 
 /// `(label, extra config)` of every option measured.
 const OPTIONS: &[(&str, &str)] = &[
@@ -221,5 +221,81 @@ fn planner_predicts_the_model_state_the_trainer_holds() {
     assert_eq!(
         get("offload_optimizer cpu").offloaded_optimizer_bytes,
         fp32.optimizer_bytes + fp32.trainable_weight_bytes
+    );
+}
+
+/// The same agreement on the families with more norms per layer: qwen3 (q/k norms) and Gemma 3
+/// text (four hidden-size norms and q/k norms per layer, sliding layers shorter than the
+/// sequences), for LoRA, QLoRA, full and freeze.
+#[test]
+fn planner_predicts_the_model_state_of_qwen3_and_gemma3() {
+    const FAMILY_OPTIONS: &[(&str, &str)] = &[
+        ("LoRA, fp32 base, adamw", ""),
+        (
+            "QLoRA nf4 + double quant",
+            "bf16: true\nquantization_bit: 4\nquantization_type: nf4\ndouble_quantization: true",
+        ),
+        ("full, fp32", "finetuning_type: full"),
+        (
+            "freeze 1 layer, bf16 AMP",
+            "finetuning_type: freeze\nfreeze_trainable_layers: 1\nbf16: true",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for family in ["qwen3", "gemma3_text"] {
+        let a = family_assets(family);
+        let model_dir = a.join("model");
+        let arch = ModelArchitecture::from_json_str(
+            &std::fs::read_to_string(model_dir.join("config.json")).unwrap(),
+        )
+        .unwrap();
+        for (label, extra) in FAMILY_OPTIONS {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg_path = write_config_for(a, dir.path(), extra);
+            train(&cfg_path, &[]);
+            let records = memory(&dir.path().join("out"));
+            assert_eq!(records.len(), 1, "{family} {label}: {records:?}");
+            let (m, p) = (records[0].measured, records[0].planned);
+            let cfg = TrainingConfig::from_yaml_file(&cfg_path).unwrap();
+            let inv = Inventory::new(&arch, &cfg);
+            let states = inv.states(0, 1, false);
+            assert_eq!(
+                p.frozen_weight_bytes, inv.frozen_weight_bytes,
+                "{family} {label}"
+            );
+            assert_eq!(
+                p.trainable_weight_bytes, inv.trainable_weight_bytes,
+                "{family} {label}"
+            );
+            assert_eq!(p.gradient_bytes, states.gradients, "{family} {label}");
+            assert_eq!(p.optimizer_bytes, states.optimizer, "{family} {label}");
+            for (what, measured, planned) in low_memory_common::categories(&m, &p) {
+                println!("{family:<12} {label:<26} {what:<18} planned {planned:>9} measured {measured:>9}");
+                if !within_1_percent(measured, planned) {
+                    failures.push(format!(
+                        "{family} {label}: {what}: measured {measured} vs planned {planned}"
+                    ));
+                }
+            }
+            if *label == "LoRA, fp32 base, adamw" {
+                assert_eq!(
+                    m.frozen_weight_bytes,
+                    checkpoint_bytes(&model_dir, 4),
+                    "{family}"
+                );
+            }
+            if *label == "full, fp32" {
+                assert_eq!(
+                    m.trainable_weight_bytes,
+                    checkpoint_bytes(&model_dir, 4),
+                    "{family}"
+                );
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "planner and trainer disagree:\n{}",
+        failures.join("\n")
     );
 }

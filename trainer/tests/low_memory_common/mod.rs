@@ -33,34 +33,57 @@ pub fn reference_script(name: &str) -> PathBuf {
 /// The tiny model (`assets()/model`) and data (`assets()/data`), made once per test process.
 pub fn assets() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let py = python();
-        assert!(
-            py.exists(),
-            "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)",
-            py.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(&py)
-            .arg(reference_script("trainer_make_tiny.py"))
-            .arg(dir.path())
-            .args(["--hidden", &HIDDEN.to_string(), "--examples", "64"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "trainer_make_tiny.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-    .path()
+    DIR.get_or_init(|| make_assets("llama")).path()
+}
+
+/// The same tiny model and data in another family (`qwen3`, `gemma3_text`), made once per test
+/// process and family.
+pub fn family_assets(family: &'static str) -> &'static Path {
+    static DIRS: OnceLock<std::sync::Mutex<Vec<(&'static str, &'static Path)>>> = OnceLock::new();
+    let mut dirs = DIRS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = dirs.iter().find(|(f, _)| *f == family) {
+        return p;
+    }
+    // Kept for the whole process, as `assets()`'s is.
+    let dir: &'static tempfile::TempDir = Box::leak(Box::new(make_assets(family)));
+    dirs.push((family, dir.path()));
+    dir.path()
+}
+
+fn make_assets(family: &str) -> tempfile::TempDir {
+    let py = python();
+    assert!(
+        py.exists(),
+        "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)",
+        py.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&py)
+        .arg(reference_script("trainer_make_tiny.py"))
+        .arg(dir.path())
+        .args(["--hidden", &HIDDEN.to_string(), "--examples", "64"])
+        .args(["--family", family])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trainer_make_tiny.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
 }
 
 /// Writes `dir/train.yaml` for the tiny model (LoRA r=8 on all linears, output in `dir/out`),
 /// with `extra` YAML lines merged in (`extra` wins).
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
-    let a = assets();
+    write_config_for(assets(), dir, extra)
+}
+
+/// [`write_config`] for the model and data in `a` (see [`family_assets`]).
+pub fn write_config_for(a: &Path, dir: &Path, extra: &str) -> PathBuf {
     let base = format!(
         "model_name_or_path: {m}\ndataset: tiny\ndataset_dir: {d}\ntemplate: alpaca\ncutoff_len: 64\n\
          output_dir: {o}\noverwrite_output_dir: true\nper_device_train_batch_size: 4\n\
