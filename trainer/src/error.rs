@@ -165,6 +165,19 @@ impl TrainerError {
     }
 }
 
+impl From<lf_checkpoint::CheckpointError> for TrainerError {
+    /// A failed checkpoint write: an I/O failure is [`TrainerError::io`]'s (a full volume is
+    /// [`TrainerError::VolumeFull`]).
+    fn from(e: lf_checkpoint::CheckpointError) -> Self {
+        match e {
+            lf_checkpoint::CheckpointError::Io { op, path, source } => {
+                TrainerError::io(op, &path, source)
+            }
+            lf_checkpoint::CheckpointError::Encode(e) => TrainerError::runtime(e.to_string()),
+        }
+    }
+}
+
 /// Free bytes for an unprivileged writer on the volume holding `path` (or its nearest existing
 /// ancestor).
 pub fn free_bytes(path: &Path) -> Option<u64> {
