@@ -114,15 +114,23 @@ scenario_rbac() {
   token=$(kubectl -n "$NS" create token quickstart-trainer --duration=10m)
   as=(--token="$token" --client-certificate= --client-key= --kubeconfig=/dev/null --server="$LF_CLUSTER_SERVER" \
     --certificate-authority="$LF_CLUSTER_DIR/pki/ca.crt")
-  kubectl "${as[@]}" -n "$NS" patch finetunejob quickstart --subresource=status --type=merge \
-    -p '{"status":{"progress":{"epoch":1.0}}}' >/dev/null || fail "the trainer cannot patch its own status"
+  # Status writes as the trainer sends them: a PATCH of /status, no read before (its Role grants
+  # `patch` only; `kubectl patch` would GET first).
+  status_patch() { # job json: prints the HTTP code, the body in $E2E/rbac.out
+    curl -sS -o "$E2E/rbac.out" -w '%{http_code}' --cacert "$LF_CLUSTER_DIR/pki/ca.crt" \
+      -H "Authorization: Bearer $token" -H 'Content-Type: application/merge-patch+json' -X PATCH \
+      --data "$2" "$LF_CLUSTER_SERVER/apis/lf-operator.io/v1alpha1/namespaces/$NS/finetunejobs/$1/status"
+  }
+  [ "$(status_patch quickstart '{"status":{"progress":{"epoch":1.0}}}')" = 200 ] \
+    || { cat "$E2E/rbac.out" >&2; fail "the trainer cannot patch its own status"; }
   expect_forbidden() { # description kubectl-args...
     local what=$1; shift
     if kubectl "${as[@]}" "$@" >"$E2E/rbac.out" 2>&1; then fail "the trainer could $what"; fi
     grep -q "Forbidden\|forbidden" "$E2E/rbac.out" || { cat "$E2E/rbac.out" >&2; fail "$what: not a 403"; }
   }
-  expect_forbidden "patch another FineTuneJob's status" -n "$NS" patch finetunejob other --subresource=status \
-    --type=merge -p '{"status":{"progress":{"epoch":1.0}}}'
+  [ "$(status_patch other '{"status":{"progress":{"epoch":1.0}}}')" = 403 ] \
+    || { cat "$E2E/rbac.out" >&2; fail "the trainer could patch another FineTuneJob's status"; }
+  expect_forbidden "read its own status" -n "$NS" get finetunejob quickstart --subresource=status
   expect_forbidden "list pods" -n "$NS" get pods
   expect_forbidden "read secrets" -n "$NS" get secrets
   expect_forbidden "edit its own spec" -n "$NS" patch finetunejob quickstart --type=merge -p '{"spec":{"suspend":true}}'
@@ -133,7 +141,7 @@ scenario_rbac() {
     'restarts|{"status":{"restarts":[{"attempt":1,"reason":"Preempted","counted":false,"at":"2026-01-01T00:00:00Z"}]}}' \
     'phase|{"status":{"phase":"Failed"}}'; do
     field=${patch%%|*}
-    expect_forbidden "rewrite status.$field" -n "$NS" patch finetunejob quickstart --subresource=status --type=merge -p "${patch#*|}"
+    [ "$(status_patch quickstart "${patch#*|}")" = 403 ] || { cat "$E2E/rbac.out" >&2; fail "the trainer could rewrite status.$field"; }
     grep -q "status.$field is the operator's" "$E2E/rbac.out" || { cat "$E2E/rbac.out" >&2; fail "the refusal does not name status.$field"; }
   done
   kubectl -n "$NS" delete finetunejob other --wait=false >/dev/null
@@ -350,6 +358,17 @@ scenario_name_conflict() {
     || fail "the pre-existing ConfigMap's data changed"
   # shellcheck disable=SC2086
   kubectl -n "$NS" delete $objs >/dev/null
+  # An object of a child's name without the operator's label (no watch shows it): the create finds
+  # it, the operator reads who controls it, and refuses it all the same.
+  kubectl -n "$NS" create configmap clash2-config --from-literal=owner=someone-else >/dev/null
+  apply_quickstart clash2 quickstart-output
+  wait_ftj clash2 '{.status.phase}' Failed 60
+  msg=$(ftj clash2 '{.status.conditions[?(@.reason=="NameConflict")].message}')
+  case "$msg" in *"ConfigMap clash2-config already exists"*) ;; *) fail "clash2: no NameConflict naming the ConfigMap: '$msg'" ;; esac
+  kubectl -n "$NS" delete finetunejob clash2 --wait=true >/dev/null
+  [ "$(kubectl -n "$NS" get configmap clash2-config -o jsonpath='{.data.owner}')" = someone-else ] \
+    || fail "the unlabelled ConfigMap changed or went away"
+  kubectl -n "$NS" delete configmap clash2-config >/dev/null
 }
 
 # Deleting a FineTuneJob garbage-collects every child through ownerReferences (the real garbage
@@ -401,6 +420,7 @@ scenario_least_privilege() {
 op $NS yes watch finetunejobs.lf-operator.io
 op $NS yes get finetunejobs.lf-operator.io
 op $NS yes patch finetunejobs.lf-operator.io --subresource=status
+op $NS no get finetunejobs.lf-operator.io --subresource=status
 op $NS no patch finetunejobs.lf-operator.io
 op $NS no update finetunejobs.lf-operator.io --subresource=status
 op $NS no delete finetunejobs.lf-operator.io
@@ -432,7 +452,7 @@ op $OP_NS no get secrets
 op default no list nodes
 op default no create clusterroles.rbac.authorization.k8s.io
 op default no impersonate users
-trainer $NS yes get finetunejobs.lf-operator.io/privileges --subresource=status
+trainer $NS no get finetunejobs.lf-operator.io/privileges --subresource=status
 trainer $NS yes patch finetunejobs.lf-operator.io/privileges --subresource=status
 trainer $NS no patch finetunejobs.lf-operator.io/quickstart --subresource=status
 trainer $NS no patch finetunejobs.lf-operator.io/privileges
@@ -443,9 +463,18 @@ trainer $NS no create pods
 trainer $NS no get secrets
 trainer $NS no create events.events.k8s.io
 EOF
-  kubectl -n "$NS" delete finetunejob privileges --wait=false >/dev/null
   [ "$wrong" -eq 0 ] || fail "$wrong answers of the can-i matrix differ"
   log "can-i matrix: every answer as expected"
+  # An operator setting that changes what it renders reaches existing jobs' children (the
+  # NetworkPolicy is re-applied: its patch grant is used).
+  helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values \
+    --set-json 'trainerMetricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]' \
+    --wait --timeout 120s >/dev/null
+  wait_for 60 "privileges' NetworkPolicy admits the monitoring namespace" sh -c \
+    "kubectl -n $NS get networkpolicy privileges-trainer -o json | grep -q '\"kubernetes.io/metadata.name\": \"monitoring\"'"
+  helm upgrade lf-operator "$ROOT/charts" -n "$OP_NS" --reuse-values --set-json 'trainerMetricsFrom=[]' \
+    --wait --timeout 120s >/dev/null
+  kubectl -n "$NS" delete finetunejob privileges --wait=false >/dev/null
   if [ "${E2E_ALL:-0}" != 1 ]; then
     log "audit-log minimality skipped: it needs the whole suite's requests (run without arguments)"
     return 0

@@ -57,7 +57,7 @@ NON_DEFAULT = {
 # The verbs the controller uses (operator-notes / issue 3), by (apiGroup, resource).
 EXPECTED_RULES = {
     ("lf-operator.io", "finetunejobs"): {"get", "list", "watch"},
-    ("lf-operator.io", "finetunejobs/status"): {"get", "patch"},
+    ("lf-operator.io", "finetunejobs/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},

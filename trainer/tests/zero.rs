@@ -43,8 +43,32 @@ fn ranks_with_env(
     status: Option<&Path>,
     envs: &[(&str, &str)],
 ) -> Vec<Output> {
+    // The port is free when picked but may be taken before rank 0 binds it (another test, another
+    // process): then rank 0 fails with EADDRINUSE and the gang is started again on a new port. A
+    // bounded `ddp_timeout` keeps the other ranks from waiting half an hour for a rank 0 that died.
+    for _ in 0..3 {
+        let outputs = ranks_once(cfg, world, overrides, status, envs);
+        let port_taken = outputs.iter().any(|o| {
+            let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
+            err.contains("eaddrinuse") || err.contains("address already in use")
+        });
+        if !port_taken {
+            return outputs;
+        }
+    }
+    panic!("three ports in a row were taken before rank 0 could bind them");
+}
+
+fn ranks_once(
+    cfg: &Path,
+    world: usize,
+    overrides: &[String],
+    status: Option<&Path>,
+    envs: &[(&str, &str)],
+) -> Vec<Output> {
     let batch = format!("per_device_train_batch_size={}", GLOBAL_BATCH / world);
     let port = free_port();
+    let own_timeout = std::fs::read_to_string(cfg).is_ok_and(|t| t.contains("ddp_timeout"));
     let procs: Vec<_> = (0..world)
         .map(|rank| {
             let mut c = Command::new(env!("CARGO_BIN_EXE_lf-trainer"));
@@ -60,6 +84,9 @@ fn ranks_with_env(
                 .envs(envs.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
+            if world > 1 && !own_timeout {
+                c.arg("ddp_timeout=300");
+            }
             if world > 1 {
                 c.env("MASTER_ADDR", "127.0.0.1")
                     .env("MASTER_PORT", &port)

@@ -1,6 +1,6 @@
-//! Least privilege for the trainer: a ServiceAccount per FineTuneJob whose Role allows `get` and
-//! `patch` on that one FineTuneJob's `status` (rank 0 reports progress and checkpoints with
-//! server-side apply) and nothing else.
+//! Least privilege for the trainer: a ServiceAccount per FineTuneJob whose Role allows `patch` on
+//! that one FineTuneJob's `status` (rank 0 reports progress and checkpoints with server-side
+//! apply, which needs no read) and nothing else.
 //!
 //! The operator can only create this Role because it holds the same permissions itself
 //! (Kubernetes' RBAC escalation check); the chart's ClusterRole grants them.
@@ -21,7 +21,7 @@ pub fn service_account(job: &FineTuneJob) -> ServiceAccount {
     }
 }
 
-/// `get` and `patch` on `finetunejobs/status`, for this FineTuneJob only.
+/// `patch` on `finetunejobs/status`, for this FineTuneJob only.
 pub fn role(job: &FineTuneJob) -> Role {
     Role {
         metadata: object_meta(job, service_account_name(job), Component::Rbac),
@@ -29,7 +29,7 @@ pub fn role(job: &FineTuneJob) -> Role {
             api_groups: Some(vec![FineTuneJob::group(&()).into_owned()]),
             resources: Some(vec![format!("{}/status", FineTuneJob::plural(&()))]),
             resource_names: Some(vec![job.metadata.name.clone().unwrap_or_default()]),
-            verbs: vec!["get".into(), "patch".into()],
+            verbs: vec!["patch".into()],
             non_resource_urls: None,
         }]),
     }

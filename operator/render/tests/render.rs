@@ -583,7 +583,7 @@ fn pods_run_restricted_and_without_sidecars_by_default() {
 }
 
 #[test]
-fn trainer_may_only_get_and_patch_its_own_status() {
+fn trainer_may_only_patch_its_own_status() {
     let (_, _, r) = rendered("minimal");
     let rules = r.role.rules.as_ref().expect("rules");
     assert_eq!(rules.len(), 1);
@@ -600,7 +600,7 @@ fn trainer_may_only_get_and_patch_its_own_status() {
         rule.resource_names.as_deref(),
         Some(["minimal".to_string()].as_slice())
     );
-    assert_eq!(rule.verbs, ["get", "patch"]);
+    assert_eq!(rule.verbs, ["patch"]);
     assert_eq!(
         r.role_binding.role_ref.name,
         r.role.metadata.name.clone().unwrap_or_default()
