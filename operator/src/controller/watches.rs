@@ -129,19 +129,18 @@ fn meta<K: MetaCached>(
     config: &watcher::Config,
 ) -> (ChildIndex, Trigger<PartialObjectMeta<K>>) {
     let (index, mut writer) = index::index();
-    let api: Api<PartialObjectMeta<K>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let trigger = watcher(api, config.clone())
-        .default_backoff()
-        .inspect(move |event| {
-            if let Ok(event) = event {
-                writer.apply(event);
-            }
-        })
-        .touched_objects()
-        .boxed();
+    let trigger = watcher(
+        api::<PartialObjectMeta<K>>(client, namespace),
+        config.clone(),
+    )
+    .default_backoff()
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            writer.apply(event);
+        }
+    })
+    .touched_objects()
+    .boxed();
     (index, trigger)
 }
 
