@@ -144,8 +144,19 @@ pub struct TrainingConfig {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub predict_with_generate: bool,
     pub dataloader_num_workers: usize,
-    /// Only `none` is supported (metrics go to `trainer_log.jsonl`, Prometheus and the CR status).
+    /// Experiment trackers besides `trainer_log.jsonl`, Prometheus and the CR status: `none`,
+    /// `tensorboard` (event files in `logging_dir`), `mlflow` (the tracking server at
+    /// `MLFLOW_TRACKING_URI`), `all`, or a comma list (a YAML list too). `wandb` is refused with
+    /// the reason and the way to upload the TensorBoard files instead.
+    #[serde(deserialize_with = "super::report_to::string_or_list")]
     pub report_to: String,
+    /// Where TensorBoard event files go (default `output_dir/runs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logging_dir: Option<String>,
+    /// The run's name in the trackers (default: the FineTuneJob's name in a cluster, else the
+    /// output directory's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_name: Option<String>,
     /// Seconds a collective may take before the process group gives up.
     pub ddp_timeout: u64,
 
@@ -253,6 +264,8 @@ impl Default for TrainingConfig {
             predict_with_generate: false,
             dataloader_num_workers: 0,
             report_to: "none".to_string(),
+            logging_dir: None,
+            run_name: None,
             ddp_timeout: 1800,
             zero_stage: 0,
             offload_optimizer: OffloadDevice::None,

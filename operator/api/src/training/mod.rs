@@ -19,6 +19,7 @@ mod error;
 mod notice;
 mod options;
 mod parse;
+pub mod report_to;
 mod validate;
 
 pub use crate::architecture::LinearModule;

@@ -81,12 +81,7 @@ impl TrainingConfig {
                 "must be a fraction in [0, 1) or a whole number of examples",
             ));
         }
-        if self.report_to != "none" {
-            return Err(ConfigError::invalid(
-                "report_to",
-                "only `none` is supported: metrics go to trainer_log.jsonl, /metrics and the FineTuneJob status",
-            ));
-        }
+        super::report_to::parse(&self.report_to)?;
         if self.save_total_limit == Some(0) {
             return Err(ConfigError::invalid(
                 "save_total_limit",
