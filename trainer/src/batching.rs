@@ -73,6 +73,7 @@ mod tests {
                     labels: (0..3 + i as i32)
                         .map(|j| if j < 1 { -100 } else { j + 1 })
                         .collect(),
+                    rejected: None,
                 })
                 .collect(),
         )

@@ -282,7 +282,12 @@ fn accepted_options_give_notices_and_rejected_values_the_reason() {
         ("infer_backend: vllm", &["vLLM", "huggingface"]),
         ("export_device: auto", &["CPU"]),
         ("streaming: true", &["streaming"]),
-        ("stage: dpo", &["`stage: dpo`", "DPO"]),
+        ("stage: kto", &["`stage: kto`", "KTO"]),
+        ("stage: dpo\npref_loss: kto_pair", &["kto_pair", "sigmoid"]),
+        ("stage: dpo\ndpo_label_smoothing: 0.1", &["label-smoothed"]),
+        ("stage: dpo\nfinetuning_type: full", &["reference", "orpo"]),
+        ("stage: dpo\npref_beta: 0", &["pref_beta"]),
+        ("stage: dpo\npacking: true", &["packing"]),
         ("finetuning_type: oft", &["OFT"]),
     ] {
         let err = TrainingConfig::from_yaml_str(yaml).unwrap_err().to_string();

@@ -1,5 +1,6 @@
 //! Collation: examples right-padded into one host batch, with the token counts the loop's exact
-//! loss averaging and throughput need.
+//! loss averaging and throughput need; preference pairs as one batch of their chosen rows then
+//! their rejected rows, so that one forward pass scores both.
 
 use crate::encode::{Example, IGNORE_INDEX};
 
@@ -20,6 +21,9 @@ pub struct Batch {
     pub label_tokens: u64,
     /// Non-padding tokens (what throughput counts).
     pub tokens: u64,
+    /// Preference pairs: rows `0..examples` are the chosen sequences and rows
+    /// `examples..2·examples` the rejected ones, in the same order.
+    pub paired: bool,
 }
 
 impl Batch {
@@ -35,6 +39,7 @@ impl Batch {
             examples: 0,
             label_tokens: 0,
             tokens: 0,
+            paired: false,
         }
     }
 }
@@ -79,6 +84,24 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
         examples: batch_size,
         label_tokens,
         tokens,
+        paired: false,
+    }
+}
+
+/// Collates preference pairs (examples holding their rejected sequence): the chosen sequences,
+/// then the rejected ones, padded to the longest of all. An example without a rejected sequence
+/// is not a pair and is left out. No pairs give [`Batch::label_free`].
+pub fn collate_pairs(pairs: &[&Example], pad_id: u32) -> Batch {
+    let rejected: Vec<&Example> = pairs.iter().filter_map(|e| e.rejected.as_deref()).collect();
+    let chosen = pairs.iter().filter(|e| e.rejected.is_some()).copied();
+    let rows: Vec<&Example> = chosen.chain(rejected.iter().copied()).collect();
+    if rows.is_empty() {
+        return Batch::label_free(pad_id);
+    }
+    Batch {
+        examples: rejected.len(),
+        paired: true,
+        ..collate(&rows, pad_id)
     }
 }
 
@@ -90,7 +113,25 @@ mod tests {
         Example {
             input_ids: ids.to_vec(),
             labels: labels.to_vec(),
+            rejected: None,
         }
+    }
+
+    #[test]
+    fn pairs_collate_chosen_rows_then_rejected_rows() {
+        let mut a = ex(&[1, 2, 3], &[-100, 2, 3]);
+        a.rejected = Some(Box::new(ex(&[1, 4], &[-100, 4])));
+        let mut b = ex(&[5, 6], &[-100, 6]);
+        b.rejected = Some(Box::new(ex(&[5, 7, 8, 9], &[-100, 7, 8, 9])));
+        let batch = collate_pairs(&[&a, &b], 0);
+        assert!(batch.paired);
+        assert_eq!((batch.batch_size, batch.seq_len, batch.examples), (4, 4, 2));
+        assert_eq!(
+            batch.input_ids,
+            vec![1, 2, 3, 0, 5, 6, 0, 0, 1, 4, 0, 0, 5, 7, 8, 9]
+        );
+        assert_eq!(batch.label_tokens, 2 + 1 + 1 + 3);
+        assert_eq!(collate_pairs(&[], 0), Batch::label_free(0));
     }
 
     #[test]

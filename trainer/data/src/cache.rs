@@ -3,7 +3,8 @@
 //!
 //! Layout (little-endian): magic `LFDATA` + version (8 bytes), the JSON [`DataStats`] length (u64)
 //! and bytes, then the train and eval splits, each a count (u64) followed by examples written as
-//! length (u32), ids (u32 × length), labels (i32 × length).
+//! a sequence — length (u32), ids (u32 × length), labels (i32 × length) — and a byte saying
+//! whether the rejected sequence of a preference pair follows (1) or not (0).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -14,7 +15,7 @@ use crate::encode::Example;
 use crate::error::DataError;
 use crate::stats::DataStats;
 
-const MAGIC: &[u8; 8] = b"LFDATA\x01\x00";
+const MAGIC: &[u8; 8] = b"LFDATA\x02\x00";
 
 /// The cache file for `key` in `dir`.
 pub fn cache_path(dir: &Path, key: &str) -> PathBuf {
@@ -51,16 +52,14 @@ pub fn write(
         w.write_all(&(split.len() as u64).to_le_bytes())
             .map_err(io)?;
         for ex in split {
-            w.write_all(&(ex.input_ids.len() as u32).to_le_bytes())
-                .map_err(io)?;
-            let mut buf = Vec::with_capacity(ex.input_ids.len() * 8);
-            ex.input_ids
-                .iter()
-                .for_each(|t| buf.extend_from_slice(&t.to_le_bytes()));
-            ex.labels
-                .iter()
-                .for_each(|t| buf.extend_from_slice(&t.to_le_bytes()));
-            w.write_all(&buf).map_err(io)?;
+            write_sequence(&mut w, ex).map_err(io)?;
+            match &ex.rejected {
+                None => w.write_all(&[0]).map_err(io)?,
+                Some(r) => {
+                    w.write_all(&[1]).map_err(io)?;
+                    write_sequence(&mut w, r).map_err(io)?;
+                }
+            }
         }
     }
     let file = w
@@ -102,32 +101,25 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
     for _ in 0..2 {
         consume(&mut left, 8).ok_or_else(|| corrupt("truncated split"))?;
         let n = read_u64(&mut r).map_err(|_| corrupt("truncated split"))?;
-        // Each example takes at least its 4-byte length.
-        if n > left / 4 {
+        // Each example takes at least its 4-byte length and its pair byte.
+        if n > left / 5 {
             return Err(corrupt("example count"));
         }
         let mut examples = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            consume(&mut left, 4).ok_or_else(|| corrupt("truncated example"))?;
-            let mut len = [0u8; 4];
-            r.read_exact(&mut len)
+            let mut example = read_sequence(&mut r, &mut left).map_err(|e| corrupt(e))?;
+            consume(&mut left, 1).ok_or_else(|| corrupt("truncated example"))?;
+            let mut flag = [0u8; 1];
+            r.read_exact(&mut flag)
                 .map_err(|_| corrupt("truncated example"))?;
-            let len = u32::from_le_bytes(len) as usize;
-            consume(&mut left, len as u64 * 8).ok_or_else(|| corrupt("example length"))?;
-            let mut buf = vec![0u8; len * 8];
-            r.read_exact(&mut buf)
-                .map_err(|_| corrupt("truncated example"))?;
-            let (ids, labels) = buf.split_at(len * 4);
-            examples.push(Example {
-                input_ids: ids
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                labels: labels
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            });
+            example.rejected = match flag[0] {
+                0 => None,
+                1 => Some(Box::new(
+                    read_sequence(&mut r, &mut left).map_err(|e| corrupt(e))?,
+                )),
+                _ => return Err(corrupt("pair flag")),
+            };
+            examples.push(example);
         }
         splits.push(examples);
     }
@@ -140,6 +132,43 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
 }
 
 /// Takes `n` bytes off `left`; `None` when fewer are left.
+/// One sequence: length, ids, labels.
+fn write_sequence(w: &mut impl Write, ex: &Example) -> std::io::Result<()> {
+    w.write_all(&(ex.input_ids.len() as u32).to_le_bytes())?;
+    let mut buf = Vec::with_capacity(ex.input_ids.len() * 8);
+    ex.input_ids
+        .iter()
+        .for_each(|t| buf.extend_from_slice(&t.to_le_bytes()));
+    ex.labels
+        .iter()
+        .for_each(|t| buf.extend_from_slice(&t.to_le_bytes()));
+    w.write_all(&buf)
+}
+
+/// Reads what [`write_sequence`] wrote, checking its length against the `left` bytes first; `Err`
+/// says what was corrupt.
+fn read_sequence(r: &mut impl Read, left: &mut u64) -> Result<Example, &'static str> {
+    consume(left, 4).ok_or("truncated example")?;
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).map_err(|_| "truncated example")?;
+    let len = u32::from_le_bytes(len) as usize;
+    consume(left, len as u64 * 8).ok_or("example length")?;
+    let mut buf = vec![0u8; len * 8];
+    r.read_exact(&mut buf).map_err(|_| "truncated example")?;
+    let (ids, labels) = buf.split_at(len * 4);
+    Ok(Example {
+        input_ids: ids
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        labels: labels
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        rejected: None,
+    })
+}
+
 fn consume(left: &mut u64, n: u64) -> Option<()> {
     *left = left.checked_sub(n)?;
     Some(())

@@ -1,6 +1,6 @@
 //! Turning tokenised (prompt, response) pairs into one training example, with LLaMA-Factory's
-//! truncation (`infer_seqlen`) and label masking (`SupervisedDatasetProcessor`), and plain-text
-//! examples for pre-training.
+//! truncation (`infer_seqlen`) and label masking (`SupervisedDatasetProcessor`), preference pairs
+//! (`PairwiseDatasetProcessor`), and plain-text examples for pre-training.
 
 /// Label value ignored by the loss (PyTorch's `ignore_index`). The one definition: host batches
 /// widen it to i64, and lf-model's loss uses it as `lf_model::IGNORE_INDEX`.
@@ -12,6 +12,9 @@ pub struct Example {
     pub input_ids: Vec<u32>,
     /// Same length as `input_ids`; [`IGNORE_INDEX`] where the token is not trained on.
     pub labels: Vec<i32>,
+    /// A preference pair's rejected sequence (the same prompt, the rejected answer) when this
+    /// example holds the chosen one; `None` otherwise, and always `None` inside it.
+    pub rejected: Option<Box<Example>>,
 }
 
 impl Example {
@@ -98,7 +101,14 @@ pub fn supervised(pairs: &[(Vec<u32>, Vec<u32>)], opts: EncodeOptions) -> (Examp
             labels.extend(target_label);
         }
     }
-    (Example { input_ids, labels }, truncated)
+    (
+        Example {
+            input_ids,
+            labels,
+            rejected: None,
+        },
+        truncated,
+    )
 }
 
 /// A pre-training example: every token is a label.
@@ -107,7 +117,38 @@ pub fn pretraining(ids: Vec<u32>) -> Example {
     Example {
         input_ids: ids,
         labels,
+        rejected: None,
     }
+}
+
+/// A preference pair as LLaMA-Factory builds it: the prompt (every turn before the answer, masked)
+/// followed by the chosen, and by the rejected answer. `cutoff_len` is shared as [`infer_seqlen`]
+/// shares it, with the longer of the two answers as the target, and both answers are cut to the
+/// same length. Returns the chosen example (holding the rejected one) and whether anything was cut.
+pub fn pairwise(
+    prompt: &[u32],
+    chosen: &[u32],
+    rejected: &[u32],
+    cutoff_len: usize,
+) -> (Example, bool) {
+    let longer = chosen.len().max(rejected.len());
+    let (s_len, t_len) = infer_seqlen(prompt.len(), longer, cutoff_len);
+    let truncated = s_len < prompt.len() || t_len < longer;
+    let sequence = |answer: &[u32]| {
+        let answer = &answer[..t_len.min(answer.len())];
+        let mut input_ids = prompt[..s_len].to_vec();
+        input_ids.extend_from_slice(answer);
+        let mut labels = vec![IGNORE_INDEX; s_len];
+        labels.extend(answer.iter().map(|&t| t as i32));
+        Example {
+            input_ids,
+            labels,
+            rejected: None,
+        }
+    };
+    let mut example = sequence(chosen);
+    example.rejected = Some(Box::new(sequence(rejected)));
+    (example, truncated)
 }
 
 #[cfg(test)]
@@ -172,6 +213,23 @@ mod tests {
         );
         assert_eq!(e.input_ids, vec![4, 5, 6, 7]);
         assert!(truncated);
+    }
+
+    #[test]
+    fn pairs_share_the_prompt_and_cut_both_answers_alike() {
+        let (e, truncated) = pairwise(&[1, 2, 3], &[4, 5], &[6], 100);
+        assert!(!truncated);
+        assert_eq!(e.input_ids, vec![1, 2, 3, 4, 5]);
+        assert_eq!(e.labels, vec![-100, -100, -100, 4, 5]);
+        let r = e.rejected.as_deref().map(|r| (&r.input_ids, &r.labels));
+        assert_eq!(r, Some((&vec![1, 2, 3, 6], &vec![-100, -100, -100, 6])));
+        // cutoff 6, prompt 6, longer answer 4: 2·4 < 6 fails, 2·6 < 6 fails ⇒ proportional:
+        // int(6·4/10) = 2 answer tokens, 4 prompt tokens; the rejected answer is cut to 2 as well.
+        let (e, truncated) = pairwise(&[1, 2, 3, 4, 5, 6], &[7, 8, 9, 10], &[11, 12, 13], 6);
+        assert!(truncated);
+        assert_eq!(e.input_ids, vec![1, 2, 3, 4, 7, 8]);
+        let rejected = e.rejected.map(|r| r.input_ids);
+        assert_eq!(rejected, Some(vec![1, 2, 3, 4, 11, 12]));
     }
 
     #[test]

@@ -26,9 +26,9 @@ pub mod stats;
 pub mod template;
 pub mod tokenizer;
 
-pub use batch::{collate, Batch};
-pub use convert::{Conversation, Sample};
-pub use encode::{infer_seqlen, EncodeOptions, Example, IGNORE_INDEX};
+pub use batch::{collate, collate_pairs, Batch};
+pub use convert::{Conversation, Preference, Sample};
+pub use encode::{infer_seqlen, pairwise, EncodeOptions, Example, IGNORE_INDEX};
 pub use error::DataError;
 pub use prepare::{prepare, spawn_prepare, DataContext, PreparedData};
 pub use sampler::{eval_rounds, permutation, DataPosition, StepPlan};

@@ -62,6 +62,7 @@ mod tests {
         Example {
             input_ids: vec![tag; len],
             labels: vec![tag as i32; len],
+            rejected: None,
         }
     }
 

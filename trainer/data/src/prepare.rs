@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::cache;
 use crate::convert::Sample;
-use crate::encode::{pretraining, supervised, EncodeOptions, Example};
+use crate::encode::{pairwise, pretraining, supervised, EncodeOptions, Example};
 use crate::error::DataError;
 use crate::load::{bad, load, Loaded, Sourced};
 use crate::pack::{pack_examples, pack_text};
@@ -99,6 +99,7 @@ pub fn prepare(
         }
         None => Vec::new(),
     };
+    check_ranking(cfg, train_specs.iter().chain(&eval_specs))?;
     let key = crate::key::cache_key(cfg, tok, &template, &train_specs, &eval_specs)?;
     let cache_dir = cfg
         .tokenized_path
@@ -144,6 +145,28 @@ pub fn prepare(
     cache::write(&path, &data.stats, &data.train, &data.eval)?;
     tracing::info!(path = %path.display(), train = data.train.len(), eval = data.eval.len(), seconds = data.stats.tokenize_seconds, "dataset tokenised and cached");
     Ok(data)
+}
+
+/// Ranking datasets are what the preference stage trains on, and all it trains on (LLaMA-Factory's
+/// rule).
+fn check_ranking<'a>(
+    cfg: &TrainingConfig,
+    specs: impl Iterator<Item = &'a DatasetSpec>,
+) -> Result<(), DataError> {
+    for spec in specs {
+        if spec.ranking != cfg.stage.is_pairwise() {
+            let why = if spec.ranking {
+                "is a `ranking` (preference) dataset: train it with `stage: dpo`"
+            } else {
+                "is not a `ranking` dataset (`\"ranking\": true` in dataset_info.json, with chosen and rejected answers), which `stage: dpo` needs"
+            };
+            return Err(DataError::config(
+                "dataset",
+                format!("dataset `{}` {why}", spec.name),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs [`prepare`] on a background thread (named `lf-data-prepare`), so the caller can load the
@@ -393,6 +416,25 @@ fn encode_one(
                     Ok(Encoded::Ok { example, truncated })
                 }
                 // A template that rejects this conversation (e.g. `raise_exception`) is a bad record.
+                Err(e @ DataError::Template { .. }) => Ok(Encoded::Bad(e.to_string())),
+                Err(e) => Err(e),
+            }
+        }
+        Sample::Pair(pair) => {
+            let system = pair.system.as_deref().or(cfg.default_system.as_deref());
+            let encoded = template
+                .encode_prompt_answer(tok, system, &pair.turns(&pair.chosen))
+                .and_then(|(prompt, chosen)| {
+                    let rejected =
+                        template.encode_prompt_answer(tok, system, &pair.turns(&pair.rejected))?;
+                    Ok((prompt, chosen, rejected.1))
+                });
+            match encoded {
+                Ok((prompt, chosen, rejected)) => {
+                    let (example, truncated) =
+                        pairwise(&prompt, &chosen, &rejected, cfg.cutoff_len);
+                    Ok(Encoded::Ok { example, truncated })
+                }
                 Err(e @ DataError::Template { .. }) => Ok(Encoded::Bad(e.to_string())),
                 Err(e) => Err(e),
             }

@@ -28,6 +28,10 @@ pub struct Columns {
     pub history: Option<String>,
     pub messages: String,
     pub system: Option<String>,
+    /// Ranking datasets: the preferred and the dispreferred response (alpaca: strings; sharegpt:
+    /// one message each).
+    pub chosen: String,
+    pub rejected: String,
 }
 
 impl Default for Columns {
@@ -39,6 +43,8 @@ impl Default for Columns {
             history: None,
             messages: "conversations".into(),
             system: None,
+            chosen: "chosen".into(),
+            rejected: "rejected".into(),
         }
     }
 }
@@ -97,6 +103,8 @@ pub struct DatasetSpec {
     pub tags: Option<Tags>,
     /// `num_samples`: a seeded random subset (with repeats when larger than the dataset).
     pub num_samples: Option<usize>,
+    /// `ranking: true`: records hold a prompt and a chosen and a rejected response (`stage: dpo`).
+    pub ranking: bool,
     /// True for a plain file without a `dataset_info.json` entry: its columns (and, unless
     /// `dataset_format` is set, its format) are detected from the first record.
     pub detect: bool,
@@ -176,6 +184,7 @@ fn resolve(
                 columns: Columns::default(),
                 tags: None,
                 num_samples: None,
+                ranking: false,
                 detect: true,
             });
         }
@@ -227,9 +236,11 @@ fn from_entry(
             ));
         }
     };
-    if obj.get("ranking").and_then(Value::as_bool) == Some(true) {
-        return Err(DataError::config(&key, "`ranking` (preference) datasets need a preference stage; only `sft` and `pt` are implemented"));
-    }
+    let ranking = match obj.get("ranking") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(DataError::config(&key, "`ranking` must be true or false")),
+    };
     let formatting = match obj.get("formatting").and_then(Value::as_str) {
         None | Some("alpaca") => Formatting::Alpaca,
         Some("sharegpt") => Formatting::Sharegpt,
@@ -264,10 +275,20 @@ fn from_entry(
                         ));
                     }
                 }
-                "chosen" | "rejected" | "kto_tag" => {
+                "chosen" | "rejected" => {
+                    let v = v.ok_or_else(|| {
+                        DataError::config(&key, format!("column `{k}` must name a column"))
+                    })?;
+                    if k == "chosen" {
+                        columns.chosen = v;
+                    } else {
+                        columns.rejected = v;
+                    }
+                }
+                "kto_tag" => {
                     return Err(DataError::config(
                         &key,
-                        format!("column `{k}` needs a preference stage"),
+                        "column `kto_tag` needs `stage: kto`, which is not implemented",
                     ))
                 }
                 other => {
@@ -351,6 +372,7 @@ fn from_entry(
         columns,
         tags,
         num_samples,
+        ranking,
         detect: false,
     })
 }

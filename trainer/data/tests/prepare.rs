@@ -497,3 +497,89 @@ fn mask_history_trains_only_the_last_answer() {
     let ctx = DataContext::from_config(&f.cfg("output_dir: /tmp/x"), 0, 1);
     assert_eq!(ctx.cache_dir, Path::new("/tmp/x/.tokenized"));
 }
+
+#[test]
+fn ranking_datasets_give_pairs_with_the_prompt_masked_and_cutoff_shared() {
+    let f = Fixture::new();
+    write(
+        &f.data().join("pref_alpaca.json"),
+        r#"[{"instruction": "Q", "input": "", "chosen": "good", "rejected": "no", "history": [["h", "a"]]}]"#,
+    );
+    write(
+        &f.data().join("pref_chat.jsonl"),
+        concat!(
+            r#"{"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "u1"}, {"from": "gpt", "value": "g1"}, {"from": "human", "value": "u2"}], "#,
+            r#""chosen": {"from": "gpt", "value": "yes"}, "rejected": {"from": "gpt", "value": "nope"}}"#,
+            "\n"
+        ),
+    );
+    write(
+        &f.data().join("dataset_info.json"),
+        r#"{
+      "pa": {"file_name": "pref_alpaca.json", "ranking": true, "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected", "history": "history"}},
+      "pc": {"file_name": "pref_chat.jsonl", "formatting": "sharegpt", "ranking": true},
+      "sft": {"file_name": "pref_alpaca.json"}
+    }"#,
+    );
+    let tok = f.tok();
+    let d = f
+        .run("stage: dpo\ndataset: pa,pc\ntemplate: chatml")
+        .unwrap();
+    assert_eq!(d.train.len(), 2);
+    // alpaca: the history turn and the instruction are the (masked) prompt; only the answers train.
+    let e = &d.train[0];
+    let r = e.rejected.as_deref().unwrap();
+    let prompt = "<|im_start|>user\nh<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(
+        text(&tok, &e.input_ids),
+        format!("{prompt}good<|im_end|>\n")
+    );
+    assert_eq!(text(&tok, &r.input_ids), format!("{prompt}no<|im_end|>\n"));
+    assert_eq!(trained(&tok, e), "good<|im_end|>\n");
+    assert_eq!(trained(&tok, r), "no<|im_end|>\n");
+    assert!(r.rejected.is_none());
+    // sharegpt: system message, earlier turns in the prompt, chosen/rejected messages.
+    let e = &d.train[1];
+    let r = e.rejected.as_deref().unwrap();
+    assert!(text(&tok, &e.input_ids).starts_with("<|im_start|>system\nS<|im_end|>"));
+    assert!(text(&tok, &e.input_ids).contains("g1<|im_end|>\n<|im_start|>user\nu2"));
+    assert_eq!(trained(&tok, e), "yes<|im_end|>\n");
+    assert_eq!(trained(&tok, r), "nope<|im_end|>\n");
+    // The pairs survive the cache.
+    let again = f
+        .run("stage: dpo\ndataset: pa,pc\ntemplate: chatml")
+        .unwrap();
+    assert!(again.stats.cache_hit);
+    assert_eq!(again.train, d.train);
+    // cutoff_len: the prompt and the longer answer share it (infer_seqlen); both answers get
+    // the same length. chosen "good<|im_end|>\n" = 6 tokens, prompt 43: 2·6 < 10 fails,
+    // 2·43 < 10 fails ⇒ int(10·6/49) = 1 answer token, 9 prompt tokens.
+    let d = f
+        .run("stage: dpo\ndataset: pa\ntemplate: chatml\ncutoff_len: 10\noverwrite_cache: true")
+        .unwrap();
+    let e = &d.train[0];
+    assert_eq!((e.input_ids.len(), trained(&tok, e).as_str()), (10, "g"));
+    assert_eq!(trained(&tok, e.rejected.as_deref().unwrap()), "n");
+    assert_eq!(d.stats.truncated, 1);
+    // Ranking data need the preference stage, and the preference stage needs ranking data.
+    let err = f
+        .run("dataset: pa\ntemplate: chatml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stage: dpo"), "{err}");
+    let err = f
+        .run("stage: dpo\ndataset: sft\ntemplate: chatml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ranking"), "{err}");
+    // A ranking conversation must end with the user's message.
+    write(
+        &f.data().join("pref_chat.jsonl"),
+        r#"{"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "g"}], "chosen": {"from": "gpt", "value": "y"}, "rejected": {"from": "gpt", "value": "n"}}"#,
+    );
+    let err = f
+        .run("stage: dpo\ndataset: pc\ntemplate: chatml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must end with a `human` message"), "{err}");
+}

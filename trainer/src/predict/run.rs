@@ -211,6 +211,7 @@ mod tests {
         let ex = Example {
             input_ids: vec![1, 2, 3, 4, 5, 6, 7],
             labels: vec![-100, -100, 3, -100, -100, 6, 7],
+            rejected: None,
         };
         let (p, a) = prompt_and_answer(&ex).unwrap();
         assert_eq!(p, [1, 2, 3, 4, 5]);
@@ -218,11 +219,13 @@ mod tests {
         let none = Example {
             input_ids: vec![1, 2],
             labels: vec![-100, -100],
+            rejected: None,
         };
         assert!(prompt_and_answer(&none).is_none());
         let all = Example {
             input_ids: vec![1, 2],
             labels: vec![1, 2],
+            rejected: None,
         };
         assert!(prompt_and_answer(&all).is_none());
     }

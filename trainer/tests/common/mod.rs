@@ -65,7 +65,11 @@ pub fn examples(n: usize) -> Vec<Example> {
                 .enumerate()
                 .map(|(j, &t)| if j < prompt { -100 } else { t as i32 })
                 .collect();
-            Example { input_ids, labels }
+            Example {
+                input_ids,
+                labels,
+                rejected: None,
+            }
         })
         .collect()
 }

@@ -115,8 +115,13 @@ pub(crate) fn keys() -> impl Iterator<Item = &'static str> {
 pub const REJECTED_VALUES: &[(&str, &[&str], &str)] = &[
     (
         "stage",
-        &["rm", "ppo", "dpo", "kto"],
-        "reward modelling, PPO, DPO and KTO are not implemented: lf-trainer trains `stage: sft` and `stage: pt`",
+        &["rm", "ppo", "kto"],
+        "reward modelling, PPO and KTO are not implemented: lf-trainer trains `stage: sft`, `pt` and `dpo`",
+    ),
+    (
+        "pref_loss",
+        &["kto_pair"],
+        "`kto_pair` is not implemented: use `sigmoid`, `hinge`, `ipo`, `orpo` or `simpo`",
     ),
     (
         "finetuning_type",
@@ -185,7 +190,7 @@ const SGLANG: &str = "only used by `infer_backend: sglang`, which is not availab
 const KT: &str = "only used with `use_kt` (KTransformers), which is not available";
 const OFT: &str = "only used by `finetuning_type: oft`, which is not implemented";
 const RLHF: &str =
-    "only used by the rm, ppo, dpo and kto stages; lf-trainer trains `stage: sft` and `stage: pt`";
+    "only used by the rm, ppo and kto stages (or an option of dpo that lf-trainer does not have); lf-trainer trains `stage: sft`, `pt` and `dpo`";
 const GALORE: &str = "only used with `use_galore`, which is not implemented";
 const APOLLO: &str = "only used with `use_apollo`, which is not implemented";
 const BADAM: &str = "only used with `use_badam`, which is not implemented";
@@ -281,14 +286,10 @@ pub const ACCEPTED: &[CompatOption] = &[
     ignored("oft_rank", Finetuning, OFT),
     ignored("oft_block_size", Finetuning, OFT),
     ignored("oft_target", Finetuning, OFT),
-    ignored("pref_beta", Finetuning, RLHF),
-    ignored("pref_ftx", Finetuning, RLHF),
-    ignored("pref_bco_weight", Finetuning, RLHF),
-    ignored("pref_loss", Finetuning, RLHF),
-    ignored("dpo_label_smoothing", Finetuning, RLHF),
+    accepted("pref_bco_weight", Finetuning, &["0", "null"], &[], "", "BCO's added loss is not implemented: use `pref_bco_weight: 0`"),
+    accepted("dpo_label_smoothing", Finetuning, &["0", "null"], &[], "", "conservative (label-smoothed) DPO is not implemented: use `dpo_label_smoothing: 0`"),
     ignored("kto_chosen_weight", Finetuning, RLHF),
     ignored("kto_rejected_weight", Finetuning, RLHF),
-    ignored("simpo_gamma", Finetuning, RLHF),
     ignored("ppo_buffer_size", Finetuning, RLHF),
     ignored("ppo_epochs", Finetuning, RLHF),
     ignored("ppo_score_norm", Finetuning, RLHF),

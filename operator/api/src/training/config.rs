@@ -61,6 +61,15 @@ pub struct TrainingConfig {
     pub pure_bf16: bool,
     pub bf16: bool,
     pub fp16: bool,
+    /// `stage: dpo`: the temperature β of the preference loss (ORPO's λ).
+    pub pref_beta: f64,
+    /// `stage: dpo`: the weight of an added SFT loss on the chosen responses (mean token NLL per
+    /// example); ORPO always has its own NLL term.
+    pub pref_ftx: f64,
+    /// `stage: dpo`: which preference loss.
+    pub pref_loss: PrefLoss,
+    /// `pref_loss: simpo`: the target reward margin γ.
+    pub simpo_gamma: f64,
 
     // ---- data --------------------------------------------------------------------------------
     /// Comma-separated dataset names (keys of `dataset_info.json`, or file names in `dataset_dir`).
@@ -217,6 +226,10 @@ impl Default for TrainingConfig {
             pure_bf16: false,
             bf16: false,
             fp16: false,
+            pref_beta: 0.1,
+            pref_ftx: 0.0,
+            pref_loss: PrefLoss::Sigmoid,
+            simpo_gamma: 0.5,
             dataset: None,
             eval_dataset: None,
             dataset_dir: "data".to_string(),

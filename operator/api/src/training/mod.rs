@@ -30,6 +30,6 @@ pub use error::ConfigError;
 pub use notice::Notice;
 pub use options::{
     DatasetFormat, EvalStrategy, FinetuningType, FlashAttn, LrSchedulerType, OffloadDevice, Optim,
-    Precision, QuantizationType, Stage, TEMPLATES,
+    Precision, PrefLoss, QuantizationType, Stage, TEMPLATES,
 };
 pub use parse::{Parsed, ALIASES};

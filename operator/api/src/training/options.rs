@@ -12,6 +12,41 @@ pub enum Stage {
     Sft,
     /// (Continued) pre-training on plain text.
     Pt,
+    /// Preference optimisation on `ranking` datasets (chosen/rejected pairs) with `pref_loss`:
+    /// DPO and its variants against the reference model (the base with the LoRA adapter off), or
+    /// the reference-free ORPO and SimPO.
+    Dpo,
+}
+
+impl Stage {
+    /// Whether the stage trains on preference pairs (`ranking` datasets).
+    pub fn is_pairwise(self) -> bool {
+        matches!(self, Stage::Dpo)
+    }
+}
+
+/// The preference loss of `stage: dpo` (LLaMA-Factory's `pref_loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefLoss {
+    /// DPO: −log σ(β·margin), margin = (chosen − rejected) policy/reference log-ratio.
+    #[default]
+    Sigmoid,
+    /// SLiC's hinge: relu(1 − β·margin).
+    Hinge,
+    /// IPO: (margin − 1/(2β))², on length-averaged log-probabilities.
+    Ipo,
+    /// ORPO (reference-free): NLL of the chosen response − β·log σ(log-odds ratio).
+    Orpo,
+    /// SimPO (reference-free): −log σ(β·(avg chosen − avg rejected) − γ), γ = `simpo_gamma`.
+    Simpo,
+}
+
+impl PrefLoss {
+    /// Whether the loss compares against the reference model (ORPO and SimPO do not).
+    pub fn uses_reference(self) -> bool {
+        !matches!(self, PrefLoss::Orpo | PrefLoss::Simpo)
+    }
 }
 
 /// What is trained.

@@ -2,7 +2,7 @@
 
 use super::config::TrainingConfig;
 use super::error::ConfigError;
-use super::options::{FinetuningType, Stage, TEMPLATES};
+use super::options::{EvalStrategy, FinetuningType, Stage, TEMPLATES};
 
 impl TrainingConfig {
     /// Checks the rules a schema cannot express. Each error names its key.
@@ -104,7 +104,55 @@ impl TrainingConfig {
             }
         }
         self.lora_targets()?;
+        self.validate_preference()?;
         self.validate_predict()
+    }
+
+    /// `stage: dpo`: the loss settings, and what the preference stage does not combine with yet.
+    fn validate_preference(&self) -> Result<(), ConfigError> {
+        if !self.stage.is_pairwise() {
+            return Ok(());
+        }
+        if !(self.pref_beta.is_finite() && self.pref_beta > 0.0) {
+            return Err(ConfigError::invalid(
+                "pref_beta",
+                "must be a positive number",
+            ));
+        }
+        if !(self.pref_ftx.is_finite() && self.pref_ftx >= 0.0) {
+            return Err(ConfigError::invalid(
+                "pref_ftx",
+                "must be a non-negative number",
+            ));
+        }
+        if !self.simpo_gamma.is_finite() {
+            return Err(ConfigError::invalid("simpo_gamma", "must be a number"));
+        }
+        if self.packing_enabled() {
+            return Err(ConfigError::invalid(
+                "packing",
+                "preference pairs are not packed: use `packing: false`",
+            ));
+        }
+        if self.pref_loss.uses_reference() && self.finetuning_type != FinetuningType::Lora {
+            return Err(ConfigError::invalid(
+                "finetuning_type",
+                "`stage: dpo` takes its reference log-probabilities from the base model with the LoRA adapter off; a frozen reference copy for `full`/`freeze` is not implemented yet: use `finetuning_type: lora`, or a reference-free `pref_loss` (`orpo`, `simpo`)",
+            ));
+        }
+        if self.zero_stage >= 3 {
+            return Err(ConfigError::invalid(
+                "zero_stage",
+                "`stage: dpo` runs with ZeRO 0-2 (ZeRO-3's gathered forward is not wired into the preference step yet)",
+            ));
+        }
+        if self.eval_strategy != EvalStrategy::No || self.do_eval {
+            return Err(ConfigError::invalid(
+                "eval_strategy",
+                "`stage: dpo` does not evaluate yet: use `eval_strategy: no`",
+            ));
+        }
+        Ok(())
     }
 
     /// LLaMA-Factory's rules for batch prediction, plus the one example per prompt it needs.

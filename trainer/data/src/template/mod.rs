@@ -134,6 +134,24 @@ impl ChatTemplate {
         }
     }
 
+    /// LLaMA-Factory's `encode_oneturn`: the conversation's last answer, and everything before
+    /// it (earlier turns included) as its prompt.
+    pub fn encode_prompt_answer(
+        &self,
+        tok: &TokenizerBundle,
+        system: Option<&str>,
+        turns: &[(String, String)],
+    ) -> Result<(Vec<u32>, Vec<u32>), DataError> {
+        let mut pairs = self.encode_pairs(tok, system, turns)?;
+        let (last_prompt, answer) = pairs.pop().unwrap_or_default();
+        let mut prompt: Vec<u32> = pairs
+            .into_iter()
+            .flat_map(|(p, a)| p.into_iter().chain(a))
+            .collect();
+        prompt.extend(last_prompt);
+        Ok((prompt, answer))
+    }
+
     /// A training example for a conversation: ids and labels (`-100` on prompt tokens unless
     /// `train_on_prompt`, on all but the last response with `mask_history`), truncated to
     /// `cutoff_len` with LLaMA-Factory's rule.
