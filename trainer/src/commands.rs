@@ -17,6 +17,7 @@ use crate::outputs::{merge_results, TrainerLog, LOSS_PLOT};
 use crate::resume::{resolve, Start};
 use crate::setup;
 use crate::status::{Sink, StatusReporter};
+use crate::tracking::RunTrackers;
 use crate::train_loop::{evaluate, train, RunContext, TrainData};
 use crate::zero::ZeroOptimizer;
 use crate::zero3::ParameterPartition;
@@ -71,6 +72,12 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let is_main = group.rank() == 0;
     let stop = setup::stop_flag()?;
     let start = resolve(cfg, &out, is_main)?;
+    let trackers = if is_main {
+        let resumed = start.checkpoint().is_some();
+        RunTrackers::start(cfg, &out, resumed, |k| std::env::var(k).ok())?
+    } else {
+        RunTrackers::none()
+    };
 
     let tok = setup::tokenizer(&model_dir)?;
     let (train_examples, eval_examples) =
@@ -157,6 +164,7 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         numeric_setup,
         progress_bar: std::io::stderr().is_terminal(),
         bus_bandwidth_gbps,
+        trackers: trackers.get(),
     };
     let result = train(cfg, &mut trainee, optimizer.as_mut(), &data, &ctx);
     let summary = match result {
@@ -195,6 +203,7 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             results.insert("eval_perplexity".into(), e.exp().into());
         }
         merge_results(&out, results)?;
+        trackers.succeeded(cfg, &written);
         if cfg.plot_loss {
             let log = TrainerLog::open(&out, false)?;
             let points: Vec<(u64, f64)> = log

@@ -40,6 +40,7 @@ pub mod schedule;
 pub mod setup;
 pub mod state;
 pub mod status;
+pub mod tracking;
 pub mod train_loop;
 pub mod zero;
 pub mod zero3;

@@ -30,6 +30,8 @@ pub struct Sinks<'a> {
     pub bus_bandwidth_gbps: Option<f64>,
     /// Why this attempt resumed from an older checkpoint than it was given, for the status.
     pub resume_warning: Option<String>,
+    /// The experiment trackers (`report_to`).
+    pub trackers: Option<&'a lf_track::Trackers>,
 }
 
 /// What one optimiser step did (losses and counts summed over the ranks).
@@ -241,8 +243,18 @@ impl<'a> StepReporter<'a> {
         let (step, loss) = (record.current_steps, record.loss.unwrap_or(0.0));
         let (lr, grad_norm) = (record.lr.unwrap_or(0.0), record.grad_norm.unwrap_or(0.0));
         self.log.append(record)?;
-        if let Some(memory) = self.memory.take() {
-            self.log.append_memory(&memory)?;
+        let memory = self.memory.take();
+        if let Some(memory) = &memory {
+            self.log.append_memory(memory)?;
+        }
+        if let Some(t) = self.sinks.trackers {
+            let mut scalars = serde_json::to_value(record)
+                .map(|v| lf_track::scalars_of(&v))
+                .unwrap_or_default();
+            if let Ok(m) = serde_json::to_value(&memory) {
+                scalars.extend(lf_track::scalars_of(&serde_json::json!({ "memory": m })));
+            }
+            t.scalars(step, scalars);
         }
         self.losses.push((step, loss));
         if self.bar.is_none() {

@@ -60,6 +60,8 @@ pub struct RunContext<'a> {
     pub bus_bandwidth_gbps: Option<f64>,
     /// Why the checkpoint `resume_from_checkpoint` named was skipped for an older one (status).
     pub resume_warning: Option<String>,
+    /// The experiment trackers of `report_to` (rank 0).
+    pub trackers: Option<&'a lf_track::Trackers>,
 }
 
 /// What a finished run reports.
@@ -361,6 +363,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         progress_bar: ctx.progress_bar,
         bus_bandwidth_gbps: ctx.bus_bandwidth_gbps,
         resume_warning: ctx.resume_warning.clone(),
+        trackers: ctx.trackers,
     };
     let mut reporter = StepReporter::open(
         sinks,

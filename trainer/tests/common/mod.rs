@@ -99,6 +99,7 @@ pub fn context<'a>(
         progress_bar: false,
         bus_bandwidth_gbps: None,
         resume_warning: None,
+        trackers: None,
     }
 }
 

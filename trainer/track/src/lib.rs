@@ -10,6 +10,8 @@ mod error;
 pub mod mlflow;
 mod scalars;
 pub mod tensorboard;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod worker;
 
 use std::path::PathBuf;

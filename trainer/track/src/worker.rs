@@ -1,6 +1,7 @@
 //! One thread per tracker, fed through a bounded queue that the training loop never waits on.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +28,7 @@ struct Worker {
     name: &'static str,
     queue: SyncSender<Message>,
     thread: JoinHandle<()>,
-    dropped: u64,
+    dropped: AtomicU64,
 }
 
 /// The running trackers (none when `report_to: none`).
@@ -52,7 +53,7 @@ impl Trackers {
                         name,
                         queue,
                         thread,
-                        dropped: 0,
+                        dropped: AtomicU64::new(0),
                     }),
                     Err(e) => {
                         tracing::warn!(tracker = name, error = %e, "cannot start the tracker's thread; it is left out");
@@ -73,13 +74,13 @@ impl Trackers {
     }
 
     /// The run's hyper-parameters.
-    pub fn params(&mut self, params: Vec<Param>) {
+    pub fn params(&self, params: Vec<Param>) {
         let now = wall_time();
         self.send(|| Message::Params(params.clone(), now));
     }
 
     /// One record's scalars at `step`.
-    pub fn scalars(&mut self, step: u64, values: Vec<(String, f64)>) {
+    pub fn scalars(&self, step: u64, values: Vec<(String, f64)>) {
         let wall_time = wall_time();
         self.send(|| Message::Scalars {
             step,
@@ -88,15 +89,14 @@ impl Trackers {
         });
     }
 
-    fn send(&mut self, message: impl Fn() -> Message) {
-        for w in &mut self.workers {
+    fn send(&self, message: impl Fn() -> Message) {
+        for w in &self.workers {
             match w.queue.try_send(message()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    if w.dropped == 0 {
+                    if w.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                         tracing::warn!(tracker = w.name, "the tracker falls behind; records are dropped for it until it catches up");
                     }
-                    w.dropped += 1;
                 }
                 Err(TrySendError::Disconnected(_)) => {}
             }
@@ -137,10 +137,11 @@ impl Trackers {
                     "the tracker did not finish in time; it is left behind"
                 );
             }
-            if w.dropped > 0 {
+            let dropped = w.dropped.load(Ordering::Relaxed);
+            if dropped > 0 {
                 tracing::warn!(
                     tracker = w.name,
-                    dropped = w.dropped,
+                    dropped,
                     "records dropped while the tracker fell behind"
                 );
             }

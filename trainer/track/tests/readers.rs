@@ -2,46 +2,13 @@
 //! `tbparse` (TensorBoard's reader), and a run on a real `mlflow server` (PyPI) by `MlflowClient`,
 //! including a server killed mid-run and started again.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lf_track::mlflow::{Client, Mlflow, MlflowSettings};
 use lf_track::tensorboard::TensorBoard;
+use lf_track::testing::{free_port, read_back, MlflowServer};
 use lf_track::{Param, Sink, Trackers};
 use serde_json::{json, Value};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The reference stack's interpreter: `$LF_PYTHON` or `<repo>/.venv/bin/python`.
-fn python() -> PathBuf {
-    let py = std::env::var_os("LF_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    assert!(
-        py.exists(),
-        "the Python reference stack is missing: {} (run scripts/install-python-ref.sh)",
-        py.display()
-    );
-    py
-}
-
-fn read_back(args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .arg(repo().join("tests/reference/trackers_check.py"))
-        .args(args)
-        .output()
-        .expect("run trackers_check.py");
-    assert!(
-        out.status.success(),
-        "trackers_check.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("trackers_check.py prints JSON")
-}
 
 fn params() -> Vec<Param> {
     Param::from_config(&json!({
@@ -63,7 +30,7 @@ fn tensorboard_files_read_back_with_every_scalar_and_the_hparams() {
     let dir = tempfile::tempdir().unwrap();
     let logdir = dir.path().join("runs");
     let now = 1.7e9;
-    let mut trackers = Trackers::start(vec![Box::new(TensorBoard::create(&logdir, now).unwrap())]);
+    let trackers = Trackers::start(vec![Box::new(TensorBoard::create(&logdir, now).unwrap())]);
     trackers.params(params());
     for s in 1..=6 {
         trackers.scalars(s, step_values(s));
@@ -93,63 +60,6 @@ fn tensorboard_files_read_back_with_every_scalar_and_the_hparams() {
     assert!(h.get("adapter_name_or_path").is_none());
 }
 
-/// A `mlflow server` on `port` with its store in `dir`, killed on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(dir: &Path, port: u16) -> Server {
-        let mlflow = python().with_file_name("mlflow");
-        let child = Command::new(mlflow)
-            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-            .arg("--artifacts-destination")
-            .arg(dir.join("artifacts"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mlflow server");
-        let server = Server(child);
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "mlflow server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // The port opens before the app is ready: wait for /health.
-        let health = format!("http://127.0.0.1:{port}/health");
-        while ureq::get(&health)
-            .call()
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "mlflow server not healthy"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn an_mlflow_server_receives_the_run_and_a_killed_server_stops_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,14 +76,14 @@ fn an_mlflow_server_receives_the_run_and_a_killed_server_stops_nothing() {
     let adapter = output.join("adapter_config.json");
     std::fs::write(&adapter, br#"{"peft_type": "LORA", "r": 8}"#).unwrap();
 
-    let server = Server::start(&store, port);
+    let server = MlflowServer::start(&store, port);
     let sink = Mlflow::new(
         Client::new(settings, Duration::from_secs(5)),
         "tiny-sft".into(),
         &output,
         false,
     );
-    let mut trackers = Trackers::start(vec![Box::new(sink)]);
+    let trackers = Trackers::start(vec![Box::new(sink)]);
     trackers.params(params());
     for s in 1..=5 {
         trackers.scalars(s, step_values(s));
@@ -191,7 +101,7 @@ fn an_mlflow_server_receives_the_run_and_a_killed_server_stops_nothing() {
         t.elapsed()
     );
     std::thread::sleep(Duration::from_secs(2));
-    let _server = Server::start(&store, port);
+    let _server = MlflowServer::start(&store, port);
     trackers.finish(
         true,
         vec![("adapter/adapter_config.json".into(), adapter.clone())],

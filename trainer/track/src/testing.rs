@@ -1,0 +1,98 @@
+//! Test support (feature `test-support`): a real `mlflow server` from the Python reference stack,
+//! and the trackers' own readers (`tests/reference/trackers_check.py`).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The reference stack's interpreter: `$LF_PYTHON` or `<repo>/.venv/bin/python`.
+pub fn python() -> PathBuf {
+    let py = std::env::var_os("LF_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        py.exists(),
+        "the Python reference stack is missing: {} (run scripts/install-python-ref.sh)",
+        py.display()
+    );
+    py
+}
+
+/// `trackers_check.py ARGS` (see the script): what a tracker holds, read by its own reader.
+pub fn read_back(args: &[&str]) -> Value {
+    let out = Command::new(python())
+        .arg(repo().join("tests/reference/trackers_check.py"))
+        .args(args)
+        .output()
+        .expect("run trackers_check.py");
+    assert!(
+        out.status.success(),
+        "trackers_check.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("trackers_check.py prints JSON")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A `mlflow server` on `port` keeping its store in a directory; killed on drop.
+pub struct MlflowServer {
+    child: Child,
+    port: u16,
+}
+
+impl MlflowServer {
+    /// Starts the server (a SQLite store and served artifacts under `dir`) and waits until
+    /// `/health` answers.
+    pub fn start(dir: &Path, port: u16) -> MlflowServer {
+        let child = Command::new(python().with_file_name("mlflow"))
+            .args(["server", "--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.join("artifacts"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mlflow server");
+        let server = MlflowServer { child, port };
+        let health = format!("{}/health", server.uri());
+        let started = Instant::now();
+        while ureq::get(&health)
+            .call()
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(180),
+                "mlflow server did not become healthy in 180 s"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        server
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
