@@ -8,6 +8,10 @@ Usage (each mode is one invocation per Rust test file):
   model_reference.py peft-init OUT    base models (llama; qwen3; mistral with a window shorter than the
                                       batch; gemma2; gemma3 text), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and perturbed
                                       magnitudes), a batch, PEFT's summed loss and grads
+  model_reference.py moe OUT          tiny mixtral (window 8) and qwen3_moe models (top-k with and without
+                                      norm_topk_prob, dense mlp_only_layers, decoder_sparse_step 2): logits, every
+                                      sparse layer's router logits and chosen experts, the aux and total loss of a
+                                      right-padded labelled batch (with its attention mask), greedy generations
   model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
                                       reports key mismatches and logit differences to OUT/verify.json
 """
@@ -20,8 +24,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config,
-                          Qwen3Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, MixtralConfig,
+                          Qwen2Config, Qwen3Config, Qwen3MoeConfig)
 
 torch.set_num_threads(1)
 
@@ -101,6 +105,57 @@ def forward(out):
                                  do_sample=False, pad_token_id=0, eos_token_id=None)
         save_file({"input_ids": ids, "logits": logits.contiguous(), "generated": gen[0, 6:].contiguous(),
                    "padded_ids": padded, "padded_mask": mask, "padded_logits": padded_logits.contiguous()},
+                  os.path.join(d, "reference.safetensors"))
+
+
+def moe_configs():
+    aux = dict(output_router_logits=True)
+    return {
+        # 4 experts, top-2, every layer windowed to 8 of 24 positions.
+        "mixtral": MixtralConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+                                 router_aux_loss_coef=0.05, **aux),
+        # 6 experts, top-3 without renormalisation; layer 1 dense (mlp_only_layers).
+        "qwen3_moe": Qwen3MoeConfig(**{**COMMON, "num_hidden_layers": 3}, head_dim=16, moe_intermediate_size=40,
+                                    num_experts=6, num_experts_per_tok=3, norm_topk_prob=False, mlp_only_layers=[1],
+                                    router_aux_loss_coef=0.05, **aux),
+        # Renormalised top-2 of 5; decoder_sparse_step 2 makes layer 0 dense, layer 1 sparse; the
+        # aux loss is reported but not added (output_router_logits off).
+        "qwen3_moe_norm": Qwen3MoeConfig(**COMMON, moe_intermediate_size=40, num_experts=5, num_experts_per_tok=2,
+                                         norm_topk_prob=True, decoder_sparse_step=2, tie_word_embeddings=True),
+    }
+
+
+def moe(out):
+    for i, (name, cfg) in enumerate(moe_configs().items()):
+        model = build(cfg, 300 + i)
+        d = os.path.join(out, name)
+        model.save_pretrained(os.path.join(d, "model"))
+        g = torch.Generator().manual_seed(40 + i)
+        ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+        padded = ids.clone()
+        padded[1, 17:] = 0
+        mask = torch.ones_like(padded)
+        mask[1, 17:] = 0
+        labels = padded.clone()
+        labels[:, :6] = -100
+        labels[mask == 0] = -100
+        with torch.no_grad():
+            plain = model(input_ids=ids, output_router_logits=True)
+            padded_out = model(input_ids=padded, attention_mask=mask, labels=labels, output_router_logits=True)
+            # The loss transformers trains with: the config's output_router_logits decides.
+            padded_loss = model(input_ids=padded, attention_mask=mask, labels=labels).loss
+            prompt = ids[:1, :6]
+            gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12,
+                                 do_sample=False, pad_token_id=0, eos_token_id=None)
+        router = torch.stack([r.float() for r in plain.router_logits])
+        chosen = torch.stack([torch.topk(torch.softmax(r.float(), -1), cfg.num_experts_per_tok, -1).indices
+                              for r in plain.router_logits])
+        save_file({"input_ids": ids, "logits": plain.logits.float().contiguous(), "router_logits": router.contiguous(),
+                   "chosen": chosen.contiguous(), "aux_loss": plain.aux_loss.reshape(1).float(),
+                   "padded_ids": padded, "padded_mask": mask, "labels": labels,
+                   "padded_logits": padded_out.logits.float().contiguous(),
+                   "padded_aux_loss": padded_out.aux_loss.reshape(1).float(),
+                   "padded_loss": padded_loss.reshape(1).float(), "generated": gen[0, 6:].contiguous()},
                   os.path.join(d, "reference.safetensors"))
 
 
@@ -206,4 +261,4 @@ def peft_verify(out):
 
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
-    {"forward": forward, "peft-init": peft_init, "peft-verify": peft_verify}[mode](out)
+    {"forward": forward, "moe": moe, "peft-init": peft_init, "peft-verify": peft_verify}[mode](out)

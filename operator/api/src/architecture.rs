@@ -40,16 +40,24 @@ pub enum ModelType {
     /// instead of attention soft-capping, and a local RoPE base on its sliding layers.
     #[serde(rename = "gemma3_text")]
     Gemma3Text,
+    /// Mixtral: Mistral's attention, every MLP a sparse mixture of experts (top-2 routing, the
+    /// chosen experts' weights renormalised).
+    Mixtral,
+    /// Qwen3-MoE: Qwen3's attention (q/k norms), sparse MLPs with top-k routing
+    /// (`norm_topk_prob`), dense MLPs on `mlp_only_layers` and off the `decoder_sparse_step`.
+    Qwen3Moe,
 }
 
 impl ModelType {
-    pub const ALL: [ModelType; 6] = [
+    pub const ALL: [ModelType; 8] = [
         ModelType::Llama,
         ModelType::Mistral,
         ModelType::Qwen2,
         ModelType::Qwen3,
         ModelType::Gemma2,
         ModelType::Gemma3Text,
+        ModelType::Mixtral,
+        ModelType::Qwen3Moe,
     ];
 
     /// The `model_type` of `config.json`.
@@ -61,6 +69,8 @@ impl ModelType {
             ModelType::Qwen3 => "qwen3",
             ModelType::Gemma2 => "gemma2",
             ModelType::Gemma3Text => "gemma3_text",
+            ModelType::Mixtral => "mixtral",
+            ModelType::Qwen3Moe => "qwen3_moe",
         }
     }
 
@@ -77,6 +87,11 @@ impl ModelType {
     /// Gemma 2 and 3: `(1 + w)` norms, GeGLU, scaled embeddings, norms after attention and MLP.
     pub fn is_gemma(self) -> bool {
         matches!(self, ModelType::Gemma2 | ModelType::Gemma3Text)
+    }
+
+    /// Mixtral and Qwen3-MoE: MLPs that are sparse mixtures of experts.
+    pub fn is_moe(self) -> bool {
+        matches!(self, ModelType::Mixtral | ModelType::Qwen3Moe)
     }
 }
 
@@ -142,6 +157,9 @@ pub struct ModelArchitecture {
     /// Gemma 3: the RoPE base of the sliding-window layers (`rope_theta` is the full layers').
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_local_base_freq: Option<f64>,
+    /// The mixture-of-experts keys (Mixtral, Qwen3-MoE; empty for dense families).
+    #[serde(flatten)]
+    pub moe: MoeKeys,
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "dtype")]
     pub torch_dtype: Option<String>,
     /// A token id, or a list of them.
@@ -152,6 +170,43 @@ pub struct ModelArchitecture {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "token_ids_schema")]
     pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// The mixture-of-experts keys of `config.json`, as Mixtral's and Qwen3-MoE's config classes
+/// name them; a missing key takes the config class's default (see the methods of
+/// [`ModelArchitecture`] that read them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MoeKeys {
+    /// Experts per sparse MLP (Qwen3-MoE's files say `num_experts`; transformers 5 writes
+    /// `num_local_experts` for both families).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "num_experts"
+    )]
+    pub num_local_experts: Option<u64>,
+    /// Experts each token is routed to (top-k).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts_per_tok: Option<u64>,
+    /// Qwen3-MoE: each expert's intermediate size (`intermediate_size` is the dense MLPs').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_intermediate_size: Option<u64>,
+    /// Qwen3-MoE: renormalise the chosen experts' probabilities to sum to 1 (Mixtral always does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_topk_prob: Option<bool>,
+    /// Qwen3-MoE: layer `i` is sparse when `(i + 1) % decoder_sparse_step == 0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder_sparse_step: Option<u64>,
+    /// Qwen3-MoE: layers with a dense MLP whatever the step says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_only_layers: Option<Vec<u64>>,
+    /// Weight of the router's load-balancing loss in the training loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_aux_loss_coef: Option<f64>,
+    /// Whether the training loss includes the load-balancing loss (transformers adds it only
+    /// when the router logits are output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_router_logits: Option<bool>,
 }
 
 /// An integer or a list of integers, as `config.json` has it. A structural schema (what the API
@@ -260,21 +315,90 @@ impl ModelArchitecture {
     /// (never o), Mistral never (its modelling code ignores `attention_bias`).
     pub fn linear_has_bias(&self, module: LinearModule) -> bool {
         match self.model_type {
-            ModelType::Llama | ModelType::Qwen3 | ModelType::Gemma2 | ModelType::Gemma3Text => {
-                self.attention_bias && module.parent() == "self_attn"
-            }
+            ModelType::Llama
+            | ModelType::Qwen3
+            | ModelType::Qwen3Moe
+            | ModelType::Gemma2
+            | ModelType::Gemma3Text => self.attention_bias && module.parent() == "self_attn",
             ModelType::Qwen2 => matches!(
                 module,
                 LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
             ),
-            ModelType::Mistral => false,
+            ModelType::Mistral | ModelType::Mixtral => false,
         }
     }
 
     /// Whether each attention normalises its queries and keys per head (RMSNorm over
     /// `head_dim`, before RoPE): Qwen3's and Gemma 3's `q_norm` and `k_norm`.
     pub fn qk_norm(&self) -> bool {
-        matches!(self.model_type, ModelType::Qwen3 | ModelType::Gemma3Text)
+        matches!(
+            self.model_type,
+            ModelType::Qwen3 | ModelType::Qwen3Moe | ModelType::Gemma3Text
+        )
+    }
+
+    /// Experts of each sparse MLP (0 for dense families; the config classes' defaults: 8 for
+    /// Mixtral, 128 for Qwen3-MoE).
+    pub fn num_experts(&self) -> u64 {
+        let default = match self.model_type {
+            ModelType::Mixtral => 8,
+            ModelType::Qwen3Moe => 128,
+            _ => return 0,
+        };
+        self.moe.num_local_experts.unwrap_or(default)
+    }
+
+    /// Experts each token is routed to (2 for Mixtral, 8 for Qwen3-MoE unless the file says).
+    pub fn experts_per_token(&self) -> u64 {
+        let default = match self.model_type {
+            ModelType::Mixtral => 2,
+            ModelType::Qwen3Moe => 8,
+            _ => return 0,
+        };
+        self.moe.num_experts_per_tok.unwrap_or(default)
+    }
+
+    /// The intermediate size of one expert: Mixtral's `intermediate_size`, Qwen3-MoE's
+    /// `moe_intermediate_size` (768 by default).
+    pub fn expert_intermediate_size(&self) -> u64 {
+        match self.model_type {
+            ModelType::Qwen3Moe => self.moe.moe_intermediate_size.unwrap_or(768),
+            _ => self.intermediate_size,
+        }
+    }
+
+    /// Whether the chosen experts' probabilities are renormalised to sum to 1 (always for
+    /// Mixtral; Qwen3-MoE's `norm_topk_prob`, false by default).
+    pub fn norm_topk_prob(&self) -> bool {
+        match self.model_type {
+            ModelType::Qwen3Moe => self.moe.norm_topk_prob.unwrap_or(false),
+            _ => true,
+        }
+    }
+
+    /// Whether decoder layer `i` has a sparse MLP: every Mixtral layer; a Qwen3-MoE layer not in
+    /// `mlp_only_layers` whose `i + 1` is a multiple of `decoder_sparse_step`, as
+    /// `Qwen3MoeDecoderLayer` decides.
+    pub fn is_sparse_layer(&self, i: u64) -> bool {
+        if self.num_experts() == 0 {
+            return false;
+        }
+        match self.model_type {
+            ModelType::Mixtral => true,
+            ModelType::Qwen3Moe => {
+                let step = self.moe.decoder_sparse_step.unwrap_or(1).max(1);
+                let dense = self.moe.mlp_only_layers.as_deref().unwrap_or(&[]);
+                !dense.contains(&i) && (i + 1).is_multiple_of(step)
+            }
+            _ => false,
+        }
+    }
+
+    /// The load-balancing loss's weight in the training loss: `router_aux_loss_coef` (0.001 by
+    /// default) when `output_router_logits` is set, else none (transformers adds it only then).
+    pub fn router_aux_loss_weight(&self) -> Option<f64> {
+        let on = self.model_type.is_moe() && self.moe.output_router_logits.unwrap_or(false);
+        on.then(|| self.moe.router_aux_loss_coef.unwrap_or(0.001))
     }
 
     /// The factor attention scores are multiplied by: `query_pre_attn_scalar^-½` (Gemma), else
@@ -336,6 +460,11 @@ pub fn normalise_config(raw: serde_json::Value) -> serde_json::Value {
             .and_then(ModelType::from_name);
         for (key, value) in family.map(family_defaults).unwrap_or_default() {
             obj.entry(key).or_insert(value);
+        }
+        // Qwen3-MoE's files say `num_experts`, transformers 5 writes `num_local_experts` (its
+        // alias); a file with both keeps the second, which transformers reads.
+        if obj.contains_key("num_local_experts") {
+            obj.remove("num_experts");
         }
     }
     raw

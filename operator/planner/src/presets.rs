@@ -79,6 +79,7 @@ impl Shape {
                 .as_ref()
                 .and_then(|g| g.local_theta_and_linear_factor)
                 .map(|l| l.0),
+            moe: Default::default(),
             torch_dtype: Some("bfloat16".into()),
             bos_token_id: None,
             eos_token_id: None,

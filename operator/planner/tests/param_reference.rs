@@ -50,6 +50,7 @@ fn tiny(model_type: ModelType, tied: bool, kv: u64, head_dim: Option<u64>) -> Mo
         attn_logit_softcapping: None,
         final_logit_softcapping: None,
         rope_local_base_freq: None,
+        moe: Default::default(),
         torch_dtype: None,
         bos_token_id: None,
         eos_token_id: None,

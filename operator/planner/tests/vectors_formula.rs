@@ -197,6 +197,7 @@ fn formula_vectors_f1_to_f12() {
         attn_logit_softcapping: None,
         final_logit_softcapping: None,
         rope_local_base_freq: None,
+        moe: Default::default(),
         torch_dtype: None,
         bos_token_id: None,
         eos_token_id: None,

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::llama::{AttentionBackend, Llama};
 use crate::loader::{self, FileSource, MemorySource, UnitSink};
-use crate::names::{BaseTensor, LayerTensor};
+use crate::names::{self, BaseTensor, LayerTensor};
 use crate::residency::{AlwaysResident, Unit};
 use crate::{options, safetensors_io, LoadOptions, ModelError};
 
@@ -255,15 +255,24 @@ impl CausalLm {
         let mut total = dense(&m.embed_tokens)
             + dense(&m.norm.weight)
             + m.lm_head.as_ref().map(dense).unwrap_or(0);
-        for layer in &m.layers {
+        let linear = |l: &crate::linear::Linear| {
+            l.weight.storage_bytes() + l.bias.as_ref().map(dense).unwrap_or(0)
+        };
+        for (i, layer) in m.layers.iter().enumerate() {
             total += layer
                 .norms()
                 .into_iter()
                 .map(|(_, norm)| dense(&norm.weight))
                 .sum::<u64>();
             for module in LinearModule::ALL {
-                let l = layer.linear(module);
-                total += l.weight.storage_bytes() + l.bias.as_ref().map(dense).unwrap_or(0);
+                total += layer.linear(module).map(linear).unwrap_or(0);
+            }
+            if let Some(moe) = layer.sparse() {
+                total += moe
+                    .linears(i)
+                    .into_iter()
+                    .map(|(_, l)| linear(l))
+                    .sum::<u64>();
             }
         }
         total
@@ -290,12 +299,18 @@ impl CausalLm {
         for (i, layer) in m.layers.iter().enumerate() {
             let name = |t: LayerTensor| BaseTensor::Layer(i, t).name();
             for module in LinearModule::ALL {
+                let Some(lin) = layer.linear(module) else {
+                    continue;
+                };
                 let (n, o) = self.arch.linear_shape(module);
                 let (o, n) = (o as i64, n as i64);
                 out.push((name(LayerTensor::Weight(module)), vec![o, n]));
-                if layer.linear(module).bias.is_some() {
+                if lin.bias.is_some() {
                     out.push((name(LayerTensor::Bias(module)), vec![o]));
                 }
+            }
+            if let Some(moe) = layer.sparse() {
+                out.extend(crate::moe::weight_layout(&self.arch, moe.naming, i));
             }
             for (t, norm) in layer.norms() {
                 out.push((name(t), vec![norm.weight.size()[0]]));
@@ -311,15 +326,21 @@ impl CausalLm {
     /// The model's own tensor named `name` (Hugging Face name), when it is held dense.
     pub(crate) fn dense_tensor(&self, name: &str) -> Option<Tensor> {
         let m = &self.model;
-        let t = match BaseTensor::parse(name)? {
+        let Some(parsed) = BaseTensor::parse(name) else {
+            // A sparse MLP's router or expert weight.
+            let i = names::layer_of(name)?;
+            let lin = m.layers.get(i)?.sparse_linear(i, name)?;
+            return lin.weight.as_dense().map(Tensor::shallow_clone);
+        };
+        let t = match parsed {
             BaseTensor::EmbedTokens => &m.embed_tokens,
             BaseTensor::Norm => &m.norm.weight,
             BaseTensor::LmHead => m.lm_head.as_ref()?,
             BaseTensor::Layer(i, t) => {
                 let layer = m.layers.get(i)?;
                 match t {
-                    LayerTensor::Weight(module) => layer.linear(module).weight.as_dense()?,
-                    LayerTensor::Bias(module) => layer.linear(module).bias.as_ref()?,
+                    LayerTensor::Weight(module) => layer.linear(module)?.weight.as_dense()?,
+                    LayerTensor::Bias(module) => layer.linear(module)?.bias.as_ref()?,
                     norm => {
                         let (_, n) = layer.norms().into_iter().find(|(t, _)| *t == norm)?;
                         &n.weight

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::causal_lm::CausalLm;
 use crate::durable;
-use crate::names::{BaseTensor, LayerTensor};
+use crate::names::{self, BaseTensor, LayerTensor};
 use crate::safetensors_io::{self, HostTensor};
 use crate::ModelError;
 
@@ -110,7 +110,12 @@ impl CausalLm {
         move |name: &str| match BaseTensor::parse(name) {
             Some(BaseTensor::Layer(i, LayerTensor::Weight(module))) => {
                 let layer = self.model.layers.get(i)?;
-                Some(layer.linear(module).merged_weight(self.opts.dtype))
+                Some(layer.linear(module)?.merged_weight(self.opts.dtype))
+            }
+            None => {
+                let i = names::layer_of(name)?;
+                let lin = self.model.layers.get(i)?.sparse_linear(i, name)?;
+                Some(lin.merged_weight(self.opts.dtype))
             }
             _ => self.dense_tensor(name),
         }

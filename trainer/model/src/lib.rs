@@ -1,8 +1,9 @@
 //! lf-model: a Llama-family causal language model on libtorch (`tch`), built for fine-tuning.
 //!
 //! * [`CausalLm::load`] reads a Hugging Face model directory (llama 2/3/3.1, mistral, qwen2, qwen3,
-//!   gemma2, gemma3_text; tied embeddings; sliding windows), memory-mapping the safetensors shards
-//!   and streaming tensors to the device.
+//!   gemma2, gemma3_text, and the mixtures of experts mixtral and qwen3_moe ([`moe`]); tied
+//!   embeddings; sliding windows), memory-mapping the safetensors shards and streaming tensors to
+//!   the device.
 //! * [`CausalLm::apply_method`] attaches LoRA / rsLoRA / DoRA adapters exactly as PEFT initialises
 //!   and computes them, or marks base weights trainable for `full` / `freeze`.
 //! * [`CausalLm::loss_sum_and_backward`] is the training step's forward + backward: the head and
@@ -24,11 +25,13 @@ pub mod linear;
 pub mod llama;
 mod loader;
 mod method;
+pub mod moe;
 pub mod names;
 mod options;
 mod peft;
 mod quant;
 mod residency;
+mod routing;
 pub mod safetensors_io;
 #[cfg(feature = "test-support")]
 pub mod testing;
@@ -41,6 +44,7 @@ pub use names::peft_prefix;
 pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
 pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use residency::{AlwaysResident, Residency, Unit};
+pub use routing::{MoeLoss, RoutedForward};
 pub use training::IGNORE_INDEX;
 
 #[cfg(test)]

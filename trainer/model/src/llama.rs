@@ -30,6 +30,7 @@ use lf_api::training::LinearModule;
 use tch::{Device, Kind, Tensor};
 
 use crate::linear::Linear;
+use crate::moe::SparseMoe;
 use crate::names::{self, BaseTensor, LayerTensor};
 use crate::residency::{Residency, Unit};
 
@@ -340,6 +341,36 @@ impl Mlp {
     }
 }
 
+/// A decoder layer's MLP: dense, or a sparse mixture of experts (Mixtral, Qwen3-MoE; see
+/// [`crate::moe`]).
+// One per decoder layer, held for the model's life: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+impl FeedForward {
+    /// The output, and the router logits (`[B·S, E]`) of a sparse MLP.
+    fn forward(&self, x: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
+        match self {
+            FeedForward::Dense(mlp) => (mlp.forward(x, train), None),
+            FeedForward::Sparse(moe) => {
+                let (y, logits) = moe.forward(x, train);
+                (y, Some(logits))
+            }
+        }
+    }
+
+    /// The MLP, when it is dense.
+    fn dense(&self) -> Option<&Mlp> {
+        match self {
+            FeedForward::Dense(mlp) => Some(mlp),
+            FeedForward::Sparse(_) => None,
+        }
+    }
+}
+
 /// The extra norms of Gemma's layers: before the MLP (where Llama's post-attention norm is) and
 /// after it.
 pub struct FeedForwardNorms {
@@ -353,7 +384,7 @@ pub struct DecoderLayer {
     pub self_attn: Attention,
     /// Llama: the norm before the MLP. Gemma: the norm of the attention's output.
     pub post_attention_layernorm: RmsNorm,
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
     /// Gemma's `pre_feedforward_layernorm` and `post_feedforward_layernorm`.
     pub feed_forward_norms: Option<FeedForwardNorms>,
 }
@@ -369,6 +400,18 @@ impl DecoderLayer {
         backend: AttentionBackend,
         train: bool,
     ) -> Tensor {
+        self.forward_routed(x, rope, cache, backend, train).0
+    }
+
+    /// [`DecoderLayer::forward`], and the router logits of a sparse MLP (`[B·S, E]`).
+    pub fn forward_routed(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        backend: AttentionBackend,
+        train: bool,
+    ) -> (Tensor, Option<Tensor>) {
         let h = self.self_attn.forward(
             &self.input_layernorm.forward(x),
             rope,
@@ -379,26 +422,30 @@ impl DecoderLayer {
         match &self.feed_forward_norms {
             None => {
                 let x = x + h;
-                let h = self
+                let (h, logits) = self
                     .mlp
                     .forward(&self.post_attention_layernorm.forward(&x), train);
-                x + h
+                (x + h, logits)
             }
             Some(ff) => {
                 let x = x + self.post_attention_layernorm.forward(&h);
-                let h = self.mlp.forward(&ff.pre.forward(&x), train);
-                x + ff.post.forward(&h)
+                let (h, logits) = self.mlp.forward(&ff.pre.forward(&x), train);
+                (x + ff.post.forward(&h), logits)
             }
         }
     }
 
     /// Every tensor of decoder layer `i` (the tensors of [`Unit::Layer`]), sharing storage: its
-    /// linears (see [`Linear::named_tensors`]) then its norms.
+    /// linears (see [`Linear::named_tensors`]), a sparse MLP's router and experts, then its norms.
     pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
         let mut out: Vec<(String, Tensor)> = LinearModule::ALL
             .into_iter()
-            .flat_map(|m| self.linear(m).named_tensors(&names::linear(i, m)))
+            .filter_map(|m| Some(self.linear(m)?.named_tensors(&names::linear(i, m))))
+            .flatten()
             .collect();
+        if let FeedForward::Sparse(moe) = &self.mlp {
+            out.extend(moe.named_tensors(i));
+        }
         out.extend(
             self.norms()
                 .into_iter()
@@ -430,30 +477,52 @@ impl DecoderLayer {
         out
     }
 
-    /// The linear layer of `module`.
-    pub fn linear(&self, module: LinearModule) -> &Linear {
-        match module {
+    /// The sparse MLP, when the layer has one.
+    pub fn sparse(&self) -> Option<&SparseMoe> {
+        match &self.mlp {
+            FeedForward::Sparse(moe) => Some(moe),
+            FeedForward::Dense(_) => None,
+        }
+    }
+
+    /// The linear of the sparse MLP whose weight is named `name` (router or expert).
+    pub fn sparse_linear(&self, i: usize, name: &str) -> Option<&Linear> {
+        let moe = self.sparse()?;
+        let (_, lin) = moe
+            .linears(i)
+            .into_iter()
+            .find(|(path, _)| path.weight() == name)?;
+        Some(lin)
+    }
+
+    /// The linear layer of `module` (`None` for the MLP's when it is sparse).
+    pub fn linear(&self, module: LinearModule) -> Option<&Linear> {
+        Some(match module {
             LinearModule::QProj => &self.self_attn.q_proj,
             LinearModule::KProj => &self.self_attn.k_proj,
             LinearModule::VProj => &self.self_attn.v_proj,
             LinearModule::OProj => &self.self_attn.o_proj,
-            LinearModule::GateProj => &self.mlp.gate_proj,
-            LinearModule::UpProj => &self.mlp.up_proj,
-            LinearModule::DownProj => &self.mlp.down_proj,
-        }
+            LinearModule::GateProj => &self.mlp.dense()?.gate_proj,
+            LinearModule::UpProj => &self.mlp.dense()?.up_proj,
+            LinearModule::DownProj => &self.mlp.dense()?.down_proj,
+        })
     }
 
-    /// The linear layer of `module`, mutably.
-    pub fn linear_mut(&mut self, module: LinearModule) -> &mut Linear {
-        match module {
+    /// The linear layer of `module`, mutably (`None` for the MLP's when it is sparse).
+    pub fn linear_mut(&mut self, module: LinearModule) -> Option<&mut Linear> {
+        let mlp = match &mut self.mlp {
+            FeedForward::Dense(mlp) => Some(mlp),
+            FeedForward::Sparse(_) => None,
+        };
+        Some(match module {
             LinearModule::QProj => &mut self.self_attn.q_proj,
             LinearModule::KProj => &mut self.self_attn.k_proj,
             LinearModule::VProj => &mut self.self_attn.v_proj,
             LinearModule::OProj => &mut self.self_attn.o_proj,
-            LinearModule::GateProj => &mut self.mlp.gate_proj,
-            LinearModule::UpProj => &mut self.mlp.up_proj,
-            LinearModule::DownProj => &mut self.mlp.down_proj,
-        }
+            LinearModule::GateProj => &mut mlp?.gate_proj,
+            LinearModule::UpProj => &mut mlp?.up_proj,
+            LinearModule::DownProj => &mut mlp?.down_proj,
+        })
     }
 }
 
@@ -530,10 +599,24 @@ impl Llama {
     pub fn decoder_output<R: Residency + ?Sized>(
         &self,
         input_ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        backend: AttentionBackend,
+        train: bool,
+        residency: &R,
+    ) -> Result<Tensor, R::Error> {
+        self.decoder_output_routed(input_ids, cache, backend, train, residency, None)
+    }
+
+    /// [`Llama::decoder_output`], pushing each sparse MLP's router logits (`[B·S, E]`, layer
+    /// order) to `router_logits` when given.
+    pub fn decoder_output_routed<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         backend: AttentionBackend,
         train: bool,
         residency: &R,
+        mut router_logits: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor, R::Error> {
         let start = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let s = input_ids.size()[1];
@@ -547,7 +630,11 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             residency.gather(Unit::Layer(i))?;
-            x = layer.forward(&x, &rope, slot, backend, train);
+            let (y, logits) = layer.forward_routed(&x, &rope, slot, backend, train);
+            x = y;
+            if let (Some(sink), Some(logits)) = (router_logits.as_deref_mut(), logits) {
+                sink.push(logits);
+            }
             residency.release(Unit::Layer(i), false)?;
         }
         Ok(x)

@@ -10,10 +10,11 @@ use tch::{Kind, Tensor};
 
 use crate::linear::Linear;
 use crate::llama::{
-    embedding_tensors, head_tensors, Activation, Attention, DecoderLayer, FeedForwardNorms, Llama,
-    Mlp, RmsNorm, Rotary,
+    embedding_tensors, head_tensors, Activation, Attention, DecoderLayer, FeedForward,
+    FeedForwardNorms, Llama, Mlp, RmsNorm, Rotary,
 };
-use crate::names;
+use crate::moe::{expert_shape, Expert, SparseMoe};
+use crate::names::{self, ExpertLinear, MoeNaming};
 use crate::residency::Unit;
 use crate::safetensors_io::MappedFile;
 use crate::{LoadOptions, ModelError};
@@ -141,6 +142,72 @@ fn required(
     Ok(t)
 }
 
+/// Takes the linear at `path` (`[fan_out, fan_in]`, with a bias when `bias`), quantised when the
+/// options say so.
+fn load_linear(
+    src: &mut dyn TensorSource,
+    path: &names::TensorPath,
+    fan_in: u64,
+    fan_out: u64,
+    bias: bool,
+    opts: &LoadOptions,
+) -> Result<Linear, ModelError> {
+    let kind = opts.dtype;
+    let shape = [fan_out as i64, fan_in as i64];
+    let w = required(src, &path.weight(), &shape, kind, opts)?;
+    let bias = if bias {
+        Some(required(src, &path.bias(), &shape[..1], kind, opts)?)
+    } else {
+        None
+    };
+    crate::quant::make_linear(path, w, bias, opts)
+}
+
+/// Layer `i`'s sparse MLP: the router (kept dense: it is tiny and transformers' bitsandbytes
+/// integration skips it too, as it is no `nn.Linear`) and every expert's linears.
+fn sparse_moe(
+    src: &mut dyn TensorSource,
+    arch: &ModelArchitecture,
+    i: usize,
+    naming: MoeNaming,
+    opts: &LoadOptions,
+) -> Result<SparseMoe, ModelError> {
+    let (h, e) = (arch.hidden_size, arch.num_experts());
+    let dense = LoadOptions {
+        quantization: None,
+        ..opts.clone()
+    };
+    let router = load_linear(src, &naming.router(i), h, e, false, &dense)?;
+    let experts = (0..e as usize)
+        .map(|x| {
+            let mut linear = |which: ExpertLinear| {
+                let (fan_in, fan_out) = expert_shape(arch, which);
+                load_linear(
+                    src,
+                    &naming.expert(i, x, which),
+                    fan_in,
+                    fan_out,
+                    false,
+                    opts,
+                )
+            };
+            Ok(Expert {
+                gate_proj: linear(ExpertLinear::Gate)?,
+                up_proj: linear(ExpertLinear::Up)?,
+                down_proj: linear(ExpertLinear::Down)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ModelError>>()?;
+    Ok(SparseMoe {
+        router,
+        experts,
+        top_k: arch.experts_per_token() as i64,
+        norm_topk_prob: arch.norm_topk_prob(),
+        weights_in_logit_dtype: naming == MoeNaming::Qwen3Moe,
+        naming,
+    })
+}
+
 /// Builds the whole model from `src`; every tensor of `src` must be used (apart from RoPE caches
 /// and a redundant `lm_head.weight` of a tied model). Layer `i` attends within `windows[i]`
 /// (full attention where `windows` has no entry or `None`).
@@ -163,34 +230,25 @@ pub fn build(
     for i in 0..arch.num_hidden_layers as usize {
         let mut linear = |m: LinearModule| -> Result<Linear, ModelError> {
             let (fan_in, fan_out) = arch.linear_shape(m);
-            let path = names::linear(i, m);
-            let w = required(
-                src,
-                &path.weight(),
-                &[fan_out as i64, fan_in as i64],
-                kind,
-                opts,
-            )?;
-            let bias = if arch.linear_has_bias(m) {
-                Some(required(src, &path.bias(), &[fan_out as i64], kind, opts)?)
-            } else {
-                None
-            };
-            crate::quant::make_linear(&path, w, bias, opts)
+            let bias = arch.linear_has_bias(m);
+            load_linear(src, &names::linear(i, m), fan_in, fan_out, bias, opts)
         };
         let q_proj = linear(LinearModule::QProj)?;
         let k_proj = linear(LinearModule::KProj)?;
         let v_proj = linear(LinearModule::VProj)?;
         let o_proj = linear(LinearModule::OProj)?;
-        let mlp = Mlp {
-            gate_proj: linear(LinearModule::GateProj)?,
-            up_proj: linear(LinearModule::UpProj)?,
-            down_proj: linear(LinearModule::DownProj)?,
-            act: if gemma {
-                Activation::GeluTanh
-            } else {
-                Activation::Silu
-            },
+        let mlp = match MoeNaming::of(arch.model_type).filter(|_| arch.is_sparse_layer(i as u64)) {
+            Some(naming) => FeedForward::Sparse(sparse_moe(src, arch, i, naming, opts)?),
+            None => FeedForward::Dense(Mlp {
+                gate_proj: linear(LinearModule::GateProj)?,
+                up_proj: linear(LinearModule::UpProj)?,
+                down_proj: linear(LinearModule::DownProj)?,
+                act: if gemma {
+                    Activation::GeluTanh
+                } else {
+                    Activation::Silu
+                },
+            }),
         };
         let d = arch.head_dim() as i64;
         let mut norm = |path: names::TensorPath, size: i64| -> Result<RmsNorm, ModelError> {

@@ -51,9 +51,7 @@ impl CausalLm {
                     r: cfg.lora_rank,
                     alpha: cfg.effective_lora_alpha(),
                     dropout: cfg.lora_dropout,
-                    targets: cfg
-                        .lora_targets()
-                        .map_err(|e| ModelError::Invalid(e.to_string()))?,
+                    targets: self.lora_targets(cfg)?,
                     use_rslora: cfg.use_rslora,
                     use_dora: cfg.use_dora,
                 };
@@ -103,6 +101,33 @@ impl CausalLm {
         Ok(())
     }
 
+    /// The linears `lora_target` names. A mixture-of-experts model adapts its attention only:
+    /// `all` means q/k/v/o there (what LLaMA-Factory's `all` finds, the `nn.Linear`s of
+    /// transformers 5's Mixtral and Qwen3-MoE), and an MLP target is an error, because PEFT 0.21
+    /// turns `gate_proj`/`up_proj`/`down_proj` into LoRA on the fused 3-D expert parameters
+    /// (`target_parameters`), which lf-model does not implement.
+    fn lora_targets(&self, cfg: &TrainingConfig) -> Result<Vec<LinearModule>, ModelError> {
+        let targets = cfg
+            .lora_targets()
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
+        if !self.arch.model_type.is_moe() {
+            return Ok(targets);
+        }
+        let attention = |m: &LinearModule| m.parent() == "self_attn";
+        if cfg.lora_target.trim() == "all" {
+            return Ok(targets.into_iter().filter(attention).collect());
+        }
+        match targets.iter().find(|m| !attention(m)) {
+            Some(m) => Err(ModelError::Invalid(format!(
+                "lora_target {}: {} models take LoRA on the attention (q_proj, k_proj, v_proj, \
+                 o_proj, or all); adapters on the experts (PEFT's target_parameters) are not supported",
+                m.name(),
+                self.arch.model_type.name()
+            ))),
+            None => Ok(targets),
+        }
+    }
+
     fn freeze_all(&mut self) {
         for (_, t) in self.base_parameters() {
             if t.requires_grad() {
@@ -114,7 +139,9 @@ impl CausalLm {
     fn remove_adapters(&mut self) {
         for layer in &mut self.model.layers {
             for m in LinearModule::ALL {
-                layer.linear_mut(m).adapter = None;
+                if let Some(lin) = layer.linear_mut(m) {
+                    lin.adapter = None;
+                }
             }
         }
         self.method.lora = None;
@@ -144,7 +171,12 @@ impl CausalLm {
                     .map_err(ModelError::residency(unit, "gathering"))?;
             }
             for &m in &s.targets {
-                let lin = layer.linear_mut(m);
+                let Some(lin) = layer.linear_mut(m) else {
+                    return Err(ModelError::Invalid(format!(
+                        "lora_target {}: layer {i}'s MLP is a mixture of experts, which has no {0}",
+                        m.name()
+                    )));
+                };
                 let (in_f, out_f) = arch.linear_shape(m);
                 let (out_f, in_f) = (out_f as i64, in_f as i64);
                 let bound = 1.0 / (in_f as f64).sqrt();
@@ -227,7 +259,7 @@ impl CausalLm {
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
             for m in LinearModule::ALL {
-                if let Some(ad) = &layer.linear(m).adapter {
+                if let Some(ad) = layer.linear(m).and_then(|l| l.adapter.as_ref()) {
                     out.extend(ad.named_tensors(&names::linear(i, m)));
                 }
             }

@@ -153,6 +153,66 @@ pub fn k_norm(i: usize) -> TensorPath {
     layer(i).pp("self_attn").pp("k_norm")
 }
 
+/// A sparse MLP's linear inside one expert: SwiGLU's gate, up and down projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpertLinear {
+    Gate,
+    Up,
+    Down,
+}
+
+impl ExpertLinear {
+    pub const ALL: [ExpertLinear; 3] = [ExpertLinear::Gate, ExpertLinear::Up, ExpertLinear::Down];
+}
+
+/// How a mixture-of-experts family names its sparse MLP in checkpoints (the names on the Hub and
+/// the ones transformers 5's `save_pretrained` writes back): Mixtral's
+/// `block_sparse_moe.{gate, experts.{e}.w1|w3|w2}`, Qwen3-MoE's
+/// `mlp.{gate, experts.{e}.gate_proj|up_proj|down_proj}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MoeNaming {
+    Mixtral,
+    Qwen3Moe,
+}
+
+impl MoeNaming {
+    /// The naming of `model_type` (`None` for dense families).
+    pub fn of(model_type: lf_api::architecture::ModelType) -> Option<MoeNaming> {
+        use lf_api::architecture::ModelType;
+        match model_type {
+            ModelType::Mixtral => Some(MoeNaming::Mixtral),
+            ModelType::Qwen3Moe => Some(MoeNaming::Qwen3Moe),
+            _ => None,
+        }
+    }
+
+    /// Decoder layer `i`'s sparse MLP.
+    pub fn block(self, i: usize) -> TensorPath {
+        layer(i).pp(match self {
+            MoeNaming::Mixtral => "block_sparse_moe",
+            MoeNaming::Qwen3Moe => "mlp",
+        })
+    }
+
+    /// The router (`gate`, `[experts, hidden]`) of layer `i`.
+    pub fn router(self, i: usize) -> TensorPath {
+        self.block(i).pp("gate")
+    }
+
+    /// Linear `which` of expert `e` in layer `i`.
+    pub fn expert(self, i: usize, e: usize, which: ExpertLinear) -> TensorPath {
+        let name = match (self, which) {
+            (MoeNaming::Mixtral, ExpertLinear::Gate) => "w1",
+            (MoeNaming::Mixtral, ExpertLinear::Up) => "w3",
+            (MoeNaming::Mixtral, ExpertLinear::Down) => "w2",
+            (MoeNaming::Qwen3Moe, ExpertLinear::Gate) => "gate_proj",
+            (MoeNaming::Qwen3Moe, ExpertLinear::Up) => "up_proj",
+            (MoeNaming::Qwen3Moe, ExpertLinear::Down) => "down_proj",
+        };
+        self.block(i).pp("experts").pp(e).pp(name)
+    }
+}
+
 /// The final norm.
 pub fn norm() -> TensorPath {
     model().pp("norm")
@@ -332,5 +392,30 @@ mod tests {
             "model.layers.0.self_attn.rotary_emb.inv_freq"
         ));
         assert!(!is_rope_cache("model.layers.0.self_attn.q_proj.weight"));
+    }
+
+    #[test]
+    fn expert_names_are_the_checkpoints() {
+        use ExpertLinear::*;
+        let m = MoeNaming::Mixtral;
+        assert_eq!(
+            m.router(1).weight(),
+            "model.layers.1.block_sparse_moe.gate.weight"
+        );
+        assert_eq!(
+            m.expert(0, 7, Up).weight(),
+            "model.layers.0.block_sparse_moe.experts.7.w3.weight"
+        );
+        assert_eq!(
+            m.expert(0, 7, Down).weight(),
+            "model.layers.0.block_sparse_moe.experts.7.w2.weight"
+        );
+        let q = MoeNaming::Qwen3Moe;
+        assert_eq!(q.router(2).weight(), "model.layers.2.mlp.gate.weight");
+        assert_eq!(
+            q.expert(2, 0, Gate).weight(),
+            "model.layers.2.mlp.experts.0.gate_proj.weight"
+        );
+        assert_eq!(layer_of(&q.expert(3, 1, Down).weight()), Some(3));
     }
 }

@@ -169,6 +169,15 @@ pub(crate) fn read_config(
             )));
         }
     }
+    if obj
+        .get("router_jitter_noise")
+        .and_then(|v| v.as_f64())
+        .is_some_and(|j| j != 0.0)
+    {
+        return Err(unsupported(
+            "router_jitter_noise other than 0 is not supported".into(),
+        ));
+    }
     if obj.get("mlp_bias").and_then(|v| v.as_bool()) == Some(true) {
         return Err(unsupported("mlp_bias: true is not supported".into()));
     }
@@ -225,7 +234,8 @@ pub(crate) fn read_config(
 /// the layers `layer_types` marks `sliding_attention` (when absent, those from
 /// `max_window_layers` on, 28 by default); Gemma's on the layers `layer_types` marks (when
 /// absent, all but every second layer for Gemma 2 and every `sliding_window_pattern`-th, 6 by
-/// default, for Gemma 3); none for Llama.
+/// default, for Gemma 3); Mixtral's on every layer as Mistral's, Qwen3-MoE's on every layer
+/// with `use_sliding_window: true`; none for Llama.
 fn layer_windows(
     raw: &serde_json::Value,
     arch: &ModelArchitecture,
@@ -260,7 +270,12 @@ fn layer_windows(
     };
     let sliding: Vec<bool> = match arch.model_type {
         ModelType::Llama => vec![false; layers],
-        ModelType::Mistral => vec![true; layers],
+        ModelType::Mistral | ModelType::Mixtral => vec![true; layers],
+        // Qwen3MoeConfig keeps `sliding_window` only with `use_sliding_window`, for every layer.
+        ModelType::Qwen3Moe => {
+            let enabled = raw.get("use_sliding_window").and_then(|v| v.as_bool());
+            vec![enabled == Some(true); layers]
+        }
         ModelType::Qwen2 | ModelType::Qwen3 => {
             let enabled = raw
                 .get("use_sliding_window")

@@ -1,0 +1,261 @@
+//! The sparse mixture-of-experts MLP of Mixtral and Qwen3-MoE, and the router's load-balancing
+//! loss, with transformers 5.25's numerics (`modeling_mixtral.py`, `modeling_qwen3_moe.py`).
+//!
+//! **Layout.** Checkpoints on the Hub hold one 2-D linear per expert
+//! (`block_sparse_moe.experts.{e}.w1|w3|w2` for Mixtral, `mlp.experts.{e}.gate_proj|up_proj|
+//! down_proj` for Qwen3-MoE), and transformers 5's `save_pretrained` writes that format back.
+//! In memory transformers 5 fuses them at load time into two 3-D parameters per layer,
+//! `mlp.experts.gate_up_proj` `[E, 2·I, H]` (gate rows first) and `mlp.experts.down_proj`
+//! `[E, H, I]` (`conversion_mapping.py`: `MergeModulelist` + `Concatenate`), and renames Mixtral's
+//! `block_sparse_moe` to `mlp`. We keep the checkpoint's layout: each expert is three [`Linear`]s
+//! named as in the file, so loading is a rename-free read, QLoRA quantises every expert weight
+//! as it quantises any other linear (one block-wise NF4 tensor per expert and projection), ZeRO-3
+//! partitions them with the rest of the layer, and export writes the Hub's names. The fused
+//! `[E, 2·I, H]` product is the same numbers (`gate_up[e] = cat(w1, w3)`); a matmul on the fused
+//! rows and two on the halves differ only in summation order.
+//!
+//! **Routing** (both families): router logits `x Wᵍᵀ` in the activation dtype, softmax in fp32,
+//! the top-k probabilities (k = `num_experts_per_tok`), renormalised to sum to 1 for Mixtral and
+//! for Qwen3-MoE with `norm_topk_prob`; Qwen3-MoE casts the weights back to the logits' dtype,
+//! Mixtral keeps them fp32 (the weighted expert output is cast to the activation dtype before it
+//! is summed). Every routed token's output is `Σ_k w_k · down_k(silu(gate_k(x)) · up_k(x))`,
+//! summed expert by expert in index order as transformers' `index_add_` does.
+//!
+//! **The CPU path is a loop over experts** (gather the tokens routed to `e`, run its SwiGLU,
+//! scatter-add). A grouped-GEMM GPU path needs: the token→expert assignment sorted by expert
+//! (a permutation and per-expert offsets, computed on the device without a host sync), the
+//! expert weights contiguous as `[E, 2·I, H]` and `[E, H, I]` (which a quantised or adapted
+//! layout must then provide per group, or dequantise per group), one grouped matmul per
+//! projection over the variable-size groups (CUTLASS grouped GEMM, `torch._grouped_mm`), and the
+//! inverse permutation weighted by the routing weights; its backward needs the same grouping for
+//! the weight gradients. With expert parallelism the permutation becomes an all-to-all.
+//!
+//! **Load-balancing loss** (Switch Transformer, eq. 4–6, as transformers'
+//! `load_balancing_loss_func`): over every sparse layer's router logits, `f_e` = the share of
+//! top-k assignments that went to expert `e` and `P_e` = the mean router probability of `e`,
+//! both over the real tokens (the attention mask's ones) of every layer together;
+//! `aux = E · Σ_e f_e · P_e`. transformers adds `router_aux_loss_coef · aux` to the loss only
+//! when `output_router_logits` is set. `f_e` has no gradient, so the gradient reaches each
+//! layer's router through `P_e` alone: `aux` is a sum of per-layer terms
+//! `E · Σ_e f_e · p_e⁽ⁱ⁾ / rows` with `f_e` known after the forward pass
+//! ([`RouterBalance::layer_term`]), which is what a backward that recomputes layers needs.
+
+use lf_api::architecture::ModelArchitecture;
+use tch::{Kind, Tensor};
+
+use crate::linear::Linear;
+use crate::names::{ExpertLinear, MoeNaming, TensorPath};
+
+/// `(in_features, out_features)` of an expert's linear `which`.
+pub fn expert_shape(arch: &ModelArchitecture, which: ExpertLinear) -> (u64, u64) {
+    let (h, i) = (arch.hidden_size, arch.expert_intermediate_size());
+    match which {
+        ExpertLinear::Gate | ExpertLinear::Up => (h, i),
+        ExpertLinear::Down => (i, h),
+    }
+}
+
+/// The Hugging Face name and shape of every weight of layer `i`'s sparse MLP (router first).
+pub fn weight_layout(
+    arch: &ModelArchitecture,
+    naming: MoeNaming,
+    i: usize,
+) -> Vec<(String, Vec<i64>)> {
+    let (h, e) = (arch.hidden_size as i64, arch.num_experts() as usize);
+    let mut out = vec![(naming.router(i).weight(), vec![e as i64, h])];
+    for x in 0..e {
+        for which in ExpertLinear::ALL {
+            let (fan_in, fan_out) = expert_shape(arch, which);
+            let name = naming.expert(i, x, which).weight();
+            out.push((name, vec![fan_out as i64, fan_in as i64]));
+        }
+    }
+    out
+}
+
+/// One expert: a SwiGLU MLP.
+pub struct Expert {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Expert {
+    /// The linear `which`.
+    pub fn linear(&self, which: ExpertLinear) -> &Linear {
+        match which {
+            ExpertLinear::Gate => &self.gate_proj,
+            ExpertLinear::Up => &self.up_proj,
+            ExpertLinear::Down => &self.down_proj,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.gate_proj.forward(x, train).silu() * self.up_proj.forward(x, train);
+        self.down_proj.forward(&h, train)
+    }
+}
+
+/// A sparse MLP: a router and its experts.
+pub struct SparseMoe {
+    /// `gate`: `[experts, hidden]`, no bias.
+    pub router: Linear,
+    pub experts: Vec<Expert>,
+    /// Experts per token.
+    pub top_k: i64,
+    /// Renormalise the chosen probabilities to sum to 1.
+    pub norm_topk_prob: bool,
+    /// Qwen3-MoE casts the routing weights to the logits' dtype; Mixtral keeps them fp32.
+    pub weights_in_logit_dtype: bool,
+    pub naming: MoeNaming,
+}
+
+/// The router's decision for `T` tokens.
+pub struct Routing {
+    /// `[T, E]`, in the activation dtype (what transformers outputs as `router_logits`).
+    pub logits: Tensor,
+    /// `[T, k]`: the chosen experts, most probable first.
+    pub experts: Tensor,
+    /// `[T, k]`: their weights.
+    pub weights: Tensor,
+}
+
+impl SparseMoe {
+    /// Routes the tokens of `x` (`[T, H]`).
+    pub fn route(&self, x: &Tensor, train: bool) -> Routing {
+        let logits = self.router.forward(x, train);
+        let probs = logits.softmax(-1, Kind::Float);
+        let (top, experts) = probs.topk(self.top_k, -1, true, true);
+        let top = if self.norm_topk_prob {
+            &top / top.sum_dim_intlist(-1, true, Kind::Float)
+        } else {
+            top
+        };
+        let weights = if self.weights_in_logit_dtype {
+            top.to_kind(logits.kind())
+        } else {
+            top
+        };
+        Routing {
+            logits,
+            experts,
+            weights,
+        }
+    }
+
+    /// The block's output (`[B, S, H]`) and its router logits (`[B·S, E]`).
+    pub fn forward(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        let shape = x.size();
+        let flat = x.reshape([-1, shape[shape.len() - 1]]);
+        let routing = self.route(&flat, train);
+        let mut out = flat.zeros_like();
+        for (e, expert) in self.experts.iter().enumerate() {
+            let hits = routing.experts.eq(e as i64).nonzero();
+            if hits.size()[0] == 0 {
+                continue;
+            }
+            let tokens = hits.select(1, 0);
+            let slots = hits.select(1, 1);
+            let y = expert.forward(&flat.index_select(0, &tokens), train);
+            let w = routing
+                .weights
+                .index_select(0, &tokens)
+                .gather(1, &slots.unsqueeze(1), false);
+            out = out.index_add(0, &tokens, &(y * w).to_kind(out.kind()));
+        }
+        (out.reshape(shape.as_slice()), routing.logits)
+    }
+
+    /// Every tensor of the block in decoder layer `i`, sharing storage: the router, then each
+    /// expert's gate, up and down linears (with their adapters and quantised storage).
+    pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
+        let mut out = self.router.named_tensors(&self.naming.router(i));
+        for (e, expert) in self.experts.iter().enumerate() {
+            for which in ExpertLinear::ALL {
+                let path = self.naming.expert(i, e, which);
+                out.extend(expert.linear(which).named_tensors(&path));
+            }
+        }
+        out
+    }
+
+    /// Every linear of the block with its checkpoint path (router first).
+    pub fn linears(&self, i: usize) -> Vec<(TensorPath, &Linear)> {
+        let mut out = vec![(self.naming.router(i), &self.router)];
+        for (e, expert) in self.experts.iter().enumerate() {
+            for which in ExpertLinear::ALL {
+                out.push((self.naming.expert(i, e, which), expert.linear(which)));
+            }
+        }
+        out
+    }
+}
+
+/// The sums behind the load-balancing loss, accumulated layer by layer over the real tokens.
+pub struct RouterBalance {
+    num_experts: i64,
+    top_k: i64,
+    /// Real tokens' top-k assignments per expert, summed over layers (no gradient).
+    assignments: Tensor,
+    /// Real tokens' router probabilities per expert, summed over layers.
+    probabilities: Tensor,
+    /// Real tokens, summed over layers.
+    rows: Tensor,
+}
+
+impl RouterBalance {
+    pub fn new(num_experts: i64, top_k: i64, device: tch::Device) -> Self {
+        let zeros = || Tensor::zeros([num_experts], (Kind::Float, device));
+        RouterBalance {
+            num_experts,
+            top_k,
+            assignments: zeros(),
+            probabilities: zeros(),
+            rows: Tensor::zeros([], (Kind::Float, device)),
+        }
+    }
+
+    /// `(probabilities [T, E] fp32, mask [T] fp32)` of one layer's router logits.
+    fn probs_and_mask(logits: &Tensor, mask: Option<&Tensor>) -> (Tensor, Tensor) {
+        let probs = logits.softmax(-1, logits.kind()).to_kind(Kind::Float);
+        let mask = match mask {
+            Some(m) => m.reshape([-1]).to_kind(Kind::Float),
+            None => Tensor::ones([logits.size()[0]], (Kind::Float, logits.device())),
+        };
+        (probs, mask)
+    }
+
+    /// Adds one sparse layer's router logits (`[T, E]`); `mask` (`[B, S]` or `[T]`, 1 for real
+    /// tokens) leaves padding out, as transformers' attention mask does.
+    pub fn add_layer(&mut self, logits: &Tensor, mask: Option<&Tensor>) {
+        let (probs, mask) = Self::probs_and_mask(logits, mask);
+        let (_, chosen) = probs.topk(self.top_k, -1, true, true);
+        let counts = Tensor::zeros([self.num_experts], (Kind::Float, logits.device())).scatter_add(
+            0,
+            &chosen.reshape([-1]),
+            &mask.repeat_interleave_self_int(self.top_k, 0, None),
+        );
+        self.assignments = &self.assignments + counts.detach();
+        self.probabilities = &self.probabilities
+            + (probs * mask.unsqueeze(-1)).sum_dim_intlist(0, false, Kind::Float);
+        self.rows = &self.rows + mask.sum(Kind::Float);
+    }
+
+    /// `E · Σ_e f_e · P_e` over the layers added (fp32 scalar).
+    pub fn loss(&self) -> Tensor {
+        let f = &self.assignments / &self.rows;
+        let p = &self.probabilities / &self.rows;
+        (f * p).sum(Kind::Float) * self.num_experts as f64
+    }
+
+    /// One layer's share of [`RouterBalance::loss`] as a function of its router logits, with the
+    /// assignment shares of every layer added so far held fixed: the layers' terms sum to the
+    /// loss, and each term's gradient is the loss's gradient through that layer's router.
+    pub fn layer_term(&self, logits: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let (probs, mask) = Self::probs_and_mask(logits, mask);
+        let p = (probs * mask.unsqueeze(-1)).sum_dim_intlist(0, false, Kind::Float);
+        let rows = self.rows.detach();
+        let f = &self.assignments / &rows;
+        (f * p / rows).sum(Kind::Float) * self.num_experts as f64
+    }
+}
