@@ -94,7 +94,7 @@ fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfi
     }
     let c = training.precision().compute_bytes();
     let r = training.lora_rank as u64;
-    params::lora_targets(training)
+    params::lora_targets(arch, training)
         .iter()
         .map(|m| {
             let (din, dout) = arch.linear_shape(*m);

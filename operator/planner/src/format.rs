@@ -276,7 +276,7 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
                 Some(bits) => format!(", {bits}-bit base"),
                 None => String::new(),
             };
-            let targets: Vec<&str> = crate::params::lora_targets(t)
+            let targets: Vec<&str> = crate::params::lora_targets(a, t)
                 .iter()
                 .map(|m| m.name())
                 .collect();

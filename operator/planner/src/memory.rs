@@ -30,7 +30,7 @@
 //!   also gradients, stage 3 also parameters — the frozen base included, so for LoRA only stage 3
 //!   shrinks the dominant term.
 
-use lf_api::training::{FinetuningType, LinearModule, Optim, Precision, TrainingConfig};
+use lf_api::training::{FinetuningType, Optim, Precision, TrainingConfig};
 use lf_api::ModelArchitecture;
 
 use crate::calib;
@@ -203,14 +203,13 @@ impl Inventory {
             .sum();
         let model_params = params::model_params(arch);
         let layer = params::layer_params(arch);
-        let linear_numels: Vec<u64> = LinearModule::ALL
-            .iter()
-            .map(|m| {
-                let (i, o) = arch.linear_shape(*m);
-                i * o
-            })
-            .collect();
-        let largest_linear = linear_numels.iter().copied().max().unwrap_or(0);
+        let layers = 0..arch.num_hidden_layers;
+        let largest_linear = layers
+            .clone()
+            .flat_map(|i| params::linear_shapes_at(arch, i))
+            .map(|(o, n)| o * n)
+            .max()
+            .unwrap_or(0);
         let embed = params::embedding_params(arch);
         let head = params::lm_head_params(arch);
         let (frozen_weight_bytes, layer_weight_bytes, head_weight_bytes, largest_adapted) =
@@ -218,7 +217,10 @@ impl Inventory {
                 FinetuningType::Full => (0, layer.total() * w, embed.max(head) * w, 0),
                 FinetuningType::Freeze => {
                     let k = params::freeze_trainable_layers(arch, training);
-                    let frozen = model_params - k * layer.total();
+                    let trained: u64 = (arch.num_hidden_layers - k..arch.num_hidden_layers)
+                        .map(|i| params::layer_params_at(arch, i).total())
+                        .sum();
+                    let frozen = model_params - trained;
                     (
                         frozen * cb,
                         layer.total() * cb.max(w),
@@ -227,18 +229,31 @@ impl Inventory {
                     )
                 }
                 FinetuningType::Lora => {
-                    let base_linears: u64 = match training.quantization_bit {
-                        Some(bits) => linear_numels
-                            .iter()
-                            .map(|n| quantized_linear_bytes(*n, bits, training.double_quantization))
-                            .sum(),
-                        None => layer.linears * cb,
+                    // Each layer's frozen bytes: linears (quantised for QLoRA, one block-wise
+                    // tensor per linear and expert), a router, biases and norms in the compute
+                    // dtype.
+                    let base_layer = |i: u64| {
+                        let p = params::layer_params_at(arch, i);
+                        let linears: u64 = match training.quantization_bit {
+                            Some(bits) => params::linear_shapes_at(arch, i)
+                                .iter()
+                                .map(|(o, n)| {
+                                    quantized_linear_bytes(
+                                        o * n,
+                                        bits,
+                                        training.double_quantization,
+                                    )
+                                })
+                                .sum(),
+                            None => p.linears * cb,
+                        };
+                        linears + (p.router + p.biases + p.norms) * cb
                     };
-                    let base_layer = base_linears + (layer.biases + layer.norms) * cb;
-                    let frozen = arch.num_hidden_layers * base_layer
+                    let largest_layer = layers.clone().map(base_layer).max().unwrap_or(0);
+                    let frozen = layers.clone().map(base_layer).sum::<u64>()
                         + (embed + head + arch.hidden_size) * cb;
                     let adapters_per_layer = trainable / arch.num_hidden_layers.max(1);
-                    let largest_adapted = params::lora_targets(training)
+                    let largest_adapted = params::lora_targets(arch, training)
                         .iter()
                         .map(|m| {
                             let (i, o) = arch.linear_shape(*m);
@@ -248,7 +263,7 @@ impl Inventory {
                         .unwrap_or(0);
                     (
                         frozen,
-                        base_layer + adapters_per_layer * w,
+                        largest_layer + adapters_per_layer * w,
                         embed.max(head) * cb,
                         largest_adapted,
                     )

@@ -1,7 +1,8 @@
 //! Exact parameter counts of a Llama-family decoder and of what a fine-tuning method trains.
 //!
 //! The counts equal what Hugging Face `transformers` (`LlamaForCausalLM`, `MistralForCausalLM`,
-//! `Qwen2ForCausalLM`, `Qwen3ForCausalLM`) and `peft` report for the same config: tied embeddings are counted once,
+//! `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MixtralForCausalLM`, `Qwen3MoeForCausalLM`) and `peft`
+//! report for the same config: every expert of a sparse MLP plus its router, tied embeddings once,
 //! qwen2 (and `attention_bias: true`) adds a bias to q, k and v (and o for llama/qwen3), qwen3 a
 //! per-head q and k RMSNorm, LoRA adds `r·(d_in + d_out)` per
 //! adapted linear and DoRA a magnitude vector of `d_out` on top. `tests/reference/planner_param_counts.py`
@@ -16,8 +17,10 @@ pub type Shape = (u64, u64);
 /// Parameters of one decoder layer, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerParams {
-    /// The seven linears (q, k, v, o, gate, up, down), weights only.
+    /// The linears (q, k, v, o, then gate, up, down, or every expert's), weights only.
     pub linears: u64,
+    /// A sparse MLP's router (`[experts, hidden]`; never quantised).
+    pub router: u64,
     /// The attention biases (qwen2, or `attention_bias`).
     pub biases: u64,
     /// The RMSNorm weights: two of `hidden_size` (four for Gemma), plus the per-head q/k norms.
@@ -26,26 +29,60 @@ pub struct LayerParams {
 
 impl LayerParams {
     pub fn total(&self) -> u64 {
-        self.linears + self.biases + self.norms
+        self.linears + self.router + self.biases + self.norms
     }
 }
 
-/// One decoder layer's parameters.
-pub fn layer_params(arch: &ModelArchitecture) -> LayerParams {
-    let linears = LinearModule::ALL
-        .iter()
+/// The base linear weights of decoder layer `i`, `(out, in)`: the attention's q, k, v, o, then
+/// the dense MLP's gate, up, down, or, for a sparse layer
+/// ([`ModelArchitecture::is_sparse_layer`]), every expert's gate, up `(I, h)` and down `(h, I)`
+/// (`I` = [`ModelArchitecture::expert_intermediate_size`]). The router is [`router_shape`].
+pub fn linear_shapes_at(arch: &ModelArchitecture, i: u64) -> Vec<Shape> {
+    let sparse = arch.is_sparse_layer(i);
+    let mut out: Vec<Shape> = LinearModule::ALL
+        .into_iter()
+        .filter(|m| !sparse || m.parent() == "self_attn")
         .map(|m| {
-            let (i, o) = arch.linear_shape(*m);
-            i * o
+            let (din, dout) = arch.linear_shape(m);
+            (dout, din)
         })
-        .sum();
+        .collect();
+    if sparse {
+        let (h, e) = (arch.hidden_size, arch.expert_intermediate_size());
+        for _ in 0..arch.num_experts() {
+            out.extend([(e, h), (e, h), (h, e)]);
+        }
+    }
+    out
+}
+
+/// The router of decoder layer `i` (`(experts, hidden)`), when its MLP is sparse.
+pub fn router_shape(arch: &ModelArchitecture, i: u64) -> Option<Shape> {
+    arch.is_sparse_layer(i)
+        .then_some((arch.num_experts(), arch.hidden_size))
+}
+
+/// Decoder layer `i`'s parameters.
+pub fn layer_params_at(arch: &ModelArchitecture, i: u64) -> LayerParams {
+    let linears = linear_shapes_at(arch, i).iter().map(|(o, n)| o * n).sum();
+    let router = router_shape(arch, i).map(|(o, n)| o * n).unwrap_or(0);
     let biases = attention_bias_shapes(arch).iter().map(|(n, _)| n).sum();
     let norms = norm_shapes(arch).iter().map(|(n, _)| n).sum();
     LayerParams {
         linears,
+        router,
         biases,
         norms,
     }
+}
+
+/// The largest decoder layer's parameters (every layer's, when they are alike; a sparse one's in
+/// a Qwen3-MoE with dense layers).
+pub fn layer_params(arch: &ModelArchitecture) -> LayerParams {
+    (0..arch.num_hidden_layers)
+        .map(|i| layer_params_at(arch, i))
+        .max_by_key(LayerParams::total)
+        .unwrap_or(layer_params_at(arch, 0))
 }
 
 /// The attention biases of one layer as `transformers` builds them
@@ -87,7 +124,9 @@ pub fn lm_head_params(arch: &ModelArchitecture) -> u64 {
 
 /// Every parameter of the base model (what `sum(p.numel() for p in model.parameters())` prints).
 pub fn model_params(arch: &ModelArchitecture) -> u64 {
-    arch.num_hidden_layers * layer_params(arch).total()
+    (0..arch.num_hidden_layers)
+        .map(|i| layer_params_at(arch, i).total())
+        .sum::<u64>()
         + embedding_params(arch)
         + lm_head_params(arch)
         + arch.hidden_size
@@ -98,10 +137,11 @@ pub fn freeze_trainable_layers(arch: &ModelArchitecture, training: &TrainingConf
     (training.freeze_trainable_layers as u64).min(arch.num_hidden_layers)
 }
 
-/// The linears LoRA adapts. An invalid `lora_target` adapts nothing here; `TrainingConfig::validate`
-/// (run when the config is parsed) reports it.
-pub fn lora_targets(training: &TrainingConfig) -> Vec<LinearModule> {
-    training.lora_targets().unwrap_or_default()
+/// The linears LoRA adapts in `arch` ([`TrainingConfig::lora_targets_for`]: a mixture of
+/// experts adapts its attention only). An invalid `lora_target` adapts nothing here;
+/// `TrainingConfig::validate` (run when the config is parsed) reports it.
+pub fn lora_targets(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<LinearModule> {
+    training.lora_targets_for(arch).unwrap_or_default()
 }
 
 /// The trainable tensors of one decoder layer's adapters: `lora_A` `(r, d_in)`, `lora_B`
@@ -109,7 +149,7 @@ pub fn lora_targets(training: &TrainingConfig) -> Vec<LinearModule> {
 pub fn adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<Shape> {
     let r = training.lora_rank as u64;
     let mut out = Vec::new();
-    for m in lora_targets(training) {
+    for m in lora_targets(arch, training) {
         let (din, dout) = arch.linear_shape(m);
         out.push((r, din));
         out.push((dout, r));
@@ -120,18 +160,24 @@ pub fn adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Ve
     out
 }
 
-/// The tensors of one decoder layer (weights, biases, norms).
-pub fn layer_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
-    let mut out: Vec<Shape> = LinearModule::ALL
-        .iter()
-        .map(|m| {
-            let (i, o) = arch.linear_shape(*m);
-            (o, i)
-        })
-        .collect();
+/// The tensors of decoder layer `i` (weights, router, biases, norms).
+pub fn layer_shapes_at(arch: &ModelArchitecture, i: u64) -> Vec<Shape> {
+    let mut out = linear_shapes_at(arch, i);
+    out.extend(router_shape(arch, i));
     out.extend(attention_bias_shapes(arch));
     out.extend(norm_shapes(arch));
     out
+}
+
+/// The tensors of decoder layers `layers`, as `(shape, count)` pairs.
+fn layers_shapes(arch: &ModelArchitecture, layers: std::ops::Range<u64>) -> Vec<(Shape, u64)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for i in layers {
+        for s in layer_shapes_at(arch, i) {
+            *counts.entry(s).or_insert(0u64) += 1;
+        }
+    }
+    counts.into_iter().collect()
 }
 
 /// Every trainable tensor of the method, as `(shape, count)` pairs (the count of identical
@@ -140,10 +186,7 @@ pub fn trainable_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> 
     let layers = arch.num_hidden_layers;
     match training.finetuning_type {
         FinetuningType::Full => {
-            let mut out: Vec<(Shape, u64)> = layer_shapes(arch)
-                .into_iter()
-                .map(|s| (s, layers))
-                .collect();
+            let mut out = layers_shapes(arch, 0..layers);
             out.push(((arch.vocab_size, arch.hidden_size), 1));
             if !arch.tie_word_embeddings {
                 out.push(((arch.vocab_size, arch.hidden_size), 1));
@@ -153,11 +196,7 @@ pub fn trainable_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> 
         }
         FinetuningType::Freeze => {
             let k = freeze_trainable_layers(arch, training);
-            layer_shapes(arch)
-                .into_iter()
-                .map(|s| (s, k))
-                .filter(|(_, n)| *n > 0)
-                .collect()
+            layers_shapes(arch, layers - k..layers)
         }
         FinetuningType::Lora => adapter_shapes(arch, training)
             .into_iter()
@@ -234,6 +273,24 @@ mod tests {
         ] {
             assert_eq!(model_params(&preset(name).unwrap()), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn mixture_of_experts_sizes() {
+        // Every expert is resident (model cards: 46.7B and 30.5B total).
+        for (name, expected) in [
+            ("mistralai/Mixtral-8x7B-v0.1", 46_702_792_704u64),
+            ("Qwen/Qwen3-30B-A3B", 30_532_122_624),
+        ] {
+            assert_eq!(model_params(&preset(name).unwrap()), expected, "{name}");
+        }
+        // LoRA on a mixture of experts adapts the attention only, `all` included.
+        let arch = preset("mistralai/Mixtral-8x7B-v0.1").unwrap();
+        let all = TrainingConfig::from_yaml_str("lora_rank: 8").unwrap();
+        let targets: Vec<&str> = lora_targets(&arch, &all).iter().map(|m| m.name()).collect();
+        assert_eq!(targets, ["q_proj", "k_proj", "v_proj", "o_proj"]);
+        let mlp = TrainingConfig::from_yaml_str("lora_target: q_proj,up_proj").unwrap();
+        assert!(lora_targets(&arch, &mlp).is_empty());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! arithmetic are kept). Instruct/chat variants share their base model's shape and are listed as
 //! aliases. Names match case-insensitively, with or without the organisation prefix.
 
-use lf_api::architecture::{ModelType, RopeScaling};
+use lf_api::architecture::{ModelType, MoeKeys, RopeScaling};
 use lf_api::ModelArchitecture;
 
 struct Shape {
@@ -25,6 +25,19 @@ struct Shape {
     llama3_rope_factor: Option<f64>,
     /// Gemma's keys (none for the other families).
     gemma: Option<GemmaKeys>,
+    /// The mixture-of-experts keys (none for dense families).
+    experts: Option<ExpertKeys>,
+}
+
+/// The `config.json` keys of a mixture of experts (every layer sparse).
+struct ExpertKeys {
+    /// `num_local_experts` / `num_experts`.
+    experts: u64,
+    /// `num_experts_per_tok`.
+    per_token: u64,
+    /// Qwen3-MoE's `moe_intermediate_size` and `norm_topk_prob`.
+    qwen3: Option<(u64, bool)>,
+    router_aux_loss_coef: f64,
 }
 
 /// The `config.json` keys only Gemma has.
@@ -79,7 +92,18 @@ impl Shape {
                 .as_ref()
                 .and_then(|g| g.local_theta_and_linear_factor)
                 .map(|l| l.0),
-            moe: Default::default(),
+            moe: self
+                .experts
+                .as_ref()
+                .map(|e| MoeKeys {
+                    num_local_experts: Some(e.experts),
+                    num_experts_per_tok: Some(e.per_token),
+                    moe_intermediate_size: e.qwen3.map(|q| q.0),
+                    norm_topk_prob: e.qwen3.map(|q| q.1),
+                    router_aux_loss_coef: Some(e.router_aux_loss_coef),
+                    ..MoeKeys::default()
+                })
+                .unwrap_or_default(),
             torch_dtype: Some("bfloat16".into()),
             bos_token_id: None,
             eos_token_id: None,
@@ -113,6 +137,7 @@ const fn llama(
         tied: false,
         llama3_rope_factor: None,
         gemma: None,
+        experts: None,
     }
 }
 
@@ -142,6 +167,7 @@ const fn qwen2(
         tied,
         llama3_rope_factor: None,
         gemma: None,
+        experts: None,
     }
 }
 
@@ -183,6 +209,7 @@ const fn gemma2(
             softcaps: Some((50.0, 30.0)),
             local_theta_and_linear_factor: None,
         }),
+        experts: None,
     }
 }
 
@@ -217,6 +244,7 @@ const fn gemma3(
             softcaps: None,
             local_theta_and_linear_factor: Some((10_000.0, 8.0)),
         }),
+        experts: None,
     }
 }
 
@@ -230,6 +258,35 @@ const fn with_llama3_rope(mut s: Shape, factor: f64, head_dim: Option<u64>, tied
 const fn mistral(vocab: u64, theta: f64) -> Shape {
     let mut s = llama(vocab, 4096, 14336, 32, 32, 8, 32768, theta);
     s.model_type = ModelType::Mistral;
+    s
+}
+
+/// Mixtral-8x7B (`MixtralForCausalLM`): Mistral-7B's attention (RoPE θ 10⁶, no window), 8 experts
+/// of Mistral's MLP per layer, top-2, `router_aux_loss_coef` 0.02.
+const fn mixtral_8x7b() -> Shape {
+    let mut s = mistral(32000, 1_000_000.0);
+    s.model_type = ModelType::Mixtral;
+    s.experts = Some(ExpertKeys {
+        experts: 8,
+        per_token: 2,
+        qwen3: None,
+        router_aux_loss_coef: 0.02,
+    });
+    s
+}
+
+/// Qwen3-30B-A3B (`Qwen3MoeForCausalLM`): 48 layers of 128 experts (intermediate 768), top-8
+/// renormalised, head_dim 128, 4 key/value heads, untied head.
+const fn qwen3_30b_a3b() -> Shape {
+    let mut s = qwen3(2048, 6144, 48, 32, false);
+    s.model_type = ModelType::Qwen3Moe;
+    s.kv_heads = 4;
+    s.experts = Some(ExpertKeys {
+        experts: 128,
+        per_token: 8,
+        qwen3: Some((768, true)),
+        router_aux_loss_coef: 0.001,
+    });
     s
 }
 
@@ -385,6 +442,17 @@ const PRESETS: &[(&[&str], Shape)] = &[
         qwen3(5120, 17408, 40, 40, false),
     ),
     (&["Qwen/Qwen3-32B"], qwen3(5120, 25600, 64, 64, false)),
+    (
+        &["Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-30B-A3B-Base"],
+        qwen3_30b_a3b(),
+    ),
+    (
+        &[
+            "mistralai/Mixtral-8x7B-v0.1",
+            "mistralai/Mixtral-8x7B-Instruct-v0.1",
+        ],
+        mixtral_8x7b(),
+    ),
     (
         &["google/gemma-2-9b", "google/gemma-2-9b-it"],
         gemma2(3584, 14336, 42, 16, 8, 256, 256.0),

@@ -72,7 +72,18 @@ fn config_json(a: &ModelArchitecture) -> Value {
     if let Some(d) = a.head_dim {
         c["head_dim"] = json!(d);
     }
+    if let (Some(c), Value::Object(moe)) = (c.as_object_mut(), json!(a.moe)) {
+        c.extend(moe);
+    }
     c
+}
+
+/// A tiny mixture of experts of `model_type` with `experts` experts, `per_token` of them routed.
+fn tiny_moe(model_type: ModelType, experts: u64, per_token: u64) -> ModelArchitecture {
+    let mut a = tiny(model_type, false, 2, None);
+    a.moe.num_local_experts = Some(experts);
+    a.moe.num_experts_per_tok = Some(per_token);
+    a
 }
 
 struct Case {
@@ -102,7 +113,60 @@ fn counts_equal_transformers_and_peft() {
     mistral_bias.attention_bias = true;
     let mut qwen3_bias = tiny(ModelType::Qwen3, false, 2, Some(32));
     qwen3_bias.attention_bias = true;
+    // Qwen3-MoE with expert size 40, layer 1 dense (mlp_only_layers) and, with step 3, layer 0
+    // dense too (only layer 2 is sparse).
+    let mut qwen3_moe = tiny_moe(ModelType::Qwen3Moe, 6, 2);
+    qwen3_moe.moe.moe_intermediate_size = Some(40);
+    qwen3_moe.moe.mlp_only_layers = Some(vec![1]);
+    let mut qwen3_moe_step = qwen3_moe.clone();
+    qwen3_moe_step.moe.decoder_sparse_step = Some(3);
+    qwen3_moe_step.moe.mlp_only_layers = None;
     let cases = vec![
+        case(
+            "tiny-mixtral full",
+            tiny_moe(ModelType::Mixtral, 4, 2),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-mixtral lora all",
+            tiny_moe(ModelType::Mixtral, 4, 2),
+            "lora_rank: 4",
+        ),
+        case(
+            "tiny-mixtral freeze 1",
+            tiny_moe(ModelType::Mixtral, 3, 1),
+            "finetuning_type: freeze\nfreeze_trainable_layers: 1",
+        ),
+        case(
+            "tiny-qwen3-moe mlp_only_layers full",
+            qwen3_moe.clone(),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-qwen3-moe mlp_only_layers dora q,v",
+            qwen3_moe,
+            "lora_rank: 4\nuse_dora: true\nlora_target: q_proj,v_proj",
+        ),
+        case(
+            "tiny-qwen3-moe sparse step 3 freeze 2",
+            qwen3_moe_step,
+            "finetuning_type: freeze\nfreeze_trainable_layers: 2",
+        ),
+        case(
+            "mixtral-8x7b lora all r16",
+            real("mistralai/Mixtral-8x7B-v0.1"),
+            "lora_rank: 16",
+        ),
+        case(
+            "qwen3-30b-a3b full",
+            real("Qwen/Qwen3-30B-A3B"),
+            "finetuning_type: full",
+        ),
+        case(
+            "qwen3-30b-a3b lora all r8",
+            real("Qwen/Qwen3-30B-A3B"),
+            "lora_rank: 8",
+        ),
         case(
             "tiny-llama full",
             tiny(ModelType::Llama, false, 2, None),
@@ -298,7 +362,7 @@ fn counts_equal_transformers_and_peft() {
                 "config": config_json(&c.arch),
                 "method": match t.finetuning_type { FinetuningType::Full => "full", FinetuningType::Freeze => "freeze", FinetuningType::Lora => "lora" },
                 "rank": t.lora_rank,
-                "targets": t.lora_targets().unwrap().iter().map(|m| m.name()).collect::<Vec<_>>(),
+                "targets": t.lora_targets_for(&c.arch).unwrap().iter().map(|m| m.name()).collect::<Vec<_>>(),
                 "dora": t.use_dora,
                 "freeze_layers": t.freeze_trainable_layers,
             })

@@ -51,7 +51,9 @@ impl CausalLm {
                     r: cfg.lora_rank,
                     alpha: cfg.effective_lora_alpha(),
                     dropout: cfg.lora_dropout,
-                    targets: self.lora_targets(cfg)?,
+                    targets: cfg
+                        .lora_targets_for(&self.arch)
+                        .map_err(|e| ModelError::Invalid(e.to_string()))?,
                     use_rslora: cfg.use_rslora,
                     use_dora: cfg.use_dora,
                 };
@@ -99,33 +101,6 @@ impl CausalLm {
             tracing::info!(method = ?cfg.finetuning_type, trainable = n, "fine-tuning method applied");
         }
         Ok(())
-    }
-
-    /// The linears `lora_target` names. A mixture-of-experts model adapts its attention only:
-    /// `all` means q/k/v/o there (what LLaMA-Factory's `all` finds, the `nn.Linear`s of
-    /// transformers 5's Mixtral and Qwen3-MoE), and an MLP target is an error, because PEFT 0.21
-    /// turns `gate_proj`/`up_proj`/`down_proj` into LoRA on the fused 3-D expert parameters
-    /// (`target_parameters`), which lf-model does not implement.
-    fn lora_targets(&self, cfg: &TrainingConfig) -> Result<Vec<LinearModule>, ModelError> {
-        let targets = cfg
-            .lora_targets()
-            .map_err(|e| ModelError::Invalid(e.to_string()))?;
-        if !self.arch.model_type.is_moe() {
-            return Ok(targets);
-        }
-        let attention = |m: &LinearModule| m.parent() == "self_attn";
-        if cfg.lora_target.trim() == "all" {
-            return Ok(targets.into_iter().filter(attention).collect());
-        }
-        match targets.iter().find(|m| !attention(m)) {
-            Some(m) => Err(ModelError::Invalid(format!(
-                "lora_target {}: {} models take LoRA on the attention (q_proj, k_proj, v_proj, \
-                 o_proj, or all); adapters on the experts (PEFT's target_parameters) are not supported",
-                m.name(),
-                self.arch.model_type.name()
-            ))),
-            None => Ok(targets),
-        }
     }
 
     fn freeze_all(&mut self) {

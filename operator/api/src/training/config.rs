@@ -328,6 +328,38 @@ impl TrainingConfig {
         Ok(out)
     }
 
+    /// The linears LoRA adapts in a model of `arch`: [`TrainingConfig::lora_targets`], except
+    /// that a mixture of experts (Mixtral, Qwen3-MoE) adapts its attention only. There `all`
+    /// means q/k/v/o (the `nn.Linear`s LLaMA-Factory's `all` finds in transformers 5's MoE
+    /// models), and an MLP name is an error: PEFT 0.21 turns `gate_proj`/`up_proj`/`down_proj`
+    /// into LoRA on the fused 3-D expert parameters (`target_parameters`), which lf-model does
+    /// not implement.
+    pub fn lora_targets_for(
+        &self,
+        arch: &crate::architecture::ModelArchitecture,
+    ) -> Result<Vec<LinearModule>, ConfigError> {
+        let targets = self.lora_targets()?;
+        if !arch.model_type.is_moe() {
+            return Ok(targets);
+        }
+        let attention = |m: &LinearModule| m.parent() == "self_attn";
+        if self.lora_target.trim() == "all" {
+            return Ok(targets.into_iter().filter(attention).collect());
+        }
+        match targets.iter().find(|m| !attention(m)) {
+            Some(m) => Err(ConfigError::invalid(
+                "lora_target",
+                format!(
+                    "`{}`: {} models take LoRA on the attention (q_proj, k_proj, v_proj, o_proj, or \
+                     all); adapters on the experts (PEFT's target_parameters) are not supported",
+                    m.name(),
+                    arch.model_type.name()
+                ),
+            )),
+            None => Ok(targets),
+        }
+    }
+
     /// The numeric regime, derived from `bf16`, `fp16` and `pure_bf16`.
     pub fn precision(&self) -> Precision {
         if self.pure_bf16 {
