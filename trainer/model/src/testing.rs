@@ -56,7 +56,8 @@ pub fn tiny_arch(size: TinySize, tied: bool) -> ModelArchitecture {
 /// Random weights with Hugging Face names for `arch`, drawn from libtorch's global generator
 /// seeded with `seed` (hold a lock around it when tests run in parallel threads): embeddings
 /// N(0, 0.5²), linears N(0, 1/in), attention biases N(0, 0.1²) when the architecture has them, norms
-/// (qwen3's q/k norms too) U(0.5, 1.5), an untied head N(0, 0.2²), drawn in checkpoint order.
+/// (qwen3's q/k norms too) U(0.5, 1.5), an untied head N(0, 0.2²), a sparse MLP's router and
+/// experts N(0, 1/in), drawn in checkpoint order.
 pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed);
     let h = arch.hidden_size as i64;
@@ -68,7 +69,12 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
         Tensor::randn([v, h], opts) * 0.5,
     )];
     for i in 0..arch.num_hidden_layers as usize {
+        let sparse =
+            crate::names::MoeNaming::of(arch.model_type).filter(|_| arch.is_sparse_layer(i as u64));
         for m in LinearModule::ALL {
+            if sparse.is_some() && m.parent() != "self_attn" {
+                continue;
+            }
             let (fi, fo) = arch.linear_shape(m);
             let path = names::linear(i, m);
             out.push((
@@ -78,6 +84,14 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
             if arch.linear_has_bias(m) {
                 out.push((path.bias(), Tensor::randn([fo as i64], opts) * 0.1));
             }
+        }
+        // A sparse MLP: its router and every expert's linears, N(0, 1/in).
+        for (name, shape) in sparse
+            .map(|naming| crate::moe::weight_layout(arch, naming, i))
+            .unwrap_or_default()
+        {
+            let scale = 1.0 / (shape[1] as f64).sqrt();
+            out.push((name, Tensor::randn(shape, opts) * scale));
         }
         for t in [
             LayerTensor::InputLayernorm,

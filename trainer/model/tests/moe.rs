@@ -87,3 +87,123 @@ fn mixture_of_experts_matches_transformers() {
         assert_eq!(got, want, "{name}: greedy generation differs");
     }
 }
+
+/// QLoRA of a mixture of experts: every expert linear (and the attention's) stored as
+/// double-quantised NF4, the router dense; the model computes what a dense twin holding the
+/// dequantised weights computes, and LoRA/DoRA on the attention gets the twin's gradients
+/// through the routed experts, with and without layer recomputation.
+#[test]
+fn quantised_experts_match_their_dequantised_twin() {
+    use lf_api::training::{QuantizationType, TrainingConfig};
+    use lf_model::{QuantSettings, Unit};
+    use lf_quant::QuantizedWeight;
+
+    let (ids, labels) = {
+        let _rng = common::rng_lock();
+        common::batch(80, 2, 17, 2)
+    };
+    let dense_opts = LoadOptions::new(Device::Cpu, Kind::Float);
+    let opts = LoadOptions {
+        quantization: Some(QuantSettings {
+            bits: 4,
+            quant_type: QuantizationType::Nf4,
+            double_quant: true,
+        }),
+        ..dense_opts.clone()
+    };
+    let linear = |n: &str| {
+        n.ends_with("_proj.weight")
+            || [".w1.weight", ".w2.weight", ".w3.weight"]
+                .iter()
+                .any(|s| n.ends_with(s))
+    };
+    for extra in [
+        r#""model_type":"mixtral","num_local_experts":4,"num_experts_per_tok":2"#,
+        r#""model_type":"qwen3_moe","head_dim":16,"num_experts":5,"num_experts_per_tok":3,"moe_intermediate_size":40,"mlp_only_layers":[1]"#,
+    ] {
+        let arch = lf_api::ModelArchitecture::from_json_str(&format!(
+            r#"{{{extra},"vocab_size":80,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":2,
+                "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5}}"#
+        ))
+        .unwrap();
+        let family = arch.model_type.name();
+        let weights = {
+            let _rng = common::rng_lock();
+            common::random_weights(&arch, 8)
+        };
+        let twin_weights: Vec<_> = weights
+            .iter()
+            .map(|(n, t)| {
+                let t = if linear(n) {
+                    QuantizedWeight::quantize_4bit(t, QuantizationType::Nf4, true)
+                        .unwrap()
+                        .dequantize(Kind::Float)
+                } else {
+                    t.shallow_clone()
+                };
+                (n.clone(), t)
+            })
+            .collect();
+        let mut quant = CausalLm::from_tensors(arch.clone(), weights, &opts).unwrap();
+        let mut twin = CausalLm::from_tensors(arch.clone(), twin_weights, &dense_opts).unwrap();
+        let stored: Vec<String> = quant
+            .unit_tensors(Unit::Layer(0))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            stored
+                .iter()
+                .any(|n| n.contains(".experts.3.") && n.contains(".weight.")),
+            "{family}: expert weights are not stored quantised: {stored:?}"
+        );
+        assert!(stored.iter().any(|n| n.ends_with(".gate.weight")));
+        let d = common::rel_diff(
+            &tch::no_grad(|| quant.forward_logits(&ids)),
+            &tch::no_grad(|| twin.forward_logits(&ids)),
+        );
+        println!("{family}: NF4 experts, logits vs dequantised twin {d:.2e}");
+        assert!(d <= 1e-6, "{family}: quantised forward differs by {d:e}");
+        assert!(quant.weight_bytes() * 3 < twin.weight_bytes());
+        for ckpt in [true, false] {
+            let grads = |lm: &mut CausalLm| {
+                let cfg = TrainingConfig::from_yaml_str(&format!(
+                    "lora_rank: 4\nlora_target: all\nuse_dora: true\ngradient_checkpointing: {ckpt}\nloss_chunk_size: 16"
+                ))
+                .unwrap();
+                let _rng = common::rng_lock();
+                lm.apply_method(&cfg, 3).unwrap();
+                tch::no_grad(|| {
+                    for (name, p) in lm.trainable_parameters() {
+                        if name.ends_with("lora_B.weight") {
+                            p.shallow_clone().copy_(
+                                &(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.2),
+                            );
+                        }
+                    }
+                });
+                lm.set_training(true);
+                lm.loss_sum_and_backward(&ids, &labels, 0.01).unwrap();
+                lm.trainable_parameters()
+                    .into_iter()
+                    .map(|(n, p)| (n, p.grad().copy()))
+                    .collect::<Vec<_>>()
+            };
+            let (g_quant, g_twin) = (grads(&mut quant), grads(&mut twin));
+            // Attention only: q, k, v, o with A, B and the DoRA magnitude, on both layers.
+            assert_eq!(g_quant.len(), 2 * 4 * 3, "{family}: adapted tensors");
+            for ((n, a), (_, b)) in g_quant.iter().zip(&g_twin) {
+                assert!(
+                    n.contains(".self_attn."),
+                    "{family}: {n} is no attention adapter"
+                );
+                let scale = b.abs().max().double_value(&[]).max(1e-6);
+                let d = (a - b).abs().max().double_value(&[]) / scale;
+                assert!(
+                    d <= 1e-5,
+                    "{family} {n} (recompute {ckpt}): gradient differs from the twin by {d:e}"
+                );
+            }
+        }
+    }
+}
