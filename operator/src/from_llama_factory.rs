@@ -10,7 +10,10 @@
 use std::collections::BTreeSet;
 
 use lf_api::architecture::ModelArchitecture;
-use lf_api::crd::{DataSpec, ModelSpec, ResourcesSpec, VolumeLocation, MAX_NAME_LENGTH};
+use lf_api::crd::{
+    DataSpec, ModelSpec, ResourcesSpec, TrackingSpec, VolumeLocation, MAX_NAME_LENGTH,
+};
+use lf_api::training::report_to::{self, Tracker};
 use lf_api::training::{Notice, Parsed, ALIASES};
 use lf_api::{FineTuneJob, FineTuneJobSpec, TrainingConfig};
 
@@ -18,6 +21,8 @@ use lf_api::{FineTuneJob, FineTuneJobSpec, TrainingConfig};
 pub const MODELS_CLAIM: &str = "change-me-models";
 pub const DATASETS_CLAIM: &str = "change-me-datasets";
 pub const OUTPUTS_CLAIM: &str = "change-me-outputs";
+/// The Secret a converted job reads MLflow's address and credentials from (`report_to: mlflow`).
+pub const MLFLOW_SECRET: &str = "change-me-mlflow";
 
 /// GPUs of one node when `--gpus-per-node` is not given (the CRD's default).
 const DEFAULT_GPUS_PER_NODE: u32 = 8;
@@ -111,7 +116,8 @@ pub fn convert(
         .map(str::trim)
         .filter(|m| !m.is_empty())
         .ok_or(FromLlamaFactoryError::NoModel)?;
-    let (training, notices) = training_section(source)?;
+    let (training, mut notices) = training_section(source)?;
+    let tracking = tracking_section(&training, &mut notices);
     let name = match &opts.name {
         Some(n) => checked_name(n)?,
         None => name_from(&source.file_stem),
@@ -130,6 +136,7 @@ pub fn convert(
         resources: resources(opts)?,
         distributed: Default::default(),
         checkpointing: None,
+        tracking,
         output: placeholder(
             OUTPUTS_CLAIM,
             config
@@ -146,6 +153,25 @@ pub fn convert(
     let mut job = FineTuneJob::new(&name, spec);
     job.metadata.namespace = opts.namespace.clone();
     Ok((job, notices))
+}
+
+/// `spec.tracking` for a config reporting to MLflow: a placeholder Secret (LLaMA-Factory reads the
+/// server from the environment, which a FineTuneJob takes only by reference).
+fn tracking_section(training: &TrainingConfig, notices: &mut Vec<Notice>) -> Option<TrackingSpec> {
+    let selection = report_to::parse(&training.report_to).ok()?;
+    if !selection.contains(Tracker::Mlflow) {
+        return None;
+    }
+    notices.push(Notice::new(
+        "report_to",
+        format!(
+            "mlflow: create a Secret `{MLFLOW_SECRET}` (or rename spec.tracking.secretName) holding {} and, if the server needs them, credentials",
+            lf_api::runtime::env::MLFLOW_TRACKING_URI
+        ),
+    ));
+    Some(TrackingSpec {
+        secret_name: MLFLOW_SECRET.into(),
+    })
 }
 
 /// `spec.training`: the parsed config without the paths the operator fills in, and without the

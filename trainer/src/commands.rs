@@ -74,7 +74,9 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let start = resolve(cfg, &out, is_main)?;
     let trackers = if is_main {
         let resumed = start.checkpoint().is_some();
-        RunTrackers::start(cfg, &out, resumed, |k| std::env::var(k).ok())?
+        RunTrackers::start(cfg, &out, resumed, |k| {
+            crate::tracking::setting(k, |k| std::env::var(k).ok())
+        })?
     } else {
         RunTrackers::none()
     };

@@ -126,8 +126,57 @@ fn artifacts(cfg: &TrainingConfig, written: &[PathBuf]) -> Vec<(String, PathBuf)
         .collect()
 }
 
+/// A tracker setting: the environment variable `key` (through `var`), else the file named `key` in
+/// the directory `LF_TRACKING_DIR` names (a Secret mounted as files in a cluster), without its
+/// trailing newline. Empty values count as unset.
+pub fn setting(key: &str, var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if let Some(v) = var(key).filter(|v| !v.is_empty()) {
+        return Some(v);
+    }
+    let dir = var(env::TRACKING_DIR).filter(|d| !d.is_empty())?;
+    let text = std::fs::read_to_string(Path::new(&dir).join(key)).ok()?;
+    Some(text.trim_end_matches(['\n', '\r']).to_string()).filter(|v| !v.is_empty())
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_the_environment_else_from_the_mounted_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("MLFLOW_TRACKING_URI"),
+            "http://mlflow:5000\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("MLFLOW_TRACKING_TOKEN"), "").unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let var = |k: &str| match k {
+            "LF_TRACKING_DIR" => Some(d.clone()),
+            "MLFLOW_EXPERIMENT_NAME" => Some("from-env".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            setting("MLFLOW_TRACKING_URI", var).as_deref(),
+            Some("http://mlflow:5000")
+        );
+        assert_eq!(
+            setting("MLFLOW_EXPERIMENT_NAME", var).as_deref(),
+            Some("from-env")
+        );
+        assert_eq!(setting("MLFLOW_TRACKING_TOKEN", var), None, "empty file");
+        assert_eq!(setting("MLFLOW_TRACKING_USERNAME", var), None, "no file");
+        assert_eq!(
+            setting("MLFLOW_TRACKING_URI", |_| None),
+            None,
+            "no directory"
+        );
+    }
 }

@@ -53,7 +53,12 @@ fn tensorboard_and_mlflow_receive_every_logged_scalar_and_the_adapter() {
     for ((s, v), (ts, tv)) in loss.iter().zip(&tb_loss) {
         assert_eq!((*s, *v as f32), (*ts, *tv as f32));
     }
-    for tag in ["train/lr", "train/grad_norm", "train/throughput", "train/step_time/data"] {
+    for tag in [
+        "train/lr",
+        "train/grad_norm",
+        "train/throughput",
+        "train/step_time/data",
+    ] {
         assert_eq!(points(&tb["scalars"][tag]).len(), 3, "{tag} in {tb}");
     }
     assert_eq!(tb["hparams"]["lora_rank"], serde_json::json!(4.0));
@@ -65,15 +70,25 @@ fn tensorboard_and_mlflow_receive_every_logged_scalar_and_the_adapter() {
     assert_eq!(run["run_name"], "tiny-sft");
     assert_eq!(run["params"]["learning_rate"], "0.001");
     assert_eq!(run["params"]["report_to"], "tensorboard,mlflow");
-    assert_eq!(points(&run["metrics"]["train/loss"]), loss, "exact, step by step");
+    assert_eq!(
+        points(&run["metrics"]["train/loss"]),
+        loss,
+        "exact, step by step"
+    );
     assert_eq!(points(&run["metrics"]["train/lr"]), logged(&out, "lr"));
     let adapter = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
     let digest: String = sha2::Sha256::digest(&adapter)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(run["artifacts"]["adapter/adapter_model.safetensors"], digest.as_str());
-    assert!(run["artifacts"]["adapter/adapter_config.json"].is_string(), "{run}");
+    assert_eq!(
+        run["artifacts"]["adapter/adapter_model.safetensors"],
+        digest.as_str()
+    );
+    assert!(
+        run["artifacts"]["adapter/adapter_config.json"].is_string(),
+        "{run}"
+    );
 }
 
 #[test]
@@ -82,11 +97,22 @@ fn mlflow_without_a_tracking_uri_and_wandb_are_refused_before_training() {
     let cfg = write_config(dir.path(), "report_to: mlflow\n");
     let o = trainer(&["train", cfg.to_str().unwrap()], &[]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("needs MLFLOW_TRACKING_URI"), "{}", stderr(&o));
-    assert!(!dir.path().join("out/trainer_log.jsonl").exists(), "nothing trained");
+    assert!(
+        stderr(&o).contains("needs MLFLOW_TRACKING_URI"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !dir.path().join("out/trainer_log.jsonl").exists(),
+        "nothing trained"
+    );
 
     let cfg = write_config(dir.path(), "report_to: wandb\n");
     let o = trainer(&["train", cfg.to_str().unwrap()], &[]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("wandb sync --sync-tensorboard"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("wandb sync --sync-tensorboard"),
+        "{}",
+        stderr(&o)
+    );
 }

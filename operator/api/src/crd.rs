@@ -82,6 +82,9 @@ pub struct FineTuneJobSpec {
     /// Queueing and scheduling.
     #[serde(default)]
     pub scheduling: SchedulingSpec,
+    /// Experiment trackers' settings (`training.report_to` chooses the trackers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<TrackingSpec>,
     /// Suspends the job (its pods are deleted; resuming continues from the latest checkpoint).
     #[serde(default)]
     pub suspend: bool,
@@ -102,6 +105,18 @@ fn training_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schem
         }
     }
     schema
+}
+
+/// Experiment trackers' settings. Credentials and server addresses come by reference only.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrackingSpec {
+    /// A Secret in the job's namespace whose MLflow keys become the trainers' environment:
+    /// `MLFLOW_TRACKING_URI` (the tracking server, required for `report_to: mlflow`),
+    /// `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`, and
+    /// `MLFLOW_EXPERIMENT_NAME`. Other keys of the Secret are not read.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// A directory on a PersistentVolumeClaim.

@@ -41,6 +41,25 @@ pub mod env {
     /// checkpoint (default [`super::DEFAULT_LAUNCHER_GRACE_SECONDS`]). Render it below the pod's
     /// `terminationGracePeriodSeconds`, which must also cover the launcher's own exit.
     pub const LAUNCHER_GRACE_SECONDS: &str = "LF_LAUNCHER_GRACE_SECONDS";
+
+    /// A directory of files named after the MLflow variables below, read by the trainer for each
+    /// one the environment does not set: in a cluster, the Secret `spec.tracking.secretName`
+    /// mounted as files (never environment variables, never the spec itself).
+    pub const TRACKING_DIR: &str = "LF_TRACKING_DIR";
+    /// MLflow's own variables, read by the trainer for `report_to: mlflow`.
+    pub const MLFLOW_TRACKING_URI: &str = "MLFLOW_TRACKING_URI";
+    pub const MLFLOW_TRACKING_TOKEN: &str = "MLFLOW_TRACKING_TOKEN";
+    pub const MLFLOW_TRACKING_USERNAME: &str = "MLFLOW_TRACKING_USERNAME";
+    pub const MLFLOW_TRACKING_PASSWORD: &str = "MLFLOW_TRACKING_PASSWORD";
+    pub const MLFLOW_EXPERIMENT_NAME: &str = "MLFLOW_EXPERIMENT_NAME";
+    /// Every MLflow variable the trainer reads.
+    pub const MLFLOW: [&str; 5] = [
+        MLFLOW_TRACKING_URI,
+        MLFLOW_TRACKING_TOKEN,
+        MLFLOW_TRACKING_USERNAME,
+        MLFLOW_TRACKING_PASSWORD,
+        MLFLOW_EXPERIMENT_NAME,
+    ];
 }
 
 /// The launcher's grace when [`env::LAUNCHER_GRACE_SECONDS`] is not set.
@@ -55,6 +74,8 @@ pub mod paths {
     pub const CHECKPOINT_DIR: &str = "/checkpoints";
     pub const OUTPUT_DIR: &str = "/output";
     pub const SHM_DIR: &str = "/dev/shm";
+    /// The tracker settings' Secret (`spec.tracking.secretName`), one file per MLflow variable.
+    pub const TRACKING_DIR: &str = "/etc/lf-tracking";
     pub const TERMINATION_LOG: &str = "/dev/termination-log";
 }
 

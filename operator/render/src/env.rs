@@ -12,6 +12,7 @@ use crate::context::RenderContext;
 use crate::error::RenderError;
 use crate::grace::termination_grace;
 use crate::names::{job_name, service_name};
+use crate::tracking::tracker_env;
 
 /// The rendezvous port on rank 0 when `spec.distributed.masterPort` is unset (torchrun's default).
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
@@ -110,7 +111,8 @@ pub fn validate_nccl(job: &FineTuneJob) -> Result<(), RenderError> {
 /// The environment every pod of the attempt gets. Values are the same for every pod except
 /// `NODE_RANK`, which comes from the completion-index annotation through the downward API
 /// (`LF_JOB_NAMESPACE` too, from the pod's namespace). Order: the rendezvous contract, the
-/// FineTuneJob's identity, then NCCL/libtorch settings sorted by name.
+/// FineTuneJob's identity, NCCL/libtorch settings sorted by name, then where the tracker settings'
+/// files are ([`tracker_env`]).
 pub fn worker_env(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> Vec<EnvVar> {
     let master_addr = format!("{}-0.{}", job_name(job, ctx.attempt), service_name(job));
     let mut vars = vec![
@@ -145,6 +147,7 @@ pub fn worker_env(job: &FineTuneJob, plan: &Plan, ctx: &RenderContext) -> Vec<En
         tuning.insert(k.clone(), v.clone());
     }
     vars.extend(tuning.into_iter().map(|(k, v)| value(&k, v)));
+    vars.extend(tracker_env(job));
     vars
 }
 

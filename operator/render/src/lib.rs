@@ -25,6 +25,7 @@ pub mod pod;
 pub mod rbac;
 mod rendered;
 pub mod service;
+pub mod tracking;
 pub mod volumes;
 pub mod yaml;
 
@@ -53,6 +54,7 @@ pub fn render(
         ));
     }
     env::validate_nccl(job)?;
+    tracking::validate_tracking(job)?;
     Ok(Rendered {
         service_account: rbac::service_account(job),
         role: rbac::role(job),

@@ -19,6 +19,7 @@ use lf_api::{FineTuneJob, Plan};
 use crate::config::config_key;
 use crate::error::RenderError;
 use crate::names::config_map_name;
+use crate::tracking::tracking_volume;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -258,6 +259,10 @@ pub fn volumes(
             read_only: loc.read_only.then_some(true),
             ..VolumeMount::default()
         });
+    }
+    if let Some((volume, mount)) = tracking_volume(job) {
+        volumes.push(volume);
+        mounts.push(mount);
     }
     for (claim, name, read_only) in claims {
         volumes.push(Volume {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
+use lf_api::runtime::env;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -25,7 +26,7 @@ impl MlflowSettings {
     /// Reads the settings from `var` (the process environment in the trainer). `Ok(None)` when
     /// `MLFLOW_TRACKING_URI` is unset.
     pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, TrackError> {
-        let Some(uri) = var("MLFLOW_TRACKING_URI").filter(|s| !s.trim().is_empty()) else {
+        let Some(uri) = var(env::MLFLOW_TRACKING_URI).filter(|s| !s.trim().is_empty()) else {
             return Ok(None);
         };
         let uri = uri.trim().trim_end_matches('/').to_string();
@@ -35,10 +36,10 @@ impl MlflowSettings {
                  not to a local store; start one with `mlflow server` and point MLFLOW_TRACKING_URI at it"
             )));
         }
-        let authorization = match var("MLFLOW_TRACKING_TOKEN").filter(|t| !t.is_empty()) {
+        let authorization = match var(env::MLFLOW_TRACKING_TOKEN).filter(|t| !t.is_empty()) {
             Some(token) => Some(format!("Bearer {token}")),
-            None => var("MLFLOW_TRACKING_USERNAME").map(|user| {
-                let password = var("MLFLOW_TRACKING_PASSWORD").unwrap_or_default();
+            None => var(env::MLFLOW_TRACKING_USERNAME).map(|user| {
+                let password = var(env::MLFLOW_TRACKING_PASSWORD).unwrap_or_default();
                 let encoded =
                     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
                 format!("Basic {encoded}")
@@ -46,7 +47,7 @@ impl MlflowSettings {
         };
         Ok(Some(MlflowSettings {
             tracking_uri: uri,
-            experiment_name: var("MLFLOW_EXPERIMENT_NAME").filter(|s| !s.is_empty()),
+            experiment_name: var(env::MLFLOW_EXPERIMENT_NAME).filter(|s| !s.is_empty()),
             authorization,
         }))
     }
