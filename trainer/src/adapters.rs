@@ -9,6 +9,7 @@ use tch::Tensor;
 
 use crate::error::TrainerError;
 use crate::interfaces::{MicroOutput, ModelMemory, OptimizerBytes, StepOptimizer, TrainModel};
+use crate::preference::{PreferenceLoss, PreferenceSums};
 use crate::zero3::ParameterPartition;
 
 /// The file of trainable weights in a `full`/`freeze` checkpoint.
@@ -148,6 +149,45 @@ impl TrainModel for LmTrainee {
             loss_sum,
             forward_secs: None,
         })
+    }
+
+    fn preference_backward(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss: &PreferenceLoss,
+        loss_scale: f64,
+    ) -> Result<PreferenceSums, TrainerError> {
+        if self.active_partition().is_some() {
+            return Err(TrainerError::config(
+                "preference training does not run on a ZeRO-3 partitioned model yet",
+            ));
+        }
+        let reference = if loss.uses_reference() {
+            if !self.is_lora() {
+                return Err(TrainerError::config(
+                    "the reference model of a preference loss is the base with the LoRA adapter off: train with `finetuning_type: lora`",
+                ));
+            }
+            let r = lf_model::without_adapters(|| self.lm.token_logps(input_ids, labels))
+                .map_err(|e| model_error("the reference pass", e))?;
+            Some(r)
+        } else {
+            None
+        };
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        let mut sums = PreferenceSums::default();
+        self.lm
+            .token_logps_backward(input_ids, labels, |policy| {
+                let (coefficients, s) = loss
+                    .coefficients(policy, reference.as_ref(), rows, loss_scale)
+                    .map_err(ModelError::Invalid)?;
+                sums = s;
+                Ok(coefficients)
+            })
+            .map_err(|e| model_error("preference step", e))?;
+        self.micro_batches += 1;
+        Ok(sums)
     }
 
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError> {

@@ -5,7 +5,7 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
-use lf_data::{collate, Batch, DataPosition, Example, StepPlan};
+use lf_data::{collate, collate_pairs, Batch, DataPosition, Example, StepPlan};
 
 /// The micro-batches of one optimiser step on this rank: always `position.micro_batches` of them
 /// (label-free ones where this rank has no examples left, see [`lf_data::sampler`]).
@@ -23,7 +23,12 @@ pub fn step_batches(plan: &StepPlan, examples: &[Example], pad_id: u32, step: u6
         .iter()
         .map(|rows| {
             let refs: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
-            collate(&refs, pad_id)
+            // Preference pairs go into one batch of chosen then rejected rows.
+            if refs.iter().any(|e| e.rejected.is_some()) {
+                collate_pairs(&refs, pad_id)
+            } else {
+                collate(&refs, pad_id)
+            }
         })
         .collect();
     StepBatches {

@@ -10,6 +10,7 @@ use tch::Tensor;
 
 use crate::error::TrainerError;
 use crate::gradients;
+use crate::preference::{PreferenceLoss, PreferenceSums};
 
 /// The optimiser state file inside a checkpoint (of an optimiser that is not partitioned).
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -37,6 +38,22 @@ pub trait TrainModel {
         labels: &Tensor,
         loss_scale: f64,
     ) -> Result<MicroOutput, TrainerError>;
+    /// Forward and backward of one micro-batch of preference pairs (the chosen rows, then the
+    /// rejected rows, as `lf_data::collate_pairs` lays them out): `loss_scale ×` the gradient of
+    /// the pairs' summed `loss` is accumulated into `.grad`, with the reference log-probabilities
+    /// (when the loss uses them) from the same weights with the adapter off. Returns the pairs'
+    /// metric sums. A model that cannot do this says so.
+    fn preference_backward(
+        &mut self,
+        _input_ids: &Tensor,
+        _labels: &Tensor,
+        _loss: &PreferenceLoss,
+        _loss_scale: f64,
+    ) -> Result<PreferenceSums, TrainerError> {
+        Err(TrainerError::config(
+            "this model does not train on preference pairs",
+        ))
+    }
     /// The summed token loss without gradients (evaluation).
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError>;
     /// Writes what trains (a PEFT adapter, or the trainable weights) into `dir`.

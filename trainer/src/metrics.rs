@@ -1,12 +1,14 @@
 //! The Prometheus endpoint (`LF_METRICS_ADDR`, off when unset): step, loss, learning rate,
-//! tokens/s and peak memory, served as text exposition on any path by a small thread.
+//! tokens/s and peak memory (and a preference run's `rewards/*`, `logps/*`), served as text
+//! exposition on any path by a small thread.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use prometheus::{Encoder, Gauge, IntGauge, Registry, TextEncoder};
+use prometheus::{Encoder, Gauge, GaugeVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::error::TrainerError;
+use crate::preference::PreferenceMetrics;
 
 /// The trainer's gauges.
 #[derive(Clone)]
@@ -20,6 +22,9 @@ pub struct Metrics {
     pub grad_norm: Gauge,
     pub peak_memory_bytes: IntGauge,
     pub eval_loss: Gauge,
+    /// `stage: dpo`: `lf_trainer_preference{metric="rewards/chosen"}` and the other metrics of
+    /// the last logging window.
+    pub preference: GaugeVec,
 }
 
 impl Metrics {
@@ -63,7 +68,25 @@ impl Metrics {
                 "lf_trainer_eval_loss",
                 "Loss on the validation split at the last evaluation",
             ),
+            preference: {
+                let opts = Opts::new(
+                    "lf_trainer_preference",
+                    "Preference metrics (rewards/*, logps/*) of the last logging window",
+                );
+                let g = GaugeVec::new(opts, &["metric"]).expect("static metric names are valid");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("each metric is registered once");
+                g
+            },
             registry,
+        }
+    }
+
+    /// Publishes a window's preference metrics.
+    pub fn set_preference(&self, p: &PreferenceMetrics) {
+        for (name, value) in p.named() {
+            self.preference.with_label_values(&[name]).set(value);
         }
     }
 
@@ -127,5 +150,19 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200"));
         assert!(out.contains("lf_trainer_step 7"), "{out}");
         assert!(out.contains("lf_trainer_loss 1.25"), "{out}");
+    }
+
+    #[test]
+    fn serves_the_preference_metrics() {
+        let m = Metrics::new();
+        m.set_preference(&PreferenceMetrics {
+            rewards_accuracies: 0.75,
+            ..Default::default()
+        });
+        let out = m.render();
+        assert!(
+            out.contains("lf_trainer_preference{metric=\"rewards/accuracies\"} 0.75"),
+            "{out}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapters::model_error;
 use crate::error::{is_storage_full, TrainerError};
 use crate::memory_report::{MemoryLine, MemoryRecord};
+use crate::preference::PreferenceMetrics;
 
 pub const TRAINER_LOG: &str = "trainer_log.jsonl";
 pub const ALL_RESULTS: &str = "all_results.json";
@@ -60,6 +61,9 @@ pub struct LogRecord {
     /// Peak memory in bytes: the CUDA caching allocator's peak on GPU, the process's peak RSS on CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// `stage: dpo`: `rewards/*` and `logps/*`, means over the window's pairs.
+    #[serde(flatten)]
+    pub preference: Option<PreferenceMetrics>,
 }
 
 /// `H:MM:SS`, as LLaMA-Factory writes elapsed and remaining time.

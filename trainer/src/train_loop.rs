@@ -6,6 +6,9 @@
 //! loss of the step, however the step is split into micro-batches or ranks. Then gradients are
 //! summed over ranks, the global norm is checked (a NaN/inf stops the run at once) and clipped,
 //! the optimiser updates with the scheduled learning rate, and the gradients are zeroed.
+//! A preference run (`stage: dpo`) counts pairs instead of label tokens: each micro-batch of
+//! pairs backpropagates its summed pair losses ([`crate::preference`]) scaled by `1 / pairs of the
+//! whole step`.
 //!
 //! Around the step: a record every `logging_steps` ([`StepReporter`]), evaluation every
 //! `eval_steps` or epoch, a checkpoint every `save_steps`, and on SIGTERM/SIGINT (a flag polled
@@ -29,6 +32,7 @@ use crate::interfaces::{DataParallel, StepOptimizer, TrainModel};
 use crate::memory_report::{MemoryProbe, MemoryRecord};
 use crate::metrics::Metrics;
 use crate::outputs::{peak_memory_bytes, TRAINER_STATE};
+use crate::preference::{PreferenceLoss, PreferenceSums};
 use crate::report::{Sinks, StepOutcome, StepReporter};
 use crate::schedule::LrSchedule;
 use crate::state::TrainerState;
@@ -197,6 +201,8 @@ struct Stepper<'a> {
     /// The trainable parameters (sharing storage and `.grad` with the model).
     params: Vec<(String, Tensor)>,
     schedule: LrSchedule,
+    /// `stage: dpo`: the loss of the pairs.
+    preference: Option<PreferenceLoss>,
 }
 
 impl Stepper<'_> {
@@ -216,28 +222,43 @@ impl Stepper<'_> {
             .recv()
             .map_err(|_| TrainerError::runtime("the data thread stopped unexpectedly"))?;
         debug_assert_eq!(batches.step, step);
-        let local_labels: u64 = batches.micro.iter().map(|b| b.label_tokens).sum();
-        let label_tokens = group.sum_scalar(local_labels as f64)?;
+        // What the step's loss is a mean over: label tokens, or pairs.
+        let local_units: u64 = match self.preference {
+            Some(_) => batches.micro.iter().map(|b| b.examples as u64).sum(),
+            None => batches.micro.iter().map(|b| b.label_tokens).sum(),
+        };
+        let label_tokens = group.sum_scalar(local_units as f64)?;
         let device_batches: Vec<(Tensor, Tensor)> = batches
             .micro
             .iter()
+            .filter(|b| self.preference.is_none() || b.paired)
             .map(|b| to_device(b, ctx.device))
             .collect();
         let data_secs = t_data.elapsed().as_secs_f64();
 
         let t_compute = Instant::now();
-        let (loss_sum, forward_secs) = if label_tokens > 0.0 {
-            forward_backward(model, &device_batches, 1.0 / label_tokens)?
-        } else {
-            tracing::warn!("step {} has no label tokens (every response was truncated away?); skipping its update", step + 1);
-            (0.0, Some(0.0))
+        let (loss_sum, forward_secs, preference) = match &self.preference {
+            _ if label_tokens == 0.0 => {
+                tracing::warn!("step {} has no label tokens (every response was truncated away?); skipping its update", step + 1);
+                (0.0, Some(0.0), None)
+            }
+            Some(loss) => {
+                let sums = preference_backward(model, &device_batches, loss, 1.0 / label_tokens)?;
+                let sums = sum_over_ranks(group, sums)?;
+                (sums.loss, None, Some(sums))
+            }
+            None => {
+                let (loss_sum, forward_secs) =
+                    forward_backward(model, &device_batches, 1.0 / label_tokens)?;
+                (group.sum_scalar(loss_sum)?, forward_secs, None)
+            }
         };
         sync(ctx.device);
         let compute_secs = t_compute.elapsed().as_secs_f64();
 
         let t_opt = Instant::now();
         let loss = if label_tokens > 0.0 {
-            group.sum_scalar(loss_sum)? / label_tokens
+            loss_sum / label_tokens
         } else {
             0.0
         };
@@ -274,6 +295,7 @@ impl Stepper<'_> {
             compute_secs,
             optimizer_secs,
             forward_secs,
+            preference,
         };
         Ok((outcome, memory))
     }
@@ -294,6 +316,33 @@ fn forward_backward<M: TrainModel>(
         forward_secs = forward_secs.zip(out.forward_secs).map(|(a, b)| a + b);
     }
     Ok((loss_sum, forward_secs))
+}
+
+/// Forward and backward of every micro-batch of pairs, each loss scaled by `scale`; returns
+/// the pairs' summed metrics (their summed loss included).
+fn preference_backward<M: TrainModel>(
+    model: &mut M,
+    batches: &[(Tensor, Tensor)],
+    loss: &PreferenceLoss,
+    scale: f64,
+) -> Result<PreferenceSums, TrainerError> {
+    let mut sums = PreferenceSums::default();
+    for (ids, labels) in batches {
+        sums += model.preference_backward(ids, labels, loss, scale)?;
+    }
+    Ok(sums)
+}
+
+/// `sums` added up over the ranks.
+fn sum_over_ranks(
+    group: &dyn DataParallel,
+    sums: PreferenceSums,
+) -> Result<PreferenceSums, TrainerError> {
+    let mut all = sums.to_array();
+    for v in &mut all {
+        *v = group.sum_scalar(*v)?;
+    }
+    Ok(PreferenceSums::from_array(all))
 }
 
 /// A final evaluation when evaluation was asked for but the schedule did not end on one.
@@ -393,6 +442,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         ctx,
         params,
         schedule,
+        preference: PreferenceLoss::from_config(cfg),
     };
     let mut checkpointer = Checkpointer::new(&ctx.output_dir, &ctx.stop);
     let mut memory_probe = MemoryProbe::default();

@@ -107,7 +107,7 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
         }
         let mut examples = Vec::with_capacity(n as usize);
         for _ in 0..n {
-            let mut example = read_sequence(&mut r, &mut left).map_err(|e| corrupt(e))?;
+            let mut example = read_sequence(&mut r, &mut left).map_err(&corrupt)?;
             consume(&mut left, 1).ok_or_else(|| corrupt("truncated example"))?;
             let mut flag = [0u8; 1];
             r.read_exact(&mut flag)
@@ -115,7 +115,7 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
             example.rejected = match flag[0] {
                 0 => None,
                 1 => Some(Box::new(
-                    read_sequence(&mut r, &mut left).map_err(|e| corrupt(e))?,
+                    read_sequence(&mut r, &mut left).map_err(&corrupt)?,
                 )),
                 _ => return Err(corrupt("pair flag")),
             };

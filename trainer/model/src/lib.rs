@@ -24,6 +24,7 @@ mod generate;
 pub mod linear;
 pub mod llama;
 mod loader;
+mod logps;
 mod method;
 pub mod moe;
 pub mod names;
@@ -39,7 +40,9 @@ mod training;
 
 pub use causal_lm::{CausalLm, LoadReport, LoraSettings};
 pub use error::ModelError;
+pub use linear::without_adapters;
 pub use loader::UnitSink;
+pub use logps::TokenLogps;
 pub use names::peft_prefix;
 pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
 pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};

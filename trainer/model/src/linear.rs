@@ -1,9 +1,35 @@
 //! A decoder linear layer: a frozen (possibly quantised) base weight, an optional bias, and an
 //! optional LoRA/DoRA adapter with PEFT's exact forward.
 
+use std::cell::Cell;
+
 use tch::{Kind, Tensor};
 
 use crate::names::TensorPath;
+
+thread_local! {
+    /// Set while [`without_adapters`] runs on this thread.
+    static ADAPTERS_OFF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every adapter bypassed, as PEFT's `disable_adapter()` does: the forward passes
+/// in `f` (on this thread) compute the base model alone. DPO's reference log-probabilities under
+/// LoRA come from this, with no second copy of the weights. The previous state is restored when
+/// `f` returns or unwinds.
+pub fn without_adapters<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ADAPTERS_OFF.with(|off| off.set(self.0));
+        }
+    }
+    let _restore = Restore(ADAPTERS_OFF.with(|off| off.replace(true)));
+    f()
+}
+
+fn adapters_off() -> bool {
+    ADAPTERS_OFF.with(Cell::get)
+}
 
 /// The base weight of a linear layer, `[out_features, in_features]`.
 pub enum BaseWeight {
@@ -126,11 +152,14 @@ impl Linear {
     /// LoRA `y = W x + s·B(A(dropout(x)))`; DoRA, with `k = m / ‖W + s·BA‖` (row norm, detached),
     /// `y = W x + (k − 1)·W x + k·s·B(A(x))`, where with active dropout the middle term uses the
     /// dropped-out input as PEFT does. The adapter runs in its own dtype (fp32 unless `pure_bf16`);
-    /// its input is cast to that dtype and its result back to the activation dtype.
+    /// its input is cast to that dtype and its result back to the activation dtype. Inside
+    /// [`without_adapters`] the adapter is bypassed.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let w = self.weight.dense(x.kind());
         let base = x.linear(&w, self.bias.as_ref());
-        let Some(ad) = &self.adapter else { return base };
+        let Some(ad) = self.adapter.as_ref().filter(|_| !adapters_off()) else {
+            return base;
+        };
         let kind = ad.a.kind();
         let dropout_active = train && ad.dropout > 0.0;
         let xa = if dropout_active {

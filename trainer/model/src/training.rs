@@ -22,6 +22,7 @@ use tch::{Kind, Reduction, Tensor};
 use crate::causal_lm::CausalLm;
 use crate::names;
 use crate::residency::{AlwaysResident, Residency, Unit};
+use crate::routing::TrainingAux;
 use crate::ModelError;
 
 /// Label value that is not trained on: lf-data's, as the loss's index type.
@@ -36,7 +37,11 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 impl CausalLm {
-    fn check_batch(&self, input_ids: &Tensor, labels: &Tensor) -> Result<(), ModelError> {
+    pub(crate) fn check_batch(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(), ModelError> {
         if input_ids.dim() != 2 || input_ids.size() != labels.size() {
             return Err(ModelError::Invalid(format!(
                 "input_ids {:?} and labels {:?} must both be [batch, seq]",
@@ -52,17 +57,18 @@ impl CausalLm {
         Ok(())
     }
 
-    /// Hidden states of positions that have a next-token label, `[N, H]`, and those labels `[N]`
-    /// (the usual causal shift: position t predicts label t+1).
-    fn labelled(hidden: &Tensor, labels: &Tensor) -> (Tensor, Tensor) {
+    /// Hidden states of positions that have a next-token label, `[N, H]`, those labels `[N]`
+    /// (the usual causal shift: position t predicts label t+1), and the batch row of each `[N]`.
+    pub(crate) fn labelled(hidden: &Tensor, labels: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, s) = (labels.size()[0], labels.size()[1]);
         let h = hidden.narrow(1, 0, s - 1).reshape([b * (s - 1), -1]);
         let t = labels.narrow(1, 1, s - 1).reshape([b * (s - 1)]);
         let idx = t.ne(IGNORE_INDEX).nonzero().squeeze_dim(1);
-        (h.index_select(0, &idx), t.index_select(0, &idx))
+        let rows = idx.floor_divide_scalar(s - 1);
+        (h.index_select(0, &idx), t.index_select(0, &idx), rows)
     }
 
-    fn chunk_len(&self, n: i64) -> i64 {
+    pub(crate) fn chunk_len(&self, n: i64) -> i64 {
         match self.method.loss_chunk_size {
             0 => n.max(1),
             c => c as i64,
@@ -91,7 +97,7 @@ impl CausalLm {
         // One gather of the head for the final norm and every chunk's logits.
         residency.gather(Unit::Head)?;
         let hidden = self.model.norm.forward(&x);
-        let (h, t) = Self::labelled(&hidden, labels);
+        let (h, t, _) = Self::labelled(&hidden, labels);
         let n = t.size()[0];
         let mut total = Tensor::zeros([], (Kind::Float, hidden.device()));
         let chunk = self.chunk_len(n);
@@ -144,6 +150,62 @@ impl CausalLm {
         loss_scale: f64,
         residency: &R,
     ) -> Result<f64, ModelError> {
+        self.backward_with_head(input_ids, labels, residency, |hidden, rows, targets| {
+            self.cross_entropy_backward(hidden, rows, targets, loss_scale)
+        })
+    }
+
+    /// The summed cross-entropy of the labelled positions, each chunk of `loss_chunk_size` rows
+    /// backpropagated at once (scaled by `loss_scale`) into `hidden` (`[positions, H]`, a leaf):
+    /// `rows` picks the labelled positions, `targets` are their labels.
+    fn cross_entropy_backward(
+        &self,
+        hidden: &Tensor,
+        rows: &Tensor,
+        targets: &Tensor,
+        loss_scale: f64,
+    ) -> Result<f64, ModelError> {
+        let n = rows.size()[0];
+        let chunk = self.chunk_len(n);
+        // Summed on the device; read once after the loop (one host sync, not one per chunk).
+        let mut total = Tensor::zeros([], (Kind::Double, targets.device()));
+        let mut start = 0;
+        while start < n {
+            let len = chunk.min(n - start);
+            let logits = self
+                .model
+                .head(&hidden.index_select(0, &rows.narrow(0, start, len)))
+                .to_kind(Kind::Float);
+            let loss = logits.cross_entropy_loss::<Tensor>(
+                &targets.narrow(0, start, len),
+                None,
+                Reduction::Sum,
+                IGNORE_INDEX,
+                0.0,
+            );
+            total += loss.detach().to_kind(Kind::Double);
+            (loss * loss_scale)
+                .f_backward()
+                .map_err(ModelError::torch("backpropagating the loss"))?;
+            start += len;
+        }
+        Ok(total.double_value(&[]))
+    }
+
+    /// Forward and backward of one micro-batch around a loss `head`: the decoder runs (with
+    /// layer recomputation when configured), then `head(hidden, rows, targets)` gets the final
+    /// hidden states of every position but the last, flattened to `[batch·(seq−1), H]` as a leaf,
+    /// the indices of the positions that predict a label, and those labels; it must backpropagate
+    /// its loss into that leaf (in chunks, so no full logits exist) and return the value to
+    /// report. That gradient is then pushed through the final norm and the decoder. `head` is
+    /// not called when no position has a label.
+    pub(crate) fn backward_with_head<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        residency: &R,
+        head: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<f64, ModelError>,
+    ) -> Result<f64, ModelError> {
         self.check_batch(input_ids, labels)?;
         let recompute = self.recomputes_layers();
         let lockstep = residency.lockstep();
@@ -194,15 +256,22 @@ impl CausalLm {
         // Forward through the layers; with recomputation keep only each layer's input.
         let mut inputs: Vec<Tensor> = Vec::new();
         let mut x = x0.shallow_clone();
+        let mut aux = self.training_aux(x0.device());
         for (i, layer) in layers.iter().enumerate() {
             seed_layer(i);
             gather(Unit::Layer(i))?;
             if recompute || i < first_trainable {
                 let _guard = tch::no_grad_guard();
                 inputs.push(x.detach());
-                x = layer.forward(&x, &rope, None, self.backend, self.training);
+                let (y, logits) =
+                    layer.forward_routed(&x, &rope, None, self.backend, self.training);
+                TrainingAux::observe(aux.as_mut(), logits);
+                x = y;
             } else {
-                x = layer.forward(&x, &rope, None, self.backend, self.training);
+                let (y, logits) =
+                    layer.forward_routed(&x, &rope, None, self.backend, self.training);
+                TrainingAux::observe(aux.as_mut(), logits);
+                x = y;
             }
             release(Unit::Layer(i), false)?;
         }
@@ -228,31 +297,11 @@ impl CausalLm {
             return Ok(0.0);
         }
         let targets = targets.index_select(0, &idx);
-        let chunk = self.chunk_len(n);
-        // Summed on the device; read once after the loop (one host sync, not one per chunk).
-        let mut total = Tensor::zeros([], (Kind::Double, labels.device()));
-        let mut start = 0;
-        while start < n {
-            let len = chunk.min(n - start);
-            let rows = idx.narrow(0, start, len);
-            let logits = self
-                .model
-                .head(&flat_leaf.index_select(0, &rows))
-                .to_kind(Kind::Float);
-            let loss = logits.cross_entropy_loss::<Tensor>(
-                &targets.narrow(0, start, len),
-                None,
-                Reduction::Sum,
-                IGNORE_INDEX,
-                0.0,
-            );
-            total += loss.detach().to_kind(Kind::Double);
-            (loss * loss_scale)
-                .f_backward()
-                .map_err(ModelError::torch("backpropagating the loss"))?;
-            start += len;
-        }
-        let loss_sum = total.double_value(&[]);
+        let loss_sum = if n > 0 {
+            head(&flat_leaf, &idx, &targets)?
+        } else {
+            0.0
+        };
         // A partitioned model without labels here still runs backward, with zero gradients:
         // the other processes gather the same units in the same order.
         let grad = if n == 0 {
@@ -264,8 +313,9 @@ impl CausalLm {
             release(Unit::Head, true)?;
             return Ok(loss_sum);
         }
-        (&flat * &grad)
-            .sum(Kind::Float)
+        // Without recomputation the routers' graph is alive: the load-balancing loss joins here.
+        let aux_total = if recompute { None } else { aux.as_ref() };
+        TrainingAux::add_total(aux_total, (&flat * &grad).sum(Kind::Float))
             .f_backward()
             .map_err(ModelError::torch("backpropagating through the final norm"))?;
         release(Unit::Head, true)?;
@@ -283,10 +333,11 @@ impl CausalLm {
             let input = inputs[i].detach().set_requires_grad(needs_input_grad);
             seed_layer(i);
             gather(Unit::Layer(i))?;
-            let out = layers[i].forward(&input, &rope, None, self.backend, self.training);
+            let (out, logits) =
+                layers[i].forward_routed(&input, &rope, None, self.backend, self.training);
             if out.requires_grad() {
-                (&out * &grad)
-                    .sum(Kind::Float)
+                let loss = (&out * &grad).sum(Kind::Float);
+                TrainingAux::add_layer(aux.as_ref(), loss, logits.as_ref())
                     .f_backward()
                     .map_err(ModelError::torch(format!(
                         "backpropagating through layer {i}"

@@ -1,0 +1,117 @@
+"""TRL's preference trainers as the reference for lf-trainer's `stage: dpo` (the parity tests of
+trainer/tests/preference_parity.rs).
+
+Usage: preference_trl.py OUT_DIR LOSS     (LOSS: sigmoid, hinge, ipo, orpo, simpo)
+
+Writes, all seeded:
+  OUT_DIR/model          a tiny random Llama (tests/reference/trainer_make_tiny.py) and its tokenizer
+  OUT_DIR/adapter0       a PEFT LoRA adapter as PEFT initialises it (A random, B zero)
+  OUT_DIR/data           four preference pairs (alpaca ranking format) + dataset_info.json
+  OUT_DIR/trl_ids.json   TRL's tokenisation of the pairs: [{prompt_ids, chosen_ids, rejected_ids}]
+  OUT_DIR/sgd/           one step of SGD (lr 1, no clipping) from adapter0 over all four pairs
+                         (batch 2 x accumulation 2): the adapter after it (B = -gradient, as B
+                         starts at 0) and log.json, TRL's logged metrics of the step
+  OUT_DIR/sgd3/          three such steps: the adapter after them and every step's metrics
+  OUT_DIR/adamw/         three steps of AdamW (lr 1e-2): the adapter after them and the metrics
+
+The batch holds every pair, so the order the sampler draws them in changes nothing.
+DPO losses run on TRL's DPOTrainer, ORPO on trl.experimental's ORPOTrainer, SimPO on its
+CPOTrainer with `loss_type="simpo"` and `cpo_alpha=0` (no added NLL term). beta 0.1, simpo_gamma 0.5.
+"""
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trainer_make_tiny import make_model, make_tokenizer  # noqa: E402
+
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+PAIRS = [
+    ("tell me about the cat", " the cat runs fast </s>", " dog </s>"),
+    ("what is the opposite of hot", " cold </s>", " the sun is very hot today </s>"),
+    ("write a story about a river", " the river flows near the old tree </s>", " no </s>"),
+    ("give me a colour", " blue </s>", " red green </s>"),
+]
+BETA = 0.1
+SIMPO_GAMMA = 0.5
+
+
+def write_data(data_dir):
+    os.makedirs(data_dir, exist_ok=True)
+    rows = [{"instruction": p, "chosen": c, "rejected": r} for p, c, r in PAIRS]
+    with open(os.path.join(data_dir, "pref.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    info = {"pref": {"file_name": "pref.json", "ranking": True,
+                     "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}}}
+    with open(os.path.join(data_dir, "dataset_info.json"), "w") as f:
+        json.dump(info, f, indent=1)
+
+
+def make_adapter(model_dir, out):
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    get_peft_model(base, cfg).save_pretrained(out)
+
+
+def trainer_for(loss, model, tok, dataset, out, optim, lr, steps):
+    common = dict(output_dir=out, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                  learning_rate=lr, lr_scheduler_type="constant", max_grad_norm=0.0, optim=optim,
+                  weight_decay=0.0, max_steps=steps, logging_steps=1, save_strategy="no", report_to="none",
+                  use_cpu=True, seed=42, beta=BETA, dataloader_num_workers=0,
+                  # TRL's configs turn bf16 autocast on by default; the comparison is in fp32.
+                  bf16=False, fp16=False)
+    if loss in ("sigmoid", "hinge", "ipo"):
+        from trl import DPOConfig, DPOTrainer
+        args = DPOConfig(loss_type=[loss], **common)
+        return DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    if loss == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+        args = ORPOConfig(**common)
+        return ORPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    if loss == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        args = CPOConfig(loss_type="simpo", cpo_alpha=0.0, simpo_gamma=SIMPO_GAMMA, **common)
+        return CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    raise SystemExit(f"unknown loss {loss}")
+
+
+def run(loss, root, name, optim, lr, steps):
+    out = os.path.join(root, name)
+    tok = AutoTokenizer.from_pretrained(os.path.join(root, "model"))
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(root, "model"), torch_dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, os.path.join(root, "adapter0"), is_trainable=True)
+    dataset = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS])
+    trainer = trainer_for(loss, model, tok, dataset, out, optim, lr, steps)
+    if name == "sgd":
+        ids = [{k: trainer.train_dataset[i][k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+               for i in range(len(PAIRS))] if "prompt_ids" in trainer.train_dataset.column_names else None
+        with open(os.path.join(root, "trl_ids.json"), "w") as f:
+            json.dump(ids, f)
+    trainer.train()
+    model.save_pretrained(out)
+    with open(os.path.join(out, "log.json"), "w") as f:
+        json.dump(trainer.state.log_history, f, indent=1)
+
+
+def main():
+    root, loss = sys.argv[1], sys.argv[2]
+    model_dir = os.path.join(root, "model")
+    os.makedirs(model_dir, exist_ok=True)
+    vocab = make_tokenizer(model_dir)
+    make_model(model_dir, vocab, 2, 64, 64)
+    make_adapter(model_dir, os.path.join(root, "adapter0"))
+    write_data(os.path.join(root, "data"))
+    run(loss, root, "sgd", "sgd", 1.0, 1)
+    run(loss, root, "sgd3", "sgd", 1.0, 3)
+    run(loss, root, "adamw", "adamw_torch", 1e-2, 3)
+
+
+if __name__ == "__main__":
+    main()

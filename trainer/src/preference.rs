@@ -1,0 +1,308 @@
+//! The preference losses of `stage: dpo` (LLaMA-Factory's `pref_loss`), as functions of the
+//! summed log-probabilities of each pair's chosen and rejected answers, and the metrics Hugging
+//! Face's TRL logs for them (`rewards/*`, `logps/*`).
+//!
+//! With `Sᶜ, Sʳ` the policy's summed answer log-probabilities, `Rᶜ, Rʳ` the reference's, `aᶜ = Sᶜ/nᶜ`
+//! the per-token means and `Δ = (Sᶜ − Rᶜ) − (Sʳ − Rʳ)`:
+//!
+//! | `pref_loss` | loss of a pair | rewards |
+//! |---|---|---|
+//! | `sigmoid` (DPO) | `−log σ(βΔ)` | `β(S − R)` |
+//! | `hinge` | `max(0, 1 − βΔ)` | `β(S − R)` |
+//! | `ipo` | `((Sᶜ−Rᶜ)/nᶜ − (Sʳ−Rʳ)/nʳ − 1/(2β))²` | `β(S − R)` |
+//! | `orpo` | `−aᶜ − β log σ(aᶜ − aʳ − log(1−e^{aᶜ}) + log(1−e^{aʳ}))` | `β a` |
+//! | `simpo` | `−log σ(β(aᶜ − aʳ) − γ)` | `β a` |
+//!
+//! plus `pref_ftx · (−aᶜ)` when `pref_ftx > 0`. The step's loss is the mean over its pairs: a
+//! micro-batch backpropagates its summed pair losses times `1 / pairs of the whole step`, so
+//! gradient accumulation and data parallelism give exactly the full batch's gradient.
+//! `logps/*` are the sums `S` (the means `a` for the reference-free losses, which use them).
+
+use lf_api::training::{PrefLoss, TrainingConfig};
+use lf_model::TokenLogps;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// The loss settings of a preference run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreferenceLoss {
+    pub loss: PrefLoss,
+    pub beta: f64,
+    pub ftx: f64,
+    pub simpo_gamma: f64,
+}
+
+/// Per-sequence log-probabilities of a batch of pairs, `[pairs]` each (differentiable where the
+/// policy's are).
+pub struct PairLogps {
+    pub chosen: Tensor,
+    pub rejected: Tensor,
+}
+
+/// The answers' labelled-token counts, `[pairs]` each (fp32).
+pub struct PairLengths {
+    pub chosen: Tensor,
+    pub rejected: Tensor,
+}
+
+/// Per-pair losses and rewards, `[pairs]` each.
+pub struct PairTerms {
+    pub losses: Tensor,
+    pub chosen_rewards: Tensor,
+    pub rejected_rewards: Tensor,
+    /// What `logps/chosen` and `logps/rejected` report.
+    pub chosen_logps: Tensor,
+    pub rejected_logps: Tensor,
+}
+
+/// Sums over the pairs of a micro-batch (or a step, or ranks): what the metrics average.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PreferenceSums {
+    pub pairs: f64,
+    pub loss: f64,
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    pub accuracies: f64,
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
+}
+
+/// The per-pair means of a step or logging window, under TRL's (and LLaMA-Factory's) names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceMetrics {
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+}
+
+impl PreferenceMetrics {
+    /// Each metric with its name.
+    pub fn named(&self) -> [(&'static str, f64); 6] {
+        [
+            ("rewards/chosen", self.rewards_chosen),
+            ("rewards/rejected", self.rewards_rejected),
+            ("rewards/accuracies", self.rewards_accuracies),
+            ("rewards/margins", self.rewards_margins),
+            ("logps/chosen", self.logps_chosen),
+            ("logps/rejected", self.logps_rejected),
+        ]
+    }
+}
+
+impl PreferenceLoss {
+    /// The loss of `cfg`, when its stage trains on pairs.
+    pub fn from_config(cfg: &TrainingConfig) -> Option<Self> {
+        cfg.stage.is_pairwise().then_some(PreferenceLoss {
+            loss: cfg.pref_loss,
+            beta: cfg.pref_beta,
+            ftx: cfg.pref_ftx,
+            simpo_gamma: cfg.simpo_gamma,
+        })
+    }
+
+    /// Whether the loss needs the reference model's log-probabilities.
+    pub fn uses_reference(&self) -> bool {
+        self.loss.uses_reference()
+    }
+
+    /// The losses and rewards of a batch of pairs (see the module docs). `reference` is ignored
+    /// by the reference-free losses and required by the others.
+    pub fn terms(
+        &self,
+        policy: &PairLogps,
+        reference: Option<&PairLogps>,
+        lengths: &PairLengths,
+    ) -> Result<PairTerms, String> {
+        let beta = self.beta;
+        let chosen_len = lengths.chosen.clamp_min(1.0);
+        let rejected_len = lengths.rejected.clamp_min(1.0);
+        let mean_chosen = &policy.chosen / &chosen_len;
+        let mean_rejected = &policy.rejected / &rejected_len;
+        // The policy/reference log-ratios of the chosen and the rejected answers.
+        let ratios = || -> Result<(Tensor, Tensor), String> {
+            let r = reference.ok_or("the reference log-probabilities are missing")?;
+            Ok((&policy.chosen - &r.chosen, &policy.rejected - &r.rejected))
+        };
+        // (losses, what the rewards are β times)
+        let (losses, chosen_score, rejected_score) = match self.loss {
+            PrefLoss::Sigmoid => {
+                let (c, r) = ratios()?;
+                (-((&c - &r) * beta).log_sigmoid(), c, r)
+            }
+            PrefLoss::Hinge => {
+                let (c, r) = ratios()?;
+                (((&c - &r) * -beta + 1.0).relu(), c, r)
+            }
+            PrefLoss::Ipo => {
+                let (c, r) = ratios()?;
+                let d = &c / &chosen_len - &r / &rejected_len;
+                ((d - 1.0 / (2.0 * beta)).square(), c, r)
+            }
+            PrefLoss::Orpo => {
+                let log_odds = (&mean_chosen - &mean_rejected)
+                    - (log1m_exp(&mean_chosen) - log1m_exp(&mean_rejected));
+                let losses = -&mean_chosen - log_odds.log_sigmoid() * beta;
+                (
+                    losses,
+                    mean_chosen.shallow_clone(),
+                    mean_rejected.shallow_clone(),
+                )
+            }
+            PrefLoss::Simpo => {
+                let margin = (&mean_chosen - &mean_rejected) * beta - self.simpo_gamma;
+                let losses = -margin.log_sigmoid();
+                (
+                    losses,
+                    mean_chosen.shallow_clone(),
+                    mean_rejected.shallow_clone(),
+                )
+            }
+        };
+        let losses = if self.ftx > 0.0 {
+            losses - &mean_chosen * self.ftx
+        } else {
+            losses
+        };
+        let (chosen_logps, rejected_logps) = if self.uses_reference() {
+            (policy.chosen.detach(), policy.rejected.detach())
+        } else {
+            (mean_chosen.detach(), mean_rejected.detach())
+        };
+        Ok(PairTerms {
+            losses,
+            chosen_rewards: (chosen_score * beta).detach(),
+            rejected_rewards: (rejected_score * beta).detach(),
+            chosen_logps,
+            rejected_logps,
+        })
+    }
+}
+
+impl PreferenceLoss {
+    /// For a micro-batch of `rows` sequences (the chosen answers, then the rejected ones): the
+    /// gradient of `scale ×` its summed pair losses with respect to each labelled token's
+    /// log-probability under the policy (what [`lf_model::CausalLm::token_logps_backward`]
+    /// backpropagates), and the pairs' metric sums.
+    pub fn coefficients(
+        &self,
+        policy: &TokenLogps,
+        reference: Option<&TokenLogps>,
+        rows: i64,
+        scale: f64,
+    ) -> Result<(Tensor, PreferenceSums), String> {
+        if rows % 2 != 0 {
+            return Err(format!("{rows} rows are not pairs"));
+        }
+        let pairs = rows / 2;
+        let split = |t: &Tensor| (t.narrow(0, 0, pairs), t.narrow(0, pairs, pairs));
+        let logps = policy.logps.detach().set_requires_grad(true);
+        let (chosen, rejected) = split(&policy.per_row(&logps, rows));
+        let (chosen_len, rejected_len) = split(&policy.per_row(&logps.detach().ones_like(), rows));
+        let reference = reference.map(|r| {
+            let (chosen, rejected) = split(&r.per_row(&r.logps, rows));
+            PairLogps { chosen, rejected }
+        });
+        let terms = self.terms(
+            &PairLogps { chosen, rejected },
+            reference.as_ref(),
+            &PairLengths {
+                chosen: chosen_len,
+                rejected: rejected_len,
+            },
+        )?;
+        let total = terms.losses.sum(Kind::Float) * scale;
+        let grads = Tensor::f_run_backward(&[total], &[&logps], false, false)
+            .map_err(|e| format!("differentiating the preference loss: {e}"))?;
+        let coefficients = grads
+            .into_iter()
+            .next()
+            .ok_or("the preference loss gave no gradient")?;
+        Ok((coefficients, terms.sums()))
+    }
+}
+
+/// `log(1 − eˣ)` for `x < 0` (as `log1p(−exp(x))`, which TRL and LLaMA-Factory use).
+fn log1m_exp(x: &Tensor) -> Tensor {
+    (-x.exp()).log1p()
+}
+
+impl PairTerms {
+    /// The metric sums of these pairs.
+    pub fn sums(&self) -> PreferenceSums {
+        let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+        PreferenceSums {
+            pairs: self.losses.size().first().copied().unwrap_or(0) as f64,
+            loss: sum(&self.losses.detach()),
+            rewards_chosen: sum(&self.chosen_rewards),
+            rewards_rejected: sum(&self.rejected_rewards),
+            accuracies: sum(&self.chosen_rewards.gt_tensor(&self.rejected_rewards)),
+            logps_chosen: sum(&self.chosen_logps),
+            logps_rejected: sum(&self.rejected_logps),
+        }
+    }
+}
+
+impl std::ops::AddAssign for PreferenceSums {
+    fn add_assign(&mut self, o: Self) {
+        self.pairs += o.pairs;
+        self.loss += o.loss;
+        self.rewards_chosen += o.rewards_chosen;
+        self.rewards_rejected += o.rewards_rejected;
+        self.accuracies += o.accuracies;
+        self.logps_chosen += o.logps_chosen;
+        self.logps_rejected += o.logps_rejected;
+    }
+}
+
+impl PreferenceSums {
+    /// Every field, in a fixed order (for summing over ranks).
+    pub fn to_array(self) -> [f64; 7] {
+        [
+            self.pairs,
+            self.loss,
+            self.rewards_chosen,
+            self.rewards_rejected,
+            self.accuracies,
+            self.logps_chosen,
+            self.logps_rejected,
+        ]
+    }
+
+    pub fn from_array(a: [f64; 7]) -> Self {
+        let [pairs, loss, rewards_chosen, rewards_rejected, accuracies, logps_chosen, logps_rejected] =
+            a;
+        PreferenceSums {
+            pairs,
+            loss,
+            rewards_chosen,
+            rewards_rejected,
+            accuracies,
+            logps_chosen,
+            logps_rejected,
+        }
+    }
+
+    /// The per-pair means (`None` without pairs).
+    pub fn means(&self) -> Option<PreferenceMetrics> {
+        (self.pairs > 0.0).then(|| {
+            let n = self.pairs;
+            PreferenceMetrics {
+                rewards_chosen: self.rewards_chosen / n,
+                rewards_rejected: self.rewards_rejected / n,
+                rewards_accuracies: self.accuracies / n,
+                rewards_margins: (self.rewards_chosen - self.rewards_rejected) / n,
+                logps_chosen: self.logps_chosen / n,
+                logps_rejected: self.logps_rejected / n,
+            }
+        })
+    }
+}

@@ -1,0 +1,258 @@
+//! `stage: dpo` against TRL (`tests/reference/preference_trl.py`, the Python reference stack must
+//! be installed): on a tiny random Llama, a PEFT LoRA adapter and four preference pairs, the
+//! `lf-trainer` binary and TRL's trainer agree on the tokenised pairs, on the first step's loss
+//! and `rewards/*`/`logps/*` metrics, on every adapter gradient (one SGD step with learning rate 1
+//! from B = 0: the adapter after it holds −gradient) and on the adapter after three AdamW steps.
+//! Each step covers all four pairs (batch 2 × accumulation 2), so sampling order plays no part.
+//! The measured figures are printed (`--nocapture`).
+
+mod tiny_run;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use lf_api::training::TrainingConfig;
+use serde_json::Value;
+use tch::{Kind, Tensor};
+use tiny_run::{python, stderr, trainer};
+
+/// The bound on every relative difference of the first step (fp32 on both sides).
+const FIRST_STEP_TOLERANCE: f64 = 1e-5;
+/// The bound on AdamW's parameters (a fraction of one step) and metrics after three steps.
+const ADAMW_STEP_FRACTION: f64 = 1e-2;
+
+fn reference(dir: &Path, loss: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/preference_trl.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(dir)
+        .arg(loss)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "preference_trl.py {loss} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn config(dir: &Path, loss: &str, run: &str, optim: &str, lr: f64, steps: u32) -> String {
+    format!(
+        "model_name_or_path: {m}\nadapter_name_or_path: {a}\nstage: dpo\npref_loss: {loss}\n\
+         dataset: pref\ndataset_dir: {d}\ntemplate: empty\ncutoff_len: 1024\noutput_dir: {o}\n\
+         lora_rank: 4\nlora_alpha: 8\nper_device_train_batch_size: 2\ngradient_accumulation_steps: 2\n\
+         optim: {optim}\nlearning_rate: {lr}\nlr_scheduler_type: constant\nmax_grad_norm: 0\n\
+         weight_decay: 0\nmax_steps: {steps}\nlogging_steps: 1\nsave_steps: 0\n",
+        m = dir.join("model").display(),
+        a = dir.join("adapter0").display(),
+        d = dir.join("data").display(),
+        o = dir.join(run).join("ours").display(),
+    )
+}
+
+fn train(dir: &Path, loss: &str, run: &str, optim: &str, lr: f64, steps: u32) -> String {
+    let text = config(dir, loss, run, optim, lr, steps);
+    let path = dir.join(format!("{run}.yaml"));
+    std::fs::write(&path, &text).unwrap();
+    let out = trainer(&["train", path.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "lf-trainer failed:\n{}", stderr(&out));
+    text
+}
+
+fn adapter(path: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(path.join("adapter_model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// max |a − b| / max |b| (0 when both are 0).
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    let scale = b.abs().max().double_value(&[]);
+    if diff == 0.0 {
+        0.0
+    } else {
+        diff / scale.max(1e-30)
+    }
+}
+
+/// The largest relative difference over the adapter tensors (every name in both).
+fn worst(ours: &HashMap<String, Tensor>, theirs: &HashMap<String, Tensor>) -> (f64, String) {
+    let mut names: Vec<&String> = theirs.keys().collect();
+    names.sort();
+    let mut keys: Vec<&String> = ours.keys().collect();
+    keys.sort();
+    assert_eq!(keys, names, "the adapters hold different tensors");
+    names
+        .into_iter()
+        .map(|n| (rel(&ours[n], &theirs[n]), n.clone()))
+        .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a })
+}
+
+fn log_records(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("trainer_log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r.get("loss").is_some())
+        .collect()
+}
+
+/// Our tokenisation of the pairs equals TRL's.
+fn same_tokens(dir: &Path, cfg_text: &str) {
+    let trl: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trl_ids.json")).unwrap()).unwrap();
+    let cfg = TrainingConfig::from_yaml_str(cfg_text).unwrap();
+    let tok = lf_data::load_tokenizer(&dir.join("model")).unwrap();
+    let ctx = lf_data::DataContext {
+        rank: 0,
+        world_size: 1,
+        cache_dir: dir.join("cache"),
+    };
+    let data = lf_data::prepare(&cfg, &tok, &ctx).unwrap();
+    let ids = |v: &Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    assert_eq!(data.train.len(), trl.len());
+    for (ours, theirs) in data.train.iter().zip(&trl) {
+        let prompt = ids(&theirs["prompt_ids"]);
+        let mut chosen = prompt.clone();
+        chosen.extend(ids(&theirs["chosen_ids"]));
+        let mut rejected = prompt.clone();
+        rejected.extend(ids(&theirs["rejected_ids"]));
+        assert_eq!(ours.input_ids, chosen);
+        assert_eq!(ours.rejected.as_ref().unwrap().input_ids, rejected);
+        let masked = ours.labels.iter().take_while(|&&l| l == -100).count();
+        assert_eq!(masked, prompt.len(), "the prompt is masked");
+    }
+}
+
+/// What a metric's difference is relative to: its value, except for the rewards, which are β
+/// times a difference of log-probabilities and so carry those log-probabilities' rounding (fp32
+/// cancellation); they are compared relative to β × the larger log-probability.
+fn scale(key: &str, theirs: &Value) -> f64 {
+    let value = |k: &str| theirs[k].as_f64().unwrap().abs();
+    let own = value(key).max(1e-6);
+    if key.starts_with("rewards/") && key != "rewards/accuracies" {
+        own.max(BETA * value("logps/chosen").max(value("logps/rejected")))
+    } else {
+        own
+    }
+}
+
+/// `pref_beta` of the reference runs.
+const BETA: f64 = 0.1;
+
+const METRICS: &[&str] = &[
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+];
+
+fn parity(loss: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    reference(dir, loss);
+
+    let sgd = train(dir, loss, "sgd", "sgd", 1.0, 1);
+    same_tokens(dir, &sgd);
+    let theirs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("sgd/log.json")).unwrap()).unwrap();
+    let ours = log_records(&dir.join("sgd/ours"));
+    for key in METRICS {
+        let (a, b) = (ours[0][key].as_f64(), theirs[0][key].as_f64());
+        let (a, b) = (a.unwrap_or_else(|| panic!("we log no {key}")), b.unwrap());
+        let d = (a - b).abs() / scale(key, &theirs[0]);
+        println!("{loss} step 1 {key}: ours {a:.8} TRL {b:.8} (relative difference {d:.2e})");
+        assert!(d <= FIRST_STEP_TOLERANCE, "{loss} {key}: ours {a}, TRL {b}");
+    }
+    // B starts at 0, so after one SGD step with learning rate 1 it is −gradient; A's gradient is
+    // 0 at B = 0, so A is unchanged on both sides.
+    let (ours, theirs) = (adapter(&dir.join("sgd/ours")), adapter(&dir.join("sgd")));
+    let (d, name) = worst(&ours, &theirs);
+    println!("{loss} first-step gradients: largest relative difference {d:.2e} ({name})");
+    assert!(
+        d <= FIRST_STEP_TOLERANCE,
+        "{loss}: gradient of {name} differs by {d:e}"
+    );
+    let start = adapter(&dir.join("adapter0"));
+    for (name, b) in theirs.iter().filter(|(n, _)| n.contains("lora_B")) {
+        assert!(
+            b.abs().max().double_value(&[]) > 0.0,
+            "{name}: a zero gradient proves nothing"
+        );
+    }
+    for (name, a) in start.iter().filter(|(n, _)| n.contains("lora_A")) {
+        assert_eq!(rel(&ours[name], a), 0.0, "{name} moved at B = 0");
+    }
+
+    // Three SGD steps: the adapter, and every step's metrics (the rewards move after step 1).
+    train(dir, loss, "sgd3", "sgd", 1.0, 3);
+    let (ours, theirs) = (adapter(&dir.join("sgd3/ours")), adapter(&dir.join("sgd3")));
+    let (d, name) = worst(&ours, &theirs);
+    println!("{loss} adapter after 3 SGD steps: largest relative difference {d:.2e} ({name})");
+    assert!(d <= FIRST_STEP_TOLERANCE, "{loss}: {name} differs by {d:e}");
+    compare_logs(loss, "SGD", &dir.join("sgd3"), FIRST_STEP_TOLERANCE);
+
+    // Three AdamW steps. Adam divides each gradient by its own magnitude, so an element whose
+    // gradient is nearly 0 turns a rounding difference into a visible one: the bound is a fraction
+    // of one step (learning rate 1e-2) per element.
+    let lr = 1e-2;
+    train(dir, loss, "adamw", "adamw_torch", lr, 3);
+    let (ours, theirs) = (
+        adapter(&dir.join("adamw/ours")),
+        adapter(&dir.join("adamw")),
+    );
+    let mut max_abs: f64 = 0.0;
+    for (name, t) in &theirs {
+        let d = (&ours[name] - t).abs().max().double_value(&[]);
+        max_abs = max_abs.max(d);
+    }
+    println!(
+        "{loss} adapter after 3 AdamW steps: largest difference {max_abs:.2e} = {:.2e} of a step",
+        max_abs / lr
+    );
+    assert!(
+        max_abs <= ADAMW_STEP_FRACTION * lr,
+        "{loss}: AdamW parameters differ by {max_abs:e}"
+    );
+    compare_logs(loss, "AdamW", &dir.join("adamw"), ADAMW_STEP_FRACTION);
+}
+
+/// Every logged step's metrics of our run in `dir/ours` against TRL's `dir/log.json`.
+fn compare_logs(loss: &str, what: &str, dir: &Path, tolerance: f64) {
+    let theirs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("log.json")).unwrap()).unwrap();
+    let ours = log_records(&dir.join("ours"));
+    assert_eq!(ours.len(), 3);
+    let mut worst: f64 = 0.0;
+    for (step, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        for key in METRICS {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            let d = (x - y).abs() / scale(key, b);
+            worst = worst.max(d);
+            assert!(
+                d <= tolerance,
+                "{loss} {what} step {} {key}: ours {x}, TRL {y}",
+                step + 1
+            );
+        }
+    }
+    println!("{loss} {what} steps 1-3 metrics: largest relative difference {worst:.2e}");
+}
+
+#[test]
+fn dpo_sigmoid_equals_trl() {
+    parity("sigmoid");
+}
