@@ -33,6 +33,9 @@ COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_l
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
               rms_norm_eps=1e-5, initializer_range=0.2)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# What LoRA adapts in a mixture of experts (lf-model's `all` there; PEFT 0.21 would put MLP names on
+# the fused 3-D expert parameters).
+ATTENTION = TARGETS[:4]
 
 
 def configs():
@@ -190,6 +193,9 @@ VARIANTS = {
     "mistral_window_lora": ("mistral_window", {}),
     "gemma2_lora": ("gemma2", {}),
     "gemma3_dora": ("gemma3", {"use_dora": True}),
+    # Mixtures of experts, attention adapters; the loss includes router_aux_loss_coef × aux_loss.
+    "mixtral_lora": ("mixtral", {"target_modules": ATTENTION}),
+    "qwen3_moe_dora": ("qwen3_moe", {"use_dora": True, "target_modules": ATTENTION}),
 }
 
 
@@ -199,14 +205,15 @@ def base_dir(out, variant):
 
 def peft_init(out):
     from peft import LoraConfig, get_peft_model
-    cfgs = configs()
+    cfgs = {**configs(), **moe_configs()}
     for family in sorted({f for f, _ in VARIANTS.values()}):
         build(cfgs[family], 5).save_pretrained(os.path.join(out, "base", family))
     ids, labels = batch(cfgs["llama"].vocab_size)
     save_file({"input_ids": ids, "labels": labels}, os.path.join(out, "batch.safetensors"))
     for k, (variant, (_, extra)) in enumerate(VARIANTS.items()):
         model = AutoModelForCausalLM.from_pretrained(base_dir(out, variant), dtype=torch.float32)
-        lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM", **extra)
+        lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          **{"target_modules": TARGETS, **extra})
         model = get_peft_model(model, lcfg)
         g = torch.Generator().manual_seed(20 + k)
         with torch.no_grad():
@@ -218,8 +225,12 @@ def peft_init(out):
         d = os.path.join(out, variant)
         model.save_pretrained(os.path.join(d, "init"))
         model.train()
-        loss = summed_loss(model(input_ids=ids).logits, labels)
-        loss.backward()
+        output = model(input_ids=ids)
+        loss = summed_loss(output.logits, labels)
+        # A mixture of experts with output_router_logits adds its weighted load-balancing loss (no
+        # attention mask: lf-model's trainer passes none).
+        aux = output.aux_loss * model.config.router_aux_loss_coef if getattr(output, "aux_loss", None) is not None else 0
+        (loss + aux).backward()
         ref = {"loss_sum": loss.detach().reshape(1)}
         for name, p in model.named_parameters():
             if p.requires_grad:

@@ -22,6 +22,7 @@ use tch::{Kind, Reduction, Tensor};
 use crate::causal_lm::CausalLm;
 use crate::names;
 use crate::residency::{AlwaysResident, Residency, Unit};
+use crate::routing::TrainingAux;
 use crate::ModelError;
 
 /// Label value that is not trained on: lf-data's, as the loss's index type.
@@ -255,15 +256,22 @@ impl CausalLm {
         // Forward through the layers; with recomputation keep only each layer's input.
         let mut inputs: Vec<Tensor> = Vec::new();
         let mut x = x0.shallow_clone();
+        let mut aux = self.training_aux(x0.device());
         for (i, layer) in layers.iter().enumerate() {
             seed_layer(i);
             gather(Unit::Layer(i))?;
             if recompute || i < first_trainable {
                 let _guard = tch::no_grad_guard();
                 inputs.push(x.detach());
-                x = layer.forward(&x, &rope, None, self.backend, self.training);
+                let (y, logits) =
+                    layer.forward_routed(&x, &rope, None, self.backend, self.training);
+                TrainingAux::observe(aux.as_mut(), logits);
+                x = y;
             } else {
-                x = layer.forward(&x, &rope, None, self.backend, self.training);
+                let (y, logits) =
+                    layer.forward_routed(&x, &rope, None, self.backend, self.training);
+                TrainingAux::observe(aux.as_mut(), logits);
+                x = y;
             }
             release(Unit::Layer(i), false)?;
         }
@@ -305,8 +313,9 @@ impl CausalLm {
             release(Unit::Head, true)?;
             return Ok(loss_sum);
         }
-        (&flat * &grad)
-            .sum(Kind::Float)
+        // Without recomputation the routers' graph is alive: the load-balancing loss joins here.
+        let aux_total = if recompute { None } else { aux.as_ref() };
+        TrainingAux::add_total(aux_total, (&flat * &grad).sum(Kind::Float))
             .f_backward()
             .map_err(ModelError::torch("backpropagating through the final norm"))?;
         release(Unit::Head, true)?;
@@ -324,10 +333,11 @@ impl CausalLm {
             let input = inputs[i].detach().set_requires_grad(needs_input_grad);
             seed_layer(i);
             gather(Unit::Layer(i))?;
-            let out = layers[i].forward(&input, &rope, None, self.backend, self.training);
+            let (out, logits) =
+                layers[i].forward_routed(&input, &rope, None, self.backend, self.training);
             if out.requires_grad() {
-                (&out * &grad)
-                    .sum(Kind::Float)
+                let loss = (&out * &grad).sum(Kind::Float);
+                TrainingAux::add_layer(aux.as_ref(), loss, logits.as_ref())
                     .f_backward()
                     .map_err(ModelError::torch(format!(
                         "backpropagating through layer {i}"

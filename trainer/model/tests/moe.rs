@@ -207,3 +207,102 @@ fn quantised_experts_match_their_dequantised_twin() {
         }
     }
 }
+
+/// The training step's backward includes `router_aux_loss_coef ×` the load-balancing loss when
+/// `output_router_logits` is set: with layer recomputation (each layer's share added as it is
+/// recomputed) and without (the whole loss at once), the adapters' gradients equal autograd of
+/// `Σ CE + coef · aux` over one forward pass, and differ from the gradients without the term.
+#[test]
+fn training_backward_includes_the_load_balancing_loss() {
+    use lf_api::training::TrainingConfig;
+
+    let (ids, labels) = {
+        let _rng = common::rng_lock();
+        common::batch(80, 2, 17, 5)
+    };
+    let arch = |aux: bool| {
+        lf_api::ModelArchitecture::from_json_str(&format!(
+            r#"{{"model_type":"qwen3_moe","head_dim":16,"num_experts":4,"num_experts_per_tok":2,
+                "moe_intermediate_size":40,"router_aux_loss_coef":0.5,"output_router_logits":{aux},
+                "vocab_size":80,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":2,
+                "num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5}}"#
+        ))
+        .unwrap()
+    };
+    let weights = {
+        let _rng = common::rng_lock();
+        common::random_weights(&arch(true), 8)
+    };
+    let model = |aux: bool, ckpt: bool| {
+        let copy: Vec<_> = weights.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+        let opts = LoadOptions::new(Device::Cpu, Kind::Float);
+        let mut lm = CausalLm::from_tensors(arch(aux), copy, &opts).unwrap();
+        let cfg = TrainingConfig::from_yaml_str(&format!(
+            "lora_rank: 4\ngradient_checkpointing: {ckpt}\nloss_chunk_size: 8"
+        ))
+        .unwrap();
+        let _rng = common::rng_lock();
+        lm.apply_method(&cfg, 3).unwrap();
+        tch::no_grad(|| {
+            for (name, p) in lm.trainable_parameters() {
+                if name.ends_with("lora_B.weight") {
+                    p.shallow_clone()
+                        .copy_(&(Tensor::randn(p.size(), (Kind::Float, Device::Cpu)) * 0.3));
+                }
+            }
+        });
+        lm.set_training(true);
+        lm
+    };
+    let grads = |lm: &CausalLm| -> Vec<Tensor> {
+        lm.trainable_parameters()
+            .into_iter()
+            .map(|(_, p)| p.grad().copy())
+            .collect()
+    };
+    let worst = |a: &[Tensor], b: &[Tensor]| {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| common::rel_diff(a, b))
+            .fold(0.0f64, f64::max)
+    };
+
+    // Autograd of the whole loss over one forward pass.
+    let reference = model(true, false);
+    let out = reference.forward_routed(&ids);
+    let v = out.logits.size()[2];
+    let ce = out
+        .logits
+        .narrow(1, 0, 16)
+        .reshape([-1, v])
+        .cross_entropy_loss::<Tensor>(
+            &labels.narrow(1, 1, 16).reshape([-1]),
+            None,
+            tch::Reduction::Sum,
+            -100,
+            0.0,
+        );
+    let aux = reference.router_aux_loss(&out.router_logits, None).unwrap();
+    (&ce + aux * 0.5).backward();
+    let want = grads(&reference);
+
+    for ckpt in [true, false] {
+        let lm = model(true, ckpt);
+        let loss = lm.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
+        assert!(
+            (loss - ce.double_value(&[])).abs() <= 1e-4,
+            "the reported loss is the CE sum"
+        );
+        let d = worst(&grads(&lm), &want);
+        println!("recompute {ckpt}: gradients vs autograd of CE + coef·aux {d:.2e}");
+        assert!(d <= 1e-5, "recompute {ckpt}: gradients differ by {d:e}");
+    }
+    let without = model(false, true);
+    without.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
+    let d = worst(&grads(&without), &want);
+    println!("without output_router_logits: {d:.2e} from the gradients with the term");
+    assert!(
+        d > 1e-3,
+        "the load-balancing term changes no gradient ({d:e})"
+    );
+}

@@ -1,5 +1,6 @@
-//! LoRA, rsLoRA and DoRA against PEFT, on llama, qwen3 (q/k norms, explicit head_dim) and mistral
-//! with a sliding window shorter than the batch's sequences: the first step's loss and gradients
+//! LoRA, rsLoRA and DoRA against PEFT, on llama, qwen3 (q/k norms, explicit head_dim), mistral
+//! with a sliding window shorter than the batch's sequences, gemma2/3, and the mixtures of experts
+//! mixtral and qwen3_moe (attention adapters, aux loss in the gradients): the first step's loss and gradients
 //! equal PEFT's on the same batch and adapter weights; after a few SGD steps our saved adapter loads in PEFT with no
 //! missing or unexpected keys and gives our logits; the merged export loads in transformers and
 //! equals PEFT's `merge_and_unload`. Two Python invocations in all (prepare, verify).
@@ -11,7 +12,7 @@ use lf_model::{CausalLm, LoadOptions, ADAPTER_WEIGHTS};
 use tch::{Device, Kind, Tensor};
 
 /// `(variant, base model family)`, as `model_reference.py`'s `VARIANTS`.
-const VARIANTS: [(&str, &str); 8] = [
+const VARIANTS: [(&str, &str); 10] = [
     ("lora", "llama"),
     ("rslora", "llama"),
     ("dora", "llama"),
@@ -20,6 +21,10 @@ const VARIANTS: [(&str, &str); 8] = [
     ("mistral_window_lora", "mistral_window"),
     ("gemma2_lora", "gemma2"),
     ("gemma3_dora", "gemma3"),
+    // Attention adapters (`all` on a mixture of experts); the gradients include the router's
+    // load-balancing loss.
+    ("mixtral_lora", "mixtral"),
+    ("qwen3_moe_dora", "qwen3_moe"),
 ];
 
 fn config(variant: &str) -> TrainingConfig {
