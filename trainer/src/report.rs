@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use lf_api::status::Progress;
 use tch::Device;
 
@@ -119,6 +120,8 @@ pub struct StepReporter<'a> {
     /// The step this attempt started at, and when.
     start_step: u64,
     started: Instant,
+    /// When the previous record was sent, and its step: the recent step rate for the ETA.
+    last_record: (Instant, u64),
     window: Window,
     /// The last outcome (its learning rate and gradient norm go into the record).
     last: Option<StepOutcome>,
@@ -168,6 +171,7 @@ impl<'a> StepReporter<'a> {
             total_steps,
             start_step,
             started: Instant::now(),
+            last_record: (Instant::now(), start_step),
             window: Window::new(),
             last: None,
             memory: None,
@@ -213,8 +217,8 @@ impl<'a> StepReporter<'a> {
         let step = state.global_step;
         let mean_loss = self.window.loss / self.window.steps.max(1) as f64;
         let elapsed = self.started.elapsed().as_secs_f64();
-        let done_here = (step - self.start_step) as f64;
-        let remaining = elapsed / done_here.max(1.0) * (self.total_steps - step) as f64;
+        let remaining = self.remaining_secs(step);
+        self.last_record = (Instant::now(), step);
         let throughput = self.window.tokens as f64 / self.window.secs.max(1e-9);
         let peak = peak_memory_bytes(self.sinks.device);
         let (lr, grad_norm) = self.last.map_or((0.0, 0.0), |s| (s.lr, s.grad_norm));
@@ -237,9 +241,17 @@ impl<'a> StepReporter<'a> {
         };
         self.window = Window::new();
         if self.sinks.is_main {
-            self.publish(&record, throughput, state.last_eval_loss)?;
+            self.publish(&record, throughput, remaining, state.last_eval_loss)?;
         }
         Ok(mean_loss)
+    }
+
+    /// Seconds left at the recent step rate: the wall time per step since the previous record
+    /// (evaluations and checkpoints included, as they recur), or since this attempt started.
+    fn remaining_secs(&self, step: u64) -> f64 {
+        let (since, from) = self.last_record;
+        let steps = step.saturating_sub(from).max(1) as f64;
+        since.elapsed().as_secs_f64() / steps * self.total_steps.saturating_sub(step) as f64
     }
 
     /// `record` to the log file, tracing, Prometheus and the status.
@@ -247,6 +259,7 @@ impl<'a> StepReporter<'a> {
         &mut self,
         record: &LogRecord,
         throughput: f64,
+        remaining: f64,
         last_eval_loss: Option<f64>,
     ) -> Result<(), TrainerError> {
         let (step, loss) = (record.current_steps, record.loss.unwrap_or(0.0));
@@ -292,6 +305,7 @@ impl<'a> StepReporter<'a> {
             }
         }
         if let Some(s) = self.sinks.status {
+            let now = Timestamp::now();
             s.progress(Progress {
                 step,
                 total_steps: self.total_steps,
@@ -304,7 +318,13 @@ impl<'a> StepReporter<'a> {
                 measured_peak_bytes: record.peak_memory_bytes,
                 bus_bandwidth_gbps: self.sinks.bus_bandwidth_gbps,
                 resume_warning: self.sinks.resume_warning.clone(),
-                updated_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+                percent_complete: Some(record.percentage),
+                remaining: Some(Progress::remaining_display(remaining)),
+                estimated_completion_time: now
+                    .checked_add(SignedDuration::from_secs(remaining.round() as i64))
+                    .ok()
+                    .map(Time),
+                updated_at: Some(Time(now)),
             });
         }
         Ok(())

@@ -80,6 +80,20 @@ fn train_eval_export_chat() {
         .to_string();
     let last: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(last["status"]["progress"]["stepDisplay"], "6/6", "{last}");
+    // Percent and ETA (the recent step rate): 100 % and nothing left at the end, a time left
+    // after the first logged step.
+    assert_eq!(last["status"]["progress"]["percentComplete"], 100.0);
+    assert_eq!(last["status"]["progress"]["remaining"], "0s");
+    let first = std::fs::read_to_string(&status)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["status"]["progress"]["step"] == 2)
+        .expect("a status line at step 2");
+    let p = &first["status"]["progress"];
+    assert_eq!(p["percentComplete"], 33.33, "{p}");
+    assert!(p["remaining"].as_str().is_some_and(|r| r.ends_with('s')), "{p}");
+    assert!(p["estimatedCompletionTime"].as_str().is_some(), "{p}");
     assert!(
         last["status"]["checkpoints"]
             .as_array()

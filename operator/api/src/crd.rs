@@ -46,6 +46,7 @@ pub const MAX_GPUS_PER_NODE: u32 = 64;
     printcolumn = r#"{"name":"ZeRO","type":"integer","jsonPath":".status.plan.zeroStage"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.progress.stepDisplay"}"#,
     printcolumn = r#"{"name":"Loss","type":"number","jsonPath":".status.progress.loss"}"#,
+    printcolumn = r#"{"name":"ETA","type":"string","jsonPath":".status.progress.remaining"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters so that every pod hostname stays within 63"),
 )]

@@ -91,6 +91,16 @@ pub struct Progress {
     /// The operator shows it as the `ResumeFallback` condition and a Warning Event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_warning: Option<String>,
+    /// Percent of the total steps done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_complete: Option<f64>,
+    /// The training time left at the recent step rate, as of `updatedAt` (e.g. `1h02m`; the `ETA`
+    /// column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<String>,
+    /// When training should finish at the recent step rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_completion_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
 }
@@ -98,6 +108,18 @@ pub struct Progress {
 impl Progress {
     pub fn step_display(step: u64, total: u64) -> String {
         format!("{step}/{total}")
+    }
+
+    /// A duration as the `ETA` column shows it: `45s`, `12m30s`, `3h07m`, `2d04h`.
+    pub fn remaining_display(seconds: f64) -> String {
+        let s = seconds.max(0.0).round() as u64;
+        let (d, h, m) = (s / 86_400, (s / 3600) % 24, (s / 60) % 60);
+        match () {
+            _ if d > 0 => format!("{d}d{h:02}h"),
+            _ if h > 0 => format!("{h}h{m:02}m"),
+            _ if m > 0 => format!("{m}m{:02}s", s % 60),
+            _ => format!("{s}s"),
+        }
     }
 }
 
@@ -265,6 +287,27 @@ pub fn method_label(t: &TrainingConfig) -> String {
                 Some(bits) => format!("q{base}-{bits}bit"),
                 None => base.into(),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn remaining_time_reads_at_a_glance() {
+        let cases = [
+            (0.4, "0s"),
+            (45.0, "45s"),
+            (750.0, "12m30s"),
+            (3600.0, "1h00m"),
+            (11_220.0, "3h07m"),
+            (187_200.0, "2d04h"),
+            (-5.0, "0s"),
+        ];
+        for (secs, shown) in cases {
+            assert_eq!(Progress::remaining_display(secs), shown, "{secs} s");
         }
     }
 }

@@ -1,4 +1,5 @@
-//! One progress bar on a terminal (step/total, loss, tokens/s, ETA); plain lines otherwise.
+//! One progress bar on a terminal (step/total, loss, tokens/s, and the ETA the trainer computes
+//! from its recent step rate, the one the CR shows); plain lines otherwise.
 
 use std::io::IsTerminal;
 
@@ -16,11 +17,10 @@ impl ProgressView {
     pub fn new() -> ProgressView {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
-            let style = ProgressStyle::with_template(
-                "{spinner} [{bar:30.cyan/blue}] {pos}/{len} {msg} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{spinner} [{bar:30.cyan/blue}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
             bar.set_style(style);
             bar
         });
@@ -79,5 +79,26 @@ fn describe(p: &Progress) -> String {
     if let Some(t) = p.tokens_per_second {
         parts.push(format!("{t:.0} tok/s"));
     }
+    if let Some(r) = &p.remaining {
+        parts.push(format!("ETA {r}"));
+    }
     parts.join(" · ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_line_shows_the_trainers_eta() {
+        let p = Progress {
+            step: 4,
+            total_steps: 10,
+            loss: Some(1.25),
+            tokens_per_second: Some(812.4),
+            remaining: Some("1m30s".into()),
+            ..Progress::default()
+        };
+        assert_eq!(describe(&p), "loss 1.2500 · 812 tok/s · ETA 1m30s");
+    }
 }
