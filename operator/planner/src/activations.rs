@@ -20,6 +20,10 @@
 //!   output; dropout > 0 its dropped-out input `(c + 1)·d_in`).
 //! - **Backward of a layer** holds its input and output gradients and the gradients of the SwiGLU
 //!   branches: `2·c·h + 2·c·i` per token.
+//! - **A sparse MLP** (Mixtral, Qwen3-MoE) runs each token through `k` of its `E` experts: every
+//!   expert is resident (model states), the activations are those of the routed tokens —
+//!   `k` SwiGLUs of the expert size per token — plus the router's logits and probabilities
+//!   (`mlp_saved_bytes`, `mlp_backward_bytes`).
 //! - **Gradient checkpointing** (on by default) keeps only each layer's input (`c·h` per token per
 //!   layer) and recomputes one layer at a time, so the peak holds the checkpoints plus one layer's
 //!   saved tensors plus its backward temporaries. Without it, every layer's saved tensors stay.
@@ -61,13 +65,12 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
     let h = arch.hidden_size;
     let q = arch.num_attention_heads * arch.head_dim();
     let kv = arch.kv_heads() * arch.head_dim();
-    let i = arch.intermediate_size;
     let lse = if eager_attention(arch, training) {
         0
     } else {
         4 * arch.num_attention_heads
     };
-    let base = 2 * (4 * h + 4) + c * h + c * (q + 2 * kv) + c * q + lse + c * h + 4 * c * i;
+    let base = 2 * (4 * h + 4) + c * h + c * (q + 2 * kv) + c * q + lse + mlp_saved_bytes(arch, c);
     let qk_norm = if arch.qk_norm() {
         4 * (q + kv) + 4 * (arch.num_attention_heads + arch.kv_heads())
     } else {
@@ -79,6 +82,46 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
         0
     };
     base + qk_norm + block_output_norms + lora_saved_bytes_per_token(arch, training)
+}
+
+/// Bytes the MLP of the costliest layer saves per token: a dense SwiGLU its input and gate, up,
+/// SiLU and product (`c·h + 4·c·i`); a sparse one (Mixtral, Qwen3-MoE; lf-model's per-expert
+/// loop) its input, the router logits and fp32 probabilities (`(c + 4)·E`), the top-k weights
+/// and indices (`12·k`), and for each of the `k` experts a token is routed to the gathered input,
+/// gate, up, SiLU, product and weighted output (`2·c·h + 4·c·I + 4`).
+fn mlp_saved_bytes(arch: &ModelArchitecture, c: u64) -> u64 {
+    let h = arch.hidden_size;
+    let dense = c * h + 4 * c * arch.intermediate_size;
+    if !has_sparse_layer(arch) {
+        return dense;
+    }
+    let (e, k) = (arch.num_experts(), arch.experts_per_token());
+    let sparse = c * h
+        + (c + 4) * e
+        + 12 * k
+        + k * (2 * c * h + 4 * c * arch.expert_intermediate_size() + 4);
+    sparse.max(if has_dense_layer(arch) { dense } else { 0 })
+}
+
+/// Backward temporaries of the costliest layer's MLP per token (besides the layer's input and
+/// output gradients): a dense SwiGLU's gate and up gradients (`2·c·i`); a sparse MLP's, for each
+/// routed expert, its gate and up gradients and its output's (`k·(2·c·I + c·h)`).
+fn mlp_backward_bytes(arch: &ModelArchitecture, c: u64) -> u64 {
+    let dense = 2 * c * arch.intermediate_size;
+    if !has_sparse_layer(arch) {
+        return dense;
+    }
+    let k = arch.experts_per_token();
+    let sparse = k * (2 * c * arch.expert_intermediate_size() + c * arch.hidden_size);
+    sparse.max(if has_dense_layer(arch) { dense } else { 0 })
+}
+
+fn has_sparse_layer(arch: &ModelArchitecture) -> bool {
+    (0..arch.num_hidden_layers).any(|i| arch.is_sparse_layer(i))
+}
+
+fn has_dense_layer(arch: &ModelArchitecture) -> bool {
+    (0..arch.num_hidden_layers).any(|i| !arch.is_sparse_layer(i))
 }
 
 /// Whether attention materialises its scores: `flash_attn: eager`, or soft-capped scores
@@ -133,7 +176,7 @@ pub fn activations(
         0
     };
     let saved = tokens * (layer_saved_bytes_per_token(arch, training) + eager);
-    let backward = tokens * (2 * c * h + 2 * c * arch.intermediate_size);
+    let backward = tokens * (2 * c * h + mlp_backward_bytes(arch, c));
     let mut transient = 0;
     if training.quantization_bit.is_some()
         && training.finetuning_type == lf_api::training::FinetuningType::Lora
