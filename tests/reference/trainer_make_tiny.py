@@ -1,4 +1,4 @@
-"""Builds a tiny random Llama (or, with --family, Qwen3 or Gemma 3 text) model directory and tiny
+"""Builds a tiny random Llama (or, with --family, Qwen3, Gemma 3 text, Mixtral or Qwen3-MoE) model directory and tiny
 alpaca data for lf-trainer's tests.
 
 Usage: trainer_make_tiny.py OUT_DIR [--layers N --hidden H --seq S --examples N]
@@ -15,7 +15,7 @@ import random
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen3Config
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
 
 WORDS = (
     "the a an cat dog bird fish tree river stone cloud sun moon star red blue green small big old new "
@@ -58,8 +58,14 @@ def make_model(out, vocab, layers, hidden, seq, family="llama"):
         "qwen3": {"head_dim": hidden // heads},
         "gemma3_text": {"head_dim": hidden // heads, "query_pre_attn_scalar": hidden // heads,
                         "sliding_window": 16, "layer_types": ["sliding_attention"] * (layers - 1) + ["full_attention"]},
+        # Mixtures of experts that train with their load-balancing loss; Qwen3-MoE's first layer dense.
+        "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "output_router_logits": True},
+        "qwen3_moe": {"head_dim": hidden // heads, "num_experts": 4, "num_experts_per_tok": 2,
+                      "moe_intermediate_size": hidden, "norm_topk_prob": True, "mlp_only_layers": [0],
+                      "output_router_logits": True},
     }[family]
-    config_class = {"llama": LlamaConfig, "qwen3": Qwen3Config, "gemma3_text": Gemma3TextConfig}[family]
+    config_class = {"llama": LlamaConfig, "qwen3": Qwen3Config, "gemma3_text": Gemma3TextConfig,
+                    "mixtral": MixtralConfig, "qwen3_moe": Qwen3MoeConfig}[family]
     cfg = config_class(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -101,7 +107,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--examples", type=int, default=48)
-    ap.add_argument("--family", default="llama", choices=["llama", "qwen3", "gemma3_text"])
+    ap.add_argument("--family", default="llama", choices=["llama", "qwen3", "gemma3_text", "mixtral", "qwen3_moe"])
     args = ap.parse_args()
     model_dir = os.path.join(args.out, "model")
     data_dir = os.path.join(args.out, "data")
