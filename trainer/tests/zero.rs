@@ -581,3 +581,57 @@ fn zero3_with_a_tied_embedding_checkpoints_and_equals_one_process() {
         );
     }
 }
+
+/// `family`'s tiny model (`common::family_assets`) with the load-balancing loss off: that loss
+/// is a product of batch statistics, so a rank's share of the batch gives another value than the
+/// whole batch (transformers' DDP computes it per rank too), while everything else must not
+/// depend on how the batch is split.
+fn without_aux_loss(family: &'static str, dir: &Path) -> PathBuf {
+    let src = common::family_assets(family).join("model");
+    let dst = dir.join(family);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    let cfg = dst.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["output_router_logits"] = false.into();
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    dst
+}
+
+/// Mixtures of experts (mixtral; qwen3_moe with a dense first layer) under ZeRO-2 and ZeRO-3
+/// over two processes equal one process, LoRA on the attention and full fine-tuning (routers
+/// and experts train): a decoder layer with all its experts is one ZeRO-3 unit, gathered and
+/// released as a whole.
+#[test]
+fn mixtures_of_experts_under_zero_equal_one_process() {
+    let models = tempfile::tempdir().unwrap();
+    for family in ["mixtral", "qwen3_moe"] {
+        let model = without_aux_loss(family, models.path());
+        let data = common::family_assets(family).join("data");
+        let paths = format!(
+            "model_name_or_path: {}\ndataset_dir: {}\n",
+            model.display(),
+            data.display()
+        );
+        for method in ["lora", "full"] {
+            let single = tempfile::tempdir().unwrap();
+            run(&config(single.path(), method, &paths), 1, &[]);
+            let reference = result_tensors(&single.path().join("out"));
+            for stage in [2u8, 3] {
+                let dir = tempfile::tempdir().unwrap();
+                let cfg = config(dir.path(), method, &format!("{paths}zero_stage: {stage}\n"));
+                run(&cfg, 2, &[]);
+                let d = max_diff(&reference, &result_tensors(&dir.path().join("out")));
+                println!("{family} {method}, zero_stage {stage}, world 2: max |Δparam| {d:.1e}");
+                assert!(
+                    d < 1e-5,
+                    "{family} {method}, zero_stage {stage}, world 2: parameters differ by {d}"
+                );
+            }
+        }
+    }
+}
