@@ -41,6 +41,7 @@ pub mod schedule;
 pub mod setup;
 pub mod state;
 pub mod status;
+pub mod system;
 pub mod tracking;
 pub mod train_loop;
 pub mod zero;

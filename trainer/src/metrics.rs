@@ -1,14 +1,17 @@
 //! The Prometheus endpoint (`LF_METRICS_ADDR`, off when unset): step, loss, learning rate,
-//! tokens/s and peak memory (and a preference run's `rewards/*`, `logps/*`), served as text
-//! exposition on any path by a small thread.
+//! tokens/s and peak memory (and a preference run's `rewards/*`, `logps/*`), and the system
+//! metrics of [`crate::system`] read afresh at every scrape, served as text exposition on any path
+//! by a small thread.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use prometheus::{Encoder, Gauge, GaugeVec, IntGauge, Opts, Registry, TextEncoder};
 
 use crate::error::TrainerError;
 use crate::preference::PreferenceMetrics;
+use crate::system::{SystemGauges, SystemProbe};
 
 /// The trainer's gauges.
 #[derive(Clone)]
@@ -25,6 +28,8 @@ pub struct Metrics {
     /// `stage: dpo`: `lf_trainer_preference{metric="rewards/chosen"}` and the other metrics of
     /// the last logging window.
     pub preference: GaugeVec,
+    system: SystemGauges,
+    probe: Arc<SystemProbe>,
 }
 
 impl Metrics {
@@ -79,6 +84,8 @@ impl Metrics {
                     .expect("each metric is registered once");
                 g
             },
+            system: SystemGauges::register(&registry),
+            probe: Arc::new(SystemProbe::new()),
             registry,
         }
     }
@@ -90,8 +97,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every gauge.
+    /// The text exposition of every gauge (the system metrics read now).
     pub fn render(&self) -> String {
+        self.system.update(&self.probe.sample());
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()

@@ -18,6 +18,7 @@ use crate::outputs::{hms, peak_memory_bytes, LogRecord, StepTimes, TrainerLog};
 use crate::preference::PreferenceSums;
 use crate::state::TrainerState;
 use crate::status::StatusReporter;
+use crate::system::SystemProbe;
 
 /// Where the records go. Rank 0 writes them; the other ranks only keep the window's arithmetic.
 pub struct Sinks<'a> {
@@ -117,11 +118,12 @@ pub struct StepReporter<'a> {
     log: TrainerLog,
     logging_steps: u64,
     total_steps: u64,
-    /// The step this attempt started at, and when.
-    start_step: u64,
+    /// When this attempt started.
     started: Instant,
     /// When the previous record was sent, and its step: the recent step rate for the ETA.
     last_record: (Instant, u64),
+    /// The system metrics for the trackers (CPU use over each logging window).
+    system: Option<SystemProbe>,
     window: Window,
     /// The last outcome (its learning rate and gradient norm go into the record).
     last: Option<StepOutcome>,
@@ -164,14 +166,20 @@ impl<'a> StepReporter<'a> {
             bar.set_position(start_step);
             bar
         });
+        // Sampled once now, so the first record has a CPU percentage.
+        let system = sinks.trackers.map(|_| {
+            let probe = SystemProbe::new();
+            probe.sample();
+            probe
+        });
         Ok(StepReporter {
             sinks,
             log,
             logging_steps: logging_steps.max(1) as u64,
             total_steps,
-            start_step,
             started: Instant::now(),
             last_record: (Instant::now(), start_step),
+            system,
             window: Window::new(),
             last: None,
             memory: None,
@@ -275,6 +283,9 @@ impl<'a> StepReporter<'a> {
                 .unwrap_or_default();
             if let Ok(m) = serde_json::to_value(&memory) {
                 scalars.extend(lf_track::scalars_of(&serde_json::json!({ "memory": m })));
+            }
+            if let Some(probe) = &self.system {
+                scalars.extend(probe.sample().scalars());
             }
             t.scalars(step, scalars);
         }

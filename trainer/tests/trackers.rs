@@ -1,6 +1,7 @@
 //! `report_to` end to end: the `lf-trainer` binary trains the tiny model reporting to TensorBoard
 //! and to a real `mlflow server`; each tracker, read back by its own reader, holds every scalar of
-//! `trainer_log.jsonl` at its step, the config as hyper-parameters, and (MLflow) the adapter.
+//! `trainer_log.jsonl` at its step, the system metrics, the config as hyper-parameters, and
+//! (MLflow) the adapter.
 
 use std::path::Path;
 
@@ -58,6 +59,9 @@ fn tensorboard_and_mlflow_receive_every_logged_scalar_and_the_adapter() {
         "train/grad_norm",
         "train/throughput",
         "train/step_time/data",
+        "system/rss_bytes",
+        "system/cpu_percent",
+        "system/host_memory_available_bytes",
     ] {
         assert_eq!(points(&tb["scalars"][tag]).len(), 3, "{tag} in {tb}");
     }
