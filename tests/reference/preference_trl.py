@@ -2,6 +2,8 @@
 trainer/tests/preference_parity.rs).
 
 Usage: preference_trl.py OUT_DIR LOSS [BATCH ACCUMULATION]
+       preference_trl.py OUT_DIR assets    (the model, adapter0 and twelve pairs only, no TRL run:
+                                            lf-trainer's own loop tests)
   LOSS: sigmoid, hinge, ipo, orpo, simpo, or sigmoid+ftx (DPO plus pref_ftx 0.5 times the chosen
   answers' mean token NLL: TRL's loss_type ["sigmoid", "sft"] with weights [1, 0.5]).
   BATCH x ACCUMULATION must be 4 (default 2 x 2). TRL's ORPO NLL and its "sft" loss are token means
@@ -49,6 +51,17 @@ PAIRS = [
 BETA = 0.1
 SIMPO_GAMMA = 0.5
 FTX = 0.5
+# The loop tests' extra pairs (assets mode): 12 pairs in all.
+EXTRA_PAIRS = [
+    ("<s> what is the opposite of up", " down </s>", " left right up </s>"),
+    ("<s> tell me about the moon", " the moon shines at night </s>", " sun </s>"),
+    ("<s> which bird sings", " the small bird sings </s>", " fish swims </s>"),
+    ("<s> what is the opposite of fast", " slow </s>", " very fast </s>"),
+    ("<s> tell me about a star", " a star is light </s>", " dark </s>"),
+    ("<s> give me a word", " happy </s>", " sad sad </s>"),
+    ("<s> where is the river", " near the old stone </s>", " far </s>"),
+    ("<s> what is the opposite of open", " closed </s>", " open door </s>"),
+]
 
 
 def write_data(data_dir):
@@ -129,16 +142,20 @@ def run(loss, root, name, optim, lr, steps, batch, accumulation):
 def main():
     global PAIRS
     root, loss = sys.argv[1], sys.argv[2]
+    if loss == "assets":
+        PAIRS = PAIRS + EXTRA_PAIRS
     if loss == "orpo":
         PAIRS = [("<s>", chosen, rejected) for _, chosen, rejected in PAIRS]
     batch, accumulation = (int(sys.argv[3]), int(sys.argv[4])) if len(sys.argv) > 4 else (2, 2)
-    assert batch * accumulation == len(PAIRS), "every step holds every pair"
+    assert loss == "assets" or batch * accumulation == len(PAIRS), "every step holds every pair"
     model_dir = os.path.join(root, "model")
     os.makedirs(model_dir, exist_ok=True)
     vocab = make_tokenizer(model_dir)
     make_model(model_dir, vocab, 2, 64, 64)
     make_adapter(model_dir, os.path.join(root, "adapter0"))
     write_data(os.path.join(root, "data"))
+    if loss == "assets":
+        return
     run(loss, root, "sgd", "sgd", 1.0, 1, batch, accumulation)
     run(loss, root, "sgd3", "sgd", 1.0, 3, batch, accumulation)
     run(loss, root, "adamw", "adamw_torch", 1e-2, 3, batch, accumulation)

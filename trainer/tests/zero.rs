@@ -635,3 +635,77 @@ fn mixtures_of_experts_under_zero_equal_one_process() {
         }
     }
 }
+
+/// `stage: dpo` (LoRA, the reference log-probabilities with the adapter off) on the twelve pairs of
+/// `preference_trl.py assets`: two and three ZeRO-2 ranks end on one process's adapter; resumed
+/// from step 2 with two ranks, the loss curve continues and the adapter ends the same.
+#[test]
+fn preference_training_under_zero2_equals_one_process_and_resumes() {
+    let assets = tempfile::tempdir().unwrap();
+    let out = Command::new(common::python())
+        .arg(common::reference_script("preference_trl.py"))
+        .arg(assets.path())
+        .arg("assets")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "preference_trl.py assets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = assets.path();
+    let config = |dir: &Path| -> PathBuf {
+        let text = format!(
+            "model_name_or_path: {m}\nadapter_name_or_path: {ad}\nstage: dpo\ndataset: pref\n\
+             dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\nlora_rank: 4\nlora_alpha: 8\n\
+             zero_stage: 2\nmax_steps: {STEPS}\nsave_steps: 2\nlearning_rate: 1.0e-3\n\
+             max_grad_norm: 0.5\nlogging_steps: 1\nseed: 7\n",
+            m = a.join("model").display(),
+            ad = a.join("adapter0").display(),
+            d = a.join("data").display(),
+            o = dir.join("out").display(),
+        );
+        let path = dir.join("dpo.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let one = tempfile::tempdir().unwrap();
+    run(&config(one.path()), 1, &[]);
+    let out = one.path().join("out");
+    let reference = result_tensors(&out);
+    let reference_losses = losses(&out);
+    assert_eq!(reference_losses.len(), STEPS);
+    for world in [2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        run(&config(dir.path()), world, &[]);
+        let d = max_diff(&reference, &result_tensors(&dir.path().join("out")));
+        println!("dpo, ZeRO-2, world {world}: adapter differs from one process by {d:.2e}");
+        assert!(
+            d < 1e-5,
+            "dpo, ZeRO-2, world {world}: adapter differs by {d}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let resume = format!(
+        "resume_from_checkpoint={}",
+        out.join("checkpoint-2").display()
+    );
+    run(
+        &config(dir.path()),
+        2,
+        &[resume, "overwrite_output_dir=false".into()],
+    );
+    let got = dir.path().join("out");
+    let d = max_diff(&reference, &result_tensors(&got));
+    println!("dpo resumed at step 2 with 2 ranks: adapter differs by {d:.2e}");
+    assert!(d < 1e-5, "dpo resumed: adapter differs by {d}");
+    let tail: Vec<_> = losses(&got).into_iter().filter(|(s, _)| *s > 2).collect();
+    let want: Vec<_> = reference_losses.iter().filter(|(s, _)| *s > 2).collect();
+    assert_eq!(tail.len(), want.len(), "{tail:?} vs {want:?}");
+    for ((s, l), (_, w)) in tail.iter().zip(want) {
+        assert!(
+            (l - w).abs() <= 1e-5 * w.abs().max(1.0),
+            "dpo step {s} after resuming: loss {l} vs {w}"
+        );
+    }
+}
