@@ -74,6 +74,7 @@ fn every_summary_names_the_largest_row() {
         "llama3-8b-full-zero3",
         "qwen3-8b-lora-24gb",
         "gemma3-12b-qlora",
+        "mixtral-8x7b-qlora",
     ] {
         for option in plan_example(name).options {
             let plan = &option.plan;
