@@ -52,6 +52,7 @@ NON_DEFAULT = {
             {"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}}]}},
     "priorityClassName": "system-cluster-critical",
     "serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "5s", "labels": {"release": "prom"}},
+    "trainerPodMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "5s", "labels": {"release": "prom"}},
 }
 
 # The verbs the controller uses (operator-notes / issue 3), by (apiGroup, resource).
@@ -85,7 +86,7 @@ def check_objects(label, docs, problems):
     by_kind = {}
     for _, d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
-    problems += validate_documents([d for _, d in docs], label, allow_kinds=("ServiceMonitor",))
+    problems += validate_documents([d for _, d in docs], label, allow_kinds=("ServiceMonitor", "PodMonitor"))
 
     deploys = by_kind.get("Deployment", [])
     if len(deploys) != 1:
@@ -153,6 +154,30 @@ def check_objects(label, docs, problems):
     return by_kind
 
 
+def check_pod_monitor(label, monitors, chart_dir, namespaces):
+    """One PodMonitor whose selector matches the trainer pods lf-render renders (the quick start's
+    golden render) and scrapes their `metrics` port, in `namespaces`."""
+    if len(monitors) != 1:
+        return [f"{label}: expected one PodMonitor for the trainer pods, found {len(monitors)}"]
+    spec = monitors[0]["spec"]
+    golden = os.path.join(chart_dir, "..", "examples", "golden", "quickstart.rendered.yaml")
+    with open(golden) as f:
+        job = next(d for d in yaml.safe_load_all(f) if d and d["kind"] == "Job")
+    template = job["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    problems = []
+    wanted = spec["selector"]["matchLabels"]
+    if any(labels.get(k) != v for k, v in wanted.items()):
+        problems.append(f"{label}: the PodMonitor selects {wanted}, but trainer pods are labelled {labels}")
+    ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    endpoint = spec["podMetricsEndpoints"][0]
+    if endpoint.get("port") not in ports or endpoint.get("path") != "/metrics":
+        problems.append(f"{label}: the PodMonitor scrapes {endpoint}, trainer ports are {ports}")
+    if spec["namespaceSelector"] != namespaces:
+        problems.append(f"{label}: the PodMonitor's namespaces are {spec['namespaceSelector']}, expected {namespaces}")
+    return problems
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     chart_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "charts")
@@ -171,8 +196,9 @@ def main():
     docs, manifests = render(chart_dir, None)
     print(f"default values: {len(docs)} objects: {', '.join(sorted(d['kind'] for _, d in docs))}")
     by_kind = check_objects("default values", docs, problems)
-    if "ServiceMonitor" in by_kind:
-        problems.append("default values: a ServiceMonitor is rendered although serviceMonitor.enabled is false")
+    for kind, key in (("ServiceMonitor", "serviceMonitor"), ("PodMonitor", "trainerPodMonitor")):
+        if kind in by_kind:
+            problems.append(f"default values: a {kind} is rendered although {key}.enabled is false")
     notes = next((t for p, t in manifests.items() if p.endswith("NOTES.txt")), "")
     for needle in ("kubectl apply -f examples/", "kubectl get finetunejobs"):
         if needle not in notes:
@@ -184,6 +210,7 @@ def main():
     monitors = by_kind.get("ServiceMonitor", [])
     if len(monitors) != 1 or monitors[0]["spec"]["endpoints"][0].get("port") != "metrics":
         problems.append("non-default values: expected one ServiceMonitor scraping port `metrics`")
+    problems += check_pod_monitor("non-default values", by_kind.get("PodMonitor", []), chart_dir, {"any": True})
     deploy = by_kind.get("Deployment", [{}])[0]
     if deploy.get("spec", {}).get("replicas") != 2:
         problems.append("non-default values: replicaCount was not applied")
@@ -225,6 +252,9 @@ def main():
     env = {e["name"]: e.get("value") for e in by_kind["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     if env.get("LF_WATCH_NAMESPACES") != "team-a,team-b":
         problems.append(f"namespace-scoped: LF_WATCH_NAMESPACES is {env.get('LF_WATCH_NAMESPACES')!r}")
+    docs, _ = render(chart_dir, {"watchNamespaces": ["team-a", "team-b"], "trainerPodMonitor": {"enabled": True}})
+    monitors = [d for _, d in docs if d["kind"] == "PodMonitor"]
+    problems += check_pod_monitor("namespace-scoped", monitors, chart_dir, {"matchNames": ["team-a", "team-b"]})
 
     # A digest as image.tag pins the image by digest.
     digest = "sha256:" + "ab" * 32
