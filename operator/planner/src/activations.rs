@@ -153,7 +153,11 @@ fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfi
         .sum()
 }
 
-/// Activation memory for `micro_batch` sequences of `cutoff_len` tokens.
+/// Activation memory for a micro-batch of `micro_batch` examples of `cutoff_len` tokens. A
+/// preference example (`stage: dpo`) is two sequences, its chosen and its rejected answer, in one
+/// forward pass. Its reference pass runs before, without gradients, over the same sequences: it
+/// keeps nothing but one log-probability per token, and its one-layer working set is below the
+/// training pass's, so it adds nothing to the peak.
 pub fn activations(
     arch: &ModelArchitecture,
     training: &TrainingConfig,
@@ -162,7 +166,12 @@ pub fn activations(
 ) -> Activations {
     let c = inv.compute_bytes;
     let s = training.cutoff_len as u64;
-    let tokens = micro_batch * s;
+    let sequences = if training.stage.is_pairwise() {
+        2 * micro_batch
+    } else {
+        micro_batch
+    };
+    let tokens = sequences * s;
     let h = arch.hidden_size;
     let layers = arch.num_hidden_layers;
     let softcap_tanh = if arch.attention_softcap().is_some() {
@@ -203,5 +212,27 @@ pub fn activations(
         persistent,
         layer_working_set,
         loss,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets::preset;
+
+    fn plan(yaml: &str, micro_batch: u64) -> Activations {
+        let arch = preset("meta-llama/Meta-Llama-3-8B").expect("preset");
+        let t: TrainingConfig = serde_yaml::from_str(yaml).expect("training config");
+        let inv = Inventory::new(&arch, &t);
+        activations(&arch, &t, &inv, micro_batch)
+    }
+
+    #[test]
+    fn a_preference_example_is_two_sequences() {
+        let lora = "finetuning_type: lora\nlora_rank: 16\nbf16: true\ncutoff_len: 1024\n";
+        let sft = plan(&format!("stage: sft\n{lora}"), 2);
+        let dpo = plan(&format!("stage: dpo\n{lora}"), 1);
+        assert_eq!(dpo, sft);
+        assert!(plan(&format!("stage: dpo\n{lora}"), 2).persistent > sft.persistent);
     }
 }

@@ -283,6 +283,18 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
             format!("{kind} r={} on {}{q}", t.lora_rank, targets.join(","))
         }
     };
+    let method = if t.stage.is_pairwise() {
+        let reference = if t.pref_loss.uses_reference() {
+            "reference pass without gradients, adapter off"
+        } else {
+            "no reference pass"
+        };
+        // The variants are single words, so this is the config's spelling.
+        let loss = format!("{:?}", t.pref_loss).to_lowercase();
+        format!("DPO ({loss}; 2 sequences per example; {reference}), {method}")
+    } else {
+        method
+    };
     let pct = if inv.model_params > 0 {
         100.0 * inv.trainable_params as f64 / inv.model_params as f64
     } else {

@@ -14,6 +14,7 @@ const EXAMPLES: &[&str] = &[
     "codellama-34b-lora-r128-4k",
     "llama3-8b-full-zero3",
     "qwen3-8b-lora-24gb",
+    "llama3-8b-dpo-lora-24gb",
     "gemma3-12b-qlora",
     "mixtral-8x7b-qlora",
 ];
