@@ -394,6 +394,16 @@ impl ModelArchitecture {
         }
     }
 
+    /// Training's view of the load-balancing loss, as LLaMA-Factory's `configure_moe` sets it: a
+    /// `moe_aux_loss_coef` other than 0 turns `output_router_logits` on with that weight (for a
+    /// mixture of experts; `None` or 0 leaves `config.json`'s keys as they are).
+    pub fn apply_moe_aux_loss_coef(&mut self, coef: Option<f64>) {
+        if let Some(c) = coef.filter(|&c| c != 0.0 && self.model_type.is_moe()) {
+            self.moe.output_router_logits = Some(true);
+            self.moe.router_aux_loss_coef = Some(c);
+        }
+    }
+
     /// The load-balancing loss's weight in the training loss: `router_aux_loss_coef` (0.001 by
     /// default) when `output_router_logits` is set, else none (transformers adds it only then).
     pub fn router_aux_loss_weight(&self) -> Option<f64> {

@@ -44,6 +44,7 @@ impl CausalLm {
         self.method.gradient_checkpointing = cfg.gradient_checkpointing;
         self.method.loss_chunk_size = cfg.loss_chunk_size;
         self.method.seed = seed;
+        self.arch.apply_moe_aux_loss_coef(cfg.moe_aux_loss_coef);
         self.freeze_all();
         match cfg.finetuning_type {
             FinetuningType::Lora => {

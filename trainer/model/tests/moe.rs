@@ -211,7 +211,8 @@ fn quantised_experts_match_their_dequantised_twin() {
 /// The training step's backward includes `router_aux_loss_coef ×` the load-balancing loss when
 /// `output_router_logits` is set: with layer recomputation (each layer's share added as it is
 /// recomputed) and without (the whole loss at once), the adapters' gradients equal autograd of
-/// `Σ CE + coef · aux` over one forward pass, and differ from the gradients without the term.
+/// `Σ CE + coef · aux` over one forward pass, and differ from the gradients without the term;
+/// LLaMA-Factory's `moe_aux_loss_coef` turns the term on.
 #[test]
 fn training_backward_includes_the_load_balancing_loss() {
     use lf_api::training::TrainingConfig;
@@ -233,12 +234,12 @@ fn training_backward_includes_the_load_balancing_loss() {
         let _rng = common::rng_lock();
         common::random_weights(&arch(true), 8)
     };
-    let model = |aux: bool, ckpt: bool| {
+    let model = |aux: bool, ckpt: bool, extra: &str| {
         let copy: Vec<_> = weights.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
         let opts = LoadOptions::new(Device::Cpu, Kind::Float);
         let mut lm = CausalLm::from_tensors(arch(aux), copy, &opts).unwrap();
         let cfg = TrainingConfig::from_yaml_str(&format!(
-            "lora_rank: 4\ngradient_checkpointing: {ckpt}\nloss_chunk_size: 8"
+            "lora_rank: 4\ngradient_checkpointing: {ckpt}\nloss_chunk_size: 8\n{extra}"
         ))
         .unwrap();
         let _rng = common::rng_lock();
@@ -268,7 +269,7 @@ fn training_backward_includes_the_load_balancing_loss() {
     };
 
     // Autograd of the whole loss over one forward pass.
-    let reference = model(true, false);
+    let reference = model(true, false, "");
     let out = reference.forward_routed(&ids);
     let v = out.logits.size()[2];
     let ce = out
@@ -287,7 +288,7 @@ fn training_backward_includes_the_load_balancing_loss() {
     let want = grads(&reference);
 
     for ckpt in [true, false] {
-        let lm = model(true, ckpt);
+        let lm = model(true, ckpt, "");
         let loss = lm.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
         assert!(
             (loss - ce.double_value(&[])).abs() <= 1e-4,
@@ -297,7 +298,7 @@ fn training_backward_includes_the_load_balancing_loss() {
         println!("recompute {ckpt}: gradients vs autograd of CE + coef·aux {d:.2e}");
         assert!(d <= 1e-5, "recompute {ckpt}: gradients differ by {d:e}");
     }
-    let without = model(false, true);
+    let without = model(false, true, "");
     without.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
     let d = worst(&grads(&without), &want);
     println!("without output_router_logits: {d:.2e} from the gradients with the term");
@@ -305,4 +306,10 @@ fn training_backward_includes_the_load_balancing_loss() {
         d > 1e-3,
         "the load-balancing term changes no gradient ({d:e})"
     );
+    // LLaMA-Factory's moe_aux_loss_coef turns the term on with its weight.
+    let coef = model(false, true, "moe_aux_loss_coef: 0.5");
+    coef.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
+    let d = worst(&grads(&coef), &want);
+    println!("output_router_logits off, moe_aux_loss_coef 0.5: {d:.2e}");
+    assert!(d <= 1e-5, "moe_aux_loss_coef: gradients differ by {d:e}");
 }

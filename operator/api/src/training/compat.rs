@@ -219,7 +219,6 @@ pub const ACCEPTED: &[CompatOption] = &[
     accepted("init_special_tokens", Model, &["noise_init"], &["*"], "only used when tokens are added (`add_special_tokens`), which is not implemented", ""),
     accepted("low_cpu_mem_usage", Model, &["true"], &["false"], "weights are always read shard by shard from the safetensors files", BOOL),
     accepted("enable_liger_kernel", Model, &["false"], &["true"], LIGER, BOOL),
-    accepted("moe_aux_loss_coef", Model, &["null"], &["*"], "the built-in architectures have no mixture-of-experts router", ""),
     ignored("use_reentrant_gc", Model, "layer recomputation is lf-trainer's own; there is no reentrant or non-reentrant variant to choose"),
     accepted("upcast_layernorm", Model, &["false"], &["true"], "RMSNorm is always computed in fp32", BOOL),
     accepted("upcast_lmhead_output", Model, &["false"], &["true"], "the language-model head's logits and the loss are always computed in fp32 (in chunks)", BOOL),

@@ -42,6 +42,12 @@ pub struct TrainingConfig {
     /// config.json is read.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub trust_remote_code: bool,
+    /// Mixtures of experts (mixtral, qwen3_moe): a value other than 0 makes training add
+    /// `moe_aux_loss_coef ×` the routers' load-balancing loss whatever `config.json`'s
+    /// `output_router_logits` says (LLaMA-Factory's `configure_moe`); unset, `config.json`
+    /// decides (`output_router_logits`, `router_aux_loss_coef`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moe_aux_loss_coef: Option<f64>,
 
     // ---- method ------------------------------------------------------------------------------
     pub stage: Stage,
@@ -186,6 +192,11 @@ pub struct TrainingConfig {
     /// lf-operator extension: tokens per chunk of the language-model head + cross-entropy, so the
     /// full fp32 logits never exist at once. 0 computes the whole head at once.
     pub loss_chunk_size: usize,
+    /// lf-operator extension: record these optimiser steps (`"N"` or `"FIRST-LAST"`, 1-based, at
+    /// most 20) with libtorch's profiler: a Chrome/Perfetto trace per process in
+    /// `output_dir/profile/` and a summary (top operators, the step's split, a bottleneck hint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_steps: Option<String>,
 
     // ---- generation (chat) -------------------------------------------------------------------
     pub do_sample: bool,
@@ -214,6 +225,7 @@ impl Default for TrainingConfig {
             quantization_type: QuantizationType::Nf4,
             double_quantization: true,
             trust_remote_code: false,
+            moe_aux_loss_coef: None,
             stage: Stage::Sft,
             finetuning_type: FinetuningType::Lora,
             lora_rank: 8,
@@ -284,6 +296,7 @@ impl Default for TrainingConfig {
             offload_optimizer: OffloadDevice::None,
             deepspeed: None,
             loss_chunk_size: 1024,
+            profile_steps: None,
             do_sample: true,
             temperature: 0.95,
             top_p: 0.7,
