@@ -84,6 +84,19 @@ pub struct PreferenceMetrics {
     pub logps_rejected: f64,
 }
 
+impl From<PreferenceMetrics> for lf_api::status::PreferenceProgress {
+    fn from(m: PreferenceMetrics) -> Self {
+        lf_api::status::PreferenceProgress {
+            rewards_chosen: m.rewards_chosen,
+            rewards_rejected: m.rewards_rejected,
+            rewards_accuracies: m.rewards_accuracies,
+            rewards_margins: m.rewards_margins,
+            logps_chosen: m.logps_chosen,
+            logps_rejected: m.logps_rejected,
+        }
+    }
+}
+
 impl PreferenceMetrics {
     /// Each metric with its name.
     pub fn named(&self) -> [(&'static str, f64); 6] {

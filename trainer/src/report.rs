@@ -335,6 +335,7 @@ impl<'a> StepReporter<'a> {
                     .checked_add(SignedDuration::from_secs(remaining.round() as i64))
                     .ok()
                     .map(Time),
+                preference: record.preference.map(Into::into),
                 updated_at: Some(Time(now)),
             });
         }

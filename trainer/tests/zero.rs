@@ -638,7 +638,8 @@ fn mixtures_of_experts_under_zero_equal_one_process() {
 
 /// `stage: dpo` (LoRA, the reference log-probabilities with the adapter off) on the twelve pairs of
 /// `preference_trl.py assets`: two and three ZeRO-2 ranks end on one process's adapter; resumed
-/// from step 2 with two ranks, the loss curve continues and the adapter ends the same.
+/// from step 2 with two ranks, the loss curve continues and the adapter ends the same. The status
+/// (the FineTuneJob's progress) carries the preference metrics of `trainer_log.jsonl`.
 #[test]
 fn preference_training_under_zero2_equals_one_process_and_resumes() {
     let assets = tempfile::tempdir().unwrap();
@@ -670,11 +671,45 @@ fn preference_training_under_zero2_equals_one_process_and_resumes() {
         path
     };
     let one = tempfile::tempdir().unwrap();
-    run(&config(one.path()), 1, &[]);
+    let status = one.path().join("status.jsonl");
+    let outputs = ranks(&config(one.path()), 1, &[], Some(&status));
+    assert!(
+        outputs[0].status.success(),
+        "{}",
+        String::from_utf8_lossy(&outputs[0].stderr)
+    );
     let out = one.path().join("out");
     let reference = result_tensors(&out);
     let reference_losses = losses(&out);
     assert_eq!(reference_losses.len(), STEPS);
+    let last_log: serde_json::Value = std::fs::read_to_string(out.join("trainer_log.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("rewards/accuracies"))
+        .last()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .expect("trainer_log.jsonl has the preference metrics");
+    let last_status: serde_json::Value = std::fs::read_to_string(&status)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"preference\""))
+        .last()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .expect("the status has the preference metrics");
+    let progress = &last_status["status"]["progress"];
+    assert_eq!(progress["step"].as_u64(), Some(STEPS as u64));
+    for (log_key, status_key) in [
+        ("rewards/chosen", "rewardsChosen"),
+        ("rewards/accuracies", "rewardsAccuracies"),
+        ("rewards/margins", "rewardsMargins"),
+        ("logps/rejected", "logpsRejected"),
+    ] {
+        assert_eq!(
+            progress["preference"][status_key].as_f64(),
+            last_log[log_key].as_f64(),
+            "{status_key}: {progress}"
+        );
+    }
     for world in [2, 3] {
         let dir = tempfile::tempdir().unwrap();
         run(&config(dir.path()), world, &[]);

@@ -101,8 +101,28 @@ pub struct Progress {
     /// When training should finish at the recent step rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_completion_time: Option<Time>,
+    /// `stage: dpo`: the last logging window's preference metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Time>,
+}
+
+/// A preference run's metrics over a logging window, per pair (TRL's `rewards/chosen`,
+/// `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreferenceProgress {
+    /// β × the policy/reference log-ratio of the chosen answers (β × their mean log-probability
+    /// for the reference-free losses).
+    pub rewards_chosen: f64,
+    pub rewards_rejected: f64,
+    /// The share of pairs whose chosen reward is above the rejected one.
+    pub rewards_accuracies: f64,
+    pub rewards_margins: f64,
+    /// The policy's summed (reference-free losses: mean) log-probability of the chosen answers.
+    pub logps_chosen: f64,
+    pub logps_rejected: f64,
 }
 
 impl Progress {
