@@ -351,6 +351,19 @@ mod tests {
         let mut on = qwen;
         on["use_sliding_window"] = json!(true);
         assert_eq!(windows(config("qwen2", 2, on)), Ok(vec![None, Some(8)]));
+        // Mixtral: every layer, as Mistral; Qwen3-MoE: every layer, only with use_sliding_window.
+        assert_eq!(
+            windows(config("mixtral", 2, json!({"sliding_window": 8}))),
+            Ok(vec![Some(8); 2])
+        );
+        let moe = json!({"sliding_window": 8, "num_experts": 4});
+        assert_eq!(
+            windows(config("qwen3_moe", 2, moe.clone())),
+            Ok(vec![None; 2])
+        );
+        let mut on = moe;
+        on["use_sliding_window"] = json!(true);
+        assert_eq!(windows(config("qwen3_moe", 2, on)), Ok(vec![Some(8); 2]));
         // A malformed layer_types is an error naming the key.
         let bad = windows(config(
             "gemma2",
@@ -358,5 +371,43 @@ mod tests {
             json!({"layer_types": ["full_attention"]}),
         ));
         assert!(bad.is_err_and(|e| e.contains("layer_types")));
+    }
+
+    /// Mixture-of-experts keys as transformers writes them: Qwen3-MoE's `num_experts` (the Hub's)
+    /// and `num_local_experts` (transformers 5's, which wins when both are present), the config
+    /// classes' defaults, the sparse layers, and router jitter refused.
+    #[test]
+    fn reads_mixture_of_experts_keys() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let read = |extra: serde_json::Value| {
+            let mut c = config("qwen3_moe", 4, extra);
+            c["moe_intermediate_size"] = json!(24);
+            std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+            read_architecture(dir.path())
+        };
+        let a = read(json!({"num_experts": 6, "mlp_only_layers": [2], "decoder_sparse_step": 2}))
+            .unwrap();
+        assert_eq!((a.num_experts(), a.experts_per_token()), (6, 8));
+        assert_eq!(a.expert_intermediate_size(), 24);
+        assert!(!a.norm_topk_prob());
+        let sparse: Vec<bool> = (0..4).map(|i| a.is_sparse_layer(i)).collect();
+        assert_eq!(sparse, [false, true, false, true]);
+        assert_eq!(a.router_aux_loss_weight(), None);
+        let a =
+            read(json!({"num_experts": 6, "num_local_experts": 3, "output_router_logits": true}))
+                .unwrap();
+        assert_eq!(a.num_experts(), 3);
+        assert_eq!(a.router_aux_loss_weight(), Some(0.001));
+        let jitter = read(json!({"router_jitter_noise": 0.1}));
+        assert!(jitter.is_err_and(|e| e.to_string().contains("router_jitter_noise")));
+        let m = ModelArchitecture::from_json_str(
+            &config("mixtral", 2, json!({"router_aux_loss_coef": 0.02})).to_string(),
+        )
+        .unwrap();
+        assert_eq!((m.num_experts(), m.experts_per_token()), (8, 2));
+        assert!(m.norm_topk_prob() && m.is_sparse_layer(1));
+        assert_eq!(m.expert_intermediate_size(), 32);
+        assert_eq!(m.router_aux_loss_weight(), None);
     }
 }

@@ -23,7 +23,8 @@ use std::convert::Infallible;
 pub enum Unit {
     /// `model.embed_tokens.weight`.
     Embedding,
-    /// Decoder layer `i`: its norms, linears (base and adapters) and biases.
+    /// Decoder layer `i`: its norms, linears (base and adapters) and biases; a sparse MLP's
+    /// router and every expert, so a mixture-of-experts layer is gathered whole.
     Layer(usize),
     /// `model.norm.weight` and the head weight (`lm_head.weight`, or the embedding when tied).
     Head,
