@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod outputs;
 pub mod plot;
 pub mod predict;
+pub mod profiling;
 pub mod preference;
 pub mod report;
 pub mod resume;

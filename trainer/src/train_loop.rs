@@ -33,6 +33,7 @@ use crate::memory_report::{MemoryProbe, MemoryRecord};
 use crate::metrics::Metrics;
 use crate::outputs::{peak_memory_bytes, TRAINER_STATE};
 use crate::preference::{PreferenceLoss, PreferenceSums};
+use crate::profiling::StepProfiler;
 use crate::report::{Sinks, StepOutcome, StepReporter};
 use crate::schedule::LrSchedule;
 use crate::state::TrainerState;
@@ -446,13 +447,16 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
     };
     let mut checkpointer = Checkpointer::new(&ctx.output_dir, &ctx.stop);
     let mut memory_probe = MemoryProbe::default();
+    let mut profiler = StepProfiler::new(cfg, &ctx.output_dir, group.rank(), ctx.device)?;
     let (mut tokens_run, mut samples_run) = (0u64, 0u64);
     let started = Instant::now();
 
     while state.global_step < total_steps {
         let step = state.global_step;
         let probe = is_main.then_some(&mut memory_probe);
+        profiler.before(step + 1);
         let (outcome, memory) = stepper.step(model, optimizer, &rx, step, probe)?;
+        profiler.after(step + 1, &outcome);
         if let Some(record) = memory {
             reporter.memory(record);
         }

@@ -19,6 +19,7 @@ mod error;
 mod notice;
 mod options;
 mod parse;
+pub mod profile_steps;
 pub mod report_to;
 mod validate;
 

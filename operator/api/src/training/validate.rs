@@ -104,6 +104,7 @@ impl TrainingConfig {
             }
         }
         self.lora_targets()?;
+        self.profile_window()?;
         self.validate_preference()?;
         self.validate_predict()
     }
