@@ -88,7 +88,10 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
 /// SiLU and product (`c·h + 4·c·i`); a sparse one (Mixtral, Qwen3-MoE; lf-model's per-expert
 /// loop) its input, the router logits and fp32 probabilities (`(c + 4)·E`), the top-k weights
 /// and indices (`12·k`), and for each of the `k` experts a token is routed to the gathered input,
-/// gate, up, SiLU, product and weighted output (`2·c·h + 4·c·I + 4`).
+/// gate, up, SiLU, product and weighted output (`2·c·h + 4·c·I + 4`). Checked once on the CPU
+/// (fp32 Mixtral-shaped model, h 128, I 256, 8 layers, 2048 tokens, LoRA, recomputation off):
+/// going from top-1 to top-3 raised the step's peak RSS by 153.3 MB against 167.9 MB from the
+/// per-expert term, so the term errs high by about 9%.
 fn mlp_saved_bytes(arch: &ModelArchitecture, c: u64) -> u64 {
     let h = arch.hidden_size;
     let dense = c * h + 4 * c * arch.intermediate_size;
