@@ -248,7 +248,8 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
 
 /// `lf-trainer eval`: loss and perplexity on the evaluation split — or, with `exact_match`, the
 /// greedy exact-match accuracy of the answers, stored as `eval_exact_match` (or
-/// `eval_exact_match_<label>` when the label is not empty, e.g. `base`).
+/// `eval_exact_match_<label>` when the label is not empty, e.g. `base`); for `stage: dpo`, the
+/// preference accuracy of the pairs, `eval_preference_accuracy`.
 pub fn run_eval(
     cfg: &TrainingConfig,
     exact_match: Option<&str>,
@@ -273,6 +274,21 @@ pub fn run_eval(
         ));
     };
     let lm = setup::model(cfg, &model_dir, device, false, None)?;
+    if cfg.stage.is_pairwise() {
+        let accuracy = crate::preference_eval::preference_accuracy(
+            &lm,
+            &examples,
+            cfg.per_device_eval_batch_size,
+            tok.pad_id(),
+            device,
+        )?
+        .ok_or_else(|| TrainerError::config("the evaluation split holds no preference pairs"))?;
+        let mut m = serde_json::Map::new();
+        m.insert("eval_preference_accuracy".into(), accuracy.into());
+        m.insert("eval_samples".into(), examples.len().into());
+        save_eval_results(cfg, &m)?;
+        return Ok(serde_json::Value::Object(m));
+    }
     if let Some(label) = exact_match {
         let (_, stop) = setup::template_and_stops(cfg, &tok)?;
         let accuracy = crate::exact_match::exact_match(&lm, &tok, &examples, &stop)?;
@@ -283,11 +299,7 @@ pub fn run_eval(
         };
         let mut m = serde_json::Map::new();
         m.insert(key, accuracy.into());
-        if let Some(out) = &cfg.output_dir {
-            let out = Path::new(out);
-            std::fs::create_dir_all(out).map_err(|e| TrainerError::io("create", out, e))?;
-            merge_results(out, m.clone())?;
-        }
+        save_eval_results(cfg, &m)?;
         return Ok(serde_json::Value::Object(m));
     }
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
@@ -304,12 +316,21 @@ pub fn run_eval(
     m.insert("eval_loss".into(), loss.into());
     m.insert("eval_perplexity".into(), loss.exp().into());
     m.insert("eval_samples".into(), examples.len().into());
+    save_eval_results(cfg, &m)?;
+    Ok(serde_json::Value::Object(m))
+}
+
+/// Merges `m` into `output_dir`'s results files, when there is an `output_dir`.
+fn save_eval_results(
+    cfg: &TrainingConfig,
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), TrainerError> {
     if let Some(out) = &cfg.output_dir {
         let out = Path::new(out);
         std::fs::create_dir_all(out).map_err(|e| TrainerError::io("create", out, e))?;
         merge_results(out, m.clone())?;
     }
-    Ok(serde_json::Value::Object(m))
+    Ok(())
 }
 
 /// `lf-trainer export`: merges the adapter into the base weights as a Hugging Face model.

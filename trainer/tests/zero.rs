@@ -685,15 +685,13 @@ fn preference_training_under_zero2_equals_one_process_and_resumes() {
     let last_log: serde_json::Value = std::fs::read_to_string(out.join("trainer_log.jsonl"))
         .unwrap()
         .lines()
-        .filter(|l| l.contains("rewards/accuracies"))
-        .last()
+        .rfind(|l| l.contains("rewards/accuracies"))
         .map(|l| serde_json::from_str(l).unwrap())
         .expect("trainer_log.jsonl has the preference metrics");
     let last_status: serde_json::Value = std::fs::read_to_string(&status)
         .unwrap()
         .lines()
-        .filter(|l| l.contains("\"preference\""))
-        .last()
+        .rfind(|l| l.contains("\"preference\""))
         .map(|l| serde_json::from_str(l).unwrap())
         .expect("the status has the preference metrics");
     let progress = &last_status["status"]["progress"];
