@@ -96,8 +96,16 @@ def make_data(out, n, seq):
         rows.append({"instruction": f"tell me {q}", "input": "", "output": a})
     with open(os.path.join(out, "tiny.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    # Preference pairs (`stage: dpo`) of the same questions: the answer against another one. A
+    # generator of its own, so that tiny.json stays what it was.
+    prnd = random.Random(1)
+    pairs = [{"instruction": r["instruction"], "chosen": r["output"],
+              "rejected": prnd.choice(rows)["output"]} for r in rows]
+    with open(os.path.join(out, "tiny_pref.json"), "w") as f:
+        json.dump(pairs, f, indent=1)
     with open(os.path.join(out, "dataset_info.json"), "w") as f:
-        json.dump({"tiny": {"file_name": "tiny.json"}}, f, indent=1)
+        json.dump({"tiny": {"file_name": "tiny.json"},
+                   "tiny_pref": {"file_name": "tiny_pref.json", "ranking": True}}, f, indent=1)
 
 
 def main():

@@ -59,6 +59,16 @@ const OPTIONS: &[(&str, &str)] = &[
         "freeze 1 layer, bf16 AMP",
         "finetuning_type: freeze\nfreeze_trainable_layers: 1\nbf16: true",
     ),
+    // Preference training holds no second copy: the reference is the base with the adapter off.
+    (
+        "DPO sigmoid, LoRA, bf16",
+        "stage: dpo\ndataset: tiny_pref\nbf16: true",
+    ),
+    // A reference-free loss needs no reference at all, so full fine-tuning runs.
+    (
+        "ORPO, full, bf16 AMP",
+        "stage: dpo\npref_loss: orpo\ndataset: tiny_pref\nfinetuning_type: full\nbf16: true",
+    ),
 ];
 
 fn ratio(measured: u64, planned: u64) -> f64 {
