@@ -207,7 +207,7 @@ const FSDP_WHY: &str =
     "FSDP is not used: ZeRO stage 3 (`zero_stage: 3`) shards parameters, gradients and optimiser states";
 const COMPILE_WHY: &str =
     "torch.compile is not used: lf-trainer runs libtorch's kernels (SDPA/flash attention) directly";
-const TRACKER_WHY: &str = "experiment trackers are not integrated: metrics go to `trainer_log.jsonl`, `/metrics` and the FineTuneJob status";
+const TRACKER_WHY: &str = "SwanLab is not among the trackers: `report_to` offers `tensorboard` and `mlflow` (besides `trainer_log.jsonl`, `/metrics` and the FineTuneJob status)";
 const LOG_LEVEL_WHY: &str =
     "the trainer's log level is the `LF_LOG` environment variable (e.g. `LF_LOG=debug`)";
 
