@@ -259,3 +259,53 @@ impl RouterBalance {
         (f * p / rows).sum(Kind::Float) * self.num_experts as f64
     }
 }
+
+/// `router_aux_loss_coef ×` the load-balancing loss of one training micro-batch: the forward pass
+/// [`TrainingAux::observe`]s every sparse layer's router logits, then the loss joins the backward
+/// pass whole ([`TrainingAux::add_total`], when autograd kept the routers' graph) or layer by layer
+/// as each is recomputed ([`TrainingAux::add_layer`]).
+pub(crate) struct TrainingAux {
+    balance: RouterBalance,
+    weight: f64,
+}
+
+impl TrainingAux {
+    /// The term of a model of `arch`, when it adds it to its training loss
+    /// (`output_router_logits`); `None` otherwise.
+    pub(crate) fn new(arch: &ModelArchitecture, device: tch::Device) -> Option<TrainingAux> {
+        let weight = arch.router_aux_loss_weight()?;
+        let balance = RouterBalance::new(
+            arch.num_experts() as i64,
+            arch.experts_per_token() as i64,
+            device,
+        );
+        Some(TrainingAux { balance, weight })
+    }
+
+    /// Counts a layer's router logits (`None`: a dense layer).
+    pub(crate) fn observe(aux: Option<&mut TrainingAux>, logits: Option<Tensor>) {
+        if let (Some(aux), Some(logits)) = (aux, logits) {
+            aux.balance.add_layer(&logits, None);
+        }
+    }
+
+    /// `loss` plus the whole weighted load-balancing loss.
+    pub(crate) fn add_total(aux: Option<&TrainingAux>, loss: Tensor) -> Tensor {
+        match aux {
+            Some(aux) => loss + aux.balance.loss() * aux.weight,
+            None => loss,
+        }
+    }
+
+    /// `loss` plus the weighted share of one recomputed layer with router logits `logits`.
+    pub(crate) fn add_layer(
+        aux: Option<&TrainingAux>,
+        loss: Tensor,
+        logits: Option<&Tensor>,
+    ) -> Tensor {
+        match (aux, logits) {
+            (Some(aux), Some(logits)) => loss + aux.balance.layer_term(logits, None) * aux.weight,
+            _ => loss,
+        }
+    }
+}

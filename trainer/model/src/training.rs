@@ -20,9 +20,9 @@
 use tch::{Kind, Reduction, Tensor};
 
 use crate::causal_lm::CausalLm;
+use crate::moe::TrainingAux;
 use crate::names;
 use crate::residency::{AlwaysResident, Residency, Unit};
-use crate::routing::TrainingAux;
 use crate::ModelError;
 
 /// Label value that is not trained on: lf-data's, as the loss's index type.
@@ -256,7 +256,7 @@ impl CausalLm {
         // Forward through the layers; with recomputation keep only each layer's input.
         let mut inputs: Vec<Tensor> = Vec::new();
         let mut x = x0.shallow_clone();
-        let mut aux = self.training_aux(x0.device());
+        let mut aux = TrainingAux::new(&self.arch, x0.device());
         for (i, layer) in layers.iter().enumerate() {
             seed_layer(i);
             gather(Unit::Layer(i))?;
