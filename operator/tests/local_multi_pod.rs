@@ -2,7 +2,8 @@
 //! `lf-operator local` as local processes on 127.0.0.1 (each pod's `lf-trainer` launching its
 //! 2 workers, Gloo over TCPStore), trains the bundled quick-start model to the same adapter as
 //! one process with the same global batch — with ZeRO stage 2, and stage 3, partitioning across
-//! the 4 ranks.
+//! the 4 ranks. A DPO job on the quick start's preference pairs does the same under ZeRO-2, and its
+//! final status carries the preference metrics.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,8 +24,9 @@ fn trainer_bin() -> PathBuf {
     t
 }
 
-/// The quick-start job, shortened: global batch 8 (= 8 × 1 on one process = 2 × 1 × 4 ranks).
-fn job(dir: &Path, zero: &str) -> PathBuf {
+/// The quick-start job, shortened: global batch 8 (= 8 × 1 on one process = 2 × 1 × 4 ranks);
+/// with `dpo`, `stage: dpo` on the quick start's preference pairs (`opposites_pref`).
+fn job(dir: &Path, zero: &str, dpo: bool) -> PathBuf {
     let text = std::fs::read_to_string(repo_root().join("examples/quickstart.yaml")).unwrap();
     let mut job: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let t = &mut job["spec"]["training"];
@@ -43,14 +45,18 @@ fn job(dir: &Path, zero: &str) -> PathBuf {
         m.remove("eval_dataset");
         m.remove("eval_steps");
     }
+    if dpo {
+        t["stage"] = "dpo".into();
+        t["dataset"] = "opposites_pref".into();
+    }
     job["spec"]["distributed"]["zeroStage"] = zero.into();
     let path = dir.join("job.yaml");
     std::fs::write(&path, serde_yaml::to_string(&job).unwrap()).unwrap();
     path
 }
 
-fn run_local(dir: &Path, zero: &str, extra: &[&str]) -> PathBuf {
-    let job = job(dir, zero);
+fn run_local(dir: &Path, zero: &str, dpo: bool, extra: &[&str]) -> PathBuf {
+    let job = job(dir, zero, dpo);
     let work = dir.join("work");
     let out = Command::new(env!("CARGO_BIN_EXE_lf-operator"))
         .arg("local")
@@ -101,28 +107,72 @@ fn find(dir: &Path, name: &str) -> Option<PathBuf> {
 #[test]
 fn two_pods_of_two_processes_train_what_one_process_does() {
     let one = tempfile::tempdir().unwrap();
-    let a = run_local(one.path(), "0", &[]);
-    let mut ta = tch_free_read(&a);
-    ta.sort_by(|x, y| x.0.cmp(&y.0));
+    let a = run_local(one.path(), "0", false, &[]);
     for zero in ["2", "3"] {
         let four = tempfile::tempdir().unwrap();
-        let b = run_local(four.path(), zero, &["--gpus", "4", "--nproc-per-node", "2"]);
-        let mut tb = tch_free_read(&b);
-        tb.sort_by(|x, y| x.0.cmp(&y.0));
-        assert_eq!(ta.len(), tb.len());
-        let mut worst = 0.0f64;
-        for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
-            assert_eq!(na, nb);
-            assert_eq!(va.len(), vb.len(), "{na}");
-            for (x, y) in va.iter().zip(vb) {
-                worst = worst.max((x - y).abs() as f64);
-            }
-        }
+        let b = run_local(
+            four.path(),
+            zero,
+            false,
+            &["--gpus", "4", "--nproc-per-node", "2"],
+        );
+        let worst = max_diff(&a, &b);
         assert!(
             worst < 1e-5,
             "the 2×2 adapter (ZeRO-{zero}) differs by {worst}"
         );
     }
+}
+
+/// The largest difference between two adapters' tensors.
+fn max_diff(a: &Path, b: &Path) -> f64 {
+    let mut ta = tch_free_read(a);
+    ta.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut tb = tch_free_read(b);
+    tb.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(ta.len(), tb.len());
+    let mut worst = 0.0f64;
+    for ((na, va), (nb, vb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        assert_eq!(va.len(), vb.len(), "{na}");
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((x - y).abs() as f64);
+        }
+    }
+    worst
+}
+
+#[test]
+fn a_dpo_job_runs_locally_reports_preference_metrics_and_partitions_exactly() {
+    let one = tempfile::tempdir().unwrap();
+    let status = one.path().join("final.yaml");
+    let status_arg = status.display().to_string();
+    let a = run_local(one.path(), "0", true, &["--status-out", &status_arg]);
+    let text = std::fs::read_to_string(&status).unwrap();
+    let fin: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let p = &fin["status"]["progress"]["preference"];
+    for key in [
+        "rewardsChosen",
+        "rewardsRejected",
+        "rewardsAccuracies",
+        "rewardsMargins",
+        "logpsChosen",
+        "logpsRejected",
+    ] {
+        assert!(p[key].as_f64().is_some(), "{key} missing from {text}");
+    }
+    let four = tempfile::tempdir().unwrap();
+    let b = run_local(
+        four.path(),
+        "2",
+        true,
+        &["--gpus", "4", "--nproc-per-node", "2"],
+    );
+    let worst = max_diff(&a, &b);
+    assert!(
+        worst < 1e-5,
+        "the 2×2 DPO adapter (ZeRO-2) differs by {worst}"
+    );
 }
 
 /// The adapter's tensors as f32 vectors, read with the `safetensors` crate (no libtorch here).
