@@ -3,7 +3,7 @@
 
 use prometheus::{Gauge, GaugeVec, Opts, Registry};
 
-use super::SystemSample;
+use super::sample::SystemSample;
 
 /// The gauges, registered once.
 #[derive(Clone)]

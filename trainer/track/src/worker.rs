@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Param, Sink};
+use crate::sink::{Param, Sink};
 
 /// Records a tracker's queue holds before new ones are dropped.
 const QUEUE: usize = 4096;

@@ -15,7 +15,7 @@ pub use api::{Client, MlflowSettings};
 use api::{Metric, MlflowParam, RunRef};
 
 use crate::error::TrackError;
-use crate::{Param, Sink};
+use crate::sink::{Param, Sink};
 
 /// MLflow's limits on one `log-batch` call.
 const MAX_PARAMS_PER_CALL: usize = 100;

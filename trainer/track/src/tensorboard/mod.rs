@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prost::Message;
 
 use crate::error::TrackError;
-use crate::{Param, Sink};
+use crate::sink::{Param, Sink};
 use proto::{Event, HParamsPluginData, Kind, PluginData, SessionStartInfo, Summary};
 use proto::{SummaryMetadata, SummaryValue, Value};
 
