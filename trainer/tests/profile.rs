@@ -44,3 +44,49 @@ fn steps_2_to_3_become_a_trace_and_a_summary() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("profile_steps"), "{}", stderr(&o));
 }
+
+/// The loop's profiler around steps whose data wait is slowed on purpose (a sleep where the loop
+/// would wait for its batch, measured the way the loop measures it): the summary names data loading.
+#[test]
+fn a_slow_data_path_is_named_in_the_summary() {
+    use std::time::Instant;
+
+    use lf_trainer::profiling::StepProfiler;
+    use lf_trainer::report::StepOutcome;
+    use tch::{Device, Kind, Tensor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lf_api::training::TrainingConfig {
+        profile_steps: Some("1-3".into()),
+        ..Default::default()
+    };
+    let mut profiler = StepProfiler::new(&cfg, dir.path(), 0, Device::Cpu).unwrap();
+    let a = Tensor::randn([128, 128], (Kind::Float, Device::Cpu));
+    for step in 1..=3 {
+        profiler.before(step);
+        let t = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let data_secs = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _ = a.matmul(&a).sum(Kind::Float).double_value(&[]);
+        let compute_secs = t.elapsed().as_secs_f64();
+        let outcome = StepOutcome {
+            loss: 1.0,
+            lr: 1e-4,
+            grad_norm: 1.0,
+            tokens: 128,
+            samples: 1,
+            data_secs,
+            compute_secs,
+            optimizer_secs: 0.0,
+            forward_secs: None,
+            preference: None,
+        };
+        profiler.after(step, &outcome);
+    }
+    let summary = std::fs::read_to_string(dir.path().join("profile/summary-rank0.txt")).unwrap();
+    assert!(
+        summary.contains("hint: data loading dominates"),
+        "{summary}"
+    );
+}
