@@ -64,6 +64,10 @@ const OPTIONS: &[(&str, &str)] = &[
         "DPO sigmoid, LoRA, bf16",
         "stage: dpo\ndataset: tiny_pref\nbf16: true",
     ),
+    (
+        "DPO sigmoid, QLoRA nf4+DQ",
+        "stage: dpo\ndataset: tiny_pref\nbf16: true\nquantization_bit: 4",
+    ),
     // A reference-free loss needs no reference at all, so full fine-tuning runs.
     (
         "ORPO, full, bf16 AMP",

@@ -280,6 +280,17 @@ fn dpo_sigmoid_equals_trl() {
     });
 }
 
+/// Without layer recomputation the decoder's graph is kept from the forward pass instead.
+#[test]
+fn dpo_sigmoid_without_recomputation_equals_trl() {
+    parity(Case {
+        trl: "sigmoid",
+        ours: "pref_loss: sigmoid\ngradient_checkpointing: false",
+        batch: 2,
+        accumulation: 2,
+    });
+}
+
 #[test]
 fn dpo_hinge_equals_trl() {
     parity(Case {
