@@ -191,6 +191,7 @@ const KT: &str = "only used with `use_kt` (KTransformers), which is not availabl
 const OFT: &str = "only used by `finetuning_type: oft`, which is not implemented";
 const RLHF: &str =
     "only used by the rm, ppo and kto stages (or an option of dpo that lf-trainer does not have); lf-trainer trains `stage: sft`, `pt` and `dpo`";
+const REF_MODEL: &str = "a separate reference model is not loaded: `stage: dpo`'s reference is the base model with the LoRA adapter off (no second copy of the weights); leave it unset";
 const GALORE: &str = "only used with `use_galore`, which is not implemented";
 const APOLLO: &str = "only used with `use_apollo`, which is not implemented";
 const BADAM: &str = "only used with `use_badam`, which is not implemented";
@@ -294,9 +295,9 @@ pub const ACCEPTED: &[CompatOption] = &[
     ignored("ppo_score_norm", Finetuning, RLHF),
     ignored("ppo_target", Finetuning, RLHF),
     ignored("ppo_whiten_rewards", Finetuning, RLHF),
-    ignored("ref_model", Finetuning, RLHF),
-    ignored("ref_model_adapters", Finetuning, RLHF),
-    ignored("ref_model_quantization_bit", Finetuning, RLHF),
+    accepted("ref_model", Finetuning, &["null"], &[], "", REF_MODEL),
+    accepted("ref_model_adapters", Finetuning, &["null"], &[], "", REF_MODEL),
+    accepted("ref_model_quantization_bit", Finetuning, &["null"], &[], "", REF_MODEL),
     ignored("reward_model", Finetuning, RLHF),
     ignored("reward_model_adapters", Finetuning, RLHF),
     ignored("reward_model_quantization_bit", Finetuning, RLHF),
