@@ -319,3 +319,119 @@ impl PreferenceSums {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v)
+    }
+
+    fn loss(kind: PrefLoss) -> PreferenceLoss {
+        PreferenceLoss {
+            loss: kind,
+            beta: 0.5,
+            ftx: 0.0,
+            simpo_gamma: 0.25,
+        }
+    }
+
+    /// One pair: policy sums Sᶜ = −4, Sʳ = −6 over 2 and 3 tokens; reference −5 and −5.
+    fn one_pair(kind: PrefLoss, ftx: f64) -> (PairTerms, f64) {
+        let policy = PairLogps {
+            chosen: t(&[-4.0]),
+            rejected: t(&[-6.0]),
+        };
+        let reference = PairLogps {
+            chosen: t(&[-5.0]),
+            rejected: t(&[-5.0]),
+        };
+        let lengths = PairLengths {
+            chosen: t(&[2.0]),
+            rejected: t(&[3.0]),
+        };
+        let l = PreferenceLoss { ftx, ..loss(kind) };
+        let terms = l.terms(&policy, Some(&reference), &lengths).unwrap();
+        let value = terms.losses.double_value(&[0]);
+        (terms, value)
+    }
+
+    fn close(a: f64, b: f64) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+
+    #[test]
+    fn each_loss_is_its_formula() {
+        let sigma = |x: f64| 1.0 / (1.0 + (-x).exp());
+        // Δ = (−4 + 5) − (−6 + 5) = 2, β = 0.5.
+        close(one_pair(PrefLoss::Sigmoid, 0.0).1, -sigma(1.0).ln());
+        close(one_pair(PrefLoss::Hinge, 0.0).1, 0.0);
+        // IPO: 1/2 − (−1/3) − 1/(2β) = 5/6 − 1.
+        close(one_pair(PrefLoss::Ipo, 0.0).1, (5.0f64 / 6.0 - 1.0).powi(2));
+        // SimPO: aᶜ = −2, aʳ = −2: −log σ(β·0 − γ).
+        close(one_pair(PrefLoss::Simpo, 0.0).1, -sigma(-0.25).ln());
+        // ORPO: aᶜ = aʳ = −2, so the log-odds are 0: 2 − β·log σ(0).
+        close(one_pair(PrefLoss::Orpo, 0.0).1, 2.0 - 0.5 * sigma(0.0).ln());
+        // pref_ftx adds ftx · (−aᶜ).
+        close(
+            one_pair(PrefLoss::Sigmoid, 0.3).1,
+            -sigma(1.0).ln() + 0.3 * 2.0,
+        );
+    }
+
+    #[test]
+    fn rewards_and_metrics_follow_trl() {
+        let (terms, _) = one_pair(PrefLoss::Sigmoid, 0.0);
+        let s = terms.sums();
+        close(s.rewards_chosen, 0.5);
+        close(s.rewards_rejected, -0.5);
+        close(s.accuracies, 1.0);
+        close(s.logps_chosen, -4.0);
+        let m = s.means().unwrap();
+        close(m.rewards_margins, 1.0);
+        // The reference-free losses report β·mean log-prob and the means.
+        let (terms, _) = one_pair(PrefLoss::Simpo, 0.0);
+        let s = terms.sums();
+        close(s.rewards_chosen, -1.0);
+        close(s.logps_rejected, -2.0);
+        close(s.accuracies, 0.0);
+    }
+
+    #[test]
+    fn coefficients_are_the_loss_gradient_per_token() {
+        // Rows: chosen (tokens 0, 1), rejected (token 2); the reference gives Δ = 2.
+        let policy = TokenLogps {
+            logps: t(&[-1.0, -3.0, -6.0]),
+            rows: Tensor::from_slice(&[0i64, 0, 1]),
+        };
+        let reference = TokenLogps {
+            logps: t(&[-5.0, -5.0]),
+            rows: Tensor::from_slice(&[0i64, 1]),
+        };
+        let l = loss(PrefLoss::Sigmoid);
+        let (coef, sums) = l.coefficients(&policy, Some(&reference), 2, 0.25).unwrap();
+        // ∂(−log σ(βΔ))/∂Sᶜ = −β·σ(−βΔ); every chosen token carries it, the rejected the opposite.
+        let g = -0.5 / (1.0 + 1.0f64.exp()) * 0.25;
+        let coef: Vec<f64> = (0..3).map(|i| coef.double_value(&[i])).collect();
+        for (c, want) in coef.iter().zip([g, g, -g]) {
+            close(*c, want);
+        }
+        close(sums.pairs, 1.0);
+        assert!(l.coefficients(&policy, Some(&reference), 3, 1.0).is_err());
+    }
+
+    #[test]
+    fn a_reference_based_loss_needs_the_reference() {
+        let p = PairLogps {
+            chosen: t(&[-1.0]),
+            rejected: t(&[-2.0]),
+        };
+        let n = PairLengths {
+            chosen: t(&[1.0]),
+            rejected: t(&[1.0]),
+        };
+        assert!(loss(PrefLoss::Sigmoid).terms(&p, None, &n).is_err());
+        assert!(loss(PrefLoss::Orpo).terms(&p, None, &n).is_ok());
+    }
+}
