@@ -228,7 +228,7 @@ impl Stepper<'_> {
             Some(_) => batches.micro.iter().map(|b| b.examples as u64).sum(),
             None => batches.micro.iter().map(|b| b.label_tokens).sum(),
         };
-        let label_tokens = group.sum_scalar(local_units as f64)?;
+        let loss_units = group.sum_scalar(local_units as f64)?;
         let device_batches: Vec<(Tensor, Tensor)> = batches
             .micro
             .iter()
@@ -239,18 +239,18 @@ impl Stepper<'_> {
 
         let t_compute = Instant::now();
         let (loss_sum, forward_secs, preference) = match &self.preference {
-            _ if label_tokens == 0.0 => {
+            _ if loss_units == 0.0 => {
                 tracing::warn!("step {} has no label tokens (every response was truncated away?); skipping its update", step + 1);
                 (0.0, Some(0.0), None)
             }
             Some(loss) => {
-                let sums = preference_backward(model, &device_batches, loss, 1.0 / label_tokens)?;
+                let sums = preference_backward(model, &device_batches, loss, 1.0 / loss_units)?;
                 let sums = sum_over_ranks(group, sums)?;
                 (sums.loss, None, Some(sums))
             }
             None => {
                 let (loss_sum, forward_secs) =
-                    forward_backward(model, &device_batches, 1.0 / label_tokens)?;
+                    forward_backward(model, &device_batches, 1.0 / loss_units)?;
                 (group.sum_scalar(loss_sum)?, forward_secs, None)
             }
         };
@@ -258,8 +258,8 @@ impl Stepper<'_> {
         let compute_secs = t_compute.elapsed().as_secs_f64();
 
         let t_opt = Instant::now();
-        let loss = if label_tokens > 0.0 {
-            loss_sum / label_tokens
+        let loss = if loss_units > 0.0 {
+            loss_sum / loss_units
         } else {
             0.0
         };
@@ -274,7 +274,7 @@ impl Stepper<'_> {
         optimizer.clip_gradients(params, grad_norm, cfg.max_grad_norm)?;
         let lr = self.schedule.lr(step);
         let mut memory = None;
-        if label_tokens > 0.0 {
+        if loss_units > 0.0 {
             optimizer.step(params, lr)?;
             memory = probe.and_then(|p| {
                 p.after_step(cfg, &*model, &*optimizer, params, step + 1, ctx.device)
