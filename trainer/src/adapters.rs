@@ -90,6 +90,27 @@ impl LmTrainee {
         self.lm.lora_settings().is_some()
     }
 
+    /// The reference model's token log-probabilities for a preference `loss` that uses them:
+    /// the same weights with the LoRA adapter off, without gradients.
+    fn reference_logps(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss: &PreferenceLoss,
+    ) -> Result<Option<lf_model::TokenLogps>, TrainerError> {
+        if !loss.uses_reference() {
+            return Ok(None);
+        }
+        if !self.is_lora() {
+            return Err(TrainerError::config(
+                "the reference model of a preference loss is the base with the LoRA adapter off: train with `finetuning_type: lora`",
+            ));
+        }
+        lf_model::without_adapters(|| self.lm.token_logps(input_ids, labels))
+            .map(Some)
+            .map_err(|e| model_error("the reference pass", e))
+    }
+
     /// Every rank calls this before rank 0 (`keep`) calls [`LmTrainee::save_final`]: under ZeRO-3
     /// it gathers, unit by unit into rank 0's host memory, what the final save writes (the
     /// adapter; every weight for `full`/`freeze`). A no-op without partitioning.
@@ -163,18 +184,7 @@ impl TrainModel for LmTrainee {
                 "preference training does not run on a ZeRO-3 partitioned model yet",
             ));
         }
-        let reference = if loss.uses_reference() {
-            if !self.is_lora() {
-                return Err(TrainerError::config(
-                    "the reference model of a preference loss is the base with the LoRA adapter off: train with `finetuning_type: lora`",
-                ));
-            }
-            let r = lf_model::without_adapters(|| self.lm.token_logps(input_ids, labels))
-                .map_err(|e| model_error("the reference pass", e))?;
-            Some(r)
-        } else {
-            None
-        };
+        let reference = self.reference_logps(input_ids, labels, loss)?;
         let rows = input_ids.size().first().copied().unwrap_or(0);
         let mut sums = PreferenceSums::default();
         self.lm
@@ -188,6 +198,22 @@ impl TrainModel for LmTrainee {
             .map_err(|e| model_error("preference step", e))?;
         self.micro_batches += 1;
         Ok(sums)
+    }
+
+    fn preference_eval(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss: &PreferenceLoss,
+    ) -> Result<PreferenceSums, TrainerError> {
+        let reference = self.reference_logps(input_ids, labels, loss)?;
+        let policy = self
+            .lm
+            .token_logps(input_ids, labels)
+            .map_err(|e| model_error("evaluating the pairs", e))?;
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        loss.evaluate(&policy, reference.as_ref(), rows)
+            .map_err(TrainerError::runtime)
     }
 
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError> {

@@ -14,6 +14,7 @@ use crate::error::TrainerError;
 use crate::interfaces::{DataParallel, SingleProcess, StepOptimizer, TrainModel};
 use crate::metrics::Metrics;
 use crate::outputs::{merge_results, TrainerLog, LOSS_PLOT};
+use crate::preference::PreferenceLoss;
 use crate::resume::{resolve, Start};
 use crate::setup;
 use crate::status::{Sink, StatusReporter};
@@ -188,6 +189,7 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             data.pad_id,
             device,
             group.as_ref(),
+            PreferenceLoss::from_config(cfg).as_ref(),
         )?
     } else {
         None
@@ -310,6 +312,7 @@ pub fn run_eval(
         tok.pad_id(),
         device,
         &SingleProcess,
+        None,
     )?
     .ok_or_else(|| TrainerError::config("the evaluation examples have no label tokens"))?;
     let mut m = serde_json::Map::new();

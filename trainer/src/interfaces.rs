@@ -54,6 +54,17 @@ pub trait TrainModel {
             "this model does not train on preference pairs",
         ))
     }
+    /// [`TrainModel::preference_backward`]'s metric sums without gradients (evaluation).
+    fn preference_eval(
+        &mut self,
+        _input_ids: &Tensor,
+        _labels: &Tensor,
+        _loss: &PreferenceLoss,
+    ) -> Result<PreferenceSums, TrainerError> {
+        Err(TrainerError::config(
+            "this model does not evaluate preference pairs",
+        ))
+    }
     /// The summed token loss without gradients (evaluation).
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError>;
     /// Writes what trains (a PEFT adapter, or the trainable weights) into `dir`.

@@ -212,26 +212,8 @@ impl PreferenceLoss {
         rows: i64,
         scale: f64,
     ) -> Result<(Tensor, PreferenceSums), String> {
-        if rows % 2 != 0 {
-            return Err(format!("{rows} rows are not pairs"));
-        }
-        let pairs = rows / 2;
-        let split = |t: &Tensor| (t.narrow(0, 0, pairs), t.narrow(0, pairs, pairs));
         let logps = policy.logps.detach().set_requires_grad(true);
-        let (chosen, rejected) = split(&policy.per_row(&logps, rows));
-        let (chosen_len, rejected_len) = split(&policy.per_row(&logps.detach().ones_like(), rows));
-        let reference = reference.map(|r| {
-            let (chosen, rejected) = split(&r.per_row(&r.logps, rows));
-            PairLogps { chosen, rejected }
-        });
-        let terms = self.terms(
-            &PairLogps { chosen, rejected },
-            reference.as_ref(),
-            &PairLengths {
-                chosen: chosen_len,
-                rejected: rejected_len,
-            },
-        )?;
+        let terms = self.token_terms(&logps, policy, reference, rows)?;
         let total = terms.losses.sum(Kind::Float) * scale;
         let grads = Tensor::f_run_backward(&[total], &[&logps], false, false)
             .map_err(|e| format!("differentiating the preference loss: {e}"))?;
@@ -240,6 +222,50 @@ impl PreferenceLoss {
             .next()
             .ok_or("the preference loss gave no gradient")?;
         Ok((coefficients, terms.sums()))
+    }
+
+    /// The metric sums (the summed loss included) of a micro-batch of `rows` sequences, without
+    /// gradients (evaluation).
+    pub fn evaluate(
+        &self,
+        policy: &TokenLogps,
+        reference: Option<&TokenLogps>,
+        rows: i64,
+    ) -> Result<PreferenceSums, String> {
+        Ok(self
+            .token_terms(&policy.logps, policy, reference, rows)?
+            .sums())
+    }
+
+    /// The pairs' terms from the policy's token log-probabilities `logps` (laid out as
+    /// `policy`'s, possibly a leaf that requires grad) over `rows` sequences: the chosen
+    /// answers, then the rejected ones.
+    fn token_terms(
+        &self,
+        logps: &Tensor,
+        policy: &TokenLogps,
+        reference: Option<&TokenLogps>,
+        rows: i64,
+    ) -> Result<PairTerms, String> {
+        if rows % 2 != 0 {
+            return Err(format!("{rows} rows are not pairs"));
+        }
+        let pairs = rows / 2;
+        let split = |t: &Tensor| (t.narrow(0, 0, pairs), t.narrow(0, pairs, pairs));
+        let (chosen, rejected) = split(&policy.per_row(logps, rows));
+        let (chosen_len, rejected_len) = split(&policy.per_row(&logps.detach().ones_like(), rows));
+        let reference = reference.map(|r| {
+            let (chosen, rejected) = split(&r.per_row(&r.logps, rows));
+            PairLogps { chosen, rejected }
+        });
+        self.terms(
+            &PairLogps { chosen, rejected },
+            reference.as_ref(),
+            &PairLengths {
+                chosen: chosen_len,
+                rejected: rejected_len,
+            },
+        )
     }
 }
 

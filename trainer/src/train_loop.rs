@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lf_api::training::{EvalStrategy, TrainingConfig};
-use lf_data::{collate, eval_rounds, Batch, Example, StepPlan};
+use lf_data::{collate, collate_pairs, eval_rounds, Batch, Example, StepPlan};
 use tch::{Device, Tensor};
 
 use crate::batching::{spawn_loader, StepBatches};
@@ -134,9 +134,10 @@ fn sync(device: Device) {
     }
 }
 
-/// The loss of `examples` (mean over label tokens), without gradients and without keeping logits.
-/// The ranks share the batches ([`eval_rounds`]); a rank without a batch in the last round runs a
-/// label-free one, which adds nothing, so every rank makes the same passes.
+/// The loss of `examples` (mean over label tokens; with `preference`, the mean preference loss
+/// over the pairs), without gradients and without keeping logits. The ranks share the batches
+/// ([`eval_rounds`]); a rank without a batch in the last round runs a label-free one (or, for
+/// pairs, none), which adds nothing.
 pub fn evaluate<M: TrainModel>(
     model: &mut M,
     examples: &[Example],
@@ -144,6 +145,7 @@ pub fn evaluate<M: TrainModel>(
     pad_id: u32,
     device: Device,
     group: &dyn DataParallel,
+    preference: Option<&PreferenceLoss>,
 ) -> Result<Option<f64>, TrainerError> {
     if examples.is_empty() {
         return Ok(None);
@@ -155,6 +157,16 @@ pub fn evaluate<M: TrainModel>(
     let result = (|| {
         for rows in rounds {
             let refs: Vec<&Example> = examples[rows].iter().collect();
+            if let Some(p) = preference {
+                let batch = collate_pairs(&refs, pad_id);
+                if batch.paired {
+                    let (ids, labels) = to_device(&batch, device);
+                    let sums = model.preference_eval(&ids, &labels, p)?;
+                    loss += sums.loss;
+                    tokens += sums.pairs as u64;
+                }
+                continue;
+            }
             let batch = collate(&refs, pad_id);
             let (ids, labels) = to_device(&batch, device);
             loss += model.eval_loss_sum(&ids, &labels)?;
@@ -365,6 +377,7 @@ fn final_evaluation<M: TrainModel>(
                 data.pad_id,
                 ctx.device,
                 ctx.group,
+                PreferenceLoss::from_config(cfg).as_ref(),
             )?;
             state.last_eval_loss = e;
             Ok(e)
@@ -478,6 +491,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
                 data.pad_id,
                 ctx.device,
                 group,
+                stepper.preference.as_ref(),
             )?
         } else {
             None

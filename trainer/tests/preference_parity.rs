@@ -69,7 +69,20 @@ fn config(dir: &Path, case: &Case, run: &str, optim: &str, lr: f64, steps: u32) 
 }
 
 fn train(dir: &Path, case: &Case, run: &str, optim: &str, lr: f64, steps: u32) -> String {
-    let text = config(dir, case, run, optim, lr, steps);
+    train_with(dir, case, run, optim, lr, steps, "")
+}
+
+/// [`train`] with `extra` appended to the config.
+fn train_with(
+    dir: &Path,
+    case: &Case,
+    run: &str,
+    optim: &str,
+    lr: f64,
+    steps: u32,
+    extra: &str,
+) -> String {
+    let text = config(dir, case, run, optim, lr, steps) + extra;
     let path = dir.join(format!("{run}.yaml"));
     std::fs::write(&path, &text).unwrap();
     let out = trainer(&["train", path.to_str().unwrap()], &[]);
@@ -216,7 +229,26 @@ fn parity(case: Case) {
     }
 
     // Three SGD steps: the adapter, and every step's metrics (the rewards move after step 1).
-    train(dir, &case, "sgd3", "sgd", 1.0, 3);
+    // Evaluating on the training pairs after each step gives the loss the next step starts from.
+    let eval =
+        "eval_dataset: pref\neval_strategy: steps\neval_steps: 1\nper_device_eval_batch_size: 3\n";
+    train_with(dir, &case, "sgd3", "sgd", 1.0, 3, eval);
+    let logged = log_records(&dir.join("sgd3/ours"));
+    for step in 0..2 {
+        let (e, next) = (
+            logged[step]["eval_loss"].as_f64().unwrap(),
+            logged[step + 1]["loss"].as_f64().unwrap(),
+        );
+        println!(
+            "{loss} eval_loss after step {}: {e:.8}, step {} loss {next:.8}",
+            step + 1,
+            step + 2
+        );
+        assert!(
+            (e - next).abs() <= FIRST_STEP_TOLERANCE * next.abs(),
+            "{loss}: {e} vs {next}"
+        );
+    }
     let (ours, theirs) = (adapter(&dir.join("sgd3/ours")), adapter(&dir.join("sgd3")));
     let (d, name) = worst(&ours, &theirs);
     println!("{loss} adapter after 3 SGD steps: largest relative difference {d:.2e} ({name})");

@@ -2,7 +2,7 @@
 
 use super::config::TrainingConfig;
 use super::error::ConfigError;
-use super::options::{EvalStrategy, FinetuningType, Stage, TEMPLATES};
+use super::options::{FinetuningType, Stage, TEMPLATES};
 
 impl TrainingConfig {
     /// Checks the rules a schema cannot express. Each error names its key.
@@ -145,12 +145,6 @@ impl TrainingConfig {
             return Err(ConfigError::invalid(
                 "zero_stage",
                 "`stage: dpo` runs with ZeRO 0-2 (ZeRO-3's gathered forward is not wired into the preference step yet)",
-            ));
-        }
-        if self.eval_strategy != EvalStrategy::No || self.do_eval {
-            return Err(ConfigError::invalid(
-                "eval_strategy",
-                "`stage: dpo` does not evaluate yet: use `eval_strategy: no`",
             ));
         }
         Ok(())
