@@ -22,7 +22,13 @@ fn main() {
         .std("c++17")
         .file(manifest.join("cpp").join("profiler.cpp"))
         .include(&include)
-        .include(include.join("torch").join("csrc").join("api").join("include"))
+        .include(
+            include
+                .join("torch")
+                .join("csrc")
+                .join("api")
+                .join("include"),
+        )
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .define("GLOG_USE_GLOG_EXPORT", None)
         // libtorch's headers are not warning-clean; our own file is small and reviewed.

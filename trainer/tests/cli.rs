@@ -92,7 +92,10 @@ fn train_eval_export_chat() {
         .expect("a status line at step 2");
     let p = &first["status"]["progress"];
     assert_eq!(p["percentComplete"], 33.33, "{p}");
-    assert!(p["remaining"].as_str().is_some_and(|r| r.ends_with('s')), "{p}");
+    assert!(
+        p["remaining"].as_str().is_some_and(|r| r.ends_with('s')),
+        "{p}"
+    );
     assert!(p["estimatedCompletionTime"].as_str().is_some(), "{p}");
     assert!(
         last["status"]["checkpoints"]
