@@ -3,10 +3,13 @@
 Usage (each mode is one invocation per Rust test file):
   model_reference.py forward OUT      tiny llama/mistral/qwen2/qwen3 models (+ tied, llama3 and linear RoPE
                                       scaling, attention bias, sliding windows shorter than the sequence,
-                                      qwen3's explicit head_dim, gemma2 and gemma3 text): HF model dirs, logits of a plain and of a
+                                      qwen3's explicit head_dim, gemma2 and gemma3 text, phi3 with partial rotary,
+                                      a window, longrope below and above its original context and the legacy
+                                      `su` config): HF model dirs, logits of a plain and of a
                                       right-padded batch (with its attention mask), greedy generations
   model_reference.py peft-init OUT    base models (llama; qwen3; mistral with a window shorter than the
-                                      batch; gemma2; gemma3 text), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and perturbed
+                                      batch; gemma2; gemma3 text; phi3 with longrope, a window, the legacy
+                                      `su` config), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and perturbed
                                       magnitudes), a batch, PEFT's summed loss and grads
   model_reference.py moe OUT          tiny mixtral (window 8) and qwen3_moe models (top-k with and without
                                       norm_topk_prob, dense mlp_only_layers, decoder_sparse_step 2): logits, every
@@ -25,7 +28,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, MixtralConfig,
-                          Qwen2Config, Qwen3Config, Qwen3MoeConfig)
+                          Phi3Config, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
 
 torch.set_num_threads(1)
 
@@ -36,6 +39,8 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 # What LoRA adapts in a mixture of experts (lf-model's `all` there; PEFT 0.21 would put MLP names on
 # the fused 3-D expert parameters).
 ATTENTION = TARGETS[:4]
+# Phi-3's linears: q/k/v and gate/up are fused.
+PHI3_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
 def configs():
@@ -71,7 +76,50 @@ def configs():
                                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                        "rope_theta": 1e6},
                                                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+        # Fused qkv_proj and gate_up_proj, full rotary, default RoPE (Phi3Config's token ids lie outside
+        # the tiny vocabulary).
+        "phi3": Phi3Config(**COMMON, **PHI3_IDS),
+        # Rotates the first half of each head; every layer attends to the last 8 positions; tied head.
+        "phi3_window": Phi3Config(**COMMON, **PHI3_IDS, partial_rotary_factor=0.5, sliding_window=8,
+                                  tie_word_embeddings=True),
+        # LongRoPE past its original context of 16 (the 24-token batches use the long factors, generation
+        # crosses from short to long), three quarters of each head rotated, attention factor derived from
+        # 128 / 16.
+        "phi3_longrope": Phi3Config(**COMMON, **PHI3_IDS, partial_rotary_factor=0.75, original_max_position_embeddings=16,
+                                    rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 3.0],
+                                                  "long_factor": [1.0, 2.0, 4.5, 8.0, 16.0, 40.0]}),
+        # LongRoPE within its original context of 32 (short factors throughout, attention factor from 128 / 32),
+        # written as the legacy `su` scaling of the Hub's Phi-3 128k checkpoints (see LEGACY_CONFIGS).
+        "phi3_su": Phi3Config(**COMMON, **PHI3_IDS, original_max_position_embeddings=32,
+                              rope_scaling={"rope_type": "longrope",
+                                            "short_factor": [1.0, 1.05, 1.1, 1.2, 1.4, 1.7, 2.1, 2.6],
+                                            "long_factor": [1.0, 1.5, 2.5, 4.0, 7.0, 12.0, 20.0, 33.0]}),
     }
+
+
+PHI3_IDS = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
+# Families whose saved config.json is rewritten in the pre-transformers-5 layout the Hub's files use.
+LEGACY_CONFIGS = {"phi3_su": "su"}
+
+
+def save_legacy_config(model_dir, scaling_type):
+    """Rewrites a saved config.json as the Hub's Phi-3 files spell it: top-level rope_theta and a
+    `rope_scaling` of type `scaling_type` instead of transformers 5's rope_parameters."""
+    path = os.path.join(model_dir, "config.json")
+    with open(path) as f:
+        c = json.load(f)
+    params = c.pop("rope_parameters")
+    c["rope_theta"] = params["rope_theta"]
+    c["rope_scaling"] = {"type": scaling_type, "short_factor": params["short_factor"],
+                         "long_factor": params["long_factor"]}
+    with open(path, "w") as f:
+        json.dump(c, f, indent=2)
+
+
+def save_model(model, model_dir, name):
+    model.save_pretrained(model_dir)
+    if name in LEGACY_CONFIGS:
+        save_legacy_config(model_dir, LEGACY_CONFIGS[name])
 
 
 def build(cfg, seed):
@@ -92,7 +140,7 @@ def forward(out):
     for i, (name, cfg) in enumerate(configs().items()):
         model = build(cfg, 100 + i)
         d = os.path.join(out, name)
-        model.save_pretrained(os.path.join(d, "model"))
+        save_model(model, os.path.join(d, "model"), name)
         g = torch.Generator().manual_seed(7 + i)
         ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
         # Right padding, as lf-data batches: row 1 ends in 7 pad tokens masked out.
@@ -196,6 +244,10 @@ VARIANTS = {
     # Mixtures of experts, attention adapters; the loss includes router_aux_loss_coef × aux_loss.
     "mixtral_lora": ("mixtral", {"target_modules": ATTENTION}),
     "qwen3_moe_dora": ("qwen3_moe", {"use_dora": True, "target_modules": ATTENTION}),
+    # The 20-token batch is past phi3_longrope's original context (long factors) and phi3_window's window.
+    "phi3_lora": ("phi3_longrope", {}),
+    "phi3_dora": ("phi3_window", {"use_dora": True}),
+    "phi3_su_rslora": ("phi3_su", {"use_rslora": True}),
 }
 
 
@@ -207,13 +259,14 @@ def peft_init(out):
     from peft import LoraConfig, get_peft_model
     cfgs = {**configs(), **moe_configs()}
     for family in sorted({f for f, _ in VARIANTS.values()}):
-        build(cfgs[family], 5).save_pretrained(os.path.join(out, "base", family))
+        save_model(build(cfgs[family], 5), os.path.join(out, "base", family), family)
     ids, labels = batch(cfgs["llama"].vocab_size)
     save_file({"input_ids": ids, "labels": labels}, os.path.join(out, "batch.safetensors"))
-    for k, (variant, (_, extra)) in enumerate(VARIANTS.items()):
+    for k, (variant, (family, extra)) in enumerate(VARIANTS.items()):
         model = AutoModelForCausalLM.from_pretrained(base_dir(out, variant), dtype=torch.float32)
+        targets = PHI3_TARGETS if cfgs[family].model_type == "phi3" else TARGETS
         lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                          **{"target_modules": TARGETS, **extra})
+                          **{"target_modules": targets, **extra})
         model = get_peft_model(model, lcfg)
         g = torch.Generator().manual_seed(20 + k)
         with torch.no_grad():

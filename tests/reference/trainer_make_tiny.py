@@ -1,4 +1,4 @@
-"""Builds a tiny random Llama (or, with --family, Qwen3, Gemma 3 text, Mixtral or Qwen3-MoE) model directory and tiny
+"""Builds a tiny random Llama (or, with --family, Qwen3, Gemma 3 text, Mixtral, Qwen3-MoE or Phi-3) model directory and tiny
 alpaca data for lf-trainer's tests.
 
 Usage: trainer_make_tiny.py OUT_DIR [--layers N --hidden H --seq S --examples N]
@@ -15,7 +15,8 @@ import random
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MixtralConfig, Qwen3Config, Qwen3MoeConfig
+from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MixtralConfig, Phi3Config, Qwen3Config,
+                          Qwen3MoeConfig)
 
 WORDS = (
     "the a an cat dog bird fish tree river stone cloud sun moon star red blue green small big old new "
@@ -63,9 +64,14 @@ def make_model(out, vocab, layers, hidden, seq, family="llama"):
         "qwen3_moe": {"head_dim": hidden // heads, "num_experts": 4, "num_experts_per_tok": 2,
                       "moe_intermediate_size": hidden, "norm_topk_prob": True, "mlp_only_layers": [0],
                       "output_router_logits": True},
+        # phi3: fused qkv_proj and gate_up_proj, half of each head rotated, a window shorter than the
+        # sequences, longrope whose long factors take over past 32 positions.
+        "phi3": {"partial_rotary_factor": 0.5, "sliding_window": 16, "original_max_position_embeddings": 32,
+                 "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0 + 0.05 * i for i in range(hidden // heads // 4)],
+                                  "long_factor": [1.0 + 0.5 * i for i in range(hidden // heads // 4)]}},
     }[family]
     config_class = {"llama": LlamaConfig, "qwen3": Qwen3Config, "gemma3_text": Gemma3TextConfig,
-                    "mixtral": MixtralConfig, "qwen3_moe": Qwen3MoeConfig}[family]
+                    "mixtral": MixtralConfig, "qwen3_moe": Qwen3MoeConfig, "phi3": Phi3Config}[family]
     cfg = config_class(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -115,7 +121,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--examples", type=int, default=48)
-    ap.add_argument("--family", default="llama", choices=["llama", "qwen3", "gemma3_text", "mixtral", "qwen3_moe"])
+    ap.add_argument("--family", default="llama", choices=["llama", "qwen3", "gemma3_text", "mixtral", "qwen3_moe", "phi3"])
     args = ap.parse_args()
     model_dir = os.path.join(args.out, "model")
     data_dir = os.path.join(args.out, "data")

@@ -238,13 +238,14 @@ fn planner_predicts_the_model_state_the_trainer_holds() {
     );
 }
 
-/// The same agreement on the families with more norms per layer: qwen3 (q/k norms) and Gemma 3
-/// text (four hidden-size norms and q/k norms per layer, sliding layers shorter than the
-/// sequences), and on the mixtures of experts mixtral and qwen3_moe (every expert resident and,
-/// for QLoRA, quantised one by one; a dense router; Qwen3-MoE's first layer dense; trained with
-/// the load-balancing loss), for LoRA, QLoRA, full and freeze.
+/// The same agreement on the families with more norms per layer or other linears: qwen3 (q/k
+/// norms), Gemma 3 text (four hidden-size norms and q/k norms per layer, sliding layers shorter
+/// than the sequences) and Phi-3 (fused `qkv_proj` and `gate_up_proj`, quantised whole; partial
+/// rotary, longrope and a window), and on the mixtures of experts mixtral and qwen3_moe (every
+/// expert resident and, for QLoRA, quantised one by one; a dense router; Qwen3-MoE's first layer
+/// dense; trained with the load-balancing loss), for LoRA, QLoRA, full and freeze.
 #[test]
-fn planner_predicts_the_model_state_of_qwen3_and_gemma3() {
+fn planner_predicts_the_model_state_of_the_newer_families() {
     const FAMILY_OPTIONS: &[(&str, &str)] = &[
         ("LoRA, fp32 base, adamw", ""),
         (
@@ -258,7 +259,7 @@ fn planner_predicts_the_model_state_of_qwen3_and_gemma3() {
         ),
     ];
     let mut failures = Vec::new();
-    for family in ["qwen3", "gemma3_text", "mixtral", "qwen3_moe"] {
+    for family in ["qwen3", "gemma3_text", "phi3", "mixtral", "qwen3_moe"] {
         let a = family_assets(family);
         let model_dir = a.join("model");
         let arch = ModelArchitecture::from_json_str(

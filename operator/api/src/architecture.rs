@@ -46,10 +46,13 @@ pub enum ModelType {
     /// Qwen3-MoE: Qwen3's attention (q/k norms), sparse MLPs with top-k routing
     /// (`norm_topk_prob`), dense MLPs on `mlp_only_layers` and off the `decoder_sparse_step`.
     Qwen3Moe,
+    /// Phi-3, Phi-3.5 and Phi-4 (`Phi3ForCausalLM`): fused `qkv_proj` and `gate_up_proj`,
+    /// rotation of the first `partial_rotary_factor` of each head, `longrope` (`su`) RoPE scaling.
+    Phi3,
 }
 
 impl ModelType {
-    pub const ALL: [ModelType; 8] = [
+    pub const ALL: [ModelType; 9] = [
         ModelType::Llama,
         ModelType::Mistral,
         ModelType::Qwen2,
@@ -58,6 +61,7 @@ impl ModelType {
         ModelType::Gemma3Text,
         ModelType::Mixtral,
         ModelType::Qwen3Moe,
+        ModelType::Phi3,
     ];
 
     /// The `model_type` of `config.json`.
@@ -71,6 +75,7 @@ impl ModelType {
             ModelType::Gemma3Text => "gemma3_text",
             ModelType::Mixtral => "mixtral",
             ModelType::Qwen3Moe => "qwen3_moe",
+            ModelType::Phi3 => "phi3",
         }
     }
 
@@ -95,7 +100,7 @@ impl ModelType {
     }
 }
 
-/// RoPE scaling as in `config.json` (Llama 3.1's `llama3` type, or `linear`).
+/// RoPE scaling as in `config.json` (Llama 3.1's `llama3` type, `linear`, or Phi-3's `longrope`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RopeScaling {
     #[serde(alias = "type")]
@@ -108,6 +113,33 @@ pub struct RopeScaling {
     pub high_freq_factor: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_max_position_embeddings: Option<u64>,
+    /// `longrope`: the per-frequency divisors of sequences up to `original_max_position_embeddings`
+    /// (one per rotated pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_factor: Option<Vec<f64>>,
+    /// `longrope`: the per-frequency divisors of longer sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub long_factor: Option<Vec<f64>>,
+    /// `longrope`: the factor cos and sin are multiplied by (default
+    /// `√(1 + ln(factor) / ln(original_max_position_embeddings))`, 1 when `factor ≤ 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_factor: Option<f64>,
+}
+
+impl RopeScaling {
+    /// The factor `longrope` multiplies cos and sin by, as transformers'
+    /// `_compute_longrope_parameters` sets it.
+    pub fn longrope_attention_factor(&self) -> f64 {
+        if let Some(a) = self.attention_factor {
+            return a;
+        }
+        let original = self.original_max_position_embeddings.unwrap_or(4096) as f64;
+        if self.factor <= 1.0 {
+            1.0
+        } else {
+            (1.0 + self.factor.ln() / original.ln()).sqrt()
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -160,6 +192,10 @@ pub struct ModelArchitecture {
     /// The mixture-of-experts keys (Mixtral, Qwen3-MoE; empty for dense families).
     #[serde(flatten)]
     pub moe: MoeKeys,
+    /// Phi-3: the fraction of each head's dimensions RoPE rotates (the first
+    /// `head_dim · factor`; the rest pass through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "dtype")]
     pub torch_dtype: Option<String>,
     /// A token id, or a list of them.
@@ -294,6 +330,36 @@ impl ModelArchitecture {
                 self.kv_heads()
             ));
         }
+        if let Some(f) = self.partial_rotary_factor {
+            if !(f > 0.0 && f <= 1.0) || self.rotary_dim() < 2 {
+                return fail(format!(
+                    "partial_rotary_factor {f} must be in (0, 1] and rotate at least 2 of the head's {} dimensions",
+                    self.head_dim()
+                ));
+            }
+        }
+        if let Some(s) = self
+            .rope_scaling
+            .as_ref()
+            .filter(|s| s.rope_type == "longrope")
+        {
+            let pairs = self.rotary_dim().div_ceil(2) as usize;
+            for (key, factors) in [
+                ("short_factor", &s.short_factor),
+                ("long_factor", &s.long_factor),
+            ] {
+                match factors {
+                    Some(f) if f.len() == pairs => {}
+                    Some(f) => {
+                        return fail(format!(
+                            "rope_scaling.{key} has {} entries; longrope needs one per rotated pair ({pairs})",
+                            f.len()
+                        ))
+                    }
+                    None => return fail(format!("rope_scaling of type longrope needs `{key}`")),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -310,9 +376,28 @@ impl ModelArchitecture {
         })
     }
 
+    /// The dimensions of each head RoPE rotates: the first `head_dim · partial_rotary_factor`
+    /// (truncated, as transformers' `int(...)`) for Phi-3, the whole head otherwise.
+    pub fn rotary_dim(&self) -> u64 {
+        match self.partial_rotary_factor {
+            Some(f) if self.model_type == ModelType::Phi3 => (self.head_dim() as f64 * f) as u64,
+            _ => self.head_dim(),
+        }
+    }
+
+    /// The linears of a decoder layer, in checkpoint order: Phi-3's fused four
+    /// ([`LinearModule::FUSED`]) or the Llama layout's seven ([`LinearModule::ALL`]).
+    pub fn linear_modules(&self) -> &'static [LinearModule] {
+        if self.model_type == ModelType::Phi3 {
+            &LinearModule::FUSED
+        } else {
+            &LinearModule::ALL
+        }
+    }
+
     /// Whether the checkpoint has a bias for `module`, as transformers builds each family: Llama,
     /// Qwen3 and Gemma put one on q/k/v/o when `attention_bias` is set, Qwen2 always on q/k/v
-    /// (never o), Mistral never (its modelling code ignores `attention_bias`).
+    /// (never o), Mistral and Phi-3 never (their modelling code ignores `attention_bias`).
     pub fn linear_has_bias(&self, module: LinearModule) -> bool {
         match self.model_type {
             ModelType::Llama
@@ -324,7 +409,7 @@ impl ModelArchitecture {
                 module,
                 LinearModule::QProj | LinearModule::KProj | LinearModule::VProj
             ),
-            ModelType::Mistral | ModelType::Mixtral => false,
+            ModelType::Mistral | ModelType::Mixtral | ModelType::Phi3 => false,
         }
     }
 
@@ -441,7 +526,8 @@ impl ModelArchitecture {
             .then(|| (self.hidden_size as f64).sqrt())
     }
 
-    /// `(in_features, out_features)` of a decoder linear.
+    /// `(in_features, out_features)` of a decoder linear (Phi-3's fused ones: q, k and v rows
+    /// stacked; gate rows then up rows).
     pub fn linear_shape(&self, module: LinearModule) -> (u64, u64) {
         use LinearModule::*;
         let h = self.hidden_size;
@@ -454,7 +540,59 @@ impl ModelArchitecture {
             OProj => (q, h),
             GateProj | UpProj => (h, i),
             DownProj => (i, h),
+            QkvProj => (h, q + 2 * kv),
+            GateUpProj => (h, 2 * i),
         }
+    }
+
+    /// The linears `lora_target` names on this model: `all` is every linear of
+    /// [`ModelArchitecture::linear_modules`]; otherwise a comma-separated list of them (in the
+    /// order given, repeats dropped). A name of the other layout is an error naming the modules to use instead
+    /// (LLaMA-Factory hands the names to PEFT, which stops with "Target modules ... not found in
+    /// the base model").
+    pub fn lora_targets(&self, lora_target: &str) -> Result<Vec<LinearModule>, String> {
+        let mine = self.linear_modules();
+        let raw = lora_target.trim();
+        if raw == "all" {
+            return Ok(mine.to_vec());
+        }
+        let list = |ms: &[LinearModule]| ms.iter().map(|m| m.name()).collect::<Vec<_>>().join(",");
+        let mut wanted = Vec::new();
+        for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let module = LinearModule::from_name(name).ok_or_else(|| {
+                format!(
+                    "`{name}` is not a decoder linear; use `all` or names from {}",
+                    list(mine)
+                )
+            })?;
+            if !mine.contains(&module) {
+                let fused = match module {
+                    LinearModule::QProj | LinearModule::KProj | LinearModule::VProj => {
+                        Some(LinearModule::QkvProj)
+                    }
+                    LinearModule::GateProj | LinearModule::UpProj => Some(LinearModule::GateUpProj),
+                    _ => None,
+                };
+                let why = match (self.model_type, fused) {
+                    (ModelType::Phi3, Some(f)) => format!(
+                        "phi3 fuses q_proj, k_proj and v_proj into qkv_proj and gate_proj, up_proj into gate_up_proj: use `{}`",
+                        f.name()
+                    ),
+                    _ => format!("{} models have no `{name}`", self.model_type.name()),
+                };
+                return Err(format!(
+                    "`{name}` is not a linear of this model ({why}); use `all` or names from {}",
+                    list(mine)
+                ));
+            }
+            if !wanted.contains(&module) {
+                wanted.push(module);
+            }
+        }
+        if wanted.is_empty() {
+            return Err("names no module".into());
+        }
+        Ok(wanted)
     }
 }
 
@@ -475,6 +613,9 @@ pub fn normalise_config(raw: serde_json::Value) -> serde_json::Value {
         // alias); a file with both keeps the second, which transformers reads.
         if obj.contains_key("num_local_experts") {
             obj.remove("num_experts");
+        }
+        if family == Some(ModelType::Phi3) {
+            normalise_phi3_rope(obj);
         }
     }
     raw
@@ -508,12 +649,60 @@ fn family_defaults(family: ModelType) -> Vec<(&'static str, serde_json::Value)> 
             ]);
             d
         }
+        ModelType::Phi3 => vec![
+            ("rms_norm_eps", json!(1e-5)),
+            ("max_position_embeddings", json!(4096)),
+            ("original_max_position_embeddings", json!(4096)),
+        ],
         _ => Vec::new(),
     }
 }
 
+/// Phi-3's RoPE keys as `Phi3Config` reads them: the legacy scaling types `su` and `yarn` are
+/// `longrope`; a `longrope` scaling's `original_max_position_embeddings` is always the top-level
+/// key (4096 by default), and its `factor`, when absent, `max_position_embeddings /
+/// original_max_position_embeddings` (what `_compute_longrope_parameters` derives the attention
+/// factor from).
+fn normalise_phi3_rope(obj: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::json;
+    let original = obj
+        .get("original_max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(4096);
+    let max_positions = obj
+        .get("max_position_embeddings")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(4096);
+    let Some(scaling) = obj.get_mut("rope_scaling").and_then(|s| s.as_object_mut()) else {
+        return;
+    };
+    let kind = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default")
+        .to_string();
+    let kind = if matches!(kind.as_str(), "su" | "yarn") {
+        "longrope".to_string()
+    } else {
+        kind
+    };
+    scaling.remove("type");
+    scaling.insert("rope_type".into(), json!(kind));
+    if kind == "longrope" {
+        scaling.insert("original_max_position_embeddings".into(), json!(original));
+        if scaling.get("factor").is_none_or(|f| f.is_null()) {
+            scaling.insert(
+                "factor".into(),
+                json!(max_positions as f64 / original as f64),
+            );
+        }
+    }
+}
+
 /// transformers 5 writes `rope_parameters: {rope_theta, rope_type, ...}` instead of `rope_theta` and
-/// `rope_scaling`; fold it back into the classic keys (the classic keys win when both exist).
+/// `rope_scaling` (and Phi-3's `partial_rotary_factor`); fold it back into the classic keys (the
+/// classic keys win when both exist).
 /// Gemma 3 keeps one set per layer type (`{full_attention: {...}, sliding_attention: {...}}`):
 /// the full layers' become `rope_theta`/`rope_scaling`, the sliding layers' base
 /// `rope_local_base_freq`.
@@ -543,9 +732,11 @@ fn normalise_transformers_v5(mut raw: serde_json::Value) -> serde_json::Value {
     else {
         return raw;
     };
-    if !obj.contains_key("rope_theta") {
-        if let Some(theta) = params.get("rope_theta") {
-            obj.insert("rope_theta".into(), theta.clone());
+    for key in ["rope_theta", "partial_rotary_factor"] {
+        if !obj.contains_key(key) {
+            if let Some(value) = params.get(key) {
+                obj.insert(key.into(), value.clone());
+            }
         }
     }
     let rope_type = params
@@ -555,6 +746,7 @@ fn normalise_transformers_v5(mut raw: serde_json::Value) -> serde_json::Value {
     if rope_type != "default" && obj.get("rope_scaling").is_none_or(|v| v.is_null()) {
         let mut scaling = params.clone();
         scaling.remove("rope_theta");
+        scaling.remove("partial_rotary_factor");
         obj.insert("rope_scaling".into(), serde_json::Value::Object(scaling));
     }
     raw
@@ -573,9 +765,15 @@ pub enum LinearModule {
     GateProj,
     UpProj,
     DownProj,
+    /// Phi-3's fused query/key/value projection (`self_attn.qkv_proj`).
+    QkvProj,
+    /// Phi-3's fused gate/up projection (`mlp.gate_up_proj`).
+    GateUpProj,
 }
 
 impl LinearModule {
+    /// The seven linears of the Llama layout (every family but Phi-3; a model's own list is
+    /// [`ModelArchitecture::linear_modules`]).
     pub const ALL: [LinearModule; 7] = [
         LinearModule::QProj,
         LinearModule::KProj,
@@ -583,6 +781,14 @@ impl LinearModule {
         LinearModule::OProj,
         LinearModule::GateProj,
         LinearModule::UpProj,
+        LinearModule::DownProj,
+    ];
+
+    /// Phi-3's four linears.
+    pub const FUSED: [LinearModule; 4] = [
+        LinearModule::QkvProj,
+        LinearModule::OProj,
+        LinearModule::GateUpProj,
         LinearModule::DownProj,
     ];
 
@@ -596,6 +802,8 @@ impl LinearModule {
             LinearModule::GateProj => "gate_proj",
             LinearModule::UpProj => "up_proj",
             LinearModule::DownProj => "down_proj",
+            LinearModule::QkvProj => "qkv_proj",
+            LinearModule::GateUpProj => "gate_up_proj",
         }
     }
 
@@ -605,13 +813,21 @@ impl LinearModule {
             LinearModule::QProj
             | LinearModule::KProj
             | LinearModule::VProj
-            | LinearModule::OProj => "self_attn",
-            _ => "mlp",
+            | LinearModule::OProj
+            | LinearModule::QkvProj => "self_attn",
+            LinearModule::GateProj
+            | LinearModule::UpProj
+            | LinearModule::DownProj
+            | LinearModule::GateUpProj => "mlp",
         }
     }
 
+    /// The module a Hugging Face name denotes, in either layout.
     pub fn from_name(name: &str) -> Option<LinearModule> {
-        LinearModule::ALL.into_iter().find(|m| m.name() == name)
+        LinearModule::ALL
+            .into_iter()
+            .chain([LinearModule::QkvProj, LinearModule::GateUpProj])
+            .find(|m| m.name() == name)
     }
 }
 
@@ -684,6 +900,72 @@ mod tests {
             Some(ModelType::Gemma3Text)
         );
         assert_eq!(ModelType::Gemma3Text.name(), "gemma3_text");
+    }
+
+    #[test]
+    fn reads_phi3_longrope_in_both_spellings() {
+        let factors = |n: usize, x: f64| serde_json::json!(vec![x; n]);
+        // The Hub's layout: `su` scaling, top-level original context (which wins over the one in
+        // rope_scaling, as in Phi3Config), no factor: it is max / original.
+        let legacy = serde_json::json!({"model_type": "phi3", "vocab_size": 32064, "hidden_size": 3072,
+            "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "rope_scaling": {"type": "su", "short_factor": factors(48, 1.0), "long_factor": factors(48, 2.0),
+                             "original_max_position_embeddings": 999}});
+        let a = ModelArchitecture::from_json_str(&legacy.to_string()).unwrap();
+        let s = a.rope_scaling.as_ref().unwrap();
+        assert_eq!(s.rope_type, "longrope");
+        assert_eq!(
+            (s.factor, s.original_max_position_embeddings),
+            (32.0, Some(4096))
+        );
+        let want = (1.0 + 32f64.ln() / 4096f64.ln()).sqrt();
+        assert!((s.longrope_attention_factor() - want).abs() < 1e-15);
+        assert_eq!((a.rms_norm_eps, a.rotary_dim()), (1e-5, 96));
+        assert_eq!(a.linear_modules(), &LinearModule::FUSED);
+        assert_eq!(a.linear_shape(LinearModule::QkvProj), (3072, 9216));
+        assert_eq!(a.linear_shape(LinearModule::GateUpProj), (3072, 16384));
+        // transformers 5's layout: rope_parameters with the partial rotary factor inside.
+        let v5 = serde_json::json!({"model_type": "phi3", "vocab_size": 200064, "hidden_size": 3072,
+            "intermediate_size": 8192, "num_hidden_layers": 32, "num_attention_heads": 24,
+            "num_key_value_heads": 8, "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "longrope", "type": "longrope", "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.75, "short_factor": factors(48, 1.0), "long_factor": factors(48, 3.0),
+                "original_max_position_embeddings": 4096}});
+        let a = ModelArchitecture::from_json_str(&v5.to_string()).unwrap();
+        assert_eq!((a.head_dim(), a.rotary_dim()), (128, 96));
+        assert_eq!(a.partial_rotary_factor, Some(0.75));
+        // One factor per rotated pair.
+        let mut bad = v5.clone();
+        bad["rope_parameters"]["short_factor"] = factors(64, 1.0);
+        let err = ModelArchitecture::from_json_str(&bad.to_string()).unwrap_err();
+        assert!(err.to_string().contains("short_factor"), "{err}");
+    }
+
+    #[test]
+    fn lora_targets_follow_each_layout() {
+        let phi3 = ModelArchitecture::from_json_str(
+            r#"{"model_type":"phi3","vocab_size":96,"hidden_size":64,"intermediate_size":112,
+            "num_hidden_layers":2,"num_attention_heads":4}"#,
+        )
+        .unwrap();
+        assert_eq!(phi3.lora_targets("all").unwrap(), LinearModule::FUSED);
+        assert_eq!(
+            phi3.lora_targets("gate_up_proj, qkv_proj").unwrap(),
+            [LinearModule::GateUpProj, LinearModule::QkvProj]
+        );
+        let err = phi3.lora_targets("q_proj,v_proj").unwrap_err();
+        assert!(err.contains("qkv_proj") && err.contains("fuses"), "{err}");
+        let err = phi3.lora_targets("up_proj").unwrap_err();
+        assert!(err.contains("`gate_up_proj`"), "{err}");
+        let llama = ModelArchitecture::from_json_str(
+            r#"{"model_type":"llama","vocab_size":96,"hidden_size":64,"intermediate_size":112,
+            "num_hidden_layers":2,"num_attention_heads":4}"#,
+        )
+        .unwrap();
+        assert_eq!(llama.lora_targets("all").unwrap(), LinearModule::ALL);
+        let err = llama.lora_targets("qkv_proj").unwrap_err();
+        assert!(err.contains("llama models have no `qkv_proj`"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //!   fp32 input and rstd `2·(4h + 4)`; the q/k/v input `c·h`; Q, K, V after RoPE
 //!   `c·(a·d + 2·a_kv·d)`; the attention output `c·a·d` (+ log-sum-exp); the MLP input `c·h`; SwiGLU
 //!   gate, up, SiLU and product `4·c·i`. In bf16 that is ≈ `16·h + 4·a_kv·d + 8·i` (planner-notes
-//!   A.6). Qwen3's and Gemma 3's per-head q/k RMSNorms add their fp32 inputs and rstd,
+//!   A.6). Phi-3's fused `qkv_proj` and `gate_up_proj` save the same: RoPE copies the queries and
+//!   keys out of the fused output and the values are copied out (so nothing keeps the whole
+//!   fused output alive); the gate and up halves are the SwiGLU's two inputs. Qwen3's and
+//!   Gemma 3's per-head q/k RMSNorms add their fp32 inputs and rstd,
 //!   `4·(a·d + a_kv·d) + 4·(a + a_kv)`; Gemma's two extra norms (after attention, after the
 //!   MLP) `2·(4h + 4)`.
 //! - **Gemma 2 soft-caps attention scores**, which only the eager path computes: its layers

@@ -64,6 +64,12 @@ impl PlannerInput {
         spec.training
             .validate()
             .map_err(|e| invalid("spec.training", e.to_string()))?;
+        if spec.training.finetuning_type == lf_api::training::FinetuningType::Lora {
+            // The names must be the model's own (Phi-3 fuses q/k/v and gate/up).
+            spec.training
+                .lora_targets_for(&arch)
+                .map_err(|e| invalid("spec.training", e.to_string()))?;
+        }
         let r = &spec.resources;
         if !(r.gpu_memory_gib.is_finite() && r.gpu_memory_gib >= 1.0) {
             return Err(invalid(

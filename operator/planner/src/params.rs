@@ -1,11 +1,13 @@
 //! Exact parameter counts of a Llama-family decoder and of what a fine-tuning method trains.
 //!
 //! The counts equal what Hugging Face `transformers` (`LlamaForCausalLM`, `MistralForCausalLM`,
-//! `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `MixtralForCausalLM`, `Qwen3MoeForCausalLM`) and `peft`
+//! `Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `Gemma2ForCausalLM`, `Gemma3ForCausalLM`,
+//! `Phi3ForCausalLM`, `MixtralForCausalLM`, `Qwen3MoeForCausalLM`) and `peft`
 //! report for the same config: every expert of a sparse MLP plus its router, tied embeddings once,
 //! qwen2 (and `attention_bias: true`) adds a bias to q, k and v (and o for llama/qwen3), qwen3 a
-//! per-head q and k RMSNorm, LoRA adds `r·(d_in + d_out)` per
-//! adapted linear and DoRA a magnitude vector of `d_out` on top. `tests/reference/planner_param_counts.py`
+//! per-head q and k RMSNorm, Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`
+//! (the same weights in two linears fewer, so LoRA on them adds fewer parameters), LoRA adds
+//! `r·(d_in + d_out)` per adapted linear and DoRA a magnitude vector of `d_out` on top. `tests/reference/planner_param_counts.py`
 //! checks them against the real libraries.
 
 use lf_api::training::{FinetuningType, LinearModule, TrainingConfig};
@@ -17,7 +19,8 @@ pub type Shape = (u64, u64);
 /// Parameters of one decoder layer, by kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerParams {
-    /// The linears (q, k, v, o, then gate, up, down, or every expert's), weights only.
+    /// The linears (q, k, v, o, then gate, up, down, or every expert's; Phi-3's qkv, o,
+    /// gate_up, down), weights only.
     pub linears: u64,
     /// A sparse MLP's router (`[experts, hidden]`; never quantised).
     pub router: u64,
@@ -39,8 +42,10 @@ impl LayerParams {
 /// (`I` = [`ModelArchitecture::expert_intermediate_size`]). The router is [`router_shape`].
 pub fn linear_shapes_at(arch: &ModelArchitecture, i: u64) -> Vec<Shape> {
     let sparse = arch.is_sparse_layer(i);
-    let mut out: Vec<Shape> = LinearModule::ALL
-        .into_iter()
+    let mut out: Vec<Shape> = arch
+        .linear_modules()
+        .iter()
+        .copied()
         .filter(|m| !sparse || m.parent() == "self_attn")
         .map(|m| {
             let (din, dout) = arch.linear_shape(m);
@@ -89,8 +94,9 @@ pub fn layer_params(arch: &ModelArchitecture) -> LayerParams {
 /// ([`ModelArchitecture::linear_has_bias`]): qwen2 has q, k and v biases; llama and qwen3 with
 /// `attention_bias: true` have q, k, v and o biases; mistral has none.
 pub fn attention_bias_shapes(arch: &ModelArchitecture) -> Vec<Shape> {
-    LinearModule::ALL
-        .into_iter()
+    arch.linear_modules()
+        .iter()
+        .copied()
         .filter(|m| arch.linear_has_bias(*m))
         .map(|m| (arch.linear_shape(m).1, 1))
         .collect()
@@ -137,9 +143,11 @@ pub fn freeze_trainable_layers(arch: &ModelArchitecture, training: &TrainingConf
     (training.freeze_trainable_layers as u64).min(arch.num_hidden_layers)
 }
 
-/// The linears LoRA adapts in `arch` ([`TrainingConfig::lora_targets_for`]: a mixture of
-/// experts adapts its attention only). An invalid `lora_target` adapts nothing here;
-/// `TrainingConfig::validate` (run when the config is parsed) reports it.
+/// The linears LoRA adapts in `arch` ([`TrainingConfig::lora_targets_for`]: `all` is every
+/// linear of the model's layout, Phi-3's fused ones included; a mixture of experts adapts its
+/// attention only). An invalid `lora_target` adapts nothing here; `TrainingConfig::validate` (run
+/// when the config is parsed) and [`crate::PlannerInput::from_job`] (against the architecture)
+/// report it.
 pub fn lora_targets(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<LinearModule> {
     training.lora_targets_for(arch).unwrap_or_default()
 }
@@ -305,6 +313,28 @@ mod tests {
         ] {
             assert_eq!(model_params(&preset(name).unwrap()), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn published_phi_sizes() {
+        // transformers' counts for the Hub's config.json (model cards: 3.8B, 14B, 14.7B, 3.8B).
+        for (name, expected) in [
+            ("microsoft/Phi-3-mini-4k-instruct", 3_821_079_552u64),
+            ("microsoft/Phi-3.5-mini-instruct", 3_821_079_552),
+            ("microsoft/Phi-3-medium-128k-instruct", 13_960_238_080),
+            ("microsoft/phi-4", 14_659_507_200),
+            ("microsoft/Phi-4-mini-instruct", 3_836_021_760),
+        ] {
+            assert_eq!(model_params(&preset(name).unwrap()), expected, "{name}");
+        }
+        // LoRA on the fused linears: r·(h + q + 2kv) + r·(q + h) + r·(h + 2i) + r·(i + h) per layer.
+        let phi3 = preset("Phi-3-mini-4k-instruct").unwrap();
+        let lora = TrainingConfig {
+            lora_rank: 16,
+            ..Default::default()
+        };
+        let per_layer = 16 * ((3072 + 9216) + (3072 + 3072) + (3072 + 16384) + (8192 + 3072));
+        assert_eq!(trainable_params(&phi3, &lora), 32 * per_layer);
     }
 
     #[test]

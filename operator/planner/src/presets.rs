@@ -25,6 +25,8 @@ struct Shape {
     llama3_rope_factor: Option<f64>,
     /// Gemma's keys (none for the other families).
     gemma: Option<GemmaKeys>,
+    /// Phi-3's `partial_rotary_factor` (Phi-4-mini).
+    partial_rotary: Option<f64>,
     /// The mixture-of-experts keys (none for dense families).
     experts: Option<ExpertKeys>,
 }
@@ -71,6 +73,9 @@ impl Shape {
                     low_freq_factor: Some(1.0),
                     high_freq_factor: Some(4.0),
                     original_max_position_embeddings: Some(8192),
+                    short_factor: None,
+                    long_factor: None,
+                    attention_factor: None,
                 })
                 .or_else(|| {
                     let (_, factor) = self.gemma.as_ref()?.local_theta_and_linear_factor?;
@@ -80,6 +85,9 @@ impl Shape {
                         low_freq_factor: None,
                         high_freq_factor: None,
                         original_max_position_embeddings: None,
+                        short_factor: None,
+                        long_factor: None,
+                        attention_factor: None,
                     })
                 }),
             tie_word_embeddings: self.tied,
@@ -104,6 +112,7 @@ impl Shape {
                     ..MoeKeys::default()
                 })
                 .unwrap_or_default(),
+            partial_rotary_factor: self.partial_rotary,
             torch_dtype: Some("bfloat16".into()),
             bos_token_id: None,
             eos_token_id: None,
@@ -138,6 +147,7 @@ const fn llama(
         llama3_rope_factor: None,
         gemma: None,
         experts: None,
+        partial_rotary: None,
     }
 }
 
@@ -168,6 +178,7 @@ const fn qwen2(
         llama3_rope_factor: None,
         gemma: None,
         experts: None,
+        partial_rotary: None,
     }
 }
 
@@ -210,6 +221,7 @@ const fn gemma2(
             local_theta_and_linear_factor: None,
         }),
         experts: None,
+        partial_rotary: None,
     }
 }
 
@@ -245,7 +257,45 @@ const fn gemma3(
             local_theta_and_linear_factor: Some((10_000.0, 8.0)),
         }),
         experts: None,
+        partial_rotary: None,
     }
+}
+
+/// A Phi-3 / Phi-4 (`Phi3ForCausalLM`): fused `qkv_proj` and `gate_up_proj`, RMSNorm ε 1e-5,
+/// untied head. The 128k-context variants' `longrope` factor lists are left out: they change no
+/// count and no byte.
+#[allow(clippy::too_many_arguments)]
+const fn phi3(
+    vocab: u64,
+    hidden: u64,
+    intermediate: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+    max_positions: u64,
+    theta: f64,
+) -> Shape {
+    let mut s = llama(
+        vocab,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        max_positions,
+        theta,
+    );
+    s.model_type = ModelType::Phi3;
+    s
+}
+
+/// Phi-4-mini: 24 heads of 128 over a 3072 hidden size, three quarters of each rotated, a
+/// 200 064-token vocabulary tied to the head.
+const fn phi4_mini() -> Shape {
+    let mut s = phi3(200_064, 3072, 8192, 32, 24, 8, 131_072, 10_000.0);
+    s.tied = true;
+    s.partial_rotary = Some(0.75);
+    s
 }
 
 const fn with_llama3_rope(mut s: Shape, factor: f64, head_dim: Option<u64>, tied: bool) -> Shape {
@@ -469,6 +519,30 @@ const PRESETS: &[(&[&str], Shape)] = &[
         &["google/gemma-3-27b-pt", "google/gemma-3-27b-it"],
         gemma3(5376, 21504, 62, 32, 16, 128, 168.0),
     ),
+    (
+        &["microsoft/Phi-3-mini-4k-instruct"],
+        phi3(32064, 3072, 8192, 32, 32, 32, 4096, 10_000.0),
+    ),
+    (
+        &[
+            "microsoft/Phi-3-mini-128k-instruct",
+            "microsoft/Phi-3.5-mini-instruct",
+        ],
+        phi3(32064, 3072, 8192, 32, 32, 32, 131_072, 10_000.0),
+    ),
+    (
+        &["microsoft/Phi-3-medium-4k-instruct"],
+        phi3(32064, 5120, 17920, 40, 40, 10, 4096, 10_000.0),
+    ),
+    (
+        &["microsoft/Phi-3-medium-128k-instruct"],
+        phi3(32064, 5120, 17920, 40, 40, 10, 131_072, 10_000.0),
+    ),
+    (
+        &["microsoft/phi-4"],
+        phi3(100_352, 5120, 17920, 40, 40, 10, 16_384, 250_000.0),
+    ),
+    (&["microsoft/Phi-4-mini-instruct"], phi4_mini()),
 ];
 
 /// The built-in architecture for a Hugging Face model id (case-insensitive; the organisation

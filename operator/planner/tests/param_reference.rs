@@ -1,6 +1,6 @@
 //! Parameter counts equal what Hugging Face `transformers` + `peft` count: runs
 //! `tests/reference/planner_param_counts.py`, which builds each model on the `meta` device (tiny and
-//! real-size llama, mistral, qwen2, qwen3, gemma2, gemma3 text, tied and untied) and applies LoRA / DoRA / freeze / full exactly
+//! real-size llama, mistral, qwen2, qwen3, gemma2, gemma3 text, phi3, tied and untied) and applies LoRA / DoRA / freeze / full exactly
 //! as PEFT and LLaMA-Factory do. Needs the Python reference stack (`LF_PYTHON`, default
 //! `<repo>/.venv/bin/python`); fails when it is missing.
 
@@ -51,6 +51,7 @@ fn tiny(model_type: ModelType, tied: bool, kv: u64, head_dim: Option<u64>) -> Mo
         final_logit_softcapping: None,
         rope_local_base_freq: None,
         moe: Default::default(),
+        partial_rotary_factor: None,
         torch_dtype: None,
         bos_token_id: None,
         eos_token_id: None,
@@ -74,6 +75,10 @@ fn config_json(a: &ModelArchitecture) -> Value {
     }
     if let (Some(c), Value::Object(moe)) = (c.as_object_mut(), json!(a.moe)) {
         c.extend(moe);
+    }
+    if a.model_type == ModelType::Phi3 {
+        // Phi3Config's default pad id (32000) is outside the tiny vocabularies.
+        c["pad_token_id"] = Value::Null;
     }
     c
 }
@@ -301,6 +306,61 @@ fn counts_equal_transformers_and_peft() {
             "gemma-3-27b full",
             real("google/gemma-3-27b-pt"),
             "finetuning_type: full",
+        ),
+        case(
+            "tiny-phi3 full",
+            tiny(ModelType::Phi3, false, 2, None),
+            "finetuning_type: full",
+        ),
+        case(
+            "tiny-phi3 tied lora all r4",
+            tiny(ModelType::Phi3, true, 2, None),
+            "lora_rank: 4",
+        ),
+        case(
+            "tiny-phi3 dora qkv,gate_up",
+            tiny(ModelType::Phi3, false, 1, Some(24)),
+            "lora_rank: 4\nuse_dora: true\nlora_target: qkv_proj,gate_up_proj",
+        ),
+        case(
+            "tiny-phi3 freeze 1",
+            tiny(ModelType::Phi3, false, 4, None),
+            "finetuning_type: freeze\nfreeze_trainable_layers: 1",
+        ),
+        case(
+            "phi-3-mini-4k lora all r16",
+            real("microsoft/Phi-3-mini-4k-instruct"),
+            "lora_rank: 16",
+        ),
+        case(
+            "phi-3-mini-128k full",
+            real("microsoft/Phi-3-mini-128k-instruct"),
+            "finetuning_type: full",
+        ),
+        case(
+            "phi-3-medium-4k lora qkv,o r8",
+            real("microsoft/Phi-3-medium-4k-instruct"),
+            "lora_rank: 8\nlora_target: qkv_proj,o_proj",
+        ),
+        case(
+            "phi-3-medium-128k dora all r16",
+            real("microsoft/Phi-3-medium-128k-instruct"),
+            "lora_rank: 16\nuse_dora: true",
+        ),
+        case(
+            "phi-4 lora all r16",
+            real("microsoft/phi-4"),
+            "lora_rank: 16",
+        ),
+        case(
+            "phi-4 full",
+            real("microsoft/phi-4"),
+            "finetuning_type: full",
+        ),
+        case(
+            "phi-4-mini tied lora all r8",
+            real("microsoft/Phi-4-mini-instruct"),
+            "lora_rank: 8",
         ),
         case(
             "llama-2-7b lora q,v r8",

@@ -303,3 +303,23 @@ fn a_deepspeed_object_in_spec_training_fixes_stage_and_offload() {
         "{err}"
     );
 }
+
+/// LLaMA-Factory-style `lora_target: q_proj,v_proj` on a Phi-3 (whose q/k/v are one fused
+/// `qkv_proj`) is refused by name, as PEFT would refuse it; the fused names plan.
+#[test]
+fn phi3_lora_targets_are_its_fused_linears() {
+    let with_targets = |targets: &str| {
+        let text = format!(
+            "apiVersion: lf-operator.io/v1alpha1\nkind: FineTuneJob\nmetadata: {{name: t}}\nspec:\n  model:\n    name: microsoft/Phi-3-mini-4k-instruct\n  data: {{source: {{claimName: d}}}}\n  output: {{claimName: o}}\n  resources: {{gpuMemoryGib: 24}}\n  training: {{bf16: true, lora_target: \"{targets}\"}}\n"
+        );
+        PlannerInput::from_job(&FineTuneJob::from_yaml_str(&text).unwrap())
+    };
+    let err = with_targets("q_proj,v_proj").unwrap_err().to_string();
+    assert!(
+        err.contains("lora_target") && err.contains("qkv_proj") && err.contains("fuses"),
+        "{err}"
+    );
+    let i = with_targets("qkv_proj,o_proj").unwrap();
+    let plan = search(&i).chosen.expect("Phi-3-mini LoRA fits 24 GiB");
+    assert!(plan.gpus >= 1);
+}

@@ -264,8 +264,8 @@ impl CausalLm {
                 .into_iter()
                 .map(|(_, norm)| dense(&norm.weight))
                 .sum::<u64>();
-            for module in LinearModule::ALL {
-                total += layer.linear(module).map(linear).unwrap_or(0);
+            for (_, l) in layer.linears() {
+                total += linear(l);
             }
             if let Some(moe) = layer.sparse() {
                 total += moe
@@ -298,14 +298,11 @@ impl CausalLm {
         let mut out = vec![(BaseTensor::EmbedTokens.name(), vec![vocab, h])];
         for (i, layer) in m.layers.iter().enumerate() {
             let name = |t: LayerTensor| BaseTensor::Layer(i, t).name();
-            for module in LinearModule::ALL {
-                let Some(lin) = layer.linear(module) else {
-                    continue;
-                };
+            for (module, linear) in layer.linears() {
                 let (n, o) = self.arch.linear_shape(module);
                 let (o, n) = (o as i64, n as i64);
                 out.push((name(LayerTensor::Weight(module)), vec![o, n]));
-                if lin.bias.is_some() {
+                if linear.bias.is_some() {
                     out.push((name(LayerTensor::Bias(module)), vec![o]));
                 }
             }

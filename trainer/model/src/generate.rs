@@ -58,6 +58,17 @@ impl CausalLm {
         let mut out = Vec::new();
         let mut input = Tensor::from_slice(prompt).to_device(device).unsqueeze(0);
         for _ in 0..params.max_new_tokens {
+            // LongRoPE switches to its long factors once the sequence outgrows the original
+            // context: keys cached with the short ones are recomputed, as transformers' Phi-3
+            // `prepare_inputs_for_generation` drops its cache there.
+            let cached = cache.len();
+            if cached > 0
+                && self.model.rotary.is_long(cached + input.size()[1])
+                && !self.model.rotary.is_long(cached)
+            {
+                cache = KvCache::default();
+                input = Tensor::from_slice(&seen).to_device(device).unsqueeze(0);
+            }
             let Ok(hidden) = self.model.hidden(
                 &input,
                 Some(&mut cache),

@@ -1,7 +1,7 @@
 //! lf-model: a Llama-family causal language model on libtorch (`tch`), built for fine-tuning.
 //!
 //! * [`CausalLm::load`] reads a Hugging Face model directory (llama 2/3/3.1, mistral, qwen2, qwen3,
-//!   gemma2, gemma3_text, and the mixtures of experts mixtral and qwen3_moe ([`moe`]); tied
+//!   gemma2, gemma3_text, phi3, and the mixtures of experts mixtral and qwen3_moe ([`moe`]); tied
 //!   embeddings; sliding windows), memory-mapping the safetensors shards and streaming tensors to
 //!   the device.
 //! * [`CausalLm::apply_method`] attaches LoRA / rsLoRA / DoRA adapters exactly as PEFT initialises

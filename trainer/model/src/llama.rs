@@ -1,5 +1,5 @@
-//! The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text) in one
-//! file.
+//! The Llama-family decoder (Llama 2/3/3.1, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text, Phi-3 /
+//! Phi-3.5 / Phi-4) in one file.
 //!
 //! Follows Hugging Face's `modeling_llama.py` operation by operation so that fp32 logits match
 //! transformers: RMSNorm computed in fp32 and cast back before the weight multiply, rotate-half
@@ -14,14 +14,22 @@
 //! scores by `query_pre_attn_scalar^-½`, and alternate sliding and full layers; Gemma 2
 //! soft-caps attention scores and the final logits (`c·tanh(x / c)`, which forces the eager
 //! path, as in transformers), Gemma 3 normalises q/k like Qwen3 and rotates its sliding layers
-//! with a local RoPE base. Field names mirror the Hugging Face tensor names
-//! (`model.layers.{i}.self_attn.q_proj.weight`, ...).
+//! with a local RoPE base. Phi-3 ([`QkvProjections::Fused`], [`GateUpProjections::Fused`]) computes
+//! q, k and v with one `qkv_proj` and the gate and up projections with one `gate_up_proj` (so
+//! LoRA adapts the fused linears, as PEFT does), rotates only the first `partial_rotary_factor`
+//! of each head, and with `longrope` RoPE scaling divides each frequency by a short or, once the
+//! sequence is longer than `original_max_position_embeddings`, a long factor, and multiplies cos
+//! and sin by the attention factor; its `sliding_window` applies to every layer, as Mistral's.
+//! Field names mirror the Hugging Face tensor names (`model.layers.{i}.self_attn.q_proj.weight`,
+//! ...).
 //!
 //! [`ModelType::is_gemma`]: lf_api::architecture::ModelType::is_gemma
 //!
 //! References: Touvron et al., "Llama 2" (arXiv:2307.09288); Gemma Team, "Gemma 2"
-//! (arXiv:2408.00118), "Gemma 3" (arXiv:2503.19786); transformers
-//! `src/transformers/models/{llama,mistral,qwen3,gemma2,gemma3}/modeling_*.py` and
+//! (arXiv:2408.00118), "Gemma 3" (arXiv:2503.19786); Abdin et al., "Phi-3 Technical Report"
+//! (arXiv:2404.14219); Ding et al., "LongRoPE" (arXiv:2402.13753); transformers
+//! `src/transformers/models/{llama,mistral,qwen3,gemma2,gemma3,phi3}/modeling_*.py`,
+//! `modeling_rope_utils.py` (`_compute_longrope_parameters`, `dynamic_rope_update`) and
 //! `masking_utils.py` (`sliding_window_overlay`: key `k` is visible from query `q` when
 //! `q − w < k ≤ q`).
 
@@ -45,21 +53,37 @@ pub enum AttentionBackend {
 
 /// Rotary position embedding: the inverse frequencies, computed once.
 pub struct Rotary {
+    /// fp32, `[rotary_dim / 2]`; with `longrope`, the short factors' (sequences up to the original
+    /// context).
     inv_freq: Tensor,
+    /// `longrope`: the long factors' inverse frequencies and the original context
+    /// (`original_max_position_embeddings`) beyond which a sequence uses them.
+    long: Option<(Tensor, i64)>,
+    /// The factor cos and sin are multiplied by (`longrope`'s attention factor; 1 otherwise).
+    scale: f64,
 }
 
 /// Inverse frequencies `θ^(−2i/d)` (fp32, `[d / 2]`).
 fn inverse_frequencies(dim: i64, theta: f64) -> Tensor {
+    theta_powers(dim, theta).reciprocal()
+}
+
+/// `θ^(2i/d)` (fp32, `[⌈d / 2⌉]`).
+fn theta_powers(dim: i64, theta: f64) -> Tensor {
     let exponent = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
         .to_kind(Kind::Float)
         / dim as f64;
-    Tensor::from(theta as f32).pow(&exponent).reciprocal()
+    Tensor::from(theta as f32).pow(&exponent)
 }
 
 impl Rotary {
-    /// The inverse frequencies of `arch` (fp32, `[head_dim / 2]`), with its RoPE scaling applied.
+    /// The inverse frequencies of `arch` (fp32, `[rotary_dim / 2]`: Phi-3 rotates the first
+    /// `partial_rotary_factor` of each head), with its RoPE scaling applied.
     pub fn new(arch: &ModelArchitecture, device: Device) -> Self {
-        let inv_freq = inverse_frequencies(arch.head_dim() as i64, arch.rope_theta);
+        let dim = arch.rotary_dim() as i64;
+        let inv_freq = inverse_frequencies(dim, arch.rope_theta);
+        let mut long = None;
+        let mut scale = 1.0;
         let inv_freq = match &arch.rope_scaling {
             Some(s) if s.rope_type == "linear" => inv_freq / s.factor,
             Some(s) if s.rope_type == "llama3" => {
@@ -80,10 +104,31 @@ impl Rotary {
                     .logical_and(&wavelen.le(low_wavelen));
                 smoothed.where_self(&medium, &scaled)
             }
+            // LongRoPE (transformers' `_compute_longrope_parameters`): `1 / (factor_i · θ^(2i/d))`
+            // with the short factors up to the original context and the long ones beyond it; cos
+            // and sin scaled by the attention factor at every length.
+            Some(s) if s.rope_type == "longrope" => {
+                let powers = theta_powers(dim, arch.rope_theta);
+                let scaled = |factors: &Option<Vec<f64>>| {
+                    let f: Vec<f32> = factors
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|&x| x as f32)
+                        .collect();
+                    (Tensor::from_slice(&f) * &powers).reciprocal()
+                };
+                let original = s.original_max_position_embeddings.unwrap_or(4096) as i64;
+                long = Some((scaled(&s.long_factor).to_device(device), original));
+                scale = s.longrope_attention_factor();
+                scaled(&s.short_factor)
+            }
             _ => inv_freq,
         };
         Rotary {
             inv_freq: inv_freq.to_device(device),
+            long,
+            scale,
         }
     }
 
@@ -95,14 +140,35 @@ impl Rotary {
             .filter(|_| arch.model_type.is_gemma())?;
         Some(Rotary {
             inv_freq: inverse_frequencies(arch.head_dim() as i64, theta).to_device(device),
+            long: None,
+            scale: 1.0,
         })
     }
 
-    /// `(cos, sin)` for `positions` (`[S]`, int64), each `[S, head_dim]` in `kind`.
-    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * self.inv_freq.unsqueeze(0);
+    /// Whether a sequence of `len` positions uses `longrope`'s long factors.
+    pub fn is_long(&self, len: i64) -> bool {
+        self.long
+            .as_ref()
+            .is_some_and(|(_, original)| len > *original)
+    }
+
+    /// `(cos, sin)` for `positions` (`[S]`, int64) of a sequence `len` positions long (which picks
+    /// `longrope`'s factors, as transformers picks them by the largest position + 1), each
+    /// `[S, rotary_dim]` in `kind`.
+    pub fn cos_sin(&self, positions: &Tensor, len: i64, kind: Kind) -> (Tensor, Tensor) {
+        let inv_freq = match &self.long {
+            Some((long, _)) if self.is_long(len) => long,
+            _ => &self.inv_freq,
+        };
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * inv_freq.unsqueeze(0);
         let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let (cos, sin) = if self.scale == 1.0 {
+            (cos, sin)
+        } else {
+            (cos * self.scale, sin * self.scale)
+        };
+        (cos.to_kind(kind), sin.to_kind(kind))
     }
 }
 
@@ -113,8 +179,17 @@ fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[&x2.neg(), &x1], -1)
 }
 
+/// RoPE of the first `cos.size(-1)` dimensions of `x`; the rest pass through (Phi-3's partial
+/// rotary).
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    x * cos + rotate_half(x) * sin
+    let width = x.size()[x.dim() - 1];
+    let rotary = cos.size()[cos.dim() - 1];
+    if rotary == width {
+        return x * cos + rotate_half(x) * sin;
+    }
+    let x_rot = x.narrow(-1, 0, rotary);
+    let x_pass = x.narrow(-1, rotary, width - rotary);
+    Tensor::cat(&[&x_rot * cos + rotate_half(&x_rot) * sin, x_pass], -1)
 }
 
 /// The cos/sin tables of one forward pass: the model's RoPE, and Gemma 3's local one for its
@@ -177,11 +252,21 @@ impl KvCache {
     }
 }
 
+/// The query, key and value projections: three linears, or Phi-3's one `qkv_proj` whose output
+/// holds the queries, then the keys, then the values.
+#[allow(clippy::large_enum_variant)] // one per layer; boxing would only add an indirection
+pub enum QkvProjections {
+    Separate {
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+    },
+    Fused(Linear),
+}
+
 /// Multi-head attention with grouped-query key/value heads.
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    pub qkv: QkvProjections,
     pub o_proj: Linear,
     /// Qwen3's per-head RMSNorm of the queries and keys (over `head_dim`, before RoPE).
     pub q_norm: Option<RmsNorm>,
@@ -229,17 +314,34 @@ impl Attention {
             }
             .transpose(1, 2)
         };
-        let q = heads(
-            self.q_proj.forward(x, train),
-            self.num_heads,
-            self.q_norm.as_ref(),
-        );
-        let k = heads(
-            self.k_proj.forward(x, train),
-            self.num_kv_heads,
-            self.k_norm.as_ref(),
-        );
-        let v = heads(self.v_proj.forward(x, train), self.num_kv_heads, None);
+        let (q, k, v) = match &self.qkv {
+            QkvProjections::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => (
+                q_proj.forward(x, train),
+                k_proj.forward(x, train),
+                v_proj.forward(x, train),
+            ),
+            QkvProjections::Fused(qkv_proj) => {
+                let qkv = qkv_proj.forward(x, train);
+                let (nq, nkv) = (
+                    self.num_heads * self.head_dim,
+                    self.num_kv_heads * self.head_dim,
+                );
+                // The values are copied out, so backward keeps them, not the whole fused output
+                // (the queries and keys are new tensors after RoPE anyway).
+                (
+                    qkv.narrow(-1, 0, nq),
+                    qkv.narrow(-1, nq, nkv),
+                    qkv.narrow(-1, nq + nkv, nkv).contiguous(),
+                )
+            }
+        };
+        let q = heads(q, self.num_heads, self.q_norm.as_ref());
+        let k = heads(k, self.num_kv_heads, self.k_norm.as_ref());
+        let v = heads(v, self.num_kv_heads, None);
         let q = apply_rotary(&q, cos, sin);
         let mut k = apply_rotary(&k, cos, sin);
         let mut v = v;
@@ -321,22 +423,37 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// The gate and up projections: two linears, or Phi-3's one `gate_up_proj` whose output holds
+/// the gate, then the up projection.
+pub enum GateUpProjections {
+    Separate { gate_proj: Linear, up_proj: Linear },
+    Fused(Linear),
+}
+
 /// The gated feed-forward block: `down(act(gate(x)) · up(x))`.
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    pub gate_up: GateUpProjections,
     pub down_proj: Linear,
     pub act: Activation,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let gate = self.gate_proj.forward(x, train);
+        let (gate, up) = match &self.gate_up {
+            GateUpProjections::Separate { gate_proj, up_proj } => {
+                (gate_proj.forward(x, train), up_proj.forward(x, train))
+            }
+            GateUpProjections::Fused(gate_up_proj) => {
+                let y = gate_up_proj.forward(x, train);
+                let i = y.size()[y.dim() - 1] / 2;
+                (y.narrow(-1, 0, i), y.narrow(-1, i, i))
+            }
+        };
         let gate = match self.act {
             Activation::Silu => gate.silu(),
             Activation::GeluTanh => gate.gelu("tanh"),
         };
-        let h = gate * self.up_proj.forward(x, train);
+        let h = gate * up;
         self.down_proj.forward(&h, train)
     }
 }
@@ -359,14 +476,6 @@ impl FeedForward {
                 let (y, logits) = moe.forward(x, train);
                 (y, Some(logits))
             }
-        }
-    }
-
-    /// The MLP, when it is dense.
-    fn dense(&self) -> Option<&Mlp> {
-        match self {
-            FeedForward::Dense(mlp) => Some(mlp),
-            FeedForward::Sparse(_) => None,
         }
     }
 }
@@ -438,10 +547,10 @@ impl DecoderLayer {
     /// Every tensor of decoder layer `i` (the tensors of [`Unit::Layer`]), sharing storage: its
     /// linears (see [`Linear::named_tensors`]), a sparse MLP's router and experts, then its norms.
     pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = LinearModule::ALL
+        let mut out: Vec<(String, Tensor)> = self
+            .linears()
             .into_iter()
-            .filter_map(|m| Some(self.linear(m)?.named_tensors(&names::linear(i, m))))
-            .flatten()
+            .flat_map(|(m, l)| l.named_tensors(&names::linear(i, m)))
             .collect();
         if let FeedForward::Sparse(moe) = &self.mlp {
             out.extend(moe.named_tensors(i));
@@ -495,34 +604,68 @@ impl DecoderLayer {
         Some(lin)
     }
 
-    /// The linear layer of `module` (`None` for the MLP's when it is sparse).
-    pub fn linear(&self, module: LinearModule) -> Option<&Linear> {
-        Some(match module {
-            LinearModule::QProj => &self.self_attn.q_proj,
-            LinearModule::KProj => &self.self_attn.k_proj,
-            LinearModule::VProj => &self.self_attn.v_proj,
-            LinearModule::OProj => &self.self_attn.o_proj,
-            LinearModule::GateProj => &self.mlp.dense()?.gate_proj,
-            LinearModule::UpProj => &self.mlp.dense()?.up_proj,
-            LinearModule::DownProj => &self.mlp.dense()?.down_proj,
-        })
+    /// The layer's linears in checkpoint order ([`ModelArchitecture::linear_modules`]; a sparse
+    /// MLP's router and experts are [`DecoderLayer::sparse`]'s).
+    pub fn linears(&self) -> Vec<(LinearModule, &Linear)> {
+        use LinearModule::*;
+        let mut out = match &self.self_attn.qkv {
+            QkvProjections::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => vec![(QProj, q_proj), (KProj, k_proj), (VProj, v_proj)],
+            QkvProjections::Fused(l) => vec![(QkvProj, l)],
+        };
+        out.push((OProj, &self.self_attn.o_proj));
+        if let FeedForward::Dense(mlp) = &self.mlp {
+            match &mlp.gate_up {
+                GateUpProjections::Separate { gate_proj, up_proj } => {
+                    out.extend([(GateProj, gate_proj), (UpProj, up_proj)])
+                }
+                GateUpProjections::Fused(l) => out.push((GateUpProj, l)),
+            }
+            out.push((DownProj, &mlp.down_proj));
+        }
+        out
     }
 
-    /// The linear layer of `module`, mutably (`None` for the MLP's when it is sparse).
-    pub fn linear_mut(&mut self, module: LinearModule) -> Option<&mut Linear> {
-        let mlp = match &mut self.mlp {
-            FeedForward::Dense(mlp) => Some(mlp),
-            FeedForward::Sparse(_) => None,
+    /// [`DecoderLayer::linears`], mutably.
+    pub fn linears_mut(&mut self) -> Vec<(LinearModule, &mut Linear)> {
+        use LinearModule::*;
+        let mut out = match &mut self.self_attn.qkv {
+            QkvProjections::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => vec![(QProj, q_proj), (KProj, k_proj), (VProj, v_proj)],
+            QkvProjections::Fused(l) => vec![(QkvProj, l)],
         };
-        Some(match module {
-            LinearModule::QProj => &mut self.self_attn.q_proj,
-            LinearModule::KProj => &mut self.self_attn.k_proj,
-            LinearModule::VProj => &mut self.self_attn.v_proj,
-            LinearModule::OProj => &mut self.self_attn.o_proj,
-            LinearModule::GateProj => &mut mlp?.gate_proj,
-            LinearModule::UpProj => &mut mlp?.up_proj,
-            LinearModule::DownProj => &mut mlp?.down_proj,
-        })
+        out.push((OProj, &mut self.self_attn.o_proj));
+        if let FeedForward::Dense(mlp) = &mut self.mlp {
+            match &mut mlp.gate_up {
+                GateUpProjections::Separate { gate_proj, up_proj } => {
+                    out.extend([(GateProj, gate_proj), (UpProj, up_proj)])
+                }
+                GateUpProjections::Fused(l) => out.push((GateUpProj, l)),
+            }
+            out.push((DownProj, &mut mlp.down_proj));
+        }
+        out
+    }
+
+    /// The linear layer of `module` (`None` when this layer has no such module: the MLP's of a
+    /// sparse layer, or the other layout's).
+    pub fn linear(&self, module: LinearModule) -> Option<&Linear> {
+        self.linears()
+            .into_iter()
+            .find_map(|(m, l)| (m == module).then_some(l))
+    }
+
+    /// The linear layer of `module`, mutably.
+    pub fn linear_mut(&mut self, module: LinearModule) -> Option<&mut Linear> {
+        self.linears_mut()
+            .into_iter()
+            .find_map(|(m, l)| (m == module).then_some(l))
     }
 }
 
@@ -643,12 +786,13 @@ impl Llama {
     /// cos/sin tables for positions `start..start+len`.
     pub fn rope(&self, start: i64, len: i64, kind: Kind, device: Device) -> RopeTables {
         let positions = Tensor::arange_start(start, start + len, (Kind::Int64, device));
+        let end = start + len;
         RopeTables {
-            global: self.rotary.cos_sin(&positions, kind),
+            global: self.rotary.cos_sin(&positions, end, kind),
             local: self
                 .local_rotary
                 .as_ref()
-                .map(|r| r.cos_sin(&positions, kind)),
+                .map(|r| r.cos_sin(&positions, end, kind)),
         }
     }
 

@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use crate::linear::Linear;
 use crate::llama::{
     embedding_tensors, head_tensors, Activation, Attention, DecoderLayer, FeedForward,
-    FeedForwardNorms, Llama, Mlp, RmsNorm, Rotary,
+    FeedForwardNorms, GateUpProjections, Llama, Mlp, QkvProjections, RmsNorm, Rotary,
 };
 use crate::moe::{expert_shape, Expert, SparseMoe};
 use crate::names::{self, ExpertLinear, MoeNaming};
@@ -233,22 +233,39 @@ pub fn build(
             let bias = arch.linear_has_bias(m);
             load_linear(src, &names::linear(i, m), fan_in, fan_out, bias, opts)
         };
-        let q_proj = linear(LinearModule::QProj)?;
-        let k_proj = linear(LinearModule::KProj)?;
-        let v_proj = linear(LinearModule::VProj)?;
+        // Checkpoint order: q, k, v (or Phi-3's fused qkv), o, gate, up (or fused gate_up), down.
+        let fused = arch.linear_modules().contains(&LinearModule::QkvProj);
+        let qkv = if fused {
+            QkvProjections::Fused(linear(LinearModule::QkvProj)?)
+        } else {
+            QkvProjections::Separate {
+                q_proj: linear(LinearModule::QProj)?,
+                k_proj: linear(LinearModule::KProj)?,
+                v_proj: linear(LinearModule::VProj)?,
+            }
+        };
         let o_proj = linear(LinearModule::OProj)?;
         let mlp = match MoeNaming::of(arch.model_type).filter(|_| arch.is_sparse_layer(i as u64)) {
             Some(naming) => FeedForward::Sparse(sparse_moe(src, arch, i, naming, opts)?),
-            None => FeedForward::Dense(Mlp {
-                gate_proj: linear(LinearModule::GateProj)?,
-                up_proj: linear(LinearModule::UpProj)?,
-                down_proj: linear(LinearModule::DownProj)?,
-                act: if gemma {
-                    Activation::GeluTanh
+            None => {
+                let gate_up = if fused {
+                    GateUpProjections::Fused(linear(LinearModule::GateUpProj)?)
                 } else {
-                    Activation::Silu
-                },
-            }),
+                    GateUpProjections::Separate {
+                        gate_proj: linear(LinearModule::GateProj)?,
+                        up_proj: linear(LinearModule::UpProj)?,
+                    }
+                };
+                FeedForward::Dense(Mlp {
+                    gate_up,
+                    down_proj: linear(LinearModule::DownProj)?,
+                    act: if gemma {
+                        Activation::GeluTanh
+                    } else {
+                        Activation::Silu
+                    },
+                })
+            }
         };
         let d = arch.head_dim() as i64;
         let mut norm = |path: names::TensorPath, size: i64| -> Result<RmsNorm, ModelError> {
@@ -268,9 +285,7 @@ pub fn build(
         };
         let window = windows.get(i).copied().flatten();
         let self_attn = Attention {
-            q_proj,
-            k_proj,
-            v_proj,
+            qkv,
             o_proj,
             q_norm,
             k_norm,

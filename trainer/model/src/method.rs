@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lf_api::training::{FinetuningType, LinearModule, TrainingConfig};
+use lf_api::training::{FinetuningType, TrainingConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::causal_lm::{CausalLm, LoraSettings};
@@ -114,10 +114,8 @@ impl CausalLm {
 
     fn remove_adapters(&mut self) {
         for layer in &mut self.model.layers {
-            for m in LinearModule::ALL {
-                if let Some(lin) = layer.linear_mut(m) {
-                    lin.adapter = None;
-                }
+            for (_, linear) in layer.linears_mut() {
+                linear.adapter = None;
             }
         }
         self.method.lora = None;
@@ -147,12 +145,25 @@ impl CausalLm {
                     .map_err(ModelError::residency(unit, "gathering"))?;
             }
             for &m in &s.targets {
-                let Some(lin) = layer.linear_mut(m) else {
-                    return Err(ModelError::Invalid(format!(
-                        "lora_target {}: layer {i}'s MLP is a mixture of experts, which has no {0}",
-                        m.name()
-                    )));
-                };
+                let lin = layer.linear_mut(m).ok_or_else(|| {
+                    ModelError::Invalid(if arch.model_type.is_moe() {
+                        format!(
+                            "lora_target {}: layer {i}'s MLP is a mixture of experts, which has no {0}",
+                            m.name()
+                        )
+                    } else {
+                        format!(
+                            "LoRA target `{}` is not a linear of this {} model (its linears: {})",
+                            m.name(),
+                            arch.model_type.name(),
+                            arch.linear_modules()
+                                .iter()
+                                .map(|m| m.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })
+                })?;
                 let (in_f, out_f) = arch.linear_shape(m);
                 let (out_f, in_f) = (out_f as i64, in_f as i64);
                 let bound = 1.0 / (in_f as f64).sqrt();
@@ -234,8 +245,8 @@ impl CausalLm {
     pub(crate) fn adapter_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
-            for m in LinearModule::ALL {
-                if let Some(ad) = layer.linear(m).and_then(|l| l.adapter.as_ref()) {
+            for (m, linear) in layer.linears() {
+                if let Some(ad) = &linear.adapter {
                     out.extend(ad.named_tensors(&names::linear(i, m)));
                 }
             }

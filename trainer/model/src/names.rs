@@ -269,6 +269,7 @@ impl LayerTensor {
     fn all() -> impl Iterator<Item = LayerTensor> {
         LinearModule::ALL
             .into_iter()
+            .chain(LinearModule::FUSED)
             .flat_map(|m| [LayerTensor::Weight(m), LayerTensor::Bias(m)])
             .chain([
                 LayerTensor::InputLayernorm,

@@ -152,11 +152,12 @@ pub(crate) fn read_config(
         .as_object_mut()
         .ok_or_else(|| unsupported("the file must hold a JSON object".into()))?;
     // Gemma's modelling code reads `hidden_activation` (GeGLU), the others' `hidden_act` (SwiGLU).
-    let gemma = obj
+    let family = obj
         .get("model_type")
         .and_then(|v| v.as_str())
-        .and_then(lf_api::architecture::ModelType::from_name)
-        .is_some_and(|t| t.is_gemma());
+        .and_then(lf_api::architecture::ModelType::from_name);
+    let gemma = family.is_some_and(|t| t.is_gemma());
+    let phi3 = family == Some(lf_api::architecture::ModelType::Phi3);
     let (act_key, act_wanted) = if gemma {
         ("hidden_activation", "gelu_pytorch_tanh")
     } else {
@@ -196,15 +197,35 @@ pub(crate) fn read_config(
     if obj.contains_key("dtype") {
         obj.remove("torch_dtype");
     }
+    // Dropout inside the model (transformers applies it while training) is not implemented.
+    for key in ["attention_dropout", "resid_pdrop"] {
+        if obj
+            .get(key)
+            .and_then(|v| v.as_f64())
+            .is_some_and(|p| p != 0.0)
+        {
+            return Err(unsupported(format!(
+                "{key} > 0 (dropout inside the model) is not supported; set it to 0"
+            )));
+        }
+    }
     if let Some(scaling) = obj.get("rope_scaling").filter(|v| !v.is_null()) {
         let kind = scaling
             .get("rope_type")
             .or_else(|| scaling.get("type"))
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        if !matches!(kind, "default" | "linear" | "llama3") {
+        // Phi3Config accepts only default and longrope (its legacy `su`/`yarn` are read as
+        // longrope by lf-api); the others take Llama's types.
+        let supported: &[&str] = if phi3 {
+            &["default", "longrope"]
+        } else {
+            &["default", "linear", "llama3"]
+        };
+        if !supported.contains(&kind) {
             return Err(unsupported(format!(
-                "rope_scaling type `{kind}` is not supported (supported: default, linear, llama3)"
+                "rope_scaling type `{kind}` is not supported for this model_type (supported: {})",
+                supported.join(", ")
             )));
         }
         if kind == "default" {
@@ -229,7 +250,7 @@ pub(crate) fn read_config(
     Ok((arch, windows))
 }
 
-/// Each decoder layer's attention window, as transformers configures it: Mistral's
+/// Each decoder layer's attention window, as transformers configures it: Mistral's and Phi-3's
 /// `sliding_window` on every layer; Qwen2's and Qwen3's only with `use_sliding_window: true`, on
 /// the layers `layer_types` marks `sliding_attention` (when absent, those from
 /// `max_window_layers` on, 28 by default); Gemma's on the layers `layer_types` marks (when
@@ -270,7 +291,7 @@ fn layer_windows(
     };
     let sliding: Vec<bool> = match arch.model_type {
         ModelType::Llama => vec![false; layers],
-        ModelType::Mistral | ModelType::Mixtral => vec![true; layers],
+        ModelType::Mistral | ModelType::Mixtral | ModelType::Phi3 => vec![true; layers],
         // Qwen3MoeConfig keeps `sliding_window` only with `use_sliding_window`, for every layer.
         ModelType::Qwen3Moe => {
             let enabled = raw.get("use_sliding_window").and_then(|v| v.as_bool());
@@ -324,6 +345,39 @@ mod tests {
     }
 
     #[test]
+    fn phi3_rope_types_and_dropout_are_checked() {
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let read = |extra: serde_json::Value| {
+            std::fs::write(
+                dir.path().join("config.json"),
+                config("phi3", 2, extra).to_string(),
+            )
+            .unwrap();
+            read_config(dir.path()).map_err(|e| e.to_string())
+        };
+        let factors = json!([1.0, 1.0, 1.0, 1.0]);
+        let (arch, _) = read(
+            json!({"rope_scaling": {"type": "su", "short_factor": factors,
+            "long_factor": factors}}),
+        )
+        .unwrap();
+        assert_eq!(arch.rope_scaling.unwrap().rope_type, "longrope");
+        let err = read(json!({"rope_scaling": {"type": "linear", "factor": 2.0}})).unwrap_err();
+        assert!(
+            err.contains("`linear`") && err.contains("longrope"),
+            "{err}"
+        );
+        let err = read(json!({"resid_pdrop": 0.1})).unwrap_err();
+        assert!(err.contains("resid_pdrop"), "{err}");
+        let err = read(json!({"attention_dropout": 0.1})).unwrap_err();
+        assert!(err.contains("attention_dropout"), "{err}");
+        assert!(
+            read(json!({"attention_dropout": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0})).is_ok()
+        );
+    }
+
+    #[test]
     fn layer_windows_follow_transformers_defaults() {
         use serde_json::json;
         let (s, f) = (Some(4096), None);
@@ -345,6 +399,12 @@ mod tests {
             windows(config("mistral", 2, json!({"sliding_window": null}))),
             Ok(vec![None; 2])
         );
+        // Phi-3: every layer, as Mistral.
+        assert_eq!(
+            windows(config("phi3", 3, json!({"sliding_window": 2047}))),
+            Ok(vec![Some(2047); 3])
+        );
+        assert_eq!(windows(config("phi3", 1, json!({}))), Ok(vec![None]));
         // Qwen: only with use_sliding_window, from max_window_layers on.
         let qwen = json!({"sliding_window": 8, "max_window_layers": 1});
         assert_eq!(windows(config("qwen3", 2, qwen.clone())), Ok(vec![None; 2]));

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use lf_api::architecture::ModelArchitecture;
 use lf_api::training::LinearModule;
 use tch::Kind;
 
@@ -89,7 +90,7 @@ impl CausalLm {
             path: config_path.clone(),
             message: e.to_string(),
         })?;
-        let settings = parse_config(&cfg).map_err(fail)?;
+        let settings = parse_config(&cfg, &self.arch).map_err(fail)?;
         let weights = adapter_dir.join(ADAPTER_WEIGHTS);
         let file = MappedFile::open(&weights)?;
         let desc = weights.display().to_string();
@@ -172,8 +173,9 @@ fn names(v: &[LinearModule]) -> Vec<&'static str> {
     v.iter().map(|m| m.name()).collect()
 }
 
-/// Reads the `adapter_config.json` keys that define the math, rejecting what we cannot apply.
-fn parse_config(cfg: &serde_json::Value) -> Result<LoraSettings, String> {
+/// Reads the `adapter_config.json` keys that define the math for a model of `arch`, rejecting
+/// what we cannot apply.
+fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<LoraSettings, String> {
     let peft_type = cfg.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
     if peft_type != "LORA" {
         return Err(format!(
@@ -224,24 +226,18 @@ fn parse_config(cfg: &serde_json::Value) -> Result<LoraSettings, String> {
         }
     }
     let targets = match cfg.get("target_modules") {
-        Some(serde_json::Value::String(s)) if s == "all-linear" => LinearModule::ALL.to_vec(),
+        Some(serde_json::Value::String(s)) if s == "all-linear" => arch.linear_modules().to_vec(),
         Some(serde_json::Value::Array(items)) => {
-            let mut out = Vec::new();
-            for item in items {
-                let name = item.as_str().unwrap_or("");
-                let m = LinearModule::from_name(name).ok_or_else(|| {
-                    format!("target module `{name}` is not a Llama decoder linear")
-                })?;
-                if !out.contains(&m) {
-                    out.push(m);
-                }
-            }
-            let mut ordered: Vec<LinearModule> = LinearModule::ALL
-                .into_iter()
+            let names: Vec<&str> = items.iter().map(|i| i.as_str().unwrap_or("")).collect();
+            let out = arch
+                .lora_targets(&names.join(","))
+                .map_err(|e| format!("target_modules: {e}"))?;
+            // The model's order, whatever the file's.
+            arch.linear_modules()
+                .iter()
+                .copied()
                 .filter(|m| out.contains(m))
-                .collect();
-            ordered.dedup();
-            ordered
+                .collect()
         }
         other => {
             return Err(format!(

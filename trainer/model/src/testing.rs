@@ -5,7 +5,6 @@
 //! order and scales below must stay as they are.
 
 use lf_api::architecture::ModelArchitecture;
-use lf_api::training::LinearModule;
 use tch::{Device, Kind, Tensor};
 
 use crate::names::{self, BaseTensor, LayerTensor};
@@ -71,7 +70,7 @@ pub fn random_weights(arch: &ModelArchitecture, seed: i64) -> Vec<(String, Tenso
     for i in 0..arch.num_hidden_layers as usize {
         let sparse =
             crate::names::MoeNaming::of(arch.model_type).filter(|_| arch.is_sparse_layer(i as u64));
-        for m in LinearModule::ALL {
+        for &m in arch.linear_modules() {
             if sparse.is_some() && m.parent() != "self_attn" {
                 continue;
             }

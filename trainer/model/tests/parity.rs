@@ -26,6 +26,10 @@ fn logits_and_greedy_generation_match_transformers() {
         "qwen2_window",
         "gemma2",
         "gemma3",
+        "phi3",
+        "phi3_window",
+        "phi3_longrope",
+        "phi3_su",
     ] {
         let mut lm = CausalLm::load(
             &dir.path().join(name).join("model"),

@@ -1,6 +1,7 @@
 //! LoRA, rsLoRA and DoRA against PEFT, on llama, qwen3 (q/k norms, explicit head_dim), mistral
-//! with a sliding window shorter than the batch's sequences, gemma2/3, and the mixtures of experts
-//! mixtral and qwen3_moe (attention adapters, aux loss in the gradients): the first step's loss and gradients
+//! with a sliding window shorter than the batch's sequences, gemma2/3, phi3 (LoRA on the fused
+//! `qkv_proj` and `gate_up_proj`; longrope past the original context; partial rotary), and the
+//! mixtures of experts mixtral and qwen3_moe (attention adapters, aux loss in the gradients): the first step's loss and gradients
 //! equal PEFT's on the same batch and adapter weights; after a few SGD steps our saved adapter loads in PEFT with no
 //! missing or unexpected keys and gives our logits; the merged export loads in transformers and
 //! equals PEFT's `merge_and_unload`. Two Python invocations in all (prepare, verify).
@@ -12,7 +13,7 @@ use lf_model::{CausalLm, LoadOptions, ADAPTER_WEIGHTS};
 use tch::{Device, Kind, Tensor};
 
 /// `(variant, base model family)`, as `model_reference.py`'s `VARIANTS`.
-const VARIANTS: [(&str, &str); 10] = [
+const VARIANTS: [(&str, &str); 13] = [
     ("lora", "llama"),
     ("rslora", "llama"),
     ("dora", "llama"),
@@ -25,6 +26,9 @@ const VARIANTS: [(&str, &str); 10] = [
     // load-balancing loss.
     ("mixtral_lora", "mixtral"),
     ("qwen3_moe_dora", "qwen3_moe"),
+    ("phi3_lora", "phi3_longrope"),
+    ("phi3_dora", "phi3_window"),
+    ("phi3_su_rslora", "phi3_su"),
 ];
 
 fn config(variant: &str) -> TrainingConfig {

@@ -159,8 +159,8 @@ fn quantised_models_match_their_dequantised_twins() {
 }
 
 /// QLoRA on the families with extra norms and scales (qwen3's q/k norms; Gemma 2's (1 + w) norms,
-/// soft caps and scaled embeddings; Gemma 3's q/k norms): NF4 storage computes what the
-/// dequantised twin computes, and the adapters' gradients agree.
+/// soft caps and scaled embeddings; Gemma 3's q/k norms) or fused linears (Phi-3): NF4 storage
+/// computes what the dequantised twin computes, and the adapters' gradients agree.
 #[test]
 fn quantised_new_families_match_their_dequantised_twins() {
     let (ids, labels) = {
@@ -181,6 +181,10 @@ fn quantised_new_families_match_their_dequantised_twins() {
         r#""model_type":"qwen3","head_dim":16,"attention_bias":true"#,
         r#""model_type":"gemma2","head_dim":16,"query_pre_attn_scalar":24,"attn_logit_softcapping":2.0,"final_logit_softcapping":5.0"#,
         r#""model_type":"gemma3_text","head_dim":16,"query_pre_attn_scalar":24"#,
+        // Fused qkv_proj and gate_up_proj quantised whole (as bitsandbytes does), half of each
+        // head rotated, longrope past an original context of 8 (the batch has 17 positions).
+        r#""model_type":"phi3","partial_rotary_factor":0.5,"original_max_position_embeddings":8,
+            "rope_scaling":{"type":"su","short_factor":[1.0,1.2,1.5],"long_factor":[1.0,3.0,9.0]}"#,
     ] {
         let arch = lf_api::ModelArchitecture::from_json_str(&format!(
             r#"{{{extra},"vocab_size":80,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":2,

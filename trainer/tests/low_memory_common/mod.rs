@@ -36,7 +36,7 @@ pub fn assets() -> &'static Path {
     DIR.get_or_init(|| make_assets("llama")).path()
 }
 
-/// The same tiny model and data in another family (`qwen3`, `gemma3_text`), made once per test
+/// The same tiny model and data in another family (`qwen3`, `gemma3_text`, `phi3`), made once per test
 /// process and family.
 pub fn family_assets(family: &'static str) -> &'static Path {
     static DIRS: OnceLock<std::sync::Mutex<Vec<(&'static str, &'static Path)>>> = OnceLock::new();

@@ -315,7 +315,9 @@ impl TrainingConfig {
         self.lora_alpha.unwrap_or(2.0 * self.lora_rank as f64)
     }
 
-    /// The decoder linears LoRA adapts, resolved from `lora_target`.
+    /// The decoder linears LoRA adapts, resolved from `lora_target` for the Llama layout (`all`:
+    /// its seven linears); names of Phi-3's fused linears are accepted too. A model's own targets
+    /// are [`TrainingConfig::lora_targets_for`].
     pub fn lora_targets(&self) -> Result<Vec<LinearModule>, ConfigError> {
         let raw = self.lora_target.trim();
         if raw == "all" {
@@ -324,11 +326,14 @@ impl TrainingConfig {
         let mut out = Vec::new();
         for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let module = LinearModule::from_name(name).ok_or_else(|| {
-                let names = LinearModule::ALL.iter().map(|m| m.name());
+                let names = LinearModule::ALL
+                    .iter()
+                    .chain(&LinearModule::FUSED)
+                    .map(|m| m.name());
                 let hint = crate::suggest::closest(name, names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
                 ConfigError::invalid(
                     "lora_target",
-                    format!("`{name}` is not a decoder linear{hint}; use `all` or names from q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+                    format!("`{name}` is not a decoder linear{hint}; use `all` or names from q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)"),
                 )
             })?;
             if !out.contains(&module) {
@@ -341,17 +346,25 @@ impl TrainingConfig {
         Ok(out)
     }
 
-    /// The linears LoRA adapts in a model of `arch`: [`TrainingConfig::lora_targets`], except
-    /// that a mixture of experts (Mixtral, Qwen3-MoE) adapts its attention only. There `all`
+    /// The linears LoRA adapts in a model of `arch`: the names of [`TrainingConfig::lora_targets`]
+    /// in the model's own layout ([`ModelArchitecture::lora_targets`]: `all` is every linear it
+    /// has, and Phi-3's are fused, so `q_proj` there is an error naming `qkv_proj`), except that a
+    /// mixture of experts (Mixtral, Qwen3-MoE) adapts its attention only. There `all`
     /// means q/k/v/o (the `nn.Linear`s LLaMA-Factory's `all` finds in transformers 5's MoE
     /// models), and an MLP name is an error: PEFT 0.21 turns `gate_proj`/`up_proj`/`down_proj`
     /// into LoRA on the fused 3-D expert parameters (`target_parameters`), which lf-model does
     /// not implement.
+    ///
+    /// [`ModelArchitecture::lora_targets`]: crate::architecture::ModelArchitecture::lora_targets
     pub fn lora_targets_for(
         &self,
         arch: &crate::architecture::ModelArchitecture,
     ) -> Result<Vec<LinearModule>, ConfigError> {
-        let targets = self.lora_targets()?;
+        // Unknown names first (with a suggestion), then the model's layout.
+        self.lora_targets()?;
+        let targets = arch
+            .lora_targets(&self.lora_target)
+            .map_err(|message| ConfigError::invalid("lora_target", message))?;
         if !arch.model_type.is_moe() {
             return Ok(targets);
         }
