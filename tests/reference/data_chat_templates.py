@@ -3,13 +3,13 @@
 Usage: python data_chat_templates.py OUT_DIR
 
 Writes one tiny model directory per template under OUT_DIR (a shared WordLevel tokenizer.json with
-the special tokens of Llama 2, Llama 3, Mistral, Qwen/ChatML and Gemma, plus tokenizer_config.json; the
+the special tokens of Llama 2, Llama 3, Mistral, Qwen/ChatML, Gemma and Phi-3/Phi-4, plus tokenizer_config.json; the
 chat template is written inline in tokenizer_config.json for some and as chat_template.jinja for
 others) and OUT_DIR/golden.json with, per template and conversation, the text and ids that
 `apply_chat_template` produces for the whole conversation and for the generation prompt of its
 last turn. The Jinja templates below are written from the public model repositories' templates
 (Llama-2-chat, Meta-Llama-3-Instruct, Mistral/Mixtral-Instruct v0.1 with the system-message
-update, Qwen2.5-Instruct, Gemma-3-it, plain ChatML).
+update, Qwen2.5-Instruct, Qwen3, Gemma-3-it, Phi-3.5-mini-instruct, phi-4, plain ChatML).
 """
 import json
 import os
@@ -239,6 +239,25 @@ QWEN3 = """{%- if tools %}
     {%- endif %}
 {%- endif %}"""
 
+# Phi-3.5 (microsoft/Phi-3.5-mini-instruct; Phi-3-mini's current template without the empty-system
+# check): a whole conversation (no generation prompt) ends with EOS.
+PHI3 = (
+    "{% for message in messages %}{% if message['role'] == 'system' and message['content'] %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'user' %}"
+    "{{'<|user|>\n' + message['content'] + '<|end|>\n'}}{% elif message['role'] == 'assistant' %}"
+    "{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+
+# Phi-4 (microsoft/phi-4).
+PHI4 = (
+    "{% for message in messages %}{% if (message['role'] == 'system') %}"
+    "{{'<|im_start|>system<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'user') %}"
+    "{{'<|im_start|>user<|im_sep|>' + message['content'] + '<|im_end|>'}}{% elif (message['role'] == 'assistant') %}"
+    "{{'<|im_start|>assistant<|im_sep|>' + message['content'] + '<|im_end|>'}}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
+)
+
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -252,12 +271,16 @@ CASES = {
     "qwen": (QWEN, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "jinja"),
     "qwen3": (QWEN3, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "jinja"),
     "gemma": (GEMMA, {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}, "config"),
+    "phi": (PHI3, {"bos_token": "<s>", "eos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<|endoftext|>"},
+            "config"),
+    "phi4": (PHI4, {"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|dummy_85|>"}, "jinja"),
     "chatml": (CHATML, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}, "config"),
 }
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
             "<|eot_id|>", "<|eom_id|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<bos>", "<eos>", "<pad>",
-            "<start_of_turn>", "<end_of_turn>", "<think>", "</think>"]
+            "<start_of_turn>", "<end_of_turn>", "<think>", "</think>", "<|system|>", "<|user|>", "<|assistant|>",
+            "<|end|>", "<|im_sep|>", "<|dummy_85|>"]
 
 CONVERSATIONS = [
     {"system": None, "turns": [["What is the capital of France?", "Paris is the capital of France."]]},
@@ -285,7 +308,7 @@ def messages(conv, upto_turns=None, final_user=False):
 
 def vocabulary():
     words = set()
-    texts = [LLAMA2, LLAMA3, MISTRAL, QWEN, QWEN3, GEMMA, CHATML, "[INST] [/INST] <<SYS>> <</SYS>>", "Human: System: Assistant:", "### Instruction:\n### Response:\n",
+    texts = [LLAMA2, LLAMA3, MISTRAL, QWEN, QWEN3, GEMMA, PHI3, PHI4, CHATML, "[INST] [/INST] <<SYS>> <</SYS>>", "Human: System: Assistant:", "### Instruction:\n### Response:\n",
              "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
              "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "lfprobe Hi"]
     for conv in CONVERSATIONS:

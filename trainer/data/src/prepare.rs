@@ -355,8 +355,8 @@ fn record_skips(stats: &mut DataStats, skipped: Vec<String>) {
 }
 
 /// The EOS appended to pre-training texts. As in LLaMA-Factory: `llama3` uses `<|end_of_text|>`;
-/// other templates that replace EOS by their turn-end stop word (`qwen`, `gemma`, `chatml`) use
-/// that word;
+/// other templates that replace EOS by their turn-end stop word (`qwen`, `gemma`, `phi`, `phi4`,
+/// `chatml`) use that word;
 /// otherwise the tokenizer's `eos_token`.
 fn pt_eos(
     cfg: &TrainingConfig,

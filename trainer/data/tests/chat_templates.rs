@@ -1,6 +1,6 @@
 //! Golden tests: our rendering and tokenisation of chat templates against `transformers`'
 //! `apply_chat_template` (tests/reference/data_chat_templates.py), for Llama 2, Llama 3, Mistral,
-//! Qwen2.5 and plain ChatML templates, both as `template: auto` (the model's own Jinja template
+//! Qwen2.5, Qwen3, Gemma 3, Phi-3.5, Phi-4 and plain ChatML templates, both as `template: auto` (the model's own Jinja template
 //! through minijinja) and as the LLaMA-Factory named template of the same family.
 
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ fn golden() -> (tempfile::TempDir, Vec<Value>) {
     );
     let text = std::fs::read_to_string(dir.path().join("golden.json")).expect("golden.json");
     let cases: Vec<Value> = serde_json::from_str(&text).expect("golden json");
-    assert_eq!(cases.len(), 21);
+    assert_eq!(cases.len(), 27);
     (dir, cases)
 }
 
@@ -144,6 +144,63 @@ fn check_qwen3_multi_turn(c: &Case, tok: &TokenizerBundle, ctx: &str) {
     );
 }
 
+/// Phi-3's own template ends a whole conversation with EOS (`<|endoftext|>`) but not its turns, so a
+/// conversation's rendering does not extend the rendering of its first turns: `auto` renders it
+/// and its generation prompts exactly, but refuses to locate the responses of a multi-turn
+/// conversation for training (naming the named template to use). LLaMA-Factory's `phi` is the
+/// same text without that final EOS (its EOS is `<|end|>`, which ends every turn).
+fn check_phi_multi_turn(c: &Case, tok: &TokenizerBundle, ctx: &str) {
+    let auto = ChatTemplate::resolve(Some("auto"), tok).unwrap();
+    assert_eq!(
+        auto.render_conversation(tok, c.system.as_deref(), &c.turns)
+            .unwrap(),
+        c.text,
+        "{ctx}: auto text"
+    );
+    let (hist, user) = history(c);
+    assert_eq!(
+        auto.encode_prompt(tok, c.system.as_deref(), hist, user)
+            .unwrap(),
+        c.prompt_ids,
+        "{ctx}: auto prompt ids"
+    );
+    let err = auto
+        .encode_pairs(tok, c.system.as_deref(), &c.turns)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prefix-consistent"), "{ctx}: {err}");
+    check_phi_named(c, tok, ctx);
+}
+
+/// LLaMA-Factory's `phi`: Phi-3's text and ids without the conversation's final EOS; the same
+/// generation prompts.
+fn check_phi_named(c: &Case, tok: &TokenizerBundle, ctx: &str) {
+    let named = ChatTemplate::resolve(Some("phi"), tok).unwrap();
+    let text = c
+        .text
+        .strip_suffix("<|endoftext|>")
+        .expect("Phi-3's template ends a conversation with EOS");
+    assert_eq!(
+        named
+            .render_conversation(tok, c.system.as_deref(), &c.turns)
+            .unwrap(),
+        text,
+        "{ctx}: named text"
+    );
+    let eos = tok.token_id("<|endoftext|>").unwrap();
+    let (last, ids) = c.ids.split_last().unwrap();
+    assert_eq!(*last, eos, "{ctx}");
+    assert_eq!(full_ids(&named, tok, c), ids, "{ctx}: named ids");
+    let (hist, user) = history(c);
+    assert_eq!(
+        named
+            .encode_prompt(tok, c.system.as_deref(), hist, user)
+            .unwrap(),
+        c.prompt_ids,
+        "{ctx}: named prompt ids"
+    );
+}
+
 #[test]
 fn auto_and_named_templates_match_transformers() {
     let (dir, cases) = golden();
@@ -154,6 +211,11 @@ fn auto_and_named_templates_match_transformers() {
         let ctx = format!("{} conversation {}", c.template, v["conversation"]);
         if c.template == "qwen3" && c.turns.len() > 1 {
             check_qwen3_multi_turn(&c, &tok, &ctx);
+            checked += 1;
+            continue;
+        }
+        if c.template == "phi" && c.turns.len() > 1 {
+            check_phi_multi_turn(&c, &tok, &ctx);
             checked += 1;
             continue;
         }
@@ -217,6 +279,10 @@ fn auto_and_named_templates_match_transformers() {
         assert!(!auto.stop_token_ids(&tok).is_empty());
 
         checked += 1;
+        if c.template == "phi" {
+            check_phi_named(&c, &tok, &ctx);
+            continue;
+        }
         // The LLaMA-Factory template of the same family.
         let named = ChatTemplate::resolve(Some(&c.template), &tok).unwrap();
         let text = named
@@ -250,7 +316,7 @@ fn auto_and_named_templates_match_transformers() {
             assert_eq!(prompt_ids, c.prompt_ids, "{ctx}: named prompt ids");
         }
     }
-    assert_eq!(checked, 21);
+    assert_eq!(checked, 27);
 }
 
 #[test]
@@ -280,4 +346,22 @@ fn stop_tokens_include_the_turn_end_marker() {
         .unwrap()
         .stop_token_ids(&tok)
         .contains(&end_of_turn));
+    // Phi-3 ends turns with <|end|> (its EOS is <|endoftext|>); Phi-4 with <|im_end|>.
+    let tok = load_tokenizer(&dir.path().join("phi")).unwrap();
+    let end = tok.token_id("<|end|>").unwrap();
+    for name in ["auto", "phi"] {
+        assert!(
+            ChatTemplate::resolve(Some(name), &tok)
+                .unwrap()
+                .stop_token_ids(&tok)
+                .contains(&end),
+            "{name}"
+        );
+    }
+    let tok = load_tokenizer(&dir.path().join("phi4")).unwrap();
+    let im_end = tok.token_id("<|im_end|>").unwrap();
+    assert!(ChatTemplate::resolve(Some("phi4"), &tok)
+        .unwrap()
+        .stop_token_ids(&tok)
+        .contains(&im_end));
 }

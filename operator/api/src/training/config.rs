@@ -23,7 +23,7 @@ pub struct TrainingConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adapter_name_or_path: Option<String>,
     /// Chat template name (`default`, `alpaca`, `empty`, `llama2`, `llama3`, `mistral`, `qwen`,
-    /// `qwen3`, `gemma`, `chatml`) or `auto` for the model's own `chat_template`. Unset: `auto` when the
+    /// `qwen3`, `gemma`, `phi`, `phi4`, `chatml`) or `auto` for the model's own `chat_template`. Unset: `auto` when the
     /// tokenizer has a chat template, else `empty`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,

@@ -150,7 +150,7 @@ pub enum OffloadDevice {
 /// Named chat templates (LLaMA-Factory names) plus `auto`.
 pub const TEMPLATES: &[&str] = &[
     "auto", "default", "alpaca", "empty", "llama2", "llama3", "mistral", "qwen", "qwen3", "gemma",
-    "chatml",
+    "phi", "phi4", "chatml",
 ];
 
 /// Numeric regimes. AMP keeps fp32 master weights and fp32 optimiser states; pure bf16 keeps

@@ -146,6 +146,33 @@ pub const NAMED: &[NamedTemplate] = &[
         stop_words: &["<|im_end|>"],
         empty_thought: Some("<think>\n\n</think>\n\n"),
     },
+    // LLaMA-Factory's `phi` (Phi-3, Phi-3.5): renders as their own chat template does, except
+    // that the model's template also ends a whole conversation (no generation prompt) with EOS.
+    NamedTemplate {
+        name: "phi",
+        prefix: &[],
+        system: &[Text("<|system|>\n{{content}}<|end|>\n")],
+        user: &[Text("<|user|>\n{{content}}<|end|>\n<|assistant|>\n")],
+        assistant: &[Text("{{content}}<|end|>\n")],
+        default_system: None,
+        system_in_user: false,
+        stop_words: &["<|end|>"],
+        empty_thought: None,
+    },
+    // LLaMA-Factory's `phi4` (Phi-4), which renders as Phi-4's own chat template does.
+    NamedTemplate {
+        name: "phi4",
+        prefix: &[],
+        system: &[Text("<|im_start|>system<|im_sep|>{{content}}<|im_end|>")],
+        user: &[Text(
+            "<|im_start|>user<|im_sep|>{{content}}<|im_end|><|im_start|>assistant<|im_sep|>",
+        )],
+        assistant: &[Text("{{content}}<|im_end|>")],
+        default_system: None,
+        system_in_user: false,
+        stop_words: &["<|im_end|>"],
+        empty_thought: None,
+    },
     NamedTemplate {
         name: "chatml",
         prefix: &[],
