@@ -59,7 +59,8 @@ def main():
     )
     linears = 0
     for name, module in base.named_modules():
-        if name.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        if name.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                   "qkv_proj", "gate_up_proj"):
             if not isinstance(module, bnb.nn.Linear4bit):
                 raise SystemExit(f"{name} is {type(module).__name__}, not bitsandbytes Linear4bit")
             state = module.weight.quant_state

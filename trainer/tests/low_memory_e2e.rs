@@ -14,6 +14,9 @@
 //!   token ids (base + adapter loaded the way `lf-trainer eval/chat` load them): within fp32
 //!   noise against bitsandbytes' generic `matmul_4bit` path, and within bf16 rounding against its
 //!   default CPU inference, which on AVX512-BF16 CPUs runs a fused bf16 kernel.
+//! * [`phi3_qlora_matches_peft_on_bitsandbytes`]: the same comparison for a Phi-3, whose fused
+//!   `qkv_proj` and `gate_up_proj` are quantised whole (as bitsandbytes quantises them), on 40
+//!   tokens (past its window and its longrope switch).
 //! * [`low_memory_optimizers_train`]: `adamw_8bit`, `adafactor` and `offload_optimizer: cpu` each
 //!   train 24 steps with a falling loss and write the adapter and a checkpoint with optimiser
 //!   state; the offloaded AdamW (fp32 master and moments on the host) follows plain AdamW's
@@ -141,17 +144,54 @@ fn qlora_trains_resumes_and_matches_peft_on_bitsandbytes() {
 
     // The adapter on bitsandbytes' 4-bit base through transformers + PEFT.
     let model_dir = low_memory_common::assets().join("model");
-    let ids: Vec<i64> = (0..16).map(|i| (1 + 11 * i) % 89).collect();
+    assert_matches_peft_on_bitsandbytes("llama", &model_dir, &out, &cfg, dir.path(), 16);
+}
+
+/// Phi-3's fused `qkv_proj` and `gate_up_proj` stored as NF4 + double quantisation (each
+/// quantised whole, as bitsandbytes quantises them): QLoRA trains 24 steps through the binary on
+/// the tiny Phi-3 of `low_memory_common` (half of each head rotated, a window of 16, longrope
+/// past 32 positions), and its adapter on bitsandbytes' base through transformers + PEFT gives
+/// lf-trainer's logits on 40 tokens (the long RoPE factors and the window both in play).
+#[test]
+fn phi3_qlora_matches_peft_on_bitsandbytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = low_memory_common::family_assets("phi3");
+    let cfg = low_memory_common::write_config_for(a, dir.path(), &format!("{RUN}{QLORA}"));
+    train(&cfg, &[]);
+    let out = dir.path().join("out");
+    assert_learns("phi3 QLoRA nf4 + double quant", &losses(&out));
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        adapter["target_modules"],
+        serde_json::json!(["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    );
+    assert_matches_peft_on_bitsandbytes("phi3", &a.join("model"), &out, &cfg, dir.path(), 40);
+}
+
+/// The adapter in `out` on bitsandbytes' 4-bit base of `model_dir` through transformers + PEFT
+/// (`qlora_peft_logits.py`) gives the logits lf-trainer's model gives for `n` token ids (base +
+/// adapter loaded the way `lf-trainer eval/chat` load them, from the training config `cfg`).
+fn assert_matches_peft_on_bitsandbytes(
+    label: &str,
+    model_dir: &Path,
+    out: &Path,
+    cfg: &Path,
+    dir: &Path,
+    n: i64,
+) {
+    let ids: Vec<i64> = (0..n).map(|i| (1 + 11 * i) % 89).collect();
     let ids_arg = ids
         .iter()
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let reference = dir.path().join("peft_logits.safetensors");
+    let reference = dir.join("peft_logits.safetensors");
     let py = std::process::Command::new(python())
         .arg(reference_script("qlora_peft_logits.py"))
-        .arg(&model_dir)
-        .arg(&out)
+        .arg(model_dir)
+        .arg(out)
         .arg(&reference)
         .args(["--ids", &ids_arg, "--compute-dtype", "float32"])
         .output()
@@ -170,11 +210,11 @@ fn qlora_trains_resumes_and_matches_peft_on_bitsandbytes() {
         &reference["fused_logits"],
     );
 
-    let cfg = TrainingConfig::from_yaml_file(&cfg)
+    let cfg = TrainingConfig::from_yaml_file(cfg)
         .unwrap()
         .with_overrides(&[format!("adapter_name_or_path={}", out.display())])
         .unwrap();
-    let lm = lf_trainer::setup::model(&cfg, &model_dir, Device::Cpu, false, None).unwrap();
+    let lm = lf_trainer::setup::model(&cfg, model_dir, Device::Cpu, false, None).unwrap();
     assert_eq!(lm.architecture().hidden_size as usize, HIDDEN);
     let ours = tch::no_grad(|| lm.forward_logits(&Tensor::from_slice(&ids).reshape([1, -1])))
         .to_kind(Kind::Float);
@@ -196,21 +236,21 @@ fn qlora_trains_resumes_and_matches_peft_on_bitsandbytes() {
     // over the two layers and the head), still 10 times below the adapter's effect.
     let fused_diff = max_abs_diff(&ours, peft_fused);
     println!(
-        "lf-trainer vs PEFT on bitsandbytes nf4+DQ (fp32 generic path): max |Δlogit| {diff:.3e} (logit scale {scale:.3}, relative {:.3e}); vs bitsandbytes' default CPU inference (fused bf16): {fused_diff:.3e} (relative {:.3e}); adapter effect {effect:.3}",
+        "{label}: lf-trainer vs PEFT on bitsandbytes nf4+DQ (fp32 generic path): max |Δlogit| {diff:.3e} (logit scale {scale:.3}, relative {:.3e}); vs bitsandbytes' default CPU inference (fused bf16): {fused_diff:.3e} (relative {:.3e}); adapter effect {effect:.3}",
         diff / scale,
         fused_diff / scale
     );
     assert!(
         diff <= 1e-4 * scale,
-        "logits differ from PEFT on the bitsandbytes base by {diff} (scale {scale})"
+        "{label}: logits differ from PEFT on the bitsandbytes base by {diff} (scale {scale})"
     );
     assert!(
         fused_diff <= 2e-2 * scale,
-        "logits differ from PEFT on bitsandbytes' fused CPU path by {fused_diff} (scale {scale})"
+        "{label}: logits differ from PEFT on bitsandbytes' fused CPU path by {fused_diff} (scale {scale})"
     );
     assert!(
         effect >= 100.0 * 1e-4 * scale && effect >= 10.0 * 2e-2 * scale,
-        "the adapter barely changes the logits ({effect}): the comparison would not see a wrong adapter"
+        "{label}: the adapter barely changes the logits ({effect}): the comparison would not see a wrong adapter"
     );
 }
 
