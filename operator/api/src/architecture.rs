@@ -596,6 +596,22 @@ impl ModelArchitecture {
     }
 }
 
+/// Deserialises a FineTuneJob's inline `config.json` (`spec.model.architecture`) as
+/// [`ModelArchitecture::from_json_str`] reads a file: transformers 5's `rope_parameters` folded back
+/// and, where the paste leaves them out, the keys the family's config class defaults (Gemma's tied
+/// head and soft caps, ...), so a pasted Gemma plans with the head it has.
+pub fn deserialize_inline<'de, D>(d: D) -> Result<Option<ModelArchitecture>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let Some(raw) = Option::<serde_json::Value>::deserialize(d)? else {
+        return Ok(None);
+    };
+    serde_json::from_value(normalise_config(raw))
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
 /// A `config.json` as lf-api and lf-model read it: transformers 5's `rope_parameters` folded back
 /// into the classic keys ([`normalise_transformers_v5`]), and the keys a family's config class
 /// defaults when the file omits them ([`family_defaults`]) filled in.

@@ -141,8 +141,13 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<VolumeLocation>,
     /// The model's `config.json` inline (Hugging Face key names), so the operator can plan a
-    /// model it has no preset for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// model it has no preset for. Keys it leaves out take the family's defaults, as transformers'
+    /// config class sets them (Gemma's head is tied unless it says otherwise).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::architecture::deserialize_inline"
+    )]
     pub architecture: Option<ModelArchitecture>,
 }
 

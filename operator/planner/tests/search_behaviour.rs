@@ -247,6 +247,13 @@ fn jobs_resolve_presets_inline_architectures_and_fail_clearly() {
     let inline = "    architecture: {model_type: llama, vocab_size: 32000, hidden_size: 2048, intermediate_size: 5632, num_hidden_layers: 22, num_attention_heads: 32, num_key_value_heads: 4}\n";
     let i = PlannerInput::from_job(&job("acme/tiny", inline, "{gpuMemoryGib: 24}")).unwrap();
     assert_eq!(lf_planner::model_params(&i.arch), 1_100_048_384);
+    // A pasted Gemma 2 config that leaves out the keys Gemma2Config defaults: its head is tied
+    // and its attention soft-capped (planned eager), as transformers builds it.
+    let gemma = "    architecture: {model_type: gemma2, vocab_size: 256000, hidden_size: 3584, intermediate_size: 14336, num_hidden_layers: 42, num_attention_heads: 16, num_key_value_heads: 8, head_dim: 256}\n";
+    let i = PlannerInput::from_job(&job("acme/gemma", gemma, "{gpuMemoryGib: 24}")).unwrap();
+    assert!(i.arch.tie_word_embeddings);
+    assert_eq!(i.arch.attention_softcap(), Some(50.0));
+    assert_eq!(lf_planner::model_params(&i.arch), 9_241_705_984);
     let bad = "    architecture: {model_type: llama, vocab_size: 32000, hidden_size: 2048, intermediate_size: 5632, num_hidden_layers: 22, num_attention_heads: 30}\n";
     let err = PlannerInput::from_job(&job("acme/tiny", bad, "{gpuMemoryGib: 24}"))
         .unwrap_err()
