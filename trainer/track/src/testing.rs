@@ -2,6 +2,7 @@
 //! and the trackers' own readers (`tests/reference/trackers_check.py`).
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -48,7 +49,8 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A `mlflow server` on `port` keeping its store in a directory; killed on drop.
+/// A `mlflow server` on `port` keeping its store in a directory; its whole process group is
+/// stopped on drop.
 pub struct MlflowServer {
     child: Child,
     port: u16,
@@ -66,6 +68,9 @@ impl MlflowServer {
             .arg(dir.join("artifacts"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: the server forks uvicorn workers and job consumers, and
+            // dropping the server must stop all of them.
+            .process_group(0)
             .spawn()
             .expect("start mlflow server");
         let server = MlflowServer { child, port };
@@ -92,7 +97,20 @@ impl MlflowServer {
 
 impl Drop for MlflowServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = -(self.child.id() as i32);
+        // SAFETY: signals the process group this server leads (its pid is the group id).
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            // The group is gone when signal 0 reaches nobody.
+            if unsafe { libc::kill(group, 0) } != 0 {
+                break;
+            }
+            let _ = self.child.try_wait();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: as above; whatever ignored SIGTERM.
+        unsafe { libc::kill(group, libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
