@@ -12,46 +12,23 @@ use std::env;
 use std::path::{Path, PathBuf};
 
 include!("../libtorch_link.rs");
+include!("../shim_build.rs");
 
 fn main() {
     println!("cargo:rerun-if-changed=cpp");
     println!("cargo:rerun-if-env-changed=LF_GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=LF_CUDA_INCLUDE");
 
-    let Ok(lib) = env::var("DEP_TCH_LIBTORCH_LIB") else {
-        panic!(
-            "DEP_TCH_LIBTORCH_LIB is not set: lf-dist needs torch-sys as a direct dependency \
-             (set LIBTORCH=<root>/torch, see scripts/install-libtorch.sh)"
-        );
-    };
-    let lib = PathBuf::from(lib);
+    let lib = libtorch_lib_dir("lf-dist");
     let torch = lib.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let include = torch.join("include");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into()));
     let gloo = env::var("LF_GLOO_INCLUDE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| manifest.join("cpp").join("gloo_stub"));
     let nccl = env::var_os("CARGO_FEATURE_NCCL").is_some();
 
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .std("c++17")
-        .file(manifest.join("cpp").join("shim.cpp"))
-        .include(&include)
-        .include(
-            include
-                .join("torch")
-                .join("csrc")
-                .join("api")
-                .join("include"),
-        )
-        .include(&gloo)
-        .define("USE_C10D_GLOO", None)
-        .define("_GLIBCXX_USE_CXX11_ABI", "1")
-        .define("GLOG_USE_GLOG_EXPORT", None)
-        // libtorch's headers are not warning-clean; our own file is small and reviewed.
-        .warnings(false);
+    let mut build = libtorch_shim(&lib, &manifest.join("cpp").join("shim.cpp"));
+    build.include(&gloo).define("USE_C10D_GLOO", None);
     if nccl {
         build
             .define("USE_C10D_NCCL", None)
