@@ -30,10 +30,14 @@ pub fn reference_script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The tiny model (`assets()/model`) and data (`assets()/data`), made once per test process.
+#[path = "../support/process_dir.rs"]
+mod process_dir;
+
+/// The tiny model (`assets()/model`) and data (`assets()/data`), made once per test process
+/// (removed when it exits).
 pub fn assets() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| make_assets("llama")).path()
+    static DIR: OnceLock<&'static Path> = OnceLock::new();
+    DIR.get_or_init(|| make_assets("llama"))
 }
 
 /// The same tiny model and data in another family (`qwen3`, `gemma3_text`, `phi3`), made once per test
@@ -48,22 +52,22 @@ pub fn family_assets(family: &'static str) -> &'static Path {
         return p;
     }
     // Kept for the whole process, as `assets()`'s is.
-    let dir: &'static tempfile::TempDir = Box::leak(Box::new(make_assets(family)));
-    dirs.push((family, dir.path()));
-    dir.path()
+    let dir = make_assets(family);
+    dirs.push((family, dir));
+    dir
 }
 
-fn make_assets(family: &str) -> tempfile::TempDir {
+fn make_assets(family: &str) -> &'static Path {
     let py = python();
     assert!(
         py.exists(),
         "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)",
         py.display()
     );
-    let dir = tempfile::tempdir().unwrap();
+    let dir = process_dir::process_tempdir();
     let out = Command::new(&py)
         .arg(reference_script("trainer_make_tiny.py"))
-        .arg(dir.path())
+        .arg(dir)
         .args(["--hidden", &HIDDEN.to_string(), "--examples", "64"])
         .args(["--family", family])
         .output()

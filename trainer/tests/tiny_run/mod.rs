@@ -14,9 +14,12 @@ pub fn python() -> PathBuf {
     }
 }
 
-/// The tiny model and data, made once per test process.
+#[path = "../support/process_dir.rs"]
+mod process_dir;
+
+/// The tiny model and data, made once per test process (removed when it exits).
 pub fn assets() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<&'static Path> = OnceLock::new();
     DIR.get_or_init(|| {
         let py = python();
         assert!(
@@ -24,14 +27,10 @@ pub fn assets() -> &'static Path {
             "the Python reference stack is missing: {} (set LF_PYTHON or run the install script)",
             py.display()
         );
-        let dir = tempfile::tempdir().unwrap();
+        let dir = process_dir::process_tempdir();
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/trainer_make_tiny.py");
-        let out = Command::new(&py)
-            .arg(&script)
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let out = Command::new(&py).arg(&script).arg(dir).output().unwrap();
         assert!(
             out.status.success(),
             "trainer_make_tiny.py failed: {}",
@@ -39,7 +38,6 @@ pub fn assets() -> &'static Path {
         );
         dir
     })
-    .path()
 }
 
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
