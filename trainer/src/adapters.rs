@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use lf_model::{CausalLm, ModelError, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use lf_model::{CausalLm, ModelError, ADALORA_STATE, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use tch::Tensor;
 
 use crate::error::TrainerError;
@@ -228,9 +228,18 @@ impl TrainModel for LmTrainee {
 
     fn save_weights(&self, dir: &Path) -> Result<(), TrainerError> {
         if self.is_lora() {
+    /// An AdaLoRA checkpoint also holds [`ADALORA_STATE`]: the full-rank adapters, importance
+    /// scores and rank pattern a resume continues from (the PEFT adapter beside it drops pruned
+    /// ranks).
             self.lm
                 .save_adapter(dir, &self.base_name)
-                .map_err(|e| model_error("saving the adapter", e))
+                .map_err(|e| model_error("saving the adapter", e))?;
+            if self.lm.adalora_training() {
+                self.lm
+                    .save_adalora_state(&dir.join(ADALORA_STATE))
+                    .map_err(|e| model_error("saving AdaLoRA's state", e))?;
+            }
+            Ok(())
         } else {
             self.lm
                 .save_trainable(&dir.join(TRAINABLE_WEIGHTS))
@@ -249,7 +258,11 @@ impl TrainModel for LmTrainee {
         if let Some(p) = self.active_partition() {
             return p.load_trainable_shards(&dir.join(file));
         }
-        if self.is_lora() {
+        if self.lm.adalora_training() {
+            self.lm
+                .load_adalora_state(&dir.join(ADALORA_STATE))
+                .map_err(|e| model_error(&ctx, e))
+        } else if self.is_lora() {
             self.lm.load_adapter(dir).map_err(|e| model_error(&ctx, e))
         } else {
             self.lm
@@ -306,6 +319,39 @@ impl TrainModel for LmTrainee {
     }
 }
 
+
+    fn set_total_steps(&mut self, total_steps: u64) -> Result<(), TrainerError> {
+        self.lm
+            .adalora_set_total_steps(total_steps)
+            .map_err(|e| model_error("AdaLoRA", e))
+    }
+
+    fn regularizer_backward(&mut self, scale: f64) -> Result<f64, TrainerError> {
+        let Some(reg) = self.lm.adalora_regularizer() else {
+            return Ok(0.0);
+        };
+        (&reg * scale)
+            .f_backward()
+            .map_err(|e| TrainerError::from_library("AdaLoRA's orthogonality regulariser", e))?;
+        reg.f_double_value(&[])
+            .map_err(|e| TrainerError::from_library("AdaLoRA's orthogonality regulariser", e))
+    }
+
+    fn after_optimizer_step(&mut self, step: u64) -> Result<(), TrainerError> {
+        let allocation = self
+            .lm
+            .adalora_after_step(step)
+            .map_err(|e| model_error("AdaLoRA's rank allocation", e))?;
+        if let Some(a) = allocation {
+            tracing::info!(
+                step = step + 1,
+                budget = a.budget,
+                kept = a.kept,
+                "AdaLoRA: ranks masked to the budget"
+            );
+        }
+        Ok(())
+    }
 /// The prefix of PEFT adapter parameter names.
 const PEFT_PREFIX: &str = "base_model.model.";
 

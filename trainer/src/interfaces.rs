@@ -94,6 +94,21 @@ pub trait TrainModel {
 }
 
 /// What a model reports about its weights for the memory record.
+    /// Told the run's number of optimiser steps before the first (AdaLoRA's budget schedule).
+    fn set_total_steps(&mut self, _total_steps: u64) -> Result<(), TrainerError> {
+        Ok(())
+    }
+    /// Once per step, after the micro-batches' backward: accumulates `scale ×` the gradient of
+    /// the method's regulariser (AdaLoRA's orthogonality term) and returns its value, which the
+    /// step's loss includes; 0 when the method has none.
+    fn regularizer_backward(&mut self, _scale: f64) -> Result<f64, TrainerError> {
+        Ok(0.0)
+    }
+    /// After optimiser step `step` (0-based), before the gradients are zeroed: the method's own
+    /// update (AdaLoRA's importance scores and rank allocation).
+    fn after_optimizer_step(&mut self, _step: u64) -> Result<(), TrainerError> {
+        Ok(())
+    }
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelMemory {
     /// Bytes of every base tensor that does not train, as stored.

@@ -5,7 +5,10 @@
 //! scaled by `1 / label tokens of the whole step`: the gradient is exactly that of the mean token
 //! loss of the step, however the step is split into micro-batches or ranks. Then gradients are
 //! summed over ranks, the global norm is checked (a NaN/inf stops the run at once) and clipped,
-//! the optimiser updates with the scheduled learning rate, and the gradients are zeroed.
+//! the optimiser updates with the scheduled learning rate, the method's own update runs (AdaLoRA's
+//! rank allocation, which reads the gradients), and the gradients are zeroed. A method's
+//! regulariser (AdaLoRA's orthogonality term) is backpropagated once per step and is part of the
+//! step's loss.
 //! A preference run (`stage: dpo`) counts pairs instead of label tokens: each micro-batch of
 //! pairs backpropagates its summed pair losses ([`crate::preference`]) scaled by `1 / pairs of the
 //! whole step`.
@@ -271,9 +274,16 @@ impl Stepper<'_> {
 
         let t_opt = Instant::now();
         let loss = if loss_units > 0.0 {
-            loss_sum / loss_units
+            loss_sum / loss_units + regularizer
         } else {
             0.0
+        // The method's regulariser (AdaLoRA), once per step: each rank adds its share, so the
+        // gradients summed over ranks hold it once.
+        let regularizer = if loss_units > 0.0 {
+            model.regularizer_backward(1.0 / group.world_size() as f64)?
+        } else {
+            0.0
+        };
         };
         let setup = &ctx.numeric_setup;
         if !loss.is_finite() {
@@ -296,6 +306,7 @@ impl Stepper<'_> {
         sync(ctx.device);
         let optimizer_secs = t_opt.elapsed().as_secs_f64();
 
+            model.after_optimizer_step(step)?;
         let tokens: u64 = batches.micro.iter().map(|b| b.tokens).sum();
         let samples: u64 = batches.micro.iter().map(|b| b.examples as u64).sum();
         let outcome = StepOutcome {
@@ -419,6 +430,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
     let start_step = state.global_step;
     let sinks = Sinks {
         output_dir: &ctx.output_dir,
+    model.set_total_steps(total_steps)?;
         device: ctx.device,
         is_main,
         status: ctx.status,

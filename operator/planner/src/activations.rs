@@ -142,7 +142,7 @@ fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfi
         return 0;
     }
     let c = training.precision().compute_bytes();
-    let r = training.lora_rank as u64;
+    let r = training.adapter_rank() as u64;
     params::lora_targets(arch, training)
         .iter()
         .map(|m| {

@@ -280,7 +280,11 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
                 .iter()
                 .map(|m| m.name())
                 .collect();
-            format!("{kind} r={} on {}{q}", t.lora_rank, targets.join(","))
+            let rank = match t.adalora() {
+                Some(ada) => format!("AdaLoRA r={}→{}", ada.init_r, ada.target_r),
+                None => format!("{kind} r={}", t.lora_rank),
+            };
+            format!("{rank} on {}{q}", targets.join(","))
         }
     };
     let method = if t.stage.is_pairwise() {

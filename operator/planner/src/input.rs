@@ -175,6 +175,9 @@ impl PlannerInput {
             // Adafactor's factored state needs whole matrices; the trainer's ZeRO cuts element
             // ranges, so it runs Adafactor only unpartitioned (its state is tiny anyway).
             None if self.training.optim == lf_api::training::Optim::Adafactor => vec![0],
+            // AdaLoRA scores each adapter element from its whole gradient after every step,
+            // which ZeRO 1-3 keep only in shards (the config refuses other stages).
+            None if self.training.use_adalora => vec![0],
             None => vec![0, 1, 2, 3],
         }
     }

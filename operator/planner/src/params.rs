@@ -153,9 +153,11 @@ pub fn lora_targets(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<
 }
 
 /// The trainable tensors of one decoder layer's adapters: `lora_A` `(r, d_in)`, `lora_B`
-/// `(d_out, r)` and, with DoRA, the magnitude `(d_out, 1)`, per adapted linear.
+/// `(d_out, r)` and, with DoRA, the magnitude `(d_out, 1)`, with AdaLoRA the singular values
+/// `lora_E` `(r, 1)` (`r` = `adalora_init_r`: pruned ranks are zeroed, not freed, while
+/// training), per adapted linear.
 pub fn adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<Shape> {
-    let r = training.lora_rank as u64;
+    let r = training.adapter_rank() as u64;
     let mut out = Vec::new();
     for m in lora_targets(arch, training) {
         let (din, dout) = arch.linear_shape(m);
@@ -163,6 +165,9 @@ pub fn adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Ve
         out.push((dout, r));
         if training.use_dora {
             out.push((dout, 1));
+        }
+        if training.use_adalora {
+            out.push((r, 1));
         }
     }
     out

@@ -38,10 +38,15 @@ pub struct LoraSettings {
 }
 
 impl LoraSettings {
-    /// α/r, or α/√r with rsLoRA.
+    /// AdaLoRA's settings (then `r` is `init_r`).
+    pub adalora: Option<lf_api::training::AdaLora>,
+    /// α/r, or α/√r with rsLoRA; AdaLoRA's α/(init_r + 1e-5) (PEFT's `scaling / (ranknum +
+    /// 1e-5)`, `ranknum` staying `init_r` as ranks are pruned).
     pub fn scaling(&self) -> f64 {
         let r = self.r as f64;
-        if self.use_rslora {
+        if self.adalora.is_some() {
+            self.alpha / (r + 1e-5)
+        } else if self.use_rslora {
             self.alpha / r.sqrt()
         } else {
             self.alpha / r
@@ -74,6 +79,8 @@ pub struct CausalLm {
 
 impl CausalLm {
     /// Loads a Hugging Face model directory: `config.json` plus `model.safetensors` or the shards of
+    /// AdaLoRA's importance scores and rank allocation, while training with `use_adalora`.
+    pub(crate) rank_allocator: Option<crate::adalora::RankAllocator>,
     /// `model.safetensors.index.json`. Files are memory-mapped and each tensor is converted to
     /// `opts.dtype` and moved to `opts.device` on its own; the time taken is logged and kept in
     /// [`CausalLm::load_report`].
@@ -146,6 +153,7 @@ impl CausalLm {
     }
 
     /// The architecture read from `config.json`.
+            rank_allocator: None,
     pub fn architecture(&self) -> &ModelArchitecture {
         &self.arch
     }

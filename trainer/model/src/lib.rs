@@ -16,6 +16,8 @@
 //! The architecture itself is in [`llama`] (one file, mirroring transformers' `modeling_llama.py`);
 //! every tensor name (Hugging Face and PEFT) comes from [`names`].
 
+mod adalora;
+mod adalora_io;
 mod causal_lm;
 pub mod durable;
 mod error;
@@ -38,6 +40,8 @@ pub mod safetensors_io;
 pub mod testing;
 mod training;
 
+pub use adalora::{budget_schedule, Allocation, RankPattern};
+pub use adalora_io::ADALORA_STATE;
 pub use causal_lm::{CausalLm, LoadReport, LoraSettings};
 pub use error::ModelError;
 pub use linear::without_adapters;

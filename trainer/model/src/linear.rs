@@ -72,7 +72,7 @@ impl BaseWeight {
     }
 }
 
-/// LoRA (and DoRA) parameters of one linear layer, in PEFT's layout.
+/// LoRA (DoRA, AdaLoRA) parameters of one linear layer, in PEFT's layout.
 pub struct Adapter {
     /// `lora_A.weight`, `[r, in_features]`.
     pub a: Tensor,
@@ -80,7 +80,9 @@ pub struct Adapter {
     pub b: Tensor,
     /// DoRA's `lora_magnitude_vector`, `[out_features]`, when DoRA is on.
     pub magnitude: Option<Tensor>,
-    /// α/r (or α/√r with rsLoRA).
+    /// AdaLoRA's singular values `lora_E`, `[r, 1]`: the update is `B·diag(E)·A` (SVD form).
+    pub singular: Option<Tensor>,
+    /// α/r (or α/√r with rsLoRA; AdaLoRA: α/(init_r + 1e-5)).
     pub scaling: f64,
     /// Dropout probability applied to the adapter's input while training.
     pub dropout: f64,
@@ -91,6 +93,14 @@ impl Adapter {
     /// sharing storage with the adapter.
     pub fn named_tensors(&self, path: &TensorPath) -> Vec<(String, Tensor)> {
         let mut out = vec![
+        if let Some(e) = &self.singular {
+            // AdaLoRA's are parameters of the layer itself, named without `.weight`.
+            return vec![
+                (path.adalora_a(), self.a.shallow_clone()),
+                (path.adalora_b(), self.b.shallow_clone()),
+                (path.adalora_e(), e.shallow_clone()),
+            ];
+        }
             (path.lora_a(), self.a.shallow_clone()),
             (path.lora_b(), self.b.shallow_clone()),
         ];
@@ -100,11 +110,19 @@ impl Adapter {
         out
     }
 
-    /// `s·B·A` in fp32, `[out, in]`.
+    /// `A`, or AdaLoRA's `diag(E)·A`: the adapter's first factor, `[r, in]`.
+    fn down(&self) -> Tensor {
+        match &self.singular {
+            Some(e) => &self.a * e,
+            None => self.a.shallow_clone(),
+        }
+    }
+
+    /// `s·B·A` (AdaLoRA: `s·B·diag(E)·A`) in fp32, `[out, in]`.
     pub fn delta_weight(&self) -> Tensor {
         self.b
             .to_kind(Kind::Float)
-            .matmul(&self.a.to_kind(Kind::Float))
+            .matmul(&self.down().to_kind(Kind::Float))
             * self.scaling
     }
 }
@@ -149,7 +167,7 @@ impl Linear {
     }
 
     /// The forward pass. With an adapter this is PEFT's:
-    /// LoRA `y = W x + s·B(A(dropout(x)))`; DoRA, with `k = m / ‖W + s·BA‖` (row norm, detached),
+    /// LoRA `y = W x + s·B(A(dropout(x)))` (AdaLoRA: `A` is `diag(E)·A`); DoRA, with `k = m / ‖W + s·BA‖` (row norm, detached),
     /// `y = W x + (k − 1)·W x + k·s·B(A(x))`, where with active dropout the middle term uses the
     /// dropped-out input as PEFT does. The adapter runs in its own dtype (fp32 unless `pure_bf16`);
     /// its input is cast to that dtype and its result back to the activation dtype. Inside
@@ -169,7 +187,7 @@ impl Linear {
         }
         .to_kind(kind);
         let lora = xa
-            .linear::<Tensor>(&ad.a, None)
+            .linear::<Tensor>(&ad.down(), None)
             .linear::<Tensor>(&ad.b, None);
         let out_kind = base.kind();
         match &ad.magnitude {

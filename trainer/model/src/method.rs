@@ -49,7 +49,7 @@ impl CausalLm {
         match cfg.finetuning_type {
             FinetuningType::Lora => {
                 let settings = LoraSettings {
-                    r: cfg.lora_rank,
+                    r: cfg.adapter_rank(),
                     alpha: cfg.effective_lora_alpha(),
                     dropout: cfg.lora_dropout,
                     targets: cfg
@@ -57,6 +57,7 @@ impl CausalLm {
                         .map_err(|e| ModelError::Invalid(e.to_string()))?,
                     use_rslora: cfg.use_rslora,
                     use_dora: cfg.use_dora,
+                    adalora: cfg.adalora(),
                 };
                 let kind = if cfg.pure_bf16 {
                     Kind::BFloat16
@@ -64,6 +65,7 @@ impl CausalLm {
                     Kind::Float
                 };
                 self.attach_adapters(&settings, kind, Some(seed), residency)?;
+                self.rank_allocator = settings.adalora.map(crate::adalora::RankAllocator::new);
                 self.method.lora = Some(settings);
             }
             FinetuningType::Full => {
@@ -119,6 +121,7 @@ impl CausalLm {
             }
         }
         self.method.lora = None;
+        self.rank_allocator = None;
     }
 
     /// Attaches fresh adapters (`seed` given: PEFT init, trainable) or zero placeholders to be
@@ -168,12 +171,19 @@ impl CausalLm {
                 let (out_f, in_f) = (out_f as i64, in_f as i64);
                 let bound = 1.0 / (in_f as f64).sqrt();
                 let a = Tensor::empty([r, in_f], (Kind::Float, Device::Cpu));
-                let a = if seed.is_some() {
-                    a.uniform(-bound, bound)
-                } else {
-                    a.zero()
-                };
                 let b = Tensor::zeros([out_f, r], (Kind::Float, Device::Cpu));
+                let (a, b) = match (seed, s.adalora) {
+                    (None, _) => (a.zero(), b),
+                    (Some(_), None) => (a.uniform(-bound, bound), b),
+                    // AdaLoRA: A, B ~ N(0, 0.02²), E = 0 (PEFT's `reset_lora_parameters`).
+                    (Some(_), Some(_)) => {
+                        let (mut a, mut b) = (a, b);
+                        (a.normal_(0.0, 0.02), b.normal_(0.0, 0.02))
+                    }
+                };
+                let singular = s
+                    .adalora
+                    .map(|_| Tensor::zeros([r, 1], (Kind::Float, Device::Cpu)));
                 let magnitude = if s.use_dora {
                     let w = lin.weight.dense(Kind::Float);
                     Some(
@@ -194,6 +204,7 @@ impl CausalLm {
                     a: prep(a),
                     b: prep(b),
                     magnitude: magnitude.map(|m| m.detach().set_requires_grad(train)),
+                    singular: singular.map(prep),
                     scaling: s.scaling(),
                     dropout: s.dropout,
                 });

@@ -76,6 +76,21 @@ impl TensorPath {
         self.peft().pp("lora_B").weight()
     }
 
+    /// PEFT's AdaLoRA `A` (`[r, in]`, a parameter of the layer: no `.weight`).
+    pub fn adalora_a(&self) -> String {
+        self.peft().pp("lora_A").0
+    }
+
+    /// PEFT's AdaLoRA `B` (`[out, r]`).
+    pub fn adalora_b(&self) -> String {
+        self.peft().pp("lora_B").0
+    }
+
+    /// PEFT's AdaLoRA singular values `E` (`[r, 1]`).
+    pub fn adalora_e(&self) -> String {
+        self.peft().pp("lora_E").0
+    }
+
     /// PEFT's DoRA magnitude of the linear at this (Hugging Face) path.
     pub fn lora_magnitude_vector(&self) -> String {
         self.peft().pp("lora_magnitude_vector").0

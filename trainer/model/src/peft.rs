@@ -30,14 +30,18 @@ impl CausalLm {
             path: dir.to_path_buf(),
             source,
         })?;
+        let tensors = match s.adalora {
+            Some(_) => self.adalora_saved_tensors()?,
+            None => self.adapter_parameters(),
+        };
         let mut map = BTreeMap::new();
-        for (name, t) in self.adapter_parameters() {
+        for (name, t) in tensors {
             let host = HostTensor::from_tensor(&name, &t)?;
             map.insert(name, host);
         }
         safetensors_io::write_file(&dir.join(ADAPTER_WEIGHTS), &map)?;
         let targets: Vec<&str> = s.targets.iter().map(|m| m.name()).collect();
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "alpha_pattern": {},
             "auto_mapping": null,
             "base_model_name_or_path": base_model_name,
@@ -63,6 +67,9 @@ impl CausalLm {
             "use_dora": s.use_dora,
             "use_rslora": s.use_rslora,
         });
+        if let Some(ada) = &s.adalora {
+            self.adalora_config(&mut config, ada)?;
+        }
         let path = dir.join(ADAPTER_CONFIG);
         let text = serde_json::to_string_pretty(&config).map_err(|e| ModelError::Json {
             path: path.clone(),
@@ -90,7 +97,11 @@ impl CausalLm {
             path: config_path.clone(),
             message: e.to_string(),
         })?;
-        let settings = parse_config(&cfg, &self.arch).map_err(fail)?;
+        let settings = parse_config(&cfg, &self.arch).map_err(&fail)?;
+        let pattern = match settings.adalora {
+            Some(_) => crate::adalora_io::pattern_from_config(&cfg).map_err(&fail)?,
+            None => None,
+        };
         let weights = adapter_dir.join(ADAPTER_WEIGHTS);
         let file = MappedFile::open(&weights)?;
         let desc = weights.display().to_string();
@@ -107,8 +118,14 @@ impl CausalLm {
                 .as_ref()
                 .cloned()
                 .unwrap_or_else(|| settings.clone());
+            if pattern.is_some() {
+                return Err(fail(
+                    "cannot continue training from it: AdaLoRA already pruned its ranks (rank_pattern), and the importance scores that drove the pruning are not in an adapter; resume the run from its checkpoint (resume_from_checkpoint) instead".into(),
+                ));
+            }
             if ours.r != settings.r
                 || ours.use_dora != settings.use_dora
+                || ours.adalora.is_some() != settings.adalora.is_some()
                 || sorted(&ours.targets) != sorted(&settings.targets)
             {
                 return Err(ModelError::Adapter {
@@ -126,6 +143,9 @@ impl CausalLm {
             }
         } else {
             self.attach_adapters(&settings, Kind::Float, None, &crate::AlwaysResident)?;
+            if let Some(pattern) = &pattern {
+                self.adalora_resize(pattern)?;
+            }
         }
 
         let mut in_file: BTreeSet<String> = file.names()?.into_iter().collect();
@@ -177,16 +197,23 @@ fn names(v: &[LinearModule]) -> Vec<&'static str> {
 /// what we cannot apply.
 fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<LoraSettings, String> {
     let peft_type = cfg.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
-    if peft_type != "LORA" {
-        return Err(format!(
-            "peft_type `{peft_type}` is not supported (only LORA, including DoRA/rsLoRA)"
-        ));
-    }
-    let r = cfg
-        .get("r")
-        .and_then(|v| v.as_u64())
-        .filter(|&r| r > 0)
-        .ok_or("`r` must be a positive integer")? as u32;
+    let adalora = match peft_type {
+        "LORA" => None,
+        "ADALORA" => Some(crate::adalora_io::settings_from_config(cfg)?),
+        _ => {
+            return Err(format!(
+                "peft_type `{peft_type}` is not supported (only LORA, including DoRA/rsLoRA, and ADALORA)"
+            ))
+        }
+    };
+    let r = match adalora {
+        Some(a) => a.init_r,
+        None => cfg
+            .get("r")
+            .and_then(|v| v.as_u64())
+            .filter(|&r| r > 0)
+            .ok_or("`r` must be a positive integer")? as u32,
+    };
     let alpha = cfg
         .get("lora_alpha")
         .and_then(|v| v.as_f64())
@@ -202,7 +229,12 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
     if flag("fan_in_fan_out") {
         return Err("fan_in_fan_out: true is not supported".into());
     }
-    for key in ["rank_pattern", "alpha_pattern"] {
+    let per_module = match adalora {
+        // AdaLoRA's rank_pattern is its pruning, read by the loader.
+        Some(_) => &["alpha_pattern"][..],
+        None => &["rank_pattern", "alpha_pattern"][..],
+    };
+    for &key in per_module {
         if cfg
             .get(key)
             .and_then(|v| v.as_object())
@@ -255,5 +287,6 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
         targets,
         use_rslora: flag("use_rslora"),
         use_dora: flag("use_dora"),
+        adalora,
     })
 }

@@ -61,6 +61,36 @@ pub struct TrainingConfig {
     pub lora_target: String,
     pub use_rslora: bool,
     pub use_dora: bool,
+    /// AdaLoRA (PEFT's `AdaLoraConfig`, the guide's key names): SVD-form adapters whose ranks are
+    /// reallocated by importance under a shrinking budget. Needs `finetuning_type: lora`;
+    /// `lora_rank` is then unused (`adalora_init_r` is each adapter's starting rank).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub use_adalora: bool,
+    /// AdaLoRA: the average rank the budget ends at (PEFT's `target_r`, default 8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_rank: Option<u32>,
+    /// AdaLoRA: each adapter's starting rank (PEFT's `init_r`, default 12).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_init_r: Option<u32>,
+    /// AdaLoRA: optimiser steps before the budget starts shrinking (PEFT's `tinit`, default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_tinit: Option<u64>,
+    /// AdaLoRA: final steps trained at the target budget (PEFT's `tfinal`, default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_tfinal: Option<u64>,
+    /// AdaLoRA: steps between two reallocations (PEFT's `deltaT`, default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_delta_t: Option<u64>,
+    /// AdaLoRA: EMA factor of the sensitivity (PEFT's `beta1`, default 0.85).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_beta1: Option<f64>,
+    /// AdaLoRA: EMA factor of the uncertainty (PEFT's `beta2`, default 0.85).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_beta2: Option<f64>,
+    /// AdaLoRA: weight of the orthogonality regulariser added to the loss (PEFT's
+    /// `orth_reg_weight`, default 0.5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adalora_orth_reg_weight: Option<f64>,
     /// `finetuning_type: freeze`: how many of the last decoder layers train.
     pub freeze_trainable_layers: u32,
     /// Keep trainable parameters and optimiser states in bf16 (no fp32 master copy).
@@ -234,6 +264,15 @@ impl Default for TrainingConfig {
             lora_target: "all".to_string(),
             use_rslora: false,
             use_dora: false,
+            use_adalora: false,
+            adalora_rank: None,
+            adalora_init_r: None,
+            adalora_tinit: None,
+            adalora_tfinal: None,
+            adalora_delta_t: None,
+            adalora_beta1: None,
+            adalora_beta2: None,
+            adalora_orth_reg_weight: None,
             freeze_trainable_layers: 2,
             pure_bf16: false,
             bf16: false,
@@ -310,9 +349,15 @@ impl Default for TrainingConfig {
 }
 
 impl TrainingConfig {
-    /// The LoRA scaling numerator: `lora_alpha`, defaulting to 2 × rank.
+    /// The LoRA scaling numerator: `lora_alpha`, defaulting to 2 × rank (AdaLoRA: 2 ×
+    /// `adalora_init_r`).
     pub fn effective_lora_alpha(&self) -> f64 {
-        self.lora_alpha.unwrap_or(2.0 * self.lora_rank as f64)
+        self.lora_alpha.unwrap_or(2.0 * self.adapter_rank() as f64)
+    }
+
+    /// The rank each adapter is created with: `lora_rank`, or AdaLoRA's `adalora_init_r`.
+    pub fn adapter_rank(&self) -> u32 {
+        self.adalora().map_or(self.lora_rank, |a| a.init_r)
     }
 
     /// The decoder linears LoRA adapts, resolved from `lora_target` for the Llama layout (`all`:

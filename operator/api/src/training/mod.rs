@@ -12,6 +12,8 @@
 //! unless the value turns it off). `deepspeed` is read and mapped onto the config's keys. See
 //! [`TrainingConfig::parse_yaml_str`] for the notices.
 
+mod adalora;
+mod checkpointing;
 mod compat;
 mod config;
 mod deepspeed;
@@ -24,6 +26,8 @@ pub mod report_to;
 mod validate;
 
 pub use crate::architecture::LinearModule;
+pub use adalora::AdaLora;
+pub use checkpointing::GradientCheckpointing;
 pub use compat::{CompatOption, Source, ACCEPTED, REJECTED, REJECTED_VALUES};
 pub use config::TrainingConfig;
 pub use deepspeed::{DeepSpeedConfig, DeepSpeedMapping, DeepSpeedSetting, DEEPSPEED_MAPPING};

@@ -112,6 +112,7 @@ impl TrainingConfig {
     /// `stage: dpo`: the loss settings, and what the preference stage does not combine with yet.
     fn validate_preference(&self) -> Result<(), ConfigError> {
         if !self.stage.is_pairwise() {
+        self.validate_adalora()?;
             return Ok(());
         }
         if !(self.pref_beta.is_finite() && self.pref_beta > 0.0) {

@@ -19,14 +19,20 @@ pub fn python() -> PathBuf {
 
 /// Runs `tests/reference/model_reference.py MODE OUT`, failing the test with its output if it fails.
 pub fn reference(mode: &str, out: &Path) {
+    reference_script("model_reference.py", mode, out)
+}
+
+/// Runs `tests/reference/SCRIPT MODE OUT`, failing the test with its output if it fails.
+pub fn reference_script(script: &str, mode: &str, out: &Path) {
     let py = python();
     assert!(
         py.exists(),
         "the Python reference stack is missing: {} does not exist (set LF_PYTHON or run scripts/install-python-ref.sh)",
         py.display()
     );
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/model_reference.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference")
+        .join(script);
     let output = Command::new(&py)
         .arg(&script)
         .arg(mode)
