@@ -99,15 +99,51 @@ impl TrainModel for StopAt {
     fn memory(&self) -> Option<ModelMemory> {
         self.inner.memory()
     }
+    fn set_total_steps(&mut self, total_steps: u64) -> Result<(), TrainerError> {
+        self.inner.set_total_steps(total_steps)
+    }
+    fn regularizer_backward(&mut self, scale: f64) -> Result<f64, TrainerError> {
+        self.inner.regularizer_backward(scale)
+    }
+    fn after_optimizer_step(&mut self, step: u64) -> Result<(), TrainerError> {
+        self.inner.after_optimizer_step(step)
+    }
 }
+
+const RESUMED_RUN: &str = "optim: adamw_torch\nweight_decay: 0.01\nlr_scheduler_type: cosine\nwarmup_ratio: 0.2\nmax_steps: 8\n\
+     per_device_train_batch_size: 2\ngradient_accumulation_steps: 2\nmax_grad_norm: 1.0\nsave_steps: 3\n";
 
 #[test]
 fn interrupted_and_resumed_run_equals_uninterrupted_run() {
+    interrupted_and_resumed_equals_uninterrupted(&config(RESUMED_RUN));
+}
+
+/// AdaLoRA, interrupted in its budgeting phase (after the masks at steps 2 and 4 of 8): the
+/// checkpoint's state (full-rank adapters, importance EMAs, rank pattern) continues it exactly.
+#[test]
+fn adalora_interrupted_and_resumed_run_equals_uninterrupted_run() {
+    let cfg = config(&format!(
+        "{RESUMED_RUN}use_adalora: true\nadalora_init_r: 4\nadalora_rank: 2\nadalora_tinit: 1\nadalora_tfinal: 2\nadalora_delta_t: 2\n"
+    ));
+    let out = interrupted_and_resumed_equals_uninterrupted(&cfg);
+    let ckpt = out.path().join("checkpoint-4");
+    assert!(ckpt.join(lf_model::ADALORA_STATE).is_file());
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ckpt.join(lf_model::ADAPTER_CONFIG)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["peft_type"], "ADALORA");
+    assert!(saved["rank_pattern"].is_object(), "{saved}");
+}
+
+/// Trains `cfg` (8 steps, checkpoints every 3) uninterrupted, then interrupted during step 4 and
+/// resumed from checkpoint-4 in a fresh model: the weights, the mean loss and the log equal.
+/// Returns the interrupted run's output directory.
+fn interrupted_and_resumed_equals_uninterrupted(
+    cfg: &lf_api::training::TrainingConfig,
+) -> tempfile::TempDir {
+    let cfg = cfg.clone();
     let data = data(20, 4);
-    let cfg = config(
-        "optim: adamw_torch\nweight_decay: 0.01\nlr_scheduler_type: cosine\nwarmup_ratio: 0.2\nmax_steps: 8\n\
-         per_device_train_batch_size: 2\ngradient_accumulation_steps: 2\nmax_grad_norm: 1.0\nsave_steps: 3\n",
-    );
     // Uninterrupted: 8 steps.
     let full = tempfile::tempdir().unwrap();
     let mut t = trainee(&cfg);
@@ -178,6 +214,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_run() {
         (1..=8).collect::<Vec<_>>(),
         "each step logged exactly once across both attempts"
     );
+    out
 }
 
 #[test]

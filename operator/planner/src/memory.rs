@@ -197,10 +197,14 @@ impl Inventory {
             .iter()
             .map(|(s, n)| n * optimizer_state_bytes(training.optim, Precision::Fp32, *s))
             .sum();
+        // AdaLoRA keeps two importance EMAs per adapter element, in the adapter's dtype, beside
+        // the optimiser's own state.
+        let adalora_bytes = if training.use_adalora { 2 * w } else { 0 };
         let optimizer_state_bytes = shapes
             .iter()
             .map(|(s, n)| n * optimizer_state_bytes(training.optim, precision, *s))
-            .sum();
+            .sum::<u64>()
+            + adalora_bytes * trainable;
         let model_params = params::model_params(arch);
         let layer = params::layer_params(arch);
         let layers = 0..arch.num_hidden_layers;

@@ -378,6 +378,16 @@ fn counts_equal_transformers_and_peft() {
             "lora_rank: 16\nuse_dora: true",
         ),
         case(
+            "llama-3-8b adalora all 12->8",
+            real("meta-llama/Meta-Llama-3-8B"),
+            "use_adalora: true",
+        ),
+        case(
+            "qwen2.5-7b adalora q,v 24->16",
+            real("Qwen/Qwen2.5-7B"),
+            "use_adalora: true\nadalora_init_r: 24\nadalora_rank: 16\nlora_target: q_proj,v_proj",
+        ),
+        case(
             "llama-3.2-1b tied full",
             real("meta-llama/Llama-3.2-1B"),
             "finetuning_type: full",
@@ -424,6 +434,7 @@ fn counts_equal_transformers_and_peft() {
                 "rank": t.lora_rank,
                 "targets": t.lora_targets_for(&c.arch).unwrap().iter().map(|m| m.name()).collect::<Vec<_>>(),
                 "dora": t.use_dora,
+                "adalora": t.adalora().map(|a| [a.init_r, a.target_r]),
                 "freeze_layers": t.freeze_trainable_layers,
             })
         })
