@@ -96,6 +96,8 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         Some(pg) if cfg.zero_stage >= 3 => Some(ParameterPartition::new(pg.clone())),
         _ => None,
     };
+    let resolved = crate::recompute_budget::resolve(cfg, &model_dir, device)?;
+    let cfg = &resolved;
     let lm = setup::model(cfg, &model_dir, device, true, partition.as_mut())?;
     let numeric_setup = setup::numeric_setup(cfg, &lm);
     tracing::info!(device = ?device, setup = %numeric_setup, "model ready");
@@ -119,7 +121,7 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             tracing::info!(zero_stage = cfg.zero_stage, "ZeRO partitioning");
             let zero = ZeroOptimizer::new(cfg, cfg.zero_stage, pg, &params, partition.clone())?;
             if let Some(partition) = partition {
-                if !cfg.gradient_checkpointing {
+                if cfg.gradient_checkpointing != lf_api::training::GradientCheckpointing::On {
                     tracing::warn!(
                         "zero_stage 3 gathers each layer again for its recomputation in backward: gradient_checkpointing is turned on"
                     );

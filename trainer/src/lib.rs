@@ -38,6 +38,7 @@ pub mod preference;
 pub mod preference_eval;
 pub mod profiling;
 pub mod report;
+pub mod recompute_budget;
 pub mod resume;
 pub mod schedule;
 pub mod setup;

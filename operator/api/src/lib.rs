@@ -24,6 +24,6 @@ pub mod training;
 
 pub use architecture::ModelArchitecture;
 pub use crd::{FineTuneJob, FineTuneJobSpec};
-pub use plan::{MemoryBreakdown, Plan};
+pub use plan::{MemoryBreakdown, Plan, Recomputation};
 pub use status::FineTuneJobStatus;
 pub use training::{ConfigError, TrainingConfig};

@@ -58,8 +58,22 @@ pub struct Plan {
     /// ranks together): what sizes the pods' termination grace period (time to save on SIGTERM).
     #[serde(default)]
     pub checkpoint_bytes: u64,
+    /// Layer recomputation the prediction assumes (the first `recomputed` decoder layers): the
+    /// planner's choice under `gradient_checkpointing: auto`, rendered as `recompute_layers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recomputation: Option<Recomputation>,
     /// One line saying what dominates (for status messages).
     pub summary: String,
+}
+
+/// How many decoder layers are recomputed in backward, of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Recomputation {
+    /// Recomputed layers (the first ones); the others keep their activations.
+    pub recomputed: u32,
+    /// Decoder layers of the model.
+    pub layers: u32,
 }
 
 impl Plan {

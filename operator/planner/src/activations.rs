@@ -27,10 +27,12 @@
 //!   expert is resident (model states), the activations are those of the routed tokens —
 //!   `k` SwiGLUs of the expert size per token — plus the router's logits and probabilities
 //!   (`mlp_saved_bytes`, `mlp_backward_bytes`).
-//! - **Gradient checkpointing** (on by default) keeps only each layer's input (`c·h` per token per
+//! - **Gradient checkpointing** keeps only each recomputed layer's input (`c·h` per token per
 //!   layer) and recomputes one layer at a time, so the peak holds the checkpoints plus one layer's
 //!   saved tensors plus its backward temporaries. Without it, every layer's saved tensors stay.
 //! - **Transients inside a layer:** QLoRA dequantises one weight at a time to the compute dtype;
+//!   Under `auto` the first `r` layers are recomputed and the rest keep their saved tensors
+//!   ([`activations_with`]; the planner chooses `r`).
 //!   DoRA materialises one adapted weight `W + s·BA` in fp32 with its compute-dtype copy for the norm.
 //! - **Loss** is chunked: `loss_chunk_size` tokens of logits at a time, forward and backward of one
 //!   chunk before the next. A chunk holds its logits in the compute dtype, their fp32 copy, and
@@ -192,6 +194,22 @@ pub fn activations(
     };
     let saved = tokens * (layer_saved_bytes_per_token(arch, training) + eager);
     let backward = tokens * (2 * c * h + mlp_backward_bytes(arch, c));
+) -> Activations {
+    let recomputed = training.recomputed_layers(arch.num_hidden_layers);
+    activations_with(arch, training, inv, micro_batch, recomputed)
+}
+
+/// [`activations`] with the first `recomputed` decoder layers recomputed (at most all of them)
+/// and the others keeping their saved tensors: the persistent part is `recomputed` layer inputs
+/// plus the kept layers' saved tensors; a recomputation's one-layer working set counts only when
+/// no layer is kept (otherwise the top kept layer's tensors, freed by its backward before the
+/// first recomputation, already stand for it).
+pub fn activations_with(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+    inv: &Inventory,
+    micro_batch: u64,
+    recomputed: u64,
     let mut transient = 0;
     if training.quantization_bit.is_some()
         && training.finetuning_type == lf_api::training::FinetuningType::Lora
@@ -201,11 +219,10 @@ pub fn activations(
     if training.use_dora && training.finetuning_type == lf_api::training::FinetuningType::Lora {
         transient += (4 + c) * inv.largest_adapted;
     }
-    let (persistent, layer_working_set) = if training.gradient_checkpointing {
-        (layers * tokens * c * h, saved + backward + transient)
-    } else {
-        (layers * saved, backward + transient)
-    };
+    let recomputed = recomputed.min(layers);
+    let kept = layers - recomputed;
+    let persistent = recomputed * tokens * c * h + kept * saved;
+    let layer_working_set = backward + transient + if kept == 0 { saved } else { 0 };
     let vocab = arch.vocab_size;
     let hidden = 2 * c * tokens * h;
     let per_logit = c + if c == 4 { 0 } else { 4 } + calib::CROSS_ENTROPY_TEMP_BYTES;

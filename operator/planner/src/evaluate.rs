@@ -12,17 +12,22 @@
 //!   the head's gradient" (start of backward) and "all gradients" (end); otherwise both are summed.
 //! - **optimiser step**: all gradients + one fp32 temporary of the largest trainable tensor (of this
 //!   rank's partition under ZeRO ≥ 1); nothing when the optimiser is offloaded.
+//!
+//! Under `gradient_checkpointing: auto` (without `recompute_layers`) each configuration recomputes
+//! the fewest decoder layers whose peak fits with the headroom ([`fewest_recomputed`]); the plan
+//! records the count (`recomputation`), and the operator renders it as `recompute_layers`.
 
-use lf_api::{MemoryBreakdown, Plan};
+use lf_api::{MemoryBreakdown, Plan, Recomputation};
 
 use lf_api::crd::OffloadChoice;
 
-use crate::activations::{activations, Activations};
+use crate::activations::{activations_with, Activations};
 use crate::calib;
 use crate::format::fit_summary;
 use crate::host;
 use crate::input::PlannerInput;
 use crate::memory::{Inventory, ModelStates};
+use crate::recompute::fewest_recomputed;
 
 /// The largest transient phase (bytes), gradients included.
 fn transient_peak(
@@ -107,20 +112,21 @@ pub(crate) fn evaluate_with(
     let micro_batch = micro_batch.max(1);
     let states = inv.states(stage, gpus, offload);
     let buffers = inv.buffers(stage, gpus);
-    // The trainer recomputes layers under ZeRO-3 whatever `gradient_checkpointing` says (it
-    // gathers each layer again for its recomputation), so the activations are those.
-    let act = if stage >= 3 && !input.training.gradient_checkpointing {
-        let mut recomputed = input.training.clone();
-        recomputed.gradient_checkpointing = true;
-        activations(&input.arch, &recomputed, inv, micro_batch as u64)
-    } else {
-        activations(&input.arch, &input.training, inv, micro_batch as u64)
-    };
     let accum = accumulation(input.target_global_batch(), micro_batch, gpus);
-    let transient = transient_peak(inv, &act, &states, stage, gpus, offload, accum);
-    let overhead =
-        calib::CUDA_CONTEXT_BYTES + (transient as f64 * calib::FRAGMENTATION).ceil() as u64;
-    let peak = states.weights + states.optimizer + buffers + transient + overhead;
+    let headroom_bytes = input.headroom_bytes();
+    // Activations and the peak with the first `r` layers recomputed: (activations, overhead, peak).
+    let phase = |r: u64| {
+        let act = activations_with(&input.arch, &input.training, inv, micro_batch as u64, r);
+        let transient = transient_peak(inv, &act, &states, stage, gpus, offload, accum);
+        let overhead =
+            calib::CUDA_CONTEXT_BYTES + (transient as f64 * calib::FRAGMENTATION).ceil() as u64;
+        let peak = states.weights + states.optimizer + buffers + transient + overhead;
+        (act, overhead, peak)
+    };
+    let fits_peak = |peak: u64| scaled_peak(input, peak) + headroom_bytes <= input.gpu_memory_bytes;
+    let layers = input.arch.num_hidden_layers;
+    let recomputed = recomputed_layers(input, stage, |r| phase(r).2, fits_peak);
+    let (act, overhead, peak) = phase(recomputed);
     let per_gpu = MemoryBreakdown {
         weights_bytes: states.weights,
         gradients_bytes: states.gradients,
@@ -131,9 +137,8 @@ pub(crate) fn evaluate_with(
         overhead_bytes: overhead,
         peak_bytes: peak,
     };
-    let headroom_bytes = input.headroom_bytes();
     let scaled = scaled_peak(input, peak);
-    let fits = scaled + headroom_bytes <= input.gpu_memory_bytes;
+    let fits = fits_peak(peak);
     let per_node = per_node(gpus, input.gpus_per_node);
     let summary = fit_summary(input, scaled, fits, &per_gpu);
     Plan {
@@ -152,8 +157,39 @@ pub(crate) fn evaluate_with(
         per_gpu,
         host_memory_bytes: host::host_bytes_per_process(inv, &input.training, stage, gpus, offload),
         checkpoint_bytes: inv.checkpoint_bytes(offload),
+        recomputation: Some(Recomputation {
+            recomputed: recomputed as u32,
+            layers: layers as u32,
+        }),
         summary,
     }
+}
+
+/// How many of the first decoder layers a configuration recomputes: every one under ZeRO-3 (the
+/// trainer gathers each layer again for its recomputation, whatever `gradient_checkpointing`
+/// says); under an open `auto` the fewest whose `peak` `fits` (when none fits, whichever of all
+/// or all but one has the lower peak); else what the config says.
+fn recomputed_layers(
+    input: &PlannerInput,
+    stage: u8,
+    peak: impl Fn(u64) -> u64,
+    fits: impl Fn(u64) -> bool,
+) -> u64 {
+    let layers = input.arch.num_hidden_layers;
+    if stage >= 3 {
+        return layers;
+    }
+    if !input.training.recomputation_open() {
+        return input.training.recomputed_layers(layers);
+    }
+    fewest_recomputed(layers, |r| fits(peak(r))).unwrap_or_else(|| {
+        let all_but_one = layers.saturating_sub(1);
+        if peak(all_but_one) < peak(layers) {
+            all_but_one
+        } else {
+            layers
+        }
+    })
 }
 
 pub(crate) fn scaled_peak(input: &PlannerInput, peak: u64) -> u64 {

@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use lf_api::crd::OffloadChoice;
-use lf_api::training::{FinetuningType, Optim, Precision};
+use lf_api::training::{FinetuningType, GradientCheckpointing, Optim, Precision};
 use lf_api::{MemoryBreakdown, Plan};
 
 use crate::input::PlannerInput;
@@ -51,7 +51,7 @@ fn rows(b: &MemoryBreakdown) -> [(&'static str, u64, &'static str); 7] {
         (
             "activations",
             b.activations_bytes,
-            "checkpoints + one layer's working set",
+            "checkpoints + kept layers + one layer's working set",
         ),
         (
             "logits / loss",
@@ -105,6 +105,26 @@ pub(crate) fn fit_summary(
     )
 }
 
+/// `recompute 20 of 32 layers`: the layer recomputation a plan assumes (empty when unknown).
+fn recompute_phrase(plan: &Plan) -> String {
+    match plan.recomputation {
+        Some(r) if r.recomputed == r.layers => format!("recompute all {} layers", r.layers),
+        Some(r) if r.recomputed == 0 => format!("recompute none of {} layers", r.layers),
+        Some(r) => format!("recompute {} of {} layers", r.recomputed, r.layers),
+        None => String::new(),
+    }
+}
+
+/// `recompute_phrase` after a separator, or nothing.
+fn recompute_suffix(plan: &Plan, sep: &str) -> String {
+    let phrase = recompute_phrase(plan);
+    if phrase.is_empty() {
+        phrase
+    } else {
+        format!("{sep}{phrase}")
+    }
+}
+
 /// `ZeRO-2 on 4 GPUs + optimizer offload`: the configuration a verdict is about.
 fn config_label(plan: &Plan) -> String {
     format!(
@@ -137,11 +157,12 @@ pub(crate) fn fit_verdict(plan: &Plan, larger: Option<(u32, u64)>) -> String {
         .map(|(micro, peak)| format!(" (micro-batch {micro} needs {})", format_gib(peak)))
         .unwrap_or_default();
     format!(
-        "{}, micro-batch {} × {} accumulation (global {}): fits, {}{larger}",
+        "{}, micro-batch {} × {} accumulation (global {}){}: fits, {}{larger}",
         config_label(plan),
         plan.micro_batch_size,
         plan.gradient_accumulation_steps,
         plan.global_batch(),
+        recompute_suffix(plan, ", "),
         plan.summary
     )
 }
@@ -219,7 +240,7 @@ fn remedy(plan: &Plan) -> String {
         }
         "optimizer states" => "allow more GPUs, offloadOptimizer: cpu, or optim: adamw_8bit",
         "gradients" => "allow more GPUs (ZeRO-2/3 shard gradients) or pure_bf16",
-        "activations" => "lower cutoff_len or keep gradient_checkpointing on",
+        "activations" => "lower cutoff_len or use gradient_checkpointing: auto or true",
         "logits / loss" => "lower cutoff_len or set loss_chunk_size (e.g. 1024)",
         _ => "use larger GPUs",
     };
@@ -328,7 +349,14 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
             t.cutoff_len,
             t.per_device_train_batch_size,
             input.target_global_batch(),
-            if t.gradient_checkpointing { "on" } else { "off" },
+            match t.gradient_checkpointing {
+                GradientCheckpointing::On => "on".to_string(),
+                GradientCheckpointing::Off => "off".to_string(),
+                GradientCheckpointing::Auto => match t.recompute_layers {
+                    Some(n) => format!("auto, {n} layers recomputed"),
+                    None => "auto (fewest recomputed layers that fit)".to_string(),
+                },
+            },
             if crate::activations::eager_attention(a, t) {
                 if t.flash_attn == lf_api::training::FlashAttn::Eager {
                     "eager (s² scores)"
@@ -420,7 +448,7 @@ pub fn format_table(search: &PlanSearch) -> String {
 /// One line describing a plan, for conditions, events and logs.
 pub fn plan_summary(plan: &Plan) -> String {
     format!(
-        "{}, ZeRO-{}{}, micro-batch {} × {} accumulation; predicted peak {} of {} per GPU",
+        "{}, ZeRO-{}{}, micro-batch {} × {} accumulation{}; predicted peak {} of {} per GPU",
         layout(plan),
         plan.zero_stage,
         if plan.offload_optimizer {
@@ -438,6 +466,7 @@ pub fn plan_summary(plan: &Plan) -> String {
 /// `4 GPUs (2 nodes × 2)`.
 fn layout(plan: &Plan) -> String {
     format!(
+        recompute_suffix(plan, ", "),
         "{} GPU{} ({} node{} × {})",
         plan.gpus,
         if plan.gpus == 1 { "" } else { "s" },
@@ -449,7 +478,7 @@ fn layout(plan: &Plan) -> String {
 
 fn headline(plan: &Plan) -> String {
     format!(
-        "{}, ZeRO-{}, {}, micro-batch {} × {} accumulation = global batch {}",
+        "{}, ZeRO-{}, {}, micro-batch {} × {} accumulation = global batch {}{}",
         layout(plan),
         plan.zero_stage,
         if plan.offload_optimizer {
@@ -459,7 +488,8 @@ fn headline(plan: &Plan) -> String {
         },
         plan.micro_batch_size,
         plan.gradient_accumulation_steps,
-        plan.global_batch()
+        plan.global_batch(),
+        recompute_suffix(plan, ", ")
     )
 }
 

@@ -15,7 +15,8 @@
 //!
 //! Files import downward only (`scripts/check_cycles.sh` checks it): `search` → `evaluate` →
 //! `format` (all the prose) → `input` (→ `error` → `presets`) and `outcome` (the types read and
-//! returned); the arithmetic below them: `activations`, `host` → `memory` → `params`, `calib`.
+//! returned); the arithmetic below them: `activations`, `host` → `memory` → `params`, `calib`;
+//! `recompute` (the search for the fewest recomputed layers, which `lf-trainer` shares).
 
 pub mod activations;
 pub mod calib;
@@ -28,6 +29,7 @@ pub mod memory;
 mod outcome;
 pub mod params;
 mod presets;
+pub mod recompute;
 mod search;
 
 pub use error::PlanError;

@@ -93,8 +93,15 @@ fn peak_covers_every_component() {
 fn monotone_in_micro_batch_and_sequence_length() {
     for (model, yaml) in CASES {
         // Large accumulation keeps gradients persistent at every micro-batch, so only the batch changes.
-        let yaml =
-            format!("{yaml}\ngradient_accumulation_steps: 64\nper_device_train_batch_size: 16");
+        // The recomputation is fixed (`auto` would trade it for the batch and fill the GPU).
+        let recompute = if yaml.contains("gradient_checkpointing") {
+            ""
+        } else {
+            "\ngradient_checkpointing: true"
+        };
+        let yaml = format!(
+            "{yaml}{recompute}\ngradient_accumulation_steps: 64\nper_device_train_batch_size: 16"
+        );
         let base = input(model, &yaml);
         let mut last = 0;
         for micro in [1u32, 2, 4, 8, 16] {
@@ -192,7 +199,10 @@ fn offload_and_quantisation_only_lower_the_peak() {
 #[test]
 fn gradient_checkpointing_and_chunked_loss_save_memory() {
     let on = evaluate(
-        &input("meta-llama/Meta-Llama-3-8B", "bf16: true\ncutoff_len: 4096"),
+        &input(
+            "meta-llama/Meta-Llama-3-8B",
+            "bf16: true\ncutoff_len: 4096\ngradient_checkpointing: true",
+        ),
         1,
         0,
         false,
@@ -217,7 +227,7 @@ fn gradient_checkpointing_and_chunked_loss_save_memory() {
     let full = evaluate(
         &input(
             "meta-llama/Meta-Llama-3-8B",
-            "bf16: true\ncutoff_len: 4096\nloss_chunk_size: 0",
+            "bf16: true\ncutoff_len: 4096\nloss_chunk_size: 0\ngradient_checkpointing: true",
         ),
         1,
         0,
@@ -229,7 +239,7 @@ fn gradient_checkpointing_and_chunked_loss_save_memory() {
     let eager = evaluate(
         &input(
             "meta-llama/Meta-Llama-3-8B",
-            "bf16: true\ncutoff_len: 4096\nflash_attn: eager",
+            "bf16: true\ncutoff_len: 4096\nflash_attn: eager\ngradient_checkpointing: true",
         ),
         1,
         0,
@@ -249,7 +259,10 @@ fn gradient_checkpointing_and_chunked_loss_save_memory() {
 #[test]
 fn zero3_activations_assume_layer_recomputation() {
     let model = "meta-llama/Meta-Llama-3-8B";
-    let on = input(model, "bf16: true\nlora_rank: 16\ncutoff_len: 4096");
+    let on = input(
+        model,
+        "bf16: true\nlora_rank: 16\ncutoff_len: 4096\ngradient_checkpointing: true",
+    );
     let off = input(
         model,
         "bf16: true\nlora_rank: 16\ncutoff_len: 4096\ngradient_checkpointing: false",

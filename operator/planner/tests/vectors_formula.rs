@@ -207,7 +207,7 @@ fn formula_vectors_f1_to_f12() {
         finetuning_type: FinetuningType::Full,
         bf16: true,
         cutoff_len: 1024,
-        gradient_checkpointing: gc,
+        gradient_checkpointing: gc.into(),
         ..Default::default()
     };
     for (gc, published) in [(false, 60.0), (true, 8.0)] {

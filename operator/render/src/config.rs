@@ -29,7 +29,8 @@ pub fn config_key() -> &'static str {
 
 /// The training config of one attempt. Starting from `spec.training`, it sets:
 /// - the plan's decisions: `zero_stage`, `offload_optimizer`, `per_device_train_batch_size` (the
-///   plan's micro-batch) and `gradient_accumulation_steps`; the world size reaches the trainer
+///   plan's micro-batch), `gradient_accumulation_steps` and, under `gradient_checkpointing: auto`,
+///   `recompute_layers` (the plan's recomputed layers); the world size reaches the trainer
 ///   through the environment ([`crate::worker_env`]);
 /// - the pod's paths: `model_name_or_path` ([`paths::MODEL_DIR`]), `dataset_dir`
 ///   ([`paths::DATA_DIR`]), `output_dir` ([`paths::OUTPUT_DIR`]; checkpoints are
@@ -58,6 +59,9 @@ pub fn trainer_config(
     };
     config.per_device_train_batch_size = plan.micro_batch_size as usize;
     config.gradient_accumulation_steps = plan.gradient_accumulation_steps as usize;
+    if config.recomputation_open() {
+        config.recompute_layers = plan.recomputation.map(|r| r.recomputed);
+    }
 
     config.model_name_or_path = Some(paths::MODEL_DIR.to_string());
     config.dataset_dir = paths::DATA_DIR.to_string();

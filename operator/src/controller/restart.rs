@@ -173,6 +173,7 @@ mod tests {
             per_gpu: lf_api::MemoryBreakdown::default(),
             host_memory_bytes: 5 << 30,
             checkpoint_bytes: 500 << 20,
+            recomputation: None,
             summary: String::new(),
         }
     }

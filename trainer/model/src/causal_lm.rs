@@ -59,7 +59,8 @@ impl LoraSettings {
 pub(crate) struct MethodState {
     pub finetuning: Option<FinetuningType>,
     pub lora: Option<LoraSettings>,
-    pub gradient_checkpointing: bool,
+    /// How many of the first decoder layers are recomputed in training (`usize::MAX`: all).
+    pub recompute_layers: usize,
     pub loss_chunk_size: usize,
     pub seed: u64,
 }
@@ -141,7 +142,7 @@ impl CausalLm {
             method: MethodState {
                 finetuning: None,
                 lora: None,
-                gradient_checkpointing: false,
+                recompute_layers: 0,
                 loss_chunk_size: 1024,
                 seed: 0,
             },
@@ -238,10 +239,20 @@ impl CausalLm {
         self.training
     }
 
-    /// Whether `loss_sum_and_backward` recomputes layers (training mode and
+    /// Whether `loss_sum_and_backward` recomputes any layer (training mode and
     /// `gradient_checkpointing`).
     pub fn recomputes_layers(&self) -> bool {
-        self.training && self.method.gradient_checkpointing
+        self.recomputed_layers() > 0
+    }
+
+    /// How many of the first decoder layers `loss_sum_and_backward` recomputes (0 outside
+    /// training mode).
+    pub fn recomputed_layers(&self) -> usize {
+        if self.training {
+            self.method.recompute_layers.min(self.model.layers.len())
+        } else {
+            0
+        }
     }
 
     /// Logits `[B, S, V]` in fp32 (materialises them all: for tests and small evaluations).
@@ -374,6 +385,6 @@ impl CausalLm {
     /// Turns layer recomputation on for training whatever the method said (a partitioned model
     /// cannot keep autograd's references to gathered weights across layers).
     pub fn force_layer_recomputation(&mut self) {
-        self.method.gradient_checkpointing = true;
+        self.method.recompute_layers = usize::MAX;
     }
 }

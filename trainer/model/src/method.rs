@@ -41,7 +41,8 @@ impl CausalLm {
         residency: &R,
     ) -> Result<(), ModelError> {
         self.set_attention(cfg.flash_attn);
-        self.method.gradient_checkpointing = cfg.gradient_checkpointing;
+        self.method.recompute_layers =
+            cfg.recomputed_layers(self.model.layers.len() as u64) as usize;
         self.method.loss_chunk_size = cfg.loss_chunk_size;
         self.method.seed = seed;
         self.arch.apply_moe_aux_loss_coef(cfg.moe_aux_loss_coef);

@@ -16,6 +16,11 @@
 //!   libtorch's generator with a value derived from (seed, micro-batch, layer), in both passes.
 //!   This reseeds libtorch's global generator whenever LoRA dropout is active in training mode;
 //!   anything else drawing from it (nothing in lf-model) sees a deterministic but reseeded stream.
+//!   With `gradient_checkpointing: auto` only the first `N` layers (`recompute_layers`) are
+//!   recomputed: the layers above them run with autograd from a fresh leaf at their input, keep
+//!   their saved tensors, and are back-propagated first (with the head); the leaf's gradient then
+//!   enters the walk down the recomputed layers. The saved tensors of the kept layers are freed
+//!   by that backward before the first recomputation.
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -207,9 +212,12 @@ impl CausalLm {
         head: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<f64, ModelError>,
     ) -> Result<f64, ModelError> {
         self.check_batch(input_ids, labels)?;
-        let recompute = self.recomputes_layers();
+        let n_layers = self.model.layers.len();
+        // The first `recomputed` layers are recomputed; the others keep their graph.
+        let recomputed = self.recomputed_layers();
+        let recompute = recomputed > 0;
         let lockstep = residency.lockstep();
-        if lockstep && !recompute {
+        if lockstep && recomputed < n_layers {
             return Err(ModelError::Invalid(
                 "a partitioned model trains with layer recomputation (gradient_checkpointing)"
                     .into(),
@@ -253,21 +261,30 @@ impl CausalLm {
         let rope = self.model.rope(0, s, x0.kind(), x0.device());
         let layers = &self.model.layers;
 
-        // Forward through the layers; with recomputation keep only each layer's input.
+        // Forward through the layers; a recomputed layer keeps only its input. The first kept
+        // layer above recomputed ones starts the graph from a fresh leaf (`boundary`), whose
+        // gradient then enters the recomputed layers.
         let mut inputs: Vec<Tensor> = Vec::new();
+        let mut boundary: Option<Tensor> = None;
         let mut x = x0.shallow_clone();
         let mut aux = TrainingAux::new(&self.arch, x0.device());
         for (i, layer) in layers.iter().enumerate() {
             seed_layer(i);
             gather(Unit::Layer(i))?;
-            if recompute || i < first_trainable {
+            if i < recomputed || i < first_trainable {
                 let _guard = tch::no_grad_guard();
-                inputs.push(x.detach());
+                if i < recomputed {
+                    inputs.push(x.detach());
+                }
                 let (y, logits) =
                     layer.forward_routed(&x, &rope, None, self.backend, self.training);
                 TrainingAux::observe(aux.as_mut(), logits);
                 x = y;
             } else {
+                if i == recomputed && recomputed > first_trainable {
+                    x = x.detach().set_requires_grad(true);
+                    boundary = Some(x.shallow_clone());
+                }
                 let (y, logits) =
                     layer.forward_routed(&x, &rope, None, self.backend, self.training);
                 TrainingAux::observe(aux.as_mut(), logits);
@@ -275,8 +292,8 @@ impl CausalLm {
             }
             release(Unit::Layer(i), false)?;
         }
-        // With recomputation the graph starts at the last layer's output (a fresh leaf).
-        let x_top = if recompute {
+        // With every layer recomputed the graph starts at the last layer's output (a fresh leaf).
+        let x_top = if recomputed == n_layers && recompute {
             x.detach().set_requires_grad(true)
         } else {
             x
@@ -313,8 +330,13 @@ impl CausalLm {
             release(Unit::Head, true)?;
             return Ok(loss_sum);
         }
-        // Without recomputation the routers' graph is alive: the load-balancing loss joins here.
-        let aux_total = if recompute { None } else { aux.as_ref() };
+        // The kept layers' routers' graph is alive: the load-balancing loss joins here (its
+        // gradient reaches only those routers; each recomputed layer adds its own share below).
+        let aux_total = if recomputed == n_layers {
+            None
+        } else {
+            aux.as_ref()
+        };
         TrainingAux::add_total(aux_total, (&flat * &grad).sum(Kind::Float))
             .f_backward()
             .map_err(ModelError::torch("backpropagating through the final norm"))?;
@@ -323,8 +345,13 @@ impl CausalLm {
             return Ok(loss_sum);
         }
 
-        // Walk the layers from the top, recomputing each from its stored input.
-        let mut grad = x_top.grad();
+        // Walk the recomputed layers from the top, recomputing each from its stored input.
+        let mut grad = match &boundary {
+            Some(leaf) => leaf.grad(),
+            None if recomputed == n_layers => x_top.grad(),
+            // The recomputed layers are all frozen and below every trainable one.
+            None => return Ok(loss_sum),
+        };
         for i in (first_trainable..inputs.len()).rev() {
             if !grad.defined() {
                 break;

@@ -1,7 +1,8 @@
 //! Layer recomputation and the chunked loss change memory, never numbers: gradients with and
 //! without recomputation, and with chunked vs whole-sequence loss, agree (fp32, relative to each
 //! tensor's largest gradient: 1e-6 for recomputation, 5e-6 once chunking reorders the sums), including
-//! with LoRA dropout (replayed masks) and for full/freeze fine-tuning of a tied model.
+//! with LoRA dropout (replayed masks) and for full/freeze fine-tuning of a tied model; and with
+//! only some layers recomputed (`gradient_checkpointing: auto` with `recompute_layers`).
 
 mod common;
 
@@ -71,13 +72,24 @@ fn recomputation_and_chunking_keep_gradients() {
             tied,
             true,
         );
-        for (ckpt, chunk) in [(true, 0), (false, 5), (true, 5), (true, 1)] {
+        // `auto` with 1 or 2 of the 3 layers recomputed: the first layers recomputed, the others
+        // keeping their graph (the boundary between the two passes gradients both ways).
+        for (ckpt, chunk) in [
+            ("true", 0),
+            ("false", 5),
+            ("true", 5),
+            ("true", 1),
+            ("auto\nrecompute_layers: 1", 0),
+            ("auto\nrecompute_layers: 2", 0),
+            ("auto\nrecompute_layers: 2", 5),
+        ] {
             let (loss, grads) = run(
                 &format!("{base}gradient_checkpointing: {ckpt}\nloss_chunk_size: {chunk}"),
                 tied,
                 true,
             );
             let d = max_diff(&grads, &grads_ref);
+            let ckpt = ckpt.replace('\n', " ");
             println!("{method:?} tied={tied} dropout={dropout} ckpt={ckpt} chunk={chunk}: loss {loss:.6} vs {loss_ref:.6}, grad diff {d:.2e}");
             assert!(
                 (loss - loss_ref).abs() <= 1e-5 * loss_ref.abs(),

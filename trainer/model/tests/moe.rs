@@ -234,7 +234,7 @@ fn training_backward_includes_the_load_balancing_loss() {
         let _rng = common::rng_lock();
         common::random_weights(&arch(true), 8)
     };
-    let model = |aux: bool, ckpt: bool, extra: &str| {
+    let model = |aux: bool, ckpt: &str, extra: &str| {
         let copy: Vec<_> = weights.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
         let opts = LoadOptions::new(Device::Cpu, Kind::Float);
         let mut lm = CausalLm::from_tensors(arch(aux), copy, &opts).unwrap();
@@ -269,7 +269,7 @@ fn training_backward_includes_the_load_balancing_loss() {
     };
 
     // Autograd of the whole loss over one forward pass.
-    let reference = model(true, false, "");
+    let reference = model(true, "false", "");
     let out = reference.forward_routed(&ids);
     let v = out.logits.size()[2];
     let ce = out
@@ -287,7 +287,9 @@ fn training_backward_includes_the_load_balancing_loss() {
     (&ce + aux * 0.5).backward();
     let want = grads(&reference);
 
-    for ckpt in [true, false] {
+    // `auto` with layer 0 recomputed and layer 1 kept: the load-balancing loss reaches the kept
+    // router through autograd and the recomputed one through its own share.
+    for ckpt in ["true", "false", "auto\nrecompute_layers: 1"] {
         let lm = model(true, ckpt, "");
         let loss = lm.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
         assert!(
@@ -298,7 +300,7 @@ fn training_backward_includes_the_load_balancing_loss() {
         println!("recompute {ckpt}: gradients vs autograd of CE + coef·aux {d:.2e}");
         assert!(d <= 1e-5, "recompute {ckpt}: gradients differ by {d:e}");
     }
-    let without = model(false, true, "");
+    let without = model(false, "true", "");
     without.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
     let d = worst(&grads(&without), &want);
     println!("without output_router_logits: {d:.2e} from the gradients with the term");
@@ -307,7 +309,7 @@ fn training_backward_includes_the_load_balancing_loss() {
         "the load-balancing term changes no gradient ({d:e})"
     );
     // LLaMA-Factory's moe_aux_loss_coef turns the term on with its weight.
-    let coef = model(false, true, "moe_aux_loss_coef: 0.5");
+    let coef = model(false, "true", "moe_aux_loss_coef: 0.5");
     coef.loss_sum_and_backward(&ids, &labels, 1.0).unwrap();
     let d = worst(&grads(&coef), &want);
     println!("output_router_logits off, moe_aux_loss_coef 0.5: {d:.2e}");

@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::checkpointing::GradientCheckpointing;
 use super::deepspeed::DeepSpeedConfig;
 use super::error::ConfigError;
 use super::options::*;
@@ -28,9 +29,22 @@ pub struct TrainingConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     pub flash_attn: FlashAttn,
-    /// Recompute each decoder layer in backward (on by default, as in LLaMA-Factory;
-    /// `disable_gradient_checkpointing: true` is accepted and turns it off).
-    pub gradient_checkpointing: bool,
+    /// Recompute decoder layers in backward: `true` every layer, `false` none, `auto` (the
+    /// default) only as many as memory requires — the first `recompute_layers` layers, which the
+    /// operator's planner fills in; without it `lf-trainer` chooses from `memory_budget_mib`, or
+    /// recomputes every layer. `disable_gradient_checkpointing: true` is accepted and means
+    /// `false`.
+    #[schemars(schema_with = "super::checkpointing::schema")]
+    pub gradient_checkpointing: GradientCheckpointing,
+    /// `gradient_checkpointing: auto`: how many decoder layers, from the first, are recomputed
+    /// (lf-operator extension; the planner's choice in a rendered config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recompute_layers: Option<u32>,
+    /// `gradient_checkpointing: auto` without `recompute_layers`: the memory (MiB; host RSS on the
+    /// CPU, device memory on a GPU) the run may use; `lf-trainer` recomputes the fewest layers
+    /// whose predicted peak fits (lf-operator extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_budget_mib: Option<u64>,
     /// Base-weight quantisation: 4 (NF4/FP4) or 8 (block-wise int8). Needs LoRA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization_bit: Option<u8>,
@@ -250,7 +264,9 @@ impl Default for TrainingConfig {
             adapter_name_or_path: None,
             template: None,
             flash_attn: FlashAttn::Auto,
-            gradient_checkpointing: true,
+            gradient_checkpointing: GradientCheckpointing::Auto,
+            recompute_layers: None,
+            memory_budget_mib: None,
             quantization_bit: None,
             quantization_type: QuantizationType::Nf4,
             double_quantization: true,
@@ -465,3 +481,23 @@ impl TrainingConfig {
         }
     }
 }
+    /// How many of the first decoder layers (of `layers`) are recomputed in backward: every one
+    /// under `true`, none under `false`, `recompute_layers` (at most `layers`) under `auto`, or
+    /// every one when `auto` has no number yet.
+    pub fn recomputed_layers(&self, layers: u64) -> u64 {
+        match self.gradient_checkpointing {
+            GradientCheckpointing::On => layers,
+            GradientCheckpointing::Off => 0,
+            GradientCheckpointing::Auto => self
+                .recompute_layers
+                .map_or(layers, |n| (n as u64).min(layers)),
+        }
+    }
+
+    /// Whether the number of recomputed layers is still open: `auto` without `recompute_layers`
+    /// (the planner, or `lf-trainer` with `memory_budget_mib`, chooses it).
+    pub fn recomputation_open(&self) -> bool {
+        self.gradient_checkpointing == GradientCheckpointing::Auto
+            && self.recompute_layers.is_none()
+    }
+

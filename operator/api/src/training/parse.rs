@@ -398,7 +398,10 @@ mod tests {
         let c = TrainingConfig::from_yaml_str("{}").unwrap();
         assert_eq!(c.lora_rank, 8);
         assert_eq!(c.effective_lora_alpha(), 16.0);
-        assert!(c.gradient_checkpointing);
+        assert_eq!(
+            c.gradient_checkpointing,
+            super::super::GradientCheckpointing::Auto
+        );
         assert_eq!(c.cutoff_len, 2048);
         assert_eq!(c.lora_targets().unwrap().len(), 7);
     }
@@ -452,7 +455,10 @@ mod tests {
             "disable_gradient_checkpointing: true\noptim: adamw_torch_fused\nflash_attn: disabled",
         )
         .unwrap();
-        assert!(!c.gradient_checkpointing);
+        assert_eq!(
+            c.gradient_checkpointing,
+            super::super::GradientCheckpointing::Off
+        );
         assert_eq!(c.optim, Optim::AdamwTorch);
         assert_eq!(c.flash_attn, FlashAttn::Eager);
         let c = c

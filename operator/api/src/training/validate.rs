@@ -103,6 +103,14 @@ impl TrainingConfig {
                 ));
             }
         }
+        if self.recompute_layers.is_some()
+            && self.gradient_checkpointing != super::checkpointing::GradientCheckpointing::Auto
+        {
+            return Err(ConfigError::invalid(
+                "recompute_layers",
+                "needs `gradient_checkpointing: auto` (true recomputes every layer, false none)",
+            ));
+        }
         self.lora_targets()?;
         self.profile_window()?;
         self.validate_preference()?;
@@ -187,5 +195,53 @@ impl TrainingConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::checkpointing::GradientCheckpointing;
+    use super::TrainingConfig;
+
+    fn parse(yaml: &str) -> TrainingConfig {
+        TrainingConfig::from_yaml_str(yaml).expect("config")
+    }
+
+    #[test]
+    fn true_false_auto_and_the_negative_flag() {
+        assert_eq!(
+            parse("").gradient_checkpointing,
+            GradientCheckpointing::Auto
+        );
+        let on = parse("gradient_checkpointing: true");
+        assert_eq!(on.gradient_checkpointing, GradientCheckpointing::On);
+        assert_eq!(on.recomputed_layers(32), 32);
+        let off = parse("disable_gradient_checkpointing: true");
+        assert_eq!(off.gradient_checkpointing, GradientCheckpointing::Off);
+        assert_eq!(off.recomputed_layers(32), 0);
+        let auto = parse("gradient_checkpointing: auto");
+        assert!(auto.recomputation_open());
+        assert_eq!(auto.recomputed_layers(32), 32);
+        let chosen = parse("gradient_checkpointing: auto\nrecompute_layers: 20");
+        assert!(!chosen.recomputation_open());
+        assert_eq!(chosen.recomputed_layers(32), 20);
+        assert_eq!(chosen.recomputed_layers(8), 8);
+        assert!(TrainingConfig::from_yaml_str("gradient_checkpointing: sometimes").is_err());
+    }
+
+    #[test]
+    fn the_value_round_trips() {
+        for v in ["true", "false", "auto", "auto\nrecompute_layers: 3"] {
+            let c = parse(&format!("gradient_checkpointing: {v}"));
+            let text = serde_yaml::to_string(&c).expect("yaml");
+            assert_eq!(TrainingConfig::from_yaml_str(&text).expect("again"), c);
+        }
+    }
+
+    #[test]
+    fn recompute_layers_needs_auto() {
+        let e = TrainingConfig::from_yaml_str("gradient_checkpointing: true\nrecompute_layers: 3")
+            .and_then(|c| c.validate());
+        assert!(e.is_err());
     }
 }

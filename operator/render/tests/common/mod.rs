@@ -106,6 +106,7 @@ pub fn plan_for(name: &str, job: &FineTuneJob) -> Plan {
         // A constructed figure (the planner's is tested in lf-planner): 6 GiB per process.
         host_memory_bytes: 6 << 30,
         checkpoint_bytes: 2 << 30,
+        recomputation: None,
         summary: "constructed by lf-render's tests".into(),
     }
 }
