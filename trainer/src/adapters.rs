@@ -176,6 +176,7 @@ impl TrainModel for LmTrainee {
         &mut self,
         input_ids: &Tensor,
         labels: &Tensor,
+        desirable: &[bool],
         loss: &PreferenceLoss,
         loss_scale: f64,
     ) -> Result<PreferenceSums, TrainerError> {
@@ -190,7 +191,7 @@ impl TrainModel for LmTrainee {
         self.lm
             .token_logps_backward(input_ids, labels, |policy| {
                 let (coefficients, s) = loss
-                    .coefficients(policy, reference.as_ref(), rows, loss_scale)
+                    .coefficients(policy, reference.as_ref(), rows, desirable, loss_scale)
                     .map_err(ModelError::Invalid)?;
                 sums = s;
                 Ok(coefficients)
@@ -204,6 +205,7 @@ impl TrainModel for LmTrainee {
         &mut self,
         input_ids: &Tensor,
         labels: &Tensor,
+        desirable: &[bool],
         loss: &PreferenceLoss,
     ) -> Result<PreferenceSums, TrainerError> {
         let reference = self.reference_logps(input_ids, labels, loss)?;
@@ -212,7 +214,7 @@ impl TrainModel for LmTrainee {
             .token_logps(input_ids, labels)
             .map_err(|e| model_error("evaluating the pairs", e))?;
         let rows = input_ids.size().first().copied().unwrap_or(0);
-        loss.evaluate(&policy, reference.as_ref(), rows)
+        loss.evaluate(&policy, reference.as_ref(), rows, desirable)
             .map_err(TrainerError::runtime)
     }
 

@@ -79,6 +79,7 @@ mod tests {
                         .map(|j| if j < 1 { -100 } else { j + 1 })
                         .collect(),
                     rejected: None,
+                    kto_tag: None,
                 })
                 .collect(),
         )

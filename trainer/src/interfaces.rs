@@ -39,14 +39,16 @@ pub trait TrainModel {
         loss_scale: f64,
     ) -> Result<MicroOutput, TrainerError>;
     /// Forward and backward of one micro-batch of preference pairs (the chosen rows, then the
-    /// rejected rows, as `lf_data::collate_pairs` lays them out): `loss_scale ×` the gradient of
-    /// the pairs' summed `loss` is accumulated into `.grad`, with the reference log-probabilities
-    /// (when the loss uses them) from the same weights with the adapter off. Returns the pairs'
-    /// metric sums. A model that cannot do this says so.
+    /// rejected rows, as `lf_data::collate_pairs` lays them out; for KTO the examples, tagged by
+    /// `desirable`, then their KL sequences): `loss_scale ×` the gradient of the pairs' summed
+    /// `loss` is accumulated into `.grad`, with the reference log-probabilities (when the loss
+    /// uses them) from the same weights with the adapter off. Returns the pairs' metric sums. A
+    /// model that cannot do this says so.
     fn preference_backward(
         &mut self,
         _input_ids: &Tensor,
         _labels: &Tensor,
+        _desirable: &[bool],
         _loss: &PreferenceLoss,
         _loss_scale: f64,
     ) -> Result<PreferenceSums, TrainerError> {
@@ -59,6 +61,7 @@ pub trait TrainModel {
         &mut self,
         _input_ids: &Tensor,
         _labels: &Tensor,
+        _desirable: &[bool],
         _loss: &PreferenceLoss,
     ) -> Result<PreferenceSums, TrainerError> {
         Err(TrainerError::config(

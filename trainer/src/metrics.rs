@@ -164,7 +164,7 @@ mod tests {
     fn serves_the_preference_metrics() {
         let m = Metrics::new();
         m.set_preference(&PreferenceMetrics {
-            rewards_accuracies: 0.75,
+            rewards_accuracies: Some(0.75),
             ..Default::default()
         });
         let out = m.render();

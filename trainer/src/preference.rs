@@ -17,11 +17,17 @@
 //! micro-batch backpropagates its summed pair losses times `1 / pairs of the whole step`, so
 //! gradient accumulation and data parallelism give exactly the full batch's gradient.
 //! `logps/*` are the sums `S` (the means `a` for the reference-free losses, which use them).
+//!
+//! `stage: kto` ([`crate::kto`]) goes through the same step: its micro-batches hold tagged
+//! examples and their KL sequences in place of pairs, its metrics are per desirable or
+//! undesirable example, with `kl` and without `rewards/accuracies`.
 
-use lf_api::training::{PrefLoss, TrainingConfig};
+use lf_api::training::{PrefLoss, Stage, TrainingConfig};
 use lf_model::TokenLogps;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
+
+use crate::kto::{kto_terms, KtoTerms, KtoWeights};
 
 /// The loss settings of a preference run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +36,8 @@ pub struct PreferenceLoss {
     pub beta: f64,
     pub ftx: f64,
     pub simpo_gamma: f64,
+    /// `stage: kto`: KTO's loss (and `loss` is not used).
+    pub kto: Option<KtoWeights>,
 }
 
 /// Per-sequence log-probabilities of a batch of pairs, `[pairs]` each (differentiable where the
@@ -58,7 +66,15 @@ pub struct PairTerms {
 /// Sums over the pairs of a micro-batch (or a step, or ranks): what the metrics average.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PreferenceSums {
+    /// Pairs (`stage: kto`: examples), what the loss is a mean over.
     pub pairs: f64,
+    /// What the chosen and the rejected metrics are means over (the pairs; KTO's desirable and
+    /// undesirable examples).
+    pub chosen: f64,
+    pub rejected: f64,
+    /// KTO: the micro-batches' summed KL estimates, and how many micro-batches.
+    pub kl: f64,
+    pub kl_batches: f64,
     pub loss: f64,
     pub rewards_chosen: f64,
     pub rewards_rejected: f64,
@@ -74,14 +90,21 @@ pub struct PreferenceMetrics {
     pub rewards_chosen: f64,
     #[serde(rename = "rewards/rejected")]
     pub rewards_rejected: f64,
-    #[serde(rename = "rewards/accuracies")]
-    pub rewards_accuracies: f64,
+    #[serde(
+        rename = "rewards/accuracies",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rewards_accuracies: Option<f64>,
     #[serde(rename = "rewards/margins")]
     pub rewards_margins: f64,
     #[serde(rename = "logps/chosen")]
     pub logps_chosen: f64,
     #[serde(rename = "logps/rejected")]
     pub logps_rejected: f64,
+    /// `stage: kto`: the mean over the micro-batches of their KL estimate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
 }
 
 impl From<PreferenceMetrics> for lf_api::status::PreferenceProgress {
@@ -93,38 +116,47 @@ impl From<PreferenceMetrics> for lf_api::status::PreferenceProgress {
             rewards_margins: m.rewards_margins,
             logps_chosen: m.logps_chosen,
             logps_rejected: m.logps_rejected,
+            kl: m.kl,
         }
     }
 }
 
 impl PreferenceMetrics {
-    /// Each metric with its name.
-    pub fn named(&self) -> [(&'static str, f64); 6] {
+    /// Each metric the run has, with its name.
+    pub fn named(&self) -> Vec<(&'static str, f64)> {
         [
-            ("rewards/chosen", self.rewards_chosen),
-            ("rewards/rejected", self.rewards_rejected),
+            ("rewards/chosen", Some(self.rewards_chosen)),
+            ("rewards/rejected", Some(self.rewards_rejected)),
             ("rewards/accuracies", self.rewards_accuracies),
-            ("rewards/margins", self.rewards_margins),
-            ("logps/chosen", self.logps_chosen),
-            ("logps/rejected", self.logps_rejected),
+            ("rewards/margins", Some(self.rewards_margins)),
+            ("logps/chosen", Some(self.logps_chosen)),
+            ("logps/rejected", Some(self.logps_rejected)),
+            ("kl", self.kl),
         ]
+        .into_iter()
+        .filter_map(|(name, v)| v.map(|v| (name, v)))
+        .collect()
     }
 }
 
 impl PreferenceLoss {
     /// The loss of `cfg`, when its stage trains on pairs.
     pub fn from_config(cfg: &TrainingConfig) -> Option<Self> {
-        cfg.stage.is_pairwise().then_some(PreferenceLoss {
+        cfg.stage.is_preference().then_some(PreferenceLoss {
             loss: cfg.pref_loss,
             beta: cfg.pref_beta,
             ftx: cfg.pref_ftx,
             simpo_gamma: cfg.simpo_gamma,
+            kto: (cfg.stage == Stage::Kto).then_some(KtoWeights {
+                desirable: cfg.kto_chosen_weight,
+                undesirable: cfg.kto_rejected_weight,
+            }),
         })
     }
 
     /// Whether the loss needs the reference model's log-probabilities.
     pub fn uses_reference(&self) -> bool {
-        self.loss.uses_reference()
+        self.kto.is_some() || self.loss.uses_reference()
     }
 
     /// The losses and rewards of a batch of pairs (see the module docs). `reference` is ignored
@@ -201,19 +233,21 @@ impl PreferenceLoss {
 }
 
 impl PreferenceLoss {
-    /// For a micro-batch of `rows` sequences (the chosen answers, then the rejected ones): the
-    /// gradient of `scale ×` its summed pair losses with respect to each labelled token's
-    /// log-probability under the policy (what [`lf_model::CausalLm::token_logps_backward`]
-    /// backpropagates), and the pairs' metric sums.
+    /// For a micro-batch of `rows` sequences (the chosen answers, then the rejected ones; for
+    /// KTO the examples tagged `desirable`, then their KL sequences): the gradient of `scale ×`
+    /// its summed pair losses with respect to each labelled token's log-probability under the
+    /// policy (what [`lf_model::CausalLm::token_logps_backward`] backpropagates), and the pairs'
+    /// metric sums.
     pub fn coefficients(
         &self,
         policy: &TokenLogps,
         reference: Option<&TokenLogps>,
         rows: i64,
+        desirable: &[bool],
         scale: f64,
     ) -> Result<(Tensor, PreferenceSums), String> {
         let logps = policy.logps.detach().set_requires_grad(true);
-        let terms = self.token_terms(&logps, policy, reference, rows)?;
+        let terms = self.token_terms(&logps, policy, reference, rows, desirable)?;
         let total = terms.losses.sum(Kind::Float) * scale;
         let grads = Tensor::f_run_backward(&[total], &[&logps], false, false)
             .map_err(|e| format!("differentiating the preference loss: {e}"))?;
@@ -221,7 +255,7 @@ impl PreferenceLoss {
             .into_iter()
             .next()
             .ok_or("the preference loss gave no gradient")?;
-        Ok((coefficients, terms.sums()))
+        Ok((coefficients, terms.sums))
     }
 
     /// The metric sums (the summed loss included) of a micro-batch of `rows` sequences, without
@@ -231,10 +265,11 @@ impl PreferenceLoss {
         policy: &TokenLogps,
         reference: Option<&TokenLogps>,
         rows: i64,
+        desirable: &[bool],
     ) -> Result<PreferenceSums, String> {
         Ok(self
-            .token_terms(&policy.logps, policy, reference, rows)?
-            .sums())
+            .token_terms(&policy.logps, policy, reference, rows, desirable)?
+            .sums)
     }
 
     /// The pairs' terms from the policy's token log-probabilities `logps` (laid out as
@@ -246,9 +281,24 @@ impl PreferenceLoss {
         policy: &TokenLogps,
         reference: Option<&TokenLogps>,
         rows: i64,
-    ) -> Result<PairTerms, String> {
+        desirable: &[bool],
+    ) -> Result<StepTerms, String> {
         if rows % 2 != 0 {
             return Err(format!("{rows} rows are not pairs"));
+        }
+        if let Some(weights) = self.kto {
+            let reference = reference.ok_or("the reference log-probabilities are missing")?;
+            let terms = kto_terms(
+                self.beta,
+                weights,
+                &policy.per_row(logps, rows),
+                &reference.per_row(&reference.logps, rows),
+                desirable,
+            )?;
+            return Ok(StepTerms {
+                sums: kto_sums(&terms, desirable),
+                losses: terms.losses,
+            });
         }
         let pairs = rows / 2;
         let split = |t: &Tensor| (t.narrow(0, 0, pairs), t.narrow(0, pairs, pairs));
@@ -258,14 +308,56 @@ impl PreferenceLoss {
             let (chosen, rejected) = split(&r.per_row(&r.logps, rows));
             PairLogps { chosen, rejected }
         });
-        self.terms(
+        let terms = self.terms(
             &PairLogps { chosen, rejected },
             reference.as_ref(),
             &PairLengths {
                 chosen: chosen_len,
                 rejected: rejected_len,
             },
-        )
+        )?;
+        Ok(StepTerms {
+            sums: terms.sums(),
+            losses: terms.losses,
+        })
+    }
+}
+
+/// A micro-batch's losses (`[pairs]`, differentiable) and metric sums.
+struct StepTerms {
+    losses: Tensor,
+    sums: PreferenceSums,
+}
+
+/// The metric sums of a KTO micro-batch: the rewards and log-probabilities of its desirable
+/// examples as `chosen`, of its undesirable ones as `rejected`.
+fn kto_sums(t: &KtoTerms, desirable: &[bool]) -> PreferenceSums {
+    let mask = Tensor::from_slice(desirable).to_device(t.losses.device());
+    let sum = |v: &Tensor, m: &Tensor| {
+        v.to_kind(Kind::Double)
+            .masked_select(m)
+            .sum(Kind::Double)
+            .double_value(&[])
+    };
+    let chosen = desirable.iter().filter(|&&d| d).count() as f64;
+    let not = mask.logical_not();
+    PreferenceSums {
+        pairs: desirable.len() as f64,
+        chosen,
+        rejected: desirable.len() as f64 - chosen,
+        kl: t.kl,
+        kl_batches: 1.0,
+        loss: t
+            .losses
+            .detach()
+            .to_kind(Kind::Double)
+            .sum(Kind::Double)
+            .double_value(&[]),
+        rewards_chosen: sum(&t.rewards, &mask),
+        rewards_rejected: sum(&t.rewards, &not),
+        accuracies: 0.0,
+        logps_chosen: sum(&t.logps, &mask),
+        logps_rejected: sum(&t.logps, &not),
     }
 }
 
@@ -278,8 +370,13 @@ impl PairTerms {
     /// The metric sums of these pairs.
     pub fn sums(&self) -> PreferenceSums {
         let sum = |t: &Tensor| t.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
+        let pairs = self.losses.size().first().copied().unwrap_or(0) as f64;
         PreferenceSums {
-            pairs: self.losses.size().first().copied().unwrap_or(0) as f64,
+            pairs,
+            chosen: pairs,
+            rejected: pairs,
+            kl: 0.0,
+            kl_batches: 0.0,
             loss: sum(&self.losses.detach()),
             rewards_chosen: sum(&self.chosen_rewards),
             rewards_rejected: sum(&self.rejected_rewards),
@@ -293,6 +390,10 @@ impl PairTerms {
 impl std::ops::AddAssign for PreferenceSums {
     fn add_assign(&mut self, o: Self) {
         self.pairs += o.pairs;
+        self.chosen += o.chosen;
+        self.rejected += o.rejected;
+        self.kl += o.kl;
+        self.kl_batches += o.kl_batches;
         self.loss += o.loss;
         self.rewards_chosen += o.rewards_chosen;
         self.rewards_rejected += o.rewards_rejected;
@@ -304,9 +405,13 @@ impl std::ops::AddAssign for PreferenceSums {
 
 impl PreferenceSums {
     /// Every field, in a fixed order (for summing over ranks).
-    pub fn to_array(self) -> [f64; 7] {
+    pub fn to_array(self) -> [f64; 11] {
         [
             self.pairs,
+            self.chosen,
+            self.rejected,
+            self.kl,
+            self.kl_batches,
             self.loss,
             self.rewards_chosen,
             self.rewards_rejected,
@@ -316,11 +421,15 @@ impl PreferenceSums {
         ]
     }
 
-    pub fn from_array(a: [f64; 7]) -> Self {
-        let [pairs, loss, rewards_chosen, rewards_rejected, accuracies, logps_chosen, logps_rejected] =
+    pub fn from_array(a: [f64; 11]) -> Self {
+        let [pairs, chosen, rejected, kl, kl_batches, loss, rewards_chosen, rewards_rejected, accuracies, logps_chosen, logps_rejected] =
             a;
         PreferenceSums {
             pairs,
+            chosen,
+            rejected,
+            kl,
+            kl_batches,
             loss,
             rewards_chosen,
             rewards_rejected,
@@ -330,17 +439,24 @@ impl PreferenceSums {
         }
     }
 
-    /// The per-pair means (`None` without pairs).
+    /// The per-pair means (`None` without pairs). KTO's chosen (rejected) metrics are means over
+    /// the window's desirable (undesirable) examples, 0 when it has none.
     pub fn means(&self) -> Option<PreferenceMetrics> {
         (self.pairs > 0.0).then(|| {
-            let n = self.pairs;
+            let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
+            let kto = self.kl_batches > 0.0;
+            let (chosen, rejected) = (
+                per(self.rewards_chosen, self.chosen),
+                per(self.rewards_rejected, self.rejected),
+            );
             PreferenceMetrics {
-                rewards_chosen: self.rewards_chosen / n,
-                rewards_rejected: self.rewards_rejected / n,
-                rewards_accuracies: self.accuracies / n,
-                rewards_margins: (self.rewards_chosen - self.rewards_rejected) / n,
-                logps_chosen: self.logps_chosen / n,
-                logps_rejected: self.logps_rejected / n,
+                rewards_chosen: chosen,
+                rewards_rejected: rejected,
+                rewards_accuracies: (!kto).then(|| self.accuracies / self.pairs),
+                rewards_margins: chosen - rejected,
+                logps_chosen: per(self.logps_chosen, self.chosen),
+                logps_rejected: per(self.logps_rejected, self.rejected),
+                kl: kto.then(|| self.kl / self.kl_batches),
             }
         })
     }
@@ -360,6 +476,7 @@ mod tests {
             beta: 0.5,
             ftx: 0.0,
             simpo_gamma: 0.25,
+            kto: None,
         }
     }
 
@@ -436,7 +553,9 @@ mod tests {
             rows: Tensor::from_slice(&[0i64, 1]),
         };
         let l = loss(PrefLoss::Sigmoid);
-        let (coef, sums) = l.coefficients(&policy, Some(&reference), 2, 0.25).unwrap();
+        let (coef, sums) = l
+            .coefficients(&policy, Some(&reference), 2, &[], 0.25)
+            .unwrap();
         // ∂(−log σ(βΔ))/∂Sᶜ = −β·σ(−βΔ); every chosen token carries it, the rejected the opposite.
         let g = -0.5 / (1.0 + 1.0f64.exp()) * 0.25;
         let coef: Vec<f64> = (0..3).map(|i| coef.double_value(&[i])).collect();
@@ -444,7 +563,9 @@ mod tests {
             close(*c, want);
         }
         close(sums.pairs, 1.0);
-        assert!(l.coefficients(&policy, Some(&reference), 3, 1.0).is_err());
+        assert!(l
+            .coefficients(&policy, Some(&reference), 3, &[], 1.0)
+            .is_err());
     }
 
     #[test]

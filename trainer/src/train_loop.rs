@@ -164,7 +164,7 @@ pub fn evaluate<M: TrainModel>(
                 let batch = collate_pairs(&refs, pad_id);
                 if batch.paired {
                     let (ids, labels) = to_device(&batch, device);
-                    let sums = model.preference_eval(&ids, &labels, p)?;
+                    let sums = model.preference_eval(&ids, &labels, &batch.desirable, p)?;
                     loss += sums.loss;
                     tokens += sums.pairs as u64;
                 }
@@ -259,7 +259,15 @@ impl Stepper<'_> {
                 (0.0, Some(0.0), None)
             }
             Some(loss) => {
-                let sums = preference_backward(model, &device_batches, loss, 1.0 / loss_units)?;
+                let desirable = batches.micro.iter().filter(|b| b.paired);
+                let desirable: Vec<&[bool]> = desirable.map(|b| &b.desirable[..]).collect();
+                let sums = preference_backward(
+                    model,
+                    &device_batches,
+                    &desirable,
+                    loss,
+                    1.0 / loss_units,
+                )?;
                 let sums = sum_over_ranks(group, sums)?;
                 (sums.loss, None, Some(sums))
             }
@@ -347,12 +355,13 @@ fn forward_backward<M: TrainModel>(
 fn preference_backward<M: TrainModel>(
     model: &mut M,
     batches: &[(Tensor, Tensor)],
+    desirable: &[&[bool]],
     loss: &PreferenceLoss,
     scale: f64,
 ) -> Result<PreferenceSums, TrainerError> {
     let mut sums = PreferenceSums::default();
-    for (ids, labels) in batches {
-        sums += model.preference_backward(ids, labels, loss, scale)?;
+    for ((ids, labels), tags) in batches.iter().zip(desirable) {
+        sums += model.preference_backward(ids, labels, tags, loss, scale)?;
     }
     Ok(sums)
 }

@@ -8,15 +8,15 @@
 //! Each step covers all four pairs (batch 2 × accumulation 2), so sampling order plays no part.
 //! The measured figures are printed (`--nocapture`).
 
+mod preference_common;
 mod tiny_run;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
 use lf_api::training::TrainingConfig;
+use preference_common::{adapter, log_records, max_abs, metric_scale, rel, trl_log, worst};
 use serde_json::Value;
-use tch::{Kind, Tensor};
 use tiny_run::{python, stderr, trainer};
 
 /// The bound on every relative difference of the first step (fp32 on both sides).
@@ -90,47 +90,6 @@ fn train_with(
     text
 }
 
-fn adapter(path: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(path.join("adapter_model.safetensors"))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-/// max |a − b| / max |b| (0 when both are 0).
-fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
-    let diff = (&a - &b).abs().max().double_value(&[]);
-    let scale = b.abs().max().double_value(&[]);
-    if diff == 0.0 {
-        0.0
-    } else {
-        diff / scale.max(1e-30)
-    }
-}
-
-/// The largest relative difference over the adapter tensors (every name in both).
-fn worst(ours: &HashMap<String, Tensor>, theirs: &HashMap<String, Tensor>) -> (f64, String) {
-    let mut names: Vec<&String> = theirs.keys().collect();
-    names.sort();
-    let mut keys: Vec<&String> = ours.keys().collect();
-    keys.sort();
-    assert_eq!(keys, names, "the adapters hold different tensors");
-    names
-        .into_iter()
-        .map(|n| (rel(&ours[n], &theirs[n]), n.clone()))
-        .fold((0.0, String::new()), |a, b| if b.0 > a.0 { b } else { a })
-}
-
-fn log_records(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("trainer_log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r.get("loss").is_some())
-        .collect()
-}
-
 /// Our tokenisation of the pairs equals TRL's.
 fn same_tokens(dir: &Path, cfg_text: &str) {
     let trl: Vec<Value> =
@@ -164,17 +123,8 @@ fn same_tokens(dir: &Path, cfg_text: &str) {
     }
 }
 
-/// What a metric's difference is relative to: its value, except for the rewards, which are β
-/// times a difference of log-probabilities and so carry those log-probabilities' rounding (fp32
-/// cancellation); they are compared relative to β × the larger log-probability.
 fn scale(key: &str, theirs: &Value) -> f64 {
-    let value = |k: &str| theirs[k].as_f64().unwrap().abs();
-    let own = value(key).max(1e-6);
-    if key.starts_with("rewards/") && key != "rewards/accuracies" {
-        own.max(BETA * value("logps/chosen").max(value("logps/rejected")))
-    } else {
-        own
-    }
+    metric_scale(key, theirs, BETA)
 }
 
 /// `pref_beta` of the reference runs.
@@ -198,8 +148,7 @@ fn parity(case: Case) {
 
     let sgd = train(dir, &case, "sgd", "sgd", 1.0, 1);
     same_tokens(dir, &sgd);
-    let theirs: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("sgd/log.json")).unwrap()).unwrap();
+    let theirs = trl_log(&dir.join("sgd"));
     let ours = log_records(&dir.join("sgd/ours"));
     for key in METRICS {
         let (a, b) = (ours[0][key].as_f64(), theirs[0][key].as_f64());
@@ -264,11 +213,7 @@ fn parity(case: Case) {
         adapter(&dir.join("adamw/ours")),
         adapter(&dir.join("adamw")),
     );
-    let mut max_abs: f64 = 0.0;
-    for (name, t) in &theirs {
-        let d = (&ours[name] - t).abs().max().double_value(&[]);
-        max_abs = max_abs.max(d);
-    }
+    let max_abs = max_abs(&ours, &theirs);
     println!(
         "{loss} adapter after 3 AdamW steps: largest difference {max_abs:.2e} = {:.2e} of a step",
         max_abs / lr
@@ -282,8 +227,7 @@ fn parity(case: Case) {
 
 /// Every logged step's metrics of our run in `dir/ours` against TRL's `dir/log.json`.
 fn compare_logs(loss: &str, what: &str, dir: &Path, tolerance: f64) {
-    let theirs: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("log.json")).unwrap()).unwrap();
+    let theirs = trl_log(dir);
     let ours = log_records(&dir.join("ours"));
     assert_eq!(ours.len(), 3);
     let mut worst: f64 = 0.0;

@@ -101,7 +101,7 @@ pub struct Progress {
     /// When training should finish at the recent step rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_completion_time: Option<Time>,
-    /// `stage: dpo`: the last logging window's preference metrics.
+    /// `stage: dpo` and `kto`: the last logging window's preference metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<PreferenceProgress>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,7 +109,8 @@ pub struct Progress {
 }
 
 /// A preference run's metrics over a logging window, per pair (TRL's `rewards/chosen`,
-/// `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`).
+/// `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`;
+/// `stage: kto`: per desirable or undesirable example, and `kl` instead of the accuracies).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PreferenceProgress {
@@ -117,12 +118,17 @@ pub struct PreferenceProgress {
     /// for the reference-free losses).
     pub rewards_chosen: f64,
     pub rewards_rejected: f64,
-    /// The share of pairs whose chosen reward is above the rejected one.
-    pub rewards_accuracies: f64,
+    /// The share of pairs whose chosen reward is above the rejected one (not for `stage: kto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewards_accuracies: Option<f64>,
     pub rewards_margins: f64,
     /// The policy's summed (reference-free losses: mean) log-probability of the chosen answers.
     pub logps_chosen: f64,
     pub logps_rejected: f64,
+    /// `stage: kto`: the KL estimate (the mismatched sequences' policy/reference log-ratio,
+    /// clamped at 0), averaged over the micro-batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
 }
 
 impl Progress {

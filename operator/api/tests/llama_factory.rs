@@ -282,7 +282,17 @@ fn accepted_options_give_notices_and_rejected_values_the_reason() {
         ("infer_backend: vllm", &["vLLM", "huggingface"]),
         ("export_device: auto", &["CPU"]),
         ("streaming: true", &["streaming"]),
-        ("stage: kto", &["`stage: kto`", "KTO"]),
+        ("stage: rm", &["`stage: rm`", "reward"]),
+        (
+            "stage: kto\nper_device_train_batch_size: 1",
+            &["KL", "at least 2"],
+        ),
+        ("stage: kto\nfinetuning_type: full", &["reference", "kto"]),
+        (
+            "stage: kto\nkto_rejected_weight: -1",
+            &["kto_rejected_weight"],
+        ),
+        ("stage: kto\npref_ftx: 0.5", &["pref_ftx", "kto"]),
         ("stage: dpo\npref_loss: kto_pair", &["kto_pair", "sigmoid"]),
         ("stage: dpo\ndpo_label_smoothing: 0.1", &["label-smoothed"]),
         ("stage: dpo\nfinetuning_type: full", &["reference", "orpo"]),

@@ -163,7 +163,7 @@ fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfi
 
 /// Activation memory for a micro-batch of `micro_batch` examples of `cutoff_len` tokens. A
 /// preference example (`stage: dpo`) is two sequences, its chosen and its rejected answer, in one
-/// forward pass. Its reference pass runs before, without gradients, over the same sequences: it
+/// forward pass (`stage: kto`: the example and its KL sequence). Its reference pass runs before, without gradients, over the same sequences: it
 /// keeps nothing but one log-probability per token, and its one-layer working set is below the
 /// training pass's, so it adds nothing to the peak.
 pub fn activations(
@@ -174,7 +174,7 @@ pub fn activations(
 ) -> Activations {
     let c = inv.compute_bytes;
     let s = training.cutoff_len as u64;
-    let sequences = if training.stage.is_pairwise() {
+    let sequences = if training.stage.is_preference() {
         2 * micro_batch
     } else {
         micro_batch

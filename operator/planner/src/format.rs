@@ -308,7 +308,9 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
             format!("{rank} on {}{q}", targets.join(","))
         }
     };
-    let method = if t.stage.is_pairwise() {
+    let method = if t.stage == lf_api::training::Stage::Kto {
+        format!("KTO (2 sequences per example, its own and its KL sequence; reference pass without gradients, adapter off), {method}")
+    } else if t.stage.is_pairwise() {
         let reference = if t.pref_loss.uses_reference() {
             "reference pass without gradients, adapter off"
         } else {
@@ -464,9 +466,9 @@ pub fn plan_summary(plan: &Plan) -> String {
 }
 
 /// `4 GPUs (2 nodes × 2)`.
+        recompute_suffix(plan, ", "),
 fn layout(plan: &Plan) -> String {
     format!(
-        recompute_suffix(plan, ", "),
         "{} GPU{} ({} node{} × {})",
         plan.gpus,
         if plan.gpus == 1 { "" } else { "s" },

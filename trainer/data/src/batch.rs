@@ -22,8 +22,11 @@ pub struct Batch {
     /// Non-padding tokens (what throughput counts).
     pub tokens: u64,
     /// Preference pairs: rows `0..examples` are the chosen sequences and rows
-    /// `examples..2·examples` the rejected ones, in the same order.
+    /// `examples..2·examples` the rejected ones, in the same order (for `stage: kto`, the
+    /// examples and then their KL sequences).
     pub paired: bool,
+    /// `stage: kto`: whether each example (row `i < examples`) is desirable; empty otherwise.
+    pub desirable: Vec<bool>,
 }
 
 impl Batch {
@@ -40,6 +43,7 @@ impl Batch {
             label_tokens: 0,
             tokens: 0,
             paired: false,
+            desirable: Vec::new(),
         }
     }
 }
@@ -85,6 +89,7 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
         label_tokens,
         tokens,
         paired: false,
+        desirable: Vec::new(),
     }
 }
 
@@ -92,15 +97,20 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
 /// then the rejected ones, padded to the longest of all. An example without a rejected sequence
 /// is not a pair and is left out. No pairs give [`Batch::label_free`].
 pub fn collate_pairs(pairs: &[&Example], pad_id: u32) -> Batch {
-    let rejected: Vec<&Example> = pairs.iter().filter_map(|e| e.rejected.as_deref()).collect();
-    let chosen = pairs.iter().filter(|e| e.rejected.is_some()).copied();
-    let rows: Vec<&Example> = chosen.chain(rejected.iter().copied()).collect();
+    let chosen: Vec<&Example> = pairs
+        .iter()
+        .filter(|e| e.rejected.is_some())
+        .copied()
+        .collect();
+    let rejected = chosen.iter().filter_map(|e| e.rejected.as_deref());
+    let rows: Vec<&Example> = chosen.iter().copied().chain(rejected).collect();
     if rows.is_empty() {
         return Batch::label_free(pad_id);
     }
     Batch {
-        examples: rejected.len(),
+        examples: chosen.len(),
         paired: true,
+        desirable: chosen.iter().filter_map(|e| e.kto_tag).collect(),
         ..collate(&rows, pad_id)
     }
 }
@@ -114,6 +124,7 @@ mod tests {
             input_ids: ids.to_vec(),
             labels: labels.to_vec(),
             rejected: None,
+            kto_tag: None,
         }
     }
 

@@ -4,7 +4,9 @@
 //! Layout (little-endian): magic `LFDATA` + version (8 bytes), the JSON [`DataStats`] length (u64)
 //! and bytes, then the train and eval splits, each a count (u64) followed by examples written as
 //! a sequence — length (u32), ids (u32 × length), labels (i32 × length) — and a byte saying
-//! whether the rejected sequence of a preference pair follows (1) or not (0).
+//! whether the rejected sequence of a preference pair follows (1) or not (0), or (`stage: kto`,
+//! nothing following) that the example is desirable (2) or undesirable (3). A KTO example's KL
+//! sequence is not cached: it depends on the batch size ([`crate::kto::attach_kl`]).
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -53,9 +55,12 @@ pub fn write(
             .map_err(io)?;
         for ex in split {
             write_sequence(&mut w, ex).map_err(io)?;
-            match &ex.rejected {
-                None => w.write_all(&[0]).map_err(io)?,
-                Some(r) => {
+            match (&ex.rejected, ex.kto_tag) {
+                (None, Some(desirable)) => {
+                    w.write_all(&[if desirable { 2 } else { 3 }]).map_err(io)?
+                }
+                (None, None) => w.write_all(&[0]).map_err(io)?,
+                (Some(r), _) => {
                     w.write_all(&[1]).map_err(io)?;
                     write_sequence(&mut w, r).map_err(io)?;
                 }
@@ -112,13 +117,16 @@ pub fn read(path: &Path) -> Result<(DataStats, Vec<Example>, Vec<Example>), Data
             let mut flag = [0u8; 1];
             r.read_exact(&mut flag)
                 .map_err(|_| corrupt("truncated example"))?;
-            example.rejected = match flag[0] {
-                0 => None,
-                1 => Some(Box::new(
-                    read_sequence(&mut r, &mut left).map_err(&corrupt)?,
-                )),
+            match flag[0] {
+                0 => {}
+                1 => {
+                    example.rejected = Some(Box::new(
+                        read_sequence(&mut r, &mut left).map_err(&corrupt)?,
+                    ))
+                }
+                2 | 3 => example.kto_tag = Some(flag[0] == 2),
                 _ => return Err(corrupt("pair flag")),
-            };
+            }
             examples.push(example);
         }
         splits.push(examples);
@@ -166,6 +174,7 @@ fn read_sequence(r: &mut impl Read, left: &mut u64) -> Result<Example, &'static 
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
         rejected: None,
+        kto_tag: None,
     })
 }
 

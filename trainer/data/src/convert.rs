@@ -44,6 +44,8 @@ pub enum Sample {
     Chat(Conversation),
     Text(String),
     Pair(Preference),
+    /// `stage: kto`: a conversation whose last answer is tagged desirable (`true`) or not.
+    Feedback(Conversation, bool),
 }
 
 /// The layout a spec resolves to once its first record is known.
@@ -107,11 +109,30 @@ pub fn detect_layout(spec: &DatasetSpec, first: Option<&Value>) -> Layout {
 /// Converts one record. `Err` carries a message naming the column at fault.
 pub fn convert(layout: &Layout, record: &Value, pretraining: bool) -> Result<Sample, String> {
     let obj = record.as_object().ok_or("a record must be a JSON object")?;
-    match (layout.formatting, layout.ranking) {
+    let sample = match (layout.formatting, layout.ranking) {
         (Formatting::Alpaca, false) => alpaca(&layout.columns, obj, pretraining),
         (Formatting::Sharegpt, false) => sharegpt(&layout.columns, &layout.tags, obj, pretraining),
         (Formatting::Alpaca, true) => alpaca_pair(&layout.columns, obj),
         (Formatting::Sharegpt, true) => sharegpt_pair(&layout.columns, &layout.tags, obj),
+    }?;
+    match (&layout.columns.kto_tag, sample) {
+        (Some(col), Sample::Chat(conv)) => Ok(Sample::Feedback(conv, kto_tag(obj, col)?)),
+        (_, sample) => Ok(sample),
+    }
+}
+
+/// The boolean `kto_tag` column of a record.
+fn kto_tag(obj: &Obj, col: &str) -> Result<bool, String> {
+    match obj.get(col) {
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!(
+            "column `{col}` (kto_tag) must be true or false, found {}",
+            kind(other)
+        )),
+        None => Err(format!(
+            "missing column `{col}` (kto_tag; record keys: {})",
+            keys(obj)
+        )),
     }
 }
 

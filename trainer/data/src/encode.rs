@@ -12,9 +12,13 @@ pub struct Example {
     pub input_ids: Vec<u32>,
     /// Same length as `input_ids`; [`IGNORE_INDEX`] where the token is not trained on.
     pub labels: Vec<i32>,
-    /// A preference pair's rejected sequence (the same prompt, the rejected answer) when this
-    /// example holds the chosen one; `None` otherwise, and always `None` inside it.
+    /// The second sequence scored with this one: a preference pair's rejected sequence (the same
+    /// prompt, the rejected answer) when this example holds the chosen one, or a KTO example's KL
+    /// sequence (its prompt with another example's answer, [`crate::kto::attach_kl`]); `None`
+    /// otherwise, and always `None` inside it.
     pub rejected: Option<Box<Example>>,
+    /// `stage: kto`: whether the answer is desirable (`None` for other stages).
+    pub kto_tag: Option<bool>,
 }
 
 impl Example {
@@ -106,6 +110,7 @@ pub fn supervised(pairs: &[(Vec<u32>, Vec<u32>)], opts: EncodeOptions) -> (Examp
             input_ids,
             labels,
             rejected: None,
+            kto_tag: None,
         },
         truncated,
     )
@@ -118,6 +123,7 @@ pub fn pretraining(ids: Vec<u32>) -> Example {
         input_ids: ids,
         labels,
         rejected: None,
+        kto_tag: None,
     }
 }
 
@@ -134,20 +140,44 @@ pub fn pairwise(
     let longer = chosen.len().max(rejected.len());
     let (s_len, t_len) = infer_seqlen(prompt.len(), longer, cutoff_len);
     let truncated = s_len < prompt.len() || t_len < longer;
-    let sequence = |answer: &[u32]| {
-        let answer = &answer[..t_len.min(answer.len())];
-        let mut input_ids = prompt[..s_len].to_vec();
-        input_ids.extend_from_slice(answer);
-        let mut labels = vec![IGNORE_INDEX; s_len];
-        labels.extend(answer.iter().map(|&t| t as i32));
-        Example {
-            input_ids,
-            labels,
-            rejected: None,
-        }
-    };
-    let mut example = sequence(chosen);
-    example.rejected = Some(Box::new(sequence(rejected)));
+    let mut example = prompt_answer(&prompt[..s_len], &answer_prefix(chosen, t_len));
+    example.rejected = Some(Box::new(prompt_answer(
+        &prompt[..s_len],
+        &answer_prefix(rejected, t_len),
+    )));
+    (example, truncated)
+}
+
+fn answer_prefix(answer: &[u32], len: usize) -> Vec<u32> {
+    answer[..len.min(answer.len())].to_vec()
+}
+
+/// `prompt` (masked) followed by `answer` (trained on).
+pub fn prompt_answer(prompt: &[u32], answer: &[u32]) -> Example {
+    let mut input_ids = prompt.to_vec();
+    input_ids.extend_from_slice(answer);
+    let mut labels = vec![IGNORE_INDEX; prompt.len()];
+    labels.extend(answer.iter().map(|&t| t as i32));
+    Example {
+        input_ids,
+        labels,
+        ..Example::default()
+    }
+}
+
+/// A KTO example as LLaMA-Factory's feedback processor builds it: the prompt (masked) and the
+/// answer, `cutoff_len` shared as [`infer_seqlen`] shares it, tagged `desirable` or not.
+/// Returns the example and whether anything was cut.
+pub fn feedback(
+    prompt: &[u32],
+    answer: &[u32],
+    desirable: bool,
+    cutoff_len: usize,
+) -> (Example, bool) {
+    let (s_len, t_len) = infer_seqlen(prompt.len(), answer.len(), cutoff_len);
+    let truncated = s_len < prompt.len() || t_len < answer.len();
+    let mut example = prompt_answer(&prompt[..s_len], &answer[..t_len]);
+    example.kto_tag = Some(desirable);
     (example, truncated)
 }
 

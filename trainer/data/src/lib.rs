@@ -16,6 +16,7 @@ pub mod encode;
 pub mod error;
 pub mod files;
 pub mod key;
+pub mod kto;
 pub mod load;
 pub mod pack;
 pub mod prepare;

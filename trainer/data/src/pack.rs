@@ -63,6 +63,7 @@ mod tests {
             input_ids: vec![tag; len],
             labels: vec![tag as i32; len],
             rejected: None,
+            kto_tag: None,
         }
     }
 

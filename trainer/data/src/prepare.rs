@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::cache;
 use crate::convert::Sample;
-use crate::encode::{pairwise, pretraining, supervised, EncodeOptions, Example};
+use crate::encode::{feedback, pairwise, pretraining, supervised, EncodeOptions, Example};
 use crate::error::DataError;
 use crate::load::{bad, load, Loaded, Sourced};
 use crate::pack::{pack_examples, pack_text};
@@ -61,8 +61,24 @@ pub struct PreparedData {
 /// How often a waiting rank checks for the cache file.
 const POLL: Duration = Duration::from_millis(250);
 
-/// Prepares the train and eval examples for `cfg` (see the module docs for the cache protocol).
+/// Prepares the train and eval examples for `cfg` (see the module docs for the cache protocol);
+/// `stage: kto` examples get their KL sequences ([`crate::kto::attach_kl`]).
 pub fn prepare(
+    cfg: &TrainingConfig,
+    tok: &TokenizerBundle,
+    ctx: &DataContext,
+) -> Result<PreparedData, DataError> {
+    let mut data = prepare_cached(cfg, tok, ctx)?;
+    if cfg.stage == Stage::Kto {
+        let chunk = cfg.per_device_train_batch_size;
+        crate::kto::attach_kl(&mut data.train, chunk, cfg.cutoff_len);
+        crate::kto::attach_kl(&mut data.eval, chunk, cfg.cutoff_len);
+    }
+    Ok(data)
+}
+
+/// The tokenised splits, from the cache when it holds them.
+fn prepare_cached(
     cfg: &TrainingConfig,
     tok: &TokenizerBundle,
     ctx: &DataContext,
@@ -148,12 +164,24 @@ pub fn prepare(
 }
 
 /// Ranking datasets are what the preference stage trains on, and all it trains on (LLaMA-Factory's
-/// rule).
+/// rule); likewise datasets with a `kto_tag` column for `stage: kto`.
 fn check_ranking<'a>(
     cfg: &TrainingConfig,
     specs: impl Iterator<Item = &'a DatasetSpec>,
 ) -> Result<(), DataError> {
     for spec in specs {
+        let tagged = spec.columns.kto_tag.is_some();
+        if tagged != (cfg.stage == Stage::Kto) || (tagged && spec.ranking) {
+            let why = if cfg.stage == Stage::Kto {
+                "has no `kto_tag` column (`\"columns\": {\"kto_tag\": \"...\"}` in dataset_info.json, a boolean per record, on a dataset that is not `ranking`), which `stage: kto` needs"
+            } else {
+                "has a `kto_tag` column: train it with `stage: kto`"
+            };
+            return Err(DataError::config(
+                "dataset",
+                format!("dataset `{}` {why}", spec.name),
+            ));
+        }
         if spec.ranking != cfg.stage.is_pairwise() {
             let why = if spec.ranking {
                 "is a `ranking` (preference) dataset: train it with `stage: dpo`"
@@ -407,6 +435,18 @@ fn encode_one(
                 example: pretraining(ids),
                 truncated,
             })
+        }
+        Sample::Feedback(conv, desirable) => {
+            let system = conv.system.as_deref().or(cfg.default_system.as_deref());
+            match template.encode_prompt_answer(tok, system, &conv.turns) {
+                Ok((prompt, answer)) => {
+                    let (example, truncated) =
+                        feedback(&prompt, &answer, *desirable, cfg.cutoff_len);
+                    Ok(Encoded::Ok { example, truncated })
+                }
+                Err(e @ DataError::Template { .. }) => Ok(Encoded::Bad(e.to_string())),
+                Err(e) => Err(e),
+            }
         }
         Sample::Chat(conv) => {
             let system = conv.system.as_deref().or(cfg.default_system.as_deref());

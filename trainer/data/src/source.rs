@@ -32,6 +32,8 @@ pub struct Columns {
     /// one message each).
     pub chosen: String,
     pub rejected: String,
+    /// `stage: kto`: the boolean column saying whether the record's answer is desirable.
+    pub kto_tag: Option<String>,
 }
 
 impl Default for Columns {
@@ -45,6 +47,7 @@ impl Default for Columns {
             system: None,
             chosen: "chosen".into(),
             rejected: "rejected".into(),
+            kto_tag: None,
         }
     }
 }
@@ -285,12 +288,7 @@ fn from_entry(
                         columns.rejected = v;
                     }
                 }
-                "kto_tag" => {
-                    return Err(DataError::config(
-                        &key,
-                        "column `kto_tag` needs `stage: kto`, which is not implemented",
-                    ))
-                }
+                "kto_tag" => columns.kto_tag = v,
                 other => {
                     return Err(DataError::config(
                         &key,

@@ -212,6 +212,7 @@ mod tests {
             input_ids: vec![1, 2, 3, 4, 5, 6, 7],
             labels: vec![-100, -100, 3, -100, -100, 6, 7],
             rejected: None,
+            kto_tag: None,
         };
         let (p, a) = prompt_and_answer(&ex).unwrap();
         assert_eq!(p, [1, 2, 3, 4, 5]);
@@ -220,12 +221,14 @@ mod tests {
             input_ids: vec![1, 2],
             labels: vec![-100, -100],
             rejected: None,
+            kto_tag: None,
         };
         assert!(prompt_and_answer(&none).is_none());
         let all = Example {
             input_ids: vec![1, 2],
             labels: vec![1, 2],
             rejected: None,
+            kto_tag: None,
         };
         assert!(prompt_and_answer(&all).is_none());
     }

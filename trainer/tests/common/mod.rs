@@ -69,6 +69,7 @@ pub fn examples(n: usize) -> Vec<Example> {
                 input_ids,
                 labels,
                 rejected: None,
+                kto_tag: None,
             }
         })
         .collect()

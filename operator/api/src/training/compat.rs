@@ -115,8 +115,8 @@ pub(crate) fn keys() -> impl Iterator<Item = &'static str> {
 pub const REJECTED_VALUES: &[(&str, &[&str], &str)] = &[
     (
         "stage",
-        &["rm", "ppo", "kto"],
-        "reward modelling, PPO and KTO are not implemented: lf-trainer trains `stage: sft`, `pt` and `dpo`",
+        &["rm", "ppo"],
+        "reward modelling and PPO are not implemented: lf-trainer trains `stage: sft`, `pt`, `dpo` and `kto`",
     ),
     (
         "pref_loss",
@@ -190,8 +190,8 @@ const SGLANG: &str = "only used by `infer_backend: sglang`, which is not availab
 const KT: &str = "only used with `use_kt` (KTransformers), which is not available";
 const OFT: &str = "only used by `finetuning_type: oft`, which is not implemented";
 const RLHF: &str =
-    "only used by the rm, ppo and kto stages (or an option of dpo that lf-trainer does not have); lf-trainer trains `stage: sft`, `pt` and `dpo`";
-const REF_MODEL: &str = "a separate reference model is not loaded: `stage: dpo`'s reference is the base model with the LoRA adapter off (no second copy of the weights); leave it unset";
+    "only used by the rm and ppo stages (or an option of dpo or kto that lf-trainer does not have); lf-trainer trains `stage: sft`, `pt`, `dpo` and `kto`";
+const REF_MODEL: &str = "a separate reference model is not loaded: the reference of `stage: dpo` and `kto` is the base model with the LoRA adapter off (no second copy of the weights); leave it unset";
 const GALORE: &str = "only used with `use_galore`, which is not implemented";
 const APOLLO: &str = "only used with `use_apollo`, which is not implemented";
 const BADAM: &str = "only used with `use_badam`, which is not implemented";
@@ -288,8 +288,6 @@ pub const ACCEPTED: &[CompatOption] = &[
     ignored("oft_target", Finetuning, OFT),
     accepted("pref_bco_weight", Finetuning, &["0", "null"], &[], "", "BCO's added loss is not implemented: use `pref_bco_weight: 0`"),
     accepted("dpo_label_smoothing", Finetuning, &["0", "null"], &[], "", "conservative (label-smoothed) DPO is not implemented: use `dpo_label_smoothing: 0`"),
-    ignored("kto_chosen_weight", Finetuning, RLHF),
-    ignored("kto_rejected_weight", Finetuning, RLHF),
     ignored("ppo_buffer_size", Finetuning, RLHF),
     ignored("ppo_epochs", Finetuning, RLHF),
     ignored("ppo_score_norm", Finetuning, RLHF),

@@ -134,6 +134,12 @@ pub struct TrainingConfig {
     pub dataset_format: Option<DatasetFormat>,
     pub cutoff_len: usize,
     pub train_on_prompt: bool,
+    /// `stage: kto`: the weight of the desirable examples' losses (TRL's `desirable_weight`).
+    #[serde(skip_serializing_if = "is_one")]
+    pub kto_chosen_weight: f64,
+    /// `stage: kto`: the weight of the undesirable examples' losses (TRL's `undesirable_weight`).
+    #[serde(skip_serializing_if = "is_one")]
+    pub kto_rejected_weight: f64,
     pub mask_history: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_samples: Option<usize>,
@@ -313,6 +319,8 @@ impl Default for TrainingConfig {
             skip_bad_examples: false,
             preprocessing_num_workers: None,
             output_dir: None,
+            kto_chosen_weight: 1.0,
+            kto_rejected_weight: 1.0,
             overwrite_output_dir: false,
             per_device_train_batch_size: 8,
             per_device_eval_batch_size: 8,
@@ -380,6 +388,11 @@ impl TrainingConfig {
     /// its seven linears); names of Phi-3's fused linears are accepted too. A model's own targets
     /// are [`TrainingConfig::lora_targets_for`].
     pub fn lora_targets(&self) -> Result<Vec<LinearModule>, ConfigError> {
+/// Whether a weight is its default, 1 (left out of a rendered config).
+fn is_one(w: &f64) -> bool {
+    *w == 1.0
+}
+
         let raw = self.lora_target.trim();
         if raw == "all" {
             return Ok(LinearModule::ALL.to_vec());
@@ -480,7 +493,6 @@ impl TrainingConfig {
             ((n as f64) * self.val_size).round() as usize
         }
     }
-}
     /// How many of the first decoder layers (of `layers`) are recomputed in backward: every one
     /// under `true`, none under `false`, `recompute_layers` (at most `layers`) under `auto`, or
     /// every one when `auto` has no number yet.
@@ -501,3 +513,4 @@ impl TrainingConfig {
             && self.recompute_layers.is_none()
     }
 
+}

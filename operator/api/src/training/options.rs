@@ -16,12 +16,22 @@ pub enum Stage {
     /// DPO and its variants against the reference model (the base with the LoRA adapter off), or
     /// the reference-free ORPO and SimPO.
     Dpo,
+    /// KTO on unpaired examples tagged desirable or not (`kto_tag`): TRL's KTOTrainer loss, with
+    /// the KL term from mismatched prompt/completion pairs, against the base with the LoRA
+    /// adapter off.
+    Kto,
 }
 
 impl Stage {
     /// Whether the stage trains on preference pairs (`ranking` datasets).
     pub fn is_pairwise(self) -> bool {
         matches!(self, Stage::Dpo)
+    }
+
+    /// Whether the stage trains with a preference loss (`dpo` on pairs, `kto` on tagged examples):
+    /// two sequences per example, the reference pass, `rewards/*` metrics.
+    pub fn is_preference(self) -> bool {
+        matches!(self, Stage::Dpo | Stage::Kto)
     }
 }
 

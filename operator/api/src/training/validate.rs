@@ -112,16 +112,20 @@ impl TrainingConfig {
             ));
         }
         self.lora_targets()?;
+        self.validate_adalora()?;
         self.profile_window()?;
         self.validate_preference()?;
         self.validate_predict()
     }
 
-    /// `stage: dpo`: the loss settings, and what the preference stage does not combine with yet.
+    /// `stage: dpo`/`kto`: the loss settings, and what the preference stages do not combine with
+    /// yet.
     fn validate_preference(&self) -> Result<(), ConfigError> {
-        if !self.stage.is_pairwise() {
-        self.validate_adalora()?;
+        if !self.stage.is_preference() {
             return Ok(());
+        }
+        if self.stage == Stage::Kto {
+            self.validate_kto()?;
         }
         if !(self.pref_beta.is_finite() && self.pref_beta > 0.0) {
             return Err(ConfigError::invalid(
@@ -144,16 +148,43 @@ impl TrainingConfig {
                 "preference pairs are not packed: use `packing: false`",
             ));
         }
-        if self.pref_loss.uses_reference() && self.finetuning_type != FinetuningType::Lora {
+        let uses_reference = self.stage == Stage::Kto || self.pref_loss.uses_reference();
+        if uses_reference && self.finetuning_type != FinetuningType::Lora {
             return Err(ConfigError::invalid(
                 "finetuning_type",
-                "`stage: dpo` takes its reference log-probabilities from the base model with the LoRA adapter off; a frozen reference copy for `full`/`freeze` is not implemented yet: use `finetuning_type: lora`, or a reference-free `pref_loss` (`orpo`, `simpo`)",
+                "`stage: dpo` (with a reference-based `pref_loss`) and `kto` take their reference log-probabilities from the base model with the LoRA adapter off; a frozen reference copy for `full`/`freeze` is not implemented yet: use `finetuning_type: lora`, or a reference-free `pref_loss` (`orpo`, `simpo`)",
             ));
         }
         if self.zero_stage >= 3 {
             return Err(ConfigError::invalid(
                 "zero_stage",
-                "`stage: dpo` runs with ZeRO 0-2 (ZeRO-3's gathered forward is not wired into the preference step yet)",
+                "`stage: dpo` and `kto` run with ZeRO 0-2 (ZeRO-3's gathered forward is not wired into the preference step yet)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `stage: kto`: the weights, and TRL's rule that the KL term needs two examples per
+    /// micro-batch (a completion paired with another example's prompt).
+    fn validate_kto(&self) -> Result<(), ConfigError> {
+        for (key, w) in [
+            ("kto_chosen_weight", self.kto_chosen_weight),
+            ("kto_rejected_weight", self.kto_rejected_weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(ConfigError::invalid(key, "must be a non-negative number"));
+            }
+        }
+        if self.pref_ftx != 0.0 {
+            return Err(ConfigError::invalid(
+                "pref_ftx",
+                "the added SFT loss is not implemented for `stage: kto` (TRL's KTOTrainer has none): use `pref_ftx: 0`",
+            ));
+        }
+        if self.per_device_train_batch_size < 2 {
+            return Err(ConfigError::invalid(
+                "per_device_train_batch_size",
+                "`stage: kto` estimates its KL term from each example's prompt with another example's completion of the same micro-batch: use at least 2 (TRL's rule)",
             ));
         }
         Ok(())
