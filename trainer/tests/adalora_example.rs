@@ -4,33 +4,14 @@
 //! questions; `eval` and `export` load the adapter. The kept ranks per linear and the held-out exact
 //! match are printed (`--nocapture`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+#[path = "support/lf_trainer_cli.rs"]
+mod lf_trainer_cli;
 
-/// Runs `lf-trainer ARGS` from the repository root; returns its stdout.
-fn lf_trainer(args: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
-        .current_dir(repo())
-        .args(args)
-        .env_remove("LF_CONFIG")
-        .env_remove("LF_JOB_NAME")
-        .env_remove("LF_STATUS_FILE")
-        .env_remove("LF_METRICS_ADDR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lf-trainer {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use lf_trainer_cli::run as lf_trainer;
 
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -45,7 +26,10 @@ fn the_adalora_example_prunes_to_its_budget_and_learns() {
     lf_trainer(&["train".into(), config.clone(), output.clone()]);
 
     let trained = json(&out.join("all_results.json"));
-    println!("train_loss {}, eval_loss {}", trained["train_loss"], trained["eval_loss"]);
+    println!(
+        "train_loss {}, eval_loss {}",
+        trained["train_loss"], trained["eval_loss"]
+    );
     let adapter = json(&out.join("adapter_config.json"));
     assert_eq!(adapter["peft_type"], "ADALORA");
     assert_eq!(adapter["total_step"], 150);

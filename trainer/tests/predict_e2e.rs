@@ -6,7 +6,6 @@
 //! the written predictions.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lf_trainer::predict::output::{read_predictions, Prediction, PREDICTIONS, PREDICT_RESULTS};
 use serde_json::Value;
@@ -24,24 +23,10 @@ fn heldout_answers() -> Vec<String> {
         .collect()
 }
 
-fn lf_trainer(dir: &Path, args: &[String]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("LF_CONFIG")
-        .env_remove("LF_JOB_NAME")
-        .env_remove("LF_STATUS_FILE")
-        .env_remove("LF_METRICS_ADDR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lf-trainer {args:?} exited {:?}:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+#[path = "support/lf_trainer_cli.rs"]
+mod lf_trainer_cli;
+
+use lf_trainer_cli::run_in as lf_trainer;
 
 fn write_config(dir: &Path, name: &str, text: &str) -> String {
     let q = quickstart();

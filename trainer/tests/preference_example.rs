@@ -4,33 +4,14 @@
 //! sentence ("the opposite of hot is cold .") on questions about opposites it never saw in either
 //! fine-tune. The held-out preference accuracy before and after is printed (`--nocapture`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+#[path = "support/lf_trainer_cli.rs"]
+mod lf_trainer_cli;
 
-/// Runs `lf-trainer ARGS` from the repository root; returns its stdout.
-fn lf_trainer(args: &[String]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lf-trainer"))
-        .current_dir(repo())
-        .args(args)
-        .env_remove("LF_CONFIG")
-        .env_remove("LF_JOB_NAME")
-        .env_remove("LF_STATUS_FILE")
-        .env_remove("LF_METRICS_ADDR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lf-trainer {args:?}:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use lf_trainer_cli::{repo, run as lf_trainer};
 
 fn accuracy(dir: &Path, adapter: &Path, out: &str) -> f64 {
     let results = dir.join(out);
