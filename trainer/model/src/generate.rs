@@ -22,18 +22,46 @@ impl SplitMix {
     }
 }
 
+/// One sequence being decoded, step by step: its KV cache, its sampler and its tokens. Several of
+/// them can advance in turn on one model (a server interleaves its requests this way); each step
+/// of each one computes exactly what [`CausalLm::generate`] computes, so the tokens are the same.
+pub struct Decoding {
+    params: GenerationParams,
+    cache: KvCache,
+    rng: SplitMix,
+    /// The prompt and every token picked so far.
+    seen: Vec<i64>,
+    /// How many of `seen` the cache holds.
+    fed: usize,
+    /// Most prompt tokens fed in one step (prefill in chunks; at least 1).
+    chunk: usize,
+    /// Tokens picked so far.
+    picked: usize,
+}
+
+impl Decoding {
+    /// Tokens picked so far (the prompt excluded).
+    pub fn generated(&self) -> usize {
+        self.picked
+    }
+
+    /// Positions the KV cache holds.
+    pub fn cached(&self) -> usize {
+        self.fed
+    }
+}
+
 impl CausalLm {
-    /// Generates up to `params.max_new_tokens` tokens after `prompt`, calling `on_token` with each
-    /// new token as it is produced. Stops after a token in `stop_ids`, which is neither passed to
-    /// `on_token` nor included in the returned tokens. The prompt is processed in one pass that
-    /// fills the KV cache; every later step feeds one token.
-    pub fn generate(
+    /// Starts decoding `prompt` (checked: non-empty, inside the vocabulary, a positive
+    /// temperature when sampling). With `prefill_chunk`, each [`CausalLm::decode_step`] feeds at
+    /// most that many prompt tokens, so a long prompt does not hold up sequences decoding beside
+    /// it; `None` feeds the prompt in one pass, as [`CausalLm::generate`] does.
+    pub fn start_decoding(
         &self,
         prompt: &[i64],
         params: &GenerationParams,
-        stop_ids: &[i64],
-        mut on_token: impl FnMut(i64),
-    ) -> Result<Vec<i64>, ModelError> {
+        prefill_chunk: Option<usize>,
+    ) -> Result<Decoding, ModelError> {
         if prompt.is_empty() {
             return Err(ModelError::Invalid(
                 "generate needs a non-empty prompt".into(),
@@ -50,49 +78,85 @@ impl CausalLm {
                 "temperature must be > 0 when sampling (or set do_sample: false)".into(),
             ));
         }
+        Ok(Decoding {
+            params: params.clone(),
+            cache: KvCache::default(),
+            rng: SplitMix(params.seed),
+            seen: prompt.to_vec(),
+            fed: 0,
+            chunk: prefill_chunk.unwrap_or(usize::MAX).max(1),
+            picked: 0,
+        })
+    }
+
+    /// Runs one forward pass of `state`: the next chunk of its prompt, or its last picked token.
+    /// Returns the token picked after it, or `None` while the prompt is not fully fed. The token
+    /// is part of the sequence from then on (stop tokens too: the caller decides to stop).
+    pub fn decode_step(&self, state: &mut Decoding) -> Result<Option<i64>, ModelError> {
         let _guard = tch::no_grad_guard();
         let device = self.opts.device;
-        let mut cache = KvCache::default();
-        let mut rng = SplitMix(params.seed);
-        let mut seen: Vec<i64> = prompt.to_vec();
+        let end = state.seen.len().min(state.fed.saturating_add(state.chunk));
+        let mut start = state.fed;
+        // LongRoPE switches to its long factors once the sequence outgrows the original
+        // context: keys cached with the short ones are recomputed, as transformers' Phi-3
+        // `prepare_inputs_for_generation` drops its cache there.
+        let cached = state.cache.len();
+        if cached > 0 && self.model.rotary.is_long(end as i64) && !self.model.rotary.is_long(cached)
+        {
+            state.cache = KvCache::default();
+            start = 0;
+        }
+        let input = Tensor::from_slice(&state.seen[start..end])
+            .to_device(device)
+            .unsqueeze(0);
+        let Ok(hidden) = self.model.hidden(
+            &input,
+            Some(&mut state.cache),
+            self.backend,
+            false,
+            &AlwaysResident,
+        );
+        state.fed = end;
+        if end < state.seen.len() {
+            return Ok(None);
+        }
+        let last = hidden.select(1, -1);
+        let logits = self
+            .model
+            .head(&last)
+            .to_kind(Kind::Float)
+            .squeeze_dim(0)
+            .to_device(tch::Device::Cpu);
+        let mut scores =
+            Vec::<f32>::try_from(&logits).map_err(ModelError::torch("reading logits"))?;
+        let next = pick(&mut scores, &state.seen, &state.params, &mut state.rng);
+        state.seen.push(next);
+        state.picked += 1;
+        Ok(Some(next))
+    }
+
+    /// Generates up to `params.max_new_tokens` tokens after `prompt`, calling `on_token` with each
+    /// new token as it is produced. Stops after a token in `stop_ids`, which is neither passed to
+    /// `on_token` nor included in the returned tokens. The prompt is processed in one pass that
+    /// fills the KV cache; every later step feeds one token.
+    pub fn generate(
+        &self,
+        prompt: &[i64],
+        params: &GenerationParams,
+        stop_ids: &[i64],
+        mut on_token: impl FnMut(i64),
+    ) -> Result<Vec<i64>, ModelError> {
+        let mut state = self.start_decoding(prompt, params, None)?;
         let mut out = Vec::new();
-        let mut input = Tensor::from_slice(prompt).to_device(device).unsqueeze(0);
-        for _ in 0..params.max_new_tokens {
-            // LongRoPE switches to its long factors once the sequence outgrows the original
-            // context: keys cached with the short ones are recomputed, as transformers' Phi-3
-            // `prepare_inputs_for_generation` drops its cache there.
-            let cached = cache.len();
-            if cached > 0
-                && self.model.rotary.is_long(cached + input.size()[1])
-                && !self.model.rotary.is_long(cached)
-            {
-                cache = KvCache::default();
-                input = Tensor::from_slice(&seen).to_device(device).unsqueeze(0);
-            }
-            let Ok(hidden) = self.model.hidden(
-                &input,
-                Some(&mut cache),
-                self.backend,
-                false,
-                &AlwaysResident,
-            );
-            let last = hidden.select(1, -1);
-            let logits = self
-                .model
-                .head(&last)
-                .to_kind(Kind::Float)
-                .squeeze_dim(0)
-                .to_device(tch::Device::Cpu);
-            let mut scores =
-                Vec::<f32>::try_from(&logits).map_err(ModelError::torch("reading logits"))?;
-            let next = pick(&mut scores, &seen, params, &mut rng);
+        while out.len() < params.max_new_tokens {
+            let Some(next) = self.decode_step(&mut state)? else {
+                continue;
+            };
             if stop_ids.contains(&next) {
                 break;
             }
             on_token(next);
             out.push(next);
-            seen.push(next);
-            input = Tensor::from_slice(&[next]).to_device(device).unsqueeze(0);
         }
         Ok(out)
     }

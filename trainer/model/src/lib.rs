@@ -44,6 +44,7 @@ pub use adalora::{budget_schedule, Allocation, RankPattern};
 pub use adalora_io::ADALORA_STATE;
 pub use causal_lm::{CausalLm, LoadReport, LoraSettings};
 pub use error::ModelError;
+pub use generate::Decoding;
 pub use linear::without_adapters;
 pub use loader::UnitSink;
 pub use logps::TokenLogps;

@@ -87,3 +87,38 @@ fn sampling_is_seeded_and_greedy_limits_hold() {
         .to_string()
         .contains("temperature"));
 }
+
+/// Sequences decoded step by step in turn (a server's interleaving), with their prompts fed in
+/// chunks of 2, pick exactly the tokens `generate` picks for each alone, greedy and sampled.
+#[test]
+fn interleaved_chunked_decoding_equals_generate() {
+    let lm = model();
+    let prompts: [&[i64]; 3] = [&[3, 14, 15, 9, 26], &[7, 1], &[2, 41, 52, 51, 8, 28, 18]];
+    let params = [GenerationParams::greedy(9), sampling(5), sampling(6)];
+    let alone: Vec<Vec<i64>> = prompts
+        .iter()
+        .zip(&params)
+        .map(|(p, g)| lm.generate(p, g, &[], |_| {}).unwrap())
+        .collect();
+    let mut states: Vec<_> = prompts
+        .iter()
+        .zip(&params)
+        .map(|(p, g)| lm.start_decoding(p, g, Some(2)).unwrap())
+        .collect();
+    let mut out = vec![Vec::new(); prompts.len()];
+    let mut prefill_steps = [0usize; 3];
+    while (0..states.len()).any(|i| states[i].generated() < params[i].max_new_tokens) {
+        for (i, state) in states.iter_mut().enumerate() {
+            if state.generated() >= params[i].max_new_tokens {
+                continue;
+            }
+            match lm.decode_step(state).unwrap() {
+                Some(t) => out[i].push(t),
+                None => prefill_steps[i] += 1,
+            }
+        }
+    }
+    assert_eq!(out, alone);
+    // ceil(len / 2) chunks, the last of which also picks the first token.
+    assert_eq!(prefill_steps, [2, 0, 3]);
+}
