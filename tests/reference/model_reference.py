@@ -9,8 +9,9 @@ Usage (each mode is one invocation per Rust test file):
                                       right-padded batch (with its attention mask), greedy generations
   model_reference.py peft-init OUT    base models (llama; qwen3; mistral with a window shorter than the
                                       batch; gemma2; gemma3 text; phi3 with longrope, a window, the legacy
-                                      `su` config), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and perturbed
-                                      magnitudes), a batch, PEFT's summed loss and grads
+                                      `su` config; mixtral and qwen3_moe, with LoRA on the attention and on the
+                                      routers and experts), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and
+                                      perturbed magnitudes), a batch, PEFT's summed loss and grads
   model_reference.py moe OUT          tiny mixtral (window 8) and qwen3_moe models (top-k with and without
                                       norm_topk_prob, dense mlp_only_layers, decoder_sparse_step 2): logits, every
                                       sparse layer's router logits and chosen experts, the aux and total loss of a
@@ -244,6 +245,17 @@ VARIANTS = {
     # Mixtures of experts, attention adapters; the loss includes router_aux_loss_coef × aux_loss.
     "mixtral_lora": ("mixtral", {"target_modules": ATTENTION}),
     "qwen3_moe_dora": ("qwen3_moe", {"use_dora": True, "target_modules": ATTENTION}),
+    # LoRA on the router and experts (transformers 5's MixtralTopKRouter.weight and fused 3-D expert
+    # parameters, which PEFT wraps with ParamWrapper): transformers 4's names, which PEFT's conversion
+    # maps to target_parameters (w1+w3 fused into gate_up_proj at rank 2r, alpha 2α; w2; gate) ...
+    "mixtral_experts_lora": ("mixtral", {"target_modules": ATTENTION + ["w1", "w3", "w2", "gate"]}),
+    # ... the parameters by their own names (gate_up_proj at rank r, no down_proj: its wrapper is the
+    # outer one), with rsLoRA ...
+    "qwen3_moe_experts_rslora": ("qwen3_moe", {"use_rslora": True, "target_modules": ["q_proj", "v_proj"],
+                                               "target_parameters": ["gate_up_proj", "gate.weight"]}),
+    # ... and the experts' down_proj alone (layer 1's dense MLP is not adapted: PEFT's conversion moves
+    # down_proj out of target_modules).
+    "qwen3_moe_down_lora": ("qwen3_moe", {"target_modules": ["down_proj"]}),
     # The 20-token batch is past phi3_longrope's original context (long factors) and phi3_window's window.
     "phi3_lora": ("phi3_longrope", {}),
     "phi3_dora": ("phi3_window", {"use_dora": True}),

@@ -73,6 +73,15 @@ const OPTIONS: &[(&str, &str)] = &[
         "ORPO, full, bf16 AMP",
         "stage: dpo\npref_loss: orpo\ndataset: tiny_pref\nfinetuning_type: full\nbf16: true",
     ),
+    // A reference-based loss without LoRA holds a frozen copy of the starting weights.
+    (
+        "DPO sigmoid, full, bf16 AMP",
+        "stage: dpo\ndataset: tiny_pref\nfinetuning_type: full\nbf16: true",
+    ),
+    (
+        "DPO sigmoid, freeze 1 layer, fp32",
+        "stage: dpo\ndataset: tiny_pref\nfinetuning_type: freeze\nfreeze_trainable_layers: 1",
+    ),
 ];
 
 fn ratio(measured: u64, planned: u64) -> f64 {
@@ -243,7 +252,9 @@ fn planner_predicts_the_model_state_the_trainer_holds() {
 /// than the sequences) and Phi-3 (fused `qkv_proj` and `gate_up_proj`, quantised whole; partial
 /// rotary, longrope and a window), and on the mixtures of experts mixtral and qwen3_moe (every
 /// expert resident and, for QLoRA, quantised one by one; a dense router; Qwen3-MoE's first layer
-/// dense; trained with the load-balancing loss), for LoRA, QLoRA, full and freeze.
+/// dense; trained with the load-balancing loss), for LoRA, QLoRA, full and freeze; and on the
+/// mixtures of experts QLoRA with adapters on the router and the quantised experts too (PEFT's
+/// `target_parameters`, named as PEFT's `target_modules` names them).
 #[test]
 fn planner_predicts_the_model_state_of_the_newer_families() {
     const FAMILY_OPTIONS: &[(&str, &str)] = &[
@@ -266,9 +277,21 @@ fn planner_predicts_the_model_state_of_the_newer_families() {
             &std::fs::read_to_string(model_dir.join("config.json")).unwrap(),
         )
         .unwrap();
-        for (label, extra) in FAMILY_OPTIONS {
+        let experts = match family {
+            "mixtral" => Some("q_proj,gate,w1,w3,w2"),
+            "qwen3_moe" => Some("q_proj,gate,gate_proj,up_proj,down_proj"),
+            _ => None,
+        }
+        .map(|t| {
+            format!("bf16: true\nquantization_bit: 4\nquantization_type: nf4\nlora_target: {t}")
+        });
+        let options = FAMILY_OPTIONS
+            .iter()
+            .map(|&(l, e)| (l, e.to_string()))
+            .chain(experts.map(|e| ("QLoRA, router + experts", e)));
+        for (label, extra) in options {
             let dir = tempfile::tempdir().unwrap();
-            let cfg_path = write_config_for(a, dir.path(), extra);
+            let cfg_path = write_config_for(a, dir.path(), &extra);
             train(&cfg_path, &[]);
             let records = memory(&dir.path().join("out"));
             assert_eq!(records.len(), 1, "{family} {label}: {records:?}");
@@ -294,14 +317,14 @@ fn planner_predicts_the_model_state_of_the_newer_families() {
                     ));
                 }
             }
-            if *label == "LoRA, fp32 base, adamw" {
+            if label == "LoRA, fp32 base, adamw" {
                 assert_eq!(
                     m.frozen_weight_bytes,
                     checkpoint_bytes(&model_dir, 4),
                     "{family}"
                 );
             }
-            if *label == "full, fp32" {
+            if label == "full, fp32" {
                 assert_eq!(
                     m.trainable_weight_bytes,
                     checkpoint_bytes(&model_dir, 4),

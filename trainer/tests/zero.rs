@@ -603,21 +603,31 @@ fn without_aux_loss(family: &'static str, dir: &Path) -> PathBuf {
 }
 
 /// Mixtures of experts (mixtral; qwen3_moe with a dense first layer) under ZeRO-2 and ZeRO-3
-/// over two processes equal one process, LoRA on the attention and full fine-tuning (routers
-/// and experts train): a decoder layer with all its experts is one ZeRO-3 unit, gathered and
-/// released as a whole.
+/// over two processes equal one process, LoRA (on the attention, the routers and the experts:
+/// PEFT's `target_parameters`, one `lora_A`/`lora_B` pair per expert parameter holding every
+/// expert's factors) and full fine-tuning (routers and experts train): a decoder layer with all
+/// its experts and their adapters is one ZeRO-3 unit, gathered and released as a whole.
 #[test]
 fn mixtures_of_experts_under_zero_equal_one_process() {
     let models = tempfile::tempdir().unwrap();
     for family in ["mixtral", "qwen3_moe"] {
         let model = without_aux_loss(family, models.path());
         let data = common::family_assets(family).join("data");
-        let paths = format!(
-            "model_name_or_path: {}\ndataset_dir: {}\n",
-            model.display(),
-            data.display()
-        );
+        let experts = match family {
+            "mixtral" => "q_proj,k_proj,v_proj,o_proj,gate,w1,w3,w2",
+            _ => "q_proj,k_proj,v_proj,o_proj,gate,gate_up_proj,down_proj",
+        };
         for method in ["lora", "full"] {
+            let paths = format!(
+                "model_name_or_path: {}\ndataset_dir: {}\n{}",
+                model.display(),
+                data.display(),
+                if method == "lora" {
+                    format!("lora_target: {experts}\n")
+                } else {
+                    String::new()
+                }
+            );
             let single = tempfile::tempdir().unwrap();
             run(&config(single.path(), method, &paths), 1, &[]);
             let reference = result_tensors(&single.path().join("out"));

@@ -550,7 +550,15 @@ impl ModelArchitecture {
     /// order given, repeats dropped). A name of the other layout is an error naming the modules to use instead
     /// (LLaMA-Factory hands the names to PEFT, which stops with "Target modules ... not found in
     /// the base model").
+    ///
+    /// On a mixture of experts the linears are the attention's, and the router and experts
+    /// `lora_target` may also name are [`ModelArchitecture::expert_lora_targets`].
     pub fn lora_targets(&self, lora_target: &str) -> Result<Vec<LinearModule>, String> {
+        if self.model_type.is_moe() {
+            return self
+                .moe_lora_targets(lora_target)
+                .map(|(linears, _)| linears);
+        }
         let mine = self.linear_modules();
         let raw = lora_target.trim();
         if raw == "all" {
@@ -593,6 +601,181 @@ impl ModelArchitecture {
             return Err("names no module".into());
         }
         Ok(wanted)
+    }
+}
+
+/// The names a mixture of experts' expert linears have in PEFT's `target_modules` (transformers
+/// 4's modules, which PEFT 0.21 maps onto transformers 5's fused parameters): the gate and up
+/// halves of `gate_up_proj`, and `down_proj`.
+fn expert_module_names(model_type: ModelType) -> [&'static str; 3] {
+    match model_type {
+        ModelType::Mixtral => ["w1", "w3", "w2"],
+        _ => ["gate_proj", "up_proj", "down_proj"],
+    }
+}
+
+impl ModelArchitecture {
+    /// The router and expert LoRA `lora_target` names on a mixture of experts (none on a dense
+    /// model, or with `all`). See [`ExpertLoraTargets`] for the names and what PEFT 0.21 makes of
+    /// them.
+    pub fn expert_lora_targets(&self, lora_target: &str) -> Result<ExpertLoraTargets, String> {
+        if !self.model_type.is_moe() {
+            return Ok(ExpertLoraTargets::default());
+        }
+        self.moe_lora_targets(lora_target)
+            .map(|(_, experts)| experts)
+    }
+
+    /// `lora_target` on a mixture of experts: the attention linears it names (`all`: q, k, v, o,
+    /// the `nn.Linear`s LLaMA-Factory's `all` finds in transformers 5's MoE models) and the
+    /// router and expert adapters.
+    fn moe_lora_targets(
+        &self,
+        lora_target: &str,
+    ) -> Result<(Vec<LinearModule>, ExpertLoraTargets), String> {
+        let attention: Vec<LinearModule> = self
+            .linear_modules()
+            .iter()
+            .copied()
+            .filter(|m| m.parent() == "self_attn")
+            .collect();
+        let raw = lora_target.trim();
+        if raw == "all" {
+            return Ok((attention, ExpertLoraTargets::default()));
+        }
+        let family = self.model_type.name();
+        let [gate_half, up_half, down] = expert_module_names(self.model_type);
+        let mut linears = Vec::new();
+        let mut experts = ExpertLoraTargets::default();
+        let (mut gate, mut up, mut fused) = (false, false, false);
+        for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if name == gate_half {
+                gate = true;
+            } else if name == up_half {
+                up = true;
+            } else if name == down || name == "down_proj" {
+                experts.down = true;
+            } else if name == "gate_up_proj" {
+                fused = true;
+            } else if name == "gate" {
+                experts.router = true;
+            } else {
+                let m = LinearModule::from_name(name)
+                    .filter(|m| attention.contains(m))
+                    .ok_or_else(|| {
+                        format!(
+                            "`{name}` is not a linear of this {family} model; use `all` (the \
+                             attention) or names from q_proj,k_proj,v_proj,o_proj, gate (the \
+                             router), {gate_half},{up_half},{down} (the experts' linears as PEFT \
+                             names them) or gate_up_proj,down_proj (transformers 5's fused expert \
+                             parameters)"
+                        )
+                    })?;
+                if !linears.contains(&m) {
+                    linears.push(m);
+                }
+            }
+        }
+        experts.gate_up = match (gate, up, fused) {
+            (false, false, false) => None,
+            (true, true, false) => Some(2),
+            (false, false, true) => Some(1),
+            (_, _, true) => {
+                return Err(format!(
+                    "`gate_up_proj` and `{}` name the same fused expert parameter; name either \
+                     gate_up_proj (LoRA of rank lora_rank) or {gate_half},{up_half} (PEFT fuses \
+                     them into one LoRA of rank 2·lora_rank)",
+                    if gate { gate_half } else { up_half }
+                ))
+            }
+            (g, _, false) => {
+                let (named, missing) = if g {
+                    (gate_half, up_half)
+                } else {
+                    (up_half, gate_half)
+                };
+                return Err(format!(
+                    "`{named}` without `{missing}`: transformers 5 fuses every expert's \
+                     {gate_half} and {up_half} into one gate_up_proj parameter, and PEFT adapts \
+                     them only together (one LoRA of rank 2·lora_rank); name both, or gate_up_proj"
+                ));
+            }
+        };
+        if linears.is_empty() && experts.is_empty() {
+            return Err("names no module".into());
+        }
+        Ok((linears, experts))
+    }
+}
+
+/// LoRA on a mixture of experts' router and experts, as PEFT 0.21 adapts transformers 5's MoE
+/// modules, whose router (`mlp.gate`, a `…TopKRouter` holding `weight` `[E, H]`) and experts
+/// (`mlp.experts`, holding the 3-D `gate_up_proj` `[E, 2·I, H]` and `down_proj` `[E, H, I]`) are
+/// no `nn.Linear`s: PEFT wraps the parameters themselves (`target_parameters`, `ParamWrapper`).
+///
+/// `lora_target` names them as PEFT's `target_modules` does (transformers 4's module names, which
+/// PEFT's `convert_peft_config_for_transformers` maps onto those parameters): `gate` (the router),
+/// Mixtral's `w1`,`w3` / Qwen3-MoE's `gate_proj`,`up_proj` (only together: the fused
+/// `gate_up_proj`, at rank `2·r` and alpha `2·α`, PEFT's `rank_pattern`/`alpha_pattern`), and
+/// `w2` / `down_proj`; or by the parameters' own names (`target_parameters`): `gate_up_proj`
+/// (rank `r`) and `down_proj`. On a Qwen3-MoE with dense layers (`mlp_only_layers`) the expert
+/// names adapt the experts only, as in PEFT (whose conversion takes them out of `target_modules`).
+/// `all` adapts the attention alone (LLaMA-Factory's `all` lists the `nn.Linear`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExpertLoraTargets {
+    /// The router's `gate.weight`: `lora_A` `[r, H]`, `lora_B` `[E, r]`.
+    pub router: bool,
+    /// The experts' `gate_up_proj`, with its rank factor: `Some(1)` when named `gate_up_proj`,
+    /// `Some(2)` when named by its two halves (rank `2·r`, alpha `2·α`).
+    pub gate_up: Option<u32>,
+    /// The experts' `down_proj`.
+    pub down: bool,
+}
+
+impl ExpertLoraTargets {
+    /// Whether nothing is adapted.
+    pub fn is_empty(&self) -> bool {
+        !self.router && self.gate_up.is_none() && !self.down
+    }
+
+    /// PEFT's `target_parameters` for these adapters, sorted as PEFT writes them.
+    pub fn target_parameters(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.down {
+            out.push("down_proj");
+        }
+        if self.router {
+            out.push("gate.weight");
+        }
+        if self.gate_up.is_some() {
+            out.push("gate_up_proj");
+        }
+        out
+    }
+
+    /// The trainable tensors of one sparse layer's adapters at rank `r`, `(rows, cols)`: each
+    /// `lora_A` then `lora_B` of the router, `gate_up_proj` and `down_proj`. PEFT's layout for a
+    /// 3-D parameter of `E` experts is one `nn.Linear` pair holding every expert's factors:
+    /// `lora_A` `[E·r, in]` (expert `e`'s rows `e·r..(e+1)·r`) and `lora_B` `[out, r·E]` (expert
+    /// `e`'s columns `e, e + E, e + 2E, …`).
+    pub fn shapes(&self, arch: &ModelArchitecture, r: u64) -> Vec<(u64, u64)> {
+        let (h, i, e) = (
+            arch.hidden_size,
+            arch.expert_intermediate_size(),
+            arch.num_experts(),
+        );
+        let mut out = Vec::new();
+        if self.router {
+            out.extend([(r, h), (e, r)]);
+        }
+        if let Some(f) = self.gate_up {
+            let r = f as u64 * r;
+            out.extend([(e * r, h), (2 * i, e * r)]);
+        }
+        if self.down {
+            out.extend([(e * r, i), (h, e * r)]);
+        }
+        out
     }
 }
 
@@ -982,6 +1165,99 @@ mod tests {
         assert_eq!(llama.lora_targets("all").unwrap(), LinearModule::ALL);
         let err = llama.lora_targets("qkv_proj").unwrap_err();
         assert!(err.contains("llama models have no `qkv_proj`"), "{err}");
+    }
+
+    #[test]
+    fn expert_lora_targets_take_peft_names() {
+        let moe = |extra: &str| {
+            ModelArchitecture::from_json_str(&format!(
+                r#"{{{extra},"vocab_size":96,"hidden_size":64,"intermediate_size":112,
+                "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2}}"#
+            ))
+            .unwrap()
+        };
+        let mixtral = moe(r#""model_type":"mixtral","num_local_experts":4"#);
+        let qwen = moe(r#""model_type":"qwen3_moe","num_experts":6,"moe_intermediate_size":40"#);
+        let attention = [
+            LinearModule::QProj,
+            LinearModule::KProj,
+            LinearModule::VProj,
+            LinearModule::OProj,
+        ];
+        // `all` is the attention alone (LLaMA-Factory's `all`: the nn.Linears).
+        assert_eq!(mixtral.lora_targets("all").unwrap(), attention);
+        assert!(mixtral.expert_lora_targets("all").unwrap().is_empty());
+        // transformers 4's names, as PEFT's conversion reads them: w1 + w3 fused at rank 2r.
+        let t = "q_proj, w1, w3, w2, gate";
+        assert_eq!(mixtral.lora_targets(t).unwrap(), [LinearModule::QProj]);
+        let e = mixtral.expert_lora_targets(t).unwrap();
+        assert_eq!(
+            e,
+            ExpertLoraTargets {
+                router: true,
+                gate_up: Some(2),
+                down: true
+            }
+        );
+        assert_eq!(
+            e.target_parameters(),
+            ["down_proj", "gate.weight", "gate_up_proj"]
+        );
+        // PEFT's shapes at r = 4: router (4, 64), (4, 4); gate_up (32, 64), (224, 32); down
+        // (16, 112), (64, 16).
+        assert_eq!(
+            e.shapes(&mixtral, 4),
+            [(4, 64), (4, 4), (32, 64), (224, 32), (16, 112), (64, 16)]
+        );
+        // transformers 5's parameter names: gate_up_proj at rank r; qwen3_moe's down_proj is
+        // both.
+        let e = qwen.expert_lora_targets("gate_up_proj,down_proj").unwrap();
+        assert_eq!((e.router, e.gate_up, e.down), (false, Some(1), true));
+        assert_eq!(e.shapes(&qwen, 4), [(24, 64), (80, 24), (24, 40), (64, 24)]);
+        assert!(qwen
+            .lora_targets("gate_up_proj,down_proj")
+            .unwrap()
+            .is_empty());
+        let e = qwen.expert_lora_targets("up_proj,gate_proj").unwrap();
+        assert_eq!(e.gate_up, Some(2));
+        // One half alone, or both spellings, is refused as PEFT refuses it.
+        let err = mixtral.lora_targets("w1,w2").unwrap_err();
+        assert!(err.contains("`w1` without `w3`"), "{err}");
+        let err = qwen.lora_targets("up_proj").unwrap_err();
+        assert!(err.contains("`up_proj` without `gate_proj`"), "{err}");
+        let err = qwen
+            .lora_targets("gate_proj,up_proj,gate_up_proj")
+            .unwrap_err();
+        assert!(err.contains("same fused expert parameter"), "{err}");
+        // The other family's names, and Phi-3's, are no linears here.
+        let err = qwen.lora_targets("w1").unwrap_err();
+        assert!(err.contains("gate_proj,up_proj,down_proj"), "{err}");
+        assert!(mixtral.lora_targets("gate_proj").is_err());
+        assert!(mixtral.lora_targets("qkv_proj").is_err());
+        // A dense model has no router or experts.
+        let llama = moe(r#""model_type":"llama""#);
+        assert!(llama.lora_targets("gate").is_err());
+        assert!(llama.expert_lora_targets("gate").unwrap().is_empty());
+
+        // The training config: names are checked before the model is known, and PEFT's
+        // ParamWrapper refusals (dropout, DoRA) are the config's.
+        let cfg = |yaml: &str| crate::TrainingConfig::from_yaml_str(yaml).unwrap();
+        let c = cfg("lora_target: q_proj,gate,w1,w3");
+        assert_eq!(c.lora_targets_for(&mixtral).unwrap(), [LinearModule::QProj]);
+        assert_eq!(
+            c.expert_lora_targets_for(&mixtral).unwrap().gate_up,
+            Some(2)
+        );
+        assert!(cfg("lora_target: gate").lora_targets().unwrap().is_empty());
+        for bad in ["lora_dropout: 0.1", "use_dora: true"] {
+            let c = cfg(&format!("lora_target: gate\n{bad}"));
+            let err = c.lora_targets_for(&mixtral).unwrap_err().to_string();
+            assert!(err.contains("ParamWrapper"), "{bad}: {err}");
+            // The attention alone takes them.
+            assert!(cfg(&format!("lora_target: q_proj\n{bad}"))
+                .lora_targets_for(&mixtral)
+                .is_ok());
+        }
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! - **Gemma 2 soft-caps attention scores**, which only the eager path computes: its layers
 //!   always materialise the scores as `flash_attn: eager` does, plus the `tanh` output
 //!   (`c·a·s` bytes per token). Each LoRA-adapted linear adds its rank-`r` intermediate `c·r` (DoRA also its `c·d_out`
-//!   output; dropout > 0 its dropped-out input `(c + 1)·d_in`).
+//!   output; dropout > 0 its dropped-out input `(c + 1)·d_in`); LoRA on a sparse layer's router
+//!   and experts adds the router's and, per routed expert, each expert adapter's.
 //! - **Backward of a layer** holds its input and output gradients and the gradients of the SwiGLU
 //!   branches: `2·c·h + 2·c·i` per token.
 //! - **A sparse MLP** (Mixtral, Qwen3-MoE) runs each token through `k` of its `E` experts: every
@@ -30,9 +31,9 @@
 //! - **Gradient checkpointing** keeps only each recomputed layer's input (`c·h` per token per
 //!   layer) and recomputes one layer at a time, so the peak holds the checkpoints plus one layer's
 //!   saved tensors plus its backward temporaries. Without it, every layer's saved tensors stay.
-//! - **Transients inside a layer:** QLoRA dequantises one weight at a time to the compute dtype;
 //!   Under `auto` the first `r` layers are recomputed and the rest keep their saved tensors
 //!   ([`activations_with`]; the planner chooses `r`).
+//! - **Transients inside a layer:** QLoRA dequantises one weight at a time to the compute dtype;
 //!   DoRA materialises one adapted weight `W + s·BA` in fp32 with its compute-dtype copy for the norm.
 //! - **Loss** is chunked: `loss_chunk_size` tokens of logits at a time, forward and backward of one
 //!   chunk before the next. A chunk holds its logits in the compute dtype, their fp32 copy, and
@@ -158,7 +159,29 @@ fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfi
             }
             bytes
         })
-        .sum()
+        .sum::<u64>()
+        + expert_lora_saved_bytes_per_token(arch, training)
+}
+
+/// Extra tensors LoRA on a sparse layer's router and experts saves per token (lf-model's `moe`
+/// computes `s·(x·A_eᵀ)·B_eᵀ` beside each expert's product): the router's rank-`r`
+/// intermediate, and for each of the `k` experts a token is routed to the intermediates of the
+/// `gate_up_proj` (`r'` = `r`, or `2r` named by its halves) and `down_proj` adapters.
+fn expert_lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    if training.finetuning_type != lf_api::training::FinetuningType::Lora || !has_sparse_layer(arch)
+    {
+        return 0;
+    }
+    let t = training.expert_lora_targets_for(arch).unwrap_or_default();
+    let (c, r, k) = (
+        training.precision().compute_bytes(),
+        training.lora_rank as u64,
+        arch.experts_per_token(),
+    );
+    let router = if t.router { c * r } else { 0 };
+    let gate_up = t.gate_up.map_or(0, |f| k * c * f as u64 * r);
+    let down = if t.down { k * c * r } else { 0 };
+    router + gate_up + down
 }
 
 /// Activation memory for a micro-batch of `micro_batch` examples of `cutoff_len` tokens. A
@@ -171,6 +194,22 @@ pub fn activations(
     training: &TrainingConfig,
     inv: &Inventory,
     micro_batch: u64,
+) -> Activations {
+    let recomputed = training.recomputed_layers(arch.num_hidden_layers);
+    activations_with(arch, training, inv, micro_batch, recomputed)
+}
+
+/// [`activations`] with the first `recomputed` decoder layers recomputed (at most all of them)
+/// and the others keeping their saved tensors: the persistent part is `recomputed` layer inputs
+/// plus the kept layers' saved tensors; a recomputation's one-layer working set counts only when
+/// no layer is kept (otherwise the top kept layer's tensors, freed by its backward before the
+/// first recomputation, already stand for it).
+pub fn activations_with(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+    inv: &Inventory,
+    micro_batch: u64,
+    recomputed: u64,
 ) -> Activations {
     let c = inv.compute_bytes;
     let s = training.cutoff_len as u64;
@@ -194,22 +233,6 @@ pub fn activations(
     };
     let saved = tokens * (layer_saved_bytes_per_token(arch, training) + eager);
     let backward = tokens * (2 * c * h + mlp_backward_bytes(arch, c));
-) -> Activations {
-    let recomputed = training.recomputed_layers(arch.num_hidden_layers);
-    activations_with(arch, training, inv, micro_batch, recomputed)
-}
-
-/// [`activations`] with the first `recomputed` decoder layers recomputed (at most all of them)
-/// and the others keeping their saved tensors: the persistent part is `recomputed` layer inputs
-/// plus the kept layers' saved tensors; a recomputation's one-layer working set counts only when
-/// no layer is kept (otherwise the top kept layer's tensors, freed by its backward before the
-/// first recomputation, already stand for it).
-pub fn activations_with(
-    arch: &ModelArchitecture,
-    training: &TrainingConfig,
-    inv: &Inventory,
-    micro_batch: u64,
-    recomputed: u64,
     let mut transient = 0;
     if training.quantization_bit.is_some()
         && training.finetuning_type == lf_api::training::FinetuningType::Lora

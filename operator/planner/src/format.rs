@@ -297,10 +297,16 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
                 Some(bits) => format!(", {bits}-bit base"),
                 None => String::new(),
             };
-            let targets: Vec<&str> = crate::params::lora_targets(a, t)
+            let mut targets: Vec<&str> = crate::params::lora_targets(a, t)
                 .iter()
                 .map(|m| m.name())
                 .collect();
+            // A mixture of experts' router and experts, by PEFT's `target_parameters`.
+            targets.extend(
+                t.expert_lora_targets_for(a)
+                    .unwrap_or_default()
+                    .target_parameters(),
+            );
             let rank = match t.adalora() {
                 Some(ada) => format!("AdaLoRA r={}→{}", ada.init_r, ada.target_r),
                 None => format!("{kind} r={}", t.lora_rank),
@@ -308,11 +314,16 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
             format!("{rank} on {}{q}", targets.join(","))
         }
     };
+    let reference = if t.keeps_reference_copy() {
+        "reference pass without gradients on a frozen copy of the weights"
+    } else {
+        "reference pass without gradients, adapter off"
+    };
     let method = if t.stage == lf_api::training::Stage::Kto {
-        format!("KTO (2 sequences per example, its own and its KL sequence; reference pass without gradients, adapter off), {method}")
+        format!("KTO (2 sequences per example, its own and its KL sequence; {reference}), {method}")
     } else if t.stage.is_pairwise() {
         let reference = if t.pref_loss.uses_reference() {
-            "reference pass without gradients, adapter off"
+            reference
         } else {
             "no reference pass"
         };
@@ -460,13 +471,13 @@ pub fn plan_summary(plan: &Plan) -> String {
         },
         plan.micro_batch_size,
         plan.gradient_accumulation_steps,
+        recompute_suffix(plan, ", "),
         format_gib(plan.per_gpu.peak_bytes),
         format_gib(plan.gpu_memory_bytes),
     )
 }
 
 /// `4 GPUs (2 nodes × 2)`.
-        recompute_suffix(plan, ", "),
 fn layout(plan: &Plan) -> String {
     format!(
         "{} GPU{} ({} node{} × {})",

@@ -7,7 +7,10 @@
 //! qwen2 (and `attention_bias: true`) adds a bias to q, k and v (and o for llama/qwen3), qwen3 a
 //! per-head q and k RMSNorm, Phi-3 fuses q/k/v into `qkv_proj` and gate/up into `gate_up_proj`
 //! (the same weights in two linears fewer, so LoRA on them adds fewer parameters), LoRA adds
-//! `r·(d_in + d_out)` per adapted linear and DoRA a magnitude vector of `d_out` on top. `tests/reference/planner_param_counts.py`
+//! `r·(d_in + d_out)` per adapted linear and DoRA a magnitude vector of `d_out` on top, LoRA on a
+//! mixture of experts' router `r·(h + E)` and on its experts' fused parameters
+//! `E·r'·(d_in + d_out)` per sparse layer (PEFT's `target_parameters`; `r' = 2r` for a
+//! `gate_up_proj` named by its halves). `tests/reference/planner_param_counts.py`
 //! checks them against the real libraries.
 
 use lf_api::training::{FinetuningType, LinearModule, TrainingConfig};
@@ -144,8 +147,8 @@ pub fn freeze_trainable_layers(arch: &ModelArchitecture, training: &TrainingConf
 }
 
 /// The linears LoRA adapts in `arch` ([`TrainingConfig::lora_targets_for`]: `all` is every
-/// linear of the model's layout, Phi-3's fused ones included; a mixture of experts adapts its
-/// attention only). An invalid `lora_target` adapts nothing here; `TrainingConfig::validate` (run
+/// linear of the model's layout, Phi-3's fused ones included; on a mixture of experts the
+/// attention's, its router and experts being [`expert_adapter_shapes`]). An invalid `lora_target` adapts nothing here; `TrainingConfig::validate` (run
 /// when the config is parsed) and [`crate::PlannerInput::from_job`] (against the architecture)
 /// report it.
 pub fn lora_targets(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<LinearModule> {
@@ -211,11 +214,37 @@ pub fn trainable_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> 
             let k = freeze_trainable_layers(arch, training);
             layers_shapes(arch, layers - k..layers)
         }
-        FinetuningType::Lora => adapter_shapes(arch, training)
-            .into_iter()
-            .map(|s| (s, layers))
-            .collect(),
+        FinetuningType::Lora => {
+            let mut out: Vec<(Shape, u64)> = adapter_shapes(arch, training)
+                .into_iter()
+                .map(|s| (s, layers))
+                .collect();
+            out.extend(
+                expert_adapter_shapes(arch, training)
+                    .into_iter()
+                    .map(|s| (s, sparse_layers(arch))),
+            );
+            out
+        }
     }
+}
+
+/// The decoder layers whose MLP is a mixture of experts.
+pub fn sparse_layers(arch: &ModelArchitecture) -> u64 {
+    (0..arch.num_hidden_layers)
+        .filter(|&i| arch.is_sparse_layer(i))
+        .count() as u64
+}
+
+/// The trainable tensors of one sparse layer's router and expert adapters
+/// ([`TrainingConfig::expert_lora_targets_for`]; PEFT's `ParamWrapper` layout, see
+/// [`lf_api::architecture::ExpertLoraTargets::shapes`]): none on a dense model or when
+/// `lora_target` names no router or expert.
+pub fn expert_adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<Shape> {
+    training
+        .expert_lora_targets_for(arch)
+        .unwrap_or_default()
+        .shapes(arch, training.lora_rank as u64)
 }
 
 /// Parameters that receive gradients: all of them (full), the last `freeze_trainable_layers`
@@ -304,6 +333,21 @@ mod tests {
         assert_eq!(targets, ["q_proj", "k_proj", "v_proj", "o_proj"]);
         let mlp = TrainingConfig::from_yaml_str("lora_target: q_proj,up_proj").unwrap();
         assert!(lora_targets(&arch, &mlp).is_empty());
+        // The router and experts as PEFT adapts them (target_parameters): per layer the router
+        // 16·(4096 + 8), gate_up_proj at rank 32 (w1 + w3) 8·32·(4096 + 2·14336), down_proj
+        // 8·16·(14336 + 4096); 352,849,920 with q and v, as PEFT counts
+        // (tests/param_reference.rs).
+        let experts = TrainingConfig::from_yaml_str(
+            "lora_rank: 16\nlora_target: q_proj,v_proj,w1,w2,w3,gate",
+        )
+        .unwrap();
+        let per_layer = 16 * (4096 + 8)
+            + 8 * 32 * (4096 + 2 * 14336)
+            + 8 * 16 * (14336 + 4096)
+            + 16 * (4096 + 4096)
+            + 16 * (4096 + 1024);
+        assert_eq!(trainable_params(&arch, &experts), 32 * per_layer);
+        assert_eq!(trainable_params(&arch, &experts), 352_849_920);
     }
 
     #[test]

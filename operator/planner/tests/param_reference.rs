@@ -123,6 +123,7 @@ fn counts_equal_transformers_and_peft() {
     let mut qwen3_moe = tiny_moe(ModelType::Qwen3Moe, 6, 2);
     qwen3_moe.moe.moe_intermediate_size = Some(40);
     qwen3_moe.moe.mlp_only_layers = Some(vec![1]);
+    let qwen3_moe_experts = qwen3_moe.clone();
     let mut qwen3_moe_step = qwen3_moe.clone();
     qwen3_moe_step.moe.decoder_sparse_step = Some(3);
     qwen3_moe_step.moe.mlp_only_layers = None;
@@ -153,6 +154,16 @@ fn counts_equal_transformers_and_peft() {
             "lora_rank: 4\nuse_dora: true\nlora_target: q_proj,v_proj",
         ),
         case(
+            "tiny-mixtral lora router+experts (w1,w3 fused)",
+            tiny_moe(ModelType::Mixtral, 4, 2),
+            "lora_rank: 4\nlora_target: q_proj,gate,w1,w3,w2",
+        ),
+        case(
+            "tiny-qwen3-moe mlp_only_layers lora experts",
+            qwen3_moe_experts,
+            "lora_rank: 4\nuse_rslora: true\nlora_target: gate_up_proj,down_proj,gate,v_proj",
+        ),
+        case(
             "tiny-qwen3-moe sparse step 3 freeze 2",
             qwen3_moe_step,
             "finetuning_type: freeze\nfreeze_trainable_layers: 2",
@@ -161,6 +172,16 @@ fn counts_equal_transformers_and_peft() {
             "mixtral-8x7b lora all r16",
             real("mistralai/Mixtral-8x7B-v0.1"),
             "lora_rank: 16",
+        ),
+        case(
+            "mixtral-8x7b lora experts+router r16",
+            real("mistralai/Mixtral-8x7B-v0.1"),
+            "lora_rank: 16\nlora_target: q_proj,v_proj,w1,w2,w3,gate",
+        ),
+        case(
+            "qwen3-30b-a3b lora experts r8",
+            real("Qwen/Qwen3-30B-A3B"),
+            "lora_rank: 8\nlora_target: q_proj,k_proj,v_proj,o_proj,gate_up_proj,down_proj",
         ),
         case(
             "qwen3-30b-a3b full",
@@ -432,7 +453,8 @@ fn counts_equal_transformers_and_peft() {
                 "config": config_json(&c.arch),
                 "method": match t.finetuning_type { FinetuningType::Full => "full", FinetuningType::Freeze => "freeze", FinetuningType::Lora => "lora" },
                 "rank": t.lora_rank,
-                "targets": t.lora_targets_for(&c.arch).unwrap().iter().map(|m| m.name()).collect::<Vec<_>>(),
+                "targets": peft_targets(t, &c.arch).0,
+                "target_parameters": peft_targets(t, &c.arch).1,
                 "dora": t.use_dora,
                 "adalora": t.adalora().map(|a| [a.init_r, a.target_r]),
                 "freeze_layers": t.freeze_trainable_layers,
@@ -488,4 +510,35 @@ fn counts_equal_transformers_and_peft() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What PEFT is given for `t` on `arch`: `target_modules` (the linears; on a mixture of experts
+/// also the router and a `gate_up_proj` named by its halves, by transformers 4's names, which
+/// PEFT's conversion maps onto the fused parameters) and `target_parameters` (a `gate_up_proj` at
+/// rank r and `down_proj`, by transformers 5's parameter names), so both of PEFT's paths count.
+fn peft_targets(
+    t: &TrainingConfig,
+    arch: &ModelArchitecture,
+) -> (Vec<&'static str>, Vec<&'static str>) {
+    let mut modules: Vec<&str> = t
+        .lora_targets_for(arch)
+        .unwrap()
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    let experts = t.expert_lora_targets_for(arch).unwrap();
+    let mut params = Vec::new();
+    if experts.router {
+        modules.push("gate");
+    }
+    match experts.gate_up {
+        Some(2) if arch.model_type == ModelType::Mixtral => modules.extend(["w1", "w3"]),
+        Some(2) => modules.extend(["gate_proj", "up_proj"]),
+        Some(_) => params.push("gate_up_proj"),
+        None => {}
+    }
+    if experts.down {
+        params.push("down_proj");
+    }
+    (modules, params)
 }

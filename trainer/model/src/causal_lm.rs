@@ -33,13 +33,16 @@ pub struct LoraSettings {
     pub alpha: f64,
     pub dropout: f64,
     pub targets: Vec<LinearModule>,
+    /// A mixture of experts' router and expert adapters (PEFT's `target_parameters`; see
+    /// [`crate::moe`]).
+    pub experts: lf_api::architecture::ExpertLoraTargets,
     pub use_rslora: bool,
     pub use_dora: bool,
+    /// AdaLoRA's settings (then `r` is `init_r`).
+    pub adalora: Option<lf_api::training::AdaLora>,
 }
 
 impl LoraSettings {
-    /// AdaLoRA's settings (then `r` is `init_r`).
-    pub adalora: Option<lf_api::training::AdaLora>,
     /// α/r, or α/√r with rsLoRA; AdaLoRA's α/(init_r + 1e-5) (PEFT's `scaling / (ranknum +
     /// 1e-5)`, `ranknum` staying `init_r` as ranks are pruned).
     pub fn scaling(&self) -> f64 {
@@ -76,12 +79,12 @@ pub struct CausalLm {
     /// Counts training micro-batches, so each gets its own (replayable) dropout masks.
     pub(crate) micro_step: AtomicU64,
     pub(crate) load_report: Option<LoadReport>,
+    /// AdaLoRA's importance scores and rank allocation, while training with `use_adalora`.
+    pub(crate) rank_allocator: Option<crate::adalora::RankAllocator>,
 }
 
 impl CausalLm {
     /// Loads a Hugging Face model directory: `config.json` plus `model.safetensors` or the shards of
-    /// AdaLoRA's importance scores and rank allocation, while training with `use_adalora`.
-    pub(crate) rank_allocator: Option<crate::adalora::RankAllocator>,
     /// `model.safetensors.index.json`. Files are memory-mapped and each tensor is converted to
     /// `opts.dtype` and moved to `opts.device` on its own; the time taken is logged and kept in
     /// [`CausalLm::load_report`].
@@ -150,11 +153,11 @@ impl CausalLm {
             backend: AttentionBackend::Sdpa,
             micro_step: AtomicU64::new(0),
             load_report: None,
+            rank_allocator: None,
         }
     }
 
     /// The architecture read from `config.json`.
-            rank_allocator: None,
     pub fn architecture(&self) -> &ModelArchitecture {
         &self.arch
     }

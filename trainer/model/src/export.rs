@@ -114,8 +114,8 @@ impl CausalLm {
             }
             None => {
                 let i = names::layer_of(name)?;
-                let lin = self.model.layers.get(i)?.sparse_linear(i, name)?;
-                Some(lin.merged_weight(self.opts.dtype))
+                let moe = self.model.layers.get(i)?.sparse()?;
+                moe.merged_weight(i, name, self.opts.dtype)
             }
             _ => self.dense_tensor(name),
         }

@@ -27,7 +27,8 @@ pub fn without_adapters<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn adapters_off() -> bool {
+/// Whether adapters are bypassed on this thread ([`without_adapters`]).
+pub(crate) fn adapters_off() -> bool {
     ADAPTERS_OFF.with(Cell::get)
 }
 
@@ -92,7 +93,6 @@ impl Adapter {
     /// The adapter's tensors with their PEFT names, for the linear at `path` (Hugging Face path),
     /// sharing storage with the adapter.
     pub fn named_tensors(&self, path: &TensorPath) -> Vec<(String, Tensor)> {
-        let mut out = vec![
         if let Some(e) = &self.singular {
             // AdaLoRA's are parameters of the layer itself, named without `.weight`.
             return vec![
@@ -101,6 +101,7 @@ impl Adapter {
                 (path.adalora_e(), e.shallow_clone()),
             ];
         }
+        let mut out = vec![
             (path.lora_a(), self.a.shallow_clone()),
             (path.lora_b(), self.b.shallow_clone()),
         ];

@@ -205,6 +205,7 @@ fn sparse_moe(
         norm_topk_prob: arch.norm_topk_prob(),
         weights_in_logit_dtype: naming == MoeNaming::Qwen3Moe,
         naming,
+        adapters: Default::default(),
     })
 }
 

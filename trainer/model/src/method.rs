@@ -9,6 +9,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::causal_lm::{CausalLm, LoraSettings};
 use crate::linear::Adapter;
+use crate::llama::FeedForward;
+use crate::moe::MoeAdapters;
 use crate::names::{self, BaseTensor};
 use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::safetensors_io::{self, HostTensor, MappedFile};
@@ -58,6 +60,9 @@ impl CausalLm {
                         .map_err(|e| ModelError::Invalid(e.to_string()))?,
                     use_rslora: cfg.use_rslora,
                     use_dora: cfg.use_dora,
+                    experts: cfg
+                        .expert_lora_targets_for(&self.arch)
+                        .map_err(|e| ModelError::Invalid(e.to_string()))?,
                     adalora: cfg.adalora(),
                 };
                 let kind = if cfg.pure_bf16 {
@@ -119,6 +124,9 @@ impl CausalLm {
         for layer in &mut self.model.layers {
             for (_, linear) in layer.linears_mut() {
                 linear.adapter = None;
+            }
+            if let FeedForward::Sparse(moe) = &mut layer.mlp {
+                moe.adapters = MoeAdapters::default();
             }
         }
         self.method.lora = None;
@@ -210,6 +218,9 @@ impl CausalLm {
                     dropout: s.dropout,
                 });
             }
+            if let FeedForward::Sparse(moe) = &mut layer.mlp {
+                moe.adapters = MoeAdapters::new(arch, s, kind, device, seed.is_some())?;
+            }
             if s.use_dora {
                 residency
                     .release(unit, false)
@@ -261,6 +272,9 @@ impl CausalLm {
                 if let Some(ad) = &linear.adapter {
                     out.extend(ad.named_tensors(&names::linear(i, m)));
                 }
+            }
+            if let Some(moe) = layer.sparse() {
+                out.extend(moe.adapters.named_tensors(i));
             }
         }
         out

@@ -30,6 +30,27 @@
 //! inverse permutation weighted by the routing weights; its backward needs the same grouping for
 //! the weight gradients. With expert parallelism the permutation becomes an all-to-all.
 //!
+//! **LoRA on the router and the experts** (PEFT 0.21's `target_parameters`, which is how PEFT
+//! adapts transformers 5's MoE modules: the router `mlp.gate` is a `…TopKRouter` holding
+//! `weight` `[E, H]` and the experts `mlp.experts` hold the fused 3-D parameters, none an
+//! `nn.Linear`; see [`lf_api::architecture::ExpertLoraTargets`] for the names `lora_target` takes).
+//! PEFT's `ParamWrapper` of a parameter of `E` experts (`E = 1` for the router) holds one
+//! `lora_A` `[E·r, in]` and one `lora_B` `[out, r·E]`: expert `e`'s factors are `A_e` = rows
+//! `e·r..(e+1)·r` of `lora_A` (`reshape(E, r, in)`) and `B_e` = columns `e, e+E, e+2E, …` of
+//! `lora_B` (`reshape(out, r, E)`); `in`/`out` are the expert's (`gate_up_proj`: `H` → `2·I`,
+//! gate rows first; `down_proj`: `I` → `H`). Initialisation as any LoRA (`A ~ U(±1/√in)`,
+//! `B = 0`), scaling α/r (α/√r with rsLoRA) at the adapter's rank (named by its two halves,
+//! `gate_up_proj` gets rank `2·r` and alpha `2·α` from PEFT's conversion: the same α/r). PEFT's
+//! forward adds `s·B_e·A_e` to each expert's weight (one `baddbmm` over the stack) and runs the
+//! experts on that; we compute the same product unfused, `x·W_eᵀ + s·(x·A_eᵀ)·B_eᵀ` with the
+//! adapter's half in its own dtype, as a LoRA'd linear does: in fp32 the two differ by rounding
+//! alone (`tests/peft.rs`), and no second copy of every expert's weight is built per forward
+//! (PEFT's merged stack is held for backward), which also leaves quantised experts (QLoRA)
+//! quantised. `gate_up_proj`'s product splits into the per-expert gate and up linears we hold
+//! (`B_e`'s first `I` rows are the gate's). PEFT refuses dropout, DoRA and AdaLoRA on such
+//! adapters; so do we ([`lf_api::TrainingConfig::expert_lora_targets_for`]). Export merges
+//! `s·B_e·A_e` into each expert's linears, as PEFT's `merge_and_unload`.
+//!
 //! **Load-balancing loss** (Switch Transformer, eq. 4–6, as transformers'
 //! `load_balancing_loss_func`): over every sparse layer's router logits, `f_e` = the share of
 //! top-k assignments that went to expert `e` and `P_e` = the mean router probability of `e`,
@@ -41,10 +62,13 @@
 //! ([`RouterBalance::layer_term`]), which is what a backward that recomputes layers needs.
 
 use lf_api::architecture::ModelArchitecture;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
-use crate::linear::Linear;
-use crate::names::{ExpertLinear, MoeNaming, TensorPath};
+use crate::causal_lm::LoraSettings;
+use crate::ModelError;
+
+use crate::linear::{adapters_off, Linear};
+use crate::names::{self, ExpertLinear, MoeNaming, TensorPath};
 
 /// `(in_features, out_features)` of an expert's linear `which`.
 pub fn expert_shape(arch: &ModelArchitecture, which: ExpertLinear) -> (u64, u64) {
@@ -90,9 +114,174 @@ impl Expert {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.gate_proj.forward(x, train).silu() * self.up_proj.forward(x, train);
-        self.down_proj.forward(&h, train)
+    /// Expert `e`'s SwiGLU of `x`, with the layer's expert adapters (see the module docs).
+    fn forward(&self, e: i64, x: &Tensor, adapters: &MoeAdapters, train: bool) -> Tensor {
+        let gate = self.gate_proj.forward(x, train);
+        let up = self.up_proj.forward(x, train);
+        let on = !adapters_off();
+        let (gate, up) = match adapters.gate_up.as_ref().filter(|_| on) {
+            Some(ad) => {
+                let d = ad.delta(x, e);
+                let i = gate.size()[1];
+                (gate + d.narrow(1, 0, i), up + d.narrow(1, i, i))
+            }
+            None => (gate, up),
+        };
+        let h = gate.silu() * up;
+        let y = self.down_proj.forward(&h, train);
+        match adapters.down.as_ref().filter(|_| on) {
+            Some(ad) => y + ad.delta(&h, e),
+            None => y,
+        }
+    }
+}
+
+/// PEFT's LoRA on a parameter (`ParamWrapper`) of `experts` stacked matrices (1 for the router):
+/// see the module docs for the layout.
+pub struct ParamAdapter {
+    /// `lora_A.weight`, `[E·r, in]`: expert `e`'s `A_e` is rows `e·r..(e+1)·r`.
+    pub a: Tensor,
+    /// `lora_B.weight`, `[out, r·E]`: expert `e`'s `B_e` is columns `e, e+E, e+2E, …`.
+    pub b: Tensor,
+    /// `E`.
+    pub experts: i64,
+    /// α/r (α/√r with rsLoRA) at this adapter's rank.
+    pub scaling: f64,
+}
+
+impl ParamAdapter {
+    /// Expert `e`'s `(A_e [r, in], B_e [out, r])`, views of the adapter's tensors.
+    pub fn factors(&self, e: i64) -> (Tensor, Tensor) {
+        let r = self.a.size()[0] / self.experts;
+        let out = self.b.size()[0];
+        (
+            self.a.narrow(0, e * r, r),
+            self.b.view([out, r, self.experts]).select(2, e),
+        )
+    }
+
+    /// `s·(x·A_eᵀ)·B_eᵀ` (`x`: `[n, in]`), computed in the adapter's dtype and returned in `x`'s.
+    pub fn delta(&self, x: &Tensor, e: i64) -> Tensor {
+        let (a, b) = self.factors(e);
+        let y = x
+            .to_kind(self.a.kind())
+            .linear::<Tensor>(&a, None)
+            .linear::<Tensor>(&b, None)
+            * self.scaling;
+        y.to_kind(x.kind())
+    }
+
+    /// `s·B_e·A_e` in fp32, `[out, in]`: what PEFT's `get_delta_weight` adds to expert `e`.
+    pub fn delta_weight(&self, e: i64) -> Tensor {
+        let (a, b) = self.factors(e);
+        b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * self.scaling
+    }
+
+    /// `lora_A` and `lora_B` under PEFT's names for the wrapper at `path`.
+    pub fn named_tensors(&self, path: &TensorPath) -> Vec<(String, Tensor)> {
+        vec![
+            (path.lora_a(), self.a.shallow_clone()),
+            (path.lora_b(), self.b.shallow_clone()),
+        ]
+    }
+}
+
+/// A sparse layer's LoRA on its router and expert parameters.
+#[derive(Default)]
+pub struct MoeAdapters {
+    /// On the router's `gate.weight` (`E = 1`: `lora_A` `[r, H]`, `lora_B` `[experts, r]`).
+    pub router: Option<ParamAdapter>,
+    /// On the experts' `gate_up_proj` (`[E, 2·I, H]`).
+    pub gate_up: Option<ParamAdapter>,
+    /// On the experts' `down_proj` (`[E, H, I]`).
+    pub down: Option<ParamAdapter>,
+}
+
+impl MoeAdapters {
+    /// The adapters `s.experts` asks for on a sparse layer of `arch`, of dtype `kind` on `device`:
+    /// initialised as PEFT does (`A ~ U(±1/√in)` drawn on the CPU from libtorch's generator,
+    /// `B = 0`) and trainable when `train`, zero and frozen otherwise (to be filled from an
+    /// adapter file). Refuses what PEFT's `ParamWrapper` refuses: dropout and DoRA.
+    pub(crate) fn new(
+        arch: &ModelArchitecture,
+        s: &LoraSettings,
+        kind: Kind,
+        device: Device,
+        train: bool,
+    ) -> Result<MoeAdapters, ModelError> {
+        let t = s.experts;
+        if t.is_empty() {
+            return Ok(MoeAdapters::default());
+        }
+        let refuse = |what: &str| {
+            Err(ModelError::Invalid(format!(
+                "LoRA on a mixture of experts' router or experts ({}) does not work with {what}, \
+                 as PEFT's ParamWrapper refuses it",
+                t.target_parameters().join(", ")
+            )))
+        };
+        if s.dropout > 0.0 {
+            return refuse("lora_dropout > 0");
+        }
+        if s.use_dora {
+            return refuse("DoRA");
+        }
+        let (h, i, e) = (
+            arch.hidden_size as i64,
+            arch.expert_intermediate_size() as i64,
+            arch.num_experts() as i64,
+        );
+        let make = |experts: i64, factor: u32, fan_in: i64, fan_out: i64| {
+            // PEFT's rank_pattern/alpha_pattern of a fused pair: rank and alpha both × factor.
+            let r = (s.r * factor) as i64;
+            let alpha = s.alpha * factor as f64;
+            let scaling = if s.use_rslora {
+                alpha / (r as f64).sqrt()
+            } else {
+                alpha / r as f64
+            };
+            let a = Tensor::empty([experts * r, fan_in], (Kind::Float, Device::Cpu));
+            let a = if train {
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                a.uniform(-bound, bound)
+            } else {
+                a.zero()
+            };
+            let b = Tensor::zeros([fan_out, r * experts], (Kind::Float, Device::Cpu));
+            let prep = |t: Tensor| {
+                t.to_device(device)
+                    .to_kind(kind)
+                    .detach()
+                    .set_requires_grad(train)
+            };
+            ParamAdapter {
+                a: prep(a),
+                b: prep(b),
+                experts,
+                scaling,
+            }
+        };
+        Ok(MoeAdapters {
+            router: t.router.then(|| make(1, 1, h, e)),
+            gate_up: t.gate_up.map(|f| make(e, f, h, 2 * i)),
+            down: t.down.then(|| make(e, 1, i, h)),
+        })
+    }
+
+    /// Every adapter tensor of layer `i` under PEFT's names.
+    pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        if let Some(ad) = &self.router {
+            out.extend(ad.named_tensors(&names::peft_moe_router(i)));
+        }
+        let both = self.gate_up.is_some() && self.down.is_some();
+        if let Some(ad) = &self.gate_up {
+            out.extend(ad.named_tensors(&names::peft_moe_experts(i, both)));
+        }
+        if let Some(ad) = &self.down {
+            out.extend(ad.named_tensors(&names::peft_moe_experts(i, false)));
+        }
+        out
     }
 }
 
@@ -108,6 +297,8 @@ pub struct SparseMoe {
     /// Qwen3-MoE casts the routing weights to the logits' dtype; Mixtral keeps them fp32.
     pub weights_in_logit_dtype: bool,
     pub naming: MoeNaming,
+    /// LoRA on the router and the experts.
+    pub adapters: MoeAdapters,
 }
 
 /// The router's decision for `T` tokens.
@@ -124,6 +315,10 @@ impl SparseMoe {
     /// Routes the tokens of `x` (`[T, H]`).
     pub fn route(&self, x: &Tensor, train: bool) -> Routing {
         let logits = self.router.forward(x, train);
+        let logits = match self.adapters.router.as_ref().filter(|_| !adapters_off()) {
+            Some(ad) => logits + ad.delta(x, 0),
+            None => logits,
+        };
         let probs = logits.softmax(-1, Kind::Float);
         let (top, experts) = probs.topk(self.top_k, -1, true, true);
         let top = if self.norm_topk_prob {
@@ -156,7 +351,12 @@ impl SparseMoe {
             }
             let tokens = hits.select(1, 0);
             let slots = hits.select(1, 1);
-            let y = expert.forward(&flat.index_select(0, &tokens), train);
+            let y = expert.forward(
+                e as i64,
+                &flat.index_select(0, &tokens),
+                &self.adapters,
+                train,
+            );
             let w = routing
                 .weights
                 .index_select(0, &tokens)
@@ -167,7 +367,8 @@ impl SparseMoe {
     }
 
     /// Every tensor of the block in decoder layer `i`, sharing storage: the router, then each
-    /// expert's gate, up and down linears (with their adapters and quantised storage).
+    /// expert's gate, up and down linears (with their quantised storage), under the
+    /// checkpoint's names, then the router's and experts' adapters under PEFT's.
     pub fn named_tensors(&self, i: usize) -> Vec<(String, Tensor)> {
         let mut out = self.router.named_tensors(&self.naming.router(i));
         for (e, expert) in self.experts.iter().enumerate() {
@@ -176,7 +377,50 @@ impl SparseMoe {
                 out.extend(expert.linear(which).named_tensors(&path));
             }
         }
+        out.extend(self.adapters.named_tensors(i));
         out
+    }
+
+    /// The weight named `name` (the router's or an expert linear's, Hugging Face name) with the
+    /// adapters merged in, as PEFT's `merge_and_unload` adds `s·B_e·A_e` to the parameter, in
+    /// `kind`; `None` when the block of layer `i` has no such weight.
+    pub fn merged_weight(&self, i: usize, name: &str, kind: Kind) -> Option<Tensor> {
+        let (path, lin) = self
+            .linears(i)
+            .into_iter()
+            .find(|(path, _)| path.weight() == name)?;
+        let delta = if path == self.naming.router(i) {
+            self.adapters.router.as_ref().map(|ad| ad.delta_weight(0))
+        } else {
+            let (e, which) = (0..self.experts.len())
+                .flat_map(|e| ExpertLinear::ALL.map(|w| (e, w)))
+                .find(|&(e, w)| self.naming.expert(i, e, w) == path)?;
+            let rows = |d: Tensor, half: i64| {
+                let n = d.size()[0] / 2;
+                d.narrow(0, half * n, n)
+            };
+            match which {
+                ExpertLinear::Gate => self
+                    .adapters
+                    .gate_up
+                    .as_ref()
+                    .map(|ad| rows(ad.delta_weight(e as i64), 0)),
+                ExpertLinear::Up => self
+                    .adapters
+                    .gate_up
+                    .as_ref()
+                    .map(|ad| rows(ad.delta_weight(e as i64), 1)),
+                ExpertLinear::Down => self
+                    .adapters
+                    .down
+                    .as_ref()
+                    .map(|ad| ad.delta_weight(e as i64)),
+            }
+        };
+        Some(match delta {
+            None => lin.merged_weight(kind),
+            Some(d) => tch::no_grad(|| (lin.weight.dense(Kind::Float) + d).to_kind(kind)),
+        })
     }
 
     /// Every linear of the block with its checkpoint path (router first).

@@ -228,6 +228,32 @@ impl MoeNaming {
     }
 }
 
+/// transformers 5's path of decoder layer `i`'s sparse MLP, where PEFT's adapters of the router
+/// and experts live: `mlp` for both families (transformers 5 renames Mixtral's
+/// `block_sparse_moe`, and fuses the experts into 3-D parameters; see [`crate::moe`]).
+pub fn peft_moe_block(i: usize) -> TensorPath {
+    layer(i).pp("mlp")
+}
+
+/// The module PEFT's LoRA of layer `i`'s router is named after (`mlp.gate`, its `weight`
+/// wrapped by a `ParamWrapper`).
+pub fn peft_moe_router(i: usize) -> TensorPath {
+    peft_moe_block(i).pp("gate")
+}
+
+/// The module PEFT's LoRA of one of layer `i`'s expert parameters is named after: PEFT wraps the
+/// experts module once per targeted parameter, `gate_up_proj` first, so with both adapted
+/// `gate_up_proj`'s wrapper is the inner one (`mlp.experts.base_layer`) and `down_proj`'s the
+/// outer (`mlp.experts`); a single one is `mlp.experts`.
+pub fn peft_moe_experts(i: usize, inner: bool) -> TensorPath {
+    let experts = peft_moe_block(i).pp("experts");
+    if inner {
+        experts.pp("base_layer")
+    } else {
+        experts
+    }
+}
+
 /// The final norm.
 pub fn norm() -> TensorPath {
     model().pp("norm")
@@ -433,5 +459,19 @@ mod tests {
             "model.layers.2.mlp.experts.0.gate_proj.weight"
         );
         assert_eq!(layer_of(&q.expert(3, 1, Down).weight()), Some(3));
+        // PEFT's names on transformers 5's modules (both families).
+        assert_eq!(
+            peft_moe_router(1).lora_a(),
+            "base_model.model.model.layers.1.mlp.gate.lora_A.weight"
+        );
+        assert_eq!(
+            peft_moe_experts(0, true).lora_b(),
+            "base_model.model.model.layers.0.mlp.experts.base_layer.lora_B.weight"
+        );
+        assert_eq!(
+            peft_moe_experts(2, false).lora_a(),
+            "base_model.model.model.layers.2.mlp.experts.lora_A.weight"
+        );
+        assert_eq!(layer_of(&peft_moe_experts(2, true).lora_a()), Some(2));
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use lf_api::architecture::ModelArchitecture;
+use lf_api::architecture::{ExpertLoraTargets, ModelArchitecture};
 use lf_api::training::LinearModule;
 use tch::Kind;
 
@@ -67,6 +67,15 @@ impl CausalLm {
             "use_dora": s.use_dora,
             "use_rslora": s.use_rslora,
         });
+        if !s.experts.is_empty() {
+            // PEFT's `target_parameters` (and, for a gate_up_proj named by its halves, the rank
+            // and alpha its conversion doubles), as PEFT writes them.
+            config["target_parameters"] = serde_json::json!(s.experts.target_parameters());
+            if s.experts.gate_up == Some(2) {
+                config["rank_pattern"] = serde_json::json!({ GATE_UP_PATTERN: 2 * s.r });
+                config["alpha_pattern"] = serde_json::json!({ GATE_UP_PATTERN: 2.0 * s.alpha });
+            }
+        }
         if let Some(ada) = &s.adalora {
             self.adalora_config(&mut config, ada)?;
         }
@@ -127,6 +136,7 @@ impl CausalLm {
                 || ours.use_dora != settings.use_dora
                 || ours.adalora.is_some() != settings.adalora.is_some()
                 || sorted(&ours.targets) != sorted(&settings.targets)
+                || ours.experts != settings.experts
             {
                 return Err(ModelError::Adapter {
                     path: config_path.clone(),
@@ -229,6 +239,7 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
     if flag("fan_in_fan_out") {
         return Err("fan_in_fan_out: true is not supported".into());
     }
+    let fused_pattern = gate_up_pattern(cfg, r, alpha);
     let per_module = match adalora {
         // AdaLoRA's rank_pattern is its pruning, read by the loader.
         Some(_) => &["alpha_pattern"][..],
@@ -238,7 +249,7 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
         if cfg
             .get(key)
             .and_then(|v| v.as_object())
-            .is_some_and(|o| !o.is_empty())
+            .is_some_and(|o| !o.is_empty() && !fused_pattern)
         {
             return Err(format!("`{key}` (per-module ranks) is not supported"));
         }
@@ -258,12 +269,18 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
         }
     }
     let targets = match cfg.get("target_modules") {
-        Some(serde_json::Value::String(s)) if s == "all-linear" => arch.linear_modules().to_vec(),
+        Some(serde_json::Value::String(s)) if s == "all-linear" => arch
+            .lora_targets("all")
+            .map_err(|e| format!("target_modules: {e}"))?,
         Some(serde_json::Value::Array(items)) => {
             let names: Vec<&str> = items.iter().map(|i| i.as_str().unwrap_or("")).collect();
-            let out = arch
-                .lora_targets(&names.join(","))
-                .map_err(|e| format!("target_modules: {e}"))?;
+            // `[]`: parameters only (PEFT's way of targeting no module).
+            let out = match names.is_empty() {
+                true => Vec::new(),
+                false => arch
+                    .lora_targets(&names.join(","))
+                    .map_err(|e| format!("target_modules: {e}"))?,
+            };
             // The model's order, whatever the file's.
             arch.linear_modules()
                 .iter()
@@ -277,7 +294,8 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
             ))
         }
     };
-    if targets.is_empty() {
+    let experts = expert_targets(cfg, arch, fused_pattern)?;
+    if targets.is_empty() && experts.is_empty() {
         return Err("target_modules names no module".into());
     }
     Ok(LoraSettings {
@@ -285,8 +303,94 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
         alpha,
         dropout,
         targets,
+        experts,
         use_rslora: flag("use_rslora"),
         use_dora: flag("use_dora"),
         adalora,
     })
+}
+
+/// The `rank_pattern`/`alpha_pattern` key PEFT's conversion writes for a mixture of experts'
+/// `gate_up_proj` targeted by its two halves.
+const GATE_UP_PATTERN: &str = r".*\.gate_up_proj";
+
+/// Whether `rank_pattern` and `alpha_pattern` are exactly what PEFT's conversion writes for a
+/// `gate_up_proj` named by its halves: rank `2·r` and alpha `2·α` on [`GATE_UP_PATTERN`].
+fn gate_up_pattern(cfg: &serde_json::Value, r: u32, alpha: f64) -> bool {
+    let only = |key: &str, want: f64| {
+        cfg.get(key).and_then(|v| v.as_object()).is_some_and(|o| {
+            o.len() == 1
+                && o.get(GATE_UP_PATTERN)
+                    .and_then(|v| v.as_f64())
+                    .is_some_and(|v| v == want)
+        })
+    };
+    only("rank_pattern", 2.0 * r as f64) && only("alpha_pattern", 2.0 * alpha)
+}
+
+/// The router and expert adapters of an adapter config on a model of `arch`: transformers 4's
+/// names in `target_modules` as PEFT's conversion reads them (`all-linear` there adapts the
+/// router and both expert parameters, `gate_up_proj` at rank `2·r`), and `target_parameters`
+/// (`gate.weight`, `gate_up_proj`, `down_proj`), `gate_up_proj` at rank `2·r` when
+/// `fused_pattern` says so.
+fn expert_targets(
+    cfg: &serde_json::Value,
+    arch: &ModelArchitecture,
+    fused_pattern: bool,
+) -> Result<ExpertLoraTargets, String> {
+    let mut t = match cfg.get("target_modules") {
+        Some(serde_json::Value::String(s)) if s == "all-linear" && arch.model_type.is_moe() => {
+            ExpertLoraTargets {
+                router: true,
+                gate_up: Some(2),
+                down: true,
+            }
+        }
+        Some(serde_json::Value::Array(items)) if !items.is_empty() => {
+            let names: Vec<&str> = items.iter().map(|i| i.as_str().unwrap_or("")).collect();
+            arch.expert_lora_targets(&names.join(","))
+                .map_err(|e| format!("target_modules: {e}"))?
+        }
+        _ => ExpertLoraTargets::default(),
+    };
+    let params: Vec<&str> = match cfg.get("target_parameters") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().map(|i| i.as_str().unwrap_or("")).collect()
+        }
+        Some(other) => return Err(format!("target_parameters {other} is not a list")),
+    };
+    if !params.is_empty() && !arch.model_type.is_moe() {
+        return Err(format!(
+            "target_parameters {params:?}: LoRA on parameters is supported on a mixture of \
+             experts' router and experts only, and this is a {} model",
+            arch.model_type.name()
+        ));
+    }
+    for p in params {
+        match p {
+            "gate.weight" => t.router = true,
+            "down_proj" => t.down = true,
+            "gate_up_proj" if t.gate_up.is_none() => {
+                t.gate_up = Some(if fused_pattern { 2 } else { 1 })
+            }
+            "gate_up_proj" => {
+                return Err(
+                    "gate_up_proj is targeted both by target_modules and target_parameters".into(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "target_parameters `{other}` is not supported (a mixture of experts' \
+                     gate.weight, gate_up_proj, down_proj)"
+                ))
+            }
+        }
+    }
+    if fused_pattern && t.gate_up != Some(2) {
+        return Err(format!(
+            "rank_pattern/alpha_pattern `{GATE_UP_PATTERN}` is for the experts' gate_up_proj, which this adapter does not adapt"
+        ));
+    }
+    Ok(t)
 }

@@ -90,8 +90,10 @@ fn mixture_of_experts_matches_transformers() {
 
 /// QLoRA of a mixture of experts: every expert linear (and the attention's) stored as
 /// double-quantised NF4, the router dense; the model computes what a dense twin holding the
-/// dequantised weights computes, and LoRA/DoRA on the attention gets the twin's gradients
-/// through the routed experts, with and without layer recomputation.
+/// dequantised weights computes, and LoRA/DoRA on the attention, and LoRA on the router and the
+/// quantised experts (PEFT's `target_parameters`: the adapters' product is added to the
+/// dequantised experts' output, the NF4 storage stays as it is), get the twin's gradients through
+/// the routed experts, with and without layer recomputation.
 #[test]
 fn quantised_experts_match_their_dequantised_twin() {
     use lf_api::training::{QuantizationType, TrainingConfig};
@@ -117,9 +119,15 @@ fn quantised_experts_match_their_dequantised_twin() {
                 .iter()
                 .any(|s| n.ends_with(s))
     };
-    for extra in [
-        r#""model_type":"mixtral","num_local_experts":4,"num_experts_per_tok":2"#,
-        r#""model_type":"qwen3_moe","head_dim":16,"num_experts":5,"num_experts_per_tok":3,"moe_intermediate_size":40,"mlp_only_layers":[1]"#,
+    for (extra, experts) in [
+        (
+            r#""model_type":"mixtral","num_local_experts":4,"num_experts_per_tok":2"#,
+            "q_proj,gate,w1,w3,w2",
+        ),
+        (
+            r#""model_type":"qwen3_moe","head_dim":16,"num_experts":5,"num_experts_per_tok":3,"moe_intermediate_size":40,"mlp_only_layers":[1]"#,
+            "q_proj,gate,gate_up_proj,down_proj",
+        ),
     ] {
         let arch = lf_api::ModelArchitecture::from_json_str(&format!(
             r#"{{{extra},"vocab_size":80,"hidden_size":48,"intermediate_size":96,"num_hidden_layers":2,
@@ -165,10 +173,16 @@ fn quantised_experts_match_their_dequantised_twin() {
         println!("{family}: NF4 experts, logits vs dequantised twin {d:.2e}");
         assert!(d <= 1e-6, "{family}: quantised forward differs by {d:e}");
         assert!(quant.weight_bytes() * 3 < twin.weight_bytes());
-        for ckpt in [true, false] {
+        for (ckpt, method) in [
+            (true, "lora_target: all\nuse_dora: true".to_string()),
+            (false, "lora_target: all\nuse_dora: true".to_string()),
+            (true, format!("lora_target: {experts}")),
+            (false, format!("lora_target: {experts}")),
+        ] {
+            let on_experts = !method.contains("all");
             let grads = |lm: &mut CausalLm| {
                 let cfg = TrainingConfig::from_yaml_str(&format!(
-                    "lora_rank: 4\nlora_target: all\nuse_dora: true\ngradient_checkpointing: {ckpt}\nloss_chunk_size: 16"
+                    "lora_rank: 4\n{method}\ngradient_checkpointing: {ckpt}\nloss_chunk_size: 16"
                 ))
                 .unwrap();
                 let _rng = common::rng_lock();
@@ -190,18 +204,33 @@ fn quantised_experts_match_their_dequantised_twin() {
                     .collect::<Vec<_>>()
             };
             let (g_quant, g_twin) = (grads(&mut quant), grads(&mut twin));
-            // Attention only: q, k, v, o with A, B and the DoRA magnitude, on both layers.
-            assert_eq!(g_quant.len(), 2 * 4 * 3, "{family}: adapted tensors");
+            if on_experts {
+                // q_proj on both layers; the router and both expert parameters on the sparse
+                // ones (qwen3_moe's layer 1 is dense), each an A and a B.
+                let sparse = if family == "mixtral" { 2 } else { 1 };
+                assert_eq!(
+                    g_quant.len(),
+                    2 * 2 + sparse * 3 * 2,
+                    "{family}: adapted tensors"
+                );
+                assert!(g_quant
+                    .iter()
+                    .any(|(n, g)| n.contains(".mlp.experts.base_layer.lora_A")
+                        && g.abs().max().double_value(&[]) > 0.0));
+            } else {
+                // Attention only: q, k, v, o with A, B and the DoRA magnitude, on both layers.
+                assert_eq!(g_quant.len(), 2 * 4 * 3, "{family}: adapted tensors");
+            }
             for ((n, a), (_, b)) in g_quant.iter().zip(&g_twin) {
                 assert!(
-                    n.contains(".self_attn."),
+                    n.contains(".self_attn.") || on_experts,
                     "{family}: {n} is no attention adapter"
                 );
                 let scale = b.abs().max().double_value(&[]).max(1e-6);
                 let d = (a - b).abs().max().double_value(&[]) / scale;
                 assert!(
                     d <= 1e-5,
-                    "{family} {n} (recompute {ckpt}): gradient differs from the twin by {d:e}"
+                    "{family} {n} ({method}, recompute {ckpt}): gradient differs from the twin by {d:e}"
                 );
             }
         }

@@ -1,7 +1,8 @@
 //! LoRA, rsLoRA and DoRA against PEFT, on llama, qwen3 (q/k norms, explicit head_dim), mistral
 //! with a sliding window shorter than the batch's sequences, gemma2/3, phi3 (LoRA on the fused
 //! `qkv_proj` and `gate_up_proj`; longrope past the original context; partial rotary), and the
-//! mixtures of experts mixtral and qwen3_moe (attention adapters, aux loss in the gradients): the first step's loss and gradients
+//! mixtures of experts mixtral and qwen3_moe (adapters on the attention, and on the routers and
+//! experts as PEFT's `target_parameters`; aux loss in the gradients): the first step's loss and gradients
 //! equal PEFT's on the same batch and adapter weights; after a few SGD steps our saved adapter loads in PEFT with no
 //! missing or unexpected keys and gives our logits; the merged export loads in transformers and
 //! equals PEFT's `merge_and_unload`. Two Python invocations in all (prepare, verify).
@@ -13,7 +14,7 @@ use lf_model::{CausalLm, LoadOptions, ADAPTER_WEIGHTS};
 use tch::{Device, Kind, Tensor};
 
 /// `(variant, base model family)`, as `model_reference.py`'s `VARIANTS`.
-const VARIANTS: [(&str, &str); 13] = [
+const VARIANTS: [(&str, &str); 16] = [
     ("lora", "llama"),
     ("rslora", "llama"),
     ("dora", "llama"),
@@ -26,10 +27,26 @@ const VARIANTS: [(&str, &str); 13] = [
     // load-balancing loss.
     ("mixtral_lora", "mixtral"),
     ("qwen3_moe_dora", "qwen3_moe"),
+    // LoRA on the routers and experts (PEFT's target_parameters; see `lora_target`).
+    ("mixtral_experts_lora", "mixtral"),
+    ("qwen3_moe_experts_rslora", "qwen3_moe"),
+    ("qwen3_moe_down_lora", "qwen3_moe"),
     ("phi3_lora", "phi3_longrope"),
     ("phi3_dora", "phi3_window"),
     ("phi3_su_rslora", "phi3_su"),
 ];
+
+/// The `lora_target` of `variant` (what `model_reference.py` gives PEFT).
+fn lora_target(variant: &str) -> &'static str {
+    match variant {
+        // transformers 4's names: PEFT fuses w1 and w3 into gate_up_proj at rank 2r.
+        "mixtral_experts_lora" => "q_proj,k_proj,v_proj,o_proj,w1,w3,w2,gate",
+        // transformers 5's parameter name (rank r).
+        "qwen3_moe_experts_rslora" => "q_proj,v_proj,gate_up_proj,gate",
+        "qwen3_moe_down_lora" => "down_proj",
+        _ => "all",
+    }
+}
 
 fn config(variant: &str) -> TrainingConfig {
     let extra = if variant.ends_with("rslora") {
@@ -40,7 +57,8 @@ fn config(variant: &str) -> TrainingConfig {
         ""
     };
     TrainingConfig::from_yaml_str(&format!(
-        "lora_rank: 4\nlora_alpha: 8\nlora_target: all\nloss_chunk_size: 7\n{extra}"
+        "lora_rank: 4\nlora_alpha: 8\nlora_target: {}\nloss_chunk_size: 7\n{extra}",
+        lora_target(variant)
     ))
     .unwrap()
 }
@@ -90,8 +108,14 @@ fn adapters_match_peft_and_round_trip() {
             worst = worst.max(diff / scale);
         }
         println!("{variant}: worst gradient rel diff {worst:.2e}");
+        // LoRA on the routers and experts: ≤ 1e-5 (issue 16's bound).
+        let bound = if lora_target(variant) == "all" {
+            1e-4
+        } else {
+            1e-5
+        };
         assert!(
-            worst <= 1e-4,
+            worst <= bound,
             "{variant}: gradients differ from PEFT by {worst:e}"
         );
 

@@ -120,6 +120,12 @@ pub struct TrainingConfig {
     pub pref_loss: PrefLoss,
     /// `pref_loss: simpo`: the target reward margin γ.
     pub simpo_gamma: f64,
+    /// `stage: kto`: the weight of the desirable examples' losses (TRL's `desirable_weight`).
+    #[serde(skip_serializing_if = "is_one")]
+    pub kto_chosen_weight: f64,
+    /// `stage: kto`: the weight of the undesirable examples' losses (TRL's `undesirable_weight`).
+    #[serde(skip_serializing_if = "is_one")]
+    pub kto_rejected_weight: f64,
 
     // ---- data --------------------------------------------------------------------------------
     /// Comma-separated dataset names (keys of `dataset_info.json`, or file names in `dataset_dir`).
@@ -134,12 +140,6 @@ pub struct TrainingConfig {
     pub dataset_format: Option<DatasetFormat>,
     pub cutoff_len: usize,
     pub train_on_prompt: bool,
-    /// `stage: kto`: the weight of the desirable examples' losses (TRL's `desirable_weight`).
-    #[serde(skip_serializing_if = "is_one")]
-    pub kto_chosen_weight: f64,
-    /// `stage: kto`: the weight of the undesirable examples' losses (TRL's `undesirable_weight`).
-    #[serde(skip_serializing_if = "is_one")]
-    pub kto_rejected_weight: f64,
     pub mask_history: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_samples: Option<usize>,
@@ -303,6 +303,8 @@ impl Default for TrainingConfig {
             pref_ftx: 0.0,
             pref_loss: PrefLoss::Sigmoid,
             simpo_gamma: 0.5,
+            kto_chosen_weight: 1.0,
+            kto_rejected_weight: 1.0,
             dataset: None,
             eval_dataset: None,
             dataset_dir: "data".to_string(),
@@ -319,8 +321,6 @@ impl Default for TrainingConfig {
             skip_bad_examples: false,
             preprocessing_num_workers: None,
             output_dir: None,
-            kto_chosen_weight: 1.0,
-            kto_rejected_weight: 1.0,
             overwrite_output_dir: false,
             per_device_train_batch_size: 8,
             per_device_eval_batch_size: 8,
@@ -372,6 +372,11 @@ impl Default for TrainingConfig {
     }
 }
 
+/// Whether a weight is its default, 1 (left out of a rendered config).
+fn is_one(w: &f64) -> bool {
+    *w == 1.0
+}
+
 impl TrainingConfig {
     /// The LoRA scaling numerator: `lora_alpha`, defaulting to 2 × rank (AdaLoRA: 2 ×
     /// `adalora_init_r`).
@@ -388,17 +393,18 @@ impl TrainingConfig {
     /// its seven linears); names of Phi-3's fused linears are accepted too. A model's own targets
     /// are [`TrainingConfig::lora_targets_for`].
     pub fn lora_targets(&self) -> Result<Vec<LinearModule>, ConfigError> {
-/// Whether a weight is its default, 1 (left out of a rendered config).
-fn is_one(w: &f64) -> bool {
-    *w == 1.0
-}
-
         let raw = self.lora_target.trim();
         if raw == "all" {
             return Ok(LinearModule::ALL.to_vec());
         }
         let mut out = Vec::new();
+        let mut experts = false;
         for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            // A mixture of experts' router and expert linears ([`ExpertLoraTargets`]).
+            if ["gate", "w1", "w2", "w3"].contains(&name) {
+                experts = true;
+                continue;
+            }
             let module = LinearModule::from_name(name).ok_or_else(|| {
                 let names = LinearModule::ALL
                     .iter()
@@ -407,14 +413,14 @@ fn is_one(w: &f64) -> bool {
                 let hint = crate::suggest::closest(name, names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
                 ConfigError::invalid(
                     "lora_target",
-                    format!("`{name}` is not a decoder linear{hint}; use `all` or names from q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj)"),
+                    format!("`{name}` is not a decoder linear{hint}; use `all` or names from q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj (Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj; mixtures of experts also gate, and Mixtral w1,w2,w3)"),
                 )
             })?;
             if !out.contains(&module) {
                 out.push(module);
             }
         }
-        if out.is_empty() {
+        if out.is_empty() && !experts {
             return Err(ConfigError::invalid("lora_target", "names no module"));
         }
         Ok(out)
@@ -422,12 +428,11 @@ fn is_one(w: &f64) -> bool {
 
     /// The linears LoRA adapts in a model of `arch`: the names of [`TrainingConfig::lora_targets`]
     /// in the model's own layout ([`ModelArchitecture::lora_targets`]: `all` is every linear it
-    /// has, and Phi-3's are fused, so `q_proj` there is an error naming `qkv_proj`), except that a
-    /// mixture of experts (Mixtral, Qwen3-MoE) adapts its attention only. There `all`
-    /// means q/k/v/o (the `nn.Linear`s LLaMA-Factory's `all` finds in transformers 5's MoE
-    /// models), and an MLP name is an error: PEFT 0.21 turns `gate_proj`/`up_proj`/`down_proj`
-    /// into LoRA on the fused 3-D expert parameters (`target_parameters`), which lf-model does
-    /// not implement.
+    /// has, and Phi-3's are fused, so `q_proj` there is an error naming `qkv_proj`). On a mixture
+    /// of experts (Mixtral, Qwen3-MoE) these are attention linears (`all`: q/k/v/o, the
+    /// `nn.Linear`s LLaMA-Factory's `all` finds in transformers 5's MoE models); the router and
+    /// expert adapters `lora_target` also names there are
+    /// [`TrainingConfig::expert_lora_targets_for`], whose refusals this reports too.
     ///
     /// [`ModelArchitecture::lora_targets`]: crate::architecture::ModelArchitecture::lora_targets
     pub fn lora_targets_for(
@@ -436,28 +441,43 @@ fn is_one(w: &f64) -> bool {
     ) -> Result<Vec<LinearModule>, ConfigError> {
         // Unknown names first (with a suggestion), then the model's layout.
         self.lora_targets()?;
-        let targets = arch
-            .lora_targets(&self.lora_target)
+        self.expert_lora_targets_for(arch)?;
+        arch.lora_targets(&self.lora_target)
+            .map_err(|message| ConfigError::invalid("lora_target", message))
+    }
+
+    /// The router and expert adapters `lora_target` names on a mixture of experts
+    /// ([`ExpertLoraTargets`]; none on a dense model). PEFT wraps those parameters in
+    /// `ParamWrapper`, which refuses `lora_dropout` and DoRA: so does this.
+    ///
+    /// [`ExpertLoraTargets`]: crate::architecture::ExpertLoraTargets
+    pub fn expert_lora_targets_for(
+        &self,
+        arch: &crate::architecture::ModelArchitecture,
+    ) -> Result<crate::architecture::ExpertLoraTargets, ConfigError> {
+        let experts = arch
+            .expert_lora_targets(&self.lora_target)
             .map_err(|message| ConfigError::invalid("lora_target", message))?;
-        if !arch.model_type.is_moe() {
-            return Ok(targets);
+        if experts.is_empty() {
+            return Ok(experts);
         }
-        let attention = |m: &LinearModule| m.parent() == "self_attn";
-        if self.lora_target.trim() == "all" {
-            return Ok(targets.into_iter().filter(attention).collect());
-        }
-        match targets.iter().find(|m| !attention(m)) {
-            Some(m) => Err(ConfigError::invalid(
+        let why = |what: &str| {
+            ConfigError::invalid(
                 "lora_target",
                 format!(
-                    "`{}`: {} models take LoRA on the attention (q_proj, k_proj, v_proj, o_proj, or \
-                     all); adapters on the experts (PEFT's target_parameters) are not supported",
-                    m.name(),
-                    arch.model_type.name()
+                    "LoRA on a mixture of experts' router or experts ({}) does not work with {what}: \
+                     PEFT adapts those parameters with its ParamWrapper, which refuses it",
+                    experts.target_parameters().join(", ")
                 ),
-            )),
-            None => Ok(targets),
+            )
+        };
+        if self.lora_dropout > 0.0 {
+            return Err(why("lora_dropout > 0 (the dropped-out input cannot be factored out of the adapted weight)"));
         }
+        if self.use_dora {
+            return Err(why("use_dora"));
+        }
+        Ok(experts)
     }
 
     /// The numeric regime, derived from `bf16`, `fp16` and `pure_bf16`.
@@ -471,6 +491,26 @@ fn is_one(w: &f64) -> bool {
         } else {
             Precision::Fp32
         }
+    }
+
+    /// How many of the first decoder layers (of `layers`) are recomputed in backward: every one
+    /// under `true`, none under `false`, `recompute_layers` (at most `layers`) under `auto`, or
+    /// every one when `auto` has no number yet.
+    pub fn recomputed_layers(&self, layers: u64) -> u64 {
+        match self.gradient_checkpointing {
+            GradientCheckpointing::On => layers,
+            GradientCheckpointing::Off => 0,
+            GradientCheckpointing::Auto => self
+                .recompute_layers
+                .map_or(layers, |n| (n as u64).min(layers)),
+        }
+    }
+
+    /// Whether the number of recomputed layers is still open: `auto` without `recompute_layers`
+    /// (the planner, or `lf-trainer` with `memory_budget_mib`, chooses it).
+    pub fn recomputation_open(&self) -> bool {
+        self.gradient_checkpointing == GradientCheckpointing::Auto
+            && self.recompute_layers.is_none()
     }
 
     /// Whether examples are packed into full `cutoff_len` sequences.
@@ -493,24 +533,4 @@ fn is_one(w: &f64) -> bool {
             ((n as f64) * self.val_size).round() as usize
         }
     }
-    /// How many of the first decoder layers (of `layers`) are recomputed in backward: every one
-    /// under `true`, none under `false`, `recompute_layers` (at most `layers`) under `auto`, or
-    /// every one when `auto` has no number yet.
-    pub fn recomputed_layers(&self, layers: u64) -> u64 {
-        match self.gradient_checkpointing {
-            GradientCheckpointing::On => layers,
-            GradientCheckpointing::Off => 0,
-            GradientCheckpointing::Auto => self
-                .recompute_layers
-                .map_or(layers, |n| (n as u64).min(layers)),
-        }
-    }
-
-    /// Whether the number of recomputed layers is still open: `auto` without `recompute_layers`
-    /// (the planner, or `lf-trainer` with `memory_budget_mib`, chooses it).
-    pub fn recomputation_open(&self) -> bool {
-        self.gradient_checkpointing == GradientCheckpointing::Auto
-            && self.recompute_layers.is_none()
-    }
-
 }
