@@ -5,7 +5,11 @@ Usage: preference_trl.py OUT_DIR LOSS [BATCH ACCUMULATION]
        preference_trl.py OUT_DIR assets    (the model, adapter0 and twelve pairs only, no TRL run:
                                             lf-trainer's own loop tests)
   LOSS: sigmoid, hinge, ipo, orpo, simpo, or sigmoid+ftx (DPO plus pref_ftx 0.5 times the chosen
-  answers' mean token NLL: TRL's loss_type ["sigmoid", "sft"] with weights [1, 0.5]).
+  answers' mean token NLL: TRL's loss_type ["sigmoid", "sft"] with weights [1, 0.5]), or
+  sigmoid-full: DPO fine-tuning every weight (no PEFT; TRL loads its reference model from the same
+  directory). Its one-step SGD run has learning rate 1000, so that the saved weights' difference
+  from the start, divided by 1000, is the gradient well above the weights' fp32 rounding; it has
+  no AdamW run.
   BATCH x ACCUMULATION must be 4 (default 2 x 2). TRL's ORPO NLL and its "sft" loss are token means
   over a micro-batch where LLaMA-Factory's are per-pair means, so those runs use batch 1.
 
@@ -123,11 +127,14 @@ def token_ids(dataset):
     return rows
 
 
-def run(loss, root, name, optim, lr, steps, batch, accumulation):
+def run(loss, root, name, optim, lr, steps, batch, accumulation, full=False):
     out = os.path.join(root, name)
     tok = AutoTokenizer.from_pretrained(os.path.join(root, "model"))
     base = AutoModelForCausalLM.from_pretrained(os.path.join(root, "model"), torch_dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, os.path.join(root, "adapter0"), is_trainable=True)
+    if full:
+        model = base
+    else:
+        model = PeftModel.from_pretrained(base, os.path.join(root, "adapter0"), is_trainable=True)
     dataset = Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in PAIRS])
     trainer = trainer_for(loss, model, tok, dataset, out, optim, lr, steps, batch, accumulation)
     if name == "sgd":
@@ -142,6 +149,8 @@ def run(loss, root, name, optim, lr, steps, batch, accumulation):
 def main():
     global PAIRS
     root, loss = sys.argv[1], sys.argv[2]
+    full = loss.endswith("-full")
+    loss = loss.removesuffix("-full")
     if loss == "assets":
         PAIRS = PAIRS + EXTRA_PAIRS
     if loss == "orpo":
@@ -155,6 +164,10 @@ def main():
     make_adapter(model_dir, os.path.join(root, "adapter0"))
     write_data(os.path.join(root, "data"))
     if loss == "assets":
+        return
+    if full:
+        run(loss, root, "sgd", "sgd", 1000.0, 1, batch, accumulation, full=True)
+        run(loss, root, "sgd3", "sgd", 1.0, 3, batch, accumulation, full=True)
         return
     run(loss, root, "sgd", "sgd", 1.0, 1, batch, accumulation)
     run(loss, root, "sgd3", "sgd", 1.0, 3, batch, accumulation)

@@ -63,6 +63,8 @@ pub struct LmTrainee {
     /// The ZeRO-3 parameter partition, when the parameters are partitioned (shared with the
     /// ZeRO optimiser, whose parameters are its shards).
     partition: Option<Rc<ParameterPartition>>,
+    /// A preference run without LoRA: the frozen starting weights, the reference model.
+    reference: Option<CausalLm>,
 }
 
 impl LmTrainee {
@@ -72,7 +74,15 @@ impl LmTrainee {
             base_name: base_name.into(),
             micro_batches: 0,
             partition: None,
+            reference: None,
         }
+    }
+
+    /// Takes `reference` (the starting weights, frozen) as the reference model of a preference
+    /// loss, for `full`/`freeze` fine-tuning.
+    pub fn with_reference(mut self, reference: CausalLm) -> Self {
+        self.reference = Some(reference);
+        self
     }
 
     /// Trains with the parameters partitioned by `partition` (ZeRO-3): every pass gathers each
@@ -91,7 +101,8 @@ impl LmTrainee {
     }
 
     /// The reference model's token log-probabilities for a preference `loss` that uses them:
-    /// the same weights with the LoRA adapter off, without gradients.
+    /// the same weights with the LoRA adapter off, or the frozen copy of the starting weights
+    /// ([`LmTrainee::with_reference`]), without gradients.
     fn reference_logps(
         &self,
         input_ids: &Tensor,
@@ -101,12 +112,18 @@ impl LmTrainee {
         if !loss.uses_reference() {
             return Ok(None);
         }
-        if !self.is_lora() {
-            return Err(TrainerError::config(
-                "the reference model of a preference loss is the base with the LoRA adapter off: train with `finetuning_type: lora`",
-            ));
-        }
-        lf_model::without_adapters(|| self.lm.token_logps(input_ids, labels))
+        let logps = match &self.reference {
+            Some(reference) => reference.token_logps(input_ids, labels),
+            None if self.is_lora() => {
+                lf_model::without_adapters(|| self.lm.token_logps(input_ids, labels))
+            }
+            None => {
+                return Err(TrainerError::config(
+                    "the reference model of a preference loss is the base with the LoRA adapter off, or for `full`/`freeze` a frozen copy of the starting weights, which this run has not loaded",
+                ))
+            }
+        };
+        logps
             .map(Some)
             .map_err(|e| model_error("the reference pass", e))
     }
@@ -312,9 +329,11 @@ impl TrainModel for LmTrainee {
             .active_partition()
             .map(|p| (p.frozen_shard_bytes(), p.trainable_shard_bytes()))
             .unwrap_or((0, 0));
+        let reference = self.reference.as_ref().map_or(0, CausalLm::weight_bytes);
         Some(ModelMemory {
             frozen_weight_bytes: self.lm.weight_bytes().saturating_sub(trained_base)
-                + frozen_shards,
+                + frozen_shards
+                + reference,
             partitioned_trainable_bytes: trainable_shards,
             architecture: self.lm.architecture().clone(),
         })

@@ -102,6 +102,10 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let numeric_setup = setup::numeric_setup(cfg, &lm);
     tracing::info!(device = ?device, setup = %numeric_setup, "model ready");
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
+    if cfg.keeps_reference_copy() {
+        // The reference of a `full`/`freeze` preference run: the starting weights, frozen.
+        trainee = trainee.with_reference(setup::model(cfg, &model_dir, device, false, None)?);
+    }
     let params = trainee.trainable_parameters();
     let trainable: usize = params
         .iter()

@@ -320,3 +320,74 @@ fn dpo_with_pref_ftx_equals_trl() {
         accumulation: 4,
     });
 }
+
+/// A `model.safetensors` as named tensors.
+fn weights(dir: &Path) -> std::collections::HashMap<String, tch::Tensor> {
+    tch::Tensor::read_safetensors(dir.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// `finetuning_type: full` against TRL's DPOTrainer on the whole model, whose reference is the
+/// model loaded again from its directory (ours: a frozen copy of the starting weights). One SGD
+/// step with learning rate 1000 from the tiny model: (start − after) / 1000 is the gradient of every
+/// weight on both sides, well above their fp32 rounding; then every step's metrics of three SGD
+/// steps with learning rate 1.
+#[test]
+fn dpo_full_equals_trl() {
+    let case = Case {
+        trl: "sigmoid-full",
+        ours: "pref_loss: sigmoid\nfinetuning_type: full",
+        batch: 2,
+        accumulation: 2,
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    reference(dir, &case);
+    let full = |run: &str, lr: f64, steps: u32| {
+        let text = config(dir, &case, run, "sgd", lr, steps);
+        let adapter = format!("adapter_name_or_path: {}\n", dir.join("adapter0").display());
+        let path = dir.join(format!("{run}.yaml"));
+        std::fs::write(&path, text.replace(&adapter, "")).unwrap();
+        let out = trainer(&["train", path.to_str().unwrap()], &[]);
+        assert!(out.status.success(), "lf-trainer failed:\n{}", stderr(&out));
+    };
+    full("sgd", 1000.0, 1);
+    let theirs = trl_log(&dir.join("sgd"));
+    let ours = log_records(&dir.join("sgd/ours"));
+    for key in METRICS {
+        let (a, b) = (
+            ours[0][key].as_f64().unwrap(),
+            theirs[0][key].as_f64().unwrap(),
+        );
+        let d = (a - b).abs() / scale(key, &theirs[0]);
+        println!("full step 1 {key}: ours {a:.8} TRL {b:.8} (relative difference {d:.2e})");
+        assert!(d <= FIRST_STEP_TOLERANCE, "full {key}: ours {a}, TRL {b}");
+    }
+    let start = weights(&dir.join("model"));
+    let gradient = |after: &Path| {
+        weights(after)
+            .into_iter()
+            .map(|(name, t)| {
+                let g = (&start[&name] - t) / 1000.0;
+                (name, g)
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    let (ours, theirs) = (gradient(&dir.join("sgd/ours")), gradient(&dir.join("sgd")));
+    let (d, name) = worst(&ours, &theirs);
+    println!(
+        "full first-step gradients of {} tensors: largest relative difference {d:.2e} ({name})",
+        theirs.len()
+    );
+    assert!(
+        d <= FIRST_STEP_TOLERANCE,
+        "gradient of {name} differs by {d:e}"
+    );
+    for (name, g) in &theirs {
+        assert!(g.abs().max().double_value(&[]) > 0.0, "{name}: no gradient");
+    }
+    full("sgd3", 1.0, 3);
+    compare_logs("full", "SGD", &dir.join("sgd3"), FIRST_STEP_TOLERANCE);
+}

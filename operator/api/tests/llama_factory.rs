@@ -287,7 +287,6 @@ fn accepted_options_give_notices_and_rejected_values_the_reason() {
             "stage: kto\nper_device_train_batch_size: 1",
             &["KL", "at least 2"],
         ),
-        ("stage: kto\nfinetuning_type: full", &["reference", "kto"]),
         (
             "stage: kto\nkto_rejected_weight: -1",
             &["kto_rejected_weight"],
@@ -295,8 +294,11 @@ fn accepted_options_give_notices_and_rejected_values_the_reason() {
         ("stage: kto\npref_ftx: 0.5", &["pref_ftx", "kto"]),
         ("stage: dpo\npref_loss: kto_pair", &["kto_pair", "sigmoid"]),
         ("stage: dpo\ndpo_label_smoothing: 0.1", &["label-smoothed"]),
-        ("stage: dpo\nfinetuning_type: full", &["reference", "orpo"]),
         ("stage: dpo\npref_beta: 0", &["pref_beta"]),
+        (
+            "stage: dpo\nfinetuning_type: full\nzero_stage: 3",
+            &["zero_stage", "ZeRO-3"],
+        ),
         ("stage: dpo\npacking: true", &["packing"]),
         ("finetuning_type: oft", &["OFT"]),
     ] {

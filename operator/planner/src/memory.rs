@@ -273,6 +273,13 @@ impl Inventory {
                     )
                 }
             };
+        // A preference run without LoRA keeps a frozen copy of the starting weights as its
+        // reference, loaded as the model is (compute dtype).
+        let reference_bytes = if training.keeps_reference_copy() {
+            model_params * cb
+        } else {
+            0
+        };
         Inventory {
             model_params,
             trainable_params: trainable,
@@ -281,7 +288,7 @@ impl Inventory {
             master_bytes: trainable * master,
             optimizer_state_bytes,
             offloaded_optimizer_bytes: offloaded_state_bytes + 4 * trainable,
-            frozen_weight_bytes,
+            frozen_weight_bytes: frozen_weight_bytes + reference_bytes,
             layer_weight_bytes,
             head_weight_bytes,
             head_gradient_bytes: if method == FinetuningType::Full {

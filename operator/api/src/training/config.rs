@@ -513,6 +513,15 @@ impl TrainingConfig {
             && self.recompute_layers.is_none()
     }
 
+    /// Whether a preference run keeps a frozen copy of the starting weights as its reference
+    /// (`full`/`freeze` with a loss that uses one; under LoRA the reference is the base with the
+    /// adapter off).
+    pub fn keeps_reference_copy(&self) -> bool {
+        let uses_reference = self.stage == Stage::Kto
+            || (self.stage.is_pairwise() && self.pref_loss.uses_reference());
+        uses_reference && self.finetuning_type != FinetuningType::Lora
+    }
+
     /// Whether examples are packed into full `cutoff_len` sequences.
     pub fn packing_enabled(&self) -> bool {
         self.packing.unwrap_or(self.stage == Stage::Pt)

@@ -148,13 +148,6 @@ impl TrainingConfig {
                 "preference pairs are not packed: use `packing: false`",
             ));
         }
-        let uses_reference = self.stage == Stage::Kto || self.pref_loss.uses_reference();
-        if uses_reference && self.finetuning_type != FinetuningType::Lora {
-            return Err(ConfigError::invalid(
-                "finetuning_type",
-                "`stage: dpo` (with a reference-based `pref_loss`) and `kto` take their reference log-probabilities from the base model with the LoRA adapter off; a frozen reference copy for `full`/`freeze` is not implemented yet: use `finetuning_type: lora`, or a reference-free `pref_loss` (`orpo`, `simpo`)",
-            ));
-        }
         if self.zero_stage >= 3 {
             return Err(ConfigError::invalid(
                 "zero_stage",
