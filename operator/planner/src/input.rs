@@ -178,6 +178,9 @@ impl PlannerInput {
             // AdaLoRA scores each adapter element from its whole gradient after every step,
             // which ZeRO 1-3 keep only in shards (the config refuses other stages).
             None if self.training.use_adalora => vec![0],
+            // The preference step does not run on a ZeRO-3 partitioned model yet (the config
+            // refuses it).
+            None if self.training.stage.is_preference() => vec![0, 1, 2],
             None => vec![0, 1, 2, 3],
         }
     }
