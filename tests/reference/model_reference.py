@@ -15,7 +15,8 @@ Usage (each mode is one invocation per Rust test file):
   model_reference.py moe OUT          tiny mixtral (window 8) and qwen3_moe models (top-k with and without
                                       norm_topk_prob, dense mlp_only_layers, decoder_sparse_step 2): logits, every
                                       sparse layer's router logits and chosen experts, the aux and total loss of a
-                                      right-padded labelled batch (with its attention mask), greedy generations
+                                      right-padded labelled batch (with its attention mask) and every parameter's
+                                      gradient of that loss, greedy generations
   model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
                                       reports key mismatches and logit differences to OUT/verify.json
 """
@@ -199,6 +200,13 @@ def moe(out):
             prompt = ids[:1, :6]
             gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12,
                                  do_sample=False, pad_token_id=0, eos_token_id=None)
+        # A training step on the right-padded batch as LLaMA-Factory runs it (attention mask given,
+        # so the load-balancing loss leaves padding out): every parameter's gradient.
+        model.train()
+        model.zero_grad()
+        model(input_ids=padded, attention_mask=mask, labels=labels).loss.backward()
+        grads = {"grad." + n: p.grad.float().contiguous() for n, p in model.named_parameters()}
+        model.eval()
         router = torch.stack([r.float() for r in plain.router_logits])
         chosen = torch.stack([torch.topk(torch.softmax(r.float(), -1), cfg.num_experts_per_tok, -1).indices
                               for r in plain.router_logits])
@@ -207,7 +215,7 @@ def moe(out):
                    "padded_ids": padded, "padded_mask": mask, "labels": labels,
                    "padded_logits": padded_out.logits.float().contiguous(),
                    "padded_aux_loss": padded_out.aux_loss.reshape(1).float(),
-                   "padded_loss": padded_loss.reshape(1).float(), "generated": gen[0, 6:].contiguous()},
+                   "padded_loss": padded_loss.reshape(1).float(), "generated": gen[0, 6:].contiguous(), **grads},
                   os.path.join(d, "reference.safetensors"))
 
 

@@ -21,6 +21,10 @@ pub struct Batch {
     pub label_tokens: u64,
     /// Non-padding tokens (what throughput counts).
     pub tokens: u64,
+    /// Row-major `[batch_size, seq_len]`: 1 on each row's tokens, 0 on its padding (the
+    /// attention mask LLaMA-Factory's collator gives the model; a mixture of experts leaves
+    /// padding out of its load-balancing loss by it).
+    pub attention_mask: Vec<i64>,
     /// Preference pairs: rows `0..examples` are the chosen sequences and rows
     /// `examples..2·examples` the rejected ones, in the same order (for `stage: kto`, the
     /// examples and then their KL sequences).
@@ -42,6 +46,7 @@ impl Batch {
             examples: 0,
             label_tokens: 0,
             tokens: 0,
+            attention_mask: vec![0; 2],
             paired: false,
             desirable: Vec::new(),
         }
@@ -66,6 +71,7 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
     let mut labels = vec![i64::from(IGNORE_INDEX); batch_size * seq_len];
     let mut label_tokens = 0;
     let mut tokens = 0;
+    let mut attention_mask = vec![0; batch_size * seq_len];
     for (row, e) in examples.iter().enumerate() {
         let base = row * seq_len;
         for (c, &id) in e.input_ids.iter().enumerate() {
@@ -79,6 +85,7 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
             }
         }
         tokens += e.input_ids.len() as u64;
+        attention_mask[base..base + e.input_ids.len()].fill(1);
     }
     Batch {
         input_ids,
@@ -88,6 +95,7 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
         examples: batch_size,
         label_tokens,
         tokens,
+        attention_mask,
         paired: false,
         desirable: Vec::new(),
     }
@@ -156,6 +164,8 @@ mod tests {
         // a: positions 2, 3; b: position 1 (position 0 predicts nothing).
         assert_eq!(batch.label_tokens, 3);
         assert_eq!((batch.tokens, batch.examples), (6, 2));
+        // By each row's length, not by the pad id (a real token may equal it).
+        assert_eq!(batch.attention_mask, vec![1, 1, 1, 1, 1, 1, 0, 0]);
     }
 
     #[test]
@@ -165,6 +175,7 @@ mod tests {
         assert_eq!((b.batch_size, b.seq_len), (1, 2));
         assert_eq!(b.input_ids, vec![3, 3]);
         assert_eq!((b.examples, b.label_tokens, b.tokens), (0, 0, 0));
+        assert_eq!(b.attention_mask, vec![0, 0]);
         // One token still gives two positions.
         let short = collate(&[&ex(&[4], &[4])], 0);
         assert_eq!((short.seq_len, short.label_tokens, short.tokens), (2, 0, 1));

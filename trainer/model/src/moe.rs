@@ -504,32 +504,73 @@ impl RouterBalance {
     }
 }
 
+thread_local! {
+    /// The attention mask of the batch [`with_training_mask`] trains on (flattened, fp32).
+    static TRAINING_MASK: std::cell::RefCell<Option<Tensor>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a training step on this thread) with `mask` (`[B·S]`, 1 = real token, 0 = padding)
+/// as its batch's attention mask: the load-balancing loss [`TrainingAux`] adds leaves padding
+/// out of its statistics, as transformers' `load_balancing_loss_func` does when the model gets
+/// the mask. The previous mask is restored when `f` returns or unwinds.
+pub(crate) fn with_training_mask<T>(mask: Tensor, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Tensor>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            TRAINING_MASK.with(|m| *m.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(TRAINING_MASK.with(|m| m.borrow_mut().replace(mask)));
+    f()
+}
+
 /// `router_aux_loss_coef ×` the load-balancing loss of one training micro-batch: the forward pass
 /// [`TrainingAux::observe`]s every sparse layer's router logits, then the loss joins the backward
 /// pass whole ([`TrainingAux::add_total`], when autograd kept the routers' graph) or layer by layer
-/// as each is recomputed ([`TrainingAux::add_layer`]).
+/// as each is recomputed ([`TrainingAux::add_layer`]). Over the real tokens of the batch's
+/// attention mask when it trains inside [`with_training_mask`], else over every position; a batch
+/// without a real token (a rank's label-free filler) adds nothing (transformers would divide by
+/// zero).
 pub(crate) struct TrainingAux {
     balance: RouterBalance,
     weight: f64,
+    /// The batch's attention mask, `[B·S]` fp32.
+    mask: Option<Tensor>,
 }
 
 impl TrainingAux {
     /// The term of a model of `arch`, when it adds it to its training loss
-    /// (`output_router_logits`); `None` otherwise.
+    /// (`output_router_logits`) and the batch has a real token; `None` otherwise.
     pub(crate) fn new(arch: &ModelArchitecture, device: tch::Device) -> Option<TrainingAux> {
         let weight = arch.router_aux_loss_weight()?;
+        let mask = TRAINING_MASK.with(|m| {
+            m.borrow()
+                .as_ref()
+                .map(|m| m.reshape([-1]).to_kind(Kind::Float).to_device(device))
+        });
+        if mask
+            .as_ref()
+            .is_some_and(|m| m.sum(Kind::Float).double_value(&[]) == 0.0)
+        {
+            return None;
+        }
         let balance = RouterBalance::new(
             arch.num_experts() as i64,
             arch.experts_per_token() as i64,
             device,
         );
-        Some(TrainingAux { balance, weight })
+        Some(TrainingAux {
+            balance,
+            weight,
+            mask,
+        })
     }
 
     /// Counts a layer's router logits (`None`: a dense layer).
     pub(crate) fn observe(aux: Option<&mut TrainingAux>, logits: Option<Tensor>) {
         if let (Some(aux), Some(logits)) = (aux, logits) {
-            aux.balance.add_layer(&logits, None);
+            aux.balance.add_layer(&logits, aux.mask.as_ref());
         }
     }
 
@@ -548,7 +589,9 @@ impl TrainingAux {
         logits: Option<&Tensor>,
     ) -> Tensor {
         match (aux, logits) {
-            (Some(aux), Some(logits)) => loss + aux.balance.layer_term(logits, None) * aux.weight,
+            (Some(aux), Some(logits)) => {
+                loss + aux.balance.layer_term(logits, aux.mask.as_ref()) * aux.weight
+            }
             _ => loss,
         }
     }

@@ -5,16 +5,17 @@
 //! A training micro-batch ([`CausalLm::loss_sum_and_backward`]) adds `router_aux_loss_coef ×`
 //! its load-balancing loss to the loss it backpropagates, unscaled by `loss_scale`, as
 //! transformers' `Trainer` does per micro-batch when the model takes `num_items_in_batch`
-//! (Mixtral's and Qwen3-MoE's forward do). The trainer's batches carry no attention mask, so
-//! there every position, right padding included, counts in the statistics; LLaMA-Factory passes
-//! the mask and leaves padding out ([`CausalLm::moe_loss`] takes one).
+//! (Mixtral's and Qwen3-MoE's forward do). LLaMA-Factory's collator passes the attention mask,
+//! which leaves padding out of the statistics: so does a step given the batch's mask
+//! ([`CausalLm::loss_sum_and_backward_masked_with`]; [`CausalLm::moe_loss`] takes one too).
 
 use tch::{Kind, Reduction, Tensor};
 
 use crate::causal_lm::CausalLm;
 use crate::moe::RouterBalance;
-use crate::residency::AlwaysResident;
+use crate::residency::{AlwaysResident, Residency};
 use crate::training::IGNORE_INDEX;
+use crate::ModelError;
 
 /// Logits and router decisions of one forward pass.
 pub struct RoutedForward {
@@ -82,6 +83,49 @@ impl CausalLm {
             balance.add_layer(logits, attention_mask);
         }
         Some(balance.loss())
+    }
+
+    /// [`CausalLm::loss_sum_and_backward_with`] on a right-padded batch with its
+    /// `attention_mask` (`[B, S]`, 1 = real token, 0 = padding): the load-balancing loss a
+    /// mixture of experts adds to the step leaves padding out, as transformers'
+    /// `load_balancing_loss_func` does when the model is given the mask. Nothing else depends on
+    /// it: a right-padded row's real tokens attend only to earlier (real) positions, and padding
+    /// has no labels.
+    pub fn loss_sum_and_backward_masked_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        attention_mask: &Tensor,
+        loss_scale: f64,
+        residency: &R,
+    ) -> Result<f64, ModelError> {
+        if attention_mask.size() != input_ids.size() {
+            return Err(ModelError::Invalid(format!(
+                "attention_mask {:?} must be shaped like input_ids {:?}",
+                attention_mask.size(),
+                input_ids.size()
+            )));
+        }
+        crate::moe::with_training_mask(attention_mask.reshape([-1]), || {
+            self.loss_sum_and_backward_with(input_ids, labels, loss_scale, residency)
+        })
+    }
+
+    /// [`CausalLm::loss_sum_and_backward_masked_with`] with the whole model resident.
+    pub fn loss_sum_and_backward_masked(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        attention_mask: &Tensor,
+        loss_scale: f64,
+    ) -> Result<f64, ModelError> {
+        self.loss_sum_and_backward_masked_with(
+            input_ids,
+            labels,
+            attention_mask,
+            loss_scale,
+            &AlwaysResident,
+        )
     }
 
     /// transformers' loss of a mixture-of-experts causal LM on one batch (differentiable).

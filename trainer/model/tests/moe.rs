@@ -3,7 +3,8 @@
 //! `mlp_only_layers`, `decoder_sparse_step`), each loaded from what `save_pretrained` writes
 //! (per-expert tensors). Logits on a plain and a right-padded batch, every sparse layer's router
 //! logits and chosen experts, the load-balancing loss with and without the attention mask, the
-//! total loss transformers trains with, and greedy generation.
+//! total loss transformers trains with, a training step's gradients on the right-padded batch
+//! given its mask, and greedy generation.
 
 mod common;
 
@@ -79,6 +80,65 @@ fn mixture_of_experts_matches_transformers() {
         });
         assert!(unmasked.is_some_and(|u| !u.allclose(&loss.aux, 1e-7, 1e-9, false)));
 
+        // A training step on that batch given its mask (what LLaMA-Factory's collator passes):
+        // every full fine-tuning gradient equals transformers', the load-balancing loss leaving
+        // the padding out, with and without layer recomputation; without the mask (padding
+        // counted) the routers' gradients differ.
+        let dir_model = dir.path().join(name).join("model");
+        let labels = &r["labels"];
+        let n = labels
+            .narrow(1, 1, labels.size()[1] - 1)
+            .ne(-100)
+            .sum(Kind::Int64)
+            .int64_value(&[]) as f64;
+        let step = |ckpt: bool, mask: Option<&Tensor>| {
+            let mut lm =
+                CausalLm::load(&dir_model, &LoadOptions::new(Device::Cpu, Kind::Float)).unwrap();
+            let cfg = lf_api::TrainingConfig::from_yaml_str(&format!(
+                "finetuning_type: full\ngradient_checkpointing: {ckpt}"
+            ))
+            .unwrap();
+            lm.apply_method(&cfg, 1).unwrap();
+            lm.set_training(true);
+            let ids = &r["padded_ids"];
+            match mask {
+                Some(m) => lm.loss_sum_and_backward_masked(ids, labels, m, 1.0 / n),
+                None => lm.loss_sum_and_backward(ids, labels, 1.0 / n),
+            }
+            .unwrap();
+            transformers_grads(&lm)
+        };
+        for ckpt in [true, false] {
+            let grads = step(ckpt, Some(mask));
+            let mut worst = 0.0f64;
+            for (hf, g) in &grads {
+                let want = r
+                    .get(&format!("grad.{hf}"))
+                    .unwrap_or_else(|| panic!("{name}: transformers has no parameter {hf}"));
+                worst = worst.max(common::rel_diff(g, want));
+            }
+            assert_eq!(
+                grads.len(),
+                r.keys().filter(|k| k.starts_with("grad.")).count(),
+                "{name}: parameters"
+            );
+            println!(
+                "{name}: masked training step (recompute {ckpt}), {} gradients, worst rel diff {worst:.2e}",
+                grads.len()
+            );
+            assert!(worst <= 1e-5, "{name}: gradients differ by {worst:e}");
+        }
+        if loss_weighted(&r) {
+            let unmasked = step(true, None);
+            let router = unmasked
+                .iter()
+                .filter(|(hf, _)| hf.ends_with(".mlp.gate.weight"))
+                .map(|(hf, g)| common::rel_diff(g, &r[&format!("grad.{hf}")]))
+                .fold(0.0f64, f64::max);
+            println!("{name}: padding counted: router gradients off by {router:.2e}");
+            assert!(router > 1e-4, "{name}: the mask changes no router gradient");
+        }
+
         let prompt: Vec<i64> = Vec::try_from(r["input_ids"].get(0).narrow(0, 0, 6)).unwrap();
         let want: Vec<i64> = Vec::try_from(&r["generated"]).unwrap();
         let got = lm
@@ -86,6 +146,69 @@ fn mixture_of_experts_matches_transformers() {
             .unwrap();
         assert_eq!(got, want, "{name}: greedy generation differs");
     }
+}
+
+/// Whether transformers adds the load-balancing loss to this reference's training loss (the
+/// total loss differs from the cross-entropy alone).
+fn loss_weighted(r: &std::collections::HashMap<String, Tensor>) -> bool {
+    let logits = &r["padded_logits"];
+    let v = logits.size()[2];
+    let s = logits.size()[1];
+    let ce = logits
+        .narrow(1, 0, s - 1)
+        .reshape([-1, v])
+        .cross_entropy_loss::<Tensor>(
+            &r["labels"].narrow(1, 1, s - 1).reshape([-1]),
+            None,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        );
+    (ce - r["padded_loss"].get(0)).abs().double_value(&[]) > 1e-6
+}
+
+/// Every trainable parameter's gradient under transformers 5's names: Mixtral's
+/// `block_sparse_moe` is `mlp`, and each sparse layer's experts are the fused
+/// `mlp.experts.gate_up_proj` (`[E, 2·I, H]`, gate rows first) and `mlp.experts.down_proj`
+/// (`[E, H, I]`).
+fn transformers_grads(lm: &CausalLm) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    let mut experts: std::collections::BTreeMap<(String, &str), Vec<(usize, Tensor)>> =
+        Default::default();
+    for (name, p) in lm.trainable_parameters() {
+        let name = name.replace(".block_sparse_moe.", ".mlp.");
+        let g = p.grad().copy();
+        let Some((block, rest)) = name.split_once(".experts.") else {
+            out.push((name, g));
+            continue;
+        };
+        let (e, linear) = rest.split_once('.').unwrap();
+        let which = match linear {
+            "w1.weight" | "gate_proj.weight" => "gate",
+            "w3.weight" | "up_proj.weight" => "up",
+            _ => "down",
+        };
+        experts
+            .entry((block.to_string(), which))
+            .or_default()
+            .push((e.parse().unwrap(), g));
+    }
+    let stacked = |mut v: Vec<(usize, Tensor)>| {
+        v.sort_by_key(|(e, _)| *e);
+        Tensor::stack(&v.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), 0)
+    };
+    let blocks: std::collections::BTreeSet<String> =
+        experts.keys().map(|(b, _)| b.clone()).collect();
+    for block in blocks {
+        let mut take = |w| stacked(experts.remove(&(block.clone(), w)).unwrap());
+        let (gate, up, down) = (take("gate"), take("up"), take("down"));
+        out.push((
+            format!("{block}.experts.gate_up_proj"),
+            Tensor::cat(&[gate, up], 1),
+        ));
+        out.push((format!("{block}.experts.down_proj"), down));
+    }
+    out
 }
 
 /// QLoRA of a mixture of experts: every expert linear (and the attention's) stored as
