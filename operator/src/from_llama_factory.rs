@@ -81,8 +81,6 @@ pub enum FromLlamaFactoryError {
         "`model_name_or_path` is missing: name the base model (a Hub id or a local directory)"
     )]
     NoModel,
-    #[error("`adapter_name_or_path` is set: a FineTuneJob starts from `spec.model` and cannot continue from an adapter yet; remove it")]
-    Adapter,
     #[error("{flag} {value}: {expected}")]
     Flag {
         flag: &'static str,
@@ -107,9 +105,6 @@ pub fn convert(
     {
         return Err(FromLlamaFactoryError::NoDataset);
     }
-    if config.adapter_name_or_path.is_some() {
-        return Err(FromLlamaFactoryError::Adapter);
-    }
     let model_path = config
         .model_name_or_path
         .as_deref()
@@ -126,6 +121,11 @@ pub fn convert(
         model: ModelSpec {
             name: model_name(model_path),
             source: Some(placeholder(MODELS_CLAIM, model_sub_path(model_path))),
+            // An adapter to continue from is some earlier job's output.
+            adapter: config
+                .adapter_name_or_path
+                .as_deref()
+                .map(|a| placeholder(OUTPUTS_CLAIM, sub_path(a))),
             architecture: source.architecture.clone(),
         },
         data: DataSpec {
@@ -183,6 +183,7 @@ fn training_section(
     let mut config = source.parsed.config.clone();
     let mut notices = Vec::new();
     config.model_name_or_path = None;
+    config.adapter_name_or_path = None;
     config.output_dir = None;
     config.dataset_dir = TrainingConfig::default().dataset_dir;
     if config.resume_from_checkpoint.take().is_some() {

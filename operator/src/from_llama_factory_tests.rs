@@ -100,6 +100,20 @@ fn operator_managed_paths_are_dropped_with_a_notice() {
 }
 
 #[test]
+fn an_adapter_to_continue_from_becomes_spec_model_adapter() {
+    // LLaMA-Factory's DPO after SFT: `adapter_name_or_path` is the SFT run's output directory.
+    let yaml = "model_name_or_path: m/x\ndataset: dpo_en_demo\nstage: dpo\nadapter_name_or_path: saves/llama3-8b/lora/sft\n";
+    let (job, _) = convert(&source(yaml, "llama3_lora_dpo"), &opts(80.0, None, None)).unwrap();
+    let adapter = job.spec.model.adapter.as_ref().unwrap();
+    assert_eq!(
+        (adapter.claim_name.as_str(), adapter.sub_path.as_deref()),
+        (OUTPUTS_CLAIM, Some("saves/llama3-8b/lora/sft"))
+    );
+    // The pod's path is the operator's to fill (lf-render's `trainer_config`).
+    assert_eq!(job.spec.training.adapter_name_or_path, None);
+}
+
+#[test]
 fn configs_that_are_no_training_job_are_refused() {
     let cases: &[(&str, &str)] = &[
         (
@@ -107,10 +121,6 @@ fn configs_that_are_no_training_job_are_refused() {
             "`dataset` is missing",
         ),
         ("dataset: a\n", "`model_name_or_path` is missing"),
-        (
-            "model_name_or_path: m/x\ndataset: a\nadapter_name_or_path: saves/a\n",
-            "`adapter_name_or_path`",
-        ),
     ];
     for (yaml, needle) in cases {
         let err = convert(&source(yaml, "x"), &opts(80.0, None, None))

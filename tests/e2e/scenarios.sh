@@ -6,7 +6,7 @@ source "$ROOT/tests/e2e/kueue.sh"
 # shellcheck source=tests/e2e/oom.sh
 source "$ROOT/tests/e2e/oom.sh"
 
-SCENARIOS=(crd rejections pod_security quickstart rbac multi_pod resume_after_kill config_error eviction
+SCENARIOS=(crd rejections pod_security quickstart dpo rbac multi_pod resume_after_kill config_error eviction
   suspend operator_restart leader_handover impossible_job name_conflict quota garbage_collection metrics kueue oom
   panic_exits namespace_scoped least_privilege)
 
@@ -103,6 +103,30 @@ scenario_quickstart() {
   log "status patches by system:serviceaccount:$NS:quickstart-trainer: $writes"
   [ -f "$E2E/volumes/$NS-quickstart-output/adapter_model.safetensors" ] \
     || fail "no adapter_model.safetensors on the output volume"
+}
+
+# DPO after SFT, unchanged as bundled: examples/quickstart-dpo.yaml starts from the quick start's
+# adapter on that job's output volume (spec.model.adapter, mounted read-only; the trainer's log says
+# it loaded it) and trains on the preference pairs to Succeeded with the rewards on its status. At
+# the start the policy is its reference (the same adapter), so the held-out pairs' DPO loss is
+# ln 2 = 0.693; the final evaluation must be below it: the unseen pairs are preferred more than the
+# SFT adapter prefers them (held-out accuracy 0% -> 100% in trainer/tests/preference_example.rs).
+scenario_dpo() {
+  [ -f "$E2E/volumes/$NS-quickstart-output/adapter_model.safetensors" ] || fail "no quick start adapter (run quickstart first)"
+  pvc_bound quickstart-dpo-output || make_volume quickstart-dpo-output >/dev/null
+  kubectl -n "$NS" apply -f "$ROOT/examples/quickstart-dpo.yaml" >/dev/null
+  wait_ftj quickstart-dpo '{.status.phase}' Succeeded
+  grep -qs "adapter loaded" "$LF_CLUSTER_DIR"/node-*/pods/"${NS}"_quickstart-dpo-*/*.log \
+    || { dump_pods quickstart-dpo; fail "the trainer did not load the quick start's adapter"; }
+  local rewards eval_loss out=$E2E/volumes/$NS-quickstart-dpo-output
+  rewards=$(ftj quickstart-dpo '{.status.progress.preference}')
+  [ -n "$rewards" ] || fail "no preference metrics on the status"
+  log "status.progress.preference: $rewards"
+  eval_loss=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["eval_loss"])' "$out/all_results.json") \
+    || fail "no eval_loss in $out/all_results.json"
+  log "held-out DPO loss: $eval_loss (ln 2 = 0.693 with the SFT adapter)"
+  python3 -c 'import math,sys; sys.exit(0 if float(sys.argv[1]) < math.log(2) else 1)' "$eval_loss" \
+    || fail "DPO did not move the held-out pairs toward the preferred answers: eval_loss $eval_loss"
 }
 
 # Per-job RBAC: the trainer's token (the per-job ServiceAccount's) can patch its own FineTuneJob's

@@ -140,6 +140,11 @@ pub struct ModelSpec {
     /// Where its `config.json`, safetensors and tokenizer are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<VolumeLocation>,
+    /// A PEFT adapter to start from (`finetuning_type: lora`), e.g. another FineTuneJob's output:
+    /// DPO after SFT, or more SFT on new data. Mounted read-only and given to the trainer as
+    /// `adapter_name_or_path`; its rank, targets and method must match `spec.training`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<VolumeLocation>,
     /// The model's `config.json` inline (Hugging Face key names), so the operator can plan a
     /// model it has no preset for. Keys it leaves out take the family's defaults, as transformers'
     /// config class sets them (Gemma's head is tied unless it says otherwise).

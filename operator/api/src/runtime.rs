@@ -70,6 +70,8 @@ pub mod paths {
     pub const CONFIG_DIR: &str = "/etc/lf-trainer";
     pub const CONFIG_FILE: &str = "/etc/lf-trainer/train.yaml";
     pub const MODEL_DIR: &str = "/models";
+    /// `spec.model.adapter`: the PEFT adapter training starts from.
+    pub const ADAPTER_DIR: &str = "/adapter";
     pub const DATA_DIR: &str = "/data";
     pub const CHECKPOINT_DIR: &str = "/checkpoints";
     pub const OUTPUT_DIR: &str = "/output";

@@ -32,7 +32,8 @@ pub fn config_key() -> &'static str {
 ///   plan's micro-batch), `gradient_accumulation_steps` and, under `gradient_checkpointing: auto`,
 ///   `recompute_layers` (the plan's recomputed layers); the world size reaches the trainer
 ///   through the environment ([`crate::worker_env`]);
-/// - the pod's paths: `model_name_or_path` ([`paths::MODEL_DIR`]), `dataset_dir`
+/// - the pod's paths: `model_name_or_path` ([`paths::MODEL_DIR`]), `adapter_name_or_path`
+///   ([`paths::ADAPTER_DIR`], when `spec.model.adapter` is set), `dataset_dir`
 ///   ([`paths::DATA_DIR`]), `output_dir` ([`paths::OUTPUT_DIR`]; checkpoints are
 ///   `output_dir/checkpoint-N`), and `dataset_format` from `spec.data.format` when given;
 /// - checkpointing: `save_steps` and `save_total_limit` from `spec.checkpointing` when set, and
@@ -64,6 +65,7 @@ pub fn trainer_config(
     }
 
     config.model_name_or_path = Some(paths::MODEL_DIR.to_string());
+    config.adapter_name_or_path = starting_adapter(job)?;
     config.dataset_dir = paths::DATA_DIR.to_string();
     if let Some(format) = spec.data.format {
         config.dataset_format = Some(format);
@@ -84,6 +86,31 @@ pub fn trainer_config(
             .unwrap_or_else(|| RESUME_AUTO.to_string()),
     );
     Ok(config)
+}
+
+/// `adapter_name_or_path` in the pod: [`paths::ADAPTER_DIR`] when `spec.model.adapter` names one.
+/// A path written into `spec.training` would name a file on the author's machine, not in the pod,
+/// so it is refused with the way to say it; an adapter needs LoRA.
+fn starting_adapter(job: &FineTuneJob) -> Result<Option<String>, RenderError> {
+    let spec = &job.spec;
+    if let Some(path) = &spec.training.adapter_name_or_path {
+        return Err(RenderError::Unsupported {
+            key: "spec.training.adapter_name_or_path".into(),
+            why: format!(
+                "`{path}` would be read inside the trainer pod, where only mounted volumes exist: give the adapter's volume as spec.model.adapter (claimName, subPath), e.g. another FineTuneJob's spec.output"
+            ),
+        });
+    }
+    let Some(_) = &spec.model.adapter else {
+        return Ok(None);
+    };
+    if spec.training.finetuning_type != lf_api::training::FinetuningType::Lora {
+        return Err(RenderError::Unsupported {
+            key: "spec.model.adapter".into(),
+            why: "a PEFT adapter continues `finetuning_type: lora` training; set finetuning_type: lora or remove spec.model.adapter".into(),
+        });
+    }
+    Ok(Some(paths::ADAPTER_DIR.to_string()))
 }
 
 /// The ConfigMap holding [`trainer_config`] under [`config_key`].

@@ -1,4 +1,5 @@
-//! The pod's volumes: the training config (ConfigMap), the model and data (read-only), the output,
+//! The pod's volumes: the training config (ConfigMap), the model, the data and the adapter to start
+//! from (read-only), the output,
 //! `/dev/shm` sized from the plan, a writable `/tmp` under the read-only root filesystem, and the
 //! status writer's API credentials.
 //!
@@ -152,6 +153,13 @@ pub fn volumes(
                 .into(),
         });
     }
+    let adapter = spec.model.adapter.as_ref().map(|location| Location {
+        role: "adapter",
+        key: "spec.model.adapter",
+        location,
+        mount_path: paths::ADAPTER_DIR,
+        read_only: true,
+    });
     let locations = [
         Location {
             role: "model",
@@ -233,7 +241,7 @@ pub fn volumes(
 
     // One volume per claim, named after the first role that uses it.
     let mut claims: Vec<(String, String, bool)> = Vec::new(); // (claim, volume name, read-only)
-    for loc in &locations {
+    for loc in locations.iter().chain(adapter.iter()) {
         let sub_path = validate_sub_path(loc.key, loc.location)?;
         let claim = &loc.location.claim_name;
         if claim.is_empty() {

@@ -447,6 +447,58 @@ fn shm_is_memory_backed_and_sized_from_the_plan() {
     assert_eq!(mount.mount_path, paths::SHM_DIR);
 }
 
+/// `spec.model.adapter`: mounted read-only at the adapter path the trainer config names; a path
+/// in `spec.training` and an adapter without LoRA are refused with the key to fix.
+#[test]
+fn a_starting_adapter_is_mounted_read_only_and_named_in_the_config() {
+    let mut case = fixture("minimal");
+    assert_eq!(
+        trainer_config(&case.job, &case.plan, &golden_context())
+            .unwrap()
+            .adapter_name_or_path,
+        None
+    );
+    case.job.spec.model.adapter = Some(lf_api::crd::VolumeLocation {
+        claim_name: "sft-output".into(),
+        sub_path: Some("run-1".into()),
+    });
+    let c = trainer_config(&case.job, &case.plan, &golden_context()).unwrap();
+    assert_eq!(c.adapter_name_or_path.as_deref(), Some(paths::ADAPTER_DIR));
+    let r = render(&case.job, &case.plan, &golden_context()).expect("renders");
+    let mounts = container(&r).volume_mounts.clone().expect("mounts");
+    let adapter = mounts
+        .iter()
+        .find(|m| m.mount_path == paths::ADAPTER_DIR)
+        .expect("the adapter is mounted");
+    assert_eq!(
+        (adapter.read_only, adapter.sub_path.as_deref()),
+        (Some(true), Some("run-1"))
+    );
+    let volume = pod_spec(&r)
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == adapter.name)
+        .and_then(|v| v.persistent_volume_claim.as_ref())
+        .expect("a claim volume");
+    assert_eq!(
+        (volume.claim_name.as_str(), volume.read_only),
+        ("sft-output", Some(true))
+    );
+
+    let mut inline = fixture("minimal");
+    inline.job.spec.training.adapter_name_or_path = Some("saves/sft".into());
+    let err = render(&inline.job, &inline.plan, &golden_context())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spec.model.adapter"), "{err}");
+    case.job.spec.training.finetuning_type = lf_api::training::FinetuningType::Full;
+    let err = render(&case.job, &case.plan, &golden_context())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("finetuning_type: lora"), "{err}");
+}
+
 #[test]
 fn volumes_mount_model_and_data_read_only_and_share_a_claim() {
     let (_, _, r) = rendered("multinode-kueue");

@@ -75,6 +75,7 @@ fn plan_shape(name: &str) -> Option<(u32, u32, u32, u8, bool, u32, u32)> {
         "gemma3-12b-qlora" => (1, 1, 1, 0, false, 4, 4),
         "mixtral-8x7b-qlora" => (2, 1, 2, 3, false, 2, 2),
         "quickstart" => (1, 1, 1, 0, false, 8, 1),
+        "quickstart-dpo" => (1, 1, 1, 0, false, 8, 1),
         // Fixtures of this crate.
         "multinode-kueue" => (16, 2, 8, 3, true, 1, 16),
         "minimal" => (1, 1, 1, 0, false, 8, 1),
