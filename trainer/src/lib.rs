@@ -42,6 +42,7 @@ pub mod recompute_budget;
 pub mod report;
 pub mod resume;
 pub mod schedule;
+pub mod serve_command;
 pub mod setup;
 pub mod state;
 pub mod status;

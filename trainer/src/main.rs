@@ -1,4 +1,4 @@
-//! `lf-trainer train|eval|predict|chat|export CONFIG.yaml [key=value ...]`.
+//! `lf-trainer train|eval|predict|chat|export|serve CONFIG.yaml [key=value ...]`.
 //!
 //! Exit codes follow `lf_api::runtime::exit_code`; on failure one clear line goes to stderr and,
 //! inside a pod, a JSON termination report to `/dev/termination-log`.
@@ -47,6 +47,26 @@ enum Command {
     },
     /// Merge the adapter into the base model and write a Hugging Face model to export_dir.
     Export { args: Vec<String> },
+    /// Serve the model and its adapters (`adapter_name_or_path`, comma-separated) over HTTP:
+    /// OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models; /generate, /health,
+    /// /metrics.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// 0 picks a free port (printed as `listening on http://ADDR`).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Sequences decoded together; more requests wait in the queue.
+        #[arg(long, default_value_t = 16)]
+        max_running: usize,
+        /// Requests that may wait; beyond it, 429 with Retry-After.
+        #[arg(long, default_value_t = 64)]
+        queue: usize,
+        /// Most prompt tokens one sequence feeds per decoding step.
+        #[arg(long, default_value_t = 256)]
+        prefill_chunk: usize,
+        args: Vec<String>,
+    },
 }
 
 fn config(args: &[String]) -> Result<lf_api::TrainingConfig, TrainerError> {
@@ -78,6 +98,23 @@ fn run(cli: Cli) -> Result<(), TrainerError> {
             lf_trainer::predict::predict_without_training(&config(&args)?)
         }
         Command::Chat { prompt, args } => commands::run_chat(&config(&args)?, prompt.as_deref()),
+        Command::Serve {
+            host,
+            port,
+            max_running,
+            queue,
+            prefill_chunk,
+            args,
+        } => {
+            let opts = lf_trainer::serve_command::ServeOptions {
+                host,
+                port,
+                max_running,
+                queue,
+                prefill_chunk,
+            };
+            lf_trainer::serve_command::run_serve(&config(&args)?, &opts)
+        }
         Command::Export { args } => {
             let out = commands::run_export(&config(&args)?)?;
             eprintln!("exported the merged model to {}", out.display());
