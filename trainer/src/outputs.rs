@@ -2,6 +2,7 @@
 //! LLaMA-Factory's keys plus ours, and once per attempt a `{"memory": ...}` line, see
 //! [`crate::memory_report`]) and `all_results.json`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,10 @@ pub struct LogRecord {
     /// `stage: dpo`: `rewards/*` and `logps/*`, means over the window's pairs.
     #[serde(flatten)]
     pub preference: Option<PreferenceMetrics>,
+    /// An evaluation of a preference run: its metrics under TRL's names, `eval_rewards/chosen`
+    /// and so on ([`PreferenceMetrics::eval_named`]).
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eval_preference: BTreeMap<String, f64>,
 }
 
 /// `H:MM:SS`, as LLaMA-Factory writes elapsed and remaining time.

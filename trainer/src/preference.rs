@@ -137,6 +137,12 @@ impl PreferenceMetrics {
         .filter_map(|(name, v)| v.map(|v| (name, v)))
         .collect()
     }
+
+    /// [`PreferenceMetrics::named`] under TRL's names for an evaluation (`eval_` + the name).
+    pub fn eval_named(&self) -> std::collections::BTreeMap<String, f64> {
+        let named = self.named().into_iter();
+        named.map(|(name, v)| (format!("eval_{name}"), v)).collect()
+    }
 }
 
 impl PreferenceLoss {

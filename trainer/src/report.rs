@@ -15,7 +15,7 @@ use crate::error::TrainerError;
 use crate::memory_report::MemoryRecord;
 use crate::metrics::Metrics;
 use crate::outputs::{hms, peak_memory_bytes, LogRecord, StepTimes, TrainerLog};
-use crate::preference::PreferenceSums;
+use crate::preference::{PreferenceMetrics, PreferenceSums};
 use crate::state::TrainerState;
 use crate::status::StatusReporter;
 use crate::system::SystemProbe;
@@ -217,10 +217,12 @@ impl<'a> StepReporter<'a> {
 
     /// Sends one record of the window (the steps up to `state.global_step`) to every sink and
     /// starts a new window; returns the window's mean loss.
+    /// `eval_preference`: an evaluation's preference metrics, logged under TRL's `eval_` names.
     pub fn record(
         &mut self,
         state: &TrainerState,
         eval_loss: Option<f64>,
+        eval_preference: Option<PreferenceMetrics>,
     ) -> Result<f64, TrainerError> {
         let step = state.global_step;
         let mean_loss = self.window.loss / self.window.steps.max(1) as f64;
@@ -246,6 +248,7 @@ impl<'a> StepReporter<'a> {
             step_time: Some(self.window.mean_times()),
             peak_memory_bytes: peak,
             preference: self.window.preference.means(),
+            eval_preference: eval_preference.map_or_else(Default::default, |m| m.eval_named()),
         };
         self.window = Window::new();
         if self.sinks.is_main {

@@ -35,7 +35,7 @@ use crate::interfaces::{DataParallel, StepOptimizer, TrainModel};
 use crate::memory_report::{MemoryProbe, MemoryRecord};
 use crate::metrics::Metrics;
 use crate::outputs::{peak_memory_bytes, TRAINER_STATE};
-use crate::preference::{PreferenceLoss, PreferenceSums};
+use crate::preference::{PreferenceLoss, PreferenceMetrics, PreferenceSums};
 use crate::profiling::StepProfiler;
 use crate::report::{Sinks, StepOutcome, StepReporter};
 use crate::schedule::LrSchedule;
@@ -164,12 +164,36 @@ pub fn evaluate<M: TrainModel>(
                 let batch = collate_pairs(&refs, pad_id);
                 if batch.paired {
                     let (ids, labels) = to_device(&batch, device);
+    let e = evaluate_with_metrics(
+        model, examples, batch_size, pad_id, device, group, preference,
+    )?;
+    Ok(e.map(|e| e.loss))
+}
+
+/// What [`evaluate_with_metrics`] measures.
+pub struct Evaluation {
+    pub loss: f64,
+    /// A preference run's `rewards/*` and `logps/*` means over the evaluated pairs.
+    pub preference: Option<PreferenceMetrics>,
+}
+
+/// [`evaluate`], with a preference run's metrics (TRL's `eval_rewards/*`, `eval_logps/*`).
+pub fn evaluate_with_metrics<M: TrainModel>(
+    model: &mut M,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+    device: Device,
+    group: &dyn DataParallel,
+    preference: Option<&PreferenceLoss>,
+) -> Result<Option<Evaluation>, TrainerError> {
                     let sums = model.preference_eval(&ids, &labels, &batch.desirable, p)?;
                     loss += sums.loss;
                     tokens += sums.pairs as u64;
                 }
                 continue;
             }
+    let mut pair_sums = PreferenceSums::default();
             let batch = collate(&refs, pad_id);
             let (ids, labels) = to_device(&batch, device);
             loss += model.eval_loss_sum(&ids, &labels)?;
@@ -181,7 +205,15 @@ pub fn evaluate<M: TrainModel>(
     result?;
     let loss = group.sum_scalar(loss)?;
     let tokens = group.sum_scalar(tokens as f64)?;
-    Ok((tokens > 0.0).then(|| loss / tokens))
+                    pair_sums += sums;
+    let pair_metrics = match preference {
+        Some(_) => sum_over_ranks(group, pair_sums)?.means(),
+        None => None,
+    };
+    Ok((tokens > 0.0).then(|| Evaluation {
+        loss: loss / tokens,
+        preference: pair_metrics,
+    }))
 }
 
 fn non_finite(
@@ -504,8 +536,8 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         samples_run += outcome.samples;
         reporter.step(state.global_step, &outcome);
 
-        let eval_loss = if eval_due(cfg, &plan, step, total_steps) {
-            evaluate(
+        let evaluation = if eval_due(cfg, &plan, step, total_steps) {
+            evaluate_with_metrics(
                 model,
                 &data.eval,
                 cfg.per_device_eval_batch_size,
@@ -522,7 +554,8 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
             reporter.evaluated(e);
         }
         if reporter.due(state.global_step) || eval_loss.is_some() {
-            state.last_loss = Some(reporter.record(&state, eval_loss)?);
+            let eval_pairs = evaluation.and_then(|e| e.preference);
+            state.last_loss = Some(reporter.record(&state, eval_loss, eval_pairs)?);
         }
 
         let after = checkpointer.after_step(cfg, model, &*optimizer, &state, group)?;
@@ -552,5 +585,6 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         eval_loss,
         peak_memory_bytes: peak_memory_bytes(ctx.device),
         resumed_from_step,
+        let eval_loss = evaluation.as_ref().map(|e| e.loss);
     })
 }

@@ -183,6 +183,14 @@ fn kto_equals_trl() {
             step + 2
         );
         assert!((e - next).abs() <= TOLERANCE * next.abs(), "{e} vs {next}");
+        // The evaluation's metrics, under TRL's eval_ names, are the next step's too.
+        let (evaluated, trained) = (&logged[step], &logged[step + 1]);
+        for key in &METRICS[1..] {
+            let e = evaluated[format!("eval_{key}")].as_f64().unwrap();
+            let t = trained[key].as_f64().unwrap();
+            let d = (e - t).abs() / metric_scale(key, trained, BETA);
+            assert!(d <= TOLERANCE, "eval_{key}: {e} vs {t}");
+        }
     }
     let (ours, theirs) = (adapter(&dir.join("sgd3/ours")), adapter(&dir.join("sgd3")));
     let (d, name) = worst(&ours, &theirs);

@@ -197,6 +197,14 @@ fn parity(case: Case) {
             (e - next).abs() <= FIRST_STEP_TOLERANCE * next.abs(),
             "{loss}: {e} vs {next}"
         );
+        // The evaluation's metrics, under TRL's eval_ names, are the next step's too.
+        let (evaluated, trained) = (&logged[step], &logged[step + 1]);
+        for key in &METRICS[1..] {
+            let e = evaluated[format!("eval_{key}")].as_f64().unwrap();
+            let t = trained[key].as_f64().unwrap();
+            let d = (e - t).abs() / scale(key, trained);
+            assert!(d <= FIRST_STEP_TOLERANCE, "{loss} eval_{key}: {e} vs {t}");
+        }
     }
     let (ours, theirs) = (adapter(&dir.join("sgd3/ours")), adapter(&dir.join("sgd3")));
     let (d, name) = worst(&ours, &theirs);
