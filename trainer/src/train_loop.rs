@@ -150,20 +150,6 @@ pub fn evaluate<M: TrainModel>(
     group: &dyn DataParallel,
     preference: Option<&PreferenceLoss>,
 ) -> Result<Option<f64>, TrainerError> {
-    if examples.is_empty() {
-        return Ok(None);
-    }
-    model.set_training(false);
-    let mut loss = 0.0;
-    let mut tokens = 0u64;
-    let rounds = eval_rounds(examples.len(), batch_size, group.rank(), group.world_size());
-    let result = (|| {
-        for rows in rounds {
-            let refs: Vec<&Example> = examples[rows].iter().collect();
-            if let Some(p) = preference {
-                let batch = collate_pairs(&refs, pad_id);
-                if batch.paired {
-                    let (ids, labels) = to_device(&batch, device);
     let e = evaluate_with_metrics(
         model, examples, batch_size, pad_id, device, group, preference,
     )?;
@@ -187,13 +173,28 @@ pub fn evaluate_with_metrics<M: TrainModel>(
     group: &dyn DataParallel,
     preference: Option<&PreferenceLoss>,
 ) -> Result<Option<Evaluation>, TrainerError> {
+    if examples.is_empty() {
+        return Ok(None);
+    }
+    model.set_training(false);
+    let mut loss = 0.0;
+    let mut tokens = 0u64;
+    let mut pair_sums = PreferenceSums::default();
+    let rounds = eval_rounds(examples.len(), batch_size, group.rank(), group.world_size());
+    let result = (|| {
+        for rows in rounds {
+            let refs: Vec<&Example> = examples[rows].iter().collect();
+            if let Some(p) = preference {
+                let batch = collate_pairs(&refs, pad_id);
+                if batch.paired {
+                    let (ids, labels) = to_device(&batch, device);
                     let sums = model.preference_eval(&ids, &labels, &batch.desirable, p)?;
                     loss += sums.loss;
                     tokens += sums.pairs as u64;
+                    pair_sums += sums;
                 }
                 continue;
             }
-    let mut pair_sums = PreferenceSums::default();
             let batch = collate(&refs, pad_id);
             let (ids, labels) = to_device(&batch, device);
             loss += model.eval_loss_sum(&ids, &labels)?;
@@ -205,7 +206,6 @@ pub fn evaluate_with_metrics<M: TrainModel>(
     result?;
     let loss = group.sum_scalar(loss)?;
     let tokens = group.sum_scalar(tokens as f64)?;
-                    pair_sums += sums;
     let pair_metrics = match preference {
         Some(_) => sum_over_ranks(group, pair_sums)?.means(),
         None => None,
@@ -549,6 +549,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         } else {
             None
         };
+        let eval_loss = evaluation.as_ref().map(|e| e.loss);
         if let Some(e) = eval_loss {
             state.last_eval_loss = Some(e);
             reporter.evaluated(e);
@@ -585,6 +586,5 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         eval_loss,
         peak_memory_bytes: peak_memory_bytes(ctx.device),
         resumed_from_step,
-        let eval_loss = evaluation.as_ref().map(|e| e.loss);
     })
 }
