@@ -192,6 +192,12 @@ pub struct ModelArchitecture {
     /// The mixture-of-experts keys (Mixtral, Qwen3-MoE; empty for dense families).
     #[serde(flatten)]
     pub moe: MoeKeys,
+    /// The sliding-window keys ([`ModelArchitecture::layer_windows`]). Read from `config.json`
+    /// and set by the presets; not part of the FineTuneJob schema, so an inline architecture
+    /// plans without windows.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub windows: WindowKeys,
     /// Phi-3: the fraction of each head's dimensions RoPE rotates (the first
     /// `head_dim · factor`; the rest pass through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +212,89 @@ pub struct ModelArchitecture {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "token_ids_schema")]
     pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// The sliding-window keys of `config.json` ([`ModelArchitecture::layer_windows`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowKeys {
+    /// The window (keys a query sees: itself and the `sliding_window − 1` before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<i64>,
+    /// Qwen2/Qwen3/Qwen3-MoE: whether `sliding_window` applies at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    /// Qwen2/Qwen3: the first layer that is windowed (without `layer_types`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<u64>,
+    /// transformers 5's per-layer `full_attention` / `sliding_attention`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    /// Gemma 3: every `sliding_window_pattern`-th layer is full (without `layer_types`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_pattern: Option<u64>,
+}
+
+impl ModelArchitecture {
+    /// Each decoder layer's attention window, as transformers configures it: Mistral's and
+    /// Phi-3's `sliding_window` on every layer; Qwen2's and Qwen3's only with
+    /// `use_sliding_window: true`, on the layers `layer_types` marks `sliding_attention` (when
+    /// absent, those from `max_window_layers` on, 28 by default); Gemma's on the layers
+    /// `layer_types` marks (when absent, all but every second layer for Gemma 2 and every
+    /// `sliding_window_pattern`-th, 6 by default, for Gemma 3); Mixtral's on every layer as
+    /// Mistral's, Qwen3-MoE's on every layer with `use_sliding_window: true`; none for Llama.
+    pub fn layer_windows(&self) -> Result<Vec<Option<i64>>, String> {
+        let w = &self.windows;
+        let layers = self.num_hidden_layers as usize;
+        let Some(window) = w.sliding_window else {
+            return Ok(vec![None; layers]);
+        };
+        if window <= 0 {
+            return Err(format!(
+                "sliding_window must be a positive integer, not {window}"
+            ));
+        }
+        let layer_types = |default: &dyn Fn(usize) -> bool| -> Result<Vec<bool>, String> {
+            let Some(types) = &w.layer_types else {
+                return Ok((0..layers).map(default).collect());
+            };
+            if types.len() != layers {
+                return Err(format!(
+                    "layer_types must list one type per layer ({layers})"
+                ));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    _ => Err(format!(
+                        "layer_types entry \"{t}\" is not supported (full_attention, sliding_attention)"
+                    )),
+                })
+                .collect()
+        };
+        let sliding: Vec<bool> = match self.model_type {
+            ModelType::Llama => vec![false; layers],
+            ModelType::Mistral | ModelType::Mixtral | ModelType::Phi3 => vec![true; layers],
+            // Qwen3MoeConfig keeps `sliding_window` only with `use_sliding_window`, for every
+            // layer.
+            ModelType::Qwen3Moe => vec![w.use_sliding_window == Some(true); layers],
+            ModelType::Qwen2 | ModelType::Qwen3 => {
+                let from = w.max_window_layers.unwrap_or(28) as usize;
+                if w.use_sliding_window.unwrap_or(false) {
+                    layer_types(&|i| i >= from)?
+                } else {
+                    vec![false; layers]
+                }
+            }
+            ModelType::Gemma2 => layer_types(&|i| (i + 1) % 2 != 0)?,
+            ModelType::Gemma3Text => {
+                let pattern = w.sliding_window_pattern.filter(|&p| p > 0).unwrap_or(6) as usize;
+                layer_types(&|i| (i + 1) % pattern != 0)?
+            }
+        };
+        Ok(sliding.into_iter().map(|s| s.then_some(window)).collect())
+    }
 }
 
 /// The mixture-of-experts keys of `config.json`, as Mixtral's and Qwen3-MoE's config classes

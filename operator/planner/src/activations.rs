@@ -22,6 +22,8 @@
 //!   (`c·a·s` bytes per token). Each LoRA-adapted linear adds its rank-`r` intermediate `c·r` (DoRA also its `c·d_out`
 //!   output; dropout > 0 its dropped-out input `(c + 1)·d_in`); LoRA on a sparse layer's router
 //!   and experts adds the router's and, per routed expert, each expert adapter's.
+//! - **Sliding windows** shorter than the sequence add a compute-dtype `[S, S]` mask per
+//!   windowed layer, saved for backward ([`window_masks`]); the window itself saves nothing.
 //! - **Backward of a layer** holds its input and output gradients and the gradients of the SwiGLU
 //!   branches: `2·c·h + 2·c·i` per token.
 //! - **A sparse MLP** (Mixtral, Qwen3-MoE) runs each token through `k` of its `E` experts: every
@@ -184,6 +186,29 @@ fn expert_lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &Traini
     router + gate_up + down
 }
 
+/// Bytes each decoder layer's attention keeps for backward beyond a causal one's, by layer: a
+/// layer whose sliding window is shorter than `cutoff_len` runs scaled-dot-product attention
+/// with an explicit boolean `[S, S]` mask (lf-model's `Attention::forward`; a causal call needs
+/// none), which PyTorch turns into a compute-dtype mask and saves for backward beside Q, K, V,
+/// the output and the log-sum-exp (checked with PyTorch 2.13's CPU flash kernel: one extra saved
+/// tensor, `[S, S]` float32 in an fp32 run), `c·S²` bytes whatever the batch size and head count.
+/// No `[B, H, S, S]` scores exist either way, so a window saves no activation memory in this
+/// trainer: it only adds the mask. The eager path (`flash_attn: eager`, Gemma 2's soft cap)
+/// masks its scores instead and saves no mask.
+pub fn window_masks(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<u64> {
+    let s = training.cutoff_len as u64;
+    let c = training.precision().compute_bytes();
+    let eager = eager_attention(arch, training);
+    arch.layer_windows()
+        .unwrap_or_else(|_| vec![None; arch.num_hidden_layers as usize])
+        .into_iter()
+        .map(|w| match w {
+            Some(w) if !eager && (w as u64) < s => c * s * s,
+            _ => 0,
+        })
+        .collect()
+}
+
 /// Activation memory for a micro-batch of `micro_batch` examples of `cutoff_len` tokens. A
 /// preference example (`stage: dpo`) is two sequences, its chosen and its rejected answer, in one
 /// forward pass (`stage: kto`: the example and its KL sequence). Its reference pass runs before, without gradients, over the same sequences: it
@@ -244,8 +269,17 @@ pub fn activations_with(
     }
     let recomputed = recomputed.min(layers);
     let kept = layers - recomputed;
-    let persistent = recomputed * tokens * c * h + kept * saved;
-    let layer_working_set = backward + transient + if kept == 0 { saved } else { 0 };
+    // Sliding windows shorter than the sequence: each such layer's `[S, S]` mask
+    // (`window_masks`), kept for backward by the layers that are not recomputed.
+    let masks = window_masks(arch, training);
+    let kept_masks: u64 = masks.iter().skip(recomputed as usize).sum();
+    let largest_mask = masks.iter().copied().max().unwrap_or(0);
+    if largest_mask > 0 {
+        // The boolean mask the compute-dtype one is made from.
+        transient += s * s;
+    }
+    let persistent = recomputed * tokens * c * h + kept * saved + kept_masks;
+    let layer_working_set = backward + transient + if kept == 0 { saved + largest_mask } else { 0 };
     let vocab = arch.vocab_size;
     let hidden = 2 * c * tokens * h;
     let per_logit = c + if c == 4 { 0 } else { 4 } + calib::CROSS_ENTROPY_TEMP_BYTES;
@@ -280,5 +314,45 @@ mod tests {
         let dpo = plan(&format!("stage: dpo\n{lora}"), 1);
         assert_eq!(dpo, sft);
         assert!(plan(&format!("stage: dpo\n{lora}"), 2).persistent > sft.persistent);
+    }
+
+    #[test]
+    fn windows_shorter_than_the_sequence_add_their_masks() {
+        // Mistral-7B-v0.1 (window 4096) and v0.3 (none): the same shape otherwise.
+        let v01 = preset("mistralai/Mistral-7B-v0.1").expect("preset");
+        let v03 = preset("mistralai/Mistral-7B-v0.3").expect("preset");
+        assert_eq!(v01.layer_windows().unwrap(), vec![Some(4096); 32]);
+        assert_eq!(v03.layer_windows().unwrap(), vec![None; 32]);
+        let run = |arch: &ModelArchitecture, yaml: &str| {
+            let t: TrainingConfig = serde_yaml::from_str(yaml).expect("training config");
+            let inv = Inventory::new(arch, &t);
+            activations(arch, &t, &inv, 1)
+        };
+        let at = |cutoff: u64, ckpt: bool, extra: &str| {
+            format!("bf16: true\ncutoff_len: {cutoff}\ngradient_checkpointing: {ckpt}\n{extra}")
+        };
+        // Within the window the attention is causal: nothing more.
+        let (a, b) = (
+            run(&v01, &at(4096, false, "")),
+            run(&v03, &at(4096, false, "")),
+        );
+        assert_eq!(
+            (a.persistent, a.layer_working_set),
+            (b.persistent, b.layer_working_set)
+        );
+        // Past it: one bf16 [S, S] mask kept per layer (32 × 2 × 8192² bytes = 4 GiB) ...
+        let s = 8192u64;
+        let (a, b) = (run(&v01, &at(s, false, "")), run(&v03, &at(s, false, "")));
+        assert_eq!(a.persistent - b.persistent, 32 * 2 * s * s);
+        // ... and, recomputing every layer, one layer's mask and its boolean source at a time.
+        let (a, b) = (run(&v01, &at(s, true, "")), run(&v03, &at(s, true, "")));
+        assert_eq!(a.persistent, b.persistent);
+        assert_eq!(a.layer_working_set - b.layer_working_set, 2 * s * s + s * s);
+        // The eager path masks its scores: no extra mask is kept.
+        let (a, b) = (
+            run(&v01, &at(s, false, "flash_attn: eager")),
+            run(&v03, &at(s, false, "flash_attn: eager")),
+        );
+        assert_eq!(a.persistent, b.persistent);
     }
 }

@@ -5,7 +5,7 @@
 //! arithmetic are kept). Instruct/chat variants share their base model's shape and are listed as
 //! aliases. Names match case-insensitively, with or without the organisation prefix.
 
-use lf_api::architecture::{ModelType, MoeKeys, RopeScaling};
+use lf_api::architecture::{ModelType, MoeKeys, RopeScaling, WindowKeys};
 use lf_api::ModelArchitecture;
 
 struct Shape {
@@ -29,6 +29,8 @@ struct Shape {
     partial_rotary: Option<f64>,
     /// The mixture-of-experts keys (none for dense families).
     experts: Option<ExpertKeys>,
+    /// `sliding_window` (Mistral-7B-v0.1's 4096; `null` in most files).
+    window: Option<i64>,
 }
 
 /// The `config.json` keys of a mixture of experts (every layer sparse).
@@ -112,6 +114,10 @@ impl Shape {
                     ..MoeKeys::default()
                 })
                 .unwrap_or_default(),
+            windows: WindowKeys {
+                sliding_window: self.window,
+                ..WindowKeys::default()
+            },
             partial_rotary_factor: self.partial_rotary,
             torch_dtype: Some("bfloat16".into()),
             bos_token_id: None,
@@ -147,6 +153,7 @@ const fn llama(
         llama3_rope_factor: None,
         gemma: None,
         experts: None,
+        window: None,
         partial_rotary: None,
     }
 }
@@ -178,6 +185,7 @@ const fn qwen2(
         llama3_rope_factor: None,
         gemma: None,
         experts: None,
+        window: None,
         partial_rotary: None,
     }
 }
@@ -221,6 +229,7 @@ const fn gemma2(
             local_theta_and_linear_factor: None,
         }),
         experts: None,
+        window: None,
         partial_rotary: None,
     }
 }
@@ -257,6 +266,7 @@ const fn gemma3(
             local_theta_and_linear_factor: Some((10_000.0, 8.0)),
         }),
         experts: None,
+        window: None,
         partial_rotary: None,
     }
 }
@@ -308,6 +318,14 @@ const fn with_llama3_rope(mut s: Shape, factor: f64, head_dim: Option<u64>, tied
 const fn mistral(vocab: u64, theta: f64) -> Shape {
     let mut s = llama(vocab, 4096, 14336, 32, 32, 8, 32768, theta);
     s.model_type = ModelType::Mistral;
+    s
+}
+
+/// Mistral-7B-v0.1: every layer attends to the last 4096 positions (`sliding_window: 4096`;
+/// v0.2 and v0.3 say `null`).
+const fn mistral_v01() -> Shape {
+    let mut s = mistral(32000, 10000.0);
+    s.window = Some(4096);
     s
 }
 
@@ -446,7 +464,7 @@ const PRESETS: &[(&[&str], Shape)] = &[
             "mistralai/Mistral-7B-v0.1",
             "mistralai/Mistral-7B-Instruct-v0.1",
         ],
-        mistral(32000, 10000.0),
+        mistral_v01(),
     ),
     (
         &["mistralai/Mistral-7B-Instruct-v0.2"],

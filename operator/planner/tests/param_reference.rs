@@ -51,6 +51,7 @@ fn tiny(model_type: ModelType, tied: bool, kv: u64, head_dim: Option<u64>) -> Mo
         final_logit_softcapping: None,
         rope_local_base_freq: None,
         moe: Default::default(),
+        windows: Default::default(),
         partial_rotary_factor: None,
         torch_dtype: None,
         bos_token_id: None,

@@ -198,6 +198,7 @@ fn formula_vectors_f1_to_f12() {
         final_logit_softcapping: None,
         rope_local_base_freq: None,
         moe: Default::default(),
+        windows: Default::default(),
         partial_rotary_factor: None,
         torch_dtype: None,
         bos_token_id: None,

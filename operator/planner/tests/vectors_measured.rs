@@ -68,6 +68,7 @@ fn qwen1(hidden: u64, layers: u64, heads: u64, mlp: u64) -> ModelArchitecture {
         final_logit_softcapping: None,
         rope_local_base_freq: None,
         moe: Default::default(),
+        windows: Default::default(),
         partial_rotary_factor: None,
         torch_dtype: None,
         bos_token_id: None,

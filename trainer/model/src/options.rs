@@ -129,7 +129,8 @@ pub fn read_architecture(model_dir: &Path) -> Result<ModelArchitecture, ModelErr
     read_config(model_dir).map(|(arch, _)| arch)
 }
 
-/// [`read_architecture`] plus each layer's attention window ([`layer_windows`]).
+/// [`read_architecture`] plus each layer's attention window
+/// ([`ModelArchitecture::layer_windows`]).
 pub(crate) fn read_config(
     model_dir: &Path,
 ) -> Result<(ModelArchitecture, Vec<Option<i64>>), ModelError> {
@@ -246,83 +247,8 @@ pub(crate) fn read_config(
             message: other.to_string(),
         },
     })?;
-    let windows = layer_windows(&raw, &arch).map_err(unsupported)?;
+    let windows = arch.layer_windows().map_err(unsupported)?;
     Ok((arch, windows))
-}
-
-/// Each decoder layer's attention window, as transformers configures it: Mistral's and Phi-3's
-/// `sliding_window` on every layer; Qwen2's and Qwen3's only with `use_sliding_window: true`, on
-/// the layers `layer_types` marks `sliding_attention` (when absent, those from
-/// `max_window_layers` on, 28 by default); Gemma's on the layers `layer_types` marks (when
-/// absent, all but every second layer for Gemma 2 and every `sliding_window_pattern`-th, 6 by
-/// default, for Gemma 3); Mixtral's on every layer as Mistral's, Qwen3-MoE's on every layer
-/// with `use_sliding_window: true`; none for Llama.
-fn layer_windows(
-    raw: &serde_json::Value,
-    arch: &ModelArchitecture,
-) -> Result<Vec<Option<i64>>, String> {
-    use lf_api::architecture::ModelType;
-    let layers = arch.num_hidden_layers as usize;
-    let Some(window) = raw.get("sliding_window").filter(|v| !v.is_null()) else {
-        return Ok(vec![None; layers]);
-    };
-    let window = window
-        .as_i64()
-        .filter(|&w| w > 0)
-        .ok_or_else(|| format!("sliding_window must be a positive integer, not {window}"))?;
-    let layer_types = |default: &dyn Fn(usize) -> bool| -> Result<Vec<bool>, String> {
-        let Some(types) = raw.get("layer_types").filter(|v| !v.is_null()) else {
-            return Ok((0..layers).map(default).collect());
-        };
-        let types = types
-            .as_array()
-            .filter(|t| t.len() == layers)
-            .ok_or_else(|| format!("layer_types must list one type per layer ({layers})"))?;
-        types
-            .iter()
-            .map(|t| match t.as_str() {
-                Some("sliding_attention") => Ok(true),
-                Some("full_attention") => Ok(false),
-                _ => Err(format!(
-                    "layer_types entry {t} is not supported (full_attention, sliding_attention)"
-                )),
-            })
-            .collect()
-    };
-    let sliding: Vec<bool> = match arch.model_type {
-        ModelType::Llama => vec![false; layers],
-        ModelType::Mistral | ModelType::Mixtral | ModelType::Phi3 => vec![true; layers],
-        // Qwen3MoeConfig keeps `sliding_window` only with `use_sliding_window`, for every layer.
-        ModelType::Qwen3Moe => {
-            let enabled = raw.get("use_sliding_window").and_then(|v| v.as_bool());
-            vec![enabled == Some(true); layers]
-        }
-        ModelType::Qwen2 | ModelType::Qwen3 => {
-            let enabled = raw
-                .get("use_sliding_window")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false);
-            let from = raw
-                .get("max_window_layers")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(28) as usize;
-            if enabled {
-                layer_types(&|i| i >= from)?
-            } else {
-                vec![false; layers]
-            }
-        }
-        ModelType::Gemma2 => layer_types(&|i| (i + 1) % 2 != 0)?,
-        ModelType::Gemma3Text => {
-            let pattern = raw
-                .get("sliding_window_pattern")
-                .and_then(|v| v.as_u64())
-                .filter(|&p| p > 0)
-                .unwrap_or(6) as usize;
-            layer_types(&|i| (i + 1) % pattern != 0)?
-        }
-    };
-    Ok(sliding.into_iter().map(|s| s.then_some(window)).collect())
 }
 
 #[cfg(test)]
@@ -332,7 +258,7 @@ mod tests {
     fn windows(config: serde_json::Value) -> Result<Vec<Option<i64>>, String> {
         let raw = lf_api::architecture::normalise_config(config);
         let arch = ModelArchitecture::from_json_str(&raw.to_string()).map_err(|e| e.to_string())?;
-        layer_windows(&raw, &arch)
+        arch.layer_windows()
     }
 
     fn config(model_type: &str, layers: u64, extra: serde_json::Value) -> serde_json::Value {
