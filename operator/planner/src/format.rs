@@ -224,19 +224,24 @@ impl PlanSearch {
             ));
         }
         if let Some(closest) = self.closest() {
-            msg.push_str(&format!("\n{}", remedy(&closest.plan)));
+            let zero3_tried = self.options.iter().any(|o| o.plan.zero_stage >= 3);
+            msg.push_str(&format!("\n{}", remedy(&closest.plan, zero3_tried)));
         }
         Some(msg)
     }
 }
 
-/// A one-line suggestion for the closest miss.
-fn remedy(plan: &Plan) -> String {
+/// A one-line suggestion for the closest miss; `zero3_tried`: whether the search could shard
+/// the weights (a preference run, Adafactor, AdaLoRA or a fixed stage below 3 cannot).
+fn remedy(plan: &Plan, zero3_tried: bool) -> String {
     let b = &plan.per_gpu;
     let dominant = dominant(b).0;
     let hint = match dominant {
-        "weights" => {
+        "weights" if zero3_tried => {
             "allow more GPUs (maxGpus) so ZeRO-3 can shard the weights, or use quantization_bit: 4"
+        }
+        "weights" => {
+            "ZeRO-3 is not available to this run (see the options tried), so the weights are whole on every GPU: use LoRA or QLoRA (quantization_bit: 4), or larger GPUs"
         }
         "optimizer states" => "allow more GPUs, offloadOptimizer: cpu, or optim: adamw_8bit",
         "gradients" => "allow more GPUs (ZeRO-2/3 shard gradients) or pure_bf16",
