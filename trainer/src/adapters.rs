@@ -96,6 +96,21 @@ impl LmTrainee {
         self.partition.as_deref()
     }
 
+    /// One training micro-batch: `run` (the forward and backward, given the model and the ZeRO-3
+    /// partition when there is one) returns the loss sum; the micro-batch is counted.
+    fn micro_step(
+        &mut self,
+        run: impl FnOnce(&CausalLm, Option<&ParameterPartition>) -> Result<f64, ModelError>,
+    ) -> Result<MicroOutput, TrainerError> {
+        let loss_sum =
+            run(&self.lm, self.active_partition()).map_err(|e| model_error("training step", e))?;
+        self.micro_batches += 1;
+        Ok(MicroOutput {
+            loss_sum,
+            forward_secs: None,
+        })
+    }
+
     fn is_lora(&self) -> bool {
         self.lm.lora_settings().is_some()
     }
@@ -175,17 +190,23 @@ impl TrainModel for LmTrainee {
         labels: &Tensor,
         loss_scale: f64,
     ) -> Result<MicroOutput, TrainerError> {
-        let loss_sum = match self.active_partition() {
-            Some(p) => self
-                .lm
-                .loss_sum_and_backward_with(input_ids, labels, loss_scale, p),
-            None => self.lm.loss_sum_and_backward(input_ids, labels, loss_scale),
-        }
-        .map_err(|e| model_error("training step", e))?;
-        self.micro_batches += 1;
-        Ok(MicroOutput {
-            loss_sum,
-            forward_secs: None,
+        self.micro_step(|lm, partition| match partition {
+            Some(p) => lm.loss_sum_and_backward_with(input_ids, labels, loss_scale, p),
+            None => lm.loss_sum_and_backward(input_ids, labels, loss_scale),
+        })
+    }
+
+    fn loss_sum_and_backward_masked(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        attention_mask: &Tensor,
+        loss_scale: f64,
+    ) -> Result<MicroOutput, TrainerError> {
+        let (ids, mask) = (input_ids, attention_mask);
+        self.micro_step(|lm, partition| match partition {
+            Some(p) => lm.loss_sum_and_backward_masked_with(ids, labels, mask, loss_scale, p),
+            None => lm.loss_sum_and_backward_masked(ids, labels, mask, loss_scale),
         })
     }
 
@@ -245,11 +266,11 @@ impl TrainModel for LmTrainee {
             .map_err(|e| TrainerError::from_library("evaluation", e))
     }
 
-    fn save_weights(&self, dir: &Path) -> Result<(), TrainerError> {
-        if self.is_lora() {
     /// An AdaLoRA checkpoint also holds [`ADALORA_STATE`]: the full-rank adapters, importance
     /// scores and rank pattern a resume continues from (the PEFT adapter beside it drops pruned
     /// ranks).
+    fn save_weights(&self, dir: &Path) -> Result<(), TrainerError> {
+        if self.is_lora() {
             self.lm
                 .save_adapter(dir, &self.base_name)
                 .map_err(|e| model_error("saving the adapter", e))?;
@@ -338,8 +359,6 @@ impl TrainModel for LmTrainee {
             architecture: self.lm.architecture().clone(),
         })
     }
-}
-
 
     fn set_total_steps(&mut self, total_steps: u64) -> Result<(), TrainerError> {
         self.lm
@@ -373,6 +392,8 @@ impl TrainModel for LmTrainee {
         }
         Ok(())
     }
+}
+
 /// The prefix of PEFT adapter parameter names.
 const PEFT_PREFIX: &str = "base_model.model.";
 

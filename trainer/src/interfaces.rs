@@ -38,6 +38,18 @@ pub trait TrainModel {
         labels: &Tensor,
         loss_scale: f64,
     ) -> Result<MicroOutput, TrainerError>;
+    /// [`TrainModel::loss_sum_and_backward`] given the micro-batch's `attention_mask` (`[B, S]`,
+    /// 1 on each row's tokens, 0 on its padding), which a mixture of experts' load-balancing loss
+    /// leaves padding out by; a model without such a loss needs no mask.
+    fn loss_sum_and_backward_masked(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        _attention_mask: &Tensor,
+        loss_scale: f64,
+    ) -> Result<MicroOutput, TrainerError> {
+        self.loss_sum_and_backward(input_ids, labels, loss_scale)
+    }
     /// Forward and backward of one micro-batch of preference pairs (the chosen rows, then the
     /// rejected rows, as `lf_data::collate_pairs` lays them out; for KTO the examples, tagged by
     /// `desirable`, then their KL sequences): `loss_scale ×` the gradient of the pairs' summed
@@ -94,9 +106,6 @@ pub trait TrainModel {
     fn memory(&self) -> Option<ModelMemory> {
         None
     }
-}
-
-/// What a model reports about its weights for the memory record.
     /// Told the run's number of optimiser steps before the first (AdaLoRA's budget schedule).
     fn set_total_steps(&mut self, _total_steps: u64) -> Result<(), TrainerError> {
         Ok(())
@@ -112,6 +121,9 @@ pub trait TrainModel {
     fn after_optimizer_step(&mut self, _step: u64) -> Result<(), TrainerError> {
         Ok(())
     }
+}
+
+/// What a model reports about its weights for the memory record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelMemory {
     /// Bytes of every base tensor that does not train, as stored.

@@ -131,6 +131,13 @@ fn to_device(b: &Batch, device: Device) -> (Tensor, Tensor) {
     (ids, labels)
 }
 
+/// `b`'s attention mask (1 on each row's tokens, 0 on its padding), `[B, S]` on `device`.
+fn mask_to_device(b: &Batch, device: Device) -> Tensor {
+    Tensor::from_slice(&b.attention_mask)
+        .reshape([b.batch_size as i64, b.seq_len as i64])
+        .to_device(device)
+}
+
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -282,6 +289,14 @@ impl Stepper<'_> {
             .filter(|b| self.preference.is_none() || b.paired)
             .map(|b| to_device(b, ctx.device))
             .collect();
+        // Each micro-batch's attention mask: a mixture of experts' load-balancing loss leaves
+        // the padding out by it, as with LLaMA-Factory's collator.
+        let masks: Vec<Tensor> = batches
+            .micro
+            .iter()
+            .filter(|b| self.preference.is_none() || b.paired)
+            .map(|b| mask_to_device(b, ctx.device))
+            .collect();
         let data_secs = t_data.elapsed().as_secs_f64();
 
         let t_compute = Instant::now();
@@ -305,9 +320,16 @@ impl Stepper<'_> {
             }
             None => {
                 let (loss_sum, forward_secs) =
-                    forward_backward(model, &device_batches, 1.0 / loss_units)?;
+                    forward_backward(model, &device_batches, &masks, 1.0 / loss_units)?;
                 (group.sum_scalar(loss_sum)?, forward_secs, None)
             }
+        };
+        // The method's regulariser (AdaLoRA), once per step: each rank adds its share, so the
+        // gradients summed over ranks hold it once.
+        let regularizer = if loss_units > 0.0 {
+            model.regularizer_backward(1.0 / group.world_size() as f64)?
+        } else {
+            0.0
         };
         sync(ctx.device);
         let compute_secs = t_compute.elapsed().as_secs_f64();
@@ -317,13 +339,6 @@ impl Stepper<'_> {
             loss_sum / loss_units + regularizer
         } else {
             0.0
-        // The method's regulariser (AdaLoRA), once per step: each rank adds its share, so the
-        // gradients summed over ranks hold it once.
-        let regularizer = if loss_units > 0.0 {
-            model.regularizer_backward(1.0 / group.world_size() as f64)?
-        } else {
-            0.0
-        };
         };
         let setup = &ctx.numeric_setup;
         if !loss.is_finite() {
@@ -338,6 +353,7 @@ impl Stepper<'_> {
         let mut memory = None;
         if loss_units > 0.0 {
             optimizer.step(params, lr)?;
+            model.after_optimizer_step(step)?;
             memory = probe.and_then(|p| {
                 p.after_step(cfg, &*model, &*optimizer, params, step + 1, ctx.device)
             });
@@ -346,7 +362,6 @@ impl Stepper<'_> {
         sync(ctx.device);
         let optimizer_secs = t_opt.elapsed().as_secs_f64();
 
-            model.after_optimizer_step(step)?;
         let tokens: u64 = batches.micro.iter().map(|b| b.tokens).sum();
         let samples: u64 = batches.micro.iter().map(|b| b.examples as u64).sum();
         let outcome = StepOutcome {
@@ -370,12 +385,13 @@ impl Stepper<'_> {
 fn forward_backward<M: TrainModel>(
     model: &mut M,
     batches: &[(Tensor, Tensor)],
+    masks: &[Tensor],
     scale: f64,
 ) -> Result<(f64, Option<f64>), TrainerError> {
     let mut loss_sum = 0.0;
     let mut forward_secs = Some(0.0);
-    for (ids, labels) in batches {
-        let out = model.loss_sum_and_backward(ids, labels, scale)?;
+    for ((ids, labels), mask) in batches.iter().zip(masks) {
+        let out = model.loss_sum_and_backward_masked(ids, labels, mask, scale)?;
         loss_sum += out.loss_sum;
         forward_secs = forward_secs.zip(out.forward_secs).map(|(a, b)| a + b);
     }
@@ -462,6 +478,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         rank: group.rank(),
     };
     let total_steps = plan.total_steps(cfg.num_train_epochs, cfg.max_steps);
+    model.set_total_steps(total_steps)?;
     let schedule = LrSchedule::from_config(cfg, total_steps);
     let mut state = TrainerState::new(plan, schedule, total_steps, cfg.seed);
     if let Some(dir) = &ctx.resume_from {
@@ -471,7 +488,6 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
     let start_step = state.global_step;
     let sinks = Sinks {
         output_dir: &ctx.output_dir,
-    model.set_total_steps(total_steps)?;
         device: ctx.device,
         is_main,
         status: ctx.status,
