@@ -110,11 +110,13 @@ def main():
         assert chat_stream(model) == (text, n), (model, chat_stream(model), text, n)
         summary[model] = {"text": text, "completion_tokens": n}
 
-    # Text completions, whole and streamed, and the guide's /generate on the same raw prompt.
-    c = client.completions.create(model=MODELS[0], prompt=PROMPT, temperature=0, max_tokens=6)
+    # Text completions, whole and streamed, and the guide's /generate on the same raw prompt (it
+    # serves the first adapter, the trained model).
+    trained = MODELS[1] if len(MODELS) > 1 else MODELS[0]
+    c = client.completions.create(model=trained, prompt=PROMPT, temperature=0, max_tokens=6)
     assert c.object == "text_completion" and c.choices[0].finish_reason in ("stop", "length"), c
     streamed = "".join(ch.choices[0].text for ch in client.completions.create(
-        model=MODELS[0], prompt=PROMPT, temperature=0, max_tokens=6, stream=True))
+        model=trained, prompt=PROMPT, temperature=0, max_tokens=6, stream=True))
     assert streamed == c.choices[0].text, (streamed, c.choices[0].text)
     status, body, _ = http("POST", "/generate", {"prompt": PROMPT, "max_length": c.usage.prompt_tokens + 6,
                                                   "do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 0})

@@ -81,9 +81,12 @@ pub struct CompletionRequest {
 }
 
 /// The guide's `POST /generate`: `max_length` counts the prompt, as transformers' `generate` does.
+/// `model` (not in the guide) picks a served model; without it, the first adapter (the trained
+/// model), or the base when no adapter is served.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct GenerateRequest {
     pub prompt: String,
+    pub model: Option<String>,
     pub max_length: Option<i64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,

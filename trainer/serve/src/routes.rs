@@ -235,6 +235,10 @@ pub async fn generate(State(app): Shared, body: Bytes) -> Response {
     let run = async {
         let req: GenerateRequest = parse(&body)?;
         app.ready()?;
+        let model = match req.model.as_deref() {
+            Some(m) => app.model(Some(m))?,
+            None => usize::from(app.models.len() > 1),
+        };
         let ids = app.codec.text_prompt(&req.prompt).map_err(encode_error)?;
         if ids.is_empty() {
             return Err(ApiError::invalid(
@@ -245,7 +249,7 @@ pub async fn generate(State(app): Shared, body: Bytes) -> Response {
         }
         let sampling = params::generate(&req, &app.defaults, ids.len(), app.context_len)?;
         let prompt_tokens = ids.len();
-        let mut generation = app.submit(0, ids, sampling, Vec::new())?;
+        let mut generation = app.submit(model, ids, sampling, Vec::new())?;
         let (generated_text, _) = generation.collect().await?;
         let generated_tokens = generation.completion_tokens();
         Ok(Json(GenerateResponse {
