@@ -583,3 +583,78 @@ fn ranking_datasets_give_pairs_with_the_prompt_masked_and_cutoff_shared() {
         .to_string();
     assert!(err.contains("must end with a `human` message"), "{err}");
 }
+
+#[test]
+fn kto_datasets_give_tagged_examples_with_kl_sequences_and_survive_the_cache() {
+    let f = Fixture::new();
+    write(
+        &f.data().join("fb_alpaca.json"),
+        r#"[{"instruction": "A", "output": "yes", "tag": true},
+            {"instruction": "B", "output": "no", "tag": false},
+            {"instruction": "C", "output": "ok", "tag": true}]"#,
+    );
+    write(
+        &f.data().join("fb_chat.jsonl"),
+        concat!(
+            r#"{"conversations": [{"from": "human", "value": "u1"}, {"from": "gpt", "value": "g1"}, {"from": "human", "value": "u2"}, {"from": "gpt", "value": "g2"}], "kto_tag": false}"#,
+            "\n"
+        ),
+    );
+    write(
+        &f.data().join("dataset_info.json"),
+        r#"{
+      "fa": {"file_name": "fb_alpaca.json", "columns": {"prompt": "instruction", "response": "output", "kto_tag": "tag"}},
+      "fc": {"file_name": "fb_chat.jsonl", "formatting": "sharegpt", "columns": {"messages": "conversations", "kto_tag": "kto_tag"}},
+      "sft": {"file_name": "fb_alpaca.json"}
+    }"#,
+    );
+    let tok = f.tok();
+    let cfg = "stage: kto\ndataset: fa,fc\ntemplate: chatml\nper_device_train_batch_size: 2";
+    let d = f.run(cfg).unwrap();
+    let tags: Vec<Option<bool>> = d.train.iter().map(|e| e.kto_tag).collect();
+    assert_eq!(tags, [Some(true), Some(false), Some(true), Some(false)]);
+    // Only the last answer trains; earlier sharegpt turns are the prompt.
+    assert_eq!(trained(&tok, &d.train[0]), "yes<|im_end|>\n");
+    assert_eq!(trained(&tok, &d.train[3]), "g2<|im_end|>\n");
+    assert!(text(&tok, &d.train[3].input_ids).contains("g1<|im_end|>\n<|im_start|>user\nu2"));
+    // KL sequences: chunks of 2 in dataset order, each prompt with the other's answer.
+    let kl = |i: usize| d.train[i].rejected.as_deref().unwrap();
+    let user = |q: &str| format!("<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        text(&tok, &kl(0).input_ids),
+        format!("{}no<|im_end|>\n", user("A"))
+    );
+    assert_eq!(trained(&tok, kl(1)), "yes<|im_end|>\n");
+    assert_eq!(trained(&tok, kl(2)), "g2<|im_end|>\n");
+    assert_eq!(trained(&tok, kl(3)), "ok<|im_end|>\n");
+    // The tags survive the cache; the KL sequences follow the batch size, not the cache.
+    let again = f
+        .run("stage: kto\ndataset: fa,fc\ntemplate: chatml\nper_device_train_batch_size: 4")
+        .unwrap();
+    assert!(again.stats.cache_hit);
+    assert_eq!(
+        trained(&tok, again.train[0].rejected.as_deref().unwrap()),
+        "g2<|im_end|>\n"
+    );
+    // A tagged dataset needs stage kto, and stage kto needs a tagged dataset.
+    let err = f
+        .run("dataset: fa\ntemplate: chatml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stage: kto"), "{err}");
+    let err = f
+        .run("stage: kto\ndataset: sft\ntemplate: chatml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kto_tag"), "{err}");
+    // The tag must be a boolean.
+    write(
+        &f.data().join("fb_alpaca.json"),
+        r#"[{"instruction": "A", "output": "yes", "tag": "yes"}]"#,
+    );
+    let err = f
+        .run("stage: kto\ndataset: fa\ntemplate: chatml\noverwrite_cache: true")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("must be true or false"), "{err}");
+}
