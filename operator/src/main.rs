@@ -131,6 +131,11 @@ enum Command {
         /// Also write the final FineTuneJob (with status) as YAML to this file.
         #[arg(long = "status-out")]
         status_out: Option<PathBuf>,
+        /// Then serve the result (`lf-trainer serve`: OpenAI API, /generate, /health) on
+        /// 127.0.0.1:PORT (default 8000) until Ctrl-C; a job that already succeeded is served
+        /// without training again.
+        #[arg(long, value_name = "PORT", num_args = 0..=1, default_missing_value = "8000")]
+        serve: Option<u16>,
     },
     /// Run the controller (in-cluster, or with KUBECONFIG / ~/.kube/config).
     Run {
@@ -343,6 +348,7 @@ fn main() -> ExitCode {
             nproc_per_node,
             gpus,
             status_out,
+            serve,
         } => {
             let opts = lf_local::LocalOptions {
                 job_file: file,
@@ -353,23 +359,43 @@ fn main() -> ExitCode {
                 gpus,
                 status_out,
             };
-            match lf_local::run(&opts) {
+            let finished = match lf_local::run(&opts) {
                 Ok(outcome) => {
                     let status = serde_yaml::to_string(&outcome.job).unwrap_or_default();
                     let summary = outcome.summary.map(|s| s.to_string()).unwrap_or_default();
-                    match print(&format!(
+                    if let Err(e) = print(&format!(
                         "{status}---\n# {}\n",
                         summary.replace('\n', "\n# ")
                     )) {
+                        return fail(e);
+                    }
+                    Ok(outcome.workdir)
+                }
+                Err(lf_local::LocalError::AlreadySucceeded { workdir, .. }) if serve.is_some() => {
+                    Ok(workdir)
+                }
+                Err(e) => Err(e),
+            };
+            match (finished, serve) {
+                (Ok(_), None) => ExitCode::SUCCESS,
+                (Ok(workdir), Some(port)) => {
+                    let served = lf_local::find_trainer(&opts).and_then(|trainer| {
+                        let plan = lf_local::serve::serve_plan(&workdir)?;
+                        lf_local::serve::serve(&trainer, &plan, port)
+                    });
+                    match served {
                         Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => fail(e),
+                        Err(e) => {
+                            let _ = writeln!(std::io::stderr(), "error: {e}");
+                            ExitCode::FAILURE
+                        }
                     }
                 }
-                Err(e @ lf_local::LocalError::Interrupted) => {
+                (Err(e @ lf_local::LocalError::Interrupted), _) => {
                     let _ = writeln!(std::io::stderr(), "{e}");
                     ExitCode::from(130)
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     let _ = writeln!(std::io::stderr(), "error: {e}");
                     ExitCode::FAILURE
                 }

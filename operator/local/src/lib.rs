@@ -7,15 +7,18 @@
 //! API server, and the runner keeps the FineTuneJob status as the operator would.
 //!
 //! Flow: [`volumes`] maps claims to directories → [`pods`] turns the rendered Job into process
-//! specs → [`supervise`] runs them, follows the status file and shows progress → [`summary`].
+//! specs → [`supervise`] runs them, follows the status file and shows progress → [`summary`];
+//! with `--serve`, [`serve`] puts the result behind `lf-trainer serve`.
 
 pub mod pods;
 pub mod progress;
+pub mod serve;
 pub mod status;
 pub mod summary;
 pub mod supervise;
 pub mod volumes;
 
 mod run;
+mod stop;
 
-pub use run::{run, LocalError, LocalOptions, LocalOutcome};
+pub use run::{find_trainer, run, LocalError, LocalOptions, LocalOutcome};

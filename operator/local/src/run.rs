@@ -1,8 +1,6 @@
 //! The local run, start to end: plan → render → pods as processes → status → summary.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use lf_api::conditions::{self, set_phase, types};
 use lf_api::runtime::FailureReason;
@@ -267,12 +265,7 @@ pub fn run(opts: &LocalOptions) -> Result<LocalOutcome, LocalError> {
     )?;
     let trainer = find_trainer(opts)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second handler registration (a second run in one process) keeps the first; fine.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
-    }
+    let stop = crate::stop::stop_flag();
     set_phase(
         &mut status,
         Phase::Running,
@@ -487,7 +480,8 @@ fn write(path: &Path, text: &str) -> Result<(), LocalError> {
     })
 }
 
-fn find_trainer(opts: &LocalOptions) -> Result<PathBuf, LocalError> {
+/// The `lf-trainer` binary: `--trainer`, `LF_TRAINER`, next to this executable, or on the PATH.
+pub fn find_trainer(opts: &LocalOptions) -> Result<PathBuf, LocalError> {
     let candidate = opts
         .trainer
         .clone()
