@@ -8,7 +8,8 @@ whole and streamed (chunks in OpenAI's shape, `[DONE]`, usage when asked) and eq
 beyond the context, empty messages, n = 2); 12 concurrent greedy streams over the models, each
 equal to its single-request answer; a client that leaves mid-stream frees its sequence
 (/metrics: running back to 0, one more cancelled sequence). Prints a JSON summary on stdout: the
-greedy chat answer and its token count per model, for the caller to compare with `lf-trainer chat`.
+greedy chat answer and its token count per model, for the caller to compare with `lf-trainer chat`,
+and the greedy text completion per model, to compare with transformers (serve_hf_greedy.py).
 """
 import json
 import re
@@ -104,11 +105,13 @@ def main():
     listed = [m.id for m in client.models.list().data]
     assert listed == MODELS, listed
 
-    summary = {}
+    summary = {"completions": {}}
     for model in MODELS:
         text, n = chat(model)
         assert chat_stream(model) == (text, n), (model, chat_stream(model), text, n)
         summary[model] = {"text": text, "completion_tokens": n}
+        c = client.completions.create(model=model, prompt=PROMPT, temperature=0, max_tokens=MAX)
+        summary["completions"][model] = {"text": c.choices[0].text, "completion_tokens": c.usage.completion_tokens}
 
     # Text completions, whole and streamed, and the guide's /generate on the same raw prompt (it
     # serves the first adapter, the trained model).

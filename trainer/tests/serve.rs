@@ -1,7 +1,9 @@
 //! `lf-trainer serve` end to end on the tiny random Llama of `tests/reference/trainer_make_tiny.py`
 //! with two adapters trained here: the official `openai` client (tests/reference/serve_openai.py)
 //! checks the API, its errors, 12 concurrent streams and a client leaving mid-stream; this test
-//! then checks that each model's greedy chat answer through the server is `lf-trainer chat`'s.
+//! then checks that each model's greedy chat answer through the server is `lf-trainer chat`'s, and
+//! its greedy text completion transformers' `generate` with the PEFT adapter
+//! (tests/reference/serve_hf_greedy.py).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 mod tiny_run;
 
-use tiny_run::{python, stderr, trainer, write_config};
+use tiny_run::{assets, python, stderr, trainer, write_config};
 
 /// The server process, killed when the test ends (passing or not).
 struct Server {
@@ -122,6 +124,35 @@ fn openai_client_against_the_server_and_greedy_equals_chat() {
         println!(
             "{model}: server = chat = {chat:?} ({} tokens)",
             summary[model]["completion_tokens"]
+        );
+    }
+    let hf = Command::new(python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/reference/serve_hf_greedy.py"))
+        .arg(assets().join("model"))
+        .args(["tell me about the cat", "8"])
+        .arg(format!("alpha={}", alpha.display()))
+        .arg(format!("beta={}", beta.display()))
+        .output()
+        .unwrap();
+    assert!(
+        hf.status.success(),
+        "serve_hf_greedy.py failed:\n{}",
+        String::from_utf8_lossy(&hf.stderr)
+    );
+    let hf: serde_json::Value = serde_json::from_slice(&hf.stdout).unwrap();
+    for model in ["model", "alpha", "beta"] {
+        let served = &summary["completions"][model];
+        assert_eq!(
+            served["text"], hf[model]["text"],
+            "{model}: server vs transformers"
+        );
+        assert_eq!(
+            served["completion_tokens"], hf[model]["completion_tokens"],
+            "{model}: server vs transformers"
+        );
+        println!(
+            "{model}: completion = transformers' greedy generate = {} ({} tokens)",
+            served["text"], served["completion_tokens"]
         );
     }
     assert_ne!(
