@@ -65,6 +65,11 @@ impl CausalLm {
                         .map_err(|e| ModelError::Invalid(e.to_string()))?,
                     adalora: cfg.adalora(),
                 };
+                if settings.adalora.is_some() && !settings.experts.is_empty() {
+                    return Err(ModelError::Invalid(
+                        "use_adalora: AdaLoRA's SVD-form adapters are for linear layers; a mixture of experts' router and expert parameters take plain LoRA only (PEFT's AdaLoRA has no target_parameters): target the attention (lora_target: all) or drop use_adalora".into(),
+                    ));
+                }
                 let kind = if cfg.pure_bf16 {
                     Kind::BFloat16
                 } else {

@@ -230,3 +230,25 @@ fn checkpoint_state_round_trips_mid_schedule() {
         );
     }
 }
+
+#[test]
+fn adalora_is_refused_on_mixture_of_experts_parameters() {
+    let arch = lf_api::ModelArchitecture::from_json_str(
+        r#"{"model_type":"mixtral","num_local_experts":4,"num_experts_per_tok":2,"vocab_size":80,
+            "hidden_size":48,"intermediate_size":96,"num_hidden_layers":2,"num_attention_heads":4,
+            "num_key_value_heads":2,"rms_norm_eps":1e-5}"#,
+    )
+    .unwrap();
+    let weights = common::random_weights(&arch, 8);
+    let opts = LoadOptions::new(Device::Cpu, Kind::Float);
+    let mut lm = CausalLm::from_tensors(arch, weights, &opts).unwrap();
+    let experts =
+        TrainingConfig::from_yaml_str("use_adalora: true\nlora_target: q_proj,gate,w1,w3,w2")
+            .unwrap();
+    let err = lm.apply_method(&experts, 1).unwrap_err().to_string();
+    assert!(err.contains("use_adalora"), "{err}");
+    // The attention of the same model takes AdaLoRA.
+    let attention = TrainingConfig::from_yaml_str("use_adalora: true\nlora_target: all").unwrap();
+    lm.apply_method(&attention, 1).unwrap();
+    assert!(lm.adalora_training());
+}
