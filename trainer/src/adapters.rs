@@ -210,6 +210,29 @@ impl TrainModel for LmTrainee {
         })
     }
 
+    fn loss_sum_and_backward_packed(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        position_ids: &Tensor,
+        loss_scale: f64,
+    ) -> Result<MicroOutput, TrainerError> {
+        if self.active_partition().is_some() {
+            return Err(TrainerError::config(
+                "neat_packing does not run with zero_stage 3",
+            ));
+        }
+        let loss_sum = self
+            .lm
+            .loss_sum_and_backward_packed(input_ids, labels, position_ids, loss_scale)
+            .map_err(|e| model_error("training step", e))?;
+        self.micro_batches += 1;
+        Ok(MicroOutput {
+            loss_sum,
+            forward_secs: None,
+        })
+    }
+
     fn preference_backward(
         &mut self,
         input_ids: &Tensor,

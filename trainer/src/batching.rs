@@ -1,11 +1,12 @@
 //! The background thread that collates the next steps' micro-batches while the current step
 //! computes. What each step trains on is lf-data's [`StepPlan`]; how a micro-batch is padded is
-//! lf-data's [`collate`].
+//! lf-data's [`collate`], or with `neat_packing` [`collate_packed`] (the micro-batch's examples
+//! packed into rows of at most `cutoff_len` tokens).
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
-use lf_data::{collate, collate_pairs, Batch, DataPosition, Example, StepPlan};
+use lf_data::{collate, collate_packed, collate_pairs, Batch, DataPosition, Example, StepPlan};
 
 /// The micro-batches of one optimiser step on this rank: always `position.micro_batches` of them
 /// (label-free ones where this rank has no examples left, see [`lf_data::sampler`]).
@@ -16,8 +17,14 @@ pub struct StepBatches {
     pub micro: Vec<Batch>,
 }
 
-/// Collates step `step` of `plan`.
-pub fn step_batches(plan: &StepPlan, examples: &[Example], pad_id: u32, step: u64) -> StepBatches {
+/// Collates step `step` of `plan`; `pack`: `neat_packing`'s row capacity (`cutoff_len`).
+pub fn step_batches(
+    plan: &StepPlan,
+    examples: &[Example],
+    pad_id: u32,
+    pack: Option<usize>,
+    step: u64,
+) -> StepBatches {
     let micro = plan
         .step_indices(step)
         .iter()
@@ -26,6 +33,8 @@ pub fn step_batches(plan: &StepPlan, examples: &[Example], pad_id: u32, step: u6
             // Preference pairs go into one batch of chosen then rejected rows.
             if refs.iter().any(|e| e.rejected.is_some()) {
                 collate_pairs(&refs, pad_id)
+            } else if let Some(capacity) = pack {
+                collate_packed(&refs, pad_id, capacity)
             } else {
                 collate(&refs, pad_id)
             }
@@ -38,11 +47,13 @@ pub fn step_batches(plan: &StepPlan, examples: &[Example], pad_id: u32, step: u6
     }
 }
 
-/// Collates steps `start..end` on a background thread, at most `prefetch` steps ahead.
+/// Collates steps `start..end` on a background thread, at most `prefetch` steps ahead (`pack`:
+/// see [`step_batches`]).
 pub fn spawn_loader(
     plan: StepPlan,
     examples: Arc<Vec<Example>>,
     pad_id: u32,
+    pack: Option<usize>,
     start: u64,
     end: u64,
     prefetch: usize,
@@ -53,7 +64,7 @@ pub fn spawn_loader(
         .spawn(move || {
             for step in start..end {
                 if tx
-                    .send(step_batches(&plan, &examples, pad_id, step))
+                    .send(step_batches(&plan, &examples, pad_id, pack, step))
                     .is_err()
                 {
                     return; // the training loop stopped
@@ -102,9 +113,29 @@ mod tests {
             grad_accum: 1,
             ..plan(5, 1, 0)
         };
-        let rx = spawn_loader(p, examples(5), 0, 1, 4, 2);
+        let rx = spawn_loader(p, examples(5), 0, None, 1, 4, 2);
         let steps: Vec<u64> = rx.iter().map(|s| s.step).collect();
         assert_eq!(steps, vec![1, 2, 3]);
+    }
+
+    /// With `neat_packing` a step trains on the same examples, tokens and label tokens as
+    /// without it, in fewer padded positions.
+    #[test]
+    fn packed_steps_hold_the_same_examples() {
+        let data = examples(11);
+        let p = plan(11, 1, 0);
+        for step in 0..p.steps_per_epoch() {
+            let plain = step_batches(&p, &data, 0, None, step);
+            let packed = step_batches(&p, &data, 0, Some(16), step);
+            for (a, b) in plain.micro.iter().zip(&packed.micro) {
+                assert_eq!(
+                    (a.examples, a.tokens, a.label_tokens),
+                    (b.examples, b.tokens, b.label_tokens)
+                );
+                assert!(b.position_ids.is_some() && a.position_ids.is_none());
+                assert!(b.batch_size * b.seq_len <= a.batch_size * a.seq_len);
+            }
+        }
     }
 
     /// A loader started at any step of an epoch (a resumed run) yields the batches the
@@ -117,16 +148,18 @@ mod tests {
             for rank in 0..world {
                 let p = plan(11, world, rank);
                 let end = p.steps_per_epoch() * 2;
-                let full: Vec<StepBatches> =
-                    spawn_loader(p, data.clone(), 0, 0, end, 2).iter().collect();
+                let full: Vec<StepBatches> = spawn_loader(p, data.clone(), 0, None, 0, end, 2)
+                    .iter()
+                    .collect();
                 assert_eq!(full.len() as u64, end);
                 for s in &full {
                     assert_eq!(s.micro.len() as u64, s.position.micro_batches);
                 }
                 for start in 0..=p.steps_per_epoch() {
-                    let resumed: Vec<StepBatches> = spawn_loader(p, data.clone(), 0, start, end, 2)
-                        .iter()
-                        .collect();
+                    let resumed: Vec<StepBatches> =
+                        spawn_loader(p, data.clone(), 0, None, start, end, 2)
+                            .iter()
+                            .collect();
                     assert_eq!(
                         &full[start as usize..],
                         &resumed[..],

@@ -50,6 +50,20 @@ pub trait TrainModel {
     ) -> Result<MicroOutput, TrainerError> {
         self.loss_sum_and_backward(input_ids, labels, loss_scale)
     }
+    /// [`TrainModel::loss_sum_and_backward`] on packed rows (`neat_packing`): `position_ids`
+    /// restart at 0 at each example, which attends only to itself. A model that cannot do this
+    /// says so.
+    fn loss_sum_and_backward_packed(
+        &mut self,
+        _input_ids: &Tensor,
+        _labels: &Tensor,
+        _position_ids: &Tensor,
+        _loss_scale: f64,
+    ) -> Result<MicroOutput, TrainerError> {
+        Err(TrainerError::config(
+            "this model does not train on packed rows (neat_packing)",
+        ))
+    }
     /// Forward and backward of one micro-batch of preference pairs (the chosen rows, then the
     /// rejected rows, as `lf_data::collate_pairs` lays them out; for KTO the examples, tagged by
     /// `desirable`, then their KL sequences): `loss_scale ×` the gradient of the pairs' summed

@@ -131,6 +131,13 @@ fn to_device(b: &Batch, device: Device) -> (Tensor, Tensor) {
     (ids, labels)
 }
 
+/// A packed batch's position ids on `device` (`None` for an unpacked one).
+fn positions_to_device(b: &Batch, device: Device) -> Option<Tensor> {
+    let pos = b.position_ids.as_ref()?;
+    let shape = [b.batch_size as i64, b.seq_len as i64];
+    Some(Tensor::from_slice(pos).reshape(shape).to_device(device))
+}
+
 /// `b`'s attention mask (1 on each row's tokens, 0 on its padding), `[B, S]` on `device`.
 fn mask_to_device(b: &Batch, device: Device) -> Tensor {
     Tensor::from_slice(&b.attention_mask)
@@ -289,6 +296,13 @@ impl Stepper<'_> {
             .filter(|b| self.preference.is_none() || b.paired)
             .map(|b| to_device(b, ctx.device))
             .collect();
+        // `neat_packing`: each packed micro-batch's position ids.
+        let positions: Vec<Option<Tensor>> = batches
+            .micro
+            .iter()
+            .filter(|b| self.preference.is_none() || b.paired)
+            .map(|b| positions_to_device(b, ctx.device))
+            .collect();
         // Each micro-batch's attention mask: a mixture of experts' load-balancing loss leaves
         // the padding out by it, as with LLaMA-Factory's collator.
         let masks: Vec<Tensor> = batches
@@ -320,7 +334,7 @@ impl Stepper<'_> {
             }
             None => {
                 let (loss_sum, forward_secs) =
-                    forward_backward(model, &device_batches, &masks, 1.0 / loss_units)?;
+                    forward_backward(model, &device_batches, &positions, &masks, 1.0 / loss_units)?;
                 (group.sum_scalar(loss_sum)?, forward_secs, None)
             }
         };
@@ -385,13 +399,17 @@ impl Stepper<'_> {
 fn forward_backward<M: TrainModel>(
     model: &mut M,
     batches: &[(Tensor, Tensor)],
+    positions: &[Option<Tensor>],
     masks: &[Tensor],
     scale: f64,
 ) -> Result<(f64, Option<f64>), TrainerError> {
     let mut loss_sum = 0.0;
     let mut forward_secs = Some(0.0);
-    for ((ids, labels), mask) in batches.iter().zip(masks) {
-        let out = model.loss_sum_and_backward_masked(ids, labels, mask, scale)?;
+    for (i, (ids, labels)) in batches.iter().enumerate() {
+        let out = match positions.get(i).and_then(Option::as_ref) {
+            Some(pos) => model.loss_sum_and_backward_packed(ids, labels, pos, scale)?,
+            None => model.loss_sum_and_backward_masked(ids, labels, &masks[i], scale)?,
+        };
         loss_sum += out.loss_sum;
         forward_secs = forward_secs.zip(out.forward_secs).map(|(a, b)| a + b);
     }
@@ -508,6 +526,7 @@ pub fn train<M: TrainModel, O: StepOptimizer + ?Sized>(
         plan,
         data.train.clone(),
         data.pad_id,
+        cfg.neat_packing.then_some(cfg.cutoff_len),
         start_step,
         total_steps,
         4,

@@ -35,6 +35,10 @@
 //!   saved tensors plus its backward temporaries. Without it, every layer's saved tensors stay.
 //!   Under `auto` the first `r` layers are recomputed and the rest keep their saved tensors
 //!   ([`activations_with`]; the planner chooses `r`).
+//! - **`neat_packing`** adds one `[B, 1, S, S]` segment mask, boolean and as a compute-dtype
+//!   additive bias shared by every layer and saved for backward (`(1 + c)·b·s²` bytes); SDPA
+//!   takes it with its flash kernel on the CPU and its memory-efficient kernel on CUDA, neither
+//!   materialising the scores.
 //! - **Transients inside a layer:** QLoRA dequantises one weight at a time to the compute dtype;
 //!   DoRA materialises one adapted weight `W + s·BA` in fp32 with its compute-dtype copy for the norm.
 //! - **Loss** is chunked: `loss_chunk_size` tokens of logits at a time, forward and backward of one
@@ -278,7 +282,14 @@ pub fn activations_with(
         // The boolean mask the compute-dtype one is made from.
         transient += s * s;
     }
-    let persistent = recomputed * tokens * c * h + kept * saved + kept_masks;
+    // `neat_packing`: one `[B, 1, S, S]` segment mask, boolean and as the compute-dtype bias
+    // every layer shares.
+    let packing_mask = if training.neat_packing {
+        (1 + c) * sequences * s * s
+    } else {
+        0
+    };
+    let persistent = recomputed * tokens * c * h + kept * saved + packing_mask + kept_masks;
     let layer_working_set = backward + transient + if kept == 0 { saved + largest_mask } else { 0 };
     let vocab = arch.vocab_size;
     let hidden = 2 * c * tokens * h;
@@ -305,6 +316,21 @@ mod tests {
         let t: TrainingConfig = serde_yaml::from_str(yaml).expect("training config");
         let inv = Inventory::new(&arch, &t);
         activations(&arch, &t, &inv, micro_batch)
+    }
+
+    #[test]
+    fn neat_packing_adds_one_shared_mask() {
+        let base = "finetuning_type: lora\nlora_rank: 16\nbf16: true\ncutoff_len: 1024\n";
+        for ckpt in ["true", "false"] {
+            let plain = plan(&format!("{base}gradient_checkpointing: {ckpt}"), 2);
+            let packed = plan(
+                &format!("{base}gradient_checkpointing: {ckpt}\nneat_packing: true"),
+                2,
+            );
+            // Boolean + bf16 bias, 2 rows of 1024².
+            assert_eq!(packed.persistent - plain.persistent, 3 * 2 * 1024 * 1024);
+            assert_eq!(packed.layer_working_set, plain.layer_working_set);
+        }
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub struct Batch {
     pub paired: bool,
     /// `stage: kto`: whether each example (row `i < examples`) is desirable; empty otherwise.
     pub desirable: Vec<bool>,
+    /// `neat_packing`: row-major `[batch_size, seq_len]` positions restarting at 0 at each packed
+    /// example ([`crate::collate_packed`]); `None`: every row is one example at `0..seq_len`.
+    pub position_ids: Option<Vec<i64>>,
 }
 
 impl Batch {
@@ -49,6 +52,7 @@ impl Batch {
             attention_mask: vec![0; 2],
             paired: false,
             desirable: Vec::new(),
+            position_ids: None,
         }
     }
 }
@@ -98,6 +102,7 @@ pub fn collate(examples: &[&Example], pad_id: u32) -> Batch {
         attention_mask,
         paired: false,
         desirable: Vec::new(),
+        position_ids: None,
     }
 }
 

@@ -6,18 +6,30 @@ use crate::encode::Example;
 /// order), each bin's examples concatenated in input order. Examples attend across their
 /// boundaries inside a bin, as with LLaMA-Factory's `packing` (not `neat_packing`).
 pub fn pack_examples(examples: Vec<Example>, cutoff_len: usize) -> Vec<Example> {
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by(|&a, &b| {
-        examples[b]
-            .input_ids
-            .len()
-            .cmp(&examples[a].input_ids.len())
-            .then(a.cmp(&b))
-    });
+    let lengths: Vec<usize> = examples.iter().map(|e| e.input_ids.len()).collect();
+    first_fit_decreasing(&lengths, cutoff_len)
+        .into_iter()
+        .map(|members| {
+            let mut packed = Example::default();
+            for i in members {
+                packed.input_ids.extend_from_slice(&examples[i].input_ids);
+                packed.labels.extend_from_slice(&examples[i].labels);
+            }
+            packed
+        })
+        .collect()
+}
+
+/// First-fit-decreasing bins of capacity `capacity` over items of `lengths` (deterministic: ties
+/// keep input order; an item longer than `capacity` gets a bin of its own): each bin's item
+/// indices in input order, bins in the order they were opened.
+pub fn first_fit_decreasing(lengths: &[usize], capacity: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by(|&a, &b| lengths[b].cmp(&lengths[a]).then(a.cmp(&b)));
     let mut bins: Vec<(usize, Vec<usize>)> = Vec::new();
     for i in order {
-        let len = examples[i].input_ids.len();
-        match bins.iter_mut().find(|(used, _)| used + len <= cutoff_len) {
+        let len = lengths[i];
+        match bins.iter_mut().find(|(used, _)| used + len <= capacity) {
             Some((used, members)) => {
                 *used += len;
                 members.push(i);
@@ -28,12 +40,7 @@ pub fn pack_examples(examples: Vec<Example>, cutoff_len: usize) -> Vec<Example> 
     bins.into_iter()
         .map(|(_, mut members)| {
             members.sort_unstable();
-            let mut packed = Example::default();
-            for i in members {
-                packed.input_ids.extend_from_slice(&examples[i].input_ids);
-                packed.labels.extend_from_slice(&examples[i].labels);
-            }
-            packed
+            members
         })
         .collect()
 }

@@ -31,6 +31,7 @@ mod method;
 pub mod moe;
 pub mod names;
 mod options;
+pub mod packing;
 mod peft;
 mod quant;
 mod residency;

@@ -197,6 +197,13 @@ fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
 pub struct RopeTables {
     pub global: (Tensor, Tensor),
     pub local: Option<(Tensor, Tensor)>,
+    /// Packed rows (`neat_packing`): which keys each query may see, `[B, 1, S, S]` bool (causal
+    /// within each example, nothing across examples); the tables are then per row, `[B, 1, S, D]`.
+    pub segments: Option<Tensor>,
+    /// `segments` as the additive compute-dtype mask (0 or −∞) scaled-dot-product attention takes
+    /// as it is: built once, so every layer saves the same tensor for backward (a boolean mask
+    /// would be converted, and saved, anew in each layer).
+    pub segment_bias: Option<Tensor>,
 }
 
 impl RopeTables {
@@ -365,7 +372,9 @@ impl Attention {
         };
         let scale = Some(self.scale);
         let y = match backend {
-            AttentionBackend::Sdpa if window.is_none() && (s == 1 || s == kv_len) => {
+            AttentionBackend::Sdpa
+                if window.is_none() && rope.segments.is_none() && (s == 1 || s == kv_len) =>
+            {
                 Tensor::scaled_dot_product_attention(
                     &q,
                     &k,
@@ -378,10 +387,18 @@ impl Attention {
                 )
             }
             AttentionBackend::Sdpa => {
-                let mask = allowed_keys(s, kv_len, window, q.device());
+                // Packed rows: the segment mask is already causal, so without a window every
+                // layer shares it (one `[B, 1, S, S]` tensor saved for backward, not one each).
+                let mask = match (&rope.segments, &rope.segment_bias, window) {
+                    (_, Some(bias), None) if s == kv_len => bias.shallow_clone(),
+                    (Some(seg), _, _) => {
+                        allowed_keys(s, kv_len, window, q.device()).logical_and(seg)
+                    }
+                    _ => allowed_keys(s, kv_len, window, q.device()),
+                };
                 Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, scale, gqa)
             }
-            AttentionBackend::Eager => self.eager(&q, &k, &v, window),
+            AttentionBackend::Eager => self.eager(&q, &k, &v, window, rope.segments.as_ref()),
         };
         let y = y
             .transpose(1, 2)
@@ -391,7 +408,14 @@ impl Attention {
 
     /// `softmax(cap(s·QKᵀ) + mask) V` with the causal (and window) mask aligned to the last query
     /// (softmax in fp32; `cap` is Gemma 2's soft cap, when set).
-    fn eager(&self, q: &Tensor, k: &Tensor, v: &Tensor, window: Option<i64>) -> Tensor {
+    fn eager(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        window: Option<i64>,
+        segments: Option<&Tensor>,
+    ) -> Tensor {
         let rep = self.num_heads / self.num_kv_heads;
         let (k, v) = if rep > 1 {
             (
@@ -408,6 +432,10 @@ impl Attention {
             None => scores,
         };
         let allowed = allowed_keys(s, t, window, q.device());
+        let allowed = match segments {
+            Some(seg) => allowed.logical_and(seg),
+            None => allowed,
+        };
         let scores = scores.masked_fill(&allowed.logical_not(), f64::NEG_INFINITY);
         let probs = scores.softmax(-1, Kind::Float).to_kind(q.kind());
         probs.matmul(&v)
@@ -793,6 +821,8 @@ impl Llama {
                 .local_rotary
                 .as_ref()
                 .map(|r| r.cos_sin(&positions, end, kind)),
+            segments: None,
+            segment_bias: None,
         }
     }
 

@@ -144,6 +144,34 @@ impl CausalLm {
         self.loss_sum_and_backward_with(input_ids, labels, loss_scale, &AlwaysResident)
     }
 
+    /// [`CausalLm::loss_sum_and_backward`] on packed rows (`neat_packing`): `position_ids`
+    /// (`[B, S]`) restart at 0 at each example, which then attends only to itself (see
+    /// [`crate::packing`]). `labels` must not train on an example's first token (nothing of that
+    /// example precedes it: `lf_data::collate_packed` masks it), so the loss and gradients equal
+    /// those of the examples on rows of their own.
+    pub fn loss_sum_and_backward_packed(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        position_ids: &Tensor,
+        loss_scale: f64,
+    ) -> Result<f64, ModelError> {
+        if position_ids.size() != input_ids.size() || position_ids.kind() != Kind::Int64 {
+            return Err(ModelError::Invalid(format!(
+                "position_ids {:?} must be int64 and shaped like input_ids {:?}",
+                position_ids.size(),
+                input_ids.size()
+            )));
+        }
+        self.backward_with_head_at(
+            input_ids,
+            labels,
+            Some(position_ids),
+            &AlwaysResident,
+            |hidden, rows, targets| self.cross_entropy_backward(hidden, rows, targets, loss_scale),
+        )
+    }
+
     /// [`CausalLm::loss_sum_and_backward`] with each unit gathered through `residency` before it
     /// runs (forward, and again for its recomputation in backward) and released right after;
     /// a unit's release after its backward says its gradients are ready. A partitioned model
@@ -211,6 +239,19 @@ impl CausalLm {
         residency: &R,
         head: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<f64, ModelError>,
     ) -> Result<f64, ModelError> {
+        self.backward_with_head_at(input_ids, labels, None, residency, head)
+    }
+
+    /// [`CausalLm::backward_with_head`] at `position_ids` (packed rows), or at `0..S` on every
+    /// row when `None`.
+    fn backward_with_head_at<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        position_ids: Option<&Tensor>,
+        residency: &R,
+        head: impl FnOnce(&Tensor, &Tensor, &Tensor) -> Result<f64, ModelError>,
+    ) -> Result<f64, ModelError> {
         self.check_batch(input_ids, labels)?;
         let n_layers = self.model.layers.len();
         // The first `recomputed` layers are recomputed; the others keep their graph.
@@ -258,7 +299,10 @@ impl CausalLm {
             self.model.embed(input_ids)
         };
         release(Unit::Embedding, false)?;
-        let rope = self.model.rope(0, s, x0.kind(), x0.device());
+        let rope = match position_ids {
+            Some(p) => self.model.rope_packed(p, x0.kind(), x0.device()),
+            None => self.model.rope(0, s, x0.kind(), x0.device()),
+        };
         let layers = &self.model.layers;
 
         // Forward through the layers; a recomputed layer keeps only its input. The first kept

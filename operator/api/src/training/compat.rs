@@ -429,7 +429,6 @@ pub const REJECTED: &[CompatOption] = &[
     // ---- data ----------------------------------------------------------------------------------
     rejected("interleave_probs", Data, &["null"], "datasets are concatenated (`dataset: a,b`); interleaved mixing is not implemented"),
     rejected("eval_on_each_dataset", Data, &["false"], "evaluation reports one loss over all eval datasets"),
-    rejected("neat_packing", Data, &["false"], "only plain packing (`packing: true`) is implemented"),
     rejected("tool_format", Data, &["null"], "tool calls are not implemented"),
     // ---- finetuning ----------------------------------------------------------------------------
     rejected("freeze_extra_modules", Finetuning, &["null"], "`finetuning_type: freeze` trains decoder layers only (no embeddings or head)"),

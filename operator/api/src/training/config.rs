@@ -148,6 +148,12 @@ pub struct TrainingConfig {
     /// Pack several examples into one `cutoff_len` sequence (default: on for `pt`, off for `sft`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packing: Option<bool>,
+    /// Padding-free packing (`stage: sft`): each micro-batch's examples share rows of at most
+    /// `cutoff_len` tokens without seeing each other (block-diagonal causal attention, positions
+    /// restarting per example); the optimiser step trains on the same examples, with the same
+    /// loss, as without it. Replaces `packing` (which then packs nothing).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub neat_packing: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_system: Option<String>,
     /// Where the tokenised dataset is cached (default: `<output_dir>/.tokenized`).
@@ -315,6 +321,7 @@ impl Default for TrainingConfig {
             max_samples: None,
             val_size: 0.0,
             packing: None,
+            neat_packing: false,
             default_system: None,
             tokenized_path: None,
             overwrite_cache: false,
@@ -522,9 +529,10 @@ impl TrainingConfig {
         uses_reference && self.finetuning_type != FinetuningType::Lora
     }
 
-    /// Whether examples are packed into full `cutoff_len` sequences.
+    /// Whether examples are packed into full `cutoff_len` sequences (never with `neat_packing`,
+    /// which packs each micro-batch instead).
     pub fn packing_enabled(&self) -> bool {
-        self.packing.unwrap_or(self.stage == Stage::Pt)
+        !self.neat_packing && self.packing.unwrap_or(self.stage == Stage::Pt)
     }
 
     /// Whether `lf-trainer train` trains: `do_train`, except for a prediction config that names

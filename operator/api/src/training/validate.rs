@@ -111,6 +111,12 @@ impl TrainingConfig {
                 "needs `gradient_checkpointing: auto` (true recomputes every layer, false none)",
             ));
         }
+        if self.neat_packing && (self.stage != Stage::Sft || self.zero_stage >= 3) {
+            return Err(ConfigError::invalid(
+                "neat_packing",
+                "packs supervised examples (`stage: sft`) with zero_stage 0-2",
+            ));
+        }
         self.lora_targets()?;
         self.validate_adalora()?;
         self.profile_window()?;
@@ -259,6 +265,17 @@ mod tests {
             let c = parse(&format!("gradient_checkpointing: {v}"));
             let text = serde_yaml::to_string(&c).expect("yaml");
             assert_eq!(TrainingConfig::from_yaml_str(&text).expect("again"), c);
+        }
+    }
+
+    #[test]
+    fn neat_packing_is_for_sft_without_zero3_and_replaces_packing() {
+        let c = parse("neat_packing: true\npacking: true");
+        assert!(c.neat_packing && !c.packing_enabled());
+        for bad in ["stage: pt", "stage: dpo", "zero_stage: 3"] {
+            let e = TrainingConfig::from_yaml_str(&format!("neat_packing: true\n{bad}"))
+                .and_then(|c| c.validate());
+            assert!(e.is_err(), "{bad}");
         }
     }
 
