@@ -752,3 +752,49 @@ fn preference_training_under_zero2_equals_one_process_and_resumes() {
         );
     }
 }
+
+/// `stage: dpo` with `finetuning_type: full` (the reference a frozen copy of the starting
+/// weights, on every rank) on the twelve pairs of `preference_trl.py assets`: two ZeRO-2 ranks end
+/// on one process's model.
+#[test]
+fn full_preference_training_under_zero2_equals_one_process() {
+    let assets = tempfile::tempdir().unwrap();
+    let out = Command::new(common::python())
+        .arg(common::reference_script("preference_trl.py"))
+        .arg(assets.path())
+        .arg("assets")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "preference_trl.py assets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = assets.path();
+    let config = |dir: &Path| -> PathBuf {
+        let text = format!(
+            "model_name_or_path: {m}\nstage: dpo\nfinetuning_type: full\ndataset: pref\n\
+             dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\nzero_stage: 2\n\
+             max_steps: {STEPS}\nsave_steps: 0\nlearning_rate: 1.0e-4\nmax_grad_norm: 0.5\n\
+             logging_steps: 1\nseed: 7\n",
+            m = a.join("model").display(),
+            d = a.join("data").display(),
+            o = dir.join("out").display(),
+        );
+        let path = dir.join("dpo.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let one = tempfile::tempdir().unwrap();
+    run(&config(one.path()), 1, &[]);
+    let reference = result_tensors(&one.path().join("out"));
+    let moved = max_diff(&result_tensors(&a.join("model")), &reference);
+    assert!(moved > 1e-6, "the model did not train ({moved})");
+    let two = tempfile::tempdir().unwrap();
+    run(&config(two.path()), 2, &[]);
+    let d = max_diff(&reference, &result_tensors(&two.path().join("out")));
+    println!(
+        "dpo full, ZeRO-2, world 2: model differs from one process by {d:.2e} (training moved it {moved:.2e})"
+    );
+    assert!(d < 1e-5, "dpo full, ZeRO-2, world 2: model differs by {d}");
+}
