@@ -107,7 +107,11 @@ pub fn plan_for(name: &str, job: &FineTuneJob) -> Plan {
         // A constructed figure (the planner's is tested in lf-planner): 6 GiB per process.
         host_memory_bytes: 6 << 30,
         checkpoint_bytes: 2 << 30,
-        recomputation: None,
+        // Constructed too: under `gradient_checkpointing: auto` the config gets `recompute_layers`.
+        recomputation: Some(lf_api::Recomputation {
+            recomputed: 20,
+            layers: 32,
+        }),
         summary: "constructed by lf-render's tests".into(),
     }
 }
