@@ -193,11 +193,17 @@ impl PlannerInput {
         }
     }
 
-    /// Micro-batches tried: the requested one, halved down to 1.
+    /// Micro-batches tried: the requested one, halved down to 1 (`stage: kto`: 2).
     pub(crate) fn micro_batches(&self) -> Vec<u32> {
         let mut m = self.training.per_device_train_batch_size.max(1) as u32;
+        // KTO's KL term pairs each example with another of its micro-batch: at least 2.
+        let least = if self.training.stage == lf_api::training::Stage::Kto {
+            2.min(m)
+        } else {
+            1
+        };
         let mut out = vec![m];
-        while m > 1 {
+        while m / 2 >= least && m > 1 {
             m /= 2;
             out.push(m);
         }
