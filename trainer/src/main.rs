@@ -65,6 +65,9 @@ enum Command {
         /// Most prompt tokens one sequence feeds per decoding step.
         #[arg(long, default_value_t = 256)]
         prefill_chunk: usize,
+        /// Most KV-cache positions (prompt + max_tokens of each running sequence) held at once.
+        #[arg(long)]
+        max_kv_tokens: Option<usize>,
         args: Vec<String>,
     },
 }
@@ -104,6 +107,7 @@ fn run(cli: Cli) -> Result<(), TrainerError> {
             max_running,
             queue,
             prefill_chunk,
+            max_kv_tokens,
             args,
         } => {
             let opts = lf_trainer::serve_command::ServeOptions {
@@ -112,6 +116,7 @@ fn run(cli: Cli) -> Result<(), TrainerError> {
                 max_running,
                 queue,
                 prefill_chunk,
+                max_kv_tokens,
             };
             lf_trainer::serve_command::run_serve(&config(&args)?, &opts)
         }

@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub queue: usize,
     /// Most prompt tokens fed to one sequence in one decoding step.
     pub prefill_chunk: usize,
+    /// Most KV-cache positions the running sequences may reserve together.
+    pub max_kv_tokens: Option<usize>,
 }
 
 /// The served models' names and adapter directories: the base (no adapter) first, then each
@@ -185,6 +187,7 @@ pub fn run_serve(cfg: &TrainingConfig, opts: &ServeOptions) -> Result<(), Traine
         addr,
         queue_capacity: opts.queue,
         max_running: opts.max_running,
+        max_kv_tokens: opts.max_kv_tokens,
     };
     let (cfg, prefill_chunk) = (cfg.clone(), opts.prefill_chunk);
     let load = move || -> Result<ModelEngine, String> {

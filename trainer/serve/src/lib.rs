@@ -9,7 +9,8 @@
 //! bounded queue; a full queue is answered at once with 429 and `Retry-After`, a model that
 //! failed to load with 503. The model thread ([`scheduler::run`]) owns the [`Engine`] (tch
 //! tensors are `Send`, not `Sync`, so they never leave it). At every decoding step it admits
-//! waiting jobs up to `max_running`, then advances every running sequence by one forward pass —
+//! waiting jobs up to `max_running` (and, with `max_kv_tokens`, while the prompt + `max_tokens`
+//! positions they reserve fit the budget; the queue's head waits otherwise), then advances every running sequence by one forward pass —
 //! a chunk of its prompt (prefill in chunks, so a long prompt does not stall the others) or one
 //! token — and a sequence leaves as soon as it ends (stop token, `max_tokens`), fails, or its
 //! client is gone: a client that disconnects drops its event channel, and the sequence (with its

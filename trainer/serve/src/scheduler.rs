@@ -118,25 +118,48 @@ pub struct Options {
     pub max_running: usize,
     /// Token ids that end an answer (not sent to the client).
     pub stop_ids: Vec<u32>,
+    /// Most KV-cache positions the running sequences may come to hold together (each counts its
+    /// prompt and `max_new_tokens`); a job that would exceed it waits at the queue's head.
+    pub max_kv_tokens: usize,
+}
+
+/// The KV-cache positions a job may come to hold: its prompt and every token it may generate.
+fn reserved(job: &Job) -> usize {
+    job.prompt.len() + job.sampling.max_new_tokens
 }
 
 /// Runs until every [`Queue`] is dropped and nothing is left running.
 pub fn run<E: Engine>(engine: &mut E, jobs: &Receiver<Job>, opts: &Options, metrics: &Metrics) {
     let mut running: Vec<Running<E::Sequence>> = Vec::new();
+    // The queue's head when it did not fit yet (still counted in the queue depth).
+    let mut head: Option<Job> = None;
     let mut open = true;
     loop {
-        if running.is_empty() {
+        if running.is_empty() && head.is_none() {
             match jobs.recv() {
-                Ok(job) => admit(engine, job, &mut running, metrics),
+                Ok(job) => head = Some(job),
                 Err(_) => return,
             }
         }
-        while open && running.len() < opts.max_running.max(1) {
-            match jobs.try_recv() {
-                Ok(job) => admit(engine, job, &mut running, metrics),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => open = false,
+        loop {
+            if head.is_none() && open {
+                match jobs.try_recv() {
+                    Ok(job) => head = Some(job),
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
             }
+            let Some(job) = head.take() else { break };
+            let in_use: usize = running.iter().map(|r| reserved(&r.job)).sum();
+            // A job larger than the whole budget runs alone rather than never.
+            let fits = running.is_empty()
+                || (running.len() < opts.max_running.max(1)
+                    && in_use + reserved(&job) <= opts.max_kv_tokens);
+            if !fits {
+                head = Some(job);
+                break;
+            }
+            admit(engine, job, &mut running, metrics);
         }
         running.retain_mut(|r| match advance(engine, r, opts, metrics) {
             Outcome::Continue => true,
@@ -146,7 +169,7 @@ pub fn run<E: Engine>(engine: &mut E, jobs: &Receiver<Job>, opts: &Options, metr
             }
         });
         metrics.running.set(running.len() as i64);
-        if !open && running.is_empty() {
+        if !open && running.is_empty() && head.is_none() {
             return;
         }
     }
@@ -316,6 +339,7 @@ mod tests {
         let opts = Options {
             max_running: 4,
             stop_ids: vec![9],
+            max_kv_tokens: usize::MAX,
         };
         run(&mut engine, &rx, &opts, &metrics);
         let got: Vec<(u32, Vec<Event>)> = receivers
@@ -399,6 +423,7 @@ mod tests {
         let opts = Options {
             max_running: 1,
             stop_ids: vec![],
+            max_kv_tokens: usize::MAX,
         };
         run(&mut engine, &rx, &opts, &metrics);
         // With one place, the second sequence starts only after the first leaves.
@@ -406,5 +431,47 @@ mod tests {
             engine.log,
             vec![(1, 1), (1, 1), (1, 2), (2, 1), (2, 1), (2, 2)]
         );
+    }
+
+    #[test]
+    fn the_kv_budget_holds_back_what_would_exceed_it() {
+        let metrics = Metrics::new();
+        let (queue, rx) = Queue::bounded(8, metrics.clone());
+        let mut receivers = Vec::new();
+        // Reservations: 2 + 2 = 4 each; budget 9 takes two at once, not three. Job 4 (2 + 20)
+        // exceeds the budget alone and runs once the others are done.
+        for (id, max) in [(1u32, 2), (2, 2), (3, 2), (4, 20)] {
+            let (tx, erx) = unbounded_channel();
+            queue
+                .submit(Job {
+                    model: 0,
+                    prompt: vec![id, 0],
+                    sampling: sampling(max),
+                    events: tx,
+                    queued_at: Instant::now(),
+                })
+                .unwrap();
+            receivers.push(erx);
+        }
+        drop(queue);
+        let mut engine = Counting { log: Vec::new() };
+        let opts = Options {
+            max_running: 8,
+            stop_ids: vec![],
+            max_kv_tokens: 9,
+        };
+        run(&mut engine, &rx, &opts, &metrics);
+        let order: Vec<usize> = engine.log.iter().map(|&(id, _)| id).collect();
+        let steps = |id: usize| order.iter().filter(|&&i| i == id).count();
+        assert_eq!((steps(1), steps(2), steps(3), steps(4)), (3, 3, 3, 21));
+        let first = |id: usize| order.iter().position(|&i| i == id).unwrap();
+        let last = |id: usize| order.iter().rposition(|&i| i == id).unwrap();
+        assert!(first(2) < last(1), "1 and 2 run together: {order:?}");
+        assert!(
+            first(3) > last(1) && first(3) > last(2),
+            "3 waits for room: {order:?}"
+        );
+        assert!(first(4) > last(3), "4 runs alone: {order:?}");
+        assert_eq!(metrics.finished.with_label_values(&["length"]).get(), 4);
     }
 }

@@ -36,6 +36,9 @@ pub struct Options {
     pub queue_capacity: usize,
     /// Sequences decoded together.
     pub max_running: usize,
+    /// Most KV-cache positions (prompt + `max_tokens` of every running sequence) held at once;
+    /// also caps one request's prompt + completion. `None`: only `max_running` limits.
+    pub max_kv_tokens: Option<usize>,
 }
 
 /// The router over `app` (also for tests that bring their own listener).
@@ -80,6 +83,7 @@ where
         let opts = scheduler::Options {
             max_running: options.max_running,
             stop_ids: setup.stop_ids.clone(),
+            max_kv_tokens: options.max_kv_tokens.unwrap_or(usize::MAX),
         };
         std::thread::Builder::new()
             .name("lf-serve-model".into())
@@ -98,7 +102,9 @@ where
     let app = Arc::new(App {
         models: setup.models,
         codec: setup.codec,
-        context_len: setup.context_len,
+        context_len: options
+            .max_kv_tokens
+            .map_or(setup.context_len, |kv| kv.min(setup.context_len)),
         defaults: setup.defaults,
         queue,
         metrics,

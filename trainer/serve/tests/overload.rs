@@ -81,6 +81,7 @@ fn a_full_queue_gets_429_with_retry_after_and_taken_requests_finish() {
             let opts = scheduler::Options {
                 max_running: 1,
                 stop_ids: vec![],
+                max_kv_tokens: usize::MAX,
             };
             scheduler::run(&mut Gate(gate), &jobs, &opts, &metrics)
         })
@@ -131,11 +132,10 @@ fn a_full_queue_gets_429_with_retry_after_and_taken_requests_finish() {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.contains(r#""text":"xx""#), "{answer}");
     }
-    assert_eq!(
-        metrics.finished.with_label_values(&["length"]).get(),
-        2,
-        "both taken requests ran to max_tokens"
-    );
+    // The model thread counts a sequence once it has sent its last event.
+    wait_for("both taken requests end at max_tokens", || {
+        metrics.finished.with_label_values(&["length"]).get() == 2
+    });
     drop(runtime);
     drop(permits);
     model_thread.join().unwrap();
