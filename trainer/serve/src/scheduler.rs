@@ -175,6 +175,19 @@ pub fn run<E: Engine>(engine: &mut E, jobs: &Receiver<Job>, opts: &Options, metr
     }
 }
 
+/// Runs `f`, turning a panic (libtorch errors panic in tch) into an error for that one sequence:
+/// the weights are only read while decoding and each sequence owns its cache, so the others go on.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(format!("the model panicked: {what}"))
+    })
+}
+
 fn admit<E: Engine>(
     engine: &mut E,
     job: Job,
@@ -186,7 +199,7 @@ fn admit<E: Engine>(
         metrics.finished.with_label_values(&["cancelled"]).inc();
         return;
     }
-    match engine.start(job.model, &job.prompt, &job.sampling) {
+    match guarded(|| engine.start(job.model, &job.prompt, &job.sampling)) {
         Ok(seq) => {
             metrics.prompt_tokens.inc_by(job.prompt.len() as u64);
             running.push(Running {
@@ -213,7 +226,7 @@ fn advance<E: Engine>(
     if r.job.events.is_closed() {
         return Outcome::Done("cancelled");
     }
-    let token = match engine.step(&mut r.seq) {
+    let token = match guarded(|| engine.step(&mut r.seq)) {
         Ok(Some(t)) => t,
         Ok(None) => return Outcome::Continue,
         Err(e) => {
@@ -278,6 +291,7 @@ mod tests {
             })
         }
         fn step(&mut self, s: &mut Seq) -> Result<Option<u32>, String> {
+            assert!(s.id != 7, "sequence 7 breaks the model");
             self.log.push((s.id, s.next));
             if s.prefill > 0 {
                 s.prefill -= 1;
@@ -473,5 +487,43 @@ mod tests {
         );
         assert!(first(4) > last(3), "4 runs alone: {order:?}");
         assert_eq!(metrics.finished.with_label_values(&["length"]).get(), 4);
+    }
+
+    #[test]
+    fn a_panicking_step_fails_its_sequence_only() {
+        let metrics = Metrics::new();
+        let (queue, rx) = Queue::bounded(4, metrics.clone());
+        let mut receivers = Vec::new();
+        for id in [7u32, 1] {
+            let (tx, erx) = unbounded_channel();
+            queue
+                .submit(Job {
+                    model: 0,
+                    prompt: vec![id, 0],
+                    sampling: sampling(1),
+                    events: tx,
+                    queued_at: Instant::now(),
+                })
+                .unwrap();
+            receivers.push(erx);
+        }
+        drop(queue);
+        let mut engine = Counting { log: Vec::new() };
+        let opts = Options {
+            max_running: 4,
+            stop_ids: vec![],
+            max_kv_tokens: usize::MAX,
+        };
+        run(&mut engine, &rx, &opts, &metrics); // the panic's message goes to stderr
+        assert_eq!(
+            drain(&mut receivers[0]),
+            vec![Event::Failed(
+                "the model panicked: sequence 7 breaks the model".into()
+            )]
+        );
+        assert_eq!(
+            drain(&mut receivers[1]),
+            vec![Event::Token(1), Event::Finished(FinishReason::Length)]
+        );
     }
 }
