@@ -379,18 +379,21 @@ pub fn run_chat(cfg: &TrainingConfig, prompt: Option<&str>) -> Result<(), Traine
         let mut stdout = std::io::stdout();
         lm.generate(&ids, &params, &stop, |t| {
             generated.push(t as u32);
-            // Print the newly decoded text (decoding the whole answer keeps multi-token characters whole).
+            // Print what the newly decoded text settles (the server's rule: decoding the whole
+            // answer keeps multi-token characters whole; an incomplete one waits).
             if let Ok(text) = tok.decode(&generated, true) {
-                if text.len() > shown && text.is_char_boundary(shown) {
-                    let _ = write!(stdout, "{}", &text[shown..]);
+                let (end, _) = lf_serve::text::emit_until(&text, shown, &[], false);
+                if let Some(new) = text.get(shown..end) {
+                    let _ = write!(stdout, "{new}");
                     let _ = stdout.flush();
-                    shown = text.len();
+                    shown = end;
                 }
             }
         })
         .map_err(|e| model_error("generation", e))?;
-        println!();
-        tok.decode(&generated, true).map_err(setup::data_error)
+        let answer = tok.decode(&generated, true).map_err(setup::data_error)?;
+        println!("{}", answer.get(shown..).unwrap_or_default());
+        Ok(answer)
     };
     if let Some(p) = prompt {
         answer(p, &history)?;
