@@ -112,7 +112,8 @@ pub fn search(input: &PlannerInput) -> PlanSearch {
 
 /// After an out-of-memory failure of `previous`: a plan whose predicted peak is strictly lower,
 /// found with the model scaled by `measured / predicted` (or by 1.1 without a measurement, or when
-/// the measurement is not above the prediction). Tries, in order: a higher ZeRO stage; a smaller
+/// the measurement is not above the prediction). Tries, in order: under `gradient_checkpointing:
+/// auto`, the same configuration recomputing more layers; a higher ZeRO stage; a smaller
 /// micro-batch with more accumulation; both; more GPUs; then optimiser offload (when allowed).
 /// Fixed choices of the job (ZeRO stage, offload) are kept.
 pub fn replan_after_oom(
@@ -144,6 +145,11 @@ pub fn replan_after_oom(
     let mut candidates: Vec<(u32, u8, bool, u32)> = Vec::new();
     let g = previous.gpus;
     let off = previous.offload_optimizer;
+    // Under `gradient_checkpointing: auto` the same configuration, evaluated with the scaled
+    // model, recomputes more layers: the cheapest remedy, tried first.
+    if scaled.training.recomputation_open() {
+        candidates.push((g, previous.zero_stage, off, previous.micro_batch_size));
+    }
     for s in stages_from(g, previous.zero_stage + 1) {
         candidates.push((g, s, off, previous.micro_batch_size));
     }

@@ -5,7 +5,7 @@
 //! are obeyed.
 
 use lf_api::training::TrainingConfig;
-use lf_planner::{evaluate, preset, search, PlannerInput};
+use lf_planner::{evaluate, preset, replan_after_oom, search, PlannerInput};
 
 const MODEL: &str = "meta-llama/Meta-Llama-3-8B";
 const LORA: &str = "bf16: true\nlora_rank: 16\ncutoff_len: 4096\nper_device_train_batch_size: 1";
@@ -96,4 +96,23 @@ fn the_table_and_the_summary_say_it() {
     let phrase = format!("recompute {} of 32 layers", r.recomputed);
     assert!(lf_planner::format_table(&s).contains(&phrase));
     assert!(lf_planner::plan_summary(plan).contains(&phrase));
+}
+
+#[test]
+fn after_an_oom_the_same_configuration_recomputes_more_layers() {
+    // 30 GiB: part of the layers keep their activations.
+    let input = input(&format!("{LORA}\ngradient_checkpointing: auto"), 30.0);
+    let first = search(&input).chosen.expect("fits on 30 GiB");
+    let before = first.recomputation.expect("recomputation").recomputed;
+    let measured = (first.per_gpu.peak_bytes as f64 * 1.05) as u64;
+    let again = replan_after_oom(&input, &first, Some(measured));
+    let plan = again.chosen.expect("a plan below the failed one");
+    let after = plan.recomputation.expect("recomputation").recomputed;
+    println!("recomputed layers: {before} before the OOM, {after} after");
+    assert_eq!(
+        (plan.gpus, plan.zero_stage, plan.micro_batch_size),
+        (first.gpus, first.zero_stage, first.micro_batch_size)
+    );
+    assert!(after > before, "{after} <= {before}");
+    assert!(plan.per_gpu.peak_bytes < first.per_gpu.peak_bytes);
 }
