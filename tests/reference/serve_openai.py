@@ -163,7 +163,7 @@ def main():
     cancelled = 'lf_serve_sequences_finished_total{reason="cancelled"}'
     before = metric(cancelled)
     generated_before = metric("lf_serve_generated_tokens_total")
-    long = 400
+    long = 500  # nearly the whole context (512): freed early, not run out
     stream = client.completions.create(model=MODELS[-1], prompt=PROMPT, temperature=0, max_tokens=long, stream=True)
     seen = 0
     for _ in stream:
