@@ -1327,26 +1327,6 @@ mod tests {
         let llama = moe(r#""model_type":"llama""#);
         assert!(llama.lora_targets("gate").is_err());
         assert!(llama.expert_lora_targets("gate").unwrap().is_empty());
-
-        // The training config: names are checked before the model is known, and PEFT's
-        // ParamWrapper refusals (dropout, DoRA) are the config's.
-        let cfg = |yaml: &str| crate::TrainingConfig::from_yaml_str(yaml).unwrap();
-        let c = cfg("lora_target: q_proj,gate,w1,w3");
-        assert_eq!(c.lora_targets_for(&mixtral).unwrap(), [LinearModule::QProj]);
-        assert_eq!(
-            c.expert_lora_targets_for(&mixtral).unwrap().gate_up,
-            Some(2)
-        );
-        assert!(cfg("lora_target: gate").lora_targets().unwrap().is_empty());
-        for bad in ["lora_dropout: 0.1", "use_dora: true"] {
-            let c = cfg(&format!("lora_target: gate\n{bad}"));
-            let err = c.lora_targets_for(&mixtral).unwrap_err().to_string();
-            assert!(err.contains("ParamWrapper"), "{bad}: {err}");
-            // The attention alone takes them.
-            assert!(cfg(&format!("lora_target: q_proj\n{bad}"))
-                .lora_targets_for(&mixtral)
-                .is_ok());
-        }
     }
 
     #[test]

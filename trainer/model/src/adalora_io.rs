@@ -8,9 +8,9 @@ use std::path::Path;
 use lf_api::training::AdaLora;
 use tch::{Kind, Tensor};
 
-use crate::adalora::{RankAllocator, RankPattern};
 use crate::causal_lm::CausalLm;
 use crate::names;
+use crate::rank_allocator::{RankAllocator, RankPattern};
 use crate::safetensors_io::{self, HostTensor, MappedFile};
 use crate::ModelError;
 

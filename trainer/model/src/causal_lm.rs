@@ -6,11 +6,12 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use lf_api::architecture::ModelArchitecture;
-use lf_api::training::{FinetuningType, FlashAttn, LinearModule};
+use lf_api::training::{FinetuningType, FlashAttn};
 use tch::{Kind, Tensor};
 
 use crate::llama::{AttentionBackend, Llama};
 use crate::loader::{self, FileSource, MemorySource, UnitSink};
+use crate::lora_settings::LoraSettings;
 use crate::names::{self, BaseTensor, LayerTensor};
 use crate::residency::{AlwaysResident, Unit};
 use crate::{options, safetensors_io, LoadOptions, ModelError};
@@ -24,37 +25,6 @@ pub struct LoadReport {
     pub bytes: u64,
     /// Number of weight files read.
     pub files: usize,
-}
-
-/// LoRA settings in effect (from the training config or an adapter's `adapter_config.json`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoraSettings {
-    pub r: u32,
-    pub alpha: f64,
-    pub dropout: f64,
-    pub targets: Vec<LinearModule>,
-    /// A mixture of experts' router and expert adapters (PEFT's `target_parameters`; see
-    /// [`crate::moe`]).
-    pub experts: lf_api::architecture::ExpertLoraTargets,
-    pub use_rslora: bool,
-    pub use_dora: bool,
-    /// AdaLoRA's settings (then `r` is `init_r`).
-    pub adalora: Option<lf_api::training::AdaLora>,
-}
-
-impl LoraSettings {
-    /// α/r, or α/√r with rsLoRA; AdaLoRA's α/(init_r + 1e-5) (PEFT's `scaling / (ranknum +
-    /// 1e-5)`, `ranknum` staying `init_r` as ranks are pruned).
-    pub fn scaling(&self) -> f64 {
-        let r = self.r as f64;
-        if self.adalora.is_some() {
-            self.alpha / (r + 1e-5)
-        } else if self.use_rslora {
-            self.alpha / r.sqrt()
-        } else {
-            self.alpha / r
-        }
-    }
 }
 
 /// The fine-tuning method in effect.
@@ -80,7 +50,7 @@ pub struct CausalLm {
     pub(crate) micro_step: AtomicU64,
     pub(crate) load_report: Option<LoadReport>,
     /// AdaLoRA's importance scores and rank allocation, while training with `use_adalora`.
-    pub(crate) rank_allocator: Option<crate::adalora::RankAllocator>,
+    pub(crate) rank_allocator: Option<crate::rank_allocator::RankAllocator>,
 }
 
 impl CausalLm {

@@ -7,9 +7,10 @@ use std::path::Path;
 use lf_api::training::{FinetuningType, TrainingConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::causal_lm::{CausalLm, LoraSettings};
+use crate::causal_lm::CausalLm;
 use crate::linear::Adapter;
 use crate::llama::FeedForward;
+use crate::lora_settings::LoraSettings;
 use crate::moe::MoeAdapters;
 use crate::names::{self, BaseTensor};
 use crate::residency::{AlwaysResident, Residency, Unit};
@@ -76,7 +77,9 @@ impl CausalLm {
                     Kind::Float
                 };
                 self.attach_adapters(&settings, kind, Some(seed), residency)?;
-                self.rank_allocator = settings.adalora.map(crate::adalora::RankAllocator::new);
+                self.rank_allocator = settings
+                    .adalora
+                    .map(crate::rank_allocator::RankAllocator::new);
                 self.method.lora = Some(settings);
             }
             FinetuningType::Full => {

@@ -64,7 +64,7 @@
 use lf_api::architecture::ModelArchitecture;
 use tch::{Device, Kind, Tensor};
 
-use crate::causal_lm::LoraSettings;
+use crate::lora_settings::LoraSettings;
 use crate::ModelError;
 
 use crate::linear::{adapters_off, Linear};

@@ -8,7 +8,8 @@ use lf_api::architecture::{ExpertLoraTargets, ModelArchitecture};
 use lf_api::training::LinearModule;
 use tch::Kind;
 
-use crate::causal_lm::{CausalLm, LoraSettings};
+use crate::causal_lm::CausalLm;
+use crate::lora_settings::LoraSettings;
 use crate::safetensors_io::{self, HostTensor, MappedFile};
 use crate::ModelError;
 
