@@ -27,6 +27,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_trainer import find_trainer  # noqa: E402  (the same binary lookup)
 PROMPTS = [
     "tell me about the cat", "what is the opposite of hot", "write a story about the moon",
     "the dog runs near the river", "why is the sky blue", "give me a word for happy",
@@ -64,17 +66,6 @@ with torch.no_grad():
         out[n] = {"sequential_tps": n * max_new / seq, "batched_tps": n * max_new / bat}
 print(json.dumps(out))
 '''
-
-
-def find_trainer(given):
-    if given:
-        return given
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
-    for profile in ("release", "debug"):
-        path = os.path.join(target, profile, "lf-trainer")
-        if os.path.exists(path):
-            return path
-    sys.exit("no lf-trainer binary: cargo build --release --bin lf-trainer (or --trainer PATH)")
 
 
 def stream(base, model, prompt, max_tokens, result):
