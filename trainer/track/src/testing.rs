@@ -68,8 +68,11 @@ impl MlflowServer {
             .arg(dir.join("artifacts"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            // Its own process group: the server forks uvicorn workers and job consumers, and
-            // dropping the server must stop all of them.
+            // No job execution (GenAI evaluation jobs, not used here): with it the server keeps
+            // huey job stores in a /dev/shm directory it never removes, one per start.
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            // Its own process group: the server forks uvicorn workers (and would fork job
+            // consumers), and dropping the server must stop all of them.
             .process_group(0)
             .spawn()
             .expect("start mlflow server");
