@@ -5,6 +5,8 @@
 //! Each case runs one LoRA micro-batch (forward + backward) in a child process (this binary re-run
 //! on the ignored `recompute_child` test), which resets the kernel's peak-RSS counter
 //! (`/proc/self/clear_refs`) right before the step and reports `VmHWM` minus the RSS at that point.
+//! The child's large allocations are mmapped (a fixed `MALLOC_MMAP_THRESHOLD_`), so freed tensors
+//! go back to the system and the peak is that of the live tensors, not of glibc's heap history.
 //! The planner's prediction for the same config ([`activations_with`]: the persistent part —
 //! recomputed layers' inputs plus kept layers' saved tensors — plus the larger of the loss phase
 //! and one layer's backward) is compared as a difference from the all-recomputed case, so what
@@ -98,6 +100,11 @@ fn measure(recomputed: u64) -> (u64, f64) {
             "--test-threads=1",
         ])
         .env("LF_RECOMPUTE_CASE", recomputed.to_string())
+        // A fixed mmap threshold: glibc otherwise raises it each time an mmapped block is freed,
+        // after which large tensors come from the heap, where freed ones linger and fragment, and
+        // the peak then depends on the allocation history of the process (it read 146.7 MiB for
+        // 117.9 MiB of saved tensors after unrelated code changed that history; 116.2 with this).
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
         .output()
         .expect("child");
     let stdout = String::from_utf8_lossy(&out.stdout);
