@@ -172,16 +172,9 @@ impl PlannerInput {
         match self.zero.fixed() {
             Some(stage) => vec![stage],
             None if gpus <= 1 => vec![0],
-            // Adafactor's factored state needs whole matrices; the trainer's ZeRO cuts element
-            // ranges, so it runs Adafactor only unpartitioned (its state is tiny anyway).
-            None if self.training.optim == lf_api::training::Optim::Adafactor => vec![0],
-            // AdaLoRA scores each adapter element from its whole gradient after every step,
-            // which ZeRO 1-3 keep only in shards (the config refuses other stages).
-            None if self.training.use_adalora => vec![0],
-            // The preference step does not run on a ZeRO-3 partitioned model yet (the config
-            // refuses it).
-            None if self.training.stage.is_preference() => vec![0, 1, 2],
-            None => vec![0, 1, 2, 3],
+            // Only the stages the trainer runs this config with (the reasons are at
+            // `highest_zero_stage`).
+            None => (0..=self.training.highest_zero_stage()).collect(),
         }
     }
 

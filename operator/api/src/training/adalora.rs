@@ -203,4 +203,25 @@ mod tests {
             parse("use_adalora: true\nmax_steps: 10\nadalora_tinit: 4\nadalora_tfinal: 5").is_ok()
         );
     }
+
+    #[test]
+    fn the_highest_zero_stage_is_the_one_each_rule_allows() {
+        for (yaml, stage) in [
+            ("lora_rank: 8", 3),
+            ("use_adalora: true", 0),
+            ("optim: adafactor", 0),
+            ("stage: dpo", 2),
+            ("neat_packing: true", 2),
+            ("do_predict: true\npredict_with_generate: true\neval_dataset: x", 2),
+            ("stage: dpo\noptim: adafactor", 0),
+        ] {
+            let cfg = TrainingConfig::from_yaml_str(yaml).unwrap();
+            assert_eq!(cfg.highest_zero_stage(), stage, "{yaml}");
+            // The config refuses the next stage up (Adafactor's refusal is the trainer's).
+            if stage < 3 && !yaml.contains("adafactor") {
+                let fixed = format!("{yaml}\nzero_stage: {}", stage + 1);
+                assert!(parse(&fixed).is_err(), "{fixed}");
+            }
+        }
+    }
 }

@@ -391,6 +391,24 @@ impl TrainingConfig {
         self.lora_alpha.unwrap_or(2.0 * self.adapter_rank() as f64)
     }
 
+    /// The highest ZeRO stage lf-trainer runs this config with; the planner searches no higher,
+    /// and a fixed higher stage is refused (by [`TrainingConfig::validate`], or for Adafactor by
+    /// the trainer's ZeRO optimiser), each with its reason. 0 for Adafactor (its factored state
+    /// needs whole matrices) and AdaLoRA (its scores need whole gradients); 2 for the preference
+    /// stages, `neat_packing` and prediction (they need the whole model on each process).
+    pub fn highest_zero_stage(&self) -> u8 {
+        if self.optim == Optim::Adafactor || self.use_adalora {
+            0
+        } else if self.stage.is_preference()
+            || self.neat_packing
+            || (self.do_predict && self.predict_with_generate)
+        {
+            2
+        } else {
+            3
+        }
+    }
+
     /// The rank each adapter is created with: `lora_rank`, or AdaLoRA's `adalora_init_r`.
     pub fn adapter_rank(&self) -> u32 {
         self.adalora().map_or(self.lora_rank, |a| a.init_r)
