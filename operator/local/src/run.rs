@@ -91,6 +91,15 @@ pub enum LocalError {
     },
     #[error("stopped; the last checkpoint is kept — run the same command again to resume")]
     Interrupted,
+    #[error("{0} names no output_dir: nothing to serve")]
+    NoOutput(PathBuf),
+    #[error("cannot start {path} serve: {source}")]
+    StartServe {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("lf-trainer serve exited with {0} (its output is above)")]
+    ServeExited(String),
 }
 
 /// Runs a FineTuneJob locally.

@@ -38,9 +38,7 @@ pub fn serve_plan(workdir: &Path) -> Result<ServePlan, LocalError> {
         .output_dir
         .as_deref()
         .map(PathBuf::from)
-        .ok_or_else(|| {
-            LocalError::DoesNotFit(format!("{} names no output_dir", config_file.display()))
-        })?;
+        .ok_or_else(|| LocalError::NoOutput(config_file.clone()))?;
     let model = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -66,7 +64,7 @@ pub fn serve(trainer: &Path, plan: &ServePlan, port: u16) -> Result<(), LocalErr
         .args(&plan.overrides)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .spawn()
-        .map_err(|source| LocalError::Read {
+        .map_err(|source| LocalError::StartServe {
             path: trainer.to_path_buf(),
             source,
         })?;
@@ -79,14 +77,7 @@ pub fn serve(trainer: &Path, plan: &ServePlan, port: u16) -> Result<(), LocalErr
             if status.success() || stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            return Err(LocalError::Failed {
-                pod: 0,
-                code: status
-                    .code()
-                    .map_or_else(|| "a signal".into(), |c| c.to_string()),
-                log: trainer.to_path_buf(),
-                tail: "lf-trainer serve exited (its output is above)".into(),
-            });
+            return Err(LocalError::ServeExited(status.to_string()));
         }
         if stop.load(Ordering::SeqCst) {
             return terminate(&mut child, trainer);
@@ -96,7 +87,7 @@ pub fn serve(trainer: &Path, plan: &ServePlan, port: u16) -> Result<(), LocalErr
 }
 
 fn wait_error(trainer: &Path) -> impl Fn(std::io::Error) -> LocalError + '_ {
-    move |source| LocalError::Read {
+    move |source| LocalError::StartServe {
         path: trainer.to_path_buf(),
         source,
     }

@@ -35,10 +35,14 @@ impl CausalLm {
         let mut out = Vec::new();
         for (i, layer) in self.model.layers.iter().enumerate() {
             for (m, linear) in layer.linears() {
-                if let Some(ad) = linear.adapter.as_ref().filter(|a| a.singular.is_some()) {
+                let Some(adapter) = &linear.adapter else {
+                    continue;
+                };
+                if let Some(singular) = &adapter.singular {
                     out.push(Module {
                         path: names::linear(i, m),
-                        adapter: ad,
+                        adapter,
+                        singular,
                     });
                 }
             }

@@ -126,15 +126,17 @@ impl CausalLm {
         let mut out = Vec::new();
         for m in self.adalora_modules() {
             let ad = m.adapter;
-            let e = ad.singular.as_ref().map(Tensor::shallow_clone);
-            let (a, b, e) = match (pattern.and_then(|p| p.get(m.path.as_str())), e) {
-                (Some(kept), Some(e)) => (
+            let (a, b, e) = match pattern.and_then(|p| p.get(m.path.as_str())) {
+                Some(kept) => (
                     keep(&ad.a, kept, 0),
                     keep(&ad.b, kept, 1),
-                    keep(&e, kept, 0),
+                    keep(m.singular, kept, 0),
                 ),
-                (None, Some(e)) => (ad.a.shallow_clone(), ad.b.shallow_clone(), e),
-                (_, None) => continue,
+                None => (
+                    ad.a.shallow_clone(),
+                    ad.b.shallow_clone(),
+                    m.singular.shallow_clone(),
+                ),
             };
             out.push((m.path.adalora_a(), a));
             out.push((m.path.adalora_b(), b));

@@ -69,19 +69,16 @@ impl RankAllocator {
     }
 }
 
-/// One adapted linear: its module path and adapter.
+/// One AdaLoRA-adapted linear: its module path, adapter and the adapter's singular values.
 pub(crate) struct Module<'a> {
     pub(crate) path: TensorPath,
     pub(crate) adapter: &'a Adapter,
+    pub(crate) singular: &'a Tensor,
 }
 
 impl Module<'_> {
     fn singular(&self) -> &Tensor {
-        // Only AdaLoRA adapters are listed ([`CausalLm::adalora_modules`]).
-        self.adapter
-            .singular
-            .as_ref()
-            .expect("an AdaLoRA module has singular values")
+        self.singular
     }
 
     /// `(PEFT name, tensor)` of A, E and B.

@@ -212,7 +212,10 @@ mod tests {
             ("optim: adafactor", 0),
             ("stage: dpo", 2),
             ("neat_packing: true", 2),
-            ("do_predict: true\npredict_with_generate: true\neval_dataset: x", 2),
+            (
+                "do_predict: true\npredict_with_generate: true\neval_dataset: x",
+                2,
+            ),
             ("stage: dpo\noptim: adafactor", 0),
         ] {
             let cfg = TrainingConfig::from_yaml_str(yaml).unwrap();
