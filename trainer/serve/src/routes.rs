@@ -80,7 +80,9 @@ impl App {
 
     fn ready(&self) -> Result<(), ApiError> {
         match self.state.load(Ordering::Acquire) {
-            FAILED => Err(ApiError::unavailable("the model failed to load")),
+            FAILED => Err(ApiError::unavailable(
+                "the model is not serving: it failed to load or its thread stopped (see the server log)",
+            )),
             _ => Ok(()),
         }
     }

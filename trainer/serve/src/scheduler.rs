@@ -150,6 +150,13 @@ pub fn run<E: Engine>(engine: &mut E, jobs: &Receiver<Job>, opts: &Options, metr
                 }
             }
             let Some(job) = head.take() else { break };
+            // A client that left while waiting frees its place at once, whatever its size: a
+            // large abandoned request must not hold the queue behind the KV budget.
+            if job.events.is_closed() {
+                metrics.queue_depth.dec();
+                metrics.finished.with_label_values(&["cancelled"]).inc();
+                continue;
+            }
             let in_use: usize = running.iter().map(|r| reserved(&r.job)).sum();
             // A job larger than the whole budget runs alone rather than never.
             let fits = running.is_empty()
@@ -195,10 +202,6 @@ fn admit<E: Engine>(
     metrics: &Metrics,
 ) {
     metrics.queue_depth.dec();
-    if job.events.is_closed() {
-        metrics.finished.with_label_values(&["cancelled"]).inc();
-        return;
-    }
     match guarded(|| engine.start(job.model, &job.prompt, &job.sampling)) {
         Ok(seq) => {
             metrics.prompt_tokens.inc_by(job.prompt.len() as u64);

@@ -87,15 +87,23 @@ where
         };
         std::thread::Builder::new()
             .name("lf-serve-model".into())
-            .spawn(move || match load() {
-                Ok(mut engine) => {
-                    state.store(LOADED, Ordering::Release);
-                    tracing::info!("model loaded; serving");
-                    scheduler::run(&mut engine, &jobs, &opts, &metrics);
+            .spawn(move || {
+                // However the thread ends (a load error, or a panic in loading or outside a
+                // sequence), /health then says the model is not serving.
+                struct Failed(Arc<AtomicU8>);
+                impl Drop for Failed {
+                    fn drop(&mut self) {
+                        self.0.store(FAILED, Ordering::Release);
+                    }
                 }
-                Err(e) => {
-                    state.store(FAILED, Ordering::Release);
-                    tracing::error!(error = %e, "the model failed to load");
+                let _failed = Failed(state.clone());
+                match load() {
+                    Ok(mut engine) => {
+                        state.store(LOADED, Ordering::Release);
+                        tracing::info!("model loaded; serving");
+                        scheduler::run(&mut engine, &jobs, &opts, &metrics);
+                    }
+                    Err(e) => tracing::error!(error = %e, "the model failed to load"),
                 }
             })?
     };
