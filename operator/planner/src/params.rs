@@ -155,22 +155,28 @@ pub fn lora_targets(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<
     training.lora_targets_for(arch).unwrap_or_default()
 }
 
-/// The trainable tensors of one decoder layer's adapters: `lora_A` `(r, d_in)`, `lora_B`
-/// `(d_out, r)` and, with DoRA, the magnitude `(d_out, 1)`, with AdaLoRA the singular values
-/// `lora_E` `(r, 1)` (`r` = `adalora_init_r`: pruned ranks are zeroed, not freed, while
-/// training), per adapted linear.
-pub fn adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<Shape> {
+/// The trainable tensors of the linears' adapters, as `(shape, count)` pairs: `lora_A`
+/// `(r, d_in)`, `lora_B` `(d_out, r)` and, with DoRA, the magnitude `(d_out, 1)`, with AdaLoRA
+/// the singular values `lora_E` `(r, 1)` (`r` = `adalora_init_r`: pruned ranks are zeroed, not
+/// freed, while training), per adapted linear, in every layer that has it (a mixture of experts'
+/// MLP linears are in its dense layers only).
+pub fn adapter_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<(Shape, u64)> {
     let r = training.adapter_rank() as u64;
+    let dense_mlp_layers = arch.num_hidden_layers - sparse_layers(arch);
     let mut out = Vec::new();
     for m in lora_targets(arch, training) {
+        let layers = match m.parent() {
+            "mlp" => dense_mlp_layers,
+            _ => arch.num_hidden_layers,
+        };
         let (din, dout) = arch.linear_shape(m);
-        out.push((r, din));
-        out.push((dout, r));
+        out.push(((r, din), layers));
+        out.push(((dout, r), layers));
         if training.use_dora {
-            out.push((dout, 1));
+            out.push(((dout, 1), layers));
         }
         if training.use_adalora {
-            out.push((r, 1));
+            out.push(((r, 1), layers));
         }
     }
     out
@@ -215,10 +221,7 @@ pub fn trainable_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> 
             layers_shapes(arch, layers - k..layers)
         }
         FinetuningType::Lora => {
-            let mut out: Vec<(Shape, u64)> = adapter_shapes(arch, training)
-                .into_iter()
-                .map(|s| (s, layers))
-                .collect();
+            let mut out = adapter_shapes(arch, training);
             out.extend(
                 expert_adapter_shapes(arch, training)
                     .into_iter()

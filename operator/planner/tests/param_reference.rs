@@ -125,6 +125,7 @@ fn counts_equal_transformers_and_peft() {
     qwen3_moe.moe.moe_intermediate_size = Some(40);
     qwen3_moe.moe.mlp_only_layers = Some(vec![1]);
     let qwen3_moe_experts = qwen3_moe.clone();
+    let qwen3_moe_all = qwen3_moe.clone();
     let mut qwen3_moe_step = qwen3_moe.clone();
     qwen3_moe_step.moe.decoder_sparse_step = Some(3);
     qwen3_moe_step.moe.mlp_only_layers = None;
@@ -163,6 +164,11 @@ fn counts_equal_transformers_and_peft() {
             "tiny-qwen3-moe mlp_only_layers lora experts",
             qwen3_moe_experts,
             "lora_rank: 4\nuse_rslora: true\nlora_target: gate_up_proj,down_proj,gate,v_proj",
+        ),
+        case(
+            "tiny-qwen3-moe mlp_only_layers lora all (dense linears and experts)",
+            qwen3_moe_all,
+            "lora_rank: 4\nlora_target: all",
         ),
         case(
             "tiny-qwen3-moe sparse step 3 freeze 2",
@@ -534,7 +540,13 @@ fn peft_targets(
     }
     match experts.gate_up {
         Some(2) if arch.model_type == ModelType::Mixtral => modules.extend(["w1", "w3"]),
-        Some(2) => modules.extend(["gate_proj", "up_proj"]),
+        Some(2) => {
+            for half in ["gate_proj", "up_proj"] {
+                if !modules.contains(&half) {
+                    modules.push(half);
+                }
+            }
+        }
         Some(_) => params.push("gate_up_proj"),
         None => {}
     }

@@ -165,24 +165,22 @@ impl CausalLm {
                     .map_err(ModelError::residency(unit, "gathering"))?;
             }
             for &m in &s.targets {
+                // A mixture of experts' MLP linears are its dense layers' (the sparse layers'
+                // experts take `s.experts`).
+                if m.parent() == "mlp" && arch.is_sparse_layer(i as u64) {
+                    continue;
+                }
                 let lin = layer.linear_mut(m).ok_or_else(|| {
-                    ModelError::Invalid(if arch.model_type.is_moe() {
-                        format!(
-                            "lora_target {}: layer {i}'s MLP is a mixture of experts, which has no {0}",
-                            m.name()
-                        )
-                    } else {
-                        format!(
-                            "LoRA target `{}` is not a linear of this {} model (its linears: {})",
-                            m.name(),
-                            arch.model_type.name(),
-                            arch.linear_modules()
-                                .iter()
-                                .map(|m| m.name())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    })
+                    ModelError::Invalid(format!(
+                        "LoRA target `{}` is not a linear of this {} model (its linears: {})",
+                        m.name(),
+                        arch.model_type.name(),
+                        arch.linear_modules()
+                            .iter()
+                            .map(|m| m.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
                 })?;
                 let (in_f, out_f) = arch.linear_shape(m);
                 let (out_f, in_f) = (out_f as i64, in_f as i64);

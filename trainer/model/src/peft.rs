@@ -375,6 +375,8 @@ fn expert_targets(
             "gate_up_proj" if t.gate_up.is_none() => {
                 t.gate_up = Some(if fused_pattern { 2 } else { 1 })
             }
+            // PEFT 0.22 keeps the halves in target_modules and writes the fused parameter too.
+            "gate_up_proj" if t.gate_up == Some(2) && fused_pattern => {}
             "gate_up_proj" => {
                 return Err(
                     "gate_up_proj is targeted both by target_modules and target_parameters".into(),

@@ -486,12 +486,20 @@ impl TrainingConfig {
         if experts.is_empty() {
             return Ok(experts);
         }
+        // `all` reaches the experts only on a model with dense MLP layers, whose linears' names
+        // PEFT applies to the experts too: say so, and how to keep to the attention.
+        let via_all = if self.lora_target.trim() == "all" {
+            " (`all` names the dense layers' gate_proj, up_proj and down_proj, which PEFT applies \
+             to the experts as well; name q_proj,k_proj,v_proj,o_proj to adapt the attention only)"
+        } else {
+            ""
+        };
         let why = |what: &str| {
             ConfigError::invalid(
                 "lora_target",
                 format!(
                     "LoRA on a mixture of experts' router or experts ({}) does not work with {what}: \
-                     PEFT adapts those parameters with its ParamWrapper, which refuses it",
+                     PEFT adapts those parameters with its ParamWrapper, which refuses it{via_all}",
                     experts.target_parameters().join(", ")
                 ),
             )
