@@ -3,12 +3,14 @@
 Usage (each mode is one invocation per Rust test file):
   model_reference.py forward OUT      tiny llama/mistral/qwen2/qwen3 models (+ tied, llama3 and linear RoPE
                                       scaling, attention bias, sliding windows shorter than the sequence,
-                                      qwen3's explicit head_dim, gemma2 and gemma3 text, phi3 with partial rotary,
+                                      qwen3's explicit head_dim, gemma2 and gemma3 text, the multimodal
+                                      Gemma3ForConditionalGeneration in both checkpoint layouts, phi3 with partial rotary,
                                       a window, longrope below and above its original context and the legacy
                                       `su` config): HF model dirs, logits of a plain and of a
                                       right-padded batch (with its attention mask), greedy generations
   model_reference.py peft-init OUT    base models (llama; qwen3; mistral with a window shorter than the
-                                      batch; gemma2; gemma3 text; phi3 with longrope, a window, the legacy
+                                      batch; gemma2; gemma3 text and multimodal (LLaMA-Factory's full-path
+                                      target_modules); phi3 with longrope, a window, the legacy
                                       `su` config; mixtral and qwen3_moe, with LoRA on the attention and on the
                                       routers and experts), PEFT LoRA/rsLoRA/DoRA adapters (with non-zero B and
                                       perturbed magnitudes), a batch, PEFT's summed loss and grads
@@ -18,7 +20,8 @@ Usage (each mode is one invocation per Rust test file):
                                       right-padded labelled batch (with its attention mask) and every parameter's
                                       gradient of that loss, greedy generations
   model_reference.py peft-verify OUT  loads the adapters and merged exports the Rust test wrote, and
-                                      reports key mismatches and logit differences to OUT/verify.json
+                                      reports key mismatches, logit differences, the export's class and
+                                      how far its vision tower moved from the base's to OUT/verify.json
 """
 import json
 import os
@@ -29,8 +32,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, LlamaConfig, MistralConfig, MixtralConfig,
-                          Phi3Config, Qwen2Config, Qwen3Config, Qwen3MoeConfig)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3Config, Gemma3TextConfig, LlamaConfig, MistralConfig,
+                          MixtralConfig, Phi3Config, Qwen2Config, Qwen3Config, Qwen3MoeConfig, SiglipVisionConfig)
 
 torch.set_num_threads(1)
 
@@ -78,6 +81,13 @@ def configs():
                                    rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0,
                                                                        "rope_theta": 1e6},
                                                     "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+        # Gemma 3's multimodal checkpoint (Gemma3ForConditionalGeneration): gemma3's text decoder with its
+        # head tied, beside a one-layer SigLIP tower and the projector; saved as transformers 5 saves it
+        # (`language_model.model.*`, `vision_tower.*`: the Hub's layout) ...
+        "gemma3_mm": gemma3_multimodal(),
+        # ... and in transformers 5's in-memory layout (`model.language_model.*`, `model.vision_tower.*`),
+        # as transformers 4.52-4.57 saved it (see MULTIMODAL_V5).
+        "gemma3_mm_v5": gemma3_multimodal(),
         # Fused qkv_proj and gate_up_proj, full rotary, default RoPE (Phi3Config's token ids lie outside
         # the tiny vocabulary).
         "phi3": Phi3Config(**COMMON, **PHI3_IDS),
@@ -97,6 +107,46 @@ def configs():
                                             "short_factor": [1.0, 1.05, 1.1, 1.2, 1.4, 1.7, 2.1, 2.6],
                                             "long_factor": [1.0, 1.5, 2.5, 4.0, 7.0, 12.0, 20.0, 33.0]}),
     }
+
+
+def gemma3_multimodal():
+    text = Gemma3TextConfig(**{**COMMON, "num_hidden_layers": 3}, head_dim=16, query_pre_attn_scalar=24,
+                            sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                            rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                                             "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14)
+    return Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                        image_token_index=95, boi_token_index=93, eoi_token_index=94)
+
+
+# Multimodal models whose saved weights are renamed to transformers 5's in-memory layout.
+MULTIMODAL_V5 = {"gemma3_mm_v5"}
+
+
+def save_v5_layout(model_dir):
+    """Renames a saved multimodal checkpoint's tensors from the legacy layout transformers 5 writes
+    (`language_model.model.*`) to the one it holds in memory (`model.language_model.*`)."""
+    path = os.path.join(model_dir, "model.safetensors")
+    tensors = load_file(path)
+    renamed = {}
+    for k, v in tensors.items():
+        if k.startswith("language_model.lm_head."):
+            k = k[len("language_model."):]
+        elif k.startswith("language_model.model."):
+            k = "model.language_model." + k[len("language_model.model."):]
+        elif k.startswith(("vision_tower.", "multi_modal_projector.")):
+            k = "model." + k
+        renamed[k] = v
+    assert not any(k.startswith("language_model.") for k in renamed)
+    save_file(renamed, path, metadata={"format": "pt"})
+
+
+def language_model_targets(model, targets):
+    """LLaMA-Factory's `patch_target_modules` on a composite model: the full path of every module
+    whose name contains a target, outside the vision tower and the projector."""
+    return [n for n, _ in model.named_modules()
+            if any(t in n for t in targets) and "vision_tower" not in n and "multi_modal_projector" not in n]
 
 
 PHI3_IDS = dict(pad_token_id=None, bos_token_id=None, eos_token_id=None)
@@ -122,6 +172,8 @@ def save_model(model, model_dir, name):
     model.save_pretrained(model_dir)
     if name in LEGACY_CONFIGS:
         save_legacy_config(model_dir, LEGACY_CONFIGS[name])
+    if name in MULTIMODAL_V5:
+        save_v5_layout(model_dir)
 
 
 def build(cfg, seed):
@@ -144,7 +196,7 @@ def forward(out):
         d = os.path.join(out, name)
         save_model(model, os.path.join(d, "model"), name)
         g = torch.Generator().manual_seed(7 + i)
-        ids = torch.randint(0, cfg.vocab_size, (2, 24), generator=g)
+        ids = torch.randint(0, cfg.get_text_config().vocab_size, (2, 24), generator=g)
         # Right padding, as lf-data batches: row 1 ends in 7 pad tokens masked out.
         padded = ids.clone()
         padded[1, 17:] = 0
@@ -268,6 +320,10 @@ VARIANTS = {
     "phi3_lora": ("phi3_longrope", {}),
     "phi3_dora": ("phi3_window", {"use_dora": True}),
     "phi3_su_rslora": ("phi3_su", {"use_rslora": True}),
+    # The multimodal Gemma 3, LoRA on its language model's linears as LLaMA-Factory targets them (full
+    # module paths; see language_model_targets), in both checkpoint layouts.
+    "gemma3_mm_lora": ("gemma3_mm", {}),
+    "gemma3_mm_v5_dora": ("gemma3_mm_v5", {"use_dora": True}),
 }
 
 
@@ -285,6 +341,8 @@ def peft_init(out):
     for k, (variant, (family, extra)) in enumerate(VARIANTS.items()):
         model = AutoModelForCausalLM.from_pretrained(base_dir(out, variant), dtype=torch.float32)
         targets = PHI3_TARGETS if cfgs[family].model_type == "phi3" else TARGETS
+        if cfgs[family].model_type == "gemma3":
+            targets = language_model_targets(model, targets)
         lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
                           **{"target_modules": targets, **extra})
         model = get_peft_model(model, lcfg)
@@ -331,7 +389,13 @@ def peft_verify(out):
             exported = AutoModelForCausalLM.from_pretrained(os.path.join(d, "merged"), dtype=torch.float32).eval()
             export_logits = exported(input_ids=ids).logits.float()
         scale = peft_logits.abs().max().item()
+        # A multimodal export: its vision tower and projector must be the base's, bit for bit.
+        base = AutoModelForCausalLM.from_pretrained(base_dir(out, variant), dtype=torch.float32).state_dict()
+        outside = {k: v for k, v in exported.state_dict().items() if "vision_tower" in k or "multi_modal_projector" in k}
         report[variant] = {
+            "export_class": type(exported).__name__,
+            "passthrough_tensors": len(outside),
+            "passthrough_max_diff": max([(v - base[k]).abs().max().item() for k, v in outside.items()], default=0.0),
             "unexpected_keys": list(result.unexpected_keys),
             "missing_keys": missing,
             "peft_vs_ours": (peft_logits - ours).abs().max().item() / scale,

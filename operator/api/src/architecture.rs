@@ -198,6 +198,13 @@ pub struct ModelArchitecture {
     #[serde(flatten)]
     #[schemars(skip)]
     pub windows: WindowKeys,
+    /// Set when this decoder is the text half of a multimodal checkpoint (Gemma 3's
+    /// `Gemma3ForConditionalGeneration`, whose `config.json` nests these keys in `text_config`):
+    /// the trainer loads only the language model's tensors and leaves the vision tower on disk.
+    /// Read from `config.json` and set by the presets; not part of the FineTuneJob schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub multimodal: Option<Multimodal>,
     /// Phi-3: the fraction of each head's dimensions RoPE rotates (the first
     /// `head_dim · factor`; the rest pass through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,6 +219,36 @@ pub struct ModelArchitecture {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "token_ids_schema")]
     pub eos_token_id: Option<serde_json::Value>,
+}
+
+/// A multimodal checkpoint whose text decoder lf-model fine-tunes on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Multimodal {
+    /// `Gemma3ForConditionalGeneration` (`model_type: gemma3`): a SigLIP vision tower and a
+    /// projector beside a `gemma3_text` decoder whose head is tied to its embeddings.
+    #[serde(rename = "gemma3")]
+    Gemma3,
+}
+
+impl Multimodal {
+    /// The `model_type` of the multimodal `config.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Multimodal::Gemma3 => "gemma3",
+        }
+    }
+
+    /// The transformers class the checkpoint loads as.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Multimodal::Gemma3 => "Gemma3ForConditionalGeneration",
+        }
+    }
+
+    /// The multimodal wrapper a `config.json` `model_type` names.
+    pub fn from_name(name: &str) -> Option<Multimodal> {
+        (name == "gemma3").then_some(Multimodal::Gemma3)
+    }
 }
 
 /// The sliding-window keys of `config.json` ([`ModelArchitecture::layer_windows`]).
@@ -381,6 +418,7 @@ impl ModelArchitecture {
                 path: PathBuf::new(),
                 message: e.to_string(),
             })?;
+        let raw = lift_text_config(raw);
         if let Some(mt) = raw.get("model_type").and_then(|v| v.as_str()) {
             if ModelType::from_name(mt).is_none() {
                 return Err(ArchitectureError::UnsupportedModelType(mt.to_string()));
@@ -910,7 +948,7 @@ where
 /// into the classic keys ([`normalise_transformers_v5`]), and the keys a family's config class
 /// defaults when the file omits them ([`family_defaults`]) filled in.
 pub fn normalise_config(raw: serde_json::Value) -> serde_json::Value {
-    let mut raw = normalise_transformers_v5(raw);
+    let mut raw = normalise_transformers_v5(lift_text_config(raw));
     if let Some(obj) = raw.as_object_mut() {
         let family = obj
             .get("model_type")
@@ -929,6 +967,33 @@ pub fn normalise_config(raw: serde_json::Value) -> serde_json::Value {
         }
     }
     raw
+}
+
+/// A multimodal `config.json` (Gemma 3's `model_type: gemma3`, see [`Multimodal`]) as the
+/// text decoder's own: `text_config` (`gemma3_text` unless it says) with `multimodal` naming the
+/// wrapper, the wrapper's dtype and tied head where `text_config` leaves them out, and no final
+/// logit soft cap (`Gemma3ForConditionalGeneration` computes its logits with `lm_head` alone,
+/// whatever `final_logit_softcapping` says). Any other file is returned as it is.
+fn lift_text_config(raw: serde_json::Value) -> serde_json::Value {
+    let wrapper = raw
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .and_then(Multimodal::from_name);
+    let (Some(wrapper), Some(text)) = (wrapper, raw.get("text_config").and_then(|t| t.as_object()))
+    else {
+        return raw;
+    };
+    let mut text = text.clone();
+    text.entry("model_type")
+        .or_insert_with(|| ModelType::Gemma3Text.name().into());
+    for key in ["dtype", "torch_dtype", "tie_word_embeddings"] {
+        if let Some(v) = raw.get(key) {
+            text.entry(key).or_insert_with(|| v.clone());
+        }
+    }
+    text.insert("final_logit_softcapping".into(), serde_json::Value::Null);
+    text.insert("multimodal".into(), wrapper.name().into());
+    serde_json::Value::Object(text)
 }
 
 /// What transformers' config class of `family` sets for a key `config.json` leaves out (an
@@ -953,9 +1018,13 @@ fn family_defaults(family: ModelType) -> Vec<(&'static str, serde_json::Value)> 
         }
         ModelType::Gemma3Text => {
             let mut d = gemma();
+            // Gemma3TextConfig's defaults: the Hub's multimodal files leave the vocabulary and
+            // context out of `text_config`.
             d.extend([
                 ("rope_theta", json!(1_000_000.0)),
                 ("rope_local_base_freq", json!(10_000.0)),
+                ("vocab_size", json!(262_208)),
+                ("max_position_embeddings", json!(131_072)),
             ]);
             d
         }
@@ -1187,6 +1256,52 @@ mod tests {
         assert_eq!(a.embedding_scale(), Some(8.0));
         assert_eq!((a.attention_softcap(), a.logit_softcap()), (None, None));
         assert!(a.qk_norm());
+    }
+
+    #[test]
+    fn reads_the_text_decoder_of_a_gemma3_multimodal_config() {
+        // The Hub's Gemma-3-12B layout: the decoder's keys in text_config, several left to
+        // Gemma3TextConfig's defaults (vocabulary, context, head_dim), the dtype at the top.
+        let text = r#"{"architectures":["Gemma3ForConditionalGeneration"],"model_type":"gemma3",
+            "torch_dtype":"bfloat16","image_token_index":262144,"mm_tokens_per_image":256,
+            "text_config":{"hidden_size":3840,"intermediate_size":15360,"model_type":"gemma3_text",
+              "num_attention_heads":16,"num_hidden_layers":48,"num_key_value_heads":8,
+              "rope_scaling":{"factor":8.0,"rope_type":"linear"},"sliding_window":1024,
+              "final_logit_softcapping":30.0},
+            "vision_config":{"hidden_size":1152,"model_type":"siglip_vision_model","num_hidden_layers":27}}"#;
+        let a = ModelArchitecture::from_json_str(text).unwrap();
+        assert_eq!(a.model_type, ModelType::Gemma3Text);
+        assert_eq!(a.multimodal, Some(Multimodal::Gemma3));
+        assert_eq!(
+            a.multimodal.map(Multimodal::class_name),
+            Some("Gemma3ForConditionalGeneration")
+        );
+        assert_eq!(
+            (a.vocab_size, a.max_position_embeddings),
+            (262_208, 131_072)
+        );
+        assert_eq!(
+            (a.hidden_size, a.num_hidden_layers, a.head_dim()),
+            (3840, 48, 256)
+        );
+        assert_eq!(a.torch_dtype.as_deref(), Some("bfloat16"));
+        assert!(a.tie_word_embeddings);
+        // Gemma3ForConditionalGeneration's logits are lm_head's alone.
+        assert_eq!(a.logit_softcap(), None);
+        let windows = a.layer_windows().unwrap();
+        assert_eq!(windows.iter().filter(|w| w.is_none()).count(), 8);
+        assert_eq!(windows[5], None);
+        assert_eq!(windows[0], Some(1024));
+        // A text-only Gemma 3 is no multimodal checkpoint; another wrapper is refused.
+        let plain = ModelArchitecture::from_json_str(
+            r#"{"model_type":"gemma3_text","hidden_size":64,"intermediate_size":112,
+            "num_hidden_layers":2,"num_attention_heads":4}"#,
+        )
+        .unwrap();
+        assert_eq!(plain.multimodal, None);
+        let err = ModelArchitecture::from_json_str(r#"{"model_type":"gemma3","vision_config":{}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("gemma3"), "{err}");
     }
 
     #[test]

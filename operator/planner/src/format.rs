@@ -105,6 +105,18 @@ pub(crate) fn fit_summary(
     )
 }
 
+/// What a plan of a multimodal checkpoint leaves out: the trainer loads its text decoder alone,
+/// so the vision tower and projector are neither in memory nor in the counts.
+fn multimodal_note(a: &lf_api::ModelArchitecture) -> String {
+    match a.multimodal {
+        Some(m) => format!(
+            "; text decoder of {}: vision tower and projector not loaded, not counted",
+            m.class_name()
+        ),
+        None => String::new(),
+    }
+}
+
 /// `recompute 20 of 32 layers`: the layer recomputation a plan assumes (empty when unknown).
 fn recompute_phrase(plan: &Plan) -> String {
     match plan.recomputation {
@@ -345,7 +357,7 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
     };
     let mut lines = vec![
         format!(
-            "model      {} ({}, {} layers, hidden {}, heads {}/{} kv, intermediate {}, vocab {}{})",
+            "model      {} ({}, {} layers, hidden {}, heads {}/{} kv, intermediate {}, vocab {}{}{})",
             input.model_name,
             a.model_type.name(),
             a.num_hidden_layers,
@@ -354,7 +366,8 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
             a.kv_heads(),
             a.intermediate_size,
             a.vocab_size,
-            if a.tie_word_embeddings { ", tied embeddings" } else { "" }
+            if a.tie_word_embeddings { ", tied embeddings" } else { "" },
+            multimodal_note(a)
         ),
         format!("params     {} total, {} trainable ({pct:.2}%)", group_digits(inv.model_params), group_digits(inv.trainable_params)),
         format!(

@@ -5,7 +5,7 @@
 //! arithmetic are kept). Instruct/chat variants share their base model's shape and are listed as
 //! aliases. Names match case-insensitively, with or without the organisation prefix.
 
-use lf_api::architecture::{ModelType, MoeKeys, RopeScaling, WindowKeys};
+use lf_api::architecture::{ModelType, MoeKeys, Multimodal, RopeScaling, WindowKeys};
 use lf_api::ModelArchitecture;
 
 struct Shape {
@@ -118,6 +118,9 @@ impl Shape {
                 sliding_window: self.window,
                 ..WindowKeys::default()
             },
+            // Every Gemma 3 preset (4B and up) is a `Gemma3ForConditionalGeneration` checkpoint
+            // on the Hub: the text decoder is fine-tuned, the vision tower is not loaded.
+            multimodal: (self.model_type == ModelType::Gemma3Text).then_some(Multimodal::Gemma3),
             partial_rotary_factor: self.partial_rotary,
             torch_dtype: Some("bfloat16".into()),
             bos_token_id: None,

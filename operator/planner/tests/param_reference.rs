@@ -52,6 +52,7 @@ fn tiny(model_type: ModelType, tied: bool, kv: u64, head_dim: Option<u64>) -> Mo
         rope_local_base_freq: None,
         moe: Default::default(),
         windows: Default::default(),
+        multimodal: None,
         partial_rotary_factor: None,
         torch_dtype: None,
         bos_token_id: None,

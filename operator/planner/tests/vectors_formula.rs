@@ -199,6 +199,7 @@ fn formula_vectors_f1_to_f12() {
         rope_local_base_freq: None,
         moe: Default::default(),
         windows: Default::default(),
+        multimodal: None,
         partial_rotary_factor: None,
         torch_dtype: None,
         bos_token_id: None,

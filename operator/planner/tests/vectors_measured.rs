@@ -69,6 +69,7 @@ fn qwen1(hidden: u64, layers: u64, heads: u64, mlp: u64) -> ModelArchitecture {
         rope_local_base_freq: None,
         moe: Default::default(),
         windows: Default::default(),
+        multimodal: None,
         partial_rotary_factor: None,
         torch_dtype: None,
         bos_token_id: None,

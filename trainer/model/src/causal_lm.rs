@@ -10,9 +10,9 @@ use lf_api::training::{FinetuningType, FlashAttn};
 use tch::{Kind, Tensor};
 
 use crate::llama::{AttentionBackend, Llama};
-use crate::loader::{self, FileSource, MemorySource, UnitSink};
+use crate::loader::{self, FileSource, LayoutSource, MemorySource, TensorSource, UnitSink};
 use crate::lora_settings::LoraSettings;
-use crate::names::{self, BaseTensor, LayerTensor};
+use crate::names::{self, BaseTensor, CheckpointLayout, LayerTensor};
 use crate::residency::{AlwaysResident, Unit};
 use crate::{options, safetensors_io, LoadOptions, ModelError};
 
@@ -51,6 +51,9 @@ pub struct CausalLm {
     pub(crate) load_report: Option<LoadReport>,
     /// AdaLoRA's importance scores and rank allocation, while training with `use_adalora`.
     pub(crate) rank_allocator: Option<crate::rank_allocator::RankAllocator>,
+    /// Where the checkpoint keeps the decoder (a multimodal model's language model): the names
+    /// adapters and exports are written with.
+    pub(crate) layout: CheckpointLayout,
 }
 
 impl CausalLm {
@@ -73,13 +76,30 @@ impl CausalLm {
         let start = Instant::now();
         let (arch, windows) = options::read_config(model_dir)?;
         let files = safetensors_io::weight_files(model_dir)?;
-        let mut src = FileSource::open(model_dir, &files)?;
+        let mut files_src = FileSource::open(model_dir, &files)?;
+        let layout = match arch.multimodal {
+            Some(_) => {
+                CheckpointLayout::of_multimodal(files_src.remaining().iter().map(|n| n.as_str()))
+            }
+            None => CheckpointLayout::CausalLm,
+        };
+        let mut src = LayoutSource {
+            inner: &mut files_src,
+            layout,
+        };
         let model = loader::build(&arch, &windows, &mut src, opts, sink)?;
         let report = LoadReport {
             seconds: start.elapsed().as_secs_f64(),
-            bytes: src.bytes,
+            bytes: files_src.bytes,
             files: files.len(),
         };
+        if let Some(m) = arch.multimodal {
+            tracing::info!(
+                class = m.class_name(),
+                layout = ?layout,
+                "multimodal checkpoint: its text decoder is loaded, the vision tower and projector stay on disk"
+            );
+        }
         tracing::info!(
             model = %model_dir.display(),
             seconds = report.seconds,
@@ -89,6 +109,7 @@ impl CausalLm {
         );
         let mut lm = Self::assemble(arch, model, opts);
         lm.load_report = Some(report);
+        lm.layout = layout;
         Ok(lm)
     }
 
@@ -124,6 +145,7 @@ impl CausalLm {
             micro_step: AtomicU64::new(0),
             load_report: None,
             rank_allocator: None,
+            layout: CheckpointLayout::CausalLm,
         }
     }
 
@@ -135,6 +157,12 @@ impl CausalLm {
     /// The options the model was loaded with.
     pub fn load_options(&self) -> &LoadOptions {
         &self.opts
+    }
+
+    /// Where the checkpoint keeps the decoder (a multimodal model's language model, in which
+    /// layout).
+    pub fn checkpoint_layout(&self) -> CheckpointLayout {
+        self.layout
     }
 
     /// Load time and size, when the model came from [`CausalLm::load`].

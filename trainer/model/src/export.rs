@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::causal_lm::CausalLm;
 use crate::durable;
-use crate::names::{self, BaseTensor, LayerTensor};
-use crate::safetensors_io::{self, HostTensor};
+use crate::names::{self, BaseTensor, CheckpointLayout, LayerTensor};
+use crate::safetensors_io::{self, HostTensor, MappedFile};
 use crate::ModelError;
 
 /// Files copied from the source model directory when present (tokenizer and generation config).
@@ -30,12 +30,66 @@ fn kind_name(kind: tch::Kind) -> &'static str {
     }
 }
 
+/// The tensors of a multimodal checkpoint outside its language model (the vision tower, the
+/// projector), which `export` copies from the source files unchanged (names, dtypes, values):
+/// lf-model never loaded them. Empty for a `…ForCausalLM`.
+struct PassThrough {
+    files: Vec<MappedFile>,
+    /// `(name, file index, stored bytes)`, in the source's order.
+    tensors: Vec<(String, usize, u64)>,
+}
+
+impl PassThrough {
+    fn open(src_model_dir: &Path, layout: CheckpointLayout) -> Result<Self, ModelError> {
+        let mut out = PassThrough {
+            files: Vec::new(),
+            tensors: Vec::new(),
+        };
+        if !layout.is_multimodal() {
+            return Ok(out);
+        }
+        for path in safetensors_io::weight_files(src_model_dir)? {
+            let file = MappedFile::open(&path)?;
+            let index = out.files.len();
+            let mut names = file.names()?;
+            names.sort();
+            for name in names {
+                if layout.model_name(&name).is_none() {
+                    let bytes = file.stored_len(&name).unwrap_or(0);
+                    out.tensors.push((name, index, bytes));
+                }
+            }
+            out.files.push(file);
+        }
+        Ok(out)
+    }
+
+    fn sizes(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.tensors.iter().map(|(n, _, b)| (n.clone(), *b))
+    }
+
+    fn fetch(&self, name: &str) -> Result<HostTensor, ModelError> {
+        let (_, index, _) = self
+            .tensors
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: "the source checkpoint".into(),
+            })?;
+        let t = self.files[*index].load(name, None, tch::Device::Cpu)?;
+        HostTensor::from_tensor(name, &t)
+    }
+}
+
 impl CausalLm {
     /// Writes `out_dir` as a Hugging Face model: every weight (LoRA/DoRA merged as PEFT's
     /// `merge_and_unload` does, quantised weights dequantised) in the model dtype, as safetensors
     /// shards of at most `shard_bytes` (plus `model.safetensors.index.json` when there are several),
     /// `config.json` from `src_model_dir` with its dtype updated, and the tokenizer files. Each file
-    /// is written atomically and durably ([`durable`]).
+    /// is written atomically and durably ([`durable`]). A multimodal checkpoint is written in its
+    /// source's layout, its vision tower and projector copied from the source unchanged
+    /// ([`PassThrough`]), so transformers loads the export as the same multimodal class.
     pub fn export_merged(
         &self,
         out_dir: &Path,
@@ -47,24 +101,30 @@ impl CausalLm {
             source,
         })?;
         let kind = self.opts.dtype;
-        let sizes: Vec<(String, u64)> = self
+        let layout = self.layout;
+        let mut sizes: Vec<(String, u64)> = self
             .base_layout()
             .into_iter()
             .map(|(n, shape)| {
                 (
-                    n,
+                    layout.file_name(&n),
                     shape.iter().product::<i64>() as u64 * kind.elt_size_in_bytes() as u64,
                 )
             })
             .collect();
+        let passthrough = PassThrough::open(src_model_dir, layout)?;
+        sizes.extend(passthrough.sizes());
         // Merge one linear at a time while writing, so only one merged matrix exists at once.
         let merged = self.base_parameters_lazy();
-        safetensors_io::write_sharded(out_dir, &sizes, shard_bytes, |name| {
-            let t = merged(name).ok_or_else(|| ModelError::MissingTensor {
+        safetensors_io::write_sharded(out_dir, &sizes, shard_bytes, |file_name| {
+            let Some(name) = layout.model_name(file_name) else {
+                return passthrough.fetch(file_name);
+            };
+            let t = merged(&name).ok_or_else(|| ModelError::MissingTensor {
                 name: name.to_string(),
                 source_desc: "the model".into(),
             })?;
-            HostTensor::from_tensor(name, &t.to_kind(kind))
+            HostTensor::from_tensor(file_name, &t.to_kind(kind))
         })?;
 
         let src_config = src_model_dir.join("config.json");

@@ -14,7 +14,7 @@ use crate::llama::{
     FeedForwardNorms, GateUpProjections, Llama, Mlp, QkvProjections, RmsNorm, Rotary,
 };
 use crate::moe::{expert_shape, Expert, SparseMoe};
-use crate::names::{self, ExpertLinear, MoeNaming};
+use crate::names::{self, CheckpointLayout, ExpertLinear, MoeNaming};
 use crate::residency::Unit;
 use crate::safetensors_io::MappedFile;
 use crate::{LoadOptions, ModelError};
@@ -114,6 +114,36 @@ impl TensorSource for FileSource {
     }
     fn describe(&self) -> String {
         format!("the safetensors files of {}", self.dir)
+    }
+}
+
+/// A checkpoint read through its [`CheckpointLayout`]: lf-model's names are mapped to the file's,
+/// and only the language model's tensors count as remaining, so a multimodal checkpoint's vision
+/// tower and projector are never taken (never copied off the memory map).
+pub struct LayoutSource<'a> {
+    pub inner: &'a mut dyn TensorSource,
+    pub layout: CheckpointLayout,
+}
+
+impl TensorSource for LayoutSource<'_> {
+    fn take(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        opts: &LoadOptions,
+    ) -> Result<Option<Tensor>, ModelError> {
+        self.inner.take(&self.layout.file_name(name), kind, opts)
+    }
+    fn remaining(&self) -> Vec<String> {
+        let layout = self.layout;
+        self.inner
+            .remaining()
+            .into_iter()
+            .filter(|n| layout.model_name(n).is_some())
+            .collect()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 

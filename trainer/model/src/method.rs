@@ -71,6 +71,11 @@ impl CausalLm {
                         "use_adalora: AdaLoRA's SVD-form adapters are for linear layers; a mixture of experts' router and expert parameters take plain LoRA only (PEFT's AdaLoRA has no target_parameters): target the attention (lora_target: all) or drop use_adalora".into(),
                     ));
                 }
+                if settings.adalora.is_some() && self.layout.is_multimodal() {
+                    return Err(ModelError::Invalid(
+                        "use_adalora: AdaLoRA's rank_pattern is not written for a multimodal checkpoint's language model yet; use LoRA (or DoRA) on this model".into(),
+                    ));
+                }
                 let kind = if cfg.pure_bf16 {
                     Kind::BFloat16
                 } else {

@@ -264,6 +264,106 @@ pub fn lm_head() -> TensorPath {
     TensorPath::root().pp("lm_head")
 }
 
+/// Where a checkpoint keeps the decoder's tensors. lf-model names every tensor as
+/// `…ForCausalLM` does (`model.…`, `lm_head.…`); a multimodal checkpoint (Gemma 3's
+/// `Gemma3ForConditionalGeneration`) nests the same decoder under its language model, beside a
+/// vision tower and a projector, and this maps the names at the file boundary (base weights,
+/// PEFT adapters, exports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckpointLayout {
+    /// `…ForCausalLM`: the names as they are.
+    #[default]
+    CausalLm,
+    /// The multimodal model as transformers 5 holds it (and as transformers 4.52–4.57 saved it):
+    /// `model.language_model.…` (the decoder stack), `lm_head.…`, `model.vision_tower.…`,
+    /// `model.multi_modal_projector.…`. PEFT's adapter names always follow this layout.
+    Multimodal,
+    /// The multimodal model as the Hub's files and transformers 5's `save_pretrained` store it:
+    /// `language_model.model.…`, `language_model.lm_head.…`, `vision_tower.…`,
+    /// `multi_modal_projector.…` (transformers' `llava` conversion maps it onto [`Self::Multimodal`]).
+    MultimodalLegacy,
+}
+
+/// The multimodal model's language model in transformers 5 (`Gemma3Model.language_model`).
+fn language_model() -> TensorPath {
+    model().pp("language_model")
+}
+
+/// The legacy files' language model (`language_model`, a whole `…ForCausalLM`).
+fn legacy_language_model() -> TensorPath {
+    TensorPath::root().pp("language_model")
+}
+
+impl CheckpointLayout {
+    /// The layout of a multimodal checkpoint whose tensors are `names`: the legacy one when some
+    /// name starts with `language_model.`.
+    pub fn of_multimodal<'a>(names: impl IntoIterator<Item = &'a str>) -> CheckpointLayout {
+        let legacy = legacy_language_model();
+        if names.into_iter().any(|n| legacy.strip_from(n).is_some()) {
+            CheckpointLayout::MultimodalLegacy
+        } else {
+            CheckpointLayout::Multimodal
+        }
+    }
+
+    /// The name, in a checkpoint of this layout, of the tensor lf-model names `name`.
+    pub fn file_name(self, name: &str) -> String {
+        match self {
+            CheckpointLayout::CausalLm => name.to_string(),
+            CheckpointLayout::Multimodal => match model().strip_from(name) {
+                Some(rest) => language_model().pp(rest).0,
+                None => name.to_string(),
+            },
+            CheckpointLayout::MultimodalLegacy => legacy_language_model().pp(name).0,
+        }
+    }
+
+    /// The inverse of [`CheckpointLayout::file_name`]: lf-model's name of a checkpoint tensor, or
+    /// `None` for one outside the language model (the vision tower, the projector).
+    pub fn model_name(self, file: &str) -> Option<String> {
+        match self {
+            CheckpointLayout::CausalLm => Some(file.to_string()),
+            CheckpointLayout::Multimodal => {
+                if let Some(rest) = language_model().strip_from(file) {
+                    Some(model().pp(rest).0)
+                } else {
+                    lm_head().strip_from(file).map(|_| file.to_string())
+                }
+            }
+            CheckpointLayout::MultimodalLegacy => {
+                legacy_language_model().strip_from(file).map(str::to_string)
+            }
+        }
+    }
+
+    /// PEFT's name, on the model this checkpoint loads as, of the adapter tensor lf-model names
+    /// `peft` (`base_model.model.model.layers.0.…` →
+    /// `base_model.model.model.language_model.layers.0.…` for a multimodal model, whichever layout
+    /// its files have: PEFT wraps the model transformers builds).
+    pub fn peft_name(self, peft: &str) -> String {
+        let hf = match peft_root().strip_from(peft) {
+            Some(hf) if self != CheckpointLayout::CausalLm => hf,
+            _ => return peft.to_string(),
+        };
+        peft_root().pp(CheckpointLayout::Multimodal.file_name(hf)).0
+    }
+
+    /// The module path PEFT's `target_modules` names the linear at `path` by on this model
+    /// (`model.language_model.layers.0.self_attn.q_proj` on a multimodal one).
+    pub fn peft_module(self, path: &TensorPath) -> String {
+        match self {
+            CheckpointLayout::CausalLm => path.0.clone(),
+            _ => CheckpointLayout::Multimodal.file_name(path.as_str()),
+        }
+    }
+
+    /// Whether the checkpoint holds more than the decoder (its other tensors are left on disk and
+    /// copied through by `export`).
+    pub fn is_multimodal(self) -> bool {
+        self != CheckpointLayout::CausalLm
+    }
+}
+
 /// The decoder layer a Hugging Face or PEFT tensor name belongs to (`None` outside the layers).
 pub fn layer_of(name: &str) -> Option<usize> {
     let hf = peft_root().strip_from(name).unwrap_or(name);
@@ -449,6 +549,68 @@ mod tests {
             "model.layers.0.block_sparse_moe.experts.7.w3.weight"
         );
         assert_eq!(
+    #[test]
+    fn multimodal_layouts_map_both_ways() {
+        use CheckpointLayout::*;
+        let q = linear(2, LinearModule::QProj).weight();
+        for (layout, file) in [
+            (CausalLm, "model.layers.2.self_attn.q_proj.weight"),
+            (
+                Multimodal,
+                "model.language_model.layers.2.self_attn.q_proj.weight",
+            ),
+            (
+                MultimodalLegacy,
+                "language_model.model.layers.2.self_attn.q_proj.weight",
+            ),
+        ] {
+            assert_eq!(layout.file_name(&q), file);
+            assert_eq!(layout.model_name(file).as_deref(), Some(q.as_str()));
+        }
+        assert_eq!(Multimodal.file_name("lm_head.weight"), "lm_head.weight");
+        assert_eq!(
+            MultimodalLegacy.file_name("lm_head.weight"),
+            "language_model.lm_head.weight"
+        );
+        assert_eq!(
+            MultimodalLegacy
+                .model_name("language_model.lm_head.weight")
+                .as_deref(),
+            Some("lm_head.weight")
+        );
+        for vision in [
+            "model.vision_tower.encoder.layers.0.self_attn.q_proj.weight",
+            "model.multi_modal_projector.mm_input_projection_weight",
+        ] {
+            assert_eq!(Multimodal.model_name(vision), None);
+        }
+        assert_eq!(
+            MultimodalLegacy.model_name("vision_tower.embeddings.patch_embedding.weight"),
+            None
+        );
+        assert_eq!(
+            CheckpointLayout::of_multimodal(["vision_tower.x", "language_model.model.norm.weight"]),
+            MultimodalLegacy
+        );
+        assert_eq!(
+            CheckpointLayout::of_multimodal(["model.language_model.norm.weight"]),
+            Multimodal
+        );
+        // PEFT names follow transformers 5's modules whatever the files' layout.
+        let a = linear(0, LinearModule::QProj).lora_a();
+        for layout in [Multimodal, MultimodalLegacy] {
+            assert_eq!(
+                layout.peft_name(&a),
+                "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight"
+            );
+            assert_eq!(
+                layout.peft_module(&linear(1, LinearModule::DownProj)),
+                "model.language_model.layers.1.mlp.down_proj"
+            );
+        }
+        assert_eq!(CausalLm.peft_name(&a), a);
+    }
+
             m.expert(0, 7, Down).weight(),
             "model.layers.0.block_sparse_moe.experts.7.w2.weight"
         );

@@ -38,10 +38,10 @@ impl CausalLm {
         let mut map = BTreeMap::new();
         for (name, t) in tensors {
             let host = HostTensor::from_tensor(&name, &t)?;
-            map.insert(name, host);
+            map.insert(self.layout.peft_name(&name), host);
         }
         safetensors_io::write_file(&dir.join(ADAPTER_WEIGHTS), &map)?;
-        let targets: Vec<&str> = s.targets.iter().map(|m| m.name()).collect();
+        let targets = self.peft_target_modules(&s.targets);
         let mut config = serde_json::json!({
             "alpha_pattern": {},
             "auto_mapping": null,
@@ -161,6 +161,7 @@ impl CausalLm {
 
         let mut in_file: BTreeSet<String> = file.names()?.into_iter().collect();
         for (name, t) in self.adapter_parameters() {
+            let name = self.layout.peft_name(&name);
             if !in_file.remove(&name) {
                 return Err(ModelError::MissingTensor {
                     name,
@@ -196,6 +197,46 @@ impl CausalLm {
 
 fn sorted(v: &[LinearModule]) -> Vec<LinearModule> {
     let mut v = v.to_vec();
+impl CausalLm {
+    /// `target_modules` as PEFT should match them on the model this checkpoint loads as: the
+    /// module names on a `…ForCausalLM`; on a multimodal model, every adapted linear's full path
+    /// in the language model, as LLaMA-Factory's `patch_target_modules` lists them (a bare
+    /// `q_proj` would also adapt the vision tower's).
+    fn peft_target_modules(&self, targets: &[LinearModule]) -> Vec<String> {
+        if !self.layout.is_multimodal() {
+            return targets.iter().map(|m| m.name().to_string()).collect();
+        }
+        (0..self.model.layers.len())
+            .flat_map(|i| {
+                targets
+                    .iter()
+                    .map(move |&m| self.layout.peft_module(&crate::names::linear(i, m)))
+            })
+            .collect()
+    }
+}
+
+/// `target_modules` entries as decoder linear names. PEFT matches an entry as the suffix of a
+/// module path, so LLaMA-Factory's full paths on a multimodal model
+/// (`model.language_model.layers.0.self_attn.q_proj`) and PEFT's shortened ones
+/// (`1.self_attn.q_proj`) name the linear their last segment names; the adapter's tensors,
+/// checked one by one when loading, must still cover every layer. A path into a vision tower or
+/// projector is refused: only the language model is loaded.
+fn target_names(items: &[serde_json::Value]) -> Result<Vec<&str>, String> {
+    items
+        .iter()
+        .map(|i| {
+            let name = i.as_str().unwrap_or("");
+            if name.contains("vision_tower") || name.contains("multi_modal_projector") {
+                return Err(format!(
+                    "target_modules: `{name}` adapts the vision tower or projector; only the language model is fine-tuned"
+                ));
+            }
+            Ok(name.rsplit('.').next().unwrap_or(name))
+        })
+        .collect()
+}
+
     v.sort();
     v
 }
@@ -274,7 +315,7 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
             .lora_targets("all")
             .map_err(|e| format!("target_modules: {e}"))?,
         Some(serde_json::Value::Array(items)) => {
-            let names: Vec<&str> = items.iter().map(|i| i.as_str().unwrap_or("")).collect();
+            let names = target_names(items)?;
             // `[]`: parameters only (PEFT's way of targeting no module).
             let out = match names.is_empty() {
                 true => Vec::new(),

@@ -117,6 +117,12 @@ impl MappedFile {
         Ok(self.metadata.offset_keys())
     }
 
+    /// Bytes tensor `name` takes in the file (`None` when absent).
+    pub fn stored_len(&self, name: &str) -> Option<u64> {
+        let (start, end) = self.metadata.info(name)?.data_offsets;
+        Some(end.saturating_sub(start) as u64)
+    }
+
     /// The bytes of the tensor `info` describes (validated at open, checked again here).
     fn bytes(&self, name: &str, info: &TensorInfo) -> Result<&[u8], ModelError> {
         let (start, end) = info.data_offsets;

@@ -14,7 +14,7 @@ use lf_model::{CausalLm, LoadOptions, ADAPTER_WEIGHTS};
 use tch::{Device, Kind, Tensor};
 
 /// `(variant, base model family)`, as `model_reference.py`'s `VARIANTS`.
-const VARIANTS: [(&str, &str); 16] = [
+const VARIANTS: [(&str, &str); 18] = [
     ("lora", "llama"),
     ("rslora", "llama"),
     ("dora", "llama"),
@@ -34,6 +34,11 @@ const VARIANTS: [(&str, &str); 16] = [
     ("phi3_lora", "phi3_longrope"),
     ("phi3_dora", "phi3_window"),
     ("phi3_su_rslora", "phi3_su"),
+    // Gemma3ForConditionalGeneration's language model (both checkpoint layouts): the adapter
+    // names and target_modules PEFT uses on the multimodal model; the export keeps the vision
+    // tower.
+    ("gemma3_mm_lora", "gemma3_mm"),
+    ("gemma3_mm_v5_dora", "gemma3_mm_v5"),
 ];
 
 /// The `lora_target` of `variant` (what `model_reference.py` gives PEFT).
@@ -108,8 +113,11 @@ fn adapters_match_peft_and_round_trip() {
         );
         let mut worst = 0.0f64;
         for (name, p) in &params {
+            // PEFT's names on the model the checkpoint loads as (a multimodal model's language
+            // model nests the layers).
+            let peft_name = lm.checkpoint_layout().peft_name(name);
             let g = reference
-                .get(&format!("grad.{name}"))
+                .get(&format!("grad.{peft_name}"))
                 .unwrap_or_else(|| panic!("PEFT has no parameter {name}"));
             let diff = (p.grad() - g).abs().max().double_value(&[]);
             let scale = g.abs().max().double_value(&[]).max(1e-3);
@@ -183,6 +191,18 @@ fn adapters_match_peft_and_round_trip() {
             serde_json::json!([]),
             "{variant}: PEFT found missing adapter keys"
         );
+        if variant.starts_with("gemma3_mm") {
+            assert_eq!(
+                r["export_class"], "Gemma3ForConditionalGeneration",
+                "{variant}: the export must load as the multimodal class"
+            );
+            assert!(r["passthrough_tensors"].as_u64().unwrap() > 0);
+            assert_eq!(
+                r["passthrough_max_diff"].as_f64(),
+                Some(0.0),
+                "{variant}: the exported vision tower differs from the base's"
+            );
+        }
         let ours = r["peft_vs_ours"].as_f64().unwrap();
         let export = r["export_vs_merge"].as_f64().unwrap();
         println!("{variant}: PEFT vs ours {ours:.2e}, export vs PEFT merge {export:.2e}");
