@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use lf_model::{CausalLm, ModelError, ADALORA_STATE, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+use lf_model::{
+    CausalLm, ModelError, Residency, ADALORA_STATE, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+};
 use tch::Tensor;
 
 use crate::error::TrainerError;
+use crate::grad_reduce::{GradientReducer, UnitParameters};
 use crate::interfaces::{MicroOutput, ModelMemory, OptimizerBytes, StepOptimizer, TrainModel};
 use crate::preference::{PreferenceLoss, PreferenceSums};
 use crate::zero3::ParameterPartition;
@@ -54,6 +57,10 @@ fn residency_error(context: &str, e: ModelError) -> TrainerError {
 }
 
 /// A [`CausalLm`] as the loop trains it.
+/// What brackets the model's units in a training pass: the ZeRO-3 partition, or the reducer of
+/// `overlap_comm`.
+type TrainResidency<'a> = Option<&'a dyn Residency<Error = TrainerError>>;
+
 pub struct LmTrainee {
     pub lm: CausalLm,
     /// `base_model_name_or_path` written into `adapter_config.json`.
@@ -64,6 +71,9 @@ pub struct LmTrainee {
     /// ZeRO optimiser, whose parameters are its shards).
     partition: Option<Rc<ParameterPartition>>,
     /// A preference run without LoRA: the frozen starting weights, the reference model.
+    /// `overlap_comm` under ZeRO 0–2: the gradient reduction each unit starts as its backward
+    /// finishes (shared with the optimiser, which waits for it).
+    overlap: Option<Rc<GradientReducer>>,
     reference: Option<CausalLm>,
 }
 
@@ -79,6 +89,7 @@ impl LmTrainee {
     }
 
     /// Takes `reference` (the starting weights, frozen) as the reference model of a preference
+            overlap: None,
     /// loss, for `full`/`freeze` fine-tuning.
     pub fn with_reference(mut self, reference: CausalLm) -> Self {
         self.reference = Some(reference);
@@ -96,14 +107,22 @@ impl LmTrainee {
         self.partition.as_deref()
     }
 
-    /// One training micro-batch: `run` (the forward and backward, given the model and the ZeRO-3
-    /// partition when there is one) returns the loss sum; the micro-batch is counted.
+    fn train_residency(&self) -> TrainResidency<'_> {
+        match (&self.partition, &self.overlap) {
+            (Some(p), _) => Some(&**p),
+            (None, Some(r)) => Some(&**r),
+            (None, None) => None,
+        }
+    }
+
+    /// One training micro-batch: `run` (the forward and backward, given the model and what
+    /// brackets its units, when anything does) returns the loss sum; the micro-batch is counted.
     fn micro_step(
         &mut self,
-        run: impl FnOnce(&CausalLm, Option<&ParameterPartition>) -> Result<f64, ModelError>,
+        run: impl FnOnce(&CausalLm, TrainResidency<'_>) -> Result<f64, ModelError>,
     ) -> Result<MicroOutput, TrainerError> {
         let loss_sum =
-            run(&self.lm, self.active_partition()).map_err(|e| model_error("training step", e))?;
+            run(&self.lm, self.train_residency()).map_err(|e| model_error("training step", e))?;
         self.micro_batches += 1;
         Ok(MicroOutput {
             loss_sum,
@@ -112,6 +131,30 @@ impl LmTrainee {
     }
 
     fn is_lora(&self) -> bool {
+    /// Starts each unit's gradient reduction as its backward finishes (`overlap_comm`, ZeRO 0–2):
+    /// `reducer` brackets the units of every training pass.
+    pub fn overlap_gradients(&mut self, reducer: Rc<GradientReducer>) {
+        self.overlap = Some(reducer);
+    }
+
+    /// The trainable parameters of each unit of the model, by name.
+    pub fn unit_parameters(&self) -> UnitParameters {
+        self.lm
+            .units()
+            .into_iter()
+            .map(|unit| {
+                let names = self
+                    .lm
+                    .unit_tensors(unit)
+                    .into_iter()
+                    .filter(|(_, t)| t.requires_grad())
+                    .map(|(name, _)| name)
+                    .collect();
+                (unit, names)
+            })
+            .collect()
+    }
+
         self.lm.lora_settings().is_some()
     }
 
@@ -222,14 +265,10 @@ impl TrainModel for LmTrainee {
                 "neat_packing does not run with zero_stage 3",
             ));
         }
-        let loss_sum = self
-            .lm
-            .loss_sum_and_backward_packed(input_ids, labels, position_ids, loss_scale)
-            .map_err(|e| model_error("training step", e))?;
-        self.micro_batches += 1;
-        Ok(MicroOutput {
-            loss_sum,
-            forward_secs: None,
+        let (ids, pos) = (input_ids, position_ids);
+        self.micro_step(|lm, residency| match residency {
+            Some(r) => lm.loss_sum_and_backward_packed_with(ids, labels, pos, loss_scale, r),
+            None => lm.loss_sum_and_backward_packed(ids, labels, pos, loss_scale),
         })
     }
 
@@ -240,6 +279,12 @@ impl TrainModel for LmTrainee {
         desirable: &[bool],
         loss: &PreferenceLoss,
         loss_scale: f64,
+    fn last_micro_batch(&mut self, last: bool) {
+        if let Some(r) = &self.overlap {
+            r.arm(last);
+        }
+    }
+
     ) -> Result<PreferenceSums, TrainerError> {
         if self.active_partition().is_some() {
             return Err(TrainerError::config(

@@ -10,7 +10,9 @@ use lf_api::training::TrainingConfig;
 use lf_model::GenerationParams;
 
 use crate::adapters::{model_error, LmTrainee, OptimStep};
+use crate::data_parallel::ReplicatedStep;
 use crate::error::TrainerError;
+use crate::grad_reduce::GradientReducer;
 use crate::interfaces::{DataParallel, SingleProcess, StepOptimizer, TrainModel};
 use crate::metrics::Metrics;
 use crate::outputs::{merge_results, TrainerLog, LOSS_PLOT};
@@ -123,7 +125,24 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let mut optimizer: Box<dyn StepOptimizer> = match process_group {
         Some(pg) if cfg.zero_stage > 0 => {
             tracing::info!(zero_stage = cfg.zero_stage, "ZeRO partitioning");
-            let zero = ZeroOptimizer::new(cfg, cfg.zero_stage, pg, &params, partition.clone())?;
+            let zero = ZeroOptimizer::new(
+                cfg,
+                cfg.zero_stage,
+                pg,
+                &params,
+                partition.clone(),
+                overlap_units.as_ref(),
+            )?;
+            if let Some(reducer) = zero.gradient_reducer().filter(|r| r.overlaps()) {
+                trainee.overlap_gradients(reducer);
+            }
+    // `overlap_comm`: each unit's gradients start reducing as its backward finishes.
+    let overlap_units = cfg
+        .overlaps_comm(group.world_size())
+        .then(|| trainee.unit_parameters());
+    if group.world_size() > 1 && cfg.zero_stage < 3 {
+        tracing::info!(overlap_comm = overlap_units.is_some(), "gradient reduction");
+    }
             if let Some(partition) = partition {
                 if cfg.gradient_checkpointing != lf_api::training::GradientCheckpointing::On {
                     tracing::warn!(
@@ -134,10 +153,28 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             }
             Box::new(zero)
         }
-        _ => Box::new(OptimStep(
-            lf_optim::build(cfg, &params)
-                .map_err(|e| TrainerError::config(format!("optimizer: {e}")))?,
-        )),
+        process_group => {
+            let inner = Box::new(OptimStep(
+                lf_optim::build(cfg, &params)
+                    .map_err(|e| TrainerError::config(format!("optimizer: {e}")))?,
+            ));
+            match process_group {
+                Some(pg) => {
+                    let bucket = crate::gradients::bucket_elements();
+                    let reducer = Rc::new(GradientReducer::replicated(
+                        pg,
+                        &params,
+                        bucket,
+                        overlap_units.as_ref(),
+                    )?);
+                    if reducer.overlaps() {
+                        trainee.overlap_gradients(reducer.clone());
+                    }
+                    Box::new(ReplicatedStep { inner, reducer })
+                }
+                None => inner,
+            }
+        }
     };
     drop(params);
 

@@ -1,29 +1,21 @@
 //! [`DataParallel`] over lf-dist's c10d process group (plain data parallelism: every rank holds
 //! the full trainable parameters and optimiser state; gradients are summed after each step's
-//! micro-batches).
+//! micro-batches, or with `overlap_comm` unit by unit during the last one's backward:
+//! [`ReplicatedStep`]).
 
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
-use lf_api::runtime::FailureReason;
-use lf_dist::{DistError, ProcessGroup, RendezvousOptions};
-use tch::{Device, Kind, Tensor};
+use lf_dist::{ProcessGroup, RendezvousOptions};
+use tch::{Device, Tensor};
 
 use crate::error::TrainerError;
-use crate::gradients::{bucket_elements, buckets};
-use crate::interfaces::DataParallel;
+use crate::grad_reduce::GradientReducer;
+use crate::gradients::{self, bucket_elements};
+use crate::interfaces::{DataParallel, OptimizerBytes, RestoredState, StepOptimizer};
 
-/// Maps an lf-dist error onto the trainer's classes (lf-dist knows which are configuration
-/// mistakes and which are communication failures).
-pub fn dist_error(e: DistError) -> TrainerError {
-    match e.failure_reason() {
-        FailureReason::ConfigError => TrainerError::config(e.to_string()),
-        FailureReason::Communication => TrainerError::Communication {
-            message: e.to_string(),
-        },
-        _ => TrainerError::runtime(e.to_string()),
-    }
-}
+pub use crate::error::dist_error;
 
 /// A process group joined from the environment (`MASTER_ADDR`, `MASTER_PORT`, `WORLD_SIZE`,
 /// `RANK`), or `None` when `WORLD_SIZE` is unset or 1.
@@ -64,6 +56,62 @@ impl DistGroup {
     }
 }
 
+/// Plain data parallelism's optimiser: `inner` updates every parameter from gradients that
+/// `reducer` summed over the ranks (waiting for the buckets backward started, `overlap_comm`).
+pub struct ReplicatedStep {
+    pub inner: Box<dyn StepOptimizer>,
+    pub reducer: Rc<GradientReducer>,
+}
+
+impl StepOptimizer for ReplicatedStep {
+    fn step(&mut self, params: &[(String, Tensor)], lr: f64) -> Result<(), TrainerError> {
+        self.inner.step(params, lr)
+    }
+    fn state_bytes(&self) -> Option<OptimizerBytes> {
+        self.inner.state_bytes()
+    }
+    fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        self.inner.state_tensors()
+    }
+    fn load_state_tensors(&mut self, state: Vec<(String, Tensor)>) -> Result<(), TrainerError> {
+        self.inner.load_state_tensors(state)
+    }
+    fn gradient_bytes(&self, params: &[(String, Tensor)]) -> Option<u64> {
+        self.inner.gradient_bytes(params)
+    }
+    fn partition(&self) -> (u8, usize) {
+        self.inner.partition()
+    }
+    fn reduce_gradients(
+        &mut self,
+        _group: &dyn DataParallel,
+        params: &[(String, Tensor)],
+    ) -> Result<f64, TrainerError> {
+        self.reducer.reduce()?;
+        Ok(gradients::grad_norm(params))
+    }
+    fn clip_gradients(
+        &mut self,
+        params: &[(String, Tensor)],
+        norm: f64,
+        max_norm: f64,
+    ) -> Result<(), TrainerError> {
+        self.inner.clip_gradients(params, norm, max_norm)
+    }
+    fn state_file(&self) -> String {
+        self.inner.state_file()
+    }
+    fn state_files(&self) -> Vec<String> {
+        self.inner.state_files()
+    }
+    fn partitioned(&self) -> bool {
+        self.inner.partitioned()
+    }
+    fn restore_state(&mut self, dir: &Path) -> Result<RestoredState, TrainerError> {
+        self.inner.restore_state(dir)
+    }
+}
+
 impl DataParallel for DistGroup {
     fn rank(&self) -> usize {
         self.pg.rank()
@@ -81,42 +129,11 @@ impl DataParallel for DistGroup {
     }
 
     /// Gradients are summed in buckets of at most [`bucket_elements`] consecutive elements (the
-    /// planner's bucket): each bucket's gradients are copied into one flat fp32
-    /// buffer, summed over ranks in one all-reduce, and copied back. Fewer, larger collectives
-    /// than one per tensor, and never a second fp32 copy of every gradient at once.
+    /// planner's bucket): each bucket's gradients are copied into one flat fp32 buffer, summed
+    /// over ranks in one all-reduce, and copied back ([`GradientReducer`]). Fewer, larger
+    /// collectives than one per tensor, and never a second fp32 copy of every gradient at once.
     fn sum_gradients(&self, params: &[(String, Tensor)]) -> Result<(), TrainerError> {
-        // A parameter without a gradient on this rank (no label in its micro-batches) still takes
-        // part: backpropagating zero through it defines a zero `.grad`.
-        for (_, p) in params {
-            if !p.grad().defined() {
-                (p.sum(Kind::Float) * 0.0).backward();
-            }
-        }
-        let _guard = tch::no_grad_guard();
-        let grads: Vec<Tensor> = params.iter().map(|(_, p)| p.grad()).collect();
-        let numels: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
-        for range in buckets(&numels, self.bucket) {
-            let flat: Vec<Tensor> = grads[range.clone()]
-                .iter()
-                .map(|g| g.to_kind(Kind::Float).reshape([-1]))
-                .collect();
-            let mut buffer = Tensor::cat(&flat, 0);
-            drop(flat);
-            self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
-            let mut offset = 0;
-            for g in &grads[range] {
-                let n = g.numel() as i64;
-                let mut g = g.shallow_clone();
-                g.copy_(
-                    &buffer
-                        .narrow(0, offset, n)
-                        .reshape(g.size())
-                        .to_kind(g.kind()),
-                );
-                offset += n;
-            }
-        }
-        Ok(())
+        GradientReducer::replicated(self.pg.clone(), params, self.bucket, None)?.reduce()
     }
 
     fn barrier(&self) -> Result<(), TrainerError> {

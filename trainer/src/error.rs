@@ -222,6 +222,18 @@ pub fn write_termination_log_to(path: &Path, report: &TerminationReport) -> bool
     std::fs::write(path, text).is_ok()
 }
 
+/// Maps an lf-dist error onto the trainer's classes (lf-dist knows which are configuration
+/// mistakes and which are communication failures).
+pub fn dist_error(e: lf_dist::DistError) -> TrainerError {
+    match e.failure_reason() {
+        FailureReason::ConfigError => TrainerError::config(e.to_string()),
+        FailureReason::Communication => TrainerError::Communication {
+            message: e.to_string(),
+        },
+        _ => TrainerError::runtime(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

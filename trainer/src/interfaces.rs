@@ -30,6 +30,10 @@ pub trait TrainModel {
     fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
     /// Dropout on (training) or off (evaluation).
     fn set_training(&mut self, on: bool);
+    /// Told before each training micro-batch whether it is the last of its optimiser step: only
+    /// that one's units start reducing their gradients as their backward finishes
+    /// (`overlap_comm`); the earlier ones only accumulate.
+    fn last_micro_batch(&mut self, _last: bool) {}
     /// Forward and backward of one micro-batch: accumulates `loss_scale ×` the gradient of the
     /// summed token loss into `.grad`.
     fn loss_sum_and_backward(

@@ -26,6 +26,7 @@ pub mod commands;
 pub mod data_parallel;
 pub mod error;
 pub mod exact_match;
+pub mod grad_reduce;
 pub mod gradients;
 pub mod interfaces;
 pub mod kto;

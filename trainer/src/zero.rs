@@ -45,8 +45,8 @@ use lf_api::training::{Optim, TrainingConfig};
 use lf_dist::{set_grad, ProcessGroup, ShardLayout};
 use tch::{Device, Kind, Tensor};
 
-use crate::data_parallel::dist_error;
-use crate::error::TrainerError;
+use crate::error::{dist_error, TrainerError};
+use crate::grad_reduce::{GradTarget, GradientReducer, UnitParameters};
 use crate::gradients::{bucket_elements, buckets, clip_gradients};
 use crate::interfaces::{
     DataParallel, OptimizerBytes, RestoredState, StepOptimizer, OPTIMIZER_FILE,
@@ -86,6 +86,9 @@ pub struct ZeroOptimizer {
     /// The ZeRO-3 parameter partition whose shards these are (a prefetch started before a step
     /// is stale after it).
     partition: Option<Rc<ParameterPartition>>,
+    /// Stages 1–2: the gradient reduction into the shards (shared with the model under
+    /// `overlap_comm`, whose units start it during backward).
+    reducer: Option<Rc<GradientReducer>>,
     inner: Box<dyn lf_optim::Optimizer>,
 }
 
@@ -95,13 +98,16 @@ fn torch(context: &str, e: tch::TchError) -> TrainerError {
 
 impl ZeroOptimizer {
     /// Partitions `params` over `pg` and builds `cfg.optim` over this rank's shards; under ZeRO-3
-    /// the shards are `partition`'s (the parameters themselves are emptied).
+    /// the shards are `partition`'s (the parameters themselves are emptied). Stages 1–2 with
+    /// `overlap_units` (`overlap_comm`) start each unit's reduction as its backward finishes
+    /// ([`ZeroOptimizer::gradient_reducer`] is the model's residency then).
     pub fn new(
         cfg: &TrainingConfig,
         stage: u8,
         pg: Rc<ProcessGroup>,
         params: &[(String, Tensor)],
         partition: Option<Rc<ParameterPartition>>,
+        overlap_units: Option<&UnitParameters>,
     ) -> Result<Self, TrainerError> {
         if cfg.optim == Optim::Adafactor {
             return Err(TrainerError::config(format!(
@@ -152,17 +158,42 @@ impl ZeroOptimizer {
         }
         let inner = lf_optim::build(cfg, &named)
             .map_err(|e| TrainerError::config(format!("optimizer: {e}")))?;
+        let stage = stage.min(3);
+        let bucket = bucket_elements();
+        let reducer = if stage < 3 {
+            let targets = slices
+                .iter()
+                .map(|s| GradTarget {
+                    name: s.name.clone(),
+                    param: s.param.shallow_clone(),
+                    layout: s.layout,
+                    owned: s.owned.clone(),
+                    shard: s.shard.map(|i| shards[i].shallow_clone()),
+                })
+                .collect();
+            let r = GradientReducer::new(pg.clone(), stage, targets, bucket, overlap_units)?;
+            Some(Rc::new(r))
+        } else {
+            None
+        };
         Ok(ZeroOptimizer {
-            stage: stage.min(3),
+            stage,
             pg,
             rank,
             device,
             slices,
             shards,
-            bucket: bucket_elements(),
+            bucket,
             partition,
+            reducer,
             inner,
         })
+    }
+
+    /// The gradient reduction of stages 1–2 (`None` under stage 3, whose units reduce as the
+    /// partition releases them).
+    pub fn gradient_reducer(&self) -> Option<Rc<GradientReducer>> {
+        self.reducer.clone()
     }
 
     /// Copies this rank's ranges of the model's parameters into the shards: after weights were
@@ -187,14 +218,6 @@ impl ZeroOptimizer {
     /// The file name of rank `rank`'s optimiser state in a checkpoint of world size `world`.
     pub fn shard_file(rank: usize, world: usize) -> String {
         format!("optimizer.rank-{rank:05}-of-{world:05}.safetensors")
-    }
-
-    fn assign_shard_grad(&self, s: &Slice, grad: &Tensor) -> Result<(), TrainerError> {
-        if let Some(i) = s.shard {
-            let shard = &self.shards[i];
-            set_grad(shard, Some(&grad.to_kind(shard.kind()).contiguous())).map_err(dist_error)?;
-        }
-        Ok(())
     }
 
     /// Buckets of consecutive parameters whose padded (`world × shard_len`) sizes stay within the
@@ -222,82 +245,19 @@ impl StepOptimizer for ZeroOptimizer {
     fn reduce_gradients(
         &mut self,
         group: &dyn DataParallel,
-        params: &[(String, Tensor)],
+        _params: &[(String, Tensor)],
     ) -> Result<f64, TrainerError> {
         let _guard = tch::no_grad_guard();
-        let flat_grad = |p: &Tensor| {
-            let g = p.grad();
-            if g.defined() {
-                g.to_kind(Kind::Float).reshape([-1])
-            } else {
-                Tensor::zeros([p.numel() as i64], (Kind::Float, self.device))
-            }
-        };
-        if self.stage >= 3 {
-            // lf-model's releases already reduce-scattered every micro-batch into the shards; a
-            // shard no backward reached (no unit released with gradients) gets zeros.
-            for t in &self.shards {
-                if !t.grad().defined() {
-                    set_grad(t, Some(&t.zeros_like())).map_err(dist_error)?;
-                }
-            }
-        } else if self.stage == 1 {
-            // All-reduce in buckets of consecutive parameters (the planner's bucket size).
-            let numels: Vec<usize> = self.slices.iter().map(|s| s.layout.numel).collect();
-            for range in buckets(&numels, self.bucket) {
-                let flat: Vec<Tensor> = params[range.clone()]
-                    .iter()
-                    .map(|(_, p)| flat_grad(p))
-                    .collect();
-                let mut buffer = Tensor::cat(&flat, 0);
-                drop(flat);
-                self.pg.all_reduce_sum(&mut buffer).map_err(dist_error)?;
-                let mut start = 0i64;
-                for (s, (_, p)) in self.slices[range.clone()].iter().zip(&params[range]) {
-                    let g = buffer.narrow(0, start, s.layout.numel as i64);
-                    // Stage 1 keeps full gradients: write the sum back so `.grad` stays meaningful.
-                    let mut grad = p.grad();
-                    if grad.defined() {
-                        grad.copy_(&g.view(p.size().as_slice()));
+        match &self.reducer {
+            // Waits for what the units started during backward (`overlap_comm`), reduces the rest.
+            Some(reducer) => reducer.reduce()?,
+            // Stage 3: lf-model's releases already reduce-scattered every micro-batch into the
+            // shards; a shard no backward reached (no unit released with gradients) gets zeros.
+            None => {
+                for t in &self.shards {
+                    if !t.grad().defined() {
+                        set_grad(t, Some(&t.zeros_like())).map_err(dist_error)?;
                     }
-                    self.assign_shard_grad(
-                        s,
-                        &g.narrow(0, s.owned.start as i64, s.owned.len() as i64),
-                    )?;
-                    start += s.layout.numel as i64;
-                }
-            }
-        } else {
-            // One reduce-scatter per bucket of consecutive parameters: one fp32 buffer laid out
-            // rank-major (`[world, width]`), each gradient written into its columns.
-            let world = self.pg.world_size() as i64;
-            for range in self.buckets() {
-                let slices = &self.slices[range.clone()];
-                let width: usize = slices.iter().map(|s| s.layout.shard_len).sum();
-                let base = slices[0].offset;
-                let input = Tensor::zeros([world, width as i64], (Kind::Float, self.device));
-                for (s, (_, p)) in slices.iter().zip(&params[range.clone()]) {
-                    let g = p.grad();
-                    if g.defined() {
-                        let columns =
-                            input.narrow(1, (s.offset - base) as i64, s.layout.shard_len as i64);
-                        s.layout
-                            .write_rank_rows(&g, &columns)
-                            .map_err(|e| torch("laying out gradients", e))?;
-                    }
-                }
-                let input = input.reshape([-1]);
-                let mut mine = Tensor::zeros([width as i64], (Kind::Float, self.device));
-                self.pg
-                    .reduce_scatter_sum(&input, &mut mine)
-                    .map_err(dist_error)?;
-                drop(input);
-                for (s, (_, p)) in slices.iter().zip(&params[range]) {
-                    set_grad(p, None).map_err(dist_error)?;
-                    self.assign_shard_grad(
-                        s,
-                        &mine.narrow(0, (s.offset - base) as i64, s.owned.len() as i64),
-                    )?;
                 }
             }
         }

@@ -549,4 +549,8 @@ impl Residency for ParameterPartition {
     fn lockstep(&self) -> bool {
         true
     }
+
+    fn needs_recomputation(&self) -> bool {
+        true
+    }
 }

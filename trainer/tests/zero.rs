@@ -254,6 +254,89 @@ fn small_gradient_buckets_give_the_same_parameters() {
     }
 }
 
+/// The buckets rank 0 reduced during backward and at the step (`overlap_comm`'s log line).
+fn overlapped_buckets(stderr: &[u8]) -> Option<(u64, u64)> {
+    // Without the terminal colours tracing puts around field names.
+    let mut text = String::new();
+    let mut in_escape = false;
+    for c in String::from_utf8_lossy(stderr).chars() {
+        match (in_escape, c) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (false, c) => text.push(c),
+            (true, _) => {}
+        }
+    }
+    let line = text.lines().find(|l| l.contains("during_backward="))?;
+    let field = |key: &str| -> Option<u64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((field("during_backward=")?, field("at_step=")?))
+}
+
+/// `overlap_comm` (issue 18, item 4): ZeRO 0, 1 and 2 at world 2, with gradient accumulation 2
+/// and clipping, end on the same parameters (≤ 1e-6) whether each unit's gradients are reduced
+/// during the last micro-batch's backward or all at the step; with every layer recomputed (each
+/// layer its own unit) and with none (the layers that kept their graph finish together), LoRA and
+/// full fine-tuning, and on packed rows (`neat_packing`). The overlapping runs must have reduced buckets during backward, and the
+/// others none.
+#[test]
+fn overlap_comm_gives_the_same_parameters_as_reducing_at_the_step() {
+    let cases: &[(&str, u8, &str)] = &[
+        ("lora", 0, "gradient_checkpointing: true\n"),
+        ("lora", 1, "gradient_checkpointing: true\n"),
+        ("lora", 2, "gradient_checkpointing: true\n"),
+        ("lora", 2, "gradient_checkpointing: false\n"),
+        ("full", 0, "gradient_checkpointing: false\n"),
+        ("full", 2, "gradient_checkpointing: true\n"),
+        ("lora", 1, "neat_packing: true\n"),
+    ];
+    let mut table = Vec::new();
+    for &(method, stage, checkpointing) in cases {
+        let mut results = Vec::new();
+        for overlap in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let extra = format!(
+                "zero_stage: {stage}\ngradient_accumulation_steps: 2\noverlap_comm: {overlap}\n{checkpointing}"
+            );
+            let cfg = config(dir.path(), method, &extra);
+            let outs = ranks(&cfg, 2, &[], None);
+            for o in &outs {
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            }
+            let buckets = overlapped_buckets(&outs[0].stderr);
+            if overlap {
+                let (during, _) = buckets.expect("rank 0 logs the overlapped buckets");
+                assert!(
+                    during > 0,
+                    "{method} stage {stage}: no bucket started during backward"
+                );
+            } else {
+                assert!(
+                    buckets.is_none(),
+                    "{method} stage {stage}: overlapped without overlap_comm"
+                );
+            }
+            results.push((result_tensors(&dir.path().join("out")), buckets));
+        }
+        let d = max_diff(&results[0].0, &results[1].0);
+        let (during, at_step) = results[1].1.unwrap_or_default();
+        table.push(format!(
+            "{method:<4} stage {stage} {}: max |Δparam| {d:.1e}, buckets during backward {during}, at the step {at_step}",
+            checkpointing.trim()
+        ));
+        assert!(
+            d <= 1e-6,
+            "{method}, zero_stage {stage}, {checkpointing}: overlap_comm changes the parameters by {d}"
+        );
+    }
+    println!("{}", table.join("\n"));
+}
+
 /// QLoRA under ZeRO stages 1–3: under stage 3 the packed 4-bit base is partitioned as packed
 /// storage (codes and block constants) and gathered per layer; training (and the final `do_eval`)
 /// equals one QLoRA process, and rank 0 holds the bytes the planner predicts (about 1/world of

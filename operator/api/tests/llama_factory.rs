@@ -70,13 +70,15 @@ fn full_sft_reads_its_deepspeed_file_beside_the_examples() {
         .iter()
         .find(|m| m.contains("ignored"))
         .expect("an ignored-keys notice");
-    for key in [
-        "monitor_config",
-        "comms_config",
-        "zero_optimization.overlap_comm",
-    ] {
+    for key in ["monitor_config", "comms_config"] {
         assert!(ignored.contains(key), "{key} missing from {ignored}");
     }
+    // DeepSpeed's overlap_comm is lf-trainer's too.
+    assert!(
+        ds[0].contains("`zero_optimization.overlap_comm` → `overlap_comm: false`"),
+        "{ds:?}"
+    );
+    assert_eq!(p.config.overlap_comm, Some(false));
     // The path became the file's keys, so the config stands on its own (and re-parses the same).
     let again = TrainingConfig::from_yaml_str(&p.config.to_yaml_string()).unwrap();
     assert_eq!(again, p.config);
@@ -363,4 +365,5 @@ spec:
     let mapping = back.spec.training.deepspeed_mapping().unwrap().unwrap();
     assert_eq!(mapping.zero_stage(), Some(3));
     assert_eq!(mapping.offload_optimizer(), None);
+    assert_eq!(mapping.get("overlap_comm"), Some(&false.into()));
 }

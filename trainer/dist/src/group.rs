@@ -251,12 +251,12 @@ impl ProcessGroup {
 
     /// Starts an [`all_gather`](Self::all_gather) that owns its tensors and keeps the group alive,
     /// so the handle can be stored and waited on later (ZeRO-3 prefetches the next layer this
-    /// way). [`OwnedGather::wait`] returns `output`.
+    /// way). [`OwnedWork::wait`] returns `output`.
     pub fn all_gather_owned(
         group: &Rc<ProcessGroup>,
         input: Tensor,
         mut output: Tensor,
-    ) -> Result<OwnedGather, DistError> {
+    ) -> Result<OwnedWork, DistError> {
         const OP: &str = "all_gather";
         group.check_tensor(OP, "input", &input)?;
         group.check_tensor(OP, "output", &output)?;
@@ -267,17 +267,44 @@ impl ProcessGroup {
         let raw = group.start_raw(OP, |out, err| unsafe {
             ffi::lf_dist_all_gather_start(group.raw.as_ptr(), inp, outp, out, err)
         })?;
-        Ok(OwnedGather {
-            work: PendingWork {
-                raw: Some(raw),
-                op: OP,
-                rank: group.rank,
-                _borrow: PhantomData,
-            },
-            output,
-            _input: input,
-            _group: group.clone(),
-        })
+        Ok(OwnedWork::new(group, OP, raw, output, Some(input)))
+    }
+
+    /// Starts an [`all_reduce_sum`](Self::all_reduce_sum) of `t` that owns it (see
+    /// [`all_gather_owned`](Self::all_gather_owned)): gradient buckets reduced while backward
+    /// goes on. [`OwnedWork::wait`] returns the sum.
+    pub fn all_reduce_sum_owned(
+        group: &Rc<ProcessGroup>,
+        mut t: Tensor,
+    ) -> Result<OwnedWork, DistError> {
+        const OP: &str = "all_reduce_sum";
+        group.check_tensor(OP, "tensor", &t)?;
+        let ptr = t.as_mut_ptr();
+        // SAFETY: live group, valid tensor pointer, kept alive by the returned handle.
+        let raw = group.start_raw(OP, |out, err| unsafe {
+            ffi::lf_dist_all_reduce_sum_start(group.raw.as_ptr(), ptr, out, err)
+        })?;
+        Ok(OwnedWork::new(group, OP, raw, t, None))
+    }
+
+    /// Starts a [`reduce_scatter_sum`](Self::reduce_scatter_sum) that owns its tensors (see
+    /// [`all_gather_owned`](Self::all_gather_owned)). [`OwnedWork::wait`] returns `output`, this
+    /// rank's shard of the sum.
+    pub fn reduce_scatter_sum_owned(
+        group: &Rc<ProcessGroup>,
+        input: Tensor,
+        mut output: Tensor,
+    ) -> Result<OwnedWork, DistError> {
+        const OP: &str = "reduce_scatter_sum";
+        group.check_tensor(OP, "input", &input)?;
+        group.check_tensor(OP, "output", &output)?;
+        group.check_pair(OP, &output, &input)?;
+        let (inp, outp) = (input.as_ptr(), output.as_mut_ptr());
+        // SAFETY: live group, valid tensor pointers, kept alive by the returned handle.
+        let raw = group.start_raw(OP, |out, err| unsafe {
+            ffi::lf_dist_reduce_scatter_sum_start(group.raw.as_ptr(), inp, outp, out, err)
+        })?;
+        Ok(OwnedWork::new(group, OP, raw, output, Some(input)))
     }
 
     /// Starts [`broadcast`](Self::broadcast); see
@@ -467,20 +494,46 @@ impl Drop for PendingWork<'_> {
     }
 }
 
-/// An all-gather in flight that owns its tensors and a handle on its group
-/// ([`ProcessGroup::all_gather_owned`]). Dropping it waits for the work first (field order).
+/// A collective in flight that owns its tensors and a handle on its group
+/// ([`ProcessGroup::all_gather_owned`], [`ProcessGroup::all_reduce_sum_owned`],
+/// [`ProcessGroup::reduce_scatter_sum_owned`]). Dropping it waits for the work first (field
+/// order).
 #[must_use = "a collective must be waited on; dropping the handle blocks until it completes"]
-pub struct OwnedGather {
+pub struct OwnedWork {
     work: PendingWork<'static>,
     output: Tensor,
-    _input: Tensor,
+    _input: Option<Tensor>,
     _group: Rc<ProcessGroup>,
 }
 
-impl OwnedGather {
-    /// Waits for completion and returns the gathered tensor.
+/// The name ZeRO-3's prefetch knows its handles by.
+pub type OwnedGather = OwnedWork;
+
+impl OwnedWork {
+    fn new(
+        group: &Rc<ProcessGroup>,
+        op: &'static str,
+        raw: NonNull<ffi::RawWork>,
+        output: Tensor,
+        input: Option<Tensor>,
+    ) -> Self {
+        OwnedWork {
+            work: PendingWork {
+                raw: Some(raw),
+                op,
+                rank: group.rank,
+                _borrow: PhantomData,
+            },
+            output,
+            _input: input,
+            _group: group.clone(),
+        }
+    }
+
+    /// Waits for completion and returns the tensor the collective wrote (the gathered tensor,
+    /// the sum, or this rank's shard of the sum).
     pub fn wait(self) -> Result<Tensor, DistError> {
-        let OwnedGather { work, output, .. } = self;
+        let OwnedWork { work, output, .. } = self;
         work.wait()?;
         Ok(output)
     }

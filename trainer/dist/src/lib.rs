@@ -28,6 +28,6 @@ pub use bandwidth::{allreduce_bus_factor, bandwidth_probe, BusBandwidth};
 pub use cuda::{cuda_peak_allocated_bytes, cuda_reset_peak_stats};
 pub use error::DistError;
 pub use grad::set_grad;
-pub use group::{Backend, OwnedGather, PendingWork, ProcessGroup};
+pub use group::{Backend, OwnedGather, OwnedWork, PendingWork, ProcessGroup};
 pub use rendezvous::RendezvousOptions;
 pub use shard::ShardLayout;

@@ -10,7 +10,10 @@
 //! * training with layer recomputation: the first pass gathers and releases each layer; backward
 //!   gathers a layer again for its recomputation and releases it with `gradients_ready` once its
 //!   gradients for this micro-batch are complete (a partitioned implementation reduce-scatters
-//!   them then and frees the full gradients).
+//!   them then and frees the full gradients). A layer that kept its graph is released with
+//!   `gradients_ready` right after the backward pass that reaches it (the one through the head),
+//!   as is the embedding when no layer is recomputed; a unit's `gradients_ready` release is
+//!   where data parallelism starts reducing its gradients while backward goes on (`overlap_comm`).
 //!
 //! [`crate::CausalLm::unit_tensors`] lists every tensor a unit holds (dense weights, quantised storage,
 //! adapters), sharing storage with the model, so an implementation can swap their data in place
@@ -54,6 +57,12 @@ pub trait Residency {
     /// Whether every process must run the same passes (a partitioned model): a micro-batch
     /// without labels still runs backward (with zero gradients) instead of returning early.
     fn lockstep(&self) -> bool {
+        false
+    }
+    /// Whether the unit's weights exist only between [`Residency::gather`] and
+    /// [`Residency::release`] (a partitioned model), so that backward must recompute every layer
+    /// (autograd cannot keep references to a layer's weights across the others).
+    fn needs_recomputation(&self) -> bool {
         false
     }
 }

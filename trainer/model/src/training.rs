@@ -156,6 +156,25 @@ impl CausalLm {
         position_ids: &Tensor,
         loss_scale: f64,
     ) -> Result<f64, ModelError> {
+        self.loss_sum_and_backward_packed_with(
+            input_ids,
+            labels,
+            position_ids,
+            loss_scale,
+            &AlwaysResident,
+        )
+    }
+
+    /// [`CausalLm::loss_sum_and_backward_packed`] with each unit bracketed by `residency` (as
+    /// [`CausalLm::loss_sum_and_backward_with`]).
+    pub fn loss_sum_and_backward_packed_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        position_ids: &Tensor,
+        loss_scale: f64,
+        residency: &R,
+    ) -> Result<f64, ModelError> {
         if position_ids.size() != input_ids.size() || position_ids.kind() != Kind::Int64 {
             return Err(ModelError::Invalid(format!(
                 "position_ids {:?} must be int64 and shaped like input_ids {:?}",
@@ -167,7 +186,7 @@ impl CausalLm {
             input_ids,
             labels,
             Some(position_ids),
-            &AlwaysResident,
+            residency,
             |hidden, rows, targets| self.cross_entropy_backward(hidden, rows, targets, loss_scale),
         )
     }
@@ -258,7 +277,7 @@ impl CausalLm {
         let recomputed = self.recomputed_layers();
         let recompute = recomputed > 0;
         let lockstep = residency.lockstep();
-        if lockstep && recomputed < n_layers {
+        if residency.needs_recomputation() && recomputed < n_layers {
             return Err(ModelError::Invalid(
                 "a partitioned model trains with layer recomputation (gradient_checkpointing)"
                     .into(),
@@ -385,7 +404,15 @@ impl CausalLm {
             .f_backward()
             .map_err(ModelError::torch("backpropagating through the final norm"))?;
         release(Unit::Head, true)?;
+        // The layers that kept their graph are through their backward now, and so is the
+        // embedding when nothing is recomputed.
+        for i in (recomputed.max(first_trainable)..n_layers).rev() {
+            release(Unit::Layer(i), true)?;
+        }
         if !recompute {
+            if embed_trains {
+                release(Unit::Embedding, true)?;
+            }
             return Ok(loss_sum);
         }
 

@@ -110,6 +110,10 @@ impl Residency for Stash {
     fn lockstep(&self) -> bool {
         true
     }
+
+    fn needs_recomputation(&self) -> bool {
+        true
+    }
 }
 
 fn write_model(dir: &std::path::Path, tied: bool) {

@@ -235,6 +235,17 @@ pub struct TrainingConfig {
     /// ZeRO stage 0–3 (0 = plain data parallel).
     pub zero_stage: u8,
     pub offload_optimizer: OffloadDevice,
+    /// Under ZeRO 0–2 with several processes, each unit's gradients (a decoder layer, the
+    /// embedding, the head) start their bucketed all-reduce (ZeRO 0–1) or reduce-scatter
+    /// (ZeRO 2) as soon as that unit's backward is done in the last micro-batch of a step, and
+    /// the optimiser step waits only for the outstanding ones (DeepSpeed's
+    /// `zero_optimization.overlap_comm`, which maps onto it). Unset: on with more than one
+    /// process. `false` reduces every gradient at the step. ZeRO-3 always reduces each unit as it
+    /// is released. AdaLoRA (whose orthogonality term adds gradients after the last
+    /// micro-batch) never overlaps, and the preference and reward stages reduce at the step
+    /// (their passes do not bracket the units).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlap_comm: Option<bool>,
     /// A DeepSpeed config, as LLaMA-Factory takes it: the path of its JSON file (relative to the
     /// current directory, then to the YAML file's directory and its parents) or the same keys
     /// inline. Its ZeRO stage, optimizer offload, batch sizes, gradient clipping, precision,
@@ -364,6 +375,7 @@ impl Default for TrainingConfig {
             ddp_timeout: 1800,
             zero_stage: 0,
             offload_optimizer: OffloadDevice::None,
+            overlap_comm: None,
             deepspeed: None,
             loss_chunk_size: 1024,
             profile_steps: None,
@@ -385,6 +397,14 @@ fn is_one(w: &f64) -> bool {
 }
 
 impl TrainingConfig {
+    /// Whether ZeRO 0–2 reduce each unit's gradients during backward with `world` processes:
+    /// `overlap_comm` (on by default when there is more than one), never under ZeRO-3 (which
+    /// reduces as it releases each unit anyway) nor with AdaLoRA (its orthogonality term adds
+    /// gradients after the last micro-batch's backward).
+    pub fn overlaps_comm(&self, world: usize) -> bool {
+        world > 1 && self.zero_stage < 3 && !self.use_adalora && self.overlap_comm.unwrap_or(true)
+    }
+
     /// The LoRA scaling numerator: `lora_alpha`, defaulting to 2 × rank (AdaLoRA: 2 ×
     /// `adalora_init_r`).
     pub fn effective_lora_alpha(&self) -> f64 {

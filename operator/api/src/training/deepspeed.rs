@@ -7,7 +7,7 @@
 //! offload, NVMe offload, partial optimizer offload, ZeRO++ quantised communication, MiCS and the
 //! other features lf-trainer does not have are errors with the reason. Bucket sizes are reported
 //! in a notice (lf-trainer's gradient bucket is the size the operator's planner assumes), and keys
-//! with no meaning for lf-trainer (monitoring, communication logging, overlap and prefetch tuning)
+//! with no meaning for lf-trainer (monitoring, communication logging, prefetch tuning)
 //! are listed in one notice. Unknown keys are errors.
 
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use super::options::OffloadDevice;
 /// shows it.
 pub const DEEPSPEED_MAPPING: &[(&str, &str)] = &[
     ("`zero_optimization.stage`", "`zero_stage`"),
+    ("`zero_optimization.overlap_comm`", "`overlap_comm`"),
     ("`zero_optimization.offload_optimizer.device` (`cpu`, `none`), legacy `zero_optimization.cpu_offload`", "`offload_optimizer`"),
     ("`train_micro_batch_size_per_gpu`", "`per_device_train_batch_size`"),
     ("`gradient_accumulation_steps`", "`gradient_accumulation_steps`"),
@@ -33,7 +34,7 @@ pub const DEEPSPEED_MAPPING: &[(&str, &str)] = &[
     ("`zero_optimization.offload_param` (`cpu`, `nvme`), `offload_optimizer.device: nvme`, `offload_optimizer.ratio` < 1, ZeRO++ (`zero_quantized_*`, `zero_hpz_partition_size` > 1), `mics_shard_size`, tensor or sequence parallelism, other optimizers and schedulers", "an error with the reason"),
     ("`reduce_bucket_size`, `allgather_bucket_size`, `stage3_prefetch_bucket_size`", "a notice: lf-trainer's gradient bucket is the size the planner assumes (`LF_BUCKET_ELEMENTS` overrides it)"),
     ("`train_batch_size`", "a notice: not checked (it is the product of the micro-batch, the accumulation and the GPU count)"),
-    ("monitoring, logging, communication and overlap tuning (`monitor_config`, `comms_config`, `overlap_comm`, `contiguous_gradients`, `sub_group_size`, `stage3_max_live_parameters`, fp16 loss scaling, ...)", "one notice listing them"),
+    ("monitoring, logging, communication and overlap tuning (`monitor_config`, `comms_config`, `contiguous_gradients`, `sub_group_size`, `stage3_max_live_parameters`, fp16 loss scaling, ...)", "one notice listing them"),
 ];
 
 /// `deepspeed`: a DeepSpeed config inline (its JSON keys), or the path of its JSON file.
@@ -241,7 +242,6 @@ const FEATURES: &[(&str, &str)] = &[
 
 /// `zero_optimization` keys with no meaning for lf-trainer (bucket sizes are reported apart).
 const IGNORED_ZERO: &[&str] = &[
-    "overlap_comm",
     "contiguous_gradients",
     "reduce_scatter",
     "allgather_partitions",
@@ -469,6 +469,16 @@ impl Builder {
                 "stage" => match sub.as_u64() {
                     Some(s @ 0..=3) => self.set("zero_stage", serde_yaml::Value::from(s), &p),
                     _ => return Err(ConfigError::deepspeed(&p, "must be 0, 1, 2 or 3")),
+                },
+                "overlap_comm" if is_auto(sub) => {}
+                "overlap_comm" => match sub.as_bool() {
+                    Some(on) => self.set("overlap_comm", on.into(), &p),
+                    None => {
+                        return Err(ConfigError::deepspeed(
+                            &p,
+                            "must be true, false or \"auto\"",
+                        ))
+                    }
                 },
                 "offload_optimizer" => self.offload_optimizer(&p, sub)?,
                 "offload_param" => self.offload_param(&p, sub)?,
@@ -794,6 +804,7 @@ fn top_keys() -> impl Iterator<Item = &'static str> {
 fn zero_keys() -> impl Iterator<Item = &'static str> {
     [
         "stage",
+        "overlap_comm",
         "offload_optimizer",
         "offload_param",
         "cpu_offload",
@@ -900,6 +911,20 @@ mod tests {
         assert_eq!(get("adam_epsilon"), None);
         assert_eq!(get("lr_scheduler_type"), Some("cosine".into()));
         assert_eq!(get("warmup_steps"), Some(10.into()));
+    }
+
+    #[test]
+    fn overlap_comm_maps_onto_the_training_key() {
+        let off = map(r#"{"zero_optimization": {"stage": 2, "overlap_comm": false}}"#).unwrap();
+        assert_eq!(off.get("overlap_comm"), Some(&false.into()));
+        let on = map(r#"{"zero_optimization": {"overlap_comm": true}}"#).unwrap();
+        assert_eq!(on.get("overlap_comm"), Some(&true.into()));
+        let auto = map(r#"{"zero_optimization": {"overlap_comm": "auto"}}"#).unwrap();
+        assert_eq!(auto.get("overlap_comm"), None);
+        let bad = map(r#"{"zero_optimization": {"overlap_comm": 1}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("overlap_comm"), "{bad}");
     }
 
     #[test]
