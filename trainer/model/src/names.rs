@@ -537,19 +537,6 @@ mod tests {
     }
 
     #[test]
-    fn expert_names_are_the_checkpoints() {
-        use ExpertLinear::*;
-        let m = MoeNaming::Mixtral;
-        assert_eq!(
-            m.router(1).weight(),
-            "model.layers.1.block_sparse_moe.gate.weight"
-        );
-        assert_eq!(
-            m.expert(0, 7, Up).weight(),
-            "model.layers.0.block_sparse_moe.experts.7.w3.weight"
-        );
-        assert_eq!(
-    #[test]
     fn multimodal_layouts_map_both_ways() {
         use CheckpointLayout::*;
         let q = linear(2, LinearModule::QProj).weight();
@@ -611,6 +598,19 @@ mod tests {
         assert_eq!(CausalLm.peft_name(&a), a);
     }
 
+    #[test]
+    fn expert_names_are_the_checkpoints() {
+        use ExpertLinear::*;
+        let m = MoeNaming::Mixtral;
+        assert_eq!(
+            m.router(1).weight(),
+            "model.layers.1.block_sparse_moe.gate.weight"
+        );
+        assert_eq!(
+            m.expert(0, 7, Up).weight(),
+            "model.layers.0.block_sparse_moe.experts.7.w3.weight"
+        );
+        assert_eq!(
             m.expert(0, 7, Down).weight(),
             "model.layers.0.block_sparse_moe.experts.7.w2.weight"
         );

@@ -195,8 +195,6 @@ impl CausalLm {
     }
 }
 
-fn sorted(v: &[LinearModule]) -> Vec<LinearModule> {
-    let mut v = v.to_vec();
 impl CausalLm {
     /// `target_modules` as PEFT should match them on the model this checkpoint loads as: the
     /// module names on a `…ForCausalLM`; on a multimodal model, every adapted linear's full path
@@ -237,6 +235,8 @@ fn target_names(items: &[serde_json::Value]) -> Result<Vec<&str>, String> {
         .collect()
 }
 
+fn sorted(v: &[LinearModule]) -> Vec<LinearModule> {
+    let mut v = v.to_vec();
     v.sort();
     v
 }
