@@ -148,6 +148,7 @@ pub fn convert(
         image: None,
         run_policy: Default::default(),
         scheduling: Default::default(),
+        serve: None,
         suspend: false,
     };
     let mut job = FineTuneJob::new(&name, spec);

@@ -6,7 +6,7 @@ source "$ROOT/tests/e2e/kueue.sh"
 # shellcheck source=tests/e2e/oom.sh
 source "$ROOT/tests/e2e/oom.sh"
 
-SCENARIOS=(crd rejections pod_security quickstart dpo rbac multi_pod resume_after_kill config_error eviction
+SCENARIOS=(crd rejections pod_security quickstart dpo serve rbac multi_pod resume_after_kill config_error eviction
   suspend operator_restart leader_handover impossible_job name_conflict quota garbage_collection metrics kueue oom
   panic_exits namespace_scoped least_privilege)
 
@@ -128,6 +128,53 @@ scenario_dpo() {
   log "held-out DPO loss: $eval_loss (ln 2 = 0.693 at a zero reward margin)"
   python3 -c 'import math,sys; sys.exit(0 if float(sys.argv[1]) < math.log(2) else 1)' "$eval_loss" \
     || fail "DPO did not move the held-out pairs toward the preferred answers: eval_loss $eval_loss"
+}
+
+# spec.serve: once the job Succeeds, the operator runs `lf-trainer serve` on its adapter (a
+# Deployment and a Service, restricted pod security, readiness on /health, the planner's KV-cache
+# size); lf-node runs the replica and the test talks to it over the OpenAI API, where the job's
+# name is the model. Choosing a checkpoint rolls the Deployment to it; removing spec.serve removes
+# the server.
+scenario_serve() {
+  quickstart_volumes
+  pvc_bound served-output || make_volume served-output >/dev/null
+  apply_quickstart served served-output 's/max_steps: 150/max_steps: 20/' 's/save_steps: 50/save_steps: 10/' \
+    's/eval_steps: 50/eval_steps: 10/' 's/^spec:$/spec:\n  serve: {maxConcurrency: 2, maxModelLen: 128}/'
+  wait_ftj served '{.status.phase}' Succeeded
+  wait_ftj served '{.status.conditions[?(@.type=="Serving")].status}' True
+  log "Serving: $(ftj served '{.status.conditions[?(@.type=="Serving")].message}')"
+  log "status.serving: $(ftj served '{.status.serving}')"
+  [ "$(ftj served '{.status.serving.readyReplicas}')" = 1 ] || fail "status.serving.readyReplicas is not 1"
+  [ "$(ftj served '{.status.serving.url}')" = "http://served-serve.$NS.svc:8000" ] || fail "status.serving.url"
+  kubectl -n "$NS" get service served-serve >/dev/null || fail "no Service served-serve"
+  local ip models answer
+  ip=$(kubectl -n "$NS" get pods -l "lf-operator.io/job-name=served,app.kubernetes.io/component=serve" \
+    --field-selector status.phase=Running -o jsonpath='{.items[0].status.podIP}')
+  [ -n "$ip" ] || fail "no running server pod"
+  curl -sf --max-time 5 "http://$ip:8000/health" | grep -q '"model_loaded":true' || fail "/health does not say the model is loaded"
+  models=$(curl -sf --max-time 5 "http://$ip:8000/v1/models") || fail "no answer from /v1/models"
+  log "/v1/models: $models"
+  echo "$models" | grep -q '"id":"served"' || fail "the job's adapter is not served under its name"
+  answer=$(curl -sf --max-time 60 "http://$ip:8000/v1/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"model":"served","messages":[{"role":"user","content":"what is the opposite of hot?"}],"max_tokens":8,"temperature":0}') \
+    || fail "chat completion failed"
+  log "chat completion: $answer"
+  echo "$answer" | grep -q '"finish_reason"' || fail "no completion in the answer"
+  # Another result rolls the Deployment: the checkpoint of step 10.
+  kubectl -n "$NS" patch finetunejob served --type=merge -p '{"spec":{"serve":{"checkpointStep":10}}}' >/dev/null
+  wait_ftj served '{.status.serving.served}' checkpoint-10
+  wait_for "$TIMEOUT" "the Deployment rolled to checkpoint-10" sh -c \
+    "kubectl -n $NS get deployment served-serve -o jsonpath='{.spec.template.metadata.annotations.lf-operator\\.io/served-revision}' | grep -q checkpoint-10"
+  wait_ftj served '{.status.conditions[?(@.type=="Serving")].status}' True
+  log "after the rollout: $(ftj served '{.status.conditions[?(@.type=="Serving")].message}')"
+  # A checkpoint the job does not have is refused on the condition, and the job stays Succeeded.
+  kubectl -n "$NS" patch finetunejob served --type=merge -p '{"spec":{"serve":{"checkpointStep":7}}}' >/dev/null
+  wait_ftj served '{.status.conditions[?(@.type=="Serving")].reason}' CheckpointNotFound
+  [ "$(ftj served '{.status.phase}')" = Succeeded ] || fail "a serving refusal changed the job's phase"
+  # Removing spec.serve removes the server.
+  kubectl -n "$NS" patch finetunejob served --type=json -p '[{"op":"remove","path":"/spec/serve"}]' >/dev/null
+  wait_for 60 "the server removed" sh -c "! kubectl -n $NS get deployment served-serve >/dev/null 2>&1 && ! kubectl -n $NS get service served-serve >/dev/null 2>&1 && ! kubectl -n $NS get configmap served-serve >/dev/null 2>&1"
+  [ -z "$(ftj served '{.status.serving}')" ] || fail "status.serving stays after spec.serve was removed"
 }
 
 # Per-job RBAC: the trainer's token (the per-job ServiceAccount's) can patch its own FineTuneJob's
@@ -468,6 +515,10 @@ op $NS no escalate roles.rbac.authorization.k8s.io
 op $NS no bind roles.rbac.authorization.k8s.io
 op $NS yes create networkpolicies.networking.k8s.io
 op $NS no delete networkpolicies.networking.k8s.io
+op $NS yes create deployments.apps
+op $NS yes delete deployments.apps
+op $NS no update deployments.apps
+op $NS no create replicasets.apps
 op $NS yes create events.events.k8s.io
 op $NS no create leases.coordination.k8s.io
 op $OP_NS yes create leases.coordination.k8s.io

@@ -60,8 +60,11 @@ EXPECTED_RULES = {
     ("lf-operator.io", "finetunejobs"): {"get", "list", "watch"},
     ("lf-operator.io", "finetunejobs/status"): {"patch"},
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
+    # delete: the result server's Service and ConfigMap when spec.serve is removed.
+    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
+    # The result server (spec.serve); get: its rollout.
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "list", "watch", "create", "patch"},
     ("rbac.authorization.k8s.io", "rolebindings"): {"get", "list", "watch", "create", "patch"},

@@ -24,6 +24,9 @@ pub mod types {
     /// The running attempt resumed from an older checkpoint than the one it was given (message:
     /// the trainer's `progress.resumeWarning`).
     pub const RESUME_FALLBACK: &str = "ResumeFallback";
+    /// The result is served (`spec.serve`): `True` once a replica is ready; `False` while the
+    /// server starts, or when it cannot (reason and message say why).
+    pub const SERVING: &str = "Serving";
 }
 
 /// Kubernetes limits condition (and event) messages; longer ones are cut to this many bytes.

@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::architecture::ModelArchitecture;
+use crate::serving::ServeSpec;
 use crate::status::FineTuneJobStatus;
 use crate::training::{DatasetFormat, TrainingConfig};
 
@@ -89,6 +90,10 @@ pub struct FineTuneJobSpec {
     /// Suspends the job (its pods are deleted; resuming continues from the latest checkpoint).
     #[serde(default)]
     pub suspend: bool,
+    /// Serve the result once the job has Succeeded (a Deployment and a Service running
+    /// `lf-trainer serve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeSpec>,
 }
 
 fn training_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

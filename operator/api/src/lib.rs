@@ -8,6 +8,7 @@
 //!   `lf-operator local`'s one rule).
 //! - [`nccl`]: the environment variables a tenant may set for the communication libraries.
 //! - [`plan`]: the memory plan the operator chooses and the status shows.
+//! - [`serving`]: `spec.serve` and `status.serving` (the trained result behind an HTTP API).
 //! - [`runtime`]: the contract between a rendered pod and the trainer (environment, paths, exit
 //!   codes, termination message).
 
@@ -18,6 +19,7 @@ pub mod nccl;
 pub mod plan;
 pub mod reference;
 pub mod runtime;
+pub mod serving;
 pub mod status;
 mod suggest;
 pub mod training;

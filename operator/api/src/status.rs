@@ -246,6 +246,9 @@ pub struct FineTuneJobStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The server of the result (`spec.serve`), once the job has Succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<crate::serving::ServingStatus>,
     /// Where the result is (`pvc://<claim>/<path>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,

@@ -87,6 +87,7 @@ pub fn builtin_types() -> Vec<ResourceType> {
         ),
         ResourceType::new("", "v1", "events", "Event", true, false),
         ResourceType::new("batch", "v1", "jobs", "Job", true, true),
+        ResourceType::new("apps", "v1", "deployments", "Deployment", true, true),
         ResourceType::new(
             "rbac.authorization.k8s.io",
             "v1",
@@ -221,7 +222,7 @@ mod tests {
             (types[t.type_index].kind.as_str(), t.name.as_deref()),
             ("Namespace", Some("default"))
         );
-        assert!(parse_path(&types, "/apis/apps/v1/namespaces/x/deployments").is_err());
+        assert!(parse_path(&types, "/apis/apps/v1/namespaces/x/statefulsets").is_err());
         assert!(parse_path(&types, "/api/v1/namespaces/d/pods/p/exec").is_err());
     }
 }

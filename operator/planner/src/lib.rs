@@ -30,6 +30,7 @@ mod outcome;
 pub mod params;
 mod presets;
 pub mod recompute;
+pub mod serving;
 mod search;
 
 pub use error::PlanError;

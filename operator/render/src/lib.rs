@@ -24,6 +24,7 @@ pub mod network_policy;
 pub mod pod;
 pub mod rbac;
 mod rendered;
+pub mod serve;
 pub mod service;
 pub mod tracking;
 pub mod volumes;
@@ -36,7 +37,8 @@ pub use context::RenderContext;
 pub use env::worker_env;
 pub use error::RenderError;
 pub use meta::{LABEL_ATTEMPT, LABEL_JOB_NAME};
-pub use names::{job_name, service_name};
+pub use names::{job_name, serve_name, service_name};
+pub use serve::{serve, RenderedServe, ServeContext};
 pub use rendered::Rendered;
 pub use volumes::shm_size_bytes;
 

@@ -32,6 +32,8 @@ pub enum Component {
     Config,
     /// The ServiceAccount, Role and RoleBinding.
     Rbac,
+    /// The server of the result (`spec.serve`): its Deployment, pods, Service and ConfigMap.
+    Serve,
 }
 
 impl Component {
@@ -41,6 +43,7 @@ impl Component {
             Component::Rendezvous => "rendezvous",
             Component::Config => "config",
             Component::Rbac => "rbac",
+            Component::Serve => "serve",
         }
     }
 }

@@ -47,6 +47,11 @@ pub fn service_account_name(job: &FineTuneJob) -> String {
     format!("{}-trainer", base_name(job))
 }
 
+/// The Deployment, Service and ConfigMap of the result's server (`spec.serve`).
+pub fn serve_name(job: &FineTuneJob) -> String {
+    format!("{}-serve", base_name(job))
+}
+
 fn base_name(job: &FineTuneJob) -> &str {
     job.metadata.name.as_deref().unwrap_or_default()
 }

@@ -98,19 +98,7 @@ pub fn pod_template(
         ]),
         resources: Some(resources(job, plan)),
         volume_mounts: Some(mounts),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            seccomp_profile: Some(runtime_default()),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_container()),
         termination_message_path: Some(paths::TERMINATION_LOG.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
@@ -126,16 +114,7 @@ pub fn pod_template(
         // The token is mounted by hand, in the trainer container only (`volumes::api_access_volume`).
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            fs_group: Some(RUN_AS_USER),
-            // Model volumes hold hundreds of GiB: never chown them recursively on every start.
-            fs_group_change_policy: Some("OnRootMismatch".into()),
-            seccomp_profile: Some(runtime_default()),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(restricted_pod()),
         volumes: Some(volumes),
         node_selector: (!resources_spec.node_selector.is_empty())
             .then(|| resources_spec.node_selector.clone()),
@@ -154,6 +133,38 @@ pub fn pod_template(
         }),
         spec: Some(pod),
     })
+}
+
+/// The container side of the restricted Pod Security Standard, on the image's `lf` user with a
+/// read-only root filesystem.
+pub(crate) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    }
+}
+
+/// The pod side of the restricted Pod Security Standard.
+pub(crate) fn restricted_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        // Model volumes hold hundreds of GiB: never chown them recursively on every start.
+        fs_group_change_policy: Some("OnRootMismatch".into()),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
 }
 
 fn runtime_default() -> SeccompProfile {

@@ -1,6 +1,6 @@
 //! The controller's caches, filled by its watches (see [`watches`](super::watches)), which
 //! reconciliations read instead of listing: FineTuneJobs, Jobs and pods as slimmed objects, the
-//! five small child kinds as a [`ChildIndex`] each (their content is compared through the
+//! seven small child kinds (the servers' Deployments among them) as a [`ChildIndex`] each (their content is compared through the
 //! annotation [`RENDERED_HASH`]).
 //!
 //! [`RENDERED_HASH`]: super::index::RENDERED_HASH
@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -38,6 +39,8 @@ pub struct Caches {
     pub(super) config_maps: ChildIndex,
     pub(super) services: ChildIndex,
     pub(super) network_policies: ChildIndex,
+    /// The result servers' Deployments (`spec.serve`).
+    pub(super) deployments: ChildIndex,
 }
 
 /// The small child kinds, indexed by [`ChildIndex`] and applied when their rendered content
@@ -69,7 +72,8 @@ meta_cached!(
     RoleBinding => role_bindings,
     ConfigMap => config_maps,
     Service => services,
-    NetworkPolicy => network_policies
+    NetworkPolicy => network_policies,
+    Deployment => deployments
 );
 
 /// Whether an object is labelled as a child of the FineTuneJob `name` in `namespace`.
@@ -103,6 +107,7 @@ impl Caches {
                 self.config_maps.wait_until_ready(),
                 self.services.wait_until_ready(),
                 self.network_policies.wait_until_ready(),
+                self.deployments.wait_until_ready(),
             );
         };
         tokio::pin!(all);
@@ -136,6 +141,7 @@ impl Caches {
             ("configmaps", indexed(&self.config_maps)),
             ("services", indexed(&self.services)),
             ("networkpolicies", indexed(&self.network_policies)),
+            ("deployments", indexed(&self.deployments)),
         ]
         .into_iter()
         .filter(|(_, ready)| !ready)

@@ -7,6 +7,7 @@
 //! - `reconcile`: the state machine of one reconciliation (reads the caches, carries out the
 //!   decisions, writes);
 //! - [`restart`]: the restart policy, a pure `decide(..) -> Decision`;
+//! - [`serving`]: the server of a Succeeded job's result (`spec.serve`), its decision pure;
 //! - [`transitions`]: the status transitions and their Events, pure (conditions by the one rule
 //!   of [`lf_api::conditions`]);
 //! - [`observe`] and [`classify`]: what the Job and pods say, pure; [`policy`]: what a tenant may
@@ -39,6 +40,7 @@ pub mod ownership;
 pub mod policy;
 mod reconcile;
 pub mod restart;
+pub mod serving;
 pub mod transitions;
 mod waiting;
 pub mod watches;
@@ -118,6 +120,7 @@ async fn run_in(
         .owns_stream(triggers.roles)
         .owns_stream(triggers.role_bindings)
         .owns_stream(triggers.network_policies)
+        .owns_stream(triggers.deployments)
         .watches_stream(triggers.pods, |pod| {
             let name = pod.labels().get(LABEL_JOB_NAME)?.clone();
             Some(ObjectRef::<FineTuneJob>::new(&name).within(pod.namespace()?.as_str()))

@@ -16,7 +16,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Event;
 use kube::{Api, Resource, ResourceExt};
 use lf_api::conditions;
-use lf_api::status::OPERATOR_FIELD_MANAGER;
+use lf_api::status::{Phase, OPERATOR_FIELD_MANAGER};
 use lf_api::{FineTuneJob, Plan};
 use lf_planner::PlannerInput;
 use lf_render::{RenderContext, Rendered};
@@ -47,23 +47,29 @@ pub async fn reconcile_job(cached: &FineTuneJob, ctx: &Context) -> Result<Action
         return Ok(Action::await_change());
     }
     let status = ftj.status.clone().unwrap_or_default();
-    if status.phase.is_finished() {
-        // A finished job is never re-created, whatever happens to its children.
+    let finished = status.phase;
+    if finished.is_finished() {
+        // A finished job is never re-created, whatever happens to its children; a Succeeded
+        // one's result may be served (`spec.serve`).
         ctx.finished(&key);
-        return Ok(Action::await_change());
+        if finished != Phase::Succeeded {
+            return Ok(Action::await_change());
+        }
     }
     let mut draft = Draft::new(status, ftj.metadata.generation);
     draft.st.observed_generation = ftj.metadata.generation;
-    Reconciler {
+    let mut reconciler = Reconciler {
         ctx,
         name: ftj.name_any(),
         ns,
         key,
         ftj,
         draft,
+    };
+    if finished == Phase::Succeeded {
+        return reconciler.serve().await;
     }
-    .run()
-    .await
+    reconciler.run().await
 }
 
 /// The FineTuneJob to decide on: the cached one, unless the cache may not show our last status

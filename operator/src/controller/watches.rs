@@ -1,15 +1,16 @@
-//! The controller's watches: one per kind (FineTuneJobs, the six child kinds, pods), each filling
+//! The controller's watches: one per kind (FineTuneJobs, the eight child kinds, pods), each filling
 //! its part of the [`Caches`] and triggering the owner's reconciliation.
 //!
 //! What is kept is what the controller reads: FineTuneJobs without `managedFields`; Jobs and pods
 //! without them either, with only the labels and annotations the controller reads, Jobs with only
-//! `spec.suspend` of their spec and pods with only `spec.nodeName`; of the five small child kinds
+//! `spec.suspend` of their spec and pods with only `spec.nodeName`; of the seven small child kinds
 //! (metadata-only watches) an index entry each.
 
 use std::fmt::Debug;
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -40,6 +41,7 @@ pub struct Triggers {
     pub config_maps: Trigger<PartialObjectMeta<ConfigMap>>,
     pub services: Trigger<PartialObjectMeta<Service>>,
     pub network_policies: Trigger<PartialObjectMeta<NetworkPolicy>>,
+    pub deployments: Trigger<PartialObjectMeta<Deployment>>,
 }
 
 /// The API of kind `K` the watches use: every namespace, or only `namespace`.
@@ -71,6 +73,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
     let (config_maps, cm_trigger) = meta(client, namespace, &children);
     let (services, svc_trigger) = meta(client, namespace, &children);
     let (network_policies, np_trigger) = meta(client, namespace, &children);
+    let (deployments, deployment_trigger) = meta(client, namespace, &children);
     (
         Caches {
             ftjs,
@@ -82,6 +85,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
             config_maps,
             services,
             network_policies,
+            deployments,
         },
         Triggers {
             ftjs: ftj_trigger,
@@ -93,6 +97,7 @@ pub fn watch(client: &Client, namespace: Option<&str>) -> (Caches, Triggers) {
             config_maps: cm_trigger,
             services: svc_trigger,
             network_policies: np_trigger,
+            deployments: deployment_trigger,
         },
     )
 }
@@ -199,7 +204,7 @@ mod tests {
         let (caches, mut triggers) = watch(&fake.client(), None);
         assert_eq!(
             caches.not_ready().len(),
-            9,
+            10,
             "nothing listed before the watches run"
         );
         // Only the Jobs' watch runs: the others still hold reconciliations back.
@@ -213,7 +218,7 @@ mod tests {
                 tokio::time::timeout(std::time::Duration::from_millis(10), triggers.jobs.next());
             let _ = poll.await;
         }
-        assert_eq!(caches.not_ready().len(), 8);
+        assert_eq!(caches.not_ready().len(), 9);
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(50), caches.ready())
                 .await
