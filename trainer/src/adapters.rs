@@ -13,6 +13,7 @@ use crate::error::TrainerError;
 use crate::grad_reduce::{GradientReducer, UnitParameters};
 use crate::interfaces::{MicroOutput, ModelMemory, OptimizerBytes, StepOptimizer, TrainModel};
 use crate::preference::{PreferenceLoss, PreferenceSums};
+use crate::value_head::{ValueHead, VALUE_HEAD_FILE};
 use crate::zero3::ParameterPartition;
 
 /// The file of trainable weights in a `full`/`freeze` checkpoint.
@@ -56,11 +57,11 @@ fn residency_error(context: &str, e: ModelError) -> TrainerError {
     }
 }
 
-/// A [`CausalLm`] as the loop trains it.
 /// What brackets the model's units in a training pass: the ZeRO-3 partition, or the reducer of
 /// `overlap_comm`.
 type TrainResidency<'a> = Option<&'a dyn Residency<Error = TrainerError>>;
 
+/// A [`CausalLm`] as the loop trains it.
 pub struct LmTrainee {
     pub lm: CausalLm,
     /// `base_model_name_or_path` written into `adapter_config.json`.
@@ -70,11 +71,15 @@ pub struct LmTrainee {
     /// The ZeRO-3 parameter partition, when the parameters are partitioned (shared with the
     /// ZeRO optimiser, whose parameters are its shards).
     partition: Option<Rc<ParameterPartition>>,
-    /// A preference run without LoRA: the frozen starting weights, the reference model.
     /// `overlap_comm` under ZeRO 0–2: the gradient reduction each unit starts as its backward
     /// finishes (shared with the optimiser, which waits for it).
     overlap: Option<Rc<GradientReducer>>,
+    /// A preference run without LoRA: the frozen starting weights, the reference model.
     reference: Option<CausalLm>,
+    /// `stage: rm`: the value head that scores each sequence.
+    value_head: Option<ValueHead>,
+    /// The tokenizer's pad token, which a `full`/`freeze` reward model's config names.
+    pad_token_id: Option<u32>,
 }
 
 impl LmTrainee {
@@ -84,12 +89,27 @@ impl LmTrainee {
             base_name: base_name.into(),
             micro_batches: 0,
             partition: None,
+            overlap: None,
             reference: None,
+            value_head: None,
+            pad_token_id: None,
         }
     }
 
+    /// Trains `head` with the model (`stage: rm`): it scores each sequence at its last token.
+    pub fn with_value_head(mut self, head: ValueHead, pad_token_id: u32) -> Self {
+        self.value_head = Some(head);
+        self.pad_token_id = Some(pad_token_id);
+        self
+    }
+
+    fn head(&self) -> Result<&ValueHead, TrainerError> {
+        self.value_head
+            .as_ref()
+            .ok_or_else(|| TrainerError::config("`stage: rm` needs the model's value head"))
+    }
+
     /// Takes `reference` (the starting weights, frozen) as the reference model of a preference
-            overlap: None,
     /// loss, for `full`/`freeze` fine-tuning.
     pub fn with_reference(mut self, reference: CausalLm) -> Self {
         self.reference = Some(reference);
@@ -101,6 +121,30 @@ impl LmTrainee {
     pub fn partition_parameters(&mut self, partition: Rc<ParameterPartition>) {
         self.lm.force_layer_recomputation();
         self.partition = Some(partition);
+    }
+
+    /// Starts each unit's gradient reduction as its backward finishes (`overlap_comm`, ZeRO 0–2):
+    /// `reducer` brackets the units of every training pass.
+    pub fn overlap_gradients(&mut self, reducer: Rc<GradientReducer>) {
+        self.overlap = Some(reducer);
+    }
+
+    /// The trainable parameters of each unit of the model, by name.
+    pub fn unit_parameters(&self) -> UnitParameters {
+        self.lm
+            .units()
+            .into_iter()
+            .map(|unit| {
+                let names = self
+                    .lm
+                    .unit_tensors(unit)
+                    .into_iter()
+                    .filter(|(_, t)| t.requires_grad())
+                    .map(|(name, _)| name)
+                    .collect();
+                (unit, names)
+            })
+            .collect()
     }
 
     fn active_partition(&self) -> Option<&ParameterPartition> {
@@ -131,30 +175,6 @@ impl LmTrainee {
     }
 
     fn is_lora(&self) -> bool {
-    /// Starts each unit's gradient reduction as its backward finishes (`overlap_comm`, ZeRO 0–2):
-    /// `reducer` brackets the units of every training pass.
-    pub fn overlap_gradients(&mut self, reducer: Rc<GradientReducer>) {
-        self.overlap = Some(reducer);
-    }
-
-    /// The trainable parameters of each unit of the model, by name.
-    pub fn unit_parameters(&self) -> UnitParameters {
-        self.lm
-            .units()
-            .into_iter()
-            .map(|unit| {
-                let names = self
-                    .lm
-                    .unit_tensors(unit)
-                    .into_iter()
-                    .filter(|(_, t)| t.requires_grad())
-                    .map(|(name, _)| name)
-                    .collect();
-                (unit, names)
-            })
-            .collect()
-    }
-
         self.lm.lora_settings().is_some()
     }
 
@@ -208,23 +228,67 @@ impl LmTrainee {
             self.lm
                 .save_adapter(dir, &self.base_name)
                 .map_err(|e| model_error("saving the adapter", e))?;
+            if let Some(head) = &self.value_head {
+                head.add_to_adapter(dir)
+                    .map_err(|e| model_error("saving the value head", e))?;
+            }
             Ok(vec![dir.join(ADAPTER_WEIGHTS), dir.join(ADAPTER_CONFIG)])
         } else {
             self.lm
                 .export_merged(dir, src_model_dir, shard_bytes)
                 .map_err(|e| model_error("saving the model", e))?;
+            if let Some(head) = &self.value_head {
+                head.add_to_export(dir, self.pad_token_id)
+                    .map_err(|e| model_error("saving the value head", e))?;
+            }
             Ok(vec![dir.to_path_buf()])
+        }
+    }
+
+    /// Restores the decoder's trainable weights (the adapter, or the `full`/`freeze` weights)
+    /// from checkpoint `dir`.
+    fn load_decoder_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
+        let ctx = format!("checkpoint {}", dir.display());
+        let file = if self.is_lora() {
+            ADAPTER_WEIGHTS
+        } else {
+            TRAINABLE_WEIGHTS
+        };
+        // Under ZeRO-3 every rank reads its own ranges straight into its shards.
+        if let Some(p) = self.active_partition() {
+            return p.load_trainable_shards(&dir.join(file));
+        }
+        if self.lm.adalora_training() {
+            self.lm
+                .load_adalora_state(&dir.join(ADALORA_STATE))
+                .map_err(|e| model_error(&ctx, e))
+        } else if self.is_lora() {
+            self.lm.load_adapter(dir).map_err(|e| model_error(&ctx, e))
+        } else {
+            self.lm
+                .load_trainable(&dir.join(file))
+                .map_err(|e| model_error(&ctx, e))
         }
     }
 }
 
 impl TrainModel for LmTrainee {
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
-        self.lm.trainable_parameters()
+        let mut params = self.lm.trainable_parameters();
+        if let Some(head) = &self.value_head {
+            params.push((head.name.clone(), head.weight.shallow_clone()));
+        }
+        params
     }
 
     fn set_training(&mut self, on: bool) {
         self.lm.set_training(on);
+    }
+
+    fn last_micro_batch(&mut self, last: bool) {
+        if let Some(r) = &self.overlap {
+            r.arm(last);
+        }
     }
 
     fn loss_sum_and_backward(
@@ -279,12 +343,6 @@ impl TrainModel for LmTrainee {
         desirable: &[bool],
         loss: &PreferenceLoss,
         loss_scale: f64,
-    fn last_micro_batch(&mut self, last: bool) {
-        if let Some(r) = &self.overlap {
-            r.arm(last);
-        }
-    }
-
     ) -> Result<PreferenceSums, TrainerError> {
         if self.active_partition().is_some() {
             return Err(TrainerError::config(
@@ -324,6 +382,47 @@ impl TrainModel for LmTrainee {
             .map_err(TrainerError::runtime)
     }
 
+    fn reward_backward(
+        &mut self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        loss_scale: f64,
+    ) -> Result<PreferenceSums, TrainerError> {
+        if self.active_partition().is_some() {
+            return Err(TrainerError::config(
+                "`stage: rm` does not run on a ZeRO-3 partitioned model yet",
+            ));
+        }
+        let head = self.head()?;
+        let positions = crate::reward::last_positions(attention_mask);
+        let mut sums = PreferenceSums::default();
+        self.lm
+            .hidden_at_backward(input_ids, &positions, |hidden| {
+                let (loss, s) =
+                    crate::reward::pair_loss(&head.rewards(hidden)).map_err(ModelError::Invalid)?;
+                sums = s;
+                Ok(loss * loss_scale)
+            })
+            .map_err(|e| model_error("reward model step", e))?;
+        self.micro_batches += 1;
+        Ok(sums)
+    }
+
+    fn reward_eval(
+        &mut self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<PreferenceSums, TrainerError> {
+        let positions = crate::reward::last_positions(attention_mask);
+        let hidden = self
+            .lm
+            .hidden_at(input_ids, &positions)
+            .map_err(|e| model_error("evaluating the pairs", e))?;
+        let rewards = tch::no_grad(|| self.head().map(|h| h.rewards(&hidden)))?;
+        let (_, sums) = crate::reward::pair_loss(&rewards).map_err(TrainerError::runtime)?;
+        Ok(sums)
+    }
+
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError> {
         let t = match self.active_partition() {
             Some(p) => tch::no_grad(|| self.lm.loss_sum_with(input_ids, labels, p))
@@ -338,10 +437,20 @@ impl TrainModel for LmTrainee {
     /// scores and rank pattern a resume continues from (the PEFT adapter beside it drops pruned
     /// ranks).
     fn save_weights(&self, dir: &Path) -> Result<(), TrainerError> {
+        if let Some(head) = &self.value_head {
+            if !self.is_lora() {
+                head.save(&dir.join(VALUE_HEAD_FILE))
+                    .map_err(|e| model_error("saving the value head", e))?;
+            }
+        }
         if self.is_lora() {
             self.lm
                 .save_adapter(dir, &self.base_name)
                 .map_err(|e| model_error("saving the adapter", e))?;
+            if let Some(head) = &self.value_head {
+                head.add_to_adapter(dir)
+                    .map_err(|e| model_error("saving the value head", e))?;
+            }
             if self.lm.adalora_training() {
                 self.lm
                     .save_adalora_state(&dir.join(ADALORA_STATE))
@@ -356,27 +465,24 @@ impl TrainModel for LmTrainee {
     }
 
     fn load_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
-        let ctx = format!("checkpoint {}", dir.display());
-        let file = if self.is_lora() {
-            ADAPTER_WEIGHTS
-        } else {
-            TRAINABLE_WEIGHTS
-        };
-        // Under ZeRO-3 every rank reads its own ranges straight into its shards.
-        if let Some(p) = self.active_partition() {
-            return p.load_trainable_shards(&dir.join(file));
+        self.load_decoder_weights(dir)?;
+        if let Some(head) = &self.value_head {
+            let file = if self.is_lora() {
+                dir.join(ADAPTER_WEIGHTS)
+            } else {
+                dir.join(VALUE_HEAD_FILE)
+            };
+            let ctx = format!("checkpoint {}", dir.display());
+            if !head.load_from(&file).map_err(|e| model_error(&ctx, e))? {
+                return Err(TrainerError::config(format!(
+                    "checkpoint {}: {} holds no value head ({})",
+                    dir.display(),
+                    file.display(),
+                    head.name
+                )));
+            }
         }
-        if self.lm.adalora_training() {
-            self.lm
-                .load_adalora_state(&dir.join(ADALORA_STATE))
-                .map_err(|e| model_error(&ctx, e))
-        } else if self.is_lora() {
-            self.lm.load_adapter(dir).map_err(|e| model_error(&ctx, e))
-        } else {
-            self.lm
-                .load_trainable(&dir.join(file))
-                .map_err(|e| model_error(&ctx, e))
-        }
+        Ok(())
     }
 
     fn gather_weights(&mut self, keep: bool) -> Result<(), TrainerError> {

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use lf_api::runtime::env;
-use lf_api::training::TrainingConfig;
+use lf_api::training::{Stage, TrainingConfig};
 use lf_model::GenerationParams;
 
 use crate::adapters::{model_error, LmTrainee, OptimStep};
@@ -104,6 +104,10 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let numeric_setup = setup::numeric_setup(cfg, &lm);
     tracing::info!(device = ?device, setup = %numeric_setup, "model ready");
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
+    if cfg.stage == Stage::Rm {
+        let head = setup::value_head(cfg, &model_dir, &trainee.lm, device)?;
+        trainee = trainee.with_value_head(head, tok.pad_id());
+    }
     if cfg.keeps_reference_copy() {
         // The reference of a `full`/`freeze` preference run: the starting weights, frozen.
         trainee = trainee.with_reference(setup::model(cfg, &model_dir, device, false, None)?);
@@ -122,6 +126,13 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
         "trainable parameters"
     );
     let partition = partition.map(Rc::new);
+    // `overlap_comm`: each unit's gradients start reducing as its backward finishes.
+    let overlap_units = cfg
+        .overlaps_comm(group.world_size())
+        .then(|| trainee.unit_parameters());
+    if group.world_size() > 1 && cfg.zero_stage < 3 {
+        tracing::info!(overlap_comm = overlap_units.is_some(), "gradient reduction");
+    }
     let mut optimizer: Box<dyn StepOptimizer> = match process_group {
         Some(pg) if cfg.zero_stage > 0 => {
             tracing::info!(zero_stage = cfg.zero_stage, "ZeRO partitioning");
@@ -136,13 +147,6 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
             if let Some(reducer) = zero.gradient_reducer().filter(|r| r.overlaps()) {
                 trainee.overlap_gradients(reducer);
             }
-    // `overlap_comm`: each unit's gradients start reducing as its backward finishes.
-    let overlap_units = cfg
-        .overlaps_comm(group.world_size())
-        .then(|| trainee.unit_parameters());
-    if group.world_size() > 1 && cfg.zero_stage < 3 {
-        tracing::info!(overlap_comm = overlap_units.is_some(), "gradient reduction");
-    }
             if let Some(partition) = partition {
                 if cfg.gradient_checkpointing != lf_api::training::GradientCheckpointing::On {
                     tracing::warn!(
@@ -299,6 +303,11 @@ pub fn run_eval(
     cfg: &TrainingConfig,
     exact_match: Option<&str>,
 ) -> Result<serde_json::Value, TrainerError> {
+    if cfg.stage == Stage::Rm {
+        return Err(TrainerError::config(
+            "`lf-trainer eval` does not score a reward model yet: evaluate while training (`eval_dataset`, which logs eval_accuracy and eval_margin)",
+        ));
+    }
     let model_dir = setup::model_dir(cfg)?;
     let device = setup::device();
     let tok = setup::tokenizer(&model_dir)?;

@@ -98,6 +98,31 @@ pub trait TrainModel {
             "this model does not evaluate preference pairs",
         ))
     }
+    /// `stage: rm`: forward and backward of one micro-batch of pairs (the chosen rows, then the
+    /// rejected rows), each row scored by the value head at its last token (`attention_mask`):
+    /// `loss_scale ×` the gradient of the pairs' summed `−log σ(r_chosen − r_rejected)` is
+    /// accumulated into `.grad`. Returns the pairs' metric sums. A model without a value head
+    /// says so.
+    fn reward_backward(
+        &mut self,
+        _input_ids: &Tensor,
+        _attention_mask: &Tensor,
+        _loss_scale: f64,
+    ) -> Result<PreferenceSums, TrainerError> {
+        Err(TrainerError::config(
+            "this model has no value head to train",
+        ))
+    }
+    /// [`TrainModel::reward_backward`]'s metric sums without gradients (evaluation).
+    fn reward_eval(
+        &mut self,
+        _input_ids: &Tensor,
+        _attention_mask: &Tensor,
+    ) -> Result<PreferenceSums, TrainerError> {
+        Err(TrainerError::config(
+            "this model has no value head to evaluate",
+        ))
+    }
     /// The summed token loss without gradients (evaluation).
     fn eval_loss_sum(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f64, TrainerError>;
     /// Writes what trains (a PEFT adapter, or the trainable weights) into `dir`.

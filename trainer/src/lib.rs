@@ -42,6 +42,7 @@ pub mod profiling;
 pub mod recompute_budget;
 pub mod report;
 pub mod resume;
+pub mod reward;
 pub mod schedule;
 pub mod serve_command;
 pub mod setup;
@@ -50,6 +51,7 @@ pub mod status;
 pub mod system;
 pub mod tracking;
 pub mod train_loop;
+pub mod value_head;
 pub mod zero;
 pub mod zero3;
 

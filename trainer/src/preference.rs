@@ -38,6 +38,9 @@ pub struct PreferenceLoss {
     pub simpo_gamma: f64,
     /// `stage: kto`: KTO's loss (and `loss` is not used).
     pub kto: Option<KtoWeights>,
+    /// `stage: rm`: the pairs are scored by the value head and lose TRL RewardTrainer's
+    /// −log σ(r_chosen − r_rejected) ([`crate::reward`]); nothing else here is used.
+    pub value_head: bool,
 }
 
 /// Per-sequence log-probabilities of a batch of pairs, `[pairs]` each (differentiable where the
@@ -75,6 +78,8 @@ pub struct PreferenceSums {
     /// KTO: the micro-batches' summed KL estimates, and how many micro-batches.
     pub kl: f64,
     pub kl_batches: f64,
+    /// `stage: rm`: the pairs scored by a value head (then the metrics are TRL RewardTrainer's).
+    pub reward_pairs: f64,
     pub loss: f64,
     pub rewards_chosen: f64,
     pub rewards_rejected: f64,
@@ -96,15 +101,35 @@ pub struct PreferenceMetrics {
         skip_serializing_if = "Option::is_none"
     )]
     pub rewards_accuracies: Option<f64>,
-    #[serde(rename = "rewards/margins")]
-    pub rewards_margins: f64,
-    #[serde(rename = "logps/chosen")]
-    pub logps_chosen: f64,
-    #[serde(rename = "logps/rejected")]
-    pub logps_rejected: f64,
+    #[serde(
+        rename = "rewards/margins",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rewards_margins: Option<f64>,
+    #[serde(
+        rename = "logps/chosen",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub logps_chosen: Option<f64>,
+    #[serde(
+        rename = "logps/rejected",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub logps_rejected: Option<f64>,
     /// `stage: kto`: the mean over the micro-batches of their KL estimate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl: Option<f64>,
+    /// `stage: rm` (TRL RewardTrainer's names): the share of pairs whose chosen sequence has
+    /// the higher reward, the mean reward margin, and the mean reward of every sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_reward: Option<f64>,
 }
 
 impl From<PreferenceMetrics> for lf_api::status::PreferenceProgress {
@@ -112,10 +137,10 @@ impl From<PreferenceMetrics> for lf_api::status::PreferenceProgress {
         lf_api::status::PreferenceProgress {
             rewards_chosen: m.rewards_chosen,
             rewards_rejected: m.rewards_rejected,
-            rewards_accuracies: m.rewards_accuracies,
-            rewards_margins: m.rewards_margins,
-            logps_chosen: m.logps_chosen,
-            logps_rejected: m.logps_rejected,
+            rewards_accuracies: m.rewards_accuracies.or(m.accuracy),
+            rewards_margins: m.rewards_margins.or(m.margin).unwrap_or(0.0),
+            logps_chosen: m.logps_chosen.unwrap_or(0.0),
+            logps_rejected: m.logps_rejected.unwrap_or(0.0),
             kl: m.kl,
         }
     }
@@ -128,10 +153,13 @@ impl PreferenceMetrics {
             ("rewards/chosen", Some(self.rewards_chosen)),
             ("rewards/rejected", Some(self.rewards_rejected)),
             ("rewards/accuracies", self.rewards_accuracies),
-            ("rewards/margins", Some(self.rewards_margins)),
-            ("logps/chosen", Some(self.logps_chosen)),
-            ("logps/rejected", Some(self.logps_rejected)),
+            ("rewards/margins", self.rewards_margins),
+            ("logps/chosen", self.logps_chosen),
+            ("logps/rejected", self.logps_rejected),
             ("kl", self.kl),
+            ("accuracy", self.accuracy),
+            ("margin", self.margin),
+            ("mean_reward", self.mean_reward),
         ]
         .into_iter()
         .filter_map(|(name, v)| v.map(|v| (name, v)))
@@ -148,7 +176,8 @@ impl PreferenceMetrics {
 impl PreferenceLoss {
     /// The loss of `cfg`, when its stage trains on pairs.
     pub fn from_config(cfg: &TrainingConfig) -> Option<Self> {
-        cfg.stage.is_preference().then_some(PreferenceLoss {
+        let trains_pairs = cfg.stage.is_preference() || cfg.stage == Stage::Rm;
+        trains_pairs.then_some(PreferenceLoss {
             loss: cfg.pref_loss,
             beta: cfg.pref_beta,
             ftx: cfg.pref_ftx,
@@ -157,12 +186,13 @@ impl PreferenceLoss {
                 desirable: cfg.kto_chosen_weight,
                 undesirable: cfg.kto_rejected_weight,
             }),
+            value_head: cfg.stage == Stage::Rm,
         })
     }
 
     /// Whether the loss needs the reference model's log-probabilities.
     pub fn uses_reference(&self) -> bool {
-        self.kto.is_some() || self.loss.uses_reference()
+        !self.value_head && (self.kto.is_some() || self.loss.uses_reference())
     }
 
     /// The losses and rewards of a batch of pairs (see the module docs). `reference` is ignored
@@ -353,6 +383,7 @@ fn kto_sums(t: &KtoTerms, desirable: &[bool]) -> PreferenceSums {
         rejected: desirable.len() as f64 - chosen,
         kl: t.kl,
         kl_batches: 1.0,
+        reward_pairs: 0.0,
         loss: t
             .losses
             .detach()
@@ -383,6 +414,7 @@ impl PairTerms {
             rejected: pairs,
             kl: 0.0,
             kl_batches: 0.0,
+            reward_pairs: 0.0,
             loss: sum(&self.losses.detach()),
             rewards_chosen: sum(&self.chosen_rewards),
             rewards_rejected: sum(&self.rejected_rewards),
@@ -400,6 +432,7 @@ impl std::ops::AddAssign for PreferenceSums {
         self.rejected += o.rejected;
         self.kl += o.kl;
         self.kl_batches += o.kl_batches;
+        self.reward_pairs += o.reward_pairs;
         self.loss += o.loss;
         self.rewards_chosen += o.rewards_chosen;
         self.rewards_rejected += o.rewards_rejected;
@@ -411,13 +444,14 @@ impl std::ops::AddAssign for PreferenceSums {
 
 impl PreferenceSums {
     /// Every field, in a fixed order (for summing over ranks).
-    pub fn to_array(self) -> [f64; 11] {
+    pub fn to_array(self) -> [f64; 12] {
         [
             self.pairs,
             self.chosen,
             self.rejected,
             self.kl,
             self.kl_batches,
+            self.reward_pairs,
             self.loss,
             self.rewards_chosen,
             self.rewards_rejected,
@@ -427,8 +461,8 @@ impl PreferenceSums {
         ]
     }
 
-    pub fn from_array(a: [f64; 11]) -> Self {
-        let [pairs, chosen, rejected, kl, kl_batches, loss, rewards_chosen, rewards_rejected, accuracies, logps_chosen, logps_rejected] =
+    pub fn from_array(a: [f64; 12]) -> Self {
+        let [pairs, chosen, rejected, kl, kl_batches, reward_pairs, loss, rewards_chosen, rewards_rejected, accuracies, logps_chosen, logps_rejected] =
             a;
         PreferenceSums {
             pairs,
@@ -436,6 +470,7 @@ impl PreferenceSums {
             rejected,
             kl,
             kl_batches,
+            reward_pairs,
             loss,
             rewards_chosen,
             rewards_rejected,
@@ -446,8 +481,12 @@ impl PreferenceSums {
     }
 
     /// The per-pair means (`None` without pairs). KTO's chosen (rejected) metrics are means over
-    /// the window's desirable (undesirable) examples, 0 when it has none.
+    /// the window's desirable (undesirable) examples, 0 when it has none; a value head's pairs
+    /// (`stage: rm`) have TRL RewardTrainer's metrics and no log-probabilities.
     pub fn means(&self) -> Option<PreferenceMetrics> {
+        if self.reward_pairs > 0.0 {
+            return Some(self.reward_means());
+        }
         (self.pairs > 0.0).then(|| {
             let per = |sum: f64, n: f64| if n > 0.0 { sum / n } else { 0.0 };
             let kto = self.kl_batches > 0.0;
@@ -459,12 +498,27 @@ impl PreferenceSums {
                 rewards_chosen: chosen,
                 rewards_rejected: rejected,
                 rewards_accuracies: (!kto).then(|| self.accuracies / self.pairs),
-                rewards_margins: chosen - rejected,
-                logps_chosen: per(self.logps_chosen, self.chosen),
-                logps_rejected: per(self.logps_rejected, self.rejected),
+                rewards_margins: Some(chosen - rejected),
+                logps_chosen: Some(per(self.logps_chosen, self.chosen)),
+                logps_rejected: Some(per(self.logps_rejected, self.rejected)),
                 kl: kto.then(|| self.kl / self.kl_batches),
+                ..PreferenceMetrics::default()
             }
         })
+    }
+
+    /// [`PreferenceSums::means`] of a value head's pairs.
+    fn reward_means(&self) -> PreferenceMetrics {
+        let n = self.reward_pairs;
+        let (chosen, rejected) = (self.rewards_chosen / n, self.rewards_rejected / n);
+        PreferenceMetrics {
+            rewards_chosen: chosen,
+            rewards_rejected: rejected,
+            accuracy: Some(self.accuracies / n),
+            margin: Some(chosen - rejected),
+            mean_reward: Some((chosen + rejected) / 2.0),
+            ..PreferenceMetrics::default()
+        }
     }
 }
 
@@ -483,6 +537,7 @@ mod tests {
             ftx: 0.0,
             simpo_gamma: 0.25,
             kto: None,
+            value_head: false,
         }
     }
 
@@ -538,7 +593,7 @@ mod tests {
         close(s.accuracies, 1.0);
         close(s.logps_chosen, -4.0);
         let m = s.means().unwrap();
-        close(m.rewards_margins, 1.0);
+        close(m.rewards_margins.unwrap(), 1.0);
         // The reference-free losses report β·mean log-prob and the means.
         let (terms, _) = one_pair(PrefLoss::Simpo, 0.0);
         let s = terms.sums();

@@ -240,6 +240,32 @@ pub fn model(
     Ok(lm)
 }
 
+/// `stage: rm`'s value head: the one in `adapter_name_or_path` when that adapter has one (a
+/// reward model trained on), otherwise a new one as transformers initialises it, from `seed`.
+pub fn value_head(
+    cfg: &TrainingConfig,
+    model_dir: &Path,
+    lm: &CausalLm,
+    device: Device,
+) -> Result<crate::value_head::ValueHead, TrainerError> {
+    use crate::value_head::{initializer_range, ValueHead};
+    let lora = cfg.finetuning_type == FinetuningType::Lora;
+    let hidden = lm.architecture().hidden_size as i64;
+    let head = ValueHead::init(hidden, initializer_range(model_dir), cfg.seed, device, lora);
+    if let Some(adapter) = &cfg.adapter_name_or_path {
+        let file = PathBuf::from(adapter).join(lf_model::ADAPTER_WEIGHTS);
+        let loaded = head
+            .load_from(&file)
+            .map_err(|e| model_error(&format!("the value head of {adapter}"), e))?;
+        if loaded {
+            tracing::info!(adapter = %adapter, "value head loaded from the adapter");
+            return Ok(head);
+        }
+    }
+    tracing::info!(hidden, "value head initialised");
+    Ok(head)
+}
+
 /// The numeric setup, for messages about NaN/inf.
 pub fn numeric_setup(cfg: &TrainingConfig, lm: &CausalLm) -> String {
     format!(

@@ -202,7 +202,11 @@ pub fn evaluate_with_metrics<M: TrainModel>(
                 let batch = collate_pairs(&refs, pad_id);
                 if batch.paired {
                     let (ids, labels) = to_device(&batch, device);
-                    let sums = model.preference_eval(&ids, &labels, &batch.desirable, p)?;
+                    let sums = if p.value_head {
+                        model.reward_eval(&ids, &mask_to_device(&batch, device))?
+                    } else {
+                        model.preference_eval(&ids, &labels, &batch.desirable, p)?
+                    };
                     loss += sums.loss;
                     tokens += sums.pairs as u64;
                     pair_sums += sums;
@@ -322,13 +326,11 @@ impl Stepper<'_> {
             Some(loss) => {
                 let desirable = batches.micro.iter().filter(|b| b.paired);
                 let desirable: Vec<&[bool]> = desirable.map(|b| &b.desirable[..]).collect();
-                let sums = preference_backward(
-                    model,
-                    &device_batches,
-                    &desirable,
-                    loss,
-                    1.0 / loss_units,
-                )?;
+                let sums = if loss.value_head {
+                    reward_backward(model, &device_batches, &masks, 1.0 / loss_units)?
+                } else {
+                    preference_backward(model, &device_batches, &desirable, loss, 1.0 / loss_units)?
+                };
                 let sums = sum_over_ranks(group, sums)?;
                 (sums.loss, None, Some(sums))
             }
@@ -406,9 +408,9 @@ fn forward_backward<M: TrainModel>(
     let mut loss_sum = 0.0;
     let mut forward_secs = Some(0.0);
     for (i, (ids, labels)) in batches.iter().enumerate() {
+        model.last_micro_batch(i + 1 == batches.len());
         let out = match positions.get(i).and_then(Option::as_ref) {
             Some(pos) => model.loss_sum_and_backward_packed(ids, labels, pos, scale)?,
-        model.last_micro_batch(i + 1 == batches.len());
             None => model.loss_sum_and_backward_masked(ids, labels, &masks[i], scale)?,
         };
         loss_sum += out.loss_sum;
@@ -429,6 +431,21 @@ fn preference_backward<M: TrainModel>(
     let mut sums = PreferenceSums::default();
     for ((ids, labels), tags) in batches.iter().zip(desirable) {
         sums += model.preference_backward(ids, labels, tags, loss, scale)?;
+    }
+    Ok(sums)
+}
+
+/// [`preference_backward`] for `stage: rm`: each micro-batch's rows scored by the value head at
+/// their last token (`masks`).
+fn reward_backward<M: TrainModel>(
+    model: &mut M,
+    batches: &[(Tensor, Tensor)],
+    masks: &[Tensor],
+    scale: f64,
+) -> Result<PreferenceSums, TrainerError> {
+    let mut sums = PreferenceSums::default();
+    for ((ids, _), mask) in batches.iter().zip(masks) {
+        sums += model.reward_backward(ids, mask, scale)?;
     }
     Ok(sums)
 }

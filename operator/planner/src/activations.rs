@@ -48,6 +48,7 @@
 //!   (`chunk·V·(4 + 16)` in fp32), plus the final hidden states and their gradient for the whole
 //!   micro-batch (`2·c·T·h`). `loss_chunk_size: 0` computes the whole head at once: the same with
 //!   `T` tokens in place of `chunk`.
+//!   `stage: rm` has no logits: its value head reads one hidden state per sequence.
 //!   The loss runs before the first layer is recomputed, so its peak and a layer's working set are
 //!   never live together: the planner takes the larger of the two phases.
 
@@ -242,11 +243,7 @@ pub fn activations_with(
 ) -> Activations {
     let c = inv.compute_bytes;
     let s = training.cutoff_len as u64;
-    let sequences = if training.stage.is_preference() {
-        2 * micro_batch
-    } else {
-        micro_batch
-    };
+    let sequences = training.stage.sequences_per_example() * micro_batch;
     let tokens = sequences * s;
     let h = arch.hidden_size;
     let layers = arch.num_hidden_layers;
@@ -298,7 +295,14 @@ pub fn activations_with(
         0 => tokens,
         n => (n as u64).min(tokens),
     };
-    let loss = chunk * vocab * per_logit + hidden;
+    // `stage: rm` scores the final hidden states with a one-output value head: no vocabulary
+    // logits.
+    let logits = if training.stage == lf_api::training::Stage::Rm {
+        0
+    } else {
+        chunk * vocab * per_logit
+    };
+    let loss = logits + hidden;
     Activations {
         persistent,
         layer_working_set,

@@ -336,7 +336,9 @@ pub(crate) fn describe(input: &PlannerInput, inv: &Inventory) -> Vec<String> {
     } else {
         "reference pass without gradients, adapter off"
     };
-    let method = if t.stage == lf_api::training::Stage::Kto {
+    let method = if t.stage == lf_api::training::Stage::Rm {
+        format!("reward model (2 sequences per example, value head on the last token, no reference pass), {method}")
+    } else if t.stage == lf_api::training::Stage::Kto {
         format!("KTO (2 sequences per example, its own and its KL sequence; {reference}), {method}")
     } else if t.stage.is_pairwise() {
         let reference = if t.pref_loss.uses_reference() {

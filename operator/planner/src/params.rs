@@ -205,6 +205,19 @@ fn layers_shapes(arch: &ModelArchitecture, layers: std::ops::Range<u64>) -> Vec<
 /// Every trainable tensor of the method, as `(shape, count)` pairs (the count of identical
 /// tensors), so optimiser state that depends on tensor sizes (8-bit AdamW, Adafactor) is exact.
 pub fn trainable_shapes(arch: &ModelArchitecture, training: &TrainingConfig) -> Vec<(Shape, u64)> {
+    let mut out = decoder_trainable_shapes(arch, training);
+    // `stage: rm` trains its value head too (`score`, [1, H]).
+    if training.stage == lf_api::training::Stage::Rm {
+        out.push(((1, arch.hidden_size), 1));
+    }
+    out
+}
+
+/// [`trainable_shapes`] of the decoder (and its embeddings and LM head) alone.
+fn decoder_trainable_shapes(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+) -> Vec<(Shape, u64)> {
     let layers = arch.num_hidden_layers;
     match training.finetuning_type {
         FinetuningType::Full => {
@@ -406,6 +419,24 @@ mod tests {
         assert_eq!(
             model_params(&l3) + trainable_params(&l3, &lora(16, "all")),
             8_072_204_288
+        );
+    }
+
+    #[test]
+    fn a_reward_model_trains_its_value_head_too() {
+        let l3 = preset("meta-llama/Meta-Llama-3-8B").unwrap();
+        let lora = TrainingConfig {
+            lora_rank: 16,
+            lora_target: "all".into(),
+            ..Default::default()
+        };
+        let rm = TrainingConfig {
+            stage: lf_api::training::Stage::Rm,
+            ..lora.clone()
+        };
+        assert_eq!(
+            trainable_params(&l3, &rm),
+            trainable_params(&l3, &lora) + 4096
         );
     }
 

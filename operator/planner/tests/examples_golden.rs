@@ -15,6 +15,7 @@ const EXAMPLES: &[&str] = &[
     "llama3-8b-full-zero3",
     "qwen3-8b-lora-24gb",
     "llama3-8b-dpo-lora-24gb",
+    "llama3-8b-rm-lora-24gb",
     "gemma3-12b-qlora",
     "mixtral-8x7b-qlora",
 ];

@@ -23,6 +23,7 @@ pub mod durable;
 mod error;
 mod export;
 mod generate;
+mod hidden;
 pub mod linear;
 pub mod llama;
 mod loader;

@@ -379,6 +379,19 @@ pub fn is_rope_cache(name: &str) -> bool {
     name.ends_with(TensorPath::root().pp("rotary_emb").pp("inv_freq").as_str())
 }
 
+/// A sequence-classification head (`…ForSequenceClassification.score`, `num_labels: 1`: a
+/// reward model's value head). In a PEFT `SEQ_CLS` adapter it is a module to save, stored as
+/// `base_model.model.score.weight`.
+pub fn score() -> TensorPath {
+    TensorPath::root().pp("score")
+}
+
+/// Whether `name` (Hugging Face or PEFT) is the [`score`] head's.
+pub fn is_score(name: &str) -> bool {
+    let hf = peft_root().strip_from(name).unwrap_or(name);
+    score().strip_from(hf).is_some()
+}
+
 /// A base (non-adapter) tensor of a Llama-family checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BaseTensor {

@@ -179,7 +179,9 @@ impl CausalLm {
             }
             tch::no_grad(|| t.shallow_clone().copy_(&src));
         }
-        if let Some(extra) = in_file.into_iter().next() {
+        // A reward model's adapter (PEFT `SEQ_CLS`) also holds its `score` head, which is not
+        // part of the decoder: its user reads it (lf-trainer's value head).
+        if let Some(extra) = in_file.into_iter().find(|n| !crate::names::is_score(n)) {
             return Err(ModelError::UnexpectedTensor {
                 name: extra,
                 source_desc: desc,
@@ -296,13 +298,23 @@ fn parse_config(cfg: &serde_json::Value, arch: &ModelArchitecture) -> Result<Lor
             return Err(format!("`{key}` (per-module ranks) is not supported"));
         }
     }
-    for key in [
-        "layers_to_transform",
-        "modules_to_save",
-        "layer_replication",
-    ] {
+    for key in ["layers_to_transform", "layer_replication"] {
         if cfg.get(key).is_some_and(|v| !v.is_null()) {
             return Err(format!("`{key}` is not supported"));
+        }
+    }
+    // A `SEQ_CLS` adapter saves its classification head (PEFT lists every such head's name;
+    // a Llama-family model has `score`), which is not the decoder's: its user reads it.
+    if let Some(modules) = cfg.get("modules_to_save").filter(|v| !v.is_null()) {
+        let heads = ["score", "classifier", "pre_classifier"];
+        let only_heads = modules.as_array().is_some_and(|m| {
+            m.iter()
+                .all(|v| v.as_str().is_some_and(|n| heads.contains(&n)))
+        });
+        if !only_heads {
+            return Err(format!(
+                "`modules_to_save` {modules} is not supported (only a sequence-classification head, `score`)"
+            ));
         }
     }
     if let Some(bias) = cfg.get("bias").and_then(|v| v.as_str()) {

@@ -115,8 +115,8 @@ pub(crate) fn keys() -> impl Iterator<Item = &'static str> {
 pub const REJECTED_VALUES: &[(&str, &[&str], &str)] = &[
     (
         "stage",
-        &["rm", "ppo"],
-        "reward modelling and PPO are not implemented: lf-trainer trains `stage: sft`, `pt`, `dpo` and `kto`",
+        &["ppo"],
+        "PPO is not implemented: lf-trainer trains `stage: sft`, `pt`, `dpo`, `kto` and `rm`",
     ),
     (
         "pref_loss",
@@ -190,7 +190,7 @@ const SGLANG: &str = "only used by `infer_backend: sglang`, which is not availab
 const KT: &str = "only used with `use_kt` (KTransformers), which is not available";
 const OFT: &str = "only used by `finetuning_type: oft`, which is not implemented";
 const RLHF: &str =
-    "only used by the rm and ppo stages (or an option of dpo or kto that lf-trainer does not have); lf-trainer trains `stage: sft`, `pt`, `dpo` and `kto`";
+    "only used by the ppo stage (or an option of dpo or kto that lf-trainer does not have); lf-trainer trains `stage: sft`, `pt`, `dpo`, `kto` and `rm`";
 const REF_MODEL: &str = "a separate reference model is not loaded: the reference of `stage: dpo` and `kto` is the base model with the LoRA adapter off (no second copy of the weights); leave it unset";
 const GALORE: &str = "only used with `use_galore`, which is not implemented";
 const APOLLO: &str = "only used with `use_apollo`, which is not implemented";

@@ -415,11 +415,11 @@ impl TrainingConfig {
     /// and a fixed higher stage is refused (by [`TrainingConfig::validate`], or for Adafactor by
     /// the trainer's ZeRO optimiser), each with its reason. 0 for Adafactor (its factored state
     /// needs whole matrices) and AdaLoRA (its scores need whole gradients); 2 for the preference
-    /// stages, `neat_packing` and prediction (they need the whole model on each process).
+    /// stages and `rm`, `neat_packing` and prediction (they need the whole model on each process).
     pub fn highest_zero_stage(&self) -> u8 {
         if self.optim == Optim::Adafactor || self.use_adalora {
             0
-        } else if self.stage.is_preference()
+        } else if self.stage.sequences_per_example() == 2
             || self.neat_packing
             || (self.do_predict && self.predict_with_generate)
         {
@@ -571,7 +571,7 @@ impl TrainingConfig {
     /// adapter off).
     pub fn keeps_reference_copy(&self) -> bool {
         let uses_reference = self.stage == Stage::Kto
-            || (self.stage.is_pairwise() && self.pref_loss.uses_reference());
+            || (self.stage == Stage::Dpo && self.pref_loss.uses_reference());
         uses_reference && self.finetuning_type != FinetuningType::Lora
     }
 

@@ -20,12 +20,26 @@ pub enum Stage {
     /// the KL term from mismatched prompt/completion pairs, against the base with the LoRA
     /// adapter off.
     Kto,
+    /// Reward modelling on `ranking` datasets: a scalar value head (`score`) on the final hidden
+    /// state of each sequence's last token, trained with TRL RewardTrainer's pairwise loss
+    /// −log σ(r_chosen − r_rejected); no reference model.
+    Rm,
 }
 
 impl Stage {
-    /// Whether the stage trains on preference pairs (`ranking` datasets).
+    /// Whether the stage trains on preference pairs (`ranking` datasets): `dpo` and `rm`.
     pub fn is_pairwise(self) -> bool {
-        matches!(self, Stage::Dpo)
+        matches!(self, Stage::Dpo | Stage::Rm)
+    }
+
+    /// How many sequences each example runs as: two for the preference stages and `rm` (the
+    /// chosen and the rejected answer; KTO's example and its KL sequence), one otherwise.
+    pub fn sequences_per_example(self) -> u64 {
+        if self.is_preference() || self == Stage::Rm {
+            2
+        } else {
+            1
+        }
     }
 
     /// Whether the stage trains with a preference loss (`dpo` on pairs, `kto` on tagged examples):

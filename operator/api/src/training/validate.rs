@@ -121,7 +121,57 @@ impl TrainingConfig {
         self.validate_adalora()?;
         self.profile_window()?;
         self.validate_preference()?;
+        self.validate_reward()?;
         self.validate_predict()
+    }
+
+    /// `stage: rm`: the preference losses' settings do not apply (the loss is TRL
+    /// RewardTrainer's −log σ(r_chosen − r_rejected), with no β and no reference), and what the
+    /// value head does not combine with yet.
+    fn validate_reward(&self) -> Result<(), ConfigError> {
+        if self.stage != Stage::Rm {
+            return Ok(());
+        }
+        let defaults = TrainingConfig::default();
+        let unused = [
+            ("pref_beta", self.pref_beta != defaults.pref_beta),
+            ("pref_ftx", self.pref_ftx != defaults.pref_ftx),
+            ("pref_loss", self.pref_loss != defaults.pref_loss),
+            ("simpo_gamma", self.simpo_gamma != defaults.simpo_gamma),
+            (
+                "kto_chosen_weight",
+                self.kto_chosen_weight != defaults.kto_chosen_weight,
+            ),
+            (
+                "kto_rejected_weight",
+                self.kto_rejected_weight != defaults.kto_rejected_weight,
+            ),
+        ];
+        if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::invalid(
+                key,
+                "is not used by `stage: rm`, whose loss is −log σ(r_chosen − r_rejected) of the value head's rewards (no β, no reference model): remove it",
+            ));
+        }
+        if self.packing_enabled() {
+            return Err(ConfigError::invalid(
+                "packing",
+                "`stage: rm` scores each chosen and rejected sequence by its last token, so sequences are not packed: use `packing: false`",
+            ));
+        }
+        if self.zero_stage >= 3 {
+            return Err(ConfigError::invalid(
+                "zero_stage",
+                "`stage: rm` runs with ZeRO 0-2 (ZeRO-3's gathered forward is not wired into the value head's step)",
+            ));
+        }
+        if self.use_adalora {
+            return Err(ConfigError::invalid(
+                "use_adalora",
+                "AdaLoRA's adapter is not saved with the value head of `stage: rm`: use `finetuning_type: lora` without `use_adalora`",
+            ));
+        }
+        Ok(())
     }
 
     /// `stage: dpo`/`kto`: the loss settings, and what the preference stages do not combine with
@@ -277,6 +327,28 @@ mod tests {
                 .and_then(|c| c.validate());
             assert!(e.is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rm_refuses_what_it_does_not_use() {
+        let ok = parse("stage: rm\nfinetuning_type: full");
+        assert!(ok.validate().is_ok());
+        assert!(!ok.keeps_reference_copy());
+        assert_eq!(ok.highest_zero_stage(), 2);
+        for bad in [
+            "pref_beta: 0.2",
+            "pref_loss: orpo",
+            "pref_ftx: 1.0",
+            "kto_rejected_weight: 2.0",
+            "packing: true",
+            "zero_stage: 3",
+            "use_adalora: true",
+        ] {
+            let e = TrainingConfig::from_yaml_str(&format!("stage: rm\n{bad}"))
+                .and_then(|c| c.validate());
+            assert!(e.is_err(), "{bad}");
+        }
+        assert!(TrainingConfig::from_yaml_str("stage: ppo").is_err());
     }
 
     #[test]

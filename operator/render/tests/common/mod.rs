@@ -72,6 +72,7 @@ fn plan_shape(name: &str) -> Option<(u32, u32, u32, u8, bool, u32, u32)> {
         "llama3-8b-qlora" => (1, 1, 1, 0, false, 2, 8),
         "qwen3-8b-lora-24gb" => (1, 1, 1, 0, false, 2, 8),
         "llama3-8b-dpo-lora-24gb" => (1, 1, 1, 0, false, 1, 16),
+        "llama3-8b-rm-lora-24gb" => (1, 1, 1, 0, false, 2, 8),
         "gemma3-12b-qlora" => (1, 1, 1, 0, false, 4, 4),
         "mixtral-8x7b-qlora" => (2, 1, 2, 3, false, 2, 2),
         "quickstart" => (1, 1, 1, 0, false, 8, 1),

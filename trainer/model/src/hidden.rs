@@ -1,0 +1,102 @@
+//! The final (normed) hidden state at one position of each row, with and without backward: what a
+//! value head reads (lf-trainer's `stage: rm` reward model scores each sequence at its last
+//! token).
+//!
+//! The backward pass reuses the training step ([`CausalLm::backward_with_head`]: layer
+//! recomputation, dropout replay, quantised and frozen layers as for the token loss). That step
+//! hands its head the hidden states of every position but the last; one column is appended to
+//! the batch so that every real position, the last included, is among them. Attention is causal,
+//! so the appended column changes nothing before it.
+
+use tch::{Kind, Tensor};
+
+use crate::causal_lm::CausalLm;
+use crate::residency::AlwaysResident;
+use crate::training::IGNORE_INDEX;
+use crate::ModelError;
+
+impl CausalLm {
+    /// `[B, H]` final hidden states (after the final norm, in the compute dtype) at `positions`
+    /// (`[B]` int64, one position of each row of `input_ids`), without gradients.
+    pub fn hidden_at(&self, input_ids: &Tensor, positions: &Tensor) -> Result<Tensor, ModelError> {
+        check_positions(input_ids, positions)?;
+        let _guard = tch::no_grad_guard();
+        let Ok(x) = self.model.decoder_output(
+            input_ids,
+            None,
+            self.backend,
+            self.training,
+            &AlwaysResident,
+        );
+        let hidden = self.model.norm.forward(&x);
+        let rows = Tensor::arange(positions.size()[0], (Kind::Int64, positions.device()));
+        Ok(hidden.index(&[Some(rows), Some(positions.shallow_clone())]))
+    }
+
+    /// Forward and backward of one micro-batch for a loss of the hidden states at `positions`
+    /// (`[B]` int64): `loss` gets them (`[B, H]`, differentiable) and returns the scalar to
+    /// backpropagate, which it may scale; its gradient is accumulated into the `.grad` of every
+    /// trainable parameter, and of any tensor `loss` used that requires grad (a value head).
+    pub fn hidden_at_backward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        loss: impl FnOnce(&Tensor) -> Result<Tensor, ModelError>,
+    ) -> Result<(), ModelError> {
+        check_positions(input_ids, positions)?;
+        let (b, s) = (input_ids.size()[0], input_ids.size()[1]);
+        // One more column (a copy of the first token; causal attention never lets it reach an
+        // earlier position), and a label right after each chosen position, so that the step's
+        // head gets exactly the chosen positions, in row order.
+        let ids = Tensor::cat(&[input_ids, &input_ids.narrow(1, 0, 1)], 1);
+        let labels = Tensor::full([b, s + 1], IGNORE_INDEX, (Kind::Int64, ids.device()));
+        let rows = Tensor::arange(b, (Kind::Int64, ids.device()));
+        let labels = labels.index_put(
+            &[Some(rows), Some(positions + 1)],
+            &Tensor::zeros([b], (Kind::Int64, ids.device())),
+            false,
+        );
+        self.backward_with_head(&ids, &labels, &AlwaysResident, |hidden, idx, _| {
+            if idx.size()[0] != b {
+                return Err(ModelError::Invalid(format!(
+                    "{} positions selected for {b} rows",
+                    idx.size()[0]
+                )));
+            }
+            loss(&hidden.index_select(0, idx))?
+                .f_backward()
+                .map_err(ModelError::torch("backpropagating the value loss"))?;
+            Ok(0.0)
+        })
+        .map(|_| ())
+    }
+}
+
+/// `positions` must be `[B]` int64 within `input_ids`' `[B, S]`.
+fn check_positions(input_ids: &Tensor, positions: &Tensor) -> Result<(), ModelError> {
+    let ok_shape = input_ids.dim() == 2
+        && positions.size() == [input_ids.size()[0]]
+        && positions.kind() == Kind::Int64
+        && input_ids.kind() == Kind::Int64;
+    if !ok_shape {
+        return Err(ModelError::Invalid(format!(
+            "positions {:?} must give one int64 position per row of input_ids {:?}",
+            positions.size(),
+            input_ids.size()
+        )));
+    }
+    if positions.numel() == 0 {
+        return Ok(());
+    }
+    let s = input_ids.size()[1];
+    let (lo, hi) = (
+        positions.min().int64_value(&[]),
+        positions.max().int64_value(&[]),
+    );
+    if lo < 0 || hi >= s {
+        return Err(ModelError::Invalid(format!(
+            "positions {lo}..={hi} are outside sequences of {s} tokens"
+        )));
+    }
+    Ok(())
+}
