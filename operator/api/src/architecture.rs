@@ -192,11 +192,10 @@ pub struct ModelArchitecture {
     /// The mixture-of-experts keys (Mixtral, Qwen3-MoE; empty for dense families).
     #[serde(flatten)]
     pub moe: MoeKeys,
-    /// The sliding-window keys ([`ModelArchitecture::layer_windows`]). Read from `config.json`
-    /// and set by the presets; not part of the FineTuneJob schema, so an inline architecture
-    /// plans without windows.
+    /// The sliding-window keys ([`ModelArchitecture::layer_windows`]), as transformers' configs
+    /// spell them: read from `config.json`, set by the presets, and accepted inline, so a pasted
+    /// Gemma 2/3, Mistral or Phi-3 `config.json` plans its windowed layers.
     #[serde(flatten)]
-    #[schemars(skip)]
     pub windows: WindowKeys,
     /// Set when this decoder is the text half of a multimodal checkpoint (Gemma 3's
     /// `Gemma3ForConditionalGeneration`, whose `config.json` nests these keys in `text_config`):
@@ -252,9 +251,13 @@ impl Multimodal {
 }
 
 /// The sliding-window keys of `config.json` ([`ModelArchitecture::layer_windows`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct WindowKeys {
-    /// The window (keys a query sees: itself and the `sliding_window − 1` before it).
+    /// Sliding-window attention: the keys a query sees on a windowed layer (itself and the
+    /// `sliding_window − 1` before it). Which layers are windowed follows the family, as
+    /// transformers configures it: every layer for mistral, mixtral and phi3; every other layer
+    /// for gemma2 (4096 by default); all but every `sliding_window_pattern`-th for gemma3_text;
+    /// qwen2/qwen3 only with `use_sliding_window`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<i64>,
     /// Qwen2/Qwen3/Qwen3-MoE: whether `sliding_window` applies at all.
@@ -263,10 +266,12 @@ pub struct WindowKeys {
     /// Qwen2/Qwen3: the first layer that is windowed (without `layer_types`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_window_layers: Option<u64>,
-    /// transformers 5's per-layer `full_attention` / `sliding_attention`.
+    /// transformers 5's attention type of each layer, one entry per layer: `full_attention` or
+    /// `sliding_attention` (overrides the family's pattern).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
-    /// Gemma 3: every `sliding_window_pattern`-th layer is full (without `layer_types`).
+    /// Gemma 3: every `sliding_window_pattern`-th layer is full, the others windowed (6 by
+    /// default: 5 local to 1 global; without `layer_types`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window_pattern: Option<u64>,
 }
@@ -1302,6 +1307,61 @@ mod tests {
         let err = ModelArchitecture::from_json_str(r#"{"model_type":"gemma3","vision_config":{}}"#)
             .unwrap_err();
         assert!(err.to_string().contains("gemma3"), "{err}");
+    }
+
+    #[test]
+    fn an_inline_architecture_carries_its_windows() {
+        // The FineTuneJob schema lists the window keys, so the API server keeps them ...
+        let schema = serde_json::to_value(schemars::schema_for!(ModelArchitecture)).unwrap();
+        for key in [
+            "sliding_window",
+            "layer_types",
+            "sliding_window_pattern",
+            "use_sliding_window",
+        ] {
+            assert!(
+                schema["properties"].get(key).is_some(),
+                "{key} not in the schema"
+            );
+        }
+        // ... and an inline paste plans them: Gemma 3's 5 local : 1 global, Phi-3's every layer,
+        // Gemma 2's every other layer (its config class's 4096 when the paste leaves it out).
+        let inline = |v: serde_json::Value| {
+            deserialize_inline(v)
+                .unwrap()
+                .unwrap()
+                .layer_windows()
+                .unwrap()
+        };
+        let shape = serde_json::json!({"vocab_size": 96, "hidden_size": 64, "intermediate_size": 112,
+            "num_hidden_layers": 12, "num_attention_heads": 4});
+        let with = |extra: serde_json::Value| {
+            let mut v = shape.clone();
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        let gemma3 = inline(with(serde_json::json!({"model_type": "gemma3_text",
+            "sliding_window": 1024, "sliding_window_pattern": 6})));
+        let full: Vec<usize> = (0..12).filter(|&i| gemma3[i].is_none()).collect();
+        assert_eq!(full, [5, 11]);
+        assert_eq!(gemma3[0], Some(1024));
+        let phi3 = inline(with(
+            serde_json::json!({"model_type": "phi3", "sliding_window": 2047}),
+        ));
+        assert_eq!(phi3, vec![Some(2047); 12]);
+        let gemma2 = inline(with(serde_json::json!({"model_type": "gemma2"})));
+        assert_eq!((gemma2[0], gemma2[1]), (Some(4096), None));
+        let typed = inline(with(
+            serde_json::json!({"model_type": "mistral", "sliding_window": 8,
+            "layer_types": vec!["full_attention"; 12]}),
+        ));
+        assert_eq!(
+            typed,
+            vec![Some(8); 12],
+            "mistral windows every layer whatever layer_types says"
+        );
     }
 
     #[test]

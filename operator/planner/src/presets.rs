@@ -51,6 +51,8 @@ struct GemmaKeys {
     softcaps: Option<(f64, f64)>,
     /// Gemma 3: `rope_local_base_freq` and the full layers' `linear` RoPE factor.
     local_theta_and_linear_factor: Option<(f64, f64)>,
+    /// Gemma 3's `sliding_window_pattern`: every n-th layer full, the others windowed.
+    window_pattern: Option<u64>,
 }
 
 impl Shape {
@@ -116,6 +118,7 @@ impl Shape {
                 .unwrap_or_default(),
             windows: WindowKeys {
                 sliding_window: self.window,
+                sliding_window_pattern: self.gemma.as_ref().and_then(|g| g.window_pattern),
                 ..WindowKeys::default()
             },
             // Every Gemma 3 preset (4B and up) is a `Gemma3ForConditionalGeneration` checkpoint
@@ -230,9 +233,11 @@ const fn gemma2(
             query_pre_attn_scalar,
             softcaps: Some((50.0, 30.0)),
             local_theta_and_linear_factor: None,
+            window_pattern: None,
         }),
         experts: None,
-        window: None,
+        // Gemma 2's config.json: `sliding_window: 4096` on every other layer (the even ones).
+        window: Some(4096),
         partial_rotary: None,
     }
 }
@@ -267,9 +272,12 @@ const fn gemma3(
             query_pre_attn_scalar,
             softcaps: None,
             local_theta_and_linear_factor: Some((10_000.0, 8.0)),
+            window_pattern: Some(6),
         }),
         experts: None,
-        window: None,
+        // Gemma 3's text_config: `sliding_window: 1024`, `sliding_window_pattern: 6` (5 local
+        // layers to 1 global).
+        window: Some(1024),
         partial_rotary: None,
     }
 }
@@ -304,6 +312,32 @@ const fn phi3(
 
 /// Phi-4-mini: 24 heads of 128 over a 3072 hidden size, three quarters of each rotated, a
 /// 200 064-token vocabulary tied to the head.
+/// A Phi-3 4k model: every layer attends to the last 2047 positions (`sliding_window: 2047` in
+/// Phi-3-mini-4k-instruct's and Phi-3-medium-4k-instruct's config.json). The 128k variants' files
+/// give windows no shorter than their 131072-token context, which window nothing, so those
+/// presets carry none.
+const fn phi3_4k(
+    vocab: u64,
+    hidden: u64,
+    intermediate: u64,
+    layers: u64,
+    heads: u64,
+    kv_heads: u64,
+) -> Shape {
+    let mut s = phi3(
+        vocab,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        4096,
+        10_000.0,
+    );
+    s.window = Some(2047);
+    s
+}
+
 const fn phi4_mini() -> Shape {
     let mut s = phi3(200_064, 3072, 8192, 32, 24, 8, 131_072, 10_000.0);
     s.tied = true;
@@ -542,7 +576,7 @@ const PRESETS: &[(&[&str], Shape)] = &[
     ),
     (
         &["microsoft/Phi-3-mini-4k-instruct"],
-        phi3(32064, 3072, 8192, 32, 32, 32, 4096, 10_000.0),
+        phi3_4k(32064, 3072, 8192, 32, 32, 32),
     ),
     (
         &[
@@ -553,7 +587,7 @@ const PRESETS: &[(&[&str], Shape)] = &[
     ),
     (
         &["microsoft/Phi-3-medium-4k-instruct"],
-        phi3(32064, 5120, 17920, 40, 40, 10, 4096, 10_000.0),
+        phi3_4k(32064, 5120, 17920, 40, 40, 10),
     ),
     (
         &["microsoft/Phi-3-medium-128k-instruct"],
@@ -597,6 +631,30 @@ mod tests {
         assert_eq!(preset("Meta-Llama-3-8B-Instruct").as_ref(), Some(&a));
         assert!(preset("other-org/Meta-Llama-3-8B").is_none());
         assert!(preset("gpt2").is_none());
+    }
+
+    #[test]
+    fn presets_carry_their_sliding_windows() {
+        let windowed = |name: &str| {
+            let w = preset(name).unwrap().layer_windows().unwrap();
+            let full: Vec<usize> = (0..w.len()).filter(|&i| w[i].is_none()).collect();
+            (w.iter().flatten().next().copied(), full.len(), w.len())
+        };
+        // Gemma 2: every other layer of 4096; Gemma 3: 5 local (1024) to 1 global.
+        assert_eq!(windowed("google/gemma-2-9b"), (Some(4096), 21, 42));
+        assert_eq!(windowed("google/gemma-2-27b"), (Some(4096), 23, 46));
+        assert_eq!(windowed("google/gemma-3-12b-it"), (Some(1024), 8, 48));
+        assert_eq!(windowed("google/gemma-3-27b-pt"), (Some(1024), 10, 62));
+        // Phi-3 4k: every layer within 2047.
+        assert_eq!(
+            windowed("microsoft/Phi-3-mini-4k-instruct"),
+            (Some(2047), 0, 32)
+        );
+        assert_eq!(
+            windowed("microsoft/Phi-3-medium-4k-instruct"),
+            (Some(2047), 0, 40)
+        );
+        assert_eq!(windowed("microsoft/Phi-3-mini-128k-instruct").0, None);
     }
 
     #[test]
