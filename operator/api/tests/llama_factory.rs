@@ -317,6 +317,9 @@ fn trust_remote_code_is_checked_against_the_model() {
     let llama = serde_json::json!({"model_type": "llama", "architectures": ["LlamaForCausalLM"]});
     let notice = c.check_remote_code(&llama).unwrap().unwrap();
     assert!(notice.message.contains("built in"), "{notice}");
+    // Gemma 3's multimodal checkpoint: its text decoder is built in.
+    let gemma3 = serde_json::json!({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"]});
+    assert!(c.check_remote_code(&gemma3).unwrap().is_some());
     let other = serde_json::json!({"model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "auto_map": {}});
     let err = c.check_remote_code(&other).unwrap_err().to_string();
     assert!(

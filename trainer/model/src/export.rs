@@ -20,6 +20,9 @@ const COPIED_FILES: &[&str] = &[
     "chat_template.jinja",
     "chat_template.json",
     "generation_config.json",
+    // A multimodal checkpoint's image processor, so the export loads with AutoProcessor too.
+    "preprocessor_config.json",
+    "processor_config.json",
 ];
 
 fn kind_name(kind: tch::Kind) -> &'static str {

@@ -186,10 +186,12 @@ impl TrainingConfig {
             .get("model_type")
             .and_then(|v| v.as_str())
             .unwrap_or_default();
+        // A multimodal checkpoint whose text decoder is built in (Gemma 3's `gemma3`) is one too.
         let builtin = serde_json::from_value::<crate::architecture::ModelType>(
             serde_json::Value::String(model_type.to_string()),
         )
-        .is_ok();
+        .is_ok()
+            || crate::architecture::Multimodal::from_name(model_type).is_some();
         if !builtin {
             let architectures = model_config
                 .get("architectures")
