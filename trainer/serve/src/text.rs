@@ -1,7 +1,8 @@
-//! Generated ids to text as they come: the whole answer is decoded again at each token (so
-//! characters made of several tokens stay whole) and only what cannot still change is emitted —
-//! not an incomplete character, not the start of a stop string. Stop strings end the text
-//! before them, as OpenAI's `stop` does.
+//! Generated ids to text as they come: each token is decoded in the context of the piece before
+//! it (so a word keeps its leading space and a character made of several tokens stays whole),
+//! which costs the same at every token however long the answer, and only what cannot still
+//! change is emitted — not an incomplete character, not the start of a stop string. Stop strings
+//! end the text before them, as OpenAI's `stop` does.
 
 use crate::codec::Codec;
 
@@ -48,6 +49,12 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 /// The text of one answer, fed token by token.
 pub struct TextStream {
     ids: Vec<u32>,
+    /// `ids[..read]` are settled into `text`; `ids[prefix..read]`, the last settled piece, is the
+    /// context the next tokens are decoded in.
+    prefix: usize,
+    read: usize,
+    /// The settled text (complete characters only, until the answer ends).
+    text: String,
     shown: usize,
     stops: Vec<String>,
 }
@@ -63,6 +70,9 @@ impl TextStream {
     pub fn new(stops: Vec<String>) -> Self {
         TextStream {
             ids: Vec::new(),
+            prefix: 0,
+            read: 0,
+            text: String::new(),
             shown: 0,
             stops,
         }
@@ -71,9 +81,30 @@ impl TextStream {
     /// Adds a generated token (`None`: the answer ended) and returns the text it releases.
     pub fn push(&mut self, codec: &dyn Codec, id: Option<u32>) -> Result<Piece, String> {
         self.ids.extend(id);
-        let full = codec.decode(&self.ids)?;
-        let (end, stopped) = emit_until(&full, self.shown, &self.stops, id.is_none());
-        let text = full
+        let last = id.is_none();
+        let before = codec.decode(&self.ids[self.prefix..self.read])?;
+        let now = codec.decode(&self.ids[self.prefix..])?;
+        match now.strip_prefix(before.as_str()) {
+            // The new tokens add to the context's text: settle them once their characters are
+            // complete (or nothing more will come).
+            Some(added) => {
+                if !added.is_empty() && (last || !added.ends_with('\u{FFFD}')) {
+                    self.text.push_str(added);
+                    self.prefix = self.read;
+                    self.read = self.ids.len();
+                }
+            }
+            // A tokenizer that spells the context differently once more follows: the whole
+            // answer, decoded again, is the text.
+            None => {
+                self.text = codec.decode(&self.ids)?;
+                self.prefix = self.ids.len().saturating_sub(1);
+                self.read = self.ids.len();
+            }
+        }
+        let (end, stopped) = emit_until(&self.text, self.shown, &self.stops, last);
+        let text = self
+            .text
             .get(self.shown.min(end)..end)
             .unwrap_or_default()
             .to_string();
@@ -132,6 +163,44 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" "))
         }
+    }
+
+    /// Bytes as tokens (a UTF-8 character spans several), decoded lossily.
+    struct Bytes;
+    impl Codec for Bytes {
+        fn chat_prompt(&self, _: &crate::codec::ChatPrompt) -> Result<Vec<u32>, String> {
+            Ok(vec![])
+        }
+        fn text_prompt(&self, _: &str) -> Result<Vec<u32>, String> {
+            Ok(vec![])
+        }
+        fn decode(&self, ids: &[u32]) -> Result<String, String> {
+            let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
+
+    #[test]
+    fn characters_across_tokens_come_whole_and_each_step_decodes_a_short_window() {
+        let answer = "héllo wörld ✓ done";
+        let mut t = TextStream::new(vec![]);
+        let mut out = String::new();
+        for b in answer.bytes() {
+            let piece = t.push(&Bytes, Some(u32::from(b))).unwrap();
+            assert!(!piece.text.contains('\u{FFFD}'), "{:?}", piece.text);
+            out += &piece.text;
+            assert!(t.read - t.prefix <= 3, "the context stays one piece");
+        }
+        out += &t.push(&Bytes, None).unwrap().text;
+        assert_eq!(out, answer);
+        // An answer that ends inside a character shows the replacement, as a full decode would.
+        let mut t = TextStream::new(vec![]);
+        let mut out = String::new();
+        for b in [b'a', 0xE2, 0x9C] {
+            out += &t.push(&Bytes, Some(u32::from(b))).unwrap().text;
+        }
+        out += &t.push(&Bytes, None).unwrap().text;
+        assert_eq!(out, Bytes.decode(&[u32::from(b'a'), 0xE2, 0x9C]).unwrap());
     }
 
     #[test]
