@@ -164,8 +164,13 @@ fn adapters_match_peft_and_round_trip() {
         assert!(merged.load_report().is_some_and(|r| r.files > 1));
         let merged_logits = tch::no_grad(|| merged.forward_logits(ids));
         let d_merged = common::rel_diff(&merged_logits, &map[0].1);
+        println!("{variant}: reloaded merged export vs adapter model {d_merged:.2e}");
+        // Merged weights add W + s·BA once, in another order than the adapter's x·W + s·(x·A)·B:
+        // fp32 rounding, larger with rsLoRA's scale after three steps at lr 0.5 (phi3_su_rslora:
+        // 1.4e-5 with PEFT 0.22's initialisation, while our export equals PEFT's
+        // merge_and_unload exactly, below); a wrong merge is off by orders of magnitude.
         assert!(
-            d_merged <= 1e-5,
+            d_merged <= 5e-5,
             "{variant}: reloaded merged export differs from the adapter model by {d_merged:e}"
         );
 
