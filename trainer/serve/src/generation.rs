@@ -2,6 +2,7 @@
 //! (stop strings applied). Dropping it closes the channel, which frees the sequence on the
 //! model thread at its next step — how a client that leaves, or a stop string, ends decoding.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -23,6 +24,8 @@ pub struct Generation {
     text: TextStream,
     codec: Arc<dyn Codec>,
     done: bool,
+    /// Told to the model thread when a stop string ends the answer (see `Job::answered`).
+    answered: Arc<AtomicBool>,
 }
 
 impl Generation {
@@ -30,12 +33,14 @@ impl Generation {
         events: UnboundedReceiver<Event>,
         stops: Vec<String>,
         codec: Arc<dyn Codec>,
+        answered: Arc<AtomicBool>,
     ) -> Self {
         Generation {
             events,
             text: TextStream::new(stops),
             codec,
             done: false,
+            answered,
         }
     }
 
@@ -73,6 +78,9 @@ impl Generation {
         };
         if finish.is_some() {
             self.done = true;
+            if piece.stopped {
+                self.answered.store(true, Ordering::Release);
+            }
             // Stop listening: a stop string may end the answer while the model still runs it.
             self.events.close();
         }

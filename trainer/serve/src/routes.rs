@@ -2,7 +2,7 @@
 //! take more), answer whole or as server-sent events.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -95,14 +95,16 @@ impl App {
         stops: Vec<String>,
     ) -> Result<Generation, ApiError> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let answered = Arc::new(AtomicBool::new(false));
         self.queue.submit(Job {
             model,
             prompt,
             sampling,
             events: tx,
             queued_at: Instant::now(),
+            answered: answered.clone(),
         })?;
-        Ok(Generation::new(rx, stops, self.codec.clone()))
+        Ok(Generation::new(rx, stops, self.codec.clone(), answered))
     }
 
     fn head(&self, prefix: &str, model: usize) -> Head {

@@ -3,7 +3,9 @@
 //! advanced by exactly one forward pass (a prompt chunk or one token); a sequence leaves the set
 //! as soon as it finishes, fails, or its client is gone (its event channel closed).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -59,6 +61,20 @@ pub struct Job {
     pub sampling: Sampling,
     pub events: UnboundedSender<Event>,
     pub queued_at: Instant,
+    /// Set by the request side when a stop string ended the answer (it then closes `events`):
+    /// the sequence finished with `stop`, its client did not leave.
+    pub answered: Arc<AtomicBool>,
+}
+
+impl Job {
+    /// Why the sequence ends when its request side closed `events`.
+    fn closed_reason(&self) -> &'static str {
+        if self.answered.load(Ordering::Acquire) {
+            "stop"
+        } else {
+            "cancelled"
+        }
+    }
 }
 
 /// The sending side of the bounded queue (cloned into every handler).
@@ -227,7 +243,7 @@ fn advance<E: Engine>(
     metrics: &Metrics,
 ) -> Outcome {
     if r.job.events.is_closed() {
-        return Outcome::Done("cancelled");
+        return Outcome::Done(r.job.closed_reason());
     }
     let token = match guarded(|| engine.step(&mut r.seq)) {
         Ok(Some(t)) => t,
@@ -255,7 +271,7 @@ fn advance<E: Engine>(
     metrics.generated_tokens.inc();
     r.produced += 1;
     if r.job.events.send(Event::Token(token)).is_err() {
-        return Outcome::Done("cancelled");
+        return Outcome::Done(r.job.closed_reason());
     }
     if r.produced >= r.job.sampling.max_new_tokens {
         let _ = r.job.events.send(Event::Finished(FinishReason::Length));
@@ -346,6 +362,7 @@ mod tests {
                     sampling: sampling(max),
                     events: tx,
                     queued_at: Instant::now(),
+                    answered: Default::default(),
                 })
                 .unwrap();
             receivers.push((id, erx));
@@ -411,6 +428,44 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_string_is_a_stop_and_a_client_that_left_is_cancelled() {
+        let metrics = Metrics::new();
+        let opts = Options {
+            max_running: 1,
+            stop_ids: vec![],
+            max_kv_tokens: usize::MAX,
+        };
+        for (answered, want) in [(true, "stop"), (false, "cancelled")] {
+            let (tx, rx) = unbounded_channel();
+            let mut r = Running {
+                seq: Seq {
+                    id: 1,
+                    next: 5,
+                    prefill: 0,
+                },
+                job: Job {
+                    model: 0,
+                    prompt: vec![1, 4],
+                    sampling: sampling(8),
+                    events: tx,
+                    queued_at: Instant::now(),
+                    answered: Arc::new(AtomicBool::new(answered)),
+                },
+                produced: 1,
+                last_token: None,
+            };
+            // The request side ended the answer (a stop string) or its client left: either
+            // way the channel is closed before the next step.
+            drop(rx);
+            let mut engine = Counting { log: Vec::new() };
+            match advance(&mut engine, &mut r, &opts, &metrics) {
+                Outcome::Done(reason) => assert_eq!(reason, want),
+                Outcome::Continue => panic!("a closed sequence must end"),
+            }
+        }
+    }
+
+    #[test]
     fn a_full_queue_refuses_and_max_running_holds_the_rest() {
         let metrics = Metrics::new();
         let (queue, rx) = Queue::bounded(2, metrics.clone());
@@ -423,6 +478,7 @@ mod tests {
                     sampling: sampling(2),
                     events: tx,
                     queued_at: Instant::now(),
+                    answered: Default::default(),
                 },
                 erx,
             )
@@ -466,6 +522,7 @@ mod tests {
                     sampling: sampling(max),
                     events: tx,
                     queued_at: Instant::now(),
+                    answered: Default::default(),
                 })
                 .unwrap();
             receivers.push(erx);
@@ -506,6 +563,7 @@ mod tests {
                     sampling: sampling(1),
                     events: tx,
                     queued_at: Instant::now(),
+                    answered: Default::default(),
                 })
                 .unwrap();
             receivers.push(erx);
