@@ -120,13 +120,26 @@ fn encode_error(e: String) -> ApiError {
     ApiError::invalid(None, None, format!("the prompt could not be encoded: {e}"))
 }
 
+/// Encodes a prompt on the blocking pool: a long prompt's chat template and tokenizer run take
+/// milliseconds that would otherwise hold an async worker (and every request it serves).
+async fn encode(
+    app: &Arc<App>,
+    f: impl FnOnce(&dyn Codec) -> Result<Vec<u32>, String> + Send + 'static,
+) -> Result<Vec<u32>, ApiError> {
+    let codec = app.codec.clone();
+    tokio::task::spawn_blocking(move || f(codec.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(format!("encoding the prompt failed: {e}")))?
+        .map_err(encode_error)
+}
+
 pub async fn chat(State(app): Shared, body: Bytes) -> Response {
     let run = async {
         let req: ChatRequest = parse(&body)?;
         app.ready()?;
         let model = app.model(req.model.as_deref())?;
         let chat = prompt::chat_prompt(&req.messages)?;
-        let ids = app.codec.chat_prompt(&chat).map_err(encode_error)?;
+        let ids = encode(&app, move |c| c.chat_prompt(&chat)).await?;
         complete(&app, Api::Chat, "chatcmpl", model, ids, &req.sampling).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -137,8 +150,8 @@ pub async fn completions(State(app): Shared, body: Bytes) -> Response {
         let req: CompletionRequest = parse(&body)?;
         app.ready()?;
         let model = app.model(req.model.as_deref())?;
-        let text = prompt::completion_prompt(&req.prompt)?;
-        let ids = app.codec.text_prompt(text).map_err(encode_error)?;
+        let text = prompt::completion_prompt(&req.prompt)?.to_string();
+        let ids = encode(&app, move |c| c.text_prompt(&text)).await?;
         complete(&app, Api::Completion, "cmpl", model, ids, &req.sampling).await
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -243,7 +256,8 @@ pub async fn generate(State(app): Shared, body: Bytes) -> Response {
             Some(m) => app.model(Some(m))?,
             None => usize::from(app.models.len() > 1),
         };
-        let ids = app.codec.text_prompt(&req.prompt).map_err(encode_error)?;
+        let text = req.prompt.clone();
+        let ids = encode(&app, move |c| c.text_prompt(&text)).await?;
         if ids.is_empty() {
             return Err(ApiError::invalid(
                 Some("prompt"),
