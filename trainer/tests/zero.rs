@@ -881,3 +881,57 @@ fn full_preference_training_under_zero2_equals_one_process() {
     );
     assert!(d < 1e-5, "dpo full, ZeRO-2, world 2: model differs by {d}");
 }
+
+/// `stage: rm` with LoRA and its value head on the twelve pairs of `preference_trl.py assets`:
+/// two ZeRO-2 ranks end on one process's adapter and head (each rank scores its own pairs; the
+/// loss is the mean over every rank's pairs).
+#[test]
+fn reward_model_under_zero2_equals_one_process() {
+    let assets = tempfile::tempdir().unwrap();
+    let out = Command::new(common::python())
+        .arg(common::reference_script("preference_trl.py"))
+        .arg(assets.path())
+        .arg("assets")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "preference_trl.py assets: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = assets.path();
+    let config = |dir: &Path| -> PathBuf {
+        let text = format!(
+            "model_name_or_path: {m}\nstage: rm\nlora_target: all\ndataset: pref\n\
+             dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\nzero_stage: 2\n\
+             max_steps: {STEPS}\nsave_steps: 0\nlearning_rate: 1.0e-3\nmax_grad_norm: 0.5\n\
+             logging_steps: 1\nseed: 7\n",
+            m = a.join("model").display(),
+            d = a.join("data").display(),
+            o = dir.join("out").display(),
+        );
+        let path = dir.join("rm.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let one = tempfile::tempdir().unwrap();
+    run(&config(one.path()), 1, &[]);
+    let reference = result_tensors(&one.path().join("out"));
+    assert!(
+        reference
+            .iter()
+            .any(|(name, _)| name == "base_model.model.score.weight"),
+        "the adapter holds no value head"
+    );
+    let moved = reference
+        .iter()
+        .filter(|(name, _)| name.contains("lora_B"))
+        .map(|(_, t)| t.abs().max().double_value(&[]))
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-6, "the adapter did not train ({moved})");
+    let two = tempfile::tempdir().unwrap();
+    run(&config(two.path()), 2, &[]);
+    let d = max_diff(&reference, &result_tensors(&two.path().join("out")));
+    println!("rm LoRA, ZeRO-2, world 2: adapter and value head differ from one process by {d:.2e}");
+    assert!(d < 1e-5, "rm, ZeRO-2, world 2: adapter differs by {d}");
+}
