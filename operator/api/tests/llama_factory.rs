@@ -284,7 +284,8 @@ fn accepted_options_give_notices_and_rejected_values_the_reason() {
         ("infer_backend: vllm", &["vLLM", "huggingface"]),
         ("export_device: auto", &["CPU"]),
         ("streaming: true", &["streaming"]),
-        ("stage: rm", &["`stage: rm`", "reward"]),
+        ("stage: ppo", &["PPO", "`rm`"]),
+        ("stage: rm\npacking: true", &["stage: rm", "packing: false"]),
         (
             "stage: kto\nper_device_train_batch_size: 1",
             &["KL", "at least 2"],
