@@ -44,13 +44,7 @@ pub fn pod_template(
 ) -> Result<PodTemplateSpec, RenderError> {
     let spec = &job.spec;
     let (volumes, mounts) = volumes(job, plan)?;
-    let image = spec
-        .image
-        .clone()
-        .unwrap_or_else(|| ctx.default_image.clone());
-    if image.trim().is_empty() {
-        return Err(RenderError::MissingImage);
-    }
+    let image = image(job, &ctx.default_image)?;
 
     let mut labels = labels(job, Component::Trainer);
     labels.insert(LABEL_ATTEMPT.to_string(), ctx.attempt.to_string());
@@ -133,6 +127,19 @@ pub fn pod_template(
         }),
         spec: Some(pod),
     })
+}
+
+/// The image the pods run: `spec.image`, else the operator's default.
+pub(crate) fn image(job: &FineTuneJob, default_image: &str) -> Result<String, RenderError> {
+    let image = job
+        .spec
+        .image
+        .clone()
+        .unwrap_or_else(|| default_image.to_string());
+    if image.trim().is_empty() {
+        return Err(RenderError::MissingImage);
+    }
+    Ok(image)
 }
 
 /// The container side of the restricted Pod Security Standard, on the image's `lf` user with a

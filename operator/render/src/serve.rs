@@ -31,7 +31,7 @@ use lf_api::FineTuneJob;
 use crate::error::RenderError;
 use crate::meta::{labels, object_meta, Component, LABEL_JOB_NAME};
 use crate::names::serve_name;
-use crate::pod::{restricted_container, restricted_pod, TRAINER_BINARY};
+use crate::pod::{image, restricted_container, restricted_pod, TRAINER_BINARY};
 use crate::volumes::{mebibytes, validate_sub_path, TMP_DIR, TMP_VOLUME};
 
 /// The server container's name.
@@ -245,13 +245,7 @@ fn deployment(
     layout: &Layout,
 ) -> Result<Deployment, RenderError> {
     let spec = &job.spec;
-    let image = spec
-        .image
-        .clone()
-        .unwrap_or_else(|| ctx.default_image.clone());
-    if image.trim().is_empty() {
-        return Err(RenderError::MissingImage);
-    }
+    let image = image(job, &ctx.default_image)?;
     let config_dir = "/etc/lf-serve";
     let mut volumes = vec![
         Volume {

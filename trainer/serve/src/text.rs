@@ -147,8 +147,9 @@ mod tests {
         }
     }
 
-    struct Words;
-    impl Codec for Words {
+    /// A codec that only decodes, with `decode`.
+    struct Decoder(fn(&[u32]) -> String);
+    impl Codec for Decoder {
         fn chat_prompt(&self, _: &crate::codec::ChatPrompt) -> Result<Vec<u32>, String> {
             Ok(vec![])
         }
@@ -156,29 +157,24 @@ mod tests {
             Ok(vec![])
         }
         fn decode(&self, ids: &[u32]) -> Result<String, String> {
-            let w = ["the", "cat", "sat", "down"];
-            Ok(ids
-                .iter()
-                .map(|&i| w[i as usize])
-                .collect::<Vec<_>>()
-                .join(" "))
+            Ok((self.0)(ids))
         }
     }
 
+    /// Four words, joined by spaces.
+    const WORDS: Decoder = Decoder(|ids| {
+        let w = ["the", "cat", "sat", "down"];
+        ids.iter()
+            .map(|&i| w[i as usize])
+            .collect::<Vec<_>>()
+            .join(" ")
+    });
+
     /// Bytes as tokens (a UTF-8 character spans several), decoded lossily.
-    struct Bytes;
-    impl Codec for Bytes {
-        fn chat_prompt(&self, _: &crate::codec::ChatPrompt) -> Result<Vec<u32>, String> {
-            Ok(vec![])
-        }
-        fn text_prompt(&self, _: &str) -> Result<Vec<u32>, String> {
-            Ok(vec![])
-        }
-        fn decode(&self, ids: &[u32]) -> Result<String, String> {
-            let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        }
-    }
+    const BYTES: Decoder = Decoder(|ids| {
+        let bytes: Vec<u8> = ids.iter().map(|&i| i as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
 
     #[test]
     fn characters_across_tokens_come_whole_and_each_step_decodes_a_short_window() {
@@ -186,21 +182,21 @@ mod tests {
         let mut t = TextStream::new(vec![]);
         let mut out = String::new();
         for b in answer.bytes() {
-            let piece = t.push(&Bytes, Some(u32::from(b))).unwrap();
+            let piece = t.push(&BYTES, Some(u32::from(b))).unwrap();
             assert!(!piece.text.contains('\u{FFFD}'), "{:?}", piece.text);
             out += &piece.text;
             assert!(t.read - t.prefix <= 3, "the context stays one piece");
         }
-        out += &t.push(&Bytes, None).unwrap().text;
+        out += &t.push(&BYTES, None).unwrap().text;
         assert_eq!(out, answer);
         // An answer that ends inside a character shows the replacement, as a full decode would.
         let mut t = TextStream::new(vec![]);
         let mut out = String::new();
         for b in [b'a', 0xE2, 0x9C] {
-            out += &t.push(&Bytes, Some(u32::from(b))).unwrap().text;
+            out += &t.push(&BYTES, Some(u32::from(b))).unwrap().text;
         }
-        out += &t.push(&Bytes, None).unwrap().text;
-        assert_eq!(out, Bytes.decode(&[u32::from(b'a'), 0xE2, 0x9C]).unwrap());
+        out += &t.push(&BYTES, None).unwrap().text;
+        assert_eq!(out, BYTES.decode(&[u32::from(b'a'), 0xE2, 0x9C]).unwrap());
     }
 
     #[test]
@@ -208,14 +204,14 @@ mod tests {
         let mut t = TextStream::new(vec![]);
         let mut out = String::new();
         for id in [0, 1, 2, 3] {
-            out += &t.push(&Words, Some(id)).unwrap().text;
+            out += &t.push(&WORDS, Some(id)).unwrap().text;
         }
-        out += &t.push(&Words, None).unwrap().text;
+        out += &t.push(&WORDS, None).unwrap().text;
         assert_eq!(out, "the cat sat down");
         let mut t = TextStream::new(vec!["t s".into()]);
         let pieces: Vec<Piece> = [0, 1, 2]
             .iter()
-            .map(|&i| t.push(&Words, Some(i)).unwrap())
+            .map(|&i| t.push(&WORDS, Some(i)).unwrap())
             .collect();
         assert_eq!(
             pieces.iter().map(|p| p.text.as_str()).collect::<String>(),
