@@ -16,11 +16,9 @@ use crate::training::IGNORE_INDEX;
 use crate::ModelError;
 
 impl CausalLm {
-    /// `[B, H]` final hidden states (after the final norm, in the compute dtype) at `positions`
-    /// (`[B]` int64, one position of each row of `input_ids`), without gradients.
-    pub fn hidden_at(&self, input_ids: &Tensor, positions: &Tensor) -> Result<Tensor, ModelError> {
-        check_positions(input_ids, positions)?;
-        let _guard = tch::no_grad_guard();
+    /// `[B, S, H]` final hidden states (after the final norm) of every position, the whole model
+    /// resident; gradients as the caller's mode has them.
+    pub(crate) fn final_hidden(&self, input_ids: &Tensor) -> Tensor {
         let Ok(x) = self.model.decoder_output(
             input_ids,
             None,
@@ -28,7 +26,15 @@ impl CausalLm {
             self.training,
             &AlwaysResident,
         );
-        let hidden = self.model.norm.forward(&x);
+        self.model.norm.forward(&x)
+    }
+
+    /// `[B, H]` final hidden states (after the final norm, in the compute dtype) at `positions`
+    /// (`[B]` int64, one position of each row of `input_ids`), without gradients.
+    pub fn hidden_at(&self, input_ids: &Tensor, positions: &Tensor) -> Result<Tensor, ModelError> {
+        check_positions(input_ids, positions)?;
+        let _guard = tch::no_grad_guard();
+        let hidden = self.final_hidden(input_ids);
         let rows = Tensor::arange(positions.size()[0], (Kind::Int64, positions.device()));
         Ok(hidden.index(&[Some(rows), Some(positions.shallow_clone())]))
     }

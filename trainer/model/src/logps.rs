@@ -71,14 +71,7 @@ impl CausalLm {
     ) -> Result<TokenLogps, ModelError> {
         self.check_batch(input_ids, labels)?;
         let _guard = tch::no_grad_guard();
-        let Ok(x) = self.model.decoder_output(
-            input_ids,
-            None,
-            self.backend,
-            self.training,
-            &AlwaysResident,
-        );
-        let hidden = self.model.norm.forward(&x);
+        let hidden = self.final_hidden(input_ids);
         let (h, t, rows) = Self::labelled(&hidden, labels);
         Ok(TokenLogps {
             logps: self.head_logps(&h, &t),
