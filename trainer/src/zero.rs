@@ -24,7 +24,9 @@
 //!
 //! Stages 1–2 run their collectives per bucket of at most the planner's gradient bucket
 //! ([`bucket_elements`] padded elements), so no fp32 copy of every gradient or parameter exists
-//! at once; stage 3 reduces one unit (a layer, the embedding or the head) at a time.
+//! at once; stage 3 reduces one unit (a layer, the embedding or the head) at a time. The
+//! reductions of stages 1–2 are [`GradientReducer`]'s, which with `overlap_comm` starts each
+//! unit's buckets during the last micro-batch's backward; the step then waits for them.
 //!
 //! Adafactor factors each matrix's second moment by rows and columns, which an element range
 //! cuts through, so it is refused under ZeRO (its state is already ~1/rows of AdamW's).
