@@ -21,6 +21,7 @@ read the times as what they are.
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -109,6 +110,7 @@ def overlap_table(a, trainer, cfg, work):
                     step_s, _ = run(trainer, cfg, 2, stage, a.steps, out,
                                     (*extra, "gradient_checkpointing=true",
                                      f"overlap_comm={str(overlap).lower()}"))
+                    shutil.rmtree(out)  # a full model per run: ~50 MB each
                     times[overlap].append(step_s * 1000)
             best_off, best_on = min(times[False]), min(times[True])
             off, on = statistics.median(times[False]), statistics.median(times[True])
@@ -137,6 +139,13 @@ def main():
         print(prepare(a.prepare, a.hidden, a.layers, a.lora_rank, a.examples, a.seq))
         return
     work = tempfile.mkdtemp(prefix="bench-zero-")
+    try:
+        bench(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(a, work):
     cfg = prepare(work, a.hidden, a.layers, a.lora_rank, a.examples, a.seq)
     print(f"model: {a.layers} layers, hidden {a.hidden}; LoRA r={a.lora_rank} all linears; global batch {GLOBAL_BATCH}; "
           f"{a.steps} steps; Gloo on CPU, 1 thread per rank, {os.cpu_count()} cores; {a.trainer}")
