@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use lf_model::{
-    CausalLm, ModelError, Residency, ADALORA_STATE, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
-};
+use lf_model::{CausalLm, ModelError, Residency, ADALORA_STATE, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use tch::Tensor;
 
 use crate::error::TrainerError;

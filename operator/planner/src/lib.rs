@@ -30,8 +30,8 @@ mod outcome;
 pub mod params;
 mod presets;
 pub mod recompute;
-pub mod serving;
 mod search;
+pub mod serving;
 
 pub use error::PlanError;
 pub use evaluate::{evaluate, evaluate_fixed};

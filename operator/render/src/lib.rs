@@ -38,8 +38,8 @@ pub use env::worker_env;
 pub use error::RenderError;
 pub use meta::{LABEL_ATTEMPT, LABEL_JOB_NAME};
 pub use names::{job_name, serve_name, service_name};
-pub use serve::{serve, RenderedServe, ServeContext};
 pub use rendered::Rendered;
+pub use serve::{serve, RenderedServe, ServeContext};
 pub use volumes::shm_size_bytes;
 
 /// Renders every object of attempt `ctx.attempt` of `job` under `plan`.

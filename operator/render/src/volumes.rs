@@ -286,7 +286,10 @@ pub fn volumes(
 }
 
 /// A `subPath` must be relative and must not leave the volume (Kubernetes rejects both).
-pub(crate) fn validate_sub_path(key: &str, location: &VolumeLocation) -> Result<Option<String>, RenderError> {
+pub(crate) fn validate_sub_path(
+    key: &str,
+    location: &VolumeLocation,
+) -> Result<Option<String>, RenderError> {
     let Some(sub) = location
         .sub_path
         .as_deref()
