@@ -836,11 +836,15 @@ fn preference_training_under_zero2_equals_one_process_and_resumes() {
     }
 }
 
-/// `stage: dpo` with `finetuning_type: full` (the reference a frozen copy of the starting
-/// weights, on every rank) on the twelve pairs of `preference_trl.py assets`: two ZeRO-2 ranks end
-/// on one process's model.
-#[test]
-fn full_preference_training_under_zero2_equals_one_process() {
+/// The twelve pairs of `preference_trl.py assets` trained under ZeRO-2 with `method` (config
+/// lines) by one process and by two: the assets, and the result of each (tensors of the output).
+fn preference_zero2_worlds(
+    method: &str,
+) -> (
+    tempfile::TempDir,
+    Vec<(String, Tensor)>,
+    Vec<(String, Tensor)>,
+) {
     let assets = tempfile::tempdir().unwrap();
     let out = Command::new(common::python())
         .arg(common::reference_script("preference_trl.py"))
@@ -856,67 +860,47 @@ fn full_preference_training_under_zero2_equals_one_process() {
     let a = assets.path();
     let config = |dir: &Path| -> PathBuf {
         let text = format!(
-            "model_name_or_path: {m}\nstage: dpo\nfinetuning_type: full\ndataset: pref\n\
+            "model_name_or_path: {m}\n{method}dataset: pref\n\
              dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\nzero_stage: 2\n\
-             max_steps: {STEPS}\nsave_steps: 0\nlearning_rate: 1.0e-4\nmax_grad_norm: 0.5\n\
+             max_steps: {STEPS}\nsave_steps: 0\nmax_grad_norm: 0.5\n\
              logging_steps: 1\nseed: 7\n",
             m = a.join("model").display(),
             d = a.join("data").display(),
             o = dir.join("out").display(),
         );
-        let path = dir.join("dpo.yaml");
+        let path = dir.join("pref.yaml");
         std::fs::write(&path, text).unwrap();
         path
     };
-    let one = tempfile::tempdir().unwrap();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     run(&config(one.path()), 1, &[]);
-    let reference = result_tensors(&one.path().join("out"));
-    let moved = max_diff(&result_tensors(&a.join("model")), &reference);
-    assert!(moved > 1e-6, "the model did not train ({moved})");
-    let two = tempfile::tempdir().unwrap();
     run(&config(two.path()), 2, &[]);
-    let d = max_diff(&reference, &result_tensors(&two.path().join("out")));
+    let world1 = result_tensors(&one.path().join("out"));
+    let world2 = result_tensors(&two.path().join("out"));
+    (assets, world1, world2)
+}
+
+/// `stage: dpo` with `finetuning_type: full` (the reference a frozen copy of the starting
+/// weights, on every rank): two ZeRO-2 ranks end on one process's model.
+#[test]
+fn full_preference_training_under_zero2_equals_one_process() {
+    let (assets, reference, two) =
+        preference_zero2_worlds("stage: dpo\nfinetuning_type: full\nlearning_rate: 1.0e-4\n");
+    let moved = max_diff(&result_tensors(&assets.path().join("model")), &reference);
+    assert!(moved > 1e-6, "the model did not train ({moved})");
+    let d = max_diff(&reference, &two);
     println!(
         "dpo full, ZeRO-2, world 2: model differs from one process by {d:.2e} (training moved it {moved:.2e})"
     );
     assert!(d < 1e-5, "dpo full, ZeRO-2, world 2: model differs by {d}");
 }
 
-/// `stage: rm` with LoRA and its value head on the twelve pairs of `preference_trl.py assets`:
-/// two ZeRO-2 ranks end on one process's adapter and head (each rank scores its own pairs; the
-/// loss is the mean over every rank's pairs).
+/// `stage: rm` with LoRA and its value head: two ZeRO-2 ranks end on one process's adapter and
+/// head (each rank scores its own pairs; the loss is the mean over every rank's pairs).
 #[test]
 fn reward_model_under_zero2_equals_one_process() {
-    let assets = tempfile::tempdir().unwrap();
-    let out = Command::new(common::python())
-        .arg(common::reference_script("preference_trl.py"))
-        .arg(assets.path())
-        .arg("assets")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "preference_trl.py assets: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let a = assets.path();
-    let config = |dir: &Path| -> PathBuf {
-        let text = format!(
-            "model_name_or_path: {m}\nstage: rm\nlora_target: all\ndataset: pref\n\
-             dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\nzero_stage: 2\n\
-             max_steps: {STEPS}\nsave_steps: 0\nlearning_rate: 1.0e-3\nmax_grad_norm: 0.5\n\
-             logging_steps: 1\nseed: 7\n",
-            m = a.join("model").display(),
-            d = a.join("data").display(),
-            o = dir.join("out").display(),
-        );
-        let path = dir.join("rm.yaml");
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let one = tempfile::tempdir().unwrap();
-    run(&config(one.path()), 1, &[]);
-    let reference = result_tensors(&one.path().join("out"));
+    let (_assets, reference, two) =
+        preference_zero2_worlds("stage: rm\nlora_target: all\nlearning_rate: 1.0e-3\n");
     assert!(
         reference
             .iter()
@@ -929,9 +913,7 @@ fn reward_model_under_zero2_equals_one_process() {
         .map(|(_, t)| t.abs().max().double_value(&[]))
         .fold(0.0, f64::max);
     assert!(moved > 1e-6, "the adapter did not train ({moved})");
-    let two = tempfile::tempdir().unwrap();
-    run(&config(two.path()), 2, &[]);
-    let d = max_diff(&reference, &result_tensors(&two.path().join("out")));
+    let d = max_diff(&reference, &two);
     println!("rm LoRA, ZeRO-2, world 2: adapter and value head differ from one process by {d:.2e}");
     assert!(d < 1e-5, "rm, ZeRO-2, world 2: adapter differs by {d}");
 }
