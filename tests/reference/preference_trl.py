@@ -68,9 +68,10 @@ EXTRA_PAIRS = [
 ]
 
 
-def write_data(data_dir):
+def write_data(data_dir, pairs=PAIRS):
+    """The ranking dataset `pref` (alpaca columns) of `pairs` in `data_dir`."""
     os.makedirs(data_dir, exist_ok=True)
-    rows = [{"instruction": p, "chosen": c, "rejected": r} for p, c, r in PAIRS]
+    rows = [{"instruction": p, "chosen": c, "rejected": r} for p, c, r in pairs]
     with open(os.path.join(data_dir, "pref.json"), "w") as f:
         json.dump(rows, f, indent=1)
     info = {"pref": {"file_name": "pref.json", "ranking": True,

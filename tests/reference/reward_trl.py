@@ -30,31 +30,20 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from trainer_make_tiny import make_model, make_tokenizer  # noqa: E402
+from preference_trl import PAIRS as DPO_PAIRS, write_data as write_pairs  # noqa: E402
 
 from datasets import Dataset  # noqa: E402
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback  # noqa: E402
 
-PAIRS = [
-    ("<s> tell me about the cat", " the cat runs fast </s>", " dog </s>"),
-    ("<s> what is the opposite of hot", " cold </s>", " the sun is very hot today </s>"),
-    ("<s> write a story about a river", " the river flows near the old tree </s>", " no </s>"),
-    ("<s> give me a colour", " blue </s>", " red green </s>"),
-    ("<s> what is the opposite of up", " down </s>", " left right up </s>"),
-]
+# The DPO reference's pairs and one more.
+PAIRS = DPO_PAIRS + [("<s> what is the opposite of up", " down </s>", " left right up </s>")]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def write_data(data_dir):
-    os.makedirs(data_dir, exist_ok=True)
-    rows = [{"instruction": p, "chosen": c, "rejected": r} for p, c, r in PAIRS]
-    with open(os.path.join(data_dir, "pref.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    info = {"pref": {"file_name": "pref.json", "ranking": True,
-                     "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}}}
-    with open(os.path.join(data_dir, "dataset_info.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    write_pairs(data_dir, PAIRS)
 
 
 def reward_model(model_dir):
