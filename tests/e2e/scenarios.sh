@@ -136,6 +136,9 @@ scenario_dpo() {
 # name is the model. Choosing a checkpoint rolls the Deployment to it; removing spec.serve removes
 # the server.
 scenario_serve() {
+  # Whatever happens, the job goes (its server with it, through the garbage collector): a replica
+  # left running would hold one of lf-node-0's GPUs for the scenarios after this one.
+  trap 'kubectl -n "$NS" delete finetunejob served --ignore-not-found --wait=false >/dev/null 2>&1' EXIT
   quickstart_volumes
   pvc_bound served-output || make_volume served-output >/dev/null
   apply_quickstart served served-output 's/max_steps: 150/max_steps: 20/' 's/save_steps: 50/save_steps: 10/' \

@@ -41,8 +41,8 @@ COMMON = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_l
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
               rms_norm_eps=1e-5, initializer_range=0.2)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# What LoRA adapts in a mixture of experts (lf-model's `all` there; PEFT 0.21 would put MLP names on
-# the fused 3-D expert parameters).
+# The attention of a mixture of experts (lf-model's `all` on one without dense layers; PEFT 0.22 puts
+# MLP names on the fused 3-D expert parameters, and on a dense layer's linears too).
 ATTENTION = TARGETS[:4]
 # Phi-3's linears: q/k/v and gate/up are fused.
 PHI3_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]

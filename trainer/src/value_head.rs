@@ -18,6 +18,9 @@ use tch::{Device, Kind, Tensor};
 
 /// A `full`/`freeze` checkpoint's value head, beside its trainable weights.
 pub const VALUE_HEAD_FILE: &str = "value_head.safetensors";
+/// The reward model export's file of `score.weight`, beside the weight shards (whose names it
+/// never takes).
+pub const HEAD_FILE: &str = "model-score.safetensors";
 
 /// The value head: a trainable `[1, H]` fp32 leaf.
 pub struct ValueHead {
@@ -106,8 +109,9 @@ impl ValueHead {
     }
 
     /// Turns the `full`/`freeze` export in `dir` (a `…ForCausalLM` directory) into the reward
-    /// model: `score.weight` in a file of its own listed by the weight index (a single
-    /// `model.safetensors` becomes the index's first file), and `config.json`'s architecture
+    /// model: `score.weight` in a file of its own, [`HEAD_FILE`], which no weight shard uses,
+    /// listed by the weight index (written for a single `model.safetensors`, which becomes its
+    /// one shard; extended for a sharded export, its `total_size` included), and `config.json`'s architecture
     /// `…ForSequenceClassification` with one label and `pad_token_id` (transformers reads the
     /// score at each row's last token that is not the pad token).
     pub fn add_to_export(&self, dir: &Path, pad_token_id: Option<u32>) -> Result<(), ModelError> {
@@ -115,20 +119,26 @@ impl ValueHead {
         let mut index = if index_path.exists() {
             read_json(&index_path)?
         } else {
+            // transformers loads a `model.safetensors` in preference to any index: the single
+            // file becomes the index's one shard.
             let single = dir.join("model.safetensors");
-            let first = "model-00001-of-00002.safetensors";
+            let shard = "model-00001-of-00001.safetensors";
             let names = MappedFile::open(&single)?.names()?;
-            std::fs::rename(&single, dir.join(first)).map_err(|source| ModelError::Write {
+            std::fs::rename(&single, dir.join(shard)).map_err(|source| ModelError::Write {
                 path: single.clone(),
                 source,
             })?;
             let map: serde_json::Map<String, serde_json::Value> =
-                names.into_iter().map(|n| (n, first.into())).collect();
+                names.into_iter().map(|n| (n, shard.into())).collect();
             serde_json::json!({ "metadata": {}, "weight_map": map })
         };
-        let file = "model-00002-of-00002.safetensors";
-        safetensors_io::write_file(&dir.join(file), &self.alone()?)?;
-        index["weight_map"][self.name.as_str()] = file.into();
+        let head = self.alone()?;
+        safetensors_io::write_file(&dir.join(HEAD_FILE), &head)?;
+        index["weight_map"][self.name.as_str()] = HEAD_FILE.into();
+        if let Some(total) = index["metadata"]["total_size"].as_u64() {
+            let bytes = (self.weight.numel() * self.weight.kind().elt_size_in_bytes()) as u64;
+            index["metadata"]["total_size"] = (total + bytes).into();
+        }
         write_json(&index_path, &index)?;
 
         let config_path = dir.join("config.json");

@@ -836,15 +836,12 @@ fn preference_training_under_zero2_equals_one_process_and_resumes() {
     }
 }
 
+/// Named tensors of a training result.
+type Tensors = Vec<(String, Tensor)>;
+
 /// The twelve pairs of `preference_trl.py assets` trained under ZeRO-2 with `method` (config
 /// lines) by one process and by two: the assets, and the result of each (tensors of the output).
-fn preference_zero2_worlds(
-    method: &str,
-) -> (
-    tempfile::TempDir,
-    Vec<(String, Tensor)>,
-    Vec<(String, Tensor)>,
-) {
+fn preference_zero2_worlds(method: &str) -> (tempfile::TempDir, Tensors, Tensors) {
     let assets = tempfile::tempdir().unwrap();
     let out = Command::new(common::python())
         .arg(common::reference_script("preference_trl.py"))

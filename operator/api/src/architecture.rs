@@ -267,7 +267,9 @@ pub struct WindowKeys {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_window_layers: Option<u64>,
     /// transformers 5's attention type of each layer, one entry per layer: `full_attention` or
-    /// `sliding_attention` (overrides the family's pattern).
+    /// `sliding_attention`. Qwen2/Qwen3 (with `use_sliding_window`), Gemma 2 and Gemma 3 follow
+    /// it instead of their pattern; Mistral, Mixtral and Phi-3 window every layer (Qwen3-MoE
+    /// every layer with `use_sliding_window`) whatever it says, as transformers does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
     /// Gemma 3: every `sliding_window_pattern`-th layer is full, the others windowed (6 by
@@ -743,7 +745,7 @@ impl ModelArchitecture {
 }
 
 /// The names a mixture of experts' expert linears have in PEFT's `target_modules` (transformers
-/// 4's modules, which PEFT 0.21 maps onto transformers 5's fused parameters): the gate and up
+/// 4's modules, which PEFT 0.22 maps onto transformers 5's fused parameters): the gate and up
 /// halves of `gate_up_proj`, and `down_proj`.
 fn expert_module_names(model_type: ModelType) -> [&'static str; 3] {
     match model_type {

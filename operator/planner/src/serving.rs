@@ -51,14 +51,9 @@ pub fn serving_memory(input: &PlannerInput, serve: &ServeSpec) -> ServingMemory 
     let cb = inv.compute_bytes;
     let weights_bytes = match training.finetuning_type {
         // The frozen base (quantised for QLoRA) and the adapters, in the compute dtype.
-        FinetuningType::Lora => {
-            let reference = if training.keeps_reference_copy() {
-                inv.model_params * cb
-            } else {
-                0
-            };
-            inv.frozen_weight_bytes - reference + inv.trainable_params * cb
-        }
+        // (A LoRA run keeps no reference copy in `frozen_weight_bytes`: its reference is the base
+        // with the adapter off.)
+        FinetuningType::Lora => inv.frozen_weight_bytes + inv.trainable_params * cb,
         FinetuningType::Full | FinetuningType::Freeze => inv.model_params * cb,
     };
     let len = serve.max_model_len_or(training.cutoff_len).max(1);
@@ -100,7 +95,7 @@ pub fn does_not_fit(memory: &ServingMemory, serve: &ServeSpec) -> String {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     format!(
         "one serving replica needs {:.1} GiB (weights {:.1}, KV cache {:.1} for {} sequences of {} \
-         tokens, workspace {:.1}, CUDA context 1.0) and a GPU offers {:.1} GiB after the headroom: \
+         tokens, workspace {:.1}, CUDA context {:.1}) and a GPU offers {:.1} GiB after the headroom: \
          lower spec.serve.maxConcurrency or spec.serve.maxModelLen, or give spec.resources.gpuMemoryGib \
          of a larger GPU",
         gib(memory.peak_bytes),
@@ -109,6 +104,7 @@ pub fn does_not_fit(memory: &ServingMemory, serve: &ServeSpec) -> String {
         serve.max_concurrency,
         memory.kv_tokens / u64::from(serve.max_concurrency).max(1),
         gib(memory.workspace_bytes),
+        gib(calib::CUDA_CONTEXT_BYTES),
         gib(memory.usable_bytes),
     )
 }

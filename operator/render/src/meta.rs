@@ -78,16 +78,21 @@ pub fn labels(job: &FineTuneJob, component: Component) -> BTreeMap<String, Strin
     ])
 }
 
-/// The labels that select a job's trainer pods (every attempt): the Service's selector.
-pub fn trainer_selector(job: &FineTuneJob) -> BTreeMap<String, String> {
+/// The labels that select a job's pods of `component`.
+pub fn selector(job: &FineTuneJob, component: Component) -> BTreeMap<String, String> {
     let name = job.metadata.name.clone().unwrap_or_default();
     BTreeMap::from([
         (LABEL_JOB_NAME.to_string(), name),
         (
             "app.kubernetes.io/component".to_string(),
-            Component::Trainer.as_str().to_string(),
+            component.as_str().to_string(),
         ),
     ])
+}
+
+/// The labels that select a job's trainer pods (every attempt): the Service's selector.
+pub fn trainer_selector(job: &FineTuneJob) -> BTreeMap<String, String> {
+    selector(job, Component::Trainer)
 }
 
 /// The owner reference to the FineTuneJob (`controller: true`, `blockOwnerDeletion: true`).

@@ -29,7 +29,7 @@ use lf_api::training::FinetuningType;
 use lf_api::FineTuneJob;
 
 use crate::error::RenderError;
-use crate::meta::{labels, object_meta, Component, LABEL_JOB_NAME};
+use crate::meta::{labels, object_meta, selector, Component};
 use crate::names::serve_name;
 use crate::pod::{image, restricted_container, restricted_pod, TRAINER_BINARY};
 use crate::volumes::{mebibytes, validate_sub_path, TMP_DIR, TMP_VOLUME};
@@ -208,16 +208,7 @@ fn config_map(job: &FineTuneJob, layout: &Layout) -> Result<ConfigMap, RenderErr
 
 /// The labels that select a job's server pods.
 pub fn serve_selector(job: &FineTuneJob) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            LABEL_JOB_NAME.to_string(),
-            job.metadata.name.clone().unwrap_or_default(),
-        ),
-        (
-            "app.kubernetes.io/component".to_string(),
-            Component::Serve.as_str().to_string(),
-        ),
-    ])
+    selector(job, Component::Serve)
 }
 
 fn service(job: &FineTuneJob, serve: &ServeSpec) -> Service {
@@ -376,8 +367,7 @@ fn deployment(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     };
-    let mut pod_labels = labels(job, Component::Serve);
-    pod_labels.extend(serve_selector(job));
+    let pod_labels = labels(job, Component::Serve);
     let pod = PodSpec {
         containers: vec![container],
         automount_service_account_token: Some(false),

@@ -1,4 +1,4 @@
-//! AdaLoRA, as PEFT 0.21 computes it (`AdaLoraModel.forward`, `RankAllocator`,
+//! AdaLoRA, as PEFT 0.22 computes it (`AdaLoraModel.forward`, `RankAllocator`,
 //! `update_and_allocate`).
 //!
 //! Each adapted linear holds `A` `[r, in]`, the singular values `E` `[r, 1]` and `B` `[out, r]`,

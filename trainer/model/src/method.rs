@@ -68,7 +68,7 @@ impl CausalLm {
                 };
                 if settings.adalora.is_some() && !settings.experts.is_empty() {
                     return Err(ModelError::Invalid(
-                        "use_adalora: AdaLoRA's SVD-form adapters are for linear layers; a mixture of experts' router and expert parameters take plain LoRA only (PEFT's AdaLoRA has no target_parameters): target the attention (lora_target: all) or drop use_adalora".into(),
+                        "use_adalora: AdaLoRA's SVD-form adapters are for linear layers; a mixture of experts' router and expert parameters take plain LoRA only (PEFT's AdaLoRA has no target_parameters): target the attention (lora_target: q_proj,k_proj,v_proj,o_proj) or drop use_adalora".into(),
                     ));
                 }
                 if settings.adalora.is_some() && self.layout.is_multimodal() {

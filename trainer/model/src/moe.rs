@@ -30,7 +30,7 @@
 //! inverse permutation weighted by the routing weights; its backward needs the same grouping for
 //! the weight gradients. With expert parallelism the permutation becomes an all-to-all.
 //!
-//! **LoRA on the router and the experts** (PEFT 0.21's `target_parameters`, which is how PEFT
+//! **LoRA on the router and the experts** (PEFT 0.22's `target_parameters`, which is how PEFT
 //! adapts transformers 5's MoE modules: the router `mlp.gate` is a `…TopKRouter` holding
 //! `weight` `[E, H]` and the experts `mlp.experts` hold the fused 3-D parameters, none an
 //! `nn.Linear`; see [`lf_api::architecture::ExpertLoraTargets`] for the names `lora_target` takes).

@@ -1,4 +1,4 @@
-//! AdaLoRA's rank allocator (PEFT 0.21's `RankAllocator`): the importance EMAs, the budget
+//! AdaLoRA's rank allocator (PEFT 0.22's `RankAllocator`): the importance EMAs, the budget
 //! schedule and the masking of singular values, over the adapted linears it is handed. The
 //! algorithm is described in [`crate::adalora`], which drives it from the model.
 

@@ -1,4 +1,4 @@
-//! AdaLoRA against PEFT 0.21 (`tests/reference/adalora_peft.py`): on a tiny llama with adapters on
+//! AdaLoRA against PEFT 0.22 (`tests/reference/adalora_peft.py`): on a tiny llama with adapters on
 //! q/v/up/down, from PEFT's own initial adapter, the first step's loss (cross-entropy + the
 //! orthogonality regulariser) and every gradient equal PEFT's; ten SGD steps with rank allocation
 //! after each — crossing `tinit`, masking every `deltaT`, the final mask at `total − tfinal` and

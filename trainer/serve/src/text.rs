@@ -25,10 +25,13 @@ pub fn emit_until(full: &str, shown: usize, stops: &[String], last: bool) -> (us
     while full[..end].ends_with('\u{FFFD}') {
         end -= '\u{FFFD}'.len_utf8();
     }
-    // The longest tail that could grow into a stop string waits.
-    let held = full[..end]
+    // The longest tail that could grow into a stop string waits; only a tail shorter than the
+    // longest stop string can (so the scan costs the same however long the answer).
+    let longest = stops.iter().map(String::len).max().unwrap_or(0);
+    let scan_from = floor_boundary(full, end.saturating_sub(longest));
+    let held = full[scan_from..end]
         .char_indices()
-        .map(|(i, _)| i)
+        .map(|(i, _)| scan_from + i)
         .find(|&i| {
             let tail = &full[i..end];
             stops

@@ -399,10 +399,16 @@ fn is_one(w: &f64) -> bool {
 impl TrainingConfig {
     /// Whether ZeRO 0–2 reduce each unit's gradients during backward with `world` processes:
     /// `overlap_comm` (on by default when there is more than one), never under ZeRO-3 (which
-    /// reduces as it releases each unit anyway) nor with AdaLoRA (its orthogonality term adds
-    /// gradients after the last micro-batch's backward).
+    /// reduces as it releases each unit anyway), nor with AdaLoRA (its orthogonality term adds
+    /// gradients after the last micro-batch's backward), nor for the preference and reward
+    /// stages (their steps reduce at the step).
     pub fn overlaps_comm(&self, world: usize) -> bool {
-        world > 1 && self.zero_stage < 3 && !self.use_adalora && self.overlap_comm.unwrap_or(true)
+        world > 1
+            && self.zero_stage < 3
+            && !self.use_adalora
+            // The preference and reward steps run their own passes, outside the units' hooks.
+            && self.stage.sequences_per_example() == 1
+            && self.overlap_comm.unwrap_or(true)
     }
 
     /// The LoRA scaling numerator: `lora_alpha`, defaulting to 2 × rank (AdaLoRA: 2 ×
