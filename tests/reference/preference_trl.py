@@ -68,10 +68,11 @@ EXTRA_PAIRS = [
 ]
 
 
-def write_data(data_dir, pairs=PAIRS):
-    """The ranking dataset `pref` (alpaca columns) of `pairs` in `data_dir`."""
+def write_data(data_dir, pairs=None):
+    """The ranking dataset `pref` (alpaca columns) of `pairs` in `data_dir`; by default the
+    current PAIRS (main() rebinds it for some modes, so not a default bound at definition)."""
     os.makedirs(data_dir, exist_ok=True)
-    rows = [{"instruction": p, "chosen": c, "rejected": r} for p, c, r in pairs]
+    rows = [{"instruction": p, "chosen": c, "rejected": r} for p, c, r in (PAIRS if pairs is None else pairs)]
     with open(os.path.join(data_dir, "pref.json"), "w") as f:
         json.dump(rows, f, indent=1)
     info = {"pref": {"file_name": "pref.json", "ranking": True,
