@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod inline_schema;
+
 /// Errors from reading a model's `config.json`.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchitectureError {
@@ -102,9 +104,11 @@ impl ModelType {
 
 /// RoPE scaling as in `config.json` (Llama 3.1's `llama3` type, `linear`, or Phi-3's `longrope`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = inline_schema::rope_scaling)]
 pub struct RopeScaling {
     #[serde(alias = "type")]
     pub rope_type: String,
+    /// 1 when left out (`longrope`: `max_position_embeddings / original_max_position_embeddings`).
     #[serde(default = "one")]
     pub factor: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,13 +152,23 @@ fn one() -> f64 {
 
 /// The subset of `config.json` that defines a Llama-family decoder. Unknown keys of the real file
 /// are ignored (config.json carries many that do not change the math).
+///
+/// Its schema is that of the FineTuneJob's inline `config.json`, a multimodal wrapper's included
+/// (see `inline_schema`): the fields below, and `text_config` holding them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = inline_schema::inline_config)]
 pub struct ModelArchitecture {
+    /// The decoder family (in `text_config`, `gemma3_text` when left out).
     pub model_type: ModelType,
+    /// Required (in `text_config`, Gemma 3's 262208 when left out).
     pub vocab_size: u64,
+    /// Required (at the top level, or in `text_config`).
     pub hidden_size: u64,
+    /// Required (at the top level, or in `text_config`).
     pub intermediate_size: u64,
+    /// Required (at the top level, or in `text_config`).
     pub num_hidden_layers: u64,
+    /// Required (at the top level, or in `text_config`).
     pub num_attention_heads: u64,
     /// Defaults to `num_attention_heads` (no grouped-query attention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -163,18 +177,24 @@ pub struct ModelArchitecture {
     /// transformers' configs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<u64>,
+    /// 2048 when left out (Gemma 3: 131072, Phi-3: 4096, their config classes' defaults).
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: u64,
+    /// 1e-6 when left out (Phi-3: 1e-5).
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
+    /// 10000 when left out (Gemma 3: 1000000).
     #[serde(default = "default_theta")]
     pub rope_theta: f64,
+    /// RoPE scaling as in `config.json` (Llama 3.1's `llama3` type, `linear`, or Phi-3's
+    /// `longrope`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// False when left out (Gemma: true).
     #[serde(default)]
     pub tie_word_embeddings: bool,
     /// Bias on q/k/v (true for qwen2 whatever the file says; Llama's and Qwen3's `attention_bias`,
-    /// which also puts one on o).
+    /// which also puts one on o). False when left out.
     #[serde(default)]
     pub attention_bias: bool,
     /// Gemma: attention scores are scaled by `query_pre_attn_scalar^-½` instead of `head_dim^-½`.
@@ -200,7 +220,8 @@ pub struct ModelArchitecture {
     /// Set when this decoder is the text half of a multimodal checkpoint (Gemma 3's
     /// `Gemma3ForConditionalGeneration`, whose `config.json` nests these keys in `text_config`):
     /// the trainer loads only the language model's tensors and leaves the vision tower on disk.
-    /// Read from `config.json` and set by the presets; not part of the FineTuneJob schema.
+    /// Read from `config.json` (a pasted one too: the FineTuneJob schema declares `text_config`,
+    /// not this key) and set by the presets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(skip)]
     pub multimodal: Option<Multimodal>,

@@ -60,6 +60,22 @@
 //! layer's router through `P_e` alone: `aux` is a sum of per-layer terms
 //! `E · Σ_e f_e · p_e⁽ⁱ⁾ / rows` with `f_e` known after the forward pass
 //! ([`RouterBalance::layer_term`]), which is what a backward that recomputes layers needs.
+//!
+//! **Which tokens count.** A mask is read as 0/1: every non-zero entry is one real token, weighed
+//! once. That is transformers' result for a right-padded batch (LLaMA-Factory's 0/1 mask) and for
+//! `neat_packing` as LLaMA-Factory runs it with flash attention (the padding dropped, no mask: every
+//! real token once). It is not what transformers 5.25's `load_balancing_loss_func` does with the
+//! masks LLaMA-Factory builds for packed rows elsewhere, which we take as quirks and do not copy:
+//! - `neat_packing`'s 2-D mask of segment indices (1, 2, 3, … per example, 0 on padding), when it
+//!   reaches the function (LLaMA-Factory before its flash-attention path dropped the mask): the
+//!   function multiplies by the mask, so a token of a row's k-th example weighs k;
+//! - `neat_packing` with eager or SDPA attention: LLaMA-Factory's collator turns the mask into a
+//!   4-D `[B, 1, S, S]` block-diagonal one, and the function, which flattens the mask to one
+//!   weight per token, fails on it (a shape error): such a run has no load-balancing loss at all;
+//! - `packing` (not neat): LLaMA-Factory marks the padding it appends to each row 1 ("more
+//!   efficient flash_attn"), so the padding's routing counts; lf-data's rows mark it 0.
+//!
+//! `tests/moe.rs` measures each against transformers on the same rows.
 
 use lf_api::architecture::ModelArchitecture;
 use tch::{Device, Kind, Tensor};
@@ -463,14 +479,15 @@ impl RouterBalance {
     fn probs_and_mask(logits: &Tensor, mask: Option<&Tensor>) -> (Tensor, Tensor) {
         let probs = logits.softmax(-1, logits.kind()).to_kind(Kind::Float);
         let mask = match mask {
-            Some(m) => m.reshape([-1]).to_kind(Kind::Float),
+            Some(m) => m.reshape([-1]).ne(0).to_kind(Kind::Float),
             None => Tensor::ones([logits.size()[0]], (Kind::Float, logits.device())),
         };
         (probs, mask)
     }
 
-    /// Adds one sparse layer's router logits (`[T, E]`); `mask` (`[B, S]` or `[T]`, 1 for real
-    /// tokens) leaves padding out, as transformers' attention mask does.
+    /// Adds one sparse layer's router logits (`[T, E]`); `mask` (`[B, S]` or `[T]`, non-zero for
+    /// real tokens, each counted once) leaves padding out, as transformers' 0/1 attention mask
+    /// does.
     pub fn add_layer(&mut self, logits: &Tensor, mask: Option<&Tensor>) {
         let (probs, mask) = Self::probs_and_mask(logits, mask);
         let (_, chosen) = probs.topk(self.top_k, -1, true, true);
@@ -509,8 +526,8 @@ thread_local! {
     static TRAINING_MASK: std::cell::RefCell<Option<Tensor>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Runs `f` (a training step on this thread) with `mask` (`[B·S]`, 1 = real token, 0 = padding)
-/// as its batch's attention mask: the load-balancing loss [`TrainingAux`] adds leaves padding
+/// Runs `f` (a training step on this thread) with `mask` (`[B·S]`, non-zero = real token, 0 =
+/// padding; see the module docs) as its batch's attention mask: the load-balancing loss [`TrainingAux`] adds leaves padding
 /// out of its statistics, as transformers' `load_balancing_loss_func` does when the model gets
 /// the mask. The previous mask is restored when `f` returns or unwinds.
 pub(crate) fn with_training_mask<T>(mask: Tensor, f: impl FnOnce() -> T) -> T {
@@ -547,7 +564,7 @@ impl TrainingAux {
         let mask = TRAINING_MASK.with(|m| {
             m.borrow()
                 .as_ref()
-                .map(|m| m.reshape([-1]).to_kind(Kind::Float).to_device(device))
+                .map(|m| m.reshape([-1]).ne(0).to_kind(Kind::Float).to_device(device))
         });
         if mask
             .as_ref()

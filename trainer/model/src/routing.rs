@@ -8,6 +8,14 @@
 //! (Mixtral's and Qwen3-MoE's forward do). LLaMA-Factory's collator passes the attention mask,
 //! which leaves padding out of the statistics: so does a step given the batch's mask
 //! ([`CausalLm::loss_sum_and_backward_masked_with`]; [`CausalLm::moe_loss`] takes one too).
+//!
+//! Packed rows: with `packing` the rows are plain right-padded rows (examples attend across their
+//! boundaries), masked as any. With `neat_packing` the examples of a row attend block-diagonally
+//! (position ids restarting at 0), and a step given the rows' mask
+//! ([`CausalLm::loss_sum_and_backward_packed_masked_with`], [`CausalLm::moe_loss_packed`]) counts
+//! each real token once and leaves the padding out — LLaMA-Factory's segment-index mask (1, 2, 3,
+//! … per example) is taken as the 0/1 mask it stands for (see [`crate::moe`] for what transformers
+//! does with it).
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -37,6 +45,31 @@ pub struct MoeLoss {
 }
 
 impl CausalLm {
+    /// [`CausalLm::forward_routed`] on packed rows (`neat_packing`): `position_ids` (`[B, S]`)
+    /// restart at 0 at each example, which attends only to itself ([`crate::packing`]).
+    /// `Llama::decoder_output_routed` runs positions `0..S` only, so the layer walk is its, at
+    /// packed positions.
+    pub fn forward_routed_packed(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+    ) -> RoutedForward {
+        let model = &self.model;
+        let mut x = model.embed(input_ids);
+        let rope = model.rope_packed(position_ids, x.kind(), x.device());
+        let mut router_logits = Vec::new();
+        for layer in &model.layers {
+            let (y, logits) = layer.forward_routed(&x, &rope, None, self.backend, self.training);
+            x = y;
+            router_logits.extend(logits);
+        }
+        let logits = model.head(&model.norm.forward(&x));
+        RoutedForward {
+            logits: logits.to_kind(Kind::Float),
+            router_logits,
+        }
+    }
+
     /// Logits and every sparse layer's router logits for `input_ids` (`[B, S]`).
     pub fn forward_routed(&self, input_ids: &Tensor) -> RoutedForward {
         let mut router_logits = Vec::new();
@@ -66,8 +99,8 @@ impl CausalLm {
     }
 
     /// The load-balancing loss of a forward pass's router logits over the tokens
-    /// `attention_mask` (`[B, S]`, 1 = real token) keeps (all when `None`), as transformers'
-    /// `load_balancing_loss_func` (`None` for a dense model).
+    /// `attention_mask` (`[B, S]`, non-zero = real token) keeps (all when `None`), as
+    /// transformers' `load_balancing_loss_func` given the 0/1 mask (`None` for a dense model).
     pub fn router_aux_loss(
         &self,
         router_logits: &[Tensor],
@@ -99,16 +132,55 @@ impl CausalLm {
         loss_scale: f64,
         residency: &R,
     ) -> Result<f64, ModelError> {
-        if attention_mask.size() != input_ids.size() {
-            return Err(ModelError::Invalid(format!(
-                "attention_mask {:?} must be shaped like input_ids {:?}",
-                attention_mask.size(),
-                input_ids.size()
-            )));
-        }
+        check_mask(attention_mask, input_ids)?;
         crate::moe::with_training_mask(attention_mask.reshape([-1]), || {
             self.loss_sum_and_backward_with(input_ids, labels, loss_scale, residency)
         })
+    }
+
+    /// [`CausalLm::loss_sum_and_backward_packed_with`] given the packed rows' `attention_mask`
+    /// (`[B, S]`, non-zero on the examples' tokens, 0 on padding: lf-data's 0/1 mask or
+    /// LLaMA-Factory's segment indices): the load-balancing loss a mixture of experts adds counts
+    /// each real token once and leaves the padding out, as transformers computes it on what
+    /// LLaMA-Factory's `neat_packing` feeds it (see [`crate::moe`]).
+    pub fn loss_sum_and_backward_packed_masked_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        loss_scale: f64,
+        residency: &R,
+    ) -> Result<f64, ModelError> {
+        check_mask(attention_mask, input_ids)?;
+        crate::moe::with_training_mask(attention_mask.reshape([-1]), || {
+            self.loss_sum_and_backward_packed_with(
+                input_ids,
+                labels,
+                position_ids,
+                loss_scale,
+                residency,
+            )
+        })
+    }
+
+    /// [`CausalLm::loss_sum_and_backward_packed_masked_with`] with the whole model resident.
+    pub fn loss_sum_and_backward_packed_masked(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        loss_scale: f64,
+    ) -> Result<f64, ModelError> {
+        self.loss_sum_and_backward_packed_masked_with(
+            input_ids,
+            labels,
+            position_ids,
+            attention_mask,
+            loss_scale,
+            &AlwaysResident,
+        )
     }
 
     /// [`CausalLm::loss_sum_and_backward_masked_with`] with the whole model resident.
@@ -135,7 +207,28 @@ impl CausalLm {
         labels: &Tensor,
         attention_mask: Option<&Tensor>,
     ) -> MoeLoss {
-        let out = self.forward_routed(input_ids);
+        self.losses(self.forward_routed(input_ids), labels, attention_mask)
+    }
+
+    /// [`CausalLm::moe_loss`] on packed rows ([`CausalLm::forward_routed_packed`]).
+    pub fn moe_loss_packed(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> MoeLoss {
+        let out = self.forward_routed_packed(input_ids, position_ids);
+        self.losses(out, labels, attention_mask)
+    }
+
+    /// The losses of a forward pass's logits and router logits.
+    fn losses(
+        &self,
+        out: RoutedForward,
+        labels: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> MoeLoss {
         let v = out.logits.size()[2];
         let s = labels.size()[1];
         let cross_entropy = out
@@ -162,4 +255,16 @@ impl CausalLm {
             total,
         }
     }
+}
+
+/// A batch's attention mask is shaped like its `input_ids`.
+fn check_mask(attention_mask: &Tensor, input_ids: &Tensor) -> Result<(), ModelError> {
+    if attention_mask.size() != input_ids.size() {
+        return Err(ModelError::Invalid(format!(
+            "attention_mask {:?} must be shaped like input_ids {:?}",
+            attention_mask.size(),
+            input_ids.size()
+        )));
+    }
+    Ok(())
 }
