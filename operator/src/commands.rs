@@ -97,8 +97,43 @@ pub struct PlanOutcome {
     pub plan: Option<Plan>,
 }
 
-/// Plans a FineTuneJob file.
-pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, CommandError> {
+/// The longest sequence a FineTuneJob file's configuration trains on one of its GPUs (one
+/// sequence per micro-batch, ZeRO 0), and how: `plan --max-context`.
+pub fn max_context_file(path: &Path, opts: &PlanOptions) -> Result<String, CommandError> {
+    let input = planner_input(path, opts)?;
+    let gib = input.gpu_memory_bytes as f64 / (1u64 << 30) as f64;
+    let Some(tokens) = lf_planner::long_context::max_context(&input, MAX_CONTEXT_LIMIT) else {
+        return Err(CommandError::Plan {
+            path: path.into(),
+            message: format!("not even one token fits a {gib:.0} GiB GPU"),
+        });
+    };
+    let mut at = input.clone();
+    at.training.cutoff_len = usize::try_from(tokens).unwrap_or(usize::MAX);
+    at.training.per_device_train_batch_size = 1;
+    let plan = lf_planner::evaluate(&at, 1, 0, false, 1);
+    let how = match plan.recomputation {
+        Some(r) if r.offloaded => format!(
+            "{} of {} layers recomputed, checkpoints offloaded ({} host memory per process), MLPs tiled",
+            r.recomputed,
+            r.layers,
+            lf_planner::format_gib(plan.host_memory_bytes)
+        ),
+        Some(r) => format!("{} of {} layers recomputed", r.recomputed, r.layers),
+        None => String::new(),
+    };
+    Ok(format!(
+        "{}: at most {tokens} tokens per sequence on one {gib:.0} GiB GPU ({} headroom): peak {}; {how}\n",
+        path.display(),
+        lf_planner::format_gib(plan.headroom_bytes),
+        lf_planner::format_gib(plan.per_gpu.peak_bytes),
+    ))
+}
+
+/// The longest sequence `plan --max-context` looks for (4M tokens).
+const MAX_CONTEXT_LIMIT: u64 = 1 << 22;
+
+fn planner_input(path: &Path, opts: &PlanOptions) -> Result<PlannerInput, CommandError> {
     let mut job = load_job(path)?;
     if let Some(gib) = opts.gpu_memory_gib {
         if !(gib.is_finite() && gib >= 1.0) {
@@ -109,10 +144,15 @@ pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, Command
         }
         job.spec.resources.gpu_memory_gib = gib;
     }
-    let input = PlannerInput::from_job(&job).map_err(|e| CommandError::Plan {
+    PlannerInput::from_job(&job).map_err(|e| CommandError::Plan {
         path: path.into(),
         message: one_line(&e.to_string()),
-    })?;
+    })
+}
+
+/// Plans a FineTuneJob file.
+pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, CommandError> {
+    let input = planner_input(path, opts)?;
     if opts.gpus.is_none() && opts.zero_stage.is_none() {
         let search = lf_planner::search(&input);
         let plan = search.chosen.clone();
@@ -127,7 +167,7 @@ pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, Command
     }
     let stage = opts
         .zero_stage
-        .or(job.spec.distributed.zero_stage.fixed())
+        .or(load_job(path)?.spec.distributed.zero_stage.fixed())
         .unwrap_or(0);
     if stage > 3 {
         return Err(CommandError::Plan {

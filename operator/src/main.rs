@@ -60,6 +60,10 @@ enum Command {
         /// job's fixed stage, else 0).
         #[arg(long = "zero-stage", value_parser = clap::value_parser!(u8).range(0..=3))]
         zero_stage: Option<u8>,
+        /// Print instead the longest `cutoff_len` that fits one GPU as one sequence per
+        /// micro-batch (ZeRO 0), with the recomputation and activation offload it takes.
+        #[arg(long = "max-context", conflicts_with_all = ["gpus", "zero_stage", "output"])]
+        max_context: bool,
     },
     /// Print every object the operator would create for a FineTuneJob, as one YAML stream.
     Render {
@@ -271,12 +275,20 @@ fn main() -> ExitCode {
             gpu_memory,
             gpus,
             zero_stage,
+            max_context,
         } => {
             let opts = PlanOptions {
                 gpu_memory_gib: gpu_memory,
                 gpus,
                 zero_stage,
             };
+            if max_context {
+                return match commands::max_context_file(&file, &opts).map(|t| print(&t)) {
+                    Ok(Ok(())) => ExitCode::SUCCESS,
+                    Ok(Err(e)) => fail(e),
+                    Err(e) => fail(e),
+                };
+            }
             let outcome = match commands::plan_file(&file, &opts) {
                 Ok(o) => o,
                 Err(e) => return fail(e),

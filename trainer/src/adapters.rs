@@ -528,6 +528,7 @@ impl TrainModel for LmTrainee {
                 + frozen_shards
                 + reference,
             partitioned_trainable_bytes: trainable_shards,
+            offloaded_activation_bytes: self.lm.offload_stats().host_bytes,
             architecture: self.lm.architecture().clone(),
         })
     }

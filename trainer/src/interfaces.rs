@@ -174,6 +174,8 @@ pub struct ModelMemory {
     /// Bytes of trainable parameter shards held apart from the parameters (ZeRO-3, whose
     /// parameters are emptied between uses); 0 otherwise.
     pub partitioned_trainable_bytes: u64,
+    /// Host bytes of the last training pass's offloaded checkpoints (`offload_activations`).
+    pub offloaded_activation_bytes: u64,
     /// The architecture the planner's prediction is made for.
     pub architecture: ModelArchitecture,
 }

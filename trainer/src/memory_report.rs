@@ -12,6 +12,7 @@
 //! | `gradient_bytes` | the `.grad` of every trainable tensor |
 //! | `optimizer_bytes` | optimiser state on the training device, fp32 master copies included |
 //! | `offloaded_optimizer_bytes` | optimiser state and master copies in host memory (`offload_optimizer: cpu`) |
+//! | `offloaded_activation_bytes` | the recomputed layers' checkpoints in host memory during the last micro-batch (`offload_activations`; planned for a micro-batch of `cutoff_len`-token sequences) |
 //!
 //! `planned` holds the same keys from [`lf_planner::memory::Inventory`] for the run's architecture
 //! and config, per rank for the run's ZeRO stage and world size (what rank 0, which writes the
@@ -35,6 +36,9 @@ pub struct MemoryBytes {
     pub optimizer_bytes: u64,
     /// In host memory (`offload_optimizer: cpu`).
     pub offloaded_optimizer_bytes: u64,
+    /// Checkpoints in host memory (`offload_activations`).
+    #[serde(default)]
+    pub offloaded_activation_bytes: u64,
 }
 
 /// The memory line of `trainer_log.jsonl` (inside `{"memory": ...}`).
@@ -97,6 +101,21 @@ pub fn planned(
         } else {
             0
         },
+        offloaded_activation_bytes: if cfg.offload_activations.enabled() {
+            let recomputed = if stage >= 3 {
+                arch.num_hidden_layers
+            } else {
+                cfg.recomputed_layers(arch.num_hidden_layers)
+            };
+            lf_planner::activations::offloaded_checkpoint_bytes(
+                arch,
+                cfg,
+                cfg.per_device_train_batch_size.max(1) as u64,
+                recomputed,
+            )
+        } else {
+            0
+        },
     }
 }
 
@@ -148,6 +167,7 @@ pub fn measure<M: TrainModel + ?Sized, O: StepOptimizer + ?Sized>(
         }),
         optimizer_bytes: opt.device,
         offloaded_optimizer_bytes: opt.host,
+        offloaded_activation_bytes: weights.offloaded_activation_bytes,
     };
     let (stage, world) = optimizer.partition();
     Some(MemoryRecord {

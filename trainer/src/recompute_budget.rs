@@ -59,6 +59,12 @@ pub fn resolve(
     device: Device,
 ) -> Result<TrainingConfig, TrainerError> {
     let mut out = cfg.clone();
+    if cfg.offload_activations.enabled() {
+        tracing::info!(
+            tile_tokens = cfg.loss_chunk_size,
+            "offload_activations: the recomputed layers' checkpoints are kept in host memory and their dense MLPs run in tiles"
+        );
+    }
     if !cfg.recomputation_open() {
         return Ok(out);
     }

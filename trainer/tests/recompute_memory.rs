@@ -17,7 +17,7 @@ use std::process::Command;
 use lf_api::training::TrainingConfig;
 use lf_model::testing::{random_weights, tiny_arch, TinySize};
 use lf_model::{CausalLm, LoadOptions};
-use lf_planner::activations::activations_with;
+use lf_planner::activations::{activations_with, offloaded_checkpoint_bytes};
 use lf_planner::memory::Inventory;
 use tch::{Device, Kind, Tensor};
 
@@ -30,9 +30,17 @@ const SIZE: TinySize = TinySize {
 const BATCH: i64 = 2;
 const SEQ: i64 = 512;
 
-fn config(recomputed: u64) -> TrainingConfig {
+/// Tokens per tile of the MLP (and per loss chunk) in the offloaded case.
+const TILE: u64 = 128;
+
+fn config(recomputed: u64, offload: bool) -> TrainingConfig {
+    let tail = if offload {
+        format!("offload_activations: true\nloss_chunk_size: {TILE}")
+    } else {
+        "loss_chunk_size: 1024".to_string()
+    };
     TrainingConfig::from_yaml_str(&format!(
-        "lora_rank: 8\nlora_target: all\ngradient_checkpointing: auto\nrecompute_layers: {recomputed}\nloss_chunk_size: 1024\ncutoff_len: {SEQ}"
+        "lora_rank: 8\nlora_target: all\ngradient_checkpointing: auto\nrecompute_layers: {recomputed}\ncutoff_len: {SEQ}\n{tail}"
     ))
     .expect("config")
 }
@@ -55,13 +63,18 @@ fn recompute_child() {
     let Ok(case) = std::env::var("LF_RECOMPUTE_CASE") else {
         return;
     };
-    let recomputed: u64 = case.parse().expect("a layer count");
+    let offload = case.ends_with("+offload");
+    let recomputed: u64 = case
+        .trim_end_matches("+offload")
+        .parse()
+        .expect("a layer count");
     tch::set_num_threads(1);
     let arch = tiny_arch(SIZE, false);
     let weights = random_weights(&arch, 5);
     let mut lm = CausalLm::from_tensors(arch, weights, &LoadOptions::new(Device::Cpu, Kind::Float))
         .expect("model");
-    lm.apply_method(&config(recomputed), 1).expect("method");
+    lm.apply_method(&config(recomputed, offload), 1)
+        .expect("method");
     lm.set_training(true);
     assert_eq!(lm.recomputed_layers() as u64, recomputed);
     tch::manual_seed(1);
@@ -80,16 +93,22 @@ fn recompute_child() {
     println!("LF_RECOMPUTE_RESULT {} {loss}", (peak - before) * 1024);
 }
 
-/// The planner's transient activation peak with `recomputed` layers recomputed.
-fn predicted(recomputed: u64) -> u64 {
+/// The planner's transient activation peak with `recomputed` layers recomputed; offloaded, the
+/// checkpoints' host bytes too (on the CPU host memory is the same RSS).
+fn predicted(recomputed: u64, offload: bool) -> u64 {
     let arch = tiny_arch(SIZE, false);
-    let cfg = config(recomputed);
+    let cfg = config(recomputed, offload);
     let inv = Inventory::new(&arch, &cfg);
     let a = activations_with(&arch, &cfg, &inv, BATCH as u64, recomputed);
-    a.persistent + a.loss.max(a.layer_working_set)
+    let host = if offload {
+        offloaded_checkpoint_bytes(&arch, &cfg, BATCH as u64, recomputed)
+    } else {
+        0
+    };
+    a.persistent + a.loss.max(a.layer_working_set) + host
 }
 
-fn measure(recomputed: u64) -> (u64, f64) {
+fn measure(case: &str) -> (u64, f64) {
     let exe = std::env::current_exe().expect("test binary");
     let out = Command::new(&exe)
         .args([
@@ -99,7 +118,7 @@ fn measure(recomputed: u64) -> (u64, f64) {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env("LF_RECOMPUTE_CASE", recomputed.to_string())
+        .env("LF_RECOMPUTE_CASE", case)
         // A fixed mmap threshold: glibc otherwise raises it each time an mmapped block is freed,
         // after which large tensors come from the heap, where freed ones linger and fragment, and
         // the peak then depends on the allocation history of the process (it read 146.7 MiB for
@@ -129,27 +148,35 @@ fn measure(recomputed: u64) -> (u64, f64) {
 #[test]
 fn memory_follows_the_planners_per_layer_term() {
     let layers = SIZE.num_hidden_layers;
-    let cases = [layers, layers / 2, 0];
-    let results: Vec<(u64, u64, f64)> = cases
+    // (recomputed, offload_activations): the last case keeps every checkpoint in "host" memory
+    // and tiles the MLPs by 128 of the 1,024 tokens.
+    let cases = [
+        (layers, false),
+        (layers / 2, false),
+        (0, false),
+        (layers, true),
+    ];
+    let results: Vec<(u64, bool, u64, f64)> = cases
         .iter()
-        .map(|&r| {
-            let (bytes, loss) = measure(r);
-            (r, bytes, loss)
+        .map(|&(r, offload)| {
+            let case = format!("{r}{}", if offload { "+offload" } else { "" });
+            let (bytes, loss) = measure(&case);
+            (r, offload, bytes, loss)
         })
         .collect();
     let mib = |b: f64| b / (1u64 << 20) as f64;
-    let (_, base_measured, base_loss) = results[0];
-    let base_predicted = predicted(layers);
+    let (_, _, base_measured, base_loss) = results[0];
+    let base_predicted = predicted(layers, false);
     println!(
         "{:<22} {:>14} {:>14} {:>14}",
         "recomputed layers", "peak Δ MiB", "vs all MiB", "planner MiB"
     );
-    for &(r, bytes, loss) in &results {
+    for &(r, offload, bytes, loss) in &results {
         let measured = bytes as f64 - base_measured as f64;
-        let planned = predicted(r) as f64 - base_predicted as f64;
+        let planned = predicted(r, offload) as f64 - base_predicted as f64;
         println!(
             "{:<22} {:>14.1} {:>14.1} {:>14.1}",
-            format!("{r} of {layers}"),
+            format!("{r} of {layers}{}", if offload { " offloaded" } else { "" }),
             mib(bytes as f64),
             mib(measured),
             mib(planned)
@@ -158,7 +185,7 @@ fn memory_follows_the_planners_per_layer_term() {
             (loss - base_loss).abs() <= 1e-6 * base_loss.abs(),
             "loss changed: {loss} vs {base_loss}"
         );
-        if r < layers {
+        if r < layers || offload {
             let ratio = measured / planned;
             assert!(
                 (0.8..=1.2).contains(&ratio),

@@ -74,6 +74,11 @@ pub struct Recomputation {
     pub recomputed: u32,
     /// Decoder layers of the model.
     pub layers: u32,
+    /// Whether the recomputed layers' checkpoints live in host memory and their dense MLPs run in
+    /// tiles (`offload_activations`; the planner's choice under `auto`, rendered as
+    /// `offload_activations: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offloaded: bool,
 }
 
 impl Plan {

@@ -35,6 +35,16 @@
 //!   saved tensors plus its backward temporaries. Without it, every layer's saved tensors stay.
 //!   Under `auto` the first `r` layers are recomputed and the rest keep their saved tensors
 //!   ([`activations_with`]; the planner chooses `r`).
+//! - **`offload_activations`** (long-context mode) moves each recomputed layer's checkpoint to
+//!   host memory after its forward and back before its recomputation, the next one prefetched:
+//!   at most two checkpoints are on the device at a time ([`OFFLOAD_DEVICE_CHECKPOINTS`]) and
+//!   `recomputed·c·h` bytes per token are in host memory ([`offloaded_checkpoint_bytes`]). A
+//!   recomputed layer with a dense MLP runs that MLP in tiles of `loss_chunk_size` tokens: its
+//!   working set is then the attention half's saved tensors and the block output for every token
+//!   (`c·h`), the layer's input and output gradients (`2·c·h`) with the attention's backward
+//!   temporaries (dQ, dK, dV and the fused kernel's fp32 dQ accumulator and softmax sums), and one
+//!   tile of the MLP half's saved tensors, its backward temporaries and its input and output
+//!   gradients.
 //! - **`neat_packing`** adds one `[B, 1, S, S]` segment mask, boolean and as a compute-dtype
 //!   additive bias shared by every layer and saved for backward (`(1 + c)·b·s²` bytes); SDPA
 //!   takes it with its flash kernel on the CPU and its memory-efficient kernel on CUDA, neither
@@ -46,7 +56,7 @@
 //!   cross-entropy's own temporaries (log-softmax output, NLL gradient, `exp` temporary, input
 //!   gradient: [`calib::CROSS_ENTROPY_TEMP_BYTES`], measured), i.e. `chunk·V·(c + 4 + 16)` bytes
 //!   (`chunk·V·(4 + 16)` in fp32), plus the final hidden states and their gradient for the whole
-//!   micro-batch (`2·c·T·h`). `loss_chunk_size: 0` computes the whole head at once: the same with
+//!   micro-batch (`2·c·T·h`) and the final norm's saved fp32 input and rstd (`(4h + 4)·T`). `loss_chunk_size: 0` computes the whole head at once: the same with
 //!   `T` tokens in place of `chunk`.
 //!   `stage: rm` has no logits: its value head reads one hidden state per sequence.
 //!   The loss runs before the first layer is recomputed, so its peak and a layer's working set are
@@ -95,6 +105,22 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
         0
     };
     base + qk_norm + block_output_norms + lora_saved_bytes_per_token(arch, training)
+}
+
+/// [`layer_saved_bytes_per_token`] split into what the MLP half of a layer saves (its norm, the
+/// MLP, Gemma's feed-forward norms and the MLP linears' LoRA intermediates) and the rest (the
+/// attention half); the two add up to the whole.
+fn mlp_half_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    let c = training.precision().compute_bytes();
+    let h = arch.hidden_size;
+    // Llama's post-attention norm is the MLP's; Gemma's pre-feed-forward norm is, with the
+    // post-feed-forward one (its post-attention norm normalises the attention output).
+    let norms = if arch.model_type.is_gemma() {
+        2 * (4 * h + 4)
+    } else {
+        4 * h + 4
+    };
+    norms + mlp_saved_bytes(arch, c) + lora_saved_bytes_per_token_of(arch, training, true)
 }
 
 /// Bytes the MLP of the costliest layer saves per token: a dense SwiGLU its input and gate, up,
@@ -148,6 +174,17 @@ pub fn eager_attention(arch: &ModelArchitecture, training: &TrainingConfig) -> b
 
 /// Extra tensors LoRA/DoRA modules save per token in one layer.
 fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfig) -> u64 {
+    lora_saved_bytes_per_token_of(arch, training, false)
+        + lora_saved_bytes_per_token_of(arch, training, true)
+        + expert_lora_saved_bytes_per_token(arch, training)
+}
+
+/// [`lora_saved_bytes_per_token`] of the MLP's linears (`mlp`) or of the attention's.
+fn lora_saved_bytes_per_token_of(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+    mlp: bool,
+) -> u64 {
     if training.finetuning_type != lf_api::training::FinetuningType::Lora {
         return 0;
     }
@@ -155,6 +192,7 @@ fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfi
     let r = training.adapter_rank() as u64;
     params::lora_targets(arch, training)
         .iter()
+        .filter(|m| is_mlp_linear(**m) == mlp)
         .map(|m| {
             let (din, dout) = arch.linear_shape(*m);
             let mut bytes = c * r;
@@ -167,7 +205,11 @@ fn lora_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingConfi
             bytes
         })
         .sum::<u64>()
-        + expert_lora_saved_bytes_per_token(arch, training)
+}
+
+fn is_mlp_linear(m: lf_api::training::LinearModule) -> bool {
+    use lf_api::training::LinearModule as M;
+    matches!(m, M::GateProj | M::UpProj | M::DownProj | M::GateUpProj)
 }
 
 /// Extra tensors LoRA on a sparse layer's router and experts saves per token (lf-model's `moe`
@@ -241,6 +283,46 @@ pub fn activations_with(
     micro_batch: u64,
     recomputed: u64,
 ) -> Activations {
+    let offload = training.offload_activations.enabled();
+    activations_offloaded(arch, training, inv, micro_batch, recomputed, offload)
+}
+
+/// Checkpoints `offload_activations` keeps on the device at once: the one being recomputed (or,
+/// in forward, the layer input being copied out) and the next one, prefetched.
+pub const OFFLOAD_DEVICE_CHECKPOINTS: u64 = 2;
+
+/// Host bytes of the offloaded checkpoints of one micro-batch (`offload_activations`): every
+/// recomputed layer's input, `c·h` per token.
+pub fn offloaded_checkpoint_bytes(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+    micro_batch: u64,
+    recomputed: u64,
+) -> u64 {
+    let tokens = training.stage.sequences_per_example() * micro_batch * training.cutoff_len as u64;
+    recomputed.min(arch.num_hidden_layers)
+        * tokens
+        * training.precision().compute_bytes()
+        * arch.hidden_size
+}
+
+/// Whether a recomputed layer runs its MLP in tiles under `offload_activations`: a model without
+/// sparse layers (a router's load-balancing loss needs every token's logits at once), with tiles
+/// (`loss_chunk_size` > 0) shorter than the micro-batch's `tokens`.
+pub fn tiles_mlp(arch: &ModelArchitecture, training: &TrainingConfig, tokens: u64) -> bool {
+    lf_api::training::mlp_tile(training.loss_chunk_size, tokens, has_sparse_layer(arch)).is_some()
+}
+
+/// [`activations_with`] with `offload_activations` as `offload` says (the planner's choice under
+/// `auto`).
+pub fn activations_offloaded(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+    inv: &Inventory,
+    micro_batch: u64,
+    recomputed: u64,
+    offload: bool,
+) -> Activations {
     let c = inv.compute_bytes;
     let s = training.cutoff_len as u64;
     let sequences = training.stage.sequences_per_example() * micro_batch;
@@ -286,10 +368,43 @@ pub fn activations_with(
     } else {
         0
     };
-    let persistent = recomputed * tokens * c * h + kept * saved + packing_mask + kept_masks;
-    let layer_working_set = backward + transient + if kept == 0 { saved + largest_mask } else { 0 };
+    let offload = offload && recomputed > 0;
+    let device_checkpoints = if offload {
+        recomputed.min(OFFLOAD_DEVICE_CHECKPOINTS)
+    } else {
+        recomputed
+    };
+    let persistent = device_checkpoints * tokens * c * h + kept * saved + packing_mask + kept_masks;
+    let one_layer = if offload && tiles_mlp(arch, training, tokens) {
+        // The attention half for every token, its output (the MLP's input), and one tile of the
+        // MLP half: its saved tensors, gate/up gradients, its input's gradient and its output.
+        let tile = training.loss_chunk_size as u64;
+        let mlp_half = mlp_half_saved_bytes_per_token(arch, training);
+        let attention_half = saved - tokens * mlp_half;
+        // Backward then holds the layer's input and output gradients and the attention's: dQ,
+        // dK, dV, and the fused kernel's fp32 dQ accumulator and per-head softmax sums (CUDA's
+        // flash / memory-efficient backward). Untiled, the MLP's gate and up gradients outweigh
+        // the attention's; tiled, they are one tile's.
+        let q = arch.num_attention_heads * arch.head_dim();
+        let kv = arch.kv_heads() * arch.head_dim();
+        let attention_backward = c * (q + 2 * kv) + 4 * q + 4 * arch.num_attention_heads;
+        attention_half
+            + tokens * c * h
+            + tile * (mlp_half + 2 * c * arch.intermediate_size + 2 * c * h)
+            + tokens * (2 * c * h + attention_backward)
+            + transient
+    } else {
+        backward + transient + saved
+    };
+    let layer_working_set = if kept == 0 {
+        one_layer + largest_mask
+    } else {
+        backward + transient
+    };
     let vocab = arch.vocab_size;
-    let hidden = 2 * c * tokens * h;
+    // The final hidden states and their gradient, and what the final norm saves for its
+    // backward (its fp32 input and rstd).
+    let hidden = 2 * c * tokens * h + (4 * h + 4) * tokens;
     let per_logit = c + if c == 4 { 0 } else { 4 } + calib::CROSS_ENTROPY_TEMP_BYTES;
     let chunk = match training.loss_chunk_size {
         0 => tokens,

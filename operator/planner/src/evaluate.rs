@@ -21,7 +21,7 @@ use lf_api::{MemoryBreakdown, Plan, Recomputation};
 
 use lf_api::crd::OffloadChoice;
 
-use crate::activations::{activations_with, Activations};
+use crate::activations::{activations_offloaded, offloaded_checkpoint_bytes, Activations};
 use crate::calib;
 use crate::format::fit_summary;
 use crate::host;
@@ -114,9 +114,17 @@ pub(crate) fn evaluate_with(
     let buffers = inv.buffers(stage, gpus);
     let accum = accumulation(input.target_global_batch(), micro_batch, gpus);
     let headroom_bytes = input.headroom_bytes();
-    // Activations and the peak with the first `r` layers recomputed: (activations, overhead, peak).
-    let phase = |r: u64| {
-        let act = activations_with(&input.arch, &input.training, inv, micro_batch as u64, r);
+    // Activations and the peak with the first `r` layers recomputed, their checkpoints offloaded
+    // or not: (activations, overhead, peak).
+    let phase = |r: u64, offloaded: bool| {
+        let act = activations_offloaded(
+            &input.arch,
+            &input.training,
+            inv,
+            micro_batch as u64,
+            r,
+            offloaded,
+        );
         let transient = transient_peak(inv, &act, &states, stage, gpus, offload, accum);
         let overhead =
             calib::CUDA_CONTEXT_BYTES + (transient as f64 * calib::FRAGMENTATION).ceil() as u64;
@@ -125,8 +133,10 @@ pub(crate) fn evaluate_with(
     };
     let fits_peak = |peak: u64| scaled_peak(input, peak) + headroom_bytes <= input.gpu_memory_bytes;
     let layers = input.arch.num_hidden_layers;
-    let recomputed = recomputed_layers(input, stage, |r| phase(r).2, fits_peak);
-    let (act, overhead, peak) = phase(recomputed);
+    let offloaded = offloads_activations(input, stage, |r, o| phase(r, o).2, fits_peak);
+    let recomputed = recomputed_layers(input, stage, |r| phase(r, offloaded).2, fits_peak);
+    let (act, overhead, peak) = phase(recomputed, offloaded);
+    let offloaded = offloaded && recomputed > 0;
     let per_gpu = MemoryBreakdown {
         weights_bytes: states.weights,
         gradients_bytes: states.gradients,
@@ -155,13 +165,48 @@ pub(crate) fn evaluate_with(
         headroom_bytes,
         fits,
         per_gpu,
-        host_memory_bytes: host::host_bytes_per_process(inv, &input.training, stage, gpus, offload),
+        host_memory_bytes: host::host_bytes_per_process(inv, &input.training, stage, gpus, offload)
+            + if offloaded {
+                offloaded_checkpoint_bytes(
+                    &input.arch,
+                    &input.training,
+                    micro_batch as u64,
+                    recomputed,
+                )
+            } else {
+                0
+            },
         checkpoint_bytes: inv.checkpoint_bytes(offload),
         recomputation: Some(Recomputation {
             recomputed: recomputed as u32,
             layers: layers as u32,
+            offloaded,
         }),
         summary,
+    }
+}
+
+/// Whether the recomputed layers' checkpoints are offloaded (`offload_activations`): as the config
+/// says, or under `auto` only when no recomputation fits without it and one fits with it.
+fn offloads_activations(
+    input: &PlannerInput,
+    stage: u8,
+    peak: impl Fn(u64, bool) -> u64,
+    fits: impl Fn(u64) -> bool,
+) -> bool {
+    use lf_api::training::{GradientCheckpointing, OffloadActivations};
+    let training = &input.training;
+    match training.offload_activations {
+        OffloadActivations::On => true,
+        OffloadActivations::Off => false,
+        OffloadActivations::Auto => {
+            if training.gradient_checkpointing == GradientCheckpointing::Off {
+                return false;
+            }
+            let without = recomputed_layers(input, stage, |r| peak(r, false), &fits);
+            let with = recomputed_layers(input, stage, |r| peak(r, true), &fits);
+            !fits(peak(without, false)) && fits(peak(with, true))
+        }
     }
 }
 

@@ -119,10 +119,24 @@ fn multimodal_note(a: &lf_api::ModelArchitecture) -> String {
 
 /// `recompute 20 of 32 layers`: the layer recomputation a plan assumes (empty when unknown).
 fn recompute_phrase(plan: &Plan) -> String {
+    let offloaded = |r: &lf_api::Recomputation| {
+        if r.offloaded {
+            " (checkpoints offloaded to host, MLP tiled)"
+        } else {
+            ""
+        }
+    };
     match plan.recomputation {
-        Some(r) if r.recomputed == r.layers => format!("recompute all {} layers", r.layers),
+        Some(r) if r.recomputed == r.layers => {
+            format!("recompute all {} layers{}", r.layers, offloaded(&r))
+        }
         Some(r) if r.recomputed == 0 => format!("recompute none of {} layers", r.layers),
-        Some(r) => format!("recompute {} of {} layers", r.recomputed, r.layers),
+        Some(r) => format!(
+            "recompute {} of {} layers{}",
+            r.recomputed,
+            r.layers,
+            offloaded(&r)
+        ),
         None => String::new(),
     }
 }

@@ -25,6 +25,7 @@ mod evaluate;
 mod format;
 pub mod host;
 mod input;
+pub mod long_context;
 pub mod memory;
 mod outcome;
 pub mod params;

@@ -17,8 +17,31 @@ use crate::memory::Inventory;
 use crate::outcome::{PlanOption, PlanSearch};
 
 /// Tries one (GPUs, stage, offload) with every micro-batch halving; the option records the
-/// chosen micro-batch (or the smallest when none fits).
+/// chosen micro-batch (or the smallest when none fits). Under `offload_activations: auto` the
+/// checkpoints are offloaded only when no micro-batch fits without it (never just to raise the
+/// micro-batch: the copies cost time).
 fn try_config(
+    input: &PlannerInput,
+    inv: &Inventory,
+    gpus: u32,
+    stage: u8,
+    offload: bool,
+    micros: &[u32],
+) -> PlanOption {
+    use lf_api::training::OffloadActivations;
+    if input.training.offload_activations == OffloadActivations::Auto {
+        let mut on_device = input.clone();
+        on_device.training.offload_activations = OffloadActivations::Off;
+        let option = try_config_as_given(&on_device, inv, gpus, stage, offload, micros);
+        if option.fits {
+            return option;
+        }
+    }
+    try_config_as_given(input, inv, gpus, stage, offload, micros)
+}
+
+/// [`try_config`] with `offload_activations` as the input says.
+fn try_config_as_given(
     input: &PlannerInput,
     inv: &Inventory,
     gpus: u32,

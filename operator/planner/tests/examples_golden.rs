@@ -18,6 +18,7 @@ const EXAMPLES: &[&str] = &[
     "llama3-8b-rm-lora-24gb",
     "gemma3-12b-qlora",
     "mixtral-8x7b-qlora",
+    "llama31-8b-qlora-64k",
 ];
 
 fn repo_root() -> PathBuf {

@@ -8,7 +8,9 @@ use lf_api::training::TrainingConfig;
 use lf_planner::{evaluate, preset, replan_after_oom, search, PlannerInput};
 
 const MODEL: &str = "meta-llama/Meta-Llama-3-8B";
-const LORA: &str = "bf16: true\nlora_rank: 16\ncutoff_len: 4096\nper_device_train_batch_size: 1";
+// Checkpoints stay on the GPU here (`offload_activations` is checked in lf-planner's long_context).
+const LORA: &str =
+    "bf16: true\nlora_rank: 16\ncutoff_len: 4096\nper_device_train_batch_size: 1\noffload_activations: false";
 
 fn input(yaml: &str, gib: f64) -> PlannerInput {
     let arch = preset(MODEL).expect("preset");

@@ -75,6 +75,7 @@ fn every_summary_names_the_largest_row() {
         "qwen3-8b-lora-24gb",
         "gemma3-12b-qlora",
         "mixtral-8x7b-qlora",
+        "llama31-8b-qlora-64k",
     ] {
         for option in plan_example(name).options {
             let plan = &option.plan;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use lf_api::runtime::paths;
-use lf_api::training::OffloadDevice;
+use lf_api::training::{OffloadActivations, OffloadDevice};
 use lf_api::{FineTuneJob, Plan, TrainingConfig};
 
 use crate::context::RenderContext;
@@ -30,7 +30,8 @@ pub fn config_key() -> &'static str {
 /// The training config of one attempt. Starting from `spec.training`, it sets:
 /// - the plan's decisions: `zero_stage`, `offload_optimizer`, `per_device_train_batch_size` (the
 ///   plan's micro-batch), `gradient_accumulation_steps` and, under `gradient_checkpointing: auto`,
-///   `recompute_layers` (the plan's recomputed layers); the world size reaches the trainer
+///   `recompute_layers` (the plan's recomputed layers), and under `offload_activations: auto`
+///   the plan's choice (`true`/`false`); the world size reaches the trainer
 ///   through the environment ([`crate::worker_env`]);
 /// - the pod's paths: `model_name_or_path` ([`paths::MODEL_DIR`]), `adapter_name_or_path`
 ///   ([`paths::ADAPTER_DIR`], when `spec.model.adapter` is set), `dataset_dir`
@@ -62,6 +63,9 @@ pub fn trainer_config(
     config.gradient_accumulation_steps = plan.gradient_accumulation_steps as usize;
     if config.recomputation_open() {
         config.recompute_layers = plan.recomputation.map(|r| r.recomputed);
+    }
+    if config.offload_activations == OffloadActivations::Auto {
+        config.offload_activations = plan.recomputation.is_some_and(|r| r.offloaded).into();
     }
 
     config.model_name_or_path = Some(paths::MODEL_DIR.to_string());

@@ -35,6 +35,8 @@ pub(crate) struct MethodState {
     /// How many of the first decoder layers are recomputed in training (`usize::MAX`: all).
     pub recompute_layers: usize,
     pub loss_chunk_size: usize,
+    /// `offload_activations`: recomputed layers' checkpoints in host memory, dense MLPs tiled.
+    pub offload_activations: bool,
     pub seed: u64,
 }
 
@@ -54,6 +56,8 @@ pub struct CausalLm {
     /// Where the checkpoint keeps the decoder (a multimodal model's language model): the names
     /// adapters and exports are written with.
     pub(crate) layout: CheckpointLayout,
+    /// The last training pass's checkpoint offload ([`CausalLm::offload_stats`]).
+    pub(crate) offload_stats: std::sync::Mutex<crate::offload::OffloadStats>,
 }
 
 impl CausalLm {
@@ -138,6 +142,7 @@ impl CausalLm {
                 lora: None,
                 recompute_layers: 0,
                 loss_chunk_size: 1024,
+                offload_activations: false,
                 seed: 0,
             },
             training: false,
@@ -146,6 +151,7 @@ impl CausalLm {
             load_report: None,
             rank_allocator: None,
             layout: CheckpointLayout::CausalLm,
+            offload_stats: Default::default(),
         }
     }
 

@@ -32,6 +32,7 @@ mod lora_settings;
 mod method;
 pub mod moe;
 pub mod names;
+mod offload;
 mod options;
 pub mod packing;
 mod peft;
@@ -42,6 +43,7 @@ mod routing;
 pub mod safetensors_io;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod tiled;
 mod training;
 
 pub use adalora_io::ADALORA_STATE;
@@ -53,6 +55,7 @@ pub use loader::UnitSink;
 pub use logps::TokenLogps;
 pub use lora_settings::LoraSettings;
 pub use names::peft_prefix;
+pub use offload::OffloadStats;
 pub use options::{read_architecture, GenerationParams, LoadOptions, QuantSettings};
 pub use peft::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 pub use rank_allocator::{budget_schedule, Allocation, RankPattern};

@@ -549,6 +549,19 @@ impl DecoderLayer {
         backend: AttentionBackend,
         train: bool,
     ) -> (Tensor, Option<Tensor>) {
+        let x = self.attention_half(x, rope, cache, backend, train);
+        self.feed_forward_half(&x, train)
+    }
+
+    /// The attention half of the layer: `x + attn(norm(x))` (Gemma: `x + norm(attn(norm(x)))`).
+    pub(crate) fn attention_half(
+        &self,
+        x: &Tensor,
+        rope: &RopeTables,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        backend: AttentionBackend,
+        train: bool,
+    ) -> Tensor {
         let h = self.self_attn.forward(
             &self.input_layernorm.forward(x),
             rope,
@@ -557,19 +570,32 @@ impl DecoderLayer {
             train,
         );
         match &self.feed_forward_norms {
+            None => x + h,
+            Some(_) => x + self.post_attention_layernorm.forward(&h),
+        }
+    }
+
+    /// The feed-forward half on `x` (the attention half's output): `x + mlp(norm(x))` (Gemma:
+    /// `x + norm(mlp(norm(x)))`), and a sparse MLP's router logits. Token-wise: any split of the
+    /// tokens gives the same rows.
+    pub(crate) fn feed_forward_half(&self, x: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
+        match &self.feed_forward_norms {
             None => {
-                let x = x + h;
                 let (h, logits) = self
                     .mlp
-                    .forward(&self.post_attention_layernorm.forward(&x), train);
+                    .forward(&self.post_attention_layernorm.forward(x), train);
                 (x + h, logits)
             }
             Some(ff) => {
-                let x = x + self.post_attention_layernorm.forward(&h);
-                let (h, logits) = self.mlp.forward(&ff.pre.forward(&x), train);
+                let (h, logits) = self.mlp.forward(&ff.pre.forward(x), train);
                 (x + ff.post.forward(&h), logits)
             }
         }
+    }
+
+    /// Whether the MLP is dense (every token through the same weights, no router).
+    pub(crate) fn has_dense_mlp(&self) -> bool {
+        matches!(self.mlp, FeedForward::Dense(_))
     }
 
     /// Every tensor of decoder layer `i` (the tensors of [`Unit::Layer`]), sharing storage: its

@@ -29,8 +29,8 @@ impl CausalLm {
     ///   optimiser's business.
     /// * `freeze`: every parameter of the last `freeze_trainable_layers` layers trains.
     ///
-    /// Also takes `flash_attn`, `gradient_checkpointing`, `loss_chunk_size` and `lora_dropout`
-    /// from `cfg`.
+    /// Also takes `flash_attn`, `gradient_checkpointing`, `offload_activations`,
+    /// `loss_chunk_size` and `lora_dropout` from `cfg`.
     pub fn apply_method(&mut self, cfg: &TrainingConfig, seed: u64) -> Result<(), ModelError> {
         self.apply_method_with(cfg, seed, &AlwaysResident)
     }
@@ -47,6 +47,8 @@ impl CausalLm {
         self.method.recompute_layers =
             cfg.recomputed_layers(self.model.layers.len() as u64) as usize;
         self.method.loss_chunk_size = cfg.loss_chunk_size;
+        self.method.offload_activations =
+            cfg.offload_activations.enabled() && self.method.recompute_layers > 0;
         self.method.seed = seed;
         self.arch.apply_moe_aux_loss_coef(cfg.moe_aux_loss_coef);
         self.freeze_all();

@@ -21,12 +21,18 @@
 //!   their saved tensors, and are back-propagated first (with the head); the leaf's gradient then
 //!   enters the walk down the recomputed layers. The saved tensors of the kept layers are freed
 //!   by that backward before the first recomputation.
+//! * **Offloaded checkpoints and tiled MLPs** (`offload_activations`): the recomputed layers'
+//!   inputs live in host memory between the two passes ([`crate::offload`]), and a recomputed
+//!   layer with a dense MLP runs it `loss_chunk_size` tokens at a time in both passes
+//!   ([`crate::tiled`]): its backward pushes the gradient through the MLP tile by tile, then
+//!   through the attention half.
 
 use tch::{Kind, Reduction, Tensor};
 
 use crate::causal_lm::CausalLm;
 use crate::moe::TrainingAux;
 use crate::names;
+use crate::offload::Checkpoints;
 use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::ModelError;
 
@@ -327,7 +333,8 @@ impl CausalLm {
         // Forward through the layers; a recomputed layer keeps only its input. The first kept
         // layer above recomputed ones starts the graph from a fresh leaf (`boundary`), whose
         // gradient then enters the recomputed layers.
-        let mut inputs: Vec<Tensor> = Vec::new();
+        let mut inputs = Checkpoints::new(self.method.offload_activations, x0.device());
+        let tile = self.mlp_tile(input_ids.numel() as u64);
         let mut boundary: Option<Tensor> = None;
         let mut x = x0.shallow_clone();
         let mut aux = TrainingAux::new(&self.arch, x0.device());
@@ -337,12 +344,17 @@ impl CausalLm {
             if i < recomputed || i < first_trainable {
                 let _guard = tch::no_grad_guard();
                 if i < recomputed {
-                    inputs.push(x.detach());
+                    inputs.push(&x);
                 }
-                let (y, logits) =
-                    layer.forward_routed(&x, &rope, None, self.backend, self.training);
-                TrainingAux::observe(aux.as_mut(), logits);
-                x = y;
+                x = match tile.filter(|_| layer.has_dense_mlp()) {
+                    Some(t) => layer.forward_tiled(&x, &rope, self.backend, self.training, t),
+                    None => {
+                        let (y, logits) =
+                            layer.forward_routed(&x, &rope, None, self.backend, self.training);
+                        TrainingAux::observe(aux.as_mut(), logits);
+                        y
+                    }
+                };
             } else {
                 if i == recomputed && recomputed > first_trainable {
                     x = x.detach().set_requires_grad(true);
@@ -428,20 +440,34 @@ impl CausalLm {
                 break;
             }
             let needs_input_grad = i > first_trainable || embed_trains;
-            let input = inputs[i].detach().set_requires_grad(needs_input_grad);
+            let input = inputs.take(i).detach().set_requires_grad(needs_input_grad);
             seed_layer(i);
             gather(Unit::Layer(i))?;
-            let (out, logits) =
-                layers[i].forward_routed(&input, &rope, None, self.backend, self.training);
-            if out.requires_grad() {
-                let loss = (&out * &grad).sum(Kind::Float);
+            let backprop = |out: Tensor, grad: &Tensor, logits: Option<Tensor>| {
+                if !out.requires_grad() {
+                    return Ok(());
+                }
+                let loss = (&out * grad).sum(Kind::Float);
                 TrainingAux::add_layer(aux.as_ref(), loss, logits.as_ref())
                     .f_backward()
                     .map_err(ModelError::torch(format!(
                         "backpropagating through layer {i}"
-                    )))?;
+                    )))
+            };
+            match tile.filter(|_| layers[i].has_dense_mlp()) {
+                Some(t) => {
+                    let mid =
+                        layers[i].attention_half(&input, &rope, None, self.backend, self.training);
+                    let mid_grad =
+                        layers[i].feed_forward_backward_tiled(&mid, &grad, self.training, t)?;
+                    backprop(mid, &mid_grad, None)?;
+                }
+                None => {
+                    let (out, logits) =
+                        layers[i].forward_routed(&input, &rope, None, self.backend, self.training);
+                    backprop(out, &grad, logits)?;
+                }
             }
-            drop(out);
             release(Unit::Layer(i), true)?;
             if !needs_input_grad {
                 break;
@@ -458,7 +484,29 @@ impl CausalLm {
             drop(e);
             release(Unit::Embedding, true)?;
         }
+        self.record_offload(&inputs);
         Ok(loss_sum)
+    }
+
+    /// The tile of a recomputed dense MLP for a micro-batch of `tokens` tokens
+    /// (`offload_activations`; [`lf_api::training::mlp_tile`]).
+    fn mlp_tile(&self, tokens: u64) -> Option<i64> {
+        if !self.method.offload_activations {
+            return None;
+        }
+        lf_api::training::mlp_tile(self.method.loss_chunk_size, tokens, false).map(|t| t as i64)
+    }
+
+    fn record_offload(&self, checkpoints: &Checkpoints) {
+        if let Ok(mut stats) = self.offload_stats.lock() {
+            *stats = checkpoints.stats();
+        }
+    }
+
+    /// What the last training pass did with its recomputed layers' checkpoints (host bytes,
+    /// copies, the most on the device at once).
+    pub fn offload_stats(&self) -> crate::offload::OffloadStats {
+        self.offload_stats.lock().map(|s| *s).unwrap_or_default()
     }
 
     /// Index of the lowest decoder layer with a trainable parameter (number of layers if none).

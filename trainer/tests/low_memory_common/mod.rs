@@ -154,7 +154,7 @@ pub fn mean(losses: &[(u64, f64)]) -> f64 {
 }
 
 /// The model-state categories of a memory record, measured next to planned.
-pub fn categories(m: &MemoryBytes, p: &MemoryBytes) -> [(&'static str, u64, u64); 5] {
+pub fn categories(m: &MemoryBytes, p: &MemoryBytes) -> [(&'static str, u64, u64); 6] {
     [
         (
             "frozen weights",
@@ -176,6 +176,11 @@ pub fn categories(m: &MemoryBytes, p: &MemoryBytes) -> [(&'static str, u64, u64)
             "optimizer state in host memory",
             m.offloaded_optimizer_bytes,
             p.offloaded_optimizer_bytes,
+        ),
+        (
+            "checkpoints in host memory",
+            m.offloaded_activation_bytes,
+            p.offloaded_activation_bytes,
         ),
     ]
 }

@@ -43,23 +43,35 @@ impl Serialize for GradientCheckpointing {
 
 impl<'de> Deserialize<'de> for GradientCheckpointing {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bool(bool),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bool(b) => Ok(b.into()),
-            Raw::Text(t) => match t.as_str() {
-                "auto" => Ok(GradientCheckpointing::Auto),
-                "true" => Ok(GradientCheckpointing::On),
-                "false" => Ok(GradientCheckpointing::Off),
-                other => Err(serde::de::Error::custom(format!(
-                    "gradient_checkpointing: {other:?} is not true, false or auto"
-                ))),
-            },
-        }
+        Ok(match tri_state("gradient_checkpointing", d)? {
+            Some(on) => on.into(),
+            None => GradientCheckpointing::Auto,
+        })
+    }
+}
+
+/// `true`, `false` or `auto` (`None`), as a boolean or a string: the form of the switches the
+/// planner may decide (`gradient_checkpointing`, `offload_activations`).
+pub(crate) fn tri_state<'de, D: Deserializer<'de>>(
+    key: &str,
+    d: D,
+) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(b) => Ok(Some(b)),
+        Raw::Text(t) => match t.as_str() {
+            "auto" => Ok(None),
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            other => Err(serde::de::Error::custom(format!(
+                "{key}: {other:?} is not true, false or auto"
+            ))),
+        },
     }
 }
 

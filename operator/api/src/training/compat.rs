@@ -418,7 +418,6 @@ pub const REJECTED: &[CompatOption] = &[
     rejected("shift_attn", Model, &["false"], "shift short attention (LongLoRA's S²-Attn) is not implemented"),
     rejected("mixture_of_depths", Model, &["null"], "mixture-of-depths is not implemented"),
     rejected("use_unsloth", Model, &["false"], "Unsloth is not available; the chunked loss and layer recomputation are built in"),
-    rejected("use_unsloth_gc", Model, &["false"], "Unsloth is not available; gradient checkpointing is built in (`gradient_checkpointing`: `auto` by default, recomputing only the layers memory requires)"),
     rejected("train_from_scratch", Model, &["false"], "weights are always loaded from `model_name_or_path`"),
     rejected("use_v1_kernels", Model, &["false", "null"], "LLaMA-Factory's v1 kernels are not available"),
     rejected("quantization_device_map", Model, &["null"], "the trainer places weights itself"),

@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::activation_offload::OffloadActivations;
 use super::checkpointing::GradientCheckpointing;
 use super::deepspeed::DeepSpeedConfig;
 use super::error::ConfigError;
@@ -45,6 +46,12 @@ pub struct TrainingConfig {
     /// whose predicted peak fits (lf-operator extension).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_budget_mib: Option<u64>,
+    /// Long-context mode (lf-operator extension; LLaMA-Factory's `use_unsloth_gc`): recomputed
+    /// layers keep their checkpoints in host memory and run a dense MLP in tiles of
+    /// `loss_chunk_size` tokens; `auto` (the default) lets the planner turn it on when nothing
+    /// fits without it (`lf-trainer` alone: off).
+    #[schemars(schema_with = "super::activation_offload::schema")]
+    pub offload_activations: OffloadActivations,
     /// Base-weight quantisation: 4 (NF4/FP4) or 8 (block-wise int8). Needs LoRA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization_bit: Option<u8>,
@@ -290,6 +297,7 @@ impl Default for TrainingConfig {
             gradient_checkpointing: GradientCheckpointing::Auto,
             recompute_layers: None,
             memory_budget_mib: None,
+            offload_activations: OffloadActivations::Auto,
             quantization_bit: None,
             quantization_type: QuantizationType::Nf4,
             double_quantization: true,
@@ -400,15 +408,9 @@ impl TrainingConfig {
     /// Whether ZeRO 0–2 reduce each unit's gradients during backward with `world` processes:
     /// `overlap_comm` (on by default when there is more than one), never under ZeRO-3 (which
     /// reduces as it releases each unit anyway), nor with AdaLoRA (its orthogonality term adds
-    /// gradients after the last micro-batch's backward), nor for the preference and reward
-    /// stages (their steps reduce at the step).
+    /// gradients after the last micro-batch's backward).
     pub fn overlaps_comm(&self, world: usize) -> bool {
-        world > 1
-            && self.zero_stage < 3
-            && !self.use_adalora
-            // The preference and reward steps run their own passes, outside the units' hooks.
-            && self.stage.sequences_per_example() == 1
-            && self.overlap_comm.unwrap_or(true)
+        world > 1 && self.zero_stage < 3 && !self.use_adalora && self.overlap_comm.unwrap_or(true)
     }
 
     /// The LoRA scaling numerator: `lora_alpha`, defaulting to 2 × rank (AdaLoRA: 2 ×
@@ -420,15 +422,12 @@ impl TrainingConfig {
     /// The highest ZeRO stage lf-trainer runs this config with; the planner searches no higher,
     /// and a fixed higher stage is refused (by [`TrainingConfig::validate`], or for Adafactor by
     /// the trainer's ZeRO optimiser), each with its reason. 0 for Adafactor (its factored state
-    /// needs whole matrices) and AdaLoRA (its scores need whole gradients); 2 for the preference
-    /// stages and `rm`, `neat_packing` and prediction (they need the whole model on each process).
+    /// needs whole matrices) and AdaLoRA (its scores need whole gradients); 2 for `neat_packing`
+    /// and prediction (they need the whole model on each process).
     pub fn highest_zero_stage(&self) -> u8 {
         if self.optim == Optim::Adafactor || self.use_adalora {
             0
-        } else if self.stage.sequences_per_example() == 2
-            || self.neat_packing
-            || (self.do_predict && self.predict_with_generate)
-        {
+        } else if self.neat_packing || (self.do_predict && self.predict_with_generate) {
             2
         } else {
             3

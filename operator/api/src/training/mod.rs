@@ -12,6 +12,7 @@
 //! unless the value turns it off). `deepspeed` is read and mapped onto the config's keys. See
 //! [`TrainingConfig::parse_yaml_str`] for the notices.
 
+mod activation_offload;
 mod adalora;
 mod checkpointing;
 mod compat;
@@ -26,6 +27,7 @@ pub mod report_to;
 mod validate;
 
 pub use crate::architecture::LinearModule;
+pub use activation_offload::{mlp_tile, OffloadActivations};
 pub use adalora::AdaLora;
 pub use checkpointing::GradientCheckpointing;
 pub use compat::{CompatOption, Source, ACCEPTED, REJECTED, REJECTED_VALUES};

@@ -19,10 +19,12 @@ pub struct Parsed {
 }
 
 /// Accepted spellings of supported keys: (alias, key). `disable_gradient_checkpointing` is
-/// LLaMA-Factory's negative flag for `gradient_checkpointing`.
+/// LLaMA-Factory's negative flag for `gradient_checkpointing`; `use_unsloth_gc` is its switch for
+/// Unsloth's gradient checkpointing, which offloads the checkpoints to host memory.
 pub const ALIASES: &[(&str, &str)] = &[
     ("disable_gradient_checkpointing", "gradient_checkpointing"),
     ("evaluation_strategy", "eval_strategy"),
+    ("use_unsloth_gc", "offload_activations"),
 ];
 
 impl TrainingConfig {
@@ -270,11 +272,12 @@ fn normalise_keys(
             );
             continue;
         }
-        // `evaluation_strategy` is the pre-4.46 transformers spelling.
-        let key = if key == "evaluation_strategy" {
-            "eval_strategy".to_string()
-        } else {
-            key
+        // `evaluation_strategy` is the pre-4.46 transformers spelling; `use_unsloth_gc`
+        // LLaMA-Factory's name for offloaded checkpoints.
+        let key = match key.as_str() {
+            "evaluation_strategy" => "eval_strategy".to_string(),
+            "use_unsloth_gc" => "offload_activations".to_string(),
+            _ => key,
         };
         if key == "deepspeed" {
             deepspeed_value = Some(v);

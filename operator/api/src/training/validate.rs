@@ -111,6 +111,14 @@ impl TrainingConfig {
                 "needs `gradient_checkpointing: auto` (true recomputes every layer, false none)",
             ));
         }
+        if self.offload_activations == super::OffloadActivations::On
+            && self.gradient_checkpointing == super::checkpointing::GradientCheckpointing::Off
+        {
+            return Err(ConfigError::invalid(
+                "offload_activations",
+                "offloads the checkpoints of recomputed layers; `gradient_checkpointing: false` recomputes none (use true or auto)",
+            ));
+        }
         if self.neat_packing && (self.stage != Stage::Sft || self.zero_stage >= 3) {
             return Err(ConfigError::invalid(
                 "neat_packing",

@@ -75,6 +75,7 @@ fn plan_shape(name: &str) -> Option<(u32, u32, u32, u8, bool, u32, u32)> {
         "llama3-8b-rm-lora-24gb" => (1, 1, 1, 0, false, 2, 8),
         "gemma3-12b-qlora" => (1, 1, 1, 0, false, 4, 4),
         "mixtral-8x7b-qlora" => (2, 1, 2, 3, false, 2, 2),
+        "llama31-8b-qlora-64k" => (1, 1, 1, 0, false, 1, 8),
         "quickstart" => (1, 1, 1, 0, false, 8, 1),
         "quickstart-dpo" => (1, 1, 1, 0, false, 8, 1),
         // Fixtures of this crate.
@@ -112,6 +113,8 @@ pub fn plan_for(name: &str, job: &FineTuneJob) -> Plan {
         recomputation: Some(lf_api::Recomputation {
             recomputed: 20,
             layers: 32,
+            // As the planner chose for the long-context example (checkpoints in host memory).
+            offloaded: name == "llama31-8b-qlora-64k",
         }),
         summary: "constructed by lf-render's tests".into(),
     }
