@@ -8,12 +8,12 @@
 //!   term of a sparse MLP (routing, the routed tokens' expert activations);
 //! - as each token goes to more experts (top-1 → top-3, nothing recomputed): the per-expert term.
 //!
-//! The planner may err high, not low: its per-expert term (`mlp_saved_bytes`) counts each routed
-//! expert's SwiGLU product, which autograd saves only for a trained `down_proj` (LoRA on the
-//! experts): with the experts frozen, as here, a routed expert saves `2·c·h + 3·c·I` bytes and a
-//! few index bytes per token, not `2·c·h + 4·c·I + 4`, so the planner is about a quarter high on
-//! this shape. The bounds accept that (a plan with room to spare) and fail on any prediction below
-//! what the step holds.
+//! The planner may err high, not low. Its per-expert term (`mlp_saved_bytes`) counts each routed
+//! expert's SwiGLU product only when the expert's `down_proj` trains (autograd saves it for that
+//! weight's gradient): with the experts frozen, as here, a routed expert saves `2·c·h + 3·c·I`
+//! bytes and a few index bytes per token. Counting the product anyway put the planner about a
+//! quarter high on this shape; without it the plan is within 6% above the step. The bounds fail
+//! on any prediction below what the step holds, and on one more than 15% above.
 
 mod peak_rss;
 
@@ -94,8 +94,8 @@ fn mib(b: f64) -> f64 {
     b / (1u64 << 20) as f64
 }
 
-/// Measured growth over planned growth: at most 5% above the plan (noise), at most 30% below.
-const RATIO: std::ops::RangeInclusive<f64> = 0.7..=1.05;
+/// Measured growth over planned growth: at most 5% above the plan (noise), at most 15% below.
+const RATIO: std::ops::RangeInclusive<f64> = 0.85..=1.05;
 
 /// `(measured, planned)` growth from the `base` case to each of `cases` (top-k, recomputed).
 fn growth(base: (u64, u64), cases: &[(u64, u64)]) -> Vec<(u64, u64, f64, f64)> {

@@ -93,7 +93,7 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
     } else {
         4 * arch.num_attention_heads
     };
-    let base = 2 * (4 * h + 4) + c * h + c * (q + 2 * kv) + c * q + lse + mlp_saved_bytes(arch, c);
+    let base = 2 * (4 * h + 4) + c * h + c * (q + 2 * kv) + c * q + lse + mlp_saved_bytes(arch, training, c);
     let qk_norm = if arch.qk_norm() {
         4 * (q + kv) + 4 * (arch.num_attention_heads + arch.kv_heads())
     } else {
@@ -120,28 +120,35 @@ fn mlp_half_saved_bytes_per_token(arch: &ModelArchitecture, training: &TrainingC
     } else {
         4 * h + 4
     };
-    norms + mlp_saved_bytes(arch, c) + lora_saved_bytes_per_token_of(arch, training, true)
+    norms + mlp_saved_bytes(arch, training, c) + lora_saved_bytes_per_token_of(arch, training, true)
 }
 
 /// Bytes the MLP of the costliest layer saves per token: a dense SwiGLU its input and gate, up,
 /// SiLU and product (`c·h + 4·c·i`); a sparse one (Mixtral, Qwen3-MoE; lf-model's per-expert
 /// loop) its input, the router logits and fp32 probabilities (`(c + 4)·E`), the top-k weights
 /// and indices (`12·k`), and for each of the `k` experts a token is routed to the gathered input,
-/// gate, up, SiLU, product and weighted output (`2·c·h + 4·c·I + 4`). Checked once on the CPU
-/// (fp32 Mixtral-shaped model, h 128, I 256, 8 layers, 2048 tokens, LoRA, recomputation off):
-/// going from top-1 to top-3 raised the step's peak RSS by 153.3 MB against 167.9 MB from the
-/// per-expert term, so the term errs high by about 9%.
-fn mlp_saved_bytes(arch: &ModelArchitecture, c: u64) -> u64 {
+/// gate, up, SiLU and weighted output (`2·c·h + 3·c·I + 4`), plus the gate·up product (`c·I`)
+/// only when the expert's `down_proj` trains (full/freeze fine-tuning, or LoRA on it): a frozen
+/// `down_proj` needs no input for its backward. Measured on the CPU with PyTorch's saved-tensor
+/// hooks and by peak RSS (`trainer/tests/moe_activation_memory.rs`: fp32 Mixtral-shaped model,
+/// 8 experts, 2×1024 tokens, LoRA on the attention): with the product counted for frozen experts
+/// the planner erred high by about a quarter.
+fn mlp_saved_bytes(arch: &ModelArchitecture, training: &TrainingConfig, c: u64) -> u64 {
     let h = arch.hidden_size;
     let dense = c * h + 4 * c * arch.intermediate_size;
     if !has_sparse_layer(arch) {
         return dense;
     }
     let (e, k) = (arch.num_experts(), arch.experts_per_token());
+    let down_trains = training.finetuning_type != lf_api::training::FinetuningType::Lora
+        || training
+            .expert_lora_targets_for(arch)
+            .is_ok_and(|t| t.down);
+    let per_expert_intermediates = if down_trains { 4 } else { 3 };
     let sparse = c * h
         + (c + 4) * e
         + 12 * k
-        + k * (2 * c * h + 4 * c * arch.expert_intermediate_size() + 4);
+        + k * (2 * c * h + per_expert_intermediates * c * arch.expert_intermediate_size() + 4);
     sparse.max(if has_dense_layer(arch) { dense } else { 0 })
 }
 
