@@ -8,6 +8,7 @@ each process (wait4's ru_maxrss) and the final loss, and the ratios.
 
 Usage: scripts/bench_trainer.py [--steps 8] [--batch 2] [--trainer PATH] [--python PATH] [--workdir DIR]
        scripts/bench_trainer.py --budget [--threads-list 1,2] [--repeat N] ...
+       scripts/bench_trainer.py --neat [--batch 8] [--repeat N] ...
 The lf-trainer binary defaults to $CARGO_TARGET_DIR (or target)/release/lf-trainer, then debug.
 
 `--budget` (issue 18): for each thread count, transformers+PEFT runs first with gradient checkpointing
@@ -16,6 +17,11 @@ becomes lf-trainer's `memory_budget_mib` under `gradient_checkpointing: auto`, a
 from that same adapter. Both therefore see the same batches from the same weights, so their final
 losses are comparable. Prints tokens/s, peak RSS and final loss of both, the layers lf-trainer chose
 to recompute, and the ratios, one row per thread count.
+
+`--neat` (issue 18): lf-trainer on the same examples, in the same order, with padded micro-batches and
+with `neat_packing: true` (each micro-batch's examples share rows of at most `cutoff_len` tokens,
+block-diagonal attention): real tokens per second (padding is never counted), peak RSS and the final
+loss of each, and the ratios.
 """
 import argparse
 import json
@@ -146,6 +152,30 @@ def run_budget(args, trainer, work, model, data):
     print("targets: tokens/s ratio >= 1.5, peak RSS ratio <= 1.0, |Δloss| <= 1e-3")
 
 
+def run_neat(args, env, trainer, work, model, data):
+    rows = []
+    for neat in (False, True):
+        best = None
+        for _ in range(max(1, args.repeat)):
+            out = os.path.join(work, f"neat-{neat}")
+            cfg = os.path.join(work, f"neat-{neat}.yaml")
+            with open(cfg, "w") as f:
+                f.write(CONFIG.format(model=model, data=data, out=out, batch=args.batch, steps=args.steps))
+                f.write(f"seed: {SEED}\ngradient_checkpointing: false\nneat_packing: {str(neat).lower()}\n")
+            lf = measured_child([trainer, "train", cfg], env)
+            tps, loss = lf_result(out)
+            if best is None or tps > best[0]:
+                best = (tps, lf["rss"], loss)
+        rows.append((neat, best))
+    print(f"neat mode: 8 layers, hidden 512, cutoff 512 (examples of about 170-260 words), LoRA r=16 all linears, "
+          f"batch {args.batch}, {args.steps} steps, fp32 CPU, no recomputation; cores {os.cpu_count()}, best of {args.repeat}")
+    print(f"{'micro-batches':>14} {'real tok/s':>11} {'RSS MiB':>8} {'final loss':>11}")
+    for neat, (tps, rss, loss) in rows:
+        print(f"{'neat_packing' if neat else 'padded':>14} {tps:>11.1f} {rss / 2**20:>8.1f} {loss:>11.5f}")
+    (t0, r0, l0), (t1, r1, l1) = rows[0][1], rows[1][1]
+    print(f"neat/padded: tokens/s {t1 / t0:.2f}x, peak RSS {r1 / r0:.2f}x, |Δ final loss| {abs(l1 - l0):.2e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
@@ -158,6 +188,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=1, help="alternate the two trainers this many times; best tokens/s wins")
     ap.add_argument("--budget", action="store_true", help="lf-trainer gets the reference's peak RSS as memory_budget_mib")
     ap.add_argument("--threads-list", default="1,2", help="--budget: thread counts, one row each")
+    ap.add_argument("--neat", action="store_true", help="lf-trainer padded vs neat_packing on the same examples")
     args = ap.parse_args()
     env = dict(os.environ)
     if args.threads:
@@ -177,6 +208,9 @@ def run(args, env, trainer, work):
     model, data = os.path.join(work, "model"), os.path.join(work, "data")
     if args.budget:
         run_budget(args, trainer, work, model, data)
+        return
+    if args.neat:
+        run_neat(args, env, trainer, work, model, data)
         return
     out = os.path.join(work, "lf-out")
     cfg = os.path.join(work, "bench.yaml")
