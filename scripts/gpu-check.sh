@@ -299,7 +299,7 @@ step tiny 90 s_tiny
 step bench-lf 120 s_bench_lf
 step bench-hf 120 s_bench_hf
 step bench 30 s_bench
-step planner 150 s_planner
+step planner 170 s_planner
 [ "$ngpu" -ge 2 ] && step zero 240 s_zero
 
 total=$(( $(date +%s) - start ))

@@ -204,7 +204,10 @@ def cmd_prepare(args):
     make_data(f"{work}/plan-data", 16, c4 + 64)
     cases = [("lora", c1, 1, {}), ("lora", c4, 1, {}), ("lora", c1, 4, {}),
              ("qlora", c1, 4, {"quantization_bit": 4}), ("full", c1, 1, {"finetuning_type": "full"}),
-             ("full", c4, 1, {"finetuning_type": "full"})]
+             ("full", c4, 1, {"finetuning_type": "full"}),
+             # offload_activations: checkpoints in pinned host memory, MLPs in tiles of c1/2 tokens.
+             ("lora-offload", c4, 1, {"gradient_checkpointing": "true", "offload_activations": "true",
+                                      "loss_chunk_size": c1 // 2})]
     plan["planner"] = []
     for method, cut, mb, extra in cases:
         name = f"plan-{method}-{cut}-mb{mb}"
