@@ -4,12 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use lf_model::{CausalLm, ModelError, Residency, ADALORA_STATE, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use tch::Tensor;
+use lf_dist::ProcessGroup;
+use lf_model::{
+    CausalLm, ModelError, Residency, TokenLogps, ADALORA_STATE, ADAPTER_CONFIG, ADAPTER_WEIGHTS,
+};
+use tch::{Kind, Tensor};
 
+use crate::data_parallel::dist_error;
 use crate::error::TrainerError;
 use crate::grad_reduce::{GradientReducer, UnitParameters};
 use crate::interfaces::{MicroOutput, ModelMemory, OptimizerBytes, StepOptimizer, TrainModel};
+use crate::kto::KlSum;
 use crate::preference::{PreferenceLoss, PreferenceSums};
 use crate::value_head::{ValueHead, VALUE_HEAD_FILE};
 use crate::zero3::ParameterPartition;
@@ -73,7 +78,9 @@ pub struct LmTrainee {
     /// finishes (shared with the optimiser, which waits for it).
     overlap: Option<Rc<GradientReducer>>,
     /// A preference run without LoRA: the frozen starting weights, the reference model.
-    reference: Option<CausalLm>,
+    reference: Option<Reference>,
+    /// The data-parallel group (several processes): KTO's KL estimate is a mean over it.
+    group: Option<Rc<ProcessGroup>>,
     /// `stage: rm`: the value head that scores each sequence.
     value_head: Option<ValueHead>,
     /// The tokenizer's pad token, which a `full`/`freeze` reward model's config names.
@@ -89,6 +96,7 @@ impl LmTrainee {
             partition: None,
             overlap: None,
             reference: None,
+            group: None,
             value_head: None,
             pad_token_id: None,
         }
@@ -102,16 +110,29 @@ impl LmTrainee {
     }
 
     fn head(&self) -> Result<&ValueHead, TrainerError> {
-        self.value_head
-            .as_ref()
-            .ok_or_else(|| TrainerError::config("`stage: rm` needs the model's value head"))
+        self.value_head.as_ref().ok_or_else(no_value_head)
     }
 
     /// Takes `reference` (the starting weights, frozen) as the reference model of a preference
-    /// loss, for `full`/`freeze` fine-tuning.
-    pub fn with_reference(mut self, reference: CausalLm) -> Self {
-        self.reference = Some(reference);
+    /// loss, for `full`/`freeze` fine-tuning; under ZeRO-3 its weights are partitioned by
+    /// `partition` (frozen only: gathered and released without gradients), as the planner counts
+    /// them.
+    pub fn with_reference(
+        mut self,
+        reference: CausalLm,
+        partition: Option<ParameterPartition>,
+    ) -> Self {
+        self.reference = Some(Reference {
+            lm: reference,
+            partition,
+        });
         self
+    }
+
+    /// The processes of data parallelism, over which KTO's KL estimate is taken (as TRL gathers
+    /// it).
+    pub fn reduce_over(&mut self, group: Rc<ProcessGroup>) {
+        self.group = Some(group);
     }
 
     /// Trains with the parameters partitioned by `partition` (ZeRO-3): every pass gathers each
@@ -178,20 +199,20 @@ impl LmTrainee {
 
     /// The reference model's token log-probabilities for a preference `loss` that uses them:
     /// the same weights with the LoRA adapter off, or the frozen copy of the starting weights
-    /// ([`LmTrainee::with_reference`]), without gradients.
+    /// ([`LmTrainee::with_reference`]), without gradients (each through its ZeRO-3 partition).
     fn reference_logps(
         &self,
         input_ids: &Tensor,
         labels: &Tensor,
         loss: &PreferenceLoss,
-    ) -> Result<Option<lf_model::TokenLogps>, TrainerError> {
+    ) -> Result<Option<TokenLogps>, TrainerError> {
         if !loss.uses_reference() {
             return Ok(None);
         }
         let logps = match &self.reference {
             Some(reference) => reference.token_logps(input_ids, labels),
             None if self.is_lora() => {
-                lf_model::without_adapters(|| self.lm.token_logps(input_ids, labels))
+                lf_model::without_adapters(|| self.token_logps(input_ids, labels))
             }
             None => {
                 return Err(TrainerError::config(
@@ -204,10 +225,139 @@ impl LmTrainee {
             .map_err(|e| model_error("the reference pass", e))
     }
 
+    /// The policy's token log-probabilities without gradients, each unit gathered through the
+    /// ZeRO-3 partition when there is one.
+    fn token_logps(&self, input_ids: &Tensor, labels: &Tensor) -> Result<TokenLogps, ModelError> {
+        match self.active_partition() {
+            Some(p) => self.lm.token_logps_with(input_ids, labels, p),
+            None => self.lm.token_logps(input_ids, labels),
+        }
+    }
+
+    /// KTO's KL estimate `z` of a micro-batch whose KL sequences are `policy`'s and
+    /// `reference`'s rows (summed over `rows` of them): the mean log-ratio over every process's
+    /// KL sequences (one all-reduce of their sum and count), at least 0.
+    fn kl_estimate(
+        &self,
+        policy: &TokenLogps,
+        reference: &TokenLogps,
+        rows: i64,
+    ) -> Result<f64, TrainerError> {
+        let local = KlSum::of(
+            &policy.per_row(&policy.logps, rows),
+            &reference.per_row(&reference.logps, rows),
+        )
+        .map_err(TrainerError::runtime)?;
+        Ok(self.reduce_kl(local)?.estimate())
+    }
+
+    /// `local` summed over the data-parallel processes (every process calls this once per
+    /// micro-batch, one all-reduce).
+    fn reduce_kl(&self, local: KlSum) -> Result<KlSum, TrainerError> {
+        let Some(pg) = &self.group else {
+            return Ok(local);
+        };
+        let mut t = Tensor::from_slice(&[local.sum, local.count]).to_device(pg.device());
+        pg.all_reduce_sum(&mut t).map_err(dist_error)?;
+        let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+        Ok(KlSum {
+            sum: t.double_value(&[0]),
+            count: t.double_value(&[1]),
+        })
+    }
+
+    /// KTO: the micro-batch's first `examples` rows are the tagged examples, the next as many
+    /// their KL sequences. The estimate `z` (over every process) and the reference's
+    /// log-probabilities of the examples alone. The KL sequences' pass runs without dropout (an
+    /// estimate, as TRL's, whose trainer disables dropout), so no random draw depends on it.
+    fn kto_split(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        reference: &TokenLogps,
+        examples: i64,
+    ) -> Result<(f64, TokenLogps), TrainerError> {
+        let (kl_ids, kl_labels) = (
+            input_ids.narrow(0, examples, examples),
+            labels.narrow(0, examples, examples),
+        );
+        let training = self.lm.is_training();
+        self.lm.set_training(false);
+        let policy_kl = self.token_logps(&kl_ids, &kl_labels);
+        self.lm.set_training(training);
+        let policy_kl = policy_kl.map_err(|e| model_error("the KL sequences' pass", e))?;
+        let reference_kl = reference.row_range(examples, examples);
+        let kl = self.kl_estimate(&policy_kl, &reference_kl, examples)?;
+        Ok((kl, reference.row_range(0, examples)))
+    }
+
+    /// A preference micro-batch without pairs ([`holds_no_pairs`]) contributes nothing, but takes
+    /// part in what the other processes' micro-batches run collectively: under ZeRO-3 every pass,
+    /// the training pass (with zero gradients) whenever something brackets the units (ZeRO-3, or
+    /// the reductions `overlap_comm` starts during backward), and KTO's all-reduce of the KL
+    /// estimate.
+    fn preference_step_without_pairs(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        loss: &PreferenceLoss,
+    ) -> Result<PreferenceSums, TrainerError> {
+        let partitioned = self.active_partition().is_some();
+        if partitioned {
+            self.reference_logps(input_ids, labels, loss)?;
+        }
+        if loss.kto.is_some() {
+            if partitioned {
+                self.token_logps(input_ids, labels)
+                    .map_err(|e| model_error("the KL sequences' pass", e))?;
+            }
+            self.reduce_kl(KlSum::default())?;
+        }
+        if self.train_residency().is_some() {
+            self.micro_step(|lm, residency| {
+                let no_labels = |_: &TokenLogps| -> Result<Tensor, ModelError> {
+                    Err(ModelError::Invalid(
+                        "a micro-batch without pairs has labelled tokens".into(),
+                    ))
+                };
+                match residency {
+                    Some(r) => lm.token_logps_backward_with(input_ids, labels, r, no_labels),
+                    None => Ok(()),
+                }
+                .map(|()| 0.0)
+            })?;
+        }
+        Ok(PreferenceSums::default())
+    }
+
+    /// [`LmTrainee::preference_step_without_pairs`] for `stage: rm`: when something brackets the
+    /// units, the value head's pass with a zero loss.
+    fn reward_step_without_pairs(
+        &mut self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+    ) -> Result<PreferenceSums, TrainerError> {
+        if self.train_residency().is_some() {
+            let value_head = self.head()?.shallow_clone();
+            let zero = |hidden: &Tensor| Ok(value_head.rewards(hidden).sum(Kind::Float) * 0.0);
+            self.micro_step(|lm, residency| {
+                match residency {
+                    Some(r) => lm.hidden_at_backward_with(input_ids, positions, r, zero),
+                    None => Ok(()),
+                }
+                .map(|()| 0.0)
+            })?;
+        }
+        Ok(PreferenceSums::default())
+    }
+
     /// Every rank calls this before rank 0 (`keep`) calls [`LmTrainee::save_final`]: under ZeRO-3
     /// it gathers, unit by unit into rank 0's host memory, what the final save writes (the
     /// adapter; every weight for `full`/`freeze`). A no-op without partitioning.
     pub fn gather_for_final_save(&mut self, keep: bool) -> Result<(), TrainerError> {
+        if let Some(p) = self.reference.as_ref().and_then(|r| r.partition.as_ref()) {
+            p.discard_prefetch()?;
+        }
         match &self.partition {
             Some(p) => p.gather_to_host(self.is_lora(), keep),
             None => Ok(()),
@@ -252,9 +402,15 @@ impl LmTrainee {
         } else {
             TRAINABLE_WEIGHTS
         };
-        // Under ZeRO-3 every rank reads its own ranges straight into its shards.
+        // Under ZeRO-3 every rank reads its own ranges straight into its shards (a
+        // `full`/`freeze` reward model's value head, partitioned with the head, from its file).
         if let Some(p) = self.active_partition() {
-            return p.load_trainable_shards(&dir.join(file));
+            let (weights, head) = (dir.join(file), dir.join(VALUE_HEAD_FILE));
+            let files: Vec<&Path> = match &self.value_head {
+                Some(_) if !self.is_lora() => vec![&weights, &head],
+                _ => vec![&weights],
+            };
+            return p.load_trainable_shards(&files);
         }
         if self.lm.adalora_training() {
             self.lm
@@ -342,24 +498,46 @@ impl TrainModel for LmTrainee {
         loss: &PreferenceLoss,
         loss_scale: f64,
     ) -> Result<PreferenceSums, TrainerError> {
-        if self.active_partition().is_some() {
-            return Err(TrainerError::config(
-                "preference training does not run on a ZeRO-3 partitioned model yet",
-            ));
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        if holds_no_pairs(rows, desirable, loss) {
+            return self.preference_step_without_pairs(input_ids, labels, loss);
         }
         let reference = self.reference_logps(input_ids, labels, loss)?;
-        let rows = input_ids.size().first().copied().unwrap_or(0);
+        // KTO trains on the examples alone; their KL sequences gave the estimate.
+        let (ids, labels, reference, kl) = match (&loss.kto, &reference) {
+            (Some(_), Some(r)) => {
+                let b = desirable.len() as i64;
+                let (kl, examples) = self.kto_split(input_ids, labels, r, b)?;
+                (
+                    input_ids.narrow(0, 0, b),
+                    labels.narrow(0, 0, b),
+                    Some(examples),
+                    Some(kl),
+                )
+            }
+            _ => (
+                input_ids.shallow_clone(),
+                labels.shallow_clone(),
+                reference,
+                None,
+            ),
+        };
+        let rows = ids.size().first().copied().unwrap_or(0);
         let mut sums = PreferenceSums::default();
-        self.lm
-            .token_logps_backward(input_ids, labels, |policy| {
-                let (coefficients, s) = loss
-                    .coefficients(policy, reference.as_ref(), rows, desirable, loss_scale)
-                    .map_err(ModelError::Invalid)?;
-                sums = s;
-                Ok(coefficients)
-            })
-            .map_err(|e| model_error("preference step", e))?;
-        self.micro_batches += 1;
+        let coefficients = |policy: &TokenLogps| {
+            let (coefficients, s) = loss
+                .coefficients(policy, reference.as_ref(), rows, desirable, kl, loss_scale)
+                .map_err(ModelError::Invalid)?;
+            sums = s;
+            Ok(coefficients)
+        };
+        self.micro_step(|lm, residency| {
+            match residency {
+                Some(r) => lm.token_logps_backward_with(&ids, &labels, r, coefficients),
+                None => lm.token_logps_backward(&ids, &labels, coefficients),
+            }
+            .map(|()| 0.0)
+        })?;
         Ok(sums)
     }
 
@@ -370,13 +548,34 @@ impl TrainModel for LmTrainee {
         desirable: &[bool],
         loss: &PreferenceLoss,
     ) -> Result<PreferenceSums, TrainerError> {
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        if holds_no_pairs(rows, desirable, loss) {
+            // The other processes' collectives (under ZeRO-3 the passes), for nothing.
+            if self.active_partition().is_some() {
+                self.reference_logps(input_ids, labels, loss)?;
+                self.token_logps(input_ids, labels)
+                    .map_err(|e| model_error("evaluating the pairs", e))?;
+            }
+            if loss.kto.is_some() {
+                self.reduce_kl(KlSum::default())?;
+            }
+            return Ok(PreferenceSums::default());
+        }
         let reference = self.reference_logps(input_ids, labels, loss)?;
         let policy = self
-            .lm
             .token_logps(input_ids, labels)
             .map_err(|e| model_error("evaluating the pairs", e))?;
-        let rows = input_ids.size().first().copied().unwrap_or(0);
-        loss.evaluate(&policy, reference.as_ref(), rows, desirable)
+        // KTO: the examples, with the estimate of their KL sequences over every process (the
+        // KL rows shared the pass here, without gradients).
+        let (policy, reference, rows, kl) = match (&loss.kto, reference) {
+            (Some(_), Some(r)) => {
+                let b = desirable.len() as i64;
+                let kl = self.kl_estimate(&policy.row_range(b, b), &r.row_range(b, b), b)?;
+                (policy.row_range(0, b), Some(r.row_range(0, b)), b, Some(kl))
+            }
+            (_, reference) => (policy, reference, rows, None),
+        };
+        loss.evaluate(&policy, reference.as_ref(), rows, desirable, kl)
             .map_err(TrainerError::runtime)
     }
 
@@ -386,23 +585,28 @@ impl TrainModel for LmTrainee {
         attention_mask: &Tensor,
         loss_scale: f64,
     ) -> Result<PreferenceSums, TrainerError> {
-        if self.active_partition().is_some() {
-            return Err(TrainerError::config(
-                "`stage: rm` does not run on a ZeRO-3 partitioned model yet",
-            ));
-        }
-        let head = self.head()?;
         let positions = crate::reward::last_positions(attention_mask);
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        if rows % 2 != 0 {
+            return self.reward_step_without_pairs(input_ids, &positions);
+        }
         let mut sums = PreferenceSums::default();
-        self.lm
-            .hidden_at_backward(input_ids, &positions, |hidden| {
-                let (loss, s) =
-                    crate::reward::pair_loss(&head.rewards(hidden)).map_err(ModelError::Invalid)?;
-                sums = s;
-                Ok(loss * loss_scale)
-            })
-            .map_err(|e| model_error("reward model step", e))?;
-        self.micro_batches += 1;
+        let value_head = self.head()?.shallow_clone();
+        // Under ZeRO-3 the value head is partitioned with the head unit, gathered while `loss`
+        // runs; its gradient is reduced as that unit is released.
+        let loss = |hidden: &Tensor| {
+            let (loss, s) = crate::reward::pair_loss(&value_head.rewards(hidden))
+                .map_err(ModelError::Invalid)?;
+            sums = s;
+            Ok(loss * loss_scale)
+        };
+        self.micro_step(|lm, residency| {
+            match residency {
+                Some(r) => lm.hidden_at_backward_with(input_ids, &positions, r, loss),
+                None => lm.hidden_at_backward(input_ids, &positions, loss),
+            }
+            .map(|()| 0.0)
+        })?;
         Ok(sums)
     }
 
@@ -412,11 +616,24 @@ impl TrainModel for LmTrainee {
         attention_mask: &Tensor,
     ) -> Result<PreferenceSums, TrainerError> {
         let positions = crate::reward::last_positions(attention_mask);
-        let hidden = self
-            .lm
-            .hidden_at(input_ids, &positions)
-            .map_err(|e| model_error("evaluating the pairs", e))?;
-        let rewards = tch::no_grad(|| self.head().map(|h| h.rewards(&hidden)))?;
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        if rows % 2 != 0 && self.active_partition().is_none() {
+            return Ok(PreferenceSums::default());
+        }
+        let head = self.head()?;
+        let rewards = |hidden: &Tensor| head.rewards(hidden);
+        let rewards = match self.active_partition() {
+            Some(p) => self.lm.hidden_at_with(input_ids, &positions, p, rewards),
+            None => self
+                .lm
+                .hidden_at(input_ids, &positions)
+                .map(|h| rewards(&h)),
+        }
+        .map_err(|e| model_error("evaluating the pairs", e))?;
+        if rows % 2 != 0 {
+            // Without pairs under ZeRO-3: the other processes' passes, for nothing.
+            return Ok(PreferenceSums::default());
+        }
         let (_, sums) = crate::reward::pair_loss(&rewards).map_err(TrainerError::runtime)?;
         Ok(sums)
     }
@@ -464,6 +681,11 @@ impl TrainModel for LmTrainee {
 
     fn load_weights(&mut self, dir: &Path) -> Result<(), TrainerError> {
         self.load_decoder_weights(dir)?;
+        // Under ZeRO-3 the value head is partitioned with the head unit: its shard was read with
+        // the decoder's.
+        if self.active_partition().is_some() {
+            return Ok(());
+        }
         if let Some(head) = &self.value_head {
             let file = if self.is_lora() {
                 dir.join(ADAPTER_WEIGHTS)
@@ -522,7 +744,7 @@ impl TrainModel for LmTrainee {
             .active_partition()
             .map(|p| (p.frozen_shard_bytes(), p.trainable_shard_bytes()))
             .unwrap_or((0, 0));
-        let reference = self.reference.as_ref().map_or(0, CausalLm::weight_bytes);
+        let reference = self.reference.as_ref().map_or(0, Reference::weight_bytes);
         Some(ModelMemory {
             frozen_weight_bytes: self.lm.weight_bytes().saturating_sub(trained_base)
                 + frozen_shards
@@ -565,6 +787,45 @@ impl TrainModel for LmTrainee {
         }
         Ok(())
     }
+}
+
+/// The frozen reference model of a `full`/`freeze` preference run.
+struct Reference {
+    lm: CausalLm,
+    /// Its ZeRO-3 partition (frozen tensors only).
+    partition: Option<ParameterPartition>,
+}
+
+impl Reference {
+    fn token_logps(&self, input_ids: &Tensor, labels: &Tensor) -> Result<TokenLogps, ModelError> {
+        match &self.partition {
+            Some(p) => self.lm.token_logps_with(input_ids, labels, p),
+            None => self.lm.token_logps(input_ids, labels),
+        }
+    }
+
+    /// The bytes of its weights this process holds (under ZeRO-3 its shards).
+    fn weight_bytes(&self) -> u64 {
+        self.lm.weight_bytes()
+            + self
+                .partition
+                .as_ref()
+                .map_or(0, ParameterPartition::frozen_shard_bytes)
+    }
+}
+
+/// Whether a preference micro-batch holds no pairs (KTO: no tagged examples): the label-free
+/// batch (`lf_data::Batch::label_free`, one row) of a process whose share of the step's
+/// examples ran out (the last micro-batch of an epoch that does not divide evenly).
+fn holds_no_pairs(rows: i64, desirable: &[bool], loss: &PreferenceLoss) -> bool {
+    match loss.kto {
+        Some(_) => desirable.is_empty(),
+        None => rows % 2 != 0,
+    }
+}
+
+fn no_value_head() -> TrainerError {
+    TrainerError::config("`stage: rm` needs the model's value head")
 }
 
 /// The prefix of PEFT adapter parameter names.

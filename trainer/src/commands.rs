@@ -106,11 +106,27 @@ pub fn run_train(cfg: &TrainingConfig) -> Result<(), TrainerError> {
     let mut trainee = LmTrainee::new(lm, model_dir.display().to_string());
     if cfg.stage == Stage::Rm {
         let head = setup::value_head(cfg, &model_dir, &trainee.lm, device)?;
+        // Under ZeRO-3 the value head is partitioned with the head unit (its loss runs there).
+        if let Some(p) = partition.as_mut() {
+            p.adopt_marking_trainable(
+                lf_model::Unit::Head,
+                vec![(head.name.clone(), head.weight.shallow_clone())],
+            )?;
+        }
         trainee = trainee.with_value_head(head, tok.pad_id());
     }
     if cfg.keeps_reference_copy() {
-        // The reference of a `full`/`freeze` preference run: the starting weights, frozen.
-        trainee = trainee.with_reference(setup::model(cfg, &model_dir, device, false, None)?);
+        // The reference of a `full`/`freeze` preference run: the starting weights, frozen, and
+        // under ZeRO-3 partitioned as they load (the planner counts them so).
+        let mut reference_partition = partition
+            .as_ref()
+            .and(process_group.as_ref())
+            .map(|pg| ParameterPartition::new(pg.clone()));
+        let reference = setup::model(cfg, &model_dir, device, false, reference_partition.as_mut())?;
+        trainee = trainee.with_reference(reference, reference_partition);
+    }
+    if let Some(pg) = &process_group {
+        trainee.reduce_over(pg.clone());
     }
     let params = trainee.trainable_parameters();
     let trainable: usize = params

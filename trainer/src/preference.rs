@@ -19,8 +19,9 @@
 //! `logps/*` are the sums `S` (the means `a` for the reference-free losses, which use them).
 //!
 //! `stage: kto` ([`crate::kto`]) goes through the same step: its micro-batches hold tagged
-//! examples and their KL sequences in place of pairs, its metrics are per desirable or
-//! undesirable example, with `kl` and without `rewards/accuracies`.
+//! examples (and their KL sequences, which give the estimate the loss takes) in place of pairs,
+//! its metrics are per desirable or undesirable example, with `kl` and without
+//! `rewards/accuracies`.
 
 use lf_api::training::{PrefLoss, Stage, TrainingConfig};
 use lf_model::TokenLogps;
@@ -270,20 +271,21 @@ impl PreferenceLoss {
 
 impl PreferenceLoss {
     /// For a micro-batch of `rows` sequences (the chosen answers, then the rejected ones; for
-    /// KTO the examples tagged `desirable`, then their KL sequences): the gradient of `scale ×`
-    /// its summed pair losses with respect to each labelled token's log-probability under the
-    /// policy (what [`lf_model::CausalLm::token_logps_backward`] backpropagates), and the pairs'
-    /// metric sums.
+    /// KTO the examples tagged `desirable`, whose KL sequences gave the estimate `kl`): the
+    /// gradient of `scale ×` its summed pair losses with respect to each labelled token's
+    /// log-probability under the policy (what [`lf_model::CausalLm::token_logps_backward`]
+    /// backpropagates), and the pairs' metric sums.
     pub fn coefficients(
         &self,
         policy: &TokenLogps,
         reference: Option<&TokenLogps>,
         rows: i64,
         desirable: &[bool],
+        kl: Option<f64>,
         scale: f64,
     ) -> Result<(Tensor, PreferenceSums), String> {
         let logps = policy.logps.detach().set_requires_grad(true);
-        let terms = self.token_terms(&logps, policy, reference, rows, desirable)?;
+        let terms = self.token_terms(&logps, policy, reference, rows, desirable, kl)?;
         let total = terms.losses.sum(Kind::Float) * scale;
         let grads = Tensor::f_run_backward(&[total], &[&logps], false, false)
             .map_err(|e| format!("differentiating the preference loss: {e}"))?;
@@ -302,15 +304,16 @@ impl PreferenceLoss {
         reference: Option<&TokenLogps>,
         rows: i64,
         desirable: &[bool],
+        kl: Option<f64>,
     ) -> Result<PreferenceSums, String> {
         Ok(self
-            .token_terms(&policy.logps, policy, reference, rows, desirable)?
+            .token_terms(&policy.logps, policy, reference, rows, desirable, kl)?
             .sums)
     }
 
     /// The pairs' terms from the policy's token log-probabilities `logps` (laid out as
     /// `policy`'s, possibly a leaf that requires grad) over `rows` sequences: the chosen
-    /// answers, then the rejected ones.
+    /// answers, then the rejected ones (KTO: the tagged examples, with the KL estimate `kl`).
     fn token_terms(
         &self,
         logps: &Tensor,
@@ -318,23 +321,26 @@ impl PreferenceLoss {
         reference: Option<&TokenLogps>,
         rows: i64,
         desirable: &[bool],
+        kl: Option<f64>,
     ) -> Result<StepTerms, String> {
-        if rows % 2 != 0 {
-            return Err(format!("{rows} rows are not pairs"));
-        }
         if let Some(weights) = self.kto {
             let reference = reference.ok_or("the reference log-probabilities are missing")?;
+            let kl = kl.ok_or("the KL estimate of a KTO micro-batch is missing")?;
             let terms = kto_terms(
                 self.beta,
                 weights,
                 &policy.per_row(logps, rows),
                 &reference.per_row(&reference.logps, rows),
+                kl,
                 desirable,
             )?;
             return Ok(StepTerms {
                 sums: kto_sums(&terms, desirable),
                 losses: terms.losses,
             });
+        }
+        if rows % 2 != 0 {
+            return Err(format!("{rows} rows are not pairs"));
         }
         let pairs = rows / 2;
         let split = |t: &Tensor| (t.narrow(0, 0, pairs), t.narrow(0, pairs, pairs));
@@ -615,7 +621,7 @@ mod tests {
         };
         let l = loss(PrefLoss::Sigmoid);
         let (coef, sums) = l
-            .coefficients(&policy, Some(&reference), 2, &[], 0.25)
+            .coefficients(&policy, Some(&reference), 2, &[], None, 0.25)
             .unwrap();
         // ∂(−log σ(βΔ))/∂Sᶜ = −β·σ(−βΔ); every chosen token carries it, the rejected the opposite.
         let g = -0.5 / (1.0 + 1.0f64.exp()) * 0.25;
@@ -625,7 +631,7 @@ mod tests {
         }
         close(sums.pairs, 1.0);
         assert!(l
-            .coefficients(&policy, Some(&reference), 3, &[], 1.0)
+            .coefficients(&policy, Some(&reference), 3, &[], None, 1.0)
             .is_err());
     }
 

@@ -199,18 +199,18 @@ pub fn evaluate_with_metrics<M: TrainModel>(
         for rows in rounds {
             let refs: Vec<&Example> = examples[rows].iter().collect();
             if let Some(p) = preference {
+                // A round without pairs still runs (ZeRO-3's gathers, KTO's KL estimate),
+                // contributing nothing.
                 let batch = collate_pairs(&refs, pad_id);
-                if batch.paired {
-                    let (ids, labels) = to_device(&batch, device);
-                    let sums = if p.value_head {
-                        model.reward_eval(&ids, &mask_to_device(&batch, device))?
-                    } else {
-                        model.preference_eval(&ids, &labels, &batch.desirable, p)?
-                    };
-                    loss += sums.loss;
-                    tokens += sums.pairs as u64;
-                    pair_sums += sums;
-                }
+                let (ids, labels) = to_device(&batch, device);
+                let sums = if p.value_head {
+                    model.reward_eval(&ids, &mask_to_device(&batch, device))?
+                } else {
+                    model.preference_eval(&ids, &labels, &batch.desirable, p)?
+                };
+                loss += sums.loss;
+                tokens += sums.pairs as u64;
+                pair_sums += sums;
                 continue;
             }
             let batch = collate(&refs, pad_id);
@@ -297,14 +297,12 @@ impl Stepper<'_> {
         let device_batches: Vec<(Tensor, Tensor)> = batches
             .micro
             .iter()
-            .filter(|b| self.preference.is_none() || b.paired)
             .map(|b| to_device(b, ctx.device))
             .collect();
         // `neat_packing`: each packed micro-batch's position ids.
         let positions: Vec<Option<Tensor>> = batches
             .micro
             .iter()
-            .filter(|b| self.preference.is_none() || b.paired)
             .map(|b| positions_to_device(b, ctx.device))
             .collect();
         // Each micro-batch's attention mask: a mixture of experts' load-balancing loss leaves
@@ -312,7 +310,6 @@ impl Stepper<'_> {
         let masks: Vec<Tensor> = batches
             .micro
             .iter()
-            .filter(|b| self.preference.is_none() || b.paired)
             .map(|b| mask_to_device(b, ctx.device))
             .collect();
         let data_secs = t_data.elapsed().as_secs_f64();
@@ -324,8 +321,11 @@ impl Stepper<'_> {
                 (0.0, Some(0.0), None)
             }
             Some(loss) => {
-                let desirable = batches.micro.iter().filter(|b| b.paired);
-                let desirable: Vec<&[bool]> = desirable.map(|b| &b.desirable[..]).collect();
+                // Every micro-batch, a label-free one too (no pairs left for this process): it
+                // contributes nothing but takes part in the other processes' collectives
+                // (ZeRO-3's gathers, the reductions `overlap_comm` starts, KTO's KL estimate).
+                let desirable: Vec<&[bool]> =
+                    batches.micro.iter().map(|b| &b.desirable[..]).collect();
                 let sums = if loss.value_head {
                     reward_backward(model, &device_batches, &masks, 1.0 / loss_units)?
                 } else {
@@ -429,7 +429,8 @@ fn preference_backward<M: TrainModel>(
     scale: f64,
 ) -> Result<PreferenceSums, TrainerError> {
     let mut sums = PreferenceSums::default();
-    for ((ids, labels), tags) in batches.iter().zip(desirable) {
+    for (i, ((ids, labels), tags)) in batches.iter().zip(desirable).enumerate() {
+        model.last_micro_batch(i + 1 == batches.len());
         sums += model.preference_backward(ids, labels, tags, loss, scale)?;
     }
     Ok(sums)
@@ -444,7 +445,8 @@ fn reward_backward<M: TrainModel>(
     scale: f64,
 ) -> Result<PreferenceSums, TrainerError> {
     let mut sums = PreferenceSums::default();
-    for ((ids, _), mask) in batches.iter().zip(masks) {
+    for (i, ((ids, _), mask)) in batches.iter().zip(masks).enumerate() {
+        model.last_micro_batch(i + 1 == batches.len());
         sums += model.reward_backward(ids, mask, scale)?;
     }
     Ok(sums)

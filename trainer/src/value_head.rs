@@ -48,6 +48,14 @@ impl ValueHead {
         }
     }
 
+    /// The same head (its weight shares storage, and its gradient, with this one's).
+    pub fn shallow_clone(&self) -> Self {
+        ValueHead {
+            weight: self.weight.shallow_clone(),
+            name: self.name.clone(),
+        }
+    }
+
     pub fn name_for(lora: bool) -> String {
         if lora {
             names::score().peft().weight()

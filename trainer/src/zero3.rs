@@ -157,21 +157,7 @@ impl ParameterPartition {
     /// train as trainable leaves: the optimiser's parameters ([`ParameterPartition::trainable`]).
     pub fn complete(&mut self, lm: &CausalLm) -> Result<(), TrainerError> {
         for unit in lm.units() {
-            let tensors = lm.unit_tensors(unit);
-            let trains: Vec<(String, bool)> = tensors
-                .iter()
-                .map(|(n, t)| (n.clone(), t.requires_grad()))
-                .collect();
-            self.adopt(unit, tensors)?;
-            for (name, trains) in trains {
-                if let Some(&i) = self.by_name.get(&name) {
-                    let e = &mut self.entries[i];
-                    if trains && !e.trainable {
-                        e.trainable = true;
-                        e.shard = e.shard.detach().set_requires_grad(true);
-                    }
-                }
-            }
+            self.adopt_marking_trainable(unit, lm.unit_tensors(unit))?;
         }
         tracing::info!(
             tensors = self.entries.len(),
@@ -180,6 +166,32 @@ impl ParameterPartition {
             trainable_shard_bytes = self.trainable_shard_bytes(),
             "ZeRO-3: parameters partitioned"
         );
+        Ok(())
+    }
+
+    /// Adopts `tensors` into `unit` ([`ParameterPartition::adopt`]) and marks the shards of those
+    /// that require grad as trainable leaves. Besides the model's own tensors
+    /// ([`ParameterPartition::complete`]), a tensor the trainer adds to a unit's computation, as
+    /// the value head of `stage: rm` read while the head unit is gathered.
+    pub fn adopt_marking_trainable(
+        &mut self,
+        unit: Unit,
+        tensors: Vec<(String, Tensor)>,
+    ) -> Result<(), TrainerError> {
+        let trains: Vec<(String, bool)> = tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.requires_grad()))
+            .collect();
+        self.adopt(unit, tensors)?;
+        for (name, trains) in trains {
+            if let Some(&i) = self.by_name.get(&name) {
+                let e = &mut self.entries[i];
+                if trains && !e.trainable {
+                    e.trainable = true;
+                    e.shard = e.shard.detach().set_requires_grad(true);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -470,19 +482,26 @@ impl ParameterPartition {
         self.release_entries(&(0..self.entries.len()).collect::<Vec<_>>())
     }
 
-    /// Reads this rank's range of every trainable tensor from the checkpoint file `file` straight
-    /// into its shard, one tensor at a time (no collective, never the whole model in memory): the
-    /// weights half of a resume. Names and sizes must match this run's trainable tensors.
-    pub fn load_trainable_shards(&self, file: &Path) -> Result<(), TrainerError> {
+    /// Reads this rank's range of every trainable tensor from the checkpoint `files` (each tensor
+    /// from the first file that holds it) straight into its shard, one tensor at a time (no
+    /// collective, never the whole model in memory): the weights half of a resume. Names and
+    /// sizes must match this run's trainable tensors.
+    pub fn load_trainable_shards(&self, files: &[&Path]) -> Result<(), TrainerError> {
         self.discard_prefetch()?;
-        let fail = |message: String| {
-            TrainerError::config(format!(
-                "checkpoint {}: {message} (the checkpoint does not fit this run)",
-                file.display()
-            ))
-        };
-        let mapped = MappedFile::open(file).map_err(|e| fail(e.to_string()))?;
+        let mut opened = Vec::with_capacity(files.len());
+        for &file in files {
+            let mapped = MappedFile::open(file).map_err(|e| shard_file_error(file, e))?;
+            let names = mapped.names().map_err(|e| shard_file_error(file, e))?;
+            opened.push((file, mapped, names));
+        }
         for e in self.entries.iter().filter(|e| e.trainable) {
+            // A tensor no file holds is reported against the first file (the model's weights).
+            let (file, mapped, _) = opened
+                .iter()
+                .find(|(_, _, names)| names.contains(&e.name))
+                .or(opened.first())
+                .ok_or_else(|| TrainerError::config("a checkpoint without weight files"))?;
+            let fail = |message: String| shard_file_error(file, message);
             let full = mapped
                 .load(&e.name, Some(e.kind), Device::Cpu)
                 .map_err(|err| fail(err.to_string()))?;
@@ -502,6 +521,14 @@ impl ParameterPartition {
         }
         Ok(())
     }
+}
+
+/// A checkpoint file that does not fit this run's partition.
+fn shard_file_error(file: &Path, message: impl std::fmt::Display) -> TrainerError {
+    TrainerError::config(format!(
+        "checkpoint {}: {message} (the checkpoint does not fit this run)",
+        file.display()
+    ))
 }
 
 impl Drop for ParameterPartition {

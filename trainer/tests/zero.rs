@@ -337,6 +337,66 @@ fn overlap_comm_gives_the_same_parameters_as_reducing_at_the_step() {
     println!("{}", table.join("\n"));
 }
 
+/// `overlap_comm` under the preference and reward stages: DPO, KTO and a reward model (LoRA, its
+/// value head reduced at the step) at world 2 under ZeRO 0 and 2, with gradient accumulation 2,
+/// end on exactly the parameters of reducing every gradient at the step (the same sums, element
+/// by element), and the overlapping runs reduced buckets during backward. The reference and KL
+/// passes run without gradients, outside the reduction.
+#[test]
+fn overlap_comm_under_preference_stages_gives_the_same_parameters() {
+    let assets = preference_assets();
+    add_feedback(assets.path());
+    let a = assets.path();
+    let lora = format!(
+        "adapter_name_or_path: {}\nlora_rank: 4\nlora_alpha: 8\nlearning_rate: 1.0e-3\n",
+        a.join("adapter0").display()
+    );
+    let cases = [
+        ("dpo", 2, format!("stage: dpo\ndataset: pref\n{lora}")),
+        ("kto", 0, format!("stage: kto\ndataset: feedback\n{lora}")),
+        (
+            "rm",
+            2,
+            "stage: rm\ndataset: pref\nlora_target: all\nlearning_rate: 1.0e-3\n".into(),
+        ),
+    ];
+    for (what, stage, method) in cases {
+        let mut results = Vec::new();
+        for overlap in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "model_name_or_path: {m}\n{method}dataset_dir: {d}\ntemplate: empty\n\
+                 output_dir: {o}\nzero_stage: {stage}\ngradient_accumulation_steps: 2\n\
+                 overlap_comm: {overlap}\nmax_steps: {STEPS}\nsave_steps: 0\n\
+                 max_grad_norm: 0.5\nlogging_steps: 1\nseed: 7\n",
+                m = a.join("model").display(),
+                d = a.join("data").display(),
+                o = dir.path().join("out").display(),
+            );
+            let cfg = dir.path().join("pref.yaml");
+            std::fs::write(&cfg, text).unwrap();
+            let outs = ranks(&cfg, 2, &["per_device_train_batch_size=3".into()], None);
+            for o in &outs {
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            }
+            let buckets = overlapped_buckets(&outs[0].stderr);
+            if overlap {
+                let (during, _) = buckets.expect("rank 0 logs the overlapped buckets");
+                assert!(during > 0, "{what}: no bucket started during backward");
+            } else {
+                assert!(buckets.is_none(), "{what}: overlapped without overlap_comm");
+            }
+            results.push((result_tensors(&dir.path().join("out")), buckets));
+        }
+        let d = max_diff(&results[0].0, &results[1].0);
+        let (during, at_step) = results[1].1.unwrap_or_default();
+        println!(
+            "{what} stage {stage}: overlap_comm vs at the step: max |Δparam| {d:e}, buckets during backward {during}, at the step {at_step}"
+        );
+        assert_eq!(d, 0.0, "{what}: overlap_comm changes the parameters by {d}");
+    }
+}
+
 /// QLoRA under ZeRO stages 1–3: under stage 3 the packed 4-bit base is partitioned as packed
 /// storage (codes and block constants) and gathered per layer; training (and the final `do_eval`)
 /// equals one QLoRA process, and rank 0 holds the bytes the planner predicts (about 1/world of
@@ -735,18 +795,7 @@ fn mixtures_of_experts_under_zero_equal_one_process() {
 /// (the FineTuneJob's progress) carries the preference metrics of `trainer_log.jsonl`.
 #[test]
 fn preference_training_under_zero2_equals_one_process_and_resumes() {
-    let assets = tempfile::tempdir().unwrap();
-    let out = Command::new(common::python())
-        .arg(common::reference_script("preference_trl.py"))
-        .arg(assets.path())
-        .arg("assets")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "preference_trl.py assets: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let assets = preference_assets();
     let a = assets.path();
     let config = |dir: &Path| -> PathBuf {
         let text = format!(
@@ -839,9 +888,8 @@ fn preference_training_under_zero2_equals_one_process_and_resumes() {
 /// Named tensors of a training result.
 type Tensors = Vec<(String, Tensor)>;
 
-/// The twelve pairs of `preference_trl.py assets` trained under ZeRO-2 with `method` (config
-/// lines) by one process and by two: the assets, and the result of each (tensors of the output).
-fn preference_zero2_worlds(method: &str) -> (tempfile::TempDir, Tensors, Tensors) {
+/// `preference_trl.py assets`: the tiny model, `adapter0` and the twelve pairs (`dataset: pref`).
+fn preference_assets() -> tempfile::TempDir {
     let assets = tempfile::tempdir().unwrap();
     let out = Command::new(common::python())
         .arg(common::reference_script("preference_trl.py"))
@@ -854,15 +902,23 @@ fn preference_zero2_worlds(method: &str) -> (tempfile::TempDir, Tensors, Tensors
         "preference_trl.py assets: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let a = assets.path();
+    assets
+}
+
+/// A run's output directory and the tensors it saved.
+type World = (tempfile::TempDir, Tensors);
+
+/// `assets`' model trained with `method` (config lines, the dataset among them) under
+/// `zero_stage` by one process and by two (the global batch `batch` split between them).
+fn preference_worlds(assets: &Path, method: &str, zero_stage: u8, batch: usize) -> (World, World) {
     let config = |dir: &Path| -> PathBuf {
         let text = format!(
-            "model_name_or_path: {m}\n{method}dataset: pref\n\
-             dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\nzero_stage: 2\n\
+            "model_name_or_path: {m}\n{method}\
+             dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\nzero_stage: {zero_stage}\n\
              max_steps: {STEPS}\nsave_steps: 0\nmax_grad_norm: 0.5\n\
              logging_steps: 1\nseed: 7\n",
-            m = a.join("model").display(),
-            d = a.join("data").display(),
+            m = assets.join("model").display(),
+            d = assets.join("data").display(),
             o = dir.join("out").display(),
         );
         let path = dir.join("pref.yaml");
@@ -870,11 +926,279 @@ fn preference_zero2_worlds(method: &str) -> (tempfile::TempDir, Tensors, Tensors
         path
     };
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    run(&config(one.path()), 1, &[]);
-    run(&config(two.path()), 2, &[]);
+    let per_device = |world: usize| vec![format!("per_device_train_batch_size={}", batch / world)];
+    run(&config(one.path()), 1, &per_device(1));
+    run(&config(two.path()), 2, &per_device(2));
     let world1 = result_tensors(&one.path().join("out"));
     let world2 = result_tensors(&two.path().join("out"));
+    ((one, world1), (two, world2))
+}
+
+/// The twelve pairs of `preference_trl.py assets` trained under ZeRO-2 with `method` (config
+/// lines) by one process and by two: the assets, and the result of each (tensors of the output).
+fn preference_zero2_worlds(method: &str) -> (tempfile::TempDir, Tensors, Tensors) {
+    let assets = preference_assets();
+    let ((_, world1), (_, world2)) = preference_worlds(
+        assets.path(),
+        &format!("dataset: pref\n{method}"),
+        2,
+        GLOBAL_BATCH,
+    );
     (assets, world1, world2)
+}
+
+/// The largest difference of `b` from `a`, absolute and relative to the largest magnitude of
+/// `a`'s tensor it is in.
+fn max_diffs(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, f64) {
+    assert_eq!(a.len(), b.len());
+    let (mut abs, mut rel) = (0.0f64, 0.0f64);
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let (ta, tb) = (ta.to_kind(tch::Kind::Float), tb.to_kind(tch::Kind::Float));
+        let d = (&ta - &tb).abs().max().double_value(&[]);
+        let scale = ta.abs().max().double_value(&[]).max(f64::MIN_POSITIVE);
+        abs = abs.max(d);
+        rel = rel.max(d / scale);
+    }
+    (abs, rel)
+}
+
+/// Adds the KTO dataset `feedback` to `assets`' data: twelve tagged examples (ten desirable)
+/// with one answer, so that every KL sequence (a prompt with another example's answer, rotated
+/// within chunks of `per_device_train_batch_size`) is an example itself whatever the chunks:
+/// one process's six examples and two processes' three each then have the same KL sequences, and
+/// the same estimate only when it is taken over both processes.
+fn add_feedback(assets: &Path) {
+    let data = assets.join("data");
+    let rows: Vec<serde_json::Value> = (0..12)
+        .map(|i| {
+            serde_json::json!({
+                "instruction": format!("<s> question number {i} about the river"),
+                "output": " the river flows near the old tree </s>",
+                "kto_tag": i % 6 != 5,
+            })
+        })
+        .collect();
+    std::fs::write(
+        data.join("feedback.json"),
+        serde_json::to_string(&rows).unwrap(),
+    )
+    .unwrap();
+    let info_path = data.join("dataset_info.json");
+    let mut info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).unwrap()).unwrap();
+    info["feedback"] = serde_json::json!({
+        "file_name": "feedback.json",
+        "columns": {"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"},
+    });
+    std::fs::write(&info_path, info.to_string()).unwrap();
+}
+
+/// ZeRO-3 under the preference and reward stages: two ranks, the parameters partitioned (and
+/// for `full` DPO the frozen reference model too, as the planner counts it; for `rm` the value
+/// head with the head unit), end on one process's result, for DPO with LoRA (the reference the
+/// adapter off) and with full fine-tuning, KTO (its KL estimate taken over both ranks' KL
+/// sequences) and reward models (LoRA, and full: the exported `…ForSequenceClassification`).
+#[test]
+fn preference_and_reward_training_under_zero3_equal_one_process() {
+    let assets = preference_assets();
+    add_feedback(assets.path());
+    let a = assets.path();
+    let lora = format!(
+        "adapter_name_or_path: {}\nlora_rank: 4\nlora_alpha: 8\nlearning_rate: 1.0e-3\n",
+        a.join("adapter0").display()
+    );
+    let cases = [
+        ("dpo LoRA", format!("stage: dpo\ndataset: pref\n{lora}")),
+        (
+            "dpo full",
+            "stage: dpo\ndataset: pref\nfinetuning_type: full\nlearning_rate: 1.0e-4\n".into(),
+        ),
+        ("kto LoRA", format!("stage: kto\ndataset: feedback\n{lora}")),
+        (
+            "rm LoRA",
+            "stage: rm\ndataset: pref\nlora_target: all\nlearning_rate: 1.0e-3\n".into(),
+        ),
+        (
+            "rm full",
+            "stage: rm\ndataset: pref\nfinetuning_type: full\nlearning_rate: 1.0e-4\n".into(),
+        ),
+    ];
+    for (what, method) in cases {
+        let ((one, world1), (two, world2)) = preference_worlds(a, &method, 3, GLOBAL_BATCH);
+        let (d, rel) = max_diffs(&world1, &world2);
+        println!(
+            "{what}, ZeRO-3, world 2 vs world 1: max |Δparam| {d:.2e}, max relative {rel:.2e} ({} tensors)",
+            world1.len()
+        );
+        assert!(
+            d < 1e-5,
+            "{what}, ZeRO-3, world 2: parameters differ by {d}"
+        );
+        // Rank 0 holds the planner's per-rank model state (the reference's shards among the
+        // frozen weights of `full` DPO).
+        let rec = memory(&two.path().join("out"));
+        let rec = rec.first().expect("a memory record");
+        let (m, p) = (rec.measured, rec.planned);
+        println!(
+            "{what}, ZeRO-3, world 2: rank 0 frozen weights {}/{} B, trainable {}/{} B (measured/planned)",
+            m.frozen_weight_bytes, p.frozen_weight_bytes, m.trainable_weight_bytes, p.trainable_weight_bytes
+        );
+        states_within(&format!("{what}, ZeRO-3, world 2"), &m, &p);
+        if what.starts_with("kto") {
+            // The KL term was live (above 0) in some step, and both runs logged the same.
+            let kl = |dir: &Path| -> Vec<f64> {
+                std::fs::read_to_string(dir.join("out/trainer_log.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|v| v["kl"].as_f64())
+                    .collect()
+            };
+            let (k1, k2) = (kl(one.path()), kl(two.path()));
+            println!("kto KL estimate per step: world 1 {k1:?}, world 2 {k2:?}");
+            assert_eq!(k1.len(), STEPS, "{k1:?}");
+            assert!(k1.iter().any(|&k| k > 0.0), "the KL term stayed 0: {k1:?}");
+            for (x, y) in k1.iter().zip(&k2) {
+                assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "KL {x} vs {y}");
+            }
+        }
+    }
+}
+/// Reward models under ZeRO-3 at world 2 checkpoint at step 2 (the value head gathered from its
+/// shards: in its own file for `full`, in the adapter for LoRA) and a run resumed from there with
+/// two ranks (each reading its ranges of the weights and of the head) ends on the uninterrupted
+/// run's result, value head included.
+#[test]
+fn reward_models_under_zero3_resume() {
+    let assets = preference_assets();
+    let a = assets.path();
+    let cases = [
+        (
+            "full",
+            "finetuning_type: full\nlearning_rate: 1.0e-4\n",
+            "score.weight",
+        ),
+        (
+            "LoRA",
+            "lora_target: all\nlearning_rate: 1.0e-3\n",
+            "base_model.model.score.weight",
+        ),
+    ];
+    for (what, method, head) in cases {
+        let config = |dir: &Path| -> PathBuf {
+            let text = format!(
+                "model_name_or_path: {m}\nstage: rm\ndataset: pref\n{method}\
+                 dataset_dir: {d}\ntemplate: empty\noutput_dir: {o}\n\
+                 zero_stage: 3\nmax_steps: {STEPS}\nsave_steps: 2\nmax_grad_norm: 0.5\n\
+                 logging_steps: 1\nseed: 7\n",
+                m = a.join("model").display(),
+                d = a.join("data").display(),
+                o = dir.join("out").display(),
+            );
+            let path = dir.join("rm.yaml");
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let whole = tempfile::tempdir().unwrap();
+        run(&config(whole.path()), 2, &[]);
+        let out = whole.path().join("out");
+        let checkpoint = out.join("checkpoint-2");
+        let resumed = tempfile::tempdir().unwrap();
+        run(
+            &config(resumed.path()),
+            2,
+            &[
+                format!("resume_from_checkpoint={}", checkpoint.display()),
+                "overwrite_output_dir=false".into(),
+            ],
+        );
+        let got = result_tensors(&resumed.path().join("out"));
+        assert!(got.iter().any(|(n, _)| n == head), "{what}: no value head");
+        let (d, rel) = max_diffs(&result_tensors(&out), &got);
+        println!(
+            "rm {what}, ZeRO-3, resumed at step 2 with 2 ranks: max |Δparam| {d:.2e}, max relative {rel:.2e}"
+        );
+        assert!(
+            d < 1e-6,
+            "rm {what} resumed under ZeRO-3: parameters differ by {d}"
+        );
+    }
+}
+
+/// Preference and reward training where a process runs out of pairs, under ZeRO-2 (with
+/// `overlap_comm`, on by default) and ZeRO-3: twelve examples in steps of ten leave each epoch's
+/// last step two, so a rank may train a micro-batch without pairs (and evaluates a round without
+/// any: twelve in batches of five), taking part in the gathers, the reductions started during
+/// backward and KTO's KL all-reduce with nothing of its own. Training ends on one process's
+/// result; the evaluations equal one process's for DPO and the reward model (KTO's estimate is
+/// over each round's examples, which one process and two group differently).
+#[test]
+fn preference_with_uneven_batches_and_evaluation_equals_one_process() {
+    let assets = preference_assets();
+    add_feedback(assets.path());
+    let a = assets.path();
+    let lora = format!(
+        "adapter_name_or_path: {}\nlora_rank: 4\nlora_alpha: 8\nlearning_rate: 1.0e-3\n",
+        a.join("adapter0").display()
+    );
+    let eval = |dataset: &str| {
+        format!(
+            "eval_dataset: {dataset}\neval_strategy: steps\neval_steps: 2\nper_device_eval_batch_size: 5\n"
+        )
+    };
+    let cases = [
+        (
+            "dpo full",
+            format!(
+                "stage: dpo\ndataset: pref\nfinetuning_type: full\nlearning_rate: 1.0e-4\n{}",
+                eval("pref")
+            ),
+        ),
+        (
+            "kto LoRA",
+            format!("stage: kto\ndataset: feedback\n{lora}{}", eval("feedback")),
+        ),
+        // SGD: AdamW's per-element normalisation turns the rounding of differently padded
+        // micro-batches into whole update differences where a gradient is near 0 (one process
+        // alone, batch 10 against 5 × 2 accumulation, ends 3.5e-5 apart on a LoRA B).
+        (
+            "rm LoRA",
+            format!(
+                "stage: rm\ndataset: pref\nlora_target: all\noptim: sgd\nlearning_rate: 0.05\n{}",
+                eval("pref")
+            ),
+        ),
+    ];
+    for ((what, method), stage) in cases.iter().flat_map(|c| [(c, 2u8), (c, 3)]) {
+        let ((one, world1), (two, world2)) = preference_worlds(a, method, stage, 10);
+        let (d, rel) = max_diffs(&world1, &world2);
+        println!(
+            "{what}, ZeRO-{stage}, uneven batches, world 2 vs world 1: max |Δparam| {d:.2e}, max relative {rel:.2e}"
+        );
+        assert!(
+            d < 1e-5,
+            "{what}, ZeRO-{stage}, uneven batches: parameters differ by {d}"
+        );
+        let evals = |dir: &Path| -> Vec<f64> {
+            std::fs::read_to_string(dir.join("out/trainer_log.jsonl"))
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v.get("eval_loss").and_then(|e| e.as_f64()))
+                .collect()
+        };
+        let (e1, e2) = (evals(one.path()), evals(two.path()));
+        assert!(!e1.is_empty() && e1.len() == e2.len(), "{e1:?} vs {e2:?}");
+        if !what.starts_with("kto") {
+            for (x, y) in e1.iter().zip(&e2) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                    "{what}: eval loss {x} vs {y}"
+                );
+            }
+        }
+    }
 }
 
 /// `stage: dpo` with `finetuning_type: full` (the reference a frozen copy of the starting

@@ -298,10 +298,6 @@ fn accepted_options_give_notices_and_rejected_values_the_reason() {
         ("stage: dpo\npref_loss: kto_pair", &["kto_pair", "sigmoid"]),
         ("stage: dpo\ndpo_label_smoothing: 0.1", &["label-smoothed"]),
         ("stage: dpo\npref_beta: 0", &["pref_beta"]),
-        (
-            "stage: dpo\nfinetuning_type: full\nzero_stage: 3",
-            &["zero_stage", "ZeRO-3"],
-        ),
         ("stage: dpo\npacking: true", &["packing"]),
         ("finetuning_type: oft", &["OFT"]),
     ] {

@@ -11,32 +11,57 @@
 use tch::{Kind, Tensor};
 
 use crate::causal_lm::CausalLm;
-use crate::residency::AlwaysResident;
+use crate::residency::{AlwaysResident, Residency, Unit};
 use crate::training::IGNORE_INDEX;
 use crate::ModelError;
 
 impl CausalLm {
-    /// `[B, S, H]` final hidden states (after the final norm) of every position, the whole model
-    /// resident; gradients as the caller's mode has them.
-    pub(crate) fn final_hidden(&self, input_ids: &Tensor) -> Tensor {
-        let Ok(x) = self.model.decoder_output(
-            input_ids,
-            None,
-            self.backend,
-            self.training,
-            &AlwaysResident,
-        );
-        self.model.norm.forward(&x)
+    /// `read` applied to the `[B, S, H]` final hidden states (after the final norm) of every
+    /// position, each unit gathered through `residency` for its part of the forward pass; the
+    /// head unit (final norm and output head) stays gathered while `read` runs, so it may apply
+    /// the head. Gradients as the caller's mode has them: a partitioned model's weights are
+    /// released afterwards, so call it under `tch::no_grad` unless the model is whole.
+    pub(crate) fn final_hidden_with<R: Residency + ?Sized, T>(
+        &self,
+        input_ids: &Tensor,
+        residency: &R,
+        read: impl FnOnce(&Tensor) -> T,
+    ) -> Result<T, R::Error> {
+        let x =
+            self.model
+                .decoder_output(input_ids, None, self.backend, self.training, residency)?;
+        residency.gather(Unit::Head)?;
+        let out = read(&self.model.norm.forward(&x));
+        residency.release(Unit::Head, false)?;
+        Ok(out)
     }
 
     /// `[B, H]` final hidden states (after the final norm, in the compute dtype) at `positions`
     /// (`[B]` int64, one position of each row of `input_ids`), without gradients.
     pub fn hidden_at(&self, input_ids: &Tensor, positions: &Tensor) -> Result<Tensor, ModelError> {
+        self.hidden_at_with(input_ids, positions, &AlwaysResident, |h| h.shallow_clone())
+    }
+
+    /// [`CausalLm::hidden_at`] with each unit gathered through `residency` (a partitioned model,
+    /// every process making the same passes), given to `read` while the head unit is still
+    /// gathered (a value head adopted into that unit reads its weight there).
+    pub fn hidden_at_with<R: Residency + ?Sized, T>(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        residency: &R,
+        read: impl FnOnce(&Tensor) -> T,
+    ) -> Result<T, ModelError> {
         check_positions(input_ids, positions)?;
         let _guard = tch::no_grad_guard();
-        let hidden = self.final_hidden(input_ids);
         let rows = Tensor::arange(positions.size()[0], (Kind::Int64, positions.device()));
-        Ok(hidden.index(&[Some(rows), Some(positions.shallow_clone())]))
+        self.final_hidden_with(input_ids, residency, |hidden| {
+            read(&hidden.index(&[Some(rows), Some(positions.shallow_clone())]))
+        })
+        .map_err(|e| ModelError::Residency {
+            unit: "the forward pass to the hidden states".into(),
+            source: Box::new(e),
+        })
     }
 
     /// Forward and backward of one micro-batch for a loss of the hidden states at `positions`
@@ -47,6 +72,20 @@ impl CausalLm {
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
+        loss: impl FnOnce(&Tensor) -> Result<Tensor, ModelError>,
+    ) -> Result<(), ModelError> {
+        self.hidden_at_backward_with(input_ids, positions, &AlwaysResident, loss)
+    }
+
+    /// [`CausalLm::hidden_at_backward`] with each unit bracketed by `residency` (as
+    /// [`CausalLm::loss_sum_and_backward_with`]); `loss` runs while the head unit is gathered, and
+    /// the head's release after it says its gradients (a value head adopted into that unit
+    /// included) are ready.
+    pub fn hidden_at_backward_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        residency: &R,
         loss: impl FnOnce(&Tensor) -> Result<Tensor, ModelError>,
     ) -> Result<(), ModelError> {
         check_positions(input_ids, positions)?;
@@ -62,7 +101,7 @@ impl CausalLm {
             &Tensor::zeros([b], (Kind::Int64, ids.device())),
             false,
         );
-        self.backward_with_head(&ids, &labels, &AlwaysResident, |hidden, idx, _| {
+        self.backward_with_head(&ids, &labels, residency, |hidden, idx, _| {
             if idx.size()[0] != b {
                 return Err(ModelError::Invalid(format!(
                     "{} positions selected for {b} rows",

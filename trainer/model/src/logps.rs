@@ -10,7 +10,7 @@
 use tch::{Kind, Tensor};
 
 use crate::causal_lm::CausalLm;
-use crate::residency::AlwaysResident;
+use crate::residency::{AlwaysResident, Residency};
 use crate::ModelError;
 
 /// The log-probability of each labelled token of a batch (position `t` predicting label
@@ -28,6 +28,15 @@ impl TokenLogps {
     /// `[rows]` (0 for a row without labels); differentiable in `values`.
     pub fn per_row(&self, values: &Tensor, rows: i64) -> Tensor {
         Tensor::zeros([rows], (values.kind(), values.device())).index_add(0, &self.rows, values)
+    }
+
+    /// The labelled tokens of rows `start..start + n`, those rows numbered from 0.
+    pub fn row_range(&self, start: i64, n: i64) -> TokenLogps {
+        let keep = self.rows.ge(start).logical_and(&self.rows.lt(start + n));
+        TokenLogps {
+            logps: self.logps.masked_select(&keep),
+            rows: self.rows.masked_select(&keep) - start,
+        }
     }
 }
 
@@ -69,13 +78,29 @@ impl CausalLm {
         input_ids: &Tensor,
         labels: &Tensor,
     ) -> Result<TokenLogps, ModelError> {
+        self.token_logps_with(input_ids, labels, &AlwaysResident)
+    }
+
+    /// [`CausalLm::token_logps`] with each unit gathered through `residency` and released without
+    /// gradients (a partitioned model: every process makes the same call).
+    pub fn token_logps_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        residency: &R,
+    ) -> Result<TokenLogps, ModelError> {
         self.check_batch(input_ids, labels)?;
         let _guard = tch::no_grad_guard();
-        let hidden = self.final_hidden(input_ids);
-        let (h, t, rows) = Self::labelled(&hidden, labels);
-        Ok(TokenLogps {
-            logps: self.head_logps(&h, &t),
-            rows,
+        self.final_hidden_with(input_ids, residency, |hidden| {
+            let (h, t, rows) = Self::labelled(hidden, labels);
+            TokenLogps {
+                logps: self.head_logps(&h, &t),
+                rows,
+            }
+        })
+        .map_err(|e| ModelError::Residency {
+            unit: "the forward pass to the log-probabilities".into(),
+            source: Box::new(e),
         })
     }
 
@@ -91,37 +116,46 @@ impl CausalLm {
         labels: &Tensor,
         coefficients: impl FnOnce(&TokenLogps) -> Result<Tensor, ModelError>,
     ) -> Result<(), ModelError> {
+        self.token_logps_backward_with(input_ids, labels, &AlwaysResident, coefficients)
+    }
+
+    /// [`CausalLm::token_logps_backward`] with each unit bracketed by `residency` (as
+    /// [`CausalLm::loss_sum_and_backward_with`]); `coefficients` runs while the head unit is
+    /// gathered. A partitioned model runs the pass even when no token has a label (then
+    /// `coefficients` is not called and the gradients are zero), as every process must.
+    pub fn token_logps_backward_with<R: Residency + ?Sized>(
+        &self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        residency: &R,
+        coefficients: impl FnOnce(&TokenLogps) -> Result<Tensor, ModelError>,
+    ) -> Result<(), ModelError> {
         let positions = labels.size().get(1).map_or(1, |s| (s - 1).max(1));
-        self.backward_with_head(
-            input_ids,
-            labels,
-            &AlwaysResident,
-            |hidden, idx, targets| {
-                let logps = tch::no_grad(|| self.head_logps(&hidden.index_select(0, idx), targets));
-                let rows = idx.floor_divide_scalar(positions);
-                let coef = coefficients(&TokenLogps { logps, rows })?.detach();
-                let n = idx.size()[0];
-                if coef.size() != [n] {
-                    return Err(ModelError::Invalid(format!(
-                        "{} coefficients for {n} labelled tokens",
-                        coef.numel()
-                    )));
-                }
-                let chunk = self.chunk_len(n);
-                let mut start = 0;
-                while start < n {
-                    let len = chunk.min(n - start);
-                    let h = hidden.index_select(0, &idx.narrow(0, start, len));
-                    let lp = self.chunk_logps(&h, &targets.narrow(0, start, len));
-                    (lp * coef.narrow(0, start, len))
-                        .sum(Kind::Float)
-                        .f_backward()
-                        .map_err(ModelError::torch("backpropagating the log-probabilities"))?;
-                    start += len;
-                }
-                Ok(0.0)
-            },
-        )
+        self.backward_with_head(input_ids, labels, residency, |hidden, idx, targets| {
+            let logps = tch::no_grad(|| self.head_logps(&hidden.index_select(0, idx), targets));
+            let rows = idx.floor_divide_scalar(positions);
+            let coef = coefficients(&TokenLogps { logps, rows })?.detach();
+            let n = idx.size()[0];
+            if coef.size() != [n] {
+                return Err(ModelError::Invalid(format!(
+                    "{} coefficients for {n} labelled tokens",
+                    coef.numel()
+                )));
+            }
+            let chunk = self.chunk_len(n);
+            let mut start = 0;
+            while start < n {
+                let len = chunk.min(n - start);
+                let h = hidden.index_select(0, &idx.narrow(0, start, len));
+                let lp = self.chunk_logps(&h, &targets.narrow(0, start, len));
+                (lp * coef.narrow(0, start, len))
+                    .sum(Kind::Float)
+                    .f_backward()
+                    .map_err(ModelError::torch("backpropagating the log-probabilities"))?;
+                start += len;
+            }
+            Ok(0.0)
+        })
         .map(|_| ())
     }
 }

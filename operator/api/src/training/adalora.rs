@@ -210,7 +210,9 @@ mod tests {
             ("lora_rank: 8", 3),
             ("use_adalora: true", 0),
             ("optim: adafactor", 0),
-            ("stage: dpo", 2),
+            ("stage: dpo", 3),
+            ("stage: kto", 3),
+            ("stage: rm", 3),
             ("neat_packing: true", 2),
             (
                 "do_predict: true\npredict_with_generate: true\neval_dataset: x",

@@ -249,8 +249,9 @@ pub struct TrainingConfig {
     /// `zero_optimization.overlap_comm`, which maps onto it). Unset: on with more than one
     /// process. `false` reduces every gradient at the step. ZeRO-3 always reduces each unit as it
     /// is released. AdaLoRA (whose orthogonality term adds gradients after the last
-    /// micro-batch) never overlaps, and the preference and reward stages reduce at the step
-    /// (their passes do not bracket the units).
+    /// micro-batch) never overlaps. The preference and reward stages overlap their training
+    /// pass (their reference and KL passes have no gradients; a value head is reduced at the
+    /// step).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overlap_comm: Option<bool>,
     /// A DeepSpeed config, as LLaMA-Factory takes it: the path of its JSON file (relative to the
