@@ -476,6 +476,7 @@ impl TrainModel for LmTrainee {
         input_ids: &Tensor,
         labels: &Tensor,
         position_ids: &Tensor,
+        attention_mask: &Tensor,
         loss_scale: f64,
     ) -> Result<MicroOutput, TrainerError> {
         if self.active_partition().is_some() {
@@ -483,10 +484,12 @@ impl TrainModel for LmTrainee {
                 "neat_packing does not run with zero_stage 3",
             ));
         }
-        let (ids, pos) = (input_ids, position_ids);
+        let (ids, pos, mask) = (input_ids, position_ids, attention_mask);
         self.micro_step(|lm, residency| match residency {
-            Some(r) => lm.loss_sum_and_backward_packed_with(ids, labels, pos, loss_scale, r),
-            None => lm.loss_sum_and_backward_packed(ids, labels, pos, loss_scale),
+            Some(r) => {
+                lm.loss_sum_and_backward_packed_masked_with(ids, labels, pos, mask, loss_scale, r)
+            }
+            None => lm.loss_sum_and_backward_packed_masked(ids, labels, pos, mask, loss_scale),
         })
     }
 

@@ -55,13 +55,15 @@ pub trait TrainModel {
         self.loss_sum_and_backward(input_ids, labels, loss_scale)
     }
     /// [`TrainModel::loss_sum_and_backward`] on packed rows (`neat_packing`): `position_ids`
-    /// restart at 0 at each example, which attends only to itself. A model that cannot do this
-    /// says so.
+    /// restart at 0 at each example, which attends only to itself; `attention_mask` is non-zero
+    /// on the rows' real tokens (a mixture of experts' load-balancing loss counts only those).
+    /// A model that cannot do this says so.
     fn loss_sum_and_backward_packed(
         &mut self,
         _input_ids: &Tensor,
         _labels: &Tensor,
         _position_ids: &Tensor,
+        _attention_mask: &Tensor,
         _loss_scale: f64,
     ) -> Result<MicroOutput, TrainerError> {
         Err(TrainerError::config(

@@ -410,7 +410,7 @@ fn forward_backward<M: TrainModel>(
     for (i, (ids, labels)) in batches.iter().enumerate() {
         model.last_micro_batch(i + 1 == batches.len());
         let out = match positions.get(i).and_then(Option::as_ref) {
-            Some(pos) => model.loss_sum_and_backward_packed(ids, labels, pos, scale)?,
+            Some(pos) => model.loss_sum_and_backward_packed(ids, labels, pos, &masks[i], scale)?,
             None => model.loss_sum_and_backward_masked(ids, labels, &masks[i], scale)?,
         };
         loss_sum += out.loss_sum;
