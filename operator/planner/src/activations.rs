@@ -93,7 +93,12 @@ pub fn layer_saved_bytes_per_token(arch: &ModelArchitecture, training: &Training
     } else {
         4 * arch.num_attention_heads
     };
-    let base = 2 * (4 * h + 4) + c * h + c * (q + 2 * kv) + c * q + lse + mlp_saved_bytes(arch, training, c);
+    let base = 2 * (4 * h + 4)
+        + c * h
+        + c * (q + 2 * kv)
+        + c * q
+        + lse
+        + mlp_saved_bytes(arch, training, c);
     let qk_norm = if arch.qk_norm() {
         4 * (q + kv) + 4 * (arch.num_attention_heads + arch.kv_heads())
     } else {
@@ -141,9 +146,7 @@ fn mlp_saved_bytes(arch: &ModelArchitecture, training: &TrainingConfig, c: u64) 
     }
     let (e, k) = (arch.num_experts(), arch.experts_per_token());
     let down_trains = training.finetuning_type != lf_api::training::FinetuningType::Lora
-        || training
-            .expert_lora_targets_for(arch)
-            .is_ok_and(|t| t.down);
+        || training.expert_lora_targets_for(arch).is_ok_and(|t| t.down);
     let per_expert_intermediates = if down_trains { 4 } else { 3 };
     let sparse = c * h
         + (c + 4) * e
