@@ -150,13 +150,24 @@ fn one() -> f64 {
     1.0
 }
 
+/// [`ModelArchitecture`]'s schema transform: `inline_schema::inline_config` with the accepted
+/// top-level `model_type`s (every decoder family, and Gemma 3's multimodal wrapper).
+fn inline_config_schema(schema: &mut schemars::Schema) {
+    let names: Vec<&str> = ModelType::ALL
+        .iter()
+        .map(|t| t.name())
+        .chain([Multimodal::Gemma3.name()])
+        .collect();
+    inline_schema::inline_config(schema, &names);
+}
+
 /// The subset of `config.json` that defines a Llama-family decoder. Unknown keys of the real file
 /// are ignored (config.json carries many that do not change the math).
 ///
 /// Its schema is that of the FineTuneJob's inline `config.json`, a multimodal wrapper's included
 /// (see `inline_schema`): the fields below, and `text_config` holding them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = inline_schema::inline_config)]
+#[schemars(transform = inline_config_schema)]
 pub struct ModelArchitecture {
     /// The decoder family (in `text_config`, `gemma3_text` when left out).
     pub model_type: ModelType,

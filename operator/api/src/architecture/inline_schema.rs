@@ -20,8 +20,6 @@
 use schemars::Schema;
 use serde_json::{json, Map, Value};
 
-use super::{ModelType, Multimodal};
-
 /// The keys a decoder's `config.json` must give (the top level's without `text_config`).
 const DECODER_REQUIRED: [&str; 6] = [
     "model_type",
@@ -43,7 +41,9 @@ const TEXT_CONFIG_REQUIRED: [&str; 4] = [
 
 /// Rewrites the derived schema of [`super::ModelArchitecture`] into that of the inline
 /// `config.json` (see the module docs).
-pub(super) fn inline_config(schema: &mut Schema) {
+/// `model_types`: the top level's accepted `model_type`s (the decoder families and the multimodal
+/// wrappers).
+pub(super) fn inline_config(schema: &mut Schema, model_types: &[&str]) {
     let Some(root) = schema.as_object_mut() else {
         return;
     };
@@ -61,7 +61,7 @@ pub(super) fn inline_config(schema: &mut Schema) {
         "x-kubernetes-preserve-unknown-fields": true,
     });
     let mut props = decoder;
-    props.insert("model_type".into(), model_type_schema());
+    props.insert("model_type".into(), model_type_schema(model_types));
     props.insert("text_config".into(), text_config);
     root.insert("properties".into(), Value::Object(props));
     root.insert("required".into(), json!(["model_type"]));
@@ -74,12 +74,7 @@ pub(super) fn inline_config(schema: &mut Schema) {
 
 /// The top level's `model_type`: a decoder family, or a multimodal wrapper whose decoder is in
 /// `text_config`.
-fn model_type_schema() -> Value {
-    let names: Vec<&str> = ModelType::ALL
-        .iter()
-        .map(|t| t.name())
-        .chain([Multimodal::Gemma3.name()])
-        .collect();
+fn model_type_schema(names: &[&str]) -> Value {
     json!({
         "description": "The decoder family, or the multimodal wrapper (`gemma3`) whose decoder \
             `text_config` holds.",
