@@ -17,10 +17,10 @@ sed 's/offload_activations: auto/offload_activations: false/' "$job" > "$off"
 tokens() { target/debug/lf-operator plan -f "$1" --max-context --gpu-memory "$2" | sed -n 's/.*at most \([0-9]*\) tokens.*/\1/p'; }
 host() { target/debug/lf-operator plan -f "$1" --max-context --gpu-memory "$2" | sed -n 's/.*offloaded (\([0-9.]* GiB\) host.*/\1/p'; }
 declare -A hf=([24]=5789 [40]=12264 [80]=28454) unsloth=([24]=78475 [40]=153977 [80]=342733)
-printf '%-8s %14s %14s %16s %14s %14s %10s\n' GPU "HF+FA2" Unsloth "lf: on GPU" "lf: offload" "host GiB" "vs Unsloth"
+printf '%-8s %14s %14s %16s %16s %14s %12s\n' GPU "HF measured" "Uns. measured" "lf pred. on GPU" "lf pred. offload" "host GiB pred" "pred/Uns."
 for g in 24 40 80; do
   on_gpu=$(tokens "$off" "$g")
   offloaded=$(tokens "$job" "$g")
-  printf '%-8s %14s %14s %16s %14s %14s %10s\n' "$g GiB" "${hf[$g]}" "${unsloth[$g]}" "$on_gpu" "$offloaded" \
+  printf '%-8s %14s %14s %16s %16s %14s %12s\n' "$g GiB" "${hf[$g]}" "${unsloth[$g]}" "$on_gpu" "$offloaded" \
     "$(host "$job" "$g" | sed 's/ GiB//')" "$(awk -v a="$offloaded" -v b="${unsloth[$g]}" 'BEGIN{printf "%.2fx", a/b}')"
 done

@@ -62,7 +62,7 @@ pub fn resolve(
     if cfg.offload_activations.enabled() {
         tracing::info!(
             tile_tokens = cfg.loss_chunk_size,
-            "offload_activations: the recomputed layers' checkpoints are kept in host memory and their dense MLPs run in tiles"
+            "offload_activations: the recomputed layers' checkpoints are kept in host memory; passes without gradients run dense MLPs in tiles of loss_chunk_size tokens (0: whole)"
         );
     }
     if !cfg.recomputation_open() {

@@ -36,8 +36,8 @@
 //!   Under `auto` the first `r` layers are recomputed and the rest keep their saved tensors
 //!   ([`activations_with`]; the planner chooses `r`).
 //! - **`offload_activations`** (long-context mode) moves each recomputed layer's checkpoint to
-//!   host memory after its forward and back before its recomputation, the next one prefetched:
-//!   at most two checkpoints are on the device at a time ([`OFFLOAD_DEVICE_CHECKPOINTS`]) and
+//!   host memory after its forward and back just before its recomputation: at most two
+//!   checkpoints are on the device at a time ([`OFFLOAD_DEVICE_CHECKPOINTS`]) and
 //!   `recomputed·c·h` bytes per token are in host memory ([`offloaded_checkpoint_bytes`]). A
 //!   recomputed layer with a dense MLP runs that MLP in tiles of `loss_chunk_size` tokens: its
 //!   working set is then the attention half's saved tensors and the block output for every token
@@ -297,8 +297,23 @@ pub fn activations_with(
     activations_offloaded(arch, training, inv, micro_batch, recomputed, offload)
 }
 
-/// Checkpoints `offload_activations` keeps on the device at once: the one being recomputed (or,
-/// in forward, the layer input being copied out) and the next one, prefetched.
+/// What CUDA's fused attention backward (flash / memory-efficient) allocates per token beyond
+/// dQ, dK and dV: the fp32 dQ accumulator and per-head softmax sums, and under grouped-query
+/// attention dK and dV expanded to the query heads (`4·q + 4·a + 2·c·(q − kv)`). PyTorch's CPU
+/// flash backward accumulates per thread block instead.
+pub fn fused_attention_backward_bytes_per_token(
+    arch: &ModelArchitecture,
+    training: &TrainingConfig,
+) -> u64 {
+    let c = training.precision().compute_bytes();
+    let q = arch.num_attention_heads * arch.head_dim();
+    let kv = arch.kv_heads() * arch.head_dim();
+    4 * q + 4 * arch.num_attention_heads + 2 * c * q.saturating_sub(kv)
+}
+
+/// Checkpoints `offload_activations` keeps on the device at once, counted as the upper bound of
+/// its two moments: in backward the one being recomputed; in the gradient-free forward the
+/// layer input being copied out and the output it becomes.
 pub const OFFLOAD_DEVICE_CHECKPOINTS: u64 = 2;
 
 /// Host bytes of the offloaded checkpoints of one micro-batch (`offload_activations`): every
@@ -319,6 +334,8 @@ pub fn offloaded_checkpoint_bytes(
 /// Whether a recomputed layer runs its MLP in tiles under `offload_activations`: a model without
 /// sparse layers (a router's load-balancing loss needs every token's logits at once), with tiles
 /// (`loss_chunk_size` > 0) shorter than the micro-batch's `tokens`.
+/// (The trainer decides per layer; with any sparse layer the planner models none tiled, which can
+/// only over-count a model that mixes dense and sparse layers.)
 pub fn tiles_mlp(arch: &ModelArchitecture, training: &TrainingConfig, tokens: u64) -> bool {
     lf_api::training::mlp_tile(training.loss_chunk_size, tokens, has_sparse_layer(arch)).is_some()
 }
@@ -394,10 +411,14 @@ pub fn activations_offloaded(
         // Backward then holds the layer's input and output gradients and the attention's: dQ,
         // dK, dV, and the fused kernel's fp32 dQ accumulator and per-head softmax sums (CUDA's
         // flash / memory-efficient backward). Untiled, the MLP's gate and up gradients outweigh
-        // the attention's; tiled, they are one tile's.
+        // the attention's; tiled, they are one tile's. (The trainer frees the layer's output
+        // gradient before the attention half's backward, so the two gradients are the MLP
+        // half's input gradient and the attention half's.)
         let q = arch.num_attention_heads * arch.head_dim();
         let kv = arch.kv_heads() * arch.head_dim();
-        let attention_backward = c * (q + 2 * kv) + 4 * q + 4 * arch.num_attention_heads;
+        // The attention output's gradient (`c·q`) is live beside them.
+        let attention_backward =
+            c * (q + 2 * kv) + c * q + fused_attention_backward_bytes_per_token(arch, training);
         attention_half
             + tokens * c * h
             + tile * (mlp_half + 2 * c * arch.intermediate_size + 2 * c * h)

@@ -167,6 +167,12 @@ fn m4_llama2_7b_qlora_context_sweep() {
         !p.fits,
         "s=65536 OOMed on a 40 GB A100 but the planner says it fits"
     );
+    // The 32k full-logits row is printed rather than held to −10…+15%, but never below the
+    // measurement and at most 20% above it.
+    for r in rows.iter().filter(|r| r.what.contains("s=32768, full")) {
+        let err = (r.ours - r.measured) / r.measured;
+        assert!((0.0..=0.20).contains(&err), "{}: {err}", r.what);
+    }
     report(&rows);
 }
 

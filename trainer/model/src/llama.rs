@@ -737,6 +737,9 @@ pub struct Llama {
     pub embed_scale: Option<f64>,
     /// Gemma 2's soft cap of the logits.
     pub final_softcap: Option<f64>,
+    /// `offload_activations`' tile (`loss_chunk_size` tokens): every pass without a KV cache runs
+    /// a dense MLP in tiles of this many tokens ([`DecoderLayer::forward_tiled`]).
+    pub mlp_tile: Option<usize>,
 }
 
 impl Llama {
@@ -804,6 +807,13 @@ impl Llama {
         self.decoder_output_routed(input_ids, cache, backend, train, residency, None)
     }
 
+    /// The tile in which `layer` runs its MLP over `tokens` tokens, in a pass without a KV cache:
+    /// [`lf_api::training::mlp_tile`] of [`Llama::mlp_tile`].
+    pub(crate) fn tile_for(&self, layer: &DecoderLayer, tokens: usize) -> Option<i64> {
+        let tile = self.mlp_tile?;
+        lf_api::training::mlp_tile(tile, tokens as u64, !layer.has_dense_mlp()).map(|t| t as i64)
+    }
+
     /// [`Llama::decoder_output`], pushing each sparse MLP's router logits (`[B·S, E]`, layer
     /// order) to `router_logits` when given.
     pub fn decoder_output_routed<R: Residency + ?Sized>(
@@ -827,7 +837,15 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             residency.gather(Unit::Layer(i))?;
-            let (y, logits) = layer.forward_routed(&x, &rope, slot, backend, train);
+            let tile = if slot.is_none() {
+                self.tile_for(layer, input_ids.numel())
+            } else {
+                None
+            };
+            let (y, logits) = match tile {
+                Some(t) => (layer.forward_tiled(&x, &rope, backend, train, t), None),
+                None => layer.forward_routed(&x, &rope, slot, backend, train),
+            };
             x = y;
             if let (Some(sink), Some(logits)) = (router_logits.as_deref_mut(), logits) {
                 sink.push(logits);

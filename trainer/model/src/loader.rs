@@ -388,6 +388,7 @@ pub fn build(
         });
     }
     Ok(Llama {
+        mlp_tile: None,
         embed_tokens,
         layers,
         norm,

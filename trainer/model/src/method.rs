@@ -47,8 +47,12 @@ impl CausalLm {
         self.method.recompute_layers =
             cfg.recomputed_layers(self.model.layers.len() as u64) as usize;
         self.method.loss_chunk_size = cfg.loss_chunk_size;
-        self.method.offload_activations =
-            cfg.offload_activations.enabled() && self.method.recompute_layers > 0;
+        self.method.offload_activations = cfg.offload_activations.enabled();
+        self.model.mlp_tile = cfg
+            .offload_activations
+            .enabled()
+            .then_some(cfg.loss_chunk_size)
+            .filter(|&t| t > 0);
         self.method.seed = seed;
         self.arch.apply_moe_aux_loss_coef(cfg.moe_aux_loss_coef);
         self.freeze_all();

@@ -1,16 +1,22 @@
 //! The checkpoints of recomputed decoder layers (each layer's input, kept for its recomputation
 //! in backward), on the device or, under `offload_activations`, in host memory.
 //!
-//! Offloaded, a checkpoint is copied to host memory as soon as its layer has run forward (into
-//! pinned memory, asynchronously, on a GPU; the device copy is then free once the next layer has
-//! run). In backward, taking layer `i`'s checkpoint brings it back and at once starts bringing
-//! back layer `i − 1`'s, so that at most two checkpoints are on the device at a time (the one
-//! being recomputed and the next). On the CPU the same path runs with plain copies: the same
-//! order, the same accounting ([`OffloadStats`]), so CI checks it.
+//! Offloaded, a checkpoint is copied to host memory as soon as its layer has run forward (the
+//! device copy is then free once the next layer has run), and copied back just before the layer
+//! is recomputed in backward, its host copy freed at once: at most the checkpoint being
+//! recomputed is on the device. On the CPU the same path runs with plain copies: the same order,
+//! the same accounting ([`OffloadStats`]), so CI checks it.
 //!
-//! On CUDA the copies are non-blocking and from/to pinned memory, but they are issued on the
-//! compute stream (tch reaches no side stream): they run between the layers' kernels instead of
-//! beside them.
+//! Host copies are ordinary (pageable) memory and the copies are synchronous, between the layers'
+//! kernels. Pinned memory would copy about twice as fast, but PyTorch's pinned-memory allocator
+//! rounds every block up to a power of two and keeps freed blocks cached per size, so the host
+//! memory a pod needs would no longer be the checkpoints' bytes; and without a side stream (tch
+//! reaches none) an asynchronous copy would not overlap compute anyway.
+//!
+//! Layers below the lowest trainable one are never recomputed (nothing below them needs a
+//! gradient): their checkpoints are not kept at all.
+
+use std::sync::Mutex;
 
 use tch::{Device, Tensor};
 
@@ -23,32 +29,38 @@ pub struct OffloadStats {
     pub copies_out: u64,
     /// Checkpoints copied back to the device.
     pub copies_in: u64,
-    /// The most checkpoints held on the device (as the store's own tensors) at once.
-    pub device_peak: u64,
 }
 
-/// The recomputed layers' checkpoints of one training pass, indexed by layer from 0.
-pub(crate) struct Checkpoints {
+/// The recomputed layers' checkpoints of one training pass, indexed by layer from 0; when dropped
+/// it reports what it did to `sink` (on every exit of the pass).
+pub(crate) struct Checkpoints<'a> {
     offload: bool,
     device: Device,
+    /// The lowest layer that is recomputed; below it nothing is kept.
+    lowest: usize,
     saved: Vec<Tensor>,
-    /// Layer `i − 1`'s checkpoint, already on its way back while layer `i` is recomputed.
-    prefetched: Option<(usize, Tensor)>,
     stats: OffloadStats,
+    sink: &'a Mutex<OffloadStats>,
 }
 
 fn bytes(t: &Tensor) -> u64 {
     t.numel() as u64 * t.kind().elt_size_in_bytes() as u64
 }
 
-impl Checkpoints {
-    pub(crate) fn new(offload: bool, device: Device) -> Self {
+impl<'a> Checkpoints<'a> {
+    pub(crate) fn new(
+        offload: bool,
+        device: Device,
+        lowest: usize,
+        sink: &'a Mutex<OffloadStats>,
+    ) -> Self {
         Checkpoints {
             offload,
             device,
+            lowest,
             saved: Vec::new(),
-            prefetched: None,
             stats: OffloadStats::default(),
+            sink,
         }
     }
 
@@ -56,58 +68,46 @@ impl Checkpoints {
         self.saved.len()
     }
 
-    /// Keeps `x` (detached) as the next layer's checkpoint.
+    /// Keeps `x` (detached) as the next layer's checkpoint (nothing below the lowest recomputed
+    /// layer).
     pub(crate) fn push(&mut self, x: &Tensor) {
+        if self.saved.len() < self.lowest {
+            self.saved.push(Tensor::new());
+            return;
+        }
         let x = x.detach();
         if !self.offload {
             self.saved.push(x);
-            self.stats.device_peak = self.stats.device_peak.max(self.saved.len() as u64);
             return;
         }
         let host = match self.device {
             Device::Cpu => x.copy(),
-            device => {
-                let host = Tensor::empty(x.size(), (x.kind(), Device::Cpu)).pin_memory(device);
-                let _ = x.internal_copy_from(&host, true);
-                host
-            }
+            _ => x.to_device(Device::Cpu),
         };
         self.stats.copies_out += 1;
         self.stats.host_bytes += bytes(&host);
         self.saved.push(host);
     }
 
-    /// Layer `i`'s checkpoint on the device; offloaded, starts bringing back layer `i − 1`'s and
-    /// frees layer `i`'s host copy. Layers are taken from the top down.
+    /// Layer `i`'s checkpoint on the device (a layer from the lowest recomputed one up, taken
+    /// from the top down); offloaded, its host copy is freed.
     pub(crate) fn take(&mut self, i: usize) -> Tensor {
         if !self.offload {
             return self.saved[i].shallow_clone();
         }
-        let current = match self.prefetched.take() {
-            Some((j, t)) if j == i => t,
-            _ => self.fetch(i),
-        };
-        self.saved[i] = Tensor::new();
-        let on_device = if i > 0 {
-            self.prefetched = Some((i - 1, self.fetch(i - 1)));
-            2
-        } else {
-            1
-        };
-        self.stats.device_peak = self.stats.device_peak.max(on_device);
-        current
-    }
-
-    fn fetch(&mut self, i: usize) -> Tensor {
+        let host = std::mem::replace(&mut self.saved[i], Tensor::new());
         self.stats.copies_in += 1;
-        let host = &self.saved[i];
         match self.device {
             Device::Cpu => host.copy(),
-            device => host.to_device_(device, host.kind(), true, false),
+            device => host.to_device(device),
         }
     }
+}
 
-    pub(crate) fn stats(&self) -> OffloadStats {
-        self.stats
+impl Drop for Checkpoints<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut stats) = self.sink.lock() {
+            *stats = self.stats;
+        }
     }
 }

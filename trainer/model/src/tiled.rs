@@ -54,7 +54,9 @@ impl DecoderLayer {
         let rows = flat(&mid.detach());
         let grads = flat(grad);
         let n = rows.size()[0];
-        let mut parts = Vec::new();
+        // Each tile's input gradient is written into one `[tokens, H]` tensor (never a second
+        // copy of the whole gradient).
+        let out_grad = rows.zeros_like();
         let mut start = 0;
         while start < n {
             let len = tile.min(n - start);
@@ -64,9 +66,9 @@ impl DecoderLayer {
                 .sum(Kind::Float)
                 .f_backward()
                 .map_err(ModelError::torch("backpropagating an MLP tile"))?;
-            parts.push(x.grad());
+            out_grad.narrow(0, start, len).copy_(&x.grad());
             start += len;
         }
-        Ok(Tensor::cat(&parts, 0).reshape(mid.size()))
+        Ok(out_grad.reshape(mid.size()))
     }
 }

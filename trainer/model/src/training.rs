@@ -333,8 +333,13 @@ impl CausalLm {
         // Forward through the layers; a recomputed layer keeps only its input. The first kept
         // layer above recomputed ones starts the graph from a fresh leaf (`boundary`), whose
         // gradient then enters the recomputed layers.
-        let mut inputs = Checkpoints::new(self.method.offload_activations, x0.device());
-        let tile = self.mlp_tile(input_ids.numel() as u64);
+        let mut inputs = Checkpoints::new(
+            self.method.offload_activations,
+            x0.device(),
+            first_trainable,
+            &self.offload_stats,
+        );
+        let tokens = input_ids.numel();
         let mut boundary: Option<Tensor> = None;
         let mut x = x0.shallow_clone();
         let mut aux = TrainingAux::new(&self.arch, x0.device());
@@ -346,7 +351,7 @@ impl CausalLm {
                 if i < recomputed {
                     inputs.push(&x);
                 }
-                x = match tile.filter(|_| layer.has_dense_mlp()) {
+                x = match self.model.tile_for(layer, tokens) {
                     Some(t) => layer.forward_tiled(&x, &rope, self.backend, self.training, t),
                     None => {
                         let (y, logits) =
@@ -454,12 +459,15 @@ impl CausalLm {
                         "backpropagating through layer {i}"
                     )))
             };
-            match tile.filter(|_| layers[i].has_dense_mlp()) {
+            match self.model.tile_for(&layers[i], tokens) {
                 Some(t) => {
                     let mid =
                         layers[i].attention_half(&input, &rope, None, self.backend, self.training);
                     let mid_grad =
                         layers[i].feed_forward_backward_tiled(&mid, &grad, self.training, t)?;
+                    // The layer's output gradient is spent: free it before the attention half's
+                    // backward.
+                    grad = Tensor::new();
                     backprop(mid, &mid_grad, None)?;
                 }
                 None => {
@@ -484,23 +492,7 @@ impl CausalLm {
             drop(e);
             release(Unit::Embedding, true)?;
         }
-        self.record_offload(&inputs);
         Ok(loss_sum)
-    }
-
-    /// The tile of a recomputed dense MLP for a micro-batch of `tokens` tokens
-    /// (`offload_activations`; [`lf_api::training::mlp_tile`]).
-    fn mlp_tile(&self, tokens: u64) -> Option<i64> {
-        if !self.method.offload_activations {
-            return None;
-        }
-        lf_api::training::mlp_tile(self.method.loss_chunk_size, tokens, false).map(|t| t as i64)
-    }
-
-    fn record_offload(&self, checkpoints: &Checkpoints) {
-        if let Ok(mut stats) = self.offload_stats.lock() {
-            *stats = checkpoints.stats();
-        }
     }
 
     /// What the last training pass did with its recomputed layers' checkpoints (host bytes,

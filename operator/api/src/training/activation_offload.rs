@@ -1,10 +1,11 @@
 //! `offload_activations` (lf-operator extension): the long-context mode of layer recomputation.
 //!
-//! `true`: each recomputed decoder layer's input (its checkpoint) goes to host memory (pinned,
-//! on a GPU) right after the layer's forward and comes back, the next one prefetched, just before
-//! the layer is recomputed in backward; and a recomputed layer with a dense MLP runs that MLP in
-//! tiles of `loss_chunk_size` tokens, forward and backward (the MLP is token-wise, so the tiles
-//! give the same result), so that no `[tokens, intermediate]` tensor of the whole micro-batch ever
+//! `true`: each recomputed decoder layer's input (its checkpoint) goes to host memory right after
+//! the layer's forward and comes back just before the layer is recomputed in backward; and every
+//! pass without gradients or a KV cache (the first pass of recomputed layers, their recomputation,
+//! a preference run's reference and KL passes, evaluation) runs a dense MLP in tiles of
+//! `loss_chunk_size` tokens (`0`: whole), forward and backward (the MLP is token-wise, so the tiles
+//! give the same rows), so that no `[tokens, intermediate]` tensor of the whole micro-batch ever
 //! exists. GPU memory then no longer grows with the number of layers times the sequence, only
 //! with one layer's attention. `false`: checkpoints stay on the device and the MLP runs whole.
 //! `auto` (the default): the operator's planner turns it on only when no number of recomputed
@@ -61,7 +62,8 @@ impl<'de> serde::Deserialize<'de> for OffloadActivations {
 /// The tile (tokens) in which a recomputed layer runs its MLP under `offload_activations`, in a
 /// micro-batch of `tokens` tokens: `loss_chunk_size` when that is shorter than `tokens` and the
 /// MLP is dense (`sparse`: a router's load-balancing loss needs every token's logits at once);
-/// `None` runs the MLP whole. The one rule the planner and `lf-trainer` share.
+/// `None` runs the MLP whole. The one rule the planner and `lf-trainer` share (the trainer per
+/// layer; the planner with `sparse` true when any layer is sparse, never under-counting).
 pub fn mlp_tile(loss_chunk_size: usize, tokens: u64, sparse: bool) -> Option<u64> {
     let tile = loss_chunk_size as u64;
     (!sparse && tile > 0 && tile < tokens).then_some(tile)

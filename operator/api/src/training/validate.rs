@@ -119,6 +119,15 @@ impl TrainingConfig {
                 "offloads the checkpoints of recomputed layers; `gradient_checkpointing: false` recomputes none (use true or auto)",
             ));
         }
+        if self.offload_activations == super::OffloadActivations::On
+            && self.gradient_checkpointing == super::checkpointing::GradientCheckpointing::Auto
+            && self.recompute_layers == Some(0)
+        {
+            return Err(ConfigError::invalid(
+                "offload_activations",
+                "offloads the checkpoints of recomputed layers; `recompute_layers: 0` recomputes none",
+            ));
+        }
         if self.neat_packing && (self.stage != Stage::Sft || self.zero_stage >= 3) {
             return Err(ConfigError::invalid(
                 "neat_packing",
