@@ -9,6 +9,15 @@
 # code 137. The operator classifies that as OutOfMemory and re-plans with a smaller micro-batch
 # (128, with 2 accumulation steps, the same global batch); that peaks near 170 MiB, fits under the
 # same limit, and the job ends Succeeded on attempt 2. Finished pods leave no cgroup behind.
+first_plan_note() {
+  kubectl -n "$NS" get events.events.k8s.io --field-selector regarding.name=oom \
+    -o jsonpath='{.items[?(@.reason=="Planned")].note}'
+}
+
+first_plan_micro_batch_256() {
+  first_plan_note | grep -q "micro-batch 256 "
+}
+
 scenario_oom() {
   quickstart_volumes
   make_volume oom-output >/dev/null
@@ -24,7 +33,10 @@ scenario_oom() {
   wait_for 60 "Job oom-1" kubectl -n "$NS" get job oom-1
   [ "$(kubectl -n "$NS" get job oom-1 -o jsonpath='{.spec.template.spec.containers[0].resources.limits.memory}')" = 216Mi ] \
     || { kill "$watcher"; fail "spec.resources.memory is not the trainer's memory limit"; }
-  [ "$(ftj oom '{.status.plan.microBatchSize}')" = 256 ] || { kill "$watcher"; fail "first plan: micro-batch $(ftj oom '{.status.plan.microBatchSize}')"; }
+  # The first plan, from its event: the first attempt can be OOM-killed and re-planned within a
+  # second, before the status is read.
+  wait_for 30 "the first plan (micro-batch 256)" first_plan_micro_batch_256 \
+    || { kill "$watcher"; fail "first plan: $(first_plan_note)"; }
   wait_ftj oom '{.status.restarts[0].reason}' OutOfMemory || { kill "$watcher"; return 1; }
   log "attempt 1: $(ftj oom '{.status.failure.message}')"
   wait_ftj oom '{.status.phase}' Succeeded || { kill "$watcher"; return 1; }
