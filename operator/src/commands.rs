@@ -100,7 +100,7 @@ pub struct PlanOutcome {
 /// The longest sequence a FineTuneJob file's configuration trains on one of its GPUs (one
 /// sequence per micro-batch, ZeRO 0), and how: `plan --max-context`.
 pub fn max_context_file(path: &Path, opts: &PlanOptions) -> Result<String, CommandError> {
-    let input = planner_input(path, opts)?;
+    let (_, input) = planner_input(path, opts)?;
     let gib = input.gpu_memory_bytes as f64 / (1u64 << 30) as f64;
     let Some(tokens) = lf_planner::long_context::max_context(&input, MAX_CONTEXT_LIMIT) else {
         return Err(CommandError::Plan {
@@ -133,7 +133,11 @@ pub fn max_context_file(path: &Path, opts: &PlanOptions) -> Result<String, Comma
 /// The longest sequence `plan --max-context` looks for (4M tokens).
 const MAX_CONTEXT_LIMIT: u64 = 1 << 22;
 
-fn planner_input(path: &Path, opts: &PlanOptions) -> Result<PlannerInput, CommandError> {
+/// The job file (with `--gpu-memory` applied) and the planner's input for it.
+fn planner_input(
+    path: &Path,
+    opts: &PlanOptions,
+) -> Result<(FineTuneJob, PlannerInput), CommandError> {
     let mut job = load_job(path)?;
     if let Some(gib) = opts.gpu_memory_gib {
         if !(gib.is_finite() && gib >= 1.0) {
@@ -144,15 +148,16 @@ fn planner_input(path: &Path, opts: &PlanOptions) -> Result<PlannerInput, Comman
         }
         job.spec.resources.gpu_memory_gib = gib;
     }
-    PlannerInput::from_job(&job).map_err(|e| CommandError::Plan {
+    let input = PlannerInput::from_job(&job).map_err(|e| CommandError::Plan {
         path: path.into(),
         message: one_line(&e.to_string()),
-    })
+    })?;
+    Ok((job, input))
 }
 
 /// Plans a FineTuneJob file.
 pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, CommandError> {
-    let input = planner_input(path, opts)?;
+    let (job, input) = planner_input(path, opts)?;
     if opts.gpus.is_none() && opts.zero_stage.is_none() {
         let search = lf_planner::search(&input);
         let plan = search.chosen.clone();
@@ -167,7 +172,7 @@ pub fn plan_file(path: &Path, opts: &PlanOptions) -> Result<PlanOutcome, Command
     }
     let stage = opts
         .zero_stage
-        .or(load_job(path)?.spec.distributed.zero_stage.fixed())
+        .or(job.spec.distributed.zero_stage.fixed())
         .unwrap_or(0);
     if stage > 3 {
         return Err(CommandError::Plan {

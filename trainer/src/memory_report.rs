@@ -102,11 +102,11 @@ pub fn planned(
             0
         },
         offloaded_activation_bytes: if cfg.offload_activations.enabled() {
-            let recomputed = if stage >= 3 {
-                arch.num_hidden_layers
-            } else {
-                cfg.recomputed_layers(arch.num_hidden_layers)
-            };
+            let recomputed = lf_planner::activations::configured_recomputation(
+                cfg,
+                arch.num_hidden_layers,
+                stage,
+            );
             lf_planner::activations::offloaded_checkpoint_bytes(
                 arch,
                 cfg,

@@ -12,7 +12,7 @@
 //! and one layer's backward) is compared as a difference from the all-recomputed case, so what
 //! the step holds whatever the recomputation (inputs, gradients, allocator slack) cancels out.
 
-use std::process::Command;
+mod peak_rss;
 
 use lf_api::training::TrainingConfig;
 use lf_model::testing::{random_weights, tiny_arch, TinySize};
@@ -47,18 +47,6 @@ fn config(recomputed: u64, offload: bool) -> TrainingConfig {
     .expect("config")
 }
 
-fn status_kib(key: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(key))
-        .expect("status line");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .expect("a number")
-}
-
 #[test]
 #[ignore = "run by memory_follows_the_planners_per_layer_term in a child process"]
 fn recompute_child() {
@@ -86,13 +74,7 @@ fn recompute_child() {
         (Kind::Int64, Device::Cpu),
     );
     let labels = ids.copy();
-    // No warm-up step: memory the allocator keeps after a step stays resident and would hide the
-    // next step's peak (one-time allocations are the same in every case and cancel out).
-    std::fs::write("/proc/self/clear_refs", "5").expect("clear_refs");
-    let before = status_kib("VmRSS:");
-    let loss = lm.loss_sum_and_backward(&ids, &labels, 1.0).expect("step");
-    let peak = status_kib("VmHWM:");
-    println!("LF_RECOMPUTE_RESULT {} {loss}", (peak - before) * 1024);
+    peak_rss::report_step(|| lm.loss_sum_and_backward(&ids, &labels, 1.0).expect("step"));
 }
 
 /// The planner's transient activation peak with `recomputed` layers recomputed; offloaded, the
@@ -116,40 +98,10 @@ fn predicted(recomputed: u64, offload: bool) -> u64 {
 }
 
 fn measure(case: &str) -> (u64, f64) {
-    let exe = std::env::current_exe().expect("test binary");
-    let out = Command::new(&exe)
-        .args([
-            "--exact",
-            "recompute_child",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("LF_RECOMPUTE_CASE", case)
-        // A fixed mmap threshold: glibc otherwise raises it each time an mmapped block is freed,
-        // after which large tensors come from the heap, where freed ones linger and fragment, and
-        // the peak then depends on the allocation history of the process (it read 146.7 MiB for
-        // 117.9 MiB of saved tensors after unrelated code changed that history; 116.2 with this).
-        .env("MALLOC_MMAP_THRESHOLD_", "131072")
-        .output()
-        .expect("child");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| {
-            l.split_once("LF_RECOMPUTE_RESULT")
-                .map(|(_, r)| r.to_string())
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "child failed:\n{stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let mut parts = line.split_whitespace();
-    let bytes = parts.next().and_then(|v| v.parse().ok()).expect("bytes");
-    let loss = parts.next().and_then(|v| v.parse().ok()).expect("loss");
-    (bytes, loss)
+    peak_rss::measure(
+        "recompute_child",
+        &[("LF_RECOMPUTE_CASE", case.to_string())],
+    )
 }
 
 #[test]

@@ -316,6 +316,17 @@ pub fn fused_attention_backward_bytes_per_token(
 /// layer input being copied out and the output it becomes.
 pub const OFFLOAD_DEVICE_CHECKPOINTS: u64 = 2;
 
+/// How many of the first decoder layers a run recomputes as its config says (`recompute_layers`
+/// filled in or not): every one under ZeRO-3, which gathers each layer again for its
+/// recomputation whatever `gradient_checkpointing` says.
+pub fn configured_recomputation(training: &TrainingConfig, layers: u64, stage: u8) -> u64 {
+    if stage >= 3 {
+        layers
+    } else {
+        training.recomputed_layers(layers)
+    }
+}
+
 /// Host bytes of the offloaded checkpoints of one micro-batch (`offload_activations`): every
 /// recomputed layer's input, `c·h` per token.
 pub fn offloaded_checkpoint_bytes(

@@ -221,11 +221,8 @@ fn recomputed_layers(
     fits: impl Fn(u64) -> bool,
 ) -> u64 {
     let layers = input.arch.num_hidden_layers;
-    if stage >= 3 {
-        return layers;
-    }
-    if !input.training.recomputation_open() {
-        return input.training.recomputed_layers(layers);
+    if stage >= 3 || !input.training.recomputation_open() {
+        return crate::activations::configured_recomputation(&input.training, layers, stage);
     }
     fewest_recomputed(layers, |r| fits(peak(r))).unwrap_or_else(|| {
         let all_but_one = layers.saturating_sub(1);

@@ -25,10 +25,6 @@ use tch::{Device, Tensor};
 pub struct OffloadStats {
     /// Host bytes the checkpoints took at their peak.
     pub host_bytes: u64,
-    /// Checkpoints copied to host memory.
-    pub copies_out: u64,
-    /// Checkpoints copied back to the device.
-    pub copies_in: u64,
 }
 
 /// The recomputed layers' checkpoints of one training pass, indexed by layer from 0; when dropped
@@ -84,7 +80,6 @@ impl<'a> Checkpoints<'a> {
             Device::Cpu => x.copy(),
             _ => x.to_device(Device::Cpu),
         };
-        self.stats.copies_out += 1;
         self.stats.host_bytes += bytes(&host);
         self.saved.push(host);
     }
@@ -96,7 +91,6 @@ impl<'a> Checkpoints<'a> {
             return self.saved[i].shallow_clone();
         }
         let host = std::mem::replace(&mut self.saved[i], Tensor::new());
-        self.stats.copies_in += 1;
         match self.device {
             Device::Cpu => host.copy(),
             device => host.to_device(device),
